@@ -1,0 +1,15 @@
+"""slides: open any whole-slide image, read its pixels and compressed tiles, and de-identify it."""
+
+from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
+from slides.slide import Level, RawTile, Slide, open_slide
+
+__all__ = [
+    "CorruptSlideError",
+    "Level",
+    "RawTile",
+    "Slide",
+    "SlideNotFoundError",
+    "SlidestreamError",
+    "UnsupportedSlideError",
+    "open_slide",
+]

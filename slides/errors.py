@@ -1,0 +1,21 @@
+"""One base class for every error slidestream reports to a user.
+
+Each subclass also inherits the matching built-in type, so callers that catch `OSError` or `ValueError` keep working.
+The message of an instance is a complete one-line explanation (it names the file and the problem).
+"""
+
+
+class SlidestreamError(Exception):
+    """Base of all errors that the CLI turns into one line on stderr and exit code 2."""
+
+
+class SlideNotFoundError(SlidestreamError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class UnsupportedSlideError(SlidestreamError, ValueError):
+    """The file is not a slide that any reader understands (or its header is not sane)."""
+
+
+class CorruptSlideError(SlidestreamError, OSError):
+    """The slide opened, but some of its image data cannot be read."""

@@ -1,0 +1,91 @@
+"""The `slidestream` command: one entry point for technicians, pathologists and analysts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slides import SlidestreamError, open_slide
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Stream whole-slide images to object storage while they convert, with AI triage.",
+)
+stdout = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps subcommands as subcommands even while there is only one."""
+
+stderr = Console(stderr=True)
+
+KeepPhi = Annotated[
+    bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")
+]
+
+
+@app.command()
+def info(
+    slide: Annotated[Path, typer.Argument(help="A slide file (or a DICOM series folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    keep_phi: KeepPhi = False,
+) -> None:
+    """Show a slide's format, pyramid, resolution and associated images (de-identified unless --keep-phi)."""
+    with open_slide(slide, keep_phi=keep_phi) as opened:
+        last = len(opened.levels) - 1
+        # reading the smallest level proves the image data decodes, not just the header
+        opened.read_region((0, 0), last, (opened.levels[last].width, opened.levels[last].height))
+        summary = slide_summary(opened)
+    if as_json:
+        stdout.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"{slide.name} ({summary['vendor']})")
+    for column in ("level", "width", "height", "downsample", "raw tiles"):
+        table.add_column(column, justify="right")
+    for index, level in enumerate(summary["levels"]):
+        table.add_row(str(index), str(level["width"]), str(level["height"]), f"{level['downsample']:.3f}", level["raw_tiles"] or "-")
+    stdout.print(table)
+    mpp = summary["mpp"]
+    stdout.print(f"mpp: {f'{mpp[0]:.4f} x {mpp[1]:.4f} µm' if mpp else 'unknown'}")
+    stdout.print(f"objective: {summary['objective_power'] or 'unknown'}x   tile size: {summary['tile_size'] or 'strips'}")
+    stdout.print(f"associated images: {', '.join(summary['associated_images']) or 'none'}")
+
+
+def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
+    """The facts `info --json` prints; also embedded in converted images' metadata."""
+    return {
+        "file": slide.path.name,
+        "vendor": slide.vendor,
+        "levels": [
+            {
+                "width": level.width,
+                "height": level.height,
+                "downsample": level.downsample,
+                "raw_tiles": slide.raw_tile(index, 0, 0).codec if slide.has_raw_tiles(index) else None,
+            }
+            for index, level in enumerate(slide.levels)
+        ],
+        "mpp": list(slide.mpp) if slide.mpp else None,
+        "objective_power": slide.objective_power,
+        "tile_size": slide.tile_size,
+        "associated_images": slide.associated_images,
+        "properties": slide.properties,
+        "deidentified": not slide.keep_phi,
+    }
+
+
+def main() -> None:
+    """Console-script entry: every `SlidestreamError` becomes one line on stderr and exit code 2."""
+    try:
+        app()  # standalone: typer reports usage errors itself (exit 2)
+    except SlidestreamError as error:
+        stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

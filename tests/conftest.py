@@ -1,0 +1,102 @@
+"""Shared fixtures: the sample slides beside the repo and a real S3-compatible server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SLIDES = SHARED / "slides"
+
+# every sample that is a real slide (broken.svs and synthetic-unreadable.svs are bad input, tested apart)
+OPENSLIDE_SAMPLES = [
+    "CMU-1-Small-Region.svs",
+    "TCGA-CR-7395-jp2k.svs",
+    "ndpi-fluorescence-DAPI.ndpi",
+    "camelyon-lymphnode.dcm",
+    "wsi2dcm-jpeg.dcm",
+    "wsi2dcm-jpeg2000.dcm",
+    "synthetic-boxes.tiff",
+]
+ALL_SAMPLES = [*OPENSLIDE_SAMPLES, "kidney-ihc-strip.tif"]
+
+
+def sample(name: str) -> Path:
+    path = SLIDES / name
+    if not path.exists():
+        pytest.fail(f"sample slide missing: {path} (the tests expect ../shared beside the repository)")
+    return path
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """Where the real S3-compatible server listens, with the credentials to use it."""
+
+    endpoint_url: str
+    name: str
+
+    def client(self):  # type: ignore[no-untyped-def]
+        return boto3.client("s3", endpoint_url=self.endpoint_url)
+
+    def new_bucket(self) -> str:
+        bucket = f"test-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """The server `.ci/s3-server start` launched (CI), or a moto server started here for a developer's run."""
+    endpoint = os.environ.get("SLIDESTREAM_TEST_S3_ENDPOINT")
+    if endpoint:
+        yield S3Server(endpoint, os.environ.get("SLIDESTREAM_TEST_S3_SERVER", "external"))
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must start the S3 server (.ci/s3-server start) and export SLIDESTREAM_TEST_S3_ENDPOINT")
+    moto = shutil.which("moto_server")
+    if moto is None:
+        pytest.skip("no S3 server: run `eval $(.ci/s3-server start)` or pip install 'moto[server]'")
+    port = _free_port()
+    process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    _wait_for_port(port)
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", "moto (started by conftest)")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the real server."""
+    return s3_server.new_bucket()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"S3 server did not open port {port}")
