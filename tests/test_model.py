@@ -143,3 +143,11 @@ def test_rejects_tiles_of_the_wrong_shape(model: TileModel, tiles: np.ndarray) -
         model.predict(tiles[:, :200, :200])
     with pytest.raises(ModelError, match="uint8"):
         model.predict(tiles.astype(np.float32))
+
+
+def test_a_file_that_is_not_keras_is_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.keras"
+    bogus.write_text("<html>404 Not Found</html>")  # what a failed download often leaves
+    with pytest.raises(ModelError, match="not a Keras 3 .keras file") as info:
+        load_model(bogus)
+    assert "\n" not in str(info.value)
