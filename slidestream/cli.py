@@ -59,6 +59,29 @@ def info(
     stdout.print(f"associated images: {', '.join(summary['associated_images']) or 'none'}")
 
 
+@app.command()
+def convert(
+    slide: Annotated[Path, typer.Argument(help="The slide to convert.")],
+    out: Annotated[Path, typer.Argument(help="Output directory, e.g. case.ome.zarr.")],
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
+    lossless: Annotated[bool, typer.Option("--lossless", help="zstd chunks instead of JPEG.")] = False,
+    reencode: Annotated[bool, typer.Option("--reencode", help="Re-encode even where source tiles could be copied.")] = False,
+    keep_background: Annotated[bool, typer.Option("--keep-background", help="Also write glass-only chunks.")] = False,
+    keep_phi: KeepPhi = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Convert a slide into a sharded OME-Zarr pyramid (NGFF 0.5) on local disk."""
+    from slidestream.progress import piece_progress
+    from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
+
+    options = ConvertOptions(quality=quality, lossless=lossless, passthrough=not reencode, keep_background=keep_background)
+    with open_slide(slide, keep_phi=keep_phi) as opened:
+        plan = plan_pyramid(opened, options)
+        with piece_progress(stderr, f"converting {slide.name}", len(plan.shards)) as advance:
+            written = write_pieces(produce(opened, plan, slide.stem, slide_summary(opened)), out, overwrite, on_piece=advance)
+    stdout.print(f"{out}: {written / 1e6:.1f} MB in {len(plan.levels)} levels, tissue {plan.tissue.fraction:.0%} of the slide")
+
+
 def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
     """The facts `info --json` prints; also embedded in converted images' metadata."""
     return {

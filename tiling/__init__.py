@@ -1,0 +1,23 @@
+"""tiling: a slide becomes a sharded OME-Zarr pyramid (NGFF 0.5), produced piece by piece in send order."""
+
+from tiling.codec import JpegCodec
+from tiling.local import OutputError, write_pieces
+from tiling.pieces import Piece, PieceKind
+from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, ShardTask, plan_pyramid, produce
+from tiling.tissue import TissueMask, detect_tissue
+
+__all__ = [
+    "ConvertOptions",
+    "JpegCodec",
+    "LevelPlan",
+    "OutputError",
+    "Piece",
+    "PieceKind",
+    "PyramidPlan",
+    "ShardTask",
+    "TissueMask",
+    "detect_tissue",
+    "plan_pyramid",
+    "produce",
+    "write_pieces",
+]

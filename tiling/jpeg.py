@@ -1,0 +1,25 @@
+"""Turn an abbreviated TIFF JPEG tile into a self-contained JPEG file, without touching its entropy-coded data."""
+
+from __future__ import annotations
+
+import struct
+
+SOI = b"\xff\xd8"
+EOI = b"\xff\xd9"
+# Adobe APP14 with transform 0: "the three components are RGB, not YCbCr". Aperio writes RGB JPEG tiles without
+# any marker saying so; every decoder (libjpeg, browsers) would otherwise convert them as YCbCr and shift colours.
+ADOBE_RGB = b"\xff\xee" + struct.pack(">H", 14) + b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0)
+
+
+def self_contained_jpeg(tile: bytes, tables: bytes | None, rgb: bool) -> bytes:
+    """Merge the TIFF JPEGTables into the tile, and mark untransformed RGB tiles as such."""
+    if not tile.startswith(SOI):
+        raise ValueError("not a JPEG tile (no SOI marker)")
+    inserted = b""
+    if rgb:
+        inserted += ADOBE_RGB
+    if tables:
+        if not (tables.startswith(SOI) and tables.endswith(EOI)):
+            raise ValueError("malformed JPEGTables")
+        inserted += tables[2:-2]
+    return SOI + inserted + tile[2:]

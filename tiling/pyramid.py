@@ -1,0 +1,435 @@
+"""The pyramid writer: a slide in, a stream of finished OME-Zarr objects (`Piece`s) out, in send order.
+
+Every output level is computed straight from the nearest finer *source* level, never from another output level, so
+pieces can be produced in any order, and we produce them in the order they should travel: metadata, the overview
+levels, then tissue shards from low to full resolution (hottest first when a priority map is given). A level whose
+size and JPEG tiles match the source is copied tile for tile without decoding (pass-through). Memory stays bounded:
+a few shards are in flight at a time and each is built in bands.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import google_crc32c
+import imagecodecs
+import numpy as np
+import zarr
+from PIL import Image
+from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+
+from slides import CorruptSlideError, RawTile, Slide
+from tiling.codec import DEFAULT_QUALITY, JpegCodec, encode_jpeg
+from tiling.jpeg import self_contained_jpeg
+from tiling.pieces import Piece, PieceKind
+from tiling.tissue import TissueMask, detect_tissue
+
+FORMAT_VERSION = 1
+OVERVIEW_SIDE = 1024  # the smallest level fits in this many pixels
+COMPLETE_SIDE = 4096  # levels up to this size are written whole (background included): the overview never has holes
+FILL = 255  # omitted (background) chunks read as white, like glass
+EMPTY = 2**64 - 1  # shard-index marker of an absent chunk (Zarr v3 sharding spec)
+MAX_CANVAS = 16_000_000  # pixels decoded at once while building a shard band
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to build the pyramid.
+
+    quality: JPEG quality of re-encoded chunks (pass-through chunks keep the scanner's own encoding).
+    lossless: zstd chunks instead of JPEG (bigger; for quantitative work).
+    passthrough: copy matching source JPEG tiles without re-encoding (off: re-encode everything at `quality`).
+    keep_background: also write chunks without tissue at full-resolution levels.
+    chunk: chunk side in pixels; None picks the source tile size (for pass-through) or 256.
+    shard_chunks: chunks per shard side; 8 x 240-256 px chunks make ~1-2 MB objects (see README).
+    workers: shards built in parallel.
+    """
+
+    quality: int = DEFAULT_QUALITY
+    lossless: bool = False
+    passthrough: bool = True
+    keep_background: bool = False
+    chunk: int | None = None
+    shard_chunks: int = 8
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """One output level and where its pixels come from."""
+
+    index: int
+    width: int
+    height: int
+    downsample: float  # level-0 pixels per pixel of this level
+    source_level: int
+    scale: float  # source-level pixels per pixel of this level
+    passthrough: bool  # copy the source's JPEG tiles as chunks
+    complete: bool  # background chunks written too
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    level: int
+    row: int
+    col: int
+    tissue: bool
+    priority: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.level}/c/0/{self.row}/{self.col}"
+
+
+@dataclass(frozen=True)
+class PyramidPlan:
+    """Everything decided before the first pixel is read: geometry, sources, and the send order of shards."""
+
+    chunk: int
+    shard_chunks: int
+    levels: list[LevelPlan]
+    shards: list[ShardTask]
+    tissue: TissueMask
+    options: ConvertOptions
+    mpp: tuple[float, float] | None
+
+    @property
+    def shard_side(self) -> int:
+        return self.chunk * self.shard_chunks
+
+
+PriorityMap = Callable[[float, float, float, float], float]
+
+
+def plan_pyramid(slide: Slide, options: ConvertOptions = ConvertOptions(), priority: PriorityMap | None = None) -> PyramidPlan:
+    """Decide levels, sources and the send order; reads only a low-resolution view (for the tissue mask)."""
+    tissue = detect_tissue(slide)
+    chunk = options.chunk or _natural_chunk(slide)
+    levels = _plan_levels(slide, chunk, options)
+    side = chunk * options.shard_chunks
+    overview_tasks: list[ShardTask] = []
+    tissue_tasks: list[ShardTask] = []
+    background_tasks: list[ShardTask] = []
+    for level in reversed(levels):  # lowest resolution first
+        tasks = []
+        for row in range(-(-level.height // side)):
+            for col in range(-(-level.width // side)):
+                box = _level0_box(level, col * side, row * side, (col + 1) * side, (row + 1) * side)
+                has_tissue = tissue.any_in(*box)
+                score = priority(*box) if (priority and has_tissue) else 0.0
+                tasks.append(ShardTask(level.index, row, col, has_tissue, score))
+        if level.complete:
+            overview_tasks += tasks
+        else:
+            tissue_tasks += sorted((t for t in tasks if t.tissue), key=lambda t: -t.priority)
+            if options.keep_background:
+                background_tasks += [t for t in tasks if not t.tissue]
+    return PyramidPlan(chunk, options.shard_chunks, levels, overview_tasks + tissue_tasks + background_tasks, tissue, options, slide.mpp)
+
+
+def _natural_chunk(slide: Slide) -> int:
+    """The source tile size when its JPEG tiles can be passed through, else 256."""
+    tile = slide.levels[0].tile_width
+    if slide.has_raw_tiles(0) and tile == slide.levels[0].tile_height and tile and 128 <= tile <= 1024:
+        if slide.raw_tile(0, 0, 0) is not None and slide.raw_tile(0, 0, 0).codec == "jpeg":
+            return tile
+    return 256
+
+
+def _plan_levels(slide: Slide, chunk: int, options: ConvertOptions) -> list[LevelPlan]:
+    width0, height0 = slide.dimensions
+    count = 1 + max(0, math.ceil(math.log2(max(width0, height0) / OVERVIEW_SIDE)))
+    levels = []
+    for index in range(count):
+        nominal = 2**index
+        width, height = -(-width0 // nominal), -(-height0 // nominal)
+        source, passthrough = _finest_source(slide, nominal), False
+        src = slide.levels[source]
+        if abs(src.width - width0 / nominal) <= 1 and abs(src.height - height0 / nominal) <= 1:
+            width, height = src.width, src.height  # use the source's own rounding so its tiles line up
+            passthrough = (
+                options.passthrough
+                and not options.lossless
+                and slide.has_raw_tiles(source)
+                and src.tile_width == chunk == src.tile_height
+                and slide.raw_tile(source, 0, 0) is not None
+                and slide.raw_tile(source, 0, 0).codec == "jpeg"
+            )
+        complete = options.keep_background or max(width, height) <= COMPLETE_SIDE
+        scale = 1.0 if (width, height) == (src.width, src.height) else nominal / _nominal(src.downsample)
+        levels.append(LevelPlan(index, width, height, width0 / width, source, scale, passthrough, complete))
+    return levels
+
+
+def _nominal(downsample: float) -> float:
+    """Vendors round level sizes, so a "4x" level reports 3.998 or 4.0003: snap to the power of two it stands for."""
+    power = 2 ** round(math.log2(downsample))
+    return float(power) if abs(downsample / power - 1) < 0.02 else downsample
+
+
+def _finest_source(slide: Slide, downsample: float) -> int:
+    """The coarsest source level that is still at least as fine as `downsample` (cheapest to read)."""
+    return max(i for i, level in enumerate(slide.levels) if level.downsample <= downsample * 1.01 or i == 0)
+
+
+def _level0_box(level: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> tuple[float, float, float, float]:
+    ds = level.downsample
+    return x0 * ds, y0 * ds, min(x1, level.width) * ds, min(y1, level.height) * ds
+
+
+# -- metadata --------------------------------------------------------------------------------------------------
+def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[Piece]:  # type: ignore[type-arg]
+    """zarr.json of the image group, each level array and the tissue label, generated by zarr itself."""
+    store = zarr.storage.MemoryStore()
+    mpp = plan.mpp
+    unit = {"unit": "micrometer"} if mpp else {}
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+    datasets = [
+        {
+            "path": str(level.index),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, *(s * level.downsample for s in ((mpp[1], mpp[0]) if mpp else (1.0, 1.0)))]}
+            ],
+        }
+        for level in plan.levels
+    ]
+    attributes = {
+        "ome": {
+            "version": "0.5",
+            "multiscales": [{"name": name, "axes": axes, "datasets": datasets}],
+            "omero": {
+                "channels": [
+                    {"label": label, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
+                    for label, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
+                ],
+                "rdefs": {"model": "color"},
+            },
+        },
+        "slidestream": {
+            "format_version": FORMAT_VERSION,
+            "chunk": plan.chunk,
+            "shard_chunks": plan.shard_chunks,
+            "background": "written" if plan.options.keep_background else "omitted above the overview levels",
+            "fill_value": FILL,
+            "complete_levels": [level.index for level in plan.levels if level.complete],
+            "passthrough_levels": [level.index for level in plan.levels if level.passthrough],
+            "tissue_fraction": round(plan.tissue.fraction, 4),
+            "source": source_summary,
+        },
+    }
+    zarr.create_group(store, zarr_format=3, attributes=attributes)
+    for level in plan.levels:
+        zarr.create_array(
+            store,
+            name=str(level.index),
+            shape=(3, level.height, level.width),
+            dtype="uint8",
+            chunks=(3, plan.chunk, plan.chunk),
+            shards=(3, plan.shard_side, plan.shard_side),
+            dimension_names=["c", "y", "x"],
+            fill_value=FILL,
+            **_chunk_codecs(plan.options),
+        )
+    _tissue_label(store, plan, axes[1:])
+    return [
+        Piece(key, buffer.to_bytes(), PieceKind.METADATA if key.endswith("zarr.json") else PieceKind.SIDECAR)
+        for key, buffer in sorted(store._store_dict.items(), key=lambda item: (item[0].count("/"), item[0]))
+    ]
+
+
+def _chunk_codecs(options: ConvertOptions) -> dict:  # type: ignore[type-arg]
+    if options.lossless:
+        return {"serializer": BytesCodec(), "compressors": [ZstdCodec(level=5)]}
+    return {"filters": [TransposeCodec(order=(1, 2, 0))], "serializer": JpegCodec(options.quality), "compressors": None}
+
+
+def _tissue_label(store: zarr.storage.MemoryStore, plan: PyramidPlan, axes: list) -> None:  # type: ignore[type-arg]
+    """The tissue mask as an NGFF label image (1 = tissue), so any OME-Zarr reader can show it."""
+    zarr.create_group(store, path="labels", zarr_format=3, attributes={"ome": {"version": "0.5", "labels": ["tissue"]}})
+    scale = [s * plan.tissue.downsample for s in ((plan.mpp[1], plan.mpp[0]) if plan.mpp else (1.0, 1.0))]
+    attributes = {
+        "ome": {
+            "version": "0.5",
+            "image-label": {"colors": [{"label-value": 1, "rgba": [0, 160, 0, 255]}], "source": {"image": "../../"}},
+            "multiscales": [
+                {"name": "tissue", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
+            ],
+        }
+    }
+    zarr.create_group(store, path="labels/tissue", zarr_format=3, attributes=attributes)
+    mask = plan.tissue.mask.astype(np.uint8)
+    array = zarr.create_array(
+        store, name="labels/tissue/0", shape=mask.shape, dtype="uint8", chunks=mask.shape, dimension_names=["y", "x"], fill_value=0
+    )
+    array[:] = mask
+
+
+# -- pixels ----------------------------------------------------------------------------------------------------
+def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict) -> Iterator[Piece]:  # type: ignore[type-arg]
+    """Yield every object of the image in send order: metadata first, then shards as they are built.
+
+    Shards are built `workers` at a time (plus a small lookahead) and yielded strictly in plan order.
+    """
+    yield from metadata_pieces(plan, name, source_summary)
+    lookahead = max(1, plan.options.workers) * 2
+    with ThreadPoolExecutor(max_workers=max(1, plan.options.workers), thread_name_prefix="shard") as pool:
+        pending: list[tuple[ShardTask, Future[bytes | None]]] = []
+        tasks = iter(plan.shards)
+        for task in tasks:
+            pending.append((task, pool.submit(build_shard, slide, plan, task)))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            task, future = pending.pop(0)
+            data = future.result()
+            following = next(tasks, None)
+            if following is not None:
+                pending.append((following, pool.submit(build_shard, slide, plan, following)))
+            if data is not None:
+                yield Piece(task.key, data, PieceKind.SHARD, level=task.level, tissue=task.tissue, priority=int(task.priority * 1e6))
+
+
+def build_shard(slide: Slide, plan: PyramidPlan, task: ShardTask) -> bytes | None:
+    """The complete bytes of one shard object, or None when it holds no chunk worth writing."""
+    level = plan.levels[task.level]
+    n, c = plan.shard_chunks, plan.chunk
+    wanted: list[tuple[int, int]] = []
+    for i in range(n):
+        for j in range(n):
+            y0, x0 = (task.row * n + i) * c, (task.col * n + j) * c
+            if y0 >= level.height or x0 >= level.width:
+                continue
+            if level.complete or plan.tissue.any_in(*_level0_box(level, x0, y0, x0 + c, y0 + c)):
+                wanted.append((i, j))
+    if not wanted:
+        return None
+    chunks: dict[tuple[int, int], bytes] = {}
+    if level.passthrough:
+        for i, j in wanted:
+            raw = slide.raw_tile(level.source_level, task.row * n + i, task.col * n + j)
+            if raw is not None:
+                chunks[(i, j)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+    for band in sorted({i for i, _ in wanted}):
+        columns = [j for i, j in wanted if i == band and (i, j) not in chunks]
+        if not columns:
+            continue
+        y0 = (task.row * n + band) * c
+        x0, x1 = (task.col * n + columns[0]) * c, (task.col * n + columns[-1] + 1) * c
+        pixels = render(slide, level, x0, y0, x1, y0 + c)
+        for j in columns:
+            offset = (task.col * n + j) * c - x0
+            chunks[(band, j)] = encode_chunk(pixels[:, offset : offset + c], plan.options)
+    return assemble_shard(chunks, n)
+
+
+def encode_chunk(pixels: np.ndarray, options: ConvertOptions) -> bytes:
+    """Bytes of one chunk as the array's codecs expect them."""
+    if options.lossless:
+        return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(pixels.transpose(2, 0, 1)).tobytes(), level=5))
+    return encode_jpeg(np.ascontiguousarray(pixels), options.quality)
+
+
+def assemble_shard(chunks: dict[tuple[int, int], bytes], n: int) -> bytes:
+    """A Zarr v3 shard: chunk bytes, then the (offset, nbytes) index with its CRC32C, little-endian, at the end."""
+    index = np.full((1, n, n, 2), EMPTY, dtype="<u8")
+    body = bytearray()
+    for (i, j), data in sorted(chunks.items()):
+        index[0, i, j] = (len(body), len(data))
+        body += data
+    index_bytes = index.tobytes()
+    return bytes(body) + index_bytes + struct.pack("<I", google_crc32c.value(index_bytes))
+
+
+def render(slide: Slide, level: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Pixels (y1-y0, x1-x0, 3) of output `level`; beyond the level's edge reads as white."""
+    out = np.full((y1 - y0, x1 - x0, 3), FILL, np.uint8)
+    cx1, cy1 = min(x1, level.width), min(y1, level.height)
+    if cx1 <= x0 or cy1 <= y0:
+        return out
+    scale = level.scale
+    # split wide boxes so the decoded source region stays under MAX_CANVAS pixels
+    step = max(1, int(MAX_CANVAS / ((cy1 - y0) * scale * scale)))
+    for bx0 in range(x0, cx1, step):
+        bx1 = min(cx1, bx0 + step)
+        out[: cy1 - y0, bx0 - x0 : bx1 - x0] = _render_box(slide, level.source_level, bx0, y0, bx1, cy1, scale)
+    return out
+
+
+def _render_box(slide: Slide, source_level: int, x0: int, y0: int, x1: int, y1: int, scale: float) -> np.ndarray:
+    """Output pixels [x0, x1) x [y0, y1): output pixel (x, y) averages source pixels [x*scale, (x+1)*scale)."""
+    src = slide.levels[source_level]
+    size = (x1 - x0, y1 - y0)
+    sx0, sy0, sx1, sy1 = x0 * scale, y0 * scale, x1 * scale, y1 * scale
+    if slide.has_raw_tiles(source_level):
+        # decode the stored tiles on their own integer grid: openslide would resample fractional positions
+        canvas, origin, reduction = _decode_tiles(slide, source_level, sx0, sy0, min(sx1, src.width), min(sy1, src.height), scale)
+    else:
+        ix0, iy0 = int(sx0), int(sy0)
+        ix1, iy1 = min(src.width, math.ceil(sx1)), min(src.height, math.ceil(sy1))
+        location = (round(ix0 * src.downsample), round(iy0 * src.downsample))
+        pixels = slide.read_region(location, source_level, (ix1 - ix0, iy1 - iy0))
+        if scale == 1.0 and pixels.shape[1::-1] == size:
+            return pixels
+        canvas, origin, reduction = Image.fromarray(pixels), (ix0, iy0), 1
+    box = tuple((value - base) / reduction for value, base in zip((sx0, sy0, sx1, sy1), (*origin, *origin)))
+    # the last output pixel may reach past the source edge: extend with glass-white so the box stays inside
+    need = (math.ceil(box[2]), math.ceil(box[3]))
+    if need[0] > canvas.width or need[1] > canvas.height:
+        padded = Image.new("RGB", (max(need[0], canvas.width), max(need[1], canvas.height)), (FILL, FILL, FILL))
+        padded.paste(canvas, (0, 0))
+        canvas = padded
+    if canvas.size == size and box == (0, 0, *size):
+        return np.asarray(canvas)
+    return np.asarray(canvas.resize(size, Image.Resampling.BOX, box=box))
+
+
+def _decode_tiles(slide: Slide, level: int, sx0: float, sy0: float, sx1: float, sy1: float, scale: float) -> tuple[Image.Image, tuple[int, int], int]:
+    """Decode the stored tiles under a source box into (canvas, source origin of the canvas, reduction).
+
+    JPEG tiles are decoded at 1/2, 1/4 or 1/8 size inside libjpeg when the output is that much smaller (DCT
+    scaling: several times faster than decoding at full size and shrinking); `reduction` says which.
+    """
+    src = slide.levels[level]
+    tw, th = src.tile_width, src.tile_height
+    first = slide.raw_tile(level, 0, 0)
+    jpeg = first is not None and first.codec == "jpeg"
+    reduction = 1 << min(3, int(math.log2(scale))) if jpeg and scale >= 2 else 1
+    tile_w, tile_h = tw // reduction, th // reduction
+    c0, c1 = int(sx0 // tw), min(math.ceil(sx1 / tw), -(-src.width // tw))
+    r0, r1 = int(sy0 // th), min(math.ceil(sy1 / th), -(-src.height // th))
+    canvas = Image.new("RGB", ((c1 - c0) * tile_w, (r1 - r0) * tile_h), (FILL, FILL, FILL))
+    for row in range(r0, r1):
+        for col in range(c0, c1):
+            raw = slide.raw_tile(level, row, col)
+            if raw is None:
+                continue
+            if reduction == 1:
+                tile = Image.fromarray(slide.decode_raw_tile(level, raw))
+            else:
+                tile = _draft_decode(slide, raw, (tile_w, tile_h), f"tile ({row}, {col}) of level {level}")
+            canvas.paste(tile, ((col - c0) * tile_w, (row - r0) * tile_h))
+    # pixels past the level's edge inside edge tiles are padding, not image: blank them
+    valid = ((src.width - c0 * tw) // reduction, (src.height - r0 * th) // reduction)
+    if valid[0] < canvas.width:
+        canvas.paste((FILL, FILL, FILL), (valid[0], 0, canvas.width, canvas.height))
+    if valid[1] < canvas.height:
+        canvas.paste((FILL, FILL, FILL), (0, valid[1], canvas.width, canvas.height))
+    return canvas, (c0 * tw, r0 * th), reduction
+
+
+def _draft_decode(slide: Slide, raw: RawTile, size: tuple[int, int], where: str) -> Image.Image:
+    try:
+        tile = Image.open(io.BytesIO(self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")))
+        tile.draft("RGB", size)
+        if tile.size != size:
+            tile = tile.resize(size, Image.Resampling.BOX)
+        tile.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise CorruptSlideError(f"{slide.path}: cannot decode {where}: {error}") from None
+    return tile

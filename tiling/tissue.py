@@ -1,0 +1,92 @@
+"""Where the tissue is: a boolean mask from a low-resolution view, so background is never sent at full resolution.
+
+Bright-field (H&E, IHC): tissue is coloured or dark against bright glass. Otsu on saturation alone segments only
+pen marks on some slides, so we combine saturation with optical density and drop near-grey dark blobs (pen, dirt)
+only when they are tiny. Dark-field (fluorescence, e.g. DAPI NDPI): tissue is where glowing nuclei are dense on the dark background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage import color, filters, morphology
+
+from slides import Slide
+
+# work on a view of about this many pixels on its long side: enough for 1 mm structures, cheap to read
+MASK_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """`mask[y, x]` is True where tissue is; one mask pixel covers `downsample` level-0 pixels a side."""
+
+    mask: np.ndarray
+    downsample: float
+    darkfield: bool
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean())
+
+    def any_in(self, x0: float, y0: float, x1: float, y1: float) -> bool:
+        """Whether any tissue lies in the level-0 box [x0, x1) x [y0, y1)."""
+        return bool(self._window(x0, y0, x1, y1).any())
+
+    def _window(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        ds = self.downsample
+        return self.mask[int(y0 // ds) : max(int(-(-y1 // ds)), int(y0 // ds) + 1), int(x0 // ds) : max(int(-(-x1 // ds)), int(x0 // ds) + 1)]
+
+
+def overview(slide: Slide, side: int = MASK_SIDE) -> tuple[np.ndarray, float]:
+    """An RGB view of the whole slide about `side` pixels long, read from the cheapest adequate level."""
+    width, height = slide.dimensions
+    target = max(width, height) / side
+    level = max((i for i, lv in enumerate(slide.levels) if lv.downsample <= max(target, 1.0)), default=0)
+    info = slide.levels[level]
+    pixels = slide.read_region((0, 0), level, (info.width, info.height))
+    factor = max(1, int(target / info.downsample))
+    if factor > 1:
+        from PIL import Image
+
+        reduced = Image.fromarray(pixels).reduce(factor)
+        pixels = np.asarray(reduced)
+    return pixels, width / pixels.shape[1]
+
+
+def detect_tissue(slide: Slide) -> TissueMask:
+    """Tissue mask of a slide (see module docstring for the method)."""
+    pixels, downsample = overview(slide)
+    mask, darkfield = tissue_mask(pixels)
+    return TissueMask(mask, downsample, darkfield)
+
+
+def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(mask, darkfield) for an RGB uint8 overview image."""
+    gray = color.rgb2gray(rgb)
+    darkfield = float(np.median(gray)) < 0.25
+    if darkfield:
+        signal = filters.gaussian(gray, sigma=1.5)
+        glowing = signal > max(_otsu(signal), float(np.median(signal)) + 0.02)
+        # stained nuclei are sparse dots: tissue is where they are dense, not only the dots themselves
+        density = filters.gaussian(glowing.astype(np.float32), sigma=max(2.0, max(gray.shape) / 100))
+        mask = density > 0.04
+    else:
+        hsv = color.rgb2hsv(rgb)
+        saturation = filters.gaussian(hsv[..., 1], sigma=1.5)
+        # optical density of the darkest channel: tissue absorbs, glass does not
+        density = filters.gaussian(-np.log10(np.clip(rgb.min(axis=2), 1, 255) / 255.0), sigma=1.5)
+        sat_threshold = max(_otsu(saturation), 0.07)
+        od_threshold = max(_otsu(density), 0.08)
+        mask = (saturation > sat_threshold) | (density > od_threshold)
+    side = max(1, round(min(mask.shape) / 256))
+    mask = ndimage.binary_closing(mask, morphology.disk(side), border_value=0) | mask
+    mask = morphology.remove_small_objects(mask, max_size=max(16, mask.size // 20000))
+    mask = morphology.remove_small_holes(mask, max_size=max(64, mask.size // 500))
+    return mask, darkfield
+
+
+def _otsu(values: np.ndarray) -> float:
+    return float(filters.threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max()) + 1.0
