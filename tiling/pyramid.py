@@ -312,9 +312,13 @@ def build_shard(slide: Slide, plan: PyramidPlan, task: ShardTask) -> bytes | Non
     chunks: dict[tuple[int, int], bytes] = {}
     if level.passthrough:
         for i, j in wanted:
-            raw = slide.raw_tile(level.source_level, task.row * n + i, task.col * n + j)
+            row, col = task.row * n + i, task.col * n + j
+            raw = slide.raw_tile(level.source_level, row, col)
             if raw is not None:
-                chunks[(i, j)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+                try:
+                    chunks[(i, j)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+                except ValueError as error:
+                    raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
     for band in sorted({i for i, _ in wanted}):
         columns = [j for i, j in wanted if i == band and (i, j) not in chunks]
         if not columns:
