@@ -1,0 +1,577 @@
+"""The viewer's server against the real S3 server and a local directory: tiles, arrival, access, bad requests.
+
+The browser end of the story is in test_viewer_browser.py; the helpers here (sending a case, running the server)
+are shared with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+import zarr
+from PIL import Image
+
+from slides import open_slide
+from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
+from tiling.pyramid import assemble_shard
+from viewer import (
+    WORKLIST,
+    InvalidKeyError,
+    LocalStorage,
+    ObjectNotFoundError,
+    S3Storage,
+    ScopeError,
+    SecretError,
+    Storage,
+    TokenError,
+    Tokens,
+    case_scope,
+    create_app,
+    load_secret,
+)
+
+from conftest import S3Server, sample
+
+SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967, 240 px JPEG tiles (passed through), 3 levels, mpp 0.499
+SECRET = b"a-test-secret-that-is-long-enough-0123456789"
+EMPTY = 2**64 - 1
+
+
+# -- making cases ----------------------------------------------------------------------------------------------
+@functools.cache
+def pyramid(name: str = SLIDE, lossless: bool = False) -> tuple[PyramidPlan, tuple[Piece, ...]]:
+    """Every object of the slide's OME-Zarr, in send order (built once per test run)."""
+    with open_slide(sample(name)) as slide:
+        plan = plan_pyramid(slide, ConvertOptions(lossless=lossless, workers=2))
+        return plan, tuple(produce(slide, plan, "sample", {}))
+
+
+def shards(pieces: tuple[Piece, ...]) -> dict[str, bytes]:
+    return {piece.key: piece.data for piece in pieces if piece.kind == PieceKind.SHARD}
+
+
+def chunk_of(shard: bytes, n: int, i: int, j: int) -> bytes | None:
+    """Chunk (i, j) of a shard, read straight from its index: what the viewer must serve byte for byte."""
+    index = np.frombuffer(shard[-(16 * n * n + 4) : -4], "<u8").reshape(n, n, 2)
+    offset, nbytes = (int(v) for v in index[i, j])
+    return None if offset == EMPTY else shard[offset : offset + nbytes]
+
+
+def manifest(case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None) -> bytes:
+    """A `slidestream-manifest/1` as transfer/ writes it during a send."""
+    planned = [key for key in shards(pieces)] if planned is None else planned
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return json.dumps(
+        {
+            "format": "slidestream-manifest/1",
+            "case": case,
+            "image": "image.zarr",
+            "started_at": now,
+            "updated_at": now,
+            "complete": arrived >= set(planned),
+            "planned": planned,
+            "arrived": [key for key in planned if key in arrived],
+            "milestones": {},
+        }
+    ).encode()
+
+
+class Bucket:
+    """A case store on the real S3 server: `put` writes under the prefix the viewer is pointed at."""
+
+    def __init__(self, server: S3Server, prefix: str = "cases") -> None:
+        self.client = server.client()
+        self.name = server.new_bucket()
+        self.prefix = prefix
+        self.endpoint_url = server.endpoint_url
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.name, Key=f"{self.prefix}/{key}", Body=data)
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=f"{self.prefix}/{key}")["Body"].read()
+
+    def storage(self) -> S3Storage:
+        return S3Storage(self.name, self.prefix, self.endpoint_url)
+
+    def send(self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None) -> tuple[Piece, ...]:
+        """Upload the metadata and the shards `arrived` selects, with a manifest saying so."""
+        _, pieces = pyramid()
+        for piece in pieces:
+            if piece.kind != PieceKind.SHARD or arrived(piece):
+                self.put(f"{case}/image.zarr/{piece.key}", piece.data)
+        self.put(f"{case}/manifest.json", manifest(case, pieces, {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}))
+        if triage is not None:
+            self.put(f"{case}/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
+        return pieces
+
+
+def heatmap_objects(values: np.ndarray, slide_width: int, mpp: float) -> dict[str, bytes]:
+    """A heatmap in the layout inference/ writes: single-level (h, w) OME-Zarr, scale = mpp x width / w."""
+    store = zarr.storage.MemoryStore()
+    cell = mpp * slide_width / values.shape[1]
+    axes = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [cell, cell]}]}]
+    zarr.create_group(store, zarr_format=3, attributes={"ome": {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}})
+    fill = np.nan if values.dtype.kind == "f" else 0
+    array = zarr.create_array(store, name="0", shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=fill)
+    array[:] = values
+    return {key: buffer.to_bytes() for key, buffer in store._store_dict.items()}
+
+
+# -- running the server ----------------------------------------------------------------------------------------
+@dataclass
+class Served:
+    """A viewer server running in this process, and a way to make tokens for it."""
+
+    url: str
+    tokens: Tokens
+
+    def token(self, case: str, lifetime: timedelta = timedelta(hours=1)) -> str:
+        return self.tokens.issue(case_scope(case), lifetime)
+
+    def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
+        headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        return httpx.get(self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def raw(self, path: str, token: str | None = None) -> tuple[int, bytes]:
+        """A request with the path exactly as written (httpx would normalise '..' away)."""
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response.status, body
+
+
+@contextmanager
+def serving(storage: Storage) -> Iterator[Served]:
+    tokens = Tokens(SECRET)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("viewer server did not start")
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", tokens)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Wait for the server to notice a change (its manifest cache lives a second); fail with `what`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> Bucket:
+    return Bucket(s3_server)
+
+
+@pytest.fixture(scope="module")
+def sent(bucket: Bucket) -> Iterator[Served]:
+    """Case 'complete' fully sent to S3, with a triage score; the viewer serving that bucket."""
+    bucket.send("complete", triage=0.8)
+    with serving(bucket.storage()) as served:
+        yield served
+
+
+# -- tiles -----------------------------------------------------------------------------------------------------
+def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
+    plan, pieces = pyramid()
+    token = sent.token("complete")
+    n = plan.shard_chunks
+    for level, row, col in [(0, 0, 0), (0, 9, 5), (0, 12, 9), (1, 3, 2), (2, 0, 0), (2, 3, 2)]:
+        shard = shards(pieces)[f"{level}/c/0/{row // n}/{col // n}"]
+        response = sent.get(f"/api/cases/complete/tiles/{level}/{row}/{col}", token)
+        assert response.status_code == 200, (level, row, col, response.text)
+        assert response.content == chunk_of(shard, n, row % n, col % n)
+        assert response.headers["content-type"] == "image/jpeg"
+        assert "immutable" in response.headers["cache-control"]
+        again = sent.get(f"/api/cases/complete/tiles/{level}/{row}/{col}", token, headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+    # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
+    edge = sent.get("/api/cases/complete/tiles/0/12/9", token)
+    assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
+
+
+def test_image_description_holds_geometry_and_nothing_identifying(sent: Served) -> None:
+    info = sent.get("/api/cases/complete/image", sent.token("complete")).json()
+    assert (info["width"], info["height"], info["tile_size"], info["mpp"]) == (2220, 2967, 240, pytest.approx(0.499))
+    assert [level["width"] for level in info["levels"]] == [2220, 1110, 555]
+    assert "sample" not in json.dumps(info) and "svs" not in json.dumps(info).lower()
+
+
+def test_bad_tile_requests_are_4xx(sent: Served) -> None:
+    token = sent.token("complete")
+    for path in [
+        "/api/cases/complete/tiles/0/13/0",  # one past the last row
+        "/api/cases/complete/tiles/0/0/10",
+        "/api/cases/complete/tiles/3/0/0",  # no such level
+        "/api/cases/complete/tiles/64/0/0",
+        "/api/cases/complete/tiles/-1/0/0",
+        "/api/cases/complete/tiles/0/99999999999999999999/0",
+        "/api/cases/complete/tiles/0/x/0",
+        "/api/cases/complete/tiles/0/0",
+        "/api/cases/complete/heatmap/0/0/0.png",  # no heatmap for this case
+        "/api/cases/nosuchcase/image",
+    ]:
+        status = sent.get(path, token if "nosuchcase" not in path else sent.token("nosuchcase")).status_code
+        assert 400 <= status < 500, (path, status)
+
+
+# -- access ----------------------------------------------------------------------------------------------------
+def test_access_needs_a_valid_token_for_that_case(sent: Served) -> None:
+    path = "/api/cases/complete/tiles/0/0/0"
+    expired = sent.tokens.issue(case_scope("complete"), timedelta(seconds=-1))
+    forged = Tokens(b"another-secret-that-is-long-enough-0123456789").issue(case_scope("complete"), timedelta(hours=1))
+    assert sent.get(path).status_code == 401
+    for token in ["garbage", "a.b.c", expired, forged, sent.token("complete")[:-3] + "AAA", "é" * 40]:
+        assert sent.get(path, headers={"Authorization": f"Bearer {token}".encode()}).status_code == 401, token
+    assert sent.get(path, headers={"Authorization": "Basic dXNlcjpwYXNz"}).status_code == 401
+    assert sent.get(path, sent.token("other-case")).status_code == 403
+    assert sent.get(path, sent.tokens.issue(WORKLIST, timedelta(hours=1))).status_code == 403
+    assert sent.get("/api/worklist", sent.token("complete")).status_code == 403
+    assert sent.get("/api/worklist").status_code == 401
+    assert sent.get(path, sent.token("complete")).status_code == 200
+
+
+def test_tokens_are_scoped_signed_and_expire() -> None:
+    tokens = Tokens(SECRET)
+    token = tokens.issue(case_scope("A1"), timedelta(minutes=5))
+    tokens.check(token, case_scope("A1"))
+    with pytest.raises(ScopeError):
+        tokens.check(token, case_scope("A2"))
+    with pytest.raises(TokenError, match="expired"):
+        tokens.check(tokens.issue(case_scope("A1"), timedelta(seconds=-1)), case_scope("A1"))
+    with pytest.raises(TokenError):
+        Tokens(SECRET + b"x").check(token, case_scope("A1"))
+    with pytest.raises(ValueError):
+        case_scope("../etc")
+
+
+def test_the_secret_is_created_once_privately_and_must_be_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLIDESTREAM_SECRET", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    first = load_secret()
+    assert load_secret() == first and len(first) >= 32
+    assert stat.S_IMODE((tmp_path / "state" / "slidestream" / "viewer-secret").stat().st_mode) == 0o600
+    monkeypatch.setenv("SLIDESTREAM_SECRET", "s" * 40)
+    assert load_secret() == b"s" * 40
+    (tmp_path / "short").write_text("too short")
+    with pytest.raises(SecretError, match="at least 32"):
+        load_secret(tmp_path / "short")
+    with pytest.raises(SecretError, match="cannot read"):
+        load_secret(tmp_path / "missing")
+
+
+# -- a send in progress ----------------------------------------------------------------------------------------
+def test_tiles_follow_the_manifest_during_a_send(s3_server: S3Server) -> None:
+    bucket = Bucket(s3_server)
+    plan, pieces = pyramid()
+    n = plan.shard_chunks
+    all_shards = shards(pieces)
+    # the overview levels have arrived; level 0 is still on its way, and shard 0/c/0/1/1 is not planned (glass)
+    planned = [key for key in all_shards if key != "0/c/0/1/1"]
+    for piece in pieces:
+        if piece.kind != PieceKind.SHARD or piece.level != 0:
+            bucket.put(f"live/image.zarr/{piece.key}", piece.data)
+    bucket.put("live/manifest.json", manifest("live", pieces, {k for k in planned if not k.startswith("0/")}, planned))
+    with serving(bucket.storage()) as served:
+        token = served.token("live")
+        pending = served.get("/api/cases/live/tiles/0/0/0", token)
+        assert (pending.status_code, pending.headers["x-tile"], pending.headers["cache-control"]) == (404, "pending", "no-store")
+        background = served.get(f"/api/cases/live/tiles/0/{n}/{n}", token)
+        assert (background.status_code, background.headers["x-tile"]) == (404, "background")
+        assert served.get("/api/cases/live/tiles/1/0/0", token).status_code == 200
+        status = served.get("/api/cases/live/status", token).json()
+        assert [level["state"] for level in status["levels"]] == ["1110", "2", "2"]  # 0: background, 1: pending, 2: arrived
+        assert status["complete"] is False and status["levels"][0]["arrived"] == 0
+
+        # level 0's first shard arrives; the manifest says so; the tile turns into the chunk
+        bucket.put("live/image.zarr/0/c/0/0/0", all_shards["0/c/0/0/0"])
+        arrived = {k for k in planned if not k.startswith("0/")} | {"0/c/0/0/0"}
+        bucket.put("live/manifest.json", manifest("live", pieces, arrived, planned))
+        wait_for(lambda: served.get("/api/cases/live/tiles/0/0/0", token).status_code == 200, "level-0 tile after its arrival")
+        assert served.get("/api/cases/live/tiles/0/0/0", token).content == chunk_of(all_shards["0/c/0/0/0"], n, 0, 0)
+        assert served.get("/api/cases/live/status", token).json()["levels"][0]["state"] == "2110"
+
+
+def test_a_chunk_missing_from_an_arrived_shard_is_background(s3_server: S3Server) -> None:
+    bucket = Bucket(s3_server)
+    plan, pieces = pyramid()
+    n = plan.shard_chunks
+    bucket.send("holes")
+    full = shards(pieces)["0/c/0/0/0"]
+    chunks = {(i, j): chunk_of(full, n, i, j) for i in range(n) for j in range(n)}
+    del chunks[(2, 3)]  # glass: the writer left it out
+    bucket.put("holes/image.zarr/0/c/0/0/0", assemble_shard(chunks, n))  # type: ignore[arg-type]
+    with serving(bucket.storage()) as served:
+        token = served.token("holes")
+        response = served.get("/api/cases/holes/tiles/0/2/3", token)
+        assert (response.status_code, response.headers["x-tile"]) == (404, "background")
+        assert served.get("/api/cases/holes/tiles/0/2/4", token).content == chunks[(2, 4)]
+
+
+# -- reports, worklist, heatmap --------------------------------------------------------------------------------
+def test_the_report_is_saved_to_the_store_with_timestamps_and_revisions(sent: Served, bucket: Bucket) -> None:
+    token = sent.token("complete")
+    assert sent.get("/api/cases/complete/report", token).status_code == 404
+    first = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "Benign."}, headers={"Authorization": f"Bearer {token}"})
+    second = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "Basal cell carcinoma, margins clear."}, headers={"Authorization": f"Bearer {token}"})
+    assert first.status_code == second.status_code == 200
+    stored = json.loads(bucket.get("complete/report.json"))
+    assert stored["diagnosis"] == "Basal cell carcinoma, margins clear."
+    assert [r["diagnosis"] for r in stored["revisions"]] == ["Benign.", "Basal cell carcinoma, margins clear."]
+    assert stored["first_saved_at"] <= stored["saved_at"] and stored["saved_at"].endswith("Z")
+    assert sent.get("/api/cases/complete/report", token).json()["diagnosis"] == stored["diagnosis"]
+    too_long = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "x" * 20_001}, headers={"Authorization": f"Bearer {token}"})
+    assert too_long.status_code == 422
+    not_json = httpx.post(f"{sent.url}/api/cases/complete/report", content=b"{", headers={"Authorization": f"Bearer {token}"})
+    assert not_json.status_code == 422
+    other = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "x"}, headers={"Authorization": f"Bearer {sent.token('x')}"})
+    assert other.status_code == 403
+
+
+def test_the_worklist_puts_the_most_suspicious_case_first(s3_server: S3Server) -> None:
+    bucket = Bucket(s3_server)
+    for case, score in [("low", 0.1), ("high", 0.93), ("mid", 0.5)]:
+        bucket.send(case, triage=score)
+    bucket.send("unscored", arrived=lambda piece: piece.level != 0)
+    with serving(bucket.storage()) as served:
+        worklist = served.get("/api/worklist", served.tokens.issue(WORKLIST, timedelta(hours=1))).json()
+        assert [entry["case"] for entry in worklist["cases"]] == ["high", "mid", "low", "unscored"]
+        unscored = worklist["cases"][-1]
+        assert unscored["triage"] is None and unscored["arrived"] < unscored["planned"] and unscored["started_at"]
+        # each row links to its case with a token for that case only
+        link = worklist["cases"][0]["link"]
+        path, _, fragment = link.partition("#token=")
+        assert path == "/view/high" and served.get("/api/cases/high/image", fragment).status_code == 200
+        assert served.get("/api/cases/mid/image", fragment).status_code == 403
+
+
+def test_heatmap_tiles_colour_the_probability_on_the_slide_grid(sent: Served, bucket: Bucket) -> None:
+    token = sent.token("complete")
+    values = np.zeros((30, 22), np.uint8)  # one map pixel ~ 100 slide pixels
+    values[:15] = 255  # top half: tumour
+    for key, data in heatmap_objects(values, 2220, 0.499).items():
+        bucket.put(f"complete/heatmap.zarr/{key}", data)
+    wait_for(lambda: sent.get("/api/cases/complete/status", token).json()["heatmap"] is not None, "the heatmap in the status")
+    version = sent.get("/api/cases/complete/status", token).json()["heatmap"]["version"]
+    top = sent.get(f"/api/cases/complete/heatmap/2/0/0.png?v={version}", token)
+    assert top.status_code == 200 and top.headers["content-type"] == "image/png" and "immutable" in top.headers["cache-control"]
+    pixels = np.asarray(Image.open(io.BytesIO(top.content)))
+    assert pixels.shape == (240, 240, 4)
+    assert tuple(pixels[10, 10]) == (215, 25, 28, 235)  # probability 1: opaque red
+    bottom = np.asarray(Image.open(io.BytesIO(sent.get("/api/cases/complete/heatmap/2/2/0.png", token).content)))
+    assert bottom[100, 10, 3] == 0  # probability 0: transparent
+    assert bottom[239, 239, 3] == 0  # beyond the slide's 742 rows at this level: transparent
+    assert sent.get("/api/cases/complete/heatmap/2/0/0.png?v=stale", token).headers["cache-control"] == "no-store"
+
+
+def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
+    _, pieces = pyramid()
+    for piece in pieces:
+        (tmp_path / "f" / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / "image.zarr" / piece.key).write_bytes(piece.data)
+    values = np.full((10, 10), np.nan, np.float32)
+    values[0, 0] = 0.75
+    for key, data in heatmap_objects(values, 2220, 0.499).items():
+        (tmp_path / "f" / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / "heatmap.zarr" / key).write_bytes(data)
+    with serving(LocalStorage(tmp_path)) as served:
+        tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/f/heatmap/2/0/0.png", served.token("f")).content)))
+    assert tile[5, 5, 3] > 150 and tile[5, 5, 0] > 200  # 0.75: orange, fairly opaque
+    assert tile[100, 100, 3] == 0  # NaN: not analysed, nothing drawn
+
+
+# -- lossless images -------------------------------------------------------------------------------------------
+def test_lossless_chunks_are_served_as_png_of_their_pixels(tmp_path: Path) -> None:
+    plan, pieces = pyramid(lossless=True)
+    root = tmp_path / "lossless" / "image.zarr"
+    for piece in pieces:
+        (root / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (root / piece.key).write_bytes(piece.data)
+    array = zarr.open_array(zarr.storage.LocalStore(root, read_only=True), path="0", mode="r")
+    with serving(LocalStorage(tmp_path)) as served:
+        token = served.token("lossless")
+        assert served.get("/api/cases/lossless/image", token).json()["format"] == "png"
+        response = served.get("/api/cases/lossless/tiles/0/12/9", token)  # bottom-right edge chunk
+    assert response.headers["content-type"] == "image/png"
+    expected = np.moveaxis(array[:, 12 * 240 :, 9 * 240 :], 0, -1)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected)
+
+
+# -- storage ---------------------------------------------------------------------------------------------------
+def test_s3_storage_reads_ranges_lists_and_writes(bucket: Bucket) -> None:
+    storage = bucket.storage()
+    bucket.put("s/a/object", bytes(range(100)))
+    bucket.put("s/b/x", b"")
+
+    async def check() -> None:
+        assert await storage.get("s/a/object") == bytes(range(100))
+        assert await storage.get_range("s/a/object", 10, 5) == bytes(range(10, 15))
+        assert await storage.get_suffix("s/a/object", 4) == bytes(range(96, 100))
+        await storage.put("s/a/new.json", b"{}")
+        assert [info.key for info in await storage.list("s/a")] == ["s/a/new.json", "s/a/object"]
+        assert await storage.list_dirs("s") == ["a", "b"]
+        with pytest.raises(ObjectNotFoundError):
+            await storage.get("s/missing")
+        with pytest.raises(InvalidKeyError):
+            await storage.get("s/../x")
+
+    asyncio.run(check())
+    assert bucket.get("s/a/new.json") == b"{}"
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Path:
+    """A store with one case, a secret file beside it and symlinks that point out of it."""
+    _, pieces = pyramid()
+    store = tmp_path / "store"
+    for piece in pieces:
+        (store / "case1" / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (store / "case1" / "image.zarr" / piece.key).write_bytes(piece.data)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("TOP-SECRET")
+    shutil.copytree(store / "case1" / "image.zarr", tmp_path / "outside" / "image.zarr")  # a whole readable image
+    (store / "escape").symlink_to(tmp_path / "outside")
+    (store / "case1" / "secret.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    return store
+
+
+def test_the_local_store_never_reads_outside_its_root(local_store: Path) -> None:
+    storage = LocalStorage(local_store)
+
+    async def refused(key: str) -> None:
+        with pytest.raises((InvalidKeyError, ObjectNotFoundError)):
+            await storage.get(key)
+
+    async def check() -> None:
+        for key in ["../outside/secret.txt", "case1/../../outside/secret.txt", "/etc/passwd", "case1/secret.txt",
+                    "escape/secret.txt", "escape/image.zarr/zarr.json", "case1\\..\\..\\outside", "case1/\0", ".", "", "case1//x"]:
+            await refused(key)
+        assert (await storage.get("case1/image.zarr/zarr.json")).startswith(b"{")
+
+    asyncio.run(check())
+
+
+def test_traversal_through_http_gets_4xx_and_nothing_from_outside(local_store: Path) -> None:
+    with serving(LocalStorage(local_store)) as served:
+        token = served.token("case1")
+        escape = served.token("escape")
+        assert served.get("/api/cases/case1/tiles/0/0/0", token).status_code == 200
+        # a case whose folder is a symlink out of the store: refused like any other outside key, never a 500
+        assert 400 <= served.get("/api/cases/escape/image", escape).status_code < 500
+        for path, auth in [
+            ("/api/cases/../../outside/secret.txt", token),
+            ("/api/cases/..%2f..%2foutside%2fsecret.txt/image", token),
+            ("/api/cases/%2e%2e/image", served.token("x")),
+            ("/api/cases/%2E%2E%2F%2E%2E/image", token),
+            ("/api/cases/case1/../escape/image", token),
+            ("/api/cases/case1/tiles/0/0/..%2f..%2f..%2fsecret.txt", token),
+            ("/api/cases/case1/tiles/0/%2e%2e/0", token),
+            ("/api/cases/case1%00/image", token),
+            ("/api/cases/" + "a" * 65 + "/image", token),
+            ("/static/../../outside/secret.txt", None),
+            ("/static/%2e%2e/%2e%2e/outside/secret.txt", None),
+            ("/static/..%2f..%2f..%2foutside%2fsecret.txt", None),
+            ("/static/%2e%2e%2fapp.py", None),
+            ("/view/..%2f..%2foutside%2fsecret.txt", None),
+            ("/view/%2e%2e", None),
+            ("/view/case1/../../../outside/secret.txt", None),
+        ]:
+            status, body = served.raw(path, auth)
+            assert 400 <= status < 500, (path, status)
+            assert b"TOP-SECRET" not in body and b"import" not in body
+
+
+def test_a_store_that_does_not_answer_is_a_502_not_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with serving(S3Storage("bucket", "", f"http://127.0.0.1:{port}")) as served:
+        response = served.get("/api/cases/c/tiles/0/0/0", served.token("c"))
+    assert response.status_code == 502 and "bucket" in response.json()["detail"]
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path) -> None:
+    (local_store / "escape").unlink()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        links = dict(line.strip().split(": ", 1) for line in lines[1:])
+        assert set(links) == {"worklist", "case1"}
+        base, _, token = links["case1"].partition("#token=")
+        assert base == f"http://127.0.0.1:{port}/view/case1"
+        wait_for(lambda: _answers(base), "the server to listen")
+        assert "case viewer" in httpx.get(base).text
+        tile = httpx.get(f"http://127.0.0.1:{port}/api/cases/case1/tiles/0/0/0", headers={"Authorization": f"Bearer {token}"})
+        assert tile.status_code == 200 and tile.content.startswith(b"\xff\xd8")
+        Tokens(SECRET).check(token, case_scope("case1"))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_reports_a_taken_port_in_one_line(local_store: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()},
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("slidestream: error: cannot serve on 127.0.0.1") and "\n" not in result.stderr.strip()
+    assert result.stdout == ""
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,0 +1,227 @@
+"""The viewer's HTTP side: static pages, a token-guarded JSON and tile API, no server-side sessions.
+
+Pages carry no data; the browser takes its token from the URL fragment and sends it as a Bearer header, so tokens
+never reach URLs, logs or Referer headers, and the server only ever checks a signature. Every refusal and every
+bad request is a 4xx; a store that fails answers 502.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from viewer.cases import Cases, utc_now
+from viewer.image import BACKGROUND, PENDING, CaseNotFoundError, ImageError, TileNotFoundError
+from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
+from viewer.tokens import CASE_ID, WORKLIST, ScopeError, TokenError, Tokens, case_scope
+
+STATIC = Path(__file__).with_name("static")
+IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
+MAX_DIAGNOSIS = 20_000
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+        b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+]
+
+CaseId = Annotated[str, PathParam(pattern=CASE_ID.pattern)]
+LevelIndex = Annotated[int, PathParam(ge=0, le=63)]
+TileIndex = Annotated[int, PathParam(ge=0, le=2**31)]
+Authorization = Annotated[str | None, Header()]
+
+
+class ViewerState:
+    """What every request needs: the cases of one store and the token signer."""
+
+    def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta) -> None:
+        self.cases = cases
+        self.tokens = tokens
+        self.link_lifetime = link_lifetime
+
+    def case_link(self, case: str) -> str:
+        return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
+
+    def worklist_link(self) -> str:
+        return f"/worklist#token={self.tokens.issue(WORKLIST, self.link_lifetime)}"
+
+
+def _state(request: Request) -> ViewerState:
+    return request.app.state.viewer  # type: ignore[no-any-return]
+
+
+State = Annotated[ViewerState, Depends(_state)]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _case_access(case: CaseId, state: State, authorization: Authorization = None) -> str:
+    state.tokens.check(_bearer(authorization), case_scope(case))
+    return case
+
+
+def _worklist_access(state: State, authorization: Authorization = None) -> None:
+    state.tokens.check(_bearer(authorization), WORKLIST)
+
+
+Case = Annotated[str, Depends(_case_access)]
+router = APIRouter()
+
+
+# -- pages -----------------------------------------------------------------------------------------------------
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/worklist")  # browsers carry the #token fragment across the redirect
+
+
+@router.get("/worklist", include_in_schema=False)
+async def worklist_page() -> FileResponse:
+    return FileResponse(STATIC / "worklist.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/view/{case}", include_in_schema=False)
+async def viewer_page(case: CaseId) -> FileResponse:
+    return FileResponse(STATIC / "viewer.html", headers={"Cache-Control": "no-cache"})
+
+
+# -- API -------------------------------------------------------------------------------------------------------
+@router.get("/api/worklist", dependencies=[Depends(_worklist_access)])
+async def worklist(state: State) -> JSONResponse:
+    entries = await state.cases.worklist()
+    for entry in entries:
+        entry["link"] = state.case_link(entry["case"])
+    return JSONResponse({"now": utc_now(), "cases": entries}, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/cases/{case}/image")
+async def image(case: Case, state: State) -> JSONResponse:
+    return JSONResponse((await state.cases.image(case)).describe(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/cases/{case}/status")
+async def status(case: Case, state: State, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """Polled by the page: unchanged status answers 304, so idle viewers cost a header exchange."""
+    body = json.dumps(await state.cases.status(case), separators=(",", ":")).encode()
+    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers={**headers, "X-Server-Time": utc_now()})
+
+
+@router.get("/api/cases/{case}/tiles/{level}/{row}/{col}")
+async def tile(
+    case: Case, level: LevelIndex, row: TileIndex, col: TileIndex, state: State, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """One chunk, as stored (JPEG) or re-encoded (PNG, lossless images). Level 0 is full resolution."""
+    chunk = await state.cases.locate(case, level, row, col)
+    if chunk == PENDING:  # not arrived yet: the page keeps showing the coarser level; never cache the absence
+        return JSONResponse({"detail": "not arrived yet"}, 404, headers={"Cache-Control": "no-store", "X-Tile": "pending"})
+    if chunk == BACKGROUND:
+        return JSONResponse({"detail": "background"}, 404, headers={"Cache-Control": "private, max-age=86400", "X-Tile": "background"})
+    assert not isinstance(chunk, str)
+    headers = {"ETag": chunk.etag, "Cache-Control": IMMUTABLE}
+    if _matches(if_none_match, chunk.etag):
+        return Response(status_code=304, headers=headers)
+    data, media_type = await state.cases.chunk_bytes(chunk)
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@router.get("/api/cases/{case}/heatmap/{level}/{row}/{col}.png")
+async def heatmap_tile(case: Case, level: LevelIndex, row: TileIndex, col: TileIndex, state: State, v: str | None = None) -> Response:
+    """`v` names the heatmap version the page expects: that version is immutable, anything else is not cached."""
+    rendered = await state.cases.heatmap_tile(case, level, row, col)
+    if rendered is None:
+        return JSONResponse({"detail": "no heatmap yet"}, 404, headers={"Cache-Control": "no-store"})
+    data, version = rendered
+    return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE if v == version else "no-store"})
+
+
+class ReportIn(BaseModel):
+    diagnosis: str = Field(max_length=MAX_DIAGNOSIS)
+
+
+@router.get("/api/cases/{case}/report")
+async def get_report(case: Case, state: State) -> JSONResponse:
+    report = await state.cases.sidecar(case, "report.json")
+    if report is None:
+        return JSONResponse({"detail": "no report yet"}, 404, headers={"Cache-Control": "no-store"})
+    return JSONResponse(report, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/cases/{case}/report")
+async def save_report(case: Case, report: ReportIn, state: State) -> JSONResponse:
+    return JSONResponse(await state.cases.save_report(case, report.diagnosis), headers={"Cache-Control": "no-store"})
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    return bool(if_none_match) and (if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(",")))
+
+
+# -- errors: 4xx for the client's mistakes, 502 for the store's --------------------------------------------------
+_STATUS: list[tuple[type[Exception], int]] = [
+    (TokenError, 401),
+    (ScopeError, 403),
+    (CaseNotFoundError, 404),
+    (TileNotFoundError, 404),
+    (ObjectNotFoundError, 404),
+    (InvalidKeyError, 400),
+    (ImageError, 502),
+    (StorageError, 502),
+]
+
+
+async def _error(request: Request, error: Exception) -> JSONResponse:
+    status_code = next((code for kind, code in _STATUS if isinstance(error, kind)), 500)
+    headers = {"Cache-Control": "no-store"}
+    if status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"detail": str(error)}, status_code, headers=headers)
+
+
+class SecurityHeaders:
+    """Adds the same protective headers to every response (a plain ASGI wrapper: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = timedelta(hours=12)) -> FastAPI:
+    """The viewer application for one store; `app.state.viewer` mints links (the `serve` command prints them)."""
+    app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.viewer = ViewerState(Cases(storage), tokens, link_lifetime)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for kind, _ in _STATUS:
+        app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeaders)
+    return app
+

@@ -1,0 +1,45 @@
+"""A tiny async cache: bounded, optionally expiring, one load in flight per key, failures never kept."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class AsyncCache(Generic[K, V]):
+    """Caches the *task* that loads a value, so fifty viewers asking for one shard index cost one GET."""
+
+    def __init__(self, maxsize: int, ttl: float | None = None) -> None:
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._entries: OrderedDict[K, tuple[float, asyncio.Task[V]]] = OrderedDict()
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is None or (self._ttl is not None and now - entry[0] > self._ttl):
+            entry = (now, asyncio.ensure_future(load()))
+            self._entries[key] = entry
+            entry[1].add_done_callback(lambda task: self._forget_failure(key, task))
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        # shield: a client that hangs up must not cancel a load other requests are waiting for
+        return await asyncio.shield(entry[1])
+
+    def forget(self, key: K) -> None:
+        """Drop a value the caller knows to be stale (e.g. after writing it)."""
+        self._entries.pop(key, None)
+
+    def _forget_failure(self, key: K, task: asyncio.Task[V]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] is task:
+                del self._entries[key]

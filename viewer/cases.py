@@ -1,0 +1,267 @@
+"""Everything the viewer reads and writes per case, with the caching that makes fifty viewers cheap.
+
+Caches hold only what cannot go stale (image metadata, shard indexes of arrived shards, a heatmap under its
+version) or expire within seconds (manifest, triage, report), so the server stays stateless: any number of
+processes may serve the same store, and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from viewer.cache import AsyncCache
+from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
+from viewer.image import (
+    ARRIVED,
+    BACKGROUND,
+    EMPTY,
+    PENDING,
+    Arrival,
+    ImageError,
+    Level,
+    SlideImage,
+    TileNotFoundError,
+    index_size,
+    open_image,
+    parse_manifest,
+    parse_shard_index,
+    without_manifest,
+)
+from viewer.storage import ObjectNotFoundError, Storage, ZarrView
+from viewer.tokens import CASE_ID
+
+LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
+SIDECAR_TTL = 2.0  # triage, report, heatmap version
+REPORT_FORMAT = "slidestream-report/1"
+JPEG_SOI = b"\xff\xd8"
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    table: np.ndarray  # (n, n, 2) offset, nbytes
+    crc: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Where one arrived chunk's bytes are; `etag` is known before they are read (answers 304s cheaply)."""
+
+    image: SlideImage
+    level: Level
+    row: int
+    col: int
+    key: str
+    offset: int
+    nbytes: int
+    etag: str
+
+
+class Cases:
+    """Read access to every case of one store, plus the report each case gets."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._zarr = ZarrView(storage)
+        self._images: AsyncCache[str, SlideImage] = AsyncCache(256)
+        self._manifests: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, LIVE_TTL)
+        self._arrivals: AsyncCache[str, Arrival] = AsyncCache(256, LIVE_TTL)
+        self._indexes: AsyncCache[str, ShardIndex] = AsyncCache(16384)  # ~1 KB each: 16 MB at most
+        self._sidecars: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, SIDECAR_TTL)
+        self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
+        self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
+
+    # -- image and arrival -----------------------------------------------------------------------------------
+    async def image(self, case: str) -> SlideImage:
+        return await self._images.get(case, lambda: open_image(self._zarr, case))
+
+    async def arrival(self, case: str) -> Arrival:
+        async def load() -> Arrival:
+            image = await self.image(case)
+            manifest = await self.manifest(case)
+            return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
+
+        return await self._arrivals.get(case, load)
+
+    async def manifest(self, case: str) -> dict[str, Any] | None:
+        return await self._manifests.get(case, lambda: self._json(f"{case}/manifest.json"))
+
+    # -- tiles -----------------------------------------------------------------------------------------------
+    async def locate(self, case: str, level_index: int, row: int, col: int) -> Chunk | str:
+        """The arrived chunk at (row, col) of a level, or PENDING / BACKGROUND; `TileNotFoundError` off the image."""
+        image = await self.image(case)
+        level = image.level(level_index)
+        if not (0 <= row < level.rows and 0 <= col < level.columns):
+            raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index} ({level.rows} x {level.columns} tiles)")
+        n = level.shard_chunks
+        arrival = await self.arrival(case)
+        state = arrival.state(level, row // n, col // n)
+        if state != ARRIVED:
+            return state
+        key = image.shard_object(level, row // n, col // n)
+        try:
+            index = await self._indexes.get(key, lambda: self._read_index(key, level))
+        except ObjectNotFoundError:
+            # listed as arrived but gone (a re-send in progress), or no manifest and never written
+            return PENDING if arrival.manifest else BACKGROUND
+        offset, nbytes = (int(v) for v in index.table[row % n, col % n])
+        if offset == EMPTY:
+            return BACKGROUND
+        etag = f'"{level_index}.{row}.{col}-{index.crc:08x}-{offset:x}-{nbytes:x}"'
+        return Chunk(image, level, row, col, key, offset, nbytes, etag)
+
+    async def chunk_bytes(self, chunk: Chunk) -> tuple[bytes, str]:
+        """(bytes, media type): a JPEG chunk exactly as stored, or a PNG made from a decoded lossless chunk."""
+        if chunk.image.jpeg_chunks:
+            data = await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes)
+            if len(data) != chunk.nbytes or not data.startswith(JPEG_SOI):
+                raise ImageError(f"{chunk.key}: chunk ({chunk.row}, {chunk.col}) is not a JPEG file")
+            return data, "image/jpeg"
+        size = chunk.level.chunk
+        y0, x0 = chunk.row * size, chunk.col * size
+        array = chunk.image.arrays[chunk.level.index]
+        pixels = await array.getitem((slice(None), slice(y0, y0 + size), slice(x0, x0 + size)))
+        return await asyncio.to_thread(_png, np.moveaxis(np.asarray(pixels), 0, -1)), "image/png"
+
+    async def _read_index(self, key: str, level: Level) -> ShardIndex:
+        data = await self.storage.get_suffix(key, index_size(level))
+        table = parse_shard_index(data, level, key)
+        return ShardIndex(table, int.from_bytes(data[-4:], "little"))
+
+    # -- heatmap ---------------------------------------------------------------------------------------------
+    async def heatmap(self, case: str) -> Heatmap | None:
+        """The current heatmap, or None until inference has written one."""
+        version = await self._heatmap_versions.get(case, lambda: self._heatmap_version(case))
+        if version is None:
+            return None
+        image = await self.image(case)
+
+        async def load() -> Heatmap | None:
+            try:
+                return await open_heatmap(self._zarr, image, version)
+            except FileNotFoundError:  # objects listed, metadata not yet written
+                return None
+
+        return await self._heatmaps.get((case, version), load)
+
+    async def heatmap_tile(self, case: str, level_index: int, row: int, col: int) -> tuple[bytes, str] | None:
+        heatmap = await self.heatmap(case)
+        if heatmap is None:
+            return None
+        image = await self.image(case)
+        level = image.level(level_index)
+        if not (0 <= row < level.rows and 0 <= col < level.columns):
+            raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index}")
+        return await asyncio.to_thread(render_tile, heatmap, image, level, row, col), heatmap.version
+
+    async def _heatmap_version(self, case: str) -> str | None:
+        try:
+            objects = await self.storage.list(f"{case}/heatmap.zarr")
+        except ObjectNotFoundError:
+            return None
+        return version_of(objects) if objects else None
+
+    # -- what a page polls, and the worklist -----------------------------------------------------------------
+    async def status(self, case: str) -> dict[str, Any]:
+        """Arrival per level, triage, heatmap version and report time: everything on a page that changes."""
+        arrival, triage, heatmap, report = await asyncio.gather(
+            self.arrival(case), self.sidecar(case, "triage.json"), self.heatmap(case), self.sidecar(case, "report.json")
+        )
+        counts = arrival.counts()
+        return {
+            "manifest": arrival.manifest,
+            "complete": arrival.complete,
+            "started_at": arrival.started_at,
+            "updated_at": arrival.updated_at,
+            "levels": [{"state": state, **count} for state, count in zip(arrival.states, counts, strict=True)],
+            "triage": _triage(triage),
+            "heatmap": {"version": heatmap.version, "legend": legend()} if heatmap else None,
+            "report": {"first_saved_at": report.get("first_saved_at"), "saved_at": report.get("saved_at")} if report else None,
+        }
+
+    async def worklist(self) -> list[dict[str, Any]]:
+        """Every case, most suspicious first (cases without a score last), with arrival progress and clocks."""
+        cases = [name for name in await self.storage.list_dirs() if CASE_ID.fullmatch(name)]
+        limit = asyncio.Semaphore(16)
+
+        async def entry(case: str) -> dict[str, Any]:
+            async with limit:
+                manifest, triage, report = await asyncio.gather(
+                    self.manifest(case), self.sidecar(case, "triage.json"), self.sidecar(case, "report.json")
+                )
+            manifest = manifest or {}
+            planned, arrived = manifest.get("planned", []), manifest.get("arrived", [])
+            return {
+                "case": case,
+                "triage": _triage(triage),
+                "planned": len(planned) if isinstance(planned, list) else None,
+                "arrived": len(arrived) if isinstance(arrived, list) else None,
+                "complete": bool(manifest.get("complete")),
+                "started_at": manifest.get("started_at"),
+                "reported_at": report.get("first_saved_at") if report else None,
+            }
+
+        entries = await asyncio.gather(*(entry(case) for case in cases))
+        return sorted(entries, key=lambda e: (e["triage"] is None, -(e["triage"] or {}).get("score", 0.0), e["case"]))
+
+    # -- sidecars and the report -----------------------------------------------------------------------------
+    async def sidecar(self, case: str, name: str) -> dict[str, Any] | None:
+        key = f"{case}/{name}"
+        return await self._sidecars.get(key, lambda: self._json(key))
+
+    async def save_report(self, case: str, diagnosis: str) -> dict[str, Any]:
+        """Write the diagnosis with timestamps; earlier versions are kept as revisions (an amended report)."""
+        await self.image(case)  # only cases that exist get a report
+        key = f"{case}/report.json"
+        previous = await self._json(key) or {}
+        now = utc_now()
+        revisions = [r for r in previous.get("revisions", []) if isinstance(r, dict)]
+        report = {
+            "format": REPORT_FORMAT,
+            "case": case,
+            "diagnosis": diagnosis,
+            "first_saved_at": previous.get("first_saved_at", now),
+            "saved_at": now,
+            "revisions": [*revisions, {"diagnosis": diagnosis, "saved_at": now}],
+        }
+        await self.storage.put(key, json.dumps(report, indent=1).encode())
+        self._sidecars.forget(key)
+        return report
+
+    async def _json(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = await self.storage.get(key)
+        except ObjectNotFoundError:
+            return None
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise ImageError(f"{key}: not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ImageError(f"{key}: not a JSON object")
+        return value
+
+
+def _triage(triage: dict[str, Any] | None) -> dict[str, float] | None:
+    score = (triage or {}).get("score")
+    if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0:
+        return {"score": float(score)}
+    return None
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+

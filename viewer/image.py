@@ -1,0 +1,206 @@
+"""One case's slide as the viewer needs it: pyramid geometry, arrival state, and where each chunk's bytes are.
+
+The image is an OME-Zarr (NGFF 0.5, Zarr v3) whose arrays are sharded; with JPEG chunks every chunk is one
+self-contained JPEG file, so a tile is served by two ranged reads (the shard index, cached, then the chunk) and no
+decoding. The send manifest says which shards have arrived: a missing chunk is otherwise indistinguishable from
+background (zarr reads both as the fill value).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import google_crc32c
+import numpy as np
+import zarr
+import zarr.api.asynchronous
+from zarr.codecs import Crc32cCodec, ShardingCodec, TransposeCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.core.array import AsyncArray
+
+from slides import SlidestreamError
+from tiling.codec import JpegCodec
+
+EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
+BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
+_SHARD_KEY = re.compile(r"^(\d+)/c/0/(\d+)/(\d+)$")
+
+
+class CaseNotFoundError(SlidestreamError, LookupError):
+    """The case has no image (yet)."""
+
+
+class TileNotFoundError(SlidestreamError, LookupError):
+    """A level or chunk outside the image."""
+
+
+class ImageError(SlidestreamError, ValueError):
+    """The store holds something the viewer cannot read as a slide (wrong layout, corrupt shard index)."""
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level; our level 0 is full resolution, each next level half the size."""
+
+    index: int
+    width: int
+    height: int
+    chunk: int
+    shard_chunks: int
+
+    @property
+    def columns(self) -> int:
+        return -(-self.width // self.chunk)
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.chunk)
+
+    @property
+    def shard_columns(self) -> int:
+        return -(-self.columns // self.shard_chunks)
+
+    @property
+    def shard_rows(self) -> int:
+        return -(-self.rows // self.shard_chunks)
+
+    def shard_key(self, shard_row: int, shard_col: int) -> str:
+        return f"{self.index}/c/0/{shard_row}/{shard_col}"
+
+
+@dataclass(frozen=True)
+class SlideImage:
+    """Geometry and encoding of a case's image; immutable once its metadata has arrived."""
+
+    case: str
+    levels: tuple[Level, ...]
+    scale: tuple[float, float]  # (y, x) size of a level-0 pixel in `unit` (1.0 when unknown)
+    unit: str | None  # "micrometer" when the scanner recorded its resolution
+    jpeg_chunks: bool  # chunks are self-contained JPEG files: served as they are
+    arrays: tuple[AsyncArray[Any], ...] = field(compare=False, repr=False)
+
+    @property
+    def mpp(self) -> float | None:
+        return self.scale[1] if self.unit == "micrometer" else None
+
+    def level(self, index: int) -> Level:
+        if not 0 <= index < len(self.levels):
+            raise TileNotFoundError(f"no level {index} (the image has {len(self.levels)})")
+        return self.levels[index]
+
+    def shard_object(self, level: Level, shard_row: int, shard_col: int) -> str:
+        return f"{self.case}/image.zarr/{level.shard_key(shard_row, shard_col)}"
+
+    def describe(self) -> dict[str, Any]:
+        """What the browser needs, and nothing else (no source file name, no scanner properties)."""
+        level0 = self.levels[0]
+        return {
+            "width": level0.width,
+            "height": level0.height,
+            "tile_size": level0.chunk,
+            "shard_chunks": level0.shard_chunks,
+            "levels": [
+                {"width": level.width, "height": level.height, "shards_x": level.shard_columns, "shards_y": level.shard_rows}
+                for level in self.levels
+            ],
+            "mpp": self.mpp,
+            "format": "jpeg" if self.jpeg_chunks else "png",
+        }
+
+
+async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
+    """Read the image group and its level arrays through zarr; `CaseNotFoundError` before the metadata arrives."""
+    try:
+        group = await zarr.api.asynchronous.open_group(store=store, path=f"{case}/image.zarr", mode="r", zarr_format=3)
+        multiscale = group.attrs["ome"]["multiscales"][0]
+        datasets = multiscale["datasets"]
+        arrays = [await group.getitem(dataset["path"]) for dataset in datasets]
+    except FileNotFoundError:
+        raise CaseNotFoundError(f"case {case}: no image yet") from None
+    except (KeyError, IndexError, TypeError) as error:
+        raise ImageError(f"case {case}: not an OME-Zarr multiscale image ({error})") from None
+    levels, jpeg = [], True
+    for index, array in enumerate(arrays):
+        if not isinstance(array, AsyncArray) or array.ndim != 3 or array.shape[0] != 3 or array.dtype != np.uint8:
+            raise ImageError(f"case {case}: level {index} is not a (3, y, x) uint8 array")
+        codec = array.metadata.codecs[0] if len(array.metadata.codecs) == 1 else None
+        if not isinstance(codec, ShardingCodec) or codec.index_location != ShardingCodecIndexLocation.end:
+            raise ImageError(f"case {case}: level {index} is not sharded with the index at the end")
+        chunk, shard = codec.chunk_shape, array.shards
+        if chunk[0] != 3 or chunk[1] != chunk[2] or shard is None or shard[1] != shard[2] or shard[1] % chunk[1]:
+            raise ImageError(f"case {case}: level {index} has chunks {chunk} in shards {shard}")
+        if not any(isinstance(c, Crc32cCodec) for c in codec.index_codecs):
+            raise ImageError(f"case {case}: level {index} shard index has no CRC32C")
+        jpeg = jpeg and [type(c) for c in codec.codecs] == [TransposeCodec, JpegCodec] and tuple(codec.codecs[0].order) == (1, 2, 0)
+        levels.append(Level(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
+    scale, unit = _level0_scale(multiscale, datasets[0])
+    return SlideImage(case, tuple(levels), scale, unit, jpeg, tuple(arrays))
+
+
+def _level0_scale(multiscale: dict[str, Any], dataset: dict[str, Any]) -> tuple[tuple[float, float], str | None]:
+    scales = [t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"]
+    units = [axis.get("unit") for axis in multiscale.get("axes", [])[-2:]]
+    if not scales or len(scales[0]) < 2:
+        return (1.0, 1.0), None
+    return (float(scales[0][-2]), float(scales[0][-1])), units[-1] if units and units[-1] == units[0] else None
+
+
+# -- arrival ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arrival:
+    """Which shards have arrived: `states[level]` holds one of BACKGROUND / PENDING / ARRIVED per shard, row-major."""
+
+    manifest: bool  # False: no manifest (a local conversion): every shard present counts as arrived
+    complete: bool
+    started_at: str | None
+    updated_at: str | None
+    states: tuple[str, ...]
+
+    def state(self, level: Level, shard_row: int, shard_col: int) -> str:
+        return self.states[level.index][shard_row * level.shard_columns + shard_col]
+
+    def counts(self) -> list[dict[str, int]]:
+        """Planned and arrived shards per level (background is not planned)."""
+        return [{"planned": len(s) - s.count(BACKGROUND), "arrived": s.count(ARRIVED)} for s in self.states]
+
+
+def without_manifest(image: SlideImage) -> Arrival:
+    return Arrival(False, True, None, None, tuple(ARRIVED * (level.shard_rows * level.shard_columns) for level in image.levels))
+
+
+def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
+    """The send manifest (`slidestream-manifest/1`) as shard states; keys of anything but shards are ignored."""
+    try:
+        planned, arrived = list(manifest["planned"]), set(manifest["arrived"])
+    except (KeyError, TypeError) as error:
+        raise ImageError(f"case {image.case}: unreadable manifest ({error})") from None
+    grids = [bytearray(BACKGROUND * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
+    for key in planned:
+        match = _SHARD_KEY.match(str(key).rpartition("image.zarr/")[2])
+        if match is None:
+            continue
+        index, row, col = map(int, match.groups())
+        if index >= len(image.levels) or row >= image.levels[index].shard_rows or col >= image.levels[index].shard_columns:
+            continue
+        grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
+    states = tuple(grid.decode() for grid in grids)
+    return Arrival(True, bool(manifest.get("complete")), manifest.get("started_at"), manifest.get("updated_at"), states)
+
+
+# -- shards ----------------------------------------------------------------------------------------------------
+def index_size(level: Level) -> int:
+    """Bytes at the end of a shard: (offset, nbytes) little-endian uint64 per chunk, then a CRC32C."""
+    return 16 * level.shard_chunks**2 + 4
+
+
+def parse_shard_index(data: bytes, level: Level, where: str) -> np.ndarray:
+    """The (n, n, 2) offset/nbytes table of a shard, after checking its CRC32C."""
+    if len(data) != index_size(level):
+        raise ImageError(f"{where}: shard shorter than its index")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if google_crc32c.value(body) != crc:
+        raise ImageError(f"{where}: shard index checksum mismatch")
+    return np.frombuffer(body, dtype="<u8").reshape(level.shard_chunks, level.shard_chunks, 2)

@@ -1,0 +1,259 @@
+"use strict";
+// The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay,
+// a scale bar and the report box. State lives in the store; this page only polls and draws.
+(() => {
+    const { api, ApiError, clock, refusedText, token } = slidestream;
+    const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+    const base = `/api/cases/${encodeURIComponent(caseId)}`;
+    const $ = (id) => document.getElementById(id);
+    const POLL_MS = 2000;
+    const ARRIVED = "2";
+
+    let info = null;
+    let viewer = null;
+    let slideLayer = null;
+    let heatLayer = null;
+    let shownStates = null;
+    let heatVersion = null;
+    const times = { started: null, reported: null };
+
+    function showMessage(text) {
+        $("message").textContent = text;
+        $("message").hidden = !text;
+    }
+
+    // OpenSeadragon levels go up in resolution; ours go down (level 0 = full resolution).
+    function tileSource(kind, states, version) {
+        const maxLevel = info.levels.length - 1;
+        const size = info.tile_size;
+        const n = info.shard_chunks;
+        return {
+            width: info.width,
+            height: info.height,
+            tileSize: size,
+            tileOverlap: 0,
+            minLevel: 0,
+            maxLevel,
+            // only tiles that exist and have arrived are requested: the coarser level shows meanwhile
+            tileExists(level, x, y) {
+                const ours = info.levels[maxLevel - level];
+                if (!ours || x < 0 || y < 0 || x * size >= ours.width || y * size >= ours.height) return false;
+                if (!states) return true;
+                const shard = Math.floor(y / n) * ours.shards_x + Math.floor(x / n);
+                return states[maxLevel - level].state[shard] === ARRIVED;
+            },
+            getTileUrl(level, x, y) {
+                const ours = maxLevel - level;
+                return kind === "heatmap"
+                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${version}`
+                    : `${base}/tiles/${ours}/${y}/${x}`;
+            },
+        };
+    }
+
+    // A layer is replaced by a fresh TiledImage when its tiles change (new arrivals, new heatmap); the old one stays
+    // on screen until the new one has loaded, so the picture sharpens without flicker. Tiles already fetched come
+    // from OpenSeadragon's cache and the browser's (they are immutable), so a swap costs little.
+    class Layer {
+        constructor(bottom, opacity) {
+            this.bottom = bottom;
+            this.opacity = opacity;
+            this.item = null;
+            this.pending = null;
+            this.next = null;
+        }
+
+        show(source) {
+            if (this.pending) {
+                this.next = source;
+                return;
+            }
+            const options = { tileSource: source, opacity: this.opacity };
+            if (this.bottom) options.index = 0;
+            options.success = ({ item }) => {
+                if (!this.item) {
+                    this.item = item;
+                    updateScaleBar();
+                    return;
+                }
+                this.pending = item;
+                const swap = () => {
+                    viewer.world.removeItem(this.item);
+                    this.item = item;
+                    this.pending = null;
+                    if (this.next) {
+                        const next = this.next;
+                        this.next = null;
+                        this.show(next);
+                    }
+                };
+                // a hidden layer never loads its tiles: swap at once
+                if (item.getFullyLoaded() || item.getOpacity() === 0) {
+                    swap();
+                    return;
+                }
+                const handler = (event) => {
+                    if (event.fullyLoaded) {
+                        item.removeHandler("fully-loaded-change", handler);
+                        swap();
+                    }
+                };
+                item.addHandler("fully-loaded-change", handler);
+            };
+            viewer.addTiledImage(options);
+        }
+
+        setOpacity(opacity) {
+            this.opacity = opacity;
+            for (const item of [this.item, this.pending]) if (item) item.setOpacity(opacity);
+        }
+    }
+
+    function updateScaleBar() {
+        const bar = $("scalebar");
+        const item = slideLayer && slideLayer.item;
+        if (!info.mpp || !item) {
+            bar.hidden = true;
+            return;
+        }
+        const micronsPerScreenPixel = info.mpp / item.viewportToImageZoom(viewer.viewport.getZoom(true));
+        const wanted = 120 * micronsPerScreenPixel;
+        const power = 10 ** Math.floor(Math.log10(wanted));
+        const length = [5, 2, 1].map((m) => m * power).find((v) => v <= wanted);
+        bar.querySelector(".bar").style.width = `${Math.round(length / micronsPerScreenPixel)}px`;
+        bar.querySelector(".label").textContent = length >= 1000 ? `${length / 1000} mm` : `${length} µm`;
+        bar.hidden = false;
+    }
+
+    function heatOpacity() {
+        return $("heat-on").checked ? Number($("heat-opacity").value) / 100 : 0;
+    }
+
+    function applyStatus(status) {
+        const states = status.manifest ? status.levels : null;
+        const key = states ? states.map((level) => level.state).join("|") : "all";
+        if (key !== shownStates) {
+            shownStates = key;
+            slideLayer.show(tileSource("slide", states));
+        }
+        const progress = $("progress");
+        progress.hidden = !status.manifest;
+        if (status.manifest) {
+            const planned = status.levels.reduce((sum, level) => sum + level.planned, 0);
+            const arrived = status.levels.reduce((sum, level) => sum + level.arrived, 0);
+            const full = status.levels[0];
+            progress.querySelector(".bar span").style.width = `${planned ? (100 * arrived) / planned : 0}%`;
+            progress.querySelector(".label").textContent = status.complete
+                ? "all arrived"
+                : `arriving · full resolution ${full.arrived}/${full.planned}`;
+        }
+        if (status.heatmap && status.heatmap.version !== heatVersion) {
+            heatVersion = status.heatmap.version;
+            const stops = status.heatmap.legend.map(({ at, rgba }) => `rgba(${rgba.join(",")}) ${at * 100}%`);
+            $("legend-ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+            $("overlay").hidden = false;
+            heatLayer.show(tileSource("heatmap", null, heatVersion));
+        }
+        const score = $("score");
+        score.hidden = !status.triage;
+        if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}`;
+        times.started = status.started_at;
+        times.reported = status.report && status.report.first_saved_at;
+        tick();
+    }
+
+    function tick() {
+        const { text, level } = clock(times.started, times.reported, Date.now());
+        $("clock").textContent = times.started ? text : "";
+        $("clock").className = `clock ${level}`;
+    }
+
+    async function poll() {
+        try {
+            applyStatus(await api(`${base}/status`));
+        } catch (error) {
+            if (error instanceof ApiError && error.refused) {
+                showMessage(refusedText);
+                return;
+            }
+            showMessage(`Connection problem: ${error.message}. Retrying…`);
+            setTimeout(() => showMessage(""), POLL_MS);
+        }
+        setTimeout(poll, POLL_MS);
+    }
+
+    function showSaved(report) {
+        const when = new Date(report.saved_at);
+        $("saved").textContent = `Saved ${when.toLocaleTimeString()}${report.revisions.length > 1 ? ` (revision ${report.revisions.length})` : ""}`;
+    }
+
+    async function loadReport() {
+        try {
+            const report = await api(`${base}/report`);
+            $("diagnosis").value = report.diagnosis;
+            showSaved(report);
+        } catch (error) {
+            if (!(error instanceof ApiError && error.status === 404)) $("saved").textContent = `Could not load the report: ${error.message}`;
+        }
+    }
+
+    async function saveReport() {
+        $("save").disabled = true;
+        try {
+            const report = await api(`${base}/report`, {
+                method: "POST",
+                headers: { "Content-Type": "application/json" },
+                body: JSON.stringify({ diagnosis: $("diagnosis").value }),
+            });
+            showSaved(report);
+            times.reported = report.first_saved_at;
+            tick();
+        } catch (error) {
+            $("saved").textContent = `Not saved: ${error.message}`;
+        } finally {
+            $("save").disabled = false;
+        }
+    }
+
+    async function start() {
+        $("case").textContent = caseId;
+        if (!token) {
+            showMessage(refusedText);
+            return;
+        }
+        try {
+            info = await api(`${base}/image`);
+        } catch (error) {
+            if (error instanceof ApiError && error.refused) {
+                showMessage(refusedText);
+            } else {
+                showMessage(error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
+                setTimeout(start, POLL_MS);
+            }
+            return;
+        }
+        showMessage("");
+        viewer = OpenSeadragon({
+            element: $("slide"),
+            prefixUrl: "/static/openseadragon/images/",
+            loadTilesWithAjax: true,
+            ajaxHeaders: { Authorization: `Bearer ${token}` },
+            showNavigator: true,
+            navigatorPosition: "TOP_RIGHT",
+            maxZoomPixelRatio: 2,
+            visibilityRatio: 0.5,
+        });
+        slideLayer = new Layer(true, 1);
+        heatLayer = new Layer(false, heatOpacity());
+        viewer.addHandler("animation", updateScaleBar);
+        viewer.addHandler("resize", updateScaleBar);
+        $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
+        $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
+        $("save").addEventListener("click", saveReport);
+        setInterval(tick, 1000);
+        loadReport();
+        poll();
+    }
+
+    start();
+})();

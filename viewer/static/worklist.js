@@ -1,0 +1,80 @@
+"use strict";
+// The worklist: every case, most suspicious first, with arrival progress and the frozen-section clock.
+(() => {
+    const { api, ApiError, clock, refusedText, token } = slidestream;
+    const $ = (id) => document.getElementById(id);
+    const REFRESH_MS = 5000;
+    let offset = 0; // server clock minus ours, so every pathologist sees the same clock
+    let cases = [];
+
+    function showMessage(text) {
+        $("message").textContent = text;
+        $("message").hidden = !text;
+    }
+
+    function cell(row, content, className) {
+        const td = row.insertCell();
+        if (className) td.className = className;
+        if (content instanceof Node) td.append(content);
+        else td.textContent = content;
+        return td;
+    }
+
+    function render() {
+        const body = $("cases").tBodies[0];
+        body.replaceChildren();
+        for (const entry of cases) {
+            const row = body.insertRow();
+            row.dataset.case = entry.case;
+            const link = document.createElement("a");
+            link.href = entry.link;
+            link.textContent = entry.case;
+            cell(row, link, "case");
+            const score = entry.triage ? entry.triage.score : null;
+            const meter = document.createElement("span");
+            meter.className = "meter";
+            meter.append(document.createElement("span"));
+            meter.firstChild.style.width = `${(score || 0) * 100}%`;
+            const scoreCell = cell(row, meter, "score");
+            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
+            cell(row, entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–", "arrived");
+            const clockCell = cell(row, "", "clock");
+            clockCell.dataset.started = entry.started_at || "";
+            clockCell.dataset.reported = entry.reported_at || "";
+            cell(row, entry.reported_at ? `saved ${new Date(entry.reported_at).toLocaleTimeString()}` : "–", "report");
+        }
+        tick();
+    }
+
+    function tick() {
+        for (const td of document.querySelectorAll("td.clock")) {
+            const { text, level } = clock(td.dataset.started || null, td.dataset.reported || null, Date.now() + offset);
+            td.textContent = text;
+            td.className = `clock ${level}`;
+        }
+    }
+
+    async function refresh() {
+        try {
+            const data = await api("/api/worklist");
+            offset = Date.parse(data.now) - Date.now();
+            cases = data.cases;
+            showMessage(cases.length ? "" : "No cases yet.");
+            render();
+        } catch (error) {
+            if (error instanceof ApiError && error.refused) {
+                showMessage(refusedText);
+                return;
+            }
+            showMessage(`Connection problem: ${error.message}. Retrying…`);
+        }
+        setTimeout(refresh, REFRESH_MS);
+    }
+
+    if (!token) {
+        showMessage(refusedText);
+    } else {
+        setInterval(tick, 1000);
+        refresh();
+    }
+})();

@@ -1,0 +1,303 @@
+"""Where the viewer reads cases from: one small async interface, an S3 and a local-directory implementation.
+
+Keys are '/'-separated and relative to the store root (``CASE/image.zarr/0/c/0/1/2``). Both implementations
+answer without blocking the event loop: S3 through obstore (Rust, async, pooled connections), local files in
+worker threads. The local store refuses every key that would leave its root, symlinks included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import boto3
+import obstore
+import obstore.exceptions
+from obstore.auth.boto3 import Boto3CredentialProvider
+from obstore.store import S3Store
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from slides import SlidestreamError
+
+T = TypeVar("T")
+
+
+class StorageError(SlidestreamError, OSError):
+    """The store cannot be reached or refused the request (network, credentials, permissions)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """No object under that key (yet)."""
+
+
+class InvalidKeyError(SlidestreamError, ValueError):
+    """A key that does not name an object inside the store (empty, absolute, '..', backslash, NUL)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: `tag` changes whenever its content does (S3 ETag, or mtime and size on disk)."""
+
+    key: str
+    size: int
+    tag: str
+
+
+class Storage(ABC):
+    """Read (and, for reports, write) objects of one store."""
+
+    location: str
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The whole object; `ObjectNotFoundError` when absent."""
+
+    @abstractmethod
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (a chunk inside a shard)."""
+
+    @abstractmethod
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        """The last `length` bytes (a shard index), without knowing the object's size."""
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Replace the object atomically: readers see the old or the new bytes, never a mix."""
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix/`, recursively."""
+
+    @abstractmethod
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        """Names of the 'folders' directly under `prefix` (the cases, at the root)."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could name something outside the store, whatever the backend makes of them."""
+    parts = key.split("/")
+    if not key or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        raise InvalidKeyError(f"invalid object key {key!r}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    return check_key(prefix) if prefix else prefix
+
+
+# -- S3 --------------------------------------------------------------------------------------------------------
+class S3Storage(Storage):
+    """An S3 bucket (AWS, MinIO, Ceph RGW, moto) under an optional prefix, with boto3's credential chain."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        self.location = f"s3://{bucket}/{prefix}".rstrip("/")
+        session = boto3.Session()
+        try:
+            credentials = Boto3CredentialProvider(session)  # environment, ~/.aws, SSO, instance profile ...
+        except ValueError:
+            raise StorageError(f"{self.location}: no AWS credentials found (environment, ~/.aws or instance profile)") from None
+        config: dict[str, object] = {"region": session.region_name or "us-east-1"}
+        if endpoint_url:
+            config["endpoint"] = endpoint_url
+        self._store = S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,  # type: ignore[arg-type]
+            credential_provider=credentials,
+            client_options={
+                "allow_http": bool(endpoint_url and endpoint_url.startswith("http://")),
+                "connect_timeout": timedelta(seconds=5),
+                "timeout": timedelta(seconds=30),
+            },
+            # a viewer should say "store unavailable" within seconds, not retry for minutes
+            retry_config={
+                "max_retries": 2,
+                "retry_timeout": timedelta(seconds=15),
+                "backoff": {"init_backoff": timedelta(milliseconds=100)},
+            },
+        )
+
+    async def get(self, key: str) -> bytes:
+        result = await self._call(key, obstore.get_async(self._store, check_key(key)))
+        return bytes(await self._call(key, result.bytes_async()))
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        return bytes(await self._call(key, obstore.get_range_async(self._store, check_key(key), start=start, length=length)))
+
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        result = await self._call(key, obstore.get_async(self._store, check_key(key), options={"range": {"suffix": length}}))
+        return bytes(await self._call(key, result.bytes_async()))
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self._call(key, obstore.put_async(self._store, check_key(key), data))
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        stream = obstore.list(self._store, check_prefix(prefix) + "/")
+        metas = await self._call(prefix, stream.collect_async())
+        return [ObjectInfo(meta["path"], meta["size"], meta["e_tag"] or str(meta["last_modified"])) for meta in metas]
+
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        listing = await self._call(prefix, obstore.list_with_delimiter_async(self._store, check_prefix(prefix) or None))
+        return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing["common_prefixes"])
+
+    async def _call(self, key: str, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except FileNotFoundError:  # obstore's NotFoundError
+            raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+        except (obstore.exceptions.BaseError, OSError) as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StorageError(f"{self.location}/{key}: {first_line}") from None
+
+
+# -- local directory -------------------------------------------------------------------------------------------
+class LocalStorage(Storage):
+    """A directory with the same layout as the bucket (e.g. what `slidestream convert` or a sync produced)."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.is_dir():
+            raise StorageError(f"{root}: not a directory")
+        self.root = root.resolve()
+        self.location = str(self.root)
+
+    def path(self, key: str) -> Path:
+        """The file for `key`; `InvalidKeyError` for anything that resolves outside the root (symlinks too)."""
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise InvalidKeyError(f"invalid object key {key!r}")
+        return path
+
+    async def get(self, key: str) -> bytes:
+        return await self._run(key, lambda: self.path(key).read_bytes())
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        def read() -> bytes:
+            with self.path(key).open("rb") as file:
+                file.seek(start)
+                return file.read(length)
+
+        return await self._run(key, read)
+
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        def read() -> bytes:
+            with self.path(key).open("rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - length))
+                return file.read()
+
+        return await self._run(key, read)
+
+    async def put(self, key: str, data: bytes) -> None:
+        def write() -> None:
+            path = self.path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+                file.write(data)
+            os.replace(file.name, path)
+
+        await self._run(key, write)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
+            base = self.path(prefix)
+            found = []
+            for path in sorted(base.rglob("*")):
+                if path.is_file() and path.resolve().is_relative_to(self.root):
+                    stat = path.stat()
+                    found.append(ObjectInfo(path.relative_to(self.root).as_posix(), stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}"))
+            if not found and not base.is_dir():
+                raise FileNotFoundError(prefix)
+            return found
+
+        return await self._run(prefix, walk)
+
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        def scan() -> list[str]:
+            base = self.path(prefix) if prefix else self.root
+            return sorted(entry.name for entry in base.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+
+        return await self._run(prefix, scan)
+
+    async def _run(self, key: str, function: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(function)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+        except OSError as error:
+            raise StorageError(f"{self.location}/{key}: {error.strerror or error}") from None
+
+
+def open_storage(location: str, endpoint_url: str | None = None) -> Storage:
+    """`s3://BUCKET[/PREFIX]` or a local directory."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StorageError(f"{location}: no bucket named")
+        return S3Storage(bucket, prefix.strip("/"), endpoint_url)
+    return LocalStorage(Path(location))
+
+
+
+class ZarrView(ZarrStore):
+    """A `Storage` as a read-only zarr store: zarr's reads (lossless chunks, heatmaps) pass the same key checks."""
+
+    supports_writes = False
+    supports_deletes = False
+    supports_partial_writes = False
+    supports_listing = False
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(read_only=True)
+        self.storage = storage
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ZarrView) and other.storage is self.storage
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        try:
+            if isinstance(byte_range, RangeByteRequest):
+                data = await self.storage.get_range(key, byte_range.start, byte_range.end - byte_range.start)
+            elif isinstance(byte_range, SuffixByteRequest):
+                data = await self.storage.get_suffix(key, byte_range.suffix)
+            else:
+                data = await self.storage.get(key)
+                if isinstance(byte_range, OffsetByteRequest):
+                    data = data[byte_range.offset :]
+        except ObjectNotFoundError:
+            return None
+        return prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.storage.get_suffix(key, 1)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def set(self, key: str, value: Buffer) -> None:
+        raise NotImplementedError("read-only")
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError("read-only")
+
+    def list(self) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
