@@ -1,0 +1,34 @@
+"""inference: AI triage of slides: tile-model heatmaps, a slide score and QC, computed with Dask.
+
+Edge (a slide before sending): `analyze_slide(..., AnalyzeOptions(coarse=True))` and `priority_from_heatmap`.
+Receiving side (a case on S3 while it arrives): `analyze_case` (one pass), `follow_case` (until complete).
+Many slides: `analyze_batch`. QC without the model: `qc_slide`.
+"""
+
+from inference.batch import analyze_batch
+from inference.errors import InferenceError
+from inference.heatmap import Heatmap, priority_from_heatmap
+from inference.model import CAPRICORN, ModelSpec, TileModel, load_model
+from inference.pipeline import AnalyzeOptions, CaseNotReadyError, analyze_case, analyze_slide, follow_case, qc_slide
+from inference.scoring import ModelRef, Runner
+from inference.store import Location
+
+__all__ = [
+    "CAPRICORN",
+    "AnalyzeOptions",
+    "CaseNotReadyError",
+    "Heatmap",
+    "InferenceError",
+    "Location",
+    "ModelRef",
+    "ModelSpec",
+    "Runner",
+    "TileModel",
+    "analyze_batch",
+    "analyze_case",
+    "analyze_slide",
+    "follow_case",
+    "load_model",
+    "priority_from_heatmap",
+    "qc_slide",
+]

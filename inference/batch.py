@@ -1,0 +1,148 @@
+"""Analyse many slides and cases in one run, with a CSV report: resumable, and one failure never stops the rest."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, follow_case
+from inference.scoring import Runner
+from inference.store import Location
+from slides import SlidestreamError
+
+COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
+           "seconds", "error", "results"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to analyse: a slide file, or a case folder (`{case}/image.zarr`, local or on S3)."""
+
+    label: str  # as the user named it (or as found under a prefix)
+    case: str  # results go to OUT/{case}
+    slide: str | None = None
+    location: Location | None = None
+    problem: str | None = None  # set when the input itself is unusable
+
+
+def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None = None) -> list[Item]:
+    """Items for slide files, case folders and folders or s3:// prefixes holding cases, in the order given.
+
+    A local folder without cases is taken as a slide (a DICOM series). Case names are made unique with a suffix.
+    """
+    items: list[Item] = []
+    for entry in inputs:
+        text = str(entry)
+        if text.startswith("s3://") or Path(text).is_dir():
+            location = Location.parse(text, endpoint_url)
+            if location.exists("image.zarr/zarr.json"):
+                items.append(Item(text, location.name, location=location))
+                continue
+            cases = [sub for sub in location.subfolders() if sub.exists("image.zarr/zarr.json")]
+            if cases:
+                items += [Item(case.url, case.name, location=case) for case in cases]
+                continue
+            if location.is_s3:
+                items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (*/image.zarr) here"))
+                continue
+        items.append(Item(text, Path(text).stem if not Path(text).is_dir() else Path(text).name, slide=text))
+    seen: dict[str, int] = {}
+    unique = []
+    for item in items:
+        seen[item.case] = seen.get(item.case, 0) + 1
+        name = item.case if seen[item.case] == 1 else f"{item.case}-{seen[item.case]}"
+        unique.append(Item(item.label, name, item.slide, item.location, item.problem))
+    return unique
+
+
+def analyze_batch(inputs: Sequence[str | os.PathLike[str]], report: str | os.PathLike[str], out: str | None = None,
+                  options: AnalyzeOptions = AnalyzeOptions(), *, endpoint_url: str | None = None, follow: bool = False,
+                  on_item: Callable[[Item, int, int], None] | None = None, on_progress: Progress | None = None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Analyse every input and write one CSV row per item to `report` as each finishes; returns the rows.
+
+    Results go to `out/{case}/` (local or s3://); without `out`, cases keep theirs beside their image (where
+    the viewer looks) and slide files get theirs beside the report. An item whose complete results already exist
+    there is skipped, its row filled from them, so an interrupted batch resumes where it stopped. `follow` waits
+    for cases still uploading.
+    """
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    items = discover(inputs, endpoint_url)
+    rows: list[dict[str, Any]] = []
+    with Runner(options.scheduler, options.threads, options.torch_threads) as runner, report.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS)
+        writer.writeheader()
+        for index, item in enumerate(items):
+            if on_item is not None:
+                on_item(item, index, len(items))
+            row = _analyze_item(item, _target(item, out, report, endpoint_url), options, runner, follow, on_progress)
+            rows.append(row)
+            writer.writerow(row)
+            fh.flush()
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def _target(item: Item, out: str | None, report: Path, endpoint_url: str | None) -> Location:
+    if out is not None:
+        return Location.parse(out, endpoint_url).child(item.case)
+    if item.location is not None:
+        return item.location
+    return Location.parse(report.resolve().parent / item.case)
+
+
+def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner: Runner, follow: bool,
+                  on_progress: Progress | None) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        if item.problem:
+            raise SlidestreamError(item.problem)
+        done = target.read_json("triage.json")
+        if done and done.get("complete") and done.get("model") == options.model.spec.name:
+            return _row(item, "skipped", target, done, 0.0)
+        if item.slide is not None:
+            heatmap = analyze_slide(item.slide, target, options, runner=runner, on_progress=on_progress)
+        elif follow:
+            heatmap = follow_case(item.location, target, options, runner=runner, on_progress=on_progress)
+        else:
+            heatmap = analyze_case(item.location, target, options, runner=runner, on_progress=on_progress)
+    except Exception as error:  # noqa: BLE001 - one slide's failure, whatever it is, must not stop the batch
+        return _row(item, "error", target, None, time.perf_counter() - start, _one_line(error))
+    status = "ok" if heatmap.complete else "partial"
+    return _row(item, status, target, heatmap.triage(options.threshold), time.perf_counter() - start)
+
+
+def _row(item: Item, status: str, target: Location, triage: dict[str, Any] | None, seconds: float, error: str = "") -> dict[str, Any]:
+    summary = triage["summary"] if triage else {}
+    return {
+        "slide": item.label,
+        "case": item.case,
+        "status": status,
+        "score": _round(triage.get("score")) if triage else None,
+        "max": _round(summary.get("max")),
+        "tiles_scored": summary.get("tiles_scored"),
+        "area_above_threshold_mm2": summary.get("area_above_threshold_mm2"),
+        "blur_fraction": summary.get("qc", {}).get("blur_fraction"),
+        "seconds": round(seconds, 2),
+        "error": error,
+        "results": target.url if triage else "",
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _one_line(error: BaseException) -> str:
+    """Our errors are one line already; anything else gets its type and first line."""
+    if isinstance(error, SlidestreamError):
+        return str(error)
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,269 @@
+"""One analysis path for three situations.
+
+- edge: a slide file before it is sent; with `coarse=True` a whole-slide heatmap exists after a quarter of the
+  work, and `priority_from_heatmap` turns it into a send order for `tiling.plan_pyramid`.
+- remote / incremental: a case on S3 while it arrives; `analyze_case` scores the tissue tiles whose shards the
+  manifest lists as arrived and writes a partial heatmap, `follow_case` repeats that until the upload completes.
+- batch: `inference.batch.analyze_batch` runs either of the above over many slides and cases.
+
+All of them plan a `Heatmap` on the model's tile grid, pick tissue tiles, and score them with `Runner` (Dask).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inference.errors import InferenceError
+from inference.heatmap import Heatmap, write_results
+from inference.scoring import ModelRef, Runner, TileResults
+from inference.sources import SlideRef, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
+from inference.store import Location
+from inference.tiles import TileGrid, tissue_coverage
+
+QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
+
+
+class CaseNotReadyError(InferenceError):
+    """The case has no image metadata yet (its upload has not started)."""
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """How to analyse. The defaults suit a 2-core CPU and the default model.
+
+    model: the model, by file and spec (default: Capricorn, tumour class) and device ("cuda" for a GPU).
+    batch: tiles per Dask task, which is also the model's batch.
+    threads: local Dask threads (default: one per core); ignored when `scheduler` is set.
+    torch_threads: torch threads per process (default: the cores left per Dask thread).
+    scheduler: a dask.distributed scheduler address ("tcp://host:8786") or Client; None runs locally.
+    coarse: coarse-to-fine: score tiles `coarse_factor` times wider first, then refine at full magnification
+        where the coarse score reaches `refine_above`, plus a random `refine_sample` of the other coarse tiles.
+    threshold: tile score counted as "hot" (area, regions).
+    min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed.
+    seed: for the refinement sample, so reruns give the same heatmap.
+    """
+
+    model: ModelRef = field(default_factory=ModelRef)
+    batch: int = 32
+    threads: int | None = None
+    torch_threads: int | None = None
+    scheduler: str | Any | None = None
+    coarse: bool = False
+    coarse_factor: int = 2
+    refine_above: float = 0.2
+    refine_sample: float = 0.05
+    threshold: float = 0.5
+    min_tissue: float = 0.1
+    seed: int = 0
+
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles planned so far)
+Update = Callable[[Heatmap], None]
+
+
+def plan_heatmap(source: Source, options: AnalyzeOptions) -> Heatmap:
+    """An empty heatmap on the model's grid: tile side = model input at the model's mpp, in level-0 pixels."""
+    spec = options.model.spec
+    mpp = source.mpp or spec.mpp
+    tile = spec.input_size * spec.mpp / mpp
+    if tile < spec.input_size / 2:
+        raise InferenceError(f"{source.name}: {mpp:g} um/px is too coarse for the {spec.name} model "
+                             f"(made for {spec.mpp:g} um/px; would need {spec.input_size / tile:.0f}x upsampling)")
+    grid = TileGrid(tile, *source.dimensions)
+    tissue = tissue_coverage(source.tissue(), grid) >= options.min_tissue
+    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, source.name)
+
+
+def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Location | None = None,
+                  options: AnalyzeOptions = AnalyzeOptions(), *, runner: Runner | None = None,
+                  on_progress: Progress | None = None, on_update: Update | None = None) -> Heatmap:
+    """Heatmap of a slide file; with `out` (a case folder, local or s3://) also write heatmap.zarr and triage.json.
+
+    `on_update` sees the heatmap after the coarse pass (coarse mode) and when it is complete.
+    """
+    ref = SlideRef.of(path)
+    source = open_source(ref)
+    heatmap = plan_heatmap(source, options)
+    location = out if isinstance(out, Location) or out is None else Location.parse(out)
+
+    def publish(current: Heatmap) -> None:
+        if location is not None:
+            write_results(current, location, options.threshold, source.mpp)
+        if on_update is not None:
+            on_update(current)
+
+    with _runner(runner, options) as run:
+        _score(heatmap, ref, source, run, options, heatmap.tissue.copy(), options.coarse, on_progress, publish)
+    heatmap.complete = True
+    publish(heatmap)
+    return heatmap
+
+
+def analyze_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
+                 heatmap: Heatmap | None = None, runner: Runner | None = None, on_progress: Progress | None = None,
+                 endpoint_url: str | None = None) -> Heatmap:
+    """One pass over a case (`{case}/image.zarr`, `{case}/manifest.json`): score what has arrived, write results.
+
+    Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
+    shard its pixels come from has arrived (or is not planned at all: background). A case without a manifest is
+    taken as complete. Coarse mode applies only to a complete case's first pass. Results go to `out` (default: the
+    case itself, where the viewer looks).
+    """
+    case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
+    if not case.exists("image.zarr/zarr.json"):
+        raise CaseNotReadyError(f"{case.url}: no image.zarr/zarr.json (not a slidestream case, or not arrived yet)")
+    manifest = case.read_json("manifest.json")
+    ref = ZarrRef(case.child("image.zarr"))
+    source = open_source(ref)
+    assert isinstance(source, ZarrSource)
+    heatmap = heatmap or plan_heatmap(source, options)
+    level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
+    ready = ready_tiles(source, heatmap.grid, level, manifest)
+    finished = manifest is None or bool(manifest.get("complete"))
+    coarse = options.coarse and finished and not heatmap.measured.any()
+    with _runner(runner, options) as run:
+        _score(heatmap, ref, source, run, options, heatmap.tissue & ~heatmap.measured & ready, coarse, on_progress)
+    heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())
+    target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
+    write_results(heatmap, target, options.threshold, source.mpp)
+    return heatmap
+
+
+def follow_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
+                poll_seconds: float = 2.0, timeout: float | None = None, runner: Runner | None = None,
+                on_progress: Progress | None = None, on_update: Update | None = None,
+                endpoint_url: str | None = None) -> Heatmap:
+    """Receiving side: repeat `analyze_case` every `poll_seconds` until the manifest says the upload is complete."""
+    case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    heatmap: Heatmap | None = None
+    with _runner(runner, options) as run:
+        while True:
+            try:
+                heatmap = analyze_case(case, out, options, heatmap=heatmap, runner=run, on_progress=on_progress)
+                if on_update is not None:
+                    on_update(heatmap)
+                if heatmap.complete:
+                    return heatmap
+            except CaseNotReadyError:
+                pass
+            if deadline is not None and time.monotonic() > deadline:
+                raise InferenceError(f"{case.url}: upload still incomplete after {timeout:g} s")
+            time.sleep(poll_seconds)
+
+
+def qc_slide(path: str | os.PathLike[str], options: AnalyzeOptions = AnalyzeOptions(), sample: int = QC_SAMPLE) -> dict[str, Any]:
+    """Focus and pen-mark QC of a slide from a random sample of its tissue tiles, without running the model."""
+    ref = SlideRef.of(path)
+    source = open_source(ref)
+    heatmap = plan_heatmap(source, options)
+    tiles = np.argwhere(heatmap.tissue)
+    chosen = np.random.default_rng(options.seed).permutation(len(tiles))[:sample]
+    todo = np.zeros_like(heatmap.tissue)
+    todo[tuple(tiles[chosen].T)] = True
+    with _runner(None, options) as run:
+        _score(heatmap, ref, source, run, options, todo, False, None, qc_only=True)
+    return {**heatmap.qc(), "tissue_tiles": int(heatmap.tissue.sum()), "tiles_sampled": int(todo.sum()),
+            "mpp": heatmap.mpp, "mpp_assumed": heatmap.mpp_assumed}
+
+
+def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: dict[str, Any] | None) -> np.ndarray:
+    """Tiles whose pixels at `level` come only from shards that arrived or were never planned (background)."""
+    shape = grid.shape
+    if manifest is None:
+        return np.ones(shape, bool)
+    arrived = set(manifest.get("arrived", []))
+    missing_keys = [_shard(key) for key in manifest.get("planned", []) if key not in arrived]
+    side_y, side_x = source.shard_side(level)
+    height, width = source.arrays[level].shape[1:]
+    missing = np.zeros((math.ceil(height / side_y), math.ceil(width / side_x)), np.int32)
+    for shard in missing_keys:
+        if shard is not None and shard[0] == level:
+            missing[shard[1], shard[2]] = 1
+    # shards a tile touches: from the shard of its first pixel to that of its last (clipped to the level)
+    step = grid.tile / source.downsamples[level]
+    first_y, first_x = (np.arange(n) * step // side for n, side in zip(shape, (side_y, side_x)))
+    last_y = np.minimum(np.ceil((np.arange(shape[0]) + 1) * step) - 1, height - 1) // side_y
+    last_x = np.minimum(np.ceil((np.arange(shape[1]) + 1) * step) - 1, width - 1) // side_x
+    first_y, first_x = np.minimum(first_y, missing.shape[0] - 1), np.minimum(first_x, missing.shape[1] - 1)
+    # a summed-area table counts missing shards in each tile's shard rectangle
+    table = np.pad(missing.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    y0, y1 = first_y.astype(int)[:, None], last_y.astype(int)[:, None] + 1
+    x0, x1 = first_x.astype(int)[None, :], last_x.astype(int)[None, :] + 1
+    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) == 0
+
+
+def _shard(key: str) -> tuple[int, int, int] | None:
+    """(level, row, col) of an image shard key such as "0/c/0/3/5" (optionally under "image.zarr/")."""
+    parts = key.removeprefix("image.zarr/").split("/")
+    if len(parts) == 5 and parts[1] == "c" and all(p.isdigit() for p in (parts[0], parts[3], parts[4])):
+        return int(parts[0]), int(parts[3]), int(parts[4])
+    return None
+
+
+@contextmanager
+def _runner(runner: Runner | None, options: AnalyzeOptions) -> Iterator[Runner]:
+    if runner is not None:
+        yield runner
+        return
+    with Runner(options.scheduler, options.threads, options.torch_threads) as own:
+        yield own
+
+
+def _score(heatmap: Heatmap, ref: SourceRef, source: Source, runner: Runner, options: AnalyzeOptions, todo: np.ndarray,
+           coarse: bool, on_progress: Progress | None, on_update: Update | None = None, *,
+           qc_only: bool = False) -> None:
+    """Score the `todo` tiles of `heatmap` (coarse first if asked); `qc_only` reads and measures without the model."""
+    model_ref = None if qc_only else options.model
+    spec = heatmap.spec
+    done = 0
+    planned = 0
+
+    def run(grid: TileGrid, tiles: np.ndarray, on_result: Callable[[TileResults], None]) -> None:
+        nonlocal planned
+        level = read_level(source, grid.tile / spec.input_size)
+        planned += len(tiles)
+        tasks = [(ref, grid.tile, level, spec.input_size, tiles[k : k + options.batch], model_ref)
+                 for k in range(0, len(tiles), options.batch)]
+
+        def collect(result: TileResults) -> None:
+            nonlocal done
+            on_result(result)
+            done += len(result.tiles)
+            if on_progress is not None:
+                on_progress(done, planned)
+
+        runner.run(tasks, collect)
+
+    if coarse:
+        factor = options.coarse_factor
+        cells = _blocks_any(todo, factor)
+        coarse_scores = np.full(cells.shape, np.nan, np.float32)
+
+        def add_coarse(result: TileResults) -> None:
+            coarse_scores[tuple(result.tiles.T)] = result.score
+            heatmap.add_coarse(result, factor)
+
+        run(heatmap.grid.coarser(factor), np.argwhere(cells), add_coarse)
+        if on_update is not None:
+            on_update(heatmap)
+        sample = np.random.default_rng(options.seed).random(cells.shape) < options.refine_sample
+        refine = cells & ((np.nan_to_num(coarse_scores) >= options.refine_above) | sample)
+        todo = todo & np.kron(refine, np.ones((factor, factor), bool))[: todo.shape[0], : todo.shape[1]]
+    run(heatmap.grid, np.argwhere(todo), heatmap.add)
+
+
+def _blocks_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Whether any cell of each factor x factor block is set (the last blocks may be partial)."""
+    rows, cols = (-(-n // factor) * factor for n in mask.shape)
+    padded = np.zeros((rows, cols), bool)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    return padded.reshape(rows // factor, factor, cols // factor, factor).any(axis=(1, 3))

@@ -1,0 +1,178 @@
+"""Tile pixels at the model's resolution, from a slide file or an OME-Zarr image (local or on S3, possibly partial).
+
+A Dask task gets a small picklable reference (`SlideRef`, `ZarrRef`) and opens the source itself, once per process:
+slides and stores hold file handles and connections, which do not travel to other workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import groupby
+from typing import Protocol
+
+import numpy as np
+import zarr
+from PIL import Image
+
+import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
+from inference.errors import InferenceError
+from inference.store import Location
+from slides import Slide, open_slide
+from tiling import TissueMask, detect_tissue
+
+GLASS = 255  # what lies beyond an image's edge reads as
+
+
+class Source(Protocol):
+    """A pyramid of RGB levels; level k is `downsamples[k]` level-0 pixels a side per pixel."""
+
+    name: str
+    dimensions: tuple[int, int]
+    mpp: float | None
+    downsamples: list[float]
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(y1-y0, x1-x0, 3) uint8 of `level` in that level's pixel coordinates; beyond the edge is white."""
+        ...
+
+    def tissue(self) -> TissueMask: ...
+
+
+class SlideSource:
+    """A slide file, through `slides.Slide`."""
+
+    def __init__(self, slide: Slide) -> None:
+        self.slide = slide
+        self.name = slide.path.name
+        self.dimensions = slide.dimensions
+        self.mpp = sum(slide.mpp) / 2 if slide.mpp else None
+        self.downsamples = [level.downsample for level in slide.levels]
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        d = self.downsamples[level]
+        return self.slide.read_region((round(x0 * d), round(y0 * d)), level, (x1 - x0, y1 - y0))
+
+    def tissue(self) -> TissueMask:
+        return detect_tissue(self.slide)
+
+
+class ZarrSource:
+    """An OME-Zarr image written by tiling/: (c, y, x) levels, scale metadata, and a `labels/tissue` mask.
+
+    Chunks that have not arrived read as the fill value; callers that care consult the manifest first.
+    """
+
+    def __init__(self, location: Location) -> None:
+        try:
+            self.group = zarr.open_group(location.zarr_store(), mode="r")
+            attributes = self.group.attrs.asdict()
+            datasets = attributes["ome"]["multiscales"][0]["datasets"]
+            self.arrays = [self.group[d["path"]] for d in datasets]
+        except (FileNotFoundError, KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
+            raise InferenceError(f"{location.url}: not an OME-Zarr image ({type(error).__name__}: {error})") from None
+        scales = [_xy_scale(d) for d in datasets]
+        self.location = location
+        self.name = location.url.rsplit("/", 2)[-2] if location.url.endswith("image.zarr") else location.name
+        self.dimensions = (self.arrays[0].shape[2], self.arrays[0].shape[1])
+        self.downsamples = [s / scales[0] for s in scales]
+        mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")
+        self.mpp = sum(mpp) / 2 if mpp else None
+        self._scale0 = scales[0]
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        array = self.arrays[level]
+        out = np.full((y1 - y0, x1 - x0, 3), GLASS, np.uint8)
+        cy1, cx1 = min(y1, array.shape[1]), min(x1, array.shape[2])
+        if cy1 > y0 and cx1 > x0:
+            out[: cy1 - y0, : cx1 - x0] = np.asarray(array[:, y0:cy1, x0:cx1]).transpose(1, 2, 0)
+        return out
+
+    def shard_side(self, level: int) -> tuple[int, int]:
+        """(height, width) of one shard object of `level`, in that level's pixels."""
+        shards = self.arrays[level].shards or self.arrays[level].chunks
+        return shards[1], shards[2]
+
+    def tissue(self) -> TissueMask:
+        try:
+            label = self.group["labels/tissue"]
+            datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
+            mask = np.asarray(label[datasets[0]["path"]][:]).astype(bool)
+        except (KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
+            raise InferenceError(f"{self.location.url}: no tissue mask (labels/tissue): {error}") from None
+        return TissueMask(mask, _xy_scale(datasets[0]) / self._scale0, darkfield=False)
+
+
+def _xy_scale(dataset: dict) -> float:  # type: ignore[type-arg]
+    return float(dataset["coordinateTransformations"][0]["scale"][-1])
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """A slide file by path; `stamp` (mtime, size) keeps a per-process cache from serving a replaced file."""
+
+    path: str
+    stamp: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> SlideRef:
+        stat = os.stat(path) if os.path.exists(path) else None
+        return cls(str(path), (stat.st_mtime_ns, stat.st_size) if stat else (0, 0))
+
+    def open(self) -> SlideSource:
+        return SlideSource(open_slide(self.path))
+
+
+@dataclass(frozen=True)
+class ZarrRef:
+    """An OME-Zarr image by location (`{case}/image.zarr`)."""
+
+    location: Location
+
+    def open(self) -> ZarrSource:
+        return ZarrSource(self.location)
+
+
+SourceRef = SlideRef | ZarrRef
+
+
+@lru_cache(maxsize=4)
+def open_source(ref: SourceRef) -> Source:
+    """The source behind `ref`, opened once per process (threads share it: openslide and zarr reads are thread-safe)."""
+    return ref.open()
+
+
+def read_level(source: Source, downsample: float) -> int:
+    """The coarsest level still at least as fine as `downsample` (1% slack for vendors' rounding of level sizes)."""
+    return max(i for i, d in enumerate(source.downsamples) if d <= downsample * 1.01 or i == 0)
+
+
+def read_tiles(source: Source, tile: float, level: int, size: int, tiles: np.ndarray) -> np.ndarray:
+    """(n, size, size, 3) uint8: tile (i, j) is the level-0 box [j*tile, (j+1)*tile) x [i*tile, (i+1)*tile).
+
+    Tiles next to each other in a row are read in one request; each is then cut and area-resampled on its own
+    integer pixel window, so a tile's pixels do not depend on which tiles it was read with (incremental passes
+    and a single pass give the same scores).
+    """
+    step = tile / source.downsamples[level]  # level pixels per tile side
+    out = np.empty((len(tiles), size, size, 3), np.uint8)
+    order = sorted(range(len(tiles)), key=lambda k: (tiles[k][0], tiles[k][1]))
+    # a run: same row, columns consecutive (column minus position in the sorted order stays constant)
+    for _, run in groupby(enumerate(order), key=lambda pk: (tiles[pk[1]][0], tiles[pk[1]][1] - pk[0])):
+        members = [k for _, k in run]
+        i, j0, j1 = int(tiles[members[0]][0]), int(tiles[members[0]][1]), int(tiles[members[-1]][1])
+        y0, y1 = i * step, (i + 1) * step
+        iy0, ix0 = math.floor(y0), math.floor(j0 * step)
+        canvas = source.read(level, ix0, iy0, math.ceil((j1 + 1) * step), math.ceil(y1))
+        for k in members:
+            x0, x1 = tiles[k][1] * step, (tiles[k][1] + 1) * step
+            cx0 = math.floor(x0)
+            crop = canvas[:, cx0 - ix0 : math.ceil(x1) - ix0]
+            box = (x0 - cx0, y0 - iy0, x1 - cx0, y1 - iy0)
+            if crop.shape[:2] == (size, size) and box == (0, 0, size, size):
+                out[k] = crop
+            else:
+                out[k] = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX, box=box))
+    return out

@@ -1,0 +1,158 @@
+"""inference/: heatmaps line up with the slide, cover tissue only, and are valid OME-Zarr; coarse-to-fine, send
+priority and a dask.distributed cluster give the heatmap a user expects.
+
+Alignment is checked with synthetic slides whose answer is known: glass with textured squares, scored by a tiny
+TorchScript model whose tumour "probability" is the fraction of dark pixels in the tile, so every heatmap pixel
+must equal the fraction of its tile the dark square covers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Multiscales, Reader
+from PIL import Image
+
+from conftest import SHARED, sample
+from inference import AnalyzeOptions, ModelRef, ModelSpec, analyze_slide, priority_from_heatmap
+from inference.pipeline import plan_heatmap
+from inference.sources import SlideRef, open_source
+from slides import open_slide
+from tiling import ConvertOptions, plan_pyramid
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+
+MPP = 0.5
+DARK_SPEC = ModelSpec(name="dark-fraction", input_size=64, mpp=1.0, class_names=("glass", "dark"), score_classes=(1,))
+TILE = DARK_SPEC.input_size * DARK_SPEC.mpp / MPP  # 128 level-0 px
+PURPLE, PINK = (120, 60, 140), (235, 175, 215)
+
+
+class DarkFraction(torch.nn.Module):
+    """Logits whose softmax is (1 - f, f), f = fraction of pixels darker than mid-grey."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dark = (x.mean(dim=1) < 0.5).float().mean(dim=(1, 2)).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.log1p(-dark), torch.log(dark)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def dark_model(tmp_path_factory: pytest.TempPathFactory) -> ModelRef:
+    path = tmp_path_factory.mktemp("model") / "dark.torchscript.pt"
+    torch.jit.script(DarkFraction()).save(str(path))
+    return ModelRef(str(path), DARK_SPEC)
+
+
+def write_slide(path: Path, size: tuple[int, int], squares: list[tuple[int, int, int, int, tuple[int, int, int]]]) -> Path:
+    """A tiled TIFF at MPP um/px: slightly noisy glass with textured squares (x0, y0, x1, y1, colour)."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    pixels = np.full((height, width, 3), 240, np.uint8)
+    for x0, y0, x1, y1, colour in squares:
+        texture = rng.integers(-25, 26, (y1 - y0, x1 - x0, 3))
+        pixels[y0:y1, x0:x1] = np.clip(np.array(colour) + texture, 0, 255)
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", compression="deflate",
+                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    return path
+
+
+def covered(box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Fraction of each TILE-sided tile of a grid of `shape` that `box` covers."""
+    x0, y0, x1, y1 = box
+    edges_y, edges_x = np.arange(shape[0] + 1) * TILE, np.arange(shape[1] + 1) * TILE
+    over_y = np.clip(np.minimum(edges_y[1:], y1) - np.maximum(edges_y[:-1], y0), 0, None)
+    over_x = np.clip(np.minimum(edges_x[1:], x1) - np.maximum(edges_x[:-1], x0), 0, None)
+    return np.outer(over_y, over_x) / TILE**2
+
+
+HOT = (592, 336, 1000, 750)  # off the tile grid on purpose: its edge tiles are 37.5%-86% covered
+
+
+@pytest.fixture(scope="module")
+def hot_square(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_slide(tmp_path_factory.mktemp("slide") / "hot.tif", (2048, 1536), [(*HOT, PURPLE)])
+
+
+@pytest.fixture(scope="module")
+def hot_result(hot_square: Path, dark_model: ModelRef, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    out = tmp_path_factory.mktemp("out") / "hot"
+    return analyze_slide(hot_square, out, AnalyzeOptions(model=dark_model)), out
+
+
+def test_heatmap_is_hot_exactly_over_the_square(hot_result: tuple[object, Path]) -> None:
+    heatmap, out = hot_result
+    image = np.asarray(zarr.open_array(out / "heatmap.zarr" / "0", mode="r")[:])
+    assert image.shape == (1, 12, 16)  # 1536 x 2048 px in 128 px tiles
+    expected = covered(HOT, image.shape[1:]) * 255
+    hot = expected > 0
+    assert np.abs(image[0][hot].astype(int) - expected[hot]).max() <= 3
+    assert (image[0][~hot] == 0).all(), "glass must read 0"
+    assert heatmap.tissue.sum() == hot.sum(), "every tile the square touches is analysed, nothing else"
+
+
+def test_heatmap_is_ome_zarr_that_overlays_the_slide(hot_result: tuple[object, Path]) -> None:
+    _, out = hot_result
+    image = list(Reader(parse_url(str(out / "heatmap.zarr")))())[0]
+    assert any(isinstance(spec, Multiscales) for spec in image.specs)
+    assert [axis["name"] for axis in image.metadata["axes"]] == ["c", "y", "x"]
+    scale = image.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == pytest.approx([1, TILE * MPP, TILE * MPP])  # one heatmap pixel = one 128 px tile, in um
+    attributes = json.loads((out / "heatmap.zarr" / "zarr.json").read_text())["attributes"]["slidestream"]["heatmap"]
+    assert attributes["tile_level0_px"] == TILE and attributes["complete"] is True
+    assert attributes["class_names"] == ["dark"] and attributes["model"] == "dark-fraction"
+
+
+def test_triage_summarises_the_hot_region(hot_result: tuple[object, Path]) -> None:
+    _, out = hot_result
+    triage = json.loads((out / "triage.json").read_text())
+    top5 = np.sort(covered(HOT, (12, 16)).ravel())[-5:].mean()  # four whole tiles and one 86% covered
+    assert triage["complete"] is True and triage["score"] == pytest.approx(top5, abs=0.01)
+    summary = triage["summary"]
+    (region,) = summary["top_regions"]
+    # tiles at least half dark: columns 5-7, rows 3-5 (the 37.5% edge tiles fall below the 0.5 threshold)
+    assert (region["x"], region["y"], region["width"], region["height"]) == (5 * TILE, 3 * TILE, 3 * TILE, 3 * TILE)
+    assert summary["area_above_threshold_mm2"] == pytest.approx(9 * (TILE * MPP / 1000) ** 2, rel=1e-4)
+    assert summary["mpp"] == MPP and summary["mpp_assumed"] is False
+    assert summary["qc"]["blur_fraction"] == 0.0  # the texture is sharp
+
+
+def test_real_model_scores_a_tumour_patch_where_it_lies(tmp_path: Path) -> None:
+    """The default model on a slide made of real tiles: the tumour tile is hot, normal mucosa and glass are not."""
+    tumour = np.asarray(Image.open(SHARED / "tiles/tumor/tiatoolbox-target-HE.png").convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    normal = np.asarray(Image.open(SHARED / "tiles/normal/CRC-VAL-HE-7K-NORM-TCGA-YLVCMEHK.tif").convert("RGB"))
+    pixels = np.full((1120, 1344, 3), 240, np.uint8)
+    pixels[448:672, 672:896] = tumour  # tile (2, 3)
+    pixels[224:448, 224:448] = normal  # tile (1, 1)
+    path = tmp_path / "patches.tif"
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", compression="deflate",
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    heatmap = analyze_slide(path)
+    image = heatmap.image()
+    assert image.shape == (5, 6)
+    assert image[2, 3] > 0.9 * 255 and image[1, 1] < 0.1 * 255
+    image[2, 3] = image[1, 1] = 0
+    assert (image == 0).all()
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"])
+def test_sample_slide_heatmap(name: str, tmp_path: Path) -> None:
+    heatmap = analyze_slide(sample(name), tmp_path / "case")
+    image = list(Reader(parse_url(str(tmp_path / "case" / "heatmap.zarr")))())[0]
+    values = np.asarray(image.data[0])[0]
+    with open_slide(sample(name)) as slide:
+        width, height = slide.dimensions
+        tile = 224 * 0.5 / (slide.mpp[0] if slide.mpp else 0.5)
+    assert values.shape == (np.ceil(height / tile), np.ceil(width / tile))
+    assert (values[~heatmap.tissue] == 0).all(), "background tiles read 0"
+    assert heatmap.tissue.mean() > 0.2 and values.max() > 0
+    triage = json.loads((tmp_path / "case" / "triage.json").read_text())
+    assert 0 <= triage["score"] <= 1 and triage["complete"] is True
+    assert triage["summary"]["tiles_scored"] == triage["summary"]["tissue_tiles"] == heatmap.tissue.sum()
+    assert triage["summary"]["mpp_assumed"] is (name == "TCGA-CR-7395-jp2k.svs")
