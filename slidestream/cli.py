@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slides import SlidestreamError, open_slide
+from slidestream.config import ENV_PREFIX
 
 app = typer.Typer(
     add_completion=False,
@@ -22,8 +23,16 @@ stdout = Console()
 
 
 @app.callback()
-def _root() -> None:
-    """Keeps subcommands as subcommands even while there is only one."""
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="SLIDESTREAM_CONFIG", help="TOML config (default ~/.config/slidestream/config.toml).")
+    ] = None,
+) -> None:
+    """Loads the config file as every command's defaults (flags and SLIDESTREAM_<COMMAND>_<OPTION> win)."""
+    from slidestream.config import load_config
+
+    ctx.default_map = load_config(config)
 
 stderr = Console(stderr=True)
 
@@ -105,10 +114,21 @@ def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+from slidestream.send import resume, send  # noqa: E402 - after app exists; send.py imports its heavy parts lazily
+
+app.command()(send)
+app.command()(resume)
+
+
+from slidestream.serve import serve  # noqa: E402
+
+app.command()(serve)
+
+
 def main() -> None:
-    """Console-script entry: every `SlidestreamError` becomes one line on stderr and exit code 2."""
+    """Console-script entry: every `SlidestreamError` becomes one line on stderr and exit code 2 (or its `exit_code`)."""
     try:
-        app()  # standalone: typer reports usage errors itself (exit 2)
+        app(auto_envvar_prefix=ENV_PREFIX)  # standalone: typer reports usage errors itself (exit 2)
     except SlidestreamError as error:
         stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))

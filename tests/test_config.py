@@ -1,0 +1,39 @@
+"""One configuration: flags > SLIDESTREAM_<COMMAND>_<OPTION> > config file > defaults; credentials never in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import sample
+
+
+def _convert(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> int:
+    out = tmp_path / "out.zarr"
+    args = [sys.executable, "-m", "slidestream", *extra[:2], "convert", "--reencode", "--overwrite", *extra[2:], str(sample("CMU-1-Small-Region.svs")), str(out)]
+    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    codecs = json.loads((out / "0" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+    return codecs[1]["configuration"]["quality"]
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults]\nquality = 40\n\n[convert]\nquality = 55\n")
+    assert _convert(tmp_path, "--config", str(config)) == 55
+    assert _convert(tmp_path, "--config", str(config), env={"SLIDESTREAM_CONVERT_QUALITY": "66"}) == 66
+    assert _convert(tmp_path, "--config", str(config), "--quality", "77", env={"SLIDESTREAM_CONVERT_QUALITY": "66"}) == 77
+
+
+def test_bad_config_files_give_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[send\nendpoint_url = 1\n")
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[send]\naws_secret_access_key = "x"\n')
+    for path, words in ((tmp_path / "missing.toml", "not found"), (broken, "cannot read config"), (secrets, "credentials do not belong")):
+        result = subprocess.run([sys.executable, "-m", "slidestream", "--config", str(path), "info", str(sample("CMU-1-Small-Region.svs"))], capture_output=True, text=True)
+        assert result.returncode == 2 and words in result.stderr and str(path) in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
