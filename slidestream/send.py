@@ -1,0 +1,186 @@
+"""`slidestream send` and `slidestream resume`: slides -> tiling -> transfer, with live progress on stderr.
+
+Heavy imports (boto3, zarr, the pyramid writer) happen inside the commands so `slidestream info` stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from slides import SlidestreamError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from slides import Slide
+    from tiling import Piece, PyramidPlan
+    from transfer import Progress as SendProgress
+    from transfer import SendResult
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+MILESTONE_LINES = {
+    "overview": "overview available",
+    "tissue_full_resolution": "all tissue at full resolution available",
+}
+
+
+def send(
+    slide: Annotated[Path, typer.Argument(help="The slide to send (a file, or a DICOM series folder).")],
+    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the case goes to PREFIX/CASE/image.zarr.")],
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="Case ID (default: pseudonymous, from the slide's content; never its file name).")] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")] = "auto",
+    max_rate: Annotated[float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s, to share the uplink.")] = None,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
+    lossless: Annotated[bool, typer.Option("--lossless", help="zstd chunks instead of JPEG.")] = False,
+    keep_background: Annotated[bool, typer.Option("--keep-background", help="Also send glass-only chunks.")] = False,
+    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")] = False,
+    sse: Annotated[str | None, typer.Option("--sse", help="Server-side encryption: AES256 or aws:kms.")] = None,
+    sse_kms_key_id: Annotated[str | None, typer.Option("--sse-kms-key-id", help="KMS key for --sse aws:kms.")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="PEM bundle of the CA that signed a TLS endpoint's certificate.")] = None,
+    deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down before giving up (exit 3; resume later).")] = 600,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+) -> None:
+    """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
+    if concurrency != "auto" and not (concurrency.isdigit() and 1 <= int(concurrency) <= 32):
+        raise typer.BadParameter(f"{concurrency!r} is neither 'auto' nor a number from 1 to 32", param_hint="--concurrency")
+    if sse not in (None, "AES256", "aws:kms"):
+        raise typer.BadParameter(f"{sse!r} is not AES256 or aws:kms", param_hint="--sse")
+    if sse_kms_key_id and sse != "aws:kms":
+        raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
+    args = {
+        "slide": str(slide.resolve()),
+        "destination": destination,
+        "endpoint_url": endpoint_url,
+        "case": case,
+        "concurrency": concurrency,
+        "max_rate": max_rate,
+        "quality": quality,
+        "lossless": lossless,
+        "keep_background": keep_background,
+        "keep_phi": keep_phi,
+        "sse": sse,
+        "sse_kms_key_id": sse_kms_key_id,
+        "ca_bundle": str(ca_bundle.resolve()) if ca_bundle else None,
+        "deadline": deadline,
+    }
+    result = run_send(args, state_dir)
+    if as_json:
+        stdout.print_json(json.dumps(result.summary()))
+
+
+def resume(
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of summaries on stdout.")] = False,
+) -> None:
+    """Finish every send the journal lists as unfinished, with the arguments it was started with."""
+    from transfer import Journal, default_state_dir
+
+    with Journal(state_dir or default_state_dir()) as journal:
+        records = journal.unfinished()
+    if not records:
+        stderr.print("nothing to resume", highlight=False)
+    summaries, failure = [], None
+    for record in records:
+        stderr.print(f"resuming case {record.destination.case} -> {record.destination.url}", markup=False, highlight=False)
+        try:
+            summaries.append(run_send(record.args, state_dir).summary())
+        except SlidestreamError as error:  # report it and go on with the next case
+            stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            failure = failure or error
+    if as_json:
+        stdout.print_json(json.dumps(summaries))
+    if failure is not None:
+        raise typer.Exit(getattr(failure, "exit_code", 2))
+
+
+def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[PyramidPlan, Iterator[Piece]]:
+    """The plan and the pieces a send of `slide` with these arguments uploads (deterministic: tests rebuild them).
+
+    The image is named after the case, and the embedded source summary loses the file name unless --keep-phi:
+    file names often hold accession numbers.
+    """
+    from slidestream.cli import slide_summary
+    from tiling import ConvertOptions, plan_pyramid, produce
+
+    plan = plan_pyramid(slide, ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"]))
+    summary = slide_summary(slide)
+    if not args["keep_phi"]:
+        summary.pop("file", None)
+    return plan, produce(slide, plan, case, summary)
+
+
+def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
+    """One send from its stored arguments (the same dict `resume` finds in the journal)."""
+    from slides import open_slide
+    from transfer import Journal, Sender, SendOptions, case_id_for, default_state_dir, parse_destination
+
+    slide_path = Path(args["slide"])
+    with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:
+        dest = parse_destination(args["destination"], args["case"] or case_id_for(slide_path), args["endpoint_url"])
+        options = SendOptions(
+            concurrency=None if args["concurrency"] == "auto" else int(args["concurrency"]),
+            max_rate_mbit=args["max_rate"],
+            sse=args["sse"],
+            sse_kms_key_id=args["sse_kms_key_id"],
+            deadline=args["deadline"],
+            ca_bundle=args["ca_bundle"],
+        )
+        with Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
+            sender = Sender(dest, journal, options, listener)
+            sender.preflight()
+            sender.begin(args)
+            plan, pieces = image_pieces(slide, args, dest.case)
+            listener.start(len(plan.shards))
+            result = sender.send(plan, pieces)
+    stderr.print(
+        f"{result.url}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, "
+        f"in {result.seconds:.1f} s",
+        markup=False,
+        highlight=False,
+    )
+    return result
+
+
+class RichListener:
+    """Progress bar over shards with bytes, Mbit/s, ETA and link state; one line per milestone."""
+
+    def __init__(self, case: str) -> None:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[sent]}"),
+            TimeElapsedColumn(),
+        )
+        self._bar = Progress(*columns, console=stderr, disable=not stderr.is_terminal)
+        self._case = case
+        self._task = self._bar.add_task(f"case {case}", total=None, sent="")
+
+    def __enter__(self) -> RichListener:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def start(self, shards: int) -> None:
+        self._bar.update(self._task, total=shards, description=f"sending case {self._case}")
+
+    def progress(self, state: SendProgress) -> None:
+        eta = f", ETA {state.eta:.0f} s" if state.eta is not None else ""
+        sent = f"{state.bytes_sent / 1e6:.1f} MB, {state.rate * 8 / 1e6:.1f} Mbit/s{eta}"
+        status = "waiting for network" if state.waiting_for_network else f"sending case {self._case}"
+        self._bar.update(self._task, completed=state.objects_done, total=state.objects_planned, description=status, sent=sent)
+
+    def milestone(self, name: str, seconds: float) -> None:
+        self._bar.console.print(f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s", markup=False, highlight=False)

@@ -1,0 +1,260 @@
+"""`slidestream send` against the real S3 server: the bytes there are the bytes produced, and read back as the image.
+
+Helpers here are shared with test_transfer_faults.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from conftest import REPO, S3Server, sample
+
+from slides import open_slide
+from slidestream.send import image_pieces
+from tiling import Piece, PieceKind, plan_pyramid, write_pieces
+from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, case_id_for, parse_destination, validate_case
+from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
+
+DEFAULTS: dict[str, Any] = {"quality": 90, "lossless": False, "keep_background": False, "keep_phi": False}
+MiB = 1 << 20
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def slidestream(*args: object, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The installed command, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "slidestream", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slidestream", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+
+
+def local_pieces(slide: Path, case: str, **options: Any) -> list[Piece]:
+    """What a send of `slide` uploads, produced here without any network."""
+    args = {**DEFAULTS, **options}
+    with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
+        return list(image_pieces(opened, args, case)[1])
+
+
+def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    client = server.client()
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def journal_objects(state_dir: Path) -> dict[str, tuple[str, int, str]]:
+    """key -> (sha256, size, status), read the way any sqlite client would."""
+    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
+        return {key: (sha, size, status) for key, sha, size, status in db.execute("SELECT key, sha256, size, status FROM objects")}
+
+
+def journal_dump(state_dir: Path) -> list[str]:
+    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return list(db.iterdump())
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def s3_group(server: S3Server, url: str) -> zarr.Group:
+    """The image as any zarr reader sees it on S3 (s3fs), bypassing slidestream entirely."""
+    pytest.importorskip("s3fs")
+    store = zarr.storage.FsspecStore.from_url(url, storage_options={"endpoint_url": server.endpoint_url, "use_listings_cache": False}, read_only=True)
+    return zarr.open_group(store, mode="r")
+
+
+def assert_same_image(remote: zarr.Group, local: zarr.Group) -> None:
+    datasets = local.attrs["ome"]["multiscales"][0]["datasets"]
+    assert remote.attrs.asdict() == local.attrs.asdict()
+    for dataset in datasets:
+        np.testing.assert_array_equal(remote[dataset["path"]][:], local[dataset["path"]][:], err_msg=f"level {dataset['path']}")
+
+
+def send_args(server: S3Server, bucket: str, state_dir: Path, *extra: object) -> list[object]:
+    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, *extra]
+
+
+# -- the whole path --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "rerun"), [("CMU-1-Small-Region.svs", True), ("TCGA-CR-7395-jp2k.svs", False)])
+def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3_server, s3_bucket, tmp_path, name, rerun) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "state"
+    result = slidestream("send", sample(name), *send_args(s3_server, s3_bucket, state, "--json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    case = summary["case"]
+    assert Path(name).stem not in case and case == case_id_for(sample(name))
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+    pieces = local_pieces(sample(name), case)
+    on_server = server_objects(s3_server, s3_bucket, "cases/")
+    manifest = json.loads(on_server.pop(f"cases/{case}/manifest.json"))
+    expected = {f"cases/{case}/image.zarr/{piece.key}": piece.data for piece in pieces}
+    assert sorted(on_server) == sorted(expected)
+    assert all(on_server[key] == data for key, data in expected.items())
+    assert journal_objects(state) == {piece.key: (sha256(piece.data), len(piece.data), "sent-verified") for piece in pieces}
+    assert Path(name).stem.encode() not in on_server[f"cases/{case}/image.zarr/zarr.json"]  # no file name in the image
+
+    shards = [piece.key for piece in pieces if piece.kind is PieceKind.SHARD]
+    assert manifest["format"] == "slidestream-manifest/1" and manifest["complete"] is True
+    assert manifest["planned"] == manifest["arrived"] == shards
+    assert manifest["bytes_sent"] == sum(len(piece.data) for piece in pieces)
+    assert 0 < manifest["milestones"]["overview"] <= manifest["milestones"]["tissue_full_resolution"]
+    assert sum(level["planned"] for level in manifest["levels"]) == len(shards)
+    assert summary["objects"] == len(pieces) and summary["objects_skipped"] == 0
+    assert summary["bytes_total"] == sum(len(piece.data) for piece in pieces) <= summary["bytes_sent"]
+
+    write_pieces(pieces, tmp_path / "local.zarr")
+    assert_same_image(s3_group(s3_server, f"s3://{s3_bucket}/cases/{case}/image.zarr"), zarr.open_group(tmp_path / "local.zarr", mode="r"))
+
+    if not rerun:
+        return
+    again = slidestream("send", sample(name), *send_args(s3_server, s3_bucket, state, "--json"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["objects"] == 0 and json.loads(again.stdout)["objects_skipped"] == len(pieces)
+    assert server_objects(s3_server, s3_bucket, f"cases/{case}/image.zarr/") == expected
+
+
+def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Lossless shards of TCGA are 5-8 MB: above a 5 MiB threshold they travel as multipart uploads."""
+    slide_path = sample("TCGA-CR-7395-jp2k.svs")
+    dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
+    with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
+        plan, produced = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
+        pieces = list(produced)
+        Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(plan, pieces)
+    client = s3_server.client()
+    big = [piece for piece in pieces if len(piece.data) > 5 * MiB]
+    assert big
+    for piece in big:
+        etag = client.head_object(Bucket=s3_bucket, Key=dest.image_key(piece.key))["ETag"].strip('"')
+        assert etag == expected_multipart(piece.data, 5 * MiB).etag and etag.endswith("-2")
+    assert server_objects(s3_server, s3_bucket, dest.image_key("")) == {dest.image_key(piece.key): piece.data for piece in pieces}
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+# -- lowest level first ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def derived_slide(request: pytest.FixtureRequest) -> Path:
+    """bench/make_large_slide.py --small (~50 MB, 14k x 10k px), made once and kept in pytest's cache."""
+    script = REPO / "bench" / "make_large_slide.py"
+    if not script.exists():
+        pytest.skip("bench/make_large_slide.py is missing")
+    version = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
+    path = Path(request.config.cache.mkdir("slidestream-derived")) / f"derived-small-{version}.svs"
+    if not path.exists():
+        partial = path.with_suffix(".partial.svs")
+        made = subprocess.run([sys.executable, script, "--small", "-o", partial], capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr
+        partial.rename(path)
+    return path
+
+
+def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_server, s3_bucket, tmp_path, derived_slide) -> None:  # type: ignore[no-untyped-def]
+    case = "overview-test"
+    pieces = local_pieces(derived_slide, case)
+    total = sum(len(piece.data) for piece in pieces)
+    write_pieces(pieces, tmp_path / "local.zarr")
+    local = zarr.open_group(tmp_path / "local.zarr", mode="r")
+    lowest = local.attrs["ome"]["multiscales"][0]["datasets"][-1]["path"]
+    lowest_shard = next(piece.key for piece in pieces if piece.kind is PieceKind.SHARD)
+    assert lowest_shard.startswith(f"{lowest}/")  # the send order starts with the lowest level
+
+    process = start_slidestream("send", derived_slide, *send_args(s3_server, s3_bucket, tmp_path / "state", "--case", case, "--max-rate", 40))
+    client = s3_server.client()
+    try:
+        manifest: dict[str, Any] = {}
+        while lowest_shard not in manifest.get("arrived", []):
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                manifest = json.loads(client.get_object(Bucket=s3_bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+            except client.exceptions.NoSuchKey:
+                time.sleep(0.05)
+        on_server = sum(item["Size"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix=f"cases/{case}/image.zarr/")["Contents"])
+        remote = s3_group(s3_server, f"s3://{s3_bucket}/cases/{case}/image.zarr")
+        np.testing.assert_array_equal(remote[lowest][:], local[lowest][:])
+        assert process.poll() is None, "the send finished before the check: nothing was shown about partial reads"
+        assert on_server / total < 0.02, f"{on_server} of {total} bytes were on the server when the lowest level arrived"
+        assert manifest["complete"] is False
+    finally:
+        process.kill()
+        process.communicate()
+
+
+# -- manifest, case IDs, verification rules --------------------------------------------------------------------
+def test_manifest_drops_shards_produce_skips_and_reaches_milestones_in_order() -> None:
+    with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
+        plan = plan_pyramid(slide)
+    arrivals = Arrivals("c", plan, "2026-01-01T00:00:00.000Z", {})
+    keys = [task.key for task in plan.shards]
+    overview = [task.key for task in plan.shards if plan.levels[task.level].complete]
+    for key in keys[:-1]:
+        arrivals.produced(key)
+        reached, _ = arrivals.arrive(key, 10)
+        assert ("overview" in reached) == (key == overview[-1])
+    skipped = keys[-1]
+    assert arrivals.finished_producing() == ["tissue_full_resolution"]
+    document = arrivals.document()
+    assert skipped not in document["planned"] and document["planned"] == document["arrived"] == keys[:-1]
+    assert document["bytes_sent"] == 10 * (len(keys) - 1) and document["complete"] is False
+
+
+def test_case_id_comes_from_content_not_the_file_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "S24-012345 A1.svs"
+    shutil.copyfile(sample("CMU-1-Small-Region.svs"), copy)
+    assert case_id_for(copy) == case_id_for(sample("CMU-1-Small-Region.svs")) != case_id_for(sample("TCGA-CR-7395-jp2k.svs"))
+    assert len(case_id_for(copy)) == 16
+    for bad in ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"]:
+        with pytest.raises(DestinationError):
+            validate_case(bad)
+    for bad_url in ["http://bucket/x", "s3://Bad_Bucket/x", "s3://bucket/a/../b"]:
+        with pytest.raises(DestinationError):
+            parse_destination(bad_url, "case")
+    assert parse_destination("s3://bucket/a/b/", "S-1.2_x").manifest_key == "a/b/S-1.2_x/manifest.json"
+
+
+def test_bad_case_id_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = slidestream("send", sample("CMU-1-Small-Region.svs"), "s3://bucket/x", "--case", "../up", "--state-dir", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "case ID '../up' is not allowed" in result.stderr
+
+
+def test_only_an_answer_that_proves_the_bytes_counts() -> None:
+    digest = Digest.of(b"shard bytes")
+    expected = expected_single(digest)
+    assert check("k", expected, f'"{digest.etag}"', None, None) == digest.etag
+    assert check("k", expected, '"not-an-md5"', digest.checksum_sha256, "aws:kms") == "not-an-md5"
+    with pytest.raises(Mismatch):
+        check("k", expected, '"0123"', None, None)
+    with pytest.raises(Mismatch):
+        check("k", expected, f'"{digest.etag}"', Digest.of(b"other").checksum_sha256, None)
+    with pytest.raises(IntegrityError, match="cannot be verified"):
+        check("k", expected, '"kms-etag"', None, "aws:kms")
+
+
+def test_sse_requests_are_verified(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With --sse the puts carry the encryption header; a server without SSE support says so in one line."""
+    result = slidestream("send", sample("CMU-1-Small-Region.svs"), *send_args(s3_server, s3_bucket, tmp_path, "--sse", "AES256", "--json"))
+    if result.returncode == 0:
+        case = json.loads(result.stdout)["case"]
+        head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"cases/{case}/image.zarr/zarr.json")
+        assert head.get("ServerSideEncryption") == "AES256"
+    else:
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--sse AES256" in result.stderr

@@ -1,0 +1,45 @@
+"""What can go wrong while sending, each as one line a technician can act on.
+
+Every class is a `SlidestreamError` (the CLI prints it as one line on stderr); `exit_code` tells a script whether
+to fix the command (2) or wait for the network and resume (3).
+"""
+
+from __future__ import annotations
+
+from slides import SlidestreamError
+
+
+class TransferError(SlidestreamError):
+    """Base of the errors of transfer/: the send stopped, the journal holds what was verified so far."""
+
+    exit_code = 2
+
+
+class DestinationError(TransferError, ValueError):
+    """The destination is malformed: not s3://BUCKET/PREFIX, a bad case ID, a bad option value."""
+
+
+class CredentialsError(TransferError, PermissionError):
+    """The server rejected (or there are no) credentials, or they may not write here."""
+
+
+class BucketNotFoundError(TransferError, FileNotFoundError):
+    """The bucket does not exist on that endpoint."""
+
+
+class NetworkError(TransferError, ConnectionError):
+    """The endpoint cannot be reached; resuming later picks up where the journal stops."""
+
+    exit_code = 3
+
+
+class NetworkDeadlineError(NetworkError, TimeoutError):
+    """The link stayed down longer than --deadline."""
+
+
+class IntegrityError(TransferError):
+    """The server kept storing bytes that differ from the ones sent (or cannot prove that it did not)."""
+
+
+class JournalError(TransferError, OSError):
+    """The local journal cannot be opened or written (disk full, read-only, not a journal)."""

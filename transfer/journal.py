@@ -1,0 +1,163 @@
+"""The local journal: which objects the server verifiably holds, and which sends are unfinished.
+
+SQLite in WAL mode with synchronous=FULL: every verified object is one committed transaction, so a `kill -9`,
+a reboot or a full disk leaves a journal that is consistent and at most one object behind. Objects are keyed by
+(endpoint, bucket, prefix, case, key) and carry the SHA-256 of their bytes: a rerun recomputes the (deterministic)
+pieces and skips exactly those whose hash is already recorded as verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from transfer.errors import JournalError
+from transfer.target import Destination
+
+VERIFIED = "sent-verified"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    endpoint TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL, case_id TEXT NOT NULL, key TEXT NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL, status TEXT NOT NULL, verified_at TEXT NOT NULL,
+    PRIMARY KEY (endpoint, bucket, prefix, case_id, key)
+);
+CREATE TABLE IF NOT EXISTS sends (
+    endpoint TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL, case_id TEXT NOT NULL,
+    args TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT,
+    milestones TEXT NOT NULL DEFAULT '{}', error TEXT,
+    PRIMARY KEY (endpoint, bucket, prefix, case_id)
+);
+"""
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/slidestream, else ~/.local/state/slidestream (the XDG base directory default)."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "slidestream"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    """One send as the journal remembers it: enough to resume it with no arguments."""
+
+    destination: Destination
+    args: dict[str, Any]
+    started_at: str
+    finished_at: str | None
+    milestones: dict[str, float]
+    error: str | None
+
+
+class Journal:
+    """Thread-safe: upload workers record objects concurrently through one connection."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "journal.sqlite3"
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise JournalError(f"journal {self.path}: cannot open: {error}") from None
+        with self._transaction() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction, or none at all; sqlite errors become one-line JournalErrors."""
+        with self._lock:
+            try:
+                with self._db:
+                    yield self._db
+            except sqlite3.Error as error:
+                reason = "disk full" if "full" in str(error) else str(error)
+                raise JournalError(f"journal {self.path}: {reason}; nothing after the last verified object was recorded") from None
+
+    # -- objects -------------------------------------------------------------------------------------------
+    def verified(self, dest: Destination) -> dict[str, tuple[str, int]]:
+        """key -> (SHA-256, size) of every object of this case the server verifiably holds."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT key, sha256, size FROM objects WHERE endpoint=? AND bucket=? AND prefix=? AND case_id=? AND status=?",
+                (*_where(dest), VERIFIED),
+            )
+            return {key: (sha256, size) for key, sha256, size in rows.fetchall()}
+
+    def record(self, dest: Destination, key: str, sha256: str, size: int, etag: str) -> None:
+        """The server holds `key` with these bytes (checked against its response): never re-send it."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_where(dest), key, sha256, size, etag, VERIFIED, utc_now()),
+            )
+
+    # -- sends ---------------------------------------------------------------------------------------------
+    def begin(self, dest: Destination, args: dict[str, Any]) -> SendRecord:
+        """Register a send (or continue the unfinished one to the same place); returns its record."""
+        previous = self.send(dest)
+        now = utc_now()
+        keep = previous is not None and previous.finished_at is None
+        started = previous.started_at if keep and previous else now
+        milestones = previous.milestones if keep and previous else {}
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sends VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
+                (*_where(dest), json.dumps(args), started, now, json.dumps(milestones)),
+            )
+        return SendRecord(dest, args, started, None, milestones, None)
+
+    def update(self, dest: Destination, *, milestones: dict[str, float] | None = None, error: str | None = None, finished: bool = False) -> None:
+        with self._transaction() as db:
+            if milestones is not None:
+                db.execute("UPDATE sends SET milestones=? WHERE " + _WHERE, (json.dumps(milestones), *_where(dest)))
+            db.execute("UPDATE sends SET updated_at=?, error=? WHERE " + _WHERE, (utc_now(), error, *_where(dest)))
+            if finished:
+                db.execute("UPDATE sends SET finished_at=? WHERE " + _WHERE, (utc_now(), *_where(dest)))
+
+    def send(self, dest: Destination) -> SendRecord | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM sends WHERE " + _WHERE, _where(dest)).fetchone()
+        return _record(row) if row else None
+
+    def unfinished(self) -> list[SendRecord]:
+        """Sends that never completed, oldest first: what `slidestream resume` picks up."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT * FROM sends WHERE finished_at IS NULL ORDER BY started_at").fetchall()
+        return [_record(row) for row in rows]
+
+
+_WHERE = "endpoint=? AND bucket=? AND prefix=? AND case_id=?"
+
+
+def _where(dest: Destination) -> tuple[str, str, str, str]:
+    return dest.journal_endpoint, dest.bucket, dest.prefix, dest.case
+
+
+def _record(row: tuple[Any, ...]) -> SendRecord:
+    endpoint, bucket, prefix, case, args, started, _updated, finished, milestones, error = row
+    dest = Destination(None if endpoint == "aws" else endpoint, bucket, prefix, case)
+    return SendRecord(dest, json.loads(args), started, finished, json.loads(milestones), error)

@@ -1,0 +1,139 @@
+"""The arrival manifest (`manifest.json` beside `image.zarr`): which shards a reader may trust already.
+
+A missing Zarr chunk reads as the fill value, so a viewer alone cannot tell "not arrived yet" from "background".
+The manifest can: a shard key in `planned` but not in `arrived` has not arrived; a key not planned at all holds
+no tissue (its chunks read as glass). `arrived` only ever lists shards whose bytes the server verifiably holds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+
+from tiling import PyramidPlan, ShardTask
+from transfer.journal import utc_now
+from transfer.target import IMAGE
+
+FORMAT = "slidestream-manifest/1"
+OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
+FULL_RESOLUTION = "tissue_full_resolution"  # every planned tissue shard arrived, down to level 0
+
+
+class Arrivals:
+    """Thread-safe state behind the manifest: planned shards (in send order), arrived ones, milestones.
+
+    The plan lists every shard position, but `produce()` never yields a shard without chunks; since it yields
+    in plan order, a shard passed over is known to be empty and leaves `planned` as soon as a later one appears.
+    """
+
+    def __init__(self, case: str, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
+        self.case = case
+        self.started_at = started_at
+        self._started = datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
+        self.milestones = dict(milestones)
+        self._complete_levels = {level.index for level in plan.levels if level.complete}
+        self._tasks: list[ShardTask] = list(plan.shards)
+        self._planned: dict[str, ShardTask] = {task.key: task for task in self._tasks}
+        self._by_level: dict[int, list[tuple[int, ShardTask]]] = {}
+        for index, task in enumerate(self._tasks):
+            self._by_level.setdefault(task.level, []).append((index, task))
+        self._resolved = 0  # plan positions before this one are decided (produced or dropped as empty)
+        self._arrived: dict[str, int] = {}  # key -> bytes
+        self._metadata_bytes = 0
+        self._lock = threading.Lock()
+
+    # -- updates -------------------------------------------------------------------------------------------
+    def produced(self, key: str) -> None:
+        """`key` came out of produce(): every plan position before it that did not is an empty shard."""
+        with self._lock:
+            while self._resolved < len(self._tasks) and self._tasks[self._resolved].key != key:
+                self._planned.pop(self._tasks[self._resolved].key, None)
+                self._resolved += 1
+            self._resolved += 1
+
+    def finished_producing(self) -> list[str]:
+        """produce() is exhausted: the rest of the plan was empty. Returns milestones this completes."""
+        with self._lock:
+            for task in self._tasks[self._resolved :]:
+                self._planned.pop(task.key, None)
+            self._resolved = len(self._tasks)
+            return self._reached()
+
+    def arrive(self, key: str, size: int) -> tuple[list[str], bool]:
+        """The server verifiably holds `key`; returns the milestones reached just now, and whether this completed
+        a level (worth telling readers at once: a level is what a viewer switches to)."""
+        with self._lock:
+            if key not in self._planned:
+                self._metadata_bytes += size
+                return self._reached(), False
+            self._arrived[key] = size
+            level = self._planned[key].level
+            level_done = all(i < self._resolved and (task.key in self._arrived or task.key not in self._planned) for i, task in self._by_level[level])
+            return self._reached(), level_done
+
+    def assume(self, sizes: dict[str, int]) -> None:
+        """Shards an earlier run verified, for the same image: arrived until reproduced bytes say otherwise."""
+        with self._lock:
+            self._arrived.update({key: size for key, size in sizes.items() if key in self._planned})
+
+    def revoke(self, key: str) -> None:
+        """A shard assumed from an earlier run turned out to differ (new options or version): not arrived after all."""
+        with self._lock:
+            self._arrived.pop(key, None)
+
+    def _reached(self) -> list[str]:
+        new = []
+        for name, wanted in ((OVERVIEW, self._is_overview), (FULL_RESOLUTION, self._is_tissue)):
+            if name in self.milestones:
+                continue
+            tasks = [(i, task) for i, task in enumerate(self._tasks) if wanted(task)]
+            if all(i < self._resolved for i, _ in tasks) and all(task.key in self._arrived for _, task in tasks if task.key in self._planned):
+                self.milestones[name] = round(time.time() - self._started, 3)
+                new.append(name)
+        return new
+
+    def _is_overview(self, task: ShardTask) -> bool:
+        return task.level in self._complete_levels
+
+    def _is_tissue(self, task: ShardTask) -> bool:
+        return task.tissue or task.level in self._complete_levels
+
+    # -- reading -------------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Planned shards not yet arrived (an upper bound while produce() still runs)."""
+        with self._lock:
+            return len(self._planned) - len(self._arrived)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._arrived), len(self._planned)
+
+    def document(self, complete: bool = False) -> dict:  # type: ignore[type-arg]
+        """The manifest's content right now."""
+        with self._lock:
+            planned = list(self._planned)
+            levels: dict[int, dict[str, int | bool]] = {}
+            for task in self._planned.values():
+                entry = levels.setdefault(task.level, {"level": task.level, "planned": 0, "arrived": 0, "overview": self._is_overview(task)})
+                entry["planned"] += 1
+                entry["arrived"] += task.key in self._arrived
+            return {
+                "format": FORMAT,
+                "case": self.case,
+                "image": IMAGE,
+                "started_at": self.started_at,
+                "updated_at": utc_now(),
+                "complete": complete,
+                "planned": planned,
+                "arrived": [key for key in planned if key in self._arrived],
+                "levels": [levels[index] for index in sorted(levels)],
+                "milestones": {name: self.milestones.get(name) for name in (OVERVIEW, FULL_RESOLUTION)},
+                "bytes_sent": self._metadata_bytes + sum(self._arrived.values()),
+            }
+
+    def to_json(self, complete: bool = False) -> bytes:
+        return json.dumps(self.document(complete), indent=1).encode()

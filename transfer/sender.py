@@ -1,0 +1,515 @@
+"""Upload pieces while they are produced: bounded queue, N verified puts in flight, journal, manifest, deadline.
+
+Order of events for one image: preflight (credentials, bucket, reachability), metadata objects (verified before
+any shard goes, so readers can open the image at once), the first manifest, then shards in send order with the
+manifest rewritten at most once per `manifest_interval` (and at once at each milestone), and last the manifest
+with `complete: true`, written only after every object was verified.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import queue
+import random
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.manager import TransferConfig, TransferManager
+
+from slides import SlidestreamError
+from tiling import Piece, PieceKind, PyramidPlan
+from transfer.errors import IntegrityError, NetworkDeadlineError, TransferError
+from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
+from transfer.journal import Journal, SendRecord
+from transfer.manifest import Arrivals
+from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
+from transfer.target import Destination
+
+MiB = 1 << 20
+AUTO_START = 4  # workers before anything is measured
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 20.0  # seconds, full jitter: link loss
+RESEND_BASE = 0.1  # seconds: a corrupted object is sent again almost at once (nothing to wait out)
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How to send; every field has a `slidestream send` flag.
+
+    concurrency: puts in flight; None sizes it from measured throughput and round trip (`--concurrency auto`).
+    max_rate_mbit: cap on the bytes handed to the network, to share a clinic's uplink.
+    sse / sse_kms_key_id: server-side encryption ("AES256" or "aws:kms").
+    deadline: seconds the link may stay down before the send gives up (the journal keeps what arrived).
+    ca_bundle: PEM file of a private CA for TLS endpoints.
+    multipart_threshold: objects above this go in parts (s3transfer), each part this size.
+    manifest_interval: the manifest is rewritten at most this often (plus at milestones and the end).
+    integrity_retries: re-sends of an object the server stored with other bytes, before giving up.
+    """
+
+    concurrency: int | None = None
+    max_rate_mbit: float | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    deadline: float = 600.0
+    ca_bundle: str | None = None
+    multipart_threshold: int = 8 * MiB
+    manifest_interval: float = 1.0
+    integrity_retries: int = 5
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot for progress displays."""
+
+    objects_done: int
+    objects_planned: int
+    bytes_sent: int  # handed to the network by this run, re-sends included
+    bytes_verified: int  # of objects verified on the server by this run
+    rate: float  # bytes per second, recent
+    waiting_for_network: bool
+    concurrency: int
+    eta: float | None  # seconds, from the shards still planned, their typical size and the recent rate
+
+
+class Listener(Protocol):
+    """Receives progress (from worker threads: keep it quick) and milestone announcements."""
+
+    def progress(self, state: Progress) -> None: ...
+
+    def milestone(self, name: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class SendResult:
+    case: str
+    url: str
+    objects: int  # uploaded by this run
+    objects_skipped: int  # already verified on the server by an earlier run
+    bytes_sent: int  # handed to the network by this run
+    bytes_total: int  # size of the whole image (every object)
+    seconds: float
+    milestones: dict[str, float | None] = field(default_factory=dict)
+    retries: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """What `--json` prints."""
+        return {
+            "case": self.case,
+            "url": self.url,
+            "objects": self.objects,
+            "objects_skipped": self.objects_skipped,
+            "bytes_sent": self.bytes_sent,
+            "bytes_total": self.bytes_total,
+            "seconds": round(self.seconds, 3),
+            "time_to_first_view": self.milestones.get("overview"),
+            "time_to_full_resolution": self.milestones.get("tissue_full_resolution"),
+            "average_mbit_s": round(self.bytes_sent * 8 / 1e6 / self.seconds, 3) if self.seconds > 0 else None,
+            "retries": self.retries,
+        }
+
+
+@dataclass
+class _Job:
+    piece: Piece
+    digest: Digest
+
+
+class Sender:
+    """Sends one case to one destination; reusable for one `send()` call."""
+
+    def __init__(self, dest: Destination, journal: Journal, options: SendOptions = SendOptions(), listener: Listener | None = None) -> None:
+        self.dest = dest
+        self.journal = journal
+        self.options = options
+        self.listener = listener
+        self.client = make_client(dest.endpoint, options.ca_bundle)
+        self.meter = Meter(options.max_rate_mbit * 1e6 / 8 if options.max_rate_mbit else None)
+        self.meter.attach(self.client)
+        self._transfers: TransferManager | None = None
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=2 * MAX_CONCURRENCY)  # bounds memory: ~64 objects
+        self._pending = 0  # jobs queued or in flight
+        self._pending_changed = threading.Condition()
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._workers: list[threading.Thread] = []
+        self._outage_since: float | None = None
+        self._state_lock = threading.Lock()
+        self._sizes: deque[int] = deque(maxlen=64)
+        self._uploaded = self._skipped = self._retries = 0
+        self._bytes_verified = self._bytes_total = 0
+        self._arrivals: Arrivals | None = None
+        self._record: SendRecord | None = None
+        self._start = 0.0
+        self._manifest_lock = threading.Lock()
+        self._manifest_dirty = threading.Event()
+        self._manifest_urgent = threading.Event()
+        self._manifest_final = False
+
+    # -- before anything is produced -----------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Fail in a second, not after a conversion: credentials, bucket and endpoint, then clear stale uploads.
+
+        A LIST needs s3:ListBucket, which a write-only uploader role may lack: AccessDenied here is not fatal.
+        Multipart uploads left open by a killed run are invisible but billed: abort those of this case.
+        """
+        try:
+            self.client.list_objects_v2(Bucket=self.dest.bucket, Prefix=self.dest.root, MaxKeys=1)
+            uploads = self.client.list_multipart_uploads(Bucket=self.dest.bucket, Prefix=self.dest.root).get("Uploads", [])
+            for upload in uploads:
+                self.client.abort_multipart_upload(Bucket=self.dest.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except (BotoCoreError, ClientError) as error:
+            if error_code(error) != "AccessDenied":
+                raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{self.dest.root}") from None
+
+    # -- the send ------------------------------------------------------------------------------------------
+    def begin(self, args: dict[str, Any]) -> None:
+        """Start the clock and register the send (with the arguments `resume` needs) before the slide is planned,
+        so milestones count from the user's command, tissue detection included."""
+        self._start = time.monotonic()
+        self._record = self.journal.begin(self.dest, args)
+
+    def send(self, plan: PyramidPlan, pieces: Iterable[Piece]) -> SendResult:
+        """Upload every piece (skipping those the journal proves are there); returns once all are verified."""
+        if self._record is None:
+            self.begin({})
+        assert self._record is not None
+        record, start = self._record, self._start
+        known = self.journal.verified(self.dest)
+        arrivals = self._arrivals = Arrivals(self.dest.case, plan, record.started_at, record.milestones)
+        self._add_workers(self.options.concurrency or AUTO_START)
+        helpers = [threading.Thread(target=self._guard(self._monitor), name="monitor", daemon=True),
+                   threading.Thread(target=self._guard(self._publish_loop), name="manifest", daemon=True)]  # fmt: skip
+        for thread in helpers:
+            thread.start()
+        try:
+            shards_started = False
+            metadata_unchanged = True
+            for piece in pieces:
+                self._raise_failure()
+                digest = Digest.of(piece.data)
+                self._bytes_total += digest.size
+                if piece.kind is PieceKind.SHARD:
+                    if not shards_started:
+                        self._metadata_done(known if metadata_unchanged else {})
+                        shards_started = True
+                    arrivals.produced(piece.key)
+                if known.get(piece.key, ("",))[0] == digest.sha256_hex:
+                    self._skipped += 1
+                    self._arrived(piece.key, digest.size)
+                    continue
+                if piece.kind is PieceKind.SHARD:
+                    arrivals.revoke(piece.key)
+                else:
+                    metadata_unchanged = False
+                self._enqueue(_Job(piece, digest))
+            if not shards_started:
+                self._metadata_done({})
+            for name in arrivals.finished_producing():
+                self._announce(name)
+            self._drain()
+            self._publish(complete=True)
+            self.journal.update(self.dest, milestones=arrivals.milestones, finished=True)
+        except BaseException as error:
+            self._stop.set()
+            if isinstance(error, SlidestreamError):
+                self._record_error(str(error))
+            raise
+        finally:
+            self._stop.set()
+            self._manifest_dirty.set()
+            until = time.monotonic() + 5  # a worker stuck in a put is a daemon: do not wait for it forever
+            for thread in [*self._workers, *helpers]:
+                thread.join(timeout=max(0.0, until - time.monotonic()))
+            if self._transfers is not None:
+                self._transfers.shutdown(cancel=self._failure is not None)
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        return SendResult(
+            self.dest.case,
+            self.dest.url,
+            self._uploaded,
+            self._skipped,
+            self.meter.sent,
+            self._bytes_total,
+            time.monotonic() - start,
+            {name: arrivals.milestones.get(name) for name in ("overview", "tissue_full_resolution")},
+            self._retries,
+        )
+
+    def _metadata_done(self, known: dict[str, tuple[str, int]]) -> None:
+        """Metadata verified: publish the first manifest. When the metadata matched the journal's, the image is the
+        same as an earlier run's, so shards it verified count as arrived right away (re-checked when reproduced)."""
+        self._drain()
+        assert self._arrivals is not None
+        self._arrivals.assume({key: size for key, (_, size) in known.items()})
+        self._publish()
+
+    def _record_error(self, message: str) -> None:
+        try:
+            self.journal.update(self.dest, error=message, milestones=self._arrivals.milestones if self._arrivals else None)
+        except TransferError:
+            pass  # the original error is the one to report
+
+    # -- queue and workers ---------------------------------------------------------------------------------
+    def _enqueue(self, job: _Job) -> None:
+        with self._pending_changed:
+            self._pending += 1
+        while True:
+            self._raise_failure()
+            try:
+                self._queue.put(job, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _drain(self) -> None:
+        """Wait until every queued object is verified (or something failed)."""
+        with self._pending_changed:
+            while self._pending and self._failure is None:
+                self._pending_changed.wait(0.5)
+        self._raise_failure()
+
+    def _add_workers(self, target: int) -> None:
+        while len(self._workers) < min(target, MAX_CONCURRENCY):
+            thread = threading.Thread(target=self._work, name=f"upload-{len(self._workers)}", daemon=True)
+            self._workers.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._deliver(job)
+            except BaseException as error:  # noqa: BLE001 - handed to the main thread, which raises it
+                self._fail(error)
+            finally:
+                with self._pending_changed:
+                    self._pending -= 1
+                    self._pending_changed.notify_all()
+
+    def _guard(self, target: Any) -> Any:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:  # noqa: BLE001
+                self._fail(error)
+
+        return run
+
+    def _fail(self, error: BaseException) -> None:
+        with self._pending_changed:
+            if self._failure is None:
+                self._failure = error
+            self._stop.set()
+            self._pending_changed.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    # -- one object ----------------------------------------------------------------------------------------
+    def _deliver(self, job: _Job) -> None:
+        key = self.dest.image_key(job.piece.key)
+        content_type = "application/json" if job.piece.key.endswith(".json") else "application/octet-stream"
+        etag = self._put_verified(key, job.piece.data, job.digest, content_type)
+        self.journal.record(self.dest, job.piece.key, job.digest.sha256_hex, job.digest.size, etag)
+        with self._state_lock:
+            self._uploaded += 1
+            self._bytes_verified += job.digest.size
+            self._sizes.append(job.digest.size)
+        self._arrived(job.piece.key, job.digest.size)
+
+    def _arrived(self, key: str, size: int) -> None:
+        assert self._arrivals is not None
+        milestones, level_done = self._arrivals.arrive(key, size)
+        for name in milestones:
+            self._announce(name)
+        if level_done:
+            self._manifest_urgent.set()
+        self._manifest_dirty.set()
+        self._report()
+
+    def _put_verified(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None = None) -> str:
+        """Put until the server's answer proves it holds exactly `data`; retry the network until the deadline."""
+        attempt = corrupted = 0
+        while True:
+            if self._stop.is_set() and self._failure is not None:
+                raise TransferError("send stopped")  # another worker failed; its error is the one reported
+            try:
+                if digest.size > self.options.multipart_threshold:
+                    etag = self._put_multipart(key, data, content_type, cache_control)
+                else:
+                    etag = self._put_single(key, data, digest, content_type, cache_control)
+                self._network_ok()
+                return etag
+            except Mismatch as error:
+                corrupted, reason = corrupted + 1, str(error)
+            except (BotoCoreError, ClientError) as error:
+                if is_corruption(error):
+                    corrupted, reason = corrupted + 1, f"{key}: server reported {error_code(error)}"
+                elif is_transient(error):
+                    self._network_down(error)
+                    self._backoff(attempt, BACKOFF_BASE)
+                    attempt += 1
+                    continue
+                else:
+                    problem = fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{key}")
+                    if self.options.sse and error_code(error) in {"InvalidRequest", "InvalidArgument", "NotImplemented"}:
+                        problem = TransferError(f"{problem} (does the server support --sse {self.options.sse}?)")
+                    raise problem from None
+            self._network_ok()
+            with self._state_lock:
+                self._retries += 1
+            if corrupted > self.options.integrity_retries:
+                raise IntegrityError(f"{reason} ({corrupted} attempts); the object is not recorded as sent")
+            self._backoff(corrupted - 1, RESEND_BASE)
+
+    def _extra(self, content_type: str, cache_control: str | None) -> dict[str, str]:
+        extra = {"ContentType": content_type}
+        if cache_control:
+            extra["CacheControl"] = cache_control
+        if self.options.sse:
+            extra["ServerSideEncryption"] = self.options.sse
+        if self.options.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        return extra
+
+    def _put_single(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None) -> str:
+        """One PUT carrying Content-MD5 and x-amz-checksum-sha256, both of which AWS, MinIO and Ceph check."""
+        response = self.client.put_object(
+            Bucket=self.dest.bucket,
+            Key=key,
+            Body=data,
+            ContentMD5=digest.content_md5,
+            ChecksumSHA256=digest.checksum_sha256,
+            **self._extra(content_type, cache_control),
+        )
+        self.meter.request_done()
+        return check(key, expected_single(digest), response.get("ETag"), response.get("ChecksumSHA256"), response.get("ServerSideEncryption"))
+
+    def _put_multipart(self, key: str, data: bytes, content_type: str, cache_control: str | None) -> str:
+        """Parts through s3transfer (it aborts the upload if a part fails), then HEAD for the composite values.
+
+        Under SSE-KMS each part carries a SHA-256 (the only verifiable value there); otherwise the composite ETag
+        (MD5 of the part MD5s) proves the content, which every S3-compatible server computes.
+        """
+        extra = self._extra(content_type, cache_control)
+        if self.options.sse == "aws:kms":
+            extra["ChecksumAlgorithm"] = "SHA256"
+        if self._transfers is None:
+            size = self.options.multipart_threshold
+            config = TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_request_concurrency=4)
+            self._transfers = TransferManager(self.client, config)
+        self._transfers.upload(io.BytesIO(data), self.dest.bucket, key, extra_args=extra).result()
+        head = self.client.head_object(Bucket=self.dest.bucket, Key=key, ChecksumMode="ENABLED")
+        expected: Expected = expected_multipart(data, self.options.multipart_threshold)
+        return check(key, expected, head.get("ETag"), head.get("ChecksumSHA256"), head.get("ServerSideEncryption"))
+
+    # -- link loss -----------------------------------------------------------------------------------------
+    def _network_ok(self) -> None:
+        with self._state_lock:
+            self._outage_since = None
+
+    def _network_down(self, error: BaseException) -> None:
+        """Note the failure; past the deadline the send stops with what the journal holds."""
+        now = time.monotonic()
+        with self._state_lock:
+            if self._outage_since is None:
+                self._outage_since = now
+            down = now - self._outage_since
+        self._report()
+        if down >= self.options.deadline:
+            server = self.dest.endpoint or "AWS S3"
+            reason = describe(error)
+            raise NetworkDeadlineError(
+                f"no working connection to {server} for {down:.0f} s (--deadline {self.options.deadline:g}; last: {reason}); "
+                "`slidestream resume` continues where this stopped"
+            )
+
+    def _backoff(self, attempt: int, base: float) -> None:
+        """Exponential backoff with full jitter, never sleeping past the deadline."""
+        delay = random.uniform(0, min(BACKOFF_CAP, base * 2**attempt))
+        with self._state_lock:
+            if self._outage_since is not None:
+                delay = min(delay, max(0.0, self._outage_since + self.options.deadline - time.monotonic()))
+        self._stop.wait(delay)
+
+    # -- manifest ------------------------------------------------------------------------------------------
+    def _publish(self, complete: bool = False) -> None:
+        """Write manifest.json now (serialized: an older document never lands after a newer one)."""
+        assert self._arrivals is not None
+        with self._manifest_lock:
+            if self._manifest_final:
+                return  # a late periodic write must not replace `complete: true`
+            self._manifest_final = complete
+            self._manifest_dirty.clear()
+            self._manifest_urgent.clear()
+            document = self._arrivals.to_json(complete)
+            self._put_verified(self.dest.manifest_key, document, Digest.of(document), "application/json", "no-cache")
+        if complete:
+            return
+        self.journal.update(self.dest, milestones=self._arrivals.milestones)
+
+    def _publish_loop(self) -> None:
+        """Rewrite the manifest when something arrived, at most once per interval unless a milestone was reached."""
+        interval = self.options.manifest_interval
+        last = 0.0
+        while not self._stop.is_set():
+            self._manifest_dirty.wait()
+            if self._stop.is_set():
+                return
+            self._manifest_urgent.wait(max(0.0, last + interval - time.monotonic()))
+            if self._stop.is_set():
+                return
+            self._publish()
+            last = time.monotonic()
+
+    def _announce(self, name: str) -> None:
+        assert self._arrivals is not None
+        self._manifest_urgent.set()
+        self._manifest_dirty.set()
+        if self.listener is not None:
+            self.listener.milestone(name, self._arrivals.milestones[name])
+
+    # -- progress and auto concurrency ---------------------------------------------------------------------
+    def _report(self) -> None:
+        if self.listener is None or self._arrivals is None:
+            return
+        done, planned = self._arrivals.counts
+        rate = self.meter.rate()
+        with self._state_lock:
+            waiting = self._outage_since is not None
+            verified = self._bytes_verified
+            size = statistics.median(self._sizes) if self._sizes else None
+        eta = (planned - done) * size / rate if size and rate else None
+        self.listener.progress(Progress(done, planned, self.meter.sent, verified, rate, waiting, len(self._workers), eta))
+
+    def _monitor(self) -> None:
+        """Refresh progress twice a second; every 2 s let auto concurrency grow the worker pool.
+
+        A put idles one round trip before its answer, so keeping the link busy takes 1 + bandwidth x RTT / object
+        size puts in flight; we aim for twice that (TCP ramp-up). Measured throughput is what the current workers
+        achieve, so on a latency-bound link the target keeps rising until bandwidth, not workers, is the limit.
+        Workers are added only while objects wait for them (not when conversion is the bottleneck).
+        """
+        tick = 0
+        while not self._stop.wait(0.5):
+            tick += 1
+            self._report()
+            if self.options.concurrency is not None or tick % 4:
+                continue
+            rtt, rate = self.meter.rtt(), self.meter.rate()
+            with self._state_lock:
+                size = statistics.median(self._sizes) if self._sizes else 0
+            if rtt and rate and size and self._queue.qsize() > 0:
+                self._add_workers(math.ceil(2 * (1 + rate * rtt / size)))

@@ -1,0 +1,90 @@
+"""Where a case goes: s3://BUCKET/PREFIX/{case}/image.zarr/..., and the pseudonymous case ID."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from transfer.errors import DestinationError
+
+IMAGE = "image.zarr"
+MANIFEST = "manifest.json"
+CASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
+BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+SAMPLE = 1 << 20  # bytes read from each end of a file for the case ID
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One case's folder in a bucket; `endpoint` is None for AWS itself."""
+
+    endpoint: str | None
+    bucket: str
+    prefix: str  # "" or "a/b" (no leading or trailing slash)
+    case: str
+
+    @property
+    def root(self) -> str:
+        """Key prefix of everything of this case, ending in "/"."""
+        return f"{self.prefix}/{self.case}/" if self.prefix else f"{self.case}/"
+
+    def image_key(self, key: str) -> str:
+        return f"{self.root}{IMAGE}/{key}"
+
+    @property
+    def manifest_key(self) -> str:
+        return self.root + MANIFEST
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.root}{IMAGE}"
+
+    @property
+    def journal_endpoint(self) -> str:
+        """The endpoint as the journal keys it: the same bucket name on two servers is two destinations."""
+        return self.endpoint or "aws"
+
+
+def parse_destination(url: str, case: str, endpoint: str | None = None) -> Destination:
+    """Split s3://BUCKET/PREFIX and check the bucket name and case ID before anything is sent."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
+    if not match:
+        raise DestinationError(f"{url}: not an S3 URL (expected s3://BUCKET/PREFIX)")
+    bucket, prefix = match.group(1), match.group(2).strip("/")
+    if not BUCKET_PATTERN.fullmatch(bucket):
+        raise DestinationError(f"{url}: {bucket!r} is not a valid S3 bucket name")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise DestinationError(f"{url}: the prefix must not contain empty, '.' or '..' parts")
+    return Destination(endpoint, bucket, prefix, validate_case(case))
+
+
+def validate_case(case: str) -> str:
+    """A case ID becomes part of every key: letters, digits, '.', '_', '-', at most 64, never '..'."""
+    if not CASE_PATTERN.fullmatch(case) or ".." in case:
+        raise DestinationError(
+            f"case ID {case!r} is not allowed (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..')"
+        )
+    return case
+
+
+def case_id_for(slide: Path) -> str:
+    """A pseudonymous, repeatable case ID from the slide's content, never its name (names hold accession numbers).
+
+    SHA-256 over the size and the first and last MiB of each file: cheap on a 3 GB slide and distinct for distinct
+    scans (both ends hold tile data and offsets). A folder (DICOM series) hashes its files in name order.
+    """
+    slide = Path(slide)
+    files = sorted(p for p in slide.rglob("*") if p.is_file()) if slide.is_dir() else [slide]
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            digest.update(size.to_bytes(8, "little"))
+            digest.update(handle.read(SAMPLE))
+            if size > SAMPLE:
+                handle.seek(max(SAMPLE, size - SAMPLE))
+                digest.update(handle.read(SAMPLE))
+    return digest.hexdigest()[:16]
