@@ -242,6 +242,8 @@
             navigatorPosition: "TOP_RIGHT",
             maxZoomPixelRatio: 2,
             visibilityRatio: 0.5,
+            // PNG overlay tiles carry straight (not premultiplied) alpha: without this WebGL adds their colour
+            drawerOptions: { webgl: { unpackWithPremultipliedAlpha: true } },
         });
         slideLayer = new Layer(true, 1);
         heatLayer = new Layer(false, heatOpacity());

@@ -35,7 +35,7 @@
             meter.className = "meter";
             meter.append(document.createElement("span"));
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
-            const scoreCell = cell(row, meter, "score");
+            const scoreCell = cell(row, meter, "triage");
             scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
             cell(row, entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–", "arrived");
             const clockCell = cell(row, "", "clock");
