@@ -51,16 +51,21 @@ def dark_model(tmp_path_factory: pytest.TempPathFactory) -> ModelRef:
 
 
 def write_slide(path: Path, size: tuple[int, int], squares: list[tuple[int, int, int, int, tuple[int, int, int]]]) -> Path:
-    """A tiled TIFF at MPP um/px: slightly noisy glass with textured squares (x0, y0, x1, y1, colour)."""
+    """A pyramidal tiled TIFF at MPP um/px: glass with textured squares (x0, y0, x1, y1, colour)."""
     width, height = size
     rng = np.random.default_rng(1)
     pixels = np.full((height, width, 3), 240, np.uint8)
     for x0, y0, x1, y1, colour in squares:
         texture = rng.integers(-25, 26, (y1 - y0, x1 - x0, 3))
         pixels[y0:y1, x0:x1] = np.clip(np.array(colour) + texture, 0, 255)
-    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", compression="deflate",
-                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
-    return path
+    with tifffile.TiffWriter(path) as tif:
+        level = pixels
+        while True:  # openslide reads successive smaller pages as levels; tissue detection reads a small one
+            tif.write(level, tile=(256, 256), photometric="rgb", compression="deflate", subfiletype=int(level is not pixels),
+                      resolution=(1e4 / MPP * level.shape[1] / width,) * 2, resolutionunit="CENTIMETER")
+            if max(level.shape[:2]) <= 1024:
+                return path
+            level = np.asarray(Image.fromarray(level).reduce(2))
 
 
 def covered(box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -141,9 +146,10 @@ def test_real_model_scores_a_tumour_patch_where_it_lies(tmp_path: Path) -> None:
     assert (image == 0).all()
 
 
-@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"])
-def test_sample_slide_heatmap(name: str, tmp_path: Path) -> None:
-    heatmap = analyze_slide(sample(name), tmp_path / "case")
+# TCGA in coarse-to-fine mode keeps the suite's run time modest (240 tissue tiles at full magnification)
+@pytest.mark.parametrize(("name", "coarse"), [("CMU-1-Small-Region.svs", False), ("TCGA-CR-7395-jp2k.svs", True)])
+def test_sample_slide_heatmap(name: str, coarse: bool, tmp_path: Path) -> None:
+    heatmap = analyze_slide(sample(name), tmp_path / "case", AnalyzeOptions(coarse=coarse))
     image = list(Reader(parse_url(str(tmp_path / "case" / "heatmap.zarr")))())[0]
     values = np.asarray(image.data[0])[0]
     with open_slide(sample(name)) as slide:
@@ -156,3 +162,60 @@ def test_sample_slide_heatmap(name: str, tmp_path: Path) -> None:
     assert 0 <= triage["score"] <= 1 and triage["complete"] is True
     assert triage["summary"]["tiles_scored"] == triage["summary"]["tissue_tiles"] == heatmap.tissue.sum()
     assert triage["summary"]["mpp_assumed"] is (name == "TCGA-CR-7395-jp2k.svs")
+
+
+COLD = (256, 256, 1792, 1792, PINK)  # a large pale tissue area the dark model scores ~0
+HOT_SMALL = (4224, 2816, 4736, 3328, PURPLE)  # off the 256 px coarse grid: coarse tiles half covered
+
+
+@pytest.fixture(scope="module")
+def two_squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Larger than tiling's whole-level limit (4096 px), so its level 0 is sent by priority, not in raster order."""
+    return write_slide(tmp_path_factory.mktemp("slide") / "two.tif", (6144, 4608), [COLD, HOT_SMALL])
+
+
+def test_coarse_to_fine_maps_the_whole_slide_first_then_refines_hot_tiles(two_squares: Path, dark_model: ModelRef) -> None:
+    full = analyze_slide(two_squares, options=AnalyzeOptions(model=dark_model))
+    early: list[tuple[int, int, int]] = []
+
+    def on_update(heatmap) -> None:  # type: ignore[no-untyped-def]
+        early.append((int(heatmap.scored.sum()), int(heatmap.measured.sum()), heatmap.coarse_tiles))
+
+    coarse = analyze_slide(two_squares, options=AnalyzeOptions(model=dark_model, coarse=True), on_update=on_update)
+    tissue = int(full.tissue.sum())
+    # first update: every tissue tile has a (coarse) score, none seen at full magnification yet
+    assert early[0][:2] == (tissue, 0) and 0 < early[0][2] <= tissue / 3
+    hot = full.score >= 0.5
+    assert coarse.measured[hot].all(), "every hot tile is refined"
+    np.testing.assert_array_equal(coarse.image()[hot], full.image()[hot])
+    assert coarse.coarse_tiles + coarse.measured.sum() < tissue / 2, "most of the cold area is never seen at full size"
+    assert (coarse.image()[~full.tissue] == 0).all()
+    assert coarse.triage_score() == pytest.approx(full.triage_score(), abs=1 / 255)
+
+
+def test_priority_from_heatmap_sends_hot_shards_first(two_squares: Path, dark_model: ModelRef) -> None:
+    heatmap = analyze_slide(two_squares, options=AnalyzeOptions(model=dark_model, coarse=True))
+    with open_slide(two_squares) as slide:
+        def level0_order(**kwargs) -> list[str]:  # type: ignore[no-untyped-def]
+            plan = plan_pyramid(slide, ConvertOptions(), **kwargs)
+            return [task.key for task in plan.shards if task.level == 0 and task.tissue]
+
+        assert level0_order() == ["0/c/0/0/0", "0/c/0/1/2"]  # raster order: the cold square's shard first
+        assert level0_order(priority=priority_from_heatmap(heatmap)) == ["0/c/0/1/2", "0/c/0/0/0"]
+
+
+def test_distributed_cluster_gives_the_same_heatmap(hot_square: Path, dark_model: ModelRef, hot_result: tuple[object, Path]) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster:
+        remote = analyze_slide(hot_square, options=AnalyzeOptions(model=dark_model, scheduler=cluster.scheduler_address, batch=4))
+    local = hot_result[0]
+    np.testing.assert_array_equal(remote.image(), local.image())
+
+
+def test_too_coarse_slide_is_refused_in_one_line() -> None:
+    from inference import InferenceError
+
+    with pytest.raises(InferenceError, match="too coarse") as info:
+        plan_heatmap(open_source(SlideRef.of(sample("camelyon-lymphnode.dcm"))), AnalyzeOptions())
+    assert "\n" not in str(info.value) and "camelyon-lymphnode.dcm" in str(info.value)
