@@ -53,7 +53,7 @@ from types import TracebackType
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 CHUNK = 1 << 16
-PIDFILE = "/run/ssbench-link{slot}.pid"
+RUN_DIR = Path("/run")  # relay pid files, so `cleanup` can stop a relay a crashed run left
 
 
 class LinkError(RuntimeError):
@@ -97,6 +97,10 @@ class Names:
         return f"ssb{self.slot}s"
 
     @property
+    def pidfile(self) -> Path:
+        return RUN_DIR / f"ssbench-link{self.slot}.pid"
+
+    @property
     def client_ip(self) -> str:
         return f"10.203.{self.slot}.1"
 
@@ -131,12 +135,12 @@ def cleanup(slot: int | None = None) -> list[str]:
     removed = []
     namespaces = run("ip", "netns", "list", check=False).stdout.split()
     links = re.findall(r"^\d+: (ssb\d+c)[@:]", run("ip", "-o", "link", "show", check=False).stdout, re.M)
-    pidfiles = [p.stem for p in Path(PIDFILE.format(slot=0)).parent.glob("ssbench-link*.pid")]
-    found = (re.fullmatch(r"ssb(?:ench|ench-link)?(\d+)c?", name) for name in [*namespaces, *links, *pidfiles])
-    slots = {slot} if slot is not None else {int(m.group(1)) for m in found if m}
+    pidfiles = [p.name for p in RUN_DIR.glob("ssbench-link*.pid")]
+    found = [re.fullmatch(r"ssbench(\d+)|ssb(\d+)c|ssbench-link(\d+)\.pid", n) for n in [*namespaces, *links, *pidfiles]]
+    slots = {slot} if slot is not None else {int(next(g for g in m.groups() if g)) for m in found if m}
     for s in sorted(slots):
         names = Names(s)
-        if stop_pidfile(Path(PIDFILE.format(slot=s))):
+        if stop_pidfile(names.pidfile):
             removed.append(f"relay of slot {s}")
         if names.client_if in links and run("ip", "link", "del", names.client_if, check=False).returncode == 0:
             removed.append(names.client_if)
@@ -362,7 +366,7 @@ class EmulatedLink:
             "--one-way-ms", str(delay * 1000), "--jitter-ms", str(jitter * 1000),
         ]  # fmt: skip
         self._relay = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        Path(PIDFILE.format(slot=self.names.slot)).write_text(str(self._relay.pid))
+        self.names.pidfile.write_text(str(self._relay.pid))
         assert self._relay.stdout is not None
         if self._relay.stdout.readline().strip() != "ready":
             self._relay.wait(timeout=5)
@@ -396,7 +400,7 @@ class EmulatedLink:
                 if stream:
                     stream.close()
             self._relay = None
-        Path(PIDFILE.format(slot=self.names.slot)).unlink(missing_ok=True)
+        self.names.pidfile.unlink(missing_ok=True)
         cleanup(self.names.slot)
 
 

@@ -190,16 +190,22 @@ def main(argv: list[str] | None = None) -> int:
             client(endpoint).create_bucket(Bucket=bucket)
             split = urlsplit(endpoint)
             target = (split.hostname or "127.0.0.1", split.port or 80)
-            results.append({"case": "direct", **measure_tcp(sink), **measure(endpoint, bucket, path)})
-            for name in args.profiles:
-                with EmulatedLink(name, sink, slot=1) as link:
-                    tcp = measure_tcp((link.names.server_ip, link.port))
-                with EmulatedLink(name, target) as link:
-                    p = link.profile
-                    row = {"case": name, **tcp, **measure(link.endpoint_url, bucket, path)}
-                    row.update(delay_by="netem" if link.netem else "relay", profile_up_mbit=p.up_mbit,
-                               profile_rtt_ms=p.rtt_ms, profile_jitter_ms=p.jitter_ms)  # fmt: skip
-                    results.append(row)
+            try:
+                results.append({"case": "direct", **measure_tcp(sink), **measure(endpoint, bucket, path)})
+                for name in args.profiles:
+                    with EmulatedLink(name, sink, slot=1) as link:
+                        tcp = measure_tcp((link.names.server_ip, link.port))
+                    with EmulatedLink(name, target) as link:
+                        p = link.profile
+                        row = {"case": name, **tcp, **measure(link.endpoint_url, bucket, path)}
+                        row.update(delay_by="netem" if link.netem else "relay", profile_up_mbit=p.up_mbit,
+                                   profile_rtt_ms=p.rtt_ms, profile_jitter_ms=p.jitter_ms)  # fmt: skip
+                        results.append(row)
+            finally:
+                s3 = client(endpoint)
+                for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+                    s3.delete_object(Bucket=bucket, Key=item["Key"])
+                s3.delete_bucket(Bucket=bucket)
     except LinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
