@@ -5,6 +5,7 @@ Helpers here are shared with test_transfer_faults.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,11 +46,12 @@ def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def local_pieces(slide: Path, case: str, **options: Any) -> list[Piece]:
-    """What a send of `slide` uploads, produced here without any network."""
+@functools.cache
+def local_pieces(slide: Path, case: str, **options: Any) -> tuple[Piece, ...]:
+    """What a send of `slide` uploads, produced here without any network (once per test session)."""
     args = {**DEFAULTS, **options}
     with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
-        return list(image_pieces(opened, args, case)[1])
+        return tuple(image_pieces(opened, args, case)[1])
 
 
 def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:

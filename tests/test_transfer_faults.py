@@ -1,0 +1,423 @@
+"""`slidestream send` when things go wrong: corrupted bodies, kill -9, link loss, bad credentials, full disk.
+
+After each fault the test checks what a user would: the bytes on the server, the journal's content, the exit code
+and the one line on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import REPO, S3Server, sample
+from test_transfer import journal_dump, journal_objects, local_pieces, send_args, server_objects, sha256, slidestream, start_slidestream
+
+from tiling import Piece, PieceKind
+from transfer import Journal, parse_destination
+
+CMU = "CMU-1-Small-Region.svs"
+CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once
+
+
+# -- a TCP proxy between client and server that can corrupt a body or drop the link ----------------------------
+class Proxy:
+    """Forwards to the real S3 server. Counts PUT request lines; flips one byte of the body of the first `times`
+    PUTs whose path contains `corrupt`; while `down`, every connection is cut at once (a dead link)."""
+
+    REQUEST = re.compile(rb"PUT (\S+) HTTP/1\.1\r\n")
+
+    def __init__(self, target: str, corrupt: str | None = None, times: int = 1) -> None:
+        split = urlsplit(target)
+        self.target = (split.hostname or "127.0.0.1", split.port or 80)
+        self.corrupt = corrupt.encode() if corrupt else None
+        self.remaining = times
+        self.puts: Counter[str] = Counter()
+        self.corrupted: Counter[str] = Counter()
+        self.down = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def set_down(self, down: bool) -> None:
+        self.down = down
+        if down:
+            with self._lock:
+                for sock in self._sockets:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.set_down(True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets |= {client, upstream}
+        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+        self._pipe(client, upstream, True)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        position, tail, handled, flip_next = 0, b"", set(), False
+        try:
+            while data := bytearray(src.recv(1 << 16)):
+                if flip_next:
+                    data[0] ^= 0xFF
+                    flip_next = False
+                if requests:
+                    flip_next = self._inspect(data, position, tail, handled)
+                dst.sendall(data)
+                position += len(data)
+                tail = (tail + bytes(data))[-(1 << 16) :]
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _inspect(self, data: bytearray, position: int, tail: bytes, handled: set[int]) -> bool:
+        """Count complete PUT headers in this chunk; corrupt the body's first byte if wanted (True: it is in the next)."""
+        window = tail + bytes(data)
+        start = position - len(tail)
+        flip_next = False
+        for match in self.REQUEST.finditer(window):
+            where = start + match.start()
+            end = window.find(b"\r\n\r\n", match.end())
+            if where in handled or end < 0:
+                continue
+            handled.add(where)
+            path = match.group(1).decode()
+            with self._lock:
+                self.puts[path] += 1
+                hit = self.corrupt is not None and self.corrupt in match.group(1) and self.remaining > 0
+                if hit:
+                    self.remaining -= 1
+                    self.corrupted[path] += 1
+            if hit:
+                body = start + end + 4 - position
+                if body < len(data):
+                    data[body] ^= 0xFF
+                else:
+                    flip_next = True
+        return flip_next
+
+
+@pytest.fixture
+def proxy_factory(s3_server: S3Server) -> Iterator[type[Proxy]]:
+    made: list[Proxy] = []
+
+    def make(corrupt: str | None = None, times: int = 1) -> Proxy:
+        proxy = Proxy(s3_server.endpoint_url, corrupt, times)
+        made.append(proxy)
+        return proxy
+
+    yield make  # type: ignore[misc]
+    for proxy in made:
+        proxy.close()
+
+
+def first_shard(pieces: tuple[Piece, ...]) -> str:
+    return next(piece.key for piece in pieces if piece.kind is PieceKind.SHARD)
+
+
+def image_on_server(server: S3Server, bucket: str, case: str) -> dict[str, bytes]:
+    return server_objects(server, bucket, f"cases/{case}/image.zarr/")
+
+
+def expected_image(pieces: tuple[Piece, ...], case: str) -> dict[str, bytes]:
+    return {f"cases/{case}/image.zarr/{piece.key}": piece.data for piece in pieces}
+
+
+def manifest_of(server: S3Server, bucket: str, case: str) -> dict | None:  # type: ignore[type-arg]
+    client = server.client()
+    try:
+        return json.loads(client.get_object(Bucket=bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+# -- corruption ------------------------------------------------------------------------------------------------
+def test_a_corrupted_body_is_sent_again_and_recorded_only_once_verified(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    case = CASE
+    pieces = local_pieces(sample(CMU), case)
+    shard = first_shard(pieces)
+    proxy = proxy_factory(corrupt=f"image.zarr/{shard}")
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--json"]
+    result = slidestream("send", sample(CMU), *args)
+    assert result.returncode == 0, result.stderr
+    path = f"/{s3_bucket}/cases/{case}/image.zarr/{shard}"
+    assert proxy.corrupted[path] == 1 and proxy.puts[path] == 2  # corrupted once, sent again once
+    assert json.loads(result.stdout)["retries"] >= 1
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+    assert journal_objects(tmp_path) == {piece.key: (sha256(piece.data), len(piece.data), "sent-verified") for piece in pieces}
+
+
+def test_an_object_the_server_keeps_corrupting_fails_the_send_and_is_never_recorded(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    case = CASE
+    pieces = local_pieces(sample(CMU), case)
+    shard = first_shard(pieces)
+    proxy = proxy_factory(corrupt=f"image.zarr/{shard}", times=1000)
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case]
+    result = slidestream("send", sample(CMU), *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not recorded as sent" in result.stderr and shard in result.stderr
+    assert shard not in journal_objects(tmp_path)
+    manifest = manifest_of(s3_server, s3_bucket, case)
+    assert manifest is not None and manifest["complete"] is False and shard not in manifest["arrived"]
+
+
+# -- kill -9 ---------------------------------------------------------------------------------------------------
+def wait_for_journal(state: Path, count: int, process: subprocess.Popen[str]) -> None:
+    while process.poll() is None:
+        with contextlib.suppress(sqlite3.Error):
+            if len(journal_objects(state)) >= count:
+                return
+        time.sleep(0.02)
+    pytest.fail(f"the send ended before {count} objects were journaled: {process.communicate()[1]}")
+
+
+def check_after_kill(server: S3Server, bucket: str, case: str, state: Path, pieces: tuple[Piece, ...], in_flight: int) -> int:
+    """The journal tells the truth, and the server holds no partial object; returns the number journaled."""
+    produced = {piece.key: piece.data for piece in pieces}
+    journal = journal_objects(state) if (state / "journal.sqlite3").exists() else {}
+    on_server = {key.rpartition("/image.zarr/")[2]: data for key, data in image_on_server(server, bucket, case).items()}
+    for key, (digest, size, status) in journal.items():
+        assert status == "sent-verified" and on_server[key] == produced[key] and sha256(produced[key]) == digest and size == len(produced[key])
+    assert all(produced[key] == data for key, data in on_server.items())  # every object there is whole
+    assert len(set(on_server) - set(journal)) <= in_flight  # all that a rerun can send twice
+    manifest = manifest_of(server, bucket, case)
+    if manifest is not None:
+        assert manifest["complete"] is False and set(manifest["arrived"]) <= set(journal)
+    return len(journal)
+
+
+def test_kill_9_at_random_points_then_resume_completes_byte_identical(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    case, state, concurrency = CASE, tmp_path / "state", 2
+    pieces = local_pieces(sample(CMU), case)
+    rng = random.Random()
+    args = ["send", sample(CMU), *send_args(s3_server, s3_bucket, state, "--case", case, "--max-rate", 4, "--concurrency", concurrency)]
+    metadata = sum(piece.kind is not PieceKind.SHARD for piece in pieces)
+
+    # 1: at a random moment (start-up, metadata or the first shard)
+    first = start_slidestream(*args)
+    delay = rng.uniform(0.5, 4.0)
+    time.sleep(delay)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    check_after_kill(s3_server, s3_bucket, case, state, pieces, concurrency)
+
+    # 2: the same command again, killed after a random number of verified objects
+    second = start_slidestream(*args)
+    target = rng.randint(metadata + 1, len(pieces) - 2)
+    wait_for_journal(state, target, second)
+    second.send_signal(signal.SIGKILL)
+    second.communicate()
+    journaled = check_after_kill(s3_server, s3_bucket, case, state, pieces, concurrency)
+
+    # 3: `resume` with no arguments finishes it, sending only what the journal lacks
+    resumed = slidestream("resume", "--state-dir", state, "--json")
+    assert resumed.returncode == 0, f"{resumed.stderr} (killed after {delay:.2f} s, then at {target} objects)"
+    [summary] = json.loads(resumed.stdout)
+    assert summary["objects_skipped"] == journaled and summary["objects"] == len(pieces) - journaled
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+    assert manifest_of(s3_server, s3_bucket, case)["complete"] is True  # type: ignore[index]
+    assert slidestream("resume", "--state-dir", state).stderr.strip() == "nothing to resume"
+
+
+# -- link loss -------------------------------------------------------------------------------------------------
+def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    case, state = CASE, tmp_path / "state"
+    pieces = local_pieces(sample(CMU), case)
+    proxy = proxy_factory()
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case]
+    process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 2)
+    wait_for_journal(state, sum(piece.kind is not PieceKind.SHARD for piece in pieces) + 1, process)
+    proxy.set_down(True)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3
+    assert stderr.count("\n") == 1 and "no working connection to" in stderr and "slidestream resume" in stderr
+    journaled = check_after_kill(s3_server, s3_bucket, case, state, pieces, in_flight=2)
+    assert 0 < journaled < len(pieces)
+
+    proxy.set_down(False)
+    resumed = slidestream("resume", "--state-dir", state, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)[0]["objects_skipped"] == journaled
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+
+
+def load_link() -> ModuleType | None:
+    path = REPO / "bench" / "link.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("bench_link", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+LINK_SLOT = 211  # apart from the benchmark's slot 0 and bench link tests' 201-203
+
+
+def test_outage_on_an_emulated_5g_link_heals_by_itself(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    link = load_link()
+    if link is None:
+        pytest.skip("bench/link.py (the emulated link) does not exist")
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        pytest.skip("the emulated link needs root and iproute2")
+    case, state = CASE, tmp_path / "state"
+    pieces = local_pieces(sample(CMU), case)
+    split = urlsplit(s3_server.endpoint_url)
+    with link.EmulatedLink("5g", (split.hostname, split.port), slot=LINK_SLOT) as emulated:
+        args = [f"s3://{s3_bucket}/cases", "--endpoint-url", emulated.endpoint_url, "--state-dir", state, "--case", case, "--json"]
+        process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 120)
+        wait_for_journal(state, sum(piece.kind is not PieceKind.SHARD for piece in pieces) + 1, process)
+        emulated.outage(6)
+        stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["objects"] == len(pieces)
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+
+
+# -- configuration and local errors ----------------------------------------------------------------------------
+@pytest.fixture
+def used_journal(tmp_path: Path) -> Path:
+    """A state dir whose journal already remembers another case: errors must leave it as it was."""
+    state = tmp_path / "state"
+    with Journal(state) as journal:
+        other = parse_destination("s3://other-bucket/x", "other-case", "http://elsewhere:9000")
+        journal.begin(other, {"slide": "/nowhere.svs"})
+        journal.record(other, "zarr.json", hashlib.sha256(b"{}").hexdigest(), 2, "etag")
+    return state
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("slidestream: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.fixture(scope="module")
+def strict_server(s3_server: S3Server) -> Iterator[str]:
+    """An endpoint that checks credentials: the test server itself, or (moto accepts any key) a moto with auth on."""
+    if not s3_server.name.startswith("moto"):
+        yield s3_server.endpoint_url
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline, "moto with auth did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_wrong_credentials(strict_server, s3_bucket, used_journal) -> None:  # type: ignore[no-untyped-def]
+    before = journal_dump(used_journal)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": "not-the-secret-at-all"}
+    result = slidestream("send", sample(CMU), f"s3://{s3_bucket}/cases", "--endpoint-url", strict_server, "--state-dir", used_journal, env=env)
+    assert_one_line_error(result, 2, f"credentials rejected by {strict_server}")
+    assert "not-the-secret-at-all" not in result.stderr + result.stdout
+    assert journal_dump(used_journal) == before
+
+
+def test_unknown_bucket(s3_server, used_journal) -> None:  # type: ignore[no-untyped-def]
+    before = journal_dump(used_journal)
+    result = slidestream("send", sample(CMU), "s3://no-such-bucket-here/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", used_journal)
+    assert_one_line_error(result, 2, "does not exist", "NoSuchBucket")
+    assert journal_dump(used_journal) == before
+
+
+@pytest.mark.parametrize(("endpoint", "reason"), [("http://127.0.0.1:{port}", "connection refused"), ("http://s3.invalid:9000", "")])
+def test_unreachable_endpoint(used_journal, endpoint, reason) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = endpoint.format(port=sock.getsockname()[1])  # bound, not listening: refused
+        before = journal_dump(used_journal)
+        result = slidestream("send", sample(CMU), "s3://bucket/cases", "--endpoint-url", url, "--state-dir", used_journal)
+    assert_one_line_error(result, 3, f"cannot reach {url}", reason)
+    assert journal_dump(used_journal) == before
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_journal_on_a_full_disk(s3_server, s3_bucket, tmp_path, tiny_disk) -> None:  # type: ignore[no-untyped-def]
+    """128 KiB fill up during the send (64 KiB would not even hold a new WAL journal): one line, exit 2, and a
+    journal that tells the truth and resumes."""
+    case = CASE
+    result = slidestream("send", sample(CMU), *send_args(s3_server, s3_bucket, tiny_disk, "--case", case))
+    assert_one_line_error(result, 2, "disk full", str(tiny_disk / "journal.sqlite3"))
+    pieces = local_pieces(sample(CMU), case)
+    journal_dump(tiny_disk)  # opens, passes integrity_check
+    journaled = check_after_kill(s3_server, s3_bucket, case, tiny_disk, pieces, in_flight=32)
+    assert journaled < len(pieces)
+
+    roomy = tmp_path / "roomy"
+    shutil.copytree(tiny_disk, roomy)
+    resumed = slidestream("resume", "--state-dir", roomy, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)[0]["objects_skipped"] == journaled
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
