@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from conftest import REPO, S3Server, sample
+from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 
 from slides import open_slide
 from slidestream.send import image_pieces
@@ -260,3 +260,60 @@ def test_sse_requests_are_verified(s3_server, s3_bucket, tmp_path) -> None:  # t
         assert head.get("ServerSideEncryption") == "AES256"
     else:
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--sse AES256" in result.stderr
+
+
+def test_tls_endpoint_with_a_private_ca(s3_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A server whose certificate a private CA signed: refused in one line without --ca-bundle, verified with it.
+
+    moto serves the TLS here whatever the test server is (`s3_server` is only asked for its credentials)."""
+    from datetime import UTC, datetime, timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:  # type: ignore[no-untyped-def]
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("slidestream test CA", ca_key, "slidestream test CA", ca_key, ca=True)
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.pem").write_bytes(certificate("127.0.0.1", server_key, "slidestream test CA", ca_key, ca=False).public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.key").write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "-c", tmp_path / "server.pem", "-k", tmp_path / "server.key"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"https://127.0.0.1:{port}"
+        _wait_for_port(port)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, verify=str(tmp_path / "ca.pem")).create_bucket(Bucket="tls-bucket")
+        common = ["send", sample("CMU-1-Small-Region.svs"), "s3://tls-bucket/cases", "--endpoint-url", endpoint, "--state-dir", tmp_path / "state"]
+        refused = slidestream(*common)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--ca-bundle" in refused.stderr
+        accepted = slidestream(*common, "--ca-bundle", tmp_path / "ca.pem", "--json")
+        assert accepted.returncode == 0, accepted.stderr
+        assert json.loads(accepted.stdout)["objects"] == 14
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

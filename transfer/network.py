@@ -204,7 +204,8 @@ def describe(error: BaseException) -> str:
 
 def _reason(error: BaseException) -> str:
     """The root cause of a connection failure in words (refused, unknown host, timeout, ...)."""
-    cause: BaseException | None = getattr(error, "kwargs", {}).get("error") or error.__cause__ or error.__context__
+    first = getattr(error, "kwargs", {}).get("error") or error.__cause__ or error.__context__
+    cause = first if isinstance(first, BaseException) else None
     seen = 0
     while cause is not None and seen < 8:
         if isinstance(cause, socket.gaierror):
@@ -217,6 +218,7 @@ def _reason(error: BaseException) -> str:
             return "host name does not resolve"
         if "Connection refused" in str(cause):
             return "connection refused"
-        cause = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
+        following = cause.__cause__ or cause.__context__ or getattr(cause, "reason", None)
+        cause = following if isinstance(following, BaseException) else None
         seen += 1
     return str(error)
