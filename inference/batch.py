@@ -115,7 +115,7 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
             heatmap = analyze_case(item.location, target, options, runner=runner, on_progress=on_progress)
     except Exception as error:  # noqa: BLE001 - one slide's failure, whatever it is, must not stop the batch
         return _row(item, "error", target, None, time.perf_counter() - start, _one_line(error))
-    status = "ok" if heatmap.complete else "partial"
+    status = "no tissue" if not heatmap.tissue.any() else "ok" if heatmap.complete else "partial"
     return _row(item, status, target, heatmap.triage(options.threshold), time.perf_counter() - start)
 
 

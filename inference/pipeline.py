@@ -29,6 +29,7 @@ from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
+MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small slide), so QC has tiles to judge
 
 
 class CaseNotReadyError(InferenceError):
@@ -45,9 +46,11 @@ class AnalyzeOptions:
     torch_threads: torch threads per process (default: the cores left per Dask thread).
     scheduler: a dask.distributed scheduler address ("tcp://host:8786") or Client; None runs locally.
     coarse: coarse-to-fine: score tiles `coarse_factor` times wider first, then refine at full magnification
-        where the coarse score reaches `refine_above`, plus a random `refine_sample` of the other coarse tiles.
+        where the coarse score reaches `refine_above`, plus a random `refine_sample` of the coarse tiles (at least
+        MIN_SAMPLE of them): a check on what the coarse pass calls cold, and the tiles QC measures focus on.
     threshold: tile score counted as "hot" (area, regions).
-    min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed.
+    min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed (low, so a small
+        biopsy fragment split across tiles still gets scored).
     seed: for the refinement sample, so reruns give the same heatmap.
     """
 
@@ -61,7 +64,7 @@ class AnalyzeOptions:
     refine_above: float = 0.2
     refine_sample: float = 0.05
     threshold: float = 0.5
-    min_tissue: float = 0.1
+    min_tissue: float = 0.05
     seed: int = 0
 
 
@@ -255,8 +258,10 @@ def _score(heatmap: Heatmap, ref: SourceRef, source: Source, runner: Runner, opt
         run(heatmap.grid.coarser(factor), np.argwhere(cells), add_coarse)
         if on_update is not None:
             on_update(heatmap)
-        sample = np.random.default_rng(options.seed).random(cells.shape) < options.refine_sample
-        refine = cells & ((np.nan_to_num(coarse_scores) >= options.refine_above) | sample)
+        candidates = np.argwhere(cells)
+        count = min(len(candidates), max(MIN_SAMPLE, round(options.refine_sample * len(candidates))))
+        refine = cells & (np.nan_to_num(coarse_scores) >= options.refine_above)
+        refine[tuple(np.random.default_rng(options.seed).permutation(candidates)[:count].T)] = True
         todo = todo & np.kron(refine, np.ones((factor, factor), bool))[: todo.shape[0], : todo.shape[1]]
     run(heatmap.grid, np.argwhere(todo), heatmap.add)
 

@@ -19,6 +19,7 @@ from tiling import TissueMask
 BLUR_THRESHOLD = 100.0
 TISSUE_GREY = 220  # grey level under which a pixel is stained tissue rather than glass
 MIN_TISSUE_PIXELS = 0.1  # tiles with less tissue than this are not judged for focus (glass has no edges to blur)
+DARK_FIELD_GREY = 64  # tiles darker than this on average are fluorescence: the threshold above is for bright-field
 PEN_TILE = 0.2  # a tile is marked when this fraction of it is marker ink
 _LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)[None]
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)
@@ -61,13 +62,15 @@ def tissue_coverage(mask: TissueMask, grid: TileGrid) -> np.ndarray:
 
 
 def focus(tiles: np.ndarray) -> np.ndarray:
-    """Per tile: mean squared Laplacian of grey over tissue pixels (NaN where too little tissue to judge)."""
+    """Per tile: mean squared Laplacian of grey over tissue pixels; NaN where there is too little tissue to judge
+    or the tile is dark-field."""
     grey = tiles.astype(np.float32) @ _GREY
     laplacian = ndimage.convolve(grey, _LAPLACIAN, mode="nearest")
     tissue = grey < TISSUE_GREY
     count = tissue.sum(axis=(1, 2))
     energy = (laplacian**2 * tissue).sum(axis=(1, 2)) / np.maximum(count, 1)
-    return np.where(count >= MIN_TISSUE_PIXELS * grey[0].size, energy, np.nan).astype(np.float32)
+    judged = (count >= MIN_TISSUE_PIXELS * grey[0].size) & (grey.mean(axis=(1, 2)) >= DARK_FIELD_GREY)
+    return np.where(judged, energy, np.nan).astype(np.float32)
 
 
 def pen_ink(tiles: np.ndarray) -> np.ndarray:

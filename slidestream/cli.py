@@ -46,6 +46,7 @@ def info(
     slide: Annotated[Path, typer.Argument(help="A slide file (or a DICOM series folder).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     keep_phi: KeepPhi = False,
+    qc: Annotated[bool, typer.Option("--qc", help="Also measure focus (blur) and pen marks on tissue tiles at the triage model's resolution.")] = False,
 ) -> None:
     """Show a slide's format, pyramid, resolution and associated images (de-identified unless --keep-phi)."""
     with open_slide(slide, keep_phi=keep_phi) as opened:
@@ -53,6 +54,10 @@ def info(
         # reading the smallest level proves the image data decodes, not just the header
         opened.read_region((0, 0), last, (opened.levels[last].width, opened.levels[last].height))
         summary = slide_summary(opened)
+    if qc:
+        from inference import qc_slide
+
+        summary["qc"] = qc_slide(slide)
     if as_json:
         stdout.print_json(json.dumps(summary))
         return
@@ -66,6 +71,12 @@ def info(
     stdout.print(f"mpp: {f'{mpp[0]:.4f} x {mpp[1]:.4f} µm' if mpp else 'unknown'}")
     stdout.print(f"objective: {summary['objective_power'] or 'unknown'}x   tile size: {summary['tile_size'] or 'strips'}")
     stdout.print(f"associated images: {', '.join(summary['associated_images']) or 'none'}")
+    if qc:
+        q = summary["qc"]
+        blur = f"{q['blur_fraction']:.0%}" if q["blur_fraction"] is not None else "-"
+        pen = f"{q['pen_fraction']:.0%}" if q["pen_fraction"] is not None else "-"
+        stdout.print(f"qc: blurry {blur} of {q['focus_tiles']} tissue tiles judged ({q['tiles_sampled']} sampled of "
+                     f"{q['tissue_tiles']}; focus median {q['focus_median']}, blurry below {q['blur_threshold']:g}), pen marks {pen}")
 
 
 @app.command()
@@ -123,6 +134,11 @@ app.command()(resume)
 from slidestream.serve import serve  # noqa: E402
 
 app.command()(serve)
+
+
+from slidestream.analyze import analyze  # noqa: E402 - imports torch and Dask only when run
+
+app.command()(analyze)
 
 
 def main() -> None:

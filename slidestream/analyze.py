@@ -1,0 +1,80 @@
+"""`slidestream analyze`: AI triage of many slides and cases, with a CSV report; resumable, and a failed slide
+only costs its own row. torch and Dask are imported inside the command so other commands stay quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from inference.batch import Item
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+
+def analyze(
+    inputs: Annotated[list[str], typer.Argument(help="Slide files, case folders (CASE/image.zarr), or folders and s3://BUCKET/PREFIX/ holding cases.")],
+    report: Annotated[Path, typer.Option("--report", help="CSV report, written row by row: one row per slide or case.")],
+    out: Annotated[str | None, typer.Option("--out", help="Results go to OUT/CASE/{heatmap.zarr,triage.json} (a folder or s3://). Default: beside each case; beside the report for slide files.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (default: threads on this machine).")] = None,
+    coarse: Annotated[bool, typer.Option("--coarse", help="Coarse-to-fine: map the whole slide with 2x wider tiles first, then look closer only where it is hot.")] = False,
+    device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Local Dask threads (default: one per core).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Tiles per Dask task and model batch.")] = 32,
+    threshold: Annotated[float, typer.Option("--threshold", min=0, max=1, help="Tile score that counts as hot (area and regions).")] = 0.5,
+    follow: Annotated[bool, typer.Option("--follow", help="Wait for cases that are still uploading, and finish them.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
+) -> None:
+    """Heatmap, triage score and QC for each slide or case; skips those whose results already exist."""
+    import torch
+
+    from inference import AnalyzeOptions, ModelRef, analyze_batch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
+    options = AnalyzeOptions(model=ModelRef(device=device), batch=batch, threads=threads, scheduler=scheduler,
+                             coarse=coarse, threshold=threshold)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as progress:
+        slides = progress.add_task("slides", total=None)
+        tiles = progress.add_task("tiles", total=None)
+
+        def on_item(item: Item, index: int, total: int) -> None:
+            progress.update(slides, completed=index, total=total, description=f"slides ({item.case})")
+            progress.reset(tiles, total=None)
+
+        def on_progress(done: int, planned: int) -> None:
+            progress.update(tiles, completed=done, total=planned)
+
+        rows = analyze_batch(inputs, report, out, options, endpoint_url=endpoint_url, follow=follow,
+                             on_item=on_item, on_progress=on_progress, on_row=lambda _: progress.advance(slides))
+    stdout.print(_table(rows))
+    for row in rows:
+        if row["error"]:
+            stderr.print(f"{row['case']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+    failed = sum(row["status"] == "error" for row in rows)
+    stderr.print(f"{len(rows)} items, {failed} failed; report: {report}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    """The triage ranking: most urgent first."""
+    table = Table()
+    table.add_column("case", overflow="fold")
+    table.add_column("status")
+    for column in ("score", "max", "tiles", "blurry", "seconds"):
+        table.add_column(column, justify="right")
+    for row in sorted(rows, key=lambda r: -(r["score"] if r["score"] is not None else -1)):
+        numbers = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("score", "max")]
+        blur = f"{row['blur_fraction']:.0%}" if row["blur_fraction"] is not None else "-"
+        tiles = str(row["tiles_scored"]) if row["tiles_scored"] is not None else "-"
+        table.add_row(row["case"], row["status"], *numbers, tiles, blur, f"{row['seconds']:.1f}")
+    return table
