@@ -12,7 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from slides import SlidestreamError, open_slide
+from slidestream.analyze import analyze
 from slidestream.config import ENV_PREFIX
+from slidestream.send import resume, send
+from slidestream.serve import serve
+from slidestream.watch import watch
 
 app = typer.Typer(
     add_completion=False,
@@ -125,20 +129,9 @@ def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-from slidestream.send import resume, send  # noqa: E402 - after app exists; send.py imports its heavy parts lazily
-
-app.command()(send)
-app.command()(resume)
-
-
-from slidestream.serve import serve  # noqa: E402
-
-app.command()(serve)
-
-
-from slidestream.analyze import analyze  # noqa: E402 - imports torch and Dask only when run
-
-app.command()(analyze)
+# commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
+for command in (send, resume, watch, serve, analyze):
+    app.command()(command)
 
 
 def main() -> None:
