@@ -156,6 +156,9 @@ class Served:
         headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         return httpx.get(self.url + path, headers=headers, timeout=30, **kwargs)
 
+    def post(self, path: str, token: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
+        return httpx.post(self.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+
     def raw(self, path: str, token: str | None = None) -> tuple[int, bytes]:
         """A request with the path exactly as written (httpx would normalise '..' away)."""
         parts = urlsplit(self.url)
@@ -226,6 +229,27 @@ def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
     # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
     edge = sent.get("/api/cases/complete/tiles/0/12/9", token)
     assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
+
+
+def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) -> None:
+    """Consultation: two pathologists with their own links pull all full-resolution tiles at the same time."""
+    plan, pieces = pyramid()
+    n, stored = plan.shard_chunks, shards(pieces)
+    addresses = [(row, col) for row in range(13) for col in range(10)]
+
+    async def fetch_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=sent.url, timeout=60) as client:
+            requests = [
+                client.get(f"/api/cases/complete/tiles/0/{row}/{col}", headers={"Authorization": f"Bearer {token}"})
+                for token in (sent.token("complete"), sent.token("complete", timedelta(minutes=30)))
+                for row, col in addresses
+            ]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(fetch_all())
+    for response, (row, col) in zip(responses, addresses * 2, strict=True):
+        assert response.status_code == 200
+        assert response.content == chunk_of(stored[f"0/c/0/{row // n}/{col // n}"], n, row % n, col % n)
 
 
 def test_image_description_holds_geometry_and_nothing_identifying(sent: Served) -> None:
@@ -350,20 +374,18 @@ def test_a_chunk_missing_from_an_arrived_shard_is_background(s3_server: S3Server
 def test_the_report_is_saved_to_the_store_with_timestamps_and_revisions(sent: Served, bucket: Bucket) -> None:
     token = sent.token("complete")
     assert sent.get("/api/cases/complete/report", token).status_code == 404
-    first = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "Benign."}, headers={"Authorization": f"Bearer {token}"})
-    second = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "Basal cell carcinoma, margins clear."}, headers={"Authorization": f"Bearer {token}"})
+    report = "/api/cases/complete/report"
+    first = sent.post(report, token, json={"diagnosis": "Benign."})
+    second = sent.post(report, token, json={"diagnosis": "Basal cell carcinoma, margins clear."})
     assert first.status_code == second.status_code == 200
     stored = json.loads(bucket.get("complete/report.json"))
     assert stored["diagnosis"] == "Basal cell carcinoma, margins clear."
     assert [r["diagnosis"] for r in stored["revisions"]] == ["Benign.", "Basal cell carcinoma, margins clear."]
     assert stored["first_saved_at"] <= stored["saved_at"] and stored["saved_at"].endswith("Z")
-    assert sent.get("/api/cases/complete/report", token).json()["diagnosis"] == stored["diagnosis"]
-    too_long = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "x" * 20_001}, headers={"Authorization": f"Bearer {token}"})
-    assert too_long.status_code == 422
-    not_json = httpx.post(f"{sent.url}/api/cases/complete/report", content=b"{", headers={"Authorization": f"Bearer {token}"})
-    assert not_json.status_code == 422
-    other = httpx.post(f"{sent.url}/api/cases/complete/report", json={"diagnosis": "x"}, headers={"Authorization": f"Bearer {sent.token('x')}"})
-    assert other.status_code == 403
+    assert sent.get(report, token).json()["diagnosis"] == stored["diagnosis"]
+    assert sent.post(report, token, json={"diagnosis": "x" * 20_001}).status_code == 422
+    assert sent.post(report, token, content=b"{").status_code == 422
+    assert sent.post(report, sent.token("x"), json={"diagnosis": "x"}).status_code == 403
 
 
 def test_the_worklist_puts_the_most_suspicious_case_first(s3_server: S3Server) -> None:

@@ -216,10 +216,11 @@ def test_a_link_without_a_valid_token_shows_nothing(page, cases) -> None:  # typ
     _, served = cases
     tiles = Tiles(page)
     expired = served.tokens.issue("case:case1", timedelta(seconds=-1))
+    message = page.locator("#message")
     for fragment in ["", f"#token={served.token('case2')}", f"#token={expired}", "#token=garbage"]:
+        page.goto("about:blank")  # a new load each time: a changed #fragment alone would not reload the page
         page.goto(f"{served.url}/view/case1{fragment}")
-        message = page.locator("#message")
-        wait_for(page, lambda: message.is_visible(), f"the refusal for {fragment[:20]!r}")
+        wait_for(page, message.is_visible, f"the refusal for {fragment[:20]!r}")
         assert message.text_content().startswith("Access refused")
     page.goto(f"{served.url}/worklist")
     wait_for(page, lambda: page.locator("#message").is_visible(), "the worklist refusal")

@@ -28,6 +28,8 @@ from viewer.tokens import CASE_ID, WORKLIST, ScopeError, TokenError, Tokens, cas
 STATIC = Path(__file__).with_name("static")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
 MAX_DIAGNOSIS = 20_000
+MAX_LEVEL = 63
+MAX_TILE_INDEX = 2**31
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -39,8 +41,6 @@ SECURITY_HEADERS = [
 ]
 
 CaseId = Annotated[str, PathParam(pattern=CASE_ID.pattern)]
-LevelIndex = Annotated[int, PathParam(ge=0, le=63)]
-TileIndex = Annotated[int, PathParam(ge=0, le=2**31)]
 Authorization = Annotated[str | None, Header()]
 
 
@@ -59,7 +59,7 @@ class ViewerState:
         return f"/worklist#token={self.tokens.issue(WORKLIST, self.link_lifetime)}"
 
 
-def _state(request: Request) -> ViewerState:
+async def _state(request: Request) -> ViewerState:  # async: sync dependencies cost a thread hop each
     return request.app.state.viewer  # type: ignore[no-any-return]
 
 
@@ -71,12 +71,12 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _case_access(case: CaseId, state: State, authorization: Authorization = None) -> str:
+async def _case_access(case: CaseId, state: State, authorization: Authorization = None) -> str:
     state.tokens.check(_bearer(authorization), case_scope(case))
     return case
 
 
-def _worklist_access(state: State, authorization: Authorization = None) -> None:
+async def _worklist_access(state: State, authorization: Authorization = None) -> None:
     state.tokens.check(_bearer(authorization), WORKLIST)
 
 
@@ -122,35 +122,54 @@ async def status(case: Case, state: State, if_none_match: Annotated[str | None, 
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers={**headers, "X-Server-Time": utc_now()})
+    return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/api/cases/{case}/tiles/{level}/{row}/{col}")
-async def tile(
-    case: Case, level: LevelIndex, row: TileIndex, col: TileIndex, state: State, if_none_match: Annotated[str | None, Header()] = None
-) -> Response:
-    """One chunk, as stored (JPEG) or re-encoded (PNG, lossless images). Level 0 is full resolution."""
+# -- tiles: plain Starlette endpoints ---------------------------------------------------------------------------
+# Nearly every request is a tile. FastAPI's per-request parameter machinery about doubled their CPU cost (measured
+# with bench/bench_viewer.py), so these two check their few parameters themselves.
+async def tile(request: Request) -> Response:
+    """GET /api/cases/{case}/tiles/{level}/{row}/{col}: one chunk, as stored (JPEG) or as PNG (lossless images).
+
+    Level 0 is full resolution. Not-yet-arrived chunks are a 404 that is never cached; the page shows the coarser
+    level meanwhile.
+    """
+    state, case, level, row, col = _tile_request(request)
     chunk = await state.cases.locate(case, level, row, col)
-    if chunk == PENDING:  # not arrived yet: the page keeps showing the coarser level; never cache the absence
+    if chunk == PENDING:
         return JSONResponse({"detail": "not arrived yet"}, 404, headers={"Cache-Control": "no-store", "X-Tile": "pending"})
     if chunk == BACKGROUND:
         return JSONResponse({"detail": "background"}, 404, headers={"Cache-Control": "private, max-age=86400", "X-Tile": "background"})
     assert not isinstance(chunk, str)
     headers = {"ETag": chunk.etag, "Cache-Control": IMMUTABLE}
-    if _matches(if_none_match, chunk.etag):
+    if _matches(request.headers.get("if-none-match"), chunk.etag):
         return Response(status_code=304, headers=headers)
     data, media_type = await state.cases.chunk_bytes(chunk)
     return Response(data, media_type=media_type, headers=headers)
 
 
-@router.get("/api/cases/{case}/heatmap/{level}/{row}/{col}.png")
-async def heatmap_tile(case: Case, level: LevelIndex, row: TileIndex, col: TileIndex, state: State, v: str | None = None) -> Response:
-    """`v` names the heatmap version the page expects: that version is immutable, anything else is not cached."""
+async def heatmap_tile(request: Request) -> Response:
+    """GET /api/cases/{case}/heatmap/{level}/{row}/{col}.png?v=VERSION: the overlay tile, PNG with alpha.
+
+    `v` names the heatmap version the page expects: that version is immutable, anything else is not cached.
+    """
+    state, case, level, row, col = _tile_request(request)
     rendered = await state.cases.heatmap_tile(case, level, row, col)
     if rendered is None:
         return JSONResponse({"detail": "no heatmap yet"}, 404, headers={"Cache-Control": "no-store"})
     data, version = rendered
-    return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE if v == version else "no-store"})
+    cache = IMMUTABLE if request.query_params.get("v") == version else "no-store"
+    return Response(data, media_type="image/png", headers={"Cache-Control": cache})
+
+
+def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, int]:
+    """Validate the address (the route's int convertors already refused anything but digits), then the token."""
+    case, level, row, col = (request.path_params[name] for name in ("case", "level", "row", "col"))
+    if not CASE_ID.fullmatch(case) or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX:
+        raise TileNotFoundError("no such tile")
+    state: ViewerState = request.app.state.viewer
+    state.tokens.check(_bearer(request.headers.get("authorization")), case_scope(case))
+    return state, case, level, row, col
 
 
 class ReportIn(BaseModel):
@@ -219,6 +238,8 @@ def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = time
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.viewer = ViewerState(Cases(storage), tokens, link_lifetime)
     app.include_router(router)
+    app.add_route("/api/cases/{case}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
+    app.add_route("/api/cases/{case}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """Everything the viewer reads and writes per case, with the caching that makes fifty viewers cheap.
 
-Caches hold only what cannot go stale (image metadata, shard indexes of arrived shards, a heatmap under its
-version) or expire within seconds (manifest, triage, report), so the server stays stateless: any number of
-processes may serve the same store, and a restart loses nothing.
+Caches hold only what cannot go stale (image metadata and shard indexes of one send, a heatmap under its version)
+or expire within seconds (manifest, triage, report), so the server stays stateless: any number of processes may
+serve the same store, and a restart loses nothing. A new send of a case (a rescan) has a new `started_at` in its
+manifest, which is part of every cache key that depends on the image.
 """
 
 from __future__ import annotations
@@ -70,17 +71,23 @@ class Cases:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._zarr = ZarrView(storage)
-        self._images: AsyncCache[str, SlideImage] = AsyncCache(256)
+        self._images: AsyncCache[tuple[str, str | None], SlideImage] = AsyncCache(256)
         self._manifests: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, LIVE_TTL)
         self._arrivals: AsyncCache[str, Arrival] = AsyncCache(256, LIVE_TTL)
-        self._indexes: AsyncCache[str, ShardIndex] = AsyncCache(16384)  # ~1 KB each: 16 MB at most
+        self._indexes: AsyncCache[tuple[str, str | None], ShardIndex] = AsyncCache(16384)  # ~1 KB each: 16 MB at most
         self._sidecars: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, SIDECAR_TTL)
         self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, case: str) -> SlideImage:
-        return await self._images.get(case, lambda: open_image(self._zarr, case))
+        send = await self._send(case)
+        return await self._images.get((case, send), lambda: open_image(self._zarr, case))
+
+    async def _send(self, case: str) -> str | None:
+        """Which send of the case is current (None without a manifest)."""
+        manifest = await self.manifest(case)
+        return str(manifest.get("started_at")) if manifest else None
 
     async def arrival(self, case: str) -> Arrival:
         async def load() -> Arrival:
@@ -107,7 +114,7 @@ class Cases:
             return state
         key = image.shard_object(level, row // n, col // n)
         try:
-            index = await self._indexes.get(key, lambda: self._read_index(key, level))
+            index = await self._indexes.get((key, arrival.started_at), lambda: self._read_index(key, level))
         except ObjectNotFoundError:
             # listed as arrived but gone (a re-send in progress), or no manifest and never written
             return PENDING if arrival.manifest else BACKGROUND

@@ -23,7 +23,8 @@
     }
 
     // OpenSeadragon levels go up in resolution; ours go down (level 0 = full resolution).
-    function tileSource(kind, states, version) {
+    // `tag` goes into tile URLs: the heatmap's version, or the send's start (a rescan must not hit cached tiles)
+    function tileSource(kind, states, tag) {
         const maxLevel = info.levels.length - 1;
         const size = info.tile_size;
         const n = info.shard_chunks;
@@ -45,8 +46,8 @@
             getTileUrl(level, x, y) {
                 const ours = maxLevel - level;
                 return kind === "heatmap"
-                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${version}`
-                    : `${base}/tiles/${ours}/${y}/${x}`;
+                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
+                    : `${base}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
             },
         };
     }
@@ -131,10 +132,10 @@
 
     function applyStatus(status) {
         const states = status.manifest ? status.levels : null;
-        const key = states ? states.map((level) => level.state).join("|") : "all";
+        const key = `${status.started_at}|${states ? states.map((level) => level.state).join("|") : "all"}`;
         if (key !== shownStates) {
             shownStates = key;
-            slideLayer.show(tileSource("slide", states));
+            slideLayer.show(tileSource("slide", states, status.started_at));
         }
         const progress = $("progress");
         progress.hidden = !status.manifest;
