@@ -18,7 +18,8 @@ from ome_zarr.reader import Multiscales, Reader
 
 from conftest import OPENSLIDE_SAMPLES, ALL_SAMPLES, sample
 from slides import open_slide
-from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
+from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, write_pieces
+from tiling.pyramid import metadata_pieces
 from tiling.tissue import detect_tissue, tissue_mask
 
 
@@ -213,3 +214,19 @@ def test_full_disk_fails_cleanly_and_leaves_nothing_complete(tmp_path: Path) -> 
         assert not out.exists() and not (disk / "out.zarr.partial").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_heatmap_arriving_mid_stream_reorders_the_shards_not_yet_built() -> None:
+    with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
+        plan = plan_pyramid(slide, ConvertOptions(workers=1))
+        order = SendOrder(plan)
+        pieces = produce(slide, plan, "tcga", {}, order)
+        first = [next(pieces) for _ in range(len(metadata_pieces(plan, "tcga", {})) + 3)]
+        # hot towards the bottom of the slide; arrives after a few shards were built
+        order.reprioritize(lambda x0, y0, x1, y1: y1 / slide.dimensions[1])
+        rest = list(pieces)
+    keys = [p.key for p in first + rest if p.kind.value == "shard"]
+    assert sorted(keys) == sorted(task.key for task in plan.shards), "every shard exactly once"
+    level0 = [p for p in rest if p.level == 0]
+    rows = [int(p.key.split("/")[3]) for p in level0]
+    assert rows == sorted(rows, reverse=True), "level 0 follows the new priority: bottom rows first"

@@ -3,7 +3,7 @@
 from tiling.codec import JpegCodec
 from tiling.local import OutputError, write_pieces
 from tiling.pieces import Piece, PieceKind
-from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, ShardTask, plan_pyramid, produce
+from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, SendOrder, ShardTask, plan_pyramid, produce
 from tiling.tissue import TissueMask, detect_tissue
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Piece",
     "PieceKind",
     "PyramidPlan",
+    "SendOrder",
     "ShardTask",
     "TissueMask",
     "detect_tissue",

@@ -13,9 +13,11 @@ import io
 import math
 import os
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import google_crc32c
 import imagecodecs
@@ -113,24 +115,49 @@ def plan_pyramid(slide: Slide, options: ConvertOptions = ConvertOptions(), prior
     chunk = options.chunk or _natural_chunk(slide)
     levels = _plan_levels(slide, chunk, options)
     side = chunk * options.shard_chunks
-    overview_tasks: list[ShardTask] = []
-    tissue_tasks: list[ShardTask] = []
-    background_tasks: list[ShardTask] = []
-    for level in reversed(levels):  # lowest resolution first
-        tasks = []
+    tasks = []
+    for level in levels:
         for row in range(-(-level.height // side)):
             for col in range(-(-level.width // side)):
                 box = _level0_box(level, col * side, row * side, (col + 1) * side, (row + 1) * side)
                 has_tissue = tissue.any_in(*box)
                 score = priority(*box) if (priority and has_tissue) else 0.0
                 tasks.append(ShardTask(level.index, row, col, has_tissue, score))
-        if level.complete:
-            overview_tasks += tasks
-        else:
-            tissue_tasks += sorted((t for t in tasks if t.tissue), key=lambda t: -t.priority)
-            if options.keep_background:
-                background_tasks += [t for t in tasks if not t.tissue]
-    return PyramidPlan(chunk, options.shard_chunks, levels, overview_tasks + tissue_tasks + background_tasks, tissue, options, slide.mpp)
+    wanted = [t for t in tasks if levels[t.level].complete or t.tissue or options.keep_background]
+    return PyramidPlan(chunk, options.shard_chunks, levels, sorted(wanted, key=lambda t: _send_rank(levels, t)), tissue, options, slide.mpp)
+
+
+def _send_rank(levels: list[LevelPlan], task: ShardTask) -> tuple[int, int, float, int, int]:
+    """Send order: complete (overview) levels row by row, then tissue level by level towards full resolution,
+    hottest first, then background; lower-resolution levels always before higher ones within each phase."""
+    if levels[task.level].complete:
+        return (0, -task.level, 0.0, task.row, task.col)
+    return (1 if task.tissue else 2, -task.level, -task.priority, task.row, task.col)
+
+
+class SendOrder:
+    """The shards still to produce, in send order; thread-safe, so a heatmap that arrives while the slide is
+    already streaming can re-rank what has not been built yet (`reprioritize`)."""
+
+    def __init__(self, plan: PyramidPlan) -> None:
+        self._plan = plan
+        self._pending = list(plan.shards)
+        self._lock = threading.Lock()
+
+    def next(self) -> ShardTask | None:
+        with self._lock:
+            return self._pending.pop(0) if self._pending else None
+
+    def reprioritize(self, priority: PriorityMap) -> None:
+        """Re-rank the shards not yet started by `priority` (hottest first within each level)."""
+        levels, side = self._plan.levels, self._plan.shard_side
+        with self._lock:
+            ranked = []
+            for task in self._pending:
+                level = levels[task.level]
+                box = _level0_box(level, task.col * side, task.row * side, (task.col + 1) * side, (task.row + 1) * side)
+                ranked.append(replace(task, priority=priority(*box) if task.tissue else 0.0))
+            self._pending = sorted(ranked, key=lambda t: _send_rank(levels, t))
 
 
 def _natural_chunk(slide: Slide) -> int:
@@ -271,26 +298,24 @@ def _tissue_label(store: zarr.storage.MemoryStore, plan: PyramidPlan, axes: list
 
 
 # -- pixels ----------------------------------------------------------------------------------------------------
-def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict) -> Iterator[Piece]:  # type: ignore[type-arg]
+def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, order: SendOrder | None = None) -> Iterator[Piece]:  # type: ignore[type-arg]
     """Yield every object of the image in send order: metadata first, then shards as they are built.
 
-    Shards are built `workers` at a time (plus a small lookahead) and yielded strictly in plan order.
+    Shards are built `workers` at a time (plus a small lookahead) and yielded strictly in the order they are taken
+    from `order` (default: the plan's order), so memory stays bounded and the send order holds.
     """
     yield from metadata_pieces(plan, name, source_summary)
+    order = order or SendOrder(plan)
     lookahead = max(1, plan.options.workers) * 2
     with ThreadPoolExecutor(max_workers=max(1, plan.options.workers), thread_name_prefix="shard") as pool:
-        pending: list[tuple[ShardTask, Future[bytes | None]]] = []
-        tasks = iter(plan.shards)
-        for task in tasks:
-            pending.append((task, pool.submit(build_shard, slide, plan, task)))
-            if len(pending) >= lookahead:
-                break
-        while pending:
-            task, future = pending.pop(0)
+        pending: deque[tuple[ShardTask, Future[bytes | None]]] = deque()
+        while True:
+            while len(pending) < lookahead and (task := order.next()) is not None:
+                pending.append((task, pool.submit(build_shard, slide, plan, task)))
+            if not pending:
+                return
+            task, future = pending.popleft()
             data = future.result()
-            following = next(tasks, None)
-            if following is not None:
-                pending.append((following, pool.submit(build_shard, slide, plan, following)))
             if data is not None:
                 yield Piece(task.key, data, PieceKind.SHARD, level=task.level, tissue=task.tissue, priority=int(task.priority * 1e6))
 
