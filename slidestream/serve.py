@@ -36,29 +36,30 @@ def serve(
     """Serve the web viewer and worklist for the cases in STORE; prints one access link per case."""
     import uvicorn  # here: the viewer's imports (web server, zarr, S3) stay out of the other commands
 
-    from viewer import WORKLIST, Tokens, case_scope, create_app, load_secret, open_storage
+    from viewer import Tokens, create_app, load_secret, open_storage
     from viewer.tokens import CASE_ID
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
     storage = open_storage(store, endpoint_url)
-    tokens = Tokens(load_secret(secret_file))
     lifetime = timedelta(hours=hours)
+    app = create_app(storage, Tokens(load_secret(secret_file)), lifetime)
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
     try:
         # bind and load the TLS files first: a taken port or a bad certificate is one line, and no links get printed
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-        config = uvicorn.Config(create_app(storage, tokens, lifetime), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level="info")
+        config = uvicorn.Config(app, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level="info")
         config.load()
     except OSError as error:
         raise ServeError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
     scheme = "https" if ssl_certfile else "http"
-    origin = f"{scheme}://{socket.getfqdn() if host in ('0.0.0.0', '::') else host}:{port}"
+    shown = socket.getfqdn() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    origin = f"{scheme}://{shown}:{port}"
     until = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
     stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s); links valid until {until}")
-    stdout.print(f"worklist: {origin}/worklist#token={tokens.issue(WORKLIST, lifetime)}")
+    stdout.print(f"worklist: {origin}{app.state.viewer.worklist_link()}")
     for case in cases:
-        stdout.print(f"{case}: {origin}/view/{case}#token={tokens.issue(case_scope(case), lifetime)}")
+        stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
     uvicorn.Server(config).run(sockets=[sock])
 
 

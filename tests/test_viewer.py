@@ -79,7 +79,9 @@ def chunk_of(shard: bytes, n: int, i: int, j: int) -> bytes | None:
     return None if offset == EMPTY else shard[offset : offset + nbytes]
 
 
-def manifest(case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None) -> bytes:
+def manifest(
+    case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None, started: datetime | None = None
+) -> bytes:
     """A `slidestream-manifest/1` as transfer/ writes it during a send."""
     planned = [key for key in shards(pieces)] if planned is None else planned
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -88,7 +90,7 @@ def manifest(case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: l
             "format": "slidestream-manifest/1",
             "case": case,
             "image": "image.zarr",
-            "started_at": now,
+            "started_at": (started or datetime.now(UTC)).isoformat(timespec="seconds"),
             "updated_at": now,
             "complete": arrived >= set(planned),
             "planned": planned,
@@ -116,13 +118,17 @@ class Bucket:
     def storage(self) -> S3Storage:
         return S3Storage(self.name, self.prefix, self.endpoint_url)
 
-    def send(self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None) -> tuple[Piece, ...]:
+    def send(
+        self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None, slide: str = SLIDE,
+        started: datetime | None = None,
+    ) -> tuple[Piece, ...]:
         """Upload the metadata and the shards `arrived` selects, with a manifest saying so."""
-        _, pieces = pyramid()
+        _, pieces = pyramid(slide)
         for piece in pieces:
             if piece.kind != PieceKind.SHARD or arrived(piece):
                 self.put(f"{case}/image.zarr/{piece.key}", piece.data)
-        self.put(f"{case}/manifest.json", manifest(case, pieces, {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}))
+        received = {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}
+        self.put(f"{case}/manifest.json", manifest(case, pieces, received, started=started))
         if triage is not None:
             self.put(f"{case}/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
         return pieces
@@ -368,6 +374,25 @@ def test_a_chunk_missing_from_an_arrived_shard_is_background(s3_server: S3Server
         response = served.get("/api/cases/holes/tiles/0/2/3", token)
         assert (response.status_code, response.headers["x-tile"]) == (404, "background")
         assert served.get("/api/cases/holes/tiles/0/2/4", token).content == chunks[(2, 4)]
+
+
+def test_a_rescan_of_the_case_replaces_what_the_viewer_serves(s3_server: S3Server) -> None:
+    bucket = Bucket(s3_server)
+    bucket.send("rescan", started=datetime.now(UTC) - timedelta(minutes=10))
+    with serving(bucket.storage()) as served:
+        token = served.token("rescan")
+        first = served.get("/api/cases/rescan/tiles/0/0/0", token)
+        assert served.get("/api/cases/rescan/image", token).json()["width"] == 2220
+        # the same case id, sent again from another scan (another slide, other geometry), with a new start time
+        for key in [f"rescan/image.zarr/{level}/c/0/{r}/{c}" for level in range(3) for r in range(2) for c in range(2)]:
+            bucket.client.delete_object(Bucket=bucket.name, Key=f"{bucket.prefix}/{key}")
+        plan, pieces = pyramid("camelyon-lymphnode.dcm")
+        bucket.send("rescan", slide="camelyon-lymphnode.dcm")
+        wait_for(lambda: served.get("/api/cases/rescan/image", token).json()["width"] == 1152, "the new image")
+        second = served.get("/api/cases/rescan/tiles/0/0/0", token)
+        n = plan.shard_chunks
+        assert second.content == chunk_of(shards(pieces)["0/c/0/0/0"], n, 0, 0) != first.content
+        assert second.headers["etag"] != first.headers["etag"]
 
 
 # -- reports, worklist, heatmap --------------------------------------------------------------------------------

@@ -81,18 +81,16 @@ class Cases:
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, case: str) -> SlideImage:
-        send = await self._send(case)
-        return await self._images.get((case, send), lambda: open_image(self._zarr, case))
-
-    async def _send(self, case: str) -> str | None:
-        """Which send of the case is current (None without a manifest)."""
-        manifest = await self.manifest(case)
-        return str(manifest.get("started_at")) if manifest else None
+        """The image of the case's current send (the metadata is re-read only when a new send starts)."""
+        return (await self.arrival(case)).image
 
     async def arrival(self, case: str) -> Arrival:
+        """Arrival state and the image it belongs to, from one reading of the manifest."""
+
         async def load() -> Arrival:
-            image = await self.image(case)
             manifest = await self.manifest(case)
+            send = str(manifest.get("started_at")) if manifest else None
+            image = await self._images.get((case, send), lambda: open_image(self._zarr, case))
             return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
 
         return await self._arrivals.get(case, load)
@@ -103,12 +101,12 @@ class Cases:
     # -- tiles -----------------------------------------------------------------------------------------------
     async def locate(self, case: str, level_index: int, row: int, col: int) -> Chunk | str:
         """The arrived chunk at (row, col) of a level, or PENDING / BACKGROUND; `TileNotFoundError` off the image."""
-        image = await self.image(case)
+        arrival = await self.arrival(case)
+        image = arrival.image
         level = image.level(level_index)
         if not (0 <= row < level.rows and 0 <= col < level.columns):
             raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index} ({level.rows} x {level.columns} tiles)")
         n = level.shard_chunks
-        arrival = await self.arrival(case)
         state = arrival.state(level, row // n, col // n)
         if state != ARRIVED:
             return state

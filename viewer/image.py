@@ -151,8 +151,12 @@ def _level0_scale(multiscale: dict[str, Any], dataset: dict[str, Any]) -> tuple[
 # -- arrival ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arrival:
-    """Which shards have arrived: `states[level]` holds one of BACKGROUND / PENDING / ARRIVED per shard, row-major."""
+    """Which shards of `image` have arrived: `states[level]` holds BACKGROUND / PENDING / ARRIVED per shard, row-major.
 
+    Holding the image it was computed for keeps geometry and states consistent while a case is being re-sent.
+    """
+
+    image: SlideImage = field(compare=False, repr=False)
     manifest: bool  # False: no manifest (a local conversion): every shard present counts as arrived
     complete: bool
     started_at: str | None
@@ -168,7 +172,7 @@ class Arrival:
 
 
 def without_manifest(image: SlideImage) -> Arrival:
-    return Arrival(False, True, None, None, tuple(ARRIVED * (level.shard_rows * level.shard_columns) for level in image.levels))
+    return Arrival(image, False, True, None, None, tuple(ARRIVED * (level.shard_rows * level.shard_columns) for level in image.levels))
 
 
 def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
@@ -187,7 +191,7 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
             continue
         grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
     states = tuple(grid.decode() for grid in grids)
-    return Arrival(True, bool(manifest.get("complete")), manifest.get("started_at"), manifest.get("updated_at"), states)
+    return Arrival(image, True, bool(manifest.get("complete")), manifest.get("started_at"), manifest.get("updated_at"), states)
 
 
 # -- shards ----------------------------------------------------------------------------------------------------
