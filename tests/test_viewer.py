@@ -622,3 +622,23 @@ def _answers(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_the_viewer_reads_what_slidestream_send_wrote(s3_server: S3Server, tmp_path: Path) -> None:
+    """The two ends together: transfer/'s manifest and shards, as the viewer sees them."""
+    bucket = Bucket(s3_server)
+    command = [sys.executable, "-m", "slidestream", "send", str(sample(SLIDE)), f"s3://{bucket.name}/{bucket.prefix}",
+               "--endpoint-url", bucket.endpoint_url, "--case", "sent1", "--state-dir", str(tmp_path / "state")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    plan, pieces = pyramid()
+    n = plan.shard_chunks
+    with serving(bucket.storage()) as served:
+        token = served.token("sent1")
+        status = served.get("/api/cases/sent1/status", token).json()
+        assert status["manifest"] and status["complete"]
+        assert all(set(level["state"]) <= {"0", "2"} for level in status["levels"])  # nothing pending after a send
+        shard = bucket.get("sent1/image.zarr/0/c/0/1/0")
+        tile = served.get("/api/cases/sent1/tiles/0/9/3", token)
+        assert tile.status_code == 200 and tile.content == chunk_of(shard, n, 9 % n, 3 % n)
+        assert tile.content == chunk_of(shards(pieces)["0/c/0/1/0"], n, 1, 3)  # the same bytes tiling made
