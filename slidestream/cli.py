@@ -14,6 +14,7 @@ from rich.table import Table
 from slides import SlidestreamError, open_slide
 from slidestream.analyze import analyze
 from slidestream.config import ENV_PREFIX
+from slidestream.demo import demo
 from slidestream.send import resume, send
 from slidestream.serve import serve
 from slidestream.watch import watch
@@ -130,7 +131,7 @@ def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, serve, analyze):
+for command in (send, resume, watch, serve, analyze, demo):
     app.command()(command)
 
 
