@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -125,8 +125,7 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
         raise CaseNotReadyError(f"{case.url}: no image.zarr/zarr.json (not a slidestream case, or not arrived yet)")
     manifest = case.read_json("manifest.json")
     ref = ZarrRef(case.child("image.zarr"))
-    source = open_source(ref)
-    assert isinstance(source, ZarrSource)
+    source = cast(ZarrSource, open_source(ref))
     heatmap = heatmap or plan_heatmap(source, options)
     level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
     ready = ready_tiles(source, heatmap.grid, level, manifest)

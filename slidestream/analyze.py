@@ -24,7 +24,8 @@ def analyze(
     report: Annotated[Path, typer.Option("--report", help="CSV report, written row by row: one row per slide or case.")],
     out: Annotated[str | None, typer.Option("--out", help="Results go to OUT/CASE/{heatmap.zarr,triage.json} (a folder or s3://). Default: beside each case; beside the report for slide files.")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (default: threads on this machine).")] = None,
-    coarse: Annotated[bool, typer.Option("--coarse", help="Coarse-to-fine: map the whole slide with 2x wider tiles first, then look closer only where it is hot.")] = False,
+    coarse: Annotated[bool, typer.Option("--coarse", help="Coarse-to-fine: map the whole slide with wider tiles first, then look closer only where it is hot.")] = False,
+    coarse_factor: Annotated[int, typer.Option("--coarse-factor", min=2, max=16, help="With --coarse: coarse tiles are this many model tiles wide (2: 4x the area each).")] = 2,
     device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Local Dask threads (default: one per core).")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Tiles per Dask task and model batch.")] = 32,
@@ -40,7 +41,7 @@ def analyze(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
     options = AnalyzeOptions(model=ModelRef(device=device), batch=batch, threads=threads, scheduler=scheduler,
-                             coarse=coarse, threshold=threshold)
+                             coarse=coarse, coarse_factor=coarse_factor, threshold=threshold)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as progress:
         slides = progress.add_task("slides", total=None)
