@@ -41,7 +41,7 @@ import boto3
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
 sys.path.insert(0, str(BENCH))
-from link import PROFILES, EmulatedLink  # noqa: E402
+from link import PROFILES, EmulatedLink
 
 LINK_SLOT = 7  # apart from measure_link's and the tests' slots
 
@@ -102,23 +102,25 @@ def watch_manifest(endpoint: str, bucket: str, key: str, started: float, times: 
             time.sleep(0.1)
             continue
         now = time.monotonic() - started
-        if manifest["arrived"] and manifest["planned"][0] in manifest["arrived"]:
-            times.setdefault("lowest_level", now)
+        if manifest["arrived"] and manifest["planned"][0] in manifest["arrived"] and "lowest_level" not in times:
+            times["lowest_level"], times["lowest_level_bytes"] = now, manifest["bytes_sent"]
         if manifest["milestones"]["overview"] is not None:
-            times.setdefault("overview", now)
+            times["overview"], times["overview_bytes"] = now, manifest["bytes_sent"]
         time.sleep(0.1)
 
 
 def slidestream_send(slide: Path, endpoint: str, link_endpoint: str, bucket: str, extra: list[str]) -> dict[str, Any]:
     case = f"bench-{uuid.uuid4().hex[:8]}"
-    times: dict[str, float] = {}
+    times: dict[str, float] = {}  # seconds, and bytes verified on the server at that moment
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as state:
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/cases", "--endpoint-url", link_endpoint,
                    "--case", case, "--state-dir", state, "--json", *extra]  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watcher = threading.Thread(target=watch_manifest, args=(endpoint, bucket, f"cases/{case}/manifest.json", started, times, stop), daemon=True)
+        watcher = threading.Thread(
+            target=watch_manifest, args=(endpoint, bucket, f"cases/{case}/manifest.json", started, times, stop), daemon=True
+        )
         watcher.start()
         stdout, stderr = process.communicate()
         seconds = time.monotonic() - started
@@ -127,9 +129,12 @@ def slidestream_send(slide: Path, endpoint: str, link_endpoint: str, bucket: str
     if process.returncode != 0:
         raise SystemExit(f"error: slidestream send failed ({process.returncode}): {stderr.strip()}")
     summary = json.loads(stdout)
+    total = summary["bytes_total"]
     return {
         "seconds_to_lowest_level": times.get("lowest_level"),
         "seconds_to_first_view": times.get("overview"),
+        "share_of_bytes_at_lowest_level": times["lowest_level_bytes"] / total if "lowest_level_bytes" in times else None,
+        "share_of_bytes_at_first_view": times["overview_bytes"] / total if "overview_bytes" in times else None,
         "seconds_to_full_upload": seconds,
         "bytes_sent": summary["bytes_sent"],
         "mbit_s": summary["bytes_sent"] * 8 / seconds / 1e6,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import typer
 from rich.console import Console
@@ -35,19 +35,35 @@ MILESTONE_LINES = {
 def send(
     slide: Annotated[Path, typer.Argument(help="The slide to send (a file, or a DICOM series folder).")],
     destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the case goes to PREFIX/CASE/image.zarr.")],
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
-    case: Annotated[str | None, typer.Option("--case", help="Case ID (default: pseudonymous, from the slide's content; never its file name).")] = None,
-    concurrency: Annotated[str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")] = "auto",
-    max_rate: Annotated[float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s, to share the uplink.")] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")
+    ] = None,
+    case: Annotated[
+        str | None, typer.Option("--case", help="Case ID (default: pseudonymous, from the slide's content; never its file name).")
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")
+    ] = "auto",
+    max_rate: Annotated[
+        float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s, to share the uplink.")
+    ] = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
     lossless: Annotated[bool, typer.Option("--lossless", help="zstd chunks instead of JPEG.")] = False,
     keep_background: Annotated[bool, typer.Option("--keep-background", help="Also send glass-only chunks.")] = False,
-    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")] = False,
+    keep_phi: Annotated[
+        bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")
+    ] = False,
     sse: Annotated[str | None, typer.Option("--sse", help="Server-side encryption: AES256 or aws:kms.")] = None,
     sse_kms_key_id: Annotated[str | None, typer.Option("--sse-kms-key-id", help="KMS key for --sse aws:kms.")] = None,
-    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="PEM bundle of the CA that signed a TLS endpoint's certificate.")] = None,
-    deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down before giving up (exit 3; resume later).")] = 600,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")] = None,
+    ca_bundle: Annotated[
+        Path | None, typer.Option("--ca-bundle", help="PEM bundle of the CA that signed a TLS endpoint's certificate.")
+    ] = None,
+    deadline: Annotated[
+        float, typer.Option("--deadline", min=0, help="Seconds the link may stay down before giving up (exit 3; resume later).")
+    ] = 600,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
@@ -79,7 +95,9 @@ def send(
 
 
 def resume(
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of summaries on stdout.")] = False,
 ) -> None:
     """Finish every send the journal lists as unfinished, with the arguments it was started with."""
@@ -91,7 +109,8 @@ def resume(
         stderr.print("nothing to resume", highlight=False)
     summaries, failure = [], None
     for record in records:
-        stderr.print(f"resuming case {record.destination.case} -> {record.destination.url}", markup=False, highlight=False)
+        stopped = f" (stopped by: {record.error})" if record.error else ""
+        stderr.print(f"resuming case {record.destination.case} -> {record.destination.url}{stopped}", markup=False, highlight=False)
         try:
             summaries.append(run_send(record.args, state_dir).summary())
         except SlidestreamError as error:  # report it and go on with the next case
@@ -166,7 +185,7 @@ class RichListener:
         self._case = case
         self._task = self._bar.add_task(f"case {case}", total=None, sent="")
 
-    def __enter__(self) -> RichListener:
+    def __enter__(self) -> Self:
         self._bar.__enter__()
         return self
 

@@ -36,7 +36,13 @@ MiB = 1 << 20
 def slidestream(*args: object, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """The installed command, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "slidestream", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, "-m", "slidestream", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -56,7 +62,11 @@ def local_pieces(slide: Path, case: str, **options: Any) -> tuple[Piece, ...]:
 
 def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
     client = server.client()
-    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for item in page.get("Contents", [])]
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
     return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
@@ -79,7 +89,9 @@ def sha256(data: bytes) -> str:
 def s3_group(server: S3Server, url: str) -> zarr.Group:
     """The image as any zarr reader sees it on S3 (s3fs), bypassing slidestream entirely."""
     pytest.importorskip("s3fs")
-    store = zarr.storage.FsspecStore.from_url(url, storage_options={"endpoint_url": server.endpoint_url, "use_listings_cache": False}, read_only=True)
+    store = zarr.storage.FsspecStore.from_url(
+        url, storage_options={"endpoint_url": server.endpoint_url, "use_listings_cache": False}, read_only=True
+    )
     return zarr.open_group(store, mode="r")
 
 
@@ -163,7 +175,7 @@ def derived_slide(request: pytest.FixtureRequest) -> Path:
     path = Path(request.config.cache.mkdir("slidestream-derived")) / f"derived-small-{version}.svs"
     if not path.exists():
         partial = path.with_suffix(".partial.svs")
-        made = subprocess.run([sys.executable, script, "--small", "-o", partial], capture_output=True, text=True, timeout=600)
+        made = subprocess.run([sys.executable, script, "--small", "-o", partial], capture_output=True, text=True, timeout=600, check=False)
         assert made.returncode == 0, made.stderr
         partial.rename(path)
     return path
@@ -179,7 +191,9 @@ def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_ser
     lowest_shard = next(piece.key for piece in pieces if piece.kind is PieceKind.SHARD)
     assert lowest_shard.startswith(f"{lowest}/")  # the send order starts with the lowest level
 
-    process = start_slidestream("send", derived_slide, *send_args(s3_server, s3_bucket, tmp_path / "state", "--case", case, "--max-rate", 40))
+    process = start_slidestream(
+        "send", derived_slide, *send_args(s3_server, s3_bucket, tmp_path / "state", "--case", case, "--max-rate", 40)
+    )
     client = s3_server.client()
     try:
         manifest: dict[str, Any] = {}
@@ -293,12 +307,28 @@ def test_tls_endpoint_with_a_private_ca(s3_server, tmp_path) -> None:  # type: i
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_cert = certificate("slidestream test CA", ca_key, "slidestream test CA", ca_key, ca=True)
     (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.pem").write_bytes(certificate("127.0.0.1", server_key, "slidestream test CA", ca_key, ca=False).public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.key").write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "server.pem").write_bytes(
+        certificate("127.0.0.1", server_key, "slidestream test CA", ca_key, ca=False).public_bytes(serialization.Encoding.PEM)
+    )
+    (tmp_path / "server.key").write_bytes(
+        server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "-c", tmp_path / "server.pem", "-k", tmp_path / "server.key"],
+        [
+            sys.executable,
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            tmp_path / "server.pem",
+            "-k",
+            tmp_path / "server.key",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -308,7 +338,15 @@ def test_tls_endpoint_with_a_private_ca(s3_server, tmp_path) -> None:  # type: i
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint, verify=str(tmp_path / "ca.pem")).create_bucket(Bucket="tls-bucket")
-        common = ["send", sample("CMU-1-Small-Region.svs"), "s3://tls-bucket/cases", "--endpoint-url", endpoint, "--state-dir", tmp_path / "state"]
+        common = [
+            "send",
+            sample("CMU-1-Small-Region.svs"),
+            "s3://tls-bucket/cases",
+            "--endpoint-url",
+            endpoint,
+            "--state-dir",
+            tmp_path / "state",
+        ]
         refused = slidestream(*common)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--ca-bundle" in refused.stderr
         accepted = slidestream(*common, "--ca-bundle", tmp_path / "ca.pem", "--json")

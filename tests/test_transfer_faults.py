@@ -222,7 +222,9 @@ def check_after_kill(server: S3Server, bucket: str, case: str, state: Path, piec
     journal = journal_objects(state) if (state / "journal.sqlite3").exists() else {}
     on_server = {key.rpartition("/image.zarr/")[2]: data for key, data in image_on_server(server, bucket, case).items()}
     for key, (digest, size, status) in journal.items():
-        assert status == "sent-verified" and on_server[key] == produced[key] and sha256(produced[key]) == digest and size == len(produced[key])
+        assert (
+            status == "sent-verified" and on_server[key] == produced[key] and sha256(produced[key]) == digest and size == len(produced[key])
+        )
     assert all(produced[key] == data for key, data in on_server.items())  # every object there is whole
     assert len(set(on_server) - set(journal)) <= in_flight  # all that a rerun can send twice
     manifest = manifest_of(server, bucket, case)
@@ -350,7 +352,12 @@ def strict_server(s3_server: S3Server) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
@@ -365,7 +372,9 @@ def strict_server(s3_server: S3Server) -> Iterator[str]:
 def test_wrong_credentials(strict_server, s3_bucket, used_journal) -> None:  # type: ignore[no-untyped-def]
     before = journal_dump(used_journal)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": "not-the-secret-at-all"}
-    result = slidestream("send", sample(CMU), f"s3://{s3_bucket}/cases", "--endpoint-url", strict_server, "--state-dir", used_journal, env=env)
+    result = slidestream(
+        "send", sample(CMU), f"s3://{s3_bucket}/cases", "--endpoint-url", strict_server, "--state-dir", used_journal, env=env
+    )
     assert_one_line_error(result, 2, f"credentials rejected by {strict_server}")
     assert "not-the-secret-at-all" not in result.stderr + result.stdout
     assert journal_dump(used_journal) == before
@@ -373,7 +382,9 @@ def test_wrong_credentials(strict_server, s3_bucket, used_journal) -> None:  # t
 
 def test_unknown_bucket(s3_server, used_journal) -> None:  # type: ignore[no-untyped-def]
     before = journal_dump(used_journal)
-    result = slidestream("send", sample(CMU), "s3://no-such-bucket-here/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", used_journal)
+    result = slidestream(
+        "send", sample(CMU), "s3://no-such-bucket-here/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", used_journal
+    )
     assert_one_line_error(result, 2, "does not exist", "NoSuchBucket")
     assert journal_dump(used_journal) == before
 
@@ -395,7 +406,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

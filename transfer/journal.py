@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from transfer.errors import JournalError
 from transfer.target import Destination
@@ -80,7 +80,7 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -130,7 +130,9 @@ class Journal:
             )
         return SendRecord(dest, args, started, None, milestones, None)
 
-    def update(self, dest: Destination, *, milestones: dict[str, float] | None = None, error: str | None = None, finished: bool = False) -> None:
+    def update(
+        self, dest: Destination, *, milestones: dict[str, float] | None = None, error: str | None = None, finished: bool = False
+    ) -> None:
         with self._transaction() as db:
             if milestones is not None:
                 db.execute("UPDATE sends SET milestones=? WHERE " + _WHERE, (json.dumps(milestones), *_where(dest)))

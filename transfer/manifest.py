@@ -31,7 +31,7 @@ class Arrivals:
     def __init__(self, case: str, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
         self.case = case
         self.started_at = started_at
-        self._started = datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
+        self._started = datetime.fromisoformat(started_at).timestamp()
         self.milestones = dict(milestones)
         self._complete_levels = {level.index for level in plan.levels if level.complete}
         self._tasks: list[ShardTask] = list(plan.shards)
@@ -70,7 +70,9 @@ class Arrivals:
                 return self._reached(), False
             self._arrived[key] = size
             level = self._planned[key].level
-            level_done = all(i < self._resolved and (task.key in self._arrived or task.key not in self._planned) for i, task in self._by_level[level])
+            level_done = all(
+                i < self._resolved and (task.key in self._arrived or task.key not in self._planned) for i, task in self._by_level[level]
+            )
             return self._reached(), level_done
 
     def assume(self, sizes: dict[str, int]) -> None:
@@ -89,7 +91,9 @@ class Arrivals:
             if name in self.milestones:
                 continue
             tasks = [(i, task) for i, task in enumerate(self._tasks) if wanted(task)]
-            if all(i < self._resolved for i, _ in tasks) and all(task.key in self._arrived for _, task in tasks if task.key in self._planned):
+            if all(i < self._resolved for i, _ in tasks) and all(
+                task.key in self._arrived for _, task in tasks if task.key in self._planned
+            ):
                 self.milestones[name] = round(time.time() - self._started, 3)
                 new.append(name)
         return new
@@ -102,12 +106,6 @@ class Arrivals:
 
     # -- reading -------------------------------------------------------------------------------------------
     @property
-    def pending(self) -> int:
-        """Planned shards not yet arrived (an upper bound while produce() still runs)."""
-        with self._lock:
-            return len(self._planned) - len(self._arrived)
-
-    @property
     def counts(self) -> tuple[int, int]:
         with self._lock:
             return len(self._arrived), len(self._planned)
@@ -118,7 +116,9 @@ class Arrivals:
             planned = list(self._planned)
             levels: dict[int, dict[str, int | bool]] = {}
             for task in self._planned.values():
-                entry = levels.setdefault(task.level, {"level": task.level, "planned": 0, "arrived": 0, "overview": self._is_overview(task)})
+                entry = levels.setdefault(
+                    task.level, {"level": task.level, "planned": 0, "arrived": 0, "overview": self._is_overview(task)}
+                )
                 entry["planned"] += 1
                 entry["arrived"] += task.key in self._arrived
             return {

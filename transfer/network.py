@@ -14,12 +14,14 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     CredentialRetrievalError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
     SSLError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from transfer.errors import BucketNotFoundError, CredentialsError, NetworkError, TransferError
@@ -151,7 +153,9 @@ class MeteredBody:
 # -- error triage ----------------------------------------------------------------------------------------------
 def error_code(error: BaseException) -> str:
     if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "")) or str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return str(error.response.get("Error", {}).get("Code", "")) or str(
+            error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        )
     return ""
 
 
@@ -176,7 +180,9 @@ def fatal(error: BaseException, endpoint: str | None, where: str) -> TransferErr
     server = endpoint or "AWS S3"
     code = error_code(error)
     if isinstance(error, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
-        return CredentialsError(f"no usable AWS credentials for {server} ({error}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials")
+        return CredentialsError(
+            f"no usable AWS credentials for {server} ({error}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
+        )
     if code in CREDENTIAL_CODES:
         return CredentialsError(f"credentials rejected by {server} ({code})")
     if code in {"AccessDenied", "AllAccessDisabled", "403"}:

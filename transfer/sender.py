@@ -96,6 +96,7 @@ class SendResult:
     seconds: float
     milestones: dict[str, float | None] = field(default_factory=dict)
     retries: int = 0
+    concurrency: int = 0  # puts in flight at the end (what auto concurrency settled on)
 
     def summary(self) -> dict[str, Any]:
         """What `--json` prints."""
@@ -111,6 +112,7 @@ class SendResult:
             "time_to_full_resolution": self.milestones.get("tissue_full_resolution"),
             "average_mbit_s": round(self.bytes_sent * 8 / 1e6 / self.seconds, 3) if self.seconds > 0 else None,
             "retries": self.retries,
+            "concurrency": self.concurrency,
         }
 
 
@@ -241,6 +243,7 @@ class Sender:
             time.monotonic() - start,
             {name: arrivals.milestones.get(name) for name in ("overview", "tissue_full_resolution")},
             self._retries,
+            len(self._workers),
         )
 
     def _metadata_done(self, known: dict[str, tuple[str, int]]) -> None:
@@ -395,7 +398,9 @@ class Sender:
             **self._extra(content_type, cache_control),
         )
         self.meter.request_done()
-        return check(key, expected_single(digest), response.get("ETag"), response.get("ChecksumSHA256"), response.get("ServerSideEncryption"))
+        return check(
+            key, expected_single(digest), response.get("ETag"), response.get("ChecksumSHA256"), response.get("ServerSideEncryption")
+        )
 
     def _put_multipart(self, key: str, data: bytes, content_type: str, cache_control: str | None) -> str:
         """Parts through s3transfer (it aborts the upload if a part fails), then HEAD for the composite values.
@@ -497,19 +502,25 @@ class Sender:
     def _monitor(self) -> None:
         """Refresh progress twice a second; every 2 s let auto concurrency grow the worker pool.
 
-        A put idles one round trip before its answer, so keeping the link busy takes 1 + bandwidth x RTT / object
-        size puts in flight; we aim for twice that (TCP ramp-up). Measured throughput is what the current workers
-        achieve, so on a latency-bound link the target keeps rising until bandwidth, not workers, is the limit.
-        Workers are added only while objects wait for them (not when conversion is the bottleneck).
+        Growth happens only while objects wait for a worker (not when conversion is the bottleneck), two ways:
+        a put idles one round trip before its answer, so a busy link needs 1 + bandwidth x RTT / object size puts in
+        flight (we aim for twice that); and new connections cost handshakes and TCP slow start that the RTT sample
+        does not see, so while the last growth raised throughput by more than 10 %, half as many workers again are
+        added. Once the link (or --max-rate) is the limit, throughput stops rising and so does the pool.
         """
-        tick = 0
+        tick, rate_at_growth = 0, 0.0
         while not self._stop.wait(0.5):
             tick += 1
             self._report()
-            if self.options.concurrency is not None or tick % 4:
+            if self.options.concurrency is not None or tick % 4 or self._queue.qsize() == 0:
                 continue
-            rtt, rate = self.meter.rtt(), self.meter.rate()
+            rtt, rate = self.meter.rtt(), self.meter.rate(2.0)
             with self._state_lock:
                 size = statistics.median(self._sizes) if self._sizes else 0
-            if rtt and rate and size and self._queue.qsize() > 0:
-                self._add_workers(math.ceil(2 * (1 + rate * rtt / size)))
+            if not (rtt and rate and size):
+                continue
+            workers = len(self._workers)
+            target = math.ceil(2 * (1 + rate * rtt / size))
+            if rate > 1.1 * rate_at_growth:
+                target, rate_at_growth = max(target, workers + max(1, workers // 2)), rate
+            self._add_workers(target)
