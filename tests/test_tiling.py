@@ -145,10 +145,19 @@ def test_send_plan_overview_first_then_level0_by_priority() -> None:
         lowest = {len(plan.levels) - 1, len(plan.levels) - 2}
         first_level0 = order.index(0)
         assert all(order.index(0) > i for i, level in enumerate(order) if level in lowest)
-        assert all(level == 0 for level in order[first_level0:]) or plan.options.keep_background
     level0 = [task for task in hot.shards if task.level == 0]
     assert len(level0) > 1 and all(task.tissue for task in level0)
     assert [task.col for task in level0] == sorted((task.col for task in level0), reverse=True)
+
+
+def test_computed_in_between_levels_follow_full_resolution(monkeypatch) -> None:
+    """Stored levels travel before the levels computed from them (those add bytes but no information)."""
+    monkeypatch.setattr("tiling.pyramid.COMPLETE_SIDE", 1000)  # CMU then has a computed, incomplete level 1
+    with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
+        plan = plan_pyramid(slide, ConvertOptions())
+    assert [(lv.complete, lv.scale) for lv in plan.levels] == [(False, 1.0), (False, 2.0), (True, 4.0)]
+    order = [task.level for task in plan.shards]
+    assert order == sorted(order, key=lambda level: {2: 0, 0: 1, 1: 2}[level])
 
 
 def test_produce_yields_metadata_then_shards_in_plan_order() -> None:

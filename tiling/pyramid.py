@@ -128,11 +128,17 @@ def plan_pyramid(slide: Slide, options: ConvertOptions = ConvertOptions(), prior
 
 
 def _send_rank(levels: list[LevelPlan], task: ShardTask) -> tuple[int, int, float, int, int]:
-    """Send order: complete (overview) levels row by row, then tissue level by level towards full resolution,
-    hottest first, then background; lower-resolution levels always before higher ones within each phase."""
-    if levels[task.level].complete:
+    """Send order, lower resolution first within each phase:
+    0. the complete overview levels, row by row: the whole slide is viewable at once;
+    1. tissue of the levels the scanner itself stored (level 0 and the source's own lower levels), hottest first;
+    2. tissue of the in-between levels we computed by downsampling: they add ~25% bytes but no information, so
+       they fill in after full resolution has arrived (a viewer shows the next stored level meanwhile);
+    3. background, when kept."""
+    level = levels[task.level]
+    if level.complete:
         return (0, -task.level, 0.0, task.row, task.col)
-    return (1 if task.tissue else 2, -task.level, -task.priority, task.row, task.col)
+    phase = 3 if not task.tissue else 1 if level.scale == 1.0 else 2
+    return (phase, -task.level, -task.priority, task.row, task.col)
 
 
 class SendOrder:

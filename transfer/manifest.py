@@ -18,14 +18,15 @@ from transfer.target import IMAGE
 
 FORMAT = "slidestream-manifest/1"
 OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
-FULL_RESOLUTION = "tissue_full_resolution"  # every planned tissue shard arrived, down to level 0
+FULL_RESOLUTION = "tissue_full_resolution"  # every tissue shard of level 0 arrived (and the overview)
 
 
 class Arrivals:
     """Thread-safe state behind the manifest: planned shards (in send order), arrived ones, milestones.
 
-    The plan lists every shard position, but `produce()` never yields a shard without chunks; since it yields
-    in plan order, a shard passed over is known to be empty and leaves `planned` as soon as a later one appears.
+    The plan lists the shards to send; a shard `produce()` never yields (no chunk worth writing) leaves `planned`
+    when production ends. The send order may change mid-stream (a heatmap re-ranks it), so nothing here depends on
+    the order in which shards come.
     """
 
     def __init__(self, case: str, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
@@ -39,26 +40,25 @@ class Arrivals:
         self._by_level: dict[int, list[tuple[int, ShardTask]]] = {}
         for index, task in enumerate(self._tasks):
             self._by_level.setdefault(task.level, []).append((index, task))
-        self._resolved = 0  # plan positions before this one are decided (produced or dropped as empty)
+        self._produced: set[str] = set()
+        self._finished = False  # produce() is exhausted: shards never produced are empty, not pending
         self._arrived: dict[str, int] = {}  # key -> bytes
         self._metadata_bytes = 0
         self._lock = threading.Lock()
 
     # -- updates -------------------------------------------------------------------------------------------
     def produced(self, key: str) -> None:
-        """`key` came out of produce(): every plan position before it that did not is an empty shard."""
+        """`key` came out of produce()."""
         with self._lock:
-            while self._resolved < len(self._tasks) and self._tasks[self._resolved].key != key:
-                self._planned.pop(self._tasks[self._resolved].key, None)
-                self._resolved += 1
-            self._resolved += 1
+            self._produced.add(key)
 
     def finished_producing(self) -> list[str]:
         """produce() is exhausted: the rest of the plan was empty. Returns milestones this completes."""
         with self._lock:
-            for task in self._tasks[self._resolved :]:
-                self._planned.pop(task.key, None)
-            self._resolved = len(self._tasks)
+            for task in self._tasks:
+                if task.key not in self._produced:
+                    self._planned.pop(task.key, None)
+            self._finished = True
             return self._reached()
 
     def arrive(self, key: str, size: int) -> tuple[list[str], bool]:
@@ -70,9 +70,7 @@ class Arrivals:
                 return self._reached(), False
             self._arrived[key] = size
             level = self._planned[key].level
-            level_done = all(
-                i < self._resolved and (task.key in self._arrived or task.key not in self._planned) for i, task in self._by_level[level]
-            )
+            level_done = all(task.key in self._arrived or (self._finished and task.key not in self._planned) for _, task in self._by_level[level])
             return self._reached(), level_done
 
     def assume(self, sizes: dict[str, int]) -> None:
@@ -90,10 +88,8 @@ class Arrivals:
         for name, wanted in ((OVERVIEW, self._is_overview), (FULL_RESOLUTION, self._is_tissue)):
             if name in self.milestones:
                 continue
-            tasks = [(i, task) for i, task in enumerate(self._tasks) if wanted(task)]
-            if all(i < self._resolved for i, _ in tasks) and all(
-                task.key in self._arrived for _, task in tasks if task.key in self._planned
-            ):
+            tasks = [task for task in self._tasks if wanted(task)]
+            if all(task.key in self._arrived or (self._finished and task.key not in self._planned) for task in tasks):
                 self.milestones[name] = round(time.time() - self._started, 3)
                 new.append(name)
         return new
@@ -102,7 +98,8 @@ class Arrivals:
         return task.level in self._complete_levels
 
     def _is_tissue(self, task: ShardTask) -> bool:
-        return task.tissue or task.level in self._complete_levels
+        """Full resolution is reached when level 0's tissue is there (in-between levels may still follow)."""
+        return (task.tissue and task.level == 0) or task.level in self._complete_levels
 
     # -- reading -------------------------------------------------------------------------------------------
     @property
