@@ -48,6 +48,7 @@ class AnalyzeOptions:
     coarse: coarse-to-fine: score tiles `coarse_factor` times wider first, then refine at full magnification
         where the coarse score reaches `refine_above`, plus a random `refine_sample` of the coarse tiles (at least
         MIN_SAMPLE of them): a check on what the coarse pass calls cold, and the tiles QC measures focus on.
+    refine: False stops after the coarse pass (the edge: a whole-slide map fast, to steer the send order).
     threshold: tile score counted as "hot" (area, regions).
     min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed (low, so a small
         biopsy fragment split across tiles still gets scored).
@@ -61,6 +62,7 @@ class AnalyzeOptions:
     scheduler: str | Any | None = None
     coarse: bool = False
     coarse_factor: int = 2
+    refine: bool = True
     refine_above: float = 0.2
     refine_sample: float = 0.05
     threshold: float = 0.5
@@ -257,6 +259,8 @@ def _score(heatmap: Heatmap, ref: SourceRef, source: Source, runner: Runner, opt
         run(heatmap.grid.coarser(factor), np.argwhere(cells), add_coarse)
         if on_update is not None:
             on_update(heatmap)
+        if not options.refine:
+            return
         candidates = np.argwhere(cells)
         count = min(len(candidates), max(MIN_SAMPLE, round(options.refine_sample * len(candidates))))
         refine = cells & (np.nan_to_num(coarse_scores) >= options.refine_above)

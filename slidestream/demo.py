@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -43,10 +43,10 @@ def demo(
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        from slidestream.send import run_send
+        from slidestream.send import run_send, send_arguments
 
         started = time.monotonic()
-        args = send_arguments(slide, f"s3://{BUCKET}/demo", endpoint)
+        args = send_arguments(slide, f"s3://{BUCKET}/demo", endpoint, deadline=60.0, edge=True)
         result = run_send(args, Path(work) / "state")
         store = f"s3://{BUCKET}/demo"
         server, origin, link = _start_viewer(store, endpoint, port, Path(work))
@@ -68,26 +68,6 @@ def demo(
             stdout.print("stopping")
         finally:
             _stop_viewer(server)
-
-
-def send_arguments(slide: Path, destination: str, endpoint_url: str | None) -> dict[str, Any]:
-    """`slidestream send`'s defaults, as the journal stores them."""
-    return {
-        "slide": str(slide.resolve()),
-        "destination": destination,
-        "endpoint_url": endpoint_url,
-        "case": None,
-        "concurrency": "auto",
-        "max_rate": None,
-        "quality": 90,
-        "lossless": False,
-        "keep_background": False,
-        "keep_phi": False,
-        "sse": None,
-        "sse_kms_key_id": None,
-        "ca_bundle": None,
-        "deadline": 60.0,
-    }
 
 
 class _local_s3:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from slides import Slide
-    from tiling import Piece, PyramidPlan
+    from tiling import Piece, PyramidPlan, SendOrder
     from transfer import Progress as SendProgress
     from transfer import SendResult
 
@@ -64,6 +64,9 @@ def send(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
     ] = None,
+    edge: Annotated[
+        bool, typer.Option("--edge/--no-edge", help="Triage here first: a coarse heatmap travels first and hot regions are sent first.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
@@ -73,22 +76,23 @@ def send(
         raise typer.BadParameter(f"{sse!r} is not AES256 or aws:kms", param_hint="--sse")
     if sse_kms_key_id and sse != "aws:kms":
         raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
-    args = {
-        "slide": str(slide.resolve()),
-        "destination": destination,
-        "endpoint_url": endpoint_url,
-        "case": case,
-        "concurrency": concurrency,
-        "max_rate": max_rate,
-        "quality": quality,
-        "lossless": lossless,
-        "keep_background": keep_background,
-        "keep_phi": keep_phi,
-        "sse": sse,
-        "sse_kms_key_id": sse_kms_key_id,
-        "ca_bundle": str(ca_bundle.resolve()) if ca_bundle else None,
-        "deadline": deadline,
-    }
+    args = send_arguments(
+        slide,
+        destination,
+        endpoint_url,
+        case=case,
+        concurrency=concurrency,
+        max_rate=max_rate,
+        quality=quality,
+        lossless=lossless,
+        keep_background=keep_background,
+        keep_phi=keep_phi,
+        sse=sse,
+        sse_kms_key_id=sse_kms_key_id,
+        ca_bundle=str(ca_bundle.resolve()) if ca_bundle else None,
+        deadline=deadline,
+        edge=edge,
+    )
     result = run_send(args, state_dir)
     if as_json:
         stdout.print_json(json.dumps(result.summary()))
@@ -122,25 +126,53 @@ def resume(
         raise typer.Exit(getattr(failure, "exit_code", 2))
 
 
-def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[PyramidPlan, Iterator[Piece]]:
-    """The plan and the pieces a send of `slide` with these arguments uploads (deterministic: tests rebuild them).
+def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
+    """A send's complete arguments, as the journal stores them for `resume`: `send`'s defaults plus `options`."""
+    args = {
+        "slide": str(slide.resolve()),
+        "destination": destination,
+        "endpoint_url": endpoint_url,
+        "case": None,
+        "concurrency": "auto",
+        "max_rate": None,
+        "quality": 90,
+        "lossless": False,
+        "keep_background": False,
+        "keep_phi": False,
+        "sse": None,
+        "sse_kms_key_id": None,
+        "ca_bundle": None,
+        "deadline": 600.0,
+        "edge": False,
+    }
+    unknown = set(options) - set(args)
+    if unknown:
+        raise TypeError(f"unknown send options: {sorted(unknown)}")
+    return {**args, **options}
+
+
+def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[PyramidPlan, Iterator[Piece], SendOrder]:
+    """The plan, the pieces a send of `slide` with these arguments uploads (deterministic: tests rebuild them), and
+    the order they are produced in (edge triage re-ranks it mid-stream).
 
     The image is named after the case, and the embedded source summary loses the file name unless --keep-phi:
     file names often hold accession numbers.
     """
     from slidestream.cli import slide_summary
-    from tiling import ConvertOptions, plan_pyramid, produce
+    from tiling import ConvertOptions, SendOrder, plan_pyramid, produce
 
     plan = plan_pyramid(slide, ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"]))
     summary = slide_summary(slide)
     if not args["keep_phi"]:
         summary.pop("file", None)
-    return plan, produce(slide, plan, case, summary)
+    order = SendOrder(plan)
+    return plan, produce(slide, plan, case, summary, order), order
 
 
 def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
     """One send from its stored arguments (the same dict `resume` finds in the journal)."""
     from slides import open_slide
+    from slidestream.edge import EdgeTriage
     from transfer import Journal, Sender, SendOptions, case_id_for, default_state_dir, parse_destination
 
     slide_path = Path(args["slide"])
@@ -158,9 +190,12 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             sender = Sender(dest, journal, options, listener)
             sender.preflight()
             sender.begin(args)
-            plan, pieces = image_pieces(slide, args, dest.case)
+            plan, pieces, order = image_pieces(slide, args, dest.case)
             listener.start(len(plan.shards))
+            edge = EdgeTriage(slide_path, dest, plan, order, stderr).start() if args.get("edge") else None
             result = sender.send(plan, pieces)
+            if edge is not None:
+                result.milestones["heatmap"] = edge.join()
     stderr.print(
         f"{result.url}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, "
         f"in {result.seconds:.1f} s",

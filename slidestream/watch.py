@@ -182,31 +182,19 @@ def watch(
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = False,
     deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = 600,
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help="Triage each slide here first: its heatmap travels first, hot regions first.")] = True,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/."""
-    from slidestream.send import run_send
+    from slidestream.send import run_send, send_arguments
     from transfer import default_state_dir
 
     state = state_dir or default_state_dir()
 
     def send_one(path: Path) -> str:
-        args = {
-            "slide": str(path.resolve()),
-            "destination": destination,
-            "endpoint_url": endpoint_url,
-            "case": None,
-            "concurrency": concurrency,
-            "max_rate": max_rate,
-            "quality": quality,
-            "lossless": False,
-            "keep_background": False,
-            "keep_phi": keep_phi,
-            "sse": None,
-            "sse_kms_key_id": None,
-            "ca_bundle": None,
-            "deadline": deadline,
-        }
+        args = send_arguments(
+            path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
+        )
         result = run_send(args, state_dir)
         return (
             f"case {result.case}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, "

@@ -151,7 +151,7 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     slide_path = sample("TCGA-CR-7395-jp2k.svs")
     dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
-        plan, produced = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
+        plan, produced, _ = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
         pieces = list(produced)
         Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(plan, pieces)
     client = s3_server.client()

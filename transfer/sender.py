@@ -109,6 +109,7 @@ class SendResult:
             "bytes_total": self.bytes_total,
             "seconds": round(self.seconds, 3),
             "time_to_first_view": self.milestones.get("overview"),
+            "time_to_heatmap": self.milestones.get("heatmap"),
             "time_to_full_resolution": self.milestones.get("tissue_full_resolution"),
             "average_mbit_s": round(self.bytes_sent * 8 / 1e6 / self.seconds, 3) if self.seconds > 0 else None,
             "retries": self.retries,

@@ -1,0 +1,69 @@
+"""Edge triage: a coarse heatmap computed on the sending machine while the slide streams.
+
+It is published beside the image as soon as it exists (tiny: the remote side sees where to look before the
+full-resolution upload is done), and it re-ranks the shards not sent yet so the hottest regions travel first.
+A failure here never stops the send: the slide still arrives, only without the head start.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from tiling import PyramidPlan, SendOrder
+from transfer import Destination
+
+# the coarse pass scores about this many tiles whatever the slide's size, so it takes seconds on a CPU
+COARSE_TILES = 200
+
+
+class EdgeTriage:
+    """Runs in a thread beside the send; `join()` returns when the heatmap was readable (seconds), or None."""
+
+    def __init__(self, slide: Path, destination: Destination, plan: PyramidPlan, order: SendOrder, console: Console) -> None:
+        self._slide = slide
+        self._case = f"s3://{destination.bucket}/{destination.root.rstrip('/')}"
+        self._endpoint = destination.endpoint
+        self._plan = plan
+        self._order = order
+        self._console = console
+        self._started = time.monotonic()
+        self.seconds: float | None = None
+        self._thread = threading.Thread(target=self._run, name="edge-triage", daemon=True)
+
+    def start(self) -> EdgeTriage:
+        self._thread.start()
+        return self
+
+    def join(self) -> float | None:
+        self._thread.join()
+        return self.seconds
+
+    def _run(self) -> None:
+        from inference import CAPRICORN, AnalyzeOptions, Location, analyze_slide
+        from slides import SlidestreamError
+
+        mpp = self._plan.mpp[0] if self._plan.mpp else CAPRICORN.mpp
+        tile = CAPRICORN.input_size * CAPRICORN.mpp / mpp  # level-0 pixels per model tile
+        width, height = self._plan.levels[0].width, self._plan.levels[0].height
+        tissue_tiles = self._plan.tissue.fraction * width * height / tile**2
+        factor = 2 ** max(1, math.ceil(math.log2(math.sqrt(max(tissue_tiles, 1) / COARSE_TILES))))
+        options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False)
+        try:
+            analyze_slide(self._slide, Location.parse(self._case, self._endpoint), options, on_update=self._published)
+        except SlidestreamError as error:
+            self._console.print(f"edge triage unavailable: {error}", markup=False, highlight=False)
+
+    def _published(self, heatmap) -> None:  # type: ignore[no-untyped-def]
+        """The heatmap and triage.json are on the server: note the moment and send hot regions first."""
+        from inference import priority_from_heatmap
+
+        if self.seconds is None:
+            self.seconds = round(time.monotonic() - self._started, 3)
+            self._order.reprioritize(priority_from_heatmap(heatmap))
+            score = heatmap.triage_score()
+            self._console.print(f"triage heatmap available after {self.seconds:.1f} s (score {score:.2f})", markup=False, highlight=False)
