@@ -1,0 +1,186 @@
+"""The headline benchmark: how much earlier can the remote pathologist start than with a plain upload?
+
+Over an emulated link (bench/link.py: `5g`, `4g`; needs root) and one slide (default: the 1.6 GB derived slide from
+bench/make_large_slide.py), in one run per link:
+  baseline     boto3 `upload_file` of the slide file (boto3's defaults). Nothing is viewable, no heatmap exists and
+               no tissue is readable before the last byte (the receiving side must still open or convert the file,
+               which this baseline does not even count).
+  slidestream  `slidestream send --edge --json`: edge triage, conversion and upload at once.
+A poller reads the server directly (not through the link) every 0.25 s and notes when the overview, the triage
+heatmap (triage.json) and all level-0 tissue became readable there, and how many bytes had arrived.
+
+    python bench/frozen_section.py                       # derived-large.svs over 5g and 4g, moto server
+    python bench/frozen_section.py --profiles 5g --endpoint http://127.0.0.1:PORT   # e.g. the Ceph RGW of .ci/s3-server
+    python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 4g
+
+Writes bench/out/frozen_section.json and bench/out/frozen_section-<link>.png (bytes on the server over time, with
+the milestones of both), and prints the table with the targets: overview <= 1% of the baseline's upload time,
+heatmap <= 25%, all tissue at full resolution no later than the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from bench_send import OUT, empty_bucket, s3, s3_endpoint  # noqa: E402
+from link import PROFILES, EmulatedLink  # noqa: E402
+
+LINK_SLOT = 9
+
+
+def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
+    """upload_file with a byte-count timeline (client side: what has been handed over and acknowledged)."""
+    timeline: list[tuple[float, int]] = [(0.0, 0)]
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def sent(count: int) -> None:
+        with lock:
+            timeline.append((time.monotonic() - started, timeline[-1][1] + count))
+
+    s3(via).upload_file(str(slide), bucket, f"baseline/{slide.name}", Callback=sent)
+    seconds = time.monotonic() - started
+    return {"overview": seconds, "heatmap": seconds, "full_resolution": seconds, "complete": seconds,
+            "bytes_sent": slide.stat().st_size, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
+
+
+def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
+    client = s3(endpoint)
+    found["timeline"] = [(0.0, 0)]
+    while not stop.is_set():
+        now = time.monotonic() - started
+        try:
+            manifest = json.loads(client.get_object(Bucket=bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+        except client.exceptions.NoSuchKey:
+            manifest = None
+        if manifest:
+            found["timeline"].append((now, manifest["bytes_sent"]))
+            for name, key in (("overview", "overview"), ("full_resolution", "tissue_full_resolution")):
+                if name not in found and manifest["milestones"].get(key) is not None:
+                    found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
+        if "heatmap" not in found:
+            try:
+                client.head_object(Bucket=bucket, Key=f"cases/{case}/triage.json")
+                found["heatmap"] = now
+                found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
+            except client.exceptions.ClientError:
+                pass
+        time.sleep(0.25)
+
+
+def slidestream(slide: Path, endpoint: str, via: str, bucket: str) -> dict[str, Any]:
+    case = f"frozen-{uuid.uuid4().hex[:8]}"
+    found: dict[str, Any] = {}
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory() as state:
+        command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/cases", "--endpoint-url", via,
+                   "--case", case, "--state-dir", state, "--edge", "--json"]  # fmt: skip
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop), daemon=True)
+        poller.start()
+        stdout, stderr = process.communicate()
+        found["complete"] = time.monotonic() - started
+        time.sleep(0.5)
+        stop.set()
+        poller.join()
+    if process.returncode != 0:
+        raise SystemExit(f"slidestream send failed ({process.returncode}): {stderr.strip()}")
+    summary = json.loads(stdout)
+    found["bytes_sent"] = summary["bytes_sent"]
+    found["summary"] = summary
+    return found
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for name, colour in (("baseline", "tab:grey"), ("slidestream", "tab:blue")):
+        run = result[name]
+        xs, ys = zip(*run["timeline"])
+        axes.plot(xs, [y / 1e6 for y in ys], color=colour, label=f"{name} (MB on the server)")
+        for milestone, marker in (("overview", "o"), ("heatmap", "s"), ("full_resolution", "^")):
+            if run.get(milestone) is not None:
+                axes.axvline(run[milestone], color=colour, linestyle=":", linewidth=0.8)
+                axes.plot([run[milestone]], [0], marker=marker, color=colour, markersize=9, clip_on=False,
+                          label=f"{name}: {milestone.replace('_', ' ')} {run[milestone]:.1f} s")  # fmt: skip
+    axes.set_xlabel("seconds since the start")
+    axes.set_ylabel("MB readable on the server")
+    axes.set_title(f"{result['slide']} over the emulated {result['link']} link ({result['link_up_mbit']:g} Mbit/s up)")
+    axes.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slide", type=Path, default=OUT / "derived-large.svs")
+    parser.add_argument("--profiles", nargs="+", default=["5g", "4g"], choices=sorted(PROFILES))
+    parser.add_argument("--endpoint", help="S3 endpoint on this machine (default: start moto)")
+    args = parser.parse_args()
+    if not args.slide.exists():
+        raise SystemExit(f"{args.slide}: missing (python bench/make_large_slide.py)")
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)  # moto accepts any; a given --endpoint uses the caller's credentials
+    results = []
+    with s3_endpoint(args.endpoint) as endpoint:
+        bucket = f"frozen-{uuid.uuid4().hex[:8]}"
+        s3(endpoint).create_bucket(Bucket=bucket)
+        split = urlsplit(endpoint)
+        for profile in args.profiles:
+            with EmulatedLink(profile, (split.hostname or "127.0.0.1", split.port or 80), slot=LINK_SLOT) as link:
+                print(f"{profile}: baseline upload_file ...", file=sys.stderr, flush=True)
+                base = baseline(args.slide, link.endpoint_url, bucket)
+                empty_bucket(endpoint, bucket)
+                print(f"{profile}: slidestream send --edge ...", file=sys.stderr, flush=True)
+                ours = slidestream(args.slide, endpoint, link.endpoint_url, bucket)
+                empty_bucket(endpoint, bucket)
+            result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "slide": args.slide.name,
+                      "source_bytes": args.slide.stat().st_size, "baseline": base, "slidestream": ours}  # fmt: skip
+            full = base["complete"]
+            result["targets"] = {
+                "overview_share_of_baseline": ours.get("overview", float("nan")) / full,
+                "heatmap_share_of_baseline": ours.get("heatmap", float("nan")) / full,
+                "full_resolution_share_of_baseline": ours.get("full_resolution", float("nan")) / full,
+            }
+            results.append(result)
+            plot(result, OUT / f"frozen_section-{profile}.png")
+            print_row(result)
+        s3(endpoint).delete_bucket(Bucket=bucket)
+    (OUT / "frozen_section.json").write_text(json.dumps(results, indent=2))
+
+
+def print_row(result: dict[str, Any]) -> None:
+    base, ours, targets = result["baseline"], result["slidestream"], result["targets"]
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:7.1f} s"
+
+    print(f"{result['link']} ({result['slide']}, {result['source_bytes'] / 1e9:.2f} GB):")
+    print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s}")
+    for name, run in (("baseline", base), ("slidestream", ours)):
+        print(f"  {name:12s} {fmt(run.get('overview')):>10s} {fmt(run.get('heatmap')):>10s} {fmt(run.get('full_resolution')):>16s} "
+              f"{fmt(run.get('complete')):>10s} {run['bytes_sent'] / 1e6:10.1f} MB")  # fmt: skip
+    print(f"  overview at {targets['overview_share_of_baseline']:.1%} of the baseline (target <= 1%), heatmap at "
+          f"{targets['heatmap_share_of_baseline']:.1%} (<= 25%), full-resolution tissue at {targets['full_resolution_share_of_baseline']:.1%} (<= 100%)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
