@@ -52,7 +52,7 @@ def throughput(slide: Path, model: ModelRef, batch: int) -> list[dict[str, Any]]
     get_model(model)  # loaded once in this process for the threaded runs
     for threads in (1, 2):
         options = AnalyzeOptions(model=model, batch=batch, threads=threads)
-        heatmap, wall, cpu = timed(lambda: analyze_slide(slide, options=options), time.process_time)
+        heatmap, wall, cpu = timed(lambda options=options: analyze_slide(slide, options=options), time.process_time)
         rows.append(_row(f"dask threads={threads} (torch {max(1, cores // threads)} each)", heatmap, wall, cpu))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
         client.run(get_model, model)  # once per worker, before the clock
@@ -75,7 +75,7 @@ def _row(setup: str, heatmap: Any, wall: float, cpu: float) -> dict[str, Any]:
 
 def coarse_map(slide: Path, model: ModelRef, factor: int, batch: int) -> dict[str, Any]:
     """Seconds until the whole slide has a (coarse) heatmap; refinement is switched off."""
-    options = AnalyzeOptions(model=model, batch=batch, coarse=True, coarse_factor=factor, refine_above=2.0, refine_sample=0.0)
+    options = AnalyzeOptions(model=model, batch=batch, coarse=True, coarse_factor=factor, refine=False)
     started, cpu_started = time.perf_counter(), time.process_time()
     first: dict[str, float] = {}
 
