@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,33 +39,9 @@ BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
 sys.path.insert(0, str(BENCH))
 from link import PROFILES, EmulatedLink
+from measure_link import s3_endpoint  # noqa: E402 - one moto launcher for the bench scripts
 
 LINK_SLOT = 7  # apart from measure_link's and the tests' slots
-
-
-@contextmanager
-def s3_endpoint(endpoint: str | None) -> Iterator[str]:
-    """The given endpoint, or a moto server started for the run."""
-    if endpoint:
-        yield endpoint
-        return
-    moto = shutil.which("moto_server")
-    if moto is None:
-        raise SystemExit("error: no --endpoint and no moto_server: pip install 'moto[server]'")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: moto_server did not open port {port}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def s3(endpoint: str):  # type: ignore[no-untyped-def]

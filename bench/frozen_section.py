@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from bench_send import OUT, empty_bucket, s3, s3_endpoint  # noqa: E402
+from bench_send import OUT, empty_bucket, s3  # noqa: E402
+from measure_link import s3_endpoint  # noqa: E402
 from link import PROFILES, EmulatedLink  # noqa: E402
 
 LINK_SLOT = 9
