@@ -35,17 +35,23 @@ class EdgeTriage:
         self._console = console
         self._started = time.monotonic()
         self.seconds: float | None = None
+        self._overview = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-triage", daemon=True)
 
     def start(self) -> EdgeTriage:
         self._thread.start()
         return self
 
+    def overview_sent(self) -> None:
+        """The overview is on the server: triage may now take the CPU (importing torch alone costs seconds)."""
+        self._overview.set()
+
     def join(self) -> float | None:
         self._thread.join()
         return self.seconds
 
     def _run(self) -> None:
+        self._overview.wait(timeout=30)
         from inference import CAPRICORN, AnalyzeOptions, Location, analyze_slide
         from slides import SlidestreamError
 

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from slides import SlidestreamError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from slides import Slide
     from tiling import Piece, PyramidPlan, SendOrder
@@ -193,6 +193,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             plan, pieces, order = image_pieces(slide, args, dest.case)
             listener.start(len(plan.shards))
             edge = EdgeTriage(slide_path, dest, plan, order, stderr).start() if args.get("edge") else None
+            listener.on_overview = edge.overview_sent if edge else None
             result = sender.send(plan, pieces)
             if edge is not None:
                 result.milestones["heatmap"] = edge.join()
@@ -218,6 +219,7 @@ class RichListener:
         )
         self._bar = Progress(*columns, console=stderr, disable=not stderr.is_terminal)
         self._case = case
+        self.on_overview: Callable[[], None] | None = None  # edge triage waits for the overview to be on the server
         self._task = self._bar.add_task(f"case {case}", total=None, sent="")
 
     def __enter__(self) -> Self:
@@ -238,3 +240,5 @@ class RichListener:
 
     def milestone(self, name: str, seconds: float) -> None:
         self._bar.console.print(f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s", markup=False, highlight=False)
+        if name == "overview" and self.on_overview is not None:
+            self.on_overview()
