@@ -149,6 +149,11 @@ class Slide:
         """Whether `raw_tile` works for this level (a tiled TIFF page of exactly this level's size)."""
         return level in self._tiff_pages
 
+    def raw_codec(self, level: int) -> str | None:
+        """The codec of this level's stored tiles ("jpeg", "jpeg2000", ...), or None without raw tile access."""
+        page = self._tiff_pages.get(level)
+        return None if page is None else _CODECS[page.compression]
+
     def raw_tile(self, level: int, row: int, col: int) -> RawTile | None:
         """The stored bytes of one tile, or None where the file has no such tile (sparse files)."""
         page = self._tiff_pages[level]
@@ -165,7 +170,7 @@ class Slide:
             raise CorruptSlideError(f"{self.path}: file is truncated (tile {index} of level {level})")
         return RawTile(
             data=data,
-            codec=_CODECS[page.compression],
+            codec=self.raw_codec(level),
             jpeg_tables=page.jpegtables,
             photometric=page.photometric.name.lower(),
             width=page.tilewidth,

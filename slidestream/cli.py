@@ -117,7 +117,7 @@ def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
                 "width": level.width,
                 "height": level.height,
                 "downsample": level.downsample,
-                "raw_tiles": slide.raw_tile(index, 0, 0).codec if slide.has_raw_tiles(index) else None,
+                "raw_tiles": slide.raw_codec(index),
             }
             for index, level in enumerate(slide.levels)
         ],

@@ -49,7 +49,7 @@ def demo(
         args = send_arguments(slide, f"s3://{BUCKET}/demo", endpoint, deadline=60.0, edge=True)
         result = run_send(args, Path(work) / "state")
         store = f"s3://{BUCKET}/demo"
-        server, origin, link = _start_viewer(store, endpoint, port, Path(work))
+        server, origin, link = _start_viewer(store, endpoint, port, result.case)
         try:
             milestones = result.milestones
             stdout.print(f"case {result.case}: {result.bytes_sent / 1e6:.1f} MB in {result.objects} objects to {result.url} (moto S3 at {endpoint})")
@@ -99,7 +99,7 @@ class _local_s3:
                 os.environ[key] = value
 
 
-def _start_viewer(store: str, endpoint: str, port: int, work: Path) -> tuple[threading.Thread, str, str]:
+def _start_viewer(store: str, endpoint: str, port: int, case: str) -> tuple[threading.Thread, str, str]:
     import uvicorn
 
     from viewer import Tokens, create_app, open_storage
@@ -114,16 +114,7 @@ def _start_viewer(store: str, endpoint: str, port: int, work: Path) -> tuple[thr
     thread.server = server  # type: ignore[attr-defined]
     thread.start()
     origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    cases = [case for case in _cases(store, endpoint)]
-    return thread, origin, app.state.viewer.case_link(cases[0])
-
-
-def _cases(store: str, endpoint: str) -> list[str]:
-    import boto3
-
-    bucket, _, prefix = store.removeprefix("s3://").partition("/")
-    listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/", Delimiter="/")
-    return [entry["Prefix"].rstrip("/").rsplit("/", 1)[-1] for entry in listed.get("CommonPrefixes", [])]
+    return thread, origin, app.state.viewer.case_link(case)
 
 
 def _check(origin: str) -> None:

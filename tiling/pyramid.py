@@ -169,9 +169,8 @@ class SendOrder:
 def _natural_chunk(slide: Slide) -> int:
     """The source tile size when its JPEG tiles can be passed through, else 256."""
     tile = slide.levels[0].tile_width
-    if slide.has_raw_tiles(0) and tile == slide.levels[0].tile_height and tile and 128 <= tile <= 1024:
-        if slide.raw_tile(0, 0, 0) is not None and slide.raw_tile(0, 0, 0).codec == "jpeg":
-            return tile
+    if slide.raw_codec(0) == "jpeg" and tile == slide.levels[0].tile_height and tile and 128 <= tile <= 1024:
+        return tile
     return 256
 
 
@@ -189,10 +188,8 @@ def _plan_levels(slide: Slide, chunk: int, options: ConvertOptions) -> list[Leve
             passthrough = (
                 options.passthrough
                 and not options.lossless
-                and slide.has_raw_tiles(source)
+                and slide.raw_codec(source) == "jpeg"
                 and src.tile_width == chunk == src.tile_height
-                and slide.raw_tile(source, 0, 0) is not None
-                and slide.raw_tile(source, 0, 0).codec == "jpeg"
             )
         complete = options.keep_background or max(width, height) <= COMPLETE_SIDE
         scale = 1.0 if (width, height) == (src.width, src.height) else nominal / _nominal(src.downsample)
@@ -432,9 +429,7 @@ def _decode_tiles(slide: Slide, level: int, sx0: float, sy0: float, sx1: float, 
     """
     src = slide.levels[level]
     tw, th = src.tile_width, src.tile_height
-    first = slide.raw_tile(level, 0, 0)
-    jpeg = first is not None and first.codec == "jpeg"
-    reduction = 1 << min(3, int(math.log2(scale))) if jpeg and scale >= 2 else 1
+    reduction = 1 << min(3, int(math.log2(scale))) if slide.raw_codec(level) == "jpeg" and scale >= 2 else 1
     tile_w, tile_h = tw // reduction, th // reduction
     c0, c1 = int(sx0 // tw), min(math.ceil(sx1 / tw), -(-src.width // tw))
     r0, r1 = int(sy0 // th), min(math.ceil(sy1 / th), -(-src.height // th))

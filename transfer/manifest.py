@@ -37,9 +37,9 @@ class Arrivals:
         self._complete_levels = {level.index for level in plan.levels if level.complete}
         self._tasks: list[ShardTask] = list(plan.shards)
         self._planned: dict[str, ShardTask] = {task.key: task for task in self._tasks}
-        self._by_level: dict[int, list[tuple[int, ShardTask]]] = {}
-        for index, task in enumerate(self._tasks):
-            self._by_level.setdefault(task.level, []).append((index, task))
+        self._by_level: dict[int, list[ShardTask]] = {}
+        for task in self._tasks:
+            self._by_level.setdefault(task.level, []).append(task)
         self._produced: set[str] = set()
         self._finished = False  # produce() is exhausted: shards never produced are empty, not pending
         self._arrived: dict[str, int] = {}  # key -> bytes
@@ -70,7 +70,7 @@ class Arrivals:
                 return self._reached(), False
             self._arrived[key] = size
             level = self._planned[key].level
-            level_done = all(task.key in self._arrived or (self._finished and task.key not in self._planned) for _, task in self._by_level[level])
+            level_done = all(task.key in self._arrived or (self._finished and task.key not in self._planned) for task in self._by_level[level])
             return self._reached(), level_done
 
     def assume(self, sizes: dict[str, int]) -> None:
