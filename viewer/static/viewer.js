@@ -253,6 +253,7 @@
         $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
         $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
         $("save").addEventListener("click", saveReport);
+        $("save").disabled = false; // disabled in the page until now, so an early click is not silently lost
         setInterval(tick, 1000);
         loadReport();
         poll();
