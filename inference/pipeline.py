@@ -126,6 +126,8 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     if not case.exists("image.zarr/zarr.json"):
         raise CaseNotReadyError(f"{case.url}: no image.zarr/zarr.json (not a slidestream case, or not arrived yet)")
     manifest = case.read_json("manifest.json")
+    if manifest is not None and not manifest.get("plan_final", True):
+        raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
     ref = ZarrRef(case.child("image.zarr"))
     source = cast(ZarrSource, open_source(ref))
     heatmap = heatmap or plan_heatmap(source, options)

@@ -14,7 +14,6 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -119,6 +118,8 @@ def _start_viewer(store: str, endpoint: str, port: int, case: str) -> tuple[thre
 
 def _check(origin: str) -> None:
     """The viewer answers (the page itself; tiles need the token, which stays in the URL fragment)."""
+    import urllib.request  # here: every other command would pay for it at start-up
+
     deadline = time.monotonic() + 20
     while True:
         try:

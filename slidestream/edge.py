@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tiling import PyramidPlan, SendOrder
+from tiling import SendOrder
 from transfer import Destination
 
 # the coarse pass scores about this many tiles whatever the slide's size, so it takes seconds on a CPU
@@ -26,11 +26,10 @@ BATCH = 8
 class EdgeTriage:
     """Runs in a thread beside the send; `join()` returns when the heatmap was readable (seconds), or None."""
 
-    def __init__(self, slide: Path, destination: Destination, plan: PyramidPlan, order: SendOrder, console: Console) -> None:
+    def __init__(self, slide: Path, destination: Destination, order: SendOrder, console: Console) -> None:
         self._slide = slide
         self._case = f"s3://{destination.bucket}/{destination.root.rstrip('/')}"
         self._endpoint = destination.endpoint
-        self._plan = plan
         self._order = order
         self._console = console
         self._started = time.monotonic()
@@ -55,10 +54,14 @@ class EdgeTriage:
         from inference import CAPRICORN, AnalyzeOptions, Location, analyze_slide
         from slides import SlidestreamError
 
-        mpp = self._plan.mpp[0] if self._plan.mpp else CAPRICORN.mpp
+        plan = self._order.wait_settled(timeout=60)  # the tissue is found right after the overview is built
+        if plan is None or plan.tissue is None:
+            self._console.print("edge triage unavailable: no tissue mask", markup=False, highlight=False)
+            return
+        mpp = plan.mpp[0] if plan.mpp else CAPRICORN.mpp
         tile = CAPRICORN.input_size * CAPRICORN.mpp / mpp  # level-0 pixels per model tile
-        width, height = self._plan.levels[0].width, self._plan.levels[0].height
-        tissue_tiles = self._plan.tissue.fraction * width * height / tile**2
+        width, height = plan.levels[0].width, plan.levels[0].height
+        tissue_tiles = plan.tissue.fraction * width * height / tile**2
         factor = 2 ** max(1, math.ceil(math.log2(math.sqrt(max(tissue_tiles, 1) / COARSE_TILES))))
         options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False, batch=BATCH)
         try:

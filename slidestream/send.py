@@ -6,6 +6,8 @@ Heavy imports (boto3, zarr, the pyramid writer) happen inside the commands so `s
 from __future__ import annotations
 
 import json
+from contextlib import closing
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
@@ -152,8 +154,9 @@ def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **op
 
 
 def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[PyramidPlan, Iterator[Piece], SendOrder]:
-    """The plan, the pieces a send of `slide` with these arguments uploads (deterministic: tests rebuild them), and
-    the order they are produced in (edge triage re-ranks it mid-stream).
+    """The plan (the overview only, until the tissue is known), the pieces a send of `slide` with these arguments
+    uploads (deterministic: tests rebuild them), and the order they are produced in (it settles once the tissue is
+    known, and edge triage re-ranks it mid-stream).
 
     The image is named after the case, and the embedded source summary loses the file name unless --keep-phi:
     file names often hold accession numbers.
@@ -161,7 +164,8 @@ def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[Pyramid
     from slidestream.cli import slide_summary
     from tiling import ConvertOptions, SendOrder, plan_pyramid, produce
 
-    plan = plan_pyramid(slide, ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"]))
+    options = ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"])
+    plan = plan_pyramid(slide, options, defer_tissue=True)  # the overview goes out before the tissue is known
     summary = slide_summary(slide)
     if not args["keep_phi"]:
         summary.pop("file", None)
@@ -186,15 +190,18 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             deadline=args["deadline"],
             ca_bundle=args["ca_bundle"],
         )
-        with Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
+        plan, produced, order = image_pieces(slide, args, dest.case)
+        with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
             sender = Sender(dest, journal, options, listener)
+            # the first piece starts the overview shards on the pool: they build while the preflight request travels
+            # (after the client's set-up, whose Python would hold the GIL that their many short C calls wait for)
+            pieces = chain([next(produced)], produced)
             sender.preflight()
             sender.begin(args)
-            plan, pieces, order = image_pieces(slide, args, dest.case)
             listener.start(len(plan.shards))
-            edge = EdgeTriage(slide_path, dest, plan, order, stderr).start() if args.get("edge") else None
+            edge = EdgeTriage(slide_path, dest, order, stderr).start() if args.get("edge") else None
             listener.on_overview = edge.overview_sent if edge else None
-            result = sender.send(plan, pieces)
+            result = sender.send(order, pieces)
             if edge is not None:
                 result.milestones["heatmap"] = edge.join()
     stderr.print(

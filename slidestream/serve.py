@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,8 @@ def serve(
     storage = open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
     app = create_app(storage, Tokens(load_secret(secret_file)), lifetime)
+    import asyncio  # here: every other command would pay for it at start-up
+
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
     try:
         # bind and load the TLS files first: a taken port or a bad certificate is one line, and no links get printed

@@ -171,6 +171,47 @@ def test_produce_yields_metadata_then_shards_in_plan_order() -> None:
     assert [piece.key for piece in pieces[first_shard:]] == [task.key for task in plan.shards]
 
 
+def test_a_deferred_plan_sends_the_overview_before_the_tissue_is_known_and_ends_with_the_same_image() -> None:
+    """A send plans only the overview, streams it, and finds the tissue meanwhile: same objects as a convert."""
+    with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
+        full = plan_pyramid(slide, ConvertOptions(workers=2))
+        deferred = plan_pyramid(slide, ConvertOptions(workers=2), defer_tissue=True)
+        assert deferred.tissue is None and {t.level for t in deferred.shards} == {lv.index for lv in deferred.levels if lv.complete}
+        order = SendOrder(deferred)
+        streamed = list(produce(slide, deferred, "tcga", {}, order))
+        converted = list(produce(slide, full, "tcga", {}))
+    assert order.plan.settled and order.plan.shards == full.shards
+    assert {p.key: p.data for p in streamed} == {p.key: p.data for p in converted}, "the same image either way"
+    keys = [p.key for p in streamed]
+    overview = [t.key for t in deferred.shards]
+    assert max(keys.index(k) for k in overview) < keys.index("labels/tissue/zarr.json") < min(
+        keys.index(t.key) for t in full.shards if t.key not in overview
+    ), "overview shards, then the tissue label, then the tissue shards"
+
+
+def test_image_metadata_equals_what_zarr_itself_writes() -> None:
+    """metadata_pieces writes zarr.json without importing zarr (start-up time): it must match zarr's own."""
+    from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+
+    from tiling.codec import JpegCodec
+
+    with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
+        for options in (ConvertOptions(), ConvertOptions(quality=70), ConvertOptions(lossless=True)):
+            plan = plan_pyramid(slide, options, defer_tissue=True)
+            ours = {piece.key: json.loads(piece.data) for piece in metadata_pieces(plan, "cmu", {"vendor": "aperio"})}
+            store = zarr.storage.MemoryStore()
+            zarr.create_group(store, zarr_format=3, attributes=ours["zarr.json"]["attributes"])
+            codecs = (
+                {"serializer": BytesCodec(), "compressors": [ZstdCodec(level=5)]}
+                if options.lossless
+                else {"filters": [TransposeCodec(order=(1, 2, 0))], "serializer": JpegCodec(options.quality), "compressors": None}
+            )
+            for lv in plan.levels:
+                zarr.create_array(store, name=str(lv.index), shape=(3, lv.height, lv.width), dtype="uint8", chunks=(3, plan.chunk, plan.chunk),
+                                  shards=(3, plan.shard_side, plan.shard_side), dimension_names=["c", "y", "x"], fill_value=255, **codecs)  # fmt: skip
+            assert ours == {key: json.loads(buffer.to_bytes()) for key, buffer in store._store_dict.items()}
+
+
 # -- bad input -------------------------------------------------------------------------------------------------
 def _corrupt_copy(tmp_path: Path) -> Path:
     """CMU-1-Small-Region.svs with one level-0 tile in the middle overwritten by zeros."""

@@ -151,9 +151,9 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     slide_path = sample("TCGA-CR-7395-jp2k.svs")
     dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
-        plan, produced, _ = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
+        _, produced, order = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
         pieces = list(produced)
-        Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(plan, pieces)
+        Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(order, pieces)
     client = s3_server.client()
     big = [piece for piece in pieces if len(piece.data) > 5 * MiB]
     assert big
@@ -230,6 +230,25 @@ def test_manifest_drops_shards_produce_skips_and_reaches_milestones_in_order() -
     document = arrivals.document()
     assert skipped not in document["planned"] and document["planned"] == document["arrived"] == keys[:-1]
     assert document["bytes_sent"] == 10 * (len(keys) - 1) and document["complete"] is False
+
+
+def test_manifest_of_a_deferred_plan_says_not_final_until_the_tissue_is_known() -> None:
+    with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
+        deferred = plan_pyramid(slide, defer_tissue=True)
+        full = plan_pyramid(slide)
+    arrivals = Arrivals("c", deferred, "2026-01-01T00:00:00.000Z", {})
+    overview = [task.key for task in deferred.shards]
+    for key in overview:
+        arrivals.produced(key)
+        reached, _ = arrivals.arrive(key, 10)
+    assert reached == ["overview"], "the overview is complete without knowing the tissue"
+    before = arrivals.document()
+    assert before["plan_final"] is False and before["planned"] == overview
+    assert before["milestones"]["tissue_full_resolution"] is None, "full resolution is never reached on a partial plan"
+    arrivals.settle(full)
+    after = arrivals.document()
+    assert after["plan_final"] is True and after["planned"] == [task.key for task in full.shards]
+    assert set(after["arrived"]) == set(overview)
 
 
 def test_case_id_comes_from_content_not_the_file_name(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -80,7 +80,8 @@ def chunk_of(shard: bytes, n: int, i: int, j: int) -> bytes | None:
 
 
 def manifest(
-    case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None, started: datetime | None = None
+    case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None, started: datetime | None = None,
+    plan_final: bool = True,
 ) -> bytes:
     """A `slidestream-manifest/1` as transfer/ writes it during a send."""
     planned = [key for key in shards(pieces)] if planned is None else planned
@@ -92,7 +93,8 @@ def manifest(
             "image": "image.zarr",
             "started_at": (started or datetime.now(UTC)).isoformat(timespec="seconds"),
             "updated_at": now,
-            "complete": arrived >= set(planned),
+            "complete": plan_final and arrived >= set(planned),
+            "plan_final": plan_final,
             "planned": planned,
             "arrived": [key for key in planned if key in arrived],
             "milestones": {},
@@ -329,6 +331,24 @@ def test_the_secret_is_created_once_privately_and_must_be_long(tmp_path: Path, m
 
 
 # -- a send in progress ----------------------------------------------------------------------------------------
+def test_before_the_sender_knows_the_tissue_nothing_unplanned_is_called_background(s3_server: S3Server) -> None:
+    """The overview travels before tissue detection: until `plan_final`, an unplanned shard may still come."""
+    bucket = Bucket(s3_server)
+    plan, pieces = pyramid()
+    n = plan.shard_chunks
+    overview = [key for key in shards(pieces) if not key.startswith("0/")]
+    for piece in pieces:
+        if piece.kind != PieceKind.SHARD or piece.level != 0:
+            bucket.put(f"early/image.zarr/{piece.key}", piece.data)
+    bucket.put("early/manifest.json", manifest("early", pieces, set(overview), overview, plan_final=False))
+    with serving(bucket.storage()) as served:
+        token = served.token("early")
+        tile = served.get(f"/api/cases/early/tiles/0/{n}/{n}", token)
+        assert (tile.status_code, tile.headers["x-tile"], tile.headers["cache-control"]) == (404, "pending", "no-store")
+        assert served.get("/api/cases/early/tiles/1/0/0", token).status_code == 200
+        assert [level["state"] for level in served.get("/api/cases/early/status", token).json()["levels"]] == ["1111", "2", "2"]
+
+
 def test_tiles_follow_the_manifest_during_a_send(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
     plan, pieces = pyramid()

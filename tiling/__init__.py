@@ -1,6 +1,5 @@
 """tiling: a slide becomes a sharded OME-Zarr pyramid (NGFF 0.5), produced piece by piece in send order."""
 
-from tiling.codec import JpegCodec
 from tiling.local import OutputError, write_pieces
 from tiling.pieces import Piece, PieceKind
 from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, SendOrder, ShardTask, plan_pyramid, produce
@@ -8,7 +7,6 @@ from tiling.tissue import TissueMask, detect_tissue
 
 __all__ = [
     "ConvertOptions",
-    "JpegCodec",
     "LevelPlan",
     "OutputError",
     "Piece",

@@ -1,7 +1,8 @@
 """A Zarr v3 codec that stores each (y, x, 3) uint8 chunk as one self-contained baseline JPEG.
 
 Self-contained JPEG chunks can be served to a browser byte for byte and can be copied from TIFF tiles without
-re-encoding. Registered with zarr on import of `tiling`, so any reader that imports it can open our images.
+re-encoding. Registered with zarr through the `zarr.codecs` entry point (and on import of this module), so any
+reader with slidestream installed can open our images.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Self
 
-import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.array_spec import ArraySpec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.registry import register_codec
 
-CODEC_NAME = "imagecodecs_jpeg"
-DEFAULT_QUALITY = 90
+from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, decode_jpeg, encode_jpeg
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,6 @@ class JpegCodec(ArrayBytesCodec):
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG output size is data dependent")
-
-
-def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
-    """Baseline JPEG, YCbCr without chroma subsampling: pathology colour detail survives at ~40+ dB."""
-    return bytes(imagecodecs.jpeg8_encode(pixels, level=quality, subsampling=(1, 1)))
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return imagecodecs.jpeg8_decode(data)
 
 
 register_codec(CODEC_NAME, JpegCodec)

@@ -2,7 +2,9 @@
 
 Every output level is computed straight from the nearest finer *source* level, never from another output level, so
 pieces can be produced in any order, and we produce them in the order they should travel: metadata, the overview
-levels, then tissue shards from low to full resolution (hottest first when a priority map is given). A level whose
+levels, then tissue shards from low to full resolution (hottest first when a priority map is given). A streaming
+send plans the overview first and finds the tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`),
+so the first view never waits for tissue detection. A level whose
 size and JPEG tiles match the source is copied tile for tile without decoding (pass-through). Memory stays bounded:
 a few shards are in flight at a time and each is built in bands.
 """
@@ -10,6 +12,7 @@ a few shards are in flight at a time and each is built in bands.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import struct
@@ -18,17 +21,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import google_crc32c
 import imagecodecs
 import numpy as np
-import zarr
 from PIL import Image
-from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
 
 from slides import CorruptSlideError, RawTile, Slide
-from tiling.codec import DEFAULT_QUALITY, JpegCodec, encode_jpeg
-from tiling.jpeg import self_contained_jpeg
+from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
 from tiling.tissue import TissueMask, detect_tissue
 
@@ -91,13 +92,16 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class PyramidPlan:
-    """Everything decided before the first pixel is read: geometry, sources, and the send order of shards."""
+    """Everything decided before the first pixel is read: geometry, sources, and the send order of shards.
+
+    `tissue` is None while the tissue is not known yet: `shards` then lists only the complete (overview) levels.
+    """
 
     chunk: int
     shard_chunks: int
     levels: list[LevelPlan]
     shards: list[ShardTask]
-    tissue: TissueMask
+    tissue: TissueMask | None
     options: ConvertOptions
     mpp: tuple[float, float] | None
 
@@ -105,26 +109,50 @@ class PyramidPlan:
     def shard_side(self) -> int:
         return self.chunk * self.shard_chunks
 
+    @property
+    def settled(self) -> bool:
+        """Whether `shards` is the whole plan (the tissue is known)."""
+        return self.tissue is not None
+
+    def with_tissue(self, tissue: TissueMask, priority: PriorityMap | None = None) -> PyramidPlan:
+        """The whole plan: overview shards plus the shards that hold tissue (or all, with keep_background)."""
+        return replace(self, shards=_shard_tasks(self.levels, self.shard_side, tissue, priority, self.options), tissue=tissue)
+
 
 PriorityMap = Callable[[float, float, float, float], float]
 
 
-def plan_pyramid(slide: Slide, options: ConvertOptions = ConvertOptions(), priority: PriorityMap | None = None) -> PyramidPlan:
-    """Decide levels, sources and the send order; reads only a low-resolution view (for the tissue mask)."""
-    tissue = detect_tissue(slide)
+def plan_pyramid(
+    slide: Slide, options: ConvertOptions = ConvertOptions(), priority: PriorityMap | None = None, *, defer_tissue: bool = False
+) -> PyramidPlan:
+    """Decide levels, sources and the send order; reads only a low-resolution view (for the tissue mask).
+
+    defer_tissue: read no pixels at all and plan only the overview levels; `produce` detects the tissue after the
+    overview shards are under way and completes the plan then (see `SendOrder.settle`).
+    """
     chunk = options.chunk or _natural_chunk(slide)
     levels = _plan_levels(slide, chunk, options)
     side = chunk * options.shard_chunks
+    plan = PyramidPlan(chunk, options.shard_chunks, levels, _shard_tasks(levels, side, None, None, options), None, options, slide.mpp)
+    return plan if defer_tissue else plan.with_tissue(detect_tissue(slide), priority)
+
+
+def _shard_tasks(
+    levels: list[LevelPlan], side: int, tissue: TissueMask | None, priority: PriorityMap | None, options: ConvertOptions
+) -> list[ShardTask]:
+    """The shards to write, in send order; without a tissue mask only those of the complete levels."""
     tasks = []
     for level in levels:
+        if tissue is None and not level.complete:
+            continue
         for row in range(-(-level.height // side)):
             for col in range(-(-level.width // side)):
                 box = _level0_box(level, col * side, row * side, (col + 1) * side, (row + 1) * side)
-                has_tissue = tissue.any_in(*box)
+                has_tissue = tissue.any_in(*box) if tissue is not None else True
                 score = priority(*box) if (priority and has_tissue) else 0.0
                 tasks.append(ShardTask(level.index, row, col, has_tissue, score))
     wanted = [t for t in tasks if levels[t.level].complete or t.tissue or options.keep_background]
-    return PyramidPlan(chunk, options.shard_chunks, levels, sorted(wanted, key=lambda t: _send_rank(levels, t)), tissue, options, slide.mpp)
+    return sorted(wanted, key=lambda t: _send_rank(levels, t))
 
 
 def _send_rank(levels: list[LevelPlan], task: ShardTask) -> tuple[int, int, float, int, int]:
@@ -143,21 +171,46 @@ def _send_rank(levels: list[LevelPlan], task: ShardTask) -> tuple[int, int, floa
 
 class SendOrder:
     """The shards still to produce, in send order; thread-safe, so a heatmap that arrives while the slide is
-    already streaming can re-rank what has not been built yet (`reprioritize`)."""
+    already streaming can re-rank what has not been built yet (`reprioritize`), and a plan made before the tissue
+    was known grows by the tissue shards once it is (`settle`)."""
 
     def __init__(self, plan: PyramidPlan) -> None:
         self._plan = plan
         self._pending = list(plan.shards)
+        self._priority: PriorityMap | None = None
         self._lock = threading.Lock()
+        self._settled = threading.Event()
+        if plan.settled:
+            self._settled.set()
+
+    @property
+    def plan(self) -> PyramidPlan:
+        """The plan as known now: settled once the tissue is known."""
+        return self._plan
 
     def next(self) -> ShardTask | None:
         with self._lock:
             return self._pending.pop(0) if self._pending else None
 
+    def settle(self, tissue: TissueMask) -> PyramidPlan:
+        """Complete a deferred plan with the tissue mask: its tissue shards join the shards still to produce."""
+        with self._lock:
+            known = {task.key for task in self._plan.shards}
+            self._plan = self._plan.with_tissue(tissue, self._priority)
+            added = [task for task in self._plan.shards if task.key not in known]
+            self._pending = sorted(self._pending + added, key=lambda t: _send_rank(self._plan.levels, t))
+        self._settled.set()
+        return self._plan
+
+    def wait_settled(self, timeout: float | None = None) -> PyramidPlan | None:
+        """The whole plan once the tissue is known, or None after `timeout` seconds."""
+        return self._plan if self._settled.wait(timeout) else None
+
     def reprioritize(self, priority: PriorityMap) -> None:
         """Re-rank the shards not yet started by `priority` (hottest first within each level)."""
         levels, side = self._plan.levels, self._plan.shard_side
         with self._lock:
+            self._priority = priority
             ranked = []
             for task in self._pending:
                 level = levels[task.level]
@@ -213,26 +266,21 @@ def _level0_box(level: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> tuple[f
     return x0 * ds, y0 * ds, min(x1, level.width) * ds, min(y1, level.height) * ds
 
 
-# -- metadata --------------------------------------------------------------------------------------------------
+# -- metadata ----------------------------------------------------------------------------------------------------
 def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[Piece]:  # type: ignore[type-arg]
-    """zarr.json of the image group, each level array and the tissue label, generated by zarr itself."""
-    store = zarr.storage.MemoryStore()
-    mpp = plan.mpp
-    unit = {"unit": "micrometer"} if mpp else {}
-    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+    """zarr.json of the image group and of each level array.
+
+    Plain JSON, written without importing zarr: that import alone costs a third of a second on the way to the first
+    view. Tests check these documents equal what zarr.create_group / zarr.create_array write.
+    """
     datasets = [
-        {
-            "path": str(level.index),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, *(s * level.downsample for s in ((mpp[1], mpp[0]) if mpp else (1.0, 1.0)))]}
-            ],
-        }
+        {"path": str(level.index), "coordinateTransformations": [{"type": "scale", "scale": [1.0, *_scale(plan, level.downsample)]}]}
         for level in plan.levels
     ]
     attributes = {
         "ome": {
             "version": "0.5",
-            "multiscales": [{"name": name, "axes": axes, "datasets": datasets}],
+            "multiscales": [{"name": name, "axes": _axes(plan), "datasets": datasets}],
             "omero": {
                 "channels": [
                     {"label": label, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
@@ -249,48 +297,67 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
             "fill_value": FILL,
             "complete_levels": [level.index for level in plan.levels if level.complete],
             "passthrough_levels": [level.index for level in plan.levels if level.passthrough],
-            "tissue_fraction": round(plan.tissue.fraction, 4),
             "source": source_summary,
         },
     }
-    zarr.create_group(store, zarr_format=3, attributes=attributes)
-    for level in plan.levels:
-        zarr.create_array(
-            store,
-            name=str(level.index),
-            shape=(3, level.height, level.width),
-            dtype="uint8",
-            chunks=(3, plan.chunk, plan.chunk),
-            shards=(3, plan.shard_side, plan.shard_side),
-            dimension_names=["c", "y", "x"],
-            fill_value=FILL,
-            **_chunk_codecs(plan.options),
-        )
-    _tissue_label(store, plan, axes[1:])
-    return [
-        Piece(key, buffer.to_bytes(), PieceKind.METADATA if key.endswith("zarr.json") else PieceKind.SIDECAR)
-        for key, buffer in sorted(store._store_dict.items(), key=lambda item: (item[0].count("/"), item[0]))
-    ]
+    group = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+    return [_json_piece("zarr.json", group)] + [_json_piece(f"{level.index}/zarr.json", array_metadata(plan, level)) for level in plan.levels]
 
 
-def _chunk_codecs(options: ConvertOptions) -> dict:  # type: ignore[type-arg]
-    if options.lossless:
-        return {"serializer": BytesCodec(), "compressors": [ZstdCodec(level=5)]}
-    return {"filters": [TransposeCodec(order=(1, 2, 0))], "serializer": JpegCodec(options.quality), "compressors": None}
+def array_metadata(plan: PyramidPlan, level: LevelPlan) -> dict[str, Any]:
+    """A level's Zarr v3 array: (c, y, x) uint8, one shard per object, JPEG (or zstd) chunks inside."""
+    if plan.options.lossless:
+        chunk_codecs = [{"name": "bytes"}, {"name": "zstd", "configuration": {"level": 5, "checksum": False}}]
+    else:
+        chunk_codecs = [
+            {"name": "transpose", "configuration": {"order": [1, 2, 0]}},
+            {"name": CODEC_NAME, "configuration": {"quality": plan.options.quality}},
+        ]
+    sharding = {
+        "chunk_shape": [3, plan.chunk, plan.chunk],
+        "codecs": chunk_codecs,
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        "index_location": "end",
+    }
+    return {
+        "shape": [3, level.height, level.width],
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [3, plan.shard_side, plan.shard_side]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": FILL,
+        "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
+        "attributes": {},
+        "dimension_names": ["c", "y", "x"],
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
 
 
-def _tissue_label(store: zarr.storage.MemoryStore, plan: PyramidPlan, axes: list) -> None:  # type: ignore[type-arg]
-    """The tissue mask as an NGFF label image (1 = tissue), so any OME-Zarr reader can show it."""
+def _json_piece(key: str, document: dict[str, Any]) -> Piece:
+    return Piece(key, json.dumps(document, indent=2).encode(), PieceKind.METADATA)
+
+
+def tissue_pieces(plan: PyramidPlan) -> list[Piece]:
+    """The tissue mask as an NGFF label image (`labels/tissue`, 1 = tissue), so any OME-Zarr reader can show it."""
+    import zarr  # only here: the mask's chunk is encoded by zarr itself
+
+    assert plan.tissue is not None, "the plan's tissue is not known yet"
+    store = zarr.storage.MemoryStore()
     zarr.create_group(store, path="labels", zarr_format=3, attributes={"ome": {"version": "0.5", "labels": ["tissue"]}})
-    scale = [s * plan.tissue.downsample for s in ((plan.mpp[1], plan.mpp[0]) if plan.mpp else (1.0, 1.0))]
     attributes = {
         "ome": {
             "version": "0.5",
             "image-label": {"colors": [{"label-value": 1, "rgba": [0, 160, 0, 255]}], "source": {"image": "../../"}},
             "multiscales": [
-                {"name": "tissue", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
+                {
+                    "name": "tissue",
+                    "axes": _axes(plan)[1:],
+                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": _scale(plan, plan.tissue.downsample)}]}],
+                }
             ],
-        }
+        },
+        "slidestream": {"tissue_fraction": round(plan.tissue.fraction, 4)},
     }
     zarr.create_group(store, path="labels/tissue", zarr_format=3, attributes=attributes)
     mask = plan.tissue.mask.astype(np.uint8)
@@ -298,6 +365,26 @@ def _tissue_label(store: zarr.storage.MemoryStore, plan: PyramidPlan, axes: list
         store, name="labels/tissue/0", shape=mask.shape, dtype="uint8", chunks=mask.shape, dimension_names=["y", "x"], fill_value=0
     )
     array[:] = mask
+    # zarr also writes the parent groups it implies: the root zarr.json here would replace the image's own
+    return [piece for piece in _pieces(store) if piece.key.startswith("labels/")]
+
+
+def _pieces(store: Any) -> list[Piece]:
+    """A store's objects as pieces, parents before children."""
+    return [
+        Piece(key, buffer.to_bytes(), PieceKind.METADATA if key.endswith("zarr.json") else PieceKind.SIDECAR)
+        for key, buffer in sorted(store._store_dict.items(), key=lambda item: (item[0].count("/"), item[0]))
+    ]
+
+
+def _axes(plan: PyramidPlan) -> list[dict[str, str]]:
+    unit = {"unit": "micrometer"} if plan.mpp else {}
+    return [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+
+
+def _scale(plan: PyramidPlan, downsample: float) -> list[float]:
+    """(y, x) size of a pixel `downsample` level-0 pixels wide, in micrometres when the mpp is known."""
+    return [s * downsample for s in ((plan.mpp[1], plan.mpp[0]) if plan.mpp else (1.0, 1.0))]
 
 
 # -- pixels ----------------------------------------------------------------------------------------------------
@@ -305,18 +392,31 @@ def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, or
     """Yield every object of the image in send order: metadata first, then shards as they are built.
 
     Shards are built `workers` at a time (plus a small lookahead) and yielded strictly in the order they are taken
-    from `order` (default: the plan's order), so memory stays bounded and the send order holds.
+    from `order` (default: the plan's order), so memory stays bounded and the send order holds. For a deferred plan
+    the tissue is detected on the pool once the overview shards are queued; the tissue label and the tissue shards
+    follow the overview.
     """
-    yield from metadata_pieces(plan, name, source_summary)
     order = order or SendOrder(plan)
     lookahead = max(1, plan.options.workers) * 2
     with ThreadPoolExecutor(max_workers=max(1, plan.options.workers), thread_name_prefix="shard") as pool:
         pending: deque[tuple[ShardTask, Future[bytes | None]]] = deque()
+        tissue: Future[TissueMask] | None = None
+        while len(pending) < lookahead and (task := order.next()) is not None:
+            pending.append((task, pool.submit(build_shard, slide, plan, task)))  # building while metadata goes
+        yield from metadata_pieces(plan, name, source_summary)
+        if plan.settled:
+            yield from tissue_pieces(plan)
         while True:
             while len(pending) < lookahead and (task := order.next()) is not None:
-                pending.append((task, pool.submit(build_shard, slide, plan, task)))
+                pending.append((task, pool.submit(build_shard, slide, order.plan, task)))
+            if tissue is None and not order.plan.settled and len(pending) < lookahead:
+                tissue = pool.submit(detect_tissue, slide)  # every overview shard is queued: it goes behind them
             if not pending:
-                return
+                if order.plan.settled:
+                    return
+                assert tissue is not None
+                yield from tissue_pieces(order.settle(tissue.result()))
+                continue
             task, future = pending.popleft()
             data = future.result()
             if data is not None:

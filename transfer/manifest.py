@@ -1,8 +1,10 @@
 """The arrival manifest (`manifest.json` beside `image.zarr`): which shards a reader may trust already.
 
 A missing Zarr chunk reads as the fill value, so a viewer alone cannot tell "not arrived yet" from "background".
-The manifest can: a shard key in `planned` but not in `arrived` has not arrived; a key not planned at all holds
-no tissue (its chunks read as glass). `arrived` only ever lists shards whose bytes the server verifiably holds.
+The manifest can: a shard key in `planned` but not in `arrived` has not arrived; once `plan_final` is true, a key
+not planned at all holds no tissue (its chunks read as glass). While `plan_final` is false (the overview is sent
+before the tissue is known), any shard not arrived may still come. `arrived` only ever lists shards whose bytes the
+server verifiably holds.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ FULL_RESOLUTION = "tissue_full_resolution"  # every tissue shard of level 0 arri
 class Arrivals:
     """Thread-safe state behind the manifest: planned shards (in send order), arrived ones, milestones.
 
-    The plan lists the shards to send; a shard `produce()` never yields (no chunk worth writing) leaves `planned`
-    when production ends. The send order may change mid-stream (a heatmap re-ranks it), so nothing here depends on
-    the order in which shards come.
+    The plan lists the shards to send; a plan made before the tissue was known lists the overview only and grows
+    by `settle`. A shard `produce()` never yields (no chunk worth writing) leaves `planned` when production ends.
+    The send order may change mid-stream (a heatmap re-ranks it), so nothing here depends on the order in which
+    shards come.
     """
 
     def __init__(self, case: str, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
@@ -35,18 +38,31 @@ class Arrivals:
         self._started = datetime.fromisoformat(started_at).timestamp()
         self.milestones = dict(milestones)
         self._complete_levels = {level.index for level in plan.levels if level.complete}
-        self._tasks: list[ShardTask] = list(plan.shards)
-        self._planned: dict[str, ShardTask] = {task.key: task for task in self._tasks}
+        self._tasks: list[ShardTask] = []
+        self._planned: dict[str, ShardTask] = {}
         self._by_level: dict[int, list[ShardTask]] = {}
-        for task in self._tasks:
-            self._by_level.setdefault(task.level, []).append(task)
+        self._settled = False
         self._produced: set[str] = set()
         self._finished = False  # produce() is exhausted: shards never produced are empty, not pending
         self._arrived: dict[str, int] = {}  # key -> bytes
+        self._assumed: dict[str, int] = {}
         self._metadata_bytes = 0
         self._lock = threading.Lock()
+        self.settle(plan)
 
     # -- updates -------------------------------------------------------------------------------------------
+    def settle(self, plan: PyramidPlan) -> None:
+        """Take the plan as known now: a settled plan adds the tissue shards to a plan that had only the overview."""
+        with self._lock:
+            for task in plan.shards:
+                if task.key not in self._planned:
+                    self._tasks.append(task)
+                    self._planned[task.key] = task
+                    self._by_level.setdefault(task.level, []).append(task)
+                    if task.key in self._assumed:
+                        self._arrived[task.key] = self._assumed[task.key]
+            self._settled = plan.settled
+
     def produced(self, key: str) -> None:
         """`key` came out of produce()."""
         with self._lock:
@@ -60,6 +76,11 @@ class Arrivals:
                     self._planned.pop(task.key, None)
             self._finished = True
             return self._reached()
+
+    def overview_produced(self) -> bool:
+        """Every shard of the overview levels came out of produce()."""
+        with self._lock:
+            return all(task.key in self._produced for task in self._tasks if self._is_overview(task))
 
     def arrive(self, key: str, size: int) -> tuple[list[str], bool]:
         """The server verifiably holds `key`; returns the milestones reached just now, and whether this completed
@@ -76,17 +97,19 @@ class Arrivals:
     def assume(self, sizes: dict[str, int]) -> None:
         """Shards an earlier run verified, for the same image: arrived until reproduced bytes say otherwise."""
         with self._lock:
+            self._assumed = dict(sizes)
             self._arrived.update({key: size for key, size in sizes.items() if key in self._planned})
 
     def revoke(self, key: str) -> None:
         """A shard assumed from an earlier run turned out to differ (new options or version): not arrived after all."""
         with self._lock:
             self._arrived.pop(key, None)
+            self._assumed.pop(key, None)
 
     def _reached(self) -> list[str]:
         new = []
         for name, wanted in ((OVERVIEW, self._is_overview), (FULL_RESOLUTION, self._is_tissue)):
-            if name in self.milestones:
+            if name in self.milestones or (name == FULL_RESOLUTION and not self._settled):
                 continue
             tasks = [task for task in self._tasks if wanted(task)]
             if all(task.key in self._arrived or (self._finished and task.key not in self._planned) for task in tasks):
@@ -125,6 +148,7 @@ class Arrivals:
                 "started_at": self.started_at,
                 "updated_at": utc_now(),
                 "complete": complete,
+                "plan_final": self._settled,
                 "planned": planned,
                 "arrived": [key for key in planned if key in self._arrived],
                 "levels": [levels[index] for index in sorted(levels)],

@@ -1,9 +1,10 @@
 """Upload pieces while they are produced: bounded queue, N verified puts in flight, journal, manifest, deadline.
 
-Order of events for one image: preflight (credentials, bucket, reachability), metadata objects (verified before
-any shard goes, so readers can open the image at once), the first manifest, then shards in send order with the
-manifest rewritten at most once per `manifest_interval` (and at once at each milestone), and last the manifest
-with `complete: true`, written only after every object was verified.
+Order of events for one image: preflight (credentials, bucket, reachability), metadata objects, then shards in
+send order; shards do not wait for the metadata, but no manifest is written before every metadata object is
+verified (a reader opens the image once the manifest exists). The manifest is rewritten at most once per
+`manifest_interval` (and at once at each milestone and when a level completes), and last with `complete: true`,
+written only after every object was verified.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.manager import TransferConfig, TransferManager
 
 from slides import SlidestreamError
-from tiling import Piece, PieceKind, PyramidPlan
+from tiling import Piece, PieceKind, SendOrder
 from transfer.errors import IntegrityError, NetworkDeadlineError, TransferError
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord
-from transfer.manifest import Arrivals
+from transfer.manifest import OVERVIEW, Arrivals
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
 
 MiB = 1 << 20
-AUTO_START = 4  # workers before anything is measured
+AUTO_START = 8  # workers before anything is measured: metadata and overview go in about one round trip
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 20.0  # seconds, full jitter: link loss
 RESEND_BASE = 0.1  # seconds: a corrupted object is sent again almost at once (nothing to wait out)
 
@@ -121,6 +122,7 @@ class SendResult:
 class _Job:
     piece: Piece
     digest: Digest
+    metadata: bool  # one of the objects a reader needs before the first manifest
 
 
 class Sender:
@@ -153,16 +155,28 @@ class Sender:
         self._manifest_dirty = threading.Event()
         self._manifest_urgent = threading.Event()
         self._manifest_final = False
+        self._metadata_pending = 0  # metadata objects not verified yet
+        self._metadata_listed = False  # every metadata object is queued (the first shard came)
+        self._metadata_verified = threading.Event()  # the first manifest may go
+        self._overview_published = threading.Event()  # a manifest with the overview milestone is on the server
 
     # -- before anything is produced -----------------------------------------------------------------------
     def preflight(self) -> None:
-        """Fail in a second, not after a conversion: credentials, bucket and endpoint, then clear stale uploads.
+        """Fail in a second, not after a conversion: credentials, bucket and endpoint, in one request.
 
         A LIST needs s3:ListBucket, which a write-only uploader role may lack: AccessDenied here is not fatal.
-        Multipart uploads left open by a killed run are invisible but billed: abort those of this case.
         """
         try:
             self.client.list_objects_v2(Bucket=self.dest.bucket, Prefix=self.dest.root, MaxKeys=1)
+        except (BotoCoreError, ClientError) as error:
+            if error_code(error) != "AccessDenied":
+                raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{self.dest.root}") from None
+
+    def _abort_stale_uploads(self) -> None:
+        """Multipart uploads of this case still open once every object is verified were left by a killed run:
+        invisible but billed. Abort them (a role without s3:ListBucketMultipartUploads leaves them to the bucket's
+        lifecycle rules)."""
+        try:
             uploads = self.client.list_multipart_uploads(Bucket=self.dest.bucket, Prefix=self.dest.root).get("Uploads", [])
             for upload in uploads:
                 self.client.abort_multipart_upload(Bucket=self.dest.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
@@ -177,13 +191,17 @@ class Sender:
         self._start = time.monotonic()
         self._record = self.journal.begin(self.dest, args)
 
-    def send(self, plan: PyramidPlan, pieces: Iterable[Piece]) -> SendResult:
-        """Upload every piece (skipping those the journal proves are there); returns once all are verified."""
+    def send(self, order: SendOrder, pieces: Iterable[Piece]) -> SendResult:
+        """Upload every piece (skipping those the journal proves are there); returns once all are verified.
+
+        `order` is the plan `pieces` come from: a plan made before the tissue was known settles mid-stream.
+        """
         if self._record is None:
             self.begin({})
         assert self._record is not None
         record, start = self._record, self._start
         known = self.journal.verified(self.dest)
+        plan = order.plan
         arrivals = self._arrivals = Arrivals(self.dest.case, plan, record.started_at, record.milestones)
         self._add_workers(self.options.concurrency or AUTO_START)
         helpers = [threading.Thread(target=self._guard(self._monitor), name="monitor", daemon=True),
@@ -191,16 +209,17 @@ class Sender:
         for thread in helpers:
             thread.start()
         try:
-            shards_started = False
             metadata_unchanged = True
             for piece in pieces:
                 self._raise_failure()
+                if order.plan is not plan:
+                    plan = order.plan
+                    arrivals.settle(plan)
                 digest = Digest.of(piece.data)
                 self._bytes_total += digest.size
                 if piece.kind is PieceKind.SHARD:
-                    if not shards_started:
-                        self._metadata_done(known if metadata_unchanged else {})
-                        shards_started = True
+                    if not self._metadata_listed:
+                        self._metadata_queued(known if metadata_unchanged else {})
                     arrivals.produced(piece.key)
                 if known.get(piece.key, ("",))[0] == digest.sha256_hex:
                     self._skipped += 1
@@ -210,12 +229,15 @@ class Sender:
                     arrivals.revoke(piece.key)
                 else:
                     metadata_unchanged = False
-                self._enqueue(_Job(piece, digest))
-            if not shards_started:
-                self._metadata_done({})
+                self._enqueue(_Job(piece, digest, metadata=not self._metadata_listed))
+                if not self._overview_published.is_set() and arrivals.overview_produced():
+                    self._await_overview()
+            if not self._metadata_listed:
+                self._metadata_queued({})
             for name in arrivals.finished_producing():
                 self._announce(name)
             self._drain()
+            self._abort_stale_uploads()
             self._publish(complete=True)
             self.journal.update(self.dest, milestones=arrivals.milestones, finished=True)
         except BaseException as error:
@@ -226,6 +248,7 @@ class Sender:
         finally:
             self._stop.set()
             self._manifest_dirty.set()
+            self._metadata_verified.set()
             until = time.monotonic() + 5  # a worker stuck in a put is a daemon: do not wait for it forever
             for thread in [*self._workers, *helpers]:
                 thread.join(timeout=max(0.0, until - time.monotonic()))
@@ -247,13 +270,23 @@ class Sender:
             len(self._workers),
         )
 
-    def _metadata_done(self, known: dict[str, tuple[str, int]]) -> None:
-        """Metadata verified: publish the first manifest. When the metadata matched the journal's, the image is the
-        same as an earlier run's, so shards it verified count as arrived right away (re-checked when reproduced)."""
-        self._drain()
+    def _await_overview(self) -> None:
+        """Hold production until readers can see the overview: what comes next (tissue detection, its imports,
+        the first tissue shards) would otherwise compete with the overview for the CPU and the link."""
+        while not self._overview_published.wait(0.2):
+            self._raise_failure()
+
+    def _metadata_queued(self, known: dict[str, tuple[str, int]]) -> None:
+        """Every metadata object is queued. When the metadata matched the journal's, the image is the same as an
+        earlier run's, so shards it verified count as arrived right away (re-checked when reproduced)."""
         assert self._arrivals is not None
         self._arrivals.assume({key: size for key, (_, size) in known.items()})
-        self._publish()
+        with self._state_lock:
+            self._metadata_listed = True
+            if self._metadata_pending == 0:
+                self._metadata_verified.set()
+        self._manifest_urgent.set()
+        self._manifest_dirty.set()
 
     def _record_error(self, message: str) -> None:
         try:
@@ -265,6 +298,9 @@ class Sender:
     def _enqueue(self, job: _Job) -> None:
         with self._pending_changed:
             self._pending += 1
+        if job.metadata:
+            with self._state_lock:
+                self._metadata_pending += 1
         while True:
             self._raise_failure()
             try:
@@ -331,6 +367,10 @@ class Sender:
             self._uploaded += 1
             self._bytes_verified += job.digest.size
             self._sizes.append(job.digest.size)
+            if job.metadata:
+                self._metadata_pending -= 1
+                if self._metadata_listed and self._metadata_pending == 0:
+                    self._metadata_verified.set()
         self._arrived(job.piece.key, job.digest.size)
 
     def _arrived(self, key: str, size: int) -> None:
@@ -460,8 +500,11 @@ class Sender:
             self._manifest_final = complete
             self._manifest_dirty.clear()
             self._manifest_urgent.clear()
+            overview = self._arrivals.milestones.get(OVERVIEW) is not None
             document = self._arrivals.to_json(complete)
             self._put_verified(self.dest.manifest_key, document, Digest.of(document), "application/json", "no-cache")
+            if overview:
+                self._overview_published.set()
         if complete:
             return
         self.journal.update(self.dest, milestones=self._arrivals.milestones)
@@ -470,6 +513,7 @@ class Sender:
         """Rewrite the manifest when something arrived, at most once per interval unless a milestone was reached."""
         interval = self.options.manifest_interval
         last = 0.0
+        self._metadata_verified.wait()
         while not self._stop.is_set():
             self._manifest_dirty.wait()
             if self._stop.is_set():

@@ -181,7 +181,9 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
         planned, arrived = list(manifest["planned"]), set(manifest["arrived"])
     except (KeyError, TypeError) as error:
         raise ImageError(f"case {image.case}: unreadable manifest ({error})") from None
-    grids = [bytearray(BACKGROUND * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
+    # until the plan is final (the tissue is known) a shard not planned may still come: pending, not glass
+    unplanned = BACKGROUND if manifest.get("plan_final", True) else PENDING
+    grids = [bytearray(unplanned * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
     for key in planned:
         match = _SHARD_KEY.match(str(key).rpartition("image.zarr/")[2])
         if match is None:
