@@ -6,12 +6,16 @@ bench/make_large_slide.py), in one run per link:
                no tissue is readable before the last byte (the receiving side must still open or convert the file,
                which this baseline does not even count).
   slidestream  `slidestream send --edge --json`: edge triage, conversion and upload at once.
-A poller reads the server directly (not through the link) every 0.25 s and notes when the overview, the triage
-heatmap (triage.json) and all level-0 tissue became readable there, and how many bytes had arrived.
+  send         (with --plain-send) `slidestream send --json` without edge triage: the transfer alone.
+A poller reads the server directly (not through the link; every 50 ms until the overview, then every 0.25 s) and
+notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
+bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
+link (the best any protocol on top can do), so link use is reported against the nominal rate and that capacity.
 
     python bench/frozen_section.py                       # derived-large.svs over 5g and 4g, moto server
     python bench/frozen_section.py --profiles 5g --endpoint http://127.0.0.1:PORT   # e.g. the Ceph RGW of .ci/s3-server
     python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 4g
+    python bench/frozen_section.py --plain-send --endpoint "$SLIDESTREAM_TEST_S3_ENDPOINT"   # issue 4's figures too
 
 Writes bench/out/frozen_section.json and bench/out/frozen_section-<link>.png (bytes on the server over time, with
 the milestones of both), and prints the table with the targets: overview <= 1% of the baseline's upload time,
@@ -36,7 +40,7 @@ from urllib.parse import urlsplit
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from bench_send import OUT, empty_bucket, s3  # noqa: E402
-from measure_link import s3_endpoint  # noqa: E402
+from measure_link import echo_sink, measure_tcp, s3_endpoint  # noqa: E402
 from link import PROFILES, EmulatedLink  # noqa: E402
 
 LINK_SLOT = 9
@@ -55,10 +59,10 @@ def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
     s3(via).upload_file(str(slide), bucket, f"baseline/{slide.name}", Callback=sent)
     seconds = time.monotonic() - started
     return {"overview": seconds, "heatmap": seconds, "full_resolution": seconds, "complete": seconds,
-            "bytes_sent": slide.stat().st_size, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
+            "bytes_sent": slide.stat().st_size, "mbit_s": slide.stat().st_size * 8 / seconds / 1e6, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
 
 
-def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
+def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str, Any], stop: threading.Event, edge: bool) -> None:
     client = s3(endpoint)
     found["timeline"] = [(0.0, 0)]
     while not stop.is_set():
@@ -72,26 +76,26 @@ def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str,
             for name, key in (("overview", "overview"), ("full_resolution", "tissue_full_resolution")):
                 if name not in found and manifest["milestones"].get(key) is not None:
                     found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
-        if "heatmap" not in found:
+        if "heatmap" not in found and edge:
             try:
                 client.head_object(Bucket=bucket, Key=f"cases/{case}/triage.json")
                 found["heatmap"] = now
                 found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
             except client.exceptions.ClientError:
                 pass
-        time.sleep(0.25)
+        time.sleep(0.25 if "overview" in found else 0.05)
 
 
-def slidestream(slide: Path, endpoint: str, via: str, bucket: str) -> dict[str, Any]:
+def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True) -> dict[str, Any]:
     case = f"frozen-{uuid.uuid4().hex[:8]}"
     found: dict[str, Any] = {}
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as state:
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/cases", "--endpoint-url", via,
-                   "--case", case, "--state-dir", state, "--edge", "--json"]  # fmt: skip
+                   "--case", case, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop), daemon=True)
+        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge), daemon=True)
         poller.start()
         stdout, stderr = process.communicate()
         found["complete"] = time.monotonic() - started
@@ -102,6 +106,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str) -> dict[str, 
         raise SystemExit(f"slidestream send failed ({process.returncode}): {stderr.strip()}")
     summary = json.loads(stdout)
     found["bytes_sent"] = summary["bytes_sent"]
+    found["mbit_s"] = summary["bytes_sent"] * 8 / found["complete"] / 1e6
     found["summary"] = summary
     return found
 
@@ -135,32 +140,45 @@ def main() -> None:
     parser.add_argument("--slide", type=Path, default=OUT / "derived-large.svs")
     parser.add_argument("--profiles", nargs="+", default=["5g", "4g"], choices=sorted(PROFILES))
     parser.add_argument("--endpoint", help="S3 endpoint on this machine (default: start moto)")
+    parser.add_argument("--plain-send", action="store_true", help="also time `slidestream send` without edge triage (the transfer alone)")
     args = parser.parse_args()
     if not args.slide.exists():
         raise SystemExit(f"{args.slide}: missing (python bench/make_large_slide.py)")
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)  # moto accepts any; a given --endpoint uses the caller's credentials
     results = []
-    with s3_endpoint(args.endpoint) as endpoint:
+    with s3_endpoint(args.endpoint) as endpoint, echo_sink() as sink:
         bucket = f"frozen-{uuid.uuid4().hex[:8]}"
         s3(endpoint).create_bucket(Bucket=bucket)
         split = urlsplit(endpoint)
         for profile in args.profiles:
+            print(f"{profile}: link capacity (one bulk TCP stream) ...", file=sys.stderr, flush=True)
+            with EmulatedLink(profile, sink, slot=LINK_SLOT) as link:
+                capacity = measure_tcp((link.names.server_ip, link.port), megabytes=PROFILES[profile].up_mbit // 2)["tcp_mbit_s"]
+            runs: dict[str, dict[str, Any]] = {}
             with EmulatedLink(profile, (split.hostname or "127.0.0.1", split.port or 80), slot=LINK_SLOT) as link:
                 print(f"{profile}: baseline upload_file ...", file=sys.stderr, flush=True)
-                base = baseline(args.slide, link.endpoint_url, bucket)
+                runs["baseline"] = baseline(args.slide, link.endpoint_url, bucket)
                 empty_bucket(endpoint, bucket)
+                if args.plain_send:
+                    print(f"{profile}: slidestream send ...", file=sys.stderr, flush=True)
+                    runs["send"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket, edge=False)
+                    empty_bucket(endpoint, bucket)
                 print(f"{profile}: slidestream send --edge ...", file=sys.stderr, flush=True)
-                ours = slidestream(args.slide, endpoint, link.endpoint_url, bucket)
+                runs["slidestream"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket)
                 empty_bucket(endpoint, bucket)
-            result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "slide": args.slide.name,
-                      "source_bytes": args.slide.stat().st_size, "baseline": base, "slidestream": ours}  # fmt: skip
-            full = base["complete"]
+            result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "link_tcp_mbit": capacity, "slide": args.slide.name,
+                      "source_bytes": args.slide.stat().st_size, **runs}  # fmt: skip
+            full = runs["baseline"]["complete"]
+            ours = runs["slidestream"]
             result["targets"] = {
                 "overview_share_of_baseline": ours.get("overview", float("nan")) / full,
                 "heatmap_share_of_baseline": ours.get("heatmap", float("nan")) / full,
                 "full_resolution_share_of_baseline": ours.get("full_resolution", float("nan")) / full,
             }
+            for run in runs.values():
+                run["link_use"] = run["mbit_s"] / PROFILES[profile].up_mbit
+                run["link_use_of_tcp_capacity"] = run["mbit_s"] / capacity
             results.append(result)
             plot(result, OUT / f"frozen_section-{profile}.png")
             print_row(result)
@@ -169,17 +187,23 @@ def main() -> None:
 
 
 def print_row(result: dict[str, Any]) -> None:
-    base, ours, targets = result["baseline"], result["slidestream"], result["targets"]
+    targets = result["targets"]
 
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:7.1f} s"
 
-    print(f"{result['link']} ({result['slide']}, {result['source_bytes'] / 1e9:.2f} GB):")
-    print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s}")
-    for name, run in (("baseline", base), ("slidestream", ours)):
+    print(f"{result['link']} ({result['slide']}, {result['source_bytes'] / 1e9:.2f} GB; link {result['link_up_mbit']} Mbit/s nominal, "
+          f"{result['link_tcp_mbit']:.1f} Mbit/s for one bulk TCP stream):")  # fmt: skip
+    print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s} {'Mbit/s':>8s} "
+          f"{'of nominal':>10s} {'of TCP':>7s}")  # fmt: skip
+    for name in ("baseline", "send", "slidestream"):
+        if name not in result:
+            continue
+        run = result[name]
         print(f"  {name:12s} {fmt(run.get('overview')):>10s} {fmt(run.get('heatmap')):>10s} {fmt(run.get('full_resolution')):>16s} "
-              f"{fmt(run.get('complete')):>10s} {run['bytes_sent'] / 1e6:10.1f} MB")  # fmt: skip
-    print(f"  overview at {targets['overview_share_of_baseline']:.1%} of the baseline (target <= 1%), heatmap at "
+              f"{fmt(run.get('complete')):>10s} {run['bytes_sent'] / 1e6:10.1f} MB {run['mbit_s']:8.1f} {run['link_use']:10.1%} "
+              f"{run['link_use_of_tcp_capacity']:7.1%}")  # fmt: skip
+    print(f"  overview at {targets['overview_share_of_baseline']:.2%} of the baseline (target <= 1%), heatmap at "
           f"{targets['heatmap_share_of_baseline']:.1%} (<= 25%), full-resolution tissue at {targets['full_resolution_share_of_baseline']:.1%} (<= 100%)")  # fmt: skip
 
 
