@@ -191,11 +191,11 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             ca_bundle=args["ca_bundle"],
         )
         plan, produced, order = image_pieces(slide, args, dest.case)
+        # the first piece starts the shard builders (processes) on the overview: it builds while the client is made
+        # and the preflight request travels
+        pieces = chain([next(produced)], produced)
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
             sender = Sender(dest, journal, options, listener)
-            # the first piece starts the overview shards on the pool: they build while the preflight request travels
-            # (after the client's set-up, whose Python would hold the GIL that their many short C calls wait for)
-            pieces = chain([next(produced)], produced)
             sender.preflight()
             sender.begin(args)
             listener.start(len(plan.shards))
