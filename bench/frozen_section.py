@@ -13,12 +13,13 @@ bytes had arrived. Each link's capacity is measured in the same run: one bulk TC
 link (the best any protocol on top can do), so link use is reported against the nominal rate and that capacity.
 
     python bench/frozen_section.py                       # derived-large.svs over 5g and 4g, moto server
+    eval "$(.ci/s3-server start)"                        # or Ceph RGW (keep-alive, like AWS): the README's figures
     python bench/frozen_section.py --profiles 5g --endpoint http://127.0.0.1:PORT   # e.g. the Ceph RGW of .ci/s3-server
     python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 4g
     python bench/frozen_section.py --plain-send --endpoint "$SLIDESTREAM_TEST_S3_ENDPOINT"   # issue 4's figures too
 
-Writes bench/out/frozen_section.json and bench/out/frozen_section-<link>.png (bytes on the server over time, with
-the milestones of both), and prints the table with the targets: overview <= 1% of the baseline's upload time,
+Writes bench/out/frozen_section.json (every link of the run), frozen_section-<link>.json and frozen_section-<link>.png
+(bytes on the server over time, with the milestones of both), and prints the table with the targets: overview <= 1% of the baseline's upload time,
 heatmap <= 25%, all tissue at full resolution no later than the baseline.
 """
 
@@ -37,13 +38,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
+
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from bench_send import OUT, empty_bucket, s3  # noqa: E402
-from measure_link import echo_sink, measure_tcp, s3_endpoint  # noqa: E402
+from measure_link import OUT, echo_sink, empty_bucket, measure_tcp, s3_endpoint  # noqa: E402
+from measure_link import client as s3  # noqa: E402
 from link import PROFILES, EmulatedLink  # noqa: E402
 
 LINK_SLOT = 9
+SETTLE = 30  # seconds for the server to free deleted objects before the next link's runs
 
 
 def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
         with lock:
             timeline.append((time.monotonic() - started, timeline[-1][1] + count))
 
-    s3(via).upload_file(str(slide), bucket, f"baseline/{slide.name}", Callback=sent)
+    boto3.client("s3", endpoint_url=via).upload_file(str(slide), bucket, f"baseline/{slide.name}", Callback=sent)  # all defaults
     seconds = time.monotonic() - started
     return {"overview": seconds, "heatmap": seconds, "full_resolution": seconds, "complete": seconds,
             "bytes_sent": slide.stat().st_size, "mbit_s": slide.stat().st_size * 8 / seconds / 1e6, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
@@ -157,16 +161,17 @@ def main() -> None:
                 capacity = measure_tcp((link.names.server_ip, link.port), megabytes=PROFILES[profile].up_mbit // 2)["tcp_mbit_s"]
             runs: dict[str, dict[str, Any]] = {}
             with EmulatedLink(profile, (split.hostname or "127.0.0.1", split.port or 80), slot=LINK_SLOT) as link:
+                # objects are deleted only after the last run: a server freeing gigabytes (Ceph's garbage collection)
+                # would take the CPU from the next run on this machine, which a remote server never does
                 print(f"{profile}: baseline upload_file ...", file=sys.stderr, flush=True)
                 runs["baseline"] = baseline(args.slide, link.endpoint_url, bucket)
-                empty_bucket(endpoint, bucket)
                 if args.plain_send:
                     print(f"{profile}: slidestream send ...", file=sys.stderr, flush=True)
                     runs["send"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket, edge=False)
-                    empty_bucket(endpoint, bucket)
                 print(f"{profile}: slidestream send --edge ...", file=sys.stderr, flush=True)
                 runs["slidestream"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket)
-                empty_bucket(endpoint, bucket)
+            empty_bucket(endpoint, bucket)
+            time.sleep(SETTLE)
             result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "link_tcp_mbit": capacity, "slide": args.slide.name,
                       "source_bytes": args.slide.stat().st_size, **runs}  # fmt: skip
             full = runs["baseline"]["complete"]
@@ -180,6 +185,7 @@ def main() -> None:
                 run["link_use"] = run["mbit_s"] / PROFILES[profile].up_mbit
                 run["link_use_of_tcp_capacity"] = run["mbit_s"] / capacity
             results.append(result)
+            (OUT / f"frozen_section-{profile}.json").write_text(json.dumps(result, indent=2))
             plot(result, OUT / f"frozen_section-{profile}.png")
             print_row(result)
         s3(endpoint).delete_bucket(Bucket=bucket)
@@ -194,14 +200,15 @@ def print_row(result: dict[str, Any]) -> None:
 
     print(f"{result['link']} ({result['slide']}, {result['source_bytes'] / 1e9:.2f} GB; link {result['link_up_mbit']} Mbit/s nominal, "
           f"{result['link_tcp_mbit']:.1f} Mbit/s for one bulk TCP stream):")  # fmt: skip
-    print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s} {'Mbit/s':>8s} "
-          f"{'of nominal':>10s} {'of TCP':>7s}")  # fmt: skip
+    print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s} {'/source':>7s} "
+          f"{'Mbit/s':>8s} {'of nominal':>10s} {'of TCP':>7s}")  # fmt: skip
     for name in ("baseline", "send", "slidestream"):
         if name not in result:
             continue
         run = result[name]
         print(f"  {name:12s} {fmt(run.get('overview')):>10s} {fmt(run.get('heatmap')):>10s} {fmt(run.get('full_resolution')):>16s} "
-              f"{fmt(run.get('complete')):>10s} {run['bytes_sent'] / 1e6:10.1f} MB {run['mbit_s']:8.1f} {run['link_use']:10.1%} "
+              f"{fmt(run.get('complete')):>10s} {run['bytes_sent'] / 1e6:10.1f} MB {run['bytes_sent'] / result['source_bytes']:7.2f} "
+              f"{run['mbit_s']:8.1f} {run['link_use']:10.1%} "
               f"{run['link_use_of_tcp_capacity']:7.1%}")  # fmt: skip
     print(f"  overview at {targets['overview_share_of_baseline']:.2%} of the baseline (target <= 1%), heatmap at "
           f"{targets['heatmap_share_of_baseline']:.1%} (<= 25%), full-resolution tissue at {targets['full_resolution_share_of_baseline']:.1%} (<= 100%)")  # fmt: skip

@@ -65,6 +65,14 @@ def s3_endpoint(endpoint: str | None) -> Iterator[str]:
         server.wait(timeout=10)
 
 
+def empty_bucket(endpoint: str, bucket: str) -> None:
+    """Free the server's memory between runs (moto and Ceph's memstore keep objects in RAM)."""
+    s3 = client(endpoint)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+
+
 def client(endpoint: str):  # type: ignore[no-untyped-def]
     return boto3.client(
         "s3",
