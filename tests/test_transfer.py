@@ -23,12 +23,11 @@ import zarr
 from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 
 from slides import open_slide
-from slidestream.send import image_pieces
+from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
 from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, case_id_for, parse_destination, validate_case
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
 
-DEFAULTS: dict[str, Any] = {"quality": 90, "lossless": False, "keep_background": False, "keep_phi": False}
 MiB = 1 << 20
 
 
@@ -55,7 +54,7 @@ def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subpr
 @functools.cache
 def local_pieces(slide: Path, case: str, **options: Any) -> tuple[Piece, ...]:
     """What a send of `slide` uploads, produced here without any network (once per test session)."""
-    args = {**DEFAULTS, **options}
+    args = send_arguments(slide, "s3://unused/cases", None, **options)
     with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
         return tuple(image_pieces(opened, args, case)[1])
 
@@ -151,7 +150,7 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     slide_path = sample("TCGA-CR-7395-jp2k.svs")
     dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
-        _, produced, order = image_pieces(slide, {**DEFAULTS, "lossless": True}, dest.case)
+        _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.case)
         pieces = list(produced)
         Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(order, pieces)
     client = s3_server.client()

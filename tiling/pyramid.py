@@ -446,7 +446,7 @@ def _shard_pool(slide: Slide, workers: int) -> Executor:
     """Forked processes that open the slide themselves (a file handle is not shared); threads off Linux."""
     workers = max(1, workers)
     if not sys.platform.startswith("linux"):
-        return _ThreadShardPool(slide, workers)
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard", initializer=_set_worker_slide, initargs=(slide,))
     context = multiprocessing.get_context("fork")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_open_in_worker, initargs=(slide, os.getpid()))
 
@@ -471,14 +471,8 @@ def _tissue_in_worker() -> TissueMask:
     return detect_tissue(_worker_slide)
 
 
-class _ThreadShardPool(ThreadPoolExecutor):
-    """The same calls on threads, with the caller's slide."""
-
-    def __init__(self, slide: Slide, workers: int) -> None:
-        super().__init__(max_workers=workers, thread_name_prefix="shard", initializer=_set_worker_slide, initargs=(slide,))
-
-
 def _set_worker_slide(slide: Slide) -> None:
+    """Threads share the caller's slide."""
     global _worker_slide
     _worker_slide = slide
 
@@ -548,12 +542,6 @@ def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
             if level.complete or (plan.tissue is not None and plan.tissue.any_in(*_level0_box(level, x0, y0, x0 + c, y0 + c))):
                 wanted.append((i, j))
     return ShardJob(level, task, c, n, tuple(wanted), plan.options) if wanted else None
-
-
-def build_shard(slide: Slide, plan: PyramidPlan, task: ShardTask) -> bytes | None:
-    """The complete bytes of one shard object, or None when it holds no chunk worth writing (in this process)."""
-    job = shard_job(plan, task)
-    return None if job is None else job.build(slide)
 
 
 def encode_chunk(pixels: np.ndarray, options: ConvertOptions) -> bytes:

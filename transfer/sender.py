@@ -188,8 +188,8 @@ class Sender:
 
     # -- the send ------------------------------------------------------------------------------------------
     def begin(self, args: dict[str, Any]) -> None:
-        """Start the clock and register the send (with the arguments `resume` needs) before the slide is planned,
-        so milestones count from the user's command, tissue detection included."""
+        """Start the clock and register the send (with the arguments `resume` needs) before anything is uploaded:
+        milestones count from here."""
         self._start = time.monotonic()
         self._record = self.journal.begin(self.dest, args)
 
