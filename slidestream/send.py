@@ -177,11 +177,17 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
     """One send from its stored arguments (the same dict `resume` finds in the journal)."""
     from slides import open_slide
     from slidestream.edge import EdgeTriage
-    from transfer import Journal, Sender, SendOptions, case_id_for, default_state_dir, parse_destination
+    from transfer import Journal, case_id_for, default_state_dir, parse_destination
 
     slide_path = Path(args["slide"])
     with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:
         dest = parse_destination(args["destination"], args["case"] or case_id_for(slide_path), args["endpoint_url"])
+        plan, produced, order = image_pieces(slide, args, dest.case)
+        # the first piece starts the shard builders (processes) on the overview: it builds while boto3 is imported,
+        # the client is made and the preflight request travels
+        pieces = chain([next(produced)], produced)
+        from transfer import Sender, SendOptions
+
         options = SendOptions(
             concurrency=None if args["concurrency"] == "auto" else int(args["concurrency"]),
             max_rate_mbit=args["max_rate"],
@@ -190,10 +196,6 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             deadline=args["deadline"],
             ca_bundle=args["ca_bundle"],
         )
-        plan, produced, order = image_pieces(slide, args, dest.case)
-        # the first piece starts the shard builders (processes) on the overview: it builds while the client is made
-        # and the preflight request travels
-        pieces = chain([next(produced)], produced)
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
             sender = Sender(dest, journal, options, listener)
             sender.preflight()

@@ -1,4 +1,13 @@
-"""transfer: stream an image's pieces to S3-compatible storage as they are produced, verified, journaled, resumable."""
+"""transfer: stream an image's pieces to S3-compatible storage as they are produced, verified, journaled, resumable.
+
+The sender and what it needs (boto3: a third of a second to import) load on first use, so a send starts building
+its overview on the other cores while they import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from transfer.errors import (
     BucketNotFoundError,
@@ -12,8 +21,12 @@ from transfer.errors import (
 )
 from transfer.journal import Journal, SendRecord, default_state_dir
 from transfer.manifest import Arrivals
-from transfer.sender import Listener, Progress, Sender, SendOptions, SendResult
 from transfer.target import Destination, case_id_for, parse_destination, validate_case
+
+if TYPE_CHECKING:
+    from transfer.sender import Listener, Progress, Sender, SendOptions, SendResult
+
+_SENDER = frozenset({"Listener", "Progress", "Sender", "SendOptions", "SendResult"})
 
 __all__ = [
     "Arrivals",
@@ -38,3 +51,9 @@ __all__ = [
     "parse_destination",
     "validate_case",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SENDER:
+        return getattr(importlib.import_module("transfer.sender"), name)
+    raise AttributeError(f"module 'transfer' has no attribute {name!r}")
