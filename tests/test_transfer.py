@@ -146,13 +146,19 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
 
 
 def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Lossless shards of TCGA are 5-8 MB: above a 5 MiB threshold they travel as multipart uploads."""
+    """Lossless shards of TCGA are 5-8 MB: above a 5 MiB threshold they travel as multipart uploads. No request
+    waits for a `100 Continue` before its body (a round trip per object): whole objects and parts alike."""
     slide_path = sample("TCGA-CR-7395-jp2k.svs")
     dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
+    requests: list[tuple[str, str | None]] = []
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
         _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.case)
         pieces = list(produced)
-        Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB)).send(order, pieces)
+        sender = Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB))
+        sender.client.meta.events.register("before-send.s3", lambda request, **_: requests.append((request.url, request.headers.get("Expect"))))
+        sender.send(order, pieces)
+    assert any("partNumber=" in url for url, _ in requests) and any("partNumber=" not in url for url, _ in requests)
+    assert [url for url, expect in requests if expect is not None] == []
     client = s3_server.client()
     big = [piece for piece in pieces if len(piece.data) > 5 * MiB]
     assert big

@@ -51,7 +51,16 @@ def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if endpoint else None,
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, verify=ca_bundle, config=config)
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, verify=ca_bundle, config=config)
+    client.meta.events.register("before-send.s3", _send_body_at_once)
+    return client
+
+
+def _send_body_at_once(request: Any, **_: Any) -> None:
+    """Drop botocore's `Expect: 100-continue`: it holds every PUT's body back one round trip for the server's go-ahead
+    (20-50 ms on 5G and 4G, a sixth of a shard's time on the wire). What it saves is a body sent in vain when the
+    server rejects the request, and the preflight has shown that it accepts ours. The header is not signed."""
+    request.headers.pop("Expect", None)
 
 
 class TokenBucket:
