@@ -303,6 +303,7 @@ class Sender:
         if job.metadata:
             with self._state_lock:
                 self._metadata_pending += 1
+            self._start_workers(self._allowed())
         while True:
             self._raise_failure()
             try:
@@ -321,7 +322,15 @@ class Sender:
     def _set_concurrency(self, target: int) -> None:
         """Let `target` workers take jobs (starting threads as needed); the others idle after their current put."""
         self._active = max(1, min(target, MAX_CONCURRENCY))
-        while len(self._workers) < self._active:
+        self._start_workers(self._allowed())
+
+    def _allowed(self) -> int:
+        """Workers that may take a job now. With auto concurrency each metadata object not verified yet adds one:
+        they are a few hundred bytes each, and the overview shards behind them should not wait a round trip."""
+        return self._active + (self._metadata_pending if self.options.concurrency is None else 0)
+
+    def _start_workers(self, count: int) -> None:
+        while len(self._workers) < count:
             index = len(self._workers)
             thread = threading.Thread(target=self._work, args=(index,), name=f"upload-{index}", daemon=True)
             self._workers.append(thread)
@@ -329,7 +338,7 @@ class Sender:
 
     def _work(self, index: int) -> None:
         while not self._stop.is_set():
-            if index >= self._active:
+            if index >= self._allowed():
                 self._stop.wait(0.1)
                 continue
             try:
