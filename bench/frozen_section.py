@@ -7,7 +7,7 @@ bench/make_large_slide.py), in one run per link:
                which this baseline does not even count).
   slidestream  `slidestream send --edge --json`: edge triage, conversion and upload at once.
   send         (with --plain-send) `slidestream send --json` without edge triage: the transfer alone.
-A poller reads the server directly (not through the link; every 50 ms until the overview, then every 0.25 s) and
+A poller reads the server directly (not through the link; every 10 ms until the overview, then every 0.25 s) and
 notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
 bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
 link (the best any protocol on top can do), so link use is reported against the nominal rate and that capacity.
@@ -87,7 +87,7 @@ def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str,
                 found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
             except client.exceptions.ClientError:
                 pass
-        time.sleep(0.25 if "overview" in found else 0.05)
+        time.sleep(0.25 if "overview" in found else 0.01)
 
 
 def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True) -> dict[str, Any]:
