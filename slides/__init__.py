@@ -2,6 +2,7 @@
 
 from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
 from slides.slide import Level, RawTile, Slide, open_slide
+from slides.written import fully_written
 
 __all__ = [
     "CorruptSlideError",
@@ -11,5 +12,6 @@ __all__ = [
     "SlideNotFoundError",
     "SlidestreamError",
     "UnsupportedSlideError",
+    "fully_written",
     "open_slide",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import imagecodecs
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import tifffile
 
 from conftest import ALL_SAMPLES, OPENSLIDE_SAMPLES, sample
-from slides import CorruptSlideError, UnsupportedSlideError, open_slide
+from slides import CorruptSlideError, UnsupportedSlideError, fully_written, open_slide
 
 
 @pytest.mark.parametrize("name", OPENSLIDE_SAMPLES)
@@ -209,3 +210,21 @@ def test_info_json_has_the_documented_keys(name: str) -> None:
             "raw_tiles": summary["levels"][0]["raw_tiles"],
         }
     assert "label" not in summary["associated_images"] and "macro" not in summary["associated_images"]
+
+
+@pytest.mark.parametrize("name", [name for name in ALL_SAMPLES if not name.endswith(".dcm")] + ["synthetic-boxes.tiff"])
+def test_a_tiff_slide_is_whole_only_with_its_last_byte(name: str, tmp_path: Path) -> None:
+    """What `watch` trusts to send a slide the moment a scanner finishes it: any cut, even of the last byte alone
+    (a tag value there), reads as not written yet."""
+    data = sample(name).read_bytes()
+    assert fully_written(sample(name)) is True
+    for cut in [1, 8, len(data) // 10, len(data) // 2, len(data) * 9 // 10, len(data) - 1]:
+        partial = tmp_path / f"{cut}-{name}"
+        partial.write_bytes(data[:cut])
+        assert fully_written(partial) is False, f"{name} cut at {cut} of {len(data)} bytes"
+
+
+def test_whole_means_nothing_for_formats_of_several_files(tmp_path: Path) -> None:
+    assert fully_written(sample("camelyon-lymphnode.dcm")) is None
+    (tmp_path / "slide.mrxs").write_text("[GENERAL]\n")
+    assert fully_written(tmp_path / "slide.mrxs") is None
