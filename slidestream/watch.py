@@ -1,8 +1,11 @@
 """`slidestream watch`: the technician's hot folder. Scanners drop slides in; each is sent once, when complete.
 
-A slide counts as complete when its files have not changed for `--settle` seconds and no local process still has
-one open for writing (scanners that write over a network share are covered by the settle time alone). Multi-file
-slides travel as one unit: an MRXS file with its companion folder, and a folder of DICOM files (one series).
+A slide counts as complete when no local process still has one of its files open for writing, and either its own
+structure proves it whole (a TIFF-family file: every directory and tile it points to is there, see
+`slides.fully_written`) and it did not change between two looks, or its files have not changed for `--settle`
+seconds (MRXS, DICOM, and anything whose structure cannot tell; scanners that write over a network share have no
+local writer to see). A frozen section thus starts within a poll of its last byte instead of seconds later.
+Multi-file slides travel as one unit: an MRXS file with its companion folder, and a folder of DICOM files (one series).
 A slide that cannot be read is moved to `failed/` beside a `.reason.txt`; a network failure leaves it in place to be
 retried; a restart resumes interrupted sends through the transfer journal (nothing verified is sent twice).
 """
@@ -23,7 +26,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slides import SlidestreamError
+from slides import SlidestreamError, fully_written
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -89,7 +92,8 @@ class HotFolder:
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}
 
     def ready(self, now: float, skip: set[Path]) -> list[SlideUnit]:
-        """Slides that stopped changing `settle` seconds ago, are not open for writing and were not sent yet."""
+        """Slides not sent yet, not open for writing, and unchanged since the last look when their structure proves
+        them whole, or for `settle` seconds when it cannot."""
         ready = []
         for unit in find_units(self.folder):
             signature = unit.signature()
@@ -98,7 +102,7 @@ class HotFolder:
             previous = self._seen.get(unit.path)
             if previous is None or previous[0] != signature:
                 self._seen[unit.path] = (signature, now)
-            elif now - previous[1] >= self.settle and not open_for_writing(set(unit.files)):
+            elif (now - previous[1] >= self.settle or fully_written(unit.path)) and not open_for_writing(set(unit.files)):
                 ready.append(unit)
         return ready
 
@@ -141,7 +145,7 @@ def watch_folder(
     state_dir: Path,
     settle: float,
     once: bool,
-    poll: float = 1.0,
+    poll: float = 0.25,
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
@@ -175,7 +179,9 @@ def watch(
     folder: Annotated[Path, typer.Argument(help="The hot folder the scanner writes into.", file_okay=False, exists=True)],
     destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/CASE/.")],
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
-    settle: Annotated[float, typer.Option("--settle", min=0, help="Seconds a slide must stay unchanged before it is sent.")] = 10,
+    settle: Annotated[
+        float, typer.Option("--settle", min=0, help="Seconds a slide must stay unchanged before it is sent, unless its structure proves it whole (TIFF family).")
+    ] = 10,
     once: Annotated[bool, typer.Option("--once", help="Send what is in the folder now, then exit (for cron and tests).")] = False,
     concurrency: Annotated[str, typer.Option("--concurrency", help="Uploads in flight: 1-32 or 'auto'.")] = "auto",
     max_rate: Annotated[float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s.")] = None,
@@ -187,6 +193,7 @@ def watch(
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/."""
     from slidestream.send import run_send, send_arguments
+    import transfer.sender  # noqa: F401 - boto3 loads now (a third of a second), not while a frozen section waits
     from transfer import default_state_dir
 
     state = state_dir or default_state_dir()

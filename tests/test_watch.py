@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import sample
+from transfer import case_id_for
 
 
 def _watch(hot: Path, s3_server, bucket: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -64,6 +65,35 @@ def test_slide_copied_slowly_is_sent_once_after_it_is_complete(tmp_path: Path, s
     again = subprocess.run(_watch(hot, s3_server, s3_bucket, state, "--once", "--settle", "0.5"), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert len([line for line in _log(state) if " SENT " in line]) == 1, "a slide already sent is not sent again"
+
+
+def test_slide_written_without_a_visible_writer_is_sent_once_its_structure_is_whole(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+    """A scanner on a network share shows no local writer: its slide is sent as soon as the TIFF structure is whole,
+    long before the settle time, and never while it is not (the pauses between its writes leave it unchanged for
+    several looks)."""
+    hot, state = tmp_path / "hot", tmp_path / "state"
+    hot.mkdir()
+    source, target = sample("CMU-1-Small-Region.svs"), hot / "S26-00124.svs"
+    data = source.read_bytes()
+    step = -(-len(data) // 8)
+
+    def append_in_pieces() -> None:  # each piece opened and closed again, as a share's writes arrive
+        for start in range(step, len(data), step):
+            time.sleep(0.6)
+            with target.open("ab") as handle:
+                handle.write(data[start : start + step])
+
+    target.write_bytes(data[:step])
+    writer = threading.Thread(target=append_in_pieces)
+    writer.start()
+    result = subprocess.run(_watch(hot, s3_server, s3_bucket, state, "--once", "--settle", "600"), capture_output=True, text=True, timeout=180)
+    writer.join()
+    assert result.returncode == 0, result.stderr
+    sent = [line for line in _log(state) if " SENT " in line]
+    assert len(sent) == 1 and "S26-00124.svs" in sent[0], _log(state)
+    manifests = _manifests(s3_server, s3_bucket)
+    assert len(manifests) == 1 and manifests[0]["complete"] is True
+    assert manifests[0]["case"] == case_id_for(source), "the case ID comes from the content: the whole file was read"
 
 
 def test_corrupt_slide_is_moved_aside_with_its_reason(tmp_path: Path, s3_server, s3_bucket: str) -> None:
