@@ -7,6 +7,8 @@ bench/make_large_slide.py), in one run per link:
                which this baseline does not even count).
   slidestream  `slidestream send --edge --json`: edge triage, conversion and upload at once.
   send         (with --plain-send) `slidestream send --json` without edge triage: the transfer alone.
+  watch        (with --watch) a `slidestream watch` already running, as on a technician's station: timed from the
+               moment the slide is complete in its hot folder (renamed from a temporary name, as scanners finish).
 A poller reads the server directly (not through the link; every 10 ms until the overview, then every 0.25 s) and
 notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
 bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,8 @@ def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str,
             manifest = None
         if manifest:
             found["timeline"].append((now, manifest["bytes_sent"]))
+            if manifest["complete"] and "complete" not in found:
+                found["complete"], found["bytes_sent"] = now, manifest["bytes_sent"]
             for name, key in (("overview", "overview"), ("full_resolution", "tissue_full_resolution")):
                 if name not in found and manifest["milestones"].get(key) is not None:
                     found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
@@ -115,6 +120,43 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
     return found
 
 
+def watched(slide: Path, endpoint: str, via: str, bucket: str, timeout: float) -> dict[str, Any]:
+    """A technician's station: `slidestream watch` (edge triage on, its default) already runs when the scanner
+    finishes. The slide is staged in the hot folder under a temporary name, which watch ignores, and the clock starts
+    when it is renamed to its own name: the moment a scanner that writes `.part` files completes one."""
+    from transfer import case_id_for
+
+    case = case_id_for(slide)
+    found: dict[str, Any] = {}
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory(dir=slide.parent) as folder, tempfile.TemporaryDirectory() as state:
+        hot = Path(folder)
+        staged = hot / f"{slide.name}.part"
+        try:
+            os.link(slide, staged)  # same file system: no copy of 1.6 GB
+        except OSError:
+            shutil.copyfile(slide, staged)
+        command = [sys.executable, "-m", "slidestream", "watch", str(hot), f"s3://{bucket}/cases", "--endpoint-url", via, "--state-dir", state]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        process.stderr.readline()  # "watching ...": its imports are done
+        time.sleep(2)  # and it has looked at the folder a few times
+        started = time.monotonic()
+        staged.rename(hot / slide.name)
+        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, True), daemon=True)
+        poller.start()
+        while "complete" not in found and time.monotonic() - started < timeout and process.poll() is None:
+            time.sleep(0.25)
+        stop.set()
+        poller.join()
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    if "complete" not in found:
+        raise SystemExit(f"slidestream watch did not complete the slide in {timeout:.0f} s: {stderr.strip()[-2000:]}")
+    found["mbit_s"] = found["bytes_sent"] * 8 / found["complete"] / 1e6
+    return found
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -122,7 +164,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    for name, colour in (("baseline", "tab:grey"), ("slidestream", "tab:blue")):
+    for name, colour in (("baseline", "tab:grey"), ("slidestream", "tab:blue"), ("watch", "tab:green")):
+        if name not in result:
+            continue
         run = result[name]
         xs, ys = zip(*run["timeline"])
         axes.plot(xs, [y / 1e6 for y in ys], color=colour, label=f"{name} (MB on the server)")
@@ -145,6 +189,7 @@ def main() -> None:
     parser.add_argument("--profiles", nargs="+", default=["5g", "4g"], choices=sorted(PROFILES))
     parser.add_argument("--endpoint", help="S3 endpoint on this machine (default: start moto)")
     parser.add_argument("--plain-send", action="store_true", help="also time `slidestream send` without edge triage (the transfer alone)")
+    parser.add_argument("--watch", action="store_true", help="also time a running `slidestream watch`, from the moment the slide is complete in its hot folder")
     args = parser.parse_args()
     if not args.slide.exists():
         raise SystemExit(f"{args.slide}: missing (python bench/make_large_slide.py)")
@@ -170,6 +215,9 @@ def main() -> None:
                     runs["send"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket, edge=False)
                 print(f"{profile}: slidestream send --edge ...", file=sys.stderr, flush=True)
                 runs["slidestream"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket)
+                if args.watch:
+                    print(f"{profile}: slidestream watch (running before the slide is complete) ...", file=sys.stderr, flush=True)
+                    runs["watch"] = watched(args.slide, endpoint, link.endpoint_url, bucket, timeout=3 * runs["baseline"]["complete"])
             empty_bucket(endpoint, bucket)
             time.sleep(SETTLE)
             result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "link_tcp_mbit": capacity, "slide": args.slide.name,
@@ -181,6 +229,8 @@ def main() -> None:
                 "heatmap_share_of_baseline": ours.get("heatmap", float("nan")) / full,
                 "full_resolution_share_of_baseline": ours.get("full_resolution", float("nan")) / full,
             }
+            if "watch" in runs:
+                result["targets"]["watch_overview_share_of_baseline"] = runs["watch"].get("overview", float("nan")) / full
             for run in runs.values():
                 run["link_use"] = run["mbit_s"] / PROFILES[profile].up_mbit
                 run["link_use_of_tcp_capacity"] = run["mbit_s"] / capacity
@@ -202,7 +252,7 @@ def print_row(result: dict[str, Any]) -> None:
           f"{result['link_tcp_mbit']:.1f} Mbit/s for one bulk TCP stream):")  # fmt: skip
     print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s} {'/source':>7s} "
           f"{'Mbit/s':>8s} {'of nominal':>10s} {'of TCP':>7s}")  # fmt: skip
-    for name in ("baseline", "send", "slidestream"):
+    for name in ("baseline", "send", "slidestream", "watch"):
         if name not in result:
             continue
         run = result[name]
