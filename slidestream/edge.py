@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from tiling import SendOrder
+from tiling import SendOrder, die_with_parent
 from transfer import Destination
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ class EdgeTriage:
         factor = 2 ** max(1, math.ceil(math.log2(math.sqrt(max(tissue_tiles, 1) / COARSE_TILES))))
         options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False, batch=BATCH)
         try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 heatmap = pool.submit(triage, str(self._slide), self._case, self._endpoint, options).result()
         except (SlidestreamError, BrokenProcessPool) as error:
             self._console.print(f"edge triage unavailable: {error or 'its process died'}", markup=False, highlight=False)

@@ -266,6 +266,41 @@ def test_kill_9_at_random_points_then_resume_completes_byte_identical(s3_server,
     assert slidestream("resume", "--state-dir", state).stderr.strip() == "nothing to resume"
 
 
+def test_a_send_stopped_by_sigterm_during_edge_triage_leaves_no_process_behind(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`kill` (SIGTERM) of a send, or of a watch, while its triage process works: that process ends with it instead
+    of holding the CPU and the send's output pipes (communicate() would wait for it)."""
+    args = ["send", sample("TCGA-CR-7395-jp2k.svs"), *send_args(s3_server, s3_bucket, tmp_path / "state", "--edge", "--max-rate", 2)]
+    process = start_slidestream(*args)
+    deadline = time.monotonic() + 120
+    triage = None
+    while triage is None:
+        assert process.poll() is None and time.monotonic() < deadline, "the triage process never started"
+        triage = next((pid for pid in children(process.pid) if "spawn_main" in cmdline(pid)), None)
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{triage}").exists() and "spawn_main" in cmdline(triage):
+        assert time.monotonic() < deadline, "the triage process outlived the send"
+        time.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 # -- link loss -------------------------------------------------------------------------------------------------
 def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
     case, state = CASE, tmp_path / "state"

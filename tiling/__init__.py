@@ -2,7 +2,7 @@
 
 from tiling.local import OutputError, write_pieces
 from tiling.pieces import Piece, PieceKind
-from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, SendOrder, ShardTask, plan_pyramid, produce
+from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, SendOrder, ShardTask, die_with_parent, plan_pyramid, produce
 from tiling.tissue import TissueMask, detect_tissue
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ShardTask",
     "TissueMask",
     "detect_tissue",
+    "die_with_parent",
     "plan_pyramid",
     "produce",
     "write_pieces",

@@ -451,13 +451,23 @@ def _shard_pool(slide: Slide, workers: int) -> Executor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_open_in_worker, initargs=(slide, os.getpid()))
 
 
-def _open_in_worker(slide: Slide, parent: int) -> None:
-    global _worker_slide
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
-    # a parent killed with -9 cannot shut the pool down: the kernel ends the workers with it
+def die_with_parent(parent: int) -> None:
+    """Make this worker process (a shard builder, the edge triage) end with the send that started it (Linux).
+
+    Ctrl-C is the parent's to handle: it shuts its pools down. A parent killed with -9 or SIGTERM cannot, so the
+    kernel ends the workers with it; they would otherwise keep the CPU, and the parent's output pipes, for minutes.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
+        return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
+
+
+def _open_in_worker(slide: Slide, parent: int) -> None:
+    global _worker_slide
+    die_with_parent(parent)
     _worker_slide = open_slide(slide.path)
 
 
