@@ -193,6 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.slide.exists():
         raise SystemExit(f"{args.slide}: missing (python bench/make_large_slide.py)")
+    OUT.mkdir(parents=True, exist_ok=True)
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)  # moto accepts any; a given --endpoint uses the caller's credentials
     results = []
