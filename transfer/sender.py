@@ -303,7 +303,7 @@ class Sender:
         if job.metadata:
             with self._state_lock:
                 self._metadata_pending += 1
-            self._start_workers(self._allowed())
+            self._start_workers()
         while True:
             self._raise_failure()
             try:
@@ -322,19 +322,21 @@ class Sender:
     def _set_concurrency(self, target: int) -> None:
         """Let `target` workers take jobs (starting threads as needed); the others idle after their current put."""
         self._active = max(1, min(target, MAX_CONCURRENCY))
-        self._start_workers(self._allowed())
+        self._start_workers()
 
     def _allowed(self) -> int:
         """Workers that may take a job now. With auto concurrency each metadata object not verified yet adds one:
         they are a few hundred bytes each, and the overview shards behind them should not wait a round trip."""
         return self._active + (self._metadata_pending if self.options.concurrency is None else 0)
 
-    def _start_workers(self, count: int) -> None:
-        while len(self._workers) < count:
-            index = len(self._workers)
-            thread = threading.Thread(target=self._work, args=(index,), name=f"upload-{index}", daemon=True)
-            self._workers.append(thread)
-            thread.start()
+    def _start_workers(self) -> None:
+        """Threads up to the allowed count. Locked: the main thread (metadata) and the monitor (sizing) both call it."""
+        with self._state_lock:
+            while len(self._workers) < self._allowed():
+                index = len(self._workers)
+                thread = threading.Thread(target=self._work, args=(index,), name=f"upload-{index}", daemon=True)
+                self._workers.append(thread)
+                thread.start()
 
     def _work(self, index: int) -> None:
         while not self._stop.is_set():
