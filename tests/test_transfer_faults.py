@@ -417,6 +417,24 @@ def test_wrong_credentials(strict_server, s3_bucket, used_journal) -> None:  # t
     assert journal_dump(used_journal) == before
 
 
+def test_each_send_takes_the_credentials_of_its_time(s3_server, s3_bucket, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A hot folder runs for months while keys get rotated: clients share the parsed API, never the credentials."""
+    from botocore.exceptions import ClientError
+
+    from transfer.network import make_client
+
+    if s3_server.name.startswith("moto"):
+        pytest.skip("moto accepts any key")
+    before = make_client(s3_server.endpoint_url)
+    before.list_objects_v2(Bucket=s3_bucket, MaxKeys=1)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAROTATEDROTATED01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-key-that-was-revoked")
+    with pytest.raises(ClientError) as refused:
+        make_client(s3_server.endpoint_url).list_objects_v2(Bucket=s3_bucket, MaxKeys=1)
+    assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    before.list_objects_v2(Bucket=s3_bucket, MaxKeys=1)  # a send under way keeps the keys it started with
+
+
 def test_unknown_bucket(s3_server, used_journal) -> None:  # type: ignore[no-untyped-def]
     before = journal_dump(used_journal)
     result = slidestream(

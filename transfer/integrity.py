@@ -12,8 +12,6 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-from s3transfer.utils import ChunksizeAdjuster
-
 from transfer.errors import IntegrityError
 
 
@@ -63,6 +61,8 @@ def expected_multipart(data: bytes, part_size: int) -> Expected:
 
     The part size is the one s3transfer will really use (it grows the configured size past 10,000 parts).
     """
+    from s3transfer.utils import ChunksizeAdjuster  # imported with the multipart upload, not at start-up
+
     size = ChunksizeAdjuster().adjust_chunksize(part_size, len(data))
     parts = [data[offset : offset + size] for offset in range(0, len(data), size)]
     md5s = b"".join(hashlib.md5(part).digest() for part in parts)

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -51,9 +51,23 @@ def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if endpoint else None,
     )
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, verify=ca_bundle, config=config)
+    client = _session().create_client("s3", endpoint_url=endpoint, verify=ca_bundle, config=config)
     client.meta.events.register("before-send.s3", _send_body_at_once)
     return client
+
+
+_models: list[Any] = []  # botocore's loader of API descriptions, once loaded
+
+
+def _session() -> botocore.session.Session:
+    """A fresh botocore session (credentials are looked up anew for every send: keys get rotated under a hot folder
+    that runs for months) sharing the API descriptions already parsed, which would cost each slide 0.1 s."""
+    session = botocore.session.get_session()
+    if _models:
+        session.register_component("data_loader", _models[0])
+    else:
+        _models.append(session.get_component("data_loader"))
+    return session
 
 
 def _send_body_at_once(request: Any, **_: Any) -> None:

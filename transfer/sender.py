@@ -19,10 +19,9 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
-from s3transfer.manager import TransferConfig, TransferManager
 
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder
@@ -32,6 +31,9 @@ from transfer.journal import Journal, SendRecord
 from transfer.manifest import OVERVIEW, Arrivals
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
+
+if TYPE_CHECKING:
+    from s3transfer.manager import TransferManager
 
 MiB = 1 << 20
 AUTO_START = 8  # puts in flight before anything is measured: metadata and overview go in about one round trip
@@ -472,6 +474,8 @@ class Sender:
         if self.options.sse == "aws:kms":
             extra["ChecksumAlgorithm"] = "SHA256"
         if self._transfers is None:
+            from s3transfer.manager import TransferConfig, TransferManager  # only large objects need it: 50 ms of start-up
+
             size = self.options.multipart_threshold
             config = TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_request_concurrency=4)
             self._transfers = TransferManager(self.client, config)
