@@ -88,11 +88,13 @@ def sha256(data: bytes) -> str:
 
 
 def s3_group(server: S3Server, url: str) -> zarr.Group:
-    """The image as any zarr reader sees it on S3 (s3fs), bypassing slidestream entirely."""
+    """The image as any zarr reader sees it on S3 (s3fs), bypassing slidestream entirely.
+
+    A fresh file system each time: fsspec otherwise hands back an earlier test's cached one, with its event loop and
+    pooled connections (suspected in a one-off 16 s first read after the server restarted)."""
     pytest.importorskip("s3fs")
-    store = zarr.storage.FsspecStore.from_url(
-        url, storage_options={"endpoint_url": server.endpoint_url, "use_listings_cache": False}, read_only=True
-    )
+    options = {"endpoint_url": server.endpoint_url, "use_listings_cache": False, "skip_instance_cache": True}
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=True)
     return zarr.open_group(store, mode="r")
 
 
