@@ -28,6 +28,7 @@ from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
 from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, case_id_for, parse_destination, validate_case
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
+from transfer.sender import typical_size
 
 MiB = 1 << 20
 
@@ -258,6 +259,14 @@ def test_manifest_of_a_deferred_plan_says_not_final_until_the_tissue_is_known() 
     after = arrivals.document()
     assert after["plan_final"] is True and after["planned"] == [task.key for task in full.shards]
     assert set(after["arrived"]) == set(overview)
+
+
+def test_auto_concurrency_sizes_by_the_objects_that_carry_the_bytes() -> None:
+    """The opening of a send, a dozen zarr.json of ~600 bytes and small overview shards beside 1 MB shards, sizes the
+    puts in flight as 1 MB objects: by count it looked like a stream of tiny objects with room for 32 puts."""
+    opening = [600] * 12 + [40_000] * 8 + [1_100_000] * 16
+    assert 1_000_000 < typical_size(opening) <= 1_100_000
+    assert typical_size([1_100_000] * 64) == 1_100_000 and typical_size([]) == 0
 
 
 def test_case_id_comes_from_content_not_the_file_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
