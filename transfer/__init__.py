@@ -1,6 +1,6 @@
 """transfer: stream an image's pieces to S3-compatible storage as they are produced, verified, journaled, resumable.
 
-The sender and what it needs (boto3: a third of a second to import) load on first use, so a send starts building
+The sender and what it needs (botocore: a quarter of a second to import) load on first use, so a send starts building
 its overview on the other cores while they import.
 """
 

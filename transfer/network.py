@@ -36,7 +36,7 @@ TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "ServiceUnavailable", "Internal
 
 
 def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
-    """A boto3 S3 client for any S3-compatible server, credentials from the standard AWS chain.
+    """An S3 client (botocore's, as boto3 makes) for any S3-compatible server, credentials from the standard AWS chain.
 
     We retry ourselves (with a deadline the user sets), so botocore makes one attempt per call. We send Content-MD5
     and SHA-256 ourselves, so botocore's own flexible checksums (which older Ceph and MinIO reject) stay off.
