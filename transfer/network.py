@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import statistics
 import threading
@@ -56,18 +57,18 @@ def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
     return client
 
 
-_models: list[Any] = []  # botocore's loader of API descriptions, once loaded
-
-
 def _session() -> botocore.session.Session:
     """A fresh botocore session (credentials are looked up anew for every send: keys get rotated under a hot folder
     that runs for months) sharing the API descriptions already parsed, which would cost each slide 0.1 s."""
     session = botocore.session.get_session()
-    if _models:
-        session.register_component("data_loader", _models[0])
-    else:
-        _models.append(session.get_component("data_loader"))
+    session.register_component("data_loader", _api_descriptions())
     return session
+
+
+@functools.cache
+def _api_descriptions() -> Any:
+    """botocore's loader of API descriptions, kept for the process: it caches what it has parsed."""
+    return botocore.session.get_session().get_component("data_loader")
 
 
 def _send_body_at_once(request: Any, **_: Any) -> None:

@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -474,7 +474,7 @@ class Sender:
         if self.options.sse == "aws:kms":
             extra["ChecksumAlgorithm"] = "SHA256"
         if self._transfers is None:
-            from s3transfer.manager import TransferConfig, TransferManager  # only large objects need it: 50 ms of start-up
+            from s3transfer.manager import TransferConfig, TransferManager  # only large objects need it: 22 ms of start-up
 
             size = self.options.multipart_threshold
             config = TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_request_concurrency=4)
@@ -597,7 +597,7 @@ class Sender:
             self._set_concurrency(min(target, 2 + math.ceil(rate * IN_FLIGHT_SECONDS / size)))
 
 
-def typical_size(sizes: Iterable[int]) -> float:
+def typical_size(sizes: Collection[int]) -> float:
     """The size of the object an average byte travels in (sum of squares over sum): what sizes the bytes in flight.
 
     A send opens with a dozen zarr.json of a few hundred bytes and small overview shards beside its first 1 MB ones;
