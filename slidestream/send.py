@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from slides import Slide
     from tiling import Piece, PyramidPlan, SendOrder
     from transfer import Progress as SendProgress
-    from transfer import SendResult
+    from transfer import SendRecord, SendResult
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -122,10 +122,27 @@ def resume(
         except SlidestreamError as error:  # report it and go on with the next case
             stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
             failure = failure or error
+            give_up(record, error, state_dir)
     if as_json:
         stdout.print_json(json.dumps(summaries))
     if failure is not None:
         raise typer.Exit(getattr(failure, "exit_code", 2))
+
+
+def give_up(record: SendRecord, error: SlidestreamError, state_dir: Path | None) -> None:
+    """A resumed send that failed for good before its sender could retract it (its slide is gone or unreadable now):
+    retract it here, so the store says failed and the next `resume` does not fail on it again."""
+    from transfer import Journal, default_state_dir
+    from transfer.sender import Sender, SendOptions, resumable
+
+    if resumable(error):
+        return
+    with Journal(state_dir or default_state_dir()) as journal:
+        current = journal.send(record.destination)
+        if current is None or current.finished_at is not None:
+            return  # the sender retracted it already
+        options = SendOptions(deadline=min(float(record.args.get("deadline", 600.0)), 60.0), ca_bundle=record.args.get("ca_bundle"))
+        Sender(record.destination, journal, options).retract(str(error))
 
 
 def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
@@ -198,11 +215,13 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
         )
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
             sender = Sender(dest, journal, options, listener)
-            sender.preflight()
+            sender.preflight(args)  # a link that is down: journaled, waits until --deadline
             sender.begin(args)
             listener.start(len(plan.shards))
             edge = EdgeTriage(slide_path, dest, order, stderr).start() if args.get("edge") else None
             listener.on_overview = edge.overview_sent if edge else None
+            if edge is not None and "overview" in sender.milestones:
+                edge.overview_sent()  # a resend: the overview is on the server already
             result = sender.send(order, pieces)
             if edge is not None:
                 result.milestones["heatmap"] = edge.join()

@@ -89,14 +89,22 @@ def sha256(data: bytes) -> str:
 
 
 def s3_group(server: S3Server, url: str) -> zarr.Group:
-    """The image as any zarr reader sees it on S3 (s3fs), bypassing slidestream entirely.
+    """The image as any zarr reader sees it on S3 (zarr's ObjectStore over obstore), bypassing slidestream entirely.
 
-    A fresh file system each time: fsspec otherwise hands back an earlier test's cached one, with its event loop and
-    pooled connections (suspected in a one-off 16 s first read after the server restarted)."""
-    pytest.importorskip("s3fs")
-    options = {"endpoint_url": server.endpoint_url, "use_listings_cache": False, "skip_instance_cache": True}
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=True)
-    return zarr.open_group(store, mode="r")
+    A fresh client each time, with the credentials from the environment, so no earlier test's connections are reused."""
+    from obstore.store import S3Store
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    client = S3Store(
+        bucket,
+        prefix=prefix,
+        endpoint=server.endpoint_url,
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        client_options={"allow_http": True},
+    )
+    return zarr.open_group(zarr.storage.ObjectStore(client, read_only=True), mode="r")
 
 
 def assert_same_image(remote: zarr.Group, local: zarr.Group) -> None:
@@ -131,7 +139,7 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     assert Path(name).stem.encode() not in on_server[f"cases/{case}/image.zarr/zarr.json"]  # no file name in the image
 
     shards = [piece.key for piece in pieces if piece.kind is PieceKind.SHARD]
-    assert manifest["format"] == "slidestream-manifest/1" and manifest["complete"] is True
+    assert manifest["format"] == "slidestream-manifest/2" and manifest["state"] == "complete" and manifest["complete"] is True
     assert manifest["planned"] == manifest["arrived"] == shards
     assert manifest["bytes_sent"] == sum(len(piece.data) for piece in pieces)
     assert 0 < manifest["milestones"]["overview"] <= manifest["milestones"]["tissue_full_resolution"]
@@ -144,10 +152,27 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
 
     if not rerun:
         return
+    # a rerun of the finished send: everything is skipped, and the manifest is never written (the bucket keeps
+    # every version of it from here on: one, the complete one, means no incomplete one came in between)
+    client, key = s3_server.client(), f"cases/{case}/manifest.json"
+    client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    before = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     again = slidestream("send", sample(name), *send_args(s3_server, s3_bucket, state, "--json"))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["objects"] == 0 and json.loads(again.stdout)["objects_skipped"] == len(pieces)
     assert server_objects(s3_server, s3_bucket, f"cases/{case}/image.zarr/") == expected
+    assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == before
+    assert len(client.list_object_versions(Bucket=s3_bucket, Prefix=key).get("Versions", [])) == 1
+
+    # a resend that does upload something (the journal lost a shard) keeps the clock of the first send
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        db.execute("DELETE FROM objects WHERE key=?", (shards[-1],))
+    third = slidestream("send", sample(name), *send_args(s3_server, s3_bucket, state, "--json"))
+    assert third.returncode == 0, third.stderr
+    assert json.loads(third.stdout)["objects"] == 1
+    resent = json.loads(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert resent["state"] == "complete" and resent["started_at"] == manifest["started_at"]
+    assert resent["milestones"] == manifest["milestones"]
 
 
 def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -57,7 +57,12 @@ class SendRecord:
     started_at: str
     finished_at: str | None
     milestones: dict[str, float]
-    error: str | None
+    error: str | None  # why the last run stopped; with `finished_at`, why the send was given up
+
+    @property
+    def failed(self) -> bool:
+        """Given up for good (a corrupt slide, ...): `resume` skips it, and its objects were deleted."""
+        return self.finished_at is not None and self.error is not None
 
 
 class Journal:
@@ -117,10 +122,12 @@ class Journal:
 
     # -- sends ---------------------------------------------------------------------------------------------
     def begin(self, dest: Destination, args: dict[str, Any]) -> SendRecord:
-        """Register a send (or continue the unfinished one to the same place); returns its record."""
+        """Register a send, or continue the earlier one to the same place: an interrupted one, or a finished one
+        sent again, keeps its `started_at` and milestones (the frozen-section clock never restarts on a resend; the
+        sender calls `restart` when the image turns out to differ). After a send that was given up, a new clock."""
         previous = self.send(dest)
         now = utc_now()
-        keep = previous is not None and previous.finished_at is None
+        keep = previous is not None and not previous.failed
         started = previous.started_at if keep and previous else now
         milestones = previous.milestones if keep and previous else {}
         with self._transaction() as db:
@@ -140,13 +147,26 @@ class Journal:
             if finished:
                 db.execute("UPDATE sends SET finished_at=? WHERE " + _WHERE, (utc_now(), *_where(dest)))
 
+    def restart(self, dest: Destination) -> str:
+        """The send carries another image than the earlier one to this place (a rescan): a new clock; returns it."""
+        now = utc_now()
+        with self._transaction() as db:
+            db.execute("UPDATE sends SET started_at=?, updated_at=?, milestones='{}' WHERE " + _WHERE, (now, now, *_where(dest)))
+        return now
+
+    def fail(self, dest: Destination, reason: str) -> None:
+        """The send was given up and its objects deleted: never resume it, and forget what the server held."""
+        with self._transaction() as db:
+            db.execute("UPDATE sends SET updated_at=?, finished_at=?, error=? WHERE " + _WHERE, (utc_now(), utc_now(), reason, *_where(dest)))
+            db.execute("DELETE FROM objects WHERE " + _WHERE, _where(dest))
+
     def send(self, dest: Destination) -> SendRecord | None:
         with self._transaction() as db:
             row = db.execute("SELECT * FROM sends WHERE " + _WHERE, _where(dest)).fetchone()
         return _record(row) if row else None
 
     def unfinished(self) -> list[SendRecord]:
-        """Sends that never completed, oldest first: what `slidestream resume` picks up."""
+        """Sends that neither completed nor were given up, oldest first: what `slidestream resume` picks up."""
         with self._transaction() as db:
             rows = db.execute("SELECT * FROM sends WHERE finished_at IS NULL ORDER BY started_at").fetchall()
         return [_record(row) for row in rows]

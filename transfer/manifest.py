@@ -5,6 +5,12 @@ The manifest can: a shard key in `planned` but not in `arrived` has not arrived;
 not planned at all holds no tissue (its chunks read as glass). While `plan_final` is false (the overview is sent
 before the tissue is known), any shard not arrived may still come. `arrived` only ever lists shards whose bytes the
 server verifiably holds.
+
+`state` says what the case is: "sending" (more may come; also after a lost link, until `resume` finishes it),
+"complete" (every object verified) or "failed" (the send was given up for a reason no retry cures, a corrupt slide
+or a server that keeps corrupting an object; its image objects were deleted and `failed` gives the one-line
+reason). The sender writes the manifest before any object of the image, so an image a slidestream send wrote never
+exists without one. `slidestream-manifest/1` had no `state`: `case_state` reads both.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
 from transfer.target import IMAGE
 
-FORMAT = "slidestream-manifest/1"
+FORMAT = "slidestream-manifest/2"
+SENDING, COMPLETE, FAILED = "sending", "complete", "failed"
 OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
 FULL_RESOLUTION = "tissue_full_resolution"  # every tissue shard of level 0 arrived (and the overview)
 
@@ -131,7 +138,7 @@ class Arrivals:
             return len(self._arrived), len(self._planned)
 
     def document(self, complete: bool = False) -> dict:  # type: ignore[type-arg]
-        """The manifest's content right now."""
+        """The manifest's content right now (state "sending", or "complete")."""
         with self._lock:
             planned = list(self._planned)
             levels: dict[int, dict[str, int | bool]] = {}
@@ -147,6 +154,7 @@ class Arrivals:
                 "image": IMAGE,
                 "started_at": self.started_at,
                 "updated_at": utc_now(),
+                "state": COMPLETE if complete else SENDING,
                 "complete": complete,
                 "plan_final": self._settled,
                 "planned": planned,
@@ -158,3 +166,47 @@ class Arrivals:
 
     def to_json(self, complete: bool = False) -> bytes:
         return json.dumps(self.document(complete), indent=1).encode()
+
+    def restart(self, started_at: str) -> None:
+        """The image differs from the one the journal knew (a rescan under the same case ID): a new send's clock."""
+        with self._lock:
+            self.started_at = started_at
+            self._started = datetime.fromisoformat(started_at).timestamp()
+            self.milestones = {}
+            self._arrived.clear()
+            self._assumed = {}
+
+
+def failed_document(case: str, started_at: str, reason: str) -> bytes:
+    """The manifest of a send given up: nothing of its image is left to read, and the reason says why."""
+    document = {
+        "format": FORMAT,
+        "case": case,
+        "image": IMAGE,
+        "started_at": started_at,
+        "updated_at": utc_now(),
+        "state": FAILED,
+        "complete": False,
+        "failed": reason,
+        "plan_final": True,
+        "planned": [],
+        "arrived": [],
+        "levels": [],
+        "milestones": {},
+        "bytes_sent": 0,
+    }
+    return json.dumps(document, indent=1).encode()
+
+
+def case_state(manifest: dict | None) -> tuple[str, str | None]:  # type: ignore[type-arg]
+    """(state, failure reason) of a manifest of either format; no manifest (an image written by another tool, or a
+    local conversion) counts as complete."""
+    if manifest is None:
+        return COMPLETE, None
+    state = manifest.get("state")
+    if state == FAILED:
+        reason = manifest.get("failed")
+        return FAILED, str(reason) if reason else "the send failed"
+    if state in (SENDING, COMPLETE):
+        return str(state), None
+    return (COMPLETE if manifest.get("complete") is True else SENDING), None  # slidestream-manifest/1

@@ -1,15 +1,24 @@
 """Upload pieces while they are produced: bounded queue, N verified puts in flight, journal, manifest, deadline.
 
-Order of events for one image: preflight (credentials, bucket, reachability), metadata objects, then shards in
-send order; shards do not wait for the metadata, but no manifest is written before every metadata object is
-verified (a reader opens the image once the manifest exists). The manifest is rewritten at most once per
-`manifest_interval` (and at once at each milestone and when a level completes), and last with `complete: true`,
-written only after every object was verified.
+Order of events for one image: preflight (credentials, bucket, reachability; a link that is down waits, journaled,
+until the deadline), a first manifest (state "sending") before any other object, so no reader ever finds an image
+of ours without one, then metadata objects, then shards in send order. Shards do not wait for the metadata; the
+manifest is next rewritten once every metadata object is verified, then at most once per `manifest_interval` (and at
+once at each milestone and when a level completes), and last with `complete: true`, written only after every object
+was verified. A rerun that finds everything verified already leaves the complete manifest as it is.
+
+How a send ends, for readers and for `resume` (one place: `Sender.send`):
+- verified: manifest "complete", journal finished;
+- the network (or credentials, the bucket, the journal: things a later `resume` can get past): the partial image
+  and a "sending" manifest stay (true: the rest is still to come), the journal keeps the send for `resume`;
+- anything else (a corrupt slide, a server that keeps corrupting an object, a refused object): retracted. The
+  manifest says "failed" with the reason, the image objects are deleted, and the journal marks the send given up.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import queue
 import random
@@ -25,10 +34,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder
-from transfer.errors import IntegrityError, NetworkDeadlineError, TransferError
+from transfer.errors import BucketNotFoundError, CredentialsError, IntegrityError, JournalError, NetworkDeadlineError, NetworkError, TransferError
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
-from transfer.journal import Journal, SendRecord
-from transfer.manifest import OVERVIEW, Arrivals
+from transfer.journal import Journal, SendRecord, utc_now
+from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
 
@@ -40,6 +49,18 @@ AUTO_START = 8  # puts in flight before anything is measured: metadata and overv
 IN_FLIGHT_SECONDS = 1.0  # auto concurrency keeps at most this much link time in flight beyond two objects
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 20.0  # seconds, full jitter: link loss
 RESEND_BASE = 0.1  # seconds: a corrupted object is sent again almost at once (nothing to wait out)
+RETRACT_WAIT = 30.0  # seconds a retraction waits for puts still in flight (a late put must not land after a delete)
+
+
+def resumable(error: BaseException) -> bool:
+    """Whether a send stopped by `error` should wait for `resume` (True) or be given up and retracted (False).
+
+    The network, credentials, the bucket and the journal get fixed and a resume continues; a corrupt slide, an
+    object the server keeps corrupting or refuses fail again on every try. A kill or Ctrl-C is resumable too.
+    """
+    if not isinstance(error, SlidestreamError):
+        return True
+    return isinstance(error, (NetworkError, CredentialsError, BucketNotFoundError, JournalError))
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,10 @@ class Sender:
         self._workers: list[threading.Thread] = []
         self._active = 0  # workers allowed to take jobs (auto concurrency moves it both ways)
         self._outage_since: float | None = None
+        self._last_ok = 0.0  # when a request last reached the server: an outage starts no earlier
+        self._network_error: BaseException | None = None  # the last request that failed for the network
+        self._opened = threading.Event()  # this run wrote its first manifest: it is about to write image objects
+        self._written: set[str] = set()  # image keys this run put (or tried to)
         self._state_lock = threading.Lock()
         self._sizes: deque[int] = deque(maxlen=64)
         self._uploaded = self._skipped = self._retries = 0
@@ -165,16 +190,35 @@ class Sender:
         self._overview_published = threading.Event()  # a manifest with the overview milestone is on the server
 
     # -- before anything is produced -----------------------------------------------------------------------
-    def preflight(self) -> None:
+    def preflight(self, args: dict[str, Any] | None = None) -> None:
         """Fail in a second, not after a conversion: credentials, bucket and endpoint, in one request.
 
-        A LIST needs s3:ListBucket, which a write-only uploader role may lack: AccessDenied here is not fatal.
+        A LIST needs s3:ListBucket, which a write-only uploader role may lack: AccessDenied here is not fatal. A link
+        that is down is no reason to give up: the send is journaled (with `args`) at the first failure and the
+        request retried until `deadline`, as when the link drops mid-way; past it, `resume` sends it later.
         """
-        try:
-            self.client.list_objects_v2(Bucket=self.dest.bucket, Prefix=self.dest.root, MaxKeys=1)
-        except (BotoCoreError, ClientError) as error:
-            if error_code(error) != "AccessDenied":
-                raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{self.dest.root}") from None
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                self.client.list_objects_v2(Bucket=self.dest.bucket, Prefix=self.dest.root, MaxKeys=1)
+            except (BotoCoreError, ClientError) as error:
+                if error_code(error) != "AccessDenied":
+                    if not is_transient(error):
+                        raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{self.dest.root}") from None
+                    if args is not None:
+                        self.begin(args)
+                    try:
+                        self._network_down(error, started)
+                    except NetworkDeadlineError as gave_up:
+                        if self._record is not None:
+                            self._record_error(str(gave_up))
+                        raise
+                    self._backoff(attempt, BACKOFF_BASE)
+                    attempt += 1
+                    continue
+            self._network_ok()
+            return
 
     def _abort_stale_uploads(self) -> None:
         """Multipart uploads of this case still open once every object is verified were left by a killed run:
@@ -191,14 +235,23 @@ class Sender:
     # -- the send ------------------------------------------------------------------------------------------
     def begin(self, args: dict[str, Any]) -> None:
         """Start the clock and register the send (with the arguments `resume` needs) before anything is uploaded:
-        milestones count from here."""
-        self._start = time.monotonic()
-        self._record = self.journal.begin(self.dest, args)
+        milestones count from here (a resend keeps the first send's clock, see `Journal.begin`). Once only."""
+        if self._record is None:
+            self._start = time.monotonic()
+            self._record = self.journal.begin(self.dest, args)
+
+    @property
+    def milestones(self) -> dict[str, float]:
+        """Milestones reached so far, by this run or (same image) an earlier one."""
+        if self._arrivals is not None:
+            return dict(self._arrivals.milestones)
+        return dict(self._record.milestones) if self._record else {}
 
     def send(self, order: SendOrder, pieces: Iterable[Piece]) -> SendResult:
         """Upload every piece (skipping those the journal proves are there); returns once all are verified.
 
-        `order` is the plan `pieces` come from: a plan made before the tissue was known settles mid-stream.
+        `order` is the plan `pieces` come from: a plan made before the tissue was known settles mid-stream. A failure
+        that no retry cures retracts what the send wrote (see the module's docstring) and is raised.
         """
         if self._record is None:
             self.begin({})
@@ -212,8 +265,9 @@ class Sender:
                    threading.Thread(target=self._guard(self._publish_loop), name="manifest", daemon=True)]  # fmt: skip
         for thread in helpers:
             thread.start()
+        failure: BaseException | None = None
         try:
-            metadata_unchanged = True
+            metadata_unchanged, restarted = True, False
             for piece in pieces:
                 self._raise_failure()
                 if order.plan is not plan:
@@ -225,7 +279,8 @@ class Sender:
                     if not self._metadata_listed:
                         self._metadata_queued(known if metadata_unchanged else {})
                     arrivals.produced(piece.key)
-                if known.get(piece.key, ("",))[0] == digest.sha256_hex:
+                previous = known.get(piece.key)
+                if previous is not None and previous[0] == digest.sha256_hex:
                     self._skipped += 1
                     self._arrived(piece.key, digest.size)
                     continue
@@ -233,8 +288,13 @@ class Sender:
                     arrivals.revoke(piece.key)
                 else:
                     metadata_unchanged = False
+                    if previous is not None and not restarted:
+                        self._new_image()
+                        restarted = True
+                self._open()
+                self._written.add(piece.key)
                 self._enqueue(_Job(piece, digest, metadata=not self._metadata_listed))
-                if not self._overview_published.is_set() and arrivals.overview_produced():
+                if not self._overview_published.is_set() and arrivals.overview_produced() and self._opened.is_set():
                     self._await_overview()
             if not self._metadata_listed:
                 self._metadata_queued({})
@@ -242,25 +302,30 @@ class Sender:
                 self._announce(name)
             self._drain()
             self._abort_stale_uploads()
-            self._publish(complete=True)
-            self.journal.update(self.dest, milestones=arrivals.milestones, finished=True)
+            self._finish()
         except BaseException as error:
+            failure = error
             self._stop.set()
-            if isinstance(error, SlidestreamError):
+            if isinstance(error, SlidestreamError) and resumable(error):
                 self._record_error(str(error))
             raise
         finally:
             self._stop.set()
             self._manifest_dirty.set()
             self._metadata_verified.set()
-            until = time.monotonic() + 5  # a worker stuck in a put is a daemon: do not wait for it forever
+            self._opened.set()
+            retracting = failure is not None and not resumable(failure)
+            # a worker stuck in a put is a daemon: do not wait for it forever (but a retraction must outlast it)
+            until = time.monotonic() + (RETRACT_WAIT if retracting else 5)
             for thread in [*self._workers, *helpers]:
                 thread.join(timeout=max(0.0, until - time.monotonic()))
             if self._transfers is not None:
-                self._transfers.shutdown(cancel=self._failure is not None)
+                self._transfers.shutdown(cancel=self._failure is not None or failure is not None)
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
+            if retracting:
+                self.retract(str(failure))
         return SendResult(
             self.dest.case,
             self.dest.url,
@@ -273,6 +338,64 @@ class Sender:
             self._retries,
             self._active,
         )
+
+    def _open(self) -> None:
+        """Before this run's first image object: a manifest that says "sending" (so an image we write is never
+        without one; a rerun that finds everything verified never gets here and leaves a complete manifest alone)."""
+        if not self._opened.is_set():
+            self._publish()
+            self._opened.set()
+
+    def _new_image(self) -> None:
+        """A metadata object differs from the one the journal verified: another image for this case (a rescan, or
+        other options), so its clock starts now. Objects with the same key and bytes as before are still skipped."""
+        assert self._arrivals is not None
+        self._arrivals.restart(self.journal.restart(self.dest))
+
+    def _finish(self) -> None:
+        """The complete manifest, then the journal's finish. A run that uploaded nothing leaves a complete manifest
+        of the same send as it is: rewriting it would only change `updated_at` under the readers' feet."""
+        assert self._arrivals is not None
+        if self._opened.is_set() or not self._complete_on_server():
+            self._publish(complete=True)
+        self.journal.update(self.dest, milestones=self._arrivals.milestones, finished=True)
+
+    def _complete_on_server(self) -> bool:
+        assert self._arrivals is not None
+        try:
+            body = self.client.get_object(Bucket=self.dest.bucket, Key=self.dest.manifest_key)["Body"].read()
+            manifest = json.loads(body)
+        except (BotoCoreError, ClientError, ValueError):
+            return False
+        if not isinstance(manifest, dict) or case_state(manifest)[0] != COMPLETE:
+            return False
+        ours = self._arrivals.document(complete=True)
+        same = [set(manifest.get(name) or ()) == set(ours[name]) for name in ("planned", "arrived")]  # edge triage reorders
+        return manifest.get("started_at") == ours["started_at"] and all(same)
+
+    def retract(self, reason: str) -> None:
+        """Give the send up for good: first a manifest that says "failed" (readers stop at once), then the image
+        objects go (every key the journal or this run knows: no LIST permission needed), then the journal marks
+        the send failed so `resume` skips it. Best effort: if the server cannot be reached, the journal keeps the
+        send unfinished, and the next try (which fails the same way) retracts again."""
+        record = self._record or self.journal.send(self.dest)
+        started = record.started_at if record else utc_now()
+        document = failed_document(self.dest.case, started, reason)
+        keys = sorted({*self.journal.verified(self.dest), *self._written})
+        try:
+            with self._manifest_lock:
+                self._manifest_final = True  # no periodic write may follow
+                self._put_verified(self.dest.manifest_key, document, Digest.of(document), "application/json", "no-cache", interrupt=threading.Event())
+            for first in range(0, len(keys), 1000):
+                batch = [{"Key": self.dest.image_key(key)} for key in keys[first : first + 1000]]
+                answer = self.client.delete_objects(Bucket=self.dest.bucket, Delete={"Objects": batch, "Quiet": True})
+                if answer.get("Errors"):
+                    error = answer["Errors"][0]
+                    raise TransferError(f"cannot delete {error.get('Key')}: {error.get('Code')}")
+            self._abort_stale_uploads()
+            self.journal.fail(self.dest, reason)
+        except (SlidestreamError, BotoCoreError, ClientError):
+            self._record_error(reason)  # the send's own error is the one to report; a resume retracts again
 
     def _await_overview(self) -> None:
         """Hold production until readers can see the overview: what comes next (tissue detection, its imports,
@@ -404,12 +527,17 @@ class Sender:
         self._manifest_dirty.set()
         self._report()
 
-    def _put_verified(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None = None) -> str:
-        """Put until the server's answer proves it holds exactly `data`; retry the network until the deadline."""
+    def _put_verified(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None = None,
+                      interrupt: threading.Event | None = None) -> str:
+        """Put until the server's answer proves it holds exactly `data`; retry the network until the deadline.
+
+        `interrupt` (default: the send's stop) ends the waits between tries; a retraction passes its own.
+        """
         attempt = corrupted = 0
         while True:
-            if self._stop.is_set() and self._failure is not None:
+            if interrupt is None and self._stop.is_set() and self._failure is not None:
                 raise TransferError("send stopped")  # another worker failed; its error is the one reported
+            started = time.monotonic()
             try:
                 if digest.size > self.options.multipart_threshold:
                     etag = self._put_multipart(key, data, content_type, cache_control)
@@ -423,8 +551,8 @@ class Sender:
                 if is_corruption(error):
                     corrupted, reason = corrupted + 1, f"{key}: server reported {error_code(error)}"
                 elif is_transient(error):
-                    self._network_down(error)
-                    self._backoff(attempt, BACKOFF_BASE)
+                    self._network_down(error, started)
+                    self._backoff(attempt, BACKOFF_BASE, interrupt)
                     attempt += 1
                     continue
                 else:
@@ -437,7 +565,7 @@ class Sender:
                 self._retries += 1
             if corrupted > self.options.integrity_retries:
                 raise IntegrityError(f"{reason} ({corrupted} attempts); the object is not recorded as sent")
-            self._backoff(corrupted - 1, RESEND_BASE)
+            self._backoff(corrupted - 1, RESEND_BASE, interrupt)
 
     def _extra(self, content_type: str, cache_control: str | None) -> dict[str, str]:
         extra = {"ContentType": content_type}
@@ -488,30 +616,42 @@ class Sender:
     def _network_ok(self) -> None:
         with self._state_lock:
             self._outage_since = None
+            self._last_ok = time.monotonic()
 
-    def _network_down(self, error: BaseException) -> None:
-        """Note the failure; past the deadline the send stops with what the journal holds."""
+    def _network_down(self, error: BaseException, started: float) -> None:
+        """Note a request that failed for the network; past the deadline the send stops with what the journal holds.
+
+        The outage counts from when the failing request was started (a connect or read timeout is part of it), but
+        not from before the last request that got through."""
         now = time.monotonic()
         with self._state_lock:
             if self._outage_since is None:
-                self._outage_since = now
-            down = now - self._outage_since
+                self._outage_since = max(started, self._last_ok)
+            self._network_error = error
         self._report()
-        if down >= self.options.deadline:
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        """Raise once the link has been down for the deadline (the monitor calls this too, so requests that hang
+        in a dead link do not hold the send past it)."""
+        with self._state_lock:
+            since, error = self._outage_since, self._network_error
+        down = time.monotonic() - since if since is not None else 0.0
+        if since is not None and down >= self.options.deadline:
             server = self.dest.endpoint or "AWS S3"
-            reason = describe(error)
+            reason = describe(error) if error is not None else "no answer"
             raise NetworkDeadlineError(
                 f"no working connection to {server} for {down:.0f} s (--deadline {self.options.deadline:g}; last: {reason}); "
                 "`slidestream resume` continues where this stopped"
             )
 
-    def _backoff(self, attempt: int, base: float) -> None:
+    def _backoff(self, attempt: int, base: float, interrupt: threading.Event | None = None) -> None:
         """Exponential backoff with full jitter, never sleeping past the deadline."""
         delay = random.uniform(0, min(BACKOFF_CAP, base * 2**attempt))
         with self._state_lock:
             if self._outage_since is not None:
                 delay = min(delay, max(0.0, self._outage_since + self.options.deadline - time.monotonic()))
-        self._stop.wait(delay)
+        (interrupt or self._stop).wait(delay)
 
     # -- manifest ------------------------------------------------------------------------------------------
     def _publish(self, complete: bool = False) -> None:
@@ -536,6 +676,7 @@ class Sender:
         """Rewrite the manifest when something arrived, at most once per interval unless a milestone was reached."""
         interval = self.options.manifest_interval
         last = 0.0
+        self._opened.wait()  # nothing to tell readers until this run writes something
         self._metadata_verified.wait()
         while not self._stop.is_set():
             self._manifest_dirty.wait()
@@ -556,9 +697,9 @@ class Sender:
 
     # -- progress and auto concurrency ---------------------------------------------------------------------
     def _report(self) -> None:
-        if self.listener is None or self._arrivals is None:
+        if self.listener is None:
             return
-        done, planned = self._arrivals.counts
+        done, planned = self._arrivals.counts if self._arrivals is not None else (0, 0)
         rate = self.meter.rate()
         with self._state_lock:
             waiting = self._outage_since is not None
@@ -583,6 +724,7 @@ class Sender:
         while not self._stop.wait(0.5):
             tick += 1
             self._report()
+            self._check_deadline()
             if self.options.concurrency is not None or tick % 4 or self._queue.qsize() == 0:
                 continue
             rtt, rate = self.meter.rtt(), self.meter.rate(2.0)
