@@ -19,3 +19,9 @@ class UnsupportedSlideError(SlidestreamError, ValueError):
 
 class CorruptSlideError(SlidestreamError, OSError):
     """The slide opened, but some of its image data cannot be read."""
+
+
+def printable(text: str) -> str:
+    """`text` safe to print or write as UTF-8: a file name that is not valid UTF-8 reaches Python with surrogate
+    escapes (os.fsdecode), which would make every print or log write fail; they become visible \\udcXX escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -9,6 +9,7 @@ to stop changing costs seconds of a frozen section's 30 minutes.
 from __future__ import annotations
 
 import logging
+import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,22 @@ def fully_written(path: Path) -> bool | None:
     """True when the directory chain ends inside the file and every tile and tag value it lists lies inside the file;
     False when not (still being written, or truncated); None where the structure cannot tell: formats of several
     files (MRXS, DICOM series, VMS)."""
-    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+    try:
+        if path.suffix.lower() not in TIFF_SUFFIXES or not stat.S_ISREG(path.stat().st_mode):
+            return None
+    except OSError:  # vanished, a link loop, unreadable: nothing to tell (the reader reports it)
         return None
-    with _tifffile_complaints() as complaints:
-        try:
-            with tifffile.TiffFile(path) as tiff:
-                complete = _chain_ends(tiff) and _data_inside(tiff)
-        except Exception:  # noqa: BLE001 - a half-written structure can fail to parse in any way: not complete yet
-            return False
+    try:
+        with tifffile_complaints() as complaints, tifffile.TiffFile(path) as tiff:
+            complete = tiff_structure_whole(tiff)
+    except Exception:  # noqa: BLE001 - a half-written (or vanished, or hostile) file can fail in any way: not complete
+        return False
     return complete and not complaints
+
+
+def tiff_structure_whole(tiff: tifffile.TiffFile) -> bool:
+    """Whether the directory chain ends inside the file and every tile and tag value it lists lies inside it."""
+    return _chain_ends(tiff) and _data_inside(tiff)
 
 
 def _data_inside(tiff: tifffile.TiffFile) -> bool:
@@ -62,9 +70,10 @@ def _chain_ends(tiff: tifffile.TiffFile) -> bool:
 
 
 @contextmanager
-def _tifffile_complaints() -> Iterator[list[logging.LogRecord]]:
+def tifffile_complaints() -> Iterator[list[logging.LogRecord]]:
     """What tifffile logs while parsing: it skips a tag whose value lies past the end with an error message rather
-    than an exception. Collected here instead of printed (a file half written is expected, not an error)."""
+    than an exception. Collected here instead of printed (a file half written is expected, not an error; a slide
+    that is opened with complaints is damaged, see `open_slide`)."""
     logger = logging.getLogger("tifffile")
     complaints: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)

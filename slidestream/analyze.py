@@ -34,6 +34,9 @@ def analyze(
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
 ) -> None:
     """Heatmap, triage score and QC for each slide or case; skips those whose results already exist."""
+    from transfer.target import parse_endpoint
+
+    parse_endpoint(endpoint_url)  # before torch loads and before obstore sees it (a malformed one panics there)
     import torch
 
     from inference import AnalyzeOptions, ModelRef, analyze_batch

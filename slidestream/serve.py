@@ -40,6 +40,7 @@ def serve(
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
+    _check_store(store, endpoint_url)
     storage = open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
     app = create_app(storage, Tokens(load_secret(secret_file)), lifetime)
@@ -62,6 +63,15 @@ def serve(
     for case in cases:
         stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _check_store(store: str, endpoint_url: str | None) -> None:
+    """Malformed URLs are one line here: obstore would answer them with a Rust panic."""
+    from transfer.target import parse_endpoint, parse_store_url
+
+    if store.startswith("s3://"):
+        parse_store_url(store)
+        parse_endpoint(endpoint_url)
 
 
 class ServeError(SlidestreamError, OSError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,13 @@ class Destination:
 
 
 def parse_destination(url: str, case: str, endpoint: str | None = None) -> Destination:
-    """Split s3://BUCKET/PREFIX and check the bucket name and case ID before anything is sent."""
+    """Split s3://BUCKET/PREFIX and check the endpoint, bucket name and case ID before anything is sent."""
+    bucket, prefix = parse_store_url(url)
+    return Destination(parse_endpoint(endpoint), bucket, prefix, validate_case(case))
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://BUCKET/PREFIX, with S3's bucket naming rules and no empty, '.' or '..' parts."""
     match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
     if not match:
         raise DestinationError(f"{url}: not an S3 URL (expected s3://BUCKET/PREFIX)")
@@ -58,7 +66,30 @@ def parse_destination(url: str, case: str, endpoint: str | None = None) -> Desti
         raise DestinationError(f"{url}: {bucket!r} is not a valid S3 bucket name")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         raise DestinationError(f"{url}: the prefix must not contain empty, '.' or '..' parts")
-    return Destination(endpoint, bucket, prefix, validate_case(case))
+    return bucket, prefix
+
+
+def parse_endpoint(endpoint: str | None) -> str | None:
+    """The one check of an S3 endpoint URL (--endpoint-url, or $AWS_ENDPOINT_URL when it is None, which boto3 and
+    obstore read themselves) before any client sees it: http or https, a host, an optional port, nothing else.
+    botocore answers a malformed one with a page of traceback and obstore with a Rust panic. Returns `endpoint`."""
+    value = endpoint if endpoint is not None else os.environ.get("AWS_ENDPOINT_URL")
+    if value is None:
+        return None
+    where = "--endpoint-url" if endpoint is not None else "AWS_ENDPOINT_URL"
+    expected = f"{where} {value!r} is not an endpoint URL (expected http(s)://HOST[:PORT])"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # raises for a port that is no number or out of range
+    except ValueError as error:
+        raise DestinationError(f"{expected}: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query or parts.fragment:
+        raise DestinationError(expected)
+    if parts.username is not None or parts.password is not None:
+        raise DestinationError(f"{where}: credentials do not belong in the endpoint URL; use the AWS credential chain")
+    if port == 0:
+        raise DestinationError(f"{expected}: port 0")
+    return endpoint
 
 
 def validate_case(case: str) -> str:
