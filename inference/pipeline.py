@@ -24,7 +24,7 @@ import numpy as np
 from inference.errors import InferenceError
 from inference.heatmap import Heatmap, write_results
 from inference.scoring import ModelRef, Runner, TileResults
-from inference.sources import SlideRef, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
+from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
 
@@ -74,8 +74,11 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles planned so far)
 Update = Callable[[Heatmap], None]
 
 
-def plan_heatmap(source: Source, options: AnalyzeOptions) -> Heatmap:
-    """An empty heatmap on the model's grid: tile side = model input at the model's mpp, in level-0 pixels."""
+def plan_heatmap(source: Source, options: AnalyzeOptions, name: str | None = None) -> Heatmap:
+    """An empty heatmap on the model's grid: tile side = model input at the model's mpp, in level-0 pixels.
+
+    `name` is what its results call the source (default: the source's name, fine for a case on the store).
+    """
     spec = options.model.spec
     mpp = source.mpp or spec.mpp
     tile = spec.input_size * spec.mpp / mpp
@@ -84,19 +87,21 @@ def plan_heatmap(source: Source, options: AnalyzeOptions) -> Heatmap:
                              f"(made for {spec.mpp:g} um/px; would need {spec.input_size / tile:.0f}x upsampling)")
     grid = TileGrid(tile, *source.dimensions)
     tissue = tissue_coverage(source.tissue(), grid) >= options.min_tissue
-    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, source.name)
+    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, name or source.name)
 
 
 def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Location | None = None,
                   options: AnalyzeOptions = AnalyzeOptions(), *, runner: Runner | None = None,
-                  on_progress: Progress | None = None, on_update: Update | None = None) -> Heatmap:
+                  on_progress: Progress | None = None, on_update: Update | None = None, name: str | None = None) -> Heatmap:
     """Heatmap of a slide file; with `out` (a case folder, local or s3://) also write heatmap.zarr and triage.json.
 
-    `on_update` sees the heatmap after the coarse pass (coarse mode) and when it is complete.
+    `on_update` sees the heatmap after the coarse pass (coarse mode) and when it is complete. The results call the
+    slide `name` (a send passes its case ID), by default the de-identified slide's own name: never the file name,
+    which may hold an accession number or the patient's name.
     """
     ref = SlideRef.of(path)
-    source = open_source(ref)
-    heatmap = plan_heatmap(source, options)
+    source = cast(SlideSource, open_source(ref))
+    heatmap = plan_heatmap(source, options, name or source.slide.name)
     location = out if isinstance(out, Location) or out is None else Location.parse(out)
 
     def publish(current: Heatmap) -> None:

@@ -2,12 +2,17 @@
 
 An allow-list rather than a deny-list: vendors keep adding fields (dates, operators, barcodes, serials, DICOM
 patient/study attributes, the NDPI "Reference" tag), so anything not known to be harmless is dropped.
+`slides.Slide` applies it; `slides.jpeg` does the same for the JPEG tiles' own segments.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+
+# The name a de-identified slide goes by in everything derived from it (image metadata, triage results) unless the
+# caller has a better one (a send uses its case ID): file names hold accession numbers and patient names.
+PUBLIC_NAME = "image"
 
 # Associated images that show the paper label or a photo of the whole glass (the label is on it).
 IDENTIFYING_IMAGES = frozenset({"label", "macro"})

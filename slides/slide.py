@@ -17,8 +17,9 @@ import numpy as np
 import openslide
 import tifffile
 
-from slides.deid import safe_associated_images, safe_properties
+from slides.deid import PUBLIC_NAME, safe_associated_images, safe_properties
 from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
+from slides.jpeg import strip_metadata
 
 # Real scans reach ~200k px a side; anything far beyond is a corrupt or hostile header, not a slide.
 MAX_SIDE = 1 << 20
@@ -68,13 +69,16 @@ class RawTile:
 class Slide:
     """A whole-slide image opened for reading; use `open_slide` to make one.
 
-    Unless opened with ``keep_phi=True`` it is the de-identified view: no label or macro image and only
-    properties known to hold no identifying information.
+    Unless opened with ``keep_phi=True`` it is the de-identified view, the one gate for everything derived from the
+    slide: no label or macro image, only properties known to hold no identifying information, JPEG tiles and
+    tables without comments and APPn segments, a `name` that is not the file name, and a `summary` without it.
     """
 
     def __init__(self, path: Path, osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None, keep_phi: bool):
         self.path = path
         self.keep_phi = keep_phi
+        self.name: str = path.name if keep_phi else PUBLIC_NAME  # what derived objects call it (never the file name)
+        self._tables: dict[int, bytes | None] = {}  # per level, as raw_tile hands them out
         self._osr = osr
         self._tiff = tiff
         self._fd = os.open(path, os.O_RDONLY) if tiff is not None else -1
@@ -168,14 +172,32 @@ class Slide:
         data = os.pread(self._fd, count, offset)
         if len(data) != count:
             raise CorruptSlideError(f"{self.path}: file is truncated (tile {index} of level {level})")
+        codec = self.raw_codec(level)
+        if codec == "jpeg" and not self.keep_phi:
+            data = self._strip(data, f"tile ({row}, {col}) of level {level}")
         return RawTile(
             data=data,
-            codec=self.raw_codec(level),
-            jpeg_tables=page.jpegtables,
+            codec=codec,
+            jpeg_tables=self._jpeg_tables(level),
             photometric=page.photometric.name.lower(),
             width=page.tilewidth,
             height=page.tilelength,
         )
+
+    def _jpeg_tables(self, level: int) -> bytes | None:
+        """The level's JPEGTables, stripped like its tiles (once per level: every tile shares them)."""
+        if level not in self._tables:
+            tables = self._tiff_pages[level].jpegtables
+            if tables and self.raw_codec(level) == "jpeg" and not self.keep_phi:
+                tables = self._strip(tables, f"JPEGTables of level {level}")
+            self._tables[level] = tables
+        return self._tables[level]
+
+    def _strip(self, jpeg: bytes, where: str) -> bytes:
+        try:
+            return strip_metadata(jpeg)
+        except ValueError as error:
+            raise CorruptSlideError(f"{self.path}: {where}: malformed JPEG: {error}") from None
 
     def decode_raw_tile(self, level: int, tile: RawTile) -> np.ndarray:
         """Decode a raw tile the way tifffile does (it knows every vendor's colour quirks): (h, w, 3) uint8."""
@@ -185,6 +207,25 @@ class Slide:
         except Exception as error:
             raise CorruptSlideError(f"{self.path}: cannot decode a tile of level {level}: {error}") from None
         return np.asarray(pixels).reshape(tile.height, tile.width, -1)[..., :3]
+
+    # -- what may be said about it -----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The facts `info --json` prints and converted images embed: de-identified unless keep_phi (then with the
+        file name)."""
+        return {
+            **({"file": self.path.name} if self.keep_phi else {}),
+            "vendor": self.vendor,
+            "levels": [
+                {"width": level.width, "height": level.height, "downsample": level.downsample, "raw_tiles": self.raw_codec(index)}
+                for index, level in enumerate(self.levels)
+            ],
+            "mpp": list(self.mpp) if self.mpp else None,
+            "objective_power": self.objective_power,
+            "tile_size": self.tile_size,
+            "associated_images": self.associated_images,
+            "properties": self.properties,
+            "deidentified": not self.keep_phi,
+        }
 
     # -- lifetime --------------------------------------------------------------------------------------------
     def close(self) -> None:

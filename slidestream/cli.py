@@ -58,7 +58,7 @@ def info(
         last = len(opened.levels) - 1
         # reading the smallest level proves the image data decodes, not just the header
         opened.read_region((0, 0), last, (opened.levels[last].width, opened.levels[last].height))
-        summary = slide_summary(opened)
+        summary = opened.summary()
     if qc:
         from inference import qc_slide
 
@@ -95,7 +95,7 @@ def convert(
     keep_phi: KeepPhi = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """Convert a slide into a sharded OME-Zarr pyramid (NGFF 0.5) on local disk."""
+    """Convert a slide into a sharded OME-Zarr pyramid (NGFF 0.5) on local disk (de-identified unless --keep-phi)."""
     from slidestream.progress import piece_progress
     from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 
@@ -103,31 +103,8 @@ def convert(
     with open_slide(slide, keep_phi=keep_phi) as opened:
         plan = plan_pyramid(opened, options)
         with piece_progress(stderr, f"converting {slide.name}", len(plan.shards)) as advance:
-            written = write_pieces(produce(opened, plan, slide.stem, slide_summary(opened)), out, overwrite, on_piece=advance)
+            written = write_pieces(produce(opened, plan, opened.name, opened.summary()), out, overwrite, on_piece=advance)
     stdout.print(f"{out}: {written / 1e6:.1f} MB in {len(plan.levels)} levels, tissue {plan.tissue.fraction:.0%} of the slide")
-
-
-def slide_summary(slide) -> dict:  # type: ignore[no-untyped-def]
-    """The facts `info --json` prints; also embedded in converted images' metadata."""
-    return {
-        "file": slide.path.name,
-        "vendor": slide.vendor,
-        "levels": [
-            {
-                "width": level.width,
-                "height": level.height,
-                "downsample": level.downsample,
-                "raw_tiles": slide.raw_codec(index),
-            }
-            for index, level in enumerate(slide.levels)
-        ],
-        "mpp": list(slide.mpp) if slide.mpp else None,
-        "objective_power": slide.objective_power,
-        "tile_size": slide.tile_size,
-        "associated_images": slide.associated_images,
-        "properties": slide.properties,
-        "deidentified": not slide.keep_phi,
-    }
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs

@@ -39,6 +39,7 @@ class EdgeTriage:
     def __init__(self, slide: Path, destination: Destination, order: SendOrder, console: Console) -> None:
         self._slide = slide
         self._case = f"s3://{destination.bucket}/{destination.root.rstrip('/')}"
+        self._name = destination.case  # what triage.json calls the slide: the case ID, never the file name
         self._endpoint = destination.endpoint
         self._order = order
         self._console = console
@@ -77,7 +78,7 @@ class EdgeTriage:
         try:
             spawn = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                heatmap = pool.submit(triage, str(self._slide), self._case, self._endpoint, options).result()
+                heatmap = pool.submit(triage, str(self._slide), self._case, self._endpoint, options, self._name).result()
         except (SlidestreamError, BrokenProcessPool) as error:
             self._console.print(f"edge triage unavailable: {error or 'its process died'}", markup=False, highlight=False)
             return
@@ -87,8 +88,8 @@ class EdgeTriage:
         self._console.print(f"triage heatmap available after {self.seconds:.1f} s (score {score:.2f})", markup=False, highlight=False)
 
 
-def triage(slide: str, case: str, endpoint: str | None, options: AnalyzeOptions) -> Heatmap:
-    """The coarse heatmap of `slide`, written beside the case on S3 (runs in the spawned process)."""
+def triage(slide: str, case: str, endpoint: str | None, options: AnalyzeOptions, name: str) -> Heatmap:
+    """The coarse heatmap of `slide`, written beside the case on S3 under `name` (runs in the spawned process)."""
     from inference import Location, analyze_slide
 
-    return analyze_slide(slide, Location.parse(case, endpoint), options)
+    return analyze_slide(slide, Location.parse(case, endpoint), options, name=name)

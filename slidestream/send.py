@@ -175,19 +175,15 @@ def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[Pyramid
     uploads (deterministic: tests rebuild them), and the order they are produced in (it settles once the tissue is
     known, and edge triage re-ranks it mid-stream).
 
-    The image is named after the case, and the embedded source summary loses the file name unless --keep-phi:
-    file names often hold accession numbers.
+    The image is named after the case, never the file (file names hold accession numbers); what it says of the
+    source is the slide's own summary, de-identified unless the slide was opened with --keep-phi.
     """
-    from slidestream.cli import slide_summary
     from tiling import ConvertOptions, SendOrder, plan_pyramid, produce
 
     options = ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"])
     plan = plan_pyramid(slide, options, defer_tissue=True)  # the overview goes out before the tissue is known
-    summary = slide_summary(slide)
-    if not args["keep_phi"]:
-        summary.pop("file", None)
     order = SendOrder(plan)
-    return plan, produce(slide, plan, case, summary, order), order
+    return plan, produce(slide, plan, case, slide.summary(), order), order
 
 
 def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:

@@ -3,23 +3,25 @@ without touching its entropy-coded data. Free of zarr, so building shards needs 
 
 from __future__ import annotations
 
-import struct
-
 import imagecodecs
 import numpy as np
+
+from slides.jpeg import EOI, SOI, adobe_segment
 
 CODEC_NAME = "imagecodecs_jpeg"  # the chunk codec's name in zarr.json (see tiling.codec)
 DEFAULT_QUALITY = 90
 
-SOI = b"\xff\xd8"
-EOI = b"\xff\xd9"
 # Adobe APP14 with transform 0: "the three components are RGB, not YCbCr". Aperio writes RGB JPEG tiles without
 # any marker saying so; every decoder (libjpeg, browsers) would otherwise convert them as YCbCr and shift colours.
-ADOBE_RGB = b"\xff\xee" + struct.pack(">H", 14) + b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0)
+ADOBE_RGB = adobe_segment(0)
 
 
 def self_contained_jpeg(tile: bytes, tables: bytes | None, rgb: bool) -> bytes:
-    """Merge the TIFF JPEGTables into the tile, and mark untransformed RGB tiles as such."""
+    """Merge the TIFF JPEGTables into the tile, and mark untransformed RGB tiles as such.
+
+    The tile and tables come from `slides.Slide.raw_tile`, which has already removed their comments and APPn
+    segments unless the slide was opened with keep_phi.
+    """
     if not tile.startswith(SOI):
         raise ValueError("not a JPEG tile (no SOI marker)")
     inserted = b""

@@ -468,7 +468,7 @@ def die_with_parent(parent: int) -> None:
 def _open_in_worker(slide: Slide, parent: int) -> None:
     global _worker_slide
     die_with_parent(parent)
-    _worker_slide = open_slide(slide.path)
+    _worker_slide = open_slide(slide.path, keep_phi=slide.keep_phi)  # the same view: its raw tiles are what leaves
 
 
 def _build_in_worker(job: ShardJob) -> bytes:

@@ -1,0 +1,275 @@
+"""Patient data never leaves the hospital: a byte-level sweep of everything `send`, `watch` and `convert` write.
+
+The slides are generated with identifying strings in every place vendors put them (file name, ImageDescription,
+XMP, JPEG COM/APPn segments in the tiles and in JPEGTables, label and macro pages, DICOM attributes); then every
+object on the real S3 server and every file `convert` wrote is searched for them. A `--keep-phi` control proves
+the sweep finds them when they are there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import openslide
+import pydicom
+import pytest
+import tifffile
+import zarr
+
+import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
+from conftest import REPO, sample
+from slides import CorruptSlideError, open_slide
+from slides.jpeg import strip_metadata
+
+NAME = "ACC-2024-0001_DOE_JANE"
+IDENTIFYING = (b"DOE^JANE", b"DOE_JANE", b"ACC-2024-0001", b"MRN-7777123", b"ST-ELSEWHERE", b"XMP-OPERATOR-JSMITH")
+COMMENT = b"Patient=DOE^JANE Accession=ACC-2024-0001 MRN-7777123"
+TILE = 256
+WIDTH, HEIGHT = 2048, 1536
+APERIO = "Aperio Image Library v12.0.16 "
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+# what scanner software writes into JPEG streams: a comment, a vendor APP9 block, XMP in APP1
+TILE_SEGMENTS = (
+    _segment(0xFE, COMMENT)
+    + _segment(0xE9, b"VENDOR\x00operator=XMP-OPERATOR-JSMITH case=ACC-2024-0001")
+    + _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><dc:creator>DOE^JANE</dc:creator></x:xmpmeta>")
+)
+TABLE_SEGMENTS = _segment(0xFE, b"tables for MRN-7777123") + _segment(0xE9, b"ST-ELSEWHERE DOE_JANE")
+
+
+def _rgb_jpeg_parts(pixels: np.ndarray) -> tuple[bytes, bytes]:
+    """(JPEGTables, abbreviated tile) as Aperio stores RGB tiles (as bench/make_large_slide.py makes them), each
+    carrying identifying segments; the tile also has a comment after its scan."""
+    jpeg = imagecodecs.jpeg8_encode(pixels, level=80, colorspace="RGB", outcolorspace="RGB", subsampling="444")
+    tables, stream = [b"\xff\xd8" + TABLE_SEGMENTS], [b"\xff\xd8" + TILE_SEGMENTS]
+    i = 2
+    while True:
+        marker, length = jpeg[i + 1], int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        segment = bytearray(jpeg[i : i + 2 + length])
+        if marker in (0xDB, 0xC4):
+            tables.append(bytes(segment))
+        elif marker in (0xC0, 0xDA):  # number the components 0, 1, 2: nothing in the JPEG says RGB (as Aperio)
+            first, count, step = (10, segment[9], 3) if marker == 0xC0 else (5, segment[4], 2)
+            for c in range(count):
+                segment[first + step * c] = c
+            if marker == 0xDA:
+                scan = jpeg[i + 2 + length : -2]
+                stream.append(bytes(segment) + scan + _segment(0xFE, COMMENT) + b"\xff\xd9")
+                break
+            stream.append(bytes(segment))
+        elif not 0xE0 <= marker <= 0xEF:
+            stream.append(bytes(segment))
+        i += 2 + length
+    return b"".join(tables) + b"\xff\xd9", b"".join(stream)
+
+
+def _aperio_jpeg(tables: bytes) -> dict[str, object]:
+    """Pre-encoded RGB JPEG tiles with shared tables; Photometric RGB as Aperio writes it."""
+    return dict(compression="jpeg", compressionargs={"outcolorspace": "RGB"}, photometric="rgb", jpegtables=tables, metadata=None)
+
+
+def _tiled_jpeg_level(tif: tifffile.TiffWriter, pixels: np.ndarray, description: str, xmp: bytes | None) -> None:
+    tiles, tables = [], None
+    for y in range(0, pixels.shape[0], TILE):
+        for x in range(0, pixels.shape[1], TILE):
+            block = np.full((TILE, TILE, 3), 255, np.uint8)
+            part = pixels[y : y + TILE, x : x + TILE]
+            block[: part.shape[0], : part.shape[1]] = part
+            tables, tile = _rgb_jpeg_parts(block)
+            tiles.append(tile)
+    extratags = [(700, 1, len(xmp), xmp, True)] if xmp else []
+    tif.write(iter(tiles), shape=pixels.shape, dtype=np.uint8, tile=(TILE, TILE), description=description, extratags=extratags,
+              subfiletype=0, **_aperio_jpeg(tables))
+
+
+def _text_image(text: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """An associated image whose stored bytes are the text (uncompressed): a leaked page shows in a byte search."""
+    count = int(np.prod(shape))
+    return np.frombuffer((text * (count // len(text) + 1))[:count], np.uint8).reshape(shape)
+
+
+def make_svs(path: Path) -> Path:
+    """An Aperio SVS of real tissue (CMU-1's level 0), 256 px RGB JPEG tiles, identifying data everywhere."""
+    with openslide.OpenSlide(sample("CMU-1-Small-Region.svs")) as source:
+        tissue = np.asarray(source.read_region((0, 0), 0, (WIDTH, HEIGHT)).convert("RGB"))
+    fields = "|".join([
+        "AppMag = 20", "MPP = 0.4990", f"Filename = {NAME}", "Patient = DOE^JANE", "Accession = ACC-2024-0001",
+        "MRN = MRN-7777123", "Institution = ST-ELSEWHERE", "Date = 01/02/24", "Time = 10:11:12",
+        f"OriginalWidth = {WIDTH}", f"OriginalHeight = {HEIGHT}",
+    ])  # fmt: skip
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description creator="XMP-OPERATOR-JSMITH" subject="DOE^JANE"/></x:xmpmeta>'
+    small = tissue[::4, ::4].copy()
+    with tifffile.TiffWriter(path) as tif:
+        _tiled_jpeg_level(tif, tissue, f"{APERIO}\r\n{WIDTH}x{HEIGHT} [0,0 {WIDTH}x{HEIGHT}] ({TILE}x{TILE}) JPEG/RGB Q=80|{fields}", xmp)
+        tif.write(tissue[::8, ::8].copy(), photometric="rgb", description=f"{APERIO}\r\n{WIDTH}x{HEIGHT} -> 256x192 - |{fields}", metadata=None)
+        _tiled_jpeg_level(tif, small, f"{APERIO}\r\n{WIDTH}x{HEIGHT} -> {WIDTH // 4}x{HEIGHT // 4} JPEG/RGB Q=80|{fields}", None)
+        tif.write(_text_image(b"DOE^JANE ACC-2024-0001 ", (200, 300, 3)), photometric="rgb", subfiletype=1,
+                  description=f"{APERIO}\r\nlabel 300x200", metadata=None)
+        tif.write(_text_image(b"MRN-7777123 DOE_JANE ", (400, 1000, 3)), photometric="rgb", subfiletype=9,
+                  description=f"{APERIO}\r\nmacro 1000x400", metadata=None)
+    return path
+
+
+def make_dicom(path: Path) -> Path:
+    """The DICOM sample with the patient, accession and institution a hospital's PACS would fill in."""
+    dataset = pydicom.dcmread(sample("wsi2dcm-jpeg.dcm"))
+    dataset.PatientName = "DOE^JANE"
+    dataset.PatientID = "MRN-7777123"
+    dataset.AccessionNumber = "ACC-2024-0001"
+    dataset.InstitutionName = "ST-ELSEWHERE"
+    dataset.save_as(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("scanner")
+    return {"svs": make_svs(folder / f"{NAME}.svs"), "dcm": make_dicom(folder / f"{NAME}.dcm")}
+
+
+def slidestream(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real command line, with the S3 server's environment."""
+    result = subprocess.run([sys.executable, "-m", "slidestream", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def leaks(blobs: Iterable[tuple[str, bytes]]) -> list[str]:
+    """Every (object, identifying string) pair where the string occurs in the object's bytes."""
+    return [f"{name}: {secret.decode()}" for name, data in blobs for secret in IDENTIFYING if secret in data]
+
+
+def bucket_objects(s3_server, bucket: str) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
+    client = s3_server.client()
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
+    return [(key, client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys]
+
+
+def written_files(root: Path) -> list[tuple[str, bytes]]:
+    return [(str(path.relative_to(root)), path.read_bytes()) for path in sorted(root.rglob("*")) if path.is_file()]
+
+
+# -- the generated slides really carry the data, where a reader finds it ---------------------------------------
+def test_generated_slides_carry_identifying_data_where_vendors_put_it(slides: dict[str, Path]) -> None:
+    svs = slides["svs"]
+    with openslide.OpenSlide(svs) as osr:
+        assert osr.properties["openslide.vendor"] == "aperio"
+        assert {"label", "macro"} <= set(osr.associated_images)
+        assert osr.properties["aperio.Patient"] == "DOE^JANE"
+    raw = svs.read_bytes()
+    assert all(secret in raw for secret in IDENTIFYING)
+    with open_slide(svs, keep_phi=True) as slide:
+        assert slide.has_raw_tiles(0) and slide.raw_codec(0) == "jpeg" and slide.tile_size == TILE
+        tile = slide.raw_tile(0, 2, 3)
+        assert COMMENT in tile.data and b"ST-ELSEWHERE" in tile.jpeg_tables
+    with openslide.OpenSlide(slides["dcm"]) as osr:
+        assert any("DOE^JANE" in value for value in osr.properties.values())
+
+
+def test_deidentified_slide_hands_out_tiles_without_segments_and_same_pixels(slides: dict[str, Path]) -> None:
+    svs = slides["svs"]
+    expected = tifffile.imread(svs, series=0, level=0)
+    with open_slide(svs) as slide:
+        assert slide.name == "image" and "file" not in slide.summary()
+        assert not leaks([("summary", json.dumps(slide.summary()).encode())])
+        for row in range(HEIGHT // TILE):
+            for col in range(WIDTH // TILE):
+                tile = slide.raw_tile(0, row, col)
+                assert not leaks([("tile", tile.data), ("tables", tile.jpeg_tables)])
+                pixels = imagecodecs.jpeg8_decode(tile.data, tables=tile.jpeg_tables, colorspace="RGB", outcolorspace="RGB")
+                np.testing.assert_array_equal(pixels, expected[row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE])
+
+
+def test_malformed_jpeg_segments_are_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="overruns"):
+        strip_metadata(b"\xff\xd8\xff\xfe\x00\x40short")
+    with pytest.raises(ValueError, match="no JPEG marker"):
+        strip_metadata(b"\xff\xd8garbage")
+    # a slide whose tile's comment claims more bytes than the tile has
+    pixels = np.full((TILE, TILE, 3), 200, np.uint8)
+    tables, tile = _rgb_jpeg_parts(pixels)
+    broken = tile.replace(_segment(0xFE, COMMENT), b"\xff\xfe\xff\xf0" + COMMENT)
+    path = tmp_path / "broken-comment.svs"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(iter([broken]), shape=(TILE, TILE, 3), dtype=np.uint8, tile=(TILE, TILE), **_aperio_jpeg(tables))
+    with open_slide(path) as slide, pytest.raises(CorruptSlideError) as error:
+        slide.raw_tile(0, 0, 0)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and "tile (0, 0) of level 0" in message
+
+
+# -- the sweep: send, watch, convert with default options ------------------------------------------------------
+def test_send_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for slide in slides.values():
+        slidestream("send", slide, f"s3://{s3_bucket}/frozen", "--endpoint-url", s3_server.endpoint_url, "--edge",
+                    "--state-dir", tmp_path / "state")
+    objects = bucket_objects(s3_server, s3_bucket)
+    keys = [key for key, _ in objects]
+    assert sum(key.endswith("triage.json") for key in keys) == 1, keys  # the SVS was triaged (the DICOM is too coarse)
+    assert sum(key.endswith("manifest.json") for key in keys) == 2, keys
+    assert any("/image.zarr/0/c/" in key for key in keys), "level-0 shards (the pass-through tiles) were sent"
+    assert leaks(objects) == []
+
+
+def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    for slide in slides.values():
+        shutil.copy(slide, hot / slide.name)
+    slidestream("watch", hot, f"s3://{s3_bucket}/site-a", "--endpoint-url", s3_server.endpoint_url, "--once",
+                "--settle", "0.5", "--state-dir", tmp_path / "state")
+    objects = bucket_objects(s3_server, s3_bucket)
+    keys = [key for key, _ in objects]
+    assert sum(key.endswith("manifest.json") for key in keys) == 2 and any(key.endswith("triage.json") for key in keys), keys
+    assert leaks(objects) == []
+
+
+def test_convert_writes_no_identifying_byte_and_passes_tiles_through_pixel_exact(slides: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "svs.zarr"
+    slidestream("convert", slides["svs"], out)
+    slidestream("convert", slides["dcm"], tmp_path / "dcm.zarr")
+    assert leaks(written_files(out)) == [] and leaks(written_files(tmp_path / "dcm.zarr")) == []
+    metadata = json.loads((out / "zarr.json").read_bytes())["attributes"]
+    assert metadata["slidestream"]["source"]["deidentified"] is True and 0 in metadata["slidestream"]["passthrough_levels"]
+    # level 0 holds the scanner's own scans (stripped of their segments) and decodes to the source's pixels
+    with open_slide(slides["svs"]) as slide:
+        scan = slide.raw_tile(0, 3, 3).data
+    scan = scan[scan.index(b"\xff\xda") :]
+    assert any(scan in data for _, data in written_files(out / "0"))
+    level0 = np.asarray(zarr.open_array(out / "0", mode="r")[:]).transpose(1, 2, 0)
+    with openslide.OpenSlide(slides["svs"]) as osr:
+        reference = np.asarray(osr.read_region((0, 0), 0, (WIDTH, HEIGHT)).convert("RGB"))
+    written = [(r, c) for r in range(HEIGHT // TILE) for c in range(WIDTH // TILE)
+               if (level0[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] != 255).any()]
+    assert len(written) >= 12, "the tissue tiles were written"
+    for r, c in written:
+        box = np.s_[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE]
+        np.testing.assert_array_equal(level0[box], reference[box])
+
+
+def test_keep_phi_control_the_sweep_finds_what_is_there(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With --keep-phi the same sweep finds the strings: the tests above would fail on a leak."""
+    slidestream("send", slides["svs"], f"s3://{s3_bucket}/kept", "--endpoint-url", s3_server.endpoint_url, "--keep-phi",
+                "--state-dir", tmp_path / "state")
+    found = leaks(bucket_objects(s3_server, s3_bucket))
+    assert any("/image.zarr/0/c/" in line and "DOE^JANE" in line for line in found), found  # the tiles' comments
+    out = tmp_path / "kept.zarr"
+    slidestream("convert", "--keep-phi", slides["svs"], out)
+    found = leaks(written_files(out))
+    assert any(line.startswith("zarr.json") and "DOE_JANE" in line for line in found), found  # the file name
+    assert any(line.startswith("0/c/") and "MRN-7777123" in line for line in found), found  # the tiles' comments
