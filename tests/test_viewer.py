@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -637,6 +638,74 @@ def test_serve_reports_a_taken_port_in_one_line(local_store: Path, tmp_path: Pat
     assert result.stdout == ""
 
 
+def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path: Path) -> None:
+    """300 MB POSTs to the real server (`slidestream serve`, its own process): refused while the upload is still
+    going, and the server's peak RSS (VmHWM) stays within 50 MB of what it was before them. Buffering one such body
+    would add 300 MB or more (it took an earlier server from 111 to 990 MB); 50 MB leaves room for allocator noise
+    and a few MB of socket buffers, and is still far below one body."""
+    (local_store / "escape").unlink()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = Tokens(SECRET).issue(case_scope("case1"), timedelta(hours=1))
+    report = "/api/cases/case1/report"
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/worklist"), "the server to listen")
+        saved = httpx.post(f"http://127.0.0.1:{port}{report}", json={"diagnosis": "benign"}, headers={"Authorization": f"Bearer {token}"})
+        assert saved.status_code == 200, saved.text  # a real report still goes through
+        baseline = _peak_rss(process.pid)
+
+        big = 300 * 2**20
+        no_token_declared = _upload(port, report, {"Content-Length": str(big)}, big, chunked=False)
+        no_token_chunked = _upload(port, report, {"Transfer-Encoding": "chunked"}, big, chunked=True)
+        wrong_case = Tokens(SECRET).issue(case_scope("other"), timedelta(hours=1))
+        other_case_chunked = _upload(port, report, {"Transfer-Encoding": "chunked", "Authorization": f"Bearer {wrong_case}"}, big, chunked=True)
+        with_token_chunked = _upload(port, report, {"Transfer-Encoding": "chunked", "Authorization": f"Bearer {token}"}, big, chunked=True)
+
+        assert [status for status, _ in (no_token_declared, no_token_chunked, other_case_chunked, with_token_chunked)] == [413, 401, 403, 413]
+        assert all(sent < big for _, sent in (no_token_declared, no_token_chunked, other_case_chunked, with_token_chunked))
+        assert _peak_rss(process.pid) < baseline + 50 * 2**20
+        assert httpx.get(f"http://127.0.0.1:{port}{report}", headers={"Authorization": f"Bearer {token}"}).json()["diagnosis"] == "benign"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _upload(port: int, path: str, headers: dict[str, str], total: int, chunked: bool) -> tuple[int, int]:
+    """POST `total` zero bytes in 1 MiB pieces, streamed (never held whole), until the server answers or stops
+    reading; returns (HTTP status, bytes sent)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    piece = bytes(2**20)
+    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        sock.settimeout(5)  # a server that stopped reading fills the socket buffers: stop sending then
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(frame)
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(piece)
+        sock.settimeout(30)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, sent
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set size (VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url).status_code == 200
@@ -662,3 +731,39 @@ def test_the_viewer_reads_what_slidestream_send_wrote(s3_server: S3Server, tmp_p
         tile = served.get("/api/cases/sent1/tiles/0/9/3", token)
         assert tile.status_code == 200 and tile.content == chunk_of(shard, n, 9 % n, 3 % n)
         assert tile.content == chunk_of(shards(pieces)["0/c/0/1/0"], n, 1, 3)  # the same bytes tiling made
+
+
+def test_a_send_that_failed_shows_as_failed_never_as_a_white_slide(s3_server: S3Server, tmp_path: Path) -> None:
+    """A corrupt slide's send is retracted: status and worklist say "failed" and why; no tile is served as glass."""
+    from test_transfer import corrupt_slide
+
+    bucket = Bucket(s3_server)
+    bucket.send("fine", triage=0.3)
+    command = [sys.executable, "-m", "slidestream", "send", str(corrupt_slide(tmp_path)), f"s3://{bucket.name}/{bucket.prefix}",
+               "--endpoint-url", bucket.endpoint_url, "--case", "broken1", "--state-dir", str(tmp_path / "state")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    with serving(bucket.storage()) as served:
+        token = served.token("broken1")
+        status = served.get("/api/cases/broken1/status", token)
+        assert status.status_code == 200
+        body = status.json()
+        assert body["state"] == "failed" and body["complete"] is False and body["levels"] == []
+        assert body["failed"] and body["failed"] in result.stderr.replace(str(tmp_path / "ACC-2024-0001_DOE_JANE.svs"), "the slide")
+        for path in ("/api/cases/broken1/image", "/api/cases/broken1/tiles/0/0/0"):
+            answer = served.get(path, token)
+            assert answer.status_code == 404 and "send failed" in answer.json()["detail"]
+        worklist = served.get("/api/worklist", served.tokens.issue(WORKLIST, timedelta(hours=1))).json()["cases"]
+        entries = {entry["case"]: entry for entry in worklist}
+        assert entries["broken1"]["state"] == "failed" and entries["broken1"]["failed"] == body["failed"]
+        assert entries["broken1"]["complete"] is False
+        assert entries["fine"]["state"] == "complete" and entries["fine"]["failed"] is None
+
+
+def test_a_version_1_manifest_still_reads(s3_server: S3Server) -> None:
+    """Stores written before `state` existed: `complete` alone says whether the case is complete."""
+    bucket = Bucket(s3_server)
+    bucket.send("old", arrived=lambda piece: piece.level != 0)  # a slidestream-manifest/1, level 0 still missing
+    with serving(bucket.storage()) as served:
+        status = served.get("/api/cases/old/status", served.token("old")).json()
+        assert status["state"] == "sending" and status["complete"] is False and status["levels"][0]["arrived"] == 0

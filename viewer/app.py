@@ -18,16 +18,20 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from viewer.cases import Cases, utc_now
 from viewer.image import BACKGROUND, PENDING, CaseNotFoundError, ImageError, TileNotFoundError
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
-from viewer.tokens import CASE_ID, WORKLIST, ScopeError, TokenError, Tokens, case_scope
+from viewer.tokens import CASE_ID, WORKLIST, AccessError, ScopeError, TokenError, Tokens, case_scope
 
 STATIC = Path(__file__).with_name("static")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
 MAX_DIAGNOSIS = 20_000
+# The largest request body read: the one body the API takes is a report of MAX_DIAGNOSIS characters, at most
+# 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its key.
+MAX_BODY = 12 * MAX_DIAGNOSIS + 1024
 MAX_LEVEL = 63
 MAX_TILE_INDEX = 2**31
 SECURITY_HEADERS = [
@@ -207,11 +211,19 @@ _STATUS: list[tuple[type[Exception], int]] = [
 
 
 async def _error(request: Request, error: Exception) -> JSONResponse:
+    return _error_response(error)
+
+
+def _error_response(error: Exception) -> JSONResponse:
     status_code = next((code for kind, code in _STATUS if isinstance(error, kind)), 500)
+    return _refusal(status_code, str(error))
+
+
+def _refusal(status_code: int, detail: str) -> JSONResponse:
     headers = {"Cache-Control": "no-store"}
     if status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"detail": str(error)}, status_code, headers=headers)
+    return JSONResponse({"detail": detail}, status_code, headers=headers)
 
 
 class SecurityHeaders:
@@ -233,6 +245,80 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class BodyLimit:
+    """Reads no request body before its sender has shown a token, and none larger than `limit`.
+
+    FastAPI reads a body whole before any dependency checks the token, so without this anyone could make the server
+    hold hundreds of MB. A declared Content-Length over the limit is refused at once (413); the token is checked
+    against the scope the path names (the case of /api/cases/CASE/..., else the worklist) before a byte is read
+    (401/403); a chunked body is counted while it arrives and refused when it passes the limit. What is accepted is
+    read here (at most `limit` bytes) and handed to the app as is; the routes check the token again as always."""
+
+    def __init__(self, app: ASGIApp, tokens: Tokens, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if not chunked and declared in (None, "0"):
+            await self.app(scope, receive, send)  # no body
+            return
+        if declared is not None and not declared.isdigit():
+            await _refusal(400, "invalid Content-Length")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        try:
+            self.tokens.check(_bearer(headers.get("authorization")), _scope_of(scope["path"]))
+        except AccessError as error:
+            await _error_response(error)(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _refusal(413, f"request body over {self.limit} bytes")(scope, receive, send)
+
+
+def _scope_of(path: str) -> str:
+    """The token scope a request to `path` needs: the case's for the case API, the worklist's for anything else."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[1:3] == ["api", "cases"] and CASE_ID.fullmatch(parts[3]):
+        return case_scope(parts[3])
+    return WORKLIST
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body read already, then waits for the client's disconnect as usual."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = timedelta(hours=12)) -> FastAPI:
     """The viewer application for one store; `app.state.viewer` mints links (the `serve` command prints them)."""
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -243,6 +329,7 @@ def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = time
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, tokens=tokens)
+    app.add_middleware(SecurityHeaders)  # added last: the outermost, so BodyLimit's refusals carry the headers too
     return app
 
