@@ -1,8 +1,8 @@
 """Where cases live: a local directory or an ``s3://bucket/prefix``, behind one small interface.
 
-Both the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) go through fsspec, so local
-and S3 cases share every line of the pipeline. Reads never trust fsspec's listing cache: a receiving side polls
-objects that change under it.
+Both the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) go through obstore on S3 (the
+client the viewer uses; zarr's `ObjectStore` wraps it) and plain files locally, so local and S3 cases share every
+line of the pipeline. Nothing is cached between reads: a receiving side polls objects that change under it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import fsspec
+import obstore
+import obstore.exceptions
+import obstore.store
 import zarr
 from zarr.abc.store import Store
 
@@ -36,6 +40,8 @@ class Location:
     def parse(cls, target: str | os.PathLike[str], endpoint_url: str | None = None) -> Location:
         text = str(target)
         if text.startswith("s3://"):
+            if not text[5:].split("/", 1)[0]:
+                raise InferenceError(f"{text}: no bucket in the URL (s3://BUCKET/PREFIX)")
             return cls(text.rstrip("/"), endpoint_url)
         if "://" in text:
             raise InferenceError(f"{text}: only local paths and s3:// URLs are supported")
@@ -53,20 +59,30 @@ class Location:
         return Location("/".join([self.url, *parts]), self.endpoint_url)
 
     @property
-    def fs(self) -> fsspec.AbstractFileSystem:
-        return _filesystem("s3" if self.is_s3 else "file", self.endpoint_url)
+    def _bucket_and_prefix(self) -> tuple[str, str]:
+        bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        return bucket, prefix
 
-    def _path(self, key: str) -> str:
+    def _key(self, key: str) -> str:
+        """The object key (S3) or file path (local) of `key` below this folder."""
+        if not self.is_s3:
+            return f"{self.url}/{key}" if key else self.url
+        prefix = self._bucket_and_prefix[1]
+        return "/".join(part for part in (prefix, key) if part)
+
+    def _describe(self, key: str) -> str:
         return f"{self.url}/{key}" if key else self.url
 
     def read_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist (yet)."""
         try:
-            return self.fs.cat_file(self._path(key))
-        except FileNotFoundError:
+            if not self.is_s3:
+                return Path(self._key(key)).read_bytes()
+            return bytes(obstore.get(self._bucket_store(), self._key(key)).bytes())
+        except FileNotFoundError:  # obstore's NotFoundError is one too
             return None
-        except OSError as error:
-            raise InferenceError(f"{self._path(key)}: cannot read: {error}") from None
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise InferenceError(f"{self._describe(key)}: cannot read: {_first_line(error)}") from None
 
     def read_json(self, key: str) -> dict[str, Any] | None:
         data = self.read_bytes(key)
@@ -75,40 +91,77 @@ class Location:
         try:
             return json.loads(data)
         except ValueError as error:
-            raise InferenceError(f"{self._path(key)}: not valid JSON: {error}") from None
+            raise InferenceError(f"{self._describe(key)}: not valid JSON: {error}") from None
 
     def write_json(self, key: str, value: dict[str, Any]) -> None:
         """Write (or replace) one JSON object; a single PUT on S3, so readers see the old or the new one."""
-        path = self._path(key)
+        data = json.dumps(value, indent=1).encode()
         try:
-            if not self.is_s3:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.pipe_file(path, json.dumps(value, indent=1).encode())
-        except OSError as error:
-            raise InferenceError(f"{path}: cannot write: {error}") from None
+            if self.is_s3:
+                obstore.put(self._bucket_store(), self._key(key), data)
+            else:
+                path = Path(self._key(key))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
 
     def exists(self, key: str) -> bool:
-        return self.read_bytes(key) is not None if self.is_s3 else Path(self._path(key)).exists()
+        return self.read_bytes(key) is not None if self.is_s3 else Path(self._key(key)).exists()
 
     def subfolders(self) -> list[Location]:
         """Folders directly below this one, sorted by name."""
+        if not self.is_s3:
+            root = Path(self.url)
+            return [self.child(entry.name) for entry in sorted(root.iterdir()) if entry.is_dir()] if root.is_dir() else []
+        prefix = self._key("")
         try:
-            entries = self.fs.ls(self.url, detail=True, refresh=True) if self.is_s3 else self.fs.ls(self.url, detail=True)
-        except FileNotFoundError:
-            return []
-        names = sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry["type"] == "directory")
-        return [self.child(name) for name in names]
+            listing = obstore.list_with_delimiter(self._bucket_store(), f"{prefix}/" if prefix else None)
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise InferenceError(f"{self.url}: cannot list: {_first_line(error)}") from None
+        return [self.child(name) for name in sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing["common_prefixes"])]
 
     def zarr_store(self, read_only: bool = True) -> Store:
         """A zarr store rooted here, for zarr.open_group / zarr.create_array."""
         if not self.is_s3:
             return zarr.storage.LocalStore(self.url, read_only=read_only)
-        options = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
-        return zarr.storage.FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
+        bucket, prefix = self._bucket_and_prefix
+        return zarr.storage.ObjectStore(_s3_store(bucket, prefix, self.endpoint_url), read_only=read_only)
+
+    def _bucket_store(self) -> obstore.store.S3Store:
+        return _s3_store(self._bucket_and_prefix[0], "", self.endpoint_url)
 
 
 @cache
-def _filesystem(protocol: str, endpoint_url: str | None) -> fsspec.AbstractFileSystem:
-    if protocol == "s3":
-        return fsspec.filesystem("s3", endpoint_url=endpoint_url) if endpoint_url else fsspec.filesystem("s3")
-    return fsspec.filesystem("file")
+def _s3_store(bucket: str, prefix: str, endpoint_url: str | None) -> obstore.store.S3Store:
+    """An obstore S3 client for one bucket (and prefix), with boto3's credential chain; one per folder and
+    endpoint, so that its connections are reused. boto3 is imported here: local folders never need it."""
+    import boto3
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    session = boto3.Session()
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    try:
+        credentials = Boto3CredentialProvider(session)  # environment, ~/.aws, SSO, instance profile ...
+    except ValueError:
+        raise InferenceError(f"s3://{bucket}: no AWS credentials found (environment, ~/.aws or instance profile)") from None
+    config: dict[str, object] = {"region": session.region_name or "us-east-1"}
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:  # obstore would panic on the first request
+            raise InferenceError(f"{endpoint}: not an endpoint URL (http://HOST:PORT or https://HOST)")
+        config["endpoint"] = endpoint
+    try:
+        return obstore.store.S3Store(
+            bucket,
+            prefix=prefix or None,
+            config=config,  # type: ignore[arg-type]
+            credential_provider=credentials,
+            client_options={"allow_http": endpoint is not None and endpoint.startswith("http://"), "timeout": timedelta(seconds=60)},
+        )
+    except (obstore.exceptions.BaseError, ValueError) as error:  # obstore refuses a malformed endpoint here
+        raise InferenceError(f"s3://{bucket}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 
@@ -82,6 +83,27 @@ def journal_dump(state_dir: Path) -> list[str]:
     with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         return list(db.iterdump())
+
+
+def journal_sends(state_dir: Path) -> dict[str, tuple[str | None, str | None]]:
+    """case -> (finished_at, error) of every send the journal knows."""
+    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
+        return {case: (finished, error) for case, finished, error in db.execute("SELECT case_id, finished_at, error FROM sends")}
+
+
+def corrupt_slide(folder: Path, name: str = "ACC-2024-0001_DOE_JANE.svs") -> Path:
+    """CMU-1-Small-Region.svs with its last dozen level-0 tiles zeroed: it opens, its metadata goes out, and the
+    send fails once the pyramid writer decodes those tiles. The name is the kind a scanner gives (PHI)."""
+    path = folder / name
+    shutil.copyfile(sample("CMU-1-Small-Region.svs"), path)
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        tiles = list(zip(page.dataoffsets, page.databytecounts, strict=True))[-12:]
+    with path.open("r+b") as handle:
+        for offset, count in tiles:
+            handle.seek(offset)
+            handle.write(bytes(count))
+    return path
 
 
 def sha256(data: bytes) -> str:
