@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, follow_case
+from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, check_not_failed, follow_case
 from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
@@ -33,17 +33,18 @@ class Item:
 def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None = None) -> list[Item]:
     """Items for slide files, case folders and folders or s3:// prefixes holding cases, in the order given.
 
-    A local folder without cases is taken as a slide (a DICOM series). Case names are made unique with a suffix.
+    A local folder without cases is taken as a slide (a DICOM series). A case is a folder with an image or a send
+    manifest (a failed send leaves only its manifest: its row says why). Case names are made unique with a suffix.
     """
     items: list[Item] = []
     for entry in inputs:
         text = str(entry)
         if text.startswith("s3://") or Path(text).is_dir():
             location = Location.parse(text, endpoint_url)
-            if location.exists("image.zarr/zarr.json"):
+            if _is_case(location):
                 items.append(Item(text, location.name, location=location))
                 continue
-            cases = [sub for sub in location.subfolders() if sub.exists("image.zarr/zarr.json")]
+            cases = [sub for sub in location.subfolders() if _is_case(sub)]
             if cases:
                 items += [Item(case.url, case.name, location=case) for case in cases]
                 continue
@@ -58,6 +59,10 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
         name = item.case if seen[item.case] == 1 else f"{item.case}-{seen[item.case]}"
         unique.append(Item(item.label, name, item.slide, item.location, item.problem))
     return unique
+
+
+def _is_case(location: Location) -> bool:
+    return location.exists("image.zarr/zarr.json") or location.exists("manifest.json")
 
 
 def analyze_batch(inputs: Sequence[str | os.PathLike[str]], report: str | os.PathLike[str], out: str | None = None,
@@ -104,6 +109,8 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
     try:
         if item.problem:
             raise SlidestreamError(item.problem)
+        if item.location is not None:
+            check_not_failed(item.location, item.location.read_json("manifest.json"))  # results from before do not count
         done = target.read_json("triage.json")
         if done and done.get("complete") and done.get("model") == options.model.spec.name:
             return _row(item, "skipped", target, done, 0.0)

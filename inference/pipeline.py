@@ -27,6 +27,7 @@ from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
+from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
 MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small slide), so QC has tiles to judge
@@ -34,6 +35,10 @@ MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small 
 
 class CaseNotReadyError(InferenceError):
     """The case has no image metadata yet (its upload has not started)."""
+
+
+class CaseFailedError(InferenceError):
+    """The case's send was given up (its manifest says failed, with the reason): there is nothing to score."""
 
 
 @dataclass(frozen=True)
@@ -124,13 +129,14 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
 
     Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
     shard its pixels come from has arrived (or is not planned at all: background). A case without a manifest is
-    taken as complete. Coarse mode applies only to a complete case's first pass. Results go to `out` (default: the
-    case itself, where the viewer looks).
+    taken as complete; one whose send failed raises `CaseFailedError` with the reason. Coarse mode applies only to a
+    complete case's first pass. Results go to `out` (default: the case itself, where the viewer looks).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
+    manifest = case.read_json("manifest.json")
+    state = check_not_failed(case, manifest)
     if not case.exists("image.zarr/zarr.json"):
         raise CaseNotReadyError(f"{case.url}: no image.zarr/zarr.json (not a slidestream case, or not arrived yet)")
-    manifest = case.read_json("manifest.json")
     if manifest is not None and not manifest.get("plan_final", True):
         raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
     ref = ZarrRef(case.child("image.zarr"))
@@ -138,7 +144,7 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     heatmap = heatmap or plan_heatmap(source, options)
     level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
     ready = ready_tiles(source, heatmap.grid, level, manifest)
-    finished = manifest is None or bool(manifest.get("complete"))
+    finished = state == COMPLETE
     coarse = options.coarse and finished and not heatmap.measured.any()
     with _runner(runner, options) as run:
         _score(heatmap, ref, source, run, options, heatmap.tissue & ~heatmap.measured & ready, coarse, on_progress)
@@ -146,6 +152,14 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
     write_results(heatmap, target, options.threshold, source.mpp)
     return heatmap
+
+
+def check_not_failed(case: Location, manifest: dict[str, Any] | None) -> str:
+    """The case's state from its manifest; `CaseFailedError` with the sender's reason when its send was given up."""
+    state, reason = case_state(manifest)
+    if state == FAILED:
+        raise CaseFailedError(f"{case.url}: the send failed: {reason}")
+    return state
 
 
 def follow_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,

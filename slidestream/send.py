@@ -142,7 +142,12 @@ def give_up(record: SendRecord, error: SlidestreamError, state_dir: Path | None)
         if current is None or current.finished_at is not None:
             return  # the sender retracted it already
         options = SendOptions(deadline=min(float(record.args.get("deadline", 600.0)), 60.0), ca_bundle=record.args.get("ca_bundle"))
-        Sender(record.destination, journal, options).retract(str(error))
+        Sender(record.destination, journal, options, private=slide_names(Path(record.args["slide"]))).retract(str(error))
+
+
+def slide_names(path: Path) -> tuple[str, ...]:
+    """What of a slide's path may identify the patient, longest first: never written to the store."""
+    return (str(path), str(path.resolve()), path.name, path.stem)
 
 
 def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
@@ -210,7 +215,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             ca_bundle=args["ca_bundle"],
         )
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
-            sender = Sender(dest, journal, options, listener)
+            sender = Sender(dest, journal, options, listener, private=slide_names(slide_path))
             sender.preflight(args)  # a link that is down: journaled, waits until --deadline
             sender.begin(args)
             listener.start(len(plan.shards))

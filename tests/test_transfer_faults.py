@@ -7,6 +7,7 @@ and the one line on stderr.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import importlib.util
 import json
@@ -29,7 +30,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import REPO, S3Server, sample
-from test_transfer import journal_dump, journal_objects, local_pieces, send_args, server_objects, sha256, slidestream, start_slidestream
+from test_transfer import (
+    corrupt_slide,
+    journal_dump,
+    journal_objects,
+    journal_sends,
+    local_pieces,
+    send_args,
+    server_objects,
+    sha256,
+    slidestream,
+    start_slidestream,
+)
 
 from tiling import Piece, PieceKind
 from transfer import Journal, parse_destination
@@ -201,9 +213,45 @@ def test_an_object_the_server_keeps_corrupting_fails_the_send_and_is_never_recor
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not recorded as sent" in result.stderr and shard in result.stderr
-    assert shard not in journal_objects(tmp_path)
+    assert journal_objects(tmp_path) == {}  # given up: retracted, nothing of it is on the server any more
+    assert journal_sends(tmp_path)[case][1] == result.stderr.removeprefix("slidestream: error: ").strip()
+    assert image_on_server(s3_server, s3_bucket, case) == {}
     manifest = manifest_of(s3_server, s3_bucket, case)
-    assert manifest is not None and manifest["complete"] is False and shard not in manifest["arrived"]
+    assert manifest is not None and manifest["state"] == "failed" and manifest["complete"] is False and shard in manifest["failed"]
+
+
+def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A corrupt tile found mid-way: one line, exit 2; the store holds a manifest saying "failed" and why (without
+    the file name) and none of the image objects that had gone out; the viewer, `analyze` and `resume` agree."""
+    case, state, client = CASE, tmp_path / "state", s3_server.client()
+    slide = corrupt_slide(tmp_path)
+    client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})  # keeps what was deleted
+    result = slidestream("send", slide, *send_args(s3_server, s3_bucket, state, "--case", case))
+    assert_one_line_error(result, 2, "tile")
+
+    versions = client.list_object_versions(Bucket=s3_bucket, Prefix=f"cases/{case}/")
+    written = [v for v in versions.get("Versions", []) if "/image.zarr/" in v["Key"]]
+    manifests = sorted((v for v in versions["Versions"] if v["Key"].endswith("manifest.json")), key=lambda v: v["LastModified"])
+    assert any(v["Key"].endswith("image.zarr/zarr.json") for v in written)  # metadata had gone out before the failure
+    assert image_on_server(s3_server, s3_bucket, case) == {}  # and is gone
+    first = json.loads(client.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"], VersionId=manifests[0]["VersionId"])["Body"].read())
+    assert first["state"] == "sending" and all(manifests[0]["LastModified"] <= v["LastModified"] for v in written)
+    raw = client.get_object(Bucket=s3_bucket, Key=f"cases/{case}/manifest.json")["Body"].read()
+    manifest = json.loads(raw)
+    assert manifest["state"] == "failed" and manifest["complete"] is False and manifest["planned"] == manifest["arrived"] == []
+    assert manifest["failed"] in result.stderr.replace(str(slide), "the slide")
+    assert b"DOE" not in raw and b"ACC-2024" not in raw
+
+    assert journal_objects(state) == {} and journal_sends(state)[case][0] is not None
+    resumed = slidestream("resume", "--state-dir", state)
+    assert resumed.returncode == 0 and resumed.stderr.strip() == "nothing to resume"
+
+    report = tmp_path / "report.csv"
+    analyzed = slidestream("analyze", f"s3://{s3_bucket}/cases", "--report", report, "--endpoint-url", s3_server.endpoint_url)
+    assert analyzed.returncode == 1, analyzed.stderr
+    [row] = list(csv.DictReader(report.open()))
+    assert row["case"] == case and row["status"] == "error" and "send failed" in row["error"] and manifest["failed"] in row["error"]
+    assert row["score"] == ""
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------------------
@@ -328,6 +376,66 @@ def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_b
     assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
 
 
+def wait_for_send_journaled(state: Path, case: str, process: subprocess.Popen[str]) -> None:
+    while process.poll() is None:
+        with contextlib.suppress(sqlite3.Error):
+            if (state / "journal.sqlite3").exists() and case in journal_sends(state):
+                return
+        time.sleep(0.05)
+    pytest.fail(f"the send ended before it was journaled: {process.communicate()[1]}")
+
+
+def test_a_send_started_while_the_link_is_down_waits_for_it(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    """No link at the start is an outage like any other: the send is journaled, waits, and goes once the link is up."""
+    case, state = CASE, tmp_path / "state"
+    proxy = proxy_factory()
+    proxy.set_down(True)
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--json"]
+    process = start_slidestream("send", sample(CMU), *args, "--deadline", 600)
+    wait_for_send_journaled(state, case, process)
+    time.sleep(2)  # a few failed tries later it still waits
+    assert process.poll() is None and journal_sends(state)[case] == (None, None) and journal_objects(state) == {}
+    proxy.set_down(False)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    pieces = local_pieces(sample(CMU), case)
+    assert json.loads(stdout)["objects"] == len(pieces)
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+
+
+def test_a_send_that_never_reached_the_server_exits_3_and_resume_sends_it(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]
+    case, state = CASE, tmp_path / "state"
+    proxy = proxy_factory()
+    proxy.set_down(True)
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case]
+    started = time.monotonic()
+    result = slidestream("send", sample(CMU), *args, "--deadline", 3)
+    assert time.monotonic() - started < 3 + 30  # generous: Python start-up and the slide's opening on a busy machine
+    assert_one_line_error(result, 3, f"no working connection to {proxy.endpoint_url}", "--deadline 3", "slidestream resume")
+    assert journal_sends(state)[case][0] is None and manifest_of(s3_server, s3_bucket, case) is None
+
+    proxy.set_down(False)
+    resumed = slidestream("resume", "--state-dir", state, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    pieces = local_pieces(sample(CMU), case)
+    assert json.loads(resumed.stdout)[0]["objects"] == len(pieces)
+    assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
+    assert manifest_of(s3_server, s3_bucket, case)["state"] == "complete"  # type: ignore[index]
+
+
+def test_a_slide_that_failed_in_watch_leaves_resume_nothing_to_fail_on(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    folder, state = tmp_path / "scans", tmp_path / "state"
+    folder.mkdir()
+    corrupt_slide(folder)
+    watched = slidestream("watch", folder, f"s3://{s3_bucket}/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
+                          "--once", "--no-edge", "--settle", 0)  # fmt: skip
+    assert watched.returncode == 1, watched.stderr
+    assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
+    for _ in range(2):
+        resumed = slidestream("resume", "--state-dir", state)
+        assert resumed.returncode == 0 and resumed.stderr.strip() == "nothing to resume", resumed.stderr
+
+
 def load_link() -> ModuleType | None:
     path = REPO / "bench" / "link.py"
     if not path.exists():
@@ -449,13 +557,15 @@ def test_unknown_bucket(s3_server, used_journal) -> None:  # type: ignore[no-unt
 
 @pytest.mark.parametrize(("endpoint", "reason"), [("http://127.0.0.1:{port}", "connection refused"), ("http://s3.invalid:9000", "")])
 def test_unreachable_endpoint(used_journal, endpoint, reason) -> None:  # type: ignore[no-untyped-def]
+    """An endpoint that cannot be reached may be a link that is down: waited for until --deadline, then exit 3 with
+    the send journaled for `resume` (the other case the journal knew is left as it was)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = endpoint.format(port=sock.getsockname()[1])  # bound, not listening: refused
-        before = journal_dump(used_journal)
-        result = slidestream("send", sample(CMU), "s3://bucket/cases", "--endpoint-url", url, "--state-dir", used_journal)
-    assert_one_line_error(result, 3, f"cannot reach {url}", reason)
-    assert journal_dump(used_journal) == before
+        result = slidestream("send", sample(CMU), "s3://bucket/cases", "--endpoint-url", url, "--state-dir", used_journal,
+                             "--case", "unreached", "--deadline", 2)  # fmt: skip
+    assert_one_line_error(result, 3, f"no working connection to {url}", reason)
+    assert journal_sends(used_journal) == {"other-case": (None, None), "unreached": (None, result.stderr.removeprefix("slidestream: error: ").strip())}
 
 
 @pytest.fixture

@@ -152,8 +152,12 @@ class _Job:
 class Sender:
     """Sends one case to one destination; reusable for one `send()` call."""
 
-    def __init__(self, dest: Destination, journal: Journal, options: SendOptions = SendOptions(), listener: Listener | None = None) -> None:
+    def __init__(self, dest: Destination, journal: Journal, options: SendOptions = SendOptions(), listener: Listener | None = None,
+                 private: Collection[str] = ()) -> None:
+        """`private`: strings that must not reach the store (the slide's path and name: they hold accession
+        numbers); a failure reason written to the manifest says "the slide" instead."""
         self.dest = dest
+        self.private = sorted({name for name in private if len(name) >= 4}, key=len, reverse=True)
         self.journal = journal
         self.options = options
         self.listener = listener
@@ -380,7 +384,10 @@ class Sender:
         send unfinished, and the next try (which fails the same way) retracts again."""
         record = self._record or self.journal.send(self.dest)
         started = record.started_at if record else utc_now()
-        document = failed_document(self.dest.case, started, reason)
+        public = reason
+        for name in self.private:
+            public = public.replace(name, "the slide")
+        document = failed_document(self.dest.case, started, public)
         keys = sorted({*self.journal.verified(self.dest), *self._written})
         try:
             with self._manifest_lock:

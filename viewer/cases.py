@@ -20,16 +20,19 @@ from PIL import Image
 
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
+from transfer.manifest import case_state
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
     EMPTY,
     PENDING,
     Arrival,
+    CaseFailedError,
     ImageError,
     Level,
     SlideImage,
     TileNotFoundError,
+    check_not_failed,
     index_size,
     open_image,
     parse_manifest,
@@ -89,6 +92,7 @@ class Cases:
 
         async def load() -> Arrival:
             manifest = await self.manifest(case)
+            check_not_failed(case, manifest)
             send = str(manifest.get("started_at")) if manifest else None
             image = await self._images.get((case, send), lambda: open_image(self._zarr, case))
             return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
@@ -175,13 +179,22 @@ class Cases:
 
     # -- what a page polls, and the worklist -----------------------------------------------------------------
     async def status(self, case: str) -> dict[str, Any]:
-        """Arrival per level, triage, heatmap version and report time: everything on a page that changes."""
-        arrival, triage, heatmap, report = await asyncio.gather(
-            self.arrival(case), self.sidecar(case, "triage.json"), self.heatmap(case), self.sidecar(case, "report.json")
-        )
+        """Arrival per level, triage, heatmap version and report time: everything on a page that changes.
+
+        A send that was given up has no image: its status says "failed" and why, with no levels."""
+        try:
+            arrival = await self.arrival(case)
+        except CaseFailedError as failed:
+            manifest = await self.manifest(case) or {}
+            return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
+                    "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
+                    "triage": None, "heatmap": None, "report": None}  # fmt: skip
+        triage, heatmap, report = await asyncio.gather(self.sidecar(case, "triage.json"), self.heatmap(case), self.sidecar(case, "report.json"))
         counts = arrival.counts()
         return {
             "manifest": arrival.manifest,
+            "state": "complete" if arrival.complete else "sending",
+            "failed": None,
             "complete": arrival.complete,
             "started_at": arrival.started_at,
             "updated_at": arrival.updated_at,
@@ -201,14 +214,17 @@ class Cases:
                 manifest, triage, report = await asyncio.gather(
                     self.manifest(case), self.sidecar(case, "triage.json"), self.sidecar(case, "report.json")
                 )
+            state, failed = case_state(manifest)
             manifest = manifest or {}
             planned, arrived = manifest.get("planned", []), manifest.get("arrived", [])
             return {
                 "case": case,
-                "triage": _triage(triage),
+                "triage": None if failed else _triage(triage),
                 "planned": len(planned) if isinstance(planned, list) else None,
                 "arrived": len(arrived) if isinstance(arrived, list) else None,
-                "complete": bool(manifest.get("complete")),
+                "state": state,
+                "failed": failed,
+                "complete": state == "complete",
                 "started_at": manifest.get("started_at"),
                 "reported_at": report.get("first_saved_at") if report else None,
             }

@@ -23,6 +23,7 @@ from zarr.core.array import AsyncArray
 
 from slides import SlidestreamError
 from tiling.codec import JpegCodec
+from transfer.manifest import FAILED, case_state
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -31,6 +32,21 @@ _SHARD_KEY = re.compile(r"^(\d+)/c/0/(\d+)/(\d+)$")
 
 class CaseNotFoundError(SlidestreamError, LookupError):
     """The case has no image (yet)."""
+
+
+class CaseFailedError(CaseNotFoundError):
+    """The case's send was given up (its manifest says failed): there is no image, only the reason."""
+
+    def __init__(self, case: str, reason: str) -> None:
+        super().__init__(f"case {case}: send failed: {reason}")
+        self.reason = reason
+
+
+def check_not_failed(case: str, manifest: dict[str, Any] | None) -> None:
+    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show."""
+    state, reason = case_state(manifest)
+    if state == FAILED:
+        raise CaseFailedError(case, reason or "")
 
 
 class TileNotFoundError(SlidestreamError, LookupError):
@@ -176,7 +192,7 @@ def without_manifest(image: SlideImage) -> Arrival:
 
 
 def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
-    """The send manifest (`slidestream-manifest/1`) as shard states; keys of anything but shards are ignored."""
+    """The send manifest (`slidestream-manifest/1` or `/2`) as shard states; keys of anything but shards are ignored."""
     try:
         planned, arrived = list(manifest["planned"]), set(manifest["arrived"])
     except (KeyError, TypeError) as error:
@@ -193,7 +209,8 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
             continue
         grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
     states = tuple(grid.decode() for grid in grids)
-    return Arrival(image, True, bool(manifest.get("complete")), manifest.get("started_at"), manifest.get("updated_at"), states)
+    complete = case_state(manifest)[0] == "complete"
+    return Arrival(image, True, complete, manifest.get("started_at"), manifest.get("updated_at"), states)
 
 
 # -- shards ----------------------------------------------------------------------------------------------------

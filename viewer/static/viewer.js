@@ -131,6 +131,10 @@
     }
 
     function applyStatus(status) {
+        if (status.state === "failed") {
+            showMessage(`case ${caseId}: send failed: ${status.failed}`);
+            return;
+        }
         const states = status.manifest ? status.levels : null;
         const key = `${status.started_at}|${states ? states.map((level) => level.state).join("|") : "all"}`;
         if (key !== shownStates) {
@@ -228,8 +232,9 @@
             if (error instanceof ApiError && error.refused) {
                 showMessage(refusedText);
             } else {
-                showMessage(error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
-                setTimeout(start, POLL_MS);
+                const failed = error.status === 404 && error.message.includes(": send failed: ");
+                showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
+                if (!failed) setTimeout(start, POLL_MS);
             }
             return;
         }

@@ -37,7 +37,8 @@
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
             const scoreCell = cell(row, meter, "triage");
             scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
-            cell(row, entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–", "arrived");
+            const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–";
+            cell(row, entry.state === "failed" ? `failed: ${entry.failed}` : arrived, "arrived");
             const clockCell = cell(row, "", "clock");
             clockCell.dataset.started = entry.started_at || "";
             clockCell.dataset.reported = entry.reported_at || "";
