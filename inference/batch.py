@@ -14,6 +14,7 @@ from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_s
 from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
+from slides.errors import printable
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -128,9 +129,9 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
 
 def _row(item: Item, status: str, target: Location, triage: dict[str, Any] | None, seconds: float, error: str = "") -> dict[str, Any]:
     summary = triage["summary"] if triage else {}
-    return {
-        "slide": item.label,
-        "case": item.case,
+    return {  # printable: a file name need not be UTF-8, and the report must still be written
+        "slide": printable(item.label),
+        "case": printable(item.case),
         "status": status,
         "score": _round(triage.get("score")) if triage else None,
         "max": _round(summary.get("max")),
@@ -138,8 +139,8 @@ def _row(item: Item, status: str, target: Location, triage: dict[str, Any] | Non
         "area_above_threshold_mm2": summary.get("area_above_threshold_mm2"),
         "blur_fraction": summary.get("qc", {}).get("blur_fraction"),
         "seconds": round(seconds, 2),
-        "error": error,
-        "results": target.url if triage else "",
+        "error": printable(error),
+        "results": printable(target.url) if triage else "",
     }
 
 

@@ -7,7 +7,12 @@ output without decoding, and it reads plain (non-pyramidal) TIFFs that openslide
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,9 +25,13 @@ import tifffile
 from slides.deid import PUBLIC_NAME, safe_associated_images, safe_properties
 from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
 from slides.jpeg import strip_metadata
+from slides.written import tiff_structure_whole, tifffile_complaints
 
 # Real scans reach ~200k px a side; anything far beyond is a corrupt or hostile header, not a slide.
 MAX_SIDE = 1 << 20
+# The bounded reader: every read decodes whole stored tiles or strips, one at a time per thread, so no stored chunk
+# may decode to more than this (a real scan's are 0.2-4 MB; a plain TIFF stored as one huge strip is refused).
+MAX_CHUNK_BYTES = 256 << 20
 
 _CODECS = {
     tifffile.COMPRESSION.JPEG: "jpeg",
@@ -73,6 +82,8 @@ class Slide:
     slide: no label or macro image, only properties known to hold no identifying information, JPEG tiles and
     tables without comments and APPn segments, a `name` that is not the file name, and a `summary` without it.
     """
+
+    _scratch: tempfile.TemporaryDirectory[str] | None = None  # the private DICOM folder openslide reads (open_slide)
 
     def __init__(self, path: Path, osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None, keep_phi: bool):
         self.path = path
@@ -231,6 +242,9 @@ class Slide:
     def close(self) -> None:
         if self._osr is not None:
             self._osr.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
         if self._tiff is not None:
             self._tiff.close()
         if self._fd >= 0:
@@ -250,60 +264,147 @@ class Slide:
 def open_slide(path: str | os.PathLike[str], keep_phi: bool = False) -> Slide:
     """Open any supported whole-slide image; raises a `SlidestreamError` whose message names file and problem.
 
-    A directory is accepted when it holds a DICOM series (all files of one slide).
+    A directory is accepted when it holds a DICOM series (all files of one slide). Only regular files are opened
+    (a FIFO or device would block or never end); a damaged or truncated TIFF structure, or a page whose stored tiles
+    or strips decode to more than `MAX_CHUNK_BYTES` each, is refused here, before any pixel is read.
     """
     path = Path(path)
-    if not path.exists():
-        raise SlideNotFoundError(f"{path}: no such file")
-    if path.is_dir():
+    if slide_path_kind(path) == "directory":
         path = _dicom_member(path)
     if path.stat().st_size == 0:
         raise UnsupportedSlideError(f"{path}: empty file, not a slide")
-    osr = _try_openslide(path)
-    tiff = _try_tifffile(path)
-    if osr is None and (tiff is None or not tiff.series):
-        if tiff is not None:
-            tiff.close()
-        raise UnsupportedSlideError(f"{path}: not a supported slide format (openslide and tifffile cannot read it)")
+    scratch = _dicom_view(path)
+    with tifffile_complaints() as complaints:
+        try:
+            osr = _try_openslide(path if scratch is None else Path(scratch.name) / path.name, path)
+            tiff = _try_tifffile(path, complaints)
+            if osr is None and (tiff is None or not tiff.series):
+                raise UnsupportedSlideError(f"{path}: not a supported slide format (openslide and tifffile cannot read it)")
+            slide = Slide(path, osr, tiff, keep_phi)
+        except SlidestreamError:
+            if scratch is not None:
+                scratch.cleanup()
+            raise
+        except Exception as error:  # noqa: BLE001 - tifffile and openslide raise many types for damaged files
+            if scratch is not None:
+                scratch.cleanup()
+            raise UnsupportedSlideError(f"{path}: unreadable slide structure: {_first_line(error)}") from None
+    slide._scratch = scratch
     try:
-        slide = Slide(path, osr, tiff, keep_phi)
+        _check_bounds(slide)
     except SlidestreamError:
-        raise
-    except Exception as error:
-        raise UnsupportedSlideError(f"{path}: unreadable slide structure: {error}") from None
-    width, height = slide.dimensions
-    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         slide.close()
-        raise UnsupportedSlideError(f"{path}: implausible dimensions {width}x{height} (limit {MAX_SIDE} px a side)")
+        raise
     return slide
 
 
+def slide_path_kind(path: Path) -> str:
+    """"file" or "directory"; anything else (missing, a link loop, a FIFO, a device, a socket) is a one-line error."""
+    try:
+        mode = path.stat().st_mode  # follows links
+    except FileNotFoundError:
+        raise SlideNotFoundError(f"{path}: no such file") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsupportedSlideError(f"{path}: symbolic link loop, not a slide") from None
+        raise UnsupportedSlideError(f"{path}: cannot be read: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if not stat.S_ISREG(mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise UnsupportedSlideError(f"{path}: is a {kind}, not a slide file")
+    return "file"
+
+
+def _check_bounds(slide: Slide) -> None:
+    """Refuse headers no real scan has: sides beyond MAX_SIDE, stored tiles or strips decoding beyond MAX_CHUNK_BYTES
+    (every read decodes whole chunks; a damaged strip TIFF may claim one strip of 300k x 300k px)."""
+    width, height = slide.dimensions
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise UnsupportedSlideError(f"{slide.path}: implausible dimensions {width}x{height} (limit {MAX_SIDE} px a side)")
+    chunks = [(level.tile_width or 0) * (level.tile_height or 0) * 4 for level in slide.levels]
+    if slide._tiff is not None:
+        for page in (level.keyframe for series in slide._tiff.series for level in series.levels):
+            itemsize = page.dtype.itemsize if page.dtype is not None else 1
+            chunks.append(math.prod(page.chunks) * itemsize)
+    if max(chunks, default=0) > MAX_CHUNK_BYTES:
+        raise UnsupportedSlideError(
+            f"{slide.path}: a stored tile or strip decodes to {max(chunks) / 2**20:.0f} MiB "
+            f"(limit {MAX_CHUNK_BYTES // 2**20} MiB): damaged header, or a plain TIFF too large to read piecewise"
+        )
+
+
 def _dicom_member(directory: Path) -> Path:
-    members = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+    members = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".dcm" and _regular(p))
     if not members:
         raise UnsupportedSlideError(f"{directory}: is a directory without DICOM files, not a slide")
     return members[0]
 
 
-def _try_openslide(path: Path) -> openslide.OpenSlide | None:
+def _regular(path: Path) -> bool:
     try:
-        return openslide.OpenSlide(path)
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_view(path: Path) -> tempfile.TemporaryDirectory[str] | None:
+    """For a DICOM file, a private folder of links to the regular DICOM files beside it: openslide opens every file
+    of a DICOM file's folder, and a FIFO there would block it forever (other special files, partial downloads and
+    unrelated slides stay out too). None for other formats."""
+    if not _is_dicom(path):
+        return None
+    scratch = tempfile.TemporaryDirectory(prefix="slidestream-dicom-")
+    for member in path.parent.iterdir():
+        if _regular(member) and _is_dicom(member):
+            os.symlink(member.resolve(), Path(scratch.name) / member.name)
+    return scratch
+
+
+def _try_openslide(opened: Path, path: Path) -> openslide.OpenSlide | None:
+    try:
+        return openslide.OpenSlide(opened)
     except openslide.OpenSlideUnsupportedFormatError:
         return None
     except openslide.OpenSlideError as error:
-        raise UnsupportedSlideError(f"{path}: damaged slide: {error}") from None
+        raise UnsupportedSlideError(f"{path}: damaged slide: {_first_line(error)}") from None
 
 
-def _try_tifffile(path: Path) -> tifffile.TiffFile | None:
+def _try_tifffile(path: Path, complaints: list[logging.LogRecord]) -> tifffile.TiffFile | None:
+    """The file through tifffile, or None when it is no TIFF (openslide may still read it, as DICOM). A TIFF whose
+    structure points past its end or that tifffile can only partly parse is damaged (truncated, or bytes flipped):
+    refused, since openslide would read such a file as far as it goes and a send would publish a partial slide."""
     try:
         tiff = tifffile.TiffFile(path)
-    except Exception:  # not a TIFF, or a TIFF too damaged to parse: openslide may still read it (DICOM)
+    except Exception:  # noqa: BLE001 - not a TIFF, or one too damaged to parse: openslide decides (DICOM)
         return None
+    try:
+        whole = tiff_structure_whole(tiff)
+    except Exception:  # noqa: BLE001 - a damaged structure can fail to parse in any way
+        whole = False
+    errors = [record for record in complaints if record.levelno >= logging.ERROR]
+    if not whole or errors:
+        tiff.close()
+        detail = f": {_first_line(errors[0].getMessage())}" if errors else ""
+        raise CorruptSlideError(f"{path}: truncated or damaged TIFF structure{detail}")
     if tiff.is_ndpi:
         # NDPI stores JPEG strips as restart-marker "tiles" that cannot be copied as self-contained tiles
         tiff.close()
         return None
     return tiff
+
+
+def _first_line(error: object) -> str:
+    """Library messages can span lines (libtiff, tifffile reprs); ours are one line."""
+    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def _levels(osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None) -> list[Level]:

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from slides.errors import printable
+
 if TYPE_CHECKING:
     from inference.batch import Item
 
@@ -64,7 +66,7 @@ def analyze(
         if row["error"]:
             stderr.print(f"{row['case']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
     failed = sum(row["status"] == "error" for row in rows)
-    stderr.print(f"{len(rows)} items, {failed} failed; report: {report}", highlight=False)
+    stderr.print(printable(f"{len(rows)} items, {failed} failed; report: {report}"), markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slides import SlidestreamError, open_slide
+from slides.errors import printable
 from slidestream.analyze import analyze
 from slidestream.config import ENV_PREFIX
 from slidestream.demo import demo
@@ -41,6 +44,8 @@ def _root(
 
 stderr = Console(stderr=True)
 
+INFO_WINDOW = 2048  # px a side that `info` decodes of the smallest level
+
 KeepPhi = Annotated[
     bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")
 ]
@@ -56,8 +61,10 @@ def info(
     """Show a slide's format, pyramid, resolution and associated images (de-identified unless --keep-phi)."""
     with open_slide(slide, keep_phi=keep_phi) as opened:
         last = len(opened.levels) - 1
-        # reading the smallest level proves the image data decodes, not just the header
-        opened.read_region((0, 0), last, (opened.levels[last].width, opened.levels[last].height))
+        # reading the smallest level proves the image data decodes, not just the header (at most a window of it: a
+        # slide without a pyramid has only its full-size level)
+        window = (min(opened.levels[last].width, INFO_WINDOW), min(opened.levels[last].height, INFO_WINDOW))
+        opened.read_region((0, 0), last, window)
         summary = opened.summary()
     if qc:
         from inference import qc_slide
@@ -112,10 +119,43 @@ for command in (send, resume, watch, serve, analyze, demo):
     app.command()(command)
 
 
+DEBUG_ENV = "SLIDESTREAM_DEBUG"
+
+
 def main() -> None:
-    """Console-script entry: every `SlidestreamError` becomes one line on stderr and exit code 2 (or its `exit_code`)."""
+    """Console-script entry and the one error path of every command: a `SlidestreamError` becomes one line on stderr
+    and exit code 2 (or its `exit_code`), anything unexpected one line and exit 1; `SLIDESTREAM_DEBUG=1` shows
+    tracebacks and library warnings instead.
+
+    Libraries' warnings and log messages (tifffile, zarr, dask) go to a debug channel, not the terminal: a damaged
+    file makes them talk, and they would stand before the error line that says what is wrong.
+    """
+    debug = bool(os.environ.get(DEBUG_ENV))
+    _route_library_messages(debug)
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr] - file names need not be UTF-8
     try:
         app(auto_envvar_prefix=ENV_PREFIX)  # standalone: typer reports usage errors itself (exit 2)
     except SlidestreamError as error:
-        stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        _error_line(str(error))
         sys.exit(getattr(error, "exit_code", 2))
+    except Exception as error:  # noqa: BLE001 - a bug must still be one line, not a page of traceback
+        if debug:
+            raise
+        text = (str(error).strip().splitlines() or [""])[0]
+        _error_line(f"internal error: {type(error).__name__}{': ' + text if text else ''} (run with {DEBUG_ENV}=1 for details)")
+        sys.exit(1)
+
+
+def _error_line(text: str) -> None:
+    stderr.print(f"slidestream: error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _route_library_messages(debug: bool) -> None:
+    """Python warnings and library logging to stderr with `debug`, else nowhere (a root handler keeps logging's
+    last-resort printer quiet; loggers with their own handlers, such as uvicorn's access log, still print)."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())

@@ -72,6 +72,9 @@ def send(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
+    from slides.slide import slide_path_kind
+
+    slide_path_kind(slide)  # a link loop or a FIFO is one line here, before the path is resolved for the journal
     if concurrency != "auto" and not (concurrency.isdigit() and 1 <= int(concurrency) <= 32):
         raise typer.BadParameter(f"{concurrency!r} is neither 'auto' nor a number from 1 to 32", param_hint="--concurrency")
     if sse not in (None, "AES256", "aws:kms"):

@@ -8,6 +8,9 @@ local writer to see). A frozen section thus starts within a poll of its last byt
 Multi-file slides travel as one unit: an MRXS file with its companion folder, and a folder of DICOM files (one series).
 A slide that cannot be read is moved to `failed/` beside a `.reason.txt`; a network failure leaves it in place to be
 retried; a restart resumes interrupted sends through the transfer journal (nothing verified is sent twice).
+Whatever one entry does (truncated, a link loop, a FIFO, a name that is not UTF-8, gone mid-read, or an exception
+nobody foresaw) costs one log line and that entry only; a store that keeps failing (bucket missing, connection
+refused) is retried with exponential backoff (1 s doubling to 60 s) and reported once, not once per retry.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import typer
 from rich.console import Console
 
 from slides import SlidestreamError, fully_written
+from slides.errors import printable
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
 FAILED = "failed"
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 
 stderr = Console(stderr=True)
 
@@ -44,7 +49,12 @@ class SlideUnit:
 
     def signature(self) -> tuple[int, int, float]:
         """(file count, total bytes, newest mtime): changes while a scanner is still writing."""
-        stats = [f.stat() for f in self.files if f.exists()]
+        stats = []
+        for file in self.files:
+            try:
+                stats.append(file.stat())
+            except OSError:  # gone since the listing, or a link loop: not there
+                continue
         return len(stats), sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
@@ -53,20 +63,29 @@ def find_units(folder: Path) -> Iterator[SlideUnit]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.name == FAILED or entry.suffix.lower() in PARTIAL_SUFFIXES:
             continue
-        if entry.is_dir():
-            companion = entry.with_suffix(".mrxs")
-            dicoms = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
-            if not companion.exists() and dicoms:
-                yield SlideUnit(entry, tuple(dicoms))
-        elif entry.suffix.lower() in SLIDE_SUFFIXES:
-            extra = entry.with_suffix("")
-            files = (entry, *sorted(p for p in extra.rglob("*") if p.is_file())) if entry.suffix.lower() == ".mrxs" and extra.is_dir() else (entry,)
-            yield SlideUnit(entry, files)
+        try:
+            unit = _unit(entry)
+        except OSError:  # vanished or unreadable while we looked: the next look decides
+            continue
+        if unit is not None:
+            yield unit
+
+
+def _unit(entry: Path) -> SlideUnit | None:
+    if entry.is_dir():
+        companion = entry.with_suffix(".mrxs")
+        dicoms = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+        return SlideUnit(entry, tuple(dicoms)) if not companion.exists() and dicoms else None
+    if entry.suffix.lower() in SLIDE_SUFFIXES:  # special files and link loops too: open_slide tells them apart
+        extra = entry.with_suffix("")
+        files = (entry, *sorted(p for p in extra.rglob("*") if p.is_file())) if entry.suffix.lower() == ".mrxs" and extra.is_dir() else (entry,)
+        return SlideUnit(entry, files)
+    return None
 
 
 def open_for_writing(paths: set[Path]) -> bool:
     """Whether any process on this machine holds one of `paths` open for writing (Linux /proc)."""
-    targets = {str(p.resolve()) for p in paths}
+    targets = {os.path.realpath(p) for p in paths}  # realpath: a link loop is no error here
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
             for fd in fd_dir.iterdir():
@@ -90,6 +109,7 @@ class HotFolder:
         self.log_file = state_dir / f"watch-{digest}.log"
         self.done: dict[str, list[Any]] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}
+        self._noted = ""
 
     def ready(self, now: float, skip: set[Path]) -> list[SlideUnit]:
         """Slides not sent yet, not open for writing, and unchanged since the last look when their structure proves
@@ -106,6 +126,16 @@ class HotFolder:
                 ready.append(unit)
         return ready
 
+    def forget(self, unit: SlideUnit) -> None:
+        """Look at the slide afresh next time (its send failed for the network: it waits for the next attempt)."""
+        self._seen.pop(unit.path, None)
+
+    def note(self, line: str) -> None:
+        """A line about the folder itself, said once until it changes."""
+        if line != self._noted:
+            self._noted = line
+            print(printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}"), flush=True)
+
     def settling(self) -> bool:
         """Whether a slide was seen changing and has not been handled yet."""
         return bool(self._seen)
@@ -119,24 +149,27 @@ class HotFolder:
             temporary.write_text(json.dumps(self.done))
             temporary.replace(self.state_file)
         self._seen.pop(unit.path, None)
-        stamped = f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}"
+        stamped = printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}")
         with self.log_file.open("a") as log:
             log.write(stamped + "\n")
         print(stamped, flush=True)
 
-    def set_aside(self, unit: SlideUnit, reason: str) -> Path:
-        """Move an unreadable slide (and its companion files) to failed/ with the reason beside it."""
+    def set_aside(self, unit: SlideUnit, reason: str) -> str:
+        """Move an unreadable slide (and its companion files) to failed/ with the reason beside it; says where it went
+        (or that it is gone: a slide can vanish while it is read)."""
+        if not os.path.lexists(unit.path):
+            return "it is gone"
         failed = self.folder / FAILED
         failed.mkdir(exist_ok=True)
         moved = []
         for path in {unit.path, *(p for p in [unit.path.with_suffix("")] if unit.path.suffix.lower() == ".mrxs" and p.is_dir())}:
             target = failed / path.name
-            if target.exists():
+            if os.path.lexists(target):
                 target = failed / f"{path.stem}-{int(time.time())}{path.suffix}"
-            shutil.move(path, target)
+            os.rename(path, target)  # the entry itself (a link stays a link, a FIFO is never opened); same file system
             moved.append(target)
-        (failed / f"{unit.path.name}.reason.txt").write_text(reason + "\n")
-        return moved[0]
+        (failed / f"{unit.path.name}.reason.txt").write_text(printable(reason) + "\n")
+        return f"moved to {moved[0]}"
 
 
 def watch_folder(
@@ -154,25 +187,87 @@ def watch_folder(
     from transfer import TransferError
 
     hot = HotFolder(folder, state_dir, settle)
+    backoff = Backoff()
     failures, given_up = 0, set[Path]()
     while True:
-        for unit in hot.ready(time.monotonic(), given_up):
+        for unit in _ready(hot, given_up) if backoff.due(time.monotonic()) else []:
             try:
                 summary = send_one(unit.path)
-            except TransferError as error:  # the network or the store, not the slide: keep it, retry next round
-                hot.record(unit, f"RETRY {unit.path.name}: {error}", sent=False)
+            except TransferError as error:  # the network or the store, not the slide: keep it, retry later
+                retry = backoff.failed(time.monotonic(), error)
+                if retry is not None:
+                    hot.record(unit, f"RETRY {unit.path.name}: {error} ({retry})", sent=False)
+                hot.forget(unit)
                 if once:
                     given_up.add(unit.path)
                     failures += 1
-            except SlidestreamError as error:
-                moved = hot.set_aside(unit, str(error))
-                hot.record(unit, f"FAILED {unit.path.name}: {error} (moved to {moved})", sent=False)
+                else:
+                    break  # the store is the problem: the other slides wait for the next attempt too
+            except Exception as error:  # noqa: BLE001 - a bad slide, or a bug it triggers, costs that slide only
+                reason = str(error) if isinstance(error, SlidestreamError) else _unexpected(error)
+                where = _set_aside(hot, unit, reason)
+                hot.record(unit, f"FAILED {unit.path.name}: {reason} ({where})", sent=False)
+                if os.path.lexists(unit.path):  # it could not be moved: not tried again by this run
+                    given_up.add(unit.path)
                 failures += 1
             else:
+                if backoff.succeeded():
+                    hot.record(unit, "the store answers again", sent=False)
                 hot.record(unit, f"SENT {unit.path.name}: {summary}", sent=True)
         if once and not hot.settling():
             return failures
         time.sleep(poll)
+
+
+def _ready(hot: HotFolder, skip: set[Path]) -> list[SlideUnit]:
+    """The slides ready now; a folder that cannot be listed this time (gone, unmounted share) has none."""
+    try:
+        return hot.ready(time.monotonic(), skip)
+    except OSError as error:
+        hot.note(f"cannot look into {hot.folder}: {error.strerror or error}")
+        return []
+
+
+def _set_aside(hot: HotFolder, unit: SlideUnit, reason: str) -> str:
+    try:
+        return hot.set_aside(unit, reason)
+    except OSError as error:
+        return f"left in place, cannot move it: {error.strerror or error}"
+
+
+def _unexpected(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"unexpected {type(error).__name__}{': ' + text if text else ''}"
+
+
+class Backoff:
+    """Attempts against a store that keeps failing: the first retry after 1 s, then twice as long each time up to
+    60 s, and one log line per kind of failure rather than one per attempt."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
+        self._first, self._cap = first, cap
+        self._delay = first
+        self._next = 0.0
+        self._failing: type[BaseException] | None = None
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def failed(self, now: float, error: BaseException) -> str | None:
+        """Schedules the next attempt; returns what to log, or None when this failure was reported already."""
+        self._next = now + self._delay
+        said = f"retrying after {self._delay:g} s, then up to every {self._cap:g} s; said once"
+        self._delay = min(self._delay * 2, self._cap)
+        if type(error) is self._failing:
+            return None
+        self._failing = type(error)
+        return said
+
+    def succeeded(self) -> bool:
+        """Resets the backoff; True when it ends a failure that was reported."""
+        recovered = self._failing is not None
+        self._delay, self._next, self._failing = self._first, 0.0, None
+        return recovered
 
 
 def watch(
@@ -192,13 +287,19 @@ def watch(
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/."""
+    from slides.slide import slide_path_kind
     from slidestream.send import run_send, send_arguments
+    from transfer.target import parse_endpoint, parse_store_url
+
+    parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
+    parse_endpoint(endpoint_url)
     import transfer.sender  # noqa: F401 - boto3 loads now (a third of a second), not while a frozen section waits
     from transfer import default_state_dir
 
     state = state_dir or default_state_dir()
 
     def send_one(path: Path) -> str:
+        slide_path_kind(path)  # a link loop, a FIFO or a vanished file is a one-line error before anything resolves it
         args = send_arguments(
             path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
         )
@@ -208,7 +309,7 @@ def watch(
             f"{result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
         )
 
-    stderr.print(f"watching {folder} -> {destination} (log: {HotFolder(folder, state, settle).log_file})", markup=False, highlight=False)
+    stderr.print(printable(f"watching {folder} -> {destination} (log: {HotFolder(folder, state, settle).log_file})"), markup=False, highlight=False)
     failures = watch_folder(folder, send_one, state, settle, once)
     if failures:
         raise typer.Exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import tifffile
 
 from conftest import ALL_SAMPLES, OPENSLIDE_SAMPLES, sample
-from slides import CorruptSlideError, UnsupportedSlideError, fully_written, open_slide
+from slides import CorruptSlideError, SlidestreamError, UnsupportedSlideError, fully_written, open_slide
+from slides.slide import MAX_CHUNK_BYTES
 
 
 @pytest.mark.parametrize("name", OPENSLIDE_SAMPLES)
@@ -228,3 +230,43 @@ def test_whole_means_nothing_for_formats_of_several_files(tmp_path: Path) -> Non
     assert fully_written(sample("camelyon-lymphnode.dcm")) is None
     (tmp_path / "slide.mrxs").write_text("[GENERAL]\n")
     assert fully_written(tmp_path / "slide.mrxs") is None
+
+
+def test_a_strip_decoding_beyond_the_bound_is_refused_before_reading(tmp_path: Path) -> None:
+    """A plain TIFF stored as one deflated strip of 10,000 x 10,000 px (286 MiB decoded, 0.3 MB on disk): reading any
+    pixel would decode all of it at once, so it is refused at open, naming the bound."""
+    path = tmp_path / "one-strip.tif"
+    tifffile.imwrite(path, np.zeros((10_000, 10_000, 3), np.uint8), photometric="rgb", rowsperstrip=10_000, compression="zlib")
+    with pytest.raises(UnsupportedSlideError, match=f"one-strip.tif: a stored tile or strip decodes to 286 MiB \\(limit {MAX_CHUNK_BYTES >> 20} MiB\\)"):
+        open_slide(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link loop", "dangling link"])
+def test_only_regular_files_are_opened(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "slide.svs"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink(path if kind == "link loop" else tmp_path / "gone.svs", path)
+    expected = {"fifo": "is a FIFO, not a slide file", "link loop": "symbolic link loop", "dangling link": "no such file"}[kind]
+    with pytest.raises(SlidestreamError, match=expected):
+        open_slide(path)
+
+
+def test_a_fifo_beside_a_dicom_file_is_never_opened(tmp_path: Path) -> None:
+    """openslide opens every file in a DICOM file's folder; a FIFO there would block it forever (a hung hot folder)."""
+    (tmp_path / "slide.dcm").write_bytes(sample("wsi2dcm-jpeg.dcm").read_bytes())
+    os.mkfifo(tmp_path / "pipe")
+    with open_slide(tmp_path / "slide.dcm") as slide, open_slide(sample("wsi2dcm-jpeg.dcm")) as reference:
+        assert np.array_equal(slide.read_region((0, 0), 0, (256, 256)), reference.read_region((0, 0), 0, (256, 256)))
+    with open_slide(tmp_path) as slide:  # the folder as a series
+        assert slide.dimensions == reference.dimensions
+
+
+def test_a_truncated_tiff_is_refused_at_open(tmp_path: Path) -> None:
+    """openslide reads a cut SVS as far as it goes; the reader refuses it whole instead of publishing part of it."""
+    data = sample("CMU-1-Small-Region.svs").read_bytes()
+    path = tmp_path / "cut.svs"
+    path.write_bytes(data[: len(data) - 100_000])
+    with pytest.raises(CorruptSlideError, match="cut.svs: truncated or damaged TIFF structure"):
+        open_slide(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,3 +133,139 @@ def test_restart_resumes_an_interrupted_send(tmp_path: Path, s3_server, s3_bucke
     skipped = int(sent[0].split(" already there")[0].rsplit(" ", 1)[1])
     assert skipped >= 3, sent[0]
     assert _manifests(s3_server, s3_bucket)[0]["complete"] is True
+
+
+def _wait_for(predicate, what: str, process: subprocess.Popen, timeout: float = 120) -> None:  # type: ignore[no-untyped-def, type-arg]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"watch died while waiting for {what}: {process.communicate()[1][-2000:]!r}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> str:  # type: ignore[type-arg]
+    assert process.poll() is None, "watch is still running"
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=30)[1].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[1].decode(errors="replace")
+
+
+def test_no_bad_entry_stops_the_folder(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+    """A truncated slide, a symlink loop, a FIFO with a slide's name, a FIFO beside a DICOM file (openslide opens every
+    file of a DICOM file's folder) and a name that is not UTF-8: the bad ones go to failed/ with one log line each, the
+    good ones are sent, a slide placed afterwards is still sent, and watch never dies."""
+    hot, state = tmp_path / "hot", tmp_path / "state"
+    hot.mkdir()
+    data = sample("CMU-1-Small-Region.svs").read_bytes()
+    (hot / "truncated.svs").write_bytes(data[: len(data) // 2])
+    os.symlink("loop.svs", hot / "loop.svs")
+    os.mkfifo(hot / "pipe.svs")
+    os.mkfifo(hot / "pipe")
+    (hot / "dicom.dcm").write_bytes(sample("wsi2dcm-jpeg.dcm").read_bytes())
+    odd = os.fsdecode(bytes(hot) + b"/S26-\xff\xfe.tiff")
+    Path(odd).write_bytes(sample("synthetic-boxes.tiff").read_bytes())
+    watcher = subprocess.Popen(_watch(hot, s3_server, s3_bucket, state, "--settle", "0.5", "--no-edge"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def handled() -> int:
+            return sum(" SENT " in line or " FAILED " in line for line in _log(state))
+
+        _wait_for(lambda: handled() >= 5, "every entry handled", watcher)
+        (hot / "good.svs").write_bytes(data)  # written after the bad ones were met
+        _wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the good slide sent", watcher)
+    finally:
+        stderr = _stop(watcher)
+    log = _log(state)
+    assert "Traceback" not in stderr, stderr
+    failed = {line.split(" FAILED ")[1].split(":")[0] for line in log if " FAILED " in line}
+    assert failed == {"truncated.svs", "loop.svs", "pipe.svs"}, log
+    reasons = {name: (hot / "failed" / f"{name}.reason.txt").read_text() for name in failed}
+    assert "truncated or damaged" in reasons["truncated.svs"]
+    assert "symbolic link loop" in reasons["loop.svs"]
+    assert "FIFO" in reasons["pipe.svs"]
+    assert (hot / "failed" / "loop.svs").is_symlink() and not (hot / "loop.svs").is_symlink()
+    sent = [line for line in log if " SENT " in line]
+    assert len(sent) == 3 and any("dicom.dcm" in line for line in sent), log
+    assert any("S26-\\udcff\\udcfe.tiff" in line for line in sent), "the odd name is logged with visible escapes"
+    assert (hot / "pipe").exists(), "a file that is no slide is not touched"
+    manifests = _manifests(s3_server, s3_bucket)
+    assert len(manifests) == 3 and all(m["complete"] for m in manifests)
+
+
+def test_a_slide_vanishing_while_it_is_sent_costs_only_itself(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+    hot, state = tmp_path / "hot", tmp_path / "state"
+    hot.mkdir()
+    (hot / "vanishing.svs").write_bytes(sample("TCGA-CR-7395-jp2k.svs").read_bytes())
+    watcher = subprocess.Popen(_watch(hot, s3_server, s3_bucket, state, "--settle", "0.2", "--no-edge", "--max-rate", "8", "--concurrency", "2"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = s3_server.client()
+    try:
+        _wait_for(lambda: any("/c/" in o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])), "the first shard", watcher)
+        (hot / "vanishing.svs").unlink()
+        (hot / "good.svs").write_bytes(sample("CMU-1-Small-Region.svs").read_bytes())
+        _wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the next slide sent", watcher, timeout=300)
+    finally:
+        stderr = _stop(watcher)
+    assert "Traceback" not in stderr, stderr
+    vanishing = [line for line in _log(state) if "vanishing.svs" in line]
+    # the open slide may still be read whole (the reader holds it open) or fail; either way one line, and it is gone
+    assert len(vanishing) == 1 and (" SENT " in vanishing[0] or "(it is gone)" in vanishing[0]), vanishing
+
+
+@pytest.mark.parametrize("problem", ["missing bucket", "connection refused"])
+def test_a_failing_store_is_retried_with_backoff_and_reported_once(tmp_path: Path, s3_server, problem: str) -> None:
+    hot, state = tmp_path / "hot", tmp_path / "state"
+    hot.mkdir()
+    (hot / "a.svs").write_bytes(sample("synthetic-boxes.tiff").read_bytes())
+    bucket = f"absent-{os.urandom(4).hex()}"
+    endpoint = s3_server.endpoint_url
+    if problem == "connection refused":
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    command = [sys.executable, "-m", "slidestream", "watch", str(hot), f"s3://{bucket}/site-a", "--endpoint-url", endpoint,
+               "--state-dir", str(state), "--settle", "0.2", "--no-edge", "--deadline", "0"]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: any(" RETRY " in line for line in _log(state)), "the first failure", watcher)
+        first = time.monotonic()
+        # attempts at +1, +3, +7 s: without backoff (every poll) this would be dozens of attempts, each one logged
+        _wait_for(lambda: time.monotonic() - first > 8, "eight seconds", watcher)
+        if problem == "missing bucket":
+            s3_server.client().create_bucket(Bucket=bucket)
+            _wait_for(lambda: any(" SENT a.svs" in line for line in _log(state)), "the send once the bucket exists", watcher)
+    finally:
+        stderr = _stop(watcher)
+    assert "Traceback" not in stderr, stderr
+    retries = [line for line in _log(state) if " RETRY " in line]
+    assert len(retries) == 1, retries
+    assert "retrying after 1 s, then up to every 60 s" in retries[0]
+    if problem == "missing bucket":
+        assert bucket in retries[0] and any("the store answers again" in line for line in _log(state))
+    else:
+        assert not any(" SENT " in line for line in _log(state))
+
+
+@pytest.mark.parametrize("endpoint, destination", [
+    ("http//host:9000", "s3://bucket/site-a"), ("host:9000", "s3://bucket/site-a"), ("http://127.0.0.1:9", "bucket/site-a"),
+])
+def test_configuration_errors_stop_watch_at_start_with_one_line(tmp_path: Path, endpoint: str, destination: str) -> None:
+    command = [sys.executable, "-m", "slidestream", "watch", str(tmp_path), destination, "--endpoint-url", endpoint, "--state-dir", str(tmp_path / "s")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and (endpoint in lines[0] if "//host" in endpoint or "host:" in endpoint else destination in lines[0]), result.stderr
+
+
+@pytest.mark.parametrize("command", ["send", "serve", "analyze"])
+def test_a_malformed_endpoint_is_one_line_in_every_command(tmp_path: Path, command: str) -> None:
+    args = {
+        "send": ["send", str(sample("synthetic-boxes.tiff")), "s3://bucket/site-a"],
+        "serve": ["serve", "--store", "s3://bucket/site-a"],
+        "analyze": ["analyze", "s3://bucket/site-a", "--report", str(tmp_path / "r.csv")],
+    }[command]
+    result = subprocess.run([sys.executable, "-m", "slidestream", *args, "--endpoint-url", "http//host:9000"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["slidestream: error: --endpoint-url 'http//host:9000' is not an endpoint URL (expected http(s)://HOST[:PORT])"]
