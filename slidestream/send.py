@@ -239,7 +239,12 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
 
 
 class RichListener:
-    """Progress bar over shards with bytes, Mbit/s, ETA and link state; one line per milestone."""
+    """Progress bar over shards with bytes, Mbit/s, ETA and link state; one line per milestone.
+
+    Off a terminal (logs, pipes, tests) there is no bar, and the milestone lines wait for the send to succeed: a send
+    that fails ends in its one error line alone (and what it published is retracted, so "overview available" would
+    no longer be true).
+    """
 
     def __init__(self, case: str) -> None:
         columns = (
@@ -253,13 +258,17 @@ class RichListener:
         self._case = case
         self.on_overview: Callable[[], None] | None = None  # edge triage waits for the overview to be on the server
         self._task = self._bar.add_task(f"case {case}", total=None, sent="")
+        self._held: list[str] = []
 
     def __enter__(self) -> Self:
         self._bar.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self._bar.__exit__(None, None, None)
+        if kind is None:
+            for line in self._held:
+                stderr.print(line, markup=False, highlight=False)
 
     def start(self, shards: int) -> None:
         self._bar.update(self._task, total=shards, description=f"sending case {self._case}")
@@ -271,6 +280,10 @@ class RichListener:
         self._bar.update(self._task, completed=state.objects_done, total=state.objects_planned, description=status, sent=sent)
 
     def milestone(self, name: str, seconds: float) -> None:
-        self._bar.console.print(f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s", markup=False, highlight=False)
+        line = f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s"
+        if stderr.is_terminal:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            self._held.append(line)
         if name == "overview" and self.on_overview is not None:
             self.on_overview()
