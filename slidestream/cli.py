@@ -18,6 +18,7 @@ from slides.errors import printable
 from slidestream.analyze import analyze
 from slidestream.config import ENV_PREFIX
 from slidestream.demo import demo
+from slidestream.export import export_dicom
 from slidestream.send import resume, send
 from slidestream.serve import serve
 from slidestream.watch import watch
@@ -115,7 +116,7 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, serve, analyze, demo):
+for command in (send, resume, watch, serve, analyze, demo, export_dicom):
     app.command()(command)
 
 

@@ -1,0 +1,325 @@
+"""A slide as a DICOM VL Whole Slide Microscopy Image series (Supplement 145), for hospitals that archive in a PACS.
+
+wsidicom writes the files (datasets, TILED_FULL frame layout, basic offset tables, the added pyramid levels); this
+module feeds it the de-identified `slides.Slide` as its image source and builds the metadata. Each of the slide's
+levels is one instance of one series. Where a level's stored tiles are JPEG they are copied as DICOM frames byte for
+byte (made self-contained by `tiling.jpeg.self_contained_jpeg`, the same as OME-Zarr chunks); other levels (JPEG 2000,
+deflate, strips, formats read only through openslide) are re-encoded as baseline JPEG at `quality`. Levels down to
+one tile are added by wsidicom, downsampled from the one above and re-encoded, so a viewer gets a pyramid even from a
+single-level slide. The case ID is the only identifier: PatientID, ContainerIdentifier and the specimen identifier
+are the case ID, everything else about patient, study and scanner is empty.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
+from wsidicom import ImageData, WsiDicom
+from wsidicom.codec import Encoder, JpegSettings
+from wsidicom.codec.settings import Channels, Subsampling
+from wsidicom.geometry import Point, Size, SizeMm
+from wsidicom.instance import WsiDataset, WsiInstance
+from wsidicom.metadata import (
+    Equipment,
+    Image,
+    ImageCoordinateSystem,
+    ImageType,
+    Label,
+    LossyCompression,
+    OpticalPath,
+    Patient,
+    Pyramid,
+    Series,
+    Study,
+    WsiMetadata,
+)
+from wsidicom.metadata import Slide as SlideMetadata
+from wsidicom.metadata.patient import PatientDeIdentification
+from wsidicom.metadata.sample import SlideSample
+from wsidicom.metadata.schema.dicom import WsiMetadataDicomSchema
+from wsidicom.source import Source
+
+from slides import CorruptSlideError, Slide, SlidestreamError
+from tiling.jpeg import DEFAULT_QUALITY, self_contained_jpeg
+from tiling.local import OutputError
+
+# what a PACS shows as the de-identification method (DeidentificationMethod is LO: at most 64 characters)
+DEIDENTIFICATION_METHOD = "slidestream: allow-listed metadata, JPEG COM/APPn removed"
+DEFAULT_TILE = 256  # frame side for levels without stored tiles
+# JPEG encoder settings for what a level's photometric interpretation says its frames are
+ENCODINGS = {
+    "RGB": {"channels": Channels.RGB, "subsampling": Subsampling.R444},  # libjpeg marks it with Adobe "no transform"
+    "YBR_FULL": {"channels": Channels.YBR, "subsampling": Subsampling.R444},
+    "YBR_FULL_422": {"channels": Channels.YBR, "subsampling": Subsampling.R422},
+}
+LEVEL_TOLERANCE = 0.01  # wsidicom's, on the log2 scale of a level's downsample
+SOF_MARKERS = frozenset({0xC0, 0xC1})  # baseline and extended sequential Huffman JPEG: what DICOM calls JPEG baseline
+
+
+class NoResolutionError(SlidestreamError, ValueError):
+    """The slide records no pixel size, and DICOM WSI needs one (PixelSpacing, ImagedVolumeWidth)."""
+
+
+@dataclass(frozen=True)
+class DicomExport:
+    """What `export_dicom` wrote: the instance files (one per level), their total size, and how many levels are
+    copied JPEG tiles rather than re-encoded."""
+
+    files: list[Path]
+    bytes: int
+    passthrough_levels: int
+
+
+def export_dicom(
+    slide: Slide,
+    out: Path,
+    case_id: str,
+    mpp: float | None = None,
+    quality: int = DEFAULT_QUALITY,
+    overwrite: bool = False,
+) -> DicomExport:
+    """Write `slide` as a DICOM WSI series into the directory `out`, published only when complete.
+
+    `mpp` (micrometres per level-0 pixel) is required when the slide records none; a slide's own value wins over it
+    only when `mpp` is None. Files go to `OUT.partial/`, renamed to `OUT` after the last one (as `write_pieces`).
+    """
+    spacing_um = slide.mpp or ((mpp, mpp) if mpp else None)
+    if spacing_um is None:
+        raise NoResolutionError(
+            f"{slide.path}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
+        )
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
+    partial = out.with_name(out.name + ".partial")
+    metadata = _metadata(case_id, spacing_um)
+    levels = [SlideLevel(slide, index, spacing_um, quality) for index in _pyramid_levels(slide)]
+    source = SlideSource([_instance(metadata, level) for level in levels])
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with WsiDicom(source) as wsi:
+            written = wsi.save(partial, add_missing_levels=True, include_labels=False, include_overviews=False,
+                               include_thumbnails=False, workers=1)
+        names = sorted(Path(path).name for path in written)
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, SlidestreamError):
+            raise
+        raise OutputError(f"{out}: cannot write output: {error.strerror or error}") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    files = [out / name for name in names]
+    return DicomExport(files, sum(path.stat().st_size for path in files), sum(level.passthrough for level in levels))
+
+
+def _pyramid_levels(slide: Slide) -> list[int]:
+    """The slide's levels that DICOM's pyramid can hold as they are: wsidicom places each level at a power-of-two
+    downsample (within 1% on the log2 scale); a level between those (a generic TIFF's 300 -> 37 px is 8.1x) is left
+    out, and wsidicom makes that step of the pyramid from the level below it instead."""
+    base_width, base_height = slide.dimensions
+    kept: dict[int, int] = {}
+    for index, level in enumerate(slide.levels):
+        steps = [math.log2(base_width / level.width), math.log2(base_height / level.height)]
+        nearest = round(steps[0])
+        if all(abs(step - nearest) <= LEVEL_TOLERANCE for step in steps) and nearest not in kept:
+            kept[nearest] = index
+    return list(kept.values())
+
+
+def _instance(metadata: WsiMetadata, level: SlideLevel) -> WsiInstance:
+    """One level's instance; each gets its own dataset (and so its own SOP Instance UID)."""
+    base = WsiMetadataDicomSchema().dump(metadata, ImageType.VOLUME, True)  # True: an sRGB ICC profile, needed for colour
+    return WsiInstance.create_instance(level, base, ImageType.VOLUME, level.pyramid_index)
+
+
+def _metadata(case_id: str, spacing_um: tuple[float, float]) -> WsiMetadata:
+    """Everything the files say about patient, study and slide: the case ID and de-identification flags only.
+
+    The study UID is derived from the case ID, so exports of the same case land in one study; series, pyramid and
+    frame of reference are new for each export. StudyID (16 characters at most) is the case ID where it fits.
+    """
+    pixel_spacing = SizeMm(spacing_um[0] / 1000, spacing_um[1] / 1000)
+    return WsiMetadata(
+        study=Study(uid=generate_uid(entropy_srcs=["slidestream study", case_id]), identifier=case_id if len(case_id) <= 16 else None),
+        series=Series(uid=generate_uid(), number=1),
+        patient=Patient(
+            identifier=case_id,
+            de_identification=PatientDeIdentification(identity_removed=True, methods=[DEIDENTIFICATION_METHOD]),
+        ),
+        equipment=Equipment(manufacturer="slidestream", model_name="slidestream", software_versions=[version("slidestream")]),
+        slide=SlideMetadata(identifier=case_id, samples=[SlideSample(identifier=case_id, uid=generate_uid())]),
+        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing), optical_paths=[OpticalPath()], uid=generate_uid()),
+        label=Label(contains_phi=False),
+        frame_of_reference_uid=generate_uid(),
+        dimension_organization_uids=[generate_uid()],
+    )
+
+
+class SlideLevel(ImageData):
+    """One level of the de-identified slide as wsidicom's image data: its JPEG tiles as they are stored, or its
+    pixels re-encoded where they are not JPEG."""
+
+    def __init__(self, slide: Slide, level: int, spacing_um: tuple[float, float], quality: int) -> None:
+        self._slide = slide
+        self._level = level
+        info = slide.levels[level]
+        self._downsample = info.downsample
+        self.passthrough = slide.raw_codec(level) == "jpeg"
+        self._tile = Size(info.tile_width, info.tile_height) if self.passthrough else Size(DEFAULT_TILE, DEFAULT_TILE)
+        self._size = Size(info.width, info.height)
+        # the level's spacing from its size (openslide's downsample is level-0 width / level width, rounded)
+        self._spacing = SizeMm(spacing_um[0] * slide.levels[0].width / info.width / 1000,
+                               spacing_um[1] * slide.levels[0].height / info.height / 1000)
+        self.pyramid_index = round(math.log2(slide.levels[0].width / info.width))
+        self._photometric = self._passthrough_photometric() if self.passthrough else "YBR_FULL_422"
+        # every frame this level encodes (sparse tiles, non-JPEG levels) and every level wsidicom adds above it
+        # (it uses the base level's encoder and photometric) must match the photometric the dataset states
+        super().__init__(Encoder.create_for_settings(JpegSettings(quality, **ENCODINGS[self._photometric])))
+
+    def _passthrough_photometric(self) -> str:
+        """What the stored JPEG holds, from the first stored tile: RGB for Aperio's untransformed tiles (they get an
+        Adobe "no transform" marker), else YCbCr, YBR_FULL_422 when the chroma is subsampled."""
+        across, down = self.tiled_size.width, self.tiled_size.height
+        for index in range(across * down):
+            raw = self._slide.raw_tile(self._level, index // across, index % across)
+            if raw is None:
+                continue
+            if raw.photometric == "rgb":
+                return "RGB"
+            sampling = _sampling_factors(self._frame(raw.data, raw.jpeg_tables, raw.photometric))
+            return "YBR_FULL" if len(set(sampling)) == 1 else "YBR_FULL_422"
+        return "YBR_FULL_422"  # no stored tile at all: every frame is re-encoded
+
+    # -- what wsidicom asks about the image ----------------------------------------------------------------------
+    @property
+    def transfer_syntax(self) -> UID:
+        return JPEGBaseline8Bit
+
+    @property
+    def image_size(self) -> Size:
+        return self._size
+
+    @property
+    def tile_size(self) -> Size:
+        return self._tile
+
+    @property
+    def pixel_spacing(self) -> SizeMm:
+        return self._spacing
+
+    @property
+    def imaged_size(self) -> SizeMm:
+        return SizeMm(self._spacing.width * self._size.width, self._spacing.height * self._size.height)
+
+    @property
+    def samples_per_pixel(self) -> int:
+        return 3
+
+    @property
+    def photometric_interpretation(self) -> str:
+        return self._photometric
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @property
+    def image_coordinate_system(self) -> ImageCoordinateSystem | None:
+        return None
+
+    @property
+    def thread_safe(self) -> bool:
+        return False  # tifffile's reader of non-JPEG levels shares one file handle
+
+    @property
+    def lossy_compression(self) -> list[LossyCompression] | None:
+        return []  # JPEG: lossy, ratio unknown (the scanner's compression, or ours on top of it)
+
+    @property
+    def transcoder(self) -> Encoder | None:
+        return None if self.passthrough else self.encoder
+
+    @property
+    def blank_color(self) -> tuple[int, int, int]:
+        return (255, 255, 255)
+
+    # -- tiles ---------------------------------------------------------------------------------------------------
+    def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
+        if self.passthrough:
+            raw = self._slide.raw_tile(self._level, tile.y, tile.x)
+            if raw is not None:
+                return self._frame(raw.data, raw.jpeg_tables, raw.photometric)
+        return self.encoder.encode(self._read(tile))
+
+    def get_decoded_tile(self, tile_point: Point, z: float, path: str, cache: bool = True) -> np.ndarray:
+        return self._read(tile_point)
+
+    def _read(self, tile: Point) -> np.ndarray:
+        """The tile's pixels through the slide's reader (white beyond the level's edge, as glass)."""
+        location = (round(tile.x * self._tile.width * self._downsample), round(tile.y * self._tile.height * self._downsample))
+        return self._slide.read_region(location, self._level, (self._tile.width, self._tile.height))
+
+    def _frame(self, data: bytes, tables: bytes | None, photometric: str) -> bytes:
+        try:
+            return self_contained_jpeg(data, tables, rgb=photometric == "rgb")
+        except ValueError as error:
+            raise CorruptSlideError(f"{self._slide.path}: a JPEG tile of level {self._level}: {error}") from None
+
+
+def _sampling_factors(jpeg: bytes) -> list[int]:
+    """Each component's (horizontal << 4 | vertical) sampling factor byte from the frame header (SOF)."""
+    pos = 2
+    while pos + 4 <= len(jpeg):
+        marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        if marker in SOF_MARKERS:
+            count = jpeg[pos + 9]
+            return [jpeg[pos + 10 + 3 * c + 1] for c in range(count)]
+        pos += 2 + length
+    raise CorruptSlideError("a JPEG tile has no baseline frame header (progressive or lossless JPEG cannot be copied)")
+
+
+class SlideSource(Source):
+    """The level instances made from the slide; no label, overview or thumbnail (the label shows the patient)."""
+
+    def __init__(self, levels: list[WsiInstance]) -> None:
+        super().__init__()
+        self._levels = levels
+
+    @property
+    def base_dataset(self) -> WsiDataset:
+        return self._levels[0].dataset
+
+    @property
+    def level_instances(self) -> list[WsiInstance]:
+        return self._levels
+
+    @property
+    def label_instances(self) -> list[WsiInstance]:
+        return []
+
+    @property
+    def overview_instances(self) -> list[WsiInstance]:
+        return []
+
+    @property
+    def thumbnail_instances(self) -> list[WsiInstance]:
+        return []
+
+    @property
+    def annotation_instances(self) -> list:  # type: ignore[type-arg]
+        return []
+
+    def close(self) -> None:
+        """The slide belongs to the caller."""
+
