@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import multiprocessing.util
 import os
 import stat
 import tempfile
@@ -363,6 +364,8 @@ def _dicom_view(path: Path) -> tempfile.TemporaryDirectory[str] | None:
     if not _is_dicom(path):
         return None
     scratch = tempfile.TemporaryDirectory(prefix="slidestream-dicom-")
+    # shard builders (forked) never close their slide and leave through multiprocessing, which skips atexit
+    multiprocessing.util.Finalize(scratch, scratch.cleanup, exitpriority=0)
     for member in path.parent.iterdir():
         if _regular(member) and _is_dicom(member):
             os.symlink(member.resolve(), Path(scratch.name) / member.name)
