@@ -22,8 +22,7 @@ from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
-
-GLASS = 255  # what lies beyond an image's edge reads as
+from tiling.tissue import MASK_SIDE
 
 
 class Source(Protocol):
@@ -81,10 +80,12 @@ class ZarrSource:
         mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")
         self.mpp = sum(mpp) / 2 if mpp else None
         self._scale0 = scales[0]
+        background = attributes.get("slidestream", {}).get("background")  # a plain string in images before 2026-07
+        self._darkfield = isinstance(background, dict) and background.get("field") == "dark-field"
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         array = self.arrays[level]
-        out = np.full((y1 - y0, x1 - x0, 3), GLASS, np.uint8)
+        out = np.full((y1 - y0, x1 - x0, 3), array.metadata.fill_value, np.uint8)  # the slide's background
         cy1, cx1 = min(y1, array.shape[1]), min(x1, array.shape[2])
         if cy1 > y0 and cx1 > x0:
             out[: cy1 - y0, : cx1 - x0] = np.asarray(array[:, y0:cy1, x0:cx1]).transpose(1, 2, 0)
@@ -99,10 +100,12 @@ class ZarrSource:
         try:
             label = self.group["labels/tissue"]
             datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
-            mask = np.asarray(label[datasets[0]["path"]][:]).astype(bool)
+            # the label has the image's levels: the finest that is still small is mask enough
+            dataset = next((d for d in datasets if max(label[d["path"]].shape) <= MASK_SIDE * 2), datasets[-1])
+            mask = np.asarray(label[dataset["path"]][:]).astype(bool)
         except (KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{self.location.url}: no tissue mask (labels/tissue): {error}") from None
-        return TissueMask(mask, _xy_scale(datasets[0]) / self._scale0, darkfield=False)
+        return TissueMask(mask, _xy_scale(dataset) / self._scale0, darkfield=self._darkfield)
 
 
 def _xy_scale(dataset: dict) -> float:  # type: ignore[type-arg]

@@ -204,11 +204,11 @@ def test_image_metadata_equals_what_zarr_itself_writes() -> None:
             codecs = (
                 {"serializer": BytesCodec(), "compressors": [ZstdCodec(level=5)]}
                 if options.lossless
-                else {"filters": [TransposeCodec(order=(1, 2, 0))], "serializer": JpegCodec(options.quality), "compressors": None}
+                else {"filters": [TransposeCodec(order=(1, 2, 0))], "serializer": JpegCodec(level=options.quality), "compressors": None}
             )
             for lv in plan.levels:
                 zarr.create_array(store, name=str(lv.index), shape=(3, lv.height, lv.width), dtype="uint8", chunks=(3, plan.chunk, plan.chunk),
-                                  shards=(3, plan.shard_side, plan.shard_side), dimension_names=["c", "y", "x"], fill_value=255, **codecs)  # fmt: skip
+                                  shards=(3, plan.shard_side, plan.shard_side), dimension_names=["c", "y", "x"], fill_value=plan.fill, **codecs)  # fmt: skip
             assert ours == {key: json.loads(buffer.to_bytes()) for key, buffer in store._store_dict.items()}
 
 

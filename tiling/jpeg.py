@@ -8,7 +8,7 @@ import numpy as np
 
 from slides.jpeg import EOI, SOI, adobe_segment
 
-CODEC_NAME = "imagecodecs_jpeg"  # the chunk codec's name in zarr.json (see tiling.codec)
+CODEC_NAME = "imagecodecs_jpeg"  # the chunk codec's name in zarr.json: imagecodecs' own Zarr 3 codec (see tiling.codec)
 DEFAULT_QUALITY = 90
 
 # Adobe APP14 with transform 0: "the three components are RGB, not YCbCr". Aperio writes RGB JPEG tiles without
@@ -39,5 +39,3 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     return bytes(imagecodecs.jpeg8_encode(pixels, level=quality, subsampling=(1, 1)))
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return imagecodecs.jpeg8_decode(data)

@@ -36,12 +36,26 @@ from PIL import Image
 from slides import CorruptSlideError, RawTile, Slide, open_slide
 from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
-from tiling.tissue import TissueMask, detect_tissue
+from tiling.tissue import TissueMask, background_value, detect_tissue, slide_is_darkfield
 
 FORMAT_VERSION = 1
 OVERVIEW_SIDE = 1024  # the smallest level fits in this many pixels
 COMPLETE_SIDE = 4096  # levels up to this size are written whole (background included): the overview never has holes
-FILL = 255  # omitted (background) chunks read as white, like glass
+# the multiscales `type` and `metadata` NGFF 0.5 asks for: how the levels were made
+IMAGE_DOWNSCALING = {
+    "type": "box",
+    "metadata": {
+        "description": "each level from the nearest finer level of the source slide by box averaging "
+        "(PIL.Image.resize BOX); levels the scanner stored at this size are its own JPEG tiles (passthrough_levels)",
+        "method": "PIL.Image.resize",
+        "kwargs": {"resample": "BOX"},
+    },
+}
+LABEL_DOWNSCALING = {
+    "type": "any",
+    "metadata": {"description": "a pixel is tissue where any part of it is tissue in the detected mask", "method": "numpy.maximum.reduceat"},
+}
+LABEL_SHARD, LABEL_CHUNK = 8192, 1024  # label objects of at most 64 MB in memory; all-background chunks are not written
 EMPTY = 2**64 - 1  # shard-index marker of an absent chunk (Zarr v3 sharding spec)
 MAX_CANVAS = 16_000_000  # pixels decoded at once while building a shard band
 T = TypeVar("T")
@@ -111,6 +125,12 @@ class PyramidPlan:
     tissue: TissueMask | None
     options: ConvertOptions
     mpp: tuple[float, float] | None
+    darkfield: bool  # fluorescence: background reads dark, not glass-white
+
+    @property
+    def fill(self) -> int:
+        """What omitted (background) chunks read as, and what pads the slide's edges."""
+        return background_value(self.darkfield)
 
     @property
     def shard_side(self) -> int:
@@ -134,14 +154,17 @@ def plan_pyramid(
 ) -> PyramidPlan:
     """Decide levels, sources and the send order; reads only a low-resolution view (for the tissue mask).
 
-    defer_tissue: read no pixels at all and plan only the overview levels; `produce` detects the tissue after the
-    overview shards are under way and completes the plan then (see `SendOrder.settle`).
+    defer_tissue: plan only the overview levels, reading just a small view (bright- or dark-field, which the
+    metadata's fill value needs); `produce` detects the tissue after the overview shards are under way and
+    completes the plan then (see `SendOrder.settle`).
     """
     chunk = options.chunk or _natural_chunk(slide)
     levels = _plan_levels(slide, chunk, options)
     side = chunk * options.shard_chunks
-    plan = PyramidPlan(chunk, options.shard_chunks, levels, _shard_tasks(levels, side, None, None, options), None, options, slide.mpp)
-    return plan if defer_tissue else plan.with_tissue(detect_tissue(slide), priority)
+    darkfield = slide_is_darkfield(slide)
+    tasks = _shard_tasks(levels, side, None, None, options)
+    plan = PyramidPlan(chunk, options.shard_chunks, levels, tasks, None, options, slide.mpp, darkfield)
+    return plan if defer_tissue else plan.with_tissue(detect_tissue(slide, darkfield), priority)
 
 
 def _shard_tasks(
@@ -287,7 +310,7 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
     attributes = {
         "ome": {
             "version": "0.5",
-            "multiscales": [{"name": name, "axes": _axes(plan), "datasets": datasets}],
+            "multiscales": [{"name": name, "axes": _axes(plan), "datasets": datasets, **IMAGE_DOWNSCALING}],
             "omero": {
                 "channels": [
                     {"label": label, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
@@ -300,8 +323,11 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
             "format_version": FORMAT_VERSION,
             "chunk": plan.chunk,
             "shard_chunks": plan.shard_chunks,
-            "background": "written" if plan.options.keep_background else "omitted above the overview levels",
-            "fill_value": FILL,
+            "background": {
+                "field": "dark-field" if plan.darkfield else "bright-field",
+                "fill_value": plan.fill,
+                "chunks": "written" if plan.options.keep_background else "omitted above the overview levels",
+            },
             "complete_levels": [level.index for level in plan.levels if level.complete],
             "passthrough_levels": [level.index for level in plan.levels if level.passthrough],
             "source": source_summary,
@@ -318,7 +344,7 @@ def array_metadata(plan: PyramidPlan, level: LevelPlan) -> dict[str, Any]:
     else:
         chunk_codecs = [
             {"name": "transpose", "configuration": {"order": [1, 2, 0]}},
-            {"name": CODEC_NAME, "configuration": {"quality": plan.options.quality}},
+            {"name": CODEC_NAME, "configuration": {"level": plan.options.quality}},  # imagecodecs.zarr.Jpeg's key
         ]
     sharding = {
         "chunk_shape": [3, plan.chunk, plan.chunk],
@@ -331,7 +357,7 @@ def array_metadata(plan: PyramidPlan, level: LevelPlan) -> dict[str, Any]:
         "data_type": "uint8",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [3, plan.shard_side, plan.shard_side]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": FILL,
+        "fill_value": plan.fill,
         "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
         "attributes": {},
         "dimension_names": ["c", "y", "x"],
@@ -346,34 +372,59 @@ def _json_piece(key: str, document: dict[str, Any]) -> Piece:
 
 
 def tissue_pieces(plan: PyramidPlan) -> list[Piece]:
-    """The tissue mask as an NGFF label image (`labels/tissue`, 1 = tissue), so any OME-Zarr reader can show it."""
-    import zarr  # only here: the mask's chunk is encoded by zarr itself
+    """The tissue mask as an NGFF label image (`labels/tissue`, 1 = tissue), so any OME-Zarr reader can show it.
 
-    assert plan.tissue is not None, "the plan's tissue is not known yet"
+    NGFF wants a label image with the image's levels: level k has the shape and scale of image level k, a pixel
+    being tissue where any of the detected mask's pixels under it is. Zarr leaves all-background chunks unwritten.
+    """
+    import zarr  # only here: the mask's chunks are encoded by zarr itself
+
+    tissue = plan.tissue
+    assert tissue is not None, "the plan's tissue is not known yet"
     store = zarr.storage.MemoryStore()
     zarr.create_group(store, path="labels", zarr_format=3, attributes={"ome": {"version": "0.5", "labels": ["tissue"]}})
+    datasets = [
+        {"path": str(level.index), "coordinateTransformations": [{"type": "scale", "scale": _scale(plan, level.downsample)}]}
+        for level in plan.levels
+    ]
     attributes = {
         "ome": {
             "version": "0.5",
             "image-label": {"colors": [{"label-value": 1, "rgba": [0, 160, 0, 255]}], "source": {"image": "../../"}},
-            "multiscales": [
-                {
-                    "name": "tissue",
-                    "axes": _axes(plan)[1:],
-                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": _scale(plan, plan.tissue.downsample)}]}],
-                }
-            ],
+            "multiscales": [{"name": "tissue", "axes": _axes(plan)[1:], "datasets": datasets, **LABEL_DOWNSCALING}],
         },
-        "slidestream": {"tissue_fraction": round(plan.tissue.fraction, 4)},
+        "slidestream": {"tissue_fraction": round(tissue.fraction, 4), "mask_downsample": tissue.downsample},
     }
     zarr.create_group(store, path="labels/tissue", zarr_format=3, attributes=attributes)
-    mask = plan.tissue.mask.astype(np.uint8)
-    array = zarr.create_array(
-        store, name="labels/tissue/0", shape=mask.shape, dtype="uint8", chunks=mask.shape, dimension_names=["y", "x"], fill_value=0
-    )
-    array[:] = mask
+    mask = tissue.mask.astype(np.uint8)
+    for level in plan.levels:
+        shape = (level.height, level.width)
+        chunk = tuple(min(LABEL_CHUNK, side) for side in shape)
+        shard = tuple(min(LABEL_SHARD, -(-side // c) * c) for side, c in zip(shape, chunk))
+        array = zarr.create_array(
+            store, name=f"labels/tissue/{level.index}", shape=shape, dtype="uint8", chunks=chunk, shards=shard,
+            dimension_names=["y", "x"], fill_value=0,
+        )  # fmt: skip
+        ratio = level.downsample / tissue.downsample  # mask pixels per label pixel
+        for y0 in range(0, shape[0], shard[0]):
+            for x0 in range(0, shape[1], shard[1]):
+                y1, x1 = min(shape[0], y0 + shard[0]), min(shape[1], x0 + shard[1])
+                array[y0:y1, x0:x1] = _any_tissue(mask, ratio, y0, y1, x0, x1)
     # zarr also writes the parent groups it implies: the root zarr.json here would replace the image's own
     return [piece for piece in _pieces(store) if piece.key.startswith("labels/")]
+
+
+def _any_tissue(mask: np.ndarray, ratio: float, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Label pixels [y0, y1) x [x0, x1) of pixels `ratio` mask pixels wide: the maximum of the mask pixels each
+    covers (the nearest one where a label pixel is smaller than a mask pixel)."""
+    window = []
+    for start, stop, size in ((y0, y1, mask.shape[0]), (x0, x1, mask.shape[1])):
+        first = np.minimum((np.arange(start, stop) * ratio).astype(np.int64), size - 1)
+        window.append((first, min(size, max(int(first[-1]) + 1, math.ceil(stop * ratio)))))
+    (rows, row_end), (cols, col_end) = window
+    part = mask[rows[0] : row_end, cols[0] : col_end]
+    part = np.maximum.reduceat(part, rows - rows[0], axis=0)
+    return np.maximum.reduceat(part, cols - cols[0], axis=1)
 
 
 def _pieces(store: Any) -> list[Piece]:
@@ -418,7 +469,7 @@ def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, or
                 job = shard_job(order.plan, task)
                 pending.append((task, pool.submit(_build_in_worker, job) if job else _done(None)))
             if tissue is None and not order.plan.settled and len(pending) < lookahead:
-                tissue = pool.submit(_tissue_in_worker)  # every overview shard is queued: it goes behind them
+                tissue = pool.submit(_tissue_in_worker, plan.darkfield)  # every overview shard is queued: it goes behind them
 
         fill()
         yield from metadata_pieces(plan, name, source_summary)
@@ -476,9 +527,9 @@ def _build_in_worker(job: ShardJob) -> bytes:
     return job.build(_worker_slide)
 
 
-def _tissue_in_worker() -> TissueMask:
+def _tissue_in_worker(darkfield: bool) -> TissueMask:
     assert _worker_slide is not None
-    return detect_tissue(_worker_slide)
+    return detect_tissue(_worker_slide, darkfield)
 
 
 def _set_worker_slide(slide: Slide) -> None:
@@ -512,6 +563,7 @@ class ShardJob:
     shard_chunks: int
     wanted: tuple[tuple[int, int], ...]  # (row, column) of chunks inside the shard
     options: ConvertOptions
+    fill: int  # what pads the slide's edges and stands in for missing source tiles
 
     def build(self, slide: Slide) -> bytes:
         """The complete bytes of the shard object."""
@@ -532,7 +584,7 @@ class ShardJob:
                 continue
             y0 = (task.row * n + band) * c
             x0, x1 = (task.col * n + columns[0]) * c, (task.col * n + columns[-1] + 1) * c
-            pixels = render(slide, level, x0, y0, x1, y0 + c)
+            pixels = render(slide, level, x0, y0, x1, y0 + c, self.fill)
             for j in columns:
                 offset = (task.col * n + j) * c - x0
                 chunks[(band, j)] = encode_chunk(pixels[:, offset : offset + c], self.options)
@@ -551,7 +603,7 @@ def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
                 continue
             if level.complete or (plan.tissue is not None and plan.tissue.any_in(*_level0_box(level, x0, y0, x0 + c, y0 + c))):
                 wanted.append((i, j))
-    return ShardJob(level, task, c, n, tuple(wanted), plan.options) if wanted else None
+    return ShardJob(level, task, c, n, tuple(wanted), plan.options, plan.fill) if wanted else None
 
 
 def encode_chunk(pixels: np.ndarray, options: ConvertOptions) -> bytes:
@@ -572,9 +624,9 @@ def assemble_shard(chunks: dict[tuple[int, int], bytes], n: int) -> bytes:
     return bytes(body) + index_bytes + struct.pack("<I", google_crc32c.value(index_bytes))
 
 
-def render(slide: Slide, level: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Pixels (y1-y0, x1-x0, 3) of output `level`; beyond the level's edge reads as white."""
-    out = np.full((y1 - y0, x1 - x0, 3), FILL, np.uint8)
+def render(slide: Slide, level: LevelPlan, x0: int, y0: int, x1: int, y1: int, fill: int) -> np.ndarray:
+    """Pixels (y1-y0, x1-x0, 3) of output `level`; beyond the level's edge reads as `fill` (the background)."""
+    out = np.full((y1 - y0, x1 - x0, 3), fill, np.uint8)
     cx1, cy1 = min(x1, level.width), min(y1, level.height)
     if cx1 <= x0 or cy1 <= y0:
         return out
@@ -583,18 +635,18 @@ def render(slide: Slide, level: LevelPlan, x0: int, y0: int, x1: int, y1: int) -
     step = max(1, int(MAX_CANVAS / ((cy1 - y0) * scale * scale)))
     for bx0 in range(x0, cx1, step):
         bx1 = min(cx1, bx0 + step)
-        out[: cy1 - y0, bx0 - x0 : bx1 - x0] = _render_box(slide, level.source_level, bx0, y0, bx1, cy1, scale)
+        out[: cy1 - y0, bx0 - x0 : bx1 - x0] = _render_box(slide, level.source_level, bx0, y0, bx1, cy1, scale, fill)
     return out
 
 
-def _render_box(slide: Slide, source_level: int, x0: int, y0: int, x1: int, y1: int, scale: float) -> np.ndarray:
+def _render_box(slide: Slide, source_level: int, x0: int, y0: int, x1: int, y1: int, scale: float, fill: int) -> np.ndarray:
     """Output pixels [x0, x1) x [y0, y1): output pixel (x, y) averages source pixels [x*scale, (x+1)*scale)."""
     src = slide.levels[source_level]
     size = (x1 - x0, y1 - y0)
     sx0, sy0, sx1, sy1 = x0 * scale, y0 * scale, x1 * scale, y1 * scale
     if slide.has_raw_tiles(source_level):
         # decode the stored tiles on their own integer grid: openslide would resample fractional positions
-        canvas, origin, reduction = _decode_tiles(slide, source_level, sx0, sy0, min(sx1, src.width), min(sy1, src.height), scale)
+        canvas, origin, reduction = _decode_tiles(slide, source_level, sx0, sy0, min(sx1, src.width), min(sy1, src.height), scale, fill)
     else:
         ix0, iy0 = int(sx0), int(sy0)
         ix1, iy1 = min(src.width, math.ceil(sx1)), min(src.height, math.ceil(sy1))
@@ -604,10 +656,10 @@ def _render_box(slide: Slide, source_level: int, x0: int, y0: int, x1: int, y1: 
             return pixels
         canvas, origin, reduction = Image.fromarray(pixels), (ix0, iy0), 1
     box = tuple((value - base) / reduction for value, base in zip((sx0, sy0, sx1, sy1), (*origin, *origin)))
-    # the last output pixel may reach past the source edge: extend with glass-white so the box stays inside
+    # the last output pixel may reach past the source edge: extend with the background so the box stays inside
     need = (math.ceil(box[2]), math.ceil(box[3]))
     if need[0] > canvas.width or need[1] > canvas.height:
-        padded = Image.new("RGB", (max(need[0], canvas.width), max(need[1], canvas.height)), (FILL, FILL, FILL))
+        padded = Image.new("RGB", (max(need[0], canvas.width), max(need[1], canvas.height)), (fill, fill, fill))
         padded.paste(canvas, (0, 0))
         canvas = padded
     if canvas.size == size and box == (0, 0, *size):
@@ -615,7 +667,9 @@ def _render_box(slide: Slide, source_level: int, x0: int, y0: int, x1: int, y1: 
     return np.asarray(canvas.resize(size, Image.Resampling.BOX, box=box))
 
 
-def _decode_tiles(slide: Slide, level: int, sx0: float, sy0: float, sx1: float, sy1: float, scale: float) -> tuple[Image.Image, tuple[int, int], int]:
+def _decode_tiles(
+    slide: Slide, level: int, sx0: float, sy0: float, sx1: float, sy1: float, scale: float, fill: int
+) -> tuple[Image.Image, tuple[int, int], int]:
     """Decode the stored tiles under a source box into (canvas, source origin of the canvas, reduction).
 
     JPEG tiles are decoded at 1/2, 1/4 or 1/8 size inside libjpeg when the output is that much smaller (DCT
@@ -627,7 +681,7 @@ def _decode_tiles(slide: Slide, level: int, sx0: float, sy0: float, sx1: float, 
     tile_w, tile_h = tw // reduction, th // reduction
     c0, c1 = int(sx0 // tw), min(math.ceil(sx1 / tw), -(-src.width // tw))
     r0, r1 = int(sy0 // th), min(math.ceil(sy1 / th), -(-src.height // th))
-    canvas = Image.new("RGB", ((c1 - c0) * tile_w, (r1 - r0) * tile_h), (FILL, FILL, FILL))
+    canvas = Image.new("RGB", ((c1 - c0) * tile_w, (r1 - r0) * tile_h), (fill, fill, fill))
     for row in range(r0, r1):
         for col in range(c0, c1):
             raw = slide.raw_tile(level, row, col)
@@ -641,9 +695,9 @@ def _decode_tiles(slide: Slide, level: int, sx0: float, sy0: float, sx1: float, 
     # pixels past the level's edge inside edge tiles are padding, not image: blank them
     valid = ((src.width - c0 * tw) // reduction, (src.height - r0 * th) // reduction)
     if valid[0] < canvas.width:
-        canvas.paste((FILL, FILL, FILL), (valid[0], 0, canvas.width, canvas.height))
+        canvas.paste((fill, fill, fill), (valid[0], 0, canvas.width, canvas.height))
     if valid[1] < canvas.height:
-        canvas.paste((FILL, FILL, FILL), (0, valid[1], canvas.width, canvas.height))
+        canvas.paste((fill, fill, fill), (0, valid[1], canvas.width, canvas.height))
     return canvas, (c0 * tw, r0 * th), reduction
 
 

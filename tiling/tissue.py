@@ -15,6 +15,8 @@ from slides import Slide
 
 # work on a view of about this many pixels on its long side: enough for 1 mm structures, cheap to read
 MASK_SIDE = 1024
+FIELD_SIDE = 256  # the view that decides bright- or dark-field: the median of a slide needs few pixels
+GLASS, DARK = 255, 0  # what background reads as: bright-field glass, a dark-field (fluorescence) background
 
 
 @dataclass(frozen=True)
@@ -54,20 +56,37 @@ def overview(slide: Slide, side: int = MASK_SIDE) -> tuple[np.ndarray, float]:
     return pixels, width / pixels.shape[1]
 
 
-def detect_tissue(slide: Slide) -> TissueMask:
-    """Tissue mask of a slide (see module docstring for the method)."""
+def is_darkfield(rgb: np.ndarray) -> bool:
+    """Whether an RGB view of a whole slide is dark-field (fluorescence): mostly dark. The one place that decides
+    it, for tissue detection and for what background reads as (`background_value`)."""
+    gray = rgb.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)  # skimage's rgb2gray weights
+    return float(np.median(gray)) < 0.25 * 255
+
+
+def slide_is_darkfield(slide: Slide) -> bool:
+    """`is_darkfield` of a small view: cheap enough to decide before the image's metadata goes out."""
+    return is_darkfield(overview(slide, FIELD_SIDE)[0])
+
+
+def background_value(darkfield: bool) -> int:
+    """What omitted (background) chunks and pixels beyond a slide's edge read as."""
+    return DARK if darkfield else GLASS
+
+
+def detect_tissue(slide: Slide, darkfield: bool | None = None) -> TissueMask:
+    """Tissue mask of a slide (see module docstring for the method); `darkfield` when already decided."""
     pixels, downsample = overview(slide)
-    mask, darkfield = tissue_mask(pixels)
+    mask, darkfield = tissue_mask(pixels, darkfield)
     return TissueMask(mask, downsample, darkfield)
 
 
-def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(mask, darkfield) for an RGB uint8 overview image."""
+def tissue_mask(rgb: np.ndarray, darkfield: bool | None = None) -> tuple[np.ndarray, bool]:
+    """(mask, darkfield) for an RGB uint8 overview image; `darkfield` None: decided from `rgb`."""
     from scipy import ndimage  # imported here: half a second that a send's first view should not wait for
     from skimage import color, filters, morphology
 
     gray = color.rgb2gray(rgb)
-    darkfield = float(np.median(gray)) < 0.25
+    darkfield = is_darkfield(rgb) if darkfield is None else darkfield
     if darkfield:
         signal = filters.gaussian(gray, sigma=1.5)
         glowing = signal > max(_otsu(signal), float(np.median(signal)) + 0.02)

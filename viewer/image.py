@@ -17,12 +17,13 @@ import google_crc32c
 import numpy as np
 import zarr
 import zarr.api.asynchronous
-from zarr.codecs import Crc32cCodec, ShardingCodec, TransposeCodec
+from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.array import AsyncArray
 
 from slides import SlidestreamError
-from tiling.codec import JpegCodec
+import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
+from tiling.jpeg import CODEC_NAME
 from transfer.manifest import FAILED, case_state
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
@@ -96,6 +97,7 @@ class SlideImage:
     scale: tuple[float, float]  # (y, x) size of a level-0 pixel in `unit` (1.0 when unknown)
     unit: str | None  # "micrometer" when the scanner recorded its resolution
     jpeg_chunks: bool  # chunks are self-contained JPEG files: served as they are
+    fill_value: int  # what absent (background) chunks read as: 255 bright-field glass, 0 dark-field
     arrays: tuple[AsyncArray[Any], ...] = field(compare=False, repr=False)
 
     @property
@@ -124,6 +126,7 @@ class SlideImage:
             ],
             "mpp": self.mpp,
             "format": "jpeg" if self.jpeg_chunks else "png",
+            "fill_value": self.fill_value,
         }
 
 
@@ -150,10 +153,12 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
             raise ImageError(f"case {case}: level {index} has chunks {chunk} in shards {shard}")
         if not any(isinstance(c, Crc32cCodec) for c in codec.index_codecs):
             raise ImageError(f"case {case}: level {index} shard index has no CRC32C")
-        jpeg = jpeg and [type(c) for c in codec.codecs] == [TransposeCodec, JpegCodec] and tuple(codec.codecs[0].order) == (1, 2, 0)
+        # by name, not class: imagecodecs' own implementation of the codec may be the one zarr picked
+        names = [c.to_dict()["name"] for c in codec.codecs]
+        jpeg = jpeg and names == ["transpose", CODEC_NAME] and tuple(codec.codecs[0].order) == (1, 2, 0)
         levels.append(Level(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
     scale, unit = _level0_scale(multiscale, datasets[0])
-    return SlideImage(case, tuple(levels), scale, unit, jpeg, tuple(arrays))
+    return SlideImage(case, tuple(levels), scale, unit, jpeg, int(arrays[0].metadata.fill_value), tuple(arrays))
 
 
 def _level0_scale(multiscale: dict[str, Any], dataset: dict[str, Any]) -> tuple[tuple[float, float], str | None]:

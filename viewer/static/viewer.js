@@ -238,6 +238,8 @@
             }
             return;
         }
+        // background chunks are not fetched: the page shows the image's fill value (white glass, dark fluorescence)
+        $("slide").style.background = `rgb(${info.fill_value}, ${info.fill_value}, ${info.fill_value})`;
         showMessage("");
         viewer = OpenSeadragon({
             element: $("slide"),
