@@ -1,0 +1,233 @@
+"""`slidestream export-dicom`: what a PACS and its viewers get, checked with independent readers.
+
+openslide (libdicom) and wsidicom open every export; pass-through JPEG levels must give exactly the source's pixels
+and carry the de-identified slide's own tile bytes; Debian's `dciodvfy` validates every file against the VL Whole
+Slide Microscopy IOD; a slide with identifying data everywhere leaves none of it in any output byte.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pydicom
+import pytest
+import tifffile
+from pydicom.encaps import generate_frames
+from wsidicom import WsiDicom
+
+from conftest import REPO, sample
+from slides import open_slide
+from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
+from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def export(slide: Path, out: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """The real command line."""
+    return subprocess.run([sys.executable, "-m", "slidestream", "export-dicom", str(slide), str(out), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=os.environ.copy())
+
+
+def exported(slide: Path, out: Path, *args: object) -> Path:
+    result = export(slide, out, *args)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def instances(out: Path) -> list[pydicom.Dataset]:
+    """Every file of the export, finest level first."""
+    datasets = [pydicom.dcmread(path) for path in sorted(out.iterdir())]
+    return sorted(datasets, key=lambda d: -d.TotalPixelMatrixColumns)
+
+
+def frames(dataset: pydicom.Dataset) -> list[bytes]:
+    return list(generate_frames(dataset.PixelData, number_of_frames=dataset.NumberOfFrames))
+
+
+def as_frame(jpeg: bytes) -> bytes:
+    """A JPEG as DICOM stores it: an encapsulated frame is padded to an even length."""
+    return jpeg + b"\x00" * (len(jpeg) % 2)
+
+
+def source_pixels(slide: Path) -> np.ndarray:
+    with openslide.OpenSlide(slide) as osr:
+        return np.asarray(osr.read_region((0, 0), 0, osr.dimensions).convert("RGB"))
+
+
+def exported_pixels(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Level 0 as openslide (from one file of the series) and wsidicom (the folder) decode it."""
+    with openslide.OpenSlide(next(out.iterdir())) as osr:
+        assert osr.properties["openslide.vendor"] == "dicom"
+        by_openslide = np.asarray(osr.read_region((0, 0), 0, osr.dimensions).convert("RGB"))
+    with WsiDicom.open(out) as wsi:
+        by_wsidicom = np.asarray(wsi.read_region((0, 0), 0, (wsi.size.width, wsi.size.height)).convert("RGB"))
+    return by_openslide, by_wsidicom
+
+
+def ycbcr_tiff(path: Path) -> Path:
+    """A generic pyramidal TIFF with ordinary YCbCr 4:2:0 JPEG tiles (CMU-1's tissue), 0.5 um/px."""
+    pixels = source_pixels(sample("CMU-1-Small-Region.svs"))[:768, :1024].copy()
+    jpeg = dict(tile=(256, 256), compression="jpeg", photometric="ycbcr", subsampling=(2, 2))
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(pixels, resolution=(2e4, 2e4), resolutionunit="CENTIMETER", subifds=0, **jpeg)
+        tif.write(pixels[::2, ::2].copy(), subfiletype=1, **jpeg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cmu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(sample("CMU-1-Small-Region.svs"), tmp_path_factory.mktemp("pacs") / "cmu", "--case", "CASE-CMU-1")
+
+
+@pytest.fixture(scope="module")
+def phi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The PHI-laden SVS and DICOM slides of test_phi, under identifying file names, and their exports."""
+    scanner, pacs = tmp_path_factory.mktemp("scanner"), tmp_path_factory.mktemp("pacs")
+    svs = make_svs(scanner / f"{NAME}.svs")
+    dcm_folder = scanner / "dicom"
+    dcm_folder.mkdir()
+    dcm = make_dicom(dcm_folder / f"{NAME}.dcm")
+    return {"svs": svs, "dcm": dcm, "svs_out": exported(svs, pacs / "svs"), "dcm_out": exported(dcm, pacs / "dcm")}
+
+
+@pytest.fixture(scope="module")
+def jp2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(sample("TCGA-CR-7395-jp2k.svs"), tmp_path_factory.mktemp("pacs") / "jp2k", "--mpp", "0.25")
+
+
+@pytest.fixture(scope="module")
+def ycbcr(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    slide = ycbcr_tiff(tmp_path_factory.mktemp("scanner") / "ycbcr.tif")
+    return slide, exported(slide, tmp_path_factory.mktemp("pacs") / "ycbcr")
+
+
+# -- pass-through JPEG: the same pixels, the same bytes ----------------------------------------------------------
+def test_aperio_export_reads_back_equal_in_openslide_and_wsidicom(cmu: Path) -> None:
+    expected = source_pixels(sample("CMU-1-Small-Region.svs"))
+    by_openslide, by_wsidicom = exported_pixels(cmu)
+    np.testing.assert_array_equal(by_openslide, expected)
+    np.testing.assert_array_equal(by_wsidicom, expected)
+
+
+def test_aperio_frames_are_the_deidentified_tiles_marked_rgb(cmu: Path) -> None:
+    level0 = instances(cmu)[0]
+    assert level0.PhotometricInterpretation == "RGB"  # Aperio's JPEG is untransformed RGB; YBR would shift colours
+    with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
+        across = math.ceil(slide.dimensions[0] / slide.tile_size)
+        written = frames(level0)
+        assert len(written) == across * math.ceil(slide.dimensions[1] / slide.tile_size)
+        for index, frame in enumerate(written):  # TILED_FULL: row by row
+            raw = slide.raw_tile(0, index // across, index % across)
+            assert frame == as_frame(self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=True))
+    assert ADOBE_RGB in written[0]
+
+
+def test_ycbcr_jpeg_passes_through_as_ybr_with_equal_pixels(ycbcr: tuple[Path, Path]) -> None:
+    slide, out = ycbcr
+    datasets = instances(out)
+    assert [d.PhotometricInterpretation for d in datasets] == ["YBR_FULL_422"] * len(datasets)
+    with open_slide(slide) as opened:
+        raw = opened.raw_tile(0, 1, 2)
+        assert frames(datasets[0])[1 * 4 + 2] == as_frame(self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=False))
+        top = opened.raw_tile(1, 0, 0)
+        assert frames(datasets[1])[0] == as_frame(self_contained_jpeg(top.data, top.jpeg_tables, rgb=False))
+    for pixels in exported_pixels(out):
+        np.testing.assert_array_equal(pixels, source_pixels(slide))
+
+
+# -- one series, a pyramid, correct geometry --------------------------------------------------------------------
+def test_levels_are_instances_of_one_tiled_full_series_with_the_slides_spacing(cmu: Path) -> None:
+    datasets = instances(cmu)
+    assert [(d.TotalPixelMatrixColumns, d.TotalPixelMatrixRows) for d in datasets] == [
+        (2220, 2967), (1110, 1484), (555, 742), (278, 371), (139, 186)]  # fmt: skip
+    for attribute in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "PyramidUID"):
+        assert len({d.get(attribute) for d in datasets}) == 1 and datasets[0].get(attribute), attribute
+    assert len({d.SOPInstanceUID for d in datasets}) == len(datasets)
+    for d in datasets:
+        assert d.SOPClassUID == WSI_SOP_CLASS and d.Modality == "SM"
+        assert d.DimensionOrganizationType == "TILED_FULL" and d.ImageType[2] == "VOLUME"
+        spacing = [float(v) for v in d.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+        assert spacing == pytest.approx([0.000499 * 2220 / d.TotalPixelMatrixColumns] * 2, rel=2e-3)
+        assert d.PhotometricInterpretation == "RGB"  # added levels are encoded as their base level says
+        assert ADOBE_RGB in frames(d)[0]
+
+
+def test_identity_is_the_case_id_only(cmu: Path) -> None:
+    for d in instances(cmu):
+        assert d.PatientID == "CASE-CMU-1" and d.ContainerIdentifier == "CASE-CMU-1"
+        assert d.PatientName == "" and d.PatientBirthDate == "" and d.PatientSex == ""
+        assert d.AccessionNumber == "" and d.StudyDate == "" and d.ReferringPhysicianName == ""
+        assert d.PatientIdentityRemoved == "YES" and "slidestream" in d.DeidentificationMethod
+        assert "InstitutionName" not in d and "OperatorsName" not in d and "StudyDescription" not in d
+
+
+# -- not JPEG, no mpp: re-encoded, or refused ----------------------------------------------------------------
+def test_slide_without_mpp_is_refused_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "jp2k"
+    result = export(sample("TCGA-CR-7395-jp2k.svs"), out)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no pixel size (mpp)" in result.stderr and "--mpp" in result.stderr
+    assert not out.exists() and not out.with_name("jp2k.partial").exists()
+
+
+def test_jpeg2000_slide_is_reencoded_close_to_the_source(jp2k: Path) -> None:
+    datasets = instances(jp2k)
+    assert (datasets[0].TotalPixelMatrixColumns, datasets[1].TotalPixelMatrixColumns) == (4443, 2221)
+    assert {d.PhotometricInterpretation for d in datasets} == {"YBR_FULL_422"}
+    assert float(datasets[0].SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0]) == pytest.approx(0.00025)
+    expected = source_pixels(sample("TCGA-CR-7395-jp2k.svs")).astype(int)
+    for pixels in exported_pixels(jp2k):
+        assert np.abs(pixels - expected).mean() < 2.5  # JPEG quality 90 on top of the scanner's JPEG 2000
+
+
+def test_existing_output_is_kept_without_overwrite(cmu: Path) -> None:
+    before = sorted(cmu.iterdir())
+    result = export(sample("CMU-1-Small-Region.svs"), cmu)
+    assert result.returncode == 2 and "already exists" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(cmu.iterdir()) == before
+
+
+# -- patient data never leaves ----------------------------------------------------------------------------------
+def test_no_identifying_byte_in_any_file(phi: dict[str, Path]) -> None:
+    assert all(secret in phi["svs"].read_bytes() for secret in IDENTIFYING)  # the sweep has something to find
+    for out in (phi["svs_out"], phi["dcm_out"]):
+        files = sorted(out.iterdir())
+        assert files and all(NAME not in path.name for path in files)
+        for path in files:
+            data = path.read_bytes()
+            assert [secret for secret in (*IDENTIFYING, NAME.encode()) if secret in data] == [], path
+            dataset = pydicom.dcmread(path)
+            assert dataset.PatientName == "" and dataset.PatientID and dataset.PatientIdentityRemoved == "YES"
+
+
+def test_phi_svs_passes_both_jpeg_levels_through(phi: dict[str, Path]) -> None:
+    datasets = instances(phi["svs_out"])
+    with open_slide(phi["svs"]) as slide:
+        sources = [(level, slide.levels[level].width) for level in range(len(slide.levels)) if slide.raw_codec(level) == "jpeg"]
+        assert len(sources) == 2
+        for level, width in sources:
+            (dataset,) = [d for d in datasets if d.TotalPixelMatrixColumns == width]
+            raw = slide.raw_tile(level, 0, 1)
+            assert frames(dataset)[1] == as_frame(self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=True))
+
+
+# -- an independent validator ----------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (Debian package dicom3tools)")
+@pytest.mark.parametrize("export_name", ["cmu", "jp2k", "ycbcr", "phi"])
+def test_dciodvfy_finds_no_error_in_any_file(export_name: str, request: pytest.FixtureRequest) -> None:
+    value = request.getfixturevalue(export_name)
+    outs = {"phi": lambda: [value["svs_out"], value["dcm_out"]], "ycbcr": lambda: [value[1]]}.get(export_name, lambda: [value])()
+    for out in outs:
+        for path in sorted(out.iterdir()):
+            report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+            lines = (report.stdout + report.stderr).splitlines()
+            assert "VLWholeSlideMicroscopyImage" in lines, lines  # it checked the file against the WSI IOD
+            assert [line for line in lines if line.startswith("Error")] == [], path
