@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -148,7 +149,14 @@ def main() -> None:
 
 
 def _error_line(text: str) -> None:
+    """The error line, and the last word: background threads still running at exit (an edge triage importing torch
+    while the interpreter shuts down) report their failures to the debug channel, not as a traceback after it."""
     stderr.print(f"slidestream: error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
+    threading.excepthook = _thread_failure_after_the_error
+
+
+def _thread_failure_after_the_error(args: threading.ExceptHookArgs) -> None:
+    logging.getLogger("slidestream").debug("thread %s failed after the error", args.thread, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def _route_library_messages(debug: bool) -> None:

@@ -178,10 +178,12 @@ def test_analyze_batch_goes_on_past_every_damaged_input(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith(f"{len(rows)} items, {len(failed)} failed")
 
 
-def test_send_failing_after_its_overview_ends_in_one_line(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+@pytest.mark.parametrize("edge", ["--no-edge", "--edge"])
+def test_send_failing_after_its_overview_ends_in_one_line(tmp_path: Path, s3_server, s3_bucket: str, edge: str) -> None:
     """A damaged level-0 tile in a slide whose overview comes from its own low level: the overview reaches the store
     before the send meets the damage. Its milestone line would stand before the error (and no longer be true once
-    the send is retracted); off a terminal, milestones wait for success."""
+    the send is retracted); off a terminal, milestones wait for success. With edge triage, its thread still imports
+    torch when the send exits: its failure at shutdown must not print a traceback after the error line."""
     import tifffile
 
     data = bytearray(sample("TCGA-CR-7395-jp2k.svs").read_bytes())
@@ -192,6 +194,6 @@ def test_send_failing_after_its_overview_ends_in_one_line(tmp_path: Path, s3_ser
     data[offset + 100 : offset + count - 10 : 7] = b"\x55" * len(range(offset + 100, offset + count - 10, 7))
     path = tmp_path / "bad-tile.svs"
     path.write_bytes(bytes(data))
-    result = _run(["send", str(path), f"s3://{s3_bucket}/fuzz", "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state")])
+    result = _run(["send", str(path), f"s3://{s3_bucket}/fuzz", "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), edge])
     assert not _assert_clean(result, path)
     assert "level 0" in result.stderr
