@@ -183,6 +183,9 @@ def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, s
                     "name": "triage heatmap",
                     "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
                     "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, side, side]}]}],
+                    # NGFF 0.5 asks how the levels were made: one level, one pixel per scored tile
+                    "type": "tile-score",
+                    "metadata": {"description": "one pixel per model tile of tile_level0_px level-0 pixels: its score"},
                 }
             ],
             "omero": {

@@ -280,3 +280,35 @@ def test_a_heatmap_arriving_mid_stream_reorders_the_shards_not_yet_built() -> No
     level0 = [p for p in rest if p.level == 0]
     rows = [int(p.key.split("/")[3]) for p in level0]
     assert rows == sorted(rows, reverse=True), "level 0 follows the new priority: bottom rows first"
+
+
+# -- background ------------------------------------------------------------------------------------------------
+def absent_chunks(array_dir: Path, n: int) -> list[tuple[str, int]]:
+    """(shard key, chunk index) of every chunk that the level's shards leave out (background)."""
+    from tiling.pyramid import EMPTY
+
+    absent = []
+    for shard in sorted(p for p in (array_dir / "c").rglob("*") if p.is_file()):
+        index = np.frombuffer(shard.read_bytes()[-(16 * n * n + 4) : -4], dtype="<u8").reshape(n * n, 2)
+        absent += [(str(shard.relative_to(array_dir)), i) for i in np.flatnonzero(index[:, 0] == EMPTY)]
+    return absent
+
+
+@pytest.mark.parametrize(("name", "field", "fill"), [("ndpi-fluorescence-DAPI.ndpi", "dark-field", 0), ("TCGA-CR-7395-jp2k.svs", "bright-field", 255)])
+def test_omitted_background_reads_as_the_slides_own_background(tmp_path: Path, name: str, field: str, fill: int) -> None:
+    out = convert(name, tmp_path / "x.zarr")
+    background = json.loads((out / "zarr.json").read_text())["attributes"]["slidestream"]["background"]
+    assert background == {"field": field, "fill_value": fill, "chunks": "omitted above the overview levels"}
+    assert absent_chunks(out / "0", 8), "level 0 leaves background chunks out"
+    reference = np.asarray(openslide.OpenSlide(sample(name)).read_region((0, 0), 0, openslide.OpenSlide(sample(name)).dimensions))[..., :3]
+    got = level(out, 0)
+    if fill == 0:  # openslide's DAPI level 0 averages 13; white blocks would make the difference ~90
+        assert np.abs(got.astype(int) - reference).mean() < 1
+        assert (got == 255).all(axis=2).mean() < 0.001
+    else:  # an omitted chunk of glass reads white
+        chunk = json.loads((out / "zarr.json").read_text())["attributes"]["slidestream"]["chunk"]
+        key, index = absent_chunks(out / "0", 8)[0]
+        row, col = (int(part) for part in key.split("/")[-2:])
+        y, x = (row * 8 + index // 8) * chunk, (col * 8 + index % 8) * chunk
+        assert (got[y : y + chunk, x : x + chunk] == 255).all()
+        assert reference[y : y + chunk, x : x + chunk].mean() > 200, "and it is glass in the source"
