@@ -59,7 +59,7 @@ ENCODINGS = {
     "YBR_FULL_422": {"channels": Channels.YBR, "subsampling": Subsampling.R422},
 }
 LEVEL_TOLERANCE = 0.01  # wsidicom's, on the log2 scale of a level's downsample
-SOF_MARKERS = frozenset({0xC0, 0xC1})  # baseline and extended sequential Huffman JPEG: what DICOM calls JPEG baseline
+BASELINE = 0xC0  # SOF0: the only JPEG process of DICOM's JPEG Baseline (Process 1) transfer syntax
 
 
 class NoResolutionError(SlidestreamError, ValueError):
@@ -175,31 +175,38 @@ class SlideLevel(ImageData):
         self._level = level
         info = slide.levels[level]
         self._downsample = info.downsample
-        self.passthrough = slide.raw_codec(level) == "jpeg"
-        self._tile = Size(info.tile_width, info.tile_height) if self.passthrough else Size(DEFAULT_TILE, DEFAULT_TILE)
+        stored_jpeg = slide.raw_codec(level) == "jpeg"
+        self._tile = Size(info.tile_width, info.tile_height) if stored_jpeg else Size(DEFAULT_TILE, DEFAULT_TILE)
         self._size = Size(info.width, info.height)
         # the level's spacing from its size (openslide's downsample is level-0 width / level width, rounded)
         self._spacing = SizeMm(spacing_um[0] * slide.levels[0].width / info.width / 1000,
                                spacing_um[1] * slide.levels[0].height / info.height / 1000)
         self.pyramid_index = round(math.log2(slide.levels[0].width / info.width))
-        self._photometric = self._passthrough_photometric() if self.passthrough else "YBR_FULL_422"
+        stored = self._stored_photometric() if stored_jpeg else None
+        self.passthrough = stored is not None
+        if not self.passthrough:  # frames of our own size (an NDPI's stored "tiles" are 8-row strips)
+            self._tile = Size(DEFAULT_TILE, DEFAULT_TILE)
+        self._photometric = stored or "YBR_FULL_422"
         # every frame this level encodes (sparse tiles, non-JPEG levels) and every level wsidicom adds above it
         # (it uses the base level's encoder and photometric) must match the photometric the dataset states
         super().__init__(Encoder.create_for_settings(JpegSettings(quality, **ENCODINGS[self._photometric])))
 
-    def _passthrough_photometric(self) -> str:
+    def _stored_photometric(self) -> str | None:
         """What the stored JPEG holds, from the first stored tile: RGB for Aperio's untransformed tiles (they get an
-        Adobe "no transform" marker), else YCbCr, YBR_FULL_422 when the chroma is subsampled."""
+        Adobe "no transform" marker), else YCbCr, YBR_FULL_422 when the chroma is subsampled. None where the tiles
+        cannot be DICOM's JPEG baseline frames (progressive, lossless, 12-bit) or there are none: re-encoded."""
         across, down = self.tiled_size.width, self.tiled_size.height
         for index in range(across * down):
             raw = self._slide.raw_tile(self._level, index // across, index % across)
             if raw is None:
                 continue
+            sampling = _baseline_sampling(self._frame(raw.data, raw.jpeg_tables, raw.photometric))
+            if sampling is None:
+                return None
             if raw.photometric == "rgb":
                 return "RGB"
-            sampling = _sampling_factors(self._frame(raw.data, raw.jpeg_tables, raw.photometric))
             return "YBR_FULL" if len(set(sampling)) == 1 else "YBR_FULL_422"
-        return "YBR_FULL_422"  # no stored tile at all: every frame is re-encoded
+        return None
 
     # -- what wsidicom asks about the image ----------------------------------------------------------------------
     @property
@@ -277,16 +284,18 @@ class SlideLevel(ImageData):
             raise CorruptSlideError(f"{self._slide.path}: a JPEG tile of level {self._level}: {error}") from None
 
 
-def _sampling_factors(jpeg: bytes) -> list[int]:
-    """Each component's (horizontal << 4 | vertical) sampling factor byte from the frame header (SOF)."""
+def _baseline_sampling(jpeg: bytes) -> list[int] | None:
+    """Each component's (horizontal << 4 | vertical) sampling byte from an 8-bit baseline frame header (SOF0), or
+    None when the JPEG is of another process."""
     pos = 2
-    while pos + 4 <= len(jpeg):
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
         marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-        if marker in SOF_MARKERS:
-            count = jpeg[pos + 9]
-            return [jpeg[pos + 10 + 3 * c + 1] for c in range(count)]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if marker != BASELINE or jpeg[pos + 4] != 8:
+                return None
+            return [jpeg[pos + 10 + 3 * c + 1] for c in range(jpeg[pos + 9])]
         pos += 2 + length
-    raise CorruptSlideError("a JPEG tile has no baseline frame header (progressive or lossless JPEG cannot be copied)")
+    return None
 
 
 class SlideSource(Source):
