@@ -269,3 +269,21 @@ def test_a_malformed_endpoint_is_one_line_in_every_command(tmp_path: Path, comma
     result = subprocess.run([sys.executable, "-m", "slidestream", *args, "--endpoint-url", "http//host:9000"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["slidestream: error: --endpoint-url 'http//host:9000' is not an endpoint URL (expected http(s)://HOST[:PORT])"]
+
+
+def test_backoff_doubles_from_one_second_to_a_minute_and_speaks_once_per_kind_of_failure() -> None:
+    from slidestream.watch import Backoff
+    from transfer import BucketNotFoundError, NetworkError
+
+    backoff, now, waits, said = Backoff(), 0.0, [], []
+    for attempt in range(9):
+        assert backoff.due(now)
+        said.append(backoff.failed(now, NetworkError("refused") if attempt < 8 else BucketNotFoundError("gone")))
+        start = now
+        while not backoff.due(now):
+            now += 0.5
+        waits.append(now - start)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert said[0] is not None and said[1:8] == [None] * 7 and said[8] is not None, "once per kind of failure"
+    assert backoff.succeeded() and backoff.due(now) and not backoff.succeeded()
+
