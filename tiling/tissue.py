@@ -15,7 +15,7 @@ from slides import Slide
 
 # work on a view of about this many pixels on its long side: enough for 1 mm structures, cheap to read
 MASK_SIDE = 1024
-FIELD_SIDE = 256  # the view that decides bright- or dark-field: the median of a slide needs few pixels
+FIELD_SIDE = 256  # the view that decides bright- or dark-field without a thumbnail: a median needs few pixels
 GLASS, DARK = 255, 0  # what background reads as: bright-field glass, a dark-field (fluorescence) background
 
 
@@ -64,7 +64,11 @@ def is_darkfield(rgb: np.ndarray) -> bool:
 
 
 def slide_is_darkfield(slide: Slide) -> bool:
-    """`is_darkfield` of a small view: cheap enough to decide before the image's metadata goes out."""
+    """`is_darkfield` of a small view, decided before the image's metadata goes out: the scanner's thumbnail where
+    there is one (a single-level slide's only level would cost a full decode, and may hold a corrupt tile that
+    must fail the send later, not its planning), else the cheapest level that gives FIELD_SIDE pixels."""
+    if "thumbnail" in slide.associated_images:
+        return is_darkfield(slide.associated_image("thumbnail"))
     return is_darkfield(overview(slide, FIELD_SIDE)[0])
 
 
