@@ -1,8 +1,8 @@
 """Open output: independent readers get our pixels and an independent validator accepts every store we write.
 
 - A reader without slidestream (no `tiling` package, no `zarr.codecs` entry point of ours) decodes level 0 of a
-  pass-through SVS with imagecodecs' own Zarr 3 JPEG codec (tests/upstream, vendored from imagecodecs 2026.5.10:
-  the registry we install from has no release with it yet) to exactly openslide's pixels.
+  pass-through SVS with a codec that presents itself as imagecodecs' own Zarr 3 JPEG codec (tests/reader: the
+  registry we install from has no imagecodecs release with it yet) to exactly openslide's pixels.
 - `ome-zarr-models` validates every image, label image and heatmap `convert`, `send` and `analyze` write, on disk
   and read back from the real S3 server.
 """
@@ -28,9 +28,9 @@ from conftest import S3Server, sample
 from inference.store import Location
 from slidestream.cli import app
 from tiling.codec import JpegCodec
-from upstream.imagecodecs_zarr_jpeg import Jpeg as UpstreamJpeg
+from reader.upstream_jpeg import UpstreamJpeg
 
-UPSTREAM = Path(__file__).parent / "upstream"
+READER = Path(__file__).parent / "reader"
 REPO = Path(__file__).parent.parent
 
 # Runs with `python -I -S`: only the directories given are importable, so nothing of slidestream can load.
@@ -46,10 +46,10 @@ import numpy as np
 import zarr
 from zarr.registry import get_codec_class
 
-import imagecodecs_zarr_jpeg
+import upstream_jpeg
 
-imagecodecs_zarr_jpeg.register_codecs()
-assert get_codec_class("imagecodecs_jpeg") is imagecodecs_zarr_jpeg.Jpeg
+upstream_jpeg.register_codecs()
+assert get_codec_class("imagecodecs_jpeg") is upstream_jpeg.UpstreamJpeg
 np.save(sys.argv[4], np.asarray(zarr.open_array(sys.argv[3], mode="r")[:]))
 """
 
@@ -86,7 +86,7 @@ def test_a_reader_without_slidestream_decodes_passthrough_level0_to_openslides_p
     assert codec == {"name": "imagecodecs_jpeg", "configuration": {"level": 90}}
     out = tmp_path / "level0.npy"
     run = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", CLEAN_READER, str(site_without_slidestream), str(UPSTREAM), str(store / "0"), str(out)],
+        [sys.executable, "-I", "-S", "-c", CLEAN_READER, str(site_without_slidestream), str(READER), str(store / "0"), str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -95,7 +95,7 @@ def test_a_reader_without_slidestream_decodes_passthrough_level0_to_openslides_p
 
 
 def test_our_codec_reads_upstreams_configuration_and_the_old_one() -> None:
-    upstream = UpstreamJpeg(level=85, subsampling="444", colorspace_jpeg="YCBCR")
+    upstream = UpstreamJpeg.from_dict({"name": "imagecodecs_jpeg", "configuration": {"level": 85, "subsampling": "444", "colorspace_jpeg": "YCBCR"}})
     ours = JpegCodec.from_dict(upstream.to_dict())
     assert ours.to_dict() == upstream.to_dict()
     assert UpstreamJpeg.from_dict(JpegCodec().to_dict()).to_dict() == JpegCodec().to_dict() == {"name": "imagecodecs_jpeg", "configuration": {"level": 90}}
