@@ -158,7 +158,10 @@ class Slide:
         """An associated image (e.g. "thumbnail") as RGB; label and macro only with keep_phi."""
         if name not in self.associated_images:
             raise KeyError(f"{self.path.name} has no associated image {name!r} (available: {self.associated_images})")
-        return np.asarray(self._osr.associated_images[name].convert("RGB"))
+        try:
+            return np.asarray(self._osr.associated_images[name].convert("RGB"))
+        except openslide.OpenSlideError as error:
+            raise CorruptSlideError(f"{self.path}: cannot read its {name} image: {_first_line(error)}") from None
 
     # -- compressed source tiles -----------------------------------------------------------------------------
     def has_raw_tiles(self, level: int) -> bool:
