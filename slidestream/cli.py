@@ -149,10 +149,13 @@ def main() -> None:
 
 
 def _error_line(text: str) -> None:
-    """The error line, and the last word: background threads still running at exit (an edge triage importing torch
-    while the interpreter shuts down) report their failures to the debug channel, not as a traceback after it."""
+    """The error line, and the last word: what background threads still say before the process ends (an edge triage
+    finishing its heatmap, or failing while the interpreter shuts down) goes to the debug channel."""
     stderr.print(f"slidestream: error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
     threading.excepthook = _thread_failure_after_the_error
+    if not os.environ.get(DEBUG_ENV):
+        sys.stderr.flush()
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process's life
 
 
 def _thread_failure_after_the_error(args: threading.ExceptHookArgs) -> None:
