@@ -17,7 +17,7 @@ def _convert(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> 
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
     assert result.returncode == 0, result.stderr
     codecs = json.loads((out / "0" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
-    return codecs[1]["configuration"]["quality"]
+    return codecs[1]["configuration"]["level"]
 
 
 def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
