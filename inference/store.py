@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import obstore
 import obstore.exceptions
@@ -23,6 +21,7 @@ import zarr
 from zarr.abc.store import Store
 
 from inference.errors import InferenceError
+from transfer.readers import object_store
 
 
 @dataclass(frozen=True)
@@ -134,33 +133,8 @@ class Location:
 
 @cache
 def _s3_store(bucket: str, prefix: str, endpoint_url: str | None) -> obstore.store.S3Store:
-    """An obstore S3 client for one bucket (and prefix), with boto3's credential chain; one per folder and
-    endpoint, so that its connections are reused. boto3 is imported here: local folders never need it."""
-    import boto3
-    from obstore.auth.boto3 import Boto3CredentialProvider
-
-    session = boto3.Session()
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    try:
-        credentials = Boto3CredentialProvider(session)  # environment, ~/.aws, SSO, instance profile ...
-    except ValueError:
-        raise InferenceError(f"s3://{bucket}: no AWS credentials found (environment, ~/.aws or instance profile)") from None
-    config: dict[str, object] = {"region": session.region_name or "us-east-1"}
-    if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:  # obstore would panic on the first request
-            raise InferenceError(f"{endpoint}: not an endpoint URL (http://HOST:PORT or https://HOST)")
-        config["endpoint"] = endpoint
-    try:
-        return obstore.store.S3Store(
-            bucket,
-            prefix=prefix or None,
-            config=config,  # type: ignore[arg-type]
-            credential_provider=credentials,
-            client_options={"allow_http": endpoint is not None and endpoint.startswith("http://"), "timeout": timedelta(seconds=60)},
-        )
-    except (obstore.exceptions.BaseError, ValueError) as error:  # obstore refuses a malformed endpoint here
-        raise InferenceError(f"s3://{bucket}: {_first_line(error)}") from None
+    """One client per folder and endpoint, so that its connections are reused."""
+    return object_store(bucket, prefix, endpoint_url)
 
 
 def _first_line(error: BaseException) -> str:

@@ -17,16 +17,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-import boto3
 import obstore
 import obstore.exceptions
-from obstore.auth.boto3 import Boto3CredentialProvider
-from obstore.store import S3Store
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.abc.store import Store as ZarrStore
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from slides import SlidestreamError
+from transfer.readers import object_store
 
 T = TypeVar("T")
 
@@ -100,31 +98,9 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
         self.location = f"s3://{bucket}/{prefix}".rstrip("/")
-        session = boto3.Session()
-        try:
-            credentials = Boto3CredentialProvider(session)  # environment, ~/.aws, SSO, instance profile ...
-        except ValueError:
-            raise StorageError(f"{self.location}: no AWS credentials found (environment, ~/.aws or instance profile)") from None
-        config: dict[str, object] = {"region": session.region_name or "us-east-1"}
-        if endpoint_url:
-            config["endpoint"] = endpoint_url
-        self._store = S3Store(
-            bucket,
-            prefix=prefix or None,
-            config=config,  # type: ignore[arg-type]
-            credential_provider=credentials,
-            client_options={
-                "allow_http": bool(endpoint_url and endpoint_url.startswith("http://")),
-                "connect_timeout": timedelta(seconds=5),
-                "timeout": timedelta(seconds=30),
-            },
-            # a viewer should say "store unavailable" within seconds, not retry for minutes
-            retry_config={
-                "max_retries": 2,
-                "retry_timeout": timedelta(seconds=15),
-                "backoff": {"init_backoff": timedelta(milliseconds=100)},
-            },
-        )
+        # a viewer should say "store unavailable" within seconds, not retry for minutes
+        retries = {"max_retries": 2, "retry_timeout": timedelta(seconds=15), "backoff": {"init_backoff": timedelta(milliseconds=100)}}
+        self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries)
 
     async def get(self, key: str) -> bytes:
         result = await self._call(key, obstore.get_async(self._store, check_key(key)))
