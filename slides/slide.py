@@ -2,7 +2,8 @@
 
 openslide reads pixels for the vendor formats (SVS, NDPI, MRXS, Philips, DICOM, generic TIFF). tifffile is the fast
 path beside it: for TIFF-family files it hands out the *compressed* source tiles, so tiling/ can copy them into the
-output without decoding, and it reads plain (non-pyramidal) TIFFs that openslide refuses.
+output without decoding, and it reads plain (non-pyramidal) TIFFs that openslide refuses. OME-TIFF is read by
+tifffile alone: openslide sees only its first level (not the SubIFD pyramid) and none of its OME-XML.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tifffile
 from slides.deid import PUBLIC_NAME, safe_associated_images, safe_properties
 from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
 from slides.jpeg import strip_metadata
+from slides.ome import OmeFacts, ome_facts, unsupported_shape
 from slides.written import tiff_structure_whole, tifffile_complaints
 
 # Real scans reach ~200k px a side; anything far beyond is a corrupt or hostile header, not a slide.
@@ -86,7 +88,9 @@ class Slide:
 
     _scratch: tempfile.TemporaryDirectory[str] | None = None  # the private DICOM folder openslide reads (open_slide)
 
-    def __init__(self, path: Path, osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None, keep_phi: bool):
+    def __init__(
+        self, path: Path, osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None, keep_phi: bool, ome: OmeFacts | None = None
+    ):
         self.path = path
         self.keep_phi = keep_phi
         self.name: str = path.name if keep_phi else PUBLIC_NAME  # what derived objects call it (never the file name)
@@ -98,10 +102,11 @@ class Slide:
         self.levels = _levels(osr, tiff)
         raw_properties = dict(osr.properties) if osr is not None else {}
         self.properties: dict[str, str] = raw_properties if keep_phi else safe_properties(raw_properties)
-        self.vendor: str = raw_properties.get(openslide.PROPERTY_NAME_VENDOR, "tiff")
-        self.mpp: tuple[float, float] | None = _mpp(raw_properties)
+        self.vendor: str = "ome-tiff" if ome is not None else raw_properties.get(openslide.PROPERTY_NAME_VENDOR, "tiff")
+        self.mpp: tuple[float, float] | None = ome.mpp if ome is not None else _mpp(raw_properties)
         power = raw_properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
-        self.objective_power: float | None = float(power) if power else None
+        self.objective_power: float | None = ome.objective_power if ome is not None else float(power) if power else None
+        self.channels: list[str] = ome.channels if ome is not None else []  # the source's channel names, where it names them
         names = list(osr.associated_images) if osr is not None else []
         self.associated_images: list[str] = names if keep_phi else safe_associated_images(names)
 
@@ -236,6 +241,7 @@ class Slide:
             ],
             "mpp": list(self.mpp) if self.mpp else None,
             "objective_power": self.objective_power,
+            "channels": self.channels,
             "tile_size": self.tile_size,
             "associated_images": self.associated_images,
             "properties": self.properties,
@@ -278,20 +284,24 @@ def open_slide(path: str | os.PathLike[str], keep_phi: bool = False) -> Slide:
     if path.stat().st_size == 0:
         raise UnsupportedSlideError(f"{path}: empty file, not a slide")
     scratch = _dicom_view(path)
+    osr: openslide.OpenSlide | None = None
+    tiff: tifffile.TiffFile | None = None
     with tifffile_complaints() as complaints:
         try:
             osr = _try_openslide(path if scratch is None else Path(scratch.name) / path.name, path)
             tiff = _try_tifffile(path, complaints)
             if osr is None and (tiff is None or not tiff.series):
                 raise UnsupportedSlideError(f"{path}: not a supported slide format (openslide and tifffile cannot read it)")
-            slide = Slide(path, osr, tiff, keep_phi)
+            ome = _ome(path, tiff)
+            if ome is not None and osr is not None:
+                osr.close()
+                osr = None
+            slide = Slide(path, osr, tiff, keep_phi, ome)
         except SlidestreamError:
-            if scratch is not None:
-                scratch.cleanup()
+            _close_all(scratch, osr, tiff)
             raise
         except Exception as error:  # noqa: BLE001 - tifffile and openslide raise many types for damaged files
-            if scratch is not None:
-                scratch.cleanup()
+            _close_all(scratch, osr, tiff)
             raise UnsupportedSlideError(f"{path}: unreadable slide structure: {_first_line(error)}") from None
     slide._scratch = scratch
     try:
@@ -300,6 +310,26 @@ def open_slide(path: str | os.PathLike[str], keep_phi: bool = False) -> Slide:
         slide.close()
         raise
     return slide
+
+
+def _ome(path: Path, tiff: tifffile.TiffFile | None) -> OmeFacts | None:
+    """The OME-XML's facts for an OME-TIFF (None for other files), once its first image is known to be one RGB(A) or
+    grey 8-bit plane; tifffile has already read the XML's dimensions into series[0]."""
+    if tiff is None or not tiff.is_ome or not tiff.series:
+        return None
+    problem = unsupported_shape(tiff.series[0])
+    if problem is not None:
+        raise UnsupportedSlideError(f"{path}: {problem}")
+    return ome_facts(tiff.ome_metadata or "")
+
+
+def _close_all(scratch: tempfile.TemporaryDirectory[str] | None, osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None) -> None:
+    """What a failed open had opened, so a refused slide leaves no file handle or scratch folder behind."""
+    for handle in (osr, tiff):
+        if handle is not None:
+            handle.close()
+    if scratch is not None:
+        scratch.cleanup()
 
 
 def slide_path_kind(path: Path) -> str:
@@ -436,22 +466,33 @@ def _levels(osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None) -> 
 
 
 def _tiled_pages(osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None) -> dict[int, Any]:
-    """Map level index -> the tiled TIFF page holding exactly that level, where its codec is one we can copy."""
+    """Map level index -> the tiled TIFF page holding exactly that level, where its codec is one we can copy.
+
+    Without openslide the levels are tifffile's own (SubIFD pyramids included); with it, the TIFF page of each of
+    openslide's level sizes (tifffile hands out TiffFrames, which carry no tiling, for pages it reads lazily)."""
     if tiff is None:
         return {}
-    candidates = [
-        page
-        for page in tiff.pages
-        if page.is_tiled and page.compression in _CODECS and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
-    ]
-    dims = osr.level_dimensions if osr is not None else [(p.keyframe.imagewidth, p.keyframe.imagelength) for p in tiff.series[0].levels]
+    if osr is None:
+        return {index: level.keyframe for index, level in enumerate(tiff.series[0].levels) if _copyable(level.keyframe)}
+    candidates = [page for page in tiff.pages if isinstance(page, tifffile.TiffPage) and _copyable(page)]
     pages = {}
-    for index, (width, height) in enumerate(dims):
+    for index, (width, height) in enumerate(osr.level_dimensions):
         for page in candidates:
             if (page.imagewidth, page.imagelength) == (width, height):
                 pages[index] = page
                 break
     return pages
+
+
+def _copyable(page: tifffile.TiffPage) -> bool:
+    """Tiles that can become chunks of the RGB pyramid as stored: interleaved RGB (a grey or RGBA tile is read as
+    pixels and re-encoded)."""
+    return (
+        page.is_tiled
+        and page.compression in _CODECS
+        and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
+        and page.samplesperpixel == 3
+    )
 
 
 def _mpp(properties: dict[str, str]) -> tuple[float, float] | None:
