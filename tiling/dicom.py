@@ -1,10 +1,13 @@
 """A slide as a DICOM VL Whole Slide Microscopy Image series (Supplement 145), for hospitals that archive in a PACS.
 
 wsidicom writes the files (datasets, TILED_FULL frame layout, basic offset tables, the added pyramid levels); this
-module feeds it the de-identified `slides.Slide` as its image source and builds the metadata. Each of the slide's
-levels is one instance of one series. Where a level's stored tiles are JPEG they are copied as DICOM frames byte for
-byte (made self-contained by `tiling.jpeg.self_contained_jpeg`, the same as OME-Zarr chunks); other levels (JPEG 2000,
-deflate, strips, formats read only through openslide) are re-encoded as baseline JPEG at `quality`. Levels down to
+module feeds it a `JpegTiles` source and builds the metadata: the de-identified `slides.Slide` (`SlideTiles`), or a
+case already converted or sent (`slidestream.stored.StoredCase`, whose JPEG chunks are such frames already). Each
+level is one instance of one series. Where a level's tiles are baseline JPEG they are copied as DICOM frames byte for
+byte (a slide's made self-contained by `tiling.jpeg.self_contained_jpeg`, the same as OME-Zarr chunks); other levels
+(JPEG 2000, deflate, strips, formats read only through openslide, zstd chunks) are re-encoded as baseline JPEG at
+`quality`, and so is a tile absent from the source (a sparse file's, a case's omitted background chunk) or one whose
+JPEG colour model differs from its level's first tile. Levels down to
 one tile are added by wsidicom, downsampled from the one above and re-encoded, so a viewer gets a pyramid even from a
 single-level slide. The case ID is the only identifier: PatientID, ContainerIdentifier and the specimen identifier
 are the case ID, everything else about patient, study and scanner is empty.
@@ -17,6 +20,7 @@ import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
@@ -45,7 +49,8 @@ from wsidicom.metadata.sample import SlideSample
 from wsidicom.metadata.schema.dicom import WsiMetadataDicomSchema
 from wsidicom.source import Source
 
-from slides import CorruptSlideError, Slide, SlidestreamError
+from slides import CorruptSlideError, Level, Slide, SlidestreamError
+from slides.jpeg import ADOBE, SOS
 from tiling.jpeg import DEFAULT_QUALITY, self_contained_jpeg
 from tiling.local import OutputError
 
@@ -66,6 +71,55 @@ class NoResolutionError(SlidestreamError, ValueError):
     """The slide records no pixel size, and DICOM WSI needs one (PixelSpacing, ImagedVolumeWidth)."""
 
 
+class JpegTiles(Protocol):
+    """What the export reads: the levels' geometry and pixels, and their tiles as self-contained JPEG where stored so."""
+
+    levels: list[Level]
+    mpp: tuple[float, float] | None
+
+    @property
+    def source(self) -> str:
+        """The input as error messages name it (a path or URL)."""
+
+    def jpeg_tiles(self, level: int) -> bool:
+        """Whether `jpeg_frame` may hand out this level's tiles (of the level's tile size)."""
+
+    def jpeg_frame(self, level: int, row: int, col: int) -> bytes | None:
+        """One tile as a self-contained JPEG, or None where the source has none (sparse, background)."""
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB pixels (height, width, 3), `location` in level-0 pixels, as `slides.Slide.read_region`."""
+
+
+class SlideTiles:
+    """A de-identified slide as `JpegTiles`: its JPEG tiles with COM/APPn stripped, JPEGTables merged in, Aperio's
+    untransformed RGB marked with Adobe "no transform" (the same bytes as the OME-Zarr chunks)."""
+
+    def __init__(self, slide: Slide) -> None:
+        self._slide = slide
+        self.levels = slide.levels
+        self.mpp = slide.mpp
+
+    @property
+    def source(self) -> str:
+        return str(self._slide.path)
+
+    def jpeg_tiles(self, level: int) -> bool:
+        return self._slide.raw_codec(level) == "jpeg"
+
+    def jpeg_frame(self, level: int, row: int, col: int) -> bytes | None:
+        raw = self._slide.raw_tile(level, row, col)
+        if raw is None:
+            return None
+        try:
+            return self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+        except ValueError as error:
+            raise CorruptSlideError(f"{self._slide.path}: a JPEG tile of level {level}: {error}") from None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        return self._slide.read_region(location, level, size)
+
+
 @dataclass(frozen=True)
 class DicomExport:
     """What `export_dicom` wrote: the instance files (one per level), their total size, and how many levels are
@@ -77,29 +131,31 @@ class DicomExport:
 
 
 def export_dicom(
-    slide: Slide,
+    slide: Slide | JpegTiles,
     out: Path,
     case_id: str,
     mpp: float | None = None,
     quality: int = DEFAULT_QUALITY,
     overwrite: bool = False,
 ) -> DicomExport:
-    """Write `slide` as a DICOM WSI series into the directory `out`, published only when complete.
+    """Write `slide` (a de-identified slide, or a stored case) as a DICOM WSI series into the directory `out`,
+    published only when complete.
 
     `mpp` (micrometres per level-0 pixel) is required when the slide records none; a slide's own value wins over it
     only when `mpp` is None. Files go to `OUT.partial/`, renamed to `OUT` after the last one (as `write_pieces`).
     """
-    spacing_um = slide.mpp or ((mpp, mpp) if mpp else None)
+    tiles = SlideTiles(slide) if isinstance(slide, Slide) else slide
+    spacing_um = tiles.mpp or ((mpp, mpp) if mpp else None)
     if spacing_um is None:
         raise NoResolutionError(
-            f"{slide.path}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
+            f"{tiles.source}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
         )
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
     partial = out.with_name(out.name + ".partial")
     metadata = _metadata(case_id, spacing_um)
-    levels = [SlideLevel(slide, index, spacing_um, quality) for index in _pyramid_levels(slide)]
+    levels = [SlideLevel(tiles, index, spacing_um, quality) for index in _pyramid_levels(tiles.levels)]
     source = SlideSource([_instance(metadata, level) for level in levels])
     try:
         shutil.rmtree(partial, ignore_errors=True)
@@ -123,13 +179,13 @@ def export_dicom(
     return DicomExport(files, sum(path.stat().st_size for path in files), sum(level.passthrough for level in levels))
 
 
-def _pyramid_levels(slide: Slide) -> list[int]:
+def _pyramid_levels(levels: list[Level]) -> list[int]:
     """The slide's levels that DICOM's pyramid can hold as they are: wsidicom places each level at a power-of-two
     downsample (within 1% on the log2 scale); a level between those (a generic TIFF's 300 -> 37 px is 8.1x) is left
     out, and wsidicom makes that step of the pyramid from the level below it instead."""
-    base_width, base_height = slide.dimensions
+    base_width, base_height = levels[0].width, levels[0].height
     kept: dict[int, int] = {}
-    for index, level in enumerate(slide.levels):
+    for index, level in enumerate(levels):
         steps = [math.log2(base_width / level.width), math.log2(base_height / level.height)]
         nearest = round(steps[0])
         if all(abs(step - nearest) <= LEVEL_TOLERANCE for step in steps) and nearest not in kept:
@@ -167,21 +223,21 @@ def _metadata(case_id: str, spacing_um: tuple[float, float]) -> WsiMetadata:
 
 
 class SlideLevel(ImageData):
-    """One level of the de-identified slide as wsidicom's image data: its JPEG tiles as they are stored, or its
-    pixels re-encoded where they are not JPEG."""
+    """One level of the source as wsidicom's image data: its JPEG tiles as they are stored, or its pixels re-encoded
+    where they are not JPEG."""
 
-    def __init__(self, slide: Slide, level: int, spacing_um: tuple[float, float], quality: int) -> None:
-        self._slide = slide
+    def __init__(self, tiles: JpegTiles, level: int, spacing_um: tuple[float, float], quality: int) -> None:
+        self._tiles = tiles
         self._level = level
-        info = slide.levels[level]
+        info = tiles.levels[level]
+        base = tiles.levels[0]
         self._downsample = info.downsample
-        stored_jpeg = slide.raw_codec(level) == "jpeg"
+        stored_jpeg = tiles.jpeg_tiles(level)
         self._tile = Size(info.tile_width, info.tile_height) if stored_jpeg else Size(DEFAULT_TILE, DEFAULT_TILE)
         self._size = Size(info.width, info.height)
         # the level's spacing from its size (openslide's downsample is level-0 width / level width, rounded)
-        self._spacing = SizeMm(spacing_um[0] * slide.levels[0].width / info.width / 1000,
-                               spacing_um[1] * slide.levels[0].height / info.height / 1000)
-        self.pyramid_index = round(math.log2(slide.levels[0].width / info.width))
+        self._spacing = SizeMm(spacing_um[0] * base.width / info.width / 1000, spacing_um[1] * base.height / info.height / 1000)
+        self.pyramid_index = round(math.log2(base.width / info.width))
         stored = self._stored_photometric() if stored_jpeg else None
         self.passthrough = stored is not None
         if not self.passthrough:  # frames of our own size (an NDPI's stored "tiles" are 8-row strips)
@@ -192,20 +248,13 @@ class SlideLevel(ImageData):
         super().__init__(Encoder.create_for_settings(JpegSettings(quality, **ENCODINGS[self._photometric])))
 
     def _stored_photometric(self) -> str | None:
-        """What the stored JPEG holds, from the first stored tile: RGB for Aperio's untransformed tiles (they get an
-        Adobe "no transform" marker), else YCbCr, YBR_FULL_422 when the chroma is subsampled. None where the tiles
-        cannot be DICOM's JPEG baseline frames (progressive, lossless, 12-bit) or there are none: re-encoded."""
+        """What the stored JPEG holds, from the first stored tile (`frame_photometric`). None where the tiles cannot
+        be DICOM's JPEG baseline frames (progressive, lossless, 12-bit) or there are none: re-encoded."""
         across, down = self.tiled_size.width, self.tiled_size.height
         for index in range(across * down):
-            raw = self._slide.raw_tile(self._level, index // across, index % across)
-            if raw is None:
-                continue
-            sampling = _baseline_sampling(self._frame(raw.data, raw.jpeg_tables, raw.photometric))
-            if sampling is None:
-                return None
-            if raw.photometric == "rgb":
-                return "RGB"
-            return "YBR_FULL" if len(set(sampling)) == 1 else "YBR_FULL_422"
+            frame = self._tiles.jpeg_frame(self._level, index // across, index % across)
+            if frame is not None:
+                return frame_photometric(frame)
         return None
 
     # -- what wsidicom asks about the image ----------------------------------------------------------------------
@@ -264,9 +313,9 @@ class SlideLevel(ImageData):
     # -- tiles ---------------------------------------------------------------------------------------------------
     def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
         if self.passthrough:
-            raw = self._slide.raw_tile(self._level, tile.y, tile.x)
-            if raw is not None:
-                return self._frame(raw.data, raw.jpeg_tables, raw.photometric)
+            frame = self._tiles.jpeg_frame(self._level, tile.y, tile.x)
+            if frame is not None and frame_photometric(frame) == self._photometric:
+                return frame
         return self.encoder.encode(self._read(tile))
 
     def get_decoded_tile(self, tile_point: Point, z: float, path: str, cache: bool = True) -> np.ndarray:
@@ -275,25 +324,24 @@ class SlideLevel(ImageData):
     def _read(self, tile: Point) -> np.ndarray:
         """The tile's pixels through the slide's reader (white beyond the level's edge, as glass)."""
         location = (round(tile.x * self._tile.width * self._downsample), round(tile.y * self._tile.height * self._downsample))
-        return self._slide.read_region(location, self._level, (self._tile.width, self._tile.height))
-
-    def _frame(self, data: bytes, tables: bytes | None, photometric: str) -> bytes:
-        try:
-            return self_contained_jpeg(data, tables, rgb=photometric == "rgb")
-        except ValueError as error:
-            raise CorruptSlideError(f"{self._slide.path}: a JPEG tile of level {self._level}: {error}") from None
+        return self._tiles.read_region(location, self._level, (self._tile.width, self._tile.height))
 
 
-def _baseline_sampling(jpeg: bytes) -> list[int] | None:
-    """Each component's (horizontal << 4 | vertical) sampling byte from an 8-bit baseline frame header (SOF0), or
-    None when the JPEG is of another process."""
+def frame_photometric(jpeg: bytes) -> str | None:
+    """The DICOM photometric interpretation of a self-contained JPEG: "RGB" where an Adobe segment says "no
+    transform" (Aperio's tiles, as marked by `self_contained_jpeg`), else YCbCr, "YBR_FULL_422" when the chroma is
+    subsampled. None for a JPEG that is not 8-bit 3-component baseline (SOF0), which DICOM's JPEG Baseline excludes."""
+    rgb = False
     pos = 2
-    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] != SOS:
         marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
-            if marker != BASELINE or jpeg[pos + 4] != 8:
+        if marker == ADOBE:
+            rgb = length >= 12 and jpeg[pos + 4 : pos + 9] == b"Adobe" and jpeg[pos + 15] == 0  # its transform flag
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if marker != BASELINE or jpeg[pos + 4] != 8 or jpeg[pos + 9] != 3:
                 return None
-            return [jpeg[pos + 10 + 3 * c + 1] for c in range(jpeg[pos + 9])]
+            sampling = {jpeg[pos + 10 + 3 * c + 1] for c in range(3)}
+            return "RGB" if rgb else "YBR_FULL" if len(sampling) == 1 else "YBR_FULL_422"
         pos += 2 + length
     return None
 
