@@ -1,4 +1,5 @@
-"""`slidestream export-dicom`: a slide as a DICOM WSI series for a PACS, de-identified, the case ID its only identifier.
+"""`slidestream export-dicom`: a slide, or a case already converted or sent, as a DICOM WSI series for a PACS,
+de-identified, the case ID its only identifier.
 
 wsidicom is imported only when the command runs, so the other commands stay quick to start.
 """
@@ -15,10 +16,17 @@ stdout = Console()
 
 
 def export_dicom(
-    slide: Annotated[Path, typer.Argument(help="The slide to export (a file, or a DICOM series folder).")],
+    slide: Annotated[str, typer.Argument(
+        metavar="CASE_OR_SLIDE",
+        help="A slide (a file, or a DICOM series folder), or a case: convert's output folder, a local case folder, "
+             "s3://BUCKET/PREFIX/CASE or .../CASE/image.zarr.",
+    )],
     out: Annotated[Path, typer.Argument(help="Output directory: one DICOM file per pyramid level.")],
     case: Annotated[
-        str | None, typer.Option("--case", help="Case ID, the files' PatientID (default: pseudonymous, from the slide's content, as send).")
+        str | None, typer.Option("--case", help="Case ID, the files' PatientID (default: a case's folder name; for a slide pseudonymous, from its content, as send).")
+    ] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...) of an s3:// case; default AWS.")
     ] = None,
     mpp: Annotated[
         float | None, typer.Option("--mpp", min=0.01, max=1000, help="Micrometres per pixel, for a slide that records none.")
@@ -26,14 +34,20 @@ def export_dicom(
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded frames (non-JPEG levels, added levels).")] = 90,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """Export a slide as a DICOM VL Whole Slide Microscopy series (JPEG tiles copied, de-identified)."""
+    """Export a slide or a stored case as a DICOM VL Whole Slide Microscopy series (JPEG tiles copied, de-identified)."""
     from slides import open_slide
+    from slidestream.stored import is_stored_case, open_stored_case
     from tiling.dicom import export_dicom as export
     from transfer.target import case_id_for, validate_case
 
-    case_id = validate_case(case) if case is not None else case_id_for(slide)
-    with open_slide(slide) as opened:
-        result = export(opened, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
+    if is_stored_case(slide):
+        stored = open_stored_case(slide, endpoint_url, case)
+        case_id = stored.case_id
+        result = export(stored, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
+    else:
+        case_id = validate_case(case) if case is not None else case_id_for(Path(slide))
+        with open_slide(slide) as opened:
+            result = export(opened, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     stdout.print(
         f"{out}: {len(result.files)} DICOM instances ({result.passthrough_levels} with copied JPEG tiles), "
         f"{result.bytes / 1e6:.1f} MB, case {case_id}",

@@ -57,10 +57,10 @@ from tiling.local import OutputError
 # what a PACS shows as the de-identification method (DeidentificationMethod is LO: at most 64 characters)
 DEIDENTIFICATION_METHOD = "slidestream: allow-listed metadata, JPEG COM/APPn removed"
 DEFAULT_TILE = 256  # frame side for levels without stored tiles
-# JPEG encoder settings for what a level's photometric interpretation says its frames are
+# JPEG encoder settings for the photometric interpretations the WSI IOD allows for JPEG baseline frames: not
+# YBR_FULL (YCbCr without chroma subsampling, as slidestream's own re-encoded chunks): such tiles are re-encoded
 ENCODINGS = {
     "RGB": {"channels": Channels.RGB, "subsampling": Subsampling.R444},  # libjpeg marks it with Adobe "no transform"
-    "YBR_FULL": {"channels": Channels.YBR, "subsampling": Subsampling.R444},
     "YBR_FULL_422": {"channels": Channels.YBR, "subsampling": Subsampling.R422},
 }
 LEVEL_TOLERANCE = 0.01  # wsidicom's, on the log2 scale of a level's downsample
@@ -155,7 +155,9 @@ def export_dicom(
         raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
     partial = out.with_name(out.name + ".partial")
     metadata = _metadata(case_id, spacing_um)
-    levels = [SlideLevel(tiles, index, spacing_um, quality) for index in _pyramid_levels(tiles.levels)]
+    base, *others = _pyramid_levels(tiles.levels)
+    levels = [SlideLevel(tiles, base, spacing_um, quality)]  # its frames decide the series' photometric and frame size
+    levels += [SlideLevel(tiles, index, spacing_um, quality, levels[0]) for index in others]
     source = SlideSource([_instance(metadata, level) for level in levels])
     try:
         shutil.rmtree(partial, ignore_errors=True)
@@ -226,35 +228,43 @@ class SlideLevel(ImageData):
     """One level of the source as wsidicom's image data: its JPEG tiles as they are stored, or its pixels re-encoded
     where they are not JPEG."""
 
-    def __init__(self, tiles: JpegTiles, level: int, spacing_um: tuple[float, float], quality: int) -> None:
+    def __init__(
+        self, tiles: JpegTiles, level: int, spacing_um: tuple[float, float], quality: int, base: SlideLevel | None = None
+    ) -> None:
+        """`base`: the pyramid's base level, whose photometric and frame size every level of wsidicom's pyramid
+        must share (stored tiles that differ are re-encoded); None for the base itself."""
         self._tiles = tiles
         self._level = level
         info = tiles.levels[level]
-        base = tiles.levels[0]
+        finest = tiles.levels[0]
         self._downsample = info.downsample
         stored_jpeg = tiles.jpeg_tiles(level)
         self._tile = Size(info.tile_width, info.tile_height) if stored_jpeg else Size(DEFAULT_TILE, DEFAULT_TILE)
         self._size = Size(info.width, info.height)
         # the level's spacing from its size (openslide's downsample is level-0 width / level width, rounded)
-        self._spacing = SizeMm(spacing_um[0] * base.width / info.width / 1000, spacing_um[1] * base.height / info.height / 1000)
-        self.pyramid_index = round(math.log2(base.width / info.width))
+        self._spacing = SizeMm(spacing_um[0] * finest.width / info.width / 1000, spacing_um[1] * finest.height / info.height / 1000)
+        self.pyramid_index = round(math.log2(finest.width / info.width))
         stored = self._stored_photometric() if stored_jpeg else None
+        if base is not None and (stored, self._tile) != (base.photometric_interpretation, base.tile_size):
+            stored = None
         self.passthrough = stored is not None
-        if not self.passthrough:  # frames of our own size (an NDPI's stored "tiles" are 8-row strips)
-            self._tile = Size(DEFAULT_TILE, DEFAULT_TILE)
-        self._photometric = stored or "YBR_FULL_422"
+        if not self.passthrough:  # frames of our own size (an NDPI's stored "tiles" are 8-row strips), or the base's
+            self._tile = base.tile_size if base is not None else Size(DEFAULT_TILE, DEFAULT_TILE)
+        self._photometric = stored or (base.photometric_interpretation if base is not None else "YBR_FULL_422")
         # every frame this level encodes (sparse tiles, non-JPEG levels) and every level wsidicom adds above it
         # (it uses the base level's encoder and photometric) must match the photometric the dataset states
         super().__init__(Encoder.create_for_settings(JpegSettings(quality, **ENCODINGS[self._photometric])))
 
     def _stored_photometric(self) -> str | None:
         """What the stored JPEG holds, from the first stored tile (`frame_photometric`). None where the tiles cannot
-        be DICOM's JPEG baseline frames (progressive, lossless, 12-bit) or there are none: re-encoded."""
+        be the WSI IOD's JPEG baseline frames (progressive, lossless, 12-bit, YCbCr 4:4:4) or there are none: the
+        level is re-encoded."""
         across, down = self.tiled_size.width, self.tiled_size.height
         for index in range(across * down):
             frame = self._tiles.jpeg_frame(self._level, index // across, index % across)
             if frame is not None:
-                return frame_photometric(frame)
+                photometric = frame_photometric(frame)
+                return photometric if photometric in ENCODINGS else None
         return None
 
     # -- what wsidicom asks about the image ----------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""A case already converted (`slidestream convert`) or sent (`slidestream send`), as `export-dicom`'s tile source.
+
+The level arrays are sharded Zarr v3 whose JPEG chunks are self-contained baseline JPEG (`tiling.pyramid`): each is
+one DICOM frame as it is, so the export copies chunk bytes out of the shards (index at the end, `assemble_shard`)
+without decoding. The pixel spacing is the NGFF scale in micrometres; the case ID is the case folder's name, the
+only identifier the image carries (it was de-identified when it was written). A sent case is exported only when
+its manifest says complete: an image still arriving reads as background where shards are missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from inference.store import Location
+from slides import Level, SlidestreamError
+from tiling.jpeg import CODEC_NAME
+from tiling.pyramid import EMPTY
+from transfer.manifest import COMPLETE, case_state
+from transfer.target import IMAGE, MANIFEST, parse_endpoint, parse_store_url, validate_case
+
+JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
+
+
+class StoredCaseError(SlidestreamError, ValueError):
+    """Not a case that can be exported: no OME-Zarr image there, one still arriving or failed, damaged shards."""
+
+
+def is_stored_case(target: str) -> bool:
+    """An s3:// URL, or a local folder holding an OME-Zarr image (itself, or `image.zarr` in it); not a slide."""
+    path = Path(target)
+    return target.startswith("s3://") or (path.is_dir() and ((path / "zarr.json").is_file() or (path / IMAGE / "zarr.json").is_file()))
+
+
+def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str | None = None) -> StoredCase:
+    """`s3://BUCKET/PREFIX/CASE`, `.../CASE/image.zarr`, a local case folder or `convert`'s output folder; the case
+    ID is `case_id` where given, else the case folder's name."""
+    if target.startswith("s3://"):
+        bucket, prefix = parse_store_url(target)
+        where = Location(f"s3://{bucket}/{prefix}".rstrip("/"), parse_endpoint(endpoint_url))
+    else:
+        where = Location.parse(target)
+    if where.name == IMAGE:
+        image, folder = where, Location(where.url.rsplit("/", 1)[0], where.endpoint_url)
+    elif where.exists(f"{IMAGE}/zarr.json"):
+        image, folder = where.child(IMAGE), where
+    else:
+        image, folder = where, None  # convert's output: the image itself, no manifest
+    state, reason = case_state(folder.read_json(MANIFEST) if folder is not None else None)
+    if state != COMPLETE:
+        raise StoredCaseError(f"{target}: the case is not complete (state {state}{f': {reason}' if reason else ''}); "
+                              "export it once its send has finished")
+    return StoredCase(target, image, validate_case(case_id) if case_id is not None else _case_name(folder or image))
+
+
+class StoredCase:
+    """The image's levels with their JPEG chunks as frames (`tiling.dicom.JpegTiles`); `case_id` from its path."""
+
+    def __init__(self, target: str, image: Location, case_id: str) -> None:
+        self.source = target
+        self.case_id = case_id
+        self._image = image
+        group = image.read_json("zarr.json")
+        try:
+            multiscale = group["attributes"]["ome"]["multiscales"][0]
+            self._paths = [dataset["path"] for dataset in multiscale["datasets"]]
+            scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+            units = {axis.get("unit") for axis in multiscale["axes"] if axis.get("type") == "space"}
+        except (TypeError, KeyError, IndexError) as error:
+            raise StoredCaseError(f"{target}: no OME-Zarr multiscale image there ({error!r} missing)") from None
+        self.mpp: tuple[float, float] | None = (float(scale[-1]), float(scale[-2])) if units == {"micrometer"} else None
+        self._arrays = [self._array_metadata(path) for path in self._paths]
+        base_width = self._arrays[0]["shape"][2]
+        self.levels = [
+            Level(array["shape"][2], array["shape"][1], base_width / array["shape"][2], array["chunk"], array["chunk"])
+            for array in self._arrays
+        ]
+        self._shards: dict[tuple[int, int, int], tuple[bytes, np.ndarray] | None] = {}
+        self._zarr: dict[int, Any] = {}
+
+    def _array_metadata(self, path: str) -> dict[str, Any]:
+        document = self._image.read_json(f"{path}/zarr.json")
+        try:
+            shape = document["shape"]
+            shard = document["chunk_grid"]["configuration"]["chunk_shape"]
+            sharding = document["codecs"][0]
+            if len(shape) != 3 or shape[0] != 3 or document["data_type"] != "uint8":
+                raise StoredCaseError(f"{self.source}: level {path} is not a (c, y, x) RGB uint8 array")
+            if sharding["name"] != "sharding_indexed":
+                return {"shape": shape, "chunk": shard[-1], "jpeg": False}
+            inner = sharding["configuration"]
+            codecs = inner["codecs"]
+            jpeg = (  # tiling.pyramid's layout: (y, x, 3) chunks as JPEG, the index at the end with a CRC32C
+                [codec.get("name") for codec in codecs] == ["transpose", CODEC_NAME]
+                and codecs[0].get("configuration", {}).get("order") == [1, 2, 0]
+                and set(codecs[1].get("configuration", {})) <= JPEG_KEYS
+                and inner.get("index_location", "end") == "end"
+                and [codec.get("name") for codec in inner["index_codecs"]] == ["bytes", "crc32c"]
+            )
+            chunk = inner["chunk_shape"][-1]
+            return {"shape": shape, "chunk": chunk, "jpeg": jpeg, "per_shard": shard[-1] // chunk}
+        except (TypeError, KeyError, IndexError) as error:
+            raise StoredCaseError(f"{self.source}: level {path} has no Zarr v3 array metadata ({error!r} missing)") from None
+
+    # -- tiling.dicom.JpegTiles ------------------------------------------------------------------------------------
+    def jpeg_tiles(self, level: int) -> bool:
+        return self._arrays[level]["jpeg"]
+
+    def jpeg_frame(self, level: int, row: int, col: int) -> bytes | None:
+        """The chunk's bytes as stored in its shard; None for a chunk or shard not written (background)."""
+        n = self._arrays[level]["per_shard"]
+        shard = self._shard(level, row // n, col // n)
+        if shard is None:
+            return None
+        data, index = shard
+        offset, nbytes = (int(value) for value in index[row % n, col % n])
+        if offset == EMPTY:
+            return None
+        if offset + nbytes > len(data):
+            raise StoredCaseError(f"{self.source}: shard {row // n}/{col // n} of level {self._paths[level]} is damaged (a chunk past its end)")
+        return data[offset : offset + nbytes]
+
+    def _shard(self, level: int, shard_row: int, shard_col: int) -> tuple[bytes, np.ndarray] | None:
+        """One shard and its chunk index, checked against the index's CRC32C. The export asks for frames row by row,
+        so the shards of one row of shards are kept and earlier rows dropped."""
+        key = (level, shard_row, shard_col)
+        if key not in self._shards:
+            self._shards = {cached: shard for cached, shard in self._shards.items() if cached[:2] == key[:2]}
+            self._shards[key] = self._read_shard(level, shard_row, shard_col)
+        return self._shards[key]
+
+    def _read_shard(self, level: int, shard_row: int, shard_col: int) -> tuple[bytes, np.ndarray] | None:
+        name = f"{self._paths[level]}/c/0/{shard_row}/{shard_col}"
+        data = self._image.read_bytes(name)
+        if data is None:
+            return None
+        n = self._arrays[level]["per_shard"]
+        size = n * n * 16
+        index_bytes, checksum = data[-size - 4 : -4], data[-4:]
+        if len(data) < size + 4 or google_crc32c.value(index_bytes) != int.from_bytes(checksum, "little"):
+            raise StoredCaseError(f"{self.source}: shard {name} is damaged (its chunk index fails its CRC32C)")
+        return data, np.frombuffer(index_bytes, dtype="<u8").reshape(n, n, 2)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB pixels (height, width, 3) through zarr, `location` in level-0 pixels; beyond the edge, the fill value."""
+        import zarr
+
+        import tiling.codec  # noqa: F401 - registers the JPEG chunk codec
+
+        if level not in self._zarr:
+            self._zarr[level] = zarr.open_array(self._image.zarr_store(), path=self._paths[level], mode="r")
+        array = self._zarr[level]
+        info = self.levels[level]
+        x0, y0 = round(location[0] / info.downsample), round(location[1] / info.downsample)
+        out = np.full((size[1], size[0], 3), array.fill_value, np.uint8)
+        x1, y1 = min(x0 + size[0], info.width), min(y0 + size[1], info.height)
+        if x1 > x0 and y1 > y0:
+            out[: y1 - y0, : x1 - x0] = np.asarray(array[:, y0:y1, x0:x1]).transpose(1, 2, 0)
+        return out
+
+
+def _case_name(folder: Location) -> str:
+    """The case ID: the case folder's name (a sent case), or a converted image's folder name without its suffix."""
+    name = folder.name
+    for suffix in (".ome.zarr", ".zarr"):
+        name = name.removesuffix(suffix)
+    try:
+        return validate_case(name)
+    except SlidestreamError:
+        raise StoredCaseError(f"{folder.url}: its name {name!r} is no valid case ID; name one with --case") from None
