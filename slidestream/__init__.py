@@ -1,3 +1,4 @@
-"""slidestream: the command line and the pipeline that wires slides -> tiling -> transfer -> inference -> viewer."""
+"""slidestream: the command line and the pipeline that wires slides -> tiling -> transfer -> inference -> viewer.
 
-__version__ = "0.1.0"
+Its version is the installed package's (pyproject.toml): `slidestream --version`.
+"""

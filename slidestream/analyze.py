@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from slides.errors import printable
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from inference.batch import Item
 
 stderr = Console(stderr=True)
@@ -36,9 +35,13 @@ def analyze(
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
 ) -> None:
     """Heatmap, triage score and QC for each slide or case; skips those whose results already exist."""
-    from transfer.target import parse_endpoint
+    from slides.errors import printable
+    from transfer.target import parse_endpoint, parse_store_url
 
     parse_endpoint(endpoint_url)  # before torch loads and before obstore sees it (a malformed one panics there)
+    for url in [*inputs, out or ""]:
+        if url.startswith("s3:"):
+            parse_store_url(url)
     import torch
 
     from inference import AnalyzeOptions, ModelRef, analyze_batch
@@ -73,6 +76,8 @@ def analyze(
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     """The triage ranking: most urgent first."""
+    from rich.table import Table
+
     table = Table()
     table.add_column("case", overflow="fold")
     table.add_column("status")

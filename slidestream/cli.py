@@ -12,12 +12,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from slides import SlidestreamError, open_slide
-from slides.errors import printable
 from slidestream.analyze import analyze
-from slidestream.config import ENV_PREFIX
+from slidestream.config import ENV_PREFIX, options_of
 from slidestream.demo import demo
 from slidestream.export import export_dicom
 from slidestream.send import resume, send
@@ -32,17 +29,28 @@ app = typer.Typer(
 stdout = Console()
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version  # the one version: pyproject's, as installed
+
+        stdout.print(f"slidestream {version('slidestream')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", envvar="SLIDESTREAM_CONFIG", help="TOML config (default ~/.config/slidestream/config.toml).")
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Loads the config file as every command's defaults (flags and SLIDESTREAM_<COMMAND>_<OPTION> win)."""
     from slidestream.config import load_config
 
-    ctx.default_map = load_config(config)
+    ctx.default_map = load_config(config, options_of(ctx.command))
 
 stderr = Console(stderr=True)
 
@@ -60,18 +68,27 @@ def info(
     keep_phi: KeepPhi = False,
     qc: Annotated[bool, typer.Option("--qc", help="Also measure focus (blur) and pen marks on tissue tiles at the triage model's resolution.")] = False,
 ) -> None:
-    """Show a slide's format, pyramid, resolution and associated images (de-identified unless --keep-phi)."""
+    """Show a slide's format, pyramid, resolution, background and associated images (de-identified unless --keep-phi)."""
+    from rich.table import Table
+
+    from slides import open_slide
+    from tiling.tissue import slide_is_darkfield
+
     with open_slide(slide, keep_phi=keep_phi) as opened:
         last = len(opened.levels) - 1
         # reading the smallest level proves the image data decodes, not just the header (at most a window of it: a
         # slide without a pyramid has only its full-size level)
         window = (min(opened.levels[last].width, INFO_WINDOW), min(opened.levels[last].height, INFO_WINDOW))
         opened.read_region((0, 0), last, window)
-        summary = opened.summary()
+        summary = {**opened.summary(), "background": "dark-field" if slide_is_darkfield(opened) else "bright-field"}
+    skipped = None
     if qc:
-        from inference import qc_slide
+        from inference import InferenceError, qc_slide
 
-        summary["qc"] = qc_slide(slide)
+        try:
+            summary["qc"] = qc_slide(slide)
+        except InferenceError as error:  # the model refuses the slide (too coarse, ...): the info part still holds
+            skipped = summary["qc_skipped"] = str(error)
     if as_json:
         stdout.print_json(json.dumps(summary))
         return
@@ -83,9 +100,13 @@ def info(
     stdout.print(table)
     mpp = summary["mpp"]
     stdout.print(f"mpp: {f'{mpp[0]:.4f} x {mpp[1]:.4f} µm' if mpp else 'unknown'}")
-    stdout.print(f"objective: {summary['objective_power'] or 'unknown'}x   tile size: {summary['tile_size'] or 'strips'}")
+    objective = f"{summary['objective_power']:g}x" if summary["objective_power"] else "unknown"
+    stdout.print(f"objective: {objective}   tile size: {summary['tile_size'] or 'strips'}")
+    stdout.print(f"background: {summary['background']}")
     stdout.print(f"associated images: {', '.join(summary['associated_images']) or 'none'}")
-    if qc:
+    if skipped is not None:
+        stdout.print(f"qc: skipped: {skipped}", markup=False, highlight=False, soft_wrap=True)
+    elif qc:
         q = summary["qc"]
         blur = f"{q['blur_fraction']:.0%}" if q["blur_fraction"] is not None else "-"
         pen = f"{q['pen_fraction']:.0%}" if q["pen_fraction"] is not None else "-"
@@ -105,6 +126,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Convert a slide into a sharded OME-Zarr pyramid (NGFF 0.5) on local disk (de-identified unless --keep-phi)."""
+    from slides import open_slide
     from slidestream.progress import piece_progress
     from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 
@@ -113,7 +135,7 @@ def convert(
         plan = plan_pyramid(opened, options)
         with piece_progress(stderr, f"converting {slide.name}", len(plan.shards)) as advance:
             written = write_pieces(produce(opened, plan, opened.name, opened.summary()), out, overwrite, on_piece=advance)
-    stdout.print(f"{out}: {written / 1e6:.1f} MB in {len(plan.levels)} levels, tissue {plan.tissue.fraction:.0%} of the slide")
+    stdout.print(f"{out}: {written / 1e6:.1f} MB, {len(plan.shards)} shards in {len(plan.levels)} levels, tissue {plan.tissue.fraction:.0%} of the slide")
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
@@ -137,10 +159,12 @@ def main() -> None:
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr] - file names need not be UTF-8
     try:
         app(auto_envvar_prefix=ENV_PREFIX)  # standalone: typer reports usage errors itself (exit 2)
-    except SlidestreamError as error:
-        _error_line(str(error))
-        sys.exit(getattr(error, "exit_code", 2))
     except Exception as error:  # noqa: BLE001 - a bug must still be one line, not a page of traceback
+        from slides import SlidestreamError  # here: `--help` need not load the slide readers (numpy, openslide)
+
+        if isinstance(error, SlidestreamError):
+            _error_line(str(error))
+            sys.exit(getattr(error, "exit_code", 2))
         if debug:
             raise
         text = (str(error).strip().splitlines() or [""])[0]
@@ -151,6 +175,8 @@ def main() -> None:
 def _error_line(text: str) -> None:
     """The error line, and the last word: what background threads still say before the process ends (an edge triage
     finishing its heatmap, or failing while the interpreter shuts down) goes to the debug channel."""
+    from slides.errors import printable
+
     stderr.print(f"slidestream: error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
     threading.excepthook = _thread_failure_after_the_error
     if not os.environ.get(DEBUG_ENV):

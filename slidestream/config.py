@@ -2,24 +2,25 @@
 
 The config file is TOML with one table per command (`[send]`, `[watch]`, `[serve]`, `[analyze]`, ...) whose keys are
 the commands' option names with underscores; a `[defaults]` table applies to every command that has the option.
+A table or key no command knows is an error naming it (with the nearest valid name), never silently ignored: a
+mistyped `setle = 20` would otherwise leave the default in force without a word.
 Environment variables follow the pattern SLIDESTREAM_<COMMAND>_<OPTION> (e.g. SLIDESTREAM_SEND_ENDPOINT_URL); AWS
 credentials come only from the standard AWS chain (AWS_PROFILE, ~/.aws, environment, instance role), never from here.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slides import SlidestreamError
+if TYPE_CHECKING:
+    import click
 
 ENV_PREFIX = "SLIDESTREAM"
-
-
-class ConfigError(SlidestreamError, ValueError):
-    """The configuration file cannot be read or has the wrong shape."""
+DEFAULTS = "defaults"
 
 
 def default_config_path() -> Path:
@@ -27,8 +28,17 @@ def default_config_path() -> Path:
     return Path(base) / "slidestream" / "config.toml"
 
 
-def load_config(path: Path | None) -> dict[str, dict[str, Any]]:
-    """click's `default_map` from the config file (an explicit path must exist; the default one may not)."""
+def options_of(group: click.Command) -> dict[str, set[str]]:
+    """Every command's configurable parameter names (what click's `default_map` looks up)."""
+    commands = getattr(group, "commands", {})
+    return {name: {p.name for p in command.params if p.name and p.name != "help"} for name, command in commands.items()}
+
+
+def load_config(path: Path | None, options: dict[str, set[str]]) -> dict[str, dict[str, Any]]:
+    """click's `default_map` from the config file (an explicit path must exist; the default one may not), checked
+    against `options` (command -> its parameter names)."""
+    from slidestream.errors import ConfigError
+
     explicit = path is not None
     path = path or default_config_path()
     if not path.exists():
@@ -43,9 +53,21 @@ def load_config(path: Path | None) -> dict[str, dict[str, Any]]:
         isinstance(table, dict) and any(k.startswith("aws_secret") for k in table) for table in data.values()
     ):
         raise ConfigError(f"{path}: credentials do not belong in the slidestream config; use an AWS profile")
-    defaults = data.pop("defaults", {})
     for name, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
-    commands = set(data) | {"send", "watch", "serve", "analyze", "convert", "demo", "resume", "info"}
-    return {command: {**defaults, **data.get(command, {})} for command in commands}
+        if name != DEFAULTS and name not in options:
+            raise ConfigError(f"{path}: unknown section [{name}]{_nearest(name, [*options, DEFAULTS])}")
+        valid = set().union(*options.values()) if name == DEFAULTS else options[name]
+        for key in table:
+            if key not in valid:
+                raise ConfigError(f"{path}: unknown key '{key}' in [{name}]{_nearest(key, valid)}")
+    defaults = data.pop(DEFAULTS, {})
+    return {
+        command: {**{k: v for k, v in defaults.items() if k in names}, **data.get(command, {})} for command, names in options.items()
+    }
+
+
+def _nearest(name: str, candidates: object) -> str:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)  # type: ignore[call-overload]
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from slides import SlidestreamError
+from slidestream.serve import DEFAULT_PORT
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
@@ -28,16 +28,14 @@ BUCKET = "slidestream-demo"
 stdout = Console(highlight=False, soft_wrap=True)
 
 
-class DemoError(SlidestreamError, RuntimeError):
-    """The demo cannot run here (no sample slide, no S3 server package, port taken)."""
-
-
 def demo(
     slide: Annotated[Path | None, typer.Option(help="Slide to demonstrate with (default: the CMU-1-Small-Region sample beside the repo).")] = None,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Viewer port (0: any free port).")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Viewer port (0: any free port).")] = DEFAULT_PORT,
     exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Check the viewer answers, then stop (non-interactive).")] = False,
 ) -> None:
     """Run the whole chain locally: edge triage, streaming send to S3, and the viewer; Ctrl-C stops it."""
+    from slidestream.errors import DemoError
+
     slide = slide or SAMPLE
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
@@ -73,6 +71,8 @@ class _local_s3:
     """moto's S3 server on a free loopback port with throw-away credentials, for the life of the demo."""
 
     def __enter__(self) -> str:
+        from slidestream.errors import DemoError
+
         try:
             from moto.server import ThreadedMotoServer
         except ImportError:
@@ -101,6 +101,7 @@ class _local_s3:
 def _start_viewer(store: str, endpoint: str, port: int, case: str) -> tuple[threading.Thread, str, str]:
     import uvicorn
 
+    from slidestream.errors import DemoError
     from viewer import Tokens, create_app, open_storage
 
     app = create_app(open_storage(store, endpoint), Tokens(os.urandom(32)))
@@ -119,6 +120,8 @@ def _start_viewer(store: str, endpoint: str, port: int, case: str) -> tuple[thre
 def _check(origin: str) -> None:
     """The viewer answers (the page itself; tiles need the token, which stays in the URL fragment)."""
     import urllib.request  # here: every other command would pay for it at start-up
+
+    from slidestream.errors import DemoError
 
     deadline = time.monotonic() + 20
     while True:

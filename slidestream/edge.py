@@ -25,18 +25,33 @@ from tiling import SendOrder, die_with_parent
 from transfer import Destination
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from inference import AnalyzeOptions, Heatmap
 
 # the coarse pass scores about this many tiles whatever the slide's size, so it takes seconds on a CPU
 # (DenseNet-121 does ~5-9 tiles/s on 2 cores); small batches are faster per tile on a CPU
 COARSE_TILES = 80
 BATCH = 8
+# triages at once in this process: `watch` lets a slide's triage finish while the next slide is sent, and two models
+# on a 2-core machine would only slow both (and the sends beside them)
+TRIAGE_SLOTS = threading.BoundedSemaphore(1)
+_started: list[threading.Thread] = []
+
+
+def join_triages() -> None:
+    """Wait for every triage this process started (a `watch --once` ends only after its slides' heatmaps)."""
+    for thread in list(_started):
+        thread.join()
 
 
 class EdgeTriage:
-    """Runs in a thread beside the send; `join()` returns when the heatmap was readable (seconds), or None."""
+    """Runs in a thread beside the send; `join()` returns when the heatmap was readable (seconds), or None;
+    `on_done` (if given) is called with the case ID and the same from the triage's thread when it ends, for a caller
+    that does not wait (`watch`)."""
 
-    def __init__(self, slide: Path, destination: Destination, order: SendOrder, console: Console) -> None:
+    def __init__(self, slide: Path, destination: Destination, order: SendOrder, console: Console,
+                 on_done: Callable[[str, float | None], None] | None = None) -> None:
         self._slide = slide
         self._case = f"s3://{destination.bucket}/{destination.root.rstrip('/')}"
         self._name = destination.case  # what triage.json calls the slide: the case ID, never the file name
@@ -46,9 +61,11 @@ class EdgeTriage:
         self._started = time.monotonic()
         self.seconds: float | None = None
         self._overview = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edge-triage", daemon=True)
+        self._on_done = on_done
+        self._thread = threading.Thread(target=self._run_and_report, name="edge-triage", daemon=True)
 
     def start(self) -> EdgeTriage:
+        _started.append(self._thread)
         self._thread.start()
         return self
 
@@ -59,6 +76,13 @@ class EdgeTriage:
     def join(self) -> float | None:
         self._thread.join()
         return self.seconds
+
+    def _run_and_report(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self._on_done is not None:
+                self._on_done(self._name, self.seconds)
 
     def _run(self) -> None:
         self._overview.wait(timeout=30)
@@ -77,7 +101,7 @@ class EdgeTriage:
         options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False, batch=BATCH)
         try:
             spawn = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            with TRIAGE_SLOTS, ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 heatmap = pool.submit(triage, str(self._slide), self._case, self._endpoint, options, self._name).result()
         except (SlidestreamError, BrokenProcessPool) as error:
             self._console.print(f"edge triage unavailable: {error or 'its process died'}", markup=False, highlight=False)

@@ -13,15 +13,19 @@ from tiling import Piece, PieceKind
 
 @contextmanager
 def piece_progress(console: Console, description: str, shards: int) -> Iterator[Callable[[Piece], None]]:
-    """A bar over the shards of one image, with bytes written; yields the per-piece callback."""
+    """A bar over the shards of one image, with bytes written; yields the per-piece callback. Shards that turn out
+    empty are never written: at the end they count as done, so the bar ends full, at `shards`."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(description, total=shards)
-        written = 0
+        written, done = 0, 0
 
         def advance(piece: Piece) -> None:
-            nonlocal written
+            nonlocal written, done
             written += len(piece.data)
-            progress.update(task, advance=1 if piece.kind is PieceKind.SHARD else 0, description=f"{description} ({written / 1e6:.1f} MB)")
+            done += piece.kind is PieceKind.SHARD
+            progress.update(task, completed=done, description=f"{description} ({written / 1e6:.1f} MB)")
 
         yield advance
+        empty = f", {shards - done} empty" if shards > done else ""
+        progress.update(task, completed=shards, description=f"{description} ({written / 1e6:.1f} MB{empty})")

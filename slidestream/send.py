@@ -15,18 +15,36 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slides import SlidestreamError
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from slides import Slide
+    from slides import Slide, SlidestreamError
     from tiling import Piece, PyramidPlan, SendOrder
     from transfer import Progress as SendProgress
     from transfer import SendRecord, SendResult
 
 stderr = Console(stderr=True)
 stdout = Console()
+
+# A send's options and their defaults, the one copy `send`, `watch`, `demo` and the journal (`resume`) share.
+# Edge triage is on: the hospital's hot folder is the main job and the heatmap travelling first is the point; on a
+# 2-core machine it runs in one spawned process after the overview is out, and `watch` runs one triage at a time.
+SEND_DEFAULTS: dict[str, Any] = {
+    "case": None,
+    "concurrency": "auto",
+    "max_rate": None,
+    "quality": 90,
+    "lossless": False,
+    "keep_background": False,
+    "keep_phi": False,
+    "sse": None,
+    "sse_kms_key_id": None,
+    "ca_bundle": None,
+    "deadline": 600.0,
+    "edge": True,
+}
+EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse heatmap travels first and hot regions are sent first."
+INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
 
 MILESTONE_LINES = {
     "overview": "overview available",
@@ -45,16 +63,16 @@ def send(
     ] = None,
     concurrency: Annotated[
         str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")
-    ] = "auto",
+    ] = SEND_DEFAULTS["concurrency"],
     max_rate: Annotated[
         float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s, to share the uplink.")
     ] = None,
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
-    lossless: Annotated[bool, typer.Option("--lossless", help="zstd chunks instead of JPEG.")] = False,
-    keep_background: Annotated[bool, typer.Option("--keep-background", help="Also send glass-only chunks.")] = False,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = SEND_DEFAULTS["quality"],
+    lossless: Annotated[bool, typer.Option("--lossless", help="zstd chunks instead of JPEG.")] = SEND_DEFAULTS["lossless"],
+    keep_background: Annotated[bool, typer.Option("--keep-background", help="Also send glass-only chunks.")] = SEND_DEFAULTS["keep_background"],
     keep_phi: Annotated[
         bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata (off: de-identified).")
-    ] = False,
+    ] = SEND_DEFAULTS["keep_phi"],
     sse: Annotated[str | None, typer.Option("--sse", help="Server-side encryption: AES256 or aws:kms.")] = None,
     sse_kms_key_id: Annotated[str | None, typer.Option("--sse-kms-key-id", help="KMS key for --sse aws:kms.")] = None,
     ca_bundle: Annotated[
@@ -62,13 +80,11 @@ def send(
     ] = None,
     deadline: Annotated[
         float, typer.Option("--deadline", min=0, help="Seconds the link may stay down before giving up (exit 3; resume later).")
-    ] = 600,
+    ] = SEND_DEFAULTS["deadline"],
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
     ] = None,
-    edge: Annotated[
-        bool, typer.Option("--edge/--no-edge", help="Triage here first: a coarse heatmap travels first and hot regions are sent first.")
-    ] = False,
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
@@ -98,7 +114,10 @@ def send(
         deadline=deadline,
         edge=edge,
     )
-    result = run_send(args, state_dir)
+    try:
+        result = run_send(args, state_dir)
+    except KeyboardInterrupt:
+        interrupted()
     if as_json:
         stdout.print_json(json.dumps(result.summary()))
 
@@ -110,8 +129,11 @@ def resume(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of summaries on stdout.")] = False,
 ) -> None:
     """Finish every send the journal lists as unfinished, with the arguments it was started with."""
+    from slides import SlidestreamError
     from transfer import Journal, default_state_dir
+    from transfer.target import parse_endpoint
 
+    parse_endpoint(None)  # a malformed $AWS_ENDPOINT_URL (which boto3 reads for sends without one) is one line here
     with Journal(state_dir or default_state_dir()) as journal:
         records = journal.unfinished()
     if not records:
@@ -122,6 +144,8 @@ def resume(
         stderr.print(f"resuming case {record.destination.case} -> {record.destination.url}{stopped}", markup=False, highlight=False)
         try:
             summaries.append(run_send(record.args, state_dir).summary())
+        except KeyboardInterrupt:
+            interrupted()
         except SlidestreamError as error:  # report it and go on with the next case
             stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
             failure = failure or error
@@ -130,6 +154,12 @@ def resume(
         stdout.print_json(json.dumps(summaries))
     if failure is not None:
         raise typer.Exit(getattr(failure, "exit_code", 2))
+
+
+def interrupted() -> None:
+    """Ctrl-C: the send stays in the journal (a stop is resumable), so say how to go on, as a shell would exit."""
+    stderr.print(INTERRUPTED, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def give_up(record: SendRecord, error: SlidestreamError, state_dir: Path | None) -> None:
@@ -155,27 +185,10 @@ def slide_names(path: Path) -> tuple[str, ...]:
 
 def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
     """A send's complete arguments, as the journal stores them for `resume`: `send`'s defaults plus `options`."""
-    args = {
-        "slide": str(slide.resolve()),
-        "destination": destination,
-        "endpoint_url": endpoint_url,
-        "case": None,
-        "concurrency": "auto",
-        "max_rate": None,
-        "quality": 90,
-        "lossless": False,
-        "keep_background": False,
-        "keep_phi": False,
-        "sse": None,
-        "sse_kms_key_id": None,
-        "ca_bundle": None,
-        "deadline": 600.0,
-        "edge": False,
-    }
-    unknown = set(options) - set(args)
+    unknown = set(options) - set(SEND_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown send options: {sorted(unknown)}")
-    return {**args, **options}
+    return {"slide": str(slide.resolve()), "destination": destination, "endpoint_url": endpoint_url, **SEND_DEFAULTS, **options}
 
 
 def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[PyramidPlan, Iterator[Piece], SendOrder]:
@@ -194,8 +207,12 @@ def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[Pyramid
     return plan, produce(slide, plan, case, slide.summary(), order), order
 
 
-def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
-    """One send from its stored arguments (the same dict `resume` finds in the journal)."""
+def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable[[str, float | None], None] | None = None) -> SendResult:
+    """One send from its stored arguments (the same dict `resume` finds in the journal).
+
+    With edge triage, the send waits for the triage before it returns, unless `triage_done` is given: then it
+    returns once its objects are verified and the triage finishes in the background, calling `triage_done`.
+    """
     from slides import open_slide
     from slidestream.edge import EdgeTriage
     from transfer import Journal, case_id_for, default_state_dir, parse_destination
@@ -222,16 +239,18 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
             sender.preflight(args)  # a link that is down: journaled, waits until --deadline
             sender.begin(args)
             listener.start(len(plan.shards))
-            edge = EdgeTriage(slide_path, dest, order, stderr).start() if args.get("edge") else None
+            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if args.get("edge") else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already
-            result = sender.send(order, pieces)
-            if edge is not None:
+            result = sender.send(order, listener.counted(pieces))
+            listener.finish(len(order.plan.shards))
+            if edge is not None and triage_done is None:
                 result.milestones["heatmap"] = edge.join()
+    empty = f", {listener.empty} empty" if listener.empty else ""
     stderr.print(
-        f"{result.url}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, "
-        f"in {result.seconds:.1f} s",
+        f"{result.url}: {listener.shards}/{listener.shards} shards{empty}; {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) "
+        f"sent, {result.objects_skipped} already there, in {result.seconds:.1f} s",
         markup=False,
         highlight=False,
     )
@@ -240,6 +259,10 @@ def run_send(args: dict[str, Any], state_dir: Path | None) -> SendResult:
 
 class RichListener:
     """Progress bar over shards with bytes, Mbit/s, ETA and link state; one line per milestone.
+
+    The sender's planned count grows when the tissue plan settles and shrinks when shards turn out empty; the bar's
+    total only grows (the most ever planned) and a shard that turned out empty counts as done, so the bar never runs
+    backwards and ends full, at the count the final line states (`shards`, `empty`).
 
     Off a terminal (logs, pipes, tests) there is no bar, and the milestone lines wait for the send to succeed: a send
     that fails ends in its one error line alone (and what it published is retracted, so "overview available" would
@@ -259,6 +282,10 @@ class RichListener:
         self.on_overview: Callable[[], None] | None = None  # edge triage waits for the overview to be on the server
         self._task = self._bar.add_task(f"case {case}", total=None, sent="")
         self._held: list[str] = []
+        self.shards = 0  # the bar's total: the most shards ever planned
+        self.empty = 0  # of those, the ones that turned out empty
+        self._done = 0  # the bar's count: shards verified, plus the empty ones
+        self._produced = 0
 
     def __enter__(self) -> Self:
         self._bar.__enter__()
@@ -271,13 +298,32 @@ class RichListener:
                 stderr.print(line, markup=False, highlight=False)
 
     def start(self, shards: int) -> None:
-        self._bar.update(self._task, total=shards, description=f"sending case {self._case}")
+        self.shards = max(self.shards, shards)
+        self._bar.update(self._task, total=self.shards, description=f"sending case {self._case}")
 
     def progress(self, state: SendProgress) -> None:
         eta = f", ETA {state.eta:.0f} s" if state.eta is not None else ""
         sent = f"{state.bytes_sent / 1e6:.1f} MB, {state.rate * 8 / 1e6:.1f} Mbit/s{eta}"
         status = "waiting for network" if state.waiting_for_network else f"sending case {self._case}"
-        self._bar.update(self._task, completed=state.objects_done, total=state.objects_planned, description=status, sent=sent)
+        self.shards = max(self.shards, state.objects_planned)
+        self.empty = self.shards - state.objects_planned
+        self._done = min(self.shards, max(self._done, state.objects_done + self.empty))
+        self._bar.update(self._task, completed=self._done, total=self.shards, description=status, sent=sent)
+
+    def counted(self, pieces: Iterator[Piece]) -> Iterator[Piece]:
+        """`pieces`, counting the shards among them (shards that turn out empty never come out of the writer)."""
+        from tiling import PieceKind
+
+        for piece in pieces:
+            self._produced += piece.kind is PieceKind.SHARD
+            yield piece
+
+    def finish(self, planned: int) -> None:
+        """The send succeeded: of the `planned` shards (the settled plan), those never produced were empty."""
+        self.shards = max(self.shards, planned)
+        self.empty = self.shards - self._produced
+        self._done = self.shards
+        self._bar.update(self._task, completed=self._done, total=self.shards)
 
     def milestone(self, name: str, seconds: float) -> None:
         line = f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s"

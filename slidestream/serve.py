@@ -1,30 +1,46 @@
-"""`slidestream serve`: the viewer for one store, printing an access link per case and one for the worklist."""
+"""`slidestream serve`: the viewer for one store, printing an access link per case and one for the worklist.
+
+The store is a folder of cases (CASE/image.zarr, as a send writes them, on S3 or local), or one converted image (the
+folder `slidestream convert` wrote), served as a single case.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from slides import SlidestreamError
+if TYPE_CHECKING:
+    from viewer.storage import Storage
 
 stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# not 8000/8080/3000/5000/8888 and the like, where development servers already listen
+DEFAULT_PORT = 8737
 
 
 def serve(
+    ctx: typer.Context,
     store: Annotated[
-        str, typer.Option(envvar="SLIDESTREAM_STORE", help="s3://BUCKET/PREFIX, or a local directory with the same layout.")
+        str,
+        typer.Option(envvar="SLIDESTREAM_STORE", help="s3://BUCKET/PREFIX, a local directory with the same layout, or one image `slidestream convert` wrote."),
     ],
     endpoint_url: Annotated[
         str | None,
         typer.Option(envvar="AWS_ENDPOINT_URL", help="S3-compatible endpoint (MinIO, Ceph); credentials: the standard AWS chain."),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help=f"Port to listen on (default {DEFAULT_PORT}; taken: any free port, said on stderr).")
+    ] = DEFAULT_PORT,
     secret_file: Annotated[
         Path | None, typer.Option(help="Token signing secret (else $SLIDESTREAM_SECRET, else one kept in the state dir).")
     ] = None,
@@ -33,15 +49,23 @@ def serve(
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
 ) -> None:
     """Serve the web viewer and worklist for the cases in STORE; prints one access link per case."""
+    from transfer.target import parse_endpoint, parse_store_url
+
+    # malformed URLs are one line here: obstore would answer them with a Rust panic (one from $AWS_ENDPOINT_URL named so)
+    from_environment = getattr(ctx.get_parameter_source("endpoint_url"), "name", None) == "ENVIRONMENT"
+    parse_endpoint(None if from_environment else endpoint_url)
+    if store.startswith("s3:"):
+        parse_store_url(store)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
     import uvicorn  # here: the viewer's imports (web server, zarr, S3) stay out of the other commands
 
+    from slidestream.errors import ServeError
     from viewer import Tokens, create_app, load_secret, open_storage
     from viewer.tokens import CASE_ID
 
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
-    _check_store(store, endpoint_url)
-    storage = open_storage(store, endpoint_url)
+    storage = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
+    storage = storage or open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
     app = create_app(storage, Tokens(load_secret(secret_file)), lifetime)
     import asyncio  # here: every other command would pay for it at start-up
@@ -49,11 +73,12 @@ def serve(
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
     try:
         # bind and load the TLS files first: a taken port or a bad certificate is one line, and no links get printed
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock = _bind(host, port, fall_back=getattr(ctx.get_parameter_source("port"), "name", None) == "DEFAULT")
         config = uvicorn.Config(app, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level="info")
         config.load()
     except OSError as error:
         raise ServeError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    port = sock.getsockname()[1]
     scheme = "https" if ssl_certfile else "http"
     shown = socket.getfqdn() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     origin = f"{scheme}://{shown}:{port}"
@@ -65,14 +90,29 @@ def serve(
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _check_store(store: str, endpoint_url: str | None) -> None:
-    """Malformed URLs are one line here: obstore would answer them with a Rust panic."""
-    from transfer.target import parse_endpoint, parse_store_url
+def _bind(host: str, port: int, fall_back: bool) -> socket.socket:
+    """The listening socket; the default port, when taken, gives way to any free one (said on stderr)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError:
+        if not fall_back:
+            raise
+        sock = socket.create_server((host, 0), family=family)
+        stderr.print(f"port {port} is taken; serving on port {sock.getsockname()[1]} instead (--port to choose)", markup=False)
+        sys.stderr.flush()
+        return sock
 
-    if store.startswith("s3://"):
-        parse_store_url(store)
-        parse_endpoint(endpoint_url)
 
+def single_image(image: Path) -> Storage:
+    """One converted image as a store of one case, named after its folder (`case.ome.zarr` -> `case`). Its other
+    objects (the pathologist's report) go to a folder in the state dir: the image folder is `convert`'s output."""
+    from transfer import default_state_dir
+    from viewer.cases import SingleImage
+    from viewer.tokens import CASE_ID
 
-class ServeError(SlidestreamError, OSError):
-    """The server cannot start (port taken, bad TLS files)."""
+    name = re.sub(r"(\.ome)?\.zarr$", "", image.resolve().name)
+    case = name if CASE_ID.fullmatch(name) else "image"
+    beside = default_state_dir() / "serve" / hashlib.sha256(str(image.resolve()).encode()).hexdigest()[:12]
+    beside.mkdir(parents=True, exist_ok=True)
+    return SingleImage(image, case, beside)

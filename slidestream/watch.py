@@ -11,6 +11,9 @@ retried; a restart resumes interrupted sends through the transfer journal (nothi
 Whatever one entry does (truncated, a link loop, a FIFO, a name that is not UTF-8, gone mid-read, or an exception
 nobody foresaw) costs one log line and that entry only; a store that keeps failing (bucket missing, connection
 refused) is retried with exponential backoff (1 s doubling to 60 s) and reported once, not once per retry.
+A slide is known by its content (the case ID), not its name: the same bytes again under another name (a copy made
+twice) are logged once as a duplicate and neither triaged nor sent again. A slide's edge triage finishes in the
+background while the next slide is sent (one triage at a time).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,8 +32,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slides import SlidestreamError, fully_written
-from slides.errors import printable
+from slidestream.send import EDGE_HELP, SEND_DEFAULTS
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -107,17 +109,30 @@ class HotFolder:
         digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
         self.state_file = state_dir / f"watch-{digest}.json"
         self.log_file = state_dir / f"watch-{digest}.log"
-        self.done: dict[str, list[Any]] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        # slide name -> {"signature": [...], "case": ID}; a list is the signature alone (state files before case IDs)
+        self.done: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}
         self._noted = ""
+        self._lock = threading.Lock()  # a background triage logs from its own thread
+
+    def _done_signature(self, name: str) -> list[Any] | None:
+        entry = self.done.get(name)
+        return entry.get("signature") if isinstance(entry, dict) else entry
+
+    def sent_as(self, case: str, unit: SlideUnit) -> str | None:
+        """The name under which another slide with this content (case ID) was sent, if one was."""
+        return next((name for name, entry in self.done.items()
+                     if name != unit.path.name and isinstance(entry, dict) and entry.get("case") == case), None)
 
     def ready(self, now: float, skip: set[Path]) -> list[SlideUnit]:
         """Slides not sent yet, not open for writing, and unchanged since the last look when their structure proves
         them whole, or for `settle` seconds when it cannot."""
+        from slides import fully_written
+
         ready = []
         for unit in find_units(self.folder):
             signature = unit.signature()
-            if unit.path in skip or self.done.get(unit.path.name) == list(signature):
+            if unit.path in skip or self._done_signature(unit.path.name) == list(signature):
                 continue
             previous = self._seen.get(unit.path)
             if previous is None or previous[0] != signature:
@@ -132,6 +147,8 @@ class HotFolder:
 
     def note(self, line: str) -> None:
         """A line about the folder itself, said once until it changes."""
+        from slides.errors import printable
+
         if line != self._noted:
             self._noted = line
             print(printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}"), flush=True)
@@ -140,19 +157,28 @@ class HotFolder:
         """Whether a slide was seen changing and has not been handled yet."""
         return bool(self._seen)
 
-    def record(self, unit: SlideUnit, line: str, sent: bool) -> None:
-        """One log line per slide; sent slides are remembered by their signature (a re-scan of the same name resends)."""
+    def record(self, unit: SlideUnit, line: str, sent: bool, case: str | None = None) -> None:
+        """One log line per slide; sent slides are remembered by their signature (a re-scan of the same name resends)
+        and their case ID (the same content under another name is a duplicate)."""
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         if sent:
-            self.done[unit.path.name] = list(unit.signature())
+            self.done[unit.path.name] = {"signature": list(unit.signature()), "case": case}
             temporary = self.state_file.with_suffix(".tmp")
             temporary.write_text(json.dumps(self.done))
             temporary.replace(self.state_file)
         self._seen.pop(unit.path, None)
+        self.log(line)
+
+    def log(self, line: str) -> None:
+        """A line in the watch log and on stdout (also from a background triage's thread)."""
+        from slides.errors import printable
+
         stamped = printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}")
-        with self.log_file.open("a") as log:
-            log.write(stamped + "\n")
-        print(stamped, flush=True)
+        with self._lock:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("a") as log:
+                log.write(stamped + "\n")
+            print(stamped, flush=True)
 
     def set_aside(self, unit: SlideUnit, reason: str) -> str:
         """Move an unreadable slide (and its companion files) to failed/ with the reason beside it; says where it went
@@ -168,13 +194,15 @@ class HotFolder:
                 target = failed / f"{path.stem}-{int(time.time())}{path.suffix}"
             os.rename(path, target)  # the entry itself (a link stays a link, a FIFO is never opened); same file system
             moved.append(target)
+        from slides.errors import printable
+
         (failed / f"{unit.path.name}.reason.txt").write_text(printable(reason) + "\n")
         return f"moved to {moved[0]}"
 
 
 def watch_folder(
     folder: Path,
-    send_one: Callable[[Path], str],
+    send_one: Callable[[SlideUnit, HotFolder], str],
     state_dir: Path,
     settle: float,
     once: bool,
@@ -182,8 +210,10 @@ def watch_folder(
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
+    A slide whose content (case ID) was sent before under another name is logged as a duplicate instead.
     `once` processes what is there (waiting for slides still being written), then returns.
     """
+    from slides import SlidestreamError
     from transfer import TransferError
 
     hot = HotFolder(folder, state_dir, settle)
@@ -192,7 +222,12 @@ def watch_folder(
     while True:
         for unit in _ready(hot, given_up) if backoff.due(time.monotonic()) else []:
             try:
-                summary = send_one(unit.path)
+                case = identify(unit.path)
+                earlier = hot.sent_as(case, unit)
+                if earlier is not None:
+                    hot.record(unit, f"DUPLICATE {unit.path.name}: the same slide as {earlier} (case {case}), not triaged or sent again", sent=True, case=case)
+                    continue
+                summary = send_one(unit, hot)
             except TransferError as error:  # the network or the store, not the slide: keep it, retry later
                 retry = backoff.failed(time.monotonic(), error)
                 if retry is not None:
@@ -213,10 +248,26 @@ def watch_folder(
             else:
                 if backoff.succeeded():
                     hot.record(unit, "the store answers again", sent=False)
-                hot.record(unit, f"SENT {unit.path.name}: {summary}", sent=True)
+                hot.record(unit, f"SENT {unit.path.name}: {summary}", sent=True, case=case)
         if once and not hot.settling():
             return failures
         time.sleep(poll)
+
+
+def identify(path: Path) -> str:
+    """A slide's content identity, the case ID a send gives it (after the checks that keep a FIFO or a link loop
+    from being opened)."""
+    from slides.slide import slide_path_kind
+    from transfer.target import case_id_for
+
+    slide_path_kind(path)
+    try:
+        return case_id_for(path)
+    except OSError as error:  # gone or unreadable between the look and now: one line, like a send's
+        from slides import SlideNotFoundError, UnsupportedSlideError
+
+        kind = SlideNotFoundError if isinstance(error, FileNotFoundError) else UnsupportedSlideError
+        raise kind(f"{path.name}: cannot read it: {error.strerror or error}") from None
 
 
 def _ready(hot: HotFolder, skip: set[Path]) -> list[SlideUnit]:
@@ -278,16 +329,18 @@ def watch(
         float, typer.Option("--settle", min=0, help="Seconds a slide must stay unchanged before it is sent, unless its structure proves it whole (TIFF family).")
     ] = 10,
     once: Annotated[bool, typer.Option("--once", help="Send what is in the folder now, then exit (for cron and tests).")] = False,
-    concurrency: Annotated[str, typer.Option("--concurrency", help="Uploads in flight: 1-32 or 'auto'.")] = "auto",
-    max_rate: Annotated[float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s.")] = None,
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = 90,
-    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = False,
-    deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = 600,
-    edge: Annotated[bool, typer.Option("--edge/--no-edge", help="Triage each slide here first: its heatmap travels first, hot regions first.")] = True,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Uploads in flight: 1-32 or 'auto'.")] = SEND_DEFAULTS["concurrency"],
+    max_rate: Annotated[float | None, typer.Option("--max-rate", min=0.01, help="Cap on upload rate in Mbit/s.")] = SEND_DEFAULTS["max_rate"],
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of re-encoded chunks.")] = SEND_DEFAULTS["quality"],
+    keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = SEND_DEFAULTS["keep_phi"],
+    deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = SEND_DEFAULTS["deadline"],
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
 ) -> None:
-    """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/."""
-    from slides.slide import slide_path_kind
+    """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
+
+    A slide's edge triage finishes in the background while the next slide is sent."""
+    from slides.errors import printable
     from slidestream.send import run_send, send_arguments
     from transfer.target import parse_endpoint, parse_store_url
 
@@ -298,12 +351,16 @@ def watch(
 
     state = state_dir or default_state_dir()
 
-    def send_one(path: Path) -> str:
-        slide_path_kind(path)  # a link loop, a FIFO or a vanished file is a one-line error before anything resolves it
+    def send_one(unit: SlideUnit, hot: HotFolder) -> str:
         args = send_arguments(
-            path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
+            unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
         )
-        result = run_send(args, state_dir)
+
+        def triage_done(case: str, seconds: float | None) -> None:
+            said = f"heatmap readable after {seconds:.1f} s" if seconds is not None else "no heatmap (edge triage unavailable)"
+            hot.log(f"TRIAGED {unit.path.name}: case {case}: {said}")
+
+        result = run_send(args, state_dir, triage_done)
         return (
             f"case {result.case}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, "
             f"{result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
@@ -311,5 +368,8 @@ def watch(
 
     stderr.print(printable(f"watching {folder} -> {destination} (log: {HotFolder(folder, state, settle).log_file})"), markup=False, highlight=False)
     failures = watch_folder(folder, send_one, state, settle, once)
+    from slidestream.edge import join_triages
+
+    join_triages()  # --once: the last slides' triages finish (and are published) before watch exits
     if failures:
         raise typer.Exit(1)

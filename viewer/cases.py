@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +40,7 @@ from viewer.image import (
     parse_shard_index,
     without_manifest,
 )
-from viewer.storage import ObjectNotFoundError, Storage, ZarrView
+from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
@@ -286,3 +287,49 @@ def _png(pixels: np.ndarray) -> bytes:
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
+
+
+class SingleImage(Storage):
+    """One image `slidestream convert` wrote, as a store of one case: CASE/image.zarr/... reads the image folder
+    (read-only); every other key of the case (the report) lives in `beside`."""
+
+    def __init__(self, image: Path, case: str, beside: Path) -> None:
+        image = image.resolve()
+        self._parent, self._name = LocalStorage(image.parent), image.name
+        self._beside = LocalStorage(beside)
+        self._image_key = f"{case}/image.zarr"
+        self.case = case
+        self.location = str(image)
+
+    def _route(self, key: str) -> tuple[LocalStorage, str]:
+        if key == self._image_key or key.startswith(self._image_key + "/"):
+            return self._parent, self._name + key[len(self._image_key):]
+        return self._beside, key
+
+    async def get(self, key: str) -> bytes:
+        storage, inner = self._route(key)
+        return await storage.get(inner)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        storage, inner = self._route(key)
+        return await storage.get_range(inner, start, length)
+
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        storage, inner = self._route(key)
+        return await storage.get_suffix(inner, length)
+
+    async def put(self, key: str, data: bytes) -> None:
+        storage, inner = self._route(key)
+        if storage is self._parent:
+            raise InvalidKeyError(f"invalid object key {key!r}: the image is read-only here")
+        await storage.put(inner, data)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        storage, inner = self._route(prefix)
+        found = await storage.list(inner)
+        if storage is self._parent:
+            return [replace(info, key=self._image_key + info.key[len(self._name):]) for info in found]
+        return found
+
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        return [self.case] if not prefix else await self._beside.list_dirs(prefix)
