@@ -8,7 +8,7 @@ XML itself is never passed on.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +57,9 @@ def unsupported_shape(series: tifffile.TiffPageSeries) -> str | None:
     """Why the image cannot be read as one RGB plane, or None when it can: slidestream's pyramid is 8-bit RGB, so a
     T/Z/C stack, separate channels, more samples than RGBA or deeper samples would be misread, not converted."""
     sizes = dict(zip(series.axes, series.shape))
-    problems = [f"{sizes[axis]} {_AXIS_NAMES.get(axis, f'{axis}-axis entries')}" for axis in series.axes if axis not in "YXS" and sizes[axis] > 1]
+    problems = [
+        f"{sizes[axis]} {_AXIS_NAMES.get(axis, f'{axis}-axis entries')}" for axis in series.axes if axis not in "YXS" and sizes[axis] > 1
+    ]
     samples = sizes.get("S", 1)
     if samples not in (1, 3, 4):
         problems.append(f"{samples} samples per pixel")

@@ -30,9 +30,12 @@ class StoredCaseError(SlidestreamError, ValueError):
 
 
 def is_stored_case(target: str) -> bool:
-    """An s3:// URL, or a local folder holding an OME-Zarr image (itself, or `image.zarr` in it); not a slide."""
+    """An s3:// URL, or a local folder holding an OME-Zarr image (itself, or `image.zarr` in it) or a case's
+    manifest; not a slide (a DICOM series folder has none of these)."""
+    if target.startswith("s3://"):
+        return True
     path = Path(target)
-    return target.startswith("s3://") or (path.is_dir() and ((path / "zarr.json").is_file() or (path / IMAGE / "zarr.json").is_file()))
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", f"{IMAGE}/zarr.json", MANIFEST))
 
 
 def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str | None = None) -> StoredCase:
@@ -45,7 +48,7 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
         where = Location.parse(target)
     if where.name == IMAGE:
         image, folder = where, Location(where.url.rsplit("/", 1)[0], where.endpoint_url)
-    elif where.exists(f"{IMAGE}/zarr.json"):
+    elif where.exists(MANIFEST) or where.exists(f"{IMAGE}/zarr.json"):  # a sent case (the manifest comes first)
         image, folder = where.child(IMAGE), where
     else:
         image, folder = where, None  # convert's output: the image itself, no manifest
@@ -64,13 +67,15 @@ class StoredCase:
         self.case_id = case_id
         self._image = image
         group = image.read_json("zarr.json")
+        if group is None:
+            raise StoredCaseError(f"{target}: no OME-Zarr image there (no {image.url}/zarr.json)")
         try:
             multiscale = group["attributes"]["ome"]["multiscales"][0]
             self._paths = [dataset["path"] for dataset in multiscale["datasets"]]
             scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
             units = {axis.get("unit") for axis in multiscale["axes"] if axis.get("type") == "space"}
         except (TypeError, KeyError, IndexError) as error:
-            raise StoredCaseError(f"{target}: no OME-Zarr multiscale image there ({error!r} missing)") from None
+            raise StoredCaseError(f"{target}: not an OME-Zarr multiscale image (no {error} in its zarr.json)") from None
         self.mpp: tuple[float, float] | None = (float(scale[-1]), float(scale[-2])) if units == {"micrometer"} else None
         self._arrays = [self._array_metadata(path) for path in self._paths]
         base_width = self._arrays[0]["shape"][2]
@@ -83,6 +88,8 @@ class StoredCase:
 
     def _array_metadata(self, path: str) -> dict[str, Any]:
         document = self._image.read_json(f"{path}/zarr.json")
+        if document is None:
+            raise StoredCaseError(f"{self.source}: level {path} of the image is missing (no {path}/zarr.json)")
         try:
             shape = document["shape"]
             shard = document["chunk_grid"]["configuration"]["chunk_shape"]
@@ -103,7 +110,7 @@ class StoredCase:
             chunk = inner["chunk_shape"][-1]
             return {"shape": shape, "chunk": chunk, "jpeg": jpeg, "per_shard": shard[-1] // chunk}
         except (TypeError, KeyError, IndexError) as error:
-            raise StoredCaseError(f"{self.source}: level {path} has no Zarr v3 array metadata ({error!r} missing)") from None
+            raise StoredCaseError(f"{self.source}: level {path} is no Zarr v3 array (no {error} in its zarr.json)") from None
 
     # -- tiling.dicom.JpegTiles ------------------------------------------------------------------------------------
     def jpeg_tiles(self, level: int) -> bool:

@@ -7,6 +7,7 @@ Slide Microscopy IOD; a slide with identifying data everywhere leaves none of it
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -231,3 +232,141 @@ def test_dciodvfy_finds_no_error_in_any_file(export_name: str, request: pytest.F
             lines = (report.stdout + report.stderr).splitlines()
             assert "VLWholeSlideMicroscopyImage" in lines, lines  # it checked the file against the WSI IOD
             assert [line for line in lines if line.startswith("Error")] == [], path
+
+
+# -- a case already converted or sent: its chunks are the frames ---------------------------------------------------
+CASE = "CASE-CMU-7"
+
+
+def convert_cmu(out: Path) -> Path:
+    run = subprocess.run([sys.executable, "-m", "slidestream", "convert", str(sample("CMU-1-Small-Region.svs")), str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """convert's output folder, named after the case, and its export (no --case: the ID comes from the name)."""
+    image = convert_cmu(tmp_path_factory.mktemp("store") / f"{CASE}.ome.zarr")
+    return {"image": image, "out": exported(image, tmp_path_factory.mktemp("pacs") / "converted")}
+
+
+@pytest.fixture(scope="module")
+def sent(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """CMU-1 sent to the real S3 server, and the export of s3://BUCKET/cases/CASE."""
+    bucket = s3_server.new_bucket()
+    run = subprocess.run(
+        [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{bucket}/cases",
+         "--case", CASE, "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state"))],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = exported(f"s3://{bucket}/cases/{CASE}", tmp_path_factory.mktemp("pacs") / "sent", "--endpoint-url", s3_server.endpoint_url)
+    return {"server": s3_server, "bucket": bucket, "out": out}
+
+
+def level0_shards(case: str, request: pytest.FixtureRequest) -> list[bytes]:
+    """The level-0 shard objects of the case as the store holds them (local files, or objects on the server)."""
+    value = request.getfixturevalue(case)
+    if case == "converted":
+        return [path.read_bytes() for path in sorted((value["image"] / "0" / "c").rglob("*")) if path.is_file()]
+    client = value["server"].client()
+    listing = client.list_objects_v2(Bucket=value["bucket"], Prefix=f"cases/{CASE}/image.zarr/0/c/")["Contents"]
+    return [client.get_object(Bucket=value["bucket"], Key=item["Key"])["Body"].read() for item in listing]
+
+
+@pytest.mark.parametrize("case", ["converted", "sent"])
+def test_case_export_reads_back_equal_to_the_source(case: str, request: pytest.FixtureRequest) -> None:
+    out = request.getfixturevalue(case)["out"]
+    expected = source_pixels(sample("CMU-1-Small-Region.svs"))
+    by_openslide, by_wsidicom = exported_pixels(out)
+    np.testing.assert_array_equal(by_openslide, expected)
+    np.testing.assert_array_equal(by_wsidicom, expected)
+
+
+@pytest.mark.parametrize("case", ["converted", "sent"])
+def test_case_frames_are_the_stored_chunks(case: str, request: pytest.FixtureRequest) -> None:
+    out = request.getfixturevalue(case)["out"]
+    level0 = instances(out)[0]
+    assert level0.PhotometricInterpretation == "RGB" and level0.Columns == 240
+    shards = level0_shards(case, request)
+    with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
+        across = math.ceil(slide.dimensions[0] / slide.tile_size)
+        written = frames(level0)
+        assert len(written) == across * math.ceil(slide.dimensions[1] / slide.tile_size)
+        for index, frame in enumerate(written):
+            raw = slide.raw_tile(0, index // across, index % across)
+            chunk = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=True)  # what convert and send stored
+            assert frame == as_frame(chunk)
+            assert sum(chunk in shard for shard in shards) == 1, f"frame {index} is a chunk of a level-0 shard"
+
+
+@pytest.mark.parametrize("case", ["converted", "sent"])
+def test_case_id_from_the_store_path_is_the_only_identifier(case: str, request: pytest.FixtureRequest) -> None:
+    datasets = instances(request.getfixturevalue(case)["out"])
+    assert [(d.TotalPixelMatrixColumns, d.TotalPixelMatrixRows) for d in datasets] == [
+        (2220, 2967), (1110, 1484), (555, 742), (278, 371), (139, 186)]  # fmt: skip
+    for d in datasets:
+        assert d.PatientID == CASE and d.ContainerIdentifier == CASE and d.PatientName == ""
+        assert d.PatientIdentityRemoved == "YES"
+        spacing = [float(v) for v in d.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+        assert spacing == pytest.approx([0.000499 * 2220 / d.TotalPixelMatrixColumns] * 2, rel=2e-3)  # the NGFF scale
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (Debian package dicom3tools)")
+@pytest.mark.parametrize("case", ["converted", "sent"])
+def test_dciodvfy_finds_no_error_in_a_case_export(case: str, request: pytest.FixtureRequest) -> None:
+    for path in sorted(request.getfixturevalue(case)["out"].iterdir()):
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        lines = (report.stdout + report.stderr).splitlines()
+        assert "VLWholeSlideMicroscopyImage" in lines, lines
+        assert [line for line in lines if line.startswith("Error")] == [], path
+
+
+def test_an_absent_shard_is_background_frames(converted: dict[str, Path], tmp_path: Path) -> None:
+    """Omitted background: frames encoded from the fill value (white glass), every other frame still the chunk."""
+    image = tmp_path / f"{CASE}.ome.zarr"
+    shutil.copytree(converted["image"], image)
+    shard = json.loads((image / "0" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][-1] // 240
+    (image / "0" / "c" / "0" / "1" / "1").unlink()
+    out = exported(image, tmp_path / "pacs")
+    with WsiDicom.open(out) as wsi:
+        pixels = np.asarray(wsi.read_region((0, 0), 0, (wsi.size.width, wsi.size.height)).convert("RGB"))
+    expected = source_pixels(sample("CMU-1-Small-Region.svs"))
+    corner = shard * 240
+    assert pixels[corner:, corner:].min() >= 250
+    np.testing.assert_array_equal(pixels[:corner], expected[:corner])
+    np.testing.assert_array_equal(frames(instances(out)[0])[0], frames(instances(converted["out"])[0])[0])
+
+
+@pytest.mark.parametrize("state", ["sending", "failed"])
+def test_a_case_not_complete_is_refused_in_one_line(converted: dict[str, Path], tmp_path: Path, state: str) -> None:
+    folder = tmp_path / CASE
+    shutil.copytree(converted["image"], folder / "image.zarr")
+    manifest = {"format": "slidestream-manifest/2", "case": CASE, "state": state, "complete": False}
+    if state == "failed":
+        manifest["failed"] = "corrupt slide"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for target in (folder, folder / "image.zarr"):
+        result = export(target, tmp_path / "pacs")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and f"not complete (state {state}" in result.stderr and str(target) in result.stderr
+        assert not (tmp_path / "pacs").exists() and not (tmp_path / "pacs.partial").exists()
+
+
+def test_an_s3_case_still_arriving_is_refused(sent: dict[str, object], tmp_path: Path) -> None:
+    server, bucket = sent["server"], sent["bucket"]
+    manifest = {"format": "slidestream-manifest/2", "case": "ARRIVING", "state": "sending", "complete": False}
+    server.client().put_object(Bucket=bucket, Key="cases/ARRIVING/manifest.json", Body=json.dumps(manifest).encode())
+    result = export(f"s3://{bucket}/cases/ARRIVING", tmp_path / "pacs", "--endpoint-url", server.endpoint_url)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not complete (state sending)" in result.stderr
+
+
+@pytest.mark.parametrize(("target", "endpoint", "problem"), [
+    ("s3://Bad_Bucket/cases/X", "http://127.0.0.1:9", "not a valid S3 bucket name"),
+    ("s3://bucket/cases/X", "ftp://127.0.0.1", "is not an endpoint URL"),
+])  # fmt: skip
+def test_a_malformed_store_url_is_one_line(tmp_path: Path, target: str, endpoint: str, problem: str) -> None:
+    result = export(target, tmp_path / "pacs", "--endpoint-url", endpoint)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and problem in result.stderr, result.stderr
