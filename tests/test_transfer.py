@@ -137,7 +137,7 @@ def assert_same_image(remote: zarr.Group, local: zarr.Group) -> None:
 
 
 def send_args(server: S3Server, bucket: str, state_dir: Path, *extra: object) -> list[object]:
-    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, *extra]
+    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, "--no-edge", *extra]  # the image alone: edge triage (on by default) writes beside it
 
 
 # -- the whole path --------------------------------------------------------------------------------------------
