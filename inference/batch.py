@@ -15,6 +15,7 @@ from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import printable
+from transfer.target import IMAGE, MANIFEST, TRIAGE
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -63,7 +64,7 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
 
 
 def _is_case(location: Location) -> bool:
-    return location.exists("image.zarr/zarr.json") or location.exists("manifest.json")
+    return location.exists(f"{IMAGE}/zarr.json") or location.exists(MANIFEST)
 
 
 def analyze_batch(inputs: Sequence[str | os.PathLike[str]], report: str | os.PathLike[str], out: str | None = None,
@@ -111,8 +112,8 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
         if item.problem:
             raise SlidestreamError(item.problem)
         if item.location is not None:
-            check_not_failed(item.location, item.location.read_json("manifest.json"))  # results from before do not count
-        done = target.read_json("triage.json")
+            check_not_failed(item.location, item.location.read_json(MANIFEST))  # results from before do not count
+        done = target.read_json(TRIAGE)
         if done and done.get("complete") and done.get("model") == options.model.spec.name:
             return _row(item, "skipped", target, done, 0.0)
         if item.slide is not None:

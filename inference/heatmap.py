@@ -17,6 +17,7 @@ from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
+from transfer.target import HEATMAP, TRIAGE
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5
@@ -166,8 +167,8 @@ def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: fl
     images of slides without a recorded resolution), so the heatmap overlays the image in the same coordinates.
     """
     triage = heatmap.triage(threshold)
-    _write_heatmap(heatmap, case.child("heatmap.zarr"), scale0, triage["summary"])
-    case.write_json("triage.json", triage)
+    _write_heatmap(heatmap, case.child(HEATMAP), scale0, triage["summary"])
+    case.write_json(TRIAGE, triage)
     return triage
 
 

@@ -27,6 +27,7 @@ from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
+from transfer.target import IMAGE, MANIFEST
 from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
@@ -133,13 +134,13 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     complete case's first pass. Results go to `out` (default: the case itself, where the viewer looks).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
-    manifest = case.read_json("manifest.json")
+    manifest = case.read_json(MANIFEST)
     state = check_not_failed(case, manifest)
-    if not case.exists("image.zarr/zarr.json"):
-        raise CaseNotReadyError(f"{case.url}: no image.zarr/zarr.json (not a slidestream case, or not arrived yet)")
+    if not case.exists(f"{IMAGE}/zarr.json"):
+        raise CaseNotReadyError(f"{case.url}: no {IMAGE}/zarr.json (not a slidestream case, or not arrived yet)")
     if manifest is not None and not manifest.get("plan_final", True):
         raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
-    ref = ZarrRef(case.child("image.zarr"))
+    ref = ZarrRef(case.child(IMAGE))
     source = cast(ZarrSource, open_source(ref))
     heatmap = heatmap or plan_heatmap(source, options)
     level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
@@ -228,7 +229,7 @@ def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: dict[s
 
 def _shard(key: str) -> tuple[int, int, int] | None:
     """(level, row, col) of an image shard key such as "0/c/0/3/5" (optionally under "image.zarr/")."""
-    parts = key.removeprefix("image.zarr/").split("/")
+    parts = key.removeprefix(f"{IMAGE}/").split("/")
     if len(parts) == 5 and parts[1] == "c" and all(p.isdigit() for p in (parts[0], parts[3], parts[4])):
         return int(parts[0]), int(parts[3]), int(parts[4])
     return None

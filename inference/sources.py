@@ -23,6 +23,7 @@ from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.tissue import MASK_SIDE
+from transfer.target import IMAGE
 
 
 class Source(Protocol):
@@ -74,7 +75,7 @@ class ZarrSource:
             raise InferenceError(f"{location.url}: not an OME-Zarr image ({type(error).__name__}: {error})") from None
         scales = [_xy_scale(d) for d in datasets]
         self.location = location
-        self.name = location.url.rsplit("/", 2)[-2] if location.url.endswith("image.zarr") else location.name
+        self.name = location.url.rsplit("/", 2)[-2] if location.url.endswith(IMAGE) else location.name
         self.dimensions = (self.arrays[0].shape[2], self.arrays[0].shape[1])
         self.downsamples = [s / scales[0] for s in scales]
         mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -61,6 +62,9 @@ class EdgeTriage:
         self._started = time.monotonic()
         self.seconds: float | None = None
         self._overview = threading.Event()
+        self._cancelled = threading.Event()
+        self._process: int | None = None  # the triage process's pid, once it runs
+        self._process_lock = threading.Lock()
         self._on_done = on_done
         self._thread = threading.Thread(target=self._run_and_report, name="edge-triage", daemon=True)
 
@@ -77,6 +81,16 @@ class EdgeTriage:
         self._thread.join()
         return self.seconds
 
+    def cancel(self) -> None:
+        """The send failed for good: stop the triage (its process is killed), so it publishes nothing beside a
+        retracted case, and wait until it has stopped."""
+        with self._process_lock:
+            self._cancelled.set()
+            if self._process is not None:
+                os.kill(self._process, signal.SIGKILL)
+        self._overview.set()
+        self._thread.join()
+
     def _run_and_report(self) -> None:
         try:
             self._run()
@@ -89,7 +103,12 @@ class EdgeTriage:
         from inference import CAPRICORN, AnalyzeOptions, priority_from_heatmap
         from slides import SlidestreamError
 
-        plan = self._order.wait_settled(timeout=60)  # the tissue is found right after the overview is built
+        plan = None
+        for _ in range(300):  # the tissue is found right after the overview is built: 60 s at the most
+            if self._cancelled.is_set():
+                return
+            if (plan := self._order.wait_settled(timeout=0.2)) is not None:
+                break
         if plan is None or plan.tissue is None:
             self._console.print("edge triage unavailable: no tissue mask", markup=False, highlight=False)
             return
@@ -102,8 +121,14 @@ class EdgeTriage:
         try:
             spawn = multiprocessing.get_context("spawn")
             with TRIAGE_SLOTS, ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+                with self._process_lock:
+                    if self._cancelled.is_set():
+                        return
+                    self._process = pool.submit(os.getpid).result()
                 heatmap = pool.submit(triage, str(self._slide), self._case, self._endpoint, options, self._name).result()
         except (SlidestreamError, BrokenProcessPool) as error:
+            if self._cancelled.is_set():
+                return
             self._console.print(f"edge triage unavailable: {error or 'its process died'}", markup=False, highlight=False)
             return
         self.seconds = round(time.monotonic() - self._started, 3)

@@ -243,7 +243,13 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already
-            result = sender.send(order, listener.counted(pieces))
+            try:
+                result = sender.send(order, listener.counted(pieces))
+            except BaseException:
+                if edge is not None and sender.retracted:  # nothing of a failed slide stays on the store
+                    edge.cancel()
+                    sender.retract_results()
+                raise
             listener.finish(len(order.plan.shards))
             if edge is not None and triage_done is None:
                 result.milestones["heatmap"] = edge.join()

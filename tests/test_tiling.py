@@ -16,7 +16,7 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 
-from conftest import OPENSLIDE_SAMPLES, ALL_SAMPLES, sample
+from conftest import ALL_SAMPLES, sample
 from slides import open_slide
 from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, write_pieces
 from tiling.pyramid import metadata_pieces
@@ -143,7 +143,6 @@ def test_send_plan_overview_first_then_level0_by_priority() -> None:
     for plan in (plain, hot):
         order = [task.level for task in plan.shards]
         lowest = {len(plan.levels) - 1, len(plan.levels) - 2}
-        first_level0 = order.index(0)
         assert all(order.index(0) > i for i, level in enumerate(order) if level in lowest)
     level0 = [task for task in hot.shards if task.level == 0]
     assert len(level0) > 1 and all(task.tissue for task in level0)

@@ -254,6 +254,21 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     assert row["score"] == ""
 
 
+def test_a_slide_that_fails_in_watch_with_edge_triage_leaves_only_its_failed_manifest(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In a hot folder the edge triage outlives its send (the next slide goes meanwhile): when the slide fails for
+    good, the triage is stopped and nothing it would publish (heatmap, triage.json) stays beside the failed case."""
+    folder, state = tmp_path / "scans", tmp_path / "state"
+    folder.mkdir()
+    corrupt_slide(folder)
+    watched = slidestream("watch", folder, f"s3://{s3_bucket}/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
+                          "--once", "--edge", "--settle", 0)  # fmt: skip
+    assert watched.returncode == 1, watched.stderr
+    [case] = [entry["Prefix"] for entry in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="cases/", Delimiter="/")["CommonPrefixes"]]
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=case).get("Contents", [])
+    assert [entry["Key"] for entry in listed] == [f"{case}manifest.json"]
+    assert manifest_of(s3_server, s3_bucket, case.removeprefix("cases/").rstrip("/"))["state"] == "failed"
+
+
 # -- kill -9 ---------------------------------------------------------------------------------------------------
 def wait_for_journal(state: Path, count: int, process: subprocess.Popen[str]) -> None:
     while process.poll() is None:

@@ -39,7 +39,7 @@ from transfer.integrity import Digest, Expected, Mismatch, check, expected_multi
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
-from transfer.target import Destination
+from transfer.target import HEATMAP, TRIAGE, Destination
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -158,6 +158,7 @@ class Sender:
         numbers); a failure reason written to the manifest says "the slide" instead."""
         self.dest = dest
         self.private = sorted({name for name in private if len(name) >= 4}, key=len, reverse=True)
+        self.retracted = False  # set once `retract` took what this send published back
         self.journal = journal
         self.options = options
         self.listener = listener
@@ -401,8 +402,23 @@ class Sender:
                     raise TransferError(f"cannot delete {error.get('Key')}: {error.get('Code')}")
             self._abort_stale_uploads()
             self.journal.fail(self.dest, reason)
+            self.retracted = True
         except (SlidestreamError, BotoCoreError, ClientError):
             self._record_error(reason)  # the send's own error is the one to report; a resume retracts again
+
+    def retract_results(self) -> None:
+        """After a retraction, also take back what was published beside the image (the edge triage's heatmap and
+        triage.json): once its writer has stopped, so nothing lands after the delete. Best effort: without LIST
+        permission the heatmap's chunks stay (readers ignore results of a failed case)."""
+        try:
+            keys = [self.dest.root + TRIAGE]
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.dest.bucket, Prefix=f"{self.dest.root}{HEATMAP}/")
+            keys += [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+            for first in range(0, len(keys), 1000):
+                batch = [{"Key": key} for key in keys[first : first + 1000]]
+                self.client.delete_objects(Bucket=self.dest.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError):
+            pass  # the send's own error is the one to report
 
     def _await_overview(self) -> None:
         """Hold production until readers can see the overview: what comes next (tissue detection, its imports,
@@ -630,7 +646,6 @@ class Sender:
 
         The outage counts from when the failing request was started (a connect or read timeout is part of it), but
         not from before the last request that got through."""
-        now = time.monotonic()
         with self._state_lock:
             if self._outage_since is None:
                 self._outage_since = max(started, self._last_ok)

@@ -1,4 +1,14 @@
-"""Where a case goes: s3://BUCKET/PREFIX/{case}/image.zarr/..., and the pseudonymous case ID."""
+"""Where a case goes: s3://BUCKET/PREFIX/{case}/..., its objects' names, and the pseudonymous case ID.
+
+The layout of a case on the store, defined here once and used by every writer and reader (send, watch, the edge
+triage, analyze, serve):
+
+    {case}/image.zarr/      the OME-Zarr image (tiling/)
+    {case}/manifest.json    what of the image has arrived, and how the send ended (transfer/manifest.py)
+    {case}/heatmap.zarr/    the triage heatmap, an NGFF image (inference/)
+    {case}/triage.json      the triage result: score, summary, stage (inference/)
+    {case}/report.json      the pathologist's report (viewer/)
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,9 @@ from transfer.errors import DestinationError
 
 IMAGE = "image.zarr"
 MANIFEST = "manifest.json"
+HEATMAP = "heatmap.zarr"
+TRIAGE = "triage.json"
+REPORT = "report.json"
 CASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

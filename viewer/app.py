@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from transfer.target import REPORT
 from viewer.cases import Cases, utc_now
 from viewer.image import BACKGROUND, PENDING, CaseNotFoundError, ImageError, TileNotFoundError
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
@@ -182,7 +183,7 @@ class ReportIn(BaseModel):
 
 @router.get("/api/cases/{case}/report")
 async def get_report(case: Case, state: State) -> JSONResponse:
-    report = await state.cases.sidecar(case, "report.json")
+    report = await state.cases.sidecar(case, REPORT)
     if report is None:
         return JSONResponse({"detail": "no report yet"}, 404, headers={"Cache-Control": "no-store"})
     return JSONResponse(report, headers={"Cache-Control": "no-store"})

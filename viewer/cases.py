@@ -22,6 +22,7 @@ from PIL import Image
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state
+from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
@@ -101,7 +102,7 @@ class Cases:
         return await self._arrivals.get(case, load)
 
     async def manifest(self, case: str) -> dict[str, Any] | None:
-        return await self._manifests.get(case, lambda: self._json(f"{case}/manifest.json"))
+        return await self._manifests.get(case, lambda: self._json(f"{case}/{MANIFEST}"))
 
     # -- tiles -----------------------------------------------------------------------------------------------
     async def locate(self, case: str, level_index: int, row: int, col: int) -> Chunk | str:
@@ -173,7 +174,7 @@ class Cases:
 
     async def _heatmap_version(self, case: str) -> str | None:
         try:
-            objects = await self.storage.list(f"{case}/heatmap.zarr")
+            objects = await self.storage.list(f"{case}/{HEATMAP}")
         except ObjectNotFoundError:
             return None
         return version_of(objects) if objects else None
@@ -190,7 +191,7 @@ class Cases:
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "heatmap": None, "report": None}  # fmt: skip
-        triage, heatmap, report = await asyncio.gather(self.sidecar(case, "triage.json"), self.heatmap(case), self.sidecar(case, "report.json"))
+        triage, heatmap, report = await asyncio.gather(self.sidecar(case, TRIAGE), self.heatmap(case), self.sidecar(case, REPORT))
         counts = arrival.counts()
         return {
             "manifest": arrival.manifest,
@@ -213,7 +214,7 @@ class Cases:
         async def entry(case: str) -> dict[str, Any]:
             async with limit:
                 manifest, triage, report = await asyncio.gather(
-                    self.manifest(case), self.sidecar(case, "triage.json"), self.sidecar(case, "report.json")
+                    self.manifest(case), self.sidecar(case, TRIAGE), self.sidecar(case, REPORT)
                 )
             state, failed = case_state(manifest)
             manifest = manifest or {}
@@ -241,7 +242,7 @@ class Cases:
     async def save_report(self, case: str, diagnosis: str) -> dict[str, Any]:
         """Write the diagnosis with timestamps; earlier versions are kept as revisions (an amended report)."""
         await self.image(case)  # only cases that exist get a report
-        key = f"{case}/report.json"
+        key = f"{case}/{REPORT}"
         previous = await self._json(key) or {}
         now = utc_now()
         revisions = [r for r in previous.get("revisions", []) if isinstance(r, dict)]
@@ -297,7 +298,7 @@ class SingleImage(Storage):
         image = image.resolve()
         self._parent, self._name = LocalStorage(image.parent), image.name
         self._beside = LocalStorage(beside)
-        self._image_key = f"{case}/image.zarr"
+        self._image_key = f"{case}/{IMAGE}"
         self.case = case
         self.location = str(image)
 

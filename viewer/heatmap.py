@@ -18,6 +18,7 @@ import zarr
 import zarr.api.asynchronous
 from PIL import Image
 
+from transfer.target import HEATMAP
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 
@@ -60,7 +61,7 @@ def version_of(objects: list[ObjectInfo]) -> str:
 async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: str) -> Heatmap:
     """Read the whole (coarse) map once and colour it; `FileNotFoundError` while it does not exist."""
     where = f"case {image.case}: heatmap"
-    group = await zarr.api.asynchronous.open_group(store=store, path=f"{image.case}/heatmap.zarr", mode="r", zarr_format=3)
+    group = await zarr.api.asynchronous.open_group(store=store, path=f"{image.case}/{HEATMAP}", mode="r", zarr_format=3)
     try:
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][0]
         array = await group.getitem(dataset["path"])

@@ -25,6 +25,7 @@ from slides import SlidestreamError
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
 from tiling.jpeg import CODEC_NAME
 from transfer.manifest import FAILED, case_state
+from transfer.target import IMAGE
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -110,7 +111,7 @@ class SlideImage:
         return self.levels[index]
 
     def shard_object(self, level: Level, shard_row: int, shard_col: int) -> str:
-        return f"{self.case}/image.zarr/{level.shard_key(shard_row, shard_col)}"
+        return f"{self.case}/{IMAGE}/{level.shard_key(shard_row, shard_col)}"
 
     def describe(self) -> dict[str, Any]:
         """What the browser needs, and nothing else (no source file name, no scanner properties)."""
@@ -133,7 +134,7 @@ class SlideImage:
 async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
     """Read the image group and its level arrays through zarr; `CaseNotFoundError` before the metadata arrives."""
     try:
-        group = await zarr.api.asynchronous.open_group(store=store, path=f"{case}/image.zarr", mode="r", zarr_format=3)
+        group = await zarr.api.asynchronous.open_group(store=store, path=f"{case}/{IMAGE}", mode="r", zarr_format=3)
         multiscale = group.attrs["ome"]["multiscales"][0]
         datasets = multiscale["datasets"]
         arrays = [await group.getitem(dataset["path"]) for dataset in datasets]
@@ -206,7 +207,7 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
     unplanned = BACKGROUND if manifest.get("plan_final", True) else PENDING
     grids = [bytearray(unplanned * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
     for key in planned:
-        match = _SHARD_KEY.match(str(key).rpartition("image.zarr/")[2])
+        match = _SHARD_KEY.match(str(key).rpartition(f"{IMAGE}/")[2])
         if match is None:
             continue
         index, row, col = map(int, match.groups())
