@@ -66,7 +66,7 @@ def s3_server() -> Iterator[S3Server]:
         pytest.fail("CI must start the S3 server (.ci/s3-server start) and export SLIDESTREAM_TEST_S3_ENDPOINT")
     moto = shutil.which("moto_server")
     if moto is None:
-        pytest.skip("no S3 server: run `eval $(.ci/s3-server start)` or pip install 'moto[server]'")
+        pytest.skip("no S3 server: run `eval $(.ci/s3-server start)` or pip install -e '.[test]'")
     port = _free_port()
     process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

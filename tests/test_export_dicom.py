@@ -258,7 +258,7 @@ def sent(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, objec
     bucket = s3_server.new_bucket()
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{bucket}/cases",
-         "--case", CASE, "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state"))],
+         "--case", CASE, "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state")), "--no-edge"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

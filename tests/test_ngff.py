@@ -158,7 +158,7 @@ def test_local_analyze_heatmap_validates(tmp_path: Path) -> None:
 def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{s3_bucket}/cases",
-         "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--json"],
+         "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--no-edge", "--json"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

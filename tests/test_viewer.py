@@ -717,7 +717,7 @@ def test_the_viewer_reads_what_slidestream_send_wrote(s3_server: S3Server, tmp_p
     """The two ends together: transfer/'s manifest and shards, as the viewer sees them."""
     bucket = Bucket(s3_server)
     command = [sys.executable, "-m", "slidestream", "send", str(sample(SLIDE)), f"s3://{bucket.name}/{bucket.prefix}",
-               "--endpoint-url", bucket.endpoint_url, "--case", "sent1", "--state-dir", str(tmp_path / "state")]
+               "--endpoint-url", bucket.endpoint_url, "--case", "sent1", "--state-dir", str(tmp_path / "state"), "--no-edge"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     plan, pieces = pyramid()
@@ -740,7 +740,7 @@ def test_a_send_that_failed_shows_as_failed_never_as_a_white_slide(s3_server: S3
     bucket = Bucket(s3_server)
     bucket.send("fine", triage=0.3)
     command = [sys.executable, "-m", "slidestream", "send", str(corrupt_slide(tmp_path)), f"s3://{bucket.name}/{bucket.prefix}",
-               "--endpoint-url", bucket.endpoint_url, "--case", "broken1", "--state-dir", str(tmp_path / "state")]
+               "--endpoint-url", bucket.endpoint_url, "--case", "broken1", "--state-dir", str(tmp_path / "state"), "--no-edge"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     with serving(bucket.storage()) as served:
