@@ -16,7 +16,6 @@ are the case ID, everything else about patient, study and scanner is empty.
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -52,7 +51,7 @@ from wsidicom.source import Source
 from slides import CorruptSlideError, Level, Slide, SlidestreamError
 from slides.jpeg import ADOBE, SOS
 from tiling.jpeg import DEFAULT_QUALITY, self_contained_jpeg
-from tiling.local import OutputError
+from tiling.local import published
 
 # what a PACS shows as the de-identification method (DeidentificationMethod is LO: at most 64 characters)
 DEIDENTIFICATION_METHOD = "slidestream: allow-listed metadata, JPEG COM/APPn removed"
@@ -142,7 +141,7 @@ def export_dicom(
     published only when complete.
 
     `mpp` (micrometres per level-0 pixel) is required when the slide records none; a slide's own value wins over it
-    only when `mpp` is None. Files go to `OUT.partial/`, renamed to `OUT` after the last one (as `write_pieces`).
+    only when `mpp` is None. Files go to `OUT.partial/`, renamed to `OUT` after the last one (`tiling.local.published`).
     """
     tiles = SlideTiles(slide) if isinstance(slide, Slide) else slide
     spacing_um = tiles.mpp or ((mpp, mpp) if mpp else None)
@@ -151,32 +150,15 @@ def export_dicom(
             f"{tiles.source}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
         )
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
-    partial = out.with_name(out.name + ".partial")
     metadata = _metadata(case_id, spacing_um)
     base, *others = _pyramid_levels(tiles.levels)
     levels = [SlideLevel(tiles, base, spacing_um, quality)]  # its frames decide the series' photometric and frame size
     levels += [SlideLevel(tiles, index, spacing_um, quality, levels[0]) for index in others]
     source = SlideSource([_instance(metadata, level) for level in levels])
-    try:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        with WsiDicom(source) as wsi:
-            written = wsi.save(partial, add_missing_levels=True, include_labels=False, include_overviews=False,
-                               include_thumbnails=False, workers=1)
+    with published(out, overwrite) as partial, WsiDicom(source) as wsi:
+        written = wsi.save(partial, add_missing_levels=True, include_labels=False, include_overviews=False,
+                           include_thumbnails=False, workers=1)
         names = sorted(Path(path).name for path in written)
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(error, SlidestreamError):
-            raise
-        raise OutputError(f"{out}: cannot write output: {error.strerror or error}") from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     files = [out / name for name in names]
     return DicomExport(files, sum(path.stat().st_size for path in files), sum(level.passthrough for level in levels))
 
