@@ -15,7 +15,8 @@ from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import printable
-from transfer.target import IMAGE, MANIFEST, TRIAGE
+from slides.slide import slide_path_kind
+from transfer.target import IMAGE, MANIFEST, TRIAGE, case_id_for, is_final
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -25,8 +26,8 @@ COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_abov
 class Item:
     """One thing to analyse: a slide file, or a case folder (`{case}/image.zarr`, local or on S3)."""
 
-    label: str  # as the user named it (or as found under a prefix)
-    case: str  # results go to OUT/{case}
+    label: str  # as the user named it (or as found under a prefix): the report's `slide` column, never on a store
+    case: str  # results go to OUT/{case}; a slide file's pseudonymous case ID, never its name
     slide: str | None = None
     location: Location | None = None
     problem: str | None = None  # set when the input itself is unusable
@@ -35,8 +36,10 @@ class Item:
 def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None = None) -> list[Item]:
     """Items for slide files, case folders and folders or s3:// prefixes holding cases, in the order given.
 
-    A local folder without cases is taken as a slide (a DICOM series). A case is a folder with an image or a send
-    manifest (a failed send leaves only its manifest: its row says why). Case names are made unique with a suffix.
+    A local folder without cases is taken as a slide (a DICOM series); a slide is named by the case ID `send` gives
+    it (`case_id_for`: from its content, as scanner file names hold accession numbers and patient names). A case is a
+    folder with an image or a send manifest (a failed send leaves only its manifest: its row says why). Case names
+    are made unique with a suffix.
     """
     items: list[Item] = []
     for entry in inputs:
@@ -53,14 +56,30 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
             if location.is_s3:
                 items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (*/image.zarr) here"))
                 continue
-        items.append(Item(text, Path(text).stem if not Path(text).is_dir() else Path(text).name, slide=text))
+        items.append(_slide_item(text))
     seen: dict[str, int] = {}
     unique = []
     for item in items:
+        if item.problem and not item.case:
+            unique.append(item)
+            continue
         seen[item.case] = seen.get(item.case, 0) + 1
         name = item.case if seen[item.case] == 1 else f"{item.case}-{seen[item.case]}"
         unique.append(Item(item.label, name, item.slide, item.location, item.problem))
     return unique
+
+
+def _slide_item(text: str) -> Item:
+    """A slide file or folder under its case ID; one that cannot be read (missing, a FIFO, a link loop) is its
+    problem, found before anything would be named after it."""
+    path = Path(text)
+    try:
+        slide_path_kind(path)
+        return Item(text, case_id_for(path), slide=text)
+    except SlidestreamError as error:
+        return Item(text, "", slide=text, problem=str(error))
+    except OSError as error:  # gone or unreadable between the look and the read
+        return Item(text, "", slide=text, problem=f"{text}: cannot read it: {error.strerror or error}")
 
 
 def _is_case(location: Location) -> bool:
@@ -114,10 +133,10 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
         if item.location is not None:
             check_not_failed(item.location, item.location.read_json(MANIFEST))  # results from before do not count
         done = target.read_json(TRIAGE)
-        if done and done.get("complete") and done.get("model") == options.model.spec.name:
+        if is_final(done, options.model.spec.name):  # an edge triage's coarse map is never final: it is superseded
             return _row(item, "skipped", target, done, 0.0)
         if item.slide is not None:
-            heatmap = analyze_slide(item.slide, target, options, runner=runner, on_progress=on_progress)
+            heatmap = analyze_slide(item.slide, target, options, runner=runner, on_progress=on_progress, name=item.case)
         elif follow:
             heatmap = follow_case(item.location, target, options, runner=runner, on_progress=on_progress)
         else:

@@ -23,7 +23,7 @@ stdout = Console()
 def analyze(
     inputs: Annotated[list[str], typer.Argument(help="Slide files, case folders (CASE/image.zarr), or folders and s3://BUCKET/PREFIX/ holding cases.")],
     report: Annotated[Path, typer.Option("--report", help="CSV report, written row by row: one row per slide or case.")],
-    out: Annotated[str | None, typer.Option("--out", help="Results go to OUT/CASE/{heatmap.zarr,triage.json} (a folder or s3://). Default: beside each case; beside the report for slide files.")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Results go to OUT/CASE/{heatmap.zarr,triage.json} (a folder or s3://); a slide file's CASE is the case ID send gives it, never its name. Default: beside each case; beside the report for slide files.")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (default: threads on this machine).")] = None,
     coarse: Annotated[bool, typer.Option("--coarse", help="Coarse-to-fine: map the whole slide with wider tiles first, then look closer only where it is hot.")] = False,
     coarse_factor: Annotated[int, typer.Option("--coarse-factor", min=2, max=16, help="With --coarse: coarse tiles are this many model tiles wide (2: 4x the area each).")] = 2,
@@ -67,7 +67,9 @@ def analyze(
     stdout.print(_table(rows))
     for row in rows:
         if row["error"]:
-            stderr.print(f"{row['case']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+            # named as the user named it (a slide file's case ID would not tell them which file); stderr stays here
+            line = row["error"] if row["error"].startswith(row["slide"]) else f"{row['slide']}: {row['error']}"
+            stderr.print(line, markup=False, highlight=False, soft_wrap=True)
     failed = sum(row["status"] == "error" for row in rows)
     stderr.print(printable(f"{len(rows)} items, {failed} failed; report: {report}"), markup=False, highlight=False, soft_wrap=True)
     if failed:
@@ -87,5 +89,5 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         numbers = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("score", "max")]
         blur = f"{row['blur_fraction']:.0%}" if row["blur_fraction"] is not None else "-"
         tiles = str(row["tiles_scored"]) if row["tiles_scored"] is not None else "-"
-        table.add_row(row["case"], row["status"], *numbers, tiles, blur, f"{row['seconds']:.1f}")
+        table.add_row(row["case"] or row["slide"], row["status"], *numbers, tiles, blur, f"{row['seconds']:.1f}")
     return table

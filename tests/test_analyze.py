@@ -21,6 +21,7 @@ from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source
 from slides import open_slide
 from slidestream.cli import app
+from transfer import case_id_for
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
@@ -55,8 +56,9 @@ def batch(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> tupl
 
 
 def rows(report: Path) -> dict[str, dict[str, str]]:
+    """Rows by the input's stem (a slide file's case is its content-derived case ID)."""
     with report.open() as fh:
-        return {row["case"]: row for row in csv.DictReader(fh)}
+        return {Path(row["slide"]).stem: row for row in csv.DictReader(fh)}
 
 
 def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:  # type: ignore[no-untyped-def]
@@ -75,15 +77,17 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
         row = found[case]
         assert 0 <= float(row["score"]) <= float(row["max"]) <= 1 and int(row["tiles_scored"]) > 0
         assert float(row["seconds"]) > 0
-        triage = json.loads((out / case / "triage.json").read_text())
+        if case != "case-from-s3":
+            assert row["case"] == case_id_for(Path(row["slide"]))  # named as `send` names it, never by the file
+        triage = json.loads((out / row["case"] / "triage.json").read_text())
         assert triage["complete"] is True and triage["score"] == pytest.approx(float(row["score"]), abs=1e-4)
         # a valid OME-Zarr on the slide's tile grid, zero on background
-        image = np.asarray(list(Reader(parse_url(str(out / case / "heatmap.zarr")))())[0].data[0])[0]
+        image = np.asarray(list(Reader(parse_url(str(out / row["case"] / "heatmap.zarr")))())[0].data[0])[0]
         slide = sample("CMU-1-Small-Region.svs" if case == "case-from-s3" else row["slide"])
         expected = plan_heatmap(open_source(SlideRef.of(slide)), AnalyzeOptions())
         assert image.shape == expected.grid.shape and (image[~expected.tissue] == 0).all()
         assert abs(int(image.max()) - float(row["max"]) * 255) <= 1
-    assert json.loads((out / "TCGA-CR-7395-jp2k" / "triage.json").read_text())["summary"]["mpp_assumed"] is True
+    assert json.loads((out / found["TCGA-CR-7395-jp2k"]["case"] / "triage.json").read_text())["summary"]["mpp_assumed"] is True
     for case in ("CMU-1-Small-Region", "TCGA-CR-7395-jp2k", "case-from-s3"):
         assert found[case]["blur_fraction"] == "0.0"  # sharp scans
     assert found["ndpi-fluorescence-DAPI"]["blur_fraction"] == ""  # dark-field: focus is not judged
