@@ -2,8 +2,9 @@
 
 The slides are generated with identifying strings in every place vendors put them (file name, ImageDescription,
 XMP, JPEG COM/APPn segments in the tiles and in JPEGTables, label and macro pages, DICOM attributes); then every
-object on the real S3 server and every file `convert` wrote is searched for them. A `--keep-phi` control proves
-the sweep finds them when they are there.
+object on the real S3 server and every file `convert` wrote is searched for them. Everything the viewer serves for
+those cases (worklist, image description, status, tiles, heatmap tiles, pages) and what `analyze` writes for a slide
+file are searched too. A `--keep-phi` control proves the sweep finds them when they are there.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import os
 import shutil
 import struct
 import subprocess
+import csv
+import math
 import sys
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import imagecodecs
 import numpy as np
 import openslide
@@ -29,6 +34,9 @@ import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
 from conftest import REPO, sample
 from slides import CorruptSlideError, open_slide
 from slides.jpeg import strip_metadata
+from test_viewer import serving
+from transfer import case_id_for
+from viewer import WORKLIST, S3Storage
 
 NAME = "ACC-2024-0001_DOE_JANE"
 IDENTIFYING = (b"DOE^JANE", b"DOE_JANE", b"ACC-2024-0001", b"MRN-7777123", b"ST-ELSEWHERE", b"XMP-OPERATOR-JSMITH")
@@ -150,14 +158,53 @@ def slidestream(*args: object, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def leaks(blobs: Iterable[tuple[str, bytes]]) -> list[str]:
-    """Every (object, identifying string) pair where the string occurs in the object's bytes."""
-    return [f"{name}: {secret.decode()}" for name, data in blobs for secret in IDENTIFYING if secret in data]
+    """Every (object, identifying string) pair where the string occurs in the object's name (a key, a path, a URL)
+    or its bytes."""
+    return [f"{name}: {secret.decode()}" for name, data in blobs for secret in IDENTIFYING
+            if secret in name.encode(errors="surrogateescape") or secret in data]
 
 
 def bucket_objects(s3_server, bucket: str) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
     client = s3_server.client()
     keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
     return [(key, client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys]
+
+
+def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int = 200) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
+    """Everything the viewer serves for every case under s3://bucket/prefix, as the pages ask for it: the pages, the
+    worklist, each case's image description, status and report, its image tiles (every tile of a level with at most
+    `tiles_per_level`, else an even spread) and, with a heatmap, its overlay tiles on the same grid."""
+    served: list[tuple[str, bytes]] = []
+    with serving(S3Storage(bucket, prefix, s3_server.endpoint_url)) as viewer:
+
+        def get(path: str, token: str | None, expect: tuple[int, ...] = (200,)) -> httpx.Response:
+            response = viewer.get(path, token)
+            assert response.status_code in expect, (path, response.status_code, response.text)
+            served.append((path, b"".join(f"{k}: {v}\n".encode() for k, v in response.headers.items()) + response.content))
+            return response
+
+        worklist = viewer.tokens.issue(WORKLIST, timedelta(hours=1))
+        get("/worklist", None)
+        cases = [entry["case"] for entry in get("/api/worklist", worklist).json()["cases"]]
+        assert cases, "the viewer lists the cases"
+        for case in cases:
+            token = viewer.token(case)
+            base = f"/api/cases/{case}"
+            get(f"/view/{case}", None)
+            status = get(f"{base}/status", token).json()
+            get(f"{base}/report", token, (200, 404))
+            image = get(f"{base}/image", token).json()
+            found = 0
+            for level, size in enumerate(image["levels"]):
+                rows, cols = math.ceil(size["height"] / image["tile_size"]), math.ceil(size["width"] / image["tile_size"])
+                step = max(1, rows * cols // tiles_per_level)
+                for index in range(0, rows * cols, step):
+                    row, col = divmod(index, cols)
+                    found += get(f"{base}/tiles/{level}/{row}/{col}", token, (200, 404)).status_code == 200
+                    if status["heatmap"]:
+                        get(f"{base}/heatmap/{level}/{row}/{col}.png?v={status['heatmap']['version']}", token)
+            assert found, f"{case}: the viewer served image tiles"
+    return served
 
 
 def written_files(root: Path) -> list[tuple[str, bytes]]:
@@ -224,6 +271,9 @@ def test_send_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: d
     assert sum(key.endswith("manifest.json") for key in keys) == 2, keys
     assert any("/image.zarr/0/c/" in key for key in keys), "level-0 shards (the pass-through tiles) were sent"
     assert leaks(objects) == []
+    served = viewer_responses(s3_server, s3_bucket, "frozen")
+    assert any("/heatmap/" in path for path, _ in served), "the triaged case's overlay was served"
+    assert leaks(served) == []
 
 
 def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -236,6 +286,29 @@ def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: 
     objects = bucket_objects(s3_server, s3_bucket)
     keys = [key for key, _ in objects]
     assert sum(key.endswith("manifest.json") for key in keys) == 2 and any(key.endswith("triage.json") for key in keys), keys
+    assert leaks(objects) == []
+    served = viewer_responses(s3_server, s3_bucket, "site-a")
+    assert any("/heatmap/" in path for path, _ in served), "the triaged case's overlay was served"
+    assert leaks(served) == []
+
+
+def test_analyze_of_a_slide_file_names_its_results_by_the_case_id_and_leaks_nothing(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The results of `analyze FILE --out s3://...` go to the case folder `send` gives that slide, beside its image;
+    the file name stays in the local report's `slide` column, the join between the two."""
+    store = f"s3://{s3_bucket}/results"
+    slidestream("send", slides["svs"], store, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir", tmp_path / "state")
+    report = tmp_path / "report.csv"
+    slidestream("analyze", slides["svs"], "--out", store, "--coarse", "--report", report, "--endpoint-url", s3_server.endpoint_url)
+    with report.open(newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    objects = bucket_objects(s3_server, s3_bucket)
+    (manifest,) = [json.loads(data) for key, data in objects if key.endswith("/manifest.json")]
+    assert row["case"] == manifest["case"] == case_id_for(slides["svs"]) and row["slide"] == str(slides["svs"])
+    assert row["status"] == "ok" and row["results"] == f"{store}/{row['case']}"
+    assert {key.split("/")[1] for key, _ in objects} == {row["case"]}, "one case folder: the image and its results"
+    triage = next(json.loads(data) for key, data in objects if key == f"results/{row['case']}/triage.json")
+    assert triage["source"] == row["case"] and triage["complete"] is True
+    assert any(key.startswith(f"results/{row['case']}/heatmap.zarr/") for key, _ in objects)
     assert leaks(objects) == []
 
 
@@ -268,6 +341,10 @@ def test_keep_phi_control_the_sweep_finds_what_is_there(slides: dict[str, Path],
                 "--state-dir", tmp_path / "state")
     found = leaks(bucket_objects(s3_server, s3_bucket))
     assert any("/image.zarr/0/c/" in line and "DOE^JANE" in line for line in found), found  # the tiles' comments
+    # the viewer serves stored tiles as they are, so it hands the comments out too; it never serves the label,
+    # macro or properties, so the tiles are the only place its sweep can find them
+    found = leaks(viewer_responses(s3_server, s3_bucket, "kept"))
+    assert any("/tiles/0/" in line and "DOE^JANE" in line for line in found), found
     out = tmp_path / "kept.zarr"
     slidestream("convert", "--keep-phi", slides["svs"], out)
     found = leaks(written_files(out))
