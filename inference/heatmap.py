@@ -17,7 +17,7 @@ from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
-from transfer.target import HEATMAP, TRIAGE
+from transfer.target import ANALYZE, EDGE, HEATMAP, TRIAGE
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5
@@ -42,6 +42,7 @@ class Heatmap:
     measured: np.ndarray = field(init=False)
     focus: np.ndarray = field(init=False)
     pen: np.ndarray = field(init=False)
+    stage: str = ANALYZE
     coarse_tiles: int = 0
     complete: bool = False
 
@@ -143,6 +144,7 @@ class Heatmap:
             "score_method": f"mean of the top {TOP_TILES} tile scores",
             "summary": self.summary(threshold),
             "model": self.spec.name,
+            "stage": self.stage,
             "complete": self.complete,
         }
 
@@ -160,12 +162,17 @@ def priority_from_heatmap(heatmap: Heatmap) -> Callable[[float, float, float, fl
     return priority
 
 
-def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: float | None) -> dict[str, Any]:
+def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: float | None) -> dict[str, Any] | None:
     """Write `{case}/heatmap.zarr` then `{case}/triage.json` (so a complete triage never points at older data).
 
     `scale0` is the image's level-0 pixel size in micrometres (None: the image is in pixel units, as tiling writes
     images of slides without a recorded resolution), so the heatmap overlays the image in the same coordinates.
+    An edge result never replaces another stage's (a late edge triage must not undo the hub's map): it is then not
+    written, and None is returned. The check is a read before the write, not atomic (S3 has no compare-and-swap);
+    the window is one PUT wide.
     """
+    if heatmap.stage == EDGE and (case.read_json(TRIAGE) or {}).get("stage", EDGE) != EDGE:
+        return None
     triage = heatmap.triage(threshold)
     _write_heatmap(heatmap, case.child(HEATMAP), scale0, triage["summary"])
     case.write_json(TRIAGE, triage)
@@ -202,6 +209,7 @@ def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, s
                 "tile_level0_px": heatmap.grid.tile,
                 "tiles_scored": summary["tiles_scored"],
                 "tissue_tiles": summary["tissue_tiles"],
+                "stage": heatmap.stage,
                 "complete": heatmap.complete,
             }
         },

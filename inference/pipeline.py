@@ -27,7 +27,7 @@ from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
-from transfer.target import IMAGE, MANIFEST
+from transfer.target import ANALYZE, IMAGE, MANIFEST
 from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
@@ -59,6 +59,7 @@ class AnalyzeOptions:
     min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed (low, so a small
         biopsy fragment split across tiles still gets scored).
     seed: for the refinement sample, so reruns give the same heatmap.
+    stage: what the results say produced them (`inference.heatmap`: "edge", "hub" or "analyze").
     """
 
     model: ModelRef = field(default_factory=ModelRef)
@@ -74,6 +75,7 @@ class AnalyzeOptions:
     threshold: float = 0.5
     min_tissue: float = 0.05
     seed: int = 0
+    stage: str = ANALYZE
 
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles planned so far)
@@ -93,7 +95,7 @@ def plan_heatmap(source: Source, options: AnalyzeOptions, name: str | None = Non
                              f"(made for {spec.mpp:g} um/px; would need {spec.input_size / tile:.0f}x upsampling)")
     grid = TileGrid(tile, *source.dimensions)
     tissue = tissue_coverage(source.tissue(), grid) >= options.min_tissue
-    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, name or source.name)
+    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, name or source.name, options.stage)
 
 
 def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Location | None = None,

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from tiling import SendOrder, die_with_parent
 from transfer import Destination
+from transfer.target import EDGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,7 +118,7 @@ class EdgeTriage:
         width, height = plan.levels[0].width, plan.levels[0].height
         tissue_tiles = plan.tissue.fraction * width * height / tile**2
         factor = 2 ** max(1, math.ceil(math.log2(math.sqrt(max(tissue_tiles, 1) / COARSE_TILES))))
-        options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False, batch=BATCH)
+        options = AnalyzeOptions(coarse=True, coarse_factor=factor, refine=False, batch=BATCH, stage=EDGE)
         try:
             spawn = multiprocessing.get_context("spawn")
             with TRIAGE_SLOTS, ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
@@ -138,7 +139,8 @@ class EdgeTriage:
 
 
 def triage(slide: str, case: str, endpoint: str | None, options: AnalyzeOptions, name: str) -> Heatmap:
-    """The coarse heatmap of `slide`, written beside the case on S3 under `name` (runs in the spawned process)."""
+    """The coarse heatmap of `slide`, written beside the case on S3 under `name` (runs in the spawned process),
+    unless a full-magnification result (the hub's) is there already: that one is never replaced."""
     from inference import Location, analyze_slide
 
     return analyze_slide(slide, Location.parse(case, endpoint), options, name=name)

@@ -8,6 +8,7 @@ triage, analyze, serve):
     {case}/heatmap.zarr/    the triage heatmap, an NGFF image (inference/)
     {case}/triage.json      the triage result: score, summary, stage (inference/)
     {case}/report.json      the pathologist's report (viewer/)
+    {case}/hub.lease        which hub is analysing the case, until when (slidestream/hub.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transfer.errors import DestinationError
 
@@ -26,6 +28,11 @@ MANIFEST = "manifest.json"
 HEATMAP = "heatmap.zarr"
 TRIAGE = "triage.json"
 REPORT = "report.json"
+LEASE = "hub.lease"
+# triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
+# full-magnification map of an arriving case, or a batch `analyze`; only the last two are final
+EDGE, HUB, ANALYZE = "edge", "hub", "analyze"
+FINAL_STAGES = (HUB, ANALYZE)
 CASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -61,6 +68,13 @@ class Destination:
     def journal_endpoint(self) -> str:
         """The endpoint as the journal keys it: the same bucket name on two servers is two destinations."""
         return self.endpoint or "aws"
+
+
+def is_final(triage: dict[str, Any] | None, model: str | None = None) -> bool:
+    """Whether `triage` (triage.json) is a complete full-magnification result (of `model`, when given): an edge
+    result, or one from before stages were recorded, never is."""
+    return bool(triage and triage.get("complete") and triage.get("stage") in FINAL_STAGES
+                and (model is None or triage.get("model") == model))
 
 
 def parse_destination(url: str, case: str, endpoint: str | None = None) -> Destination:

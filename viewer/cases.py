@@ -22,7 +22,7 @@ from PIL import Image
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state
-from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE
+from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE, is_final
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
@@ -272,10 +272,12 @@ class Cases:
         return value
 
 
-def _triage(triage: dict[str, Any] | None) -> dict[str, float] | None:
+def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`)."""
     score = (triage or {}).get("score")
     if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0:
-        return {"score": float(score)}
+        stage = triage.get("stage") if isinstance(triage.get("stage"), str) else None
+        return {"score": float(score), "stage": stage, "final": is_final(triage)}
     return None
 
 

@@ -36,7 +36,7 @@
             meter.append(document.createElement("span"));
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
             const scoreCell = cell(row, meter, "triage");
-            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
+            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}${stageLabel(entry.triage)}`);
             const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–";
             cell(row, entry.state === "failed" ? `failed: ${entry.failed}` : arrived, "arrived");
             const clockCell = cell(row, "", "clock");
@@ -45,6 +45,12 @@
             cell(row, entry.reported_at ? `saved ${new Date(entry.reported_at).toLocaleTimeString()}` : "–", "report");
         }
         tick();
+    }
+
+    // an edge triage's coarse map, or a map still growing, is not the final score
+    function stageLabel(triage) {
+        if (triage.final) return "";
+        return triage.stage === "edge" ? " edge (coarse)" : " (partial)";
     }
 
     function tick() {
