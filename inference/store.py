@@ -105,6 +105,26 @@ class Location:
         except (obstore.exceptions.BaseError, OSError) as error:
             raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
 
+    def create_json(self, key: str, value: dict[str, Any]) -> bool:
+        """Write one JSON object only if none exists (S3: a PUT with `If-None-Match: *`); False when one does.
+
+        A server that ignores the condition (older Ceph RGW, MinIO before 2024) just writes it: callers that need
+        the claim to be exclusive read it back."""
+        data = json.dumps(value, indent=1).encode()
+        try:
+            if self.is_s3:
+                obstore.put(self._bucket_store(), self._key(key), data, mode="create")
+            else:
+                path = Path(self._key(key))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("xb") as handle:
+                    handle.write(data)
+            return True
+        except (FileExistsError, obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
+            return False
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
+
     def exists(self, key: str) -> bool:
         return self.read_bytes(key) is not None if self.is_s3 else Path(self._key(key)).exists()
 

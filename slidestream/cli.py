@@ -17,6 +17,7 @@ from slidestream.analyze import analyze
 from slidestream.config import ENV_PREFIX, options_of
 from slidestream.demo import demo
 from slidestream.export import export_dicom
+from slidestream.hub import hub
 from slidestream.send import resume, send
 from slidestream.serve import serve
 from slidestream.watch import watch
@@ -139,7 +140,7 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, serve, analyze, demo, export_dicom):
+for command in (send, resume, watch, serve, analyze, demo, export_dicom, hub):
     app.command()(command)
 
 

@@ -1,0 +1,161 @@
+"""The receiving side: results say what produced them (an edge triage's coarse map is never final), and
+`slidestream hub` finds arriving cases by itself and publishes their full-magnification map as it grows.
+
+Against the real S3 server, with the real model and real slides. The hub runs as a subprocess, as a pathology
+centre runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from inference import AnalyzeOptions, Location, analyze_slide
+from slidestream.cli import app
+from transfer import case_id_for
+from transfer.target import ANALYZE, EDGE, HUB, LEASE
+from viewer import S3Storage
+from viewer.cases import Cases
+
+from conftest import S3Server, sample
+
+ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
+# (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 600) -> Any:
+    """Poll until `condition()` is truthy; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def heatmap_of(location: Location) -> tuple[np.ndarray, dict[str, Any]]:
+    group = zarr.open_group(location.child("heatmap.zarr").zarr_store(), mode="r")
+    return np.asarray(group["0"][:]), group.attrs.asdict()["slidestream"]["heatmap"]
+
+
+def report_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
+    entries = asyncio.run(Cases(S3Storage(bucket, prefix, server.endpoint_url)).worklist())
+    return {entry["case"]: entry for entry in entries}
+
+
+def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    slide = sample("CMU-1-Small-Region.svs")
+    store = f"s3://{s3_bucket}/cases"
+    sent = CliRunner().invoke(app, ["send", str(slide), store, "--endpoint-url", s3_server.endpoint_url,
+                                    "--state-dir", str(tmp_path / "state")])
+    assert sent.exit_code == 0, sent.output
+    case = case_id_for(slide)
+    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    edge = wait_for(lambda: location.read_json("triage.json"), "the edge triage")
+    assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location)[1]["stage"] == EDGE
+    listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
+    assert listed["stage"] == EDGE and listed["final"] is False and listed["score"] == pytest.approx(edge["score"])
+
+    report = tmp_path / "report.csv"
+    args = ["analyze", store, "--report", str(report), "--endpoint-url", s3_server.endpoint_url]
+    analysed = CliRunner().invoke(app, args)
+    assert analysed.exit_code == 0, analysed.output
+    (row,) = report_rows(report)
+    assert row["status"] == "ok"
+    full = location.read_json("triage.json")
+    assert full["summary"]["tiles_measured"] == full["summary"]["tissue_tiles"] > edge["summary"]["tiles_measured"]
+    assert full["stage"] == ANALYZE and full["complete"] is True and full["score"] == pytest.approx(float(row["score"]), abs=1e-4)
+    image, attributes = heatmap_of(location)
+    assert attributes["stage"] == ANALYZE and attributes["tiles_scored"] == full["summary"]["tiles_scored"]
+    listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
+    assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True}
+    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(case))
+    assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
+
+    # a late edge triage (say, a resend's) leaves the full result alone
+    late = analyze_slide(slide, location, AnalyzeOptions(coarse=True, refine=False, stage=EDGE), name=case)
+    assert late.stage == EDGE and location.read_json("triage.json") == full
+    assert (heatmap_of(location)[0] == image).all()
+
+    # and a rerun takes the full result as done
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert report_rows(report)[0]["status"] == "skipped"
+
+
+@contextmanager
+def running_hub(store: str, endpoint: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`slidestream hub` as a subprocess, once it is watching; stopped at the end."""
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", store, "--endpoint-url", endpoint,
+                                    "--poll", "0.5"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "watching" in log.read_text() or process.poll() is not None, "the hub to start", 120)
+        assert process.poll() is None, log.read_text()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    slide = sample(ARRIVING)
+    store = f"s3://{s3_bucket}/arriving"
+    case = case_id_for(slide)
+    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    log = tmp_path / "hub.log"
+    with running_hub(store, s3_server.endpoint_url, log):
+        send = subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url",
+                                 s3_server.endpoint_url, "--no-edge", "--max-rate", "2", "--state-dir",
+                                 str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        partial = set()
+        while send.poll() is None:  # what a viewer polling the case sees while it arrives
+            triage = location.read_json("triage.json")
+            if triage and not triage["complete"]:
+                assert triage["stage"] == HUB
+                partial.add(triage["summary"]["tiles_scored"])
+            time.sleep(0.2)
+        assert send.returncode == 0, send.stdout.read() if send.stdout else ""
+        final = wait_for(lambda: (t := location.read_json("triage.json")) and t["complete"] and t, "the hub's final map")
+    assert len(partial) >= 2, f"partial maps seen during the send: {sorted(partial)}"  # it grew while arriving
+    assert final["stage"] == HUB and final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
+    assert f"DONE {case}" in log.read_text()
+    hub_image, attributes = heatmap_of(location)
+    assert attributes["stage"] == HUB and attributes["complete"] is True
+    assert (location.read_json(LEASE) or {}).get("finished") is True
+
+    # the same as a one-shot analysis of the complete case, tile for tile
+    report = tmp_path / "report.csv"
+    out = tmp_path / "one-shot"
+    analysed = CliRunner().invoke(app, ["analyze", f"{store}/{case}", "--report", str(report), "--out", str(out),
+                                        "--endpoint-url", s3_server.endpoint_url])
+    assert analysed.exit_code == 0, analysed.output
+    one_shot, _ = heatmap_of(Location.parse(out / case))
+    assert hub_image.shape == one_shot.shape and (hub_image == one_shot).all()
+    assert final["score"] == pytest.approx(json.loads((out / case / "triage.json").read_text())["score"], abs=1e-6)
+
+    # a restarted hub does not redo a finished case
+    with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
+        wait_for(lambda: f"DONE {case}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
+        assert again.poll() is None
+    assert location.read_json("triage.json") == final
