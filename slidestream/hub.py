@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from inference import AnalyzeOptions, Heatmap, Location, Runner
 
 stderr = Console(stderr=True)
-LEASE_SECONDS = 60.0  # a dead hub's case waits this long for another hub; renewed at least every third of it
 
 
 def hub(
@@ -34,6 +33,7 @@ def hub(
     device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")] = "cpu",
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at the prefix when there is nothing to do.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Stop when every case found is analysed, failed or another hub's.")] = False,
+    lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed case stays this hub's without renewal: how long a dead hub's case waits for another.")] = 60.0,
 ) -> None:
     """Triage every case arriving under the prefix at full magnification, publishing the heatmap as it grows."""
     from transfer.target import parse_endpoint, parse_store_url
@@ -50,7 +50,7 @@ def hub(
     options = AnalyzeOptions(model=ModelRef(device=device), scheduler=scheduler, stage=HUB)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with Runner(options.scheduler, options.threads, options.torch_threads) as runner:
-        Hub(Location.parse(store, endpoint_url), options, runner, owner).run(poll, once)
+        Hub(Location.parse(store, endpoint_url), options, runner, owner, lease).run(poll, once)
 
 
 @dataclass
@@ -71,6 +71,7 @@ class Hub:
     options: AnalyzeOptions
     runner: Runner
     owner: str
+    lease_seconds: float  # renewed at least every third of it
     cases: dict[str, Tracked] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
 
@@ -141,7 +142,7 @@ class Hub:
         landed last (a window of one round trip)."""
         from transfer.target import LEASE
 
-        lease = {"owner": self.owner, "expires": time.time() + LEASE_SECONDS}
+        lease = {"owner": self.owner, "expires": time.time() + self.lease_seconds}
         if case.location.create_json(LEASE, lease):
             return True
         held = case.location.read_json(LEASE) or {}
@@ -160,7 +161,7 @@ class Hub:
 
         def renew(done: int, planned: int) -> None:  # a long pass keeps its claim
             nonlocal renewed
-            if time.monotonic() - renewed > LEASE_SECONDS / 3:
+            if time.monotonic() - renewed > self.lease_seconds / 3:
                 renewed = time.monotonic()
                 self.claim(case)
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from conftest import S3Server, sample
 from typer.testing import CliRunner
 
 from inference import AnalyzeOptions, Location, analyze_slide
@@ -30,8 +31,6 @@ from transfer import case_id_for
 from transfer.target import ANALYZE, EDGE, HUB, LEASE
 from viewer import S3Storage
 from viewer.cases import Cases
-
-from conftest import S3Server, sample
 
 ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
 # (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
@@ -103,11 +102,11 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
 
 
 @contextmanager
-def running_hub(store: str, endpoint: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iterator[subprocess.Popen[bytes]]:
     """`slidestream hub` as a subprocess, once it is watching; stopped at the end."""
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", store, "--endpoint-url", endpoint,
-                                    "--poll", "0.5"], stdout=out, stderr=subprocess.STDOUT)
+                                    "--poll", "0.5", "--lease", str(lease)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "watching" in log.read_text() or process.poll() is not None, "the hub to start", 120)
         assert process.poll() is None, log.read_text()
@@ -118,6 +117,24 @@ def running_hub(store: str, endpoint: str, log: Path) -> Iterator[subprocess.Pop
             process.wait(timeout=60)
 
 
+def sending(slide: Path, store: str, endpoint: str, state: Path) -> subprocess.Popen[bytes]:
+    """`slidestream send` slow enough (2 Mbit/s) that a hub sees the case arriving."""
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
+                             "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def final_triage(location: Location) -> dict[str, Any] | None:
+    triage = location.read_json("triage.json")
+    return triage if triage and triage["stage"] == HUB and triage["complete"] else None
+
+
+def scored_here(log: Path, case: str) -> int:
+    """Tiles the hub that wrote `log` says it scored of `case` (its PARTIAL and DONE lines)."""
+    return sum(int(line.rsplit("(scored ", 1)[1].split()[0]) for line in log.read_text().splitlines()
+               if line.startswith(("PARTIAL " + case, "DONE " + case)) and "(scored " in line)
+
+
 def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/arriving"
@@ -125,9 +142,7 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
     log = tmp_path / "hub.log"
     with running_hub(store, s3_server.endpoint_url, log):
-        send = subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url",
-                                 s3_server.endpoint_url, "--no-edge", "--max-rate", "2", "--state-dir",
-                                 str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
             triage = location.read_json("triage.json")
@@ -159,3 +174,39 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
         wait_for(lambda: f"DONE {case}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
         assert again.poll() is None
     assert location.read_json("triage.json") == final
+
+
+def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    slide = sample(ARRIVING)
+    store = f"s3://{s3_bucket}/killed"
+    case = case_id_for(slide)
+    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
+    with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
+        wait_for(lambda: (t := location.read_json("triage.json")) and t["stage"] == HUB and not t["complete"]
+                 and t["summary"]["tiles_scored"] > 0,
+                 "a partial map with scored tiles")
+        first.kill()  # kill -9: no cleanup, its lease stays until it expires
+        first.wait()
+    assert final_triage(location) is None
+    with running_hub(store, s3_server.endpoint_url, tmp_path / "second.log", lease=5):
+        final = wait_for(lambda: final_triage(location), "the second hub's final map")
+    assert send.wait() == 0
+    assert final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
+    assert f"DONE {case}" in (tmp_path / "second.log").read_text()
+
+
+def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    store = f"s3://{s3_bucket}/shared"
+    slides = [sample(ARRIVING), sample("CMU-1-Small-Region.svs")]
+    cases = [case_id_for(slide) for slide in slides]
+    logs = [tmp_path / "hub-a.log", tmp_path / "hub-b.log"]
+    with running_hub(store, s3_server.endpoint_url, logs[0]), running_hub(store, s3_server.endpoint_url, logs[1]):
+        sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}") for i, slide in enumerate(slides)]
+        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{c}", s3_server.endpoint_url)), f"case {c}")
+                  for c in cases]
+        assert [send.wait() for send in sends] == [0, 0]
+    for case, final in zip(cases, finals):
+        tissue = final["summary"]["tissue_tiles"]
+        counts = [scored_here(log, case) for log in logs]
+        assert sum(counts) == tissue and 0 in counts, f"{case}: tiles scored by each hub {counts} of {tissue}"

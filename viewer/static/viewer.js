@@ -161,7 +161,7 @@
         }
         const score = $("score");
         score.hidden = !status.triage;
-        if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
+        if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
         times.started = status.started_at;
         times.reported = status.report && status.report.first_saved_at;
         tick();

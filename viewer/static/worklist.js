@@ -47,9 +47,10 @@
         tick();
     }
 
-    // an edge triage's coarse map, or a map still growing, is not the final score
+    // an edge triage's coarse map, or a map still growing, is not the final score (a result from before stages
+    // were recorded says nothing: no label)
     function stageLabel(triage) {
-        if (triage.final) return "";
+        if (triage.final || !triage.stage) return "";
         return triage.stage === "edge" ? " edge (coarse)" : " (partial)";
     }
 
