@@ -22,6 +22,9 @@ from transfer.target import ANALYZE, EDGE, HEATMAP, TRIAGE
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5
 FORMAT = "slidestream-triage/1"
+# beside the NGFF level in heatmap.zarr: float32 (4, rows, cols) score, focus, pen, measured (1/0), the exact
+# per-tile results a restarted hub continues from (level 0 holds scores rounded to 1/255 and no QC)
+TILE_STATE = "tile_state"
 
 
 @dataclass
@@ -225,4 +228,25 @@ def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, s
         group = zarr.create_group(store, zarr_format=3, overwrite=True)
         array = group.create_array("0", shape=image.shape, dtype="uint8", chunks=image.shape, fill_value=0, dimension_names=["c", "y", "x"])
     array[:] = image
+    state = np.stack([heatmap.score, heatmap.focus, heatmap.pen, heatmap.measured.astype(np.float32)])
+    if TILE_STATE not in group or group[TILE_STATE].shape != state.shape:
+        group.create_array(TILE_STATE, shape=state.shape, dtype="float32", chunks=state.shape, fill_value=np.nan,
+                           overwrite=True)
+    group[TILE_STATE][:] = state
     group.attrs.put(attributes)
+
+
+def load_tile_state(heatmap: Heatmap, location: Location) -> bool:
+    """Fill a freshly planned `heatmap` with the per-tile results published at `location` (a heatmap.zarr) by a
+    run on the same grid; False (and `heatmap` untouched) when there are none that fit."""
+    try:
+        group = zarr.open_group(location.zarr_store(), mode="r")
+        state = np.asarray(group[TILE_STATE][:])
+        published = group.attrs.asdict()["slidestream"]["heatmap"]
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+        return False
+    if state.shape != (4, *heatmap.grid.shape) or published.get("tile_level0_px") != heatmap.grid.tile:
+        return False
+    heatmap.score[:], heatmap.focus[:], heatmap.pen[:] = state[0], state[1], state[2]
+    heatmap.measured[:] = state[3] == 1
+    return True

@@ -22,12 +22,12 @@ from typing import Any, cast
 import numpy as np
 
 from inference.errors import InferenceError
-from inference.heatmap import Heatmap, write_results
+from inference.heatmap import Heatmap, load_tile_state, write_results
 from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
-from transfer.target import ANALYZE, IMAGE, MANIFEST
+from transfer.target import ANALYZE, HEATMAP, IMAGE, MANIFEST, TRIAGE
 from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
@@ -155,6 +155,18 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
     write_results(heatmap, target, options.threshold, source.mpp)
     return heatmap
+
+
+def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heatmap | None:
+    """The partial heatmap published beside `case` by an earlier run of the same stage and model (a hub that was
+    stopped or died), as the `heatmap` to continue from with `analyze_case`; None when there is none to continue."""
+    triage = case.read_json(TRIAGE)
+    if not triage or triage.get("stage") != options.stage or triage.get("model") != options.model.spec.name:
+        return None
+    if not case.exists(f"{IMAGE}/zarr.json"):
+        return None
+    heatmap = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
+    return heatmap if load_tile_state(heatmap, case.child(HEATMAP)) else None
 
 
 def check_not_failed(case: Location, manifest: dict[str, Any] | None) -> str:

@@ -154,6 +154,7 @@ class Hub:
     def work(self, case: Tracked) -> None:
         """One pass over the case: score what arrived since the last, publish; the last pass releases the lease."""
         from inference import CaseNotReadyError, analyze_case
+        from inference.pipeline import published_heatmap
         from transfer.target import LEASE
 
         name = case.location.name
@@ -166,8 +167,10 @@ class Hub:
                 self.claim(case)
 
         seen = case.pending
-        before = 0 if case.heatmap is None else int(case.heatmap.scored.sum())
         try:
+            if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
+                case.heatmap = published_heatmap(case.location, self.options)
+            before = 0 if case.heatmap is None else int(case.heatmap.scored.sum())
             heatmap = analyze_case(case.location, options=self.options, heatmap=case.heatmap, runner=self.runner,
                                    on_progress=renew)
         except CaseNotReadyError:

@@ -176,7 +176,7 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     assert location.read_json("triage.json") == final
 
 
-def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/killed"
     case = case_id_for(slide)
@@ -188,12 +188,17 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes(s3_server: S3Se
                  "a partial map with scored tiles")
         first.kill()  # kill -9: no cleanup, its lease stays until it expires
         first.wait()
-    assert final_triage(location) is None
+    assert location.read_json("triage.json")["complete"] is False
+    state = zarr.open_group(location.child("heatmap.zarr").zarr_store(), mode="r")["tile_state"][:]
+    published = int((~np.isnan(state[0])).sum())  # the exact per-tile results it continues from
+    assert published > 0
     with running_hub(store, s3_server.endpoint_url, tmp_path / "second.log", lease=5):
         final = wait_for(lambda: final_triage(location), "the second hub's final map")
     assert send.wait() == 0
     assert final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
     assert f"DONE {case}" in (tmp_path / "second.log").read_text()
+    # it continued from the published partial map: what the first hub published is not scored again
+    assert scored_here(tmp_path / "second.log", case) == final["summary"]["tissue_tiles"] - published
 
 
 def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
