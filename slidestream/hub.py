@@ -74,6 +74,7 @@ class Hub:
     lease_seconds: float  # renewed at least every third of it
     cases: dict[str, Tracked] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
+    store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
 
     def run(self, poll: float, once: bool) -> None:
         stderr.print(f"hub {self.owner} watching {self.root.url}", markup=False, highlight=False, soft_wrap=True)
@@ -101,9 +102,14 @@ class Hub:
 
         try:
             folders = self.root.subfolders()
-        except InferenceError as error:
-            self.say(f"RETRY {error}")
+        except InferenceError as error:  # the store is unreachable or the bucket gone: said once, retried each poll
+            if not self.store_failing:
+                self.store_failing = True
+                self.say(f"RETRY {error}")
             return [], 0
+        if self.store_failing:
+            self.store_failing = False
+            self.say(f"the store answers again: {self.root.url}")
         ready, waiting = [], 0
         for folder in folders:
             name = folder.name
@@ -120,7 +126,7 @@ class Hub:
                     continue
                 triage = folder.read_json(TRIAGE) or {}
                 if case.heatmap is None and _done_by_a_hub(triage, self.options):
-                    self.finish(name, f"DONE {name}: already analysed (score {triage.get('score')})")
+                    self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
                     continue
             except InferenceError as error:
                 self.note(case, str(error))
