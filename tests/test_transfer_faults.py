@@ -194,7 +194,7 @@ def test_a_corrupted_body_is_sent_again_and_recorded_only_once_verified(s3_serve
     pieces = local_pieces(sample(CMU), case)
     shard = first_shard(pieces)
     proxy = proxy_factory(corrupt=f"image.zarr/{shard}")
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--json"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--json", "--no-edge"]
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 0, result.stderr
     path = f"/{s3_bucket}/cases/{case}/image.zarr/{shard}"
@@ -209,7 +209,7 @@ def test_an_object_the_server_keeps_corrupting_fails_the_send_and_is_never_recor
     pieces = local_pieces(sample(CMU), case)
     shard = first_shard(pieces)
     proxy = proxy_factory(corrupt=f"image.zarr/{shard}", times=1000)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--no-edge"]
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not recorded as sent" in result.stderr and shard in result.stderr
@@ -372,8 +372,10 @@ def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_b
     case, state = CASE, tmp_path / "state"
     pieces = local_pieces(sample(CMU), case)
     proxy = proxy_factory()
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case]
-    process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 2)
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--no-edge"]
+    # two puts in flight, as check_after_kill allows: auto concurrency would have up to eight whose answers the dead
+    # link swallows (on the server, not journaled)
+    process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 2, "--concurrency", 2)
     wait_for_journal(state, sum(piece.kind is not PieceKind.SHARD for piece in pieces) + 1, process)
     proxy.set_down(True)
     _, stderr = process.communicate(timeout=120)
@@ -405,7 +407,7 @@ def test_a_send_started_while_the_link_is_down_waits_for_it(s3_server, s3_bucket
     case, state = CASE, tmp_path / "state"
     proxy = proxy_factory()
     proxy.set_down(True)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--json"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--json", "--no-edge"]
     process = start_slidestream("send", sample(CMU), *args, "--deadline", 600)
     wait_for_send_journaled(state, case, process)
     time.sleep(2)  # a few failed tries later it still waits
@@ -422,7 +424,7 @@ def test_a_send_that_never_reached_the_server_exits_3_and_resume_sends_it(s3_ser
     case, state = CASE, tmp_path / "state"
     proxy = proxy_factory()
     proxy.set_down(True)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--no-edge"]
     started = time.monotonic()
     result = slidestream("send", sample(CMU), *args, "--deadline", 3)
     assert time.monotonic() - started < 3 + 30  # generous: Python start-up and the slide's opening on a busy machine
@@ -476,7 +478,7 @@ def test_outage_on_an_emulated_5g_link_heals_by_itself(s3_server, s3_bucket, tmp
     pieces = local_pieces(sample(CMU), case)
     split = urlsplit(s3_server.endpoint_url)
     with link.EmulatedLink("5g", (split.hostname, split.port), slot=LINK_SLOT) as emulated:
-        args = [f"s3://{s3_bucket}/cases", "--endpoint-url", emulated.endpoint_url, "--state-dir", state, "--case", case, "--json"]
+        args = [f"s3://{s3_bucket}/cases", "--endpoint-url", emulated.endpoint_url, "--state-dir", state, "--case", case, "--json", "--no-edge"]
         process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 120)
         wait_for_journal(state, sum(piece.kind is not PieceKind.SHARD for piece in pieces) + 1, process)
         emulated.outage(6)

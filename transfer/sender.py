@@ -228,13 +228,14 @@ class Sender:
     def _abort_stale_uploads(self) -> None:
         """Multipart uploads of this case still open once every object is verified were left by a killed run:
         invisible but billed. Abort them (a role without s3:ListBucketMultipartUploads leaves them to the bucket's
-        lifecycle rules)."""
+        lifecycle rules). Housekeeping, not the send: a link that drops here leaves them to the next run (the final
+        manifest that follows waits for the link until --deadline like every object)."""
         try:
             uploads = self.client.list_multipart_uploads(Bucket=self.dest.bucket, Prefix=self.dest.root).get("Uploads", [])
             for upload in uploads:
                 self.client.abort_multipart_upload(Bucket=self.dest.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         except (BotoCoreError, ClientError) as error:
-            if error_code(error) != "AccessDenied":
+            if error_code(error) != "AccessDenied" and not is_transient(error):
                 raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{self.dest.root}") from None
 
     # -- the send ------------------------------------------------------------------------------------------
