@@ -18,7 +18,6 @@ from typing import Any
 
 import json
 
-import google_crc32c
 import numpy as np
 import obstore.exceptions
 import zarr
@@ -29,7 +28,7 @@ from zarr.core.sync import sync
 import tiling.codec  # noqa: F401 - registers the JPEG chunk codec that read_region's zarr reads need
 from slides import Level, SlidestreamError
 from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import EMPTY
+from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from transfer.manifest import COMPLETE, case_state
 from transfer.readers import object_store
 from transfer.target import IMAGE, MANIFEST, parse_endpoint, parse_store_url, validate_case
@@ -187,11 +186,10 @@ class StoredCase:
         if data is None:
             return None
         n = self._arrays[level]["per_shard"]
-        size = n * n * 16
-        index_bytes, checksum = data[-size - 4 : -4], data[-4:]
-        if len(data) < size + 4 or google_crc32c.value(index_bytes) != int.from_bytes(checksum, "little"):
-            raise StoredCaseError(f"{self.source}: shard {name} is damaged (its chunk index fails its CRC32C)")
-        return data, np.frombuffer(index_bytes, dtype="<u8").reshape(n, n, 2)
+        try:
+            return data, read_shard_index(data[-shard_index_size(n) :], n)
+        except ValueError:
+            raise StoredCaseError(f"{self.source}: shard {name} is damaged (its chunk index fails its CRC32C)") from None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB pixels (height, width, 3) through zarr, `location` in level-0 pixels; beyond the edge, the fill value."""

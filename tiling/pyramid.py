@@ -624,6 +624,22 @@ def assemble_shard(chunks: dict[tuple[int, int], bytes], n: int) -> bytes:
     return bytes(body) + index_bytes + struct.pack("<I", google_crc32c.value(index_bytes))
 
 
+
+def shard_index_size(n: int) -> int:
+    """Bytes at the end of a shard of n x n chunks: (offset, nbytes) little-endian uint64 per chunk, then a CRC32C."""
+    return 16 * n * n + 4
+
+
+def read_shard_index(tail: bytes, n: int) -> np.ndarray:
+    """The (n, n, 2) offset/nbytes table from a shard's last `shard_index_size(n)` bytes, `assemble_shard`'s layout;
+    ValueError when they are too short or fail their CRC32C (`EMPTY` marks an absent chunk)."""
+    if len(tail) != shard_index_size(n):
+        raise ValueError("shard shorter than its index")
+    body, (crc,) = tail[:-4], struct.unpack("<I", tail[-4:])
+    if google_crc32c.value(body) != crc:
+        raise ValueError("shard index checksum mismatch")
+    return np.frombuffer(body, dtype="<u8").reshape(n, n, 2)
+
 def render(slide: Slide, level: LevelPlan, x0: int, y0: int, x1: int, y1: int, fill: int) -> np.ndarray:
     """Pixels (y1-y0, x1-x0, 3) of output `level`; beyond the level's edge reads as `fill` (the background)."""
     out = np.full((y1 - y0, x1 - x0, 3), fill, np.uint8)

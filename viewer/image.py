@@ -9,11 +9,9 @@ background (zarr reads both as the fill value).
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 import zarr.api.asynchronous
@@ -24,6 +22,7 @@ from zarr.core.array import AsyncArray
 from slides import SlidestreamError
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
 from tiling.jpeg import CODEC_NAME
+from tiling.pyramid import read_shard_index, shard_index_size
 from transfer.manifest import FAILED, case_state
 from transfer.target import IMAGE
 
@@ -221,15 +220,13 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
 
 # -- shards ----------------------------------------------------------------------------------------------------
 def index_size(level: Level) -> int:
-    """Bytes at the end of a shard: (offset, nbytes) little-endian uint64 per chunk, then a CRC32C."""
-    return 16 * level.shard_chunks**2 + 4
+    """Bytes at the end of a shard: its chunk index and the index's CRC32C (`tiling.pyramid`'s layout)."""
+    return shard_index_size(level.shard_chunks)
 
 
 def parse_shard_index(data: bytes, level: Level, where: str) -> np.ndarray:
     """The (n, n, 2) offset/nbytes table of a shard, after checking its CRC32C."""
-    if len(data) != index_size(level):
-        raise ImageError(f"{where}: shard shorter than its index")
-    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
-    if google_crc32c.value(body) != crc:
-        raise ImageError(f"{where}: shard index checksum mismatch")
-    return np.frombuffer(body, dtype="<u8").reshape(level.shard_chunks, level.shard_chunks, 2)
+    try:
+        return read_shard_index(data, level.shard_chunks)
+    except ValueError as error:
+        raise ImageError(f"{where}: {error}") from None
