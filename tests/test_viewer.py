@@ -599,14 +599,19 @@ def test_a_store_that_does_not_answer_is_a_502_not_a_500(monkeypatch: pytest.Mon
 
 
 # -- the command -----------------------------------------------------------------------------------------------
-def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path) -> None:
+def serve_command(local_store: Path, tmp_path: Path) -> tuple[int, list[str]]:
+    """`slidestream serve` of the local store (without its escaping link) on a free port, with the test's secret."""
     (local_store / "escape").unlink()
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+    return port, [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+
+
+def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path) -> None:
+    port, command = serve_command(local_store, tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
@@ -643,13 +648,7 @@ def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path
     going, and the server's peak RSS (VmHWM) stays within 50 MB of what it was before them. Buffering one such body
     would add 300 MB or more (it took an earlier server from 111 to 990 MB); 50 MB leaves room for allocator noise
     and a few MB of socket buffers, and is still far below one body."""
-    (local_store / "escape").unlink()
-    secret = tmp_path / "secret"
-    secret.write_bytes(SECRET)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+    port, command = serve_command(local_store, tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = Tokens(SECRET).issue(case_scope("case1"), timedelta(hours=1))
     report = "/api/cases/case1/report"
