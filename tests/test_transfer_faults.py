@@ -254,7 +254,7 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     assert row["score"] == ""
 
 
-def test_a_slide_that_fails_in_watch_with_edge_triage_leaves_only_its_failed_manifest(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_slide_that_fails_in_watch_leaves_only_its_failed_manifest_and_resume_nothing_to_fail_on(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """In a hot folder the edge triage outlives its send (the next slide goes meanwhile): when the slide fails for
     good, the triage is stopped and nothing it would publish (heatmap, triage.json) stays beside the failed case."""
     folder, state = tmp_path / "scans", tmp_path / "state"
@@ -267,6 +267,10 @@ def test_a_slide_that_fails_in_watch_with_edge_triage_leaves_only_its_failed_man
     listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=case).get("Contents", [])
     assert [entry["Key"] for entry in listed] == [f"{case}manifest.json"]
     assert manifest_of(s3_server, s3_bucket, case.removeprefix("cases/").rstrip("/"))["state"] == "failed"
+    assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
+    for _ in range(2):  # the failed slide's journal entry is given up: resume has nothing to fail on
+        resumed = slidestream("resume", "--state-dir", state)
+        assert resumed.returncode == 0 and resumed.stderr.strip() == "nothing to resume", resumed.stderr
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------------------
@@ -438,19 +442,6 @@ def test_a_send_that_never_reached_the_server_exits_3_and_resume_sends_it(s3_ser
     assert json.loads(resumed.stdout)[0]["objects"] == len(pieces)
     assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
     assert manifest_of(s3_server, s3_bucket, case)["state"] == "complete"  # type: ignore[index]
-
-
-def test_a_slide_that_failed_in_watch_leaves_resume_nothing_to_fail_on(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    folder, state = tmp_path / "scans", tmp_path / "state"
-    folder.mkdir()
-    corrupt_slide(folder)
-    watched = slidestream("watch", folder, f"s3://{s3_bucket}/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
-                          "--once", "--no-edge", "--settle", 0)  # fmt: skip
-    assert watched.returncode == 1, watched.stderr
-    assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
-    for _ in range(2):
-        resumed = slidestream("resume", "--state-dir", state)
-        assert resumed.returncode == 0 and resumed.stderr.strip() == "nothing to resume", resumed.stderr
 
 
 def load_link() -> ModuleType | None:
