@@ -14,7 +14,7 @@ from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_s
 from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
-from slides.errors import printable
+from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
 from transfer.target import IMAGE, MANIFEST, TRIAGE, case_id_for, is_final
 
@@ -142,7 +142,7 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
         else:
             heatmap = analyze_case(item.location, target, options, runner=runner, on_progress=on_progress)
     except Exception as error:  # noqa: BLE001 - one slide's failure, whatever it is, must not stop the batch
-        return _row(item, "error", target, None, time.perf_counter() - start, _one_line(error))
+        return _row(item, "error", target, None, time.perf_counter() - start, one_line(error))
     status = "no tissue" if not heatmap.tissue.any() else "ok" if heatmap.complete else "partial"
     return _row(item, status, target, heatmap.triage(options.threshold), time.perf_counter() - start)
 
@@ -166,11 +166,3 @@ def _row(item: Item, status: str, target: Location, triage: dict[str, Any] | Non
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _one_line(error: BaseException) -> str:
-    """Our errors are one line already; anything else gets its type and first line."""
-    if isinstance(error, SlidestreamError):
-        return str(error)
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

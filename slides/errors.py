@@ -25,3 +25,12 @@ def printable(text: str) -> str:
     """`text` safe to print or write as UTF-8: a file name that is not valid UTF-8 reaches Python with surrogate
     escapes (os.fsdecode), which would make every print or log write fail; they become visible \\udcXX escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line for a log or a report row: ours are one line already; anything else gets its type and
+    first line."""
+    if isinstance(error, SlidestreamError):
+        return str(error)
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

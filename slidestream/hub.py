@@ -161,6 +161,7 @@ class Hub:
         """One pass over the case: score what arrived since the last, publish; the last pass releases the lease."""
         from inference import CaseNotReadyError, analyze_case
         from inference.pipeline import published_heatmap
+        from slides.errors import one_line
         from transfer.target import LEASE
 
         name = case.location.name
@@ -183,7 +184,7 @@ class Hub:
             case.seen = seen
             return
         except Exception as error:  # noqa: BLE001 - one case's failure, whatever it is, must not stop the hub
-            self.note(case, _one_line(error))
+            self.note(case, one_line(error))
             case.seen = seen
             return
         case.heatmap, case.seen = heatmap, seen
@@ -224,12 +225,3 @@ def _epoch(started_at: Any) -> float:
         return datetime.fromisoformat(started_at).timestamp()
     except (TypeError, ValueError):
         return datetime.max.replace(tzinfo=UTC).timestamp()
-
-
-def _one_line(error: BaseException) -> str:
-    from slides import SlidestreamError
-
-    if isinstance(error, SlidestreamError):
-        return str(error)
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
