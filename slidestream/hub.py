@@ -22,6 +22,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from inference import AnalyzeOptions, Heatmap, Location, Runner
+    from transfer.target import SlideRef
 
 stderr = Console(stderr=True)
 
@@ -58,6 +59,7 @@ class Tracked:
     """What the hub knows of one case between polls."""
 
     location: Location
+    name: str  # {case}/{slide}/{version}, as logs say it
     started: float = 0.0  # the manifest's started_at (epoch seconds): its clock
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
@@ -72,9 +74,12 @@ class Hub:
     runner: Runner
     owner: str
     lease_seconds: float  # renewed at least every third of it
-    cases: dict[str, Tracked] = field(default_factory=dict)
+    cases: dict[str, Tracked] = field(default_factory=dict)  # by slide version ({case}/{slide}/{version})
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
+    newest: dict[tuple[str, str], SlideRef] = field(default_factory=dict)  # (case, slide) -> its newest version
+    listed_after: str | None = None  # where the next LIST of the `_arrivals/` index starts
+    clocks: dict[str, float] = field(default_factory=dict)  # case -> when it was registered (epoch seconds)
 
     def run(self, poll: float, once: bool) -> None:
         stderr.print(f"hub {self.owner} watching {self.root.url}", markup=False, highlight=False, soft_wrap=True)
@@ -91,17 +96,44 @@ class Hub:
             if not worked:
                 time.sleep(poll)
 
-    def discover(self) -> tuple[list[Tracked], int]:
-        """Cases with work to do now, and how many others are in progress (a hub's lease, nothing new arrived).
+    def arrivals(self) -> list[SlideRef]:
+        """The newest version of every slide sent under the prefix, from the `_arrivals/` index (an older version
+        a rescan superseded is no longer worked on). The first poll reads the whole index; later ones start a day
+        back (senders' clocks may differ a little from ours), so a poll is one LIST page per 1000 slide versions
+        sent in the last day."""
+        from transfer.target import ARRIVALS, SlideRef, version_number
 
-        Cost per poll: one LIST of the prefix, and per case not finished one GET of its manifest and one of its
-        triage.json; a finished case costs nothing more."""
+        keys = self.root.keys(ARRIVALS, self.listed_after)
+        self.listed_after = f"{ARRIVALS}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime(time.time() - 86400))}"
+        for key in keys:
+            ref = SlideRef.from_arrival(key)
+            known = self.newest.get((ref.case, ref.slide)) if ref else None
+            if ref is not None and (known is None or version_number(ref.version) > version_number(known.version)):
+                self.newest[(ref.case, ref.slide)] = ref
+        return sorted(self.newest.values())
+
+    def clock(self, case: str, manifest: dict[str, Any]) -> float:
+        """When the case's 30-minute clock started: its registration (case.json, read once), else the send."""
+        from transfer.target import CASE_RECORD, CaseRecord
+
+        if case not in self.clocks:
+            record = CaseRecord.parse(self.root.child(case).read_json(CASE_RECORD))
+            if record is None:
+                return _epoch(manifest.get("started_at"))
+            self.clocks[case] = _epoch(record.registered_at)
+        return self.clocks[case]
+
+    def discover(self) -> tuple[list[Tracked], int]:
+        """Slide versions with work to do now, and how many others are in progress (a hub's lease, nothing new).
+
+        Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
+        GET of its manifest and one of its triage.json; a finished one costs nothing more."""
         from inference import InferenceError
         from transfer.manifest import FAILED, case_state
         from transfer.target import MANIFEST, TRIAGE
 
         try:
-            folders = self.root.subfolders()
+            versions = self.arrivals()
         except InferenceError as error:  # the store is unreachable or the bucket gone: said once, retried each poll
             if not self.store_failing:
                 self.store_failing = True
@@ -111,11 +143,12 @@ class Hub:
             self.store_failing = False
             self.say(f"the store answers again: {self.root.url}")
         ready, waiting = [], 0
-        for folder in folders:
-            name = folder.name
+        for ref in versions:
+            name = ref.label
             if name in self.finished:
                 continue
-            case = self.cases.setdefault(name, Tracked(folder))
+            case = self.cases.setdefault(name, Tracked(self.root.child(ref.root), name))
+            folder = case.location
             try:
                 manifest = folder.read_json(MANIFEST)
                 if manifest is None:
@@ -131,7 +164,7 @@ class Hub:
             except InferenceError as error:
                 self.note(case, str(error))
                 continue
-            case.started = _epoch(manifest.get("started_at"))
+            case.started = self.clock(ref.case, manifest)
             progress = (state, len(manifest.get("arrived", [])), manifest.get("plan_final"))
             if progress == case.seen:
                 waiting += 1
@@ -164,7 +197,7 @@ class Hub:
         from slides.errors import one_line
         from transfer.target import LEASE
 
-        name = case.location.name
+        name = case.name
         renewed = time.monotonic()
 
         def renew(done: int, planned: int) -> None:  # a long pass keeps its claim
@@ -205,7 +238,7 @@ class Hub:
         """An error, said once per case until it changes (a case that keeps failing must not flood the log)."""
         if error != case.last_error:
             case.last_error = error
-            self.say(f"ERROR {case.location.name}: {error}")
+            self.say(f"ERROR {case.name}: {error}")
 
     @staticmethod
     def say(line: str) -> None:

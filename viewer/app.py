@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from transfer.target import REPORT
+from transfer.target import REPORT, SLIDE_PATTERN, VERSION_PATTERN, SlideRef
 from viewer.cases import Cases, utc_now
 from viewer.image import BACKGROUND, PENDING, CaseNotFoundError, ImageError, TileNotFoundError
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
@@ -46,6 +46,8 @@ SECURITY_HEADERS = [
 ]
 
 CaseId = Annotated[str, PathParam(pattern=CASE_ID.pattern)]
+SlideId = Annotated[str, PathParam(pattern=f"^{SLIDE_PATTERN.pattern}$")]
+VersionId = Annotated[str, PathParam(pattern=f"^{VERSION_PATTERN.pattern}$")]
 Authorization = Annotated[str | None, Header()]
 
 
@@ -114,15 +116,22 @@ async def worklist(state: State) -> JSONResponse:
     return JSONResponse({"now": utc_now(), "cases": entries}, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/api/cases/{case}/image")
-async def image(case: Case, state: State) -> JSONResponse:
-    return JSONResponse((await state.cases.image(case)).describe(), headers={"Cache-Control": "no-cache"})
+@router.get("/api/cases/{case}")
+async def case_info(case: Case, state: State) -> JSONResponse:
+    return JSONResponse(await state.cases.case_info(case), headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/api/cases/{case}/status")
-async def status(case: Case, state: State, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+@router.get("/api/cases/{case}/slides/{slide}/{version}/image")
+async def image(case: Case, slide: SlideId, version: VersionId, state: State) -> JSONResponse:
+    root = SlideRef(case, slide, version).root
+    return JSONResponse((await state.cases.image(root)).describe(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/cases/{case}/slides/{slide}/{version}/status")
+async def status(case: Case, slide: SlideId, version: VersionId, state: State,
+                 if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """Polled by the page: unchanged status answers 304, so idle viewers cost a header exchange."""
-    body = json.dumps(await state.cases.status(case), separators=(",", ":")).encode()
+    body = json.dumps(await state.cases.status(SlideRef(case, slide, version).root), separators=(",", ":")).encode()
     etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _matches(if_none_match, etag):
@@ -134,13 +143,13 @@ async def status(case: Case, state: State, if_none_match: Annotated[str | None, 
 # Nearly every request is a tile. FastAPI's per-request parameter machinery about doubled their CPU cost (measured
 # with bench/bench_viewer.py), so these two check their few parameters themselves.
 async def tile(request: Request) -> Response:
-    """GET /api/cases/{case}/tiles/{level}/{row}/{col}: one chunk, as stored (JPEG) or as PNG (lossless images).
+    """GET /api/cases/{case}/slides/{slide}/{version}/tiles/{level}/{row}/{col}: one chunk, as stored (JPEG) or as PNG (lossless images).
 
     Level 0 is full resolution. Not-yet-arrived chunks are a 404 that is never cached; the page shows the coarser
     level meanwhile.
     """
-    state, case, level, row, col = _tile_request(request)
-    chunk = await state.cases.locate(case, level, row, col)
+    state, root, level, row, col = _tile_request(request)
+    chunk = await state.cases.locate(root, level, row, col)
     if chunk == PENDING:
         return JSONResponse({"detail": "not arrived yet"}, 404, headers={"Cache-Control": "no-store", "X-Tile": "pending"})
     if chunk == BACKGROUND:
@@ -154,12 +163,12 @@ async def tile(request: Request) -> Response:
 
 
 async def heatmap_tile(request: Request) -> Response:
-    """GET /api/cases/{case}/heatmap/{level}/{row}/{col}.png?v=VERSION: the overlay tile, PNG with alpha.
+    """GET /api/cases/{case}/slides/{slide}/{version}/heatmap/{level}/{row}/{col}.png?v=VERSION: the overlay tile, PNG with alpha.
 
     `v` names the heatmap version the page expects: that version is immutable, anything else is not cached.
     """
-    state, case, level, row, col = _tile_request(request)
-    rendered = await state.cases.heatmap_tile(case, level, row, col)
+    state, root, level, row, col = _tile_request(request)
+    rendered = await state.cases.heatmap_tile(root, level, row, col)
     if rendered is None:
         return JSONResponse({"detail": "no heatmap yet"}, 404, headers={"Cache-Control": "no-store"})
     data, version = rendered
@@ -168,13 +177,15 @@ async def heatmap_tile(request: Request) -> Response:
 
 
 def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, int]:
-    """Validate the address (the route's int convertors already refused anything but digits), then the token."""
-    case, level, row, col = (request.path_params[name] for name in ("case", "level", "row", "col"))
-    if not CASE_ID.fullmatch(case) or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX:
+    """Validate the address (the route's int convertors already refused anything but digits), then the token.
+    Returns the slide version's root with the tile's address."""
+    case, slide, version, level, row, col = (request.path_params[name] for name in ("case", "slide", "version", "level", "row", "col"))
+    if (not CASE_ID.fullmatch(case) or not SLIDE_PATTERN.fullmatch(slide) or not VERSION_PATTERN.fullmatch(version)
+            or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX):
         raise TileNotFoundError("no such tile")
     state: ViewerState = request.app.state.viewer
     state.tokens.check(_bearer(request.headers.get("authorization")), case_scope(case))
-    return state, case, level, row, col
+    return state, SlideRef(case, slide, version).root, level, row, col
 
 
 class ReportIn(BaseModel):
@@ -325,8 +336,8 @@ def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = time
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.viewer = ViewerState(Cases(storage), tokens, link_lifetime)
     app.include_router(router)
-    app.add_route("/api/cases/{case}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
-    app.add_route("/api/cases/{case}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
+    app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
+    app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]

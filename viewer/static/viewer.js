@@ -5,6 +5,8 @@
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
     const base = `/api/cases/${encodeURIComponent(caseId)}`;
+    // the slide version shown: the one named in ?slide=, else the case's first slide, at its newest version
+    let slideBase = null;
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
     const ARRIVED = "2";
@@ -46,8 +48,8 @@
             getTileUrl(level, x, y) {
                 const ours = maxLevel - level;
                 return kind === "heatmap"
-                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
-                    : `${base}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
+                    ? `${slideBase}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
+                    : `${slideBase}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
             },
         };
     }
@@ -175,7 +177,7 @@
 
     async function poll() {
         try {
-            applyStatus(await api(`${base}/status`));
+            applyStatus(await api(`${slideBase}/status`));
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 showMessage(refusedText);
@@ -227,7 +229,13 @@
             return;
         }
         try {
-            info = await api(`${base}/image`);
+            const found = await api(base);
+            const wanted = new URLSearchParams(location.search).get("slide");
+            const shown = found.slides.find((entry) => entry.slide === wanted) || found.slides[0];
+            if (!shown) throw new ApiError(404, "no slide yet");
+            if (shown.state === "failed") throw new ApiError(404, `case ${caseId}: send failed: ${shown.failed}`);
+            slideBase = `${base}/slides/${shown.slide}/${shown.version}`;
+            info = await api(`${slideBase}/image`);
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 showMessage(refusedText);
