@@ -136,9 +136,8 @@ class SlideRef:
         return f"{self.case}/{self.slide}/{self.version}"
 
     def arrival_key(self, started_at: str) -> str:
-        """The `_arrivals/` key of this version's send (ISO time with its punctuation removed sorts in time order)."""
-        stamp = re.sub(r"[^0-9TZ]", "", started_at)
-        return f"{ARRIVALS}/{stamp}_{self.case}_{self.slide}_{self.version}"
+        """The `_arrivals/` key of this version's send, in time order."""
+        return f"{ARRIVALS}/{stamp(started_at)}_{self.case}_{self.slide}_{self.version}"
 
     @classmethod
     def parse(cls, root: str) -> SlideRef:
@@ -160,6 +159,34 @@ class SlideRef:
             return cls(validate_case(case), validate_slide(slide), validate_version(version))
         except DestinationError:
             return None
+
+
+def stamp(iso_time: str) -> str:
+    """An ISO time without its punctuation (20261201T223001123Z): keys that start with it sort in time order."""
+    return re.sub(r"[^0-9TZ]", "", iso_time)
+
+
+def report_key(case: str, number: int) -> str:
+    """{case}/reports/0001.json: the signed report is 1, each amendment the next (created, never replaced)."""
+    return f"{case}/{REPORTS}/{number:04d}.json"
+
+
+def request_key(case: str, number: int) -> str:
+    """{case}/requests/0001.json: what the pathologist asks of the hospital, numbered like reports."""
+    return f"{case}/{REQUESTS}/{number:04d}.json"
+
+
+def notice_key(station: str, at: str, case: str, kind: str, number: int) -> str:
+    """_stations/{station}/{time}_{case}_{kind}_{n}.json: a copy of a report or request for the station that
+    registered the case, so a station finds everything addressed to it with one LIST (kind: "report" or "request")."""
+    return f"{STATIONS}/{validate_station(station)}/{stamp(at)}_{case}_{kind}_{number:04d}.json"
+
+
+def validate_station(station: str) -> str:
+    """A station name becomes part of keys: the rules of case IDs."""
+    if not CASE_PATTERN.fullmatch(station) or ".." in station:
+        raise DestinationError(f"station name {station!r} is not allowed (1-64 letters, digits, '.', '_' or '-')")
+    return station
 
 
 def version_number(name: str) -> int:
