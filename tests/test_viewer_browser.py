@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SHOTS = REPO / "test-output"
-TILE_URL = re.compile(r"/api/cases/([^/]+)/(tiles|heatmap)/(\d+)/(\d+)/(\d+)")
+TILE_URL = re.compile(r"/api/cases/([^/]+)/slides/s\d+/v\d+/(tiles|heatmap)/(\d+)/(\d+)/(\d+)")
 
 
 def wait_for(page, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +134,7 @@ def cases(s3_server: S3Server) -> Iterator[tuple[Bucket, Served]]:
     heat = np.zeros((30, 22), np.uint8)
     heat[:15] = 255
     for key, data in heatmap_objects(heat, 2220, 0.499).items():
-        bucket.put(f"case1/heatmap.zarr/{key}", data)
+        bucket.put(f"case1/slides/s1/v1/heatmap.zarr/{key}", data)
     with serving(bucket.storage()) as served:
         yield bucket, served
 
@@ -196,7 +196,7 @@ def test_the_worklist_orders_cases_by_score_with_a_frozen_section_clock(page, s3
         bucket.send(case, triage=score)
         sent = json.loads(manifest(case, pieces, {p.key for p in pieces if p.kind == PieceKind.SHARD}))
         sent["started_at"] = (now - timedelta(minutes=minutes)).isoformat(timespec="seconds")
-        bucket.put(f"{case}/manifest.json", json.dumps(sent).encode())
+        bucket.put(f"{case}/slides/s1/v1/manifest.json", json.dumps(sent).encode())
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.tokens.issue(WORKLIST, timedelta(hours=1))}")
         rows = page.locator("#cases tbody tr")
@@ -247,8 +247,8 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
         assert not tiles.loaded(level=0) and not [t for t in tiles.seen if t[1] == 0]  # nothing asked of level 0 yet
 
         for key, data in level0.items():  # level 0 arrives, shard by shard, then the manifest says so
-            bucket.put(f"live/image.zarr/{key}", data)
-        bucket.put("live/manifest.json", manifest("live", pieces, set(shards(pieces))))
+            bucket.put(f"live/slides/s1/v1/image.zarr/{key}", data)
+        bucket.put("live/slides/s1/v1/manifest.json", manifest("live", pieces, set(shards(pieces))))
 
         wait_for(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after they arrived")
         wait_for(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
