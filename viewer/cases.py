@@ -28,7 +28,7 @@ from transfer.target import (
     HEATMAP,
     IMAGE,
     MANIFEST,
-    REPORT,
+    REPORTS,
     SLIDE_PATTERN,
     SLIDES,
     TRIAGE,
@@ -57,12 +57,12 @@ from viewer.image import (
     parse_shard_index,
     without_manifest,
 )
+from viewer.reports import numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
-SIDECAR_TTL = 2.0  # triage, report, heatmap version
-REPORT_FORMAT = "slidestream-report/1"
+SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 JPEG_SOI = b"\xff\xd8"
 
 
@@ -100,6 +100,7 @@ class Cases:
         self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
+        self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, root: str) -> SlideImage:
@@ -209,7 +210,7 @@ class Cases:
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "heatmap": None, "report": None}  # fmt: skip
         case = root.split("/", 1)[0]
-        triage, heatmap, report = await asyncio.gather(self.sidecar(root, TRIAGE), self.heatmap(root), self.sidecar(case, REPORT))
+        triage, heatmap, signed_at = await asyncio.gather(self.sidecar(root, TRIAGE), self.heatmap(root), self.signed_at(case))
         counts = arrival.counts()
         return {
             "manifest": arrival.manifest,
@@ -221,7 +222,7 @@ class Cases:
             "levels": [{"state": state, **count} for state, count in zip(arrival.states, counts, strict=True)],
             "triage": _triage(triage),
             "heatmap": {"version": heatmap.version, "legend": legend()} if heatmap else None,
-            "report": {"first_saved_at": report.get("first_saved_at"), "saved_at": report.get("saved_at")} if report else None,
+            "report": {"signed_at": signed_at} if signed_at else None,
         }
 
     async def slides(self, case: str) -> list[SlideRef]:
@@ -246,7 +247,7 @@ class Cases:
     async def case_info(self, case: str) -> dict[str, Any]:
         """The case as its page opens it: registration (clock, clinical context) and its slides, each with the
         version shown and its arrival state. `CaseNotFoundError` for a case with neither."""
-        record, slides = await asyncio.gather(self.sidecar(case, CASE_RECORD), self.slides(case))
+        record, slides, signed_at = await asyncio.gather(self.sidecar(case, CASE_RECORD), self.slides(case), self.signed_at(case))
         registration = CaseRecord.parse(record)
         if registration is None and not slides:
             raise CaseNotFoundError(f"case {case}: not on this store")
@@ -260,6 +261,7 @@ class Cases:
             "station": registration.station if registration else None,
             "context": dict(registration.context) if registration else {},
             "slides": entries,
+            "signed_at": signed_at,
         }
 
     async def worklist(self) -> list[dict[str, Any]]:
@@ -288,8 +290,8 @@ class Cases:
 
         async def entry(case: str) -> dict[str, Any]:
             async with limit:
-                record, report, slides = await asyncio.gather(
-                    self.sidecar(case, CASE_RECORD), self.sidecar(case, REPORT), self.slides(case)
+                record, signed_at, slides = await asyncio.gather(
+                    self.sidecar(case, CASE_RECORD), self.signed_at(case), self.slides(case)
                 )
             entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
             registration = CaseRecord.parse(record)
@@ -307,7 +309,7 @@ class Cases:
                 "failed": failed[0] if state == "failed" else None,
                 "complete": state == "complete",
                 "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
-                "reported_at": report.get("first_saved_at") if report else None,
+                "reported_at": signed_at,
             }
 
         entries = await asyncio.gather(*(entry(case) for case in cases))
@@ -318,24 +320,17 @@ class Cases:
         key = f"{case}/{name}"
         return await self._sidecars.get(key, lambda: self._json(key))
 
-    async def save_report(self, case: str, diagnosis: str) -> dict[str, Any]:
-        """Write the diagnosis with timestamps; earlier versions are kept as revisions (an amended report)."""
-        await self.case_info(case)  # only cases that exist get a report
-        key = f"{case}/{REPORT}"
-        previous = await self._json(key) or {}
-        now = utc_now()
-        revisions = [r for r in previous.get("revisions", []) if isinstance(r, dict)]
-        report = {
-            "format": REPORT_FORMAT,
-            "case": case,
-            "diagnosis": diagnosis,
-            "first_saved_at": previous.get("first_saved_at", now),
-            "saved_at": now,
-            "revisions": [*revisions, {"diagnosis": diagnosis, "saved_at": now}],
-        }
-        await self.storage.put(key, json.dumps(report, indent=1).encode())
-        self._sidecars.forget(key)
-        return report
+    async def reports(self, case: str) -> list[dict[str, Any]]:
+        """The signed report and its amendments, in order (viewer/reports.py writes them)."""
+        return await self._reports.get(case, lambda: numbered(self.storage, case, REPORTS))
+
+    def forget_reports(self, case: str) -> None:
+        self._reports.forget(case)
+
+    async def signed_at(self, case: str) -> str | None:
+        """When the first report was signed: the end of the case's clock (an amendment never moves it)."""
+        reports = await self.reports(case)
+        return reports[0].get("signed_at") if reports else None
 
     async def _json(self, key: str) -> dict[str, Any] | None:
         try:
@@ -406,6 +401,12 @@ class SingleImage(Storage):
         if storage is self._parent:
             raise InvalidKeyError(f"invalid object key {key!r}: the image is read-only here")
         await storage.put(inner, data)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        storage, inner = self._route(key)
+        if storage is self._parent:
+            raise InvalidKeyError(f"invalid object key {key!r}: the image is read-only here")
+        return await storage.create(inner, data)
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         storage, inner = self._route(prefix)
