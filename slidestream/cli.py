@@ -21,6 +21,7 @@ from slidestream.export import export_dicom
 from slidestream.hub import hub
 from slidestream.send import resume, send
 from slidestream.serve import serve
+from slidestream.status import status
 from slidestream.users import users
 from slidestream.watch import watch
 
@@ -142,7 +143,7 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, serve, analyze, demo, export_dicom, hub, audit):
+for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, hub, audit):
     app.command()(command)
 app.add_typer(users, name="users")
 
