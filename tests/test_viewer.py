@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,8 +166,10 @@ class Served:
         return self.tokens.issue(case_scope(case), lifetime)
 
     def person(self, storage: Storage, name: str = "Dr Test Pathologist", role: str = PATHOLOGIST) -> str:
-        """A new user of the store (as `slidestream users add` makes one) and their sign-in token."""
-        person = asyncio.run(add_person(storage, name, role))
+        """A new user of the store (as `slidestream users add` makes one) and their sign-in token. (In a thread of its
+        own: Playwright's sync API keeps an event loop running in the test's.)"""
+        with ThreadPoolExecutor(1) as pool:
+            person = pool.submit(asyncio.run, add_person(storage, name, role)).result()
         return self.tokens.issue_person(person.id, person.serial, timedelta(hours=1))
 
     def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]

@@ -287,7 +287,7 @@ async def reports(case: Case, state: State) -> JSONResponse:
 @router.post("/api/cases/{case}/reports")
 async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -> JSONResponse:
     """Sign the report (or amend the newest version): final, create-only, copied to the registering station."""
-    person = identity.pathologist("sign" if form.amends is None else "amend a report")
+    person = identity.pathologist("sign")  # an amendment is signed too
     info = await state.cases.case_info(case)
     read_on = [{"slide": s["slide"], "version": s["version"]} for s in info["slides"] if s["state"] != "failed"]
     if not read_on:
