@@ -28,7 +28,8 @@ from pathlib import Path
 
 from conftest import REPO, S3Server, sample
 from test_viewer import SECRET, SLIDE, Bucket, serving
-from test_viewer_browser import SHOTS, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
+from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
+from transfer.target import CaseRecord, SlideRef
 
 ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
 SIDECAR = {
@@ -190,3 +191,24 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
     print(f"\nsigned -> printed by watch: {seconds:.2f} s; amendment: {amendment_seconds:.2f} s (load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
 
 
+
+
+def test_a_case_whose_slide_failed_shows_failed_and_offers_no_report(browser, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    bucket = Bucket(s3_server)
+    bucket.put("FAILED-2/case.json", CaseRecord("FAILED-2", "2026-12-01T21:00:00Z", STATION, (("clinical_question", "margin?"),)).to_json())
+    failed = {"format": "slidestream-manifest/2", "case": "FAILED-2", "state": "failed", "complete": False,
+              "failed": "unreadable slide: truncated TIFF"}  # fmt: skip
+    bucket.put(f"{SlideRef('FAILED-2').root}/manifest.json", json.dumps(failed).encode())
+    with serving(bucket.storage()) as served:
+        page = browser.new_page()
+        tiles = Tiles(page)
+        page.goto(f"{served.url}/view/FAILED-2#token={served.person(bucket.storage(), 'Dr Failed Case')}")
+        wait_for(page, lambda: page.locator("#message").is_visible(), "the failure on the page")
+        assert page.locator("#message").text_content() == "case FAILED-2: send failed: unreadable slide: truncated TIFF"
+        wait_for(page, lambda: "nothing to report on" in page.locator("#report-note").text_content(), "the note instead of the form")
+        assert page.locator("#report-form").is_hidden()
+        assert "s1 (v1) failed: unreadable slide: truncated TIFF" in page.locator("#slides").text_content()
+        assert "margin?" in page.locator("#context").text_content()
+        page.screenshot(path=str(SHOTS / "report-failed-case.png"))
+        page.close()
+    assert tiles.seen == []
