@@ -21,7 +21,7 @@ from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source
 from slides import open_slide
 from slidestream.cli import app
-from transfer import case_id_for, target
+from transfer import content_id, target
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
@@ -56,7 +56,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> tupl
 
 
 def rows(report: Path) -> dict[str, dict[str, str]]:
-    """Rows by the input's stem (a slide file's case is its content-derived case ID), a slide version found under
+    """Rows by the input's stem (a slide file's results are named by a pseudonym of its content), a slide version found under
     a prefix by its case (its results are named {case}/slides/{slide}/{version})."""
     with report.open() as fh:
         return {row["case"].split("/")[0] if row["slide"].startswith("s3://") else Path(row["slide"]).stem: row for row in csv.DictReader(fh)}
@@ -79,7 +79,7 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
         assert 0 <= float(row["score"]) <= float(row["max"]) <= 1 and int(row["tiles_scored"]) > 0
         assert float(row["seconds"]) > 0
         if case != "case-from-s3":
-            assert row["case"] == case_id_for(Path(row["slide"]))  # named as `send` names it, never by the file
+            assert row["case"] == content_id(Path(row["slide"]))  # named by a pseudonym of its content, never by the file
         triage = json.loads((out / row["case"] / "triage.json").read_text())
         assert triage["complete"] is True and triage["score"] == pytest.approx(float(row["score"]), abs=1e-4)
         # a valid OME-Zarr on the slide's tile grid, zero on background
