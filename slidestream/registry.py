@@ -195,6 +195,12 @@ class Registry:
             if not db.execute("SELECT 1 FROM versions WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide)).fetchone():
                 db.execute("DELETE FROM slides WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide))
 
+    def forget_specimen(self, store: str, case: str) -> None:
+        """A specimen registered for a send that could not start, unless it has slides by now."""
+        with self._transaction() as db:
+            if not db.execute("SELECT 1 FROM slides WHERE store=? AND case_id=?", (store, case)).fetchone():
+                db.execute("DELETE FROM specimens WHERE store=? AND case_id=?", (store, case))
+
     def set_sha256(self, store: str, ref: SlideRef, sha256: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE versions SET sha256=? WHERE store=? AND case_id=? AND slide=? AND version=?",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tifffile
 from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
@@ -200,3 +201,22 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         data = key.encode() + client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         for secret in (PATIENT, ACCESSION, MRN, "DOE", "1961-04-12", "block A", "block B"):
             assert secret.encode() not in data, (secret, key)
+
+
+def test_a_slide_number_another_station_claimed_first_is_never_shared(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The race the LIST cannot close: another station creates s2's claim between our look and our claim. The send
+    stops before writing anything of the slide, says so in one line, and the journal does not offer it to resume."""
+    from transfer import Journal, Sender, parse_destination
+    from transfer.errors import SlideTakenError
+
+    dest = parse_destination(f"s3://{s3_bucket}/site", "c0ffee0123456789", s3_server.endpoint_url, slide="s2")
+    theirs = b'{"station": "theatre-1"}'
+    s3_server.client().put_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json", Body=theirs)
+    with Journal(tmp_path) as journal:
+        sender = Sender(dest, journal)
+        sender.begin({"slide": "unused"})
+        with pytest.raises(SlideTakenError, match="slide s2 of case c0ffee0123456789 was taken by another station"):
+            sender.claim(b'{"station": "theatre-3"}')
+        assert journal.unfinished() == []
+    assert listing(s3_server, s3_bucket).keys() == {"site/c0ffee0123456789/slides/s2/slide.json"}
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json")["Body"].read() == theirs
