@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from transfer.errors import JournalError
-from transfer.target import Destination, SlideRef, version_number
+from transfer.target import SlideRef, version_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specimens (
@@ -57,7 +57,17 @@ def new_case_id() -> str:
     return secrets.token_hex(CASE_ID_BYTES)
 
 
-def store_key(dest: Destination) -> str:
+class StoreLike(Protocol):
+    """A destination or a station's store: what names a store."""
+
+    @property
+    def journal_endpoint(self) -> str: ...
+
+    bucket: str
+    prefix: str
+
+
+def store_key(dest: StoreLike) -> str:
     """A store as the registry keys it: endpoint, bucket and prefix (a case ID is unique within one)."""
     return f"{dest.journal_endpoint} {dest.bucket} {dest.prefix}"
 

@@ -39,7 +39,6 @@ from transfer.target import (
     SLIDES,
     STATIONS,
     CaseRecord,
-    Destination,
     SlideRef,
     next_name,
     parse_endpoint,
@@ -164,15 +163,8 @@ class Store:
     def journal_endpoint(self) -> str:
         return self.endpoint or "aws"
 
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
-
-    def destination(self, ref: SlideRef) -> Destination:
-        return Destination(self.endpoint, self.bucket, self.prefix, ref.case, ref.slide, ref.version)
 
 
 class Station:
@@ -182,7 +174,7 @@ class Station:
         from transfer.network import make_client
 
         self.store, self.registry, self.name = store, registry, validate_station(station)
-        self.key = store_key(store)  # type: ignore[arg-type] - a Store has what a Destination has for this
+        self.key = store_key(store)
         self.client = make_client(store.endpoint, ca_bundle)
 
     # -- the store ---------------------------------------------------------------------------------------------
