@@ -220,3 +220,28 @@ def test_a_slide_number_another_station_claimed_first_is_never_shared(s3_server,
         assert journal.unfinished() == []
     assert listing(s3_server, s3_bucket).keys() == {"site/c0ffee0123456789/slides/s2/slide.json"}
     assert s3_server.client().get_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json")["Body"].read() == theirs
+
+
+def test_send_with_a_context_file_registers_like_watch_and_refuses_identifying_context(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """send --context-file reads a specimen.json as watch does: the context goes to case.json, the identity stays
+    here, and the accession names the specimen (a second slide of it joins its case); context naming the patient is
+    one line, exit 2, nothing on the store."""
+    state, sidecar = tmp_path / "state", tmp_path / "specimen.json"
+    sidecar.write_text(json.dumps({"accession": ACCESSION, "patient_name": PATIENT, "specimen_site": "thyroid, left lobe"}))
+    first = send(s3_server, s3_bucket, state, sample(CMU), "--no-edge", "--context-file", sidecar)
+    record = CaseRecord.parse(read_json(s3_server, s3_bucket, f"site/{first['case']}/case.json"))
+    assert record is not None and dict(record.context) == {"specimen_site": "thyroid, left lobe"} and record.station == "theatre-3"
+    second = send(s3_server, s3_bucket, state, sample(TCGA), "--no-edge", "--context-file", sidecar)
+    assert (second["case"], second["slide"]) == (first["case"], "s2")
+    client = s3_server.client()
+    for key in listing(s3_server, s3_bucket):
+        data = key.encode() + client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert PATIENT.encode() not in data and ACCESSION.encode() not in data, key
+
+    before = listing(s3_server, s3_bucket)
+    sidecar.write_text(json.dumps({"accession": "S26-009999", "patient_name": PATIENT, "clinical_question": "Mrs Doe: margins?"}))
+    refused = slidestream("send", sample(CMU), f"s3://{s3_bucket}/site", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
+                          "--context-file", sidecar, "--no-edge")  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "clinical_question contains the patient name" in refused.stderr
+    assert listing(s3_server, s3_bucket) == before
