@@ -331,6 +331,8 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.ref.label) as listener:
             registration = (record or CaseRecord(dest.case, utc_now())).to_json()
             sender = Sender(dest, journal, options, listener, private=slide_names(slide_path), registration=registration)
+            earlier = journal.send(dest)  # this version sent to the end before: a resend, which triages nothing again
+            triage = args.get("edge") and not (earlier is not None and earlier.finished_at is not None and not earlier.failed)
             try:
                 sender.preflight(args)  # a link that is down: journaled, waits until --deadline
                 sender.begin(args)
@@ -341,7 +343,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
                     resolver.forget()  # refused before it was journaled (credentials, bucket), or its number taken
                 raise
             listener.start(len(plan.shards))
-            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if args.get("edge") else None
+            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already

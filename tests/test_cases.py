@@ -65,6 +65,8 @@ def test_two_slides_of_one_case_each_arrive_with_their_own_manifest_and_triage(s
         assert any(key.startswith(f"{root(ref)}/heatmap.zarr/") for key in keys)
     assert read_json(s3_server, s3_bucket, f"site/{case}/slides/s3/slide.json")["station"] == "theatre-3"
     assert not any(key.startswith(f"site/{case}/slides/s2/v") for key in keys)
+    again = send(s3_server, s3_bucket, state, sample(CMU), "--edge")  # a resend triages nothing again either
+    assert (again["case"], again["slide"], again["objects"]) == (case, "s1", 0) and listing(s3_server, s3_bucket) == keys
 
 
 def test_a_resend_changes_nothing_on_the_store_and_keeps_the_clock(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
