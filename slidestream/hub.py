@@ -3,8 +3,9 @@
 It polls a prefix for cases, and scores every arriving case at full magnification while it arrives, one pass at a
 time (each pass scores the tissue tiles whose shards have arrived since the last, through `inference.analyze_case`,
 and publishes the partial heatmap and triage.json, stage "hub"), the case with the least time left on its
-30-minute clock first. A case is claimed with a lease object (`transfer.target.LEASE`), so two hubs on one prefix
-share the cases instead of doubling the work. torch and Dask are imported inside the command.
+30-minute clock first. Each pass first completes the pyramid (`slidestream.hub_pyramid`): the in-between
+levels the send left out are built from the shards that arrived. A case is claimed with a lease object
+(`transfer.target.LEASE`), so two hubs on one prefix share the cases instead of doubling the work. torch and Dask are imported inside the command.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Tracked:
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
+    manifest: dict[str, Any] = field(default_factory=dict)  # as read for the pass about to run
+    triaged: bool = False  # a hub's complete map is there: only the pyramid may be left to build
     last_error: str = ""
 
 
@@ -95,10 +98,10 @@ class Hub:
         """Cases with work to do now, and how many others are in progress (a hub's lease, nothing new arrived).
 
         Cost per poll: one LIST of the prefix, and per case not finished one GET of its manifest and one of its
-        triage.json; a finished case costs nothing more."""
+        triage.json (and of the pyramid record once that is complete); a finished case costs nothing more."""
         from inference import InferenceError
-        from transfer.manifest import FAILED, case_state
-        from transfer.target import MANIFEST, TRIAGE
+        from transfer.manifest import FAILED, case_state, hub_pyramid_done
+        from transfer.target import MANIFEST, PYRAMID, TRIAGE
 
         try:
             folders = self.root.subfolders()
@@ -126,8 +129,10 @@ class Hub:
                     continue
                 triage = folder.read_json(TRIAGE) or {}
                 if case.heatmap is None and _done_by_a_hub(triage, self.options):
-                    self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
-                    continue
+                    case.triaged = True
+                    if hub_pyramid_done(manifest, folder.read_json(PYRAMID)):
+                        self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
+                        continue
             except InferenceError as error:
                 self.note(case, str(error))
                 continue
@@ -136,7 +141,7 @@ class Hub:
             if progress == case.seen:
                 waiting += 1
                 continue
-            case.pending = progress
+            case.pending, case.manifest = progress, manifest
             ready.append(case)
         return ready, waiting
 
@@ -158,22 +163,37 @@ class Hub:
         return (case.location.read_json(LEASE) or {}).get("owner") == self.owner
 
     def work(self, case: Tracked) -> None:
-        """One pass over the case: score what arrived since the last, publish; the last pass releases the lease."""
+        """One pass over the case: build the pyramid shards and score the tiles that arrived since the last,
+        publish; the last pass releases the lease."""
         from inference import CaseNotReadyError, analyze_case
         from inference.pipeline import published_heatmap
         from slides.errors import one_line
-        from transfer.target import LEASE
+        from slidestream.hub_pyramid import complete_pyramid
 
         name = case.location.name
         renewed = time.monotonic()
 
-        def renew(done: int, planned: int) -> None:  # a long pass keeps its claim
+        def renew(*_: int) -> None:  # a long pass keeps its claim
             nonlocal renewed
             if time.monotonic() - renewed > self.lease_seconds / 3:
                 renewed = time.monotonic()
                 self.claim(case)
 
         seen = case.pending
+        try:
+            built, pyramid_done = complete_pyramid(case.location, case.manifest, renew)
+        except Exception as error:  # noqa: BLE001 - as below: this case only
+            self.note(case, one_line(error))
+            case.seen = seen
+            return
+        if built:
+            self.say(f"PYRAMID {name}: {built} shards built" + (", every level complete" if pyramid_done else ""))
+        if case.triaged:
+            case.seen = seen
+            if pyramid_done:
+                self.release(case)
+                self.finish(name, f"DONE {name}: pyramid complete")
+            return
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
                 case.heatmap = published_heatmap(case.location, self.options)
@@ -189,12 +209,21 @@ class Hub:
             return
         case.heatmap, case.seen = heatmap, seen
         scored, tissue = int(heatmap.scored.sum()), int(heatmap.tissue.sum())
-        if heatmap.complete:
-            case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
+        if heatmap.complete and pyramid_done:
+            self.release(case)
             self.finish(name, f"DONE {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f} "
                               f"(scored {scored - before} here)")
+        elif heatmap.complete:  # the send completed after the pyramid's pass: the next pass builds the rest
+            case.triaged = True
+            self.say(f"TRIAGED {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f}")
         else:
             self.say(f"PARTIAL {name}: {scored}/{tissue} tiles (scored {scored - before} here)")
+
+    def release(self, case: Tracked) -> None:
+        """The case is done: its lease says so, and no hub waits for it to expire."""
+        from transfer.target import LEASE
+
+        case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
 
     def finish(self, name: str, line: str) -> None:
         self.finished.add(name)

@@ -5,6 +5,7 @@ triage, analyze, serve):
 
     {case}/image.zarr/      the OME-Zarr image (tiling/)
     {case}/manifest.json    what of the image has arrived, and how the send ended (transfer/manifest.py)
+    {case}/pyramid.json     the shards of the in-between levels the hub built (slidestream/hub.py; manifest.py reads it)
     {case}/heatmap.zarr/    the triage heatmap, an NGFF image (inference/)
     {case}/triage.json      the triage result: score, summary, stage (inference/)
     {case}/report.json      the pathologist's report (viewer/)
@@ -29,6 +30,7 @@ HEATMAP = "heatmap.zarr"
 TRIAGE = "triage.json"
 REPORT = "report.json"
 LEASE = "hub.lease"
+PYRAMID = "pyramid.json"
 # triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
 # full-magnification map of an arriving case, or a batch `analyze`; only the last two are final
 EDGE, HUB, ANALYZE = "edge", "hub", "analyze"
@@ -59,6 +61,10 @@ class Destination:
     @property
     def manifest_key(self) -> str:
         return self.root + MANIFEST
+
+    @property
+    def pyramid_key(self) -> str:
+        return self.root + PYRAMID
 
     @property
     def url(self) -> str:

@@ -21,8 +21,8 @@ from PIL import Image
 
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
-from transfer.manifest import case_state
-from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE, is_final
+from transfer.manifest import case_state, with_hub_pyramid
+from transfer.target import HEATMAP, IMAGE, MANIFEST, PYRAMID, REPORT, TRIAGE, is_final
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
@@ -97,7 +97,11 @@ class Cases:
             check_not_failed(case, manifest)
             send = str(manifest.get("started_at")) if manifest else None
             image = await self._images.get((case, send), lambda: open_image(self._zarr, case))
-            return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
+            if manifest is None:
+                return without_manifest(image)
+            if manifest.get("hub_planned"):  # levels the hub builds: what it built is in its own record
+                manifest = with_hub_pyramid(manifest, await self._json(f"{case}/{PYRAMID}"))
+            return parse_manifest(manifest, image)
 
         return await self._arrivals.get(case, load)
 
