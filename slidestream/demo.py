@@ -1,19 +1,25 @@
 """`slidestream demo`: the whole chain on one machine with nothing configured.
 
-A sample slide is de-identified, triaged at the edge (coarse heatmap first, steering the send order), streamed to a
-local S3-compatible server while it converts, and opened in the viewer. The store is moto's S3 server started
+The viewer and the hub start first, so the viewer link is there within seconds; then a sample slide is
+de-identified, triaged at the edge (coarse heatmap first, steering the send order) and streamed to a local
+S3-compatible server while it converts, and the hub scores it at full magnification and completes its pyramid as it
+arrives. Each milestone is printed when the store shows it. The store is moto's S3 server started
 in-process on 127.0.0.1 (no setup, no root; `pip install -e '.[demo]'`); everything the demo writes lives in a
 temporary folder and disappears when it stops.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +27,7 @@ import typer
 from rich.console import Console
 
 from slidestream.serve import DEFAULT_PORT
+
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
@@ -31,31 +38,28 @@ stdout = Console(highlight=False, soft_wrap=True)
 def demo(
     slide: Annotated[Path | None, typer.Option(help="Slide to demonstrate with (default: the CMU-1-Small-Region sample beside the repo).")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Viewer port (0: any free port).")] = DEFAULT_PORT,
-    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Check the viewer answers, then stop (non-interactive).")] = False,
+    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Stop once the case is complete and the hub's map final (non-interactive).")] = False,
 ) -> None:
-    """Run the whole chain locally: edge triage, streaming send to S3, and the viewer; Ctrl-C stops it."""
+    """Run the whole chain locally: viewer and hub first, then the slide streams in; Ctrl-C stops it."""
     from slidestream.errors import DemoError
+    from transfer import case_id_for
 
     slide = slide or SAMPLE
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        from slidestream.send import run_send, send_arguments
-
-        started = time.monotonic()
-        args = send_arguments(slide, f"s3://{BUCKET}/demo", endpoint, deadline=60.0, edge=True)
-        result = run_send(args, Path(work) / "state")
-        store = f"s3://{BUCKET}/demo"
-        server, origin, link = _start_viewer(store, endpoint, port, result.case)
+        store, case = f"s3://{BUCKET}/demo", case_id_for(slide)
+        server, origin, link = _start_viewer(store, endpoint, port, case)
+        hub = _start_hub(store, endpoint, Path(work) / "hub.log")
+        sending = None
         try:
-            milestones = result.milestones
-            stdout.print(f"case {result.case}: {result.bytes_sent / 1e6:.1f} MB in {result.objects} objects to {result.url} (moto S3 at {endpoint})")
-            for name, label in (("overview", "overview readable"), ("heatmap", "triage heatmap readable"), ("tissue_full_resolution", "all tissue at full resolution")):
-                value = milestones.get(name)
-                stdout.print(f"  {label:32s} {'-' if value is None else f'{value:6.1f} s'}")
-            stdout.print(f"  {'whole demo until viewer ready':32s} {time.monotonic() - started:6.1f} s")
-            stdout.print(f"viewer: {origin}{link}")
             _check(origin)
+            stdout.print(f"viewer: {origin}{link}  (open it now: the slide streams in while you look)")
+            stdout.print(f"hub and viewer ready after {time.monotonic() - started:.1f} s; sending {slide.name} to moto S3 at {endpoint}")
+            watch = _milestones(store, endpoint, case)
+            sending = _start_send(slide, store, endpoint, Path(work) / "state")
+            _print_milestones(watch, sending, hub, started)
             if exit_when_ready:
                 return
             stdout.print("Ctrl-C stops the demo.")
@@ -64,7 +68,85 @@ def demo(
         except KeyboardInterrupt:
             stdout.print("stopping")
         finally:
+            for process in (sending, hub):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    process.wait(30)
             _stop_viewer(server)
+
+
+MILESTONES = (
+    ("overview", "overview readable"),
+    ("edge", "edge triage map readable"),
+    ("tissue_full_resolution", "all tissue at full resolution"),
+    ("complete", "send complete"),
+    ("pyramid", "pyramid complete (hub)"),
+    ("hub", "hub map at full magnification"),
+)
+
+
+def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
+    """The milestones the case has reached, read from the store as a remote viewer sees it."""
+    from inference import Location
+    from slidestream.errors import DemoError
+    from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
+    from transfer.target import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE
+
+    location = Location.parse(f"{store}/{case}", endpoint)
+
+    def reached() -> set[str]:
+        manifest = location.read_json(MANIFEST) or {}
+        triage = location.read_json(TRIAGE) or {}
+        state, reason = case_state(manifest) if manifest else ("", None)
+        if state == FAILED:
+            raise DemoError(f"the send failed: {reason}")
+        milestones = manifest.get("milestones") or {}
+        return {name for name, done in (
+            ("overview", milestones.get("overview") is not None),
+            ("edge", triage.get("stage") in (EDGE, HUB)),  # the hub's map replaces the edge's
+            ("tissue_full_resolution", milestones.get("tissue_full_resolution") is not None),
+            ("complete", state == COMPLETE),
+            ("pyramid", state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID))),
+            ("hub", triage.get("stage") == HUB and bool(triage.get("complete"))),
+        ) if done}
+
+    return reached
+
+
+def _print_milestones(reached: Callable[[], set[str]], sending: subprocess.Popen[str], hub: subprocess.Popen[bytes], started: float) -> None:
+    """A line per milestone as it happens, until every one is reached."""
+    from slidestream.errors import DemoError
+
+    seen: set[str] = set()
+    while len(seen) < len(MILESTONES):
+        now = reached()
+        for name, label in MILESTONES:
+            if name in now and name not in seen:
+                seen.add(name)
+                stdout.print(f"  {label:32s} {time.monotonic() - started:6.1f} s")
+        if sending.poll() not in (None, 0):
+            error = (sending.stderr.read() if sending.stderr else "").strip().splitlines()
+            raise DemoError(f"the send failed: {error[-1] if error else f'exit code {sending.returncode}'}")
+        if hub.poll() is not None:
+            raise DemoError(f"the hub stopped (exit code {hub.returncode})")
+        time.sleep(0.2)
+    summary = json.loads(sending.communicate()[0])
+    stdout.print(f"case {summary['case']}: {summary['bytes_sent'] / 1e6:.1f} MB sent in {summary['objects']} objects")
+
+
+def _start_send(slide: Path, store: str, endpoint: str, state: Path) -> subprocess.Popen[str]:
+    """`slidestream send` as the hospital runs it: its own process, which forks its shard builders free of this
+    one's threads (the viewer's); its summary comes as JSON on stdout."""
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
+                             "--deadline", "60", "--state-dir", str(state), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start_hub(store: str, endpoint: str, log: Path) -> subprocess.Popen[bytes]:
+    """`slidestream hub` as the pathology centre runs it: its own process (its log goes to the demo's folder)."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "slidestream", "hub", store, "--endpoint-url", endpoint, "--poll", "0.5"],
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 class _local_s3:

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slidestream.send import EDGE_HELP, SEND_DEFAULTS
+from slidestream.send import EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -335,6 +335,7 @@ def watch(
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = SEND_DEFAULTS["keep_phi"],
     deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = SEND_DEFAULTS["deadline"],
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
+    full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
@@ -353,7 +354,8 @@ def watch(
 
     def send_one(unit: SlideUnit, hot: HotFolder) -> str:
         args = send_arguments(
-            unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
+            unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge,
+            full_pyramid=full_pyramid,
         )
 
         def triage_done(case: str, seconds: float | None) -> None:

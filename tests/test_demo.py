@@ -1,4 +1,5 @@
-"""`slidestream demo` runs the whole chain from a fresh clone and ends with a reachable viewer URL."""
+"""`slidestream demo` runs the whole chain from a fresh clone: the viewer link comes first, then each milestone as
+the store shows it, up to the hub's full-magnification map."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import subprocess
 import sys
 
 
-def test_demo_runs_to_a_reachable_viewer() -> None:
+def test_demo_prints_the_viewer_first_and_the_milestones_as_they_happen() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "slidestream", "demo", "--port", "0", "--exit-when-ready"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "slidestream", "demo", "--port", "0", "--exit-when-ready"], capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"viewer: http://127\.0\.0\.1:\d+/view/[0-9a-f]{16}#token=\S+", result.stdout), result.stdout
-    assert re.search(r"overview readable\s+\d+\.\d s", result.stdout)
-    assert re.search(r"all tissue at full resolution\s+\d+\.\d s", result.stdout)
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"viewer: http://127\.0\.0\.1:\d+/view/[0-9a-f]{16}#token=\S+ .*", lines[0]), result.stdout
+    labels = ["overview readable", "edge triage map readable", "all tissue at full resolution", "send complete",
+              "pyramid complete (hub)", "hub map at full magnification"]
+    times = {}
+    for label in labels:
+        (match,) = [m for line in lines if (m := re.fullmatch(rf"\s+{re.escape(label)}\s+(\d+\.\d) s", line))]
+        times[label] = float(match.group(1))
+    # printed as they happened: the overview before full resolution, the send's end before the hub's final map
+    assert times["overview readable"] <= times["all tissue at full resolution"] <= times["send complete"] <= times["hub map at full magnification"]
+    assert re.search(r"case [0-9a-f]{16}: \d+\.\d MB sent in \d+ objects", result.stdout)

@@ -63,10 +63,6 @@ class Destination:
         return self.root + MANIFEST
 
     @property
-    def pyramid_key(self) -> str:
-        return self.root + PYRAMID
-
-    @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.root}{IMAGE}"
 
