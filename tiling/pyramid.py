@@ -1,12 +1,13 @@
 """The pyramid writer: a slide in, a stream of finished OME-Zarr objects (`Piece`s) out, in send order.
 
-Every output level is computed straight from the nearest finer *source* level, never from another output level, so
-pieces can be produced in any order, and we produce them in the order they should travel: metadata, the overview
-levels, then tissue shards from low to full resolution (hottest first when a priority map is given). A streaming
-send plans the overview first and finds the tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`),
-so the first view never waits for tissue detection. A level whose
-size and JPEG tiles match the source is copied tile for tile without decoding (pass-through). Memory stays bounded:
-a few shards are in flight at a time and each is built in bands.
+Every output level is computed straight from the nearest finer *source* level, never from another output level (an
+in-between level reads that source level's JPEG tiles exactly as its pass-through copy stores them, so the hub can
+build it from the store instead: `LevelPlan.downsampled_from`), so pieces can be produced in any order, and we
+produce them in the order they should travel: metadata, the overview levels, then tissue shards from low to full
+resolution (hottest first when a priority map is given). A streaming send plans the overview first and finds the
+tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`), so the first view never waits for
+tissue detection. A level whose size and JPEG tiles match the source is copied tile for tile without decoding
+(pass-through). Memory stays bounded: a few shards are in flight at a time and each is built in bands.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import numpy as np
 from PIL import Image
 
 from slides import CorruptSlideError, Level as SlideLevel, RawTile, Slide, open_slide
-
 from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
 from tiling.tissue import TissueMask, background_value, detect_tissue, slide_is_darkfield
@@ -606,8 +606,12 @@ class ShardJob:
             stored = {}
             for row, col in self.sources:
                 raw = slide.raw_tile(level.source_level, row, col)
-                if raw is not None:  # exactly the chunk the stored level writes
+                if raw is None:
+                    continue
+                try:  # exactly the chunk the stored level writes
                     stored[(row, col)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+                except ValueError as error:
+                    raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
             src = slide.levels[level.source_level]
             source = StoredLevel(level.source_level, src.width, src.height, c, stored, str(slide.path))
             return downsample_shard(level, task.row, task.col, c, n, source, self.fill, self.options)
