@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -42,14 +43,13 @@ def demo(
 ) -> None:
     """Run the whole chain locally: viewer and hub first, then the slide streams in; Ctrl-C stops it."""
     from slidestream.errors import DemoError
-    from transfer import case_id_for
 
     slide = slide or SAMPLE
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        store, case = f"s3://{BUCKET}/demo", case_id_for(slide)
+        store, case = f"s3://{BUCKET}/demo", secrets.token_hex(8)  # a new specimen: its link exists before its first byte
         server, origin, link = _start_viewer(store, endpoint, port, case)
         hub = _start_hub(store, endpoint, Path(work) / "hub.log")
         sending = None
@@ -58,7 +58,7 @@ def demo(
             stdout.print(f"viewer: {origin}{link}  (open it now: the slide streams in while you look)")
             stdout.print(f"hub and viewer ready after {time.monotonic() - started:.1f} s; sending {slide.name} to moto S3 at {endpoint}")
             watch = _milestones(store, endpoint, case)
-            sending = _start_send(slide, store, endpoint, Path(work) / "state")
+            sending = _start_send(slide, store, endpoint, case, Path(work) / "state")
             _print_milestones(watch, sending, hub, started)
             if exit_when_ready:
                 return
@@ -90,9 +90,9 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
     from inference import Location
     from slidestream.errors import DemoError
     from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
-    from transfer.target import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE
+    from transfer.target import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE, SlideRef
 
-    location = Location.parse(f"{store}/{case}", endpoint)
+    location = Location.parse(store, endpoint).child(SlideRef(case).root)  # the case's first slide, first scan
 
     def reached() -> set[str]:
         manifest = location.read_json(MANIFEST) or {}
@@ -134,11 +134,11 @@ def _print_milestones(reached: Callable[[], set[str]], sending: subprocess.Popen
     stdout.print(f"case {summary['case']}: {summary['bytes_sent'] / 1e6:.1f} MB sent in {summary['objects']} objects")
 
 
-def _start_send(slide: Path, store: str, endpoint: str, state: Path) -> subprocess.Popen[str]:
+def _start_send(slide: Path, store: str, endpoint: str, case: str, state: Path) -> subprocess.Popen[str]:
     """`slidestream send` as the hospital runs it: its own process, which forks its shard builders free of this
     one's threads (the viewer's); its summary comes as JSON on stdout."""
     return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
-                             "--deadline", "60", "--state-dir", str(state), "--json"],
+                             "--case", case, "--deadline", "60", "--state-dir", str(state), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -30,8 +30,7 @@ from slides import open_slide
 from slidestream.cli import app
 from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
-from transfer import case_id_for
-from transfer.target import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID
+from transfer.target import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef
 from viewer import S3Storage
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from viewer.cases import Cases, Chunk
@@ -70,11 +69,11 @@ def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, 
 def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample("CMU-1-Small-Region.svs")
     store = f"s3://{s3_bucket}/cases"
-    sent = CliRunner().invoke(app, ["send", str(slide), store, "--endpoint-url", s3_server.endpoint_url,
+    case = "EDGE-1"
+    sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", case, "--endpoint-url", s3_server.endpoint_url,
                                     "--state-dir", str(tmp_path / "state")])
     assert sent.exit_code == 0, sent.output
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
     edge = wait_for(lambda: location.read_json("triage.json"), "the edge triage")
     assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location)[1]["stage"] == EDGE
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
@@ -93,7 +92,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert attributes["stage"] == ANALYZE and attributes["tiles_scored"] == full["summary"]["tiles_scored"]
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
     assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True}
-    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(case))
+    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(SlideRef(case).root))
     assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
 
     # a late edge triage (say, a resend's) leaves the full result alone
@@ -123,9 +122,9 @@ def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iter
             process.wait(timeout=60)
 
 
-def sending(slide: Path, store: str, endpoint: str, state: Path) -> subprocess.Popen[bytes]:
-    """`slidestream send` slow enough (2 Mbit/s) that a hub sees the case arriving."""
-    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
+def sending(slide: Path, store: str, endpoint: str, state: Path, case: str) -> subprocess.Popen[bytes]:
+    """`slidestream send` of the slide as case `case`, slow enough (2 Mbit/s) that a hub sees the case arriving."""
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", case, "--endpoint-url", endpoint,
                              "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -144,11 +143,11 @@ def scored_here(log: Path, case: str) -> int:
 def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/arriving"
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    case = "ARRIVING-1"
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
     log = tmp_path / "hub.log"
     with running_hub(store, s3_server.endpoint_url, log):
-        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
+        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
             triage = location.read_json("triage.json")
@@ -171,13 +170,13 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     analysed = CliRunner().invoke(app, ["analyze", f"{store}/{case}", "--report", str(report), "--out", str(out),
                                         "--endpoint-url", s3_server.endpoint_url])
     assert analysed.exit_code == 0, analysed.output
-    one_shot, _ = heatmap_of(Location.parse(out / case))
+    one_shot, _ = heatmap_of(Location.parse(out / SlideRef(case).root))
     assert hub_image.shape == one_shot.shape and (hub_image == one_shot).all()
-    assert final["score"] == pytest.approx(json.loads((out / case / "triage.json").read_text())["score"], abs=1e-6)
+    assert final["score"] == pytest.approx(json.loads((out / SlideRef(case).root / TRIAGE).read_text())["score"], abs=1e-6)
 
     # a restarted hub does not redo a finished case
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
-        wait_for(lambda: f"DONE {case}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
+        wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
         assert again.poll() is None
     assert location.read_json("triage.json") == final
 
@@ -185,9 +184,9 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
 def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/killed"
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
-    send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
+    case = "KILLED-1"
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
+    send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
     with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
         wait_for(lambda: (t := location.read_json("triage.json")) and t["stage"] == HUB and not t["complete"]
                  and t["summary"]["tiles_scored"] > 0,
@@ -210,11 +209,11 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
 def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/shared"
     slides = [sample(ARRIVING), sample("CMU-1-Small-Region.svs")]
-    cases = [case_id_for(slide) for slide in slides]
+    cases = ["SHARED-1", "SHARED-2"]
     logs = [tmp_path / "hub-a.log", tmp_path / "hub-b.log"]
     with running_hub(store, s3_server.endpoint_url, logs[0]), running_hub(store, s3_server.endpoint_url, logs[1]):
-        sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}") for i, slide in enumerate(slides)]
-        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{c}", s3_server.endpoint_url)), f"case {c}")
+        sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}", case) for i, (slide, case) in enumerate(zip(slides, cases))]
+        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{SlideRef(c).root}", s3_server.endpoint_url)), f"case {c}")
                   for c in cases]
         assert [send.wait() for send in sends] == [0, 0]
     for case, final in zip(cases, finals):
@@ -238,7 +237,8 @@ def in_between(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Server, s3_bucket: str, tmp_path: Path,
                                                                  in_between: Path) -> None:
-    endpoint, case = s3_server.endpoint_url, case_id_for(in_between)
+    endpoint, case = s3_server.endpoint_url, "between"
+    root = SlideRef(case).root
     client = s3_server.client()
     with open_slide(in_between) as slide:
         plan = plan_pyramid(slide, ConvertOptions(hub_levels=True))
@@ -248,13 +248,13 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     def send(prefix: str, *flags: str) -> dict[str, Any]:
         """A send of the slide under `prefix`; its final manifest."""
         sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(in_between), f"s3://{s3_bucket}/{prefix}",
-                               "--endpoint-url", endpoint, "--no-edge", "--state-dir", str(tmp_path / prefix), *flags],
+                               "--endpoint-url", endpoint, "--case", case, "--no-edge", "--state-dir", str(tmp_path / prefix), *flags],
                               capture_output=True, text=True, timeout=600)
         assert sent.returncode == 0, sent.stderr
-        return Location.parse(f"s3://{s3_bucket}/{prefix}/{case}", endpoint).read_json(MANIFEST) or {}
+        return Location.parse(f"s3://{s3_bucket}/{prefix}/{root}", endpoint).read_json(MANIFEST) or {}
 
     def level_objects(prefix: str, level: int) -> dict[str, bytes]:
-        listed = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{prefix}/{case}/{IMAGE}/{level}/c/").get("Contents", [])
+        listed = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{prefix}/{root}/{IMAGE}/{level}/c/").get("Contents", [])
         return {item["Key"].split(f"/{IMAGE}/")[1]: client.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
                 for item in listed}
 
@@ -270,7 +270,7 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     assert level_objects("alone", 1) == {}
     assert full["bytes_sent"] - alone["bytes_sent"] == sum(len(data) for data in expected.values())
     cases = Cases(S3Storage(s3_bucket, "alone", endpoint))
-    status = asyncio.run(cases.status(case))
+    status = asyncio.run(cases.status(root))
     states = [level["state"] for level in status["levels"]]
     assert set(states[1]) <= {PENDING, BACKGROUND} and PENDING in states[1]  # pending for the hub, never an error
     assert all(set(state) == {ARRIVED} for state in states[2:])  # the overview arrived, whole
@@ -278,20 +278,20 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     table = read_shard_index(expected[key][-shard_index_size(n):], n)
     i, j = next((i, j) for i in range(n) for j in range(n) if table[i, j, 0] != EMPTY)  # a chunk the hub will write
     row, col = int(key.split("/")[3]) * n + i, int(key.split("/")[4]) * n + j
-    assert asyncio.run(cases.locate(case, 1, row, col)) == PENDING
-    assert isinstance(asyncio.run(cases.locate(case, 2, 0, 0)), Chunk)
+    assert asyncio.run(cases.locate(root, 1, row, col)) == PENDING
+    assert isinstance(asyncio.run(cases.locate(root, 2, 0, 0)), Chunk)
 
     # sent while the hub runs: the hub builds the 2x level from what arrived, byte for byte today's
-    live = Location.parse(f"s3://{s3_bucket}/live/{case}", endpoint)
+    live = Location.parse(f"s3://{s3_bucket}/live/{root}", endpoint)
     log = tmp_path / "hub.log"
     with running_hub(f"s3://{s3_bucket}/live", endpoint, log):
         manifest = send("live")
         record = wait_for(lambda: (r := live.read_json(PYRAMID)) and r["complete"] and r, "the hub's pyramid", 900)
-    assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {case}" in log.read_text()
+    assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {SlideRef(case).label}" in log.read_text()
     assert sorted(record["built"]) == sorted(expected) and record["empty"] == []
     assert level_objects("live", 1) == expected
     live_cases = Cases(S3Storage(s3_bucket, "live", endpoint))
-    assert set(asyncio.run(live_cases.status(case))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
-    assert isinstance(asyncio.run(live_cases.locate(case, 1, row, col)), Chunk)
+    assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
+    assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)
     # restart-safe: a hub that looks again has nothing left to build
     assert complete_pyramid(live, manifest) == (0, True)

@@ -1,10 +1,13 @@
 "use strict";
 // The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay,
-// a scale bar and the report box. State lives in the store; this page only polls and draws.
+// a scale bar and the case panel (case.js: context, slides, report). State lives in the store; this page only
+// polls and draws.
 (() => {
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
     const base = `/api/cases/${encodeURIComponent(caseId)}`;
+    // the slide version shown: the one named in ?slide=, else the case's first slide, at its newest version
+    let slideBase = null;
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
     const ARRIVED = "2";
@@ -15,7 +18,8 @@
     let heatLayer = null;
     let shownStates = null;
     let heatVersion = null;
-    const times = { started: null, reported: null };
+    // the clock: from the specimen's registration (else the send's start) to the first signed report
+    const times = { registered: null, started: null, reported: null };
 
     function showMessage(text) {
         $("message").textContent = text;
@@ -46,8 +50,8 @@
             getTileUrl(level, x, y) {
                 const ours = maxLevel - level;
                 return kind === "heatmap"
-                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
-                    : `${base}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
+                    ? `${slideBase}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
+                    : `${slideBase}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
             },
         };
     }
@@ -162,8 +166,8 @@
         const score = $("score");
         score.hidden = !status.triage;
         if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
-        times.started = status.started_at;
-        times.reported = status.report && status.report.first_saved_at;
+        times.started = times.registered || status.started_at;
+        times.reported = status.report && status.report.signed_at;
         tick();
     }
 
@@ -175,49 +179,16 @@
 
     async function poll() {
         try {
-            applyStatus(await api(`${base}/status`));
+            applyStatus(await api(`${slideBase}/status`));
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
-                showMessage(refusedText);
+                showMessage(`${refusedText} (${error.message})`);
                 return;
             }
             showMessage(`Connection problem: ${error.message}. Retrying…`);
             setTimeout(() => showMessage(""), POLL_MS);
         }
         setTimeout(poll, POLL_MS);
-    }
-
-    function showSaved(report) {
-        const when = new Date(report.saved_at);
-        $("saved").textContent = `Saved ${when.toLocaleTimeString()}${report.revisions.length > 1 ? ` (revision ${report.revisions.length})` : ""}`;
-    }
-
-    async function loadReport() {
-        try {
-            const report = await api(`${base}/report`);
-            $("diagnosis").value = report.diagnosis;
-            showSaved(report);
-        } catch (error) {
-            if (!(error instanceof ApiError && error.status === 404)) $("saved").textContent = `Could not load the report: ${error.message}`;
-        }
-    }
-
-    async function saveReport() {
-        $("save").disabled = true;
-        try {
-            const report = await api(`${base}/report`, {
-                method: "POST",
-                headers: { "Content-Type": "application/json" },
-                body: JSON.stringify({ diagnosis: $("diagnosis").value }),
-            });
-            showSaved(report);
-            times.reported = report.first_saved_at;
-            tick();
-        } catch (error) {
-            $("saved").textContent = `Not saved: ${error.message}`;
-        } finally {
-            $("save").disabled = false;
-        }
     }
 
     async function start() {
@@ -227,10 +198,21 @@
             return;
         }
         try {
-            info = await api(`${base}/image`);
+            const found = await api(base);
+            const wanted = new URLSearchParams(location.search).get("slide");
+            const shown = found.slides.find((entry) => entry.slide === wanted) || found.slides[0];
+            times.registered = found.registered_at;
+            times.started = found.registered_at || times.started;
+            times.reported = found.signed_at;
+            tick();
+            await caseView.show(base, found, shown ? shown.slide : null);
+            if (!shown) throw new ApiError(404, "no slide yet");
+            if (shown.state === "failed") throw new ApiError(404, `case ${caseId}: send failed: ${shown.failed}`);
+            slideBase = `${base}/slides/${shown.slide}/${shown.version}`;
+            info = await api(`${slideBase}/image`);
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
-                showMessage(refusedText);
+                showMessage(`${refusedText} (${error.message})`);
             } else {
                 const failed = error.status === 404 && error.message.includes(": send failed: ");
                 showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
@@ -259,10 +241,11 @@
         viewer.addHandler("resize", updateScaleBar);
         $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
         $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
-        $("save").addEventListener("click", saveReport);
-        $("save").disabled = false; // disabled in the page until now, so an early click is not silently lost
+        document.addEventListener("report-signed", (event) => {
+            times.reported = event.detail.signed_at;
+            tick();
+        });
         setInterval(tick, 1000);
-        loadReport();
         poll();
     }
 
