@@ -52,6 +52,7 @@ from viewer import (
     create_app,
     load_secret,
 )
+from viewer.heatmap import LUT
 
 from conftest import S3Server, sample
 
@@ -463,9 +464,9 @@ def test_heatmap_tiles_colour_the_probability_on_the_slide_grid(sent: Served, bu
     assert top.status_code == 200 and top.headers["content-type"] == "image/png" and "immutable" in top.headers["cache-control"]
     pixels = np.asarray(Image.open(io.BytesIO(top.content)))
     assert pixels.shape == (240, 240, 4)
-    assert tuple(pixels[10, 10]) == (215, 25, 28, 235)  # probability 1: opaque red
+    assert tuple(pixels[10, 10]) == (253, 231, 37, 255)  # probability 1: viridis' yellow
     bottom = np.asarray(Image.open(io.BytesIO(sent.get("/api/cases/complete/heatmap/2/2/0.png", token).content)))
-    assert bottom[100, 10, 3] == 0  # probability 0: transparent
+    assert bottom[100, 10, 3] == 0  # 0 in a uint8 map: background or not scored yet, transparent
     assert bottom[239, 239, 3] == 0  # beyond the slide's 742 rows at this level: transparent
     assert sent.get("/api/cases/complete/heatmap/2/0/0.png?v=stale", token).headers["cache-control"] == "no-store"
 
@@ -482,7 +483,7 @@ def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
         (tmp_path / "f" / "heatmap.zarr" / key).write_bytes(data)
     with serving(LocalStorage(tmp_path)) as served:
         tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/f/heatmap/2/0/0.png", served.token("f")).content)))
-    assert tile[5, 5, 3] > 150 and tile[5, 5, 0] > 200  # 0.75: orange, fairly opaque
+    assert tuple(tile[5, 5]) == tuple(LUT[round(0.75 * 255)])  # 0.75: viridis' green
     assert tile[100, 100, 3] == 0  # NaN: not analysed, nothing drawn
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from viewer.cache import AsyncCache
-from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
+from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state
 from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE, is_final
 from viewer.image import (
@@ -190,7 +190,7 @@ class Cases:
             manifest = await self.manifest(case) or {}
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
-                    "triage": None, "heatmap": None, "report": None}  # fmt: skip
+                    "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
         triage, heatmap, report = await asyncio.gather(self.sidecar(case, TRIAGE), self.heatmap(case), self.sidecar(case, REPORT))
         counts = arrival.counts()
         return {
@@ -202,7 +202,8 @@ class Cases:
             "updated_at": arrival.updated_at,
             "levels": [{"state": state, **count} for state, count in zip(arrival.states, counts, strict=True)],
             "triage": _triage(triage),
-            "heatmap": {"version": heatmap.version, "legend": legend()} if heatmap else None,
+            "top_regions": _regions(triage),
+            "heatmap": heatmap.describe() if heatmap else None,
             "report": {"first_saved_at": report.get("first_saved_at"), "saved_at": report.get("saved_at")} if report else None,
         }
 
@@ -279,6 +280,16 @@ def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
         stage = triage.get("stage") if isinstance(triage.get("stage"), str) else None
         return {"score": float(score), "stage": stage, "final": is_final(triage)}
     return None
+
+
+def _regions(triage: dict[str, Any] | None) -> list[dict[str, float]]:
+    """triage.json's top regions (level-0 boxes, hottest first) that are well-formed; the page jumps to them."""
+    summary = (triage or {}).get("summary")
+    regions = summary.get("top_regions") if isinstance(summary, dict) else None
+    keys = ("x", "y", "width", "height", "score")
+    return [{key: float(region[key]) for key in keys} for region in regions if isinstance(region, dict)
+            and all(isinstance(region.get(key), (int, float)) and not isinstance(region.get(key), bool) for key in keys)
+            ] if isinstance(regions, list) else []  # fmt: skip
 
 
 def _png(pixels: np.ndarray) -> bytes:
