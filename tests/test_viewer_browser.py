@@ -21,11 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from slides import open_slide
 from tiling import PieceKind
 from viewer import WORKLIST
 
-from conftest import REPO, S3Server
-from test_viewer import Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
+from conftest import REPO, S3Server, sample
+from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
+from test_viewer_tools import CELL, inference_heatmap
+from viewer.heatmap import LUT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -254,3 +257,178 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
         wait_for(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
         assert page.locator("#progress .label").text_content() == "all arrived"
     assert len(navigations) == 1  # no reload: the page sharpened by itself
+
+
+# -- the AI overlay, top regions, measuring, keys -----------------------------------------------------------------
+# A partial hub map written by inference's own writer on a 22 x 30 grid (cells of 101 level-0 pixels): a block
+# scored 0.1 beside a block scored 0.9 (the one top region), tissue above them not scored yet, glass on the left.
+LOW, HIGH = (slice(19, 27), slice(8, 12)), (slice(19, 27), slice(12, 16))
+PENDING, GLASS = (slice(3, 9), slice(10, 15)), (slice(14, 23), slice(0, 5))
+
+
+@pytest.fixture(scope="module")
+def scored(s3_server: S3Server) -> Iterator[tuple[Served, dict]]:
+    bucket = Bucket(s3_server)
+    bucket.send("scored")
+    bucket.send("nompp", slide="kidney-ihc-strip.tif")  # no resolution recorded
+    scores = np.full((30, 22), np.nan, np.float32)
+    scores[LOW], scores[HIGH] = 0.1, 0.9
+    objects, triage = inference_heatmap(scores, complete=False)
+    for key, data in objects.items():
+        bucket.put(f"scored/heatmap.zarr/{key}", data)
+    bucket.put("scored/triage.json", json.dumps(triage).encode())
+    with serving(bucket.storage()) as served:
+        yield served, triage
+
+
+def open_case(page, served: Served, case: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{served.url}/view/{case}#token={served.token(case)}")
+    wait_for(page, lambda: page.evaluate("Boolean(window.caseView && window.caseView.settled())"), "the slide in its place")
+
+
+def settle(page) -> dict:  # type: ignore[no-untyped-def]
+    """The view's bounds in level-0 image pixels once it has stopped moving."""
+    page.wait_for_timeout(100)
+    wait_for(page, lambda: page.evaluate("window.caseView.settled()"), "the view to settle")
+    return page.evaluate("window.caseView.imageBounds()")
+
+
+def on_screen(page, x: float, y: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Where level-0 image pixel (x, y) is on the page, by the viewer's own conversion."""
+    point = page.evaluate(f"window.caseView.imageToPage({x}, {y})")
+    return point["x"], point["y"]
+
+
+def patch(page, pixels: np.ndarray, cells: tuple[slice, slice]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The screenshot pixels over a block of heatmap cells, a few pixels clear of its edges."""
+    box = page.locator("#slide").bounding_box()
+    x0, y0 = on_screen(page, cells[1].start * CELL, cells[0].start * CELL)
+    x1, y1 = on_screen(page, cells[1].stop * CELL, cells[0].stop * CELL)
+    return pixels[int(y0 - box["y"]) + 3 : int(y1 - box["y"]) - 3, int(x0 - box["x"]) + 3 : int(x1 - box["x"]) - 3]
+
+
+def test_the_overlay_shows_scores_apart_keeps_glass_clear_and_hatches_tissue_still_being_scored(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    tiles = Tiles(page)
+    open_case(page, served, "scored")
+    wait_for(page, page.locator("#overlay").is_visible, "the overlay controls")
+    assert page.locator("#ai-stage").text_content() == "Hub · still scoring · 64 of 660 tissue tiles scored"
+    page.wait_for_load_state("networkidle")
+    plain = screenshot(page, "overlay-off.png")
+    page.locator("#heat-opacity").fill("100")
+    page.locator("#heat-on").check()
+    wait_for(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # OpenSeadragon blends new tiles in
+    shown = screenshot(page, "overlay-on.png")
+
+    low, high = (patch(page, shown, cells).reshape(-1, 3).mean(axis=0) for cells in (LOW, HIGH))
+    assert np.abs(low - LUT[round(0.1 * 255), :3]).max() < 10 and np.abs(high - LUT[round(0.9 * 255), :3]).max() < 10
+    assert np.linalg.norm(high - low) > 150  # 0.9 (yellow-green) and 0.1 (dark violet) cannot be confused
+    glass = np.abs(patch(page, shown, GLASS) - patch(page, plain, GLASS))
+    assert glass.size and glass.max() <= 2  # no score there: the slide exactly as without the overlay
+    changed = (np.abs(patch(page, shown, PENDING) - patch(page, plain, PENDING)).max(axis=2) > 40).mean()
+    assert 0.2 < changed < 0.8  # hatched: stripes over the tissue, neither clear nor a colour of the scale
+
+
+def test_next_top_region_and_the_keys_move_the_view(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, triage = scored
+    (region,) = triage["summary"]["top_regions"]
+    assert region == {"x": 12 * CELL, "y": 19 * CELL, "width": 4 * CELL, "height": 8 * CELL, "score": pytest.approx(0.9)}
+    open_case(page, served, "scored")
+    wait_for(page, lambda: page.locator("#regions button").count() == 1, "the top regions list")
+    assert page.locator("#regions button").text_content().startswith("0.90 · ")
+    home = settle(page)
+
+    def shows_region(bounds: dict) -> bool:
+        inside = bounds["x"] <= region["x"] and bounds["y"] <= region["y"] and region["x"] + region["width"] <= bounds["x"] + bounds["width"] \
+            and region["y"] + region["height"] <= bounds["y"] + bounds["height"]  # fmt: skip
+        centre = (bounds["x"] + bounds["width"] / 2 - region["x"] - region["width"] / 2, bounds["y"] + bounds["height"] / 2 - region["y"] - region["height"] / 2)
+        return inside and max(map(abs, centre)) < 0.02 * bounds["width"] and bounds["height"] < 2 * region["height"]
+
+    assert not shows_region(home)
+    page.keyboard.press("n")
+    at_region = settle(page)
+    assert shows_region(at_region)
+
+    page.keyboard.press("-")
+    zoomed_out = settle(page)
+    assert zoomed_out["width"] == pytest.approx(1.5 * at_region["width"], rel=0.01)
+    page.keyboard.press("ArrowRight")
+    panned = settle(page)
+    assert panned["x"] == pytest.approx(zoomed_out["x"] + 0.2 * zoomed_out["width"], rel=0.01)
+    page.keyboard.press("+")
+    assert settle(page)["width"] == pytest.approx(panned["width"] / 1.5, rel=0.01)
+    page.keyboard.press("]")  # one slide in the case: nothing happens
+    assert not shows_region(settle(page))
+    page.locator("#regions button").click()  # the list jumps there too
+    assert shows_region(settle(page))
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  # type: ignore[no-untyped-def]
+    """Press, move and release the mouse between two level-0 image points, as a hand would."""
+    page.mouse.move(*on_screen(page, *start))
+    page.mouse.down()
+    page.mouse.move(*on_screen(page, *end), steps=8)
+    page.mouse.up()
+
+
+def test_a_ruler_and_an_area_measure_in_micrometres_and_stay_on_the_tissue(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    with open_slide(sample(SLIDE)) as slide:
+        mpp = slide.mpp[0]  # what the scanner recorded: 0.499 µm per pixel
+    open_case(page, served, "scored")
+    page.locator("#heat-on").check()
+    result = page.locator("#measure-result")
+
+    page.locator("#tool-ruler").click()
+    assert page.locator("#tool-ruler").get_attribute("aria-pressed") == "true"
+    start, end = (400, 1500), (1600, 2400)  # 1500 px apart
+    drag(page, start, end)
+    length = re.fullmatch(r"Length ([\d.]+) µm", result.text_content())
+    assert length and float(length.group(1)) == pytest.approx(1500 * mpp, rel=0.01)
+
+    # the ruler is drawn in image coordinates: after panning and zooming its ends are still on the same tissue
+    for key in ["ArrowLeft", "+"]:
+        page.keyboard.press(key)
+    settle(page)
+    line = page.locator("#marks line")
+    box = page.locator("#slide").bounding_box()
+    for (x, y), ends in [(start, ("x1", "y1")), (end, ("x2", "y2"))]:
+        on_page = on_screen(page, x, y)
+        drawn = [float(line.get_attribute(name)) + offset for name, offset in zip(ends, (box["x"], box["y"]))]
+        assert drawn == pytest.approx(on_page, abs=1)
+    page.keyboard.press("-")
+    page.keyboard.press("ArrowRight")
+    settle(page)
+
+    page.locator("#tool-area").click()
+    drag(page, (300, 300), (1300, 800))  # 1000 x 500 px
+    area = re.fullmatch(r"Area ([\d.]+) mm² \(([\d.]+) µm × ([\d.]+) µm\)", result.text_content())
+    assert area and float(area.group(1)) == pytest.approx(1000 * 500 * mpp**2 / 1e6, rel=0.01)
+    assert (float(area.group(2)), float(area.group(3))) == pytest.approx((1000 * mpp, 500 * mpp), rel=0.01)
+
+    # at the top region, a ruler across it reads its width (the picture in the README is this view)
+    page.keyboard.press("n")
+    page.locator("#tool-ruler").click()
+    settle(page)
+    (region,) = scored[1]["summary"]["top_regions"]
+    middle = region["y"] + region["height"] * 0.6
+    drag(page, (region["x"], middle), (region["x"] + region["width"], middle))
+    length = re.fullmatch(r"Length ([\d.]+) µm", result.text_content())
+    assert length and float(length.group(1)) == pytest.approx(region["width"] * mpp, rel=0.01)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SHOTS / "viewer-tools.png"))
+
+
+def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "nompp")
+    result = page.locator("#measure-result")
+    assert result.text_content() == "This slide records no resolution: lengths in pixels only."
+    assert page.locator("#scalebar").is_hidden()
+    page.keyboard.press("m")  # the ruler, from the keyboard
+    drag(page, (50, 100), (250, 100))
+    assert re.fullmatch(r"Length (\d+) px \(µm unavailable: the slide records no resolution\)", result.text_content())
+    assert int(result.text_content().split()[1]) == pytest.approx(200, abs=2)
+    assert "µm" not in page.locator("#marks text").text_content()

@@ -1,13 +1,43 @@
 "use strict";
-// The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay,
-// a scale bar and the report box. State lives in the store; this page only polls and draws.
+// The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay and its
+// top regions, a scale bar, ruler and area tools, keyboard navigation and the report box. State lives in the store;
+// this page only polls and draws.
 (() => {
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-    const base = `/api/cases/${encodeURIComponent(caseId)}`;
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
     const ARRIVED = "2";
+    const PAN_STEP = 0.2; // of the view per arrow key
+    const ZOOM_STEP = 1.5; // per + or -
+    const REGION_MARGIN = 0.25; // of a top region's size, kept around it when jumping there
+    const SVG = "http://www.w3.org/2000/svg";
+
+    // The case's slides, stepped through with [ and ]; one until the case lists several.
+    const slides = [{ id: null, label: "slide 1" }];
+    let slideIndex = 0;
+
+    // Every URL this page builds, in one place, so the store's case layout can move without touching the rest
+    // (the slide shown is slides[slideIndex]).
+    function url(what, { level, row, col, send, version } = {}) {
+        const base = `/api/cases/${encodeURIComponent(caseId)}`;
+        switch (what) {
+            case "image":
+                return `${base}/image`;
+            case "status":
+                return `${base}/status`;
+            case "report":
+                return `${base}/report`;
+            case "tile":
+                return `${base}/tiles/${level}/${row}/${col}${send ? `?send=${encodeURIComponent(send)}` : ""}`;
+            case "heatmap":
+                return `${base}/heatmap/${level}/${row}/${col}.png?v=${encodeURIComponent(version)}`;
+            case "openseadragon-images":
+                return "/static/openseadragon/images/";
+            default:
+                throw new Error(`no URL for ${what}`);
+        }
+    }
 
     let info = null;
     let viewer = null;
@@ -15,6 +45,14 @@
     let heatLayer = null;
     let shownStates = null;
     let heatVersion = null;
+    let regions = [];
+    let regionIndex = -1;
+    let regionsKey = "";
+    let tool = null; // "ruler" | "area" | null
+    let shape = null; // the measurement on screen: { kind, a, b }, points in level-0 image pixels
+    let dragging = false;
+    let marks = null; // the SVG the measurement and the current region are drawn on
+    let polling = false;
     const times = { started: null, reported: null };
 
     function showMessage(text) {
@@ -44,10 +82,8 @@
                 return states[maxLevel - level].state[shard] === ARRIVED;
             },
             getTileUrl(level, x, y) {
-                const ours = maxLevel - level;
-                return kind === "heatmap"
-                    ? `${base}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
-                    : `${base}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
+                const address = { level: maxLevel - level, row: y, col: x };
+                return kind === "heatmap" ? url("heatmap", { ...address, version: tag }) : url("tile", { ...address, send: tag });
             },
         };
     }
@@ -75,6 +111,7 @@
                 if (!this.item) {
                     this.item = item;
                     updateScaleBar();
+                    drawMarks();
                     return;
                 }
                 this.pending = item;
@@ -154,11 +191,12 @@
         }
         if (status.heatmap && status.heatmap.version !== heatVersion) {
             heatVersion = status.heatmap.version;
-            const stops = status.heatmap.legend.map(({ at, rgba }) => `rgba(${rgba.join(",")}) ${at * 100}%`);
-            $("legend-ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+            showLegend(status.heatmap.legend);
+            $("ai-stage").textContent = stageText(status.heatmap);
             $("overlay").hidden = false;
             heatLayer.show(tileSource("heatmap", null, heatVersion));
         }
+        showRegions(status.top_regions || []);
         const score = $("score");
         score.hidden = !status.triage;
         if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
@@ -175,7 +213,7 @@
 
     async function poll() {
         try {
-            applyStatus(await api(`${base}/status`));
+            applyStatus(await api(url("status")));
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 showMessage(refusedText);
@@ -194,7 +232,7 @@
 
     async function loadReport() {
         try {
-            const report = await api(`${base}/report`);
+            const report = await api(url("report"));
             $("diagnosis").value = report.diagnosis;
             showSaved(report);
         } catch (error) {
@@ -205,7 +243,7 @@
     async function saveReport() {
         $("save").disabled = true;
         try {
-            const report = await api(`${base}/report`, {
+            const report = await api(url("report"), {
                 method: "POST",
                 headers: { "Content-Type": "application/json" },
                 body: JSON.stringify({ diagnosis: $("diagnosis").value }),
@@ -220,30 +258,236 @@
         }
     }
 
-    async function start() {
-        $("case").textContent = caseId;
-        if (!token) {
-            showMessage(refusedText);
-            return;
+    // -- the overlay's legend, stage and top regions -------------------------------------------------------------
+    function showLegend(legend) {
+        const stops = legend.stops.map(({ at, rgb }) => `rgb(${rgb.join(",")}) ${at * 100}%`);
+        $("legend-ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+        const { rgb, period } = legend.pending;
+        const half = period / 2;
+        $("legend-pending").style.background = `repeating-linear-gradient(45deg, rgb(${rgb.join(",")}) 0 ${half}px, transparent ${half}px ${period}px), #b5739d`;
+    }
+
+    // What produced the map on screen, and whether it is the last word
+    function stageText({ stage, complete, tiles_scored: scored, tissue_tiles: tissue }) {
+        const counts = Number.isInteger(scored) && Number.isInteger(tissue) && tissue ? `${scored} of ${tissue} tissue tiles scored` : "";
+        const parts = stage === "edge"
+            ? ["Edge triage before the send", "coarse, not final"]
+            : [{ hub: "Hub", analyze: "Batch analysis" }[stage] || "Stage not recorded", complete === true ? "final" : complete === false ? "still scoring" : ""];
+        return [...parts, counts].filter(Boolean).join(" · ");
+    }
+
+    function showRegions(list) {
+        const key = JSON.stringify(list);
+        if (key === regionsKey) return;
+        regionsKey = key;
+        regions = list;
+        regionIndex = -1;
+        const items = list.map((region, index) => {
+            const button = document.createElement("button");
+            button.type = "button";
+            const size = info.mpp ? `${formatLength(region.width)} × ${formatLength(region.height)}` : `${Math.round(region.width)} × ${Math.round(region.height)} px`;
+            button.textContent = `${region.score.toFixed(2)} · ${size}`;
+            button.setAttribute("aria-label", `Go to region ${index + 1}: probability ${region.score.toFixed(2)}, ${size}`);
+            button.addEventListener("click", () => goToRegion(index));
+            const item = document.createElement("li");
+            item.append(button);
+            return item;
+        });
+        $("regions").replaceChildren(...items);
+        $("regions-box").hidden = !list.length;
+        drawMarks();
+    }
+
+    function goToRegion(index) {
+        const item = slideLayer && slideLayer.item;
+        if (!regions.length || !item) return;
+        regionIndex = ((index % regions.length) + regions.length) % regions.length;
+        const { x, y, width, height } = regions[regionIndex];
+        const [mx, my] = [width * REGION_MARGIN, height * REGION_MARGIN];
+        viewer.viewport.fitBoundsWithConstraints(item.imageToViewportRectangle(x - mx, y - my, width + 2 * mx, height + 2 * my));
+        [...$("regions").children].forEach((li, i) => li.firstChild.toggleAttribute("aria-current", i === regionIndex));
+        drawMarks();
+    }
+
+    // -- measuring: in level-0 image pixels, drawn on an SVG over the slide and redrawn every frame -------------
+    const NO_MPP = "µm unavailable: the slide records no resolution";
+
+    function formatLength(pixels) {
+        const microns = pixels * info.mpp;
+        return microns >= 1000 ? `${(microns / 1000).toFixed(3)} mm` : `${microns.toFixed(1)} µm`;
+    }
+
+    function measurement({ kind, a, b }) {
+        const [dx, dy] = [Math.abs(b.x - a.x), Math.abs(b.y - a.y)];
+        if (kind === "ruler") {
+            const length = Math.hypot(dx, dy);
+            return info.mpp ? `Length ${formatLength(length)}` : `Length ${Math.round(length)} px (${NO_MPP})`;
         }
+        if (!info.mpp) return `Area ${Math.round(dx * dy)} px² (${Math.round(dx)} × ${Math.round(dy)} px; ${NO_MPP})`;
+        const square = dx * dy * info.mpp * info.mpp; // µm²
+        const area = square >= 10000 ? `${(square / 1e6).toFixed(4)} mm²` : `${Math.round(square)} µm²`;
+        return `Area ${area} (${formatLength(dx)} × ${formatLength(dy)})`;
+    }
+
+    function imageToElement(point) {
+        return slideLayer.item.imageToViewerElementCoordinates(new OpenSeadragon.Point(point.x, point.y));
+    }
+
+    function eventToImage(event) {
+        const box = viewer.element.getBoundingClientRect();
+        const point = slideLayer.item.viewerElementToImageCoordinates(new OpenSeadragon.Point(event.clientX - box.left, event.clientY - box.top));
+        return { x: point.x, y: point.y };
+    }
+
+    function svg(name, attributes, text) {
+        const node = document.createElementNS(SVG, name);
+        for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+        if (text) node.textContent = text;
+        marks.append(node);
+        return node;
+    }
+
+    function drawRect(a, b, className) {
+        const [p, q] = [imageToElement(a), imageToElement(b)];
+        svg("rect", { class: className, x: Math.min(p.x, q.x), y: Math.min(p.y, q.y), width: Math.abs(q.x - p.x), height: Math.abs(q.y - p.y) });
+    }
+
+    function drawMarks() {
+        if (!marks) return;
+        marks.replaceChildren();
+        if (!slideLayer || !slideLayer.item) return;
+        if (regions[regionIndex]) {
+            const { x, y, width, height } = regions[regionIndex];
+            drawRect({ x, y }, { x: x + width, y: y + height }, "region");
+        }
+        if (!shape) return;
+        const [p, q] = [imageToElement(shape.a), imageToElement(shape.b)];
+        if (shape.kind === "ruler") {
+            svg("line", { class: "ruler", x1: p.x, y1: p.y, x2: q.x, y2: q.y });
+            for (const end of [p, q]) svg("circle", { class: "ruler", cx: end.x, cy: end.y, r: 3 });
+        } else {
+            drawRect(shape.a, shape.b, "area");
+        }
+        svg("text", { x: q.x + 8, y: q.y - 8 }, measurement(shape).replace(` (${NO_MPP})`, "").replace(`; ${NO_MPP}`, ""));
+    }
+
+    function setTool(name) {
+        tool = name;
+        for (const kind of ["ruler", "area"]) $(`tool-${kind}`).setAttribute("aria-pressed", String(tool === kind));
+        marks.classList.toggle("active", Boolean(tool));
+    }
+
+    function startMarks() {
+        marks = document.createElementNS(SVG, "svg");
+        marks.id = "marks";
+        marks.setAttribute("aria-hidden", "true"); // what it shows is also in #measure-result
+        viewer.element.append(marks);
+        const follow = (event, done) => {
+            if (!dragging) return;
+            dragging = !done;
+            shape.b = eventToImage(event);
+            $("measure-result").textContent = measurement(shape);
+            drawMarks();
+        };
+        marks.addEventListener("pointerdown", (event) => {
+            if (!tool || !slideLayer.item) return;
+            marks.setPointerCapture(event.pointerId);
+            const point = eventToImage(event);
+            shape = { kind: tool, a: point, b: point };
+            dragging = true;
+            drawMarks();
+        });
+        marks.addEventListener("pointermove", (event) => follow(event, false));
+        marks.addEventListener("pointerup", (event) => follow(event, true));
+        viewer.addHandler("update-viewport", drawMarks);
+        for (const kind of ["ruler", "area"]) $(`tool-${kind}`).addEventListener("click", () => setTool(tool === kind ? null : kind));
+        $("tool-clear").addEventListener("click", () => {
+            shape = null;
+            $("measure-result").textContent = "";
+            drawMarks();
+        });
+    }
+
+    // -- keyboard: arrows pan, + and - zoom, n / p top regions, ] and [ slides, m / a tools, Esc ends a tool ------
+    function pan(dx, dy) {
+        const bounds = viewer.viewport.getBounds();
+        viewer.viewport.panBy(new OpenSeadragon.Point(dx * bounds.width * PAN_STEP, dy * bounds.height * PAN_STEP));
+        viewer.viewport.applyConstraints();
+    }
+
+    function zoom(factor) {
+        viewer.viewport.zoomBy(factor);
+        viewer.viewport.applyConstraints();
+    }
+
+    function stepSlide(delta) {
+        if (slides.length < 2) return;
+        slideIndex = (slideIndex + delta + slides.length) % slides.length;
+        openSlide();
+    }
+
+    const KEYS = {
+        ArrowLeft: () => pan(-1, 0),
+        ArrowRight: () => pan(1, 0),
+        ArrowUp: () => pan(0, -1),
+        ArrowDown: () => pan(0, 1),
+        "+": () => zoom(ZOOM_STEP),
+        "=": () => zoom(ZOOM_STEP),
+        "-": () => zoom(1 / ZOOM_STEP),
+        _: () => zoom(1 / ZOOM_STEP),
+        n: () => goToRegion(regionIndex + 1),
+        p: () => goToRegion(regionIndex - 1),
+        "]": () => stepSlide(1),
+        "[": () => stepSlide(-1),
+        m: () => setTool(tool === "ruler" ? null : "ruler"),
+        a: () => setTool(tool === "area" ? null : "area"),
+        Escape: () => setTool(null),
+    };
+
+    // in the capture phase: before OpenSeadragon's own keys on its canvas, which would pan a second time
+    function onKey(event) {
+        if (event.ctrlKey || event.metaKey || event.altKey || !slideLayer || !slideLayer.item) return;
+        if (event.target instanceof Element && event.target.closest("input, textarea, select, [contenteditable]")) return;
+        const action = KEYS[event.key];
+        if (!action) return;
+        event.preventDefault();
+        event.stopPropagation();
+        action();
+    }
+
+    // -- opening a slide ---------------------------------------------------------------------------------------
+    async function openSlide() {
         try {
-            info = await api(`${base}/image`);
+            info = await api(url("image"));
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 showMessage(refusedText);
             } else {
                 const failed = error.status === 404 && error.message.includes(": send failed: ");
                 showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
-                if (!failed) setTimeout(start, POLL_MS);
+                if (!failed) setTimeout(openSlide, POLL_MS);
             }
             return;
         }
         // background chunks are not fetched: the page shows the image's fill value (white glass, dark fluorescence)
         $("slide").style.background = `rgb(${info.fill_value}, ${info.fill_value}, ${info.fill_value})`;
         showMessage("");
+        if (viewer) viewer.world.removeAll();
+        else startViewer();
+        slideLayer = new Layer(true, 1);
+        heatLayer = new Layer(false, heatOpacity());
+        [shownStates, heatVersion, regionsKey, shape] = [null, null, "", null];
+        $("measure-result").textContent = info.mpp ? "" : "This slide records no resolution: lengths in pixels only.";
+        if (!polling) {
+            polling = true;
+            poll();
+        }
+    }
+
+    function startViewer() {
         viewer = OpenSeadragon({
             element: $("slide"),
-            prefixUrl: "/static/openseadragon/images/",
+            prefixUrl: url("openseadragon-images"),
             loadTilesWithAjax: true,
             ajaxHeaders: { Authorization: `Bearer ${token}` },
             showNavigator: true,
@@ -253,17 +497,41 @@
             // PNG overlay tiles carry straight (not premultiplied) alpha: without this WebGL adds their colour
             drawerOptions: { webgl: { unpackWithPremultipliedAlpha: true } },
         });
-        slideLayer = new Layer(true, 1);
-        heatLayer = new Layer(false, heatOpacity());
         viewer.addHandler("animation", updateScaleBar);
         viewer.addHandler("resize", updateScaleBar);
+        startMarks();
+        document.addEventListener("keydown", onKey, true);
+        // for tests and automation: the viewer's own conversion between slide pixels and the page
+        window.caseView = {
+            imageToPage(x, y) {
+                const point = imageToElement({ x, y });
+                const box = viewer.element.getBoundingClientRect();
+                return { x: point.x + box.left, y: point.y + box.top };
+            },
+            imageBounds() {
+                const { x, y, width, height } = slideLayer.item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+                return { x, y, width, height };
+            },
+            settled() {
+                const { viewport } = viewer;
+                return Boolean(slideLayer.item) && viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
+            },
+        };
+    }
+
+    function start() {
+        $("case").textContent = caseId;
+        if (!token) {
+            showMessage(refusedText);
+            return;
+        }
         $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
         $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
         $("save").addEventListener("click", saveReport);
         $("save").disabled = false; // disabled in the page until now, so an early click is not silently lost
         setInterval(tick, 1000);
         loadReport();
-        poll();
+        openSlide();
     }
 
     start();
