@@ -432,3 +432,47 @@ def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -
     assert re.fullmatch(r"Length (\d+) px \(µm unavailable: the slide records no resolution\)", result.text_content())
     assert int(result.text_content().split()[1]) == pytest.approx(200, abs=2)
     assert "µm" not in page.locator("#marks text").text_content()
+
+
+def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "scored")
+    page.locator("#note").fill("another section from here")
+    page.locator("#tool-polygon").click()
+    corners = [(800, 2050), (1150, 2000), (1100, 2450)]
+    for corner in corners:
+        page.mouse.click(*on_screen(page, *corner))
+        page.wait_for_timeout(300)  # separate clicks, not a double click
+    page.keyboard.press("Enter")
+    wait_for(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
+    assert page.locator("#annotations li").text_content() == "polygon (3 points): another section from here"
+    page.locator("#note").fill("")
+    page.locator("#tool-point").click()
+    page.mouse.click(*on_screen(page, 1000, 1000))
+    wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the point in the list")
+    saved = page.evaluate("window.caseView.annotations()")
+    assert [a["kind"] for a in saved] == ["polygon", "point"] and saved[0]["text"] == "another section from here"
+    assert np.abs(np.array(saved[0]["points"]) - corners).max() < 4  # level-0 pixels: 1 screen pixel is ~4 here
+    assert np.abs(np.array(saved[1]["points"]) - [(1000, 1000)]).max() < 4
+    # drawn in image coordinates: after zooming in the polygon's corners are still where they were clicked
+    page.keyboard.press("Escape")
+    page.keyboard.press("+")
+    settle(page)
+    box = page.locator("#slide").bounding_box()
+    drawn = [tuple(map(float, xy.split(","))) for xy in page.locator("#marks polygon").get_attribute("points").split()]
+    expected = [on_screen(page, *corner) for corner in corners]
+    assert np.abs(np.array(drawn) + [box["x"], box["y"]] - expected).max() < 1.5
+    assert page.locator("#marks text").first.text_content() == "another section from here"
+
+    # the picture in the README: overlay, the top region, a ruler across it, the annotation
+    page.locator("#heat-on").check()
+    page.keyboard.press("n")
+    settle(page)
+    (region,) = scored[1]["summary"]["top_regions"]
+    page.locator("#tool-ruler").click()
+    middle = region["y"] + region["height"] * 0.3
+    drag(page, (region["x"], middle), (region["x"] + region["width"], middle))
+    page.keyboard.press("Escape")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "viewer-case.png"))

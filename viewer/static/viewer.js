@@ -48,7 +48,10 @@
     let regions = [];
     let regionIndex = -1;
     let regionsKey = "";
-    let tool = null; // "ruler" | "area" | null
+    const TOOLS = ["ruler", "area", "point", "line", "polygon"];
+    let tool = null; // one of TOOLS, or null: the mouse pans and zooms
+    let draft = null; // the annotation being drawn: { kind, points, hover }
+    const annotations = [];
     let shape = null; // the measurement on screen: { kind, a, b }, points in level-0 image pixels
     let dragging = false;
     let marks = null; // the SVG the measurement and the current region are drawn on
@@ -352,6 +355,19 @@
         svg("rect", { class: className, x: Math.min(p.x, q.x), y: Math.min(p.y, q.y), width: Math.abs(q.x - p.x), height: Math.abs(q.y - p.y) });
     }
 
+    function label(point, text) {
+        svg("text", { x: point.x + 8, y: point.y - 8 }, text);
+    }
+
+    function drawAnnotation({ kind, points, text }, className) {
+        const on = points.map(([x, y]) => imageToElement({ x, y }));
+        const list = on.map((q) => `${q.x},${q.y}`).join(" ");
+        if (kind === "point") svg("circle", { class: className, cx: on[0].x, cy: on[0].y, r: 5 });
+        else if (kind === "line") svg("line", { class: className, x1: on[0].x, y1: on[0].y, x2: on[1].x, y2: on[1].y });
+        else svg(className === "draft" ? "polyline" : "polygon", { class: className, points: list });
+        if (text) label(on[0], text);
+    }
+
     function drawMarks() {
         if (!marks) return;
         marks.replaceChildren();
@@ -360,6 +376,8 @@
             const { x, y, width, height } = regions[regionIndex];
             drawRect({ x, y }, { x: x + width, y: y + height }, "region");
         }
+        for (const annotation of annotations) drawAnnotation(annotation, "note");
+        if (draft) drawAnnotation({ ...draft, points: [...draft.points, ...(draft.hover ? [draft.hover] : [])].map(({ x, y }) => [x, y]) }, "draft");
         if (!shape) return;
         const [p, q] = [imageToElement(shape.a), imageToElement(shape.b)];
         if (shape.kind === "ruler") {
@@ -368,39 +386,107 @@
         } else {
             drawRect(shape.a, shape.b, "area");
         }
-        svg("text", { x: q.x + 8, y: q.y - 8 }, measurement(shape).replace(` (${NO_MPP})`, "").replace(`; ${NO_MPP}`, ""));
+        label(q, measurement(shape).replace(` (${NO_MPP})`, "").replace(`; ${NO_MPP}`, ""));
     }
 
     function setTool(name) {
         tool = name;
-        for (const kind of ["ruler", "area"]) $(`tool-${kind}`).setAttribute("aria-pressed", String(tool === kind));
+        draft = null;
+        for (const kind of TOOLS) $(`tool-${kind}`).setAttribute("aria-pressed", String(tool === kind));
         marks.classList.toggle("active", Boolean(tool));
+        drawMarks();
+    }
+
+    // -- annotations: point, line, polygon with a short text, in level-0 image pixels ---------------------------
+    // Where a finished annotation goes. Until it is wired to the store (with its author) it stays on this page.
+    async function saveAnnotation(annotation) {
+        annotations.push(annotation);
+        return annotation;
+    }
+
+    async function finishAnnotation({ kind, points }) {
+        draft = null;
+        const annotation = {
+            kind,
+            points: points.map(({ x, y }) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]),
+            text: $("note").value.trim(),
+            created_at: new Date().toISOString(),
+        };
+        try {
+            await saveAnnotation(annotation);
+            $("annotate-result").textContent = `${kind} added${annotation.text ? `: “${annotation.text}”` : ""}`;
+        } catch (error) {
+            $("annotate-result").textContent = `Not saved: ${error.message}`;
+        }
+        showAnnotations();
+        drawMarks();
+    }
+
+    function showAnnotations() {
+        const items = annotations.map(({ kind, points, text }) => {
+            const item = document.createElement("li");
+            item.textContent = `${kind}${kind === "polygon" ? ` (${points.length} points)` : ""}${text ? `: ${text}` : ""}`;
+            return item;
+        });
+        $("annotations").replaceChildren(...items);
+    }
+
+    function closePolygon() {
+        if (!draft || draft.kind !== "polygon" || draft.points.length < 3) return false;
+        finishAnnotation(draft);
+        return true;
     }
 
     function startMarks() {
         marks = document.createElementNS(SVG, "svg");
         marks.id = "marks";
-        marks.setAttribute("aria-hidden", "true"); // what it shows is also in #measure-result
+        marks.setAttribute("aria-hidden", "true"); // what it shows is also in #measure-result and #annotations
         viewer.element.append(marks);
         const follow = (event, done) => {
             if (!dragging) return;
             dragging = !done;
-            shape.b = eventToImage(event);
-            $("measure-result").textContent = measurement(shape);
+            const point = eventToImage(event);
+            if (draft) {
+                draft.points[1] = point;
+                if (done && (point.x !== draft.points[0].x || point.y !== draft.points[0].y)) finishAnnotation(draft);
+            } else {
+                shape.b = point;
+                $("measure-result").textContent = measurement(shape);
+            }
             drawMarks();
         };
         marks.addEventListener("pointerdown", (event) => {
             if (!tool || !slideLayer.item) return;
-            marks.setPointerCapture(event.pointerId);
             const point = eventToImage(event);
-            shape = { kind: tool, a: point, b: point };
-            dragging = true;
+            if (tool === "point") {
+                finishAnnotation({ kind: "point", points: [point] });
+            } else if (tool === "polygon") {
+                const first = draft && imageToElement(draft.points[0]);
+                const box = viewer.element.getBoundingClientRect();
+                const closes = first && Math.hypot(first.x - (event.clientX - box.left), first.y - (event.clientY - box.top)) < 10;
+                if (!(closes && closePolygon())) {
+                    if (draft) draft.points.push(point);
+                    else draft = { kind: "polygon", points: [point], hover: point };
+                }
+            } else {
+                marks.setPointerCapture(event.pointerId);
+                dragging = true;
+                if (tool === "line") draft = { kind: "line", points: [point, point] };
+                else shape = { kind: tool, a: point, b: point };
+            }
             drawMarks();
         });
-        marks.addEventListener("pointermove", (event) => follow(event, false));
+        marks.addEventListener("pointermove", (event) => {
+            if (draft && draft.kind === "polygon") {
+                draft.hover = eventToImage(event);
+                drawMarks();
+            } else {
+                follow(event, false);
+            }
+        });
         marks.addEventListener("pointerup", (event) => follow(event, true));
         viewer.addHandler("update-viewport", drawMarks);
-        for (const kind of ["ruler", "area"]) $(`tool-${kind}`).addEventListener("click", () => setTool(tool === kind ? null : kind));
+        for (const kind of TOOLS) $(`tool-${kind}`).addEventListener("click", () => setTool(tool === kind ? null : kind));
         $("tool-clear").addEventListener("click", () => {
             shape = null;
             $("measure-result").textContent = "";
@@ -408,7 +494,7 @@
         });
     }
 
-    // -- keyboard: arrows pan, + and - zoom, n / p top regions, ] and [ slides, m / a tools, Esc ends a tool ------
+    // -- keyboard: arrows pan, +/- zoom, n/p top regions, ]/[ slides, m/a tools, Enter closes a polygon, Esc ends a tool
     function pan(dx, dy) {
         const bounds = viewer.viewport.getBounds();
         viewer.viewport.panBy(new OpenSeadragon.Point(dx * bounds.width * PAN_STEP, dy * bounds.height * PAN_STEP));
@@ -441,18 +527,27 @@
         "[": () => stepSlide(-1),
         m: () => setTool(tool === "ruler" ? null : "ruler"),
         a: () => setTool(tool === "area" ? null : "area"),
+        Enter: closePolygon,
         Escape: () => setTool(null),
     };
+
+    // Keys a focused control needs for itself: text entry takes every key, a slider its arrows; a ticked checkbox
+    // or a clicked button takes none of ours, so the keys keep working after using the side panel.
+    function ownsKey(target, key) {
+        if (!(target instanceof Element)) return false;
+        if (target.closest("textarea, select, [contenteditable]")) return true;
+        if (!(target instanceof HTMLInputElement)) return false;
+        return target.type === "range" ? key.startsWith("Arrow") : !["checkbox", "radio", "button"].includes(target.type);
+    }
 
     // in the capture phase: before OpenSeadragon's own keys on its canvas, which would pan a second time
     function onKey(event) {
         if (event.ctrlKey || event.metaKey || event.altKey || !slideLayer || !slideLayer.item) return;
-        if (event.target instanceof Element && event.target.closest("input, textarea, select, [contenteditable]")) return;
+        if (ownsKey(event.target, event.key)) return;
         const action = KEYS[event.key];
-        if (!action) return;
+        if (!action || action() === false) return; // false: not for us (Enter on a button stays the button's)
         event.preventDefault();
         event.stopPropagation();
-        action();
     }
 
     // -- opening a slide ---------------------------------------------------------------------------------------
@@ -512,6 +607,7 @@
                 const { x, y, width, height } = slideLayer.item.viewportToImageRectangle(viewer.viewport.getBounds(true));
                 return { x, y, width, height };
             },
+            annotations: () => annotations,
             settled() {
                 const { viewport } = viewer;
                 return Boolean(slideLayer.item) && viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
