@@ -24,11 +24,11 @@ from PIL import Image
 from slides import open_slide
 from tiling import PieceKind
 from viewer import WORKLIST
+from viewer.heatmap import LUT
 
 from conftest import REPO, S3Server, sample
 from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
 from test_viewer_tools import CELL, inference_heatmap
-from viewer.heatmap import LUT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
