@@ -65,7 +65,7 @@ class Heatmap:
     origin: tuple[float, float]  # (y, x) level-0 position of the map's top-left corner
     version: str
     stage: str | None  # what produced the map: edge, hub, analyze (transfer.target), None when not recorded
-    complete: bool
+    complete: bool | None  # None: not recorded (then nothing is marked as still being scored)
     tiles_scored: int | None
     tissue_tiles: int | None
 
@@ -109,7 +109,7 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: 
     translation = _last_two(transforms, "translation", (0.0, 0.0))
     cell = (scale[0] / image.scale[0], scale[1] / image.scale[1])
     origin = (translation[0] / image.scale[0], translation[1] / image.scale[1])
-    about = group.attrs.get("slidestream", {}).get("heatmap", {}) if isinstance(group.attrs.get("slidestream"), dict) else {}
+    about = _about(group.attrs)
     complete = about.get("complete") if isinstance(about.get("complete"), bool) else None
     pending = np.zeros(rgba.shape[:2], bool)
     if complete is False:  # a partial map: tissue without a score is still being scored
@@ -119,6 +119,13 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: 
     stage = about.get("stage") if isinstance(about.get("stage"), str) else None
     counts = [about.get(name) if isinstance(about.get(name), int) else None for name in ("tiles_scored", "tissue_tiles")]
     return Heatmap(rgba, pending, cell, origin, version, stage, complete, *counts)
+
+
+def _about(attributes: dict[str, Any]) -> dict[str, Any]:
+    """inference's own description of the map (stage, complete, counts); empty where absent or malformed."""
+    ours = attributes.get("slidestream")
+    about = ours.get("heatmap") if isinstance(ours, dict) else None
+    return about if isinstance(about, dict) else {}
 
 
 async def _exact_scores(group: zarr.AsyncGroup, shape: tuple[int, ...]) -> np.ndarray | None:
