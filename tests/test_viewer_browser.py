@@ -349,7 +349,7 @@ def test_next_top_region_and_the_keys_move_the_view(page, scored) -> None:  # ty
     assert not shows_region(home)
     page.keyboard.press("n")
     at_region = settle(page)
-    assert shows_region(at_region)
+    assert shows_region(at_region) and page.locator("#regions button").get_attribute("aria-current") == "true"
 
     page.keyboard.press("-")
     zoomed_out = settle(page)
@@ -476,3 +476,13 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "viewer-case.png"))
+
+
+def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "scored")
+    wait_for(page, page.locator("#regions-box").is_visible, "the top regions")
+    unnamed = page.evaluate("""[...document.querySelectorAll("aside button, aside input, aside textarea")]
+        .filter((el) => !(el.getAttribute("aria-label") || (el.labels && el.labels.length) || el.textContent.trim()))
+        .map((el) => el.outerHTML)""")
+    assert unnamed == []

@@ -308,7 +308,10 @@
         const { x, y, width, height } = regions[regionIndex];
         const [mx, my] = [width * REGION_MARGIN, height * REGION_MARGIN];
         viewer.viewport.fitBoundsWithConstraints(item.imageToViewportRectangle(x - mx, y - my, width + 2 * mx, height + 2 * my));
-        [...$("regions").children].forEach((li, i) => li.firstChild.toggleAttribute("aria-current", i === regionIndex));
+        [...$("regions").querySelectorAll("button")].forEach((button, i) => {
+            if (i === regionIndex) button.setAttribute("aria-current", "true");
+            else button.removeAttribute("aria-current");
+        });
         drawMarks();
     }
 
