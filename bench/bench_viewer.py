@@ -36,6 +36,8 @@ import boto3
 import httpx
 import numpy as np
 
+from transfer.target import SlideRef
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 CASE = "bench"
@@ -135,18 +137,18 @@ def manifest(pieces: list) -> bytes:  # type: ignore[type-arg]
 
 def write_local(root: Path, pieces: list) -> None:  # type: ignore[type-arg]
     for piece in pieces:
-        path = root / CASE / "image.zarr" / piece.key
+        path = root / SlideRef(CASE).root / "image.zarr" / piece.key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(piece.data)
-    (root / CASE / "manifest.json").write_bytes(manifest(pieces))
+    (root / SlideRef(CASE).root / "manifest.json").write_bytes(manifest(pieces))
 
 
 def upload(endpoint: str, bucket: str, pieces: list) -> None:  # type: ignore[type-arg]
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket=bucket)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: client.put_object(Bucket=bucket, Key=f"cases/{CASE}/image.zarr/{p.key}", Body=p.data), pieces))
-    client.put_object(Bucket=bucket, Key=f"cases/{CASE}/manifest.json", Body=manifest(pieces))
+        list(pool.map(lambda p: client.put_object(Bucket=bucket, Key=f"cases/{SlideRef(CASE).root}/image.zarr/{p.key}", Body=p.data), pieces))
+    client.put_object(Bucket=bucket, Key=f"cases/{SlideRef(CASE).root}/manifest.json", Body=manifest(pieces))
 
 
 # -- measuring -------------------------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def main() -> None:
 
         token = Tokens(SECRET).issue(case_scope(CASE), timedelta(hours=2))
         serve = [sys.executable, "-m", "slidestream", "serve", "--secret-file", str(work / "secret")]
-        api, auth = f"/api/cases/{CASE}", f"Bearer {token}"
+        api, auth = f"/api/cases/{SlideRef(CASE).root}", f"Bearer {token}"  # .../CASE/slides/s1/v1 + /tiles/...
         commands = {
             "slidestream-s3": (serve + ["--store", f"s3://{bucket}/cases", "--endpoint-url", endpoint], api, auth),
             "slidestream-local": (serve + ["--store", str(work / "store")], api, auth),

@@ -11,6 +11,11 @@ bench/make_large_slide.py), in one run per link:
                readable: one run measures a ~1 s first view to +-0.3 s on a 2-core machine shared with the server.
   watch        (with --watch) a `slidestream watch` already running, as on a technician's station: timed from the
                moment the slide is complete in its hot folder (renamed from a temporary name, as scanners finish).
+  hub          (with --hub) `send --edge` while a `slidestream hub` runs on the same prefix (here on the same two
+               cores as the send and the server; a centre runs it on its own machine): when the hub's first
+               full-magnification map is readable, when it covers the hottest region of the edge map (every tile
+               of the edge's top region that the edge scored, measured by the hub), and when it covers all tissue
+               (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
 notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
 bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
@@ -73,13 +78,29 @@ def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
             "bytes_sent": slide.stat().st_size, "mbit_s": slide.stat().st_size * 8 / seconds / 1e6, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
 
 
-def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str, Any], stop: threading.Event, edge: bool) -> None:
+def slide_root(bucket: str, case: str) -> str:
+    """The key prefix of the case's first slide, first version: what one send of it writes."""
+    from transfer.target import Destination
+
+    return Destination(None, bucket, "cases", case).root
+
+
+def poll(endpoint: str, bucket: str, case: str | None, started: float, found: dict[str, Any], stop: threading.Event, edge: bool) -> None:
+    """Milestones as the server shows them; `case` None: the first case the `_arrivals/` index names (a watch)."""
     client = s3(endpoint)
     found["timeline"] = [(0.0, 0)]
+    while case is None and not stop.is_set():
+        from transfer.target import SlideRef
+
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="cases/_arrivals/").get("Contents", [])
+        ref = SlideRef.from_arrival(listed[0]["Key"]) if listed else None
+        case = ref.case if ref else None
+        time.sleep(0.02)
+    root = slide_root(bucket, case or "")
     while not stop.is_set():
         now = time.monotonic() - started
         try:
-            manifest = json.loads(client.get_object(Bucket=bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+            manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{root}manifest.json")["Body"].read())
         except client.exceptions.NoSuchKey:
             manifest = None
         if manifest:
@@ -91,7 +112,7 @@ def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str,
                     found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
         if "heatmap" not in found and edge and "overview" in found:  # edge triage starts after the overview
             try:
-                client.head_object(Bucket=bucket, Key=f"cases/{case}/triage.json")
+                client.head_object(Bucket=bucket, Key=f"{root}triage.json")
                 found["heatmap"] = now
                 found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
             except client.exceptions.ClientError:
@@ -99,11 +120,62 @@ def poll(endpoint: str, bucket: str, case: str, started: float, found: dict[str,
         time.sleep(0.25 if "overview" in found else 0.02)  # each look costs ~3 ms of CPU, which the send shares
 
 
-def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True, overview_only: bool = False) -> dict[str, Any]:
-    """One `slidestream send` from the launch of the command; `overview_only` stops it (Ctrl-C) at the first view."""
+def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
+    """Note when the hub's map is first readable, when it covers the edge map's hottest region, and when all tissue."""
+    import numpy as np
+    import zarr
+
+    from inference.store import Location
+
+    client = s3(endpoint)
+    heatmap = Location(f"s3://{bucket}/{root}heatmap.zarr", endpoint)
+    hot: Any = None  # tiles of the edge's top region that the edge scored
+    last = None
+    while not stop.is_set() and "hub_complete" not in found:
+        try:
+            answer = client.get_object(Bucket=bucket, Key=f"{root}triage.json")
+            tag, triage = answer["ETag"], json.loads(answer["Body"].read())
+        except client.exceptions.NoSuchKey:
+            tag, triage = None, {}
+        if tag != last and triage:
+            last = tag
+            try:
+                state = np.asarray(zarr.open_group(heatmap.zarr_store(), mode="r")["tile_state"][:])
+            except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+                state = None
+            now = time.monotonic() - started
+            regions = triage.get("summary", {}).get("top_regions") or []
+            if triage.get("stage") == "edge" and hot is None and regions and state is not None:
+                tile = triage["summary"]["tile_level0_px"]
+                box = regions[0]
+                mask = np.zeros(state.shape[1:], bool)
+                mask[int(box["y"] // tile): int(-(-(box["y"] + box["height"]) // tile)), int(box["x"] // tile): int(-(-(box["x"] + box["width"]) // tile))] = True
+                hot = mask & ~np.isnan(state[0])
+            if triage.get("stage") == "hub":
+                found.setdefault("hub_first", now)
+                if hot is not None and state is not None and "hub_hot" not in found and bool((state[3][hot] == 1).all()):
+                    found["hub_hot"] = now
+                if triage.get("complete"):
+                    found["hub_complete"] = now
+                found["hub_tiles"] = triage.get("summary", {}).get("tiles_scored")
+                found["hub_tissue_tiles"] = triage.get("summary", {}).get("tissue_tiles")
+        time.sleep(0.5)
+
+
+def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True, overview_only: bool = False,
+                hub_wait: float | None = None) -> dict[str, Any]:
+    """One `slidestream send` from the launch of the command; `overview_only` stops it (Ctrl-C) at the first view.
+    With `hub_wait`, a `slidestream hub` runs on the prefix from before the send until its map covers all tissue or
+    `hub_wait` seconds have passed since the send ended."""
     case = f"frozen-{uuid.uuid4().hex[:8]}"
     found: dict[str, Any] = {}
     stop = threading.Event()
+    hub = None
+    if hub_wait is not None:
+        hub = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", f"s3://{bucket}/cases", "--endpoint-url", endpoint,
+                                "--poll", "0.5"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert hub.stderr is not None
+        hub.stderr.readline()  # "hub ... watching": torch and the model are loaded
     with tempfile.TemporaryDirectory() as state:
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/cases", "--endpoint-url", via,
                    "--case", case, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
@@ -111,6 +183,10 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge), daemon=True)
         poller.start()
+        hub_stop = threading.Event()
+        if hub is not None:
+            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, slide_root(bucket, case), started, found, hub_stop), daemon=True)
+            watcher.start()
         if overview_only:
             while "overview" not in found and process.poll() is None and time.monotonic() - started < 60:
                 time.sleep(0.01)
@@ -120,6 +196,14 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         time.sleep(0.5)
         stop.set()
         poller.join()
+        if hub is not None:
+            until = time.monotonic() + (hub_wait or 0.0)
+            while "hub_complete" not in found and time.monotonic() < until and hub.poll() is None:
+                time.sleep(1)
+            hub_stop.set()
+            watcher.join()
+            hub.terminate()
+            hub.wait(30)
     if overview_only:
         if "overview" not in found:
             raise SystemExit(f"slidestream send showed no overview in 60 s: {stderr.strip()[-2000:]}")
@@ -147,9 +231,6 @@ def watched(slide: Path, endpoint: str, via: str, bucket: str, timeout: float) -
     """A technician's station: `slidestream watch` (edge triage on, its default) already runs when the scanner
     finishes. The slide is staged in the hot folder under a temporary name, which watch ignores, and the clock starts
     when it is renamed to its own name: the moment a scanner that writes `.part` files completes one."""
-    from transfer import case_id_for
-
-    case = case_id_for(slide)
     found: dict[str, Any] = {}
     stop = threading.Event()
     with tempfile.TemporaryDirectory(dir=slide.parent) as folder, tempfile.TemporaryDirectory() as state:
@@ -166,7 +247,7 @@ def watched(slide: Path, endpoint: str, via: str, bucket: str, timeout: float) -
         time.sleep(2)  # and it has looked at the folder a few times
         started = time.monotonic()
         staged.rename(hot / slide.name)
-        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, True), daemon=True)
+        poller = threading.Thread(target=poll, args=(endpoint, bucket, None, started, found, stop, True), daemon=True)  # watch names the case
         poller.start()
         while "complete" not in found and time.monotonic() - started < timeout and process.poll() is None:
             time.sleep(0.25)
@@ -214,6 +295,8 @@ def main() -> None:
     parser.add_argument("--plain-send", action="store_true", help="also time `slidestream send` without edge triage (the transfer alone)")
     parser.add_argument("--first-views", type=int, default=5, metavar="N", help="cold `send --edge` starts stopped at the overview, for its median (default 5; 0: none)")
     parser.add_argument("--watch", action="store_true", help="also time a running `slidestream watch`, from the moment the slide is complete in its hot folder")
+    parser.add_argument("--hub", action="store_true", help="also time `send --edge` with a `slidestream hub` running: its first map, the hottest region, all tissue")
+    parser.add_argument("--hub-wait", type=float, default=600.0, metavar="S", help="seconds after the send to wait for the hub's map of all tissue (default 600)")
     args = parser.parse_args()
     if not args.slide.exists():
         raise SystemExit(f"{args.slide}: missing (python bench/make_large_slide.py)")
@@ -246,6 +329,9 @@ def main() -> None:
                 if args.watch:
                     print(f"{profile}: slidestream watch (running before the slide is complete) ...", file=sys.stderr, flush=True)
                     runs["watch"] = watched(args.slide, endpoint, link.endpoint_url, bucket, timeout=3 * runs["baseline"]["complete"])
+                if args.hub:
+                    print(f"{profile}: slidestream send --edge with a hub running ...", file=sys.stderr, flush=True)
+                    runs["hub"] = slidestream(args.slide, endpoint, link.endpoint_url, bucket, hub_wait=args.hub_wait)
             empty_bucket(endpoint, bucket)
             time.sleep(SETTLE)
             result = {"link": profile, "link_up_mbit": PROFILES[profile].up_mbit, "link_tcp_mbit": capacity, "slide": args.slide.name,
@@ -283,7 +369,7 @@ def print_row(result: dict[str, Any]) -> None:
           f"{result['link_tcp_mbit']:.1f} Mbit/s for one bulk TCP stream):")  # fmt: skip
     print(f"  {'':12s} {'overview':>10s} {'heatmap':>10s} {'full-res tissue':>16s} {'complete':>10s} {'bytes sent':>12s} {'/source':>7s} "
           f"{'Mbit/s':>8s} {'of nominal':>10s} {'of TCP':>7s}")  # fmt: skip
-    for name in ("baseline", "send", "slidestream", "watch"):
+    for name in ("baseline", "send", "slidestream", "watch", "hub"):
         if name not in result:
             continue
         run = result[name]
@@ -293,6 +379,14 @@ def print_row(result: dict[str, Any]) -> None:
               f"{run['link_use_of_tcp_capacity']:7.1%}")  # fmt: skip
     print(f"  overview at {targets['overview_share_of_baseline']:.2%} of the baseline (target <= 1%), heatmap at "
           f"{targets['heatmap_share_of_baseline']:.1%} (<= 25%), full-resolution tissue at {targets['full_resolution_share_of_baseline']:.1%} (<= 100%)")  # fmt: skip
+    if "hub" in result:
+        hub, full = result["hub"], result["baseline"]["complete"]
+
+        def share(name: str) -> str:
+            return "-" if hub.get(name) is None else f"{hub[name]:.1f} s ({hub[name] / full:.1%} of the baseline)"
+
+        print(f"  hub: first full-magnification map {share('hub_first')}; the edge map's hottest region {share('hub_hot')}; "
+              f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end)")  # fmt: skip
     if "first_views" in result:
         first = result["first_views"]
         print(f"  {len(first['seconds'])} cold starts of send --edge: overview after {first['median']:.2f} s median ({first['min']:.2f}-{first['max']:.2f} s), "

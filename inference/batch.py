@@ -16,7 +16,7 @@ from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
-from transfer.target import IMAGE, MANIFEST, TRIAGE, case_id_for, is_final
+from transfer.target import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, case_id_for, is_final, version_number
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -24,37 +24,41 @@ COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_abov
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to analyse: a slide file, or a case folder (`{case}/image.zarr`, local or on S3)."""
+    """One thing to analyse: a slide file, or a slide version of a case (`{case}/slides/{slide}/{version}`, local
+    or on S3)."""
 
     label: str  # as the user named it (or as found under a prefix): the report's `slide` column, never on a store
-    case: str  # results go to OUT/{case}; a slide file's pseudonymous case ID, never its name
+    case: str  # results go to OUT/{case}; a slide version's {case}/slides/{slide}/{version}; a slide file's case ID
     slide: str | None = None
     location: Location | None = None
     problem: str | None = None  # set when the input itself is unusable
 
 
 def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None = None) -> list[Item]:
-    """Items for slide files, case folders and folders or s3:// prefixes holding cases, in the order given.
+    """Items for slide files, slide versions, case folders and folders or s3:// prefixes holding cases, in order.
 
-    A local folder without cases is taken as a slide (a DICOM series); a slide is named by the case ID `send` gives
-    it (`case_id_for`: from its content, as scanner file names hold accession numbers and patient names). A case is a
-    folder with an image or a send manifest (a failed send leaves only its manifest: its row says why). Case names
-    are made unique with a suffix.
+    A case folder gives each of its slides at its newest version (a rescan supersedes the scan before it). A local
+    folder without cases is taken as a slide (a DICOM series); a slide is named by the case ID `send` gives it
+    (`case_id_for`: from its content, as scanner file names hold accession numbers and patient names). A slide
+    version is a folder with an image or a send manifest (a failed send leaves only its manifest: its row says why).
+    Names are made unique with a suffix.
     """
     items: list[Item] = []
     for entry in inputs:
         text = str(entry)
         if text.startswith("s3://") or Path(text).is_dir():
             location = Location.parse(text, endpoint_url)
-            if _is_case(location):
-                items.append(Item(text, location.name, location=location))
+            if _is_slide_version(location):
+                items.append(Item(text, _relative_name(location), location=location))
                 continue
-            cases = [sub for sub in location.subfolders() if _is_case(sub)]
-            if cases:
-                items += [Item(case.url, case.name, location=case) for case in cases]
+            found = newest_versions(location) or [  # a case folder, else a prefix of cases
+                version for case in location.subfolders() if CASE_PATTERN.fullmatch(case.name) for version in newest_versions(case)
+            ]
+            if found:
+                items += [Item(version.url, _relative_name(version), location=version) for version in found]
                 continue
             if location.is_s3:
-                items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (*/image.zarr) here"))
+                items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (*/slides/*/*/image.zarr) here"))
                 continue
         items.append(_slide_item(text))
     seen: dict[str, int] = {}
@@ -82,8 +86,25 @@ def _slide_item(text: str) -> Item:
         return Item(text, "", slide=text, problem=f"{text}: cannot read it: {error.strerror or error}")
 
 
-def _is_case(location: Location) -> bool:
+def newest_versions(case: Location) -> list[Location]:
+    """Each slide of a case folder at its newest version, in slide order."""
+    newest = []
+    for slide in case.child(SLIDES).subfolders():
+        versions = [version for version in slide.subfolders() if VERSION_PATTERN.fullmatch(version.name)]
+        if versions:
+            newest.append(max(versions, key=lambda version: version_number(version.name)))
+    return newest
+
+
+def _relative_name(version: Location) -> str:
+    """{case}/slides/{slide}/{version} of a slide version's location (results mirror the layout under --out)."""
+    parts = version.url.rstrip("/").split("/")
+    return "/".join(parts[-4:]) if len(parts) >= 4 and parts[-3] == SLIDES else version.name
+
+
+def _is_slide_version(location: Location) -> bool:
     return location.exists(f"{IMAGE}/zarr.json") or location.exists(MANIFEST)
+
 
 
 def analyze_batch(inputs: Sequence[str | os.PathLike[str]], report: str | os.PathLike[str], out: str | None = None,

@@ -27,7 +27,7 @@ from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
-from transfer.target import ANALYZE, HEATMAP, IMAGE, MANIFEST, TRIAGE
+from transfer.target import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST, TRIAGE
 from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
@@ -127,13 +127,15 @@ def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Lo
 
 def analyze_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
                  heatmap: Heatmap | None = None, runner: Runner | None = None, on_progress: Progress | None = None,
-                 endpoint_url: str | None = None) -> Heatmap:
-    """One pass over a case (`{case}/image.zarr`, `{case}/manifest.json`): score what has arrived, write results.
+                 endpoint_url: str | None = None, limit: int | None = None, priority: np.ndarray | None = None) -> Heatmap:
+    """One pass over a slide version (`image.zarr`, `manifest.json`): score what has arrived, write results.
 
     Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
     shard its pixels come from has arrived (or is not planned at all: background). A case without a manifest is
     taken as complete; one whose send failed raises `CaseFailedError` with the reason. Coarse mode applies only to a
-    complete case's first pass. Results go to `out` (default: the case itself, where the viewer looks).
+    complete case's first pass. `limit` scores at most that many tiles this pass, those of highest `priority` (a
+    score per tile of the heatmap's grid, e.g. `edge_priority`) first. Results go to `out` (default: the case
+    itself, where the viewer looks).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
     manifest = case.read_json(MANIFEST)
@@ -149,8 +151,11 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     ready = ready_tiles(source, heatmap.grid, level, manifest)
     finished = state == COMPLETE
     coarse = options.coarse and finished and not heatmap.measured.any()
+    todo = heatmap.tissue & ~heatmap.measured & ready
+    if limit is not None and todo.sum() > limit:
+        todo = _first(todo, priority, limit)
     with _runner(runner, options) as run:
-        _score(heatmap, ref, source, run, options, heatmap.tissue & ~heatmap.measured & ready, coarse, on_progress)
+        _score(heatmap, ref, source, run, options, todo, coarse, on_progress)
     heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
     write_results(heatmap, target, options.threshold, source.mpp)
@@ -167,6 +172,26 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
         return None
     heatmap = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
     return heatmap if load_tile_state(heatmap, case.child(HEATMAP)) else None
+
+
+def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
+    """The edge triage's scores (its coarse map, published beside the image before the hub's first pass) on the
+    grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none."""
+    triage = case.read_json(TRIAGE)
+    if not triage or triage.get("stage") != EDGE or not case.exists(f"{IMAGE}/zarr.json"):
+        return None
+    edge = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
+    return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, case.child(HEATMAP)) else None
+
+
+def _first(todo: np.ndarray, priority: np.ndarray | None, limit: int) -> np.ndarray:
+    """The `limit` tiles of `todo` of highest priority (in grid order among equals, and without a priority)."""
+    tiles = np.argwhere(todo)
+    if priority is not None and priority.shape == todo.shape:
+        tiles = tiles[np.argsort(-priority[tuple(tiles.T)], kind="stable")]
+    chosen = np.zeros_like(todo)
+    chosen[tuple(tiles[:limit].T)] = True
+    return chosen
 
 
 def check_not_failed(case: Location, manifest: dict[str, Any] | None) -> str:

@@ -23,7 +23,7 @@ from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.tissue import MASK_SIDE
-from transfer.target import IMAGE
+from transfer.target import IMAGE, SLIDES
 
 
 class Source(Protocol):
@@ -75,7 +75,7 @@ class ZarrSource:
             raise InferenceError(f"{location.url}: not an OME-Zarr image ({type(error).__name__}: {error})") from None
         scales = [_xy_scale(d) for d in datasets]
         self.location = location
-        self.name = location.url.rsplit("/", 2)[-2] if location.url.endswith(IMAGE) else location.name
+        self.name = _image_name(location.url)
         self.dimensions = (self.arrays[0].shape[2], self.arrays[0].shape[1])
         self.downsamples = [s / scales[0] for s in scales]
         mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")
@@ -180,3 +180,13 @@ def read_tiles(source: Source, tile: float, level: int, size: int, tiles: np.nda
             else:
                 out[k] = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX, box=box))
     return out
+
+
+def _image_name(url: str) -> str:
+    """What results call an image: {case}/{slide}/{version} in the case layout, else its folder's name."""
+    parts = url.rstrip("/").split("/")
+    if parts[-1] != IMAGE:
+        return parts[-1]
+    if len(parts) >= 5 and parts[-4] == SLIDES:
+        return "/".join((parts[-5], parts[-3], parts[-2]))
+    return parts[-2]

@@ -140,6 +140,21 @@ class Location:
             raise InferenceError(f"{self.url}: cannot list: {_first_line(error)}") from None
         return [self.child(name) for name in sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing["common_prefixes"])]
 
+    def keys(self, folder: str, start_after: str | None = None) -> list[str]:
+        """Keys below `folder` (relative to this location, sorted), after `start_after` when given: a paged LIST
+        without delimiter on S3 (the `_arrivals/` index of the case layout is read this way)."""
+        if not self.is_s3:
+            root = Path(self._key(folder))
+            found = sorted(f"{folder}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+            return [key for key in found if start_after is None or key > start_after]
+        base = self._key("")
+        prefix = f"{base}/" if base else ""
+        try:
+            pages = obstore.list(self._bucket_store(), prefix + folder + "/", offset=prefix + start_after if start_after else None)
+            return [entry["path"][len(prefix):] for page in pages for entry in page]
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise InferenceError(f"{self.url}/{folder}: cannot list: {_first_line(error)}") from None
+
     def zarr_store(self, read_only: bool = True) -> Store:
         """A zarr store rooted here, for zarr.open_group / zarr.create_array."""
         if not self.is_s3:

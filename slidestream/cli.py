@@ -14,12 +14,15 @@ import typer
 from rich.console import Console
 
 from slidestream.analyze import analyze
+from slidestream.audit import audit
 from slidestream.config import ENV_PREFIX, options_of
 from slidestream.demo import demo
 from slidestream.export import export_dicom
 from slidestream.hub import hub
 from slidestream.send import resume, send
 from slidestream.serve import serve
+from slidestream.status import status
+from slidestream.users import users
 from slidestream.watch import watch
 
 app = typer.Typer(
@@ -140,8 +143,9 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, serve, analyze, demo, export_dicom, hub):
+for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, hub, audit):
     app.command()(command)
+app.add_typer(users, name="users")
 
 
 DEBUG_ENV = "SLIDESTREAM_DEBUG"

@@ -1,21 +1,28 @@
-"""`slidestream demo`: the whole chain on one machine with nothing configured.
+"""`slidestream demo`: the whole chain on one machine with nothing configured, live.
 
-A sample slide is de-identified, triaged at the edge (coarse heatmap first, steering the send order), streamed to a
-local S3-compatible server while it converts, and opened in the viewer. The store is moto's S3 server started
-in-process on 127.0.0.1 (no setup, no root; `pip install -e '.[demo]'`); everything the demo writes lives in a
+A local S3-compatible server, the viewer and the hub start first and the viewer link is printed at once; then a
+sample slide is de-identified, triaged at the edge (coarse heatmap first, steering the send order) and streamed to
+the store while it converts, and the hub scores it at full magnification as it arrives. The pathologist can look
+from the first second; the demo prints each milestone when the store shows it (what a reader sees, not what the
+sender believes). The store is moto's S3 server started in-process on 127.0.0.1 (no setup, no root;
+`pip install -e '.[demo]'`); the hub is `slidestream hub` in a child process; everything the demo writes lives in a
 temporary folder and disappears when it stops.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +31,15 @@ from slidestream.serve import DEFAULT_PORT
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
+STORE = f"s3://{BUCKET}/demo"
+MILESTONES = (  # (name, line): in the order a pathologist meets them
+    ("overview", "overview readable (the whole slide at low power)"),
+    ("edge", "edge triage map readable (coarse, from the hospital)"),
+    ("hub", "hub map readable (full magnification, still growing)"),
+    ("full_resolution", "all tissue at full resolution"),
+    ("complete", "send complete"),
+    ("hub_complete", "hub map complete (every tissue tile at full magnification)"),
+)
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -31,31 +47,28 @@ stdout = Console(highlight=False, soft_wrap=True)
 def demo(
     slide: Annotated[Path | None, typer.Option(help="Slide to demonstrate with (default: the CMU-1-Small-Region sample beside the repo).")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Viewer port (0: any free port).")] = DEFAULT_PORT,
-    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Check the viewer answers, then stop (non-interactive).")] = False,
+    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Stop once the hub's map is complete (non-interactive).")] = False,
 ) -> None:
-    """Run the whole chain locally: edge triage, streaming send to S3, and the viewer; Ctrl-C stops it."""
+    """Run the whole chain locally, live: viewer and hub first, then the streaming send; Ctrl-C stops it."""
     from slidestream.errors import DemoError
 
     slide = slide or SAMPLE
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        from slidestream.send import run_send, send_arguments
-
-        started = time.monotonic()
-        args = send_arguments(slide, f"s3://{BUCKET}/demo", endpoint, deadline=60.0, edge=True)
-        result = run_send(args, Path(work) / "state")
-        store = f"s3://{BUCKET}/demo"
-        server, origin, link = _start_viewer(store, endpoint, port, result.case)
+        case = secrets.token_hex(8)  # a new specimen: its ID is known before its first byte, so is its link
+        server, origin, link = _start_viewer(STORE, endpoint, port, case)
+        hub = _start_hub(endpoint, Path(work) / "hub.log")
         try:
-            milestones = result.milestones
-            stdout.print(f"case {result.case}: {result.bytes_sent / 1e6:.1f} MB in {result.objects} objects to {result.url} (moto S3 at {endpoint})")
-            for name, label in (("overview", "overview readable"), ("heatmap", "triage heatmap readable"), ("tissue_full_resolution", "all tissue at full resolution")):
-                value = milestones.get(name)
-                stdout.print(f"  {label:32s} {'-' if value is None else f'{value:6.1f} s'}")
-            stdout.print(f"  {'whole demo until viewer ready':32s} {time.monotonic() - started:6.1f} s")
-            stdout.print(f"viewer: {origin}{link}")
             _check(origin)
+            stdout.print(f"viewer: {origin}{link}  (open it now: the slide appears as it arrives)")
+            stdout.print(f"store: moto S3 at {endpoint}; hub log: {Path(work) / 'hub.log'}")
+            sending = threading.Thread(target=_send, args=(slide, endpoint, case, Path(work) / "state"), daemon=True, name="send")
+            sending.start()
+            seen = _follow(endpoint, case, started, sending, hub)
+            if "hub_complete" not in seen:
+                raise DemoError(f"the hub stopped before its map was complete (see {Path(work) / 'hub.log'})")
             if exit_when_ready:
                 return
             stdout.print("Ctrl-C stops the demo.")
@@ -64,7 +77,60 @@ def demo(
         except KeyboardInterrupt:
             stdout.print("stopping")
         finally:
+            hub.terminate()
+            hub.wait(10)
             _stop_viewer(server)
+
+
+def _send(slide: Path, endpoint: str, case: str, state: Path) -> None:
+    """The hospital's side: `slidestream send --edge` of the slide (its own progress lines go to stderr)."""
+    from slidestream.send import run_send, send_arguments
+
+    run_send(send_arguments(slide, STORE, endpoint, case=case, deadline=60.0, edge=True), state)
+
+
+def _start_hub(endpoint: str, log: Path) -> subprocess.Popen[bytes]:
+    """The pathology centre's side: `slidestream hub` on the demo's prefix, started before the slide."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "slidestream", "hub", STORE, "--endpoint-url", endpoint, "--poll", "0.5"],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _follow(endpoint: str, case: str, started: float, sending: threading.Thread, hub: subprocess.Popen[bytes]) -> set[str]:
+    """Print each milestone when the store shows it, until the hub's map is complete or something stopped."""
+    import boto3
+
+    from transfer.target import MANIFEST, TRIAGE, Destination
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    root = Destination(endpoint, BUCKET, "demo", case).root
+    seen: set[str] = set()
+
+    def read(name: str) -> dict[str, Any]:
+        try:
+            return json.loads(client.get_object(Bucket=BUCKET, Key=root + name)["Body"].read())
+        except client.exceptions.NoSuchKey:
+            return {}
+
+    while "hub_complete" not in seen:
+        manifest, triage = read(MANIFEST), read(TRIAGE)
+        reached = {
+            "overview": (manifest.get("milestones") or {}).get("overview") is not None,
+            "edge": triage.get("stage") == "edge" or "edge" in seen,
+            "hub": triage.get("stage") == "hub",
+            "full_resolution": (manifest.get("milestones") or {}).get("tissue_full_resolution") is not None,
+            "complete": manifest.get("state") == "complete",
+            "hub_complete": triage.get("stage") == "hub" and triage.get("complete") is True,
+        }
+        for name, line in MILESTONES:
+            if reached[name] and name not in seen:
+                seen.add(name)
+                score = f" (score {triage['score']:.3f})" if name in ("edge", "hub_complete") and triage.get("score") is not None else ""
+                stdout.print(f"  {time.monotonic() - started:6.1f} s  {line}{score}")
+        if hub.poll() is not None or (not sending.is_alive() and manifest.get("state") == "failed"):
+            break
+        time.sleep(0.2)
+    return seen
 
 
 class _local_s3:

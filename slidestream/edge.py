@@ -56,7 +56,7 @@ class EdgeTriage:
                  on_done: Callable[[str, float | None], None] | None = None) -> None:
         self._slide = slide
         self._case = f"s3://{destination.bucket}/{destination.root.rstrip('/')}"
-        self._name = destination.case  # what triage.json calls the slide: the case ID, never the file name
+        self._name = destination.ref.label  # what triage.json calls the slide: its case, slide and version, never the file name
         self._endpoint = destination.endpoint
         self._order = order
         self._console = console

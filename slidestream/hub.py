@@ -1,16 +1,20 @@
 """`slidestream hub`: the pathology centre's side, the counterpart of `watch` at the hospital.
 
-It polls a prefix for cases, and scores every arriving case at full magnification while it arrives, one pass at a
-time (each pass scores the tissue tiles whose shards have arrived since the last, through `inference.analyze_case`,
-and publishes the partial heatmap and triage.json, stage "hub"), the case with the least time left on its
-30-minute clock first. A case is claimed with a lease object (`transfer.target.LEASE`), so two hubs on one prefix
-share the cases instead of doubling the work. torch and Dask are imported inside the command.
+A discovery thread reads the store's `_arrivals/` index every poll, so a new case, a new slide of a case or a
+rescan is found within a poll of its first manifest, whatever the hub is busy with. The hub scores every arriving
+slide version at full magnification while it arrives, in passes of about PASS_SECONDS each (a pass scores tissue
+tiles whose shards have arrived, the hottest of the edge triage's coarse map first, through
+`inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub"); after every pass it
+re-chooses, the case with the least time left on its 30-minute clock first, so a long slide never holds the
+workers while an urgent one waits. A slide version is claimed with a lease object (`transfer.target.LEASE`), so
+two hubs on one prefix share the work instead of doubling it. torch and Dask are imported inside the command.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,8 +26,10 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from inference import AnalyzeOptions, Heatmap, Location, Runner
+    from transfer.target import SlideRef
 
 stderr = Console(stderr=True)
+PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
 
 
 def hub(
@@ -58,8 +64,10 @@ class Tracked:
     """What the hub knows of one case between polls."""
 
     location: Location
+    name: str  # {case}/{slide}/{version}, as logs say it
     started: float = 0.0  # the manifest's started_at (epoch seconds): its clock
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
+    priority: Any = None  # the edge triage's coarse scores on the hub's grid (hot regions first), if it left any
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
     last_error: str = ""
@@ -72,50 +80,113 @@ class Hub:
     runner: Runner
     owner: str
     lease_seconds: float  # renewed at least every third of it
-    cases: dict[str, Tracked] = field(default_factory=dict)
+    cases: dict[str, Tracked] = field(default_factory=dict)  # by slide version ({case}/{slide}/{version})
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
+    newest: dict[tuple[str, str], SlideRef] = field(default_factory=dict)  # (case, slide) -> its newest version
+    listed_after: str | None = None  # where the next LIST of the `_arrivals/` index starts
+    clocks: dict[str, float] = field(default_factory=dict)  # case -> when it was registered (epoch seconds)
+    rate: float | None = None  # tiles per second of the last passes: sizes the next
+    arrived: threading.Event = field(default_factory=threading.Event)  # discovery found something new
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, poll: float, once: bool) -> None:
         stderr.print(f"hub {self.owner} watching {self.root.url}", markup=False, highlight=False, soft_wrap=True)
-        while True:
-            ready, leased = self.discover()
-            worked = False
-            for case in sorted(ready, key=lambda c: c.started):  # least time left on its clock first
-                if self.claim(case):
-                    self.work(case)
-                    worked = True
-                    break  # re-choose after every pass: a case that started earlier may have arrived meanwhile
-            if once and not ready and not leased and all(name in self.finished for name in self.cases):
-                return
-            if not worked:
-                time.sleep(poll)
+        stop = threading.Event()
+        self.look()  # the first look before the first choice (and all of `once`'s)
+        if not once:
+            threading.Thread(target=self.discovery, args=(poll, stop), name="discovery", daemon=True).start()
+        try:
+            while True:
+                ready, leased = self.discover()
+                worked = False
+                for case in sorted(ready, key=lambda c: c.started):  # least time left on its clock first
+                    if self.claim(case):
+                        self.work(case)
+                        worked = True
+                        break  # re-choose after every pass: a case that started earlier may have arrived meanwhile
+                if once and not ready and not leased and all(name in self.finished for name in self.cases):
+                    return
+                if once:
+                    self.look()
+                if not worked:
+                    self.arrived.wait(poll)
+                    self.arrived.clear()
+        finally:
+            stop.set()
+
+    def discovery(self, poll: float, stop: threading.Event) -> None:
+        """Look at the index every `poll` seconds, whatever the scoring is doing."""
+        while not stop.wait(poll):
+            self.look()
+
+    def look(self) -> None:
+        """One LIST of the `_arrivals/` index: announce what is new; a failing store is said once, not per poll."""
+        from inference import InferenceError
+
+        try:
+            found = self.arrivals()
+        except InferenceError as error:  # the store is unreachable or the bucket gone: retried each poll
+            if not self.store_failing:
+                self.store_failing = True
+                self.say(f"RETRY {error}")
+            return
+        if self.store_failing:
+            self.store_failing = False
+            self.say(f"the store answers again: {self.root.url}")
+        for ref in found:
+            self.say(f"FOUND {ref.label}")
+        if found:
+            self.arrived.set()
+
+    def arrivals(self) -> list[SlideRef]:
+        """Slide versions new since the last look, from the `_arrivals/` index: each slide's newest version (an
+        older version a rescan superseded is no longer worked on). The first look reads the whole index; later
+        ones start a day back (senders' clocks may differ a little from ours), so a look is one LIST page per 1000
+        slide versions sent in the last day."""
+        from transfer.target import ARRIVALS, SlideRef, version_number
+
+        keys = self.root.keys(ARRIVALS, self.listed_after)
+        self.listed_after = f"{ARRIVALS}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime(time.time() - 86400))}"
+        found = []
+        with self.lock:
+            for key in keys:
+                ref = SlideRef.from_arrival(key)
+                known = self.newest.get((ref.case, ref.slide)) if ref else None
+                if ref is not None and (known is None or version_number(ref.version) > version_number(known.version)):
+                    self.newest[(ref.case, ref.slide)] = ref
+                    found.append(ref)
+        return found
+
+    def clock(self, case: str, manifest: dict[str, Any]) -> float:
+        """When the case's 30-minute clock started: its registration (case.json, read once), else the send."""
+        from transfer.target import CASE_RECORD, CaseRecord
+
+        if case not in self.clocks:
+            record = CaseRecord.parse(self.root.child(case).read_json(CASE_RECORD))
+            if record is None:
+                return _epoch(manifest.get("started_at"))
+            self.clocks[case] = _epoch(record.registered_at)
+        return self.clocks[case]
 
     def discover(self) -> tuple[list[Tracked], int]:
-        """Cases with work to do now, and how many others are in progress (a hub's lease, nothing new arrived).
+        """Slide versions with work to do now, and how many others are in progress (a hub's lease, nothing new).
 
-        Cost per poll: one LIST of the prefix, and per case not finished one GET of its manifest and one of its
-        triage.json; a finished case costs nothing more."""
+        Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
+        GET of its manifest and one of its triage.json; a finished one costs nothing more."""
         from inference import InferenceError
         from transfer.manifest import FAILED, case_state
         from transfer.target import MANIFEST, TRIAGE
 
-        try:
-            folders = self.root.subfolders()
-        except InferenceError as error:  # the store is unreachable or the bucket gone: said once, retried each poll
-            if not self.store_failing:
-                self.store_failing = True
-                self.say(f"RETRY {error}")
-            return [], 0
-        if self.store_failing:
-            self.store_failing = False
-            self.say(f"the store answers again: {self.root.url}")
+        with self.lock:
+            versions = sorted(self.newest.values())
         ready, waiting = [], 0
-        for folder in folders:
-            name = folder.name
+        for ref in versions:
+            name = ref.label
             if name in self.finished:
                 continue
-            case = self.cases.setdefault(name, Tracked(folder))
+            case = self.cases.setdefault(name, Tracked(self.root.child(ref.root), name))
+            folder = case.location
             try:
                 manifest = folder.read_json(MANIFEST)
                 if manifest is None:
@@ -131,7 +202,7 @@ class Hub:
             except InferenceError as error:
                 self.note(case, str(error))
                 continue
-            case.started = _epoch(manifest.get("started_at"))
+            case.started = self.clock(ref.case, manifest)
             progress = (state, len(manifest.get("arrived", [])), manifest.get("plan_final"))
             if progress == case.seen:
                 waiting += 1
@@ -158,13 +229,14 @@ class Hub:
         return (case.location.read_json(LEASE) or {}).get("owner") == self.owner
 
     def work(self, case: Tracked) -> None:
-        """One pass over the case: score what arrived since the last, publish; the last pass releases the lease."""
+        """One pass over the case, about PASS_SECONDS long: score what arrived since the last, hottest first (the
+        edge map's order), publish; the last pass releases the lease."""
         from inference import CaseNotReadyError, analyze_case
-        from inference.pipeline import published_heatmap
+        from inference.pipeline import edge_priority, published_heatmap
         from slides.errors import one_line
         from transfer.target import LEASE
 
-        name = case.location.name
+        name = case.name
         renewed = time.monotonic()
 
         def renew(done: int, planned: int) -> None:  # a long pass keeps its claim
@@ -174,12 +246,15 @@ class Hub:
                 self.claim(case)
 
         seen = case.pending
+        limit = max(self.options.batch, round((self.rate or 0.0) * PASS_SECONDS))
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
                 case.heatmap = published_heatmap(case.location, self.options)
+                case.priority = edge_priority(case.location, self.options) if case.heatmap is None else None
             before = 0 if case.heatmap is None else int(case.heatmap.scored.sum())
+            started = time.monotonic()
             heatmap = analyze_case(case.location, options=self.options, heatmap=case.heatmap, runner=self.runner,
-                                   on_progress=renew)
+                                   on_progress=renew, limit=limit, priority=case.priority)
         except CaseNotReadyError:
             case.seen = seen
             return
@@ -187,8 +262,12 @@ class Hub:
             self.note(case, one_line(error))
             case.seen = seen
             return
-        case.heatmap, case.seen = heatmap, seen
         scored, tissue = int(heatmap.scored.sum()), int(heatmap.tissue.sum())
+        if scored > before:
+            measured = (scored - before) / max(time.monotonic() - started, 1e-3)
+            self.rate = measured if self.rate is None else (self.rate + measured) / 2
+        case.heatmap = heatmap
+        case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
         if heatmap.complete:
             case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
             self.finish(name, f"DONE {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f} "
@@ -205,7 +284,7 @@ class Hub:
         """An error, said once per case until it changes (a case that keeps failing must not flood the log)."""
         if error != case.last_error:
             case.last_error = error
-            self.say(f"ERROR {case.location.name}: {error}")
+            self.say(f"ERROR {case.name}: {error}")
 
     @staticmethod
     def say(line: str) -> None:

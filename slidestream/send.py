@@ -220,11 +220,13 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
     slide_path = Path(args["slide"])
     with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:
         dest = parse_destination(args["destination"], args["case"] or case_id_for(slide_path), args["endpoint_url"])
-        plan, produced, order = image_pieces(slide, args, dest.case)
+        plan, produced, order = image_pieces(slide, args, dest.ref.label)
         # the first piece starts the shard builders (processes) on the overview: it builds while boto3 is imported,
         # the client is made and the preflight request travels
         pieces = chain([next(produced)], produced)
         from transfer import Sender, SendOptions
+        from transfer.journal import utc_now
+        from transfer.target import CaseRecord
 
         options = SendOptions(
             concurrency=None if args["concurrency"] == "auto" else int(args["concurrency"]),
@@ -235,7 +237,8 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
             ca_bundle=args["ca_bundle"],
         )
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
-            sender = Sender(dest, journal, options, listener, private=slide_names(slide_path))
+            registration = CaseRecord(dest.case, utc_now()).to_json()
+            sender = Sender(dest, journal, options, listener, private=slide_names(slide_path), registration=registration)
             sender.preflight(args)  # a link that is down: journaled, waits until --deadline
             sender.begin(args)
             listener.start(len(plan.shards))

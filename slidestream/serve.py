@@ -1,7 +1,8 @@
-"""`slidestream serve`: the viewer for one store, printing an access link per case and one for the worklist.
+"""`slidestream serve`: the viewer for one store, printing a view-only link per case and where the worklist is.
 
-The store is a folder of cases (CASE/image.zarr, as a send writes them, on S3 or local), or one converted image (the
-folder `slidestream convert` wrote), served as a single case.
+The store is a folder of cases (CASE/slides/SLIDE/VERSION/image.zarr, as a send writes them, on S3 or local), or one
+converted image (the folder `slidestream convert` wrote), served as a single case. The worklist, signing and
+requests need a person's own sign-in link (`slidestream users add` / `users link`).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def serve(
     secret_file: Annotated[
         Path | None, typer.Option(help="Token signing secret (else $SLIDESTREAM_SECRET, else one kept in the state dir).")
     ] = None,
-    hours: Annotated[float, typer.Option(min=0.01, help="How long the printed links stay valid.")] = 12.0,
+    hours: Annotated[float, typer.Option(min=0.01, help="How long the printed case links stay valid.")] = 12.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve https.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
 ) -> None:
-    """Serve the web viewer and worklist for the cases in STORE; prints one access link per case."""
+    """Serve the web viewer and worklist for the cases in STORE; prints one view-only link per case."""
     from transfer.target import parse_endpoint, parse_store_url
 
     # malformed URLs are one line here: obstore would answer them with a Rust panic (one from $AWS_ENDPOINT_URL named so)
@@ -84,7 +85,7 @@ def serve(
     origin = f"{scheme}://{shown}:{port}"
     until = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
     stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s); links valid until {until}")
-    stdout.print(f"worklist: {origin}{app.state.viewer.worklist_link()}")
+    stdout.print(f"worklist: {origin}/worklist (with a sign-in link: slidestream users add {store} NAME --viewer-url {origin})")
     for case in cases:
         stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
     uvicorn.Server(config).run(sockets=[sock])

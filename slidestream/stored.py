@@ -31,7 +31,7 @@ from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from transfer.manifest import COMPLETE, case_state
 from transfer.readers import object_store
-from transfer.target import IMAGE, MANIFEST, parse_endpoint, parse_store_url, validate_case
+from transfer.target import IMAGE, MANIFEST, SLIDES, VERSION_PATTERN, parse_endpoint, parse_store_url, validate_case, version_number
 
 JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
 
@@ -41,22 +41,36 @@ class StoredCaseError(SlidestreamError, ValueError):
 
 
 def is_stored_case(target: str) -> bool:
-    """An s3:// URL, or a local folder holding an OME-Zarr image (itself, or `image.zarr` in it) or a case's
-    manifest; not a slide (a DICOM series folder has none of these)."""
+    """An s3:// URL, or a local folder holding an OME-Zarr image (itself, or `image.zarr` in it), a send's manifest
+    or a case's slides; not a slide (a DICOM series folder has none of these)."""
     if target.startswith("s3://"):
         return True
     path = Path(target)
-    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", f"{IMAGE}/zarr.json", MANIFEST))
+    return path.is_dir() and (any((path / name).is_file() for name in ("zarr.json", f"{IMAGE}/zarr.json", MANIFEST)) or (path / SLIDES).is_dir())
 
 
 def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str | None = None) -> StoredCase:
-    """`s3://BUCKET/PREFIX/CASE`, `.../CASE/image.zarr`, a local case folder or `convert`'s output folder; the case
-    ID is `case_id` where given, else the case folder's name."""
+    """A slide version (`s3://BUCKET/PREFIX/CASE/slides/SLIDE/VERSION`, or its `image.zarr`), a case of one slide
+    (`.../CASE`: that slide's newest version), local or on S3, or `convert`'s output folder; the case ID is
+    `case_id` where given, else the case's."""
     root = target.rstrip("/")
     named_image = root.rsplit("/", 1)[-1] == IMAGE
     if named_image:
         root = root.rsplit("/", 1)[0]
     folder = CaseFolder(target, _store(root, endpoint_url))
+    slides = folder.children(SLIDES)
+    if slides and folder.read(MANIFEST) is None:  # a case folder: its one slide, at its newest version
+        if len(slides) > 1:
+            raise StoredCaseError(f"{target}: the case has {len(slides)} slides ({', '.join(slides)}); name one: {root}/{SLIDES}/SLIDE")
+        versions = [name for name in folder.children(f"{SLIDES}/{slides[0]}") if VERSION_PATTERN.fullmatch(name)]
+        if not versions:
+            raise StoredCaseError(f"{target}: slide {slides[0]} has no version yet")
+        case_name = root.rsplit("/", 1)[-1]
+        root = f"{root}/{SLIDES}/{slides[0]}/{max(versions, key=version_number)}"
+        folder = CaseFolder(target, _store(root, endpoint_url))
+    else:
+        parts = root.split("/")
+        case_name = parts[-4] if len(parts) >= 4 and parts[-3] == SLIDES else parts[-1]
     manifest = folder.read_json(MANIFEST)
     state, reason = case_state(manifest)  # no manifest (convert's output, another tool's image): complete
     if state != COMPLETE:
@@ -64,8 +78,7 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
                               "export it once its send has finished")
     in_case = named_image or manifest is not None or folder.read(f"{IMAGE}/zarr.json") is not None
     image = f"{IMAGE}/" if in_case else ""  # else convert's output: the folder is the image
-    name = root.rsplit("/", 1)[-1]
-    return StoredCase(folder, image, validate_case(case_id) if case_id is not None else _case_name(target, name))
+    return StoredCase(folder, image, validate_case(case_id) if case_id is not None else _case_name(target, case_name))
 
 
 def _store(root: str, endpoint_url: str | None) -> Store:
@@ -88,6 +101,18 @@ class CaseFolder:
         except (obstore.exceptions.BaseError, OSError) as error:
             raise StoredCaseError(f"{self.target}: cannot read {key}: {_first_line(error)}") from None
         return None if buffer is None else buffer.to_bytes()
+
+    def children(self, prefix: str) -> list[str]:
+        """Names of the folders and objects directly below `prefix`, sorted."""
+        async def names() -> list[str]:
+            return sorted([name async for name in self.store.list_dir(prefix)])
+
+        try:
+            return sync(names())
+        except FileNotFoundError:
+            return []
+        except (obstore.exceptions.BaseError, OSError) as error:
+            raise StoredCaseError(f"{self.target}: cannot list {prefix}: {_first_line(error)}") from None
 
     def read_json(self, key: str) -> Any:
         data = self.read(key)

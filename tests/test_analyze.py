@@ -21,7 +21,7 @@ from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source
 from slides import open_slide
 from slidestream.cli import app
-from transfer import case_id_for
+from transfer import content_id, target
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
@@ -30,16 +30,16 @@ TOO_COARSE = ["camelyon-lymphnode.dcm", "wsi2dcm-jpeg.dcm", "wsi2dcm-jpeg2000.dc
 
 
 def upload_case(server: S3Server, bucket: str, name: str) -> str:
-    """CMU-1-Small-Region converted and uploaded as a finished case: s3://bucket/cases/{name}/."""
+    """CMU-1-Small-Region converted and uploaded as a finished case, its one slide at s3://bucket/cases/{name}/slides/s1/v1/."""
     client = server.client()
     with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
         plan = plan_pyramid(slide, ConvertOptions())
         shards = []
         for piece in produce(slide, plan, name, {"mpp": list(slide.mpp)}):
-            client.put_object(Bucket=bucket, Key=f"cases/{name}/image.zarr/{piece.key}", Body=piece.data)
+            client.put_object(Bucket=bucket, Key=f"cases/{target.SlideRef(name).root}/image.zarr/{piece.key}", Body=piece.data)
             shards += [piece.key] if piece.kind is PieceKind.SHARD else []
     manifest = {"format": "slidestream-manifest/1", "planned": shards, "arrived": shards, "complete": True, "milestones": {}}
-    client.put_object(Bucket=bucket, Key=f"cases/{name}/manifest.json", Body=json.dumps(manifest).encode())
+    client.put_object(Bucket=bucket, Key=f"cases/{target.SlideRef(name).root}/manifest.json", Body=json.dumps(manifest).encode())
     return f"s3://{bucket}/cases/"
 
 
@@ -56,9 +56,10 @@ def batch(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> tupl
 
 
 def rows(report: Path) -> dict[str, dict[str, str]]:
-    """Rows by the input's stem (a slide file's case is its content-derived case ID)."""
+    """Rows by the input's stem (a slide file's results are named by a pseudonym of its content), a slide version found under
+    a prefix by its case (its results are named {case}/slides/{slide}/{version})."""
     with report.open() as fh:
-        return {Path(row["slide"]).stem: row for row in csv.DictReader(fh)}
+        return {row["case"].split("/")[0] if row["slide"].startswith("s3://") else Path(row["slide"]).stem: row for row in csv.DictReader(fh)}
 
 
 def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +79,7 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
         assert 0 <= float(row["score"]) <= float(row["max"]) <= 1 and int(row["tiles_scored"]) > 0
         assert float(row["seconds"]) > 0
         if case != "case-from-s3":
-            assert row["case"] == case_id_for(Path(row["slide"]))  # named as `send` names it, never by the file
+            assert row["case"] == content_id(Path(row["slide"]))  # named by a pseudonym of its content, never by the file
         triage = json.loads((out / row["case"] / "triage.json").read_text())
         assert triage["complete"] is True and triage["score"] == pytest.approx(float(row["score"]), abs=1e-4)
         # a valid OME-Zarr on the slide's tile grid, zero on background

@@ -29,6 +29,7 @@ from conftest import REPO, S3Server, sample
 from test_viewer_browser import browser  # noqa: F401  (the Chromium fixture)
 
 from inference.store import Location
+from transfer.target import IMAGE, SlideRef
 
 STATIC = REPO / "viewer" / "static"
 SLIDE = "CMU-1-Small-Region.svs"
@@ -60,7 +61,7 @@ READ_LABEL = """async ([name, level, y, x]) => {
 class SentCase:
     server: S3Server
     bucket: str
-    prefix: str  # .../CASE/image.zarr/
+    prefix: str  # cases/CASE/slides/s1/v1/image.zarr/
 
     @property
     def url(self) -> str:
@@ -83,8 +84,7 @@ class SentCase:
         }
 
     def zarr_group(self) -> zarr.Group:
-        case = self.prefix.split("/")[1]
-        location = Location.parse(f"s3://{self.bucket}/cases", self.server.endpoint_url).child(case).child("image.zarr")
+        location = Location.parse(f"s3://{self.bucket}/{self.prefix}", self.server.endpoint_url)
         return zarr.open_group(location.zarr_store(), mode="r")
 
 
@@ -111,7 +111,7 @@ def sent(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> SentC
         capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    case = SentCase(s3_server, bucket, f"cases/{json.loads(run.stdout)['case']}/image.zarr/")
+    case = SentCase(s3_server, bucket, f"cases/{SlideRef(json.loads(run.stdout)['case']).root}/{IMAGE}/")
     client = s3_server.client()
     client.delete_object(Bucket=bucket, Key=case.prefix + MISSING_SHARD)
     _drop_chunk_from_index(client, bucket, case.prefix + HOLED_SHARD, 0, 1)

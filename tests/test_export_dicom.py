@@ -27,6 +27,7 @@ from conftest import REPO, sample
 from slides import open_slide
 from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
 from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
+from transfer.target import SlideRef
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
@@ -272,7 +273,7 @@ def level0_shards(case: str, request: pytest.FixtureRequest) -> list[bytes]:
     if case == "converted":
         return [path.read_bytes() for path in sorted((value["image"] / "0" / "c").rglob("*")) if path.is_file()]
     client = value["server"].client()
-    listing = client.list_objects_v2(Bucket=value["bucket"], Prefix=f"cases/{CASE}/image.zarr/0/c/")["Contents"]
+    listing = client.list_objects_v2(Bucket=value["bucket"], Prefix=f"cases/{SlideRef(CASE).root}/image.zarr/0/c/")["Contents"]
     return [client.get_object(Bucket=value["bucket"], Key=item["Key"])["Body"].read() for item in listing]
 
 
@@ -358,7 +359,7 @@ def test_a_case_not_complete_is_refused_in_one_line(converted: dict[str, Path], 
 def test_an_s3_case_still_arriving_is_refused(sent: dict[str, object], tmp_path: Path) -> None:
     server, bucket = sent["server"], sent["bucket"]
     manifest = {"format": "slidestream-manifest/2", "case": "ARRIVING", "state": "sending", "complete": False}
-    server.client().put_object(Bucket=bucket, Key="cases/ARRIVING/manifest.json", Body=json.dumps(manifest).encode())
+    server.client().put_object(Bucket=bucket, Key=f"cases/{SlideRef('ARRIVING').root}/manifest.json", Body=json.dumps(manifest).encode())
     result = export(f"s3://{bucket}/cases/ARRIVING", tmp_path / "pacs", "--endpoint-url", server.endpoint_url)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not complete (state sending)" in result.stderr
 

@@ -27,8 +27,7 @@ from typer.testing import CliRunner
 
 from inference import AnalyzeOptions, Location, analyze_slide
 from slidestream.cli import app
-from transfer import case_id_for
-from transfer.target import ANALYZE, EDGE, HUB, LEASE
+from transfer.target import ANALYZE, EDGE, HUB, LEASE, TRIAGE, SlideRef
 from viewer import S3Storage
 from viewer.cases import Cases
 
@@ -64,11 +63,11 @@ def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, 
 def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample("CMU-1-Small-Region.svs")
     store = f"s3://{s3_bucket}/cases"
-    sent = CliRunner().invoke(app, ["send", str(slide), store, "--endpoint-url", s3_server.endpoint_url,
+    case = "EDGE-1"
+    sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", case, "--endpoint-url", s3_server.endpoint_url,
                                     "--state-dir", str(tmp_path / "state")])
     assert sent.exit_code == 0, sent.output
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
     edge = wait_for(lambda: location.read_json("triage.json"), "the edge triage")
     assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location)[1]["stage"] == EDGE
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
@@ -87,7 +86,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert attributes["stage"] == ANALYZE and attributes["tiles_scored"] == full["summary"]["tiles_scored"]
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
     assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True}
-    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(case))
+    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(SlideRef(case).root))
     assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
 
     # a late edge triage (say, a resend's) leaves the full result alone
@@ -117,9 +116,9 @@ def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iter
             process.wait(timeout=60)
 
 
-def sending(slide: Path, store: str, endpoint: str, state: Path) -> subprocess.Popen[bytes]:
-    """`slidestream send` slow enough (2 Mbit/s) that a hub sees the case arriving."""
-    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
+def sending(slide: Path, store: str, endpoint: str, state: Path, case: str) -> subprocess.Popen[bytes]:
+    """`slidestream send` of the slide as case `case`, slow enough (2 Mbit/s) that a hub sees the case arriving."""
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", case, "--endpoint-url", endpoint,
                              "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -138,11 +137,11 @@ def scored_here(log: Path, case: str) -> int:
 def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/arriving"
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
+    case = "ARRIVING-1"
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
     log = tmp_path / "hub.log"
     with running_hub(store, s3_server.endpoint_url, log):
-        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
+        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
             triage = location.read_json("triage.json")
@@ -165,9 +164,9 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     analysed = CliRunner().invoke(app, ["analyze", f"{store}/{case}", "--report", str(report), "--out", str(out),
                                         "--endpoint-url", s3_server.endpoint_url])
     assert analysed.exit_code == 0, analysed.output
-    one_shot, _ = heatmap_of(Location.parse(out / case))
+    one_shot, _ = heatmap_of(Location.parse(out / SlideRef(case).root))
     assert hub_image.shape == one_shot.shape and (hub_image == one_shot).all()
-    assert final["score"] == pytest.approx(json.loads((out / case / "triage.json").read_text())["score"], abs=1e-6)
+    assert final["score"] == pytest.approx(json.loads((out / SlideRef(case).root / TRIAGE).read_text())["score"], abs=1e-6)
 
     # a restarted hub does not redo a finished case
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
@@ -179,9 +178,9 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
 def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/killed"
-    case = case_id_for(slide)
-    location = Location.parse(f"{store}/{case}", s3_server.endpoint_url)
-    send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state")
+    case = "KILLED-1"
+    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
+    send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
     with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
         wait_for(lambda: (t := location.read_json("triage.json")) and t["stage"] == HUB and not t["complete"]
                  and t["summary"]["tiles_scored"] > 0,
@@ -204,11 +203,11 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
 def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/shared"
     slides = [sample(ARRIVING), sample("CMU-1-Small-Region.svs")]
-    cases = [case_id_for(slide) for slide in slides]
+    cases = ["SHARED-1", "SHARED-2"]
     logs = [tmp_path / "hub-a.log", tmp_path / "hub-b.log"]
     with running_hub(store, s3_server.endpoint_url, logs[0]), running_hub(store, s3_server.endpoint_url, logs[1]):
-        sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}") for i, slide in enumerate(slides)]
-        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{c}", s3_server.endpoint_url)), f"case {c}")
+        sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}", case) for i, (slide, case) in enumerate(zip(slides, cases))]
+        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{SlideRef(c).root}", s3_server.endpoint_url)), f"case {c}")
                   for c in cases]
         assert [send.wait() for send in sends] == [0, 0]
     for case, final in zip(cases, finals):

@@ -28,6 +28,7 @@ from conftest import S3Server, sample
 from inference.store import Location
 from slidestream.cli import app
 from tiling.codec import JpegCodec
+from transfer.target import HEATMAP, IMAGE, SlideRef
 from reader.upstream_jpeg import UpstreamJpeg
 
 READER = Path(__file__).parent / "reader"
@@ -166,6 +167,6 @@ def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucke
     args = ["analyze", f"s3://{s3_bucket}/cases/", "--report", str(tmp_path / "r.csv"), "--coarse", "--endpoint-url", s3_server.endpoint_url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    cases = Location.parse(f"s3://{s3_bucket}/cases", s3_server.endpoint_url).child(case)
-    validate_image(zarr.open_group(cases.child("image.zarr").zarr_store(), mode="r"))
-    validate_heatmap(zarr.open_group(cases.child("heatmap.zarr").zarr_store(), mode="r"))
+    version = Location.parse(f"s3://{s3_bucket}/cases", s3_server.endpoint_url).child(SlideRef(case).root)
+    validate_image(zarr.open_group(version.child(IMAGE).zarr_store(), mode="r"))
+    validate_heatmap(zarr.open_group(version.child(HEATMAP).zarr_store(), mode="r"))

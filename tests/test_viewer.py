@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,8 @@ from PIL import Image
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
 from tiling.pyramid import assemble_shard
+from transfer.target import SlideRef
+from viewer.people import PATHOLOGIST, add_person
 from viewer import (
     WORKLIST,
     InvalidKeyError,
@@ -59,6 +62,7 @@ from conftest import S3Server, sample
 SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967, 240 px JPEG tiles (passed through), 3 levels, mpp 0.499
 SECRET = b"a-test-secret-that-is-long-enough-0123456789"
 EMPTY = 2**64 - 1
+V1 = SlideRef("any").path  # slides/s1/v1: the first scan of a case's first slide
 
 
 # -- making cases ----------------------------------------------------------------------------------------------
@@ -130,11 +134,11 @@ class Bucket:
         _, pieces = pyramid(slide)
         for piece in pieces:
             if piece.kind != PieceKind.SHARD or arrived(piece):
-                self.put(f"{case}/image.zarr/{piece.key}", piece.data)
+                self.put(f"{case}/slides/s1/v1/image.zarr/{piece.key}", piece.data)
         received = {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}
-        self.put(f"{case}/manifest.json", manifest(case, pieces, received, started=started))
+        self.put(f"{case}/slides/s1/v1/manifest.json", manifest(case, pieces, received, started=started))
         if triage is not None:
-            self.put(f"{case}/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
+            self.put(f"{case}/slides/s1/v1/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
         return pieces
 
 
@@ -161,6 +165,13 @@ class Served:
 
     def token(self, case: str, lifetime: timedelta = timedelta(hours=1)) -> str:
         return self.tokens.issue(case_scope(case), lifetime)
+
+    def person(self, storage: Storage, name: str = "Dr Test Pathologist", role: str = PATHOLOGIST) -> str:
+        """A new user of the store (as `slidestream users add` makes one) and their sign-in token. (In a thread of its
+        own: Playwright's sync API keeps an event loop running in the test's.)"""
+        with ThreadPoolExecutor(1) as pool:
+            person = pool.submit(asyncio.run, add_person(storage, name, role)).result()
+        return self.tokens.issue_person(person.id, person.serial, timedelta(hours=1))
 
     def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
         headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
@@ -229,15 +240,15 @@ def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
     n = plan.shard_chunks
     for level, row, col in [(0, 0, 0), (0, 9, 5), (0, 12, 9), (1, 3, 2), (2, 0, 0), (2, 3, 2)]:
         shard = shards(pieces)[f"{level}/c/0/{row // n}/{col // n}"]
-        response = sent.get(f"/api/cases/complete/tiles/{level}/{row}/{col}", token)
+        response = sent.get(f"/api/cases/complete/slides/s1/v1/tiles/{level}/{row}/{col}", token)
         assert response.status_code == 200, (level, row, col, response.text)
         assert response.content == chunk_of(shard, n, row % n, col % n)
         assert response.headers["content-type"] == "image/jpeg"
         assert "immutable" in response.headers["cache-control"]
-        again = sent.get(f"/api/cases/complete/tiles/{level}/{row}/{col}", token, headers={"If-None-Match": response.headers["etag"]})
+        again = sent.get(f"/api/cases/complete/slides/s1/v1/tiles/{level}/{row}/{col}", token, headers={"If-None-Match": response.headers["etag"]})
         assert again.status_code == 304 and again.content == b""
     # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
-    edge = sent.get("/api/cases/complete/tiles/0/12/9", token)
+    edge = sent.get("/api/cases/complete/slides/s1/v1/tiles/0/12/9", token)
     assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
 
 
@@ -250,7 +261,7 @@ def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) 
     async def fetch_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=sent.url, timeout=60) as client:
             requests = [
-                client.get(f"/api/cases/complete/tiles/0/{row}/{col}", headers={"Authorization": f"Bearer {token}"})
+                client.get(f"/api/cases/complete/slides/s1/v1/tiles/0/{row}/{col}", headers={"Authorization": f"Bearer {token}"})
                 for token in (sent.token("complete"), sent.token("complete", timedelta(minutes=30)))
                 for row, col in addresses
             ]
@@ -263,7 +274,7 @@ def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) 
 
 
 def test_image_description_holds_geometry_and_nothing_identifying(sent: Served) -> None:
-    info = sent.get("/api/cases/complete/image", sent.token("complete")).json()
+    info = sent.get("/api/cases/complete/slides/s1/v1/image", sent.token("complete")).json()
     assert (info["width"], info["height"], info["tile_size"], info["mpp"]) == (2220, 2967, 240, pytest.approx(0.499))
     assert [level["width"] for level in info["levels"]] == [2220, 1110, 555]
     assert "sample" not in json.dumps(info) and "svs" not in json.dumps(info).lower()
@@ -272,16 +283,16 @@ def test_image_description_holds_geometry_and_nothing_identifying(sent: Served) 
 def test_bad_tile_requests_are_4xx(sent: Served) -> None:
     token = sent.token("complete")
     for path in [
-        "/api/cases/complete/tiles/0/13/0",  # one past the last row
-        "/api/cases/complete/tiles/0/0/10",
-        "/api/cases/complete/tiles/3/0/0",  # no such level
-        "/api/cases/complete/tiles/64/0/0",
-        "/api/cases/complete/tiles/-1/0/0",
-        "/api/cases/complete/tiles/0/99999999999999999999/0",
-        "/api/cases/complete/tiles/0/x/0",
-        "/api/cases/complete/tiles/0/0",
-        "/api/cases/complete/heatmap/0/0/0.png",  # no heatmap for this case
-        "/api/cases/nosuchcase/image",
+        "/api/cases/complete/slides/s1/v1/tiles/0/13/0",  # one past the last row
+        "/api/cases/complete/slides/s1/v1/tiles/0/0/10",
+        "/api/cases/complete/slides/s1/v1/tiles/3/0/0",  # no such level
+        "/api/cases/complete/slides/s1/v1/tiles/64/0/0",
+        "/api/cases/complete/slides/s1/v1/tiles/-1/0/0",
+        "/api/cases/complete/slides/s1/v1/tiles/0/99999999999999999999/0",
+        "/api/cases/complete/slides/s1/v1/tiles/0/x/0",
+        "/api/cases/complete/slides/s1/v1/tiles/0/0",
+        "/api/cases/complete/slides/s1/v1/heatmap/0/0/0.png",  # no heatmap for this case
+        "/api/cases/nosuchcase/slides/s1/v1/image",
     ]:
         status = sent.get(path, token if "nosuchcase" not in path else sent.token("nosuchcase")).status_code
         assert 400 <= status < 500, (path, status)
@@ -289,7 +300,7 @@ def test_bad_tile_requests_are_4xx(sent: Served) -> None:
 
 # -- access ----------------------------------------------------------------------------------------------------
 def test_access_needs_a_valid_token_for_that_case(sent: Served) -> None:
-    path = "/api/cases/complete/tiles/0/0/0"
+    path = "/api/cases/complete/slides/s1/v1/tiles/0/0/0"
     expired = sent.tokens.issue(case_scope("complete"), timedelta(seconds=-1))
     forged = Tokens(b"another-secret-that-is-long-enough-0123456789").issue(case_scope("complete"), timedelta(hours=1))
     assert sent.get(path).status_code == 401
@@ -341,14 +352,14 @@ def test_before_the_sender_knows_the_tissue_nothing_unplanned_is_called_backgrou
     overview = [key for key in shards(pieces) if not key.startswith("0/")]
     for piece in pieces:
         if piece.kind != PieceKind.SHARD or piece.level != 0:
-            bucket.put(f"early/image.zarr/{piece.key}", piece.data)
-    bucket.put("early/manifest.json", manifest("early", pieces, set(overview), overview, plan_final=False))
+            bucket.put(f"early/slides/s1/v1/image.zarr/{piece.key}", piece.data)
+    bucket.put("early/slides/s1/v1/manifest.json", manifest("early", pieces, set(overview), overview, plan_final=False))
     with serving(bucket.storage()) as served:
         token = served.token("early")
-        tile = served.get(f"/api/cases/early/tiles/0/{n}/{n}", token)
+        tile = served.get(f"/api/cases/early/slides/s1/v1/tiles/0/{n}/{n}", token)
         assert (tile.status_code, tile.headers["x-tile"], tile.headers["cache-control"]) == (404, "pending", "no-store")
-        assert served.get("/api/cases/early/tiles/1/0/0", token).status_code == 200
-        assert [level["state"] for level in served.get("/api/cases/early/status", token).json()["levels"]] == ["1111", "2", "2"]
+        assert served.get("/api/cases/early/slides/s1/v1/tiles/1/0/0", token).status_code == 200
+        assert [level["state"] for level in served.get("/api/cases/early/slides/s1/v1/status", token).json()["levels"]] == ["1111", "2", "2"]
 
 
 def test_tiles_follow_the_manifest_during_a_send(s3_server: S3Server) -> None:
@@ -360,26 +371,26 @@ def test_tiles_follow_the_manifest_during_a_send(s3_server: S3Server) -> None:
     planned = [key for key in all_shards if key != "0/c/0/1/1"]
     for piece in pieces:
         if piece.kind != PieceKind.SHARD or piece.level != 0:
-            bucket.put(f"live/image.zarr/{piece.key}", piece.data)
-    bucket.put("live/manifest.json", manifest("live", pieces, {k for k in planned if not k.startswith("0/")}, planned))
+            bucket.put(f"live/slides/s1/v1/image.zarr/{piece.key}", piece.data)
+    bucket.put("live/slides/s1/v1/manifest.json", manifest("live", pieces, {k for k in planned if not k.startswith("0/")}, planned))
     with serving(bucket.storage()) as served:
         token = served.token("live")
-        pending = served.get("/api/cases/live/tiles/0/0/0", token)
+        pending = served.get("/api/cases/live/slides/s1/v1/tiles/0/0/0", token)
         assert (pending.status_code, pending.headers["x-tile"], pending.headers["cache-control"]) == (404, "pending", "no-store")
-        background = served.get(f"/api/cases/live/tiles/0/{n}/{n}", token)
+        background = served.get(f"/api/cases/live/slides/s1/v1/tiles/0/{n}/{n}", token)
         assert (background.status_code, background.headers["x-tile"]) == (404, "background")
-        assert served.get("/api/cases/live/tiles/1/0/0", token).status_code == 200
-        status = served.get("/api/cases/live/status", token).json()
+        assert served.get("/api/cases/live/slides/s1/v1/tiles/1/0/0", token).status_code == 200
+        status = served.get("/api/cases/live/slides/s1/v1/status", token).json()
         assert [level["state"] for level in status["levels"]] == ["1110", "2", "2"]  # 0: background, 1: pending, 2: arrived
         assert status["complete"] is False and status["levels"][0]["arrived"] == 0
 
         # level 0's first shard arrives; the manifest says so; the tile turns into the chunk
-        bucket.put("live/image.zarr/0/c/0/0/0", all_shards["0/c/0/0/0"])
+        bucket.put("live/slides/s1/v1/image.zarr/0/c/0/0/0", all_shards["0/c/0/0/0"])
         arrived = {k for k in planned if not k.startswith("0/")} | {"0/c/0/0/0"}
-        bucket.put("live/manifest.json", manifest("live", pieces, arrived, planned))
-        wait_for(lambda: served.get("/api/cases/live/tiles/0/0/0", token).status_code == 200, "level-0 tile after its arrival")
-        assert served.get("/api/cases/live/tiles/0/0/0", token).content == chunk_of(all_shards["0/c/0/0/0"], n, 0, 0)
-        assert served.get("/api/cases/live/status", token).json()["levels"][0]["state"] == "2110"
+        bucket.put("live/slides/s1/v1/manifest.json", manifest("live", pieces, arrived, planned))
+        wait_for(lambda: served.get("/api/cases/live/slides/s1/v1/tiles/0/0/0", token).status_code == 200, "level-0 tile after its arrival")
+        assert served.get("/api/cases/live/slides/s1/v1/tiles/0/0/0", token).content == chunk_of(all_shards["0/c/0/0/0"], n, 0, 0)
+        assert served.get("/api/cases/live/slides/s1/v1/status", token).json()["levels"][0]["state"] == "2110"
 
 
 def test_a_chunk_missing_from_an_arrived_shard_is_background(s3_server: S3Server) -> None:
@@ -390,12 +401,12 @@ def test_a_chunk_missing_from_an_arrived_shard_is_background(s3_server: S3Server
     full = shards(pieces)["0/c/0/0/0"]
     chunks = {(i, j): chunk_of(full, n, i, j) for i in range(n) for j in range(n)}
     del chunks[(2, 3)]  # glass: the writer left it out
-    bucket.put("holes/image.zarr/0/c/0/0/0", assemble_shard(chunks, n))  # type: ignore[arg-type]
+    bucket.put("holes/slides/s1/v1/image.zarr/0/c/0/0/0", assemble_shard(chunks, n))  # type: ignore[arg-type]
     with serving(bucket.storage()) as served:
         token = served.token("holes")
-        response = served.get("/api/cases/holes/tiles/0/2/3", token)
+        response = served.get("/api/cases/holes/slides/s1/v1/tiles/0/2/3", token)
         assert (response.status_code, response.headers["x-tile"]) == (404, "background")
-        assert served.get("/api/cases/holes/tiles/0/2/4", token).content == chunks[(2, 4)]
+        assert served.get("/api/cases/holes/slides/s1/v1/tiles/0/2/4", token).content == chunks[(2, 4)]
 
 
 def test_a_rescan_of_the_case_replaces_what_the_viewer_serves(s3_server: S3Server) -> None:
@@ -403,53 +414,38 @@ def test_a_rescan_of_the_case_replaces_what_the_viewer_serves(s3_server: S3Serve
     bucket.send("rescan", started=datetime.now(UTC) - timedelta(minutes=10))
     with serving(bucket.storage()) as served:
         token = served.token("rescan")
-        first = served.get("/api/cases/rescan/tiles/0/0/0", token)
-        assert served.get("/api/cases/rescan/image", token).json()["width"] == 2220
+        first = served.get("/api/cases/rescan/slides/s1/v1/tiles/0/0/0", token)
+        assert served.get("/api/cases/rescan/slides/s1/v1/image", token).json()["width"] == 2220
         # the same case id, sent again from another scan (another slide, other geometry), with a new start time
-        for key in [f"rescan/image.zarr/{level}/c/0/{r}/{c}" for level in range(3) for r in range(2) for c in range(2)]:
+        for key in [f"rescan/slides/s1/v1/image.zarr/{level}/c/0/{r}/{c}" for level in range(3) for r in range(2) for c in range(2)]:
             bucket.client.delete_object(Bucket=bucket.name, Key=f"{bucket.prefix}/{key}")
         plan, pieces = pyramid("camelyon-lymphnode.dcm")
         bucket.send("rescan", slide="camelyon-lymphnode.dcm")
-        wait_for(lambda: served.get("/api/cases/rescan/image", token).json()["width"] == 1152, "the new image")
-        second = served.get("/api/cases/rescan/tiles/0/0/0", token)
+        wait_for(lambda: served.get("/api/cases/rescan/slides/s1/v1/image", token).json()["width"] == 1152, "the new image")
+        second = served.get("/api/cases/rescan/slides/s1/v1/tiles/0/0/0", token)
         n = plan.shard_chunks
         assert second.content == chunk_of(shards(pieces)["0/c/0/0/0"], n, 0, 0) != first.content
         assert second.headers["etag"] != first.headers["etag"]
 
 
-# -- reports, worklist, heatmap --------------------------------------------------------------------------------
-def test_the_report_is_saved_to_the_store_with_timestamps_and_revisions(sent: Served, bucket: Bucket) -> None:
-    token = sent.token("complete")
-    assert sent.get("/api/cases/complete/report", token).status_code == 404
-    report = "/api/cases/complete/report"
-    first = sent.post(report, token, json={"diagnosis": "Benign."})
-    second = sent.post(report, token, json={"diagnosis": "Basal cell carcinoma, margins clear."})
-    assert first.status_code == second.status_code == 200
-    stored = json.loads(bucket.get("complete/report.json"))
-    assert stored["diagnosis"] == "Basal cell carcinoma, margins clear."
-    assert [r["diagnosis"] for r in stored["revisions"]] == ["Benign.", "Basal cell carcinoma, margins clear."]
-    assert stored["first_saved_at"] <= stored["saved_at"] and stored["saved_at"].endswith("Z")
-    assert sent.get(report, token).json()["diagnosis"] == stored["diagnosis"]
-    assert sent.post(report, token, json={"diagnosis": "x" * 20_001}).status_code == 422
-    assert sent.post(report, token, content=b"{").status_code == 422
-    assert sent.post(report, sent.token("x"), json={"diagnosis": "x"}).status_code == 403
-
-
+# -- worklist, heatmap (the report: test_reports.py) -----------------------------------------------------------
 def test_the_worklist_puts_the_most_suspicious_case_first(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
     for case, score in [("low", 0.1), ("high", 0.93), ("mid", 0.5)]:
         bucket.send(case, triage=score)
     bucket.send("unscored", arrived=lambda piece: piece.level != 0)
     with serving(bucket.storage()) as served:
-        worklist = served.get("/api/worklist", served.tokens.issue(WORKLIST, timedelta(hours=1))).json()
+        pathologist = served.person(bucket.storage())
+        worklist = served.get("/api/worklist", pathologist).json()
         assert [entry["case"] for entry in worklist["cases"]] == ["high", "mid", "low", "unscored"]
         unscored = worklist["cases"][-1]
         assert unscored["triage"] is None and unscored["arrived"] < unscored["planned"] and unscored["started_at"]
-        # each row links to its case with a token for that case only
-        link = worklist["cases"][0]["link"]
-        path, _, fragment = link.partition("#token=")
-        assert path == "/view/high" and served.get("/api/cases/high/image", fragment).status_code == 200
-        assert served.get("/api/cases/mid/image", fragment).status_code == 403
+        # each row links to its case; the page carries the pathologist's own token along, which opens every case
+        assert worklist["cases"][0]["link"] == "/view/high" and "token" not in json.dumps(worklist)
+        assert served.get("/api/cases/mid/slides/s1/v1/image", pathologist).status_code == 200
+        # a case link never opens the worklist
+        refused = served.get("/api/worklist", served.token("high"))
+        assert refused.status_code == 403 and "sign in as a pathologist" in refused.json()["detail"]
 
 
 def test_heatmap_tiles_colour_the_probability_on_the_slide_grid(sent: Served, bucket: Bucket) -> None:
@@ -457,32 +453,32 @@ def test_heatmap_tiles_colour_the_probability_on_the_slide_grid(sent: Served, bu
     values = np.zeros((30, 22), np.uint8)  # one map pixel ~ 100 slide pixels
     values[:15] = 255  # top half: tumour
     for key, data in heatmap_objects(values, 2220, 0.499).items():
-        bucket.put(f"complete/heatmap.zarr/{key}", data)
-    wait_for(lambda: sent.get("/api/cases/complete/status", token).json()["heatmap"] is not None, "the heatmap in the status")
-    version = sent.get("/api/cases/complete/status", token).json()["heatmap"]["version"]
-    top = sent.get(f"/api/cases/complete/heatmap/2/0/0.png?v={version}", token)
+        bucket.put(f"complete/slides/s1/v1/heatmap.zarr/{key}", data)
+    wait_for(lambda: sent.get("/api/cases/complete/slides/s1/v1/status", token).json()["heatmap"] is not None, "the heatmap in the status")
+    version = sent.get("/api/cases/complete/slides/s1/v1/status", token).json()["heatmap"]["version"]
+    top = sent.get(f"/api/cases/complete/slides/s1/v1/heatmap/2/0/0.png?v={version}", token)
     assert top.status_code == 200 and top.headers["content-type"] == "image/png" and "immutable" in top.headers["cache-control"]
     pixels = np.asarray(Image.open(io.BytesIO(top.content)))
     assert pixels.shape == (240, 240, 4)
     assert tuple(pixels[10, 10]) == (253, 231, 37, 255)  # probability 1: viridis' yellow
-    bottom = np.asarray(Image.open(io.BytesIO(sent.get("/api/cases/complete/heatmap/2/2/0.png", token).content)))
+    bottom = np.asarray(Image.open(io.BytesIO(sent.get("/api/cases/complete/slides/s1/v1/heatmap/2/2/0.png", token).content)))
     assert bottom[100, 10, 3] == 0  # 0 in a uint8 map: background or not scored yet, transparent
     assert bottom[239, 239, 3] == 0  # beyond the slide's 742 rows at this level: transparent
-    assert sent.get("/api/cases/complete/heatmap/2/0/0.png?v=stale", token).headers["cache-control"] == "no-store"
+    assert sent.get("/api/cases/complete/slides/s1/v1/heatmap/2/0/0.png?v=stale", token).headers["cache-control"] == "no-store"
 
 
 def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
     _, pieces = pyramid()
     for piece in pieces:
-        (tmp_path / "f" / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "f" / "image.zarr" / piece.key).write_bytes(piece.data)
+        (tmp_path / "f" / V1 / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / V1 / "image.zarr" / piece.key).write_bytes(piece.data)
     values = np.full((10, 10), np.nan, np.float32)
     values[0, 0] = 0.75
     for key, data in heatmap_objects(values, 2220, 0.499).items():
-        (tmp_path / "f" / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "f" / "heatmap.zarr" / key).write_bytes(data)
+        (tmp_path / "f" / V1 / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / V1 / "heatmap.zarr" / key).write_bytes(data)
     with serving(LocalStorage(tmp_path)) as served:
-        tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/f/heatmap/2/0/0.png", served.token("f")).content)))
+        tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/f/slides/s1/v1/heatmap/2/0/0.png", served.token("f")).content)))
     assert tuple(tile[5, 5]) == tuple(LUT[round(0.75 * 255)])  # 0.75: viridis' green
     assert tile[100, 100, 3] == 0  # NaN: not analysed, nothing drawn
 
@@ -490,15 +486,15 @@ def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
 # -- lossless images -------------------------------------------------------------------------------------------
 def test_lossless_chunks_are_served_as_png_of_their_pixels(tmp_path: Path) -> None:
     plan, pieces = pyramid(lossless=True)
-    root = tmp_path / "lossless" / "image.zarr"
+    root = tmp_path / "lossless" / V1 / "image.zarr"
     for piece in pieces:
         (root / piece.key).parent.mkdir(parents=True, exist_ok=True)
         (root / piece.key).write_bytes(piece.data)
     array = zarr.open_array(zarr.storage.LocalStore(root, read_only=True), path="0", mode="r")
     with serving(LocalStorage(tmp_path)) as served:
         token = served.token("lossless")
-        assert served.get("/api/cases/lossless/image", token).json()["format"] == "png"
-        response = served.get("/api/cases/lossless/tiles/0/12/9", token)  # bottom-right edge chunk
+        assert served.get("/api/cases/lossless/slides/s1/v1/image", token).json()["format"] == "png"
+        response = served.get("/api/cases/lossless/slides/s1/v1/tiles/0/12/9", token)  # bottom-right edge chunk
     assert response.headers["content-type"] == "image/png"
     expected = np.moveaxis(array[:, 12 * 240 :, 9 * 240 :], 0, -1)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected)
@@ -532,11 +528,11 @@ def local_store(tmp_path: Path) -> Path:
     _, pieces = pyramid()
     store = tmp_path / "store"
     for piece in pieces:
-        (store / "case1" / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
-        (store / "case1" / "image.zarr" / piece.key).write_bytes(piece.data)
+        (store / "case1" / V1 / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (store / "case1" / V1 / "image.zarr" / piece.key).write_bytes(piece.data)
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret.txt").write_text("TOP-SECRET")
-    shutil.copytree(store / "case1" / "image.zarr", tmp_path / "outside" / "image.zarr")  # a whole readable image
+    shutil.copytree(store / "case1" / V1 / "image.zarr", tmp_path / "outside" / V1 / "image.zarr")  # a whole readable image
     (store / "escape").symlink_to(tmp_path / "outside")
     (store / "case1" / "secret.txt").symlink_to(tmp_path / "outside" / "secret.txt")
     return store
@@ -551,9 +547,9 @@ def test_the_local_store_never_reads_outside_its_root(local_store: Path) -> None
 
     async def check() -> None:
         for key in ["../outside/secret.txt", "case1/../../outside/secret.txt", "/etc/passwd", "case1/secret.txt",
-                    "escape/secret.txt", "escape/image.zarr/zarr.json", "case1\\..\\..\\outside", "case1/\0", ".", "", "case1//x"]:
+                    "escape/secret.txt", "escape/slides/s1/v1/image.zarr/zarr.json", "case1\\..\\..\\outside", "case1/\0", ".", "", "case1//x"]:
             await refused(key)
-        assert (await storage.get("case1/image.zarr/zarr.json")).startswith(b"{")
+        assert (await storage.get("case1/slides/s1/v1/image.zarr/zarr.json")).startswith(b"{")
 
     asyncio.run(check())
 
@@ -562,18 +558,18 @@ def test_traversal_through_http_gets_4xx_and_nothing_from_outside(local_store: P
     with serving(LocalStorage(local_store)) as served:
         token = served.token("case1")
         escape = served.token("escape")
-        assert served.get("/api/cases/case1/tiles/0/0/0", token).status_code == 200
+        assert served.get("/api/cases/case1/slides/s1/v1/tiles/0/0/0", token).status_code == 200
         # a case whose folder is a symlink out of the store: refused like any other outside key, never a 500
-        assert 400 <= served.get("/api/cases/escape/image", escape).status_code < 500
+        assert 400 <= served.get("/api/cases/escape/slides/s1/v1/image", escape).status_code < 500
         for path, auth in [
             ("/api/cases/../../outside/secret.txt", token),
-            ("/api/cases/..%2f..%2foutside%2fsecret.txt/image", token),
-            ("/api/cases/%2e%2e/image", served.token("x")),
-            ("/api/cases/%2E%2E%2F%2E%2E/image", token),
+            ("/api/cases/..%2f..%2foutside%2fsecret.txt/slides/s1/v1/image", token),
+            ("/api/cases/%2e%2e/slides/s1/v1/image", served.token("x")),
+            ("/api/cases/%2E%2E%2F%2E%2E/slides/s1/v1/image", token),
             ("/api/cases/case1/../escape/image", token),
-            ("/api/cases/case1/tiles/0/0/..%2f..%2f..%2fsecret.txt", token),
-            ("/api/cases/case1/tiles/0/%2e%2e/0", token),
-            ("/api/cases/case1%00/image", token),
+            ("/api/cases/case1/slides/s1/v1/tiles/0/0/..%2f..%2f..%2fsecret.txt", token),
+            ("/api/cases/case1/slides/s1/v1/tiles/0/%2e%2e/0", token),
+            ("/api/cases/case1%00/slides/s1/v1/image", token),
             ("/api/cases/" + "a" * 65 + "/image", token),
             ("/static/../../outside/secret.txt", None),
             ("/static/%2e%2e/%2e%2e/outside/secret.txt", None),
@@ -595,7 +591,7 @@ def test_a_store_that_does_not_answer_is_a_502_not_a_500(monkeypatch: pytest.Mon
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with serving(S3Storage("bucket", "", f"http://127.0.0.1:{port}")) as served:
-        response = served.get("/api/cases/c/tiles/0/0/0", served.token("c"))
+        response = served.get("/api/cases/c/slides/s1/v1/tiles/0/0/0", served.token("c"))
     assert response.status_code == 502 and "bucket" in response.json()["detail"]
 
 
@@ -618,11 +614,12 @@ def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path)
         lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
         links = dict(line.strip().split(": ", 1) for line in lines[1:])
         assert set(links) == {"worklist", "case1"}
+        assert links["worklist"].startswith(f"http://127.0.0.1:{port}/worklist (") and "slidestream users add" in links["worklist"]
         base, _, token = links["case1"].partition("#token=")
         assert base == f"http://127.0.0.1:{port}/view/case1"
         wait_for(lambda: _answers(base), "the server to listen")
         assert "case viewer" in httpx.get(base).text
-        tile = httpx.get(f"http://127.0.0.1:{port}/api/cases/case1/tiles/0/0/0", headers={"Authorization": f"Bearer {token}"})
+        tile = httpx.get(f"http://127.0.0.1:{port}/api/cases/case1/slides/s1/v1/tiles/0/0/0", headers={"Authorization": f"Bearer {token}"})
         assert tile.status_code == 200 and tile.content.startswith(b"\xff\xd8")
         Tokens(SECRET).check(token, case_scope("case1"))
     finally:
@@ -652,10 +649,13 @@ def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path
     port, command = serve_command(local_store, tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = Tokens(SECRET).issue(case_scope("case1"), timedelta(hours=1))
-    report = "/api/cases/case1/report"
+    person = asyncio.run(add_person(LocalStorage(local_store), "Dr Body Limit", PATHOLOGIST))
+    pathologist = Tokens(SECRET).issue_person(person.id, person.serial, timedelta(hours=1))
+    report = "/api/cases/case1/reports"
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/worklist"), "the server to listen")
-        saved = httpx.post(f"http://127.0.0.1:{port}{report}", json={"diagnosis": "benign"}, headers={"Authorization": f"Bearer {token}"})
+        form = {"category": "benign", "diagnosis": "benign"}
+        saved = httpx.post(f"http://127.0.0.1:{port}{report}", json=form, headers={"Authorization": f"Bearer {pathologist}"})
         assert saved.status_code == 200, saved.text  # a real report still goes through
         baseline = _peak_rss(process.pid)
 
@@ -669,7 +669,8 @@ def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path
         assert [status for status, _ in (no_token_declared, no_token_chunked, other_case_chunked, with_token_chunked)] == [413, 401, 403, 413]
         assert all(sent < big for _, sent in (no_token_declared, no_token_chunked, other_case_chunked, with_token_chunked))
         assert _peak_rss(process.pid) < baseline + 50 * 2**20
-        assert httpx.get(f"http://127.0.0.1:{port}{report}", headers={"Authorization": f"Bearer {token}"}).json()["diagnosis"] == "benign"
+        stored = httpx.get(f"http://127.0.0.1:{port}{report}", headers={"Authorization": f"Bearer {token}"}).json()["reports"]
+        assert [version["diagnosis"] for version in stored] == ["benign"]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -724,11 +725,11 @@ def test_the_viewer_reads_what_slidestream_send_wrote(s3_server: S3Server, tmp_p
     n = plan.shard_chunks
     with serving(bucket.storage()) as served:
         token = served.token("sent1")
-        status = served.get("/api/cases/sent1/status", token).json()
+        status = served.get("/api/cases/sent1/slides/s1/v1/status", token).json()
         assert status["manifest"] and status["complete"]
         assert all(set(level["state"]) <= {"0", "2"} for level in status["levels"])  # nothing pending after a send
-        shard = bucket.get("sent1/image.zarr/0/c/0/1/0")
-        tile = served.get("/api/cases/sent1/tiles/0/9/3", token)
+        shard = bucket.get("sent1/slides/s1/v1/image.zarr/0/c/0/1/0")
+        tile = served.get("/api/cases/sent1/slides/s1/v1/tiles/0/9/3", token)
         assert tile.status_code == 200 and tile.content == chunk_of(shard, n, 9 % n, 3 % n)
         assert tile.content == chunk_of(shards(pieces)["0/c/0/1/0"], n, 1, 3)  # the same bytes tiling made
 
@@ -745,15 +746,15 @@ def test_a_send_that_failed_shows_as_failed_never_as_a_white_slide(s3_server: S3
     assert result.returncode == 2, result.stderr
     with serving(bucket.storage()) as served:
         token = served.token("broken1")
-        status = served.get("/api/cases/broken1/status", token)
+        status = served.get("/api/cases/broken1/slides/s1/v1/status", token)
         assert status.status_code == 200
         body = status.json()
         assert body["state"] == "failed" and body["complete"] is False and body["levels"] == []
         assert body["failed"] and body["failed"] in result.stderr.replace(str(tmp_path / "ACC-2024-0001_DOE_JANE.svs"), "the slide")
-        for path in ("/api/cases/broken1/image", "/api/cases/broken1/tiles/0/0/0"):
+        for path in ("/api/cases/broken1/slides/s1/v1/image", "/api/cases/broken1/slides/s1/v1/tiles/0/0/0"):
             answer = served.get(path, token)
             assert answer.status_code == 404 and "send failed" in answer.json()["detail"]
-        worklist = served.get("/api/worklist", served.tokens.issue(WORKLIST, timedelta(hours=1))).json()["cases"]
+        worklist = served.get("/api/worklist", served.person(bucket.storage())).json()["cases"]
         entries = {entry["case"]: entry for entry in worklist}
         assert entries["broken1"]["state"] == "failed" and entries["broken1"]["failed"] == body["failed"]
         assert entries["broken1"]["complete"] is False
@@ -765,5 +766,5 @@ def test_a_version_1_manifest_still_reads(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
     bucket.send("old", arrived=lambda piece: piece.level != 0)  # a slidestream-manifest/1, level 0 still missing
     with serving(bucket.storage()) as served:
-        status = served.get("/api/cases/old/status", served.token("old")).json()
+        status = served.get("/api/cases/old/slides/s1/v1/status", served.token("old")).json()
         assert status["state"] == "sending" and status["complete"] is False and status["levels"][0]["arrived"] == 0

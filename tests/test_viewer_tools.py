@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.heatmap import TILE_STATE, Heatmap, write_results
+from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
 from inference.store import Location
 from inference.tiles import TileGrid
 from transfer.target import HUB
 from viewer import LocalStorage
 from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
-from viewer.heatmap import TILE_STATE as VIEWER_TILE_STATE
 
-from test_viewer import pyramid, serving
+from test_viewer import V1, pyramid, serving
 
 SLIDE_SIZE = (2220, 2967)  # CMU-1-Small-Region, level 0 (width, height)
 MPP = 0.499
@@ -60,31 +59,27 @@ def test_the_colour_scale_is_viridis_and_the_legend_is_that_scale() -> None:
         assert list(LUT[round(stop["at"] * 255), :3]) == stop["rgb"]
 
 
-def test_the_viewer_reads_the_tile_state_inference_writes() -> None:
-    assert VIEWER_TILE_STATE == TILE_STATE
-
-
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
     _, pieces = pyramid()
     for piece in pieces:
-        (root / "case" / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
-        (root / "case" / "image.zarr" / piece.key).write_bytes(piece.data)
+        (root / "case" / V1 / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "case" / V1 / "image.zarr" / piece.key).write_bytes(piece.data)
     return root
 
 
 def overlay_tile(root: Path, scores: np.ndarray, complete: bool) -> tuple[np.ndarray, dict]:
     """The level-2 overlay tile (0, 0) (240 px of 4 level-0 pixels: cells 0-8 and part of 9) and the status."""
     objects, triage = inference_heatmap(scores, complete)
-    (root / "case" / "triage.json").write_text(json.dumps(triage))
+    (root / "case" / V1 / "triage.json").write_text(json.dumps(triage))
     for key, data in objects.items():
-        (root / "case" / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / "case" / "heatmap.zarr" / key).write_bytes(data)
+        (root / "case" / V1 / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "case" / V1 / "heatmap.zarr" / key).write_bytes(data)
     with serving(LocalStorage(root)) as served:
         token = served.token("case")
-        status = served.get("/api/cases/case/status", token).json()
-        png = served.get(f"/api/cases/case/heatmap/2/0/0.png?v={status['heatmap']['version']}", token).content
+        status = served.get("/api/cases/case/slides/s1/v1/status", token).json()
+        png = served.get(f"/api/cases/case/slides/s1/v1/heatmap/2/0/0.png?v={status['heatmap']['version']}", token).content
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")), status
 
 

@@ -2,7 +2,7 @@
 
 SQLite in WAL mode with synchronous=FULL: every verified object is one committed transaction, so a `kill -9`,
 a reboot or a full disk leaves a journal that is consistent and at most one object behind. Objects are keyed by
-(endpoint, bucket, prefix, case, key) and carry the SHA-256 of their bytes: a rerun recomputes the (deterministic)
+(endpoint, bucket, prefix, slide version, key) and carry the SHA-256 of their bytes: a rerun recomputes the (deterministic)
 pieces and skips exactly those whose hash is already recorded as verified.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from transfer.errors import JournalError
-from transfer.target import Destination
+from transfer.target import Destination, SlideRef
 
 VERIFIED = "sent-verified"
 SCHEMA = """
@@ -176,10 +176,12 @@ _WHERE = "endpoint=? AND bucket=? AND prefix=? AND case_id=?"
 
 
 def _where(dest: Destination) -> tuple[str, str, str, str]:
-    return dest.journal_endpoint, dest.bucket, dest.prefix, dest.case
+    """The column `case_id` holds the slide version ({case}/slides/{slide}/{version}): one send per version."""
+    return dest.journal_endpoint, dest.bucket, dest.prefix, dest.ref.root
 
 
 def _record(row: tuple[Any, ...]) -> SendRecord:
-    endpoint, bucket, prefix, case, args, started, _updated, finished, milestones, error = row
-    dest = Destination(None if endpoint == "aws" else endpoint, bucket, prefix, case)
+    endpoint, bucket, prefix, root, args, started, _updated, finished, milestones, error = row
+    ref = SlideRef.parse(root) if "/" in root else SlideRef(root)  # journals from before slides: the case's one slide
+    dest = Destination(None if endpoint == "aws" else endpoint, bucket, prefix, ref.case, ref.slide, ref.version)
     return SendRecord(dest, json.loads(args), started, finished, json.loads(milestones), error)

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
-from transfer.target import IMAGE
+from transfer.target import IMAGE, SlideRef
 
 FORMAT = "slidestream-manifest/2"
 SENDING, COMPLETE, FAILED = "sending", "complete", "failed"
@@ -39,8 +39,8 @@ class Arrivals:
     shards come.
     """
 
-    def __init__(self, case: str, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
-        self.case = case
+    def __init__(self, ref: SlideRef, plan: PyramidPlan, started_at: str, milestones: dict[str, float]) -> None:
+        self.ref = ref
         self.started_at = started_at
         self._started = datetime.fromisoformat(started_at).timestamp()
         self.milestones = dict(milestones)
@@ -150,7 +150,9 @@ class Arrivals:
                 entry["arrived"] += task.key in self._arrived
             return {
                 "format": FORMAT,
-                "case": self.case,
+                "case": self.ref.case,
+                "slide": self.ref.slide,
+                "version": self.ref.version,
                 "image": IMAGE,
                 "started_at": self.started_at,
                 "updated_at": utc_now(),
@@ -177,11 +179,13 @@ class Arrivals:
             self._assumed = {}
 
 
-def failed_document(case: str, started_at: str, reason: str) -> bytes:
+def failed_document(ref: SlideRef, started_at: str, reason: str) -> bytes:
     """The manifest of a send given up: nothing of its image is left to read, and the reason says why."""
     document = {
         "format": FORMAT,
-        "case": case,
+        "case": ref.case,
+        "slide": ref.slide,
+        "version": ref.version,
         "image": IMAGE,
         "started_at": started_at,
         "updated_at": utc_now(),

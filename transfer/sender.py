@@ -39,7 +39,7 @@ from transfer.integrity import Digest, Expected, Mismatch, check, expected_multi
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
-from transfer.target import HEATMAP, TRIAGE, Destination
+from transfer.target import CASE_RECORD, HEATMAP, TRIAGE, Destination, SlideRef
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -112,7 +112,7 @@ class Listener(Protocol):
 
 @dataclass(frozen=True)
 class SendResult:
-    case: str
+    ref: SlideRef
     url: str
     objects: int  # uploaded by this run
     objects_skipped: int  # already verified on the server by an earlier run
@@ -123,10 +123,16 @@ class SendResult:
     retries: int = 0
     concurrency: int = 0  # puts in flight at the end (what auto concurrency settled on)
 
+    @property
+    def case(self) -> str:
+        return self.ref.case
+
     def summary(self) -> dict[str, Any]:
         """What `--json` prints."""
         return {
-            "case": self.case,
+            "case": self.ref.case,
+            "slide": self.ref.slide,
+            "version": self.ref.version,
             "url": self.url,
             "objects": self.objects,
             "objects_skipped": self.objects_skipped,
@@ -153,10 +159,12 @@ class Sender:
     """Sends one case to one destination; reusable for one `send()` call."""
 
     def __init__(self, dest: Destination, journal: Journal, options: SendOptions = SendOptions(), listener: Listener | None = None,
-                 private: Collection[str] = ()) -> None:
+                 private: Collection[str] = (), registration: bytes | None = None) -> None:
         """`private`: strings that must not reach the store (the slide's path and name: they hold accession
-        numbers); a failure reason written to the manifest says "the slide" instead."""
+        numbers); a failure reason written to the manifest says "the slide" instead. `registration`: the case's
+        case.json, created before the first manifest unless the case has one (the clock never restarts)."""
         self.dest = dest
+        self.registration = registration
         self.private = sorted({name for name in private if len(name) >= 4}, key=len, reverse=True)
         self.retracted = False  # set once `retract` took what this send published back
         self.journal = journal
@@ -265,7 +273,7 @@ class Sender:
         record, start = self._record, self._start
         known = self.journal.verified(self.dest)
         plan = order.plan
-        arrivals = self._arrivals = Arrivals(self.dest.case, plan, record.started_at, record.milestones)
+        arrivals = self._arrivals = Arrivals(self.dest.ref, plan, record.started_at, record.milestones)
         self._set_concurrency(self.options.concurrency or AUTO_START)
         helpers = [threading.Thread(target=self._guard(self._monitor), name="monitor", daemon=True),
                    threading.Thread(target=self._guard(self._publish_loop), name="manifest", daemon=True)]  # fmt: skip
@@ -333,7 +341,7 @@ class Sender:
             if retracting:
                 self.retract(str(failure))
         return SendResult(
-            self.dest.case,
+            self.dest.ref,
             self.dest.url,
             self._uploaded,
             self._skipped,
@@ -349,8 +357,19 @@ class Sender:
         """Before this run's first image object: a manifest that says "sending" (so an image we write is never
         without one; a rerun that finds everything verified never gets here and leaves a complete manifest alone)."""
         if not self._opened.is_set():
+            self._register()
             self._publish()
             self._opened.set()
+
+    def _register(self) -> None:
+        """The case's registration (create-only: a case registered by its station, or by an earlier slide, keeps
+        its clock and context) and this version's `_arrivals/` marker, by which hubs and worklists find it."""
+        assert self._arrivals is not None
+        if self.registration is not None:
+            record = self.dest.case_root + CASE_RECORD
+            self._put_verified(record, self.registration, Digest.of(self.registration), "application/json", "no-cache", create=True)
+        marker = self.dest.key(self.dest.ref.arrival_key(self._arrivals.started_at))
+        self._put_verified(marker, b"", Digest.of(b""), "application/octet-stream")
 
     def _new_image(self) -> None:
         """A metadata object differs from the one the journal verified: another image for this case (a rescan, or
@@ -389,7 +408,7 @@ class Sender:
         public = reason
         for name in self.private:
             public = public.replace(name, "the slide")
-        document = failed_document(self.dest.case, started, public)
+        document = failed_document(self.dest.ref, started, public)
         keys = sorted({*self.journal.verified(self.dest), *self._written})
         try:
             with self._manifest_lock:
@@ -552,10 +571,11 @@ class Sender:
         self._report()
 
     def _put_verified(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None = None,
-                      interrupt: threading.Event | None = None) -> str:
+                      interrupt: threading.Event | None = None, create: bool = False) -> str:
         """Put until the server's answer proves it holds exactly `data`; retry the network until the deadline.
 
-        `interrupt` (default: the send's stop) ends the waits between tries; a retraction passes its own.
+        `interrupt` (default: the send's stop) ends the waits between tries; a retraction passes its own. `create`:
+        only if no object has the key (`If-None-Match: *`); one that exists is left alone and "" returned.
         """
         attempt = corrupted = 0
         while True:
@@ -566,12 +586,15 @@ class Sender:
                 if digest.size > self.options.multipart_threshold:
                     etag = self._put_multipart(key, data, content_type, cache_control)
                 else:
-                    etag = self._put_single(key, data, digest, content_type, cache_control)
+                    etag = self._put_single(key, data, digest, content_type, cache_control, create)
                 self._network_ok()
                 return etag
             except Mismatch as error:
                 corrupted, reason = corrupted + 1, str(error)
             except (BotoCoreError, ClientError) as error:
+                if create and error_code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    self._network_ok()
+                    return ""
                 if is_corruption(error):
                     corrupted, reason = corrupted + 1, f"{key}: server reported {error_code(error)}"
                 elif is_transient(error):
@@ -601,7 +624,7 @@ class Sender:
             extra["SSEKMSKeyId"] = self.options.sse_kms_key_id
         return extra
 
-    def _put_single(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None) -> str:
+    def _put_single(self, key: str, data: bytes, digest: Digest, content_type: str, cache_control: str | None, create: bool = False) -> str:
         """One PUT carrying Content-MD5 and x-amz-checksum-sha256, both of which AWS, MinIO and Ceph check."""
         response = self.client.put_object(
             Bucket=self.dest.bucket,
@@ -609,6 +632,7 @@ class Sender:
             Body=data,
             ContentMD5=digest.content_md5,
             ChecksumSHA256=digest.checksum_sha256,
+            **({"IfNoneMatch": "*"} if create else {}),
             **self._extra(content_type, cache_control),
         )
         self.meter.request_done()

@@ -1,15 +1,19 @@
 """The viewer's HTTP side: static pages, a token-guarded JSON and tile API, no server-side sessions.
 
 Pages carry no data; the browser takes its token from the URL fragment and sends it as a Bearer header, so tokens
-never reach URLs, logs or Referer headers, and the server only ever checks a signature. Every refusal and every
-bad request is a 4xx; a store that fails answers 502.
+never reach URLs, logs or Referer headers. A case token is checked by its signature alone; a person's token also
+against their record on the store (viewer/people.py, cached a second), so a revoked or expired user is refused at
+their next request. Only a named pathologist opens the worklist, signs, amends or asks the hospital; every case
+open, slide open and report action is written to the audit log (viewer/audit.py) with who did it. Every refusal
+and every bad request is a 4xx; a store that fails answers 502.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -17,22 +21,46 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from transfer.target import REPORT
+from transfer.target import (
+    REQUESTS,
+    SLIDE_PATTERN,
+    VERSION_PATTERN,
+    CaseRecord,
+    SlideRef,
+)
+from viewer import audit
+from viewer.cache import AsyncCache
 from viewer.cases import Cases, utc_now
-from viewer.image import BACKGROUND, PENDING, CaseNotFoundError, ImageError, TileNotFoundError
+from viewer.image import (
+    BACKGROUND,
+    PENDING,
+    CaseNotFoundError,
+    ImageError,
+    TileNotFoundError,
+)
+from viewer.people import PATHOLOGIST, STATION, Person, RevokedError, get_person
+from viewer.reports import ReportConflict, ReportIn, RequestIn, ask, numbered, sign
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
-from viewer.tokens import CASE_ID, WORKLIST, AccessError, ScopeError, TokenError, Tokens, case_scope
+from viewer.tokens import (
+    CASE_ID,
+    PERSON,
+    AccessError,
+    ScopeError,
+    TokenError,
+    Tokens,
+    case_scope,
+)
 
 STATIC = Path(__file__).with_name("static")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
-MAX_DIAGNOSIS = 20_000
-# The largest request body read: the one body the API takes is a report of MAX_DIAGNOSIS characters, at most
-# 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its key.
-MAX_BODY = 12 * MAX_DIAGNOSIS + 1024
+MAX_TEXT = 20_000
+# The largest request body read: the largest body the API takes is a report of three texts of MAX_TEXT characters,
+# at most 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its keys.
+MAX_BODY = 3 * 12 * MAX_TEXT + 1024
+PEOPLE_TTL = 1.0  # seconds a person's record may be stale: how soon a revocation takes effect
 MAX_LEVEL = 63
 MAX_TILE_INDEX = 2**31
 SECURITY_HEADERS = [
@@ -46,22 +74,71 @@ SECURITY_HEADERS = [
 ]
 
 CaseId = Annotated[str, PathParam(pattern=CASE_ID.pattern)]
+SlideId = Annotated[str, PathParam(pattern=f"^{SLIDE_PATTERN.pattern}$")]
+VersionId = Annotated[str, PathParam(pattern=f"^{VERSION_PATTERN.pattern}$")]
 Authorization = Annotated[str | None, Header()]
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who makes a request: a user (from their record) or the holder of one case's link."""
+
+    person: Person | None = None
+    case: str | None = None
+
+    @property
+    def who(self) -> dict[str, str]:
+        """How the audit log names them."""
+        return self.person.who if self.person else {"case_token": self.case or ""}
+
+    def pathologist(self, action: str) -> Person:
+        """The signed-in pathologist, or the refusal that says who may `action`."""
+        if self.person is None:
+            raise ScopeError(f"a case link cannot {action}; sign in as a pathologist")
+        if self.person.role != PATHOLOGIST:
+            raise ScopeError(f"user {self.person.id} is a {self.person.role}; only a pathologist may {action}")
+        return self.person
+
+
 class ViewerState:
-    """What every request needs: the cases of one store and the token signer."""
+    """What every request needs: the cases of one store, the token signer and the user records."""
 
     def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta) -> None:
         self.cases = cases
         self.tokens = tokens
         self.link_lifetime = link_lifetime
+        self._people: AsyncCache[str, Person | None] = AsyncCache(1024, PEOPLE_TTL)
 
     def case_link(self, case: str) -> str:
         return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
 
-    def worklist_link(self) -> str:
-        return f"/worklist#token={self.tokens.issue(WORKLIST, self.link_lifetime)}"
+    async def identify(self, token: str | None) -> Identity:
+        """Whose token this is; `TokenError` (401) for a bad one, `RevokedError` (403) for a user who may no longer."""
+        claims = self.tokens.claims(token)
+        if claims["scope"] != PERSON:
+            scope = str(claims["scope"])
+            return Identity(case=scope.removeprefix("case:") if scope.startswith("case:") else None)
+        user = str(claims["user"])
+        person = await self._people.get(user, lambda: get_person(self.cases.storage, user))
+        if person is None:
+            raise TokenError(f"no user {user} on this store")
+        refusal = person.refusal(datetime.now(UTC))
+        if refusal:
+            raise RevokedError(refusal)
+        if person.serial != claims["serial"]:
+            raise TokenError(f"this sign-in link of {person.name} was replaced by a newer one")
+        return Identity(person=person)
+
+    async def may_open(self, identity: Identity, case: str) -> None:
+        """A case link opens its case; a pathologist every case; a station the cases it registered."""
+        if identity.person is None:
+            if identity.case != case:
+                raise ScopeError("this token does not open that")
+            return
+        if identity.person.role == STATION:
+            record = CaseRecord.parse(await self.cases.sidecar(case, "case.json"))
+            if record is None or record.station != identity.person.name:
+                raise ScopeError(f"station {identity.person.name} did not register case {case}")
 
 
 async def _state(request: Request) -> ViewerState:  # async: sync dependencies cost a thread hop each
@@ -76,13 +153,16 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def _case_access(case: CaseId, state: State, authorization: Authorization = None) -> str:
-    state.tokens.check(_bearer(authorization), case_scope(case))
+async def _identity(state: State, authorization: Authorization = None) -> Identity:
+    return await state.identify(_bearer(authorization))
+
+
+Who = Annotated[Identity, Depends(_identity)]
+
+
+async def _case_access(case: CaseId, state: State, identity: Who) -> str:
+    await state.may_open(identity, case)
     return case
-
-
-async def _worklist_access(state: State, authorization: Authorization = None) -> None:
-    state.tokens.check(_bearer(authorization), WORKLIST)
 
 
 Case = Annotated[str, Depends(_case_access)]
@@ -106,23 +186,42 @@ async def viewer_page(case: CaseId) -> FileResponse:
 
 
 # -- API -------------------------------------------------------------------------------------------------------
-@router.get("/api/worklist", dependencies=[Depends(_worklist_access)])
-async def worklist(state: State) -> JSONResponse:
+@router.get("/api/me")
+async def me(identity: Who) -> JSONResponse:
+    """Who the page's token is: the user's name and role, or the case a case link opens."""
+    body = {"user": identity.person.who, "case": None} if identity.person else {"user": None, "case": identity.case}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/worklist")
+async def worklist(state: State, identity: Who) -> JSONResponse:
+    identity.pathologist("open the worklist")
     entries = await state.cases.worklist()
     for entry in entries:
-        entry["link"] = state.case_link(entry["case"])
+        entry["link"] = f"/view/{entry['case']}"  # the page carries the pathologist's own token along
     return JSONResponse({"now": utc_now(), "cases": entries}, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/api/cases/{case}/image")
-async def image(case: Case, state: State) -> JSONResponse:
-    return JSONResponse((await state.cases.image(case)).describe(), headers={"Cache-Control": "no-cache"})
+@router.get("/api/cases/{case}")
+async def case_info(case: Case, state: State, identity: Who) -> JSONResponse:
+    info = await state.cases.case_info(case)
+    await audit.record(state.cases.storage, identity.who, "open-case", case)
+    return JSONResponse(info, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/api/cases/{case}/status")
-async def status(case: Case, state: State, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+@router.get("/api/cases/{case}/slides/{slide}/{version}/image")
+async def image(case: Case, slide: SlideId, version: VersionId, state: State, identity: Who) -> JSONResponse:
+    root = SlideRef(case, slide, version).root
+    described = (await state.cases.image(root)).describe()
+    await audit.record(state.cases.storage, identity.who, "open-slide", case, slide, version)
+    return JSONResponse(described, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/cases/{case}/slides/{slide}/{version}/status")
+async def status(case: Case, slide: SlideId, version: VersionId, state: State,
+                 if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """Polled by the page: unchanged status answers 304, so idle viewers cost a header exchange."""
-    body = json.dumps(await state.cases.status(case), separators=(",", ":")).encode()
+    body = json.dumps(await state.cases.status(SlideRef(case, slide, version).root), separators=(",", ":")).encode()
     etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _matches(if_none_match, etag):
@@ -134,13 +233,13 @@ async def status(case: Case, state: State, if_none_match: Annotated[str | None, 
 # Nearly every request is a tile. FastAPI's per-request parameter machinery about doubled their CPU cost (measured
 # with bench/bench_viewer.py), so these two check their few parameters themselves.
 async def tile(request: Request) -> Response:
-    """GET /api/cases/{case}/tiles/{level}/{row}/{col}: one chunk, as stored (JPEG) or as PNG (lossless images).
+    """GET /api/cases/{case}/slides/{slide}/{version}/tiles/{level}/{row}/{col}: one chunk, as stored (JPEG) or as PNG (lossless images).
 
     Level 0 is full resolution. Not-yet-arrived chunks are a 404 that is never cached; the page shows the coarser
     level meanwhile.
     """
-    state, case, level, row, col = _tile_request(request)
-    chunk = await state.cases.locate(case, level, row, col)
+    state, root, level, row, col = await _tile_request(request)
+    chunk = await state.cases.locate(root, level, row, col)
     if chunk == PENDING:
         return JSONResponse({"detail": "not arrived yet"}, 404, headers={"Cache-Control": "no-store", "X-Tile": "pending"})
     if chunk == BACKGROUND:
@@ -154,12 +253,12 @@ async def tile(request: Request) -> Response:
 
 
 async def heatmap_tile(request: Request) -> Response:
-    """GET /api/cases/{case}/heatmap/{level}/{row}/{col}.png?v=VERSION: the overlay tile, PNG with alpha.
+    """GET /api/cases/{case}/slides/{slide}/{version}/heatmap/{level}/{row}/{col}.png?v=VERSION: the overlay tile, PNG with alpha.
 
     `v` names the heatmap version the page expects: that version is immutable, anything else is not cached.
     """
-    state, case, level, row, col = _tile_request(request)
-    rendered = await state.cases.heatmap_tile(case, level, row, col)
+    state, root, level, row, col = await _tile_request(request)
+    rendered = await state.cases.heatmap_tile(root, level, row, col)
     if rendered is None:
         return JSONResponse({"detail": "no heatmap yet"}, 404, headers={"Cache-Control": "no-store"})
     data, version = rendered
@@ -167,31 +266,54 @@ async def heatmap_tile(request: Request) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": cache})
 
 
-def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, int]:
-    """Validate the address (the route's int convertors already refused anything but digits), then the token."""
-    case, level, row, col = (request.path_params[name] for name in ("case", "level", "row", "col"))
-    if not CASE_ID.fullmatch(case) or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX:
+async def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, int]:
+    """Validate the address (the route's int convertors already refused anything but digits), then the token.
+    Returns the slide version's root with the tile's address."""
+    case, slide, version, level, row, col = (request.path_params[name] for name in ("case", "slide", "version", "level", "row", "col"))
+    if (not CASE_ID.fullmatch(case) or not SLIDE_PATTERN.fullmatch(slide) or not VERSION_PATTERN.fullmatch(version)
+            or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX):
         raise TileNotFoundError("no such tile")
     state: ViewerState = request.app.state.viewer
-    state.tokens.check(_bearer(request.headers.get("authorization")), case_scope(case))
-    return state, case, level, row, col
+    await state.may_open(await state.identify(_bearer(request.headers.get("authorization"))), case)
+    return state, SlideRef(case, slide, version).root, level, row, col
 
 
-class ReportIn(BaseModel):
-    diagnosis: str = Field(max_length=MAX_DIAGNOSIS)
+@router.get("/api/cases/{case}/reports")
+async def reports(case: Case, state: State) -> JSONResponse:
+    """The signed report and every amendment, in order: the history stays readable."""
+    return JSONResponse({"reports": await state.cases.reports(case)}, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/api/cases/{case}/report")
-async def get_report(case: Case, state: State) -> JSONResponse:
-    report = await state.cases.sidecar(case, REPORT)
-    if report is None:
-        return JSONResponse({"detail": "no report yet"}, 404, headers={"Cache-Control": "no-store"})
-    return JSONResponse(report, headers={"Cache-Control": "no-store"})
+@router.post("/api/cases/{case}/reports")
+async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -> JSONResponse:
+    """Sign the report (or amend the newest version): final, create-only, copied to the registering station."""
+    person = identity.pathologist("sign")  # an amendment is signed too
+    info = await state.cases.case_info(case)
+    read_on = [{"slide": s["slide"], "version": s["version"]} for s in info["slides"] if s["state"] != "failed"]
+    if not read_on:
+        reasons = "; ".join(f"{s['slide']}: failed: {s['failed']}" for s in info["slides"]) or "no slide has arrived"
+        raise ReportConflict(f"case {case} has no slide that arrived to report on ({reasons})")
+    try:
+        document = await sign(state.cases.storage, case, form, person.who, read_on, info["station"])
+    finally:
+        state.cases.forget_reports(case)
+    await audit.record(state.cases.storage, identity.who, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
-@router.post("/api/cases/{case}/report")
-async def save_report(case: Case, report: ReportIn, state: State) -> JSONResponse:
-    return JSONResponse(await state.cases.save_report(case, report.diagnosis), headers={"Cache-Control": "no-store"})
+@router.get("/api/cases/{case}/requests")
+async def requests(case: Case, state: State) -> JSONResponse:
+    return JSONResponse({"requests": await numbered(state.cases.storage, case, REQUESTS)}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/cases/{case}/requests")
+async def ask_hospital(case: Case, form: RequestIn, state: State, identity: Who) -> JSONResponse:
+    """Ask the hospital for something (another section, a deeper level): numbered, copied to the station."""
+    person = identity.pathologist("ask the hospital")
+    info = await state.cases.case_info(case)
+    document = await ask(state.cases.storage, case, form, person.who, info["station"])
+    await audit.record(state.cases.storage, identity.who, "request", case, form.slide, report=document["number"])
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -202,6 +324,8 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 _STATUS: list[tuple[type[Exception], int]] = [
     (TokenError, 401),
     (ScopeError, 403),
+    (RevokedError, 403),
+    (ReportConflict, 409),
     (CaseNotFoundError, 404),
     (TileNotFoundError, 404),
     (ObjectNotFoundError, 404),
@@ -251,7 +375,7 @@ class BodyLimit:
 
     FastAPI reads a body whole before any dependency checks the token, so without this anyone could make the server
     hold hundreds of MB. A declared Content-Length over the limit is refused at once (413); the token is checked
-    against the scope the path names (the case of /api/cases/CASE/..., else the worklist) before a byte is read
+    (a person's, or a case link for the case of /api/cases/CASE/...) before a byte is read
     (401/403); a chunked body is counted while it arrives and refused when it passes the limit. What is accepted is
     read here (at most `limit` bytes) and handed to the app as is; the routes check the token again as always."""
 
@@ -277,7 +401,9 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
             return
         try:
-            self.tokens.check(_bearer(headers.get("authorization")), _scope_of(scope["path"]))
+            claims = self.tokens.claims(_bearer(headers.get("authorization")))
+            if claims["scope"] != PERSON:  # a person's record is checked by the route, once the body is in
+                self.tokens.check(_bearer(headers.get("authorization")), _scope_of(scope["path"]))
         except AccessError as error:
             await _error_response(error)(scope, receive, send)
             return
@@ -299,11 +425,11 @@ class BodyLimit:
 
 
 def _scope_of(path: str) -> str:
-    """The token scope a request to `path` needs: the case's for the case API, the worklist's for anything else."""
+    """The token scope a case link needs for `path`: the case's for the case API, none for anything else."""
     parts = path.split("/")
     if len(parts) > 3 and parts[1:3] == ["api", "cases"] and CASE_ID.fullmatch(parts[3]):
         return case_scope(parts[3])
-    return WORKLIST
+    return PERSON
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -325,8 +451,8 @@ def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = time
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.viewer = ViewerState(Cases(storage), tokens, link_lifetime)
     app.include_router(router)
-    app.add_route("/api/cases/{case}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
-    app.add_route("/api/cases/{case}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
+    app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
+    app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]

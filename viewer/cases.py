@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from datetime import UTC, datetime
@@ -22,7 +23,21 @@ from PIL import Image
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state
-from transfer.target import HEATMAP, IMAGE, MANIFEST, REPORT, TRIAGE, is_final
+from transfer.target import (
+    CASE_RECORD,
+    HEATMAP,
+    IMAGE,
+    MANIFEST,
+    REPORTS,
+    SLIDE_PATTERN,
+    SLIDES,
+    TRIAGE,
+    VERSION_PATTERN,
+    CaseRecord,
+    SlideRef,
+    is_final,
+    version_number,
+)
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
@@ -30,6 +45,7 @@ from viewer.image import (
     PENDING,
     Arrival,
     CaseFailedError,
+    CaseNotFoundError,
     ImageError,
     Level,
     SlideImage,
@@ -41,12 +57,12 @@ from viewer.image import (
     parse_shard_index,
     without_manifest,
 )
+from viewer.reports import numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
-SIDECAR_TTL = 2.0  # triage, report, heatmap version
-REPORT_FORMAT = "slidestream-report/1"
+SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 JPEG_SOI = b"\xff\xd8"
 
 
@@ -83,31 +99,33 @@ class Cases:
         self._sidecars: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, SIDECAR_TTL)
         self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
+        self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
+        self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
 
     # -- image and arrival -----------------------------------------------------------------------------------
-    async def image(self, case: str) -> SlideImage:
-        """The image of the case's current send (the metadata is re-read only when a new send starts)."""
-        return (await self.arrival(case)).image
+    async def image(self, root: str) -> SlideImage:
+        """The image of the slide version's current send (the metadata is re-read only when a new send starts)."""
+        return (await self.arrival(root)).image
 
-    async def arrival(self, case: str) -> Arrival:
+    async def arrival(self, root: str) -> Arrival:
         """Arrival state and the image it belongs to, from one reading of the manifest."""
 
         async def load() -> Arrival:
-            manifest = await self.manifest(case)
-            check_not_failed(case, manifest)
+            manifest = await self.manifest(root)
+            check_not_failed(root, manifest)
             send = str(manifest.get("started_at")) if manifest else None
-            image = await self._images.get((case, send), lambda: open_image(self._zarr, case))
+            image = await self._images.get((root, send), lambda: open_image(self._zarr, root))
             return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
 
-        return await self._arrivals.get(case, load)
+        return await self._arrivals.get(root, load)
 
-    async def manifest(self, case: str) -> dict[str, Any] | None:
-        return await self._manifests.get(case, lambda: self._json(f"{case}/{MANIFEST}"))
+    async def manifest(self, root: str) -> dict[str, Any] | None:
+        return await self._manifests.get(root, lambda: self._json(f"{root}/{MANIFEST}"))
 
     # -- tiles -----------------------------------------------------------------------------------------------
-    async def locate(self, case: str, level_index: int, row: int, col: int) -> Chunk | str:
+    async def locate(self, root: str, level_index: int, row: int, col: int) -> Chunk | str:
         """The arrived chunk at (row, col) of a level, or PENDING / BACKGROUND; `TileNotFoundError` off the image."""
-        arrival = await self.arrival(case)
+        arrival = await self.arrival(root)
         image = arrival.image
         level = image.level(level_index)
         if not (0 <= row < level.rows and 0 <= col < level.columns):
@@ -147,12 +165,12 @@ class Cases:
         return ShardIndex(table, int.from_bytes(data[-4:], "little"))
 
     # -- heatmap ---------------------------------------------------------------------------------------------
-    async def heatmap(self, case: str) -> Heatmap | None:
+    async def heatmap(self, root: str) -> Heatmap | None:
         """The current heatmap, or None until inference has written one."""
-        version = await self._heatmap_versions.get(case, lambda: self._heatmap_version(case))
+        version = await self._heatmap_versions.get(root, lambda: self._heatmap_version(root))
         if version is None:
             return None
-        image = await self.image(case)
+        image = await self.image(root)
 
         async def load() -> Heatmap | None:
             try:
@@ -160,38 +178,39 @@ class Cases:
             except FileNotFoundError:  # objects listed, metadata not yet written
                 return None
 
-        return await self._heatmaps.get((case, version), load)
+        return await self._heatmaps.get((root, version), load)
 
-    async def heatmap_tile(self, case: str, level_index: int, row: int, col: int) -> tuple[bytes, str] | None:
-        heatmap = await self.heatmap(case)
+    async def heatmap_tile(self, root: str, level_index: int, row: int, col: int) -> tuple[bytes, str] | None:
+        heatmap = await self.heatmap(root)
         if heatmap is None:
             return None
-        image = await self.image(case)
+        image = await self.image(root)
         level = image.level(level_index)
         if not (0 <= row < level.rows and 0 <= col < level.columns):
             raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index}")
         return await asyncio.to_thread(render_tile, heatmap, image, level, row, col), heatmap.version
 
-    async def _heatmap_version(self, case: str) -> str | None:
+    async def _heatmap_version(self, root: str) -> str | None:
         try:
-            objects = await self.storage.list(f"{case}/{HEATMAP}")
+            objects = await self.storage.list(f"{root}/{HEATMAP}")
         except ObjectNotFoundError:
             return None
         return version_of(objects) if objects else None
 
     # -- what a page polls, and the worklist -----------------------------------------------------------------
-    async def status(self, case: str) -> dict[str, Any]:
+    async def status(self, root: str) -> dict[str, Any]:
         """Arrival per level, triage, heatmap version and report time: everything on a page that changes.
 
         A send that was given up has no image: its status says "failed" and why, with no levels."""
         try:
-            arrival = await self.arrival(case)
+            arrival = await self.arrival(root)
         except CaseFailedError as failed:
-            manifest = await self.manifest(case) or {}
+            manifest = await self.manifest(root) or {}
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
-        triage, heatmap, report = await asyncio.gather(self.sidecar(case, TRIAGE), self.heatmap(case), self.sidecar(case, REPORT))
+        case = root.split("/", 1)[0]
+        triage, heatmap, signed_at = await asyncio.gather(self.sidecar(root, TRIAGE), self.heatmap(root), self.signed_at(case))
         counts = arrival.counts()
         return {
             "manifest": arrival.manifest,
@@ -204,32 +223,94 @@ class Cases:
             "triage": _triage(triage),
             "top_regions": _regions(triage),
             "heatmap": heatmap.describe() if heatmap else None,
-            "report": {"first_saved_at": report.get("first_saved_at"), "saved_at": report.get("saved_at")} if report else None,
+            "report": {"signed_at": signed_at} if signed_at else None,
+        }
+
+    async def slides(self, case: str) -> list[SlideRef]:
+        """Each slide of the case at its newest version (a rescan supersedes the scan before it), in slide order."""
+
+        async def load() -> list[SlideRef]:
+            newest = []
+            for slide in await self._dirs(f"{case}/{SLIDES}", SLIDE_PATTERN):
+                versions = await self._dirs(f"{case}/{SLIDES}/{slide}", VERSION_PATTERN)
+                if versions:
+                    newest.append(SlideRef(case, slide, max(versions, key=version_number)))
+            return sorted(newest, key=lambda ref: version_number(ref.slide))
+
+        return await self._slides.get(case, load)
+
+    async def _dirs(self, prefix: str, pattern: re.Pattern[str]) -> list[str]:
+        try:
+            return [name for name in await self.storage.list_dirs(prefix) if pattern.fullmatch(name)]
+        except ObjectNotFoundError:
+            return []
+
+    async def case_info(self, case: str) -> dict[str, Any]:
+        """The case as its page opens it: registration (clock, clinical context) and its slides, each with the
+        version shown and its arrival state. `CaseNotFoundError` for a case with neither."""
+        record, slides, signed_at = await asyncio.gather(self.sidecar(case, CASE_RECORD), self.slides(case), self.signed_at(case))
+        registration = CaseRecord.parse(record)
+        if registration is None and not slides:
+            raise CaseNotFoundError(f"case {case}: not on this store")
+        entries = []
+        for ref in slides:
+            state, failed = case_state(await self.manifest(ref.root))
+            entries.append({"slide": ref.slide, "version": ref.version, "state": state, "failed": failed})
+        return {
+            "case": case,
+            "registered_at": registration.registered_at if registration else None,
+            "station": registration.station if registration else None,
+            "context": dict(registration.context) if registration else {},
+            "slides": entries,
+            "signed_at": signed_at,
         }
 
     async def worklist(self) -> list[dict[str, Any]]:
-        """Every case, most suspicious first (cases without a score last), with arrival progress and clocks."""
+        """Every case, most suspicious first (cases without a score last), with arrival progress and clocks.
+
+        A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed."""
         cases = [name for name in await self.storage.list_dirs() if CASE_ID.fullmatch(name)]
         limit = asyncio.Semaphore(16)
 
-        async def entry(case: str) -> dict[str, Any]:
+        async def slide_entry(ref: SlideRef) -> dict[str, Any]:
             async with limit:
-                manifest, triage, report = await asyncio.gather(
-                    self.manifest(case), self.sidecar(case, TRIAGE), self.sidecar(case, REPORT)
-                )
+                manifest, triage = await asyncio.gather(self.manifest(ref.root), self.sidecar(ref.root, TRIAGE))
             state, failed = case_state(manifest)
             manifest = manifest or {}
             planned, arrived = manifest.get("planned", []), manifest.get("arrived", [])
             return {
-                "case": case,
+                "slide": ref.slide,
+                "version": ref.version,
                 "triage": None if failed else _triage(triage),
-                "planned": len(planned) if isinstance(planned, list) else None,
-                "arrived": len(arrived) if isinstance(arrived, list) else None,
+                "planned": len(planned) if isinstance(planned, list) else 0,
+                "arrived": len(arrived) if isinstance(arrived, list) else 0,
                 "state": state,
                 "failed": failed,
-                "complete": state == "complete",
                 "started_at": manifest.get("started_at"),
-                "reported_at": report.get("first_saved_at") if report else None,
+            }
+
+        async def entry(case: str) -> dict[str, Any]:
+            async with limit:
+                record, signed_at, slides = await asyncio.gather(
+                    self.sidecar(case, CASE_RECORD), self.signed_at(case), self.slides(case)
+                )
+            entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
+            registration = CaseRecord.parse(record)
+            states = {e["state"] for e in entries}
+            scored = [e["triage"] for e in entries if e["triage"]]
+            failed = [e["failed"] for e in entries if e["failed"]]
+            state = "sending" if "sending" in states or not entries else "failed" if states == {"failed"} else "complete"
+            return {
+                "case": case,
+                "triage": max(scored, key=lambda t: t["score"]) if scored else None,
+                "slides": entries,
+                "planned": sum(e["planned"] for e in entries),
+                "arrived": sum(e["arrived"] for e in entries),
+                "state": state,
+                "failed": failed[0] if state == "failed" else None,
+                "complete": state == "complete",
+                "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
+                "reported_at": signed_at,
             }
 
         entries = await asyncio.gather(*(entry(case) for case in cases))
@@ -240,24 +321,17 @@ class Cases:
         key = f"{case}/{name}"
         return await self._sidecars.get(key, lambda: self._json(key))
 
-    async def save_report(self, case: str, diagnosis: str) -> dict[str, Any]:
-        """Write the diagnosis with timestamps; earlier versions are kept as revisions (an amended report)."""
-        await self.image(case)  # only cases that exist get a report
-        key = f"{case}/{REPORT}"
-        previous = await self._json(key) or {}
-        now = utc_now()
-        revisions = [r for r in previous.get("revisions", []) if isinstance(r, dict)]
-        report = {
-            "format": REPORT_FORMAT,
-            "case": case,
-            "diagnosis": diagnosis,
-            "first_saved_at": previous.get("first_saved_at", now),
-            "saved_at": now,
-            "revisions": [*revisions, {"diagnosis": diagnosis, "saved_at": now}],
-        }
-        await self.storage.put(key, json.dumps(report, indent=1).encode())
-        self._sidecars.forget(key)
-        return report
+    async def reports(self, case: str) -> list[dict[str, Any]]:
+        """The signed report and its amendments, in order (viewer/reports.py writes them)."""
+        return await self._reports.get(case, lambda: numbered(self.storage, case, REPORTS))
+
+    def forget_reports(self, case: str) -> None:
+        self._reports.forget(case)
+
+    async def signed_at(self, case: str) -> str | None:
+        """When the first report was signed: the end of the case's clock (an amendment never moves it)."""
+        reports = await self.reports(case)
+        return reports[0].get("signed_at") if reports else None
 
     async def _json(self, key: str) -> dict[str, Any] | None:
         try:
@@ -304,14 +378,15 @@ def utc_now() -> str:
 
 
 class SingleImage(Storage):
-    """One image `slidestream convert` wrote, as a store of one case: CASE/image.zarr/... reads the image folder
-    (read-only); every other key of the case (the report) lives in `beside`."""
+    """One image `slidestream convert` wrote, as a store of one case with one slide: CASE/slides/s1/v1/image.zarr/...
+    reads the image folder (read-only); every other key of the case (the report) lives in `beside`."""
 
     def __init__(self, image: Path, case: str, beside: Path) -> None:
         image = image.resolve()
         self._parent, self._name = LocalStorage(image.parent), image.name
         self._beside = LocalStorage(beside)
-        self._image_key = f"{case}/{IMAGE}"
+        self.ref = SlideRef(case)
+        self._image_key = f"{self.ref.root}/{IMAGE}"
         self.case = case
         self.location = str(image)
 
@@ -338,6 +413,12 @@ class SingleImage(Storage):
             raise InvalidKeyError(f"invalid object key {key!r}: the image is read-only here")
         await storage.put(inner, data)
 
+    async def create(self, key: str, data: bytes) -> bool:
+        storage, inner = self._route(key)
+        if storage is self._parent:
+            raise InvalidKeyError(f"invalid object key {key!r}: the image is read-only here")
+        return await storage.create(inner, data)
+
     async def list(self, prefix: str) -> list[ObjectInfo]:
         storage, inner = self._route(prefix)
         found = await storage.list(inner)
@@ -346,4 +427,5 @@ class SingleImage(Storage):
         return found
 
     async def list_dirs(self, prefix: str = "") -> list[str]:
-        return [self.case] if not prefix else await self._beside.list_dirs(prefix)
+        tree = {"": self.case, f"{self.case}/{SLIDES}": self.ref.slide, f"{self.case}/{SLIDES}/{self.ref.slide}": self.ref.version}
+        return [tree[prefix]] if prefix in tree else await self._beside.list_dirs(prefix)

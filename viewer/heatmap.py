@@ -1,6 +1,6 @@
 """The AI overlay: the tumour-probability map inference/ writes, rendered as PNG tiles on the slide's grid.
 
-The map (`CASE/heatmap.zarr`, an OME-Zarr with one channel, uint8 0-255 or float 0-1, NaN = not analysed) is placed
+The map (`CASE/slides/SLIDE/VERSION/heatmap.zarr`, an OME-Zarr with one channel, uint8 0-255 or float 0-1, NaN = not analysed) is placed
 on the slide through the two images' scale (and translation) metadata. Tiles use the slide's own tile grid, so
 OpenSeadragon stacks them without any alignment code in the browser. Each map pixel is drawn as a crisp block:
 the pathologist sees the grid the model actually scored.
@@ -8,7 +8,7 @@ the pathologist sees the grid the model actually scored.
 Three kinds of cell: scored (coloured by probability), unscored glass (transparent: nothing to see), and tissue not
 scored yet while the map is partial (hatched: "still being scored", never mistaken for a low score). The exact
 scores come from `tile_state` (NaN = not scored) when inference wrote it; tissue from the slide's own tissue label
-image (`image.zarr/labels/tissue`, its coarsest level: a few hundred KB at most).
+image (`image.zarr/labels/tissue` of the same slide version, its coarsest level: a few hundred KB at most).
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import zarr
 import zarr.api.asynchronous
 from PIL import Image
 
-from transfer.target import HEATMAP, IMAGE
+from transfer.target import HEATMAP, IMAGE, TILE_STATE, TISSUE_LABEL
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 
 MAX_PIXELS = 64_000_000  # a heatmap is coarse; anything bigger is a mistake, not something to load into memory
-TILE_STATE = "tile_state"  # inference.heatmap.TILE_STATE (not imported: it would pull torch into the viewer)
-TISSUE_LABEL = f"{IMAGE}/labels/tissue"
 
 # Viridis (Stéfan van der Walt and Nathaniel Smith, 2015; public domain, CC0), matplotlib's table sampled at
 # 0, 1/16, ..., 1 and interpolated linearly in sRGB: within 6/255 of the full 256-entry table (tested against
@@ -144,7 +142,9 @@ async def _tissue_cells(
 ) -> np.ndarray | None:
     """(h, w) bool: map cells with any tissue under them, from the label image's coarsest level; None without one."""
     try:
-        group = await zarr.api.asynchronous.open_group(store=store, path=f"{image.case}/{TISSUE_LABEL}", mode="r", zarr_format=3)
+        # image.case is the slide version's root (CASE/slides/SLIDE/VERSION): the label of this very scan
+        label_path = f"{image.case}/{IMAGE}/{TISSUE_LABEL}"
+        group = await zarr.api.asynchronous.open_group(store=store, path=label_path, mode="r", zarr_format=3)
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][-1]
         label = np.asarray(await (await group.getitem(dataset["path"])).getitem(...)) > 0
         scale = _last_two(dataset.get("coordinateTransformations", []), "scale", (1.0, 1.0))

@@ -72,6 +72,11 @@ class Storage(ABC):
         """Replace the object atomically: readers see the old or the new bytes, never a mix."""
 
     @abstractmethod
+    async def create(self, key: str, data: bytes) -> bool:
+        """Write the object only if no object has the key (S3: `If-None-Match: *`): False, and nothing written, when
+        one does. How a signed report and its amendments are never overwritten, whoever signs at the same time."""
+
+    @abstractmethod
     async def list(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix/`, recursively."""
 
@@ -115,6 +120,16 @@ class S3Storage(Storage):
 
     async def put(self, key: str, data: bytes) -> None:
         await self._call(key, obstore.put_async(self._store, check_key(key), data))
+
+    async def create(self, key: str, data: bytes) -> bool:
+        async def put() -> bool:
+            try:
+                await obstore.put_async(self._store, check_key(key), data, mode="create")
+            except (obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
+                return False
+            return True
+
+        return await self._call(key, put())
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         stream = obstore.list(self._store, check_prefix(prefix) + "/")
@@ -180,6 +195,22 @@ class LocalStorage(Storage):
             os.replace(file.name, path)
 
         await self._run(key, write)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        def write() -> bool:
+            path = self.path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+                file.write(data)
+            try:
+                os.link(file.name, path)  # complete when it appears, and refused when the name is taken
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(file.name)
+
+        return await self._run(key, write)
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         def walk() -> list[ObjectInfo]:

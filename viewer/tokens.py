@@ -1,7 +1,9 @@
-"""Access tokens: HMAC-signed, expiring, each good for one scope (one case, or the worklist).
+"""Access tokens: HMAC-signed, expiring, each good for one scope (one case), or naming one person.
 
-A token is a capability: whoever holds the link may open that one case until it expires, so the server keeps no
-sessions and any number of pathologists can look at the same case at once. Tokens travel in the URL *fragment*
+A case token is a capability: whoever holds the link may view that one case until it expires (never sign it), so
+any number of people can look at the same case at once. A person's token (their sign-in link) names the user and
+the serial of their record on the store (viewer/people.py): the server checks it against that record, so a
+revocation or a new link ends the old ones without any secret on the store. Tokens travel in the URL *fragment*
 (never sent to the server, never in its logs) and then in an `Authorization: Bearer` header.
 """
 
@@ -21,6 +23,7 @@ from slides import SlidestreamError
 
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WORKLIST = "worklist"
+PERSON = "person"
 MIN_SECRET_BYTES = 32
 
 
@@ -55,8 +58,18 @@ class Tokens:
     def issue(self, scope: str, lifetime: timedelta) -> str:
         return self._serializer.dumps({"scope": scope, "exp": int(time.time() + lifetime.total_seconds())})
 
+    def issue_person(self, user: str, serial: int, lifetime: timedelta) -> str:
+        """A person's sign-in token: good while their record on the store has the same serial (and is valid)."""
+        return self._serializer.dumps({"scope": PERSON, "user": user, "serial": serial, "exp": int(time.time() + lifetime.total_seconds())})
+
     def check(self, token: str | None, scope: str) -> None:
         """Return quietly when `token` grants `scope` now; raise `TokenError` or `ScopeError` otherwise."""
+        claims = self.claims(token)
+        if not secrets.compare_digest(claims["scope"], scope):
+            raise ScopeError("this token does not open that")
+
+    def claims(self, token: str | None) -> dict[str, object]:
+        """What a genuine, unexpired token says (its scope, and a person's user and serial); `TokenError` otherwise."""
         if not token:
             raise TokenError("no access token")
         try:
@@ -67,8 +80,9 @@ class Tokens:
             raise TokenError("invalid access token")
         if claims["exp"] <= time.time():
             raise TokenError("access token expired")
-        if not secrets.compare_digest(claims["scope"], scope):
-            raise ScopeError("this token does not open that")
+        if claims["scope"] == PERSON and not (isinstance(claims.get("user"), str) and isinstance(claims.get("serial"), int)):
+            raise TokenError("invalid access token")
+        return claims
 
 
 def load_secret(secret_file: Path | None = None) -> bytes:

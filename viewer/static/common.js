@@ -29,7 +29,7 @@ const slidestream = (() => {
         return response.json();
     }
 
-    // Frozen-section clock: time since the send started, stopped by the first saved report.
+    // Frozen-section clock: time since the specimen was registered, stopped by the first signed report.
     // Amber from 20 minutes, red from 30 (the intraoperative turnaround rule).
     function clock(startedAt, stoppedAt, now) {
         if (!startedAt) return { text: "–", level: "" };
@@ -41,7 +41,7 @@ const slidestream = (() => {
         return { text: stoppedAt ? `${text} ✓` : text, level };
     }
 
-    const refusedText = "Access refused: this link is missing its token, has expired, or belongs to another case.";
+    const refusedText = "Access refused: this link is missing its token, has expired, was revoked, or belongs to another case.";
 
     return { token, api, ApiError, clock, refusedText };
 })();

@@ -1,7 +1,7 @@
 "use strict";
 // The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay and its
-// top regions, a scale bar, ruler and area tools, keyboard navigation and the report box. State lives in the store;
-// this page only polls and draws.
+// top regions, a scale bar, ruler and area tools, annotations, keyboard navigation and the case panel (case.js:
+// context, slides, report). State lives in the store; this page only polls and draws.
 (() => {
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
@@ -13,25 +13,27 @@
     const REGION_MARGIN = 0.25; // of a top region's size, kept around it when jumping there
     const SVG = "http://www.w3.org/2000/svg";
 
-    // The case's slides, stepped through with [ and ]; one until the case lists several.
-    const slides = [{ id: null, label: "slide 1" }];
+    // The case's slides as /api/cases/CASE lists them (each at its newest version), stepped through with [ and ].
+    let slides = [];
     let slideIndex = 0;
 
     // Every URL this page builds, in one place, so the store's case layout can move without touching the rest
     // (the slide shown is slides[slideIndex]).
     function url(what, { level, row, col, send, version } = {}) {
         const base = `/api/cases/${encodeURIComponent(caseId)}`;
+        const shown = slides[slideIndex];
+        const slide = shown && `${base}/slides/${encodeURIComponent(shown.slide)}/${encodeURIComponent(shown.version)}`;
         switch (what) {
+            case "case":
+                return base;
             case "image":
-                return `${base}/image`;
+                return `${slide}/image`;
             case "status":
-                return `${base}/status`;
-            case "report":
-                return `${base}/report`;
+                return `${slide}/status`;
             case "tile":
-                return `${base}/tiles/${level}/${row}/${col}${send ? `?send=${encodeURIComponent(send)}` : ""}`;
+                return `${slide}/tiles/${level}/${row}/${col}${send ? `?send=${encodeURIComponent(send)}` : ""}`;
             case "heatmap":
-                return `${base}/heatmap/${level}/${row}/${col}.png?v=${encodeURIComponent(version)}`;
+                return `${slide}/heatmap/${level}/${row}/${col}.png?v=${encodeURIComponent(version)}`;
             case "openseadragon-images":
                 return "/static/openseadragon/images/";
             default:
@@ -56,7 +58,8 @@
     let dragging = false;
     let marks = null; // the SVG the measurement and the current region are drawn on
     let polling = false;
-    const times = { started: null, reported: null };
+    // the clock: from the specimen's registration (else the send's start) to the first signed report
+    const times = { registered: null, started: null, reported: null };
 
     function showMessage(text) {
         $("message").textContent = text;
@@ -203,8 +206,8 @@
         const score = $("score");
         score.hidden = !status.triage;
         if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
-        times.started = status.started_at;
-        times.reported = status.report && status.report.first_saved_at;
+        times.started = times.registered || status.started_at;
+        times.reported = status.report && status.report.signed_at;
         tick();
     }
 
@@ -216,49 +219,18 @@
 
     async function poll() {
         try {
-            applyStatus(await api(url("status")));
+            const asked = url("status");
+            const status = await api(asked);
+            if (asked === url("status") && slideLayer) applyStatus(status);
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
-                showMessage(refusedText);
+                showMessage(`${refusedText} (${error.message})`);
                 return;
             }
             showMessage(`Connection problem: ${error.message}. Retrying…`);
             setTimeout(() => showMessage(""), POLL_MS);
         }
         setTimeout(poll, POLL_MS);
-    }
-
-    function showSaved(report) {
-        const when = new Date(report.saved_at);
-        $("saved").textContent = `Saved ${when.toLocaleTimeString()}${report.revisions.length > 1 ? ` (revision ${report.revisions.length})` : ""}`;
-    }
-
-    async function loadReport() {
-        try {
-            const report = await api(url("report"));
-            $("diagnosis").value = report.diagnosis;
-            showSaved(report);
-        } catch (error) {
-            if (!(error instanceof ApiError && error.status === 404)) $("saved").textContent = `Could not load the report: ${error.message}`;
-        }
-    }
-
-    async function saveReport() {
-        $("save").disabled = true;
-        try {
-            const report = await api(url("report"), {
-                method: "POST",
-                headers: { "Content-Type": "application/json" },
-                body: JSON.stringify({ diagnosis: $("diagnosis").value }),
-            });
-            showSaved(report);
-            times.reported = report.first_saved_at;
-            tick();
-        } catch (error) {
-            $("saved").textContent = `Not saved: ${error.message}`;
-        } finally {
-            $("save").disabled = false;
-        }
     }
 
     // -- the overlay's legend, stage and top regions -------------------------------------------------------------
@@ -459,7 +431,7 @@
             drawMarks();
         };
         marks.addEventListener("pointerdown", (event) => {
-            if (!tool || !slideLayer.item) return;
+            if (!tool || !slideLayer || !slideLayer.item) return;
             const point = eventToImage(event);
             if (tool === "point") {
                 finishAnnotation({ kind: "point", points: [point] });
@@ -509,12 +481,21 @@
         viewer.viewport.applyConstraints();
     }
 
+    // the slide shown goes into the address (?slide=), so a reload or a shared link opens the same one
+    function rememberSlide() {
+        const address = new URLSearchParams(location.search);
+        address.set("slide", slides[slideIndex].slide);
+        history.replaceState(null, "", `?${address}${location.hash}`);
+    }
+
     function stepSlide(delta) {
         if (slides.length < 2) return;
         slideIndex = (slideIndex + delta + slides.length) % slides.length;
+        rememberSlide();
         openSlide();
     }
 
+    const SLIDE_KEYS = ["[", "]"]; // the only keys that work while no slide is on screen (one failed, say)
     const KEYS = {
         ArrowLeft: () => pan(-1, 0),
         ArrowRight: () => pan(1, 0),
@@ -545,28 +526,71 @@
 
     // in the capture phase: before OpenSeadragon's own keys on its canvas, which would pan a second time
     function onKey(event) {
-        if (event.ctrlKey || event.metaKey || event.altKey || !slideLayer || !slideLayer.item) return;
-        if (ownsKey(event.target, event.key)) return;
+        if (event.ctrlKey || event.metaKey || event.altKey || ownsKey(event.target, event.key)) return;
+        if (!SLIDE_KEYS.includes(event.key) && !(slideLayer && slideLayer.item)) return;
         const action = KEYS[event.key];
         if (!action || action() === false) return; // false: not for us (Enter on a button stays the button's)
         event.preventDefault();
         event.stopPropagation();
     }
 
-    // -- opening a slide ---------------------------------------------------------------------------------------
-    async function openSlide() {
-        try {
-            info = await api(url("image"));
-        } catch (error) {
-            if (error instanceof ApiError && error.refused) {
-                showMessage(refusedText);
-            } else {
-                const failed = error.status === 404 && error.message.includes(": send failed: ");
-                showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
-                if (!failed) setTimeout(openSlide, POLL_MS);
-            }
+    // -- opening the case and a slide ------------------------------------------------------------------------
+    let opening = 0; // the latest openSlide(): an earlier one still waiting for the store gives way
+
+    function cannotOpen(error, retry) {
+        if (error instanceof ApiError && error.refused) {
+            showMessage(`${refusedText} (${error.message})`);
             return;
         }
+        const failed = error.status === 404 && error.message.includes(": send failed: ");
+        showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
+        if (!failed) setTimeout(retry, POLL_MS);
+    }
+
+    // The case as /api/cases/CASE describes it: its clock, its panel (case.js) and its slides; the slide shown is
+    // the one named in ?slide= (else the first), at its newest version.
+    async function openCase() {
+        let found;
+        try {
+            found = await api(url("case"));
+        } catch (error) {
+            cannotOpen(error, openCase);
+            return;
+        }
+        const wanted = slides[slideIndex] ? slides[slideIndex].slide : new URLSearchParams(location.search).get("slide");
+        slides = found.slides;
+        slideIndex = Math.max(0, slides.findIndex((entry) => entry.slide === wanted));
+        times.registered = found.registered_at;
+        times.started = found.registered_at || times.started;
+        times.reported = found.signed_at;
+        tick();
+        await caseView.show(url("case"), found, slides.length ? slides[slideIndex].slide : null);
+        if (!slides.length) {
+            showMessage("Waiting for the slide to arrive…");
+            setTimeout(openCase, POLL_MS);
+            return;
+        }
+        openSlide();
+    }
+
+    async function openSlide() {
+        const ours = ++opening;
+        const shown = slides[slideIndex];
+        if (shown.state === "failed") {
+            if (viewer) viewer.world.removeAll();
+            slideLayer = heatLayer = null;
+            showMessage(`case ${caseId}: send failed: ${shown.failed}`);
+            return;
+        }
+        let image;
+        try {
+            image = await api(url("image"));
+        } catch (error) {
+            if (ours === opening) cannotOpen(error, openSlide);
+            return;
+        }
+        if (ours !== opening) return;
+        info = image;
         // background chunks are not fetched: the page shows the image's fill value (white glass, dark fluorescence)
         $("slide").style.background = `rgb(${info.fill_value}, ${info.fill_value}, ${info.fill_value})`;
         showMessage("");
@@ -598,9 +622,8 @@
         viewer.addHandler("animation", updateScaleBar);
         viewer.addHandler("resize", updateScaleBar);
         startMarks();
-        document.addEventListener("keydown", onKey, true);
         // for tests and automation: the viewer's own conversion between slide pixels and the page
-        window.caseView = {
+        window.slideView = {
             imageToPage(x, y) {
                 const point = imageToElement({ x, y });
                 const box = viewer.element.getBoundingClientRect();
@@ -624,13 +647,16 @@
             showMessage(refusedText);
             return;
         }
-        $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
-        $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
-        $("save").addEventListener("click", saveReport);
-        $("save").disabled = false; // disabled in the page until now, so an early click is not silently lost
+        const opacity = () => heatLayer && heatLayer.setOpacity(heatOpacity());
+        $("heat-on").addEventListener("change", opacity);
+        $("heat-opacity").addEventListener("input", opacity);
+        document.addEventListener("report-signed", (event) => {
+            times.reported = event.detail.signed_at;
+            tick();
+        });
+        document.addEventListener("keydown", onKey, true);
         setInterval(tick, 1000);
-        loadReport();
-        openSlide();
+        openCase();
     }
 
     start();

@@ -27,7 +27,7 @@
             const row = body.insertRow();
             row.dataset.case = entry.case;
             const link = document.createElement("a");
-            link.href = entry.link;
+            link.href = `${entry.link}${location.hash}`; // the pathologist's own token: the case opens signed in
             link.textContent = entry.case;
             cell(row, link, "case");
             const score = entry.triage ? entry.triage.score : null;
@@ -42,7 +42,7 @@
             const clockCell = cell(row, "", "clock");
             clockCell.dataset.started = entry.started_at || "";
             clockCell.dataset.reported = entry.reported_at || "";
-            cell(row, entry.reported_at ? `saved ${new Date(entry.reported_at).toLocaleTimeString()}` : "–", "report");
+            cell(row, entry.reported_at ? `signed ${new Date(entry.reported_at).toLocaleTimeString()}` : "–", "report");
         }
         tick();
     }
@@ -71,7 +71,7 @@
             render();
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
-                showMessage(refusedText);
+                showMessage(`${refusedText} (${error.message})`);
                 return;
             }
             showMessage(`Connection problem: ${error.message}. Retrying…`);

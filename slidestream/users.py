@@ -1,0 +1,96 @@
+"""`slidestream users`: the centre's user list (pathologists, stations) on the store, and their sign-in links.
+
+Records live at `_people/{id}.json` (viewer/people.py); a link is a token signed with the viewer's secret, so run
+this where `slidestream serve` runs (or with the same --secret-file / $SLIDESTREAM_SECRET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from slidestream.serve import DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from viewer.storage import Storage
+
+stdout = Console(highlight=False, soft_wrap=True)
+users = typer.Typer(no_args_is_help=True, help="Add, list and revoke the centre's users, and give them sign-in links.")
+
+Store = Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX", help="The case store the viewer serves.")]
+User = Annotated[str, typer.Argument(metavar="ID", help="The user's ID, as `users list` shows it.")]
+EndpointUrl = Annotated[str | None, typer.Option(envvar="AWS_ENDPOINT_URL", help="S3-compatible endpoint (MinIO, Ceph).")]
+ViewerUrl = Annotated[str, typer.Option(help="The viewer's address, as its users reach it.")]
+SecretFile = Annotated[Path | None, typer.Option(help="The viewer's token secret (else $SLIDESTREAM_SECRET, else the state dir's).")]
+DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def open_store(store: str, endpoint_url: str | None) -> Storage:
+    """The store as the viewer reads it, its URL and endpoint checked first (one line, not a panic)."""
+    from transfer.target import parse_endpoint, parse_store_url
+    from viewer.storage import open_storage
+
+    parse_store_url(store)
+    parse_endpoint(endpoint_url)
+    return open_storage(store, endpoint_url)
+
+
+def _link(person: object, viewer_url: str, secret_file: Path | None) -> str:
+    from viewer.people import sign_in_link
+    from viewer.tokens import Tokens, load_secret
+
+    return sign_in_link(Tokens(load_secret(secret_file)), person, viewer_url)  # type: ignore[arg-type]
+
+
+@users.command("add")
+def add(
+    store: Store,
+    name: Annotated[str, typer.Argument(help="The name reports and the audit log show, e.g. 'Dr Ana Ruiz'.")],
+    role: Annotated[str, typer.Option(help="pathologist (views, signs, asks the hospital) or station (views its own cases).")] = "pathologist",
+    expires: Annotated[str | None, typer.Option(help="Access ends after this long: 30m, 12h, 7d, 2w (default: until revoked).")] = None,
+    viewer_url: ViewerUrl = DEFAULT_VIEWER,
+    secret_file: SecretFile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Add a user; prints their ID and sign-in link (give it to them privately: it is their access)."""
+    from viewer.people import add_person, parse_duration
+
+    lifetime = parse_duration(expires) if expires else None
+    person = asyncio.run(add_person(open_store(store, endpoint_url), name, role, lifetime))
+    stdout.print(f"added {person.id} ({person.name}, {person.role}{', until ' + person.expires_at if person.expires_at else ''})", markup=False)
+    stdout.print(f"link: {_link(person, viewer_url, secret_file)}", markup=False)
+
+
+@users.command("list")
+def list_users(store: Store, endpoint_url: EndpointUrl = None) -> None:
+    """Every user, with their role and whether their access works now."""
+    from slidestream.audit import print_rows
+    from viewer.people import describe, list_people
+
+    people = asyncio.run(list_people(open_store(store, endpoint_url)))
+    rows = [("id", "role", "state", "created", "expires", "name")]
+    rows += [tuple(str(describe(person)[column]) for column in rows[0]) for person in people]
+    print_rows(rows)
+
+
+@users.command("revoke")
+def revoke(store: Store, user: User, endpoint_url: EndpointUrl = None) -> None:
+    """Revoke a user: each of their links is refused from the viewer's next check (within seconds)."""
+    from viewer.people import revoke_person
+
+    person = asyncio.run(revoke_person(open_store(store, endpoint_url), user))
+    stdout.print(f"revoked {person.id} ({person.name}) at {person.revoked_at}", markup=False)
+
+
+@users.command("link")
+def link(store: Store, user: User, viewer_url: ViewerUrl = DEFAULT_VIEWER, secret_file: SecretFile = None,
+         endpoint_url: EndpointUrl = None) -> None:
+    """A new sign-in link for a user (a lost or leaked one): their earlier links stop working."""
+    from viewer.people import renew_link
+
+    person = asyncio.run(renew_link(open_store(store, endpoint_url), user))
+    stdout.print(f"link: {_link(person, viewer_url, secret_file)}", markup=False)
