@@ -16,7 +16,8 @@ from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
-from transfer.target import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, case_id_for, is_final, version_number
+from transfer.identity import content_id
+from transfer.target import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, is_final, version_number
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -28,7 +29,7 @@ class Item:
     or on S3)."""
 
     label: str  # as the user named it (or as found under a prefix): the report's `slide` column, never on a store
-    case: str  # results go to OUT/{case}; a slide version's {case}/slides/{slide}/{version}; a slide file's case ID
+    case: str  # results go to OUT/{case}; a slide version's {case}/slides/{slide}/{version}; a slide file's content ID
     slide: str | None = None
     location: Location | None = None
     problem: str | None = None  # set when the input itself is unusable
@@ -38,8 +39,8 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
     """Items for slide files, slide versions, case folders and folders or s3:// prefixes holding cases, in order.
 
     A case folder gives each of its slides at its newest version (a rescan supersedes the scan before it). A local
-    folder without cases is taken as a slide (a DICOM series); a slide is named by the case ID `send` gives it
-    (`case_id_for`: from its content, as scanner file names hold accession numbers and patient names). A slide
+    folder without cases is taken as a slide (a DICOM series); a slide file is named by a pseudonym of its content
+    (`content_id`; never its name, as scanner file names hold accession numbers and patient names). A slide
     version is a folder with an image or a send manifest (a failed send leaves only its manifest: its row says why).
     Names are made unique with a suffix.
     """
@@ -79,7 +80,7 @@ def _slide_item(text: str) -> Item:
     path = Path(text)
     try:
         slide_path_kind(path)
-        return Item(text, case_id_for(path), slide=text)
+        return Item(text, content_id(path), slide=text)
     except SlidestreamError as error:
         return Item(text, "", slide=text, problem=str(error))
     except OSError as error:  # gone or unreadable between the look and the read

@@ -38,14 +38,15 @@ def export_dicom(
     from slides import open_slide
     from slidestream.stored import is_stored_case, open_stored_case
     from tiling.dicom import export_dicom as export
-    from transfer.target import case_id_for, validate_case
+    from transfer.identity import content_id
+    from transfer.target import validate_case
 
     if is_stored_case(slide):
         stored = open_stored_case(slide, endpoint_url, case)
         case_id = stored.case_id
         result = export(stored, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     else:
-        case_id = validate_case(case) if case is not None else case_id_for(Path(slide))
+        case_id = validate_case(case) if case is not None else content_id(Path(slide))
         with open_slide(slide) as opened:
             result = export(opened, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     stdout.print(

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -31,6 +37,9 @@ stdout = Console()
 # 2-core machine it runs in one spawned process after the overview is out, and `watch` runs one triage at a time.
 SEND_DEFAULTS: dict[str, Any] = {
     "case": None,
+    "slide_id": None,  # the slide version the registry gave this file (s1, v1; journaled for `resume`)
+    "version_id": None,
+    "claim": None,  # the slide.json that takes the slide's number on the store, created by the send
     "concurrency": "auto",
     "max_rate": None,
     "quality": 90,
@@ -44,6 +53,9 @@ SEND_DEFAULTS: dict[str, Any] = {
     "edge": True,
 }
 EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse heatmap travels first and hot regions are sent first."
+CASE_HELP = ("Add the slide to this case of the store (a case ID as `status` and the viewer show it; one the store does "
+             "not have yet is registered under it). Default: the registry's (a resend, a rescan) or a new specimen's random ID.")
+STATION_HELP = "This station's name: reports and requests come back to it (default: from the host name)."
 INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
 
 MILESTONE_LINES = {
@@ -54,13 +66,17 @@ MILESTONE_LINES = {
 
 def send(
     slide: Annotated[Path, typer.Argument(help="The slide to send (a file, or a DICOM series folder).")],
-    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the case goes to PREFIX/CASE/image.zarr.")],
+    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the slide goes to PREFIX/CASE/slides/SLIDE/VERSION/.")],
     endpoint_url: Annotated[
         str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")
     ] = None,
     case: Annotated[
-        str | None, typer.Option("--case", help="Case ID (default: pseudonymous, from the slide's content; never its file name).")
+        str | None, typer.Option("--case", help=CASE_HELP)
     ] = None,
+    context_file: Annotated[
+        Path | None, typer.Option("--context-file", help="The specimen's specimen.json (identity kept here, clinical context sent), as in a hot folder.", dir_okay=False)
+    ] = None,
+    station: Annotated[str | None, typer.Option("--station", help=STATION_HELP)] = None,
     concurrency: Annotated[
         str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")
     ] = SEND_DEFAULTS["concurrency"],
@@ -97,11 +113,24 @@ def send(
         raise typer.BadParameter(f"{sse!r} is not AES256 or aws:kms", param_hint="--sse")
     if sse_kms_key_id and sse != "aws:kms":
         raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
+    from transfer import default_state_dir
+    from transfer.target import (
+        parse_endpoint,
+        parse_store_url,
+        validate_case,
+        validate_station,
+    )
+
+    parse_store_url(destination)  # a bad URL, endpoint, case or station is one line before the slide is opened
+    parse_endpoint(endpoint_url)
+    if case is not None:
+        validate_case(case)
+    if station is not None:
+        validate_station(station)
     args = send_arguments(
         slide,
         destination,
         endpoint_url,
-        case=case,
         concurrency=concurrency,
         max_rate=max_rate,
         quality=quality,
@@ -114,8 +143,9 @@ def send(
         deadline=deadline,
         edge=edge,
     )
+    state = state_dir or default_state_dir()
     try:
-        result = run_send(args, state_dir)
+        result = run_send(args, state, resolver=Resolver(destination, endpoint_url, state, station, case, context_file, args["ca_bundle"]))
     except KeyboardInterrupt:
         interrupted()
     if as_json:
@@ -207,26 +237,86 @@ def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[Pyramid
     return plan, produce(slide, plan, case, slide.summary(), order), order
 
 
-def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable[[str, float | None], None] | None = None) -> SendResult:
-    """One send from its stored arguments (the same dict `resume` finds in the journal).
+class Resolver:
+    """Which slide version a send's file is, from the local registry (slidestream/station.py), once the slide has
+    opened (a file that is no slide registers nothing); remembers the answer for the caller."""
+
+    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str | None = None, case: str | None = None,
+                 context_file: Path | None = None, ca_bundle: str | None = None, specimen: Any = None, duplicates: bool = True) -> None:
+        """`specimen`: a `station.SpecimenInfo` (watch's folder); `duplicates`: whether the same bytes at another
+        path count as a resend (send) or are refused as `AlreadySent` (watch: logged, not sent again)."""
+        self._where = (destination, endpoint_url, state_dir, station, ca_bundle)
+        self._case, self._context_file, self._specimen, self._duplicates = case, context_file, specimen, duplicates
+        self.resolution: Any = None
+
+    def __call__(self, path: Path) -> Any:
+        from slidestream.registry import Registry
+        from slidestream.station import (
+            DUPLICATE,
+            AlreadySent,
+            Station,
+            Store,
+            default_station,
+            read_sidecar,
+        )
+
+        destination, endpoint_url, state_dir, station, ca_bundle = self._where
+        info = self._specimen or (read_sidecar(self._context_file, self._context_file.parent.name) if self._context_file else None)
+        with Registry(state_dir) as registry:
+            hospital = Station(Store.parse(destination, endpoint_url), registry, station or default_station(), ca_bundle)
+            self.resolution = hospital.resolve(path, info, self._case)
+            if self.resolution.kind == DUPLICATE and not self._duplicates:
+                raise AlreadySent(self.resolution)
+            ref = self.resolution.ref
+            return ref, hospital.case_record(ref.case), hospital.claim(ref)
+
+    def forget(self) -> None:
+        """Another station took the slide number: the registry forgets this version, the next send numbers anew."""
+        self._station(lambda hospital: hospital.forget(self.resolution.ref))
+
+    def settle(self) -> None:
+        """After the send: the registry learns the version's full SHA-256 (resends of copies are then known)."""
+
+        self._station(lambda hospital: hospital.settle(self.resolution.ref))
+
+    def _station(self, use: Callable[[Any], None]) -> None:
+        from slidestream.registry import Registry
+        from slidestream.station import Station, Store, default_station
+
+        destination, endpoint_url, state_dir, station, ca_bundle = self._where
+        with Registry(state_dir) as registry:
+            use(Station(Store.parse(destination, endpoint_url), registry, station or default_station(), ca_bundle))
+
+
+def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable[[str, float | None], None] | None = None,
+             resolver: Resolver | None = None) -> SendResult:
+    """One send from its stored arguments (the same dict `resume` finds in the journal), to the slide version they
+    name, or to the one `resolver` gives the file once it has opened (a new send).
 
     With edge triage, the send waits for the triage before it returns, unless `triage_done` is given: then it
     returns once its objects are verified and the triage finishes in the background, calling `triage_done`.
     """
     from slides import open_slide
     from slidestream.edge import EdgeTriage
-    from transfer import Journal, case_id_for, default_state_dir, parse_destination
+    from transfer import Journal, default_state_dir, parse_destination
+    from transfer.journal import utc_now
+    from transfer.target import CaseRecord
 
     slide_path = Path(args["slide"])
     with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:
-        dest = parse_destination(args["destination"], args["case"] or case_id_for(slide_path), args["endpoint_url"])
+        record = None
+        if resolver is not None:
+            ref, record, claim = resolver(slide_path)
+            args = {**args, "case": ref.case, "slide_id": ref.slide, "version_id": ref.version, "claim": claim.decode()}
+        if not args["case"]:
+            raise TypeError("run_send needs a case or a resolver")
+        dest = parse_destination(args["destination"], args["case"], args["endpoint_url"], args.get("slide_id") or "s1", args.get("version_id") or "v1")
         plan, produced, order = image_pieces(slide, args, dest.ref.label)
         # the first piece starts the shard builders (processes) on the overview: it builds while boto3 is imported,
         # the client is made and the preflight request travels
         pieces = chain([next(produced)], produced)
         from transfer import Sender, SendOptions
-        from transfer.journal import utc_now
-        from transfer.target import CaseRecord
+        from transfer.errors import SlideTakenError
 
         options = SendOptions(
             concurrency=None if args["concurrency"] == "auto" else int(args["concurrency"]),
@@ -236,11 +326,18 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
             deadline=args["deadline"],
             ca_bundle=args["ca_bundle"],
         )
-        with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.case) as listener:
-            registration = CaseRecord(dest.case, utc_now()).to_json()
+        with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.ref.label) as listener:
+            registration = (record or CaseRecord(dest.case, utc_now())).to_json()
             sender = Sender(dest, journal, options, listener, private=slide_names(slide_path), registration=registration)
             sender.preflight(args)  # a link that is down: journaled, waits until --deadline
             sender.begin(args)
+            if args.get("claim"):
+                try:
+                    sender.claim(args["claim"].encode())
+                except SlideTakenError:
+                    if resolver is not None:
+                        resolver.forget()
+                    raise
             listener.start(len(plan.shards))
             edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if args.get("edge") else None
             listener.on_overview = edge.overview_sent if edge else None
@@ -256,6 +353,8 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
             listener.finish(len(order.plan.shards))
             if edge is not None and triage_done is None:
                 result.milestones["heatmap"] = edge.join()
+    if resolver is not None:
+        resolver.settle()
     empty = f", {listener.empty} empty" if listener.empty else ""
     stderr.print(
         f"{result.url}: {listener.shards}/{listener.shards} shards{empty}; {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) "

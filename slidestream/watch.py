@@ -11,9 +11,15 @@ retried; a restart resumes interrupted sends through the transfer journal (nothi
 Whatever one entry does (truncated, a link loop, a FIFO, a name that is not UTF-8, gone mid-read, or an exception
 nobody foresaw) costs one log line and that entry only; a store that keeps failing (bucket missing, connection
 refused) is retried with exponential backoff (1 s doubling to 60 s) and reported once, not once per retry.
-A slide is known by its content (the case ID), not its name: the same bytes again under another name (a copy made
-twice) are logged once as a duplicate and neither triaged nor sent again. A slide's edge triage finishes in the
-background while the next slide is sent (one triage at a time).
+Each subfolder of the hot folder is one specimen (one case): its slide files and DICOM series folders are that case's
+slides s1, s2, ... (the local registry remembers which file is which), and an optional `specimen.json` in it gives
+the patient's identity (kept in the registry only) and the clinical context; a specimen with one is registered, and
+its clock started, as soon as it appears. A slide directly in the hot folder is a specimen of its own. The same
+bytes again under another name (a copy made twice: same size and full SHA-256) are logged once as a duplicate and
+neither triaged nor sent again; another file at a slide's place is a rescan (its next version). A slide's edge
+triage finishes in the background while the next slide is sent (one triage at a time).
+What the pathology centre sends back to this station (reports, requests) is polled every second, printed and
+written to the outbox folder as text for the operating room.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slidestream.send import EDGE_HELP, SEND_DEFAULTS
+from slidestream.send import EDGE_HELP, SEND_DEFAULTS, STATION_HELP
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
 FAILED = "failed"
+OUTBOX = "outbox"
+NOTICE_POLL = 1.0  # seconds between looks at _stations/{station}/
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 
 stderr = Console(stderr=True)
@@ -44,10 +52,17 @@ stderr = Console(stderr=True)
 
 @dataclass(frozen=True)
 class SlideUnit:
-    """One slide in the hot folder: its main path and every file that belongs to it."""
+    """One slide in the hot folder: its main path, every file that belongs to it, and its specimen folder (None for
+    a slide directly in the hot folder, a specimen of its own)."""
 
     path: Path
     files: tuple[Path, ...]
+    specimen: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """How logs and the watch state name it: relative to the hot folder (specimen/slide.svs)."""
+        return f"{self.specimen.name}/{self.path.name}" if self.specimen is not None else self.path.name
 
     def signature(self) -> tuple[int, int, float]:
         """(file count, total bytes, newest mtime): changes while a scanner is still writing."""
@@ -60,12 +75,14 @@ class SlideUnit:
         return len(stats), sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
-def find_units(folder: Path) -> Iterator[SlideUnit]:
-    """Slides in the hot folder (not recursive, skipping hidden, partial and failed entries)."""
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.name == FAILED or entry.suffix.lower() in PARTIAL_SUFFIXES:
-            continue
+def find_units(folder: Path, skip: frozenset[Path] = frozenset()) -> Iterator[SlideUnit]:
+    """Slides in the hot folder and in its specimen folders (one level down), skipping hidden, partial and failed
+    entries and the folders in `skip` (the outbox)."""
+    for entry in _entries(folder, skip):
         try:
+            if specimen_folder(entry):
+                yield from (unit for inner in _entries(entry, skip) if (unit := _unit(inner, entry)) is not None)
+                continue
             unit = _unit(entry)
         except OSError:  # vanished or unreadable while we looked: the next look decides
             continue
@@ -73,15 +90,30 @@ def find_units(folder: Path) -> Iterator[SlideUnit]:
             yield unit
 
 
-def _unit(entry: Path) -> SlideUnit | None:
+def _entries(folder: Path, skip: frozenset[Path]) -> list[Path]:
+    return [entry for entry in sorted(folder.iterdir()) if not (entry.name.startswith(".") or entry.name == FAILED
+            or entry.suffix.lower() in PARTIAL_SUFFIXES or entry in skip)]  # fmt: skip
+
+
+def specimen_folder(entry: Path) -> bool:
+    """A subfolder of the hot folder that is a specimen: it has a sidecar, or it is neither a DICOM series (.dcm
+    files directly in it) nor an MRXS slide's companion folder."""
+    from slidestream.station import SIDECAR
+
+    if not entry.is_dir() or entry.with_suffix(".mrxs").exists():
+        return False
+    return (entry / SIDECAR).exists() or not any(p.is_file() and p.suffix.lower() == ".dcm" for p in entry.iterdir())
+
+
+def _unit(entry: Path, specimen: Path | None = None) -> SlideUnit | None:
     if entry.is_dir():
         companion = entry.with_suffix(".mrxs")
         dicoms = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
-        return SlideUnit(entry, tuple(dicoms)) if not companion.exists() and dicoms else None
+        return SlideUnit(entry, tuple(dicoms), specimen) if not companion.exists() and dicoms else None
     if entry.suffix.lower() in SLIDE_SUFFIXES:  # special files and link loops too: open_slide tells them apart
         extra = entry.with_suffix("")
         files = (entry, *sorted(p for p in extra.rglob("*") if p.is_file())) if entry.suffix.lower() == ".mrxs" and extra.is_dir() else (entry,)
-        return SlideUnit(entry, files)
+        return SlideUnit(entry, files, specimen)
     return None
 
 
@@ -103,14 +135,16 @@ def open_for_writing(paths: set[Path]) -> bool:
 class HotFolder:
     """Remembers which slides were sent (in the state dir) and which are still settling."""
 
-    def __init__(self, folder: Path, state_dir: Path, settle: float) -> None:
+    def __init__(self, folder: Path, state_dir: Path, settle: float, outbox: Path | None = None) -> None:
         self.folder = folder
         self.settle = settle
+        self.skip = frozenset({outbox}) if outbox is not None else frozenset()
         digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
         self.state_file = state_dir / f"watch-{digest}.json"
         self.log_file = state_dir / f"watch-{digest}.log"
-        # slide name -> {"signature": [...], "case": ID}; a list is the signature alone (state files before case IDs)
+        # slide name (SlideUnit.name) -> {"signature": [...], "case": ID}; a list is the signature alone (older state files)
         self.done: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.refused: dict[Path, tuple[float, str]] = {}  # specimen folder -> (its sidecar's mtime, why it is refused)
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}
         self._noted = ""
         self._lock = threading.Lock()  # a background triage logs from its own thread
@@ -119,10 +153,14 @@ class HotFolder:
         entry = self.done.get(name)
         return entry.get("signature") if isinstance(entry, dict) else entry
 
-    def sent_as(self, case: str, unit: SlideUnit) -> str | None:
-        """The name under which another slide with this content (case ID) was sent, if one was."""
-        return next((name for name, entry in self.done.items()
-                     if name != unit.path.name and isinstance(entry, dict) and entry.get("case") == case), None)
+    def name_of(self, path: str | None) -> str:
+        """A local path as the log names it: relative to the hot folder, where it is inside."""
+        if path is None:
+            return "?"
+        try:
+            return str(Path(path).relative_to(self.folder.resolve()))
+        except ValueError:
+            return Path(path).name
 
     def ready(self, now: float, skip: set[Path]) -> list[SlideUnit]:
         """Slides not sent yet, not open for writing, and unchanged since the last look when their structure proves
@@ -130,9 +168,9 @@ class HotFolder:
         from slides import fully_written
 
         ready = []
-        for unit in find_units(self.folder):
+        for unit in find_units(self.folder, self.skip):
             signature = unit.signature()
-            if unit.path in skip or self._done_signature(unit.path.name) == list(signature):
+            if unit.path in skip or self._done_signature(unit.name) == list(signature) or unit.specimen in self.refused:
                 continue
             previous = self._seen.get(unit.path)
             if previous is None or previous[0] != signature:
@@ -157,12 +195,12 @@ class HotFolder:
         """Whether a slide was seen changing and has not been handled yet."""
         return bool(self._seen)
 
-    def record(self, unit: SlideUnit, line: str, sent: bool, case: str | None = None) -> None:
-        """One log line per slide; sent slides are remembered by their signature (a re-scan of the same name resends)
-        and their case ID (the same content under another name is a duplicate)."""
+    def record(self, unit: SlideUnit, line: str, sent: bool) -> None:
+        """One log line per slide; sent slides are remembered by their signature (a changed file at the same name is
+        looked at again: the registry tells a rescan from the same bytes)."""
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         if sent:
-            self.done[unit.path.name] = {"signature": list(unit.signature()), "case": case}
+            self.done[unit.name] = {"signature": list(unit.signature())}
             temporary = self.state_file.with_suffix(".tmp")
             temporary.write_text(json.dumps(self.done))
             temporary.replace(self.state_file)
@@ -207,31 +245,42 @@ def watch_folder(
     settle: float,
     once: bool,
     poll: float = 0.25,
+    register: Callable[[HotFolder], None] | None = None,
+    outbox: Path | None = None,
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
-    A slide whose content (case ID) was sent before under another name is logged as a duplicate instead.
-    `once` processes what is there (waiting for slides still being written), then returns.
+    `send_one` raises `AlreadySent` for the same bytes sent before from another file: logged as a duplicate.
+    `register` registers the specimen folders that appeared (before their slides). `once` processes what is there
+    (waiting for slides still being written), then returns.
     """
     from slides import SlidestreamError
+    from slidestream.station import AlreadySent
     from transfer import TransferError
 
-    hot = HotFolder(folder, state_dir, settle)
+    hot = HotFolder(folder, state_dir, settle, outbox)
     backoff = Backoff()
     failures, given_up = 0, set[Path]()
     while True:
+        if register is not None and backoff.due(time.monotonic()):
+            try:
+                register(hot)
+            except TransferError as error:
+                retry = backoff.failed(time.monotonic(), error)
+                if retry is not None:
+                    hot.log(f"RETRY registering specimens: {error} ({retry})")
         for unit in _ready(hot, given_up) if backoff.due(time.monotonic()) else []:
             try:
-                case = identify(unit.path)
-                earlier = hot.sent_as(case, unit)
-                if earlier is not None:
-                    hot.record(unit, f"DUPLICATE {unit.path.name}: the same slide as {earlier} (case {case}), not triaged or sent again", sent=True, case=case)
-                    continue
                 summary = send_one(unit, hot)
+            except AlreadySent as duplicate:
+                ref = duplicate.resolution.ref
+                hot.record(unit, f"DUPLICATE {unit.name}: the same slide as {hot.name_of(duplicate.resolution.earlier)} (case {ref.case}), "
+                                 "not triaged or sent again", sent=True)  # fmt: skip
+                continue
             except TransferError as error:  # the network or the store, not the slide: keep it, retry later
                 retry = backoff.failed(time.monotonic(), error)
                 if retry is not None:
-                    hot.record(unit, f"RETRY {unit.path.name}: {error} ({retry})", sent=False)
+                    hot.record(unit, f"RETRY {unit.name}: {error} ({retry})", sent=False)
                 hot.forget(unit)
                 if once:
                     given_up.add(unit.path)
@@ -241,33 +290,17 @@ def watch_folder(
             except Exception as error:  # noqa: BLE001 - a bad slide, or a bug it triggers, costs that slide only
                 reason = str(error) if isinstance(error, SlidestreamError) else _unexpected(error)
                 where = _set_aside(hot, unit, reason)
-                hot.record(unit, f"FAILED {unit.path.name}: {reason} ({where})", sent=False)
+                hot.record(unit, f"FAILED {unit.name}: {reason} ({where})", sent=False)
                 if os.path.lexists(unit.path):  # it could not be moved: not tried again by this run
                     given_up.add(unit.path)
                 failures += 1
             else:
                 if backoff.succeeded():
                     hot.record(unit, "the store answers again", sent=False)
-                hot.record(unit, f"SENT {unit.path.name}: {summary}", sent=True, case=case)
+                hot.record(unit, f"SENT {unit.name}: {summary}", sent=True)
         if once and not hot.settling():
             return failures
         time.sleep(poll)
-
-
-def identify(path: Path) -> str:
-    """A slide's content identity, the case ID a send gives it (after the checks that keep a FIFO or a link loop
-    from being opened)."""
-    from slides.slide import slide_path_kind
-    from transfer.target import case_id_for
-
-    slide_path_kind(path)
-    try:
-        return case_id_for(path)
-    except OSError as error:  # gone or unreadable between the look and now: one line, like a send's
-        from slides import SlideNotFoundError, UnsupportedSlideError
-
-        kind = SlideNotFoundError if isinstance(error, FileNotFoundError) else UnsupportedSlideError
-        raise kind(f"{path.name}: cannot read it: {error.strerror or error}") from None
 
 
 def _ready(hot: HotFolder, skip: set[Path]) -> list[SlideUnit]:
@@ -323,7 +356,7 @@ class Backoff:
 
 def watch(
     folder: Annotated[Path, typer.Argument(help="The hot folder the scanner writes into.", file_okay=False, exists=True)],
-    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/CASE/.")],
+    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/CASE/slides/SLIDE/VERSION/.")],
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
     settle: Annotated[
         float, typer.Option("--settle", min=0, help="Seconds a slide must stay unchanged before it is sent, unless its structure proves it whole (TIFF family).")
@@ -335,41 +368,155 @@ def watch(
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = SEND_DEFAULTS["keep_phi"],
     deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = SEND_DEFAULTS["deadline"],
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal, registry and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
+    station: Annotated[str | None, typer.Option("--station", help=STATION_HELP)] = None,
+    outbox: Annotated[
+        Path | None, typer.Option("--outbox", help="Where reports and requests for this station are written as text (default FOLDER/outbox).", file_okay=False)
+    ] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
 
-    A slide's edge triage finishes in the background while the next slide is sent."""
+    A subfolder is a specimen (its slides one case; specimen.json its identity and clinical context). A slide's
+    edge triage finishes in the background while the next slide is sent. Reports and requests for this station
+    are printed and written to the outbox."""
     from slides.errors import printable
-    from slidestream.send import run_send, send_arguments
-    from transfer.target import parse_endpoint, parse_store_url
+    from slidestream.send import Resolver, run_send, send_arguments
+    from slidestream.station import default_station
+    from transfer.target import parse_endpoint, parse_store_url, validate_station
 
     parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
     parse_endpoint(endpoint_url)
+    station = validate_station(station) if station is not None else default_station()
     import transfer.sender  # noqa: F401 - boto3 loads now (a third of a second), not while a frozen section waits
     from transfer import default_state_dir
 
     state = state_dir or default_state_dir()
+    outbox = (outbox or folder / OUTBOX).resolve()
 
     def send_one(unit: SlideUnit, hot: HotFolder) -> str:
+        from slides.slide import slide_path_kind
+
+        slide_path_kind(unit.path)  # a link loop or a FIFO is its one line, before the path is resolved
         args = send_arguments(
             unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
         )
 
-        def triage_done(case: str, seconds: float | None) -> None:
+        def triage_done(label: str, seconds: float | None) -> None:
             said = f"heatmap readable after {seconds:.1f} s" if seconds is not None else "no heatmap (edge triage unavailable)"
-            hot.log(f"TRIAGED {unit.path.name}: case {case}: {said}")
+            hot.log(f"TRIAGED {unit.name}: {label}: {said}")
 
-        result = run_send(args, state_dir, triage_done)
+        resolver = Resolver(destination, endpoint_url, state, station, specimen=specimen_info(unit), duplicates=False)
+        result = run_send(args, state, triage_done, resolver)
         return (
-            f"case {result.case}: {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) sent, "
-            f"{result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
+            f"case {result.case} slide {result.ref.slide} {result.ref.version} ({resolver.resolution.kind}): {result.objects} objects "
+            f"({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
         )
 
-    stderr.print(printable(f"watching {folder} -> {destination} (log: {HotFolder(folder, state, settle).log_file})"), markup=False, highlight=False)
-    failures = watch_folder(folder, send_one, state, settle, once)
+    hospital = Hospital(destination, endpoint_url, state, station, outbox)
+    stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
+                 markup=False, highlight=False)  # fmt: skip
+    poller = None if once else hospital.start_polling()
+    try:
+        failures = watch_folder(folder, send_one, state, settle, once, register=hospital.register_specimens, outbox=outbox)
+    finally:
+        if poller is not None:
+            hospital.stop.set()
     from slidestream.edge import join_triages
 
     join_triages()  # --once: the last slides' triages finish (and are published) before watch exits
+    if once:
+        hospital.poll_once()  # what came back meanwhile
     if failures:
         raise typer.Exit(1)
+
+
+def specimen_info(unit: SlideUnit) -> Any:
+    """The `station.SpecimenInfo` of a unit's specimen folder (with the sidecar, when there is one); None for a slide
+    directly in the hot folder (a specimen of its own)."""
+    from slidestream.station import SIDECAR, SpecimenInfo, read_sidecar
+
+    if unit.specimen is None:
+        return None  # the slide's own: the station names it by the file
+    sidecar = unit.specimen / SIDECAR
+    if sidecar.exists():
+        return read_sidecar(sidecar, unit.specimen.name, unit.specimen)
+    return SpecimenInfo(unit.specimen.name, f"folder:{unit.specimen.resolve()}")
+
+
+class Hospital:
+    """The station's side of watch apart from sending: specimen folders registered as they appear, and what comes
+    back (reports, requests) polled every second in a thread of its own, so a report shows while a slide sends."""
+
+    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path) -> None:
+        self._where = (destination, endpoint_url, state_dir, station)
+        self.outbox = outbox
+        self.stop = threading.Event()
+        self._hot: HotFolder | None = None
+        self._main: Any = None  # the main thread's Station (the poller makes its own: one SQLite connection each)
+
+    def _station(self) -> Any:
+        from slidestream.registry import Registry
+        from slidestream.station import Station, Store
+
+        destination, endpoint_url, state_dir, station = self._where
+        return Station(Store.parse(destination, endpoint_url), Registry(state_dir), station)
+
+    def register_specimens(self, hot: HotFolder) -> None:
+        """Each specimen folder with a sidecar that the registry does not know yet: registered now (its clock starts);
+        a sidecar that is refused is said once (until it changes) and its slides wait."""
+        from slidestream.station import SIDECAR, SpecimenError
+
+        self._hot = hot
+        for entry in _entries(hot.folder, hot.skip):
+            sidecar = entry / SIDECAR
+            try:
+                if not (specimen_folder(entry) and sidecar.exists()):
+                    continue
+                changed = sidecar.stat().st_mtime
+            except OSError:
+                continue
+            if hot.refused.get(entry, (None,))[0] == changed:
+                continue
+            hot.refused.pop(entry, None)
+            station = self._main = self._main or self._station()
+            try:
+                info = specimen_info(SlideUnit(sidecar, (), entry))
+                if station.registry.specimen(station.key, source=info.source) is None:
+                    specimen = station.register(info)
+                    hot.log(f"REGISTERED {entry.name}: case {specimen.case}, clock started at {specimen.registered_at}")
+            except SpecimenError as error:
+                hot.refused[entry] = (changed, str(error))
+                hot.log(f"REFUSED {entry.name}: {error} (not registered; its slides wait for a corrected {SIDECAR})")
+
+    def start_polling(self) -> threading.Thread:
+        thread = threading.Thread(target=self._poll_loop, name="notices", daemon=True)
+        thread.start()
+        return thread
+
+    def _poll_loop(self) -> None:
+        station = self._station()
+        while not self.stop.is_set():
+            self.poll_once(station)
+            self.stop.wait(NOTICE_POLL)
+
+    def poll_once(self, station: Any = None) -> None:
+        """One LIST of _stations/{station}/ after the last key handled: each new notice printed, logged and written
+        to the outbox; a store that cannot be asked is said once."""
+        from slides import SlidestreamError
+        from slidestream.station import notice_kind, notice_line, write_outbox
+
+        say = self._hot.log if self._hot is not None else print
+        station = station or self._station()
+        try:
+            for key, document in station.new_notices():
+                kind = notice_kind(key)
+                if kind is not None:
+                    case = str(document.get("case") or key.rsplit("/", 1)[-1].split("_")[1])
+                    specimen = station.registry.specimen(station.key, case=case)
+                    say(notice_line(kind, document, specimen.name if specimen else case))
+                    written = write_outbox(self.outbox, kind, document, specimen)
+                    say(f"OUTBOX {written}")
+                station.handled(key)
+        except (SlidestreamError, OSError) as error:
+            if self._hot is not None:
+                self._hot.note(f"cannot read what comes back to station {station.name}: {error}")

@@ -174,9 +174,9 @@ def test_serve_on_a_single_converted_image_serves_it_as_one_case(tmp_path: Path)
         lines = _serve_lines(process, 3)
         assert "1 case(s)" in lines[0] and lines[2].startswith(f"biopsy: http://127.0.0.1:{port}/view/biopsy#token="), lines
         token = lines[2].split("#token=")[1]
-        status, body = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/image", token)
+        status, body = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/slides/s1/v1/image", token)
         assert status == 200 and json.loads(body)["levels"], body
-        status, tile = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/tiles/0/0/0", token)
+        status, tile = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/slides/s1/v1/tiles/0/0/0", token)
         assert status == 200 and tile[:2] == b"\xff\xd8"  # the JPEG chunk, as stored
     finally:
         process.terminate()
@@ -236,7 +236,7 @@ def test_the_send_progress_bar_never_runs_backwards_and_ends_at_the_final_count(
     code, screen = _in_terminal([*CLI, "send", str(sample("TCGA-CR-7395-jp2k.svs")), f"s3://{s3_bucket}/cases", "--no-edge",
                                  "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "s"), "--max-rate", "20"])
     assert code == 0, screen[-2000:]
-    counts = [(int(done), int(total)) for done, total in re.findall(r"sending case \w+ .*?(\d+)/(\d+)", screen)]
+    counts = [(int(done), int(total)) for done, total in re.findall(r"sending case \S+ .*?(\d+)/(\d+)", screen)]
     assert len(counts) >= 3, screen[-2000:]
     totals = [total for _, total in counts]
     done = [d for d, _ in counts]
@@ -260,7 +260,7 @@ def test_ctrl_c_during_a_send_says_how_to_continue_and_resume_finishes_it(tmp_pa
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines() == [INTERRUPTED] and stdout == ""
-    from transfer import Journal
+    from transfer import Journal, parse_destination
 
     with Journal(state) as journal:
         assert [record.destination.bucket for record in journal.unfinished()] == [s3_bucket]
@@ -268,7 +268,8 @@ def test_ctrl_c_during_a_send_says_how_to_continue_and_resume_finishes_it(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     [summary] = json.loads(resumed.stdout)
     assert summary["objects_skipped"] >= 2
-    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key=f"cases/{summary['case']}/manifest.json")["Body"].read())
+    dest = parse_destination(f"s3://{s3_bucket}/cases", summary["case"], slide=summary["slide"], version=summary["version"])
+    manifest = json.loads(client.get_object(Bucket=s3_bucket, Key=dest.manifest_key)["Body"].read())
     assert manifest["complete"] is True
 
 

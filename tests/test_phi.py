@@ -35,7 +35,7 @@ from conftest import REPO, sample
 from slides import CorruptSlideError, open_slide
 from slides.jpeg import strip_metadata
 from test_viewer import serving
-from transfer import case_id_for
+from transfer import content_id
 from viewer import WORKLIST, S3Storage
 
 NAME = "ACC-2024-0001_DOE_JANE"
@@ -189,21 +189,24 @@ def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int =
         assert cases, "the viewer lists the cases"
         for case in cases:
             token = viewer.token(case)
-            base = f"/api/cases/{case}"
             get(f"/view/{case}", None)
-            status = get(f"{base}/status", token).json()
-            get(f"{base}/report", token, (200, 404))
-            image = get(f"{base}/image", token).json()
-            found = 0
-            for level, size in enumerate(image["levels"]):
-                rows, cols = math.ceil(size["height"] / image["tile_size"]), math.ceil(size["width"] / image["tile_size"])
-                step = max(1, rows * cols // tiles_per_level)
-                for index in range(0, rows * cols, step):
-                    row, col = divmod(index, cols)
-                    found += get(f"{base}/tiles/{level}/{row}/{col}", token, (200, 404)).status_code == 200
-                    if status["heatmap"]:
-                        get(f"{base}/heatmap/{level}/{row}/{col}.png?v={status['heatmap']['version']}", token)
-            assert found, f"{case}: the viewer served image tiles"
+            info = get(f"/api/cases/{case}", token).json()
+            get(f"/api/cases/{case}/report", token, (200, 404))
+            assert info["slides"], f"{case}: the viewer lists its slides"
+            for entry in info["slides"]:
+                base = f"/api/cases/{case}/slides/{entry['slide']}/{entry['version']}"
+                status = get(f"{base}/status", token).json()
+                image = get(f"{base}/image", token).json()
+                found = 0
+                for level, size in enumerate(image["levels"]):
+                    rows, cols = math.ceil(size["height"] / image["tile_size"]), math.ceil(size["width"] / image["tile_size"])
+                    step = max(1, rows * cols // tiles_per_level)
+                    for index in range(0, rows * cols, step):
+                        row, col = divmod(index, cols)
+                        found += get(f"{base}/tiles/{level}/{row}/{col}", token, (200, 404)).status_code == 200
+                        if status["heatmap"]:
+                            get(f"{base}/heatmap/{level}/{row}/{col}.png?v={status['heatmap']['version']}", token)
+                assert found, f"{base}: the viewer served image tiles"
     return served
 
 
@@ -292,9 +295,10 @@ def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: 
     assert leaks(served) == []
 
 
-def test_analyze_of_a_slide_file_names_its_results_by_the_case_id_and_leaks_nothing(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The results of `analyze FILE --out s3://...` go to the case folder `send` gives that slide, beside its image;
-    the file name stays in the local report's `slide` column, the join between the two."""
+def test_analyze_of_a_slide_file_names_its_results_by_its_content_id_and_leaks_nothing(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`analyze FILE --out s3://...` names the results of a slide file by a pseudonym of its content, never its name
+    (the case ID `send` gave it is random and known only to the station's registry); the file name stays in the
+    local report's `slide` column, the join between the two."""
     store = f"s3://{s3_bucket}/results"
     slidestream("send", slides["svs"], store, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir", tmp_path / "state")
     report = tmp_path / "report.csv"
@@ -303,9 +307,9 @@ def test_analyze_of_a_slide_file_names_its_results_by_the_case_id_and_leaks_noth
         (row,) = csv.DictReader(handle)
     objects = bucket_objects(s3_server, s3_bucket)
     (manifest,) = [json.loads(data) for key, data in objects if key.endswith("/manifest.json")]
-    assert row["case"] == manifest["case"] == case_id_for(slides["svs"]) and row["slide"] == str(slides["svs"])
+    assert row["case"] == content_id(slides["svs"]) != manifest["case"] and row["slide"] == str(slides["svs"])
     assert row["status"] == "ok" and row["results"] == f"{store}/{row['case']}"
-    assert {key.split("/")[1] for key, _ in objects} == {row["case"]}, "one case folder: the image and its results"
+    assert {key.split("/")[1] for key, _ in objects} == {manifest["case"], row["case"], "_arrivals"}, "the sent case and the results"
     triage = next(json.loads(data) for key, data in objects if key == f"results/{row['case']}/triage.json")
     assert triage["source"] == row["case"] and triage["complete"] is True
     assert any(key.startswith(f"results/{row['case']}/heatmap.zarr/") for key, _ in objects)

@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 from conftest import REPO, S3Server, sample
 from test_viewer import SECRET, SLIDE, Bucket, serving
 from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
+
 from transfer.target import CaseRecord, SlideRef
 
 ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
@@ -41,7 +41,7 @@ STATION = "theatre-3"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slidestream", *args], capture_output=True, text=True, timeout=120, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "slidestream", *args], capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
                           env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
 
 

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-
 from conftest import S3Server
 from test_viewer import SECRET, Bucket, Served, serving
+
 from transfer.target import CaseRecord, SlideRef, notice_key, report_key, request_key
 from viewer.people import Person, person_key
 
@@ -33,7 +33,7 @@ def users(bucket: Bucket, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "slidestream", "users", *args]
     store = f"s3://{bucket.name}/{bucket.prefix}"
     command = [part if part != "STORE" else store for part in command] + ["--endpoint-url", bucket.endpoint_url]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120,
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
 
 
@@ -217,7 +217,7 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
     store = f"s3://{bucket.name}/{bucket.prefix}"
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     command = [sys.executable, "-m", "slidestream", "audit", store, "--case", CASE, "--date", today, "--endpoint-url", bucket.endpoint_url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     rows = [line.split(None, 5) for line in result.stdout.splitlines()[1:-1]]
     assert [(row[1], row[3], row[4]) for row in rows] == [
@@ -229,7 +229,7 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
     listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/_audit/{today}/")["Contents"]
     event = json.loads(bucket.get(listed[0]["Key"].removeprefix(bucket.prefix + "/")))
     assert set(event) == {"format", "at", "user", "action", "case", "slide", "version", "report"}
-    wrong = subprocess.run([*command[:5], "--date", "yesterday"], capture_output=True, text=True, timeout=120)
+    wrong = subprocess.run([*command[:5], "--date", "yesterday"], capture_output=True, text=True, timeout=120, check=False)
     assert wrong.returncode == 2 and "YYYY-MM-DD" in wrong.stderr
 
 

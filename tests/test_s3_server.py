@@ -35,3 +35,13 @@ def test_server_rejects_a_wrong_content_md5(s3_server, s3_bucket) -> None:
         client.put_object(Bucket=s3_bucket, Key="x", Body=b"payload", ContentMD5=wrong)
     assert error.value.response["Error"]["Code"] in {"BadDigest", "InvalidDigest"}
     assert "Contents" not in client.list_objects_v2(Bucket=s3_bucket)
+
+
+def test_a_create_only_put_never_replaces_an_object(s3_server, s3_bucket) -> None:
+    """case.json, slide claims and reports are created with If-None-Match: *: the second writer must be refused."""
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="case/slides/s1/slide.json", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as error:
+        client.put_object(Bucket=s3_bucket, Key="case/slides/s1/slide.json", Body=b"second", IfNoneMatch="*")
+    assert error.value.response["Error"]["Code"] in {"PreconditionFailed", "ConditionalRequestConflict"}
+    assert client.get_object(Bucket=s3_bucket, Key="case/slides/s1/slide.json")["Body"].read() == b"first"

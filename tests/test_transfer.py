@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -27,7 +28,8 @@ from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 from slides import open_slide
 from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
-from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, case_id_for, parse_destination, validate_case
+from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, content_id, parse_destination, validate_case
+from transfer.target import ARRIVALS, CaseRecord, SlideRef
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
 from transfer.sender import typical_size
 
@@ -55,11 +57,12 @@ def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subpr
 
 
 @functools.cache
-def local_pieces(slide: Path, case: str, **options: Any) -> tuple[Piece, ...]:
-    """What a send of `slide` uploads, produced here without any network (once per test session)."""
+def local_pieces(slide: Path, case: str, version: str = "v1", **options: Any) -> tuple[Piece, ...]:
+    """What a send of `slide` as slide s1 (that `version`) of `case` uploads, produced here without any network
+    (once per test session)."""
     args = send_arguments(slide, "s3://unused/cases", None, **options)
     with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
-        return tuple(image_pieces(opened, args, case)[1])
+        return tuple(image_pieces(opened, args, SlideRef(case, "s1", version).label)[1])
 
 
 def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
@@ -85,10 +88,10 @@ def journal_dump(state_dir: Path) -> list[str]:
         return list(db.iterdump())
 
 
-def journal_sends(state_dir: Path) -> dict[str, tuple[str | None, str | None]]:
-    """case -> (finished_at, error) of every send the journal knows."""
+def journal_sends(state_dir: Path) -> dict[SlideRef, tuple[str | None, str | None]]:
+    """slide version -> (finished_at, error) of every send the journal knows."""
     with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
-        return {case: (finished, error) for case, finished, error in db.execute("SELECT case_id, finished_at, error FROM sends")}
+        return {SlideRef.parse(root): (finished, error) for root, finished, error in db.execute("SELECT case_id, finished_at, error FROM sends")}
 
 
 def corrupt_slide(folder: Path, name: str = "ACC-2024-0001_DOE_JANE.svs") -> Path:
@@ -148,17 +151,24 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     case = summary["case"]
-    assert Path(name).stem not in case and case == case_id_for(sample(name))
+    assert re.fullmatch(r"[0-9a-f]{16}", case), "a new specimen's case ID is random, never the file name"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
 
+    dest = parse_destination(f"s3://{s3_bucket}/cases", case)
     pieces = local_pieces(sample(name), case)
     on_server = server_objects(s3_server, s3_bucket, "cases/")
-    manifest = json.loads(on_server.pop(f"cases/{case}/manifest.json"))
-    expected = {f"cases/{case}/image.zarr/{piece.key}": piece.data for piece in pieces}
+    manifest = json.loads(on_server.pop(dest.manifest_key))
+    record = CaseRecord.parse(json.loads(on_server.pop(f"{dest.case_root}case.json")))
+    assert record is not None and record.case == case and record.registered_at <= manifest["started_at"]
+    [arrival] = [key for key in on_server if key.startswith(f"cases/{ARRIVALS}/")]
+    assert on_server.pop(arrival) == b"" and SlideRef.from_arrival(arrival) == dest.ref
+    claim = json.loads(on_server.pop(f"{dest.case_root}slides/s1/slide.json"))
+    assert claim["case"] == case and claim["slide"] == "s1"
+    expected = {dest.image_key(piece.key): piece.data for piece in pieces}
     assert sorted(on_server) == sorted(expected)
     assert all(on_server[key] == data for key, data in expected.items())
     assert journal_objects(state) == {piece.key: (sha256(piece.data), len(piece.data), "sent-verified") for piece in pieces}
-    assert Path(name).stem.encode() not in on_server[f"cases/{case}/image.zarr/zarr.json"]  # no file name in the image
+    assert Path(name).stem.encode() not in on_server[dest.image_key("zarr.json")]  # no file name in the image
 
     shards = [piece.key for piece in pieces if piece.kind is PieceKind.SHARD]
     assert manifest["format"] == "slidestream-manifest/2" and manifest["state"] == "complete" and manifest["complete"] is True
@@ -170,19 +180,19 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     assert summary["bytes_total"] == sum(len(piece.data) for piece in pieces) <= summary["bytes_sent"]
 
     write_pieces(pieces, tmp_path / "local.zarr")
-    assert_same_image(s3_group(s3_server, f"s3://{s3_bucket}/cases/{case}/image.zarr"), zarr.open_group(tmp_path / "local.zarr", mode="r"))
+    assert_same_image(s3_group(s3_server, dest.url), zarr.open_group(tmp_path / "local.zarr", mode="r"))
 
     if not rerun:
         return
     # a rerun of the finished send: everything is skipped, and the manifest is never written (the bucket keeps
     # every version of it from here on: one, the complete one, means no incomplete one came in between)
-    client, key = s3_server.client(), f"cases/{case}/manifest.json"
+    client, key = s3_server.client(), dest.manifest_key
     client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
     before = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     again = slidestream("send", sample(name), *send_args(s3_server, s3_bucket, state, "--json"))
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["objects"] == 0 and json.loads(again.stdout)["objects_skipped"] == len(pieces)
-    assert server_objects(s3_server, s3_bucket, f"cases/{case}/image.zarr/") == expected
+    assert server_objects(s3_server, s3_bucket, dest.image_key("")) == expected
     assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == before
     assert len(client.list_object_versions(Bucket=s3_bucket, Prefix=key).get("Versions", [])) == 1
 
@@ -204,7 +214,7 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
     requests: list[tuple[str, str | None]] = []
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
-        _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.case)
+        _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.ref.label)
         pieces = list(produced)
         sender = Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB))
         sender.client.meta.events.register("before-send.s3", lambda request, **_: requests.append((request.url, request.headers.get("Expect"))))
@@ -240,6 +250,7 @@ def derived_slide(request: pytest.FixtureRequest) -> Path:
 
 def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_server, s3_bucket, tmp_path, derived_slide) -> None:  # type: ignore[no-untyped-def]
     case = "overview-test"
+    dest = parse_destination(f"s3://{s3_bucket}/cases", case)
     pieces = local_pieces(derived_slide, case)
     total = sum(len(piece.data) for piece in pieces)
     write_pieces(pieces, tmp_path / "local.zarr")
@@ -257,11 +268,11 @@ def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_ser
         while lowest_shard not in manifest.get("arrived", []):
             assert process.poll() is None, process.communicate()[1]
             try:
-                manifest = json.loads(client.get_object(Bucket=s3_bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+                manifest = json.loads(client.get_object(Bucket=s3_bucket, Key=dest.manifest_key)["Body"].read())
             except client.exceptions.NoSuchKey:
                 time.sleep(0.05)
-        on_server = sum(item["Size"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix=f"cases/{case}/image.zarr/")["Contents"])
-        remote = s3_group(s3_server, f"s3://{s3_bucket}/cases/{case}/image.zarr")
+        on_server = sum(item["Size"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix=dest.image_key(""))["Contents"])
+        remote = s3_group(s3_server, dest.url)
         np.testing.assert_array_equal(remote[lowest][:], local[lowest][:])
         assert process.poll() is None, "the send finished before the check: nothing was shown about partial reads"
         assert on_server / total < 0.02, f"{on_server} of {total} bytes were on the server when the lowest level arrived"
@@ -275,7 +286,7 @@ def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_ser
 def test_manifest_drops_shards_produce_skips_and_reaches_milestones_in_order() -> None:
     with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
         plan = plan_pyramid(slide)
-    arrivals = Arrivals("c", plan, "2026-01-01T00:00:00.000Z", {})
+    arrivals = Arrivals(SlideRef("c"), plan, "2026-01-01T00:00:00.000Z", {})
     keys = [task.key for task in plan.shards]
     overview = [task.key for task in plan.shards if plan.levels[task.level].complete]
     for key in keys[:-1]:
@@ -293,7 +304,7 @@ def test_manifest_of_a_deferred_plan_says_not_final_until_the_tissue_is_known() 
     with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
         deferred = plan_pyramid(slide, defer_tissue=True)
         full = plan_pyramid(slide)
-    arrivals = Arrivals("c", deferred, "2026-01-01T00:00:00.000Z", {})
+    arrivals = Arrivals(SlideRef("c"), deferred, "2026-01-01T00:00:00.000Z", {})
     overview = [task.key for task in deferred.shards]
     for key in overview:
         arrivals.produced(key)
@@ -316,18 +327,23 @@ def test_auto_concurrency_sizes_by_the_objects_that_carry_the_bytes() -> None:
     assert typical_size([1_100_000] * 64) == 1_100_000 and typical_size([]) == 0
 
 
-def test_case_id_comes_from_content_not_the_file_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_content_id_comes_from_every_byte_and_case_ids_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
     copy = tmp_path / "S24-012345 A1.svs"
     shutil.copyfile(sample("CMU-1-Small-Region.svs"), copy)
-    assert case_id_for(copy) == case_id_for(sample("CMU-1-Small-Region.svs")) != case_id_for(sample("TCGA-CR-7395-jp2k.svs"))
-    assert len(case_id_for(copy)) == 16
+    assert content_id(copy) == content_id(sample("CMU-1-Small-Region.svs")) != content_id(sample("TCGA-CR-7395-jp2k.svs"))
+    assert len(content_id(copy)) == 16
+    middle = tmp_path / "middle.svs"  # the same size, first and last MiB: another scan all the same
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    middle.write_bytes(bytes(data))
+    assert content_id(middle) != content_id(copy)
     for bad in ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"]:
         with pytest.raises(DestinationError):
             validate_case(bad)
     for bad_url in ["http://bucket/x", "s3://Bad_Bucket/x", "s3://bucket/a/../b"]:
         with pytest.raises(DestinationError):
             parse_destination(bad_url, "case")
-    assert parse_destination("s3://bucket/a/b/", "S-1.2_x").manifest_key == "a/b/S-1.2_x/manifest.json"
+    assert parse_destination("s3://bucket/a/b/", "S-1.2_x").manifest_key == "a/b/S-1.2_x/slides/s1/v1/manifest.json"
 
 
 def test_bad_case_id_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -354,7 +370,7 @@ def test_sse_requests_are_verified(s3_server, s3_bucket, tmp_path) -> None:  # t
     result = slidestream("send", sample("CMU-1-Small-Region.svs"), *send_args(s3_server, s3_bucket, tmp_path, "--sse", "AES256", "--json"))
     if result.returncode == 0:
         case = json.loads(result.stdout)["case"]
-        head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"cases/{case}/image.zarr/zarr.json")
+        head = s3_server.client().head_object(Bucket=s3_bucket, Key=parse_destination(f"s3://{s3_bucket}/cases", case).image_key("zarr.json"))
         assert head.get("ServerSideEncryption") == "AES256"
     else:
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--sse AES256" in result.stderr

@@ -44,7 +44,8 @@ from test_transfer import (
 )
 
 from tiling import Piece, PieceKind
-from transfer import Journal, parse_destination
+from transfer import Destination, Journal, parse_destination
+from transfer.target import SlideRef
 
 CMU = "CMU-1-Small-Region.svs"
 CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once
@@ -172,18 +173,23 @@ def first_shard(pieces: tuple[Piece, ...]) -> str:
     return next(piece.key for piece in pieces if piece.kind is PieceKind.SHARD)
 
 
+def slide_version(bucket: str, case: str) -> Destination:
+    """Where a send of CMU with `--case case` puts its first slide version."""
+    return parse_destination(f"s3://{bucket}/cases", case)
+
+
 def image_on_server(server: S3Server, bucket: str, case: str) -> dict[str, bytes]:
-    return server_objects(server, bucket, f"cases/{case}/image.zarr/")
+    return server_objects(server, bucket, slide_version(bucket, case).image_key(""))
 
 
 def expected_image(pieces: tuple[Piece, ...], case: str) -> dict[str, bytes]:
-    return {f"cases/{case}/image.zarr/{piece.key}": piece.data for piece in pieces}
+    return {slide_version("unused", case).image_key(piece.key): piece.data for piece in pieces}
 
 
 def manifest_of(server: S3Server, bucket: str, case: str) -> dict | None:  # type: ignore[type-arg]
     client = server.client()
     try:
-        return json.loads(client.get_object(Bucket=bucket, Key=f"cases/{case}/manifest.json")["Body"].read())
+        return json.loads(client.get_object(Bucket=bucket, Key=slide_version(bucket, case).manifest_key)["Body"].read())
     except client.exceptions.NoSuchKey:
         return None
 
@@ -197,7 +203,7 @@ def test_a_corrupted_body_is_sent_again_and_recorded_only_once_verified(s3_serve
     args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--json", "--no-edge"]
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 0, result.stderr
-    path = f"/{s3_bucket}/cases/{case}/image.zarr/{shard}"
+    path = f"/{s3_bucket}/{slide_version(s3_bucket, case).image_key(shard)}"
     assert proxy.corrupted[path] == 1 and proxy.puts[path] == 2  # corrupted once, sent again once
     assert json.loads(result.stdout)["retries"] >= 1
     assert image_on_server(s3_server, s3_bucket, case) == expected_image(pieces, case)
@@ -214,7 +220,7 @@ def test_an_object_the_server_keeps_corrupting_fails_the_send_and_is_never_recor
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not recorded as sent" in result.stderr and shard in result.stderr
     assert journal_objects(tmp_path) == {}  # given up: retracted, nothing of it is on the server any more
-    assert journal_sends(tmp_path)[case][1] == result.stderr.removeprefix("slidestream: error: ").strip()
+    assert journal_sends(tmp_path)[SlideRef(case)][1] == result.stderr.removeprefix("slidestream: error: ").strip()
     assert image_on_server(s3_server, s3_bucket, case) == {}
     manifest = manifest_of(s3_server, s3_bucket, case)
     assert manifest is not None and manifest["state"] == "failed" and manifest["complete"] is False and shard in manifest["failed"]
@@ -236,13 +242,13 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     assert image_on_server(s3_server, s3_bucket, case) == {}  # and is gone
     first = json.loads(client.get_object(Bucket=s3_bucket, Key=manifests[0]["Key"], VersionId=manifests[0]["VersionId"])["Body"].read())
     assert first["state"] == "sending" and all(manifests[0]["LastModified"] <= v["LastModified"] for v in written)
-    raw = client.get_object(Bucket=s3_bucket, Key=f"cases/{case}/manifest.json")["Body"].read()
+    raw = client.get_object(Bucket=s3_bucket, Key=slide_version(s3_bucket, case).manifest_key)["Body"].read()
     manifest = json.loads(raw)
     assert manifest["state"] == "failed" and manifest["complete"] is False and manifest["planned"] == manifest["arrived"] == []
     assert manifest["failed"] in result.stderr.replace(str(slide), "the slide")
     assert b"DOE" not in raw and b"ACC-2024" not in raw
 
-    assert journal_objects(state) == {} and journal_sends(state)[case][0] is not None
+    assert journal_objects(state) == {} and journal_sends(state)[SlideRef(case)][0] is not None
     resumed = slidestream("resume", "--state-dir", state)
     assert resumed.returncode == 0 and resumed.stderr.strip() == "nothing to resume"
 
@@ -250,7 +256,7 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     analyzed = slidestream("analyze", f"s3://{s3_bucket}/cases", "--report", report, "--endpoint-url", s3_server.endpoint_url)
     assert analyzed.returncode == 1, analyzed.stderr
     [row] = list(csv.DictReader(report.open()))
-    assert row["case"] == case and row["status"] == "error" and "send failed" in row["error"] and manifest["failed"] in row["error"]
+    assert row["case"] == SlideRef(case).root and row["status"] == "error" and "send failed" in row["error"] and manifest["failed"] in row["error"]
     assert row["score"] == ""
 
 
@@ -263,10 +269,11 @@ def test_a_slide_that_fails_in_watch_leaves_only_its_failed_manifest_and_resume_
     watched = slidestream("watch", folder, f"s3://{s3_bucket}/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
                           "--once", "--edge", "--settle", 0)  # fmt: skip
     assert watched.returncode == 1, watched.stderr
-    [case] = [entry["Prefix"] for entry in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="cases/", Delimiter="/")["CommonPrefixes"]]
-    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=case).get("Contents", [])
-    assert [entry["Key"] for entry in listed] == [f"{case}manifest.json"]
-    assert manifest_of(s3_server, s3_bucket, case.removeprefix("cases/").rstrip("/"))["state"] == "failed"
+    folders = [entry["Prefix"] for entry in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="cases/", Delimiter="/")["CommonPrefixes"]]
+    [case] = [folder.removeprefix("cases/").rstrip("/") for folder in folders if not folder.startswith("cases/_")]
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=f"cases/{case}/").get("Contents", [])
+    assert sorted(entry["Key"] for entry in listed) == [f"cases/{case}/case.json", f"cases/{case}/slides/s1/slide.json", slide_version(s3_bucket, case).manifest_key]
+    assert manifest_of(s3_server, s3_bucket, case)["state"] == "failed"
     assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
     for _ in range(2):  # the failed slide's journal entry is given up: resume has nothing to fail on
         resumed = slidestream("resume", "--state-dir", state)
@@ -400,7 +407,7 @@ def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_b
 def wait_for_send_journaled(state: Path, case: str, process: subprocess.Popen[str]) -> None:
     while process.poll() is None:
         with contextlib.suppress(sqlite3.Error):
-            if (state / "journal.sqlite3").exists() and case in journal_sends(state):
+            if (state / "journal.sqlite3").exists() and SlideRef(case) in journal_sends(state):
                 return
         time.sleep(0.05)
     pytest.fail(f"the send ended before it was journaled: {process.communicate()[1]}")
@@ -415,7 +422,7 @@ def test_a_send_started_while_the_link_is_down_waits_for_it(s3_server, s3_bucket
     process = start_slidestream("send", sample(CMU), *args, "--deadline", 600)
     wait_for_send_journaled(state, case, process)
     time.sleep(2)  # a few failed tries later it still waits
-    assert process.poll() is None and journal_sends(state)[case] == (None, None) and journal_objects(state) == {}
+    assert process.poll() is None and journal_sends(state)[SlideRef(case)] == (None, None) and journal_objects(state) == {}
     proxy.set_down(False)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
@@ -433,7 +440,7 @@ def test_a_send_that_never_reached_the_server_exits_3_and_resume_sends_it(s3_ser
     result = slidestream("send", sample(CMU), *args, "--deadline", 3)
     assert time.monotonic() - started < 3 + 30  # generous: Python start-up and the slide's opening on a busy machine
     assert_one_line_error(result, 3, f"no working connection to {proxy.endpoint_url}", "--deadline 3", "slidestream resume")
-    assert journal_sends(state)[case][0] is None and manifest_of(s3_server, s3_bucket, case) is None
+    assert journal_sends(state)[SlideRef(case)][0] is None and manifest_of(s3_server, s3_bucket, case) is None
 
     proxy.set_down(False)
     resumed = slidestream("resume", "--state-dir", state, "--json")
@@ -573,7 +580,7 @@ def test_unreachable_endpoint(used_journal, endpoint, reason) -> None:  # type: 
         result = slidestream("send", sample(CMU), "s3://bucket/cases", "--endpoint-url", url, "--state-dir", used_journal,
                              "--case", "unreached", "--deadline", 2)  # fmt: skip
     assert_one_line_error(result, 3, f"no working connection to {url}", reason)
-    assert journal_sends(used_journal) == {"other-case": (None, None), "unreached": (None, result.stderr.removeprefix("slidestream: error: ").strip())}
+    assert journal_sends(used_journal) == {SlideRef("other-case"): (None, None), SlideRef("unreached"): (None, result.stderr.removeprefix("slidestream: error: ").strip())}
 
 
 @pytest.fixture
@@ -582,7 +589,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -592,8 +599,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_journal_on_a_full_disk(s3_server, s3_bucket, tmp_path, tiny_disk) -> None:  # type: ignore[no-untyped-def]
-    """128 KiB fill up during the send (64 KiB would not even hold a new WAL journal): one line, exit 2, and a
-    journal that tells the truth and resumes."""
+    """160 KiB fill up during the send (the station's registry shares the journal's file; 128 KiB no longer holds
+    both before the first object): one line, exit 2, and a journal that tells the truth and resumes."""
     case = CASE
     result = slidestream("send", sample(CMU), *send_args(s3_server, s3_bucket, tiny_disk, "--case", case))
     assert_one_line_error(result, 2, "disk full", str(tiny_disk / "journal.sqlite3"))

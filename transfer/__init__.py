@@ -21,7 +21,8 @@ from transfer.errors import (
 )
 from transfer.journal import Journal, SendRecord, default_state_dir
 from transfer.manifest import Arrivals
-from transfer.target import Destination, case_id_for, parse_destination, validate_case
+from transfer.identity import content_id
+from transfer.target import Destination, parse_destination, validate_case
 
 if TYPE_CHECKING:
     from transfer.sender import Listener, Progress, Sender, SendOptions, SendResult
@@ -46,7 +47,7 @@ __all__ = [
     "SendResult",
     "Sender",
     "TransferError",
-    "case_id_for",
+    "content_id",
     "default_state_dir",
     "parse_destination",
     "validate_case",

@@ -19,6 +19,10 @@ class DestinationError(TransferError, ValueError):
     """The destination is malformed: not s3://BUCKET/PREFIX, a bad case ID, a bad option value."""
 
 
+class SlideTakenError(DestinationError):
+    """Another station claimed the slide number this send was given (two stations adding slides to one case)."""
+
+
 class CredentialsError(TransferError, PermissionError):
     """The server rejected (or there are no) credentials, or they may not write here."""
 

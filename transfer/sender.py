@@ -34,12 +34,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder
-from transfer.errors import BucketNotFoundError, CredentialsError, IntegrityError, JournalError, NetworkDeadlineError, NetworkError, TransferError
+from transfer.errors import BucketNotFoundError, CredentialsError, IntegrityError, JournalError, NetworkDeadlineError, NetworkError, SlideTakenError, TransferError
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
-from transfer.target import CASE_RECORD, HEATMAP, TRIAGE, Destination, SlideRef
+from transfer.target import CASE_RECORD, HEATMAP, SLIDE_CLAIM, SLIDES, TRIAGE, Destination, SlideRef
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
@@ -253,6 +253,24 @@ class Sender:
         if self._record is None:
             self._start = time.monotonic()
             self._record = self.journal.begin(self.dest, args)
+
+    def claim(self, document: bytes) -> None:
+        """Take this slide's number on the store before anything of it is written: `CASE/slides/SLIDE/slide.json`,
+        created only if absent (waiting for the link until --deadline like every object). One that exists with other
+        bytes is another station's claim on the number: the send is given up (nothing of it was written) with
+        `SlideTakenError`, and sending again takes the next free number."""
+        key = f"{self.dest.case_root}{SLIDES}/{self.dest.slide}/{SLIDE_CLAIM}"
+        if self._put_verified(key, document, Digest.of(document), "application/json", "no-cache", create=True):
+            return
+        try:
+            existing = self.client.get_object(Bucket=self.dest.bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as error:
+            raise fatal(error, self.dest.endpoint, f"s3://{self.dest.bucket}/{key}") from None
+        if existing != document:
+            reason = f"slide {self.dest.slide} of case {self.dest.case} was taken by another station meanwhile; send again to take the next free slide"
+            if self._record is not None:
+                self.journal.fail(self.dest, reason)
+            raise SlideTakenError(reason)
 
     @property
     def milestones(self) -> dict[str, float]:
@@ -650,7 +668,10 @@ class Sender:
         if self.options.sse == "aws:kms":
             extra["ChecksumAlgorithm"] = "SHA256"
         if self._transfers is None:
-            from s3transfer.manager import TransferConfig, TransferManager  # only large objects need it: 22 ms of start-up
+            from s3transfer.manager import (  # only large objects need it: 22 ms of start-up
+                TransferConfig,
+                TransferManager,
+            )
 
             size = self.options.multipart_threshold
             config = TransferConfig(multipart_threshold=size, multipart_chunksize=size, max_request_concurrency=4)

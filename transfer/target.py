@@ -6,6 +6,8 @@ more slides, each sent as one or more versions (a rescan is a new version; nothi
 with another's image):
 
     {case}/case.json                          registration: when the clock started, clinical context (no identity)
+    {case}/slides/{slide}/slide.json          the slide's claim: the station that took the number (created once, never
+                                              replaced, so two stations adding slides to one case never share one)
     {case}/slides/{slide}/{version}/          one scan of one slide ("a slide version"), e.g. slides/s1/v1/:
         image.zarr/                           the OME-Zarr image (tiling/)
         manifest.json                         what of the image has arrived, and how the send ended (transfer/manifest.py)
@@ -26,20 +28,19 @@ Names that start with "_" are never case IDs (a case ID starts with a letter or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from transfer.errors import DestinationError
 
 LAYOUT_FORMAT = "slidestream-case/1"
 CASE_RECORD = "case.json"
+SLIDE_CLAIM = "slide.json"
 SLIDES = "slides"
 REPORTS = "reports"
 REQUESTS = "requests"
@@ -67,7 +68,6 @@ SLIDE_PATTERN = re.compile(r"s([1-9][0-9]{0,3})")  # s1, s2, ...: ordinal within
 VERSION_PATTERN = re.compile(r"v([1-9][0-9]{0,3})")  # v1, v2, ...: v2 is the first rescan
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
 BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-SAMPLE = 1 << 20  # bytes read from each end of a file for the case ID
 
 
 @dataclass(frozen=True)
@@ -272,26 +272,6 @@ def validate_version(version: str) -> str:
     if not VERSION_PATTERN.fullmatch(version):
         raise DestinationError(f"version {version!r} is not allowed (v1, v2, ...)")
     return version
-
-
-def case_id_for(slide: Path) -> str:
-    """A pseudonymous, repeatable case ID from the slide's content, never its name (names hold accession numbers).
-
-    SHA-256 over the size and the first and last MiB of each file: cheap on a 3 GB slide and distinct for distinct
-    scans (both ends hold tile data and offsets). A folder (DICOM series) hashes its files in name order.
-    """
-    slide = Path(slide)
-    files = sorted(p for p in slide.rglob("*") if p.is_file()) if slide.is_dir() else [slide]
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            size = path.stat().st_size
-            digest.update(size.to_bytes(8, "little"))
-            digest.update(handle.read(SAMPLE))
-            if size > SAMPLE:
-                handle.seek(max(SAMPLE, size - SAMPLE))
-                digest.update(handle.read(SAMPLE))
-    return digest.hexdigest()[:16]
 
 
 CONTEXT_FIELDS = ("specimen_site", "specimen_type", "clinical_question", "surgeon", "callback", "hospital")

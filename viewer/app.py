@@ -42,7 +42,7 @@ from viewer.image import (
     TileNotFoundError,
 )
 from viewer.people import PATHOLOGIST, STATION, Person, RevokedError, get_person
-from viewer.reports import ReportConflict, ReportIn, RequestIn, ask, numbered, sign
+from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, sign
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from viewer.tokens import (
     CASE_ID,
@@ -56,7 +56,6 @@ from viewer.tokens import (
 
 STATIC = Path(__file__).with_name("static")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
-MAX_TEXT = 20_000
 # The largest request body read: the largest body the API takes is a report of three texts of MAX_TEXT characters,
 # at most 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its keys.
 MAX_BODY = 3 * 12 * MAX_TEXT + 1024
