@@ -23,7 +23,9 @@ from PIL import Image
 
 from slides import open_slide
 from tiling import PieceKind
+from transfer.target import CaseRecord
 from viewer.heatmap import LUT
+from viewer.people import STATION
 
 from conftest import REPO, S3Server, sample
 from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
@@ -255,8 +257,13 @@ PENDING, GLASS = (slice(3, 9), slice(10, 15)), (slice(14, 23), slice(0, 5))
 
 
 @pytest.fixture(scope="module")
-def scored(s3_server: S3Server) -> Iterator[tuple[Served, dict]]:
-    bucket = Bucket(s3_server)
+def scored_bucket(s3_server: S3Server) -> Bucket:
+    return Bucket(s3_server)
+
+
+@pytest.fixture(scope="module")
+def scored(scored_bucket: Bucket) -> Iterator[tuple[Served, dict]]:
+    bucket = scored_bucket
     bucket.send("scored")
     bucket.send("nompp", slide="kidney-ihc-strip.tif")  # no resolution recorded
     scores = np.full((30, 22), np.nan, np.float32)
@@ -269,8 +276,9 @@ def scored(s3_server: S3Server) -> Iterator[tuple[Served, dict]]:
         yield served, triage
 
 
-def open_case(page, served: Served, case: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{served.url}/view/{case}#token={served.token(case)}")
+def open_case(page, served: Served, case: str, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Open the case (with its case link unless `token` names someone) and wait for the slide in its place."""
+    page.goto(f"{served.url}/view/{case}#token={token or served.token(case)}")
     wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
 
 
@@ -422,9 +430,9 @@ def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -
     assert "µm" not in page.locator("#marks text").text_content()
 
 
-def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(page, scored) -> None:  # type: ignore[no-untyped-def]
+def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(page, scored, scored_bucket) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
-    open_case(page, served, "scored")
+    open_case(page, served, "scored", served.person(scored_bucket.storage(), "Dr Draws"))
     page.locator("#note").fill("another section from here")
     page.locator("#tool-polygon").click()
     corners = [(800, 2050), (1150, 2000), (1100, 2450)]
@@ -433,7 +441,7 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
         page.wait_for_timeout(300)  # separate clicks, not a double click
     page.keyboard.press("Enter")
     wait_for(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
-    assert page.locator("#annotations li").text_content() == "polygon (3 points): another section from here"
+    assert page.locator("#annotations li").text_content() == "polygon (3 points): another section from here · Dr Draws"
     page.locator("#note").fill("")
     page.locator("#tool-point").click()
     page.mouse.click(*on_screen(page, 1000, 1000))
@@ -464,6 +472,40 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "viewer-case.png"))
+
+
+def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_survives_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.put("marked/case.json", CaseRecord("marked", datetime.now(UTC).isoformat(), "theatre-9").to_json())
+    bucket.send("marked")
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "marked", served.person(bucket.storage(), "Dr Marks"))
+        page.locator("#note").fill("deeper level here")
+        page.locator("#tool-point").click()
+        page.mouse.click(*on_screen(page, 1200, 900))
+        wait_for(page, lambda: page.locator("#annotate-result").text_content() == "point saved: “deeper level here”", "the point saved")
+        listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/marked/annotations/")
+        (key,) = [item["Key"].removeprefix(f"{bucket.prefix}/") for item in listed["Contents"]]
+        saved = json.loads(bucket.get(key))
+        assert (saved["kind"], saved["text"], saved["slide"], saved["version"], saved["author"]["name"]) == ("point", "deeper level here", "s1", "v1", "Dr Marks")
+        assert np.abs(np.array(saved["points"]) - [(1200, 900)]).max() < 4
+
+        # the hospital's station opens the case: the point is listed and drawn where it was put, also after a reload
+        page.goto("about:blank")  # a new page load: only the #token differs, which alone would not reload
+        open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION))
+        assert page.locator("#who").text_content() == "theatre-9 (station)"
+        for opened in ("opened", "reloaded"):
+            wait_for(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")
+            assert page.locator("#annotations li").text_content() == "point: deeper level here · Dr Marks"
+            settle(page)
+            circle = page.locator("#marks circle.note")
+            box = page.locator("#slide").bounding_box()
+            drawn = (float(circle.get_attribute("cx")) + box["x"], float(circle.get_attribute("cy")) + box["y"])
+            assert np.abs(np.array(drawn) - on_screen(page, *saved["points"][0])).max() < 1.5
+            assert page.locator("#tool-point").is_disabled() and "View only" in page.locator("#annotate-note").text_content()
+            if opened == "opened":
+                page.reload()
+                wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
 
 
 def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]

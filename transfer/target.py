@@ -175,6 +175,11 @@ def report_key(case: str, number: int) -> str:
     return f"{case}/{REPORTS}/{number:04d}.json"
 
 
+def annotation_key(case: str, annotation: str) -> str:
+    """{case}/annotations/{id}.json: one mark on a slide version (`id` starts with its time: keys sort in time order)."""
+    return f"{case}/{ANNOTATIONS}/{annotation}.json"
+
+
 def request_key(case: str, number: int) -> str:
     """{case}/requests/0001.json: what the pathologist asks of the hospital, numbered like reports."""
     return f"{case}/{REQUESTS}/{number:04d}.json"

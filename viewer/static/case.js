@@ -181,5 +181,6 @@ const caseView = (() => {
         await loadReports();
     }
 
-    return { show };
+    // who the page's token is (/api/me), once show() has run
+    return { show, me: () => me };
 })();

@@ -26,6 +26,8 @@
         switch (what) {
             case "case":
                 return base;
+            case "annotations":
+                return `${base}/annotations`;
             case "image":
                 return `${slide}/image`;
             case "status":
@@ -53,7 +55,7 @@
     const TOOLS = ["ruler", "area", "point", "line", "polygon"];
     let tool = null; // one of TOOLS, or null: the mouse pans and zooms
     let draft = null; // the annotation being drawn: { kind, points, hover }
-    const annotations = [];
+    let annotations = []; // the case's, as saved on the store; those of the slide version shown are drawn
     let shape = null; // the measurement on screen: { kind, a, b }, points in level-0 image pixels
     let dragging = false;
     let marks = null; // the SVG the measurement and the current region are drawn on
@@ -351,7 +353,7 @@
             const { x, y, width, height } = regions[regionIndex];
             drawRect({ x, y }, { x: x + width, y: y + height }, "region");
         }
-        for (const annotation of annotations) drawAnnotation(annotation, "note");
+        for (const annotation of shownAnnotations()) drawAnnotation(annotation, "note");
         if (draft) drawAnnotation({ ...draft, points: [...draft.points, ...(draft.hover ? [draft.hover] : [])].map(({ x, y }) => [x, y]) }, "draft");
         if (!shape) return;
         const [p, q] = [imageToElement(shape.a), imageToElement(shape.b)];
@@ -372,24 +374,46 @@
         drawMarks();
     }
 
-    // -- annotations: point, line, polygon with a short text, in level-0 image pixels ---------------------------
-    // Where a finished annotation goes. Until it is wired to the store (with its author) it stays on this page.
+    // -- annotations: point, line, polygon with a short text, in level-0 image pixels of the slide version ----
+    // Saved with the case on the store (CASE/annotations/), with the signed-in pathologist as author; anyone who
+    // opens the case (a case link, the hospital's station) sees them.
+    function shownAnnotations() {
+        const shown = slides[slideIndex];
+        return shown ? annotations.filter((a) => a.slide === shown.slide && a.version === shown.version) : [];
+    }
+
+    async function loadAnnotations() {
+        try {
+            annotations = (await api(url("annotations"))).annotations;
+        } catch (error) {
+            $("annotate-result").textContent = `Could not load the annotations: ${error.message}`;
+        }
+        showAnnotations();
+        drawMarks();
+    }
+
     async function saveAnnotation(annotation) {
-        annotations.push(annotation);
-        return annotation;
+        const saved = await api(url("annotations"), {
+            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(annotation),
+        });
+        annotations = [...annotations, saved];
+        return saved;
     }
 
     async function finishAnnotation({ kind, points }) {
         draft = null;
+        const shown = slides[slideIndex];
         const annotation = {
+            slide: shown.slide,
+            version: shown.version,
             kind,
             points: points.map(({ x, y }) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]),
             text: $("note").value.trim(),
-            created_at: new Date().toISOString(),
         };
+        drawMarks();
         try {
             await saveAnnotation(annotation);
-            $("annotate-result").textContent = `${kind} added${annotation.text ? `: “${annotation.text}”` : ""}`;
+            $("annotate-result").textContent = `${kind} saved${annotation.text ? `: “${annotation.text}”` : ""}`;
         } catch (error) {
             $("annotate-result").textContent = `Not saved: ${error.message}`;
         }
@@ -398,12 +422,20 @@
     }
 
     function showAnnotations() {
-        const items = annotations.map(({ kind, points, text }) => {
+        const items = shownAnnotations().map(({ kind, points, text, author }) => {
             const item = document.createElement("li");
-            item.textContent = `${kind}${kind === "polygon" ? ` (${points.length} points)` : ""}${text ? `: ${text}` : ""}`;
+            item.textContent = `${kind}${kind === "polygon" ? ` (${points.length} points)` : ""}${text ? `: ${text}` : ""} · ${author.name}`;
             return item;
         });
         $("annotations").replaceChildren(...items);
+    }
+
+    // Only a signed-in pathologist annotates (the server says so too); others see the annotations, not the tools.
+    function allowAnnotating(me) {
+        const pathologist = Boolean(me && me.user && me.user.role === "pathologist");
+        for (const kind of ["point", "line", "polygon"]) $(`tool-${kind}`).disabled = !pathologist;
+        $("note").disabled = !pathologist;
+        $("annotate-note").textContent = pathologist ? "Saved with the case, under your name." : "View only: a pathologist signed in draws annotations.";
     }
 
     function closePolygon() {
@@ -565,6 +597,8 @@
         times.reported = found.signed_at;
         tick();
         await caseView.show(url("case"), found, slides.length ? slides[slideIndex].slide : null);
+        allowAnnotating(caseView.me());
+        loadAnnotations();
         if (!slides.length) {
             showMessage("Waiting for the slide to arrive…");
             setTimeout(openCase, POLL_MS);
@@ -576,6 +610,7 @@
     async function openSlide() {
         const ours = ++opening;
         const shown = slides[slideIndex];
+        showAnnotations();
         if (shown.state === "failed") {
             if (viewer) viewer.world.removeAll();
             slideLayer = heatLayer = null;
