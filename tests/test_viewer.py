@@ -128,17 +128,18 @@ class Bucket:
 
     def send(
         self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None, slide: str = SLIDE,
-        started: datetime | None = None,
+        started: datetime | None = None, at: str = V1,
     ) -> tuple[Piece, ...]:
-        """Upload the metadata and the shards `arrived` selects, with a manifest saying so."""
+        """Upload the metadata and the shards `arrived` selects, with a manifest saying so, as the slide version `at`
+        (slides/SLIDE/VERSION) of the case."""
         _, pieces = pyramid(slide)
         for piece in pieces:
             if piece.kind != PieceKind.SHARD or arrived(piece):
-                self.put(f"{case}/slides/s1/v1/image.zarr/{piece.key}", piece.data)
+                self.put(f"{case}/{at}/image.zarr/{piece.key}", piece.data)
         received = {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}
-        self.put(f"{case}/slides/s1/v1/manifest.json", manifest(case, pieces, received, started=started))
+        self.put(f"{case}/{at}/manifest.json", manifest(case, pieces, received, started=started))
         if triage is not None:
-            self.put(f"{case}/slides/s1/v1/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
+            self.put(f"{case}/{at}/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
         return pieces
 
 
@@ -250,6 +251,27 @@ def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
     # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
     edge = sent.get("/api/cases/complete/slides/s1/v1/tiles/0/12/9", token)
     assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
+
+
+def test_a_slide_thumbnail_is_its_coarsest_level_made_small(sent: Served) -> None:
+    token = sent.token("complete")
+    image = sent.get("/api/cases/complete/slides/s1/v1/image", token).json()
+    coarsest = len(image["levels"]) - 1
+    width, height = image["levels"][coarsest]["width"], image["levels"][coarsest]["height"]
+    tile = image["tile_size"]
+    level = Image.new("RGB", (width, height))
+    for row in range(-(-height // tile)):
+        for col in range(-(-width // tile)):
+            level.paste(Image.open(io.BytesIO(sent.get(f"/api/cases/complete/slides/s1/v1/tiles/{coarsest}/{row}/{col}", token).content)), (col * tile, row * tile))
+    response = sent.get("/api/cases/complete/slides/s1/v1/thumbnail", token)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(response.content))
+    assert max(thumbnail.size) == 192 and abs(thumbnail.size[0] / thumbnail.size[1] - width / height) < 0.01
+    expected = np.asarray(level.resize(thumbnail.size, Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(np.asarray(thumbnail, np.int16) - expected).mean() < 6  # the same picture, up to JPEG and resampling
+    again = sent.get("/api/cases/complete/slides/s1/v1/thumbnail", token, headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    assert sent.get("/api/cases/complete/slides/s1/v1/thumbnail", sent.token("other")).status_code == 403
 
 
 def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) -> None:

@@ -508,6 +508,47 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
                 wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
 
 
+def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """Three slides: two of the same shape (the view keeps its place on the slide between them) and one that failed."""
+    bucket = Bucket(s3_server)
+    bucket.send("two")
+    bucket.send("two", at="slides/s2/v1")
+    failed = {"format": "slidestream-manifest/2", "case": "two", "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
+    bucket.put("two/slides/s3/v1/manifest.json", json.dumps(failed).encode())
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "two")
+        strip = page.locator("#slides li")
+        assert strip.count() == 3
+        assert strip.nth(2).text_content() == "s3 (v1) failed: unreadable slide: truncated TIFF"
+        pictures = page.locator("#slides img")
+        wait_for(page, lambda: all(pictures.nth(i).evaluate("(img) => img.naturalHeight") == 192 for i in (0, 1)), "both thumbnails")
+        assert strip.nth(0).locator("button").get_attribute("aria-current") == "true"
+
+        for key in ("+", "+", "+", "+", "ArrowRight", "ArrowDown"):
+            page.keyboard.press(key)
+        before = settle(page)
+        assert before["width"] < 2220 / 2  # zoomed in: there is a place to keep
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide")
+        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        after = settle(page)
+        for key in ("x", "y", "width", "height"):  # the same slide size: the same place, within a pixel or two
+            assert after[key] == pytest.approx(before[key], abs=2), key
+        assert strip.nth(1).locator("button").get_attribute("aria-current") == "true" and "slide=s2" in page.url
+
+        page.keyboard.press("]")  # the failed slide says so, and the keys still work
+        wait_for(page, lambda: page.locator("#message").text_content() == "case two: send failed: unreadable slide: truncated TIFF", "the failure")
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s1" and page.locator("#message").is_hidden(), "back to the first")
+        strip.nth(1).locator("button").click()
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide, clicked")
+        page.reload()
+        wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after a reload")
+        assert page.evaluate("window.slideView.shown()") == "s2"  # the address kept it
+
+
 def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
     open_case(page, served, "scored")

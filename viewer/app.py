@@ -229,6 +229,18 @@ async def status(case: Case, slide: SlideId, version: VersionId, state: State,
     return Response(body, media_type="application/json", headers=headers)
 
 
+@router.get("/api/cases/{case}/slides/{slide}/{version}/thumbnail")
+async def thumbnail(case: Case, slide: SlideId, version: VersionId, state: State,
+                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """The slide version's picture in the case's slide strip (not an opening of the slide: not audited)."""
+    data = await state.cases.thumbnail(SlideRef(case, slide, version).root)
+    etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
 # -- tiles: plain Starlette endpoints ---------------------------------------------------------------------------
 # Nearly every request is a tile. FastAPI's per-request parameter machinery about doubled their CPU cost (measured
 # with bench/bench_viewer.py), so these two check their few parameters themselves.

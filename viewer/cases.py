@@ -64,6 +64,8 @@ from viewer.tokens import CASE_ID
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 JPEG_SOI = b"\xff\xd8"
+THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
+THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Cases:
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
         self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
+        self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, root: str) -> SlideImage:
@@ -158,6 +161,22 @@ class Cases:
         array = chunk.image.arrays[chunk.level.index]
         pixels = await array.getitem((slice(None), slice(y0, y0 + size), slice(x0, x0 + size)))
         return await asyncio.to_thread(_png, np.moveaxis(np.asarray(pixels), 0, -1)), "image/png"
+
+    async def thumbnail(self, root: str) -> bytes:
+        """A small JPEG of the slide version's coarsest level, for the case's slide strip (one per send);
+        `TileNotFoundError` until that level has arrived."""
+        arrival = await self.arrival(root)
+        level = arrival.image.levels[-1]
+        if PENDING in arrival.states[level.index]:
+            raise TileNotFoundError(f"slide {root}: its overview has not arrived yet")
+        if level.width * level.height > THUMBNAIL_SOURCE_LIMIT:
+            raise ImageError(f"slide {root}: coarsest level {level.width} x {level.height} is too large for a thumbnail")
+
+        async def load() -> bytes:
+            pixels = await arrival.image.arrays[level.index].getitem(...)
+            return await asyncio.to_thread(_jpeg_thumbnail, np.moveaxis(np.asarray(pixels), 0, -1))
+
+        return await self._thumbnails.get((root, arrival.started_at), load)
 
     async def _read_index(self, key: str, level: Level) -> ShardIndex:
         data = await self.storage.get_suffix(key, index_size(level))
@@ -364,6 +383,14 @@ def _regions(triage: dict[str, Any] | None) -> list[dict[str, float]]:
     return [{key: float(region[key]) for key in keys} for region in regions if isinstance(region, dict)
             and all(isinstance(region.get(key), (int, float)) and not isinstance(region.get(key), bool) for key in keys)
             ] if isinstance(regions, list) else []  # fmt: skip
+
+
+def _jpeg_thumbnail(pixels: np.ndarray) -> bytes:
+    picture = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    picture.thumbnail((THUMBNAIL, THUMBNAIL))
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
 def _png(pixels: np.ndarray) -> bytes:

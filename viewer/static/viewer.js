@@ -12,6 +12,7 @@
     const ZOOM_STEP = 1.5; // per + or -
     const REGION_MARGIN = 0.25; // of a top region's size, kept around it when jumping there
     const SVG = "http://www.w3.org/2000/svg";
+    const SAME_SHAPE = Math.log(1.25); // aspect ratios within 25%: a switch of slide keeps the view's place
 
     // The case's slides as /api/cases/CASE lists them (each at its newest version), stepped through with [ and ].
     let slides = [];
@@ -19,7 +20,7 @@
 
     // Every URL this page builds, in one place, so the store's case layout can move without touching the rest
     // (the slide shown is slides[slideIndex]).
-    function url(what, { level, row, col, send, version } = {}) {
+    function url(what, { level, row, col, send, version, of } = {}) {
         const base = `/api/cases/${encodeURIComponent(caseId)}`;
         const shown = slides[slideIndex];
         const slide = shown && `${base}/slides/${encodeURIComponent(shown.slide)}/${encodeURIComponent(shown.version)}`;
@@ -28,6 +29,8 @@
                 return base;
             case "annotations":
                 return `${base}/annotations`;
+            case "thumbnail": // of the slide version `of`, any slide of the case
+                return `${base}/slides/${encodeURIComponent(of.slide)}/${encodeURIComponent(of.version)}/thumbnail`;
             case "image":
                 return `${slide}/image`;
             case "status":
@@ -60,6 +63,7 @@
     let dragging = false;
     let marks = null; // the SVG the measurement and the current region are drawn on
     let polling = false;
+    let keptView = null; // the view (fractions of the slide) the next slide opens at, from the slide before it
     // the clock: from the specimen's registration (else the send's start) to the first signed report
     const times = { registered: null, started: null, reported: null };
 
@@ -118,6 +122,11 @@
             options.success = ({ item }) => {
                 if (!this.item) {
                     this.item = item;
+                    if (this.bottom && keptView) {
+                        const { x, y, width, height } = keptView;
+                        viewer.viewport.fitBounds(item.imageToViewportRectangle(x * info.width, y * info.height, width * info.width, height * info.height), true);
+                        keptView = null;
+                    }
                     updateScaleBar();
                     drawMarks();
                     return;
@@ -176,6 +185,11 @@
     }
 
     function applyStatus(status) {
+        const shown = slides[slideIndex];
+        if (shown && status.state !== shown.state) {
+            [shown.state, shown.failed] = [status.state, status.failed];
+            showSlides();
+        }
         if (status.state === "failed") {
             showMessage(`case ${caseId}: send failed: ${status.failed}`);
             return;
@@ -521,10 +535,67 @@
     }
 
     function stepSlide(delta) {
-        if (slides.length < 2) return;
-        slideIndex = (slideIndex + delta + slides.length) % slides.length;
+        if (slides.length > 1) switchSlide((slideIndex + delta + slides.length) % slides.length);
+    }
+
+    // -- the case's slides: a thumbnail each (its coarsest level), a click or ] / [ switches ----------------------
+    const thumbnails = new Map(); // "s1/v1" -> object URL of its picture ("" while asked)
+    let caseInfo = null;
+
+    function showSlides() {
+        const items = slides.map((entry, index) => {
+            const key = `${entry.slide}/${entry.version}`;
+            const picture = document.createElement("img");
+            picture.alt = "";
+            picture.dataset.key = key;
+            if (thumbnails.get(key)) picture.src = thumbnails.get(key);
+            else if (!thumbnails.has(key) && entry.state !== "failed") loadThumbnail(entry, key);
+            const caption = document.createElement("span");
+            caption.textContent = `${entry.slide} (${entry.version})${entry.state === "failed" ? ` failed: ${entry.failed}` : ` ${entry.state}`}`;
+            const button = document.createElement("button");
+            button.type = "button";
+            button.append(picture, caption);
+            if (index === slideIndex) button.setAttribute("aria-current", "true");
+            button.addEventListener("click", () => switchSlide(index));
+            const item = document.createElement("li");
+            item.dataset.slide = entry.slide;
+            item.classList.toggle("failed", entry.state === "failed");
+            item.append(button);
+            return item;
+        });
+        $("slides").replaceChildren(...items);
+    }
+
+    // fetched with the token in a header (an <img src> cannot carry it), shown from a blob: URL
+    async function loadThumbnail(entry, key) {
+        thumbnails.set(key, "");
+        try {
+            const response = await fetch(url("thumbnail", { of: entry }), { headers: { Authorization: `Bearer ${token}` } });
+            if (!response.ok) throw new Error(response.statusText);
+            thumbnails.set(key, URL.createObjectURL(await response.blob()));
+            for (const picture of $("slides").querySelectorAll("img")) if (picture.dataset.key === key) picture.src = thumbnails.get(key);
+        } catch (error) {
+            thumbnails.delete(key); // not arrived yet: asked again when the strip is next drawn
+        }
+    }
+
+    // Where the view is, as fractions of the slide: another slide of the case opens at the same place when the two
+    // have about the same shape (serial sections, levels of one block); otherwise it opens whole.
+    function relativeView() {
+        const item = slideLayer && slideLayer.item;
+        if (!item) return null;
+        const { x, y, width, height } = item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+        return { x: x / info.width, y: y / info.height, width: width / info.width, height: height / info.height, shape: info.width / info.height };
+    }
+
+    function switchSlide(index) {
+        if (index === slideIndex || !slides[index]) return;
+        const view = relativeView();
+        slideIndex = index;
         rememberSlide();
-        openSlide();
+        showSlides();
+        caseView.show(url("case"), caseInfo, slides[slideIndex].slide);
+        openSlide(view);
     }
 
     const SLIDE_KEYS = ["[", "]"]; // the only keys that work while no slide is on screen (one failed, say)
@@ -590,8 +661,10 @@
             return;
         }
         const wanted = slides[slideIndex] ? slides[slideIndex].slide : new URLSearchParams(location.search).get("slide");
+        caseInfo = found;
         slides = found.slides;
         slideIndex = Math.max(0, slides.findIndex((entry) => entry.slide === wanted));
+        showSlides();
         times.registered = found.registered_at;
         times.started = found.registered_at || times.started;
         times.reported = found.signed_at;
@@ -607,7 +680,7 @@
         openSlide();
     }
 
-    async function openSlide() {
+    async function openSlide(view = null) {
         const ours = ++opening;
         const shown = slides[slideIndex];
         showAnnotations();
@@ -621,7 +694,7 @@
         try {
             image = await api(url("image"));
         } catch (error) {
-            if (ours === opening) cannotOpen(error, openSlide);
+            if (ours === opening) cannotOpen(error, () => openSlide(view));
             return;
         }
         if (ours !== opening) return;
@@ -634,6 +707,7 @@
         slideLayer = new Layer(true, 1);
         heatLayer = new Layer(false, heatOpacity());
         [shownStates, heatVersion, regionsKey, shape] = [null, null, "", null];
+        keptView = view && Math.abs(Math.log(view.shape / (info.width / info.height))) < SAME_SHAPE ? view : null;
         $("measure-result").textContent = info.mpp ? "" : "This slide records no resolution: lengths in pixels only.";
         if (!polling) {
             polling = true;
@@ -669,6 +743,7 @@
                 return { x, y, width, height };
             },
             annotations: () => annotations,
+            shown: () => slides[slideIndex].slide,
             settled() {
                 const { viewport } = viewer;
                 return Boolean(slideLayer.item) && viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
