@@ -38,7 +38,7 @@ from PIL import Image
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
 from tiling.pyramid import assemble_shard
-from transfer.target import SlideRef
+from transfer.target import CaseRecord, SlideRef
 from viewer.people import PATHOLOGIST, add_person
 from viewer import (
     WORKLIST,
@@ -451,20 +451,31 @@ def test_a_rescan_of_the_case_replaces_what_the_viewer_serves(s3_server: S3Serve
 
 
 # -- worklist, heatmap (the report: test_reports.py) -----------------------------------------------------------
-def test_the_worklist_puts_the_most_suspicious_case_first(s3_server: S3Server) -> None:
+def test_the_worklist_puts_the_most_suspicious_of_equally_urgent_cases_first_and_signed_ones_last(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
+    registered = datetime.now(UTC).isoformat()  # registered together: the same time left, so the score decides
+    context = (("specimen_site", "left breast"), ("specimen_type", "frozen section"), ("hospital", "St Elsewhere"))
     for case, score in [("low", 0.1), ("high", 0.93), ("mid", 0.5)]:
+        bucket.put(f"{case}/case.json", CaseRecord(case, registered, "theatre-1", context).to_json())
         bucket.send(case, triage=score)
+    bucket.put("unscored/case.json", CaseRecord("unscored", registered, "theatre-2").to_json())
     bucket.send("unscored", arrived=lambda piece: piece.level != 0)
     with serving(bucket.storage()) as served:
         pathologist = served.person(bucket.storage())
         worklist = served.get("/api/worklist", pathologist).json()
         assert [entry["case"] for entry in worklist["cases"]] == ["high", "mid", "low", "unscored"]
+        high = worklist["cases"][0]
+        assert (high["hospital"], high["specimen"], len(high["slides"]), high["state"]) == ("St Elsewhere", "frozen section · left breast", 1, "complete")
+        assert worklist["cases"][-1]["hospital"] == "theatre-2"  # no hospital in the context: the station that registered it
         unscored = worklist["cases"][-1]
         assert unscored["triage"] is None and unscored["arrived"] < unscored["planned"] and unscored["started_at"]
         # each row links to its case; the page carries the pathologist's own token along, which opens every case
         assert worklist["cases"][0]["link"] == "/view/high" and "token" not in json.dumps(worklist)
         assert served.get("/api/cases/mid/slides/s1/v1/image", pathologist).status_code == 200
+        # a signed case is done: it goes last
+        form = {"category": "benign", "diagnosis": "No tumour.", "amends": None}
+        assert served.post("/api/cases/high/reports", pathologist, json=form).status_code == 200
+        wait_for(lambda: served.get("/api/worklist", pathologist).json()["cases"][-1]["case"] == "high", "the signed case last")
         # a case link never opens the worklist
         refused = served.get("/api/worklist", served.token("high"))
         assert refused.status_code == 403 and "sign in as a pathologist" in refused.json()["detail"]

@@ -1,7 +1,7 @@
 """The viewer in a real browser (Debian's chromium through Playwright) against the real S3 server.
 
 What a pathologist would check: the slide shows up (pixels, not a blank canvas), zooming loads sharper tiles, the
-heatmap overlay toggles, the worklist is ordered by score with a running clock, links without a valid token show
+heatmap overlay toggles, the worklist is ordered by time left with a running clock, links without a valid token show
 nothing, and a slide still being sent sharpens on screen as its full-resolution shards arrive.
 Screenshots land in test-output/ (git-ignored) for a human to look at.
 """
@@ -180,28 +180,46 @@ def _redness(pixels: np.ndarray) -> float:
     return float((pixels[..., 0] - (pixels[..., 1] + pixels[..., 2]) / 2).mean())
 
 
-def test_the_worklist_orders_cases_by_score_with_a_frozen_section_clock(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """Three cases registered 2, 24 and 35 minutes ago, scored so that the score alone would order them otherwise;
+    a fourth arrives while the page is open."""
     bucket = Bucket(s3_server)
-    _, pieces = pyramid()
     now = datetime.now(UTC)
-    for case, score, minutes in [("fresh", 0.3, 2), ("amber", 0.95, 24), ("late", 0.6, 35)]:
-        bucket.send(case, triage=score)
-        sent = json.loads(manifest(case, pieces, {p.key for p in pieces if p.kind == PieceKind.SHARD}))
-        sent["started_at"] = (now - timedelta(minutes=minutes)).isoformat(timespec="seconds")
-        bucket.put(f"{case}/slides/s1/v1/manifest.json", json.dumps(sent).encode())
+
+    def register(case: str, minutes: float, score: float, stage: str, complete: bool, hospital: str) -> None:
+        context = (("specimen_site", "sentinel node"), ("specimen_type", "frozen section"), ("hospital", hospital))
+        bucket.put(f"{case}/case.json", CaseRecord(case, (now - timedelta(minutes=minutes)).isoformat(), "theatre-1", context).to_json())
+        bucket.send(case)
+        triage = {"score": score, "summary": {}, "stage": stage, "complete": complete}
+        bucket.put(f"{case}/slides/s1/v1/triage.json", json.dumps(triage).encode())
+
+    register("fresh", 2, 0.95, "edge", False, "Hospital A")
+    register("amber", 24, 0.3, "hub", False, "Hospital B")
+    register("late", 35, 0.6, "hub", True, "Hospital C")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
         rows = page.locator("#cases tbody tr")
         wait_for(page, lambda: rows.count() == 3, "the worklist rows")
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist.png"))
-        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["amber", "late", "fresh"]
-        clocks = {rows.nth(i).get_attribute("data-case"): rows.nth(i).locator("td.clock") for i in range(3)}
+        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["late", "amber", "fresh"]  # least time left first
+        row = {rows.nth(i).get_attribute("data-case"): rows.nth(i) for i in range(3)}
+        texts = {case: [row[case].locator(f"td.{name}").text_content() for name in ("hospital", "specimen", "slides", "stage", "arrived", "report")] for case in row}
+        assert texts["late"] == ["Hospital C", "frozen section · sentinel node", "1", "final", "all arrived ✓", "not signed"]
+        assert texts["amber"][3] == "hub (partial)" and texts["fresh"][3] == "edge (coarse)"
+        clocks = {case: row[case].locator("td.clock") for case in row}
         assert clocks["amber"].get_attribute("class") == "clock amber" and clocks["amber"].text_content().startswith("24:")
         assert clocks["late"].get_attribute("class") == "clock red"
         assert clocks["fresh"].get_attribute("class") == "clock ok"
+        # a case registered 10 minutes ago arrives: it appears between amber and fresh, without a reload
+        register("new", 10, 0.1, "edge", False, "Hospital D")
+        wait_for(page, lambda: rows.count() == 4, "the new case on the list")
+        assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["late", "amber", "new", "fresh"]
+        assert len(navigations) == 1
         # the row links open the case, signed in as the same pathologist
         rows.first.locator("a").click()
-        wait_for(page, lambda: page.locator("#case").text_content() == "amber", "the case page from the worklist")
+        wait_for(page, lambda: page.locator("#case").text_content() == "late", "the case page from the worklist")
         wait_for(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the signed-in name")
 
 

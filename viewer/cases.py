@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ from viewer.reports import numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
+TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 JPEG_SOI = b"\xff\xd8"
@@ -284,10 +285,13 @@ class Cases:
             "signed_at": signed_at,
         }
 
-    async def worklist(self) -> list[dict[str, Any]]:
-        """Every case, most suspicious first (cases without a score last), with arrival progress and clocks.
+    async def worklist(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every case, most urgent first, with what the list shows: hospital, specimen, slides, arrival, the AI
+        result's stage, the clock and the signature.
 
-        A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed."""
+        A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
+        Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
+        from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last."""
         cases = [name for name in await self.storage.list_dirs() if CASE_ID.fullmatch(name)]
         limit = asyncio.Semaphore(16)
 
@@ -315,13 +319,18 @@ class Cases:
                 )
             entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
             registration = CaseRecord.parse(record)
+            context = dict(registration.context) if registration else {}
             states = {e["state"] for e in entries}
             scored = [e["triage"] for e in entries if e["triage"]]
             failed = [e["failed"] for e in entries if e["failed"]]
             state = "sending" if "sending" in states or not entries else "failed" if states == {"failed"} else "complete"
+            triage = max(scored, key=lambda t: t["score"]) if scored else None
             return {
                 "case": case,
-                "triage": max(scored, key=lambda t: t["score"]) if scored else None,
+                "hospital": context.get("hospital") or (registration.station if registration else None),
+                "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
+                "triage": triage,
+                "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
                 "slides": entries,
                 "planned": sum(e["planned"] for e in entries),
                 "arrived": sum(e["arrived"] for e in entries),
@@ -333,7 +342,15 @@ class Cases:
             }
 
         entries = await asyncio.gather(*(entry(case) for case in cases))
-        return sorted(entries, key=lambda e: (e["triage"] is None, -(e["triage"] or {}).get("score", 0.0), e["case"]))
+        now = now or datetime.now(UTC)
+
+        def urgency(e: dict[str, Any]) -> tuple[Any, ...]:
+            started = _parse_time(e["started_at"])
+            minutes_left = (started + TURNAROUND - now) // timedelta(minutes=1) if started else 0
+            score = (e["triage"] or {}).get("score")
+            return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
+
+        return sorted(entries, key=urgency)
 
     # -- sidecars and the report -----------------------------------------------------------------------------
     async def sidecar(self, case: str, name: str) -> dict[str, Any] | None:
@@ -364,6 +381,15 @@ class Cases:
         if not isinstance(value, dict):
             raise ImageError(f"{key}: not a JSON object")
         return value
+
+
+def _parse_time(text: Any) -> datetime | None:
+    """An ISO time as the store holds it (with Z or an offset); None for anything else."""
+    try:
+        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+    return parsed if parsed is None or parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
