@@ -567,6 +567,44 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
         assert page.evaluate("window.slideView.shown()") == "s2"  # the address kept it
 
 
+def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.send("pair")
+    bucket.send("pair", at="slides/s2/v1")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "pair")
+        page.locator("#compare-with").select_option("s2/v1")
+        wait_for(page, lambda: page.evaluate("Boolean(window.slideView.compareBounds())"), "the second slide beside the first")
+        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        # the first leads (keys): the second shows the same part of its slide (here the same size: the same pixels)
+        for key in ("+", "+", "+", "ArrowLeft", "ArrowUp"):
+            page.keyboard.press(key)
+        ours = settle(page)
+        theirs = page.evaluate("window.slideView.compareBounds()")
+        assert ours["width"] < 2220 / 2
+        for key in ("x", "y", "width", "height"):
+            assert theirs[key] == pytest.approx(ours[key], abs=2), key
+        # the second leads (a drag on it): the first follows
+        box = page.locator("#compare").bounding_box()
+        middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.move(*middle)
+        page.mouse.down()
+        page.mouse.move(middle[0] - 150, middle[1] - 100, steps=10)
+        page.mouse.up()
+        page.wait_for_timeout(100)
+        wait_for(page, lambda: page.evaluate("window.slideView.settled()"), "the first view to settle")
+        moved = page.evaluate("window.slideView.compareBounds()")
+        assert moved["x"] > theirs["x"] + 100  # dragged: the second moved right and down on its slide
+        ours = page.evaluate("window.slideView.imageBounds()")
+        for key in ("x", "y", "width", "height"):
+            assert ours[key] == pytest.approx(moved[key], abs=2), key
+        page.screenshot(path=str(SHOTS / "viewer-side-by-side.png"))
+        page.locator("#compare-with").select_option("")
+        assert page.locator("#compare").is_hidden()
+
+
 def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
     open_case(page, served, "scored")
