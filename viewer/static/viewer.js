@@ -22,15 +22,15 @@
     // (the slide shown is slides[slideIndex]).
     function url(what, { level, row, col, send, version, of } = {}) {
         const base = `/api/cases/${encodeURIComponent(caseId)}`;
-        const shown = slides[slideIndex];
+        const shown = of || slides[slideIndex]; // the slide version asked about: the one shown unless `of` names one
         const slide = shown && `${base}/slides/${encodeURIComponent(shown.slide)}/${encodeURIComponent(shown.version)}`;
         switch (what) {
             case "case":
                 return base;
             case "annotations":
                 return `${base}/annotations`;
-            case "thumbnail": // of the slide version `of`, any slide of the case
-                return `${base}/slides/${encodeURIComponent(of.slide)}/${encodeURIComponent(of.version)}/thumbnail`;
+            case "thumbnail":
+                return `${slide}/thumbnail`;
             case "image":
                 return `${slide}/image`;
             case "status":
@@ -74,27 +74,28 @@
 
     // OpenSeadragon levels go up in resolution; ours go down (level 0 = full resolution).
     // `tag` goes into tile URLs: the heatmap's version, or the send's start (a rescan must not hit cached tiles)
-    function tileSource(kind, states, tag) {
-        const maxLevel = info.levels.length - 1;
-        const size = info.tile_size;
-        const n = info.shard_chunks;
+    // (`image` and `of`: another slide version's, for the side-by-side view)
+    function tileSource(kind, states, tag, image = info, of = null) {
+        const maxLevel = image.levels.length - 1;
+        const size = image.tile_size;
+        const n = image.shard_chunks;
         return {
-            width: info.width,
-            height: info.height,
+            width: image.width,
+            height: image.height,
             tileSize: size,
             tileOverlap: 0,
             minLevel: 0,
             maxLevel,
             // only tiles that exist and have arrived are requested: the coarser level shows meanwhile
             tileExists(level, x, y) {
-                const ours = info.levels[maxLevel - level];
+                const ours = image.levels[maxLevel - level];
                 if (!ours || x < 0 || y < 0 || x * size >= ours.width || y * size >= ours.height) return false;
                 if (!states) return true;
                 const shard = Math.floor(y / n) * ours.shards_x + Math.floor(x / n);
                 return states[maxLevel - level].state[shard] === ARRIVED;
             },
             getTileUrl(level, x, y) {
-                const address = { level: maxLevel - level, row: y, col: x };
+                const address = { level: maxLevel - level, row: y, col: x, of };
                 return kind === "heatmap" ? url("heatmap", { ...address, version: tag }) : url("tile", { ...address, send: tag });
             },
         };
@@ -292,6 +293,7 @@
     function goToRegion(index) {
         const item = slideLayer && slideLayer.item;
         if (!regions.length || !item) return;
+        leader = viewer;
         regionIndex = ((index % regions.length) + regions.length) % regions.length;
         const { x, y, width, height } = regions[regionIndex];
         const [mx, my] = [width * REGION_MARGIN, height * REGION_MARGIN];
@@ -588,12 +590,86 @@
         return { x: x / info.width, y: y / info.height, width: width / info.width, height: height / info.height, shape: info.width / info.height };
     }
 
+    // -- side by side: another slide of the case beside the one shown, panned and zoomed with it ----------------
+    // Both views show the same part of their slides, as fractions of each slide's size (serial sections, a
+    // stain beside the H&E); either one leads.
+    let compare = null; // { viewer, entry, image }
+    // the view the pathologist moves (pointer or wheel on it; our keys move the first): only its changes are
+    // followed, so the other's own animation never echoes back and stops the one being made
+    let leader = null;
+
+    function leads(which) {
+        for (const name of ["canvas-press", "canvas-scroll", "canvas-drag"]) which.addHandler(name, () => { leader = which; });
+    }
+
+    function compareChoices() {
+        const select = $("compare-with");
+        const chosen = compare ? `${compare.entry.slide}/${compare.entry.version}` : "";
+        const options = [new Option("none", "")];
+        for (const entry of slides) {
+            if (entry.state === "failed" || entry === slides[slideIndex]) continue;
+            options.push(new Option(`${entry.slide} (${entry.version})`, `${entry.slide}/${entry.version}`));
+        }
+        select.replaceChildren(...options);
+        select.value = chosen;
+        $("compare-box").hidden = options.length < 2;
+    }
+
+    function closeCompare() {
+        if (compare) compare.viewer.destroy();
+        compare = null;
+        $("compare").hidden = true;
+        $("compare").replaceChildren();
+    }
+
+    async function openCompare(key) {
+        closeCompare();
+        const entry = slides.find((candidate) => `${candidate.slide}/${candidate.version}` === key);
+        if (!entry) return;
+        const [image, status] = await Promise.all([api(url("image", { of: entry })), api(url("status", { of: entry }))]);
+        $("compare").hidden = false;
+        const other = OpenSeadragon({
+            element: $("compare"),
+            prefixUrl: url("openseadragon-images"),
+            loadTilesWithAjax: true,
+            ajaxHeaders: { Authorization: `Bearer ${token}` },
+            maxZoomPixelRatio: 2,
+            visibilityRatio: 0.5,
+        });
+        const caption = document.createElement("div");
+        caption.className = "compare-caption";
+        caption.textContent = `${entry.slide} (${entry.version})`;
+        $("compare").append(caption);
+        compare = { viewer: other, entry, image };
+        leader = viewer;
+        leads(other);
+        other.addTiledImage({
+            tileSource: tileSource("slide", status.manifest ? status.levels : null, status.started_at, image, entry),
+            success: () => follow(viewer, other),
+        });
+        other.addHandler("viewport-change", () => leader === other && follow(other, viewer));
+    }
+
+    // `target` shows what `source` shows, in fractions of each slide
+    function follow(source, target) {
+        if (!compare || !slideLayer || !slideLayer.item) return;
+        const ours = { item: slideLayer.item, image: info };
+        const theirs = { item: compare.viewer.world.getItemAt(0), image: compare.image };
+        if (!theirs.item) return;
+        const [from, to] = source === viewer ? [ours, theirs] : [theirs, ours];
+        const { x, y, width, height } = from.item.viewportToImageRectangle(source.viewport.getBounds(true));
+        const [sx, sy] = [to.image.width / from.image.width, to.image.height / from.image.height];
+        target.viewport.fitBounds(to.item.imageToViewportRectangle(x * sx, y * sy, width * sx, height * sy), true);
+    }
+
     function switchSlide(index) {
         if (index === slideIndex || !slides[index]) return;
         const view = relativeView();
         slideIndex = index;
         rememberSlide();
         showSlides();
+        if (compare && compare.entry === slides[slideIndex]) closeCompare();
+        compareChoices();
         caseView.show(url("case"), caseInfo, slides[slideIndex].slide);
         openSlide(view);
     }
@@ -632,7 +708,9 @@
         if (event.ctrlKey || event.metaKey || event.altKey || ownsKey(event.target, event.key)) return;
         if (!SLIDE_KEYS.includes(event.key) && !(slideLayer && slideLayer.item)) return;
         const action = KEYS[event.key];
-        if (!action || action() === false) return; // false: not for us (Enter on a button stays the button's)
+        if (!action) return;
+        leader = viewer;
+        if (action() === false) return; // false: not for us (Enter on a button stays the button's)
         event.preventDefault();
         event.stopPropagation();
     }
@@ -665,6 +743,7 @@
         slides = found.slides;
         slideIndex = Math.max(0, slides.findIndex((entry) => entry.slide === wanted));
         showSlides();
+        compareChoices();
         times.registered = found.registered_at;
         times.started = found.registered_at || times.started;
         times.reported = found.signed_at;
@@ -730,6 +809,8 @@
         });
         viewer.addHandler("animation", updateScaleBar);
         viewer.addHandler("resize", updateScaleBar);
+        viewer.addHandler("viewport-change", () => compare && leader === viewer && follow(viewer, compare.viewer));
+        leads(viewer);
         startMarks();
         // for tests and automation: the viewer's own conversion between slide pixels and the page
         window.slideView = {
@@ -744,9 +825,15 @@
             },
             annotations: () => annotations,
             shown: () => slides[slideIndex].slide,
+            compareBounds() {
+                const item = compare && compare.viewer.world.getItemAt(0);
+                if (!item) return null;
+                const { x, y, width, height } = item.viewportToImageRectangle(compare.viewer.viewport.getBounds(true));
+                return { x, y, width, height };
+            },
             settled() {
-                const { viewport } = viewer;
-                return Boolean(slideLayer.item) && viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
+                const still = ({ viewport }) => viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
+                return Boolean(slideLayer.item) && still(viewer) && (!compare || still(compare.viewer));
             },
         };
     }
@@ -765,6 +852,7 @@
             tick();
         });
         document.addEventListener("keydown", onKey, true);
+        $("compare-with").addEventListener("change", (event) => openCompare(event.target.value));
         setInterval(tick, 1000);
         openCase();
     }
