@@ -10,7 +10,7 @@ import json
 
 import pytest
 from conftest import S3Server
-from test_viewer import Bucket, Served, serving
+from test_viewer import Bucket, serving
 
 from transfer.target import CaseRecord
 from viewer import audit

@@ -22,7 +22,6 @@ import pytest
 from PIL import Image
 
 from slides import open_slide
-from tiling import PieceKind
 from transfer.target import CaseRecord
 from viewer.heatmap import LUT
 from viewer.people import STATION

@@ -386,7 +386,7 @@ class Cases:
 def _parse_time(text: Any) -> datetime | None:
     """An ISO time as the store holds it (with Z or an offset); None for anything else."""
     try:
-        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+        parsed = datetime.fromisoformat(str(text)) if text else None
     except ValueError:
         return None
     return parsed if parsed is None or parsed.tzinfo else parsed.replace(tzinfo=UTC)
