@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from transfer.errors import JournalError
-from transfer.target import Destination, SlideRef, version_number
+from transfer.target import SlideRef, version_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specimens (
@@ -57,7 +57,17 @@ def new_case_id() -> str:
     return secrets.token_hex(CASE_ID_BYTES)
 
 
-def store_key(dest: Destination) -> str:
+class StoreLike(Protocol):
+    """A destination or a station's store: what names a store."""
+
+    @property
+    def journal_endpoint(self) -> str: ...
+
+    bucket: str
+    prefix: str
+
+
+def store_key(dest: StoreLike) -> str:
     """A store as the registry keys it: endpoint, bucket and prefix (a case ID is unique within one)."""
     return f"{dest.journal_endpoint} {dest.bucket} {dest.prefix}"
 
@@ -194,6 +204,12 @@ class Registry:
             db.execute("DELETE FROM versions WHERE store=? AND case_id=? AND slide=? AND version=?", (store, ref.case, ref.slide, ref.version))
             if not db.execute("SELECT 1 FROM versions WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide)).fetchone():
                 db.execute("DELETE FROM slides WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide))
+
+    def forget_specimen(self, store: str, case: str) -> None:
+        """A specimen registered for a send that could not start, unless it has slides by now."""
+        with self._transaction() as db:
+            if not db.execute("SELECT 1 FROM slides WHERE store=? AND case_id=?", (store, case)).fetchone():
+                db.execute("DELETE FROM specimens WHERE store=? AND case_id=?", (store, case))
 
     def set_sha256(self, store: str, ref: SlideRef, sha256: str) -> None:
         with self._transaction() as db:

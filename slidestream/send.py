@@ -209,8 +209,9 @@ def give_up(record: SendRecord, error: SlidestreamError, state_dir: Path | None)
 
 
 def slide_names(path: Path) -> tuple[str, ...]:
-    """What of a slide's path may identify the patient, longest first: never written to the store."""
-    return (str(path), str(path.resolve()), path.name, path.stem)
+    """What of a slide's path may identify the patient, longest first: never written to the store (its folder's name
+    too: a hot folder's specimen folder is named after the accession)."""
+    return (str(path), str(path.resolve()), path.name, path.stem, path.resolve().parent.name)
 
 
 def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
@@ -271,8 +272,9 @@ class Resolver:
             return ref, hospital.case_record(ref.case), hospital.claim(ref)
 
     def forget(self) -> None:
-        """Another station took the slide number: the registry forgets this version, the next send numbers anew."""
-        self._station(lambda hospital: hospital.forget(self.resolution.ref))
+        """The send could not start (the store refused it, another station took the slide number): the registry
+        forgets the new version (and a specimen registered for it); the next send numbers anew."""
+        self._station(lambda hospital: hospital.forget(self.resolution))
 
     def settle(self) -> None:
         """After the send: the registry learns the version's full SHA-256 (resends of copies are then known)."""
@@ -316,7 +318,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
         # the client is made and the preflight request travels
         pieces = chain([next(produced)], produced)
         from transfer import Sender, SendOptions
-        from transfer.errors import SlideTakenError
+        from transfer.errors import SlideTakenError, TransferError
 
         options = SendOptions(
             concurrency=None if args["concurrency"] == "auto" else int(args["concurrency"]),
@@ -329,17 +331,19 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.ref.label) as listener:
             registration = (record or CaseRecord(dest.case, utc_now())).to_json()
             sender = Sender(dest, journal, options, listener, private=slide_names(slide_path), registration=registration)
-            sender.preflight(args)  # a link that is down: journaled, waits until --deadline
-            sender.begin(args)
-            if args.get("claim"):
-                try:
+            earlier = journal.send(dest)  # this version sent to the end before: a resend, which triages nothing again
+            triage = args.get("edge") and not (earlier is not None and earlier.finished_at is not None and not earlier.failed)
+            try:
+                sender.preflight(args)  # a link that is down: journaled, waits until --deadline
+                sender.begin(args)
+                if args.get("claim"):
                     sender.claim(args["claim"].encode())
-                except SlideTakenError:
-                    if resolver is not None:
-                        resolver.forget()
-                    raise
+            except TransferError as error:
+                if resolver is not None and (isinstance(error, SlideTakenError) or sender.journal.send(dest) is None):
+                    resolver.forget()  # refused before it was journaled (credentials, bucket), or its number taken
+                raise
             listener.start(len(plan.shards))
-            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if args.get("edge") else None
+            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already
@@ -358,7 +362,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
     empty = f", {listener.empty} empty" if listener.empty else ""
     stderr.print(
         f"{result.url}: {listener.shards}/{listener.shards} shards{empty}; {result.objects} objects ({result.bytes_sent / 1e6:.1f} MB) "
-        f"sent, {result.objects_skipped} already there, in {result.seconds:.1f} s",
+        f"sent, {result.objects_skipped} already there, in {result.seconds:.1f} s{f' ({resolver.resolution.kind})' if resolver else ''}",
         markup=False,
         highlight=False,
     )

@@ -39,7 +39,6 @@ from transfer.target import (
     SLIDES,
     STATIONS,
     CaseRecord,
-    Destination,
     SlideRef,
     next_name,
     parse_endpoint,
@@ -138,6 +137,7 @@ class Resolution:
     ref: SlideRef
     kind: str
     earlier: str | None = None  # a duplicate's: the path the same bytes were sent from
+    new_specimen: bool = False  # registered by this resolution (undone with the version when the send cannot start)
 
 
 @dataclass(frozen=True)
@@ -163,15 +163,8 @@ class Store:
     def journal_endpoint(self) -> str:
         return self.endpoint or "aws"
 
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
-
-    def destination(self, ref: SlideRef) -> Destination:
-        return Destination(self.endpoint, self.bucket, self.prefix, ref.case, ref.slide, ref.version)
 
 
 class Station:
@@ -181,7 +174,7 @@ class Station:
         from transfer.network import make_client
 
         self.store, self.registry, self.name = store, registry, validate_station(station)
-        self.key = store_key(store)  # type: ignore[arg-type] - a Store has what a Destination has for this
+        self.key = store_key(store)
         self.client = make_client(store.endpoint, ca_bundle)
 
     # -- the store ---------------------------------------------------------------------------------------------
@@ -297,6 +290,7 @@ class Station:
         facts = file_facts(path)
         info = info or SpecimenInfo(path.name, f"file:{facts.path}")
         scope = validate_case(case) if case else None
+        known = self.registry.specimen(self.key, case=scope) if scope else self.registry.specimen(self.key, source=info.source)
         if scope:
             self.register(info, scope, publish=False)
         same = self.registry.same_file(self.key, facts, scope)
@@ -320,15 +314,20 @@ class Station:
             slide, claim = self._free_slide(specimen.case)
             ref, kind = SlideRef(specimen.case, slide, "v1"), NEW_SLIDE
         self.registry.add_version(self.key, ref, facts, mine, claim)
-        return Resolution(ref, kind)
+        return Resolution(ref, kind, new_specimen=known is None)
 
     def claim(self, ref: SlideRef) -> bytes:
         """The slide.json of `ref`'s slide, as this station claimed it."""
         claim = self.registry.claim(self.key, ref.case, ref.slide)
         return (claim or json.dumps({"format": LAYOUT_FORMAT, "case": ref.case, "slide": ref.slide, "station": self.name})).encode()
 
-    def forget(self, ref: SlideRef) -> None:
-        self.registry.forget(self.key, ref)
+    def forget(self, resolution: Resolution) -> None:
+        """A new slide version whose send could not start (refused by the store, or its number taken): the registry
+        forgets it, and the specimen this resolution registered, so a wrong bucket leaves no trace."""
+        if resolution.kind in (RESCAN, NEW_SLIDE):
+            self.registry.forget(self.key, resolution.ref)
+            if resolution.new_specimen:
+                self.registry.forget_specimen(self.key, resolution.ref.case)
 
     def settle(self, ref: SlideRef) -> None:
         """After a send: the version's full SHA-256, so a later copy or a touched file is known for the same bytes."""

@@ -27,7 +27,7 @@ def status(
     from transfer import default_state_dir
     from transfer.target import validate_station
 
-    wanted = store_key(Store.parse(destination, endpoint_url)) if destination else None  # type: ignore[arg-type]
+    wanted = store_key(Store.parse(destination, endpoint_url)) if destination else None
     name = validate_station(station) if station else None
     with Registry(state_dir or default_state_dir()) as registry:
         specimens = [(key, specimen) for key, specimen in registry.specimens(wanted) if name is None or specimen.station == name]

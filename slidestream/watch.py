@@ -92,7 +92,7 @@ def find_units(folder: Path, skip: frozenset[Path] = frozenset()) -> Iterator[Sl
 
 def _entries(folder: Path, skip: frozenset[Path]) -> list[Path]:
     return [entry for entry in sorted(folder.iterdir()) if not (entry.name.startswith(".") or entry.name == FAILED
-            or entry.suffix.lower() in PARTIAL_SUFFIXES or entry in skip)]  # fmt: skip
+            or entry.suffix.lower() in PARTIAL_SUFFIXES or Path(os.path.realpath(entry)) in skip)]  # fmt: skip
 
 
 def specimen_folder(entry: Path) -> bool:
@@ -138,11 +138,11 @@ class HotFolder:
     def __init__(self, folder: Path, state_dir: Path, settle: float, outbox: Path | None = None) -> None:
         self.folder = folder
         self.settle = settle
-        self.skip = frozenset({outbox}) if outbox is not None else frozenset()
+        self.skip = frozenset({Path(os.path.realpath(outbox))}) if outbox is not None else frozenset()
         digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
         self.state_file = state_dir / f"watch-{digest}.json"
         self.log_file = state_dir / f"watch-{digest}.log"
-        # slide name (SlideUnit.name) -> {"signature": [...], "case": ID}; a list is the signature alone (older state files)
+        # slide name (SlideUnit.name) -> {"signature": [...]}; a list is the signature alone (older state files)
         self.done: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.refused: dict[Path, tuple[float, str]] = {}  # specimen folder -> (its sidecar's mtime, why it is refused)
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tifffile
 from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
@@ -64,6 +65,8 @@ def test_two_slides_of_one_case_each_arrive_with_their_own_manifest_and_triage(s
         assert any(key.startswith(f"{root(ref)}/heatmap.zarr/") for key in keys)
     assert read_json(s3_server, s3_bucket, f"site/{case}/slides/s3/slide.json")["station"] == "theatre-3"
     assert not any(key.startswith(f"site/{case}/slides/s2/v") for key in keys)
+    again = send(s3_server, s3_bucket, state, sample(CMU), "--edge")  # a resend triages nothing again either
+    assert (again["case"], again["slide"], again["objects"]) == (case, "s1", 0) and listing(s3_server, s3_bucket) == keys
 
 
 def test_a_resend_changes_nothing_on_the_store_and_keeps_the_clock(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -200,3 +203,47 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         data = key.encode() + client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         for secret in (PATIENT, ACCESSION, MRN, "DOE", "1961-04-12", "block A", "block B"):
             assert secret.encode() not in data, (secret, key)
+
+
+def test_a_slide_number_another_station_claimed_first_is_never_shared(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The race the LIST cannot close: another station creates s2's claim between our look and our claim. The send
+    stops before writing anything of the slide, says so in one line, and the journal does not offer it to resume."""
+    from transfer import Journal, Sender, parse_destination
+    from transfer.errors import SlideTakenError
+
+    dest = parse_destination(f"s3://{s3_bucket}/site", "c0ffee0123456789", s3_server.endpoint_url, slide="s2")
+    theirs = b'{"station": "theatre-1"}'
+    s3_server.client().put_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json", Body=theirs)
+    with Journal(tmp_path) as journal:
+        sender = Sender(dest, journal)
+        sender.begin({"slide": "unused"})
+        with pytest.raises(SlideTakenError, match="slide s2 of case c0ffee0123456789 was taken by another station"):
+            sender.claim(b'{"station": "theatre-3"}')
+        assert journal.unfinished() == []
+    assert listing(s3_server, s3_bucket).keys() == {"site/c0ffee0123456789/slides/s2/slide.json"}
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json")["Body"].read() == theirs
+
+
+def test_send_with_a_context_file_registers_like_watch_and_refuses_identifying_context(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """send --context-file reads a specimen.json as watch does: the context goes to case.json, the identity stays
+    here, and the accession names the specimen (a second slide of it joins its case); context naming the patient is
+    one line, exit 2, nothing on the store."""
+    state, sidecar = tmp_path / "state", tmp_path / "specimen.json"
+    sidecar.write_text(json.dumps({"accession": ACCESSION, "patient_name": PATIENT, "specimen_site": "thyroid, left lobe"}))
+    first = send(s3_server, s3_bucket, state, sample(CMU), "--no-edge", "--context-file", sidecar)
+    record = CaseRecord.parse(read_json(s3_server, s3_bucket, f"site/{first['case']}/case.json"))
+    assert record is not None and dict(record.context) == {"specimen_site": "thyroid, left lobe"} and record.station == "theatre-3"
+    second = send(s3_server, s3_bucket, state, sample(TCGA), "--no-edge", "--context-file", sidecar)
+    assert (second["case"], second["slide"]) == (first["case"], "s2")
+    client = s3_server.client()
+    for key in listing(s3_server, s3_bucket):
+        data = key.encode() + client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert PATIENT.encode() not in data and ACCESSION.encode() not in data, key
+
+    before = listing(s3_server, s3_bucket)
+    sidecar.write_text(json.dumps({"accession": "S26-009999", "patient_name": PATIENT, "clinical_question": "Mrs Doe: margins?"}))
+    refused = slidestream("send", sample(CMU), f"s3://{s3_bucket}/site", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
+                          "--context-file", sidecar, "--no-edge")  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "clinical_question contains the patient name" in refused.stderr
+    assert listing(s3_server, s3_bucket) == before

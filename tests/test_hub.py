@@ -170,7 +170,7 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
 
     # a restarted hub does not redo a finished case
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
-        wait_for(lambda: f"DONE {case}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
+        wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
         assert again.poll() is None
     assert location.read_json("triage.json") == final
 

@@ -18,7 +18,6 @@ import csv
 import math
 import sys
 from collections.abc import Iterable
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,7 @@ from slides import CorruptSlideError, open_slide
 from slides.jpeg import strip_metadata
 from test_viewer import serving
 from transfer import content_id
-from viewer import WORKLIST, S3Storage
+from viewer import S3Storage
 
 NAME = "ACC-2024-0001_DOE_JANE"
 IDENTIFYING = (b"DOE^JANE", b"DOE_JANE", b"ACC-2024-0001", b"MRN-7777123", b"ST-ELSEWHERE", b"XMP-OPERATOR-JSMITH")
@@ -172,10 +171,12 @@ def bucket_objects(s3_server, bucket: str) -> list[tuple[str, bytes]]:  # type: 
 
 def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int = 200) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
     """Everything the viewer serves for every case under s3://bucket/prefix, as the pages ask for it: the pages, the
-    worklist, each case's image description, status and report, its image tiles (every tile of a level with at most
-    `tiles_per_level`, else an even spread) and, with a heatmap, its overlay tiles on the same grid."""
+    worklist, each case (its slides, reports and requests), each slide version's image description and status, its
+    image tiles (every tile of a level with at most `tiles_per_level`, else an even spread) and, with a heatmap, its
+    overlay tiles on the same grid."""
     served: list[tuple[str, bytes]] = []
-    with serving(S3Storage(bucket, prefix, s3_server.endpoint_url)) as viewer:
+    storage = S3Storage(bucket, prefix, s3_server.endpoint_url)
+    with serving(storage) as viewer:
 
         def get(path: str, token: str | None, expect: tuple[int, ...] = (200,)) -> httpx.Response:
             response = viewer.get(path, token)
@@ -183,7 +184,7 @@ def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int =
             served.append((path, b"".join(f"{k}: {v}\n".encode() for k, v in response.headers.items()) + response.content))
             return response
 
-        worklist = viewer.tokens.issue(WORKLIST, timedelta(hours=1))
+        worklist = viewer.person(storage)  # a pathologist: the worklist, and every case's reports and requests
         get("/worklist", None)
         cases = [entry["case"] for entry in get("/api/worklist", worklist).json()["cases"]]
         assert cases, "the viewer lists the cases"
@@ -191,7 +192,8 @@ def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int =
             token = viewer.token(case)
             get(f"/view/{case}", None)
             info = get(f"/api/cases/{case}", token).json()
-            get(f"/api/cases/{case}/report", token, (200, 404))
+            get(f"/api/cases/{case}/reports", worklist)
+            get(f"/api/cases/{case}/requests", worklist)
             assert info["slides"], f"{case}: the viewer lists its slides"
             for entry in info["slides"]:
                 base = f"/api/cases/{case}/slides/{entry['slide']}/{entry['version']}"

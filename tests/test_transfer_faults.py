@@ -489,12 +489,16 @@ def test_outage_on_an_emulated_5g_link_heals_by_itself(s3_server, s3_bucket, tmp
 # -- configuration and local errors ----------------------------------------------------------------------------
 @pytest.fixture
 def used_journal(tmp_path: Path) -> Path:
-    """A state dir whose journal already remembers another case: errors must leave it as it was."""
+    """A station's state dir whose journal already remembers another case (and holds the registry's tables): errors
+    must leave it as it was, registering nothing."""
+    from slidestream.registry import Registry
+
     state = tmp_path / "state"
     with Journal(state) as journal:
         other = parse_destination("s3://other-bucket/x", "other-case", "http://elsewhere:9000")
         journal.begin(other, {"slide": "/nowhere.svs"})
         journal.record(other, "zarr.json", hashlib.sha256(b"{}").hexdigest(), 2, "etag")
+    Registry(state).close()
     return state
 
 
