@@ -204,7 +204,7 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist.png"))
         assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["late", "amber", "fresh"]  # least time left first
         row = {rows.nth(i).get_attribute("data-case"): rows.nth(i) for i in range(3)}
-        texts = {case: [row[case].locator(f"td.{name}").text_content() for name in ("hospital", "specimen", "slides", "stage", "arrived", "report")] for case in row}
+        texts = {case: [row[case].locator(f"td.{name}").text_content() for name in ("hospital", "specimen", "slide-count", "ai-stage", "arrived", "report")] for case in row}
         assert texts["late"] == ["Hospital C", "frozen section · sentinel node", "1", "final", "all arrived ✓", "not signed"]
         assert texts["amber"][3] == "hub (partial)" and texts["fresh"][3] == "edge (coarse)"
         clocks = {case: row[case].locator("td.clock") for case in row}

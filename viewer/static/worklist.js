@@ -34,7 +34,7 @@
             cell(row, link, "case");
             cell(row, entry.hospital || "–", "hospital");
             cell(row, entry.specimen || "–", "specimen");
-            cell(row, String(entry.slides.length), "slides");
+            cell(row, String(entry.slides.length), "slide-count");
             const score = entry.triage ? entry.triage.score : null;
             const meter = document.createElement("span");
             meter.className = "meter";
@@ -42,7 +42,7 @@
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
             const scoreCell = cell(row, meter, "triage");
             scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
-            cell(row, STAGES[entry.stage] || (entry.triage ? "stage not recorded" : "–"), "stage");
+            cell(row, STAGES[entry.stage] || (entry.triage ? "stage not recorded" : "–"), "ai-stage");
             const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%` : "";
             const states = { sending: `arriving ${arrived}`, complete: "all arrived ✓" };
             cell(row, entry.state === "failed" ? `failed: ${entry.failed}` : states[entry.state] || entry.state, "arrived");
