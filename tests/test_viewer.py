@@ -55,6 +55,7 @@ from viewer import (
     create_app,
     load_secret,
 )
+from viewer import audit
 from viewer.heatmap import LUT
 
 from conftest import S3Server, sample
@@ -272,6 +273,18 @@ def test_a_slide_thumbnail_is_its_coarsest_level_made_small(sent: Served) -> Non
     again = sent.get("/api/cases/complete/slides/s1/v1/thumbnail", token, headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304
     assert sent.get("/api/cases/complete/slides/s1/v1/thumbnail", sent.token("other")).status_code == 403
+
+
+def test_the_slide_list_a_page_polls_is_the_cases_and_not_an_opening(sent: Served, bucket: Bucket) -> None:
+    token = sent.token("complete")
+    opened = sent.get("/api/cases/complete", token).json()
+    events = asyncio.run(audit.read(bucket.storage(), "complete"))
+    polled = sent.get("/api/cases/complete/slides", token)
+    assert polled.status_code == 200 and polled.json()["slides"] == opened["slides"] == [
+        {"slide": "s1", "version": "v1", "state": "complete", "failed": None}
+    ]
+    assert asyncio.run(audit.read(bucket.storage(), "complete")) == events  # the opening was recorded once
+    assert sent.get("/api/cases/complete/slides", sent.token("other")).status_code == 403
 
 
 def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) -> None:

@@ -566,6 +566,21 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
         assert page.evaluate("window.slideView.shown()") == "s2"  # the address kept it
 
 
+def test_a_slide_sent_later_joins_the_strip_without_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.send("later")
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "later")
+        assert page.locator("#slides li").count() == 1
+        page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
+        bucket.send("later", at="slides/s2/v1")  # the hospital sends a second block
+        wait_for(page, lambda: page.locator("#slides li").count() == 2, "the second slide in the strip")
+        assert page.locator("#slides li").nth(1).text_content() == "s2 (v1) complete"
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide on screen")
+        assert page.evaluate("window.sameDocument") is True
+
+
 def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
     bucket = Bucket(s3_server)
     bucket.send("pair")

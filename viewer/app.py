@@ -209,6 +209,14 @@ async def case_info(case: Case, state: State, identity: Who) -> JSONResponse:
     return JSONResponse(info, headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/api/cases/{case}/slides")
+async def case_slides(case: Case, state: State) -> JSONResponse:
+    """The case's slides as the open page polls them (a slide sent later, one that failed since): not another
+    opening of the case, so not audited."""
+    info = await state.cases.case_info(case)
+    return JSONResponse({"slides": info["slides"]}, headers={"Cache-Control": "no-store"})
+
+
 @router.get("/api/cases/{case}/slides/{slide}/{version}/image")
 async def image(case: Case, slide: SlideId, version: VersionId, state: State, identity: Who) -> JSONResponse:
     root = SlideRef(case, slide, version).root

@@ -7,6 +7,7 @@
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
+    const SLIDES_POLL_MS = 5000; // how soon a slide sent later joins the strip
     const ARRIVED = "2";
     const PAN_STEP = 0.2; // of the view per arrow key
     const ZOOM_STEP = 1.5; // per + or -
@@ -29,6 +30,8 @@
                 return base;
             case "annotations":
                 return `${base}/annotations`;
+            case "slides":
+                return `${base}/slides`;
             case "thumbnail":
                 return `${slide}/thumbnail`;
             case "image":
@@ -662,6 +665,29 @@
         target.viewport.fitBounds(to.item.imageToViewportRectangle(x * sx, y * sy, width * sx, height * sy), true);
     }
 
+    // A slide sent later joins the strip, and one that failed since says so, without a reload. The slide on screen
+    // keeps the version it shows (its status poll follows it); a rescan of it is listed when the page is reopened.
+    let watchingSlides = false;
+
+    async function pollSlides() {
+        try {
+            const shown = slides[slideIndex];
+            const fresh = (await api(url("slides"))).slides.map((entry) => (entry.slide === shown.slide ? shown : entry));
+            const summary = (list) => JSON.stringify(list.map(({ slide, version, state, failed }) => [slide, version, state, failed]));
+            if (fresh.includes(shown) && summary(fresh) !== summary(slides)) {
+                slides = fresh;
+                slideIndex = slides.indexOf(shown);
+                caseInfo = { ...caseInfo, slides };
+                showSlides();
+                compareChoices();
+                caseView.show(url("case"), caseInfo, shown.slide);
+            }
+        } catch (error) {
+            if (error instanceof ApiError && error.refused) return;
+        }
+        setTimeout(pollSlides, SLIDES_POLL_MS);
+    }
+
     function switchSlide(index) {
         if (index === slideIndex || !slides[index]) return;
         const view = relativeView();
@@ -755,6 +781,10 @@
             showMessage("Waiting for the slide to arrive…");
             setTimeout(openCase, POLL_MS);
             return;
+        }
+        if (!watchingSlides) {
+            watchingSlides = true;
+            setTimeout(pollSlides, SLIDES_POLL_MS);
         }
         openSlide();
     }
