@@ -33,6 +33,9 @@ class Source(Protocol):
     dimensions: tuple[int, int]
     mpp: float | None
     downsamples: list[float]
+    # levels downsampled from another stored level (tiling's `downsampled_levels`; the hub may build them after
+    # the case arrived): read from that level instead, so scoring never waits for the hub
+    derived: frozenset[int]
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """(y1-y0, x1-x0, 3) uint8 of `level` in that level's pixel coordinates; beyond the edge is white."""
@@ -50,6 +53,7 @@ class SlideSource:
         self.dimensions = slide.dimensions
         self.mpp = sum(slide.mpp) / 2 if slide.mpp else None
         self.downsamples = [level.downsample for level in slide.levels]
+        self.derived: frozenset[int] = frozenset()
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         d = self.downsamples[level]
@@ -80,6 +84,7 @@ class ZarrSource:
         self.downsamples = [s / scales[0] for s in scales]
         mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")
         self.mpp = sum(mpp) / 2 if mpp else None
+        self.derived = frozenset(int(k) for k in attributes.get("slidestream", {}).get("downsampled_levels", {}))
         self._scale0 = scales[0]
         background = attributes.get("slidestream", {}).get("background")  # a plain string in images before 2026-07
         self._darkfield = isinstance(background, dict) and background.get("field") == "dark-field"
@@ -149,8 +154,9 @@ def open_source(ref: SourceRef) -> Source:
 
 
 def read_level(source: Source, downsample: float) -> int:
-    """The coarsest level still at least as fine as `downsample` (1% slack for vendors' rounding of level sizes)."""
-    return max(i for i, d in enumerate(source.downsamples) if d <= downsample * 1.01 or i == 0)
+    """The coarsest level still at least as fine as `downsample` (1% slack for vendors' rounding of level sizes),
+    skipping levels derived from a finer stored one."""
+    return max(i for i, d in enumerate(source.downsamples) if (d <= downsample * 1.01 and i not in source.derived) or i == 0)
 
 
 def read_tiles(source: Source, tile: float, level: int, size: int, tiles: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ line of the pipeline. Nothing is cached between reads: a receiving side polls ob
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -124,6 +125,26 @@ class Location:
             return False
         except (obstore.exceptions.BaseError, OSError) as error:
             raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
+
+    def write_verified(self, key: str, data: bytes, attempts: int = 5) -> None:
+        """Write one object and make sure the server holds exactly these bytes, as the sender does: a single-part
+        PUT whose returned ETag must be their MD5, sent again on a mismatch (at most `attempts` times)."""
+        if not self.is_s3:
+            path = Path(self._key(key))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(path)  # readers never see half a shard
+            return
+        digest = hashlib.md5(data).hexdigest()
+        for _ in range(attempts):
+            try:
+                result = obstore.put(self._bucket_store(), self._key(key), data, use_multipart=False)
+            except (obstore.exceptions.BaseError, OSError) as error:
+                raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
+            if (result.get("e_tag") or "").strip('"') == digest:
+                return
+        raise InferenceError(f"{self._describe(key)}: the server's copy differs from what was written ({attempts} attempts)")
 
     def exists(self, key: str) -> bool:
         return self.read_bytes(key) is not None if self.is_s3 else Path(self._key(key)).exists()

@@ -1,11 +1,10 @@
-"""`slidestream demo`: the whole chain on one machine with nothing configured, live.
+"""`slidestream demo`: the whole chain on one machine with nothing configured.
 
-A local S3-compatible server, the viewer and the hub start first and the viewer link is printed at once; then a
-sample slide is de-identified, triaged at the edge (coarse heatmap first, steering the send order) and streamed to
-the store while it converts, and the hub scores it at full magnification as it arrives. The pathologist can look
-from the first second; the demo prints each milestone when the store shows it (what a reader sees, not what the
-sender believes). The store is moto's S3 server started in-process on 127.0.0.1 (no setup, no root;
-`pip install -e '.[demo]'`); the hub is `slidestream hub` in a child process; everything the demo writes lives in a
+The viewer and the hub start first, so the viewer link is there within seconds; then a sample slide is
+de-identified, triaged at the edge (coarse heatmap first, steering the send order) and streamed to a local
+S3-compatible server while it converts, and the hub scores it at full magnification and completes its pyramid as it
+arrives. Each milestone is printed when the store shows it. The store is moto's S3 server started
+in-process on 127.0.0.1 (no setup, no root; `pip install -e '.[demo]'`); everything the demo writes lives in a
 temporary folder and disappears when it stops.
 """
 
@@ -21,25 +20,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from slidestream.serve import DEFAULT_PORT
 
+
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
-STORE = f"s3://{BUCKET}/demo"
-MILESTONES = (  # (name, line): in the order a pathologist meets them
-    ("overview", "overview readable (the whole slide at low power)"),
-    ("edge", "edge triage map readable (coarse, from the hospital)"),
-    ("hub", "hub map readable (full magnification, still growing)"),
-    ("full_resolution", "all tissue at full resolution"),
-    ("complete", "send complete"),
-    ("hub_complete", "hub map complete (every tissue tile at full magnification)"),
-)
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -47,9 +39,9 @@ stdout = Console(highlight=False, soft_wrap=True)
 def demo(
     slide: Annotated[Path | None, typer.Option(help="Slide to demonstrate with (default: the CMU-1-Small-Region sample beside the repo).")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Viewer port (0: any free port).")] = DEFAULT_PORT,
-    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Stop once the hub's map is complete (non-interactive).")] = False,
+    exit_when_ready: Annotated[bool, typer.Option("--exit-when-ready", help="Stop once the case is complete and the hub's map final (non-interactive).")] = False,
 ) -> None:
-    """Run the whole chain locally, live: viewer and hub first, then the streaming send; Ctrl-C stops it."""
+    """Run the whole chain locally: viewer and hub first, then the slide streams in; Ctrl-C stops it."""
     from slidestream.errors import DemoError
 
     slide = slide or SAMPLE
@@ -57,18 +49,17 @@ def demo(
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        case = secrets.token_hex(8)  # a new specimen: its ID is known before its first byte, so is its link
-        server, origin, link = _start_viewer(STORE, endpoint, port, case)
-        hub = _start_hub(endpoint, Path(work) / "hub.log")
+        store, case = f"s3://{BUCKET}/demo", secrets.token_hex(8)  # a new specimen: its link exists before its first byte
+        server, origin, link = _start_viewer(store, endpoint, port, case)
+        hub = _start_hub(store, endpoint, Path(work) / "hub.log")
+        sending = None
         try:
             _check(origin)
-            stdout.print(f"viewer: {origin}{link}  (open it now: the slide appears as it arrives)")
-            stdout.print(f"store: moto S3 at {endpoint}; hub log: {Path(work) / 'hub.log'}")
-            sending = threading.Thread(target=_send, args=(slide, endpoint, case, Path(work) / "state"), daemon=True, name="send")
-            sending.start()
-            seen = _follow(endpoint, case, started, sending, hub)
-            if "hub_complete" not in seen:
-                raise DemoError(f"the hub stopped before its map was complete (see {Path(work) / 'hub.log'})")
+            stdout.print(f"viewer: {origin}{link}  (open it now: the slide streams in while you look)")
+            stdout.print(f"hub and viewer ready after {time.monotonic() - started:.1f} s; sending {slide.name} to moto S3 at {endpoint}")
+            watch = _milestones(store, endpoint, case)
+            sending = _start_send(slide, store, endpoint, case, Path(work) / "state")
+            _print_milestones(watch, sending, hub, started)
             if exit_when_ready:
                 return
             stdout.print("Ctrl-C stops the demo.")
@@ -77,60 +68,85 @@ def demo(
         except KeyboardInterrupt:
             stdout.print("stopping")
         finally:
-            hub.terminate()
-            hub.wait(10)
+            for process in (sending, hub):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    process.wait(30)
             _stop_viewer(server)
 
 
-def _send(slide: Path, endpoint: str, case: str, state: Path) -> None:
-    """The hospital's side: `slidestream send --edge` of the slide (its own progress lines go to stderr)."""
-    from slidestream.send import run_send, send_arguments
-
-    run_send(send_arguments(slide, STORE, endpoint, case=case, deadline=60.0, edge=True), state)
-
-
-def _start_hub(endpoint: str, log: Path) -> subprocess.Popen[bytes]:
-    """The pathology centre's side: `slidestream hub` on the demo's prefix, started before the slide."""
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "slidestream", "hub", STORE, "--endpoint-url", endpoint, "--poll", "0.5"],
-                                stdout=out, stderr=subprocess.STDOUT)
+MILESTONES = (
+    ("overview", "overview readable"),
+    ("edge", "edge triage map readable"),
+    ("tissue_full_resolution", "all tissue at full resolution"),
+    ("complete", "send complete"),
+    ("pyramid", "pyramid complete (hub)"),
+    ("hub", "hub map at full magnification"),
+)
 
 
-def _follow(endpoint: str, case: str, started: float, sending: threading.Thread, hub: subprocess.Popen[bytes]) -> set[str]:
-    """Print each milestone when the store shows it, until the hub's map is complete or something stopped."""
-    import boto3
+def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
+    """The milestones the case has reached, read from the store as a remote viewer sees it."""
+    from inference import Location
+    from slidestream.errors import DemoError
+    from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
+    from transfer.target import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE, SlideRef
 
-    from transfer.target import MANIFEST, TRIAGE, Destination
+    location = Location.parse(store, endpoint).child(SlideRef(case).root)  # the case's first slide, first scan
 
-    client = boto3.client("s3", endpoint_url=endpoint)
-    root = Destination(endpoint, BUCKET, "demo", case).root
+    def reached() -> set[str]:
+        manifest = location.read_json(MANIFEST) or {}
+        triage = location.read_json(TRIAGE) or {}
+        state, reason = case_state(manifest) if manifest else ("", None)
+        if state == FAILED:
+            raise DemoError(f"the send failed: {reason}")
+        milestones = manifest.get("milestones") or {}
+        return {name for name, done in (
+            ("overview", milestones.get("overview") is not None),
+            ("edge", triage.get("stage") in (EDGE, HUB)),  # the hub's map replaces the edge's
+            ("tissue_full_resolution", milestones.get("tissue_full_resolution") is not None),
+            ("complete", state == COMPLETE),
+            ("pyramid", state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID))),
+            ("hub", triage.get("stage") == HUB and bool(triage.get("complete"))),
+        ) if done}
+
+    return reached
+
+
+def _print_milestones(reached: Callable[[], set[str]], sending: subprocess.Popen[str], hub: subprocess.Popen[bytes], started: float) -> None:
+    """A line per milestone as it happens, until every one is reached."""
+    from slidestream.errors import DemoError
+
     seen: set[str] = set()
-
-    def read(name: str) -> dict[str, Any]:
-        try:
-            return json.loads(client.get_object(Bucket=BUCKET, Key=root + name)["Body"].read())
-        except client.exceptions.NoSuchKey:
-            return {}
-
-    while "hub_complete" not in seen:
-        manifest, triage = read(MANIFEST), read(TRIAGE)
-        reached = {
-            "overview": (manifest.get("milestones") or {}).get("overview") is not None,
-            "edge": triage.get("stage") == "edge" or "edge" in seen,
-            "hub": triage.get("stage") == "hub",
-            "full_resolution": (manifest.get("milestones") or {}).get("tissue_full_resolution") is not None,
-            "complete": manifest.get("state") == "complete",
-            "hub_complete": triage.get("stage") == "hub" and triage.get("complete") is True,
-        }
-        for name, line in MILESTONES:
-            if reached[name] and name not in seen:
+    while len(seen) < len(MILESTONES):
+        now = reached()
+        for name, label in MILESTONES:
+            if name in now and name not in seen:
                 seen.add(name)
-                score = f" (score {triage['score']:.3f})" if name in ("edge", "hub_complete") and triage.get("score") is not None else ""
-                stdout.print(f"  {time.monotonic() - started:6.1f} s  {line}{score}")
-        if hub.poll() is not None or (not sending.is_alive() and manifest.get("state") == "failed"):
-            break
+                stdout.print(f"  {label:32s} {time.monotonic() - started:6.1f} s")
+        if sending.poll() not in (None, 0):
+            error = (sending.stderr.read() if sending.stderr else "").strip().splitlines()
+            raise DemoError(f"the send failed: {error[-1] if error else f'exit code {sending.returncode}'}")
+        if hub.poll() is not None:
+            raise DemoError(f"the hub stopped (exit code {hub.returncode})")
         time.sleep(0.2)
-    return seen
+    summary = json.loads(sending.communicate()[0])
+    stdout.print(f"case {summary['case']}: {summary['bytes_sent'] / 1e6:.1f} MB sent in {summary['objects']} objects")
+
+
+def _start_send(slide: Path, store: str, endpoint: str, case: str, state: Path) -> subprocess.Popen[str]:
+    """`slidestream send` as the hospital runs it: its own process, which forks its shard builders free of this
+    one's threads (the viewer's); its summary comes as JSON on stdout."""
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
+                             "--case", case, "--deadline", "60", "--state-dir", str(state), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start_hub(store: str, endpoint: str, log: Path) -> subprocess.Popen[bytes]:
+    """`slidestream hub` as the pathology centre runs it: its own process (its log goes to the demo's folder)."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "slidestream", "hub", store, "--endpoint-url", endpoint, "--poll", "0.5"],
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 class _local_s3:

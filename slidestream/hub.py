@@ -6,7 +6,8 @@ slide version at full magnification while it arrives, in passes of about PASS_SE
 tiles whose shards have arrived, the hottest of the edge triage's coarse map first, through
 `inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub"); after every pass it
 re-chooses, the case with the least time left on its 30-minute clock first, so a long slide never holds the
-workers while an urgent one waits. A slide version is claimed with a lease object (`transfer.target.LEASE`), so
+workers while an urgent one waits. Each pass first completes the pyramid (`slidestream.hub_pyramid`): the
+in-between levels the send left out are built from the shards that arrived. A slide version is claimed with a lease object (`transfer.target.LEASE`), so
 two hubs on one prefix share the work instead of doubling it. torch and Dask are imported inside the command.
 """
 
@@ -70,6 +71,8 @@ class Tracked:
     priority: Any = None  # the edge triage's coarse scores on the hub's grid (hot regions first), if it left any
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
+    manifest: dict[str, Any] = field(default_factory=dict)  # as read for the pass about to run
+    triaged: bool = False  # a hub's complete map is there: only the pyramid may be left to build
     last_error: str = ""
 
 
@@ -173,10 +176,11 @@ class Hub:
         """Slide versions with work to do now, and how many others are in progress (a hub's lease, nothing new).
 
         Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
-        GET of its manifest and one of its triage.json; a finished one costs nothing more."""
+        GET of its manifest and one of its triage.json (and of the pyramid record once that is complete); a
+        finished one costs nothing more."""
         from inference import InferenceError
-        from transfer.manifest import FAILED, case_state
-        from transfer.target import MANIFEST, TRIAGE
+        from transfer.manifest import FAILED, case_state, hub_pyramid_done
+        from transfer.target import MANIFEST, PYRAMID, TRIAGE
 
         with self.lock:
             versions = sorted(self.newest.values())
@@ -197,8 +201,10 @@ class Hub:
                     continue
                 triage = folder.read_json(TRIAGE) or {}
                 if case.heatmap is None and _done_by_a_hub(triage, self.options):
-                    self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
-                    continue
+                    case.triaged = True
+                    if hub_pyramid_done(manifest, folder.read_json(PYRAMID)):
+                        self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
+                        continue
             except InferenceError as error:
                 self.note(case, str(error))
                 continue
@@ -207,7 +213,7 @@ class Hub:
             if progress == case.seen:
                 waiting += 1
                 continue
-            case.pending = progress
+            case.pending, case.manifest = progress, manifest
             ready.append(case)
         return ready, waiting
 
@@ -229,23 +235,38 @@ class Hub:
         return (case.location.read_json(LEASE) or {}).get("owner") == self.owner
 
     def work(self, case: Tracked) -> None:
-        """One pass over the case, about PASS_SECONDS long: score what arrived since the last, hottest first (the
-        edge map's order), publish; the last pass releases the lease."""
+        """One pass over the case, about PASS_SECONDS long: build the pyramid shards whose sources arrived, score
+        what arrived since the last, hottest first (the edge map's order), publish; the last pass releases the
+        lease."""
         from inference import CaseNotReadyError, analyze_case
         from inference.pipeline import edge_priority, published_heatmap
         from slides.errors import one_line
-        from transfer.target import LEASE
+        from slidestream.hub_pyramid import complete_pyramid
 
         name = case.name
         renewed = time.monotonic()
 
-        def renew(done: int, planned: int) -> None:  # a long pass keeps its claim
+        def renew(*_: int) -> None:  # a long pass keeps its claim
             nonlocal renewed
             if time.monotonic() - renewed > self.lease_seconds / 3:
                 renewed = time.monotonic()
                 self.claim(case)
 
         seen = case.pending
+        try:
+            built, pyramid_done = complete_pyramid(case.location, case.manifest, renew)
+        except Exception as error:  # noqa: BLE001 - as below: this case only
+            self.note(case, one_line(error))
+            case.seen = seen
+            return
+        if built:
+            self.say(f"PYRAMID {name}: {built} shards built" + (", every level complete" if pyramid_done else ""))
+        if case.triaged:
+            case.seen = seen
+            if pyramid_done:
+                self.release(case)
+                self.finish(name, f"DONE {name}: pyramid complete")
+            return
         limit = max(self.options.batch, round((self.rate or 0.0) * PASS_SECONDS))
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
@@ -268,12 +289,21 @@ class Hub:
             self.rate = measured if self.rate is None else (self.rate + measured) / 2
         case.heatmap = heatmap
         case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
-        if heatmap.complete:
-            case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
+        if heatmap.complete and pyramid_done:
+            self.release(case)
             self.finish(name, f"DONE {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f} "
                               f"(scored {scored - before} here)")
+        elif heatmap.complete:  # the send completed after the pyramid's pass: the next pass builds the rest
+            case.triaged = True
+            self.say(f"TRIAGED {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f}")
         else:
             self.say(f"PARTIAL {name}: {scored}/{tissue} tiles (scored {scored - before} here)")
+
+    def release(self, case: Tracked) -> None:
+        """The slide version is done: its lease says so, and no hub waits for it to expire."""
+        from transfer.target import LEASE
+
+        case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
 
     def finish(self, name: str, line: str) -> None:
         self.finished.add(name)

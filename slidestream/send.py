@@ -51,7 +51,9 @@ SEND_DEFAULTS: dict[str, Any] = {
     "ca_bundle": None,
     "deadline": 600.0,
     "edge": True,
+    "full_pyramid": False,
 }
+FULL_PYRAMID_HELP = "Also send the in-between levels (2x, 8x, ...) that a hub would build from what arrived (for a store without `slidestream hub`)."
 EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse heatmap travels first and hot regions are sent first."
 CASE_HELP = ("Add the slide to this case of the store (a case ID as `status` and the viewer show it; one the store does "
              "not have yet is registered under it). Default: the registry's (a resend, a rescan) or a new specimen's random ID.")
@@ -101,6 +103,7 @@ def send(
         Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
     ] = None,
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
+    full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
@@ -142,6 +145,7 @@ def send(
         ca_bundle=str(ca_bundle.resolve()) if ca_bundle else None,
         deadline=deadline,
         edge=edge,
+        full_pyramid=full_pyramid,
     )
     state = state_dir or default_state_dir()
     try:
@@ -232,7 +236,9 @@ def image_pieces(slide: Slide, args: dict[str, Any], case: str) -> tuple[Pyramid
     """
     from tiling import ConvertOptions, SendOrder, plan_pyramid, produce
 
-    options = ConvertOptions(quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"])
+    options = ConvertOptions(
+        quality=args["quality"], lossless=args["lossless"], keep_background=args["keep_background"], hub_levels=not args.get("full_pyramid", SEND_DEFAULTS["full_pyramid"])
+    )
     plan = plan_pyramid(slide, options, defer_tissue=True)  # the overview goes out before the tissue is known
     order = SendOrder(plan)
     return plan, produce(slide, plan, case, slide.summary(), order), order

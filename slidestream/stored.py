@@ -29,9 +29,9 @@ import tiling.codec  # noqa: F401 - registers the JPEG chunk codec that read_reg
 from slides import Level, SlidestreamError
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
-from transfer.manifest import COMPLETE, case_state
+from transfer.manifest import COMPLETE, case_state, hub_pyramid_done
 from transfer.readers import object_store
-from transfer.target import IMAGE, MANIFEST, SLIDES, VERSION_PATTERN, parse_endpoint, parse_store_url, validate_case, version_number
+from transfer.target import IMAGE, MANIFEST, PYRAMID, SLIDES, VERSION_PATTERN, parse_endpoint, parse_store_url, validate_case, version_number
 
 JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
 
@@ -76,6 +76,9 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
     if state != COMPLETE:
         raise StoredCaseError(f"{target}: the case is not complete (state {state}{f': {reason}' if reason else ''}); "
                               "export it once its send has finished")
+    if not hub_pyramid_done(manifest, folder.read_json(PYRAMID)):
+        raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet ({PYRAMID} not complete); "
+                              "export it once `slidestream hub` has, or send with --full-pyramid")
     in_case = named_image or manifest is not None or folder.read(f"{IMAGE}/zarr.json") is not None
     image = f"{IMAGE}/" if in_case else ""  # else convert's output: the folder is the image
     return StoredCase(folder, image, validate_case(case_id) if case_id is not None else _case_name(target, case_name))

@@ -38,7 +38,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slidestream.send import EDGE_HELP, SEND_DEFAULTS, STATION_HELP
+from slidestream.send import EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS, STATION_HELP
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -368,6 +368,7 @@ def watch(
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = SEND_DEFAULTS["keep_phi"],
     deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = SEND_DEFAULTS["deadline"],
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
+    full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal, registry and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
     station: Annotated[str | None, typer.Option("--station", help=STATION_HELP)] = None,
     outbox: Annotated[
@@ -398,7 +399,8 @@ def watch(
 
         slide_path_kind(unit.path)  # a link loop or a FIFO is its one line, before the path is resolved
         args = send_arguments(
-            unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge
+            unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge,
+            full_pyramid=full_pyramid,
         )
 
         def triage_done(label: str, seconds: float | None) -> None:

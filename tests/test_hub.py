@@ -26,11 +26,17 @@ from conftest import S3Server, sample
 from typer.testing import CliRunner
 
 from inference import AnalyzeOptions, Location, analyze_slide
+from slides import open_slide
 from slidestream.cli import app
-from transfer.target import ANALYZE, EDGE, HUB, LEASE, TRIAGE, SlideRef
+from slidestream.hub_pyramid import complete_pyramid
+from tiling import ConvertOptions, plan_pyramid
+from transfer.target import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef
 from viewer import S3Storage
-from viewer.cases import Cases
+from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from viewer.cases import Cases, Chunk
+from viewer.image import ARRIVED, BACKGROUND, PENDING
 
+REPO = Path(__file__).resolve().parents[1]
 ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
 # (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
 
@@ -214,3 +220,78 @@ def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Se
         tissue = final["summary"]["tissue_tiles"]
         counts = [scored_here(log, case) for log in logs]
         assert sum(counts) == tissue and 0 in counts, f"{case}: tiles scored by each hub {counts} of {tissue}"
+
+
+@pytest.fixture(scope="module")
+def in_between(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A derived Aperio-like slide (bench/make_large_slide.py: real tissue, 240 px JPEG tiles, the scanner's own
+    levels at 1x and 4x) with level 0 over 8192 px, so its 2x level is an in-between level above the overview.
+    No sample slide has one: their in-between levels are all small enough to be overview levels."""
+    out = tmp_path_factory.mktemp("derived") / "in-between.svs"
+    made = subprocess.run([sys.executable, str(REPO / "bench" / "make_large_slide.py"), "--gigabytes", "0.01",
+                           "--tissue-fraction", "0.15", "--output", str(out), "--workers", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr
+    return out
+
+
+def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Server, s3_bucket: str, tmp_path: Path,
+                                                                 in_between: Path) -> None:
+    endpoint, case = s3_server.endpoint_url, "between"
+    root = SlideRef(case).root
+    client = s3_server.client()
+    with open_slide(in_between) as slide:
+        plan = plan_pyramid(slide, ConvertOptions(hub_levels=True))
+    hub_levels = [level.index for level in plan.levels if level.at_hub]
+    assert hub_levels == [1] and all(level.complete for level in plan.levels[2:])  # 2x: in between; the overview stays
+
+    def send(prefix: str, *flags: str) -> dict[str, Any]:
+        """A send of the slide under `prefix`; its final manifest."""
+        sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(in_between), f"s3://{s3_bucket}/{prefix}",
+                               "--endpoint-url", endpoint, "--case", case, "--no-edge", "--state-dir", str(tmp_path / prefix), *flags],
+                              capture_output=True, text=True, timeout=600)
+        assert sent.returncode == 0, sent.stderr
+        return Location.parse(f"s3://{s3_bucket}/{prefix}/{root}", endpoint).read_json(MANIFEST) or {}
+
+    def level_objects(prefix: str, level: int) -> dict[str, bytes]:
+        listed = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{prefix}/{root}/{IMAGE}/{level}/c/").get("Contents", [])
+        return {item["Key"].split(f"/{IMAGE}/")[1]: client.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
+                for item in listed}
+
+    # today's send: the edge builds and sends the 2x level too
+    full = send("full", "--full-pyramid")
+    expected = level_objects("full", 1)
+    assert expected and "hub_planned" not in full
+
+    # a send with no hub anywhere: the 2x level does not travel, and the image is still viewable
+    alone = send("alone")
+    assert alone["state"] == "complete" and not any(key.startswith("1/") for key in alone["planned"])
+    assert sorted(alone["hub_planned"]) == sorted(expected) and alone["hub_levels"] == {"1": 0}
+    assert level_objects("alone", 1) == {}
+    assert full["bytes_sent"] - alone["bytes_sent"] == sum(len(data) for data in expected.values())
+    cases = Cases(S3Storage(s3_bucket, "alone", endpoint))
+    status = asyncio.run(cases.status(root))
+    states = [level["state"] for level in status["levels"]]
+    assert set(states[1]) <= {PENDING, BACKGROUND} and PENDING in states[1]  # pending for the hub, never an error
+    assert all(set(state) == {ARRIVED} for state in states[2:])  # the overview arrived, whole
+    key, n = sorted(expected)[0], plan.shard_chunks
+    table = read_shard_index(expected[key][-shard_index_size(n):], n)
+    i, j = next((i, j) for i in range(n) for j in range(n) if table[i, j, 0] != EMPTY)  # a chunk the hub will write
+    row, col = int(key.split("/")[3]) * n + i, int(key.split("/")[4]) * n + j
+    assert asyncio.run(cases.locate(root, 1, row, col)) == PENDING
+    assert isinstance(asyncio.run(cases.locate(root, 2, 0, 0)), Chunk)
+
+    # sent while the hub runs: the hub builds the 2x level from what arrived, byte for byte today's
+    live = Location.parse(f"s3://{s3_bucket}/live/{root}", endpoint)
+    log = tmp_path / "hub.log"
+    with running_hub(f"s3://{s3_bucket}/live", endpoint, log):
+        manifest = send("live")
+        record = wait_for(lambda: (r := live.read_json(PYRAMID)) and r["complete"] and r, "the hub's pyramid", 900)
+    assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {SlideRef(case).label}" in log.read_text()
+    assert sorted(record["built"]) == sorted(expected) and record["empty"] == []
+    assert level_objects("live", 1) == expected
+    live_cases = Cases(S3Storage(s3_bucket, "live", endpoint))
+    assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
+    assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)
+    # restart-safe: a hub that looks again has nothing left to build
+    assert complete_pyramid(live, manifest) == (0, True)

@@ -1,12 +1,13 @@
 """The pyramid writer: a slide in, a stream of finished OME-Zarr objects (`Piece`s) out, in send order.
 
-Every output level is computed straight from the nearest finer *source* level, never from another output level, so
-pieces can be produced in any order, and we produce them in the order they should travel: metadata, the overview
-levels, then tissue shards from low to full resolution (hottest first when a priority map is given). A streaming
-send plans the overview first and finds the tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`),
-so the first view never waits for tissue detection. A level whose
-size and JPEG tiles match the source is copied tile for tile without decoding (pass-through). Memory stays bounded:
-a few shards are in flight at a time and each is built in bands.
+Every output level is computed straight from the nearest finer *source* level, never from another output level (an
+in-between level reads that source level's JPEG tiles exactly as its pass-through copy stores them, so the hub can
+build it from the store instead: `LevelPlan.downsampled_from`), so pieces can be produced in any order, and we
+produce them in the order they should travel: metadata, the overview levels, then tissue shards from low to full
+resolution (hottest first when a priority map is given). A streaming send plans the overview first and finds the
+tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`), so the first view never waits for
+tissue detection. A level whose size and JPEG tiles match the source is copied tile for tile without decoding
+(pass-through). Memory stays bounded: a few shards are in flight at a time and each is built in bands.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import struct
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from slides import CorruptSlideError, RawTile, Slide, open_slide
+from slides import CorruptSlideError, Level as SlideLevel, RawTile, Slide, open_slide
 from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
 from tiling.tissue import TissueMask, background_value, detect_tissue, slide_is_darkfield
@@ -73,6 +74,9 @@ class ConvertOptions:
     chunk: chunk side in pixels; None picks the source tile size (for pass-through) or 256.
     shard_chunks: chunks per shard side; 8 x 240-256 px chunks make ~1-2 MB objects (see README).
     workers: shards built in parallel.
+    hub_levels: leave the levels downsampled from a stored level (`LevelPlan.downsampled_from`) to the receiving
+        hub: the writer does not produce their shards (`PyramidPlan.hub_shards` lists them), so they never use the
+        uplink. A send sets it; `convert` builds them itself, with the same code and bytes.
     """
 
     quality: int = DEFAULT_QUALITY
@@ -82,6 +86,7 @@ class ConvertOptions:
     chunk: int | None = None
     shard_chunks: int = 8
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    hub_levels: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ class LevelPlan:
     scale: float  # source-level pixels per pixel of this level
     passthrough: bool  # copy the source's JPEG tiles as chunks
     complete: bool  # background chunks written too
+    # the output level (a pass-through copy of a scanner level) whose stored chunks this level is downsampled from,
+    # so that whoever holds those chunks (the writer, or the hub from the store) builds the same bytes; None: read
+    # from the slide
+    downsampled_from: int | None = None
+    at_hub: bool = False  # built by the receiving hub from the store, not by the writer (ConvertOptions.hub_levels)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,13 @@ class PyramidPlan:
         """Whether `shards` is the whole plan (the tissue is known)."""
         return self.tissue is not None
 
+    @property
+    def hub_shards(self) -> list[ShardTask]:
+        """The tissue shards of the levels left to the hub (`LevelPlan.at_hub`); empty until the tissue is known."""
+        if self.tissue is None:
+            return []
+        return _shard_tasks(self.levels, self.shard_side, self.tissue, None, self.options, at_hub=True)
+
     def with_tissue(self, tissue: TissueMask, priority: PriorityMap | None = None) -> PyramidPlan:
         """The whole plan: overview shards plus the shards that hold tissue (or all, with keep_background)."""
         return replace(self, shards=_shard_tasks(self.levels, self.shard_side, tissue, priority, self.options), tissue=tissue)
@@ -168,12 +185,14 @@ def plan_pyramid(
 
 
 def _shard_tasks(
-    levels: list[LevelPlan], side: int, tissue: TissueMask | None, priority: PriorityMap | None, options: ConvertOptions
+    levels: list[LevelPlan], side: int, tissue: TissueMask | None, priority: PriorityMap | None, options: ConvertOptions,
+    at_hub: bool = False,
 ) -> list[ShardTask]:
-    """The shards to write, in send order; without a tissue mask only those of the complete levels."""
+    """The shards to write, in send order; without a tissue mask only those of the complete levels. `at_hub`: those
+    of the levels left to the hub instead (which the writer does not produce)."""
     tasks = []
     for level in levels:
-        if tissue is None and not level.complete:
+        if (tissue is None and not level.complete) or level.at_hub != at_hub:
             continue
         for row in range(-(-level.height // side)):
             for col in range(-(-level.width // side)):
@@ -277,7 +296,19 @@ def _plan_levels(slide: Slide, chunk: int, options: ConvertOptions) -> list[Leve
         complete = options.keep_background or max(width, height) <= COMPLETE_SIDE
         scale = 1.0 if (width, height) == (src.width, src.height) else nominal / _nominal(src.downsample)
         levels.append(LevelPlan(index, width, height, width0 / width, source, scale, passthrough, complete))
-    return levels
+    return [_with_origin(level, levels, options) for level in levels]
+
+
+def _with_origin(level: LevelPlan, levels: list[LevelPlan], options: ConvertOptions) -> LevelPlan:
+    """An in-between level (not complete, a power-of-two step below a level stored as the scanner's own JPEG
+    tiles) is downsampled from that stored level's chunks: what the store holds is then all it needs, and the hub
+    can build it instead of the uplink carrying it. The overview levels stay the writer's: they are the first view."""
+    if level.complete or level.scale < 2 or not math.log2(level.scale).is_integer():
+        return level
+    stored = [other.index for other in levels if other.passthrough and other.scale == 1.0 and other.source_level == level.source_level]
+    if not stored:
+        return level
+    return replace(level, downsampled_from=stored[0], at_hub=options.hub_levels)
 
 
 def _nominal(downsample: float) -> float:
@@ -329,6 +360,7 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
                 "chunks": "written" if plan.options.keep_background else "omitted above the overview levels",
             },
             "complete_levels": [level.index for level in plan.levels if level.complete],
+            "downsampled_levels": {str(level.index): level.downsampled_from for level in plan.levels if level.downsampled_from is not None},
             "passthrough_levels": [level.index for level in plan.levels if level.passthrough],
             "source": source_summary,
         },
@@ -522,7 +554,7 @@ def _open_in_worker(slide: Slide, parent: int) -> None:
     _worker_slide = open_slide(slide.path, keep_phi=slide.keep_phi)  # the same view: its raw tiles are what leaves
 
 
-def _build_in_worker(job: ShardJob) -> bytes:
+def _build_in_worker(job: ShardJob) -> bytes | None:
     assert _worker_slide is not None
     return job.build(_worker_slide)
 
@@ -564,10 +596,25 @@ class ShardJob:
     wanted: tuple[tuple[int, int], ...]  # (row, column) of chunks inside the shard
     options: ConvertOptions
     fill: int  # what pads the slide's edges and stands in for missing source tiles
+    # a downsampled level: the (row, column) of the chunks of its stored level under this shard that are written
+    sources: tuple[tuple[int, int], ...] = ()
 
-    def build(self, slide: Slide) -> bytes:
-        """The complete bytes of the shard object."""
+    def build(self, slide: Slide) -> bytes | None:
+        """The complete bytes of the shard object (None: a downsampled shard whose stored chunks are all absent)."""
         level, task, n, c = self.level, self.task, self.shard_chunks, self.chunk
+        if level.downsampled_from is not None:
+            stored = {}
+            for row, col in self.sources:
+                raw = slide.raw_tile(level.source_level, row, col)
+                if raw is None:
+                    continue
+                try:  # exactly the chunk the stored level writes
+                    stored[(row, col)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+                except ValueError as error:
+                    raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
+            src = slide.levels[level.source_level]
+            source = StoredLevel(level.source_level, src.width, src.height, c, stored, str(slide.path))
+            return downsample_shard(level, task.row, task.col, c, n, source, self.fill, self.options)
         chunks: dict[tuple[int, int], bytes] = {}
         if level.passthrough:
             for i, j in self.wanted:
@@ -578,23 +625,81 @@ class ShardJob:
                         chunks[(i, j)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
                     except ValueError as error:
                         raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
-        for band in sorted({i for i, _ in self.wanted}):
-            columns = [j for i, j in self.wanted if i == band and (i, j) not in chunks]
-            if not columns:
-                continue
-            y0 = (task.row * n + band) * c
-            x0, x1 = (task.col * n + columns[0]) * c, (task.col * n + columns[-1] + 1) * c
-            pixels = render(slide, level, x0, y0, x1, y0 + c, self.fill)
-            for j in columns:
-                offset = (task.col * n + j) * c - x0
-                chunks[(band, j)] = encode_chunk(pixels[:, offset : offset + c], self.options)
+        _render_chunks(slide, level, task.row, task.col, c, n, self.wanted, chunks, self.fill, self.options)
         return assemble_shard(chunks, n)
+
+
+def _render_chunks(
+    slide: Slide | StoredLevel, level: LevelPlan, row: int, col: int, c: int, n: int,
+    wanted: tuple[tuple[int, int], ...], chunks: dict[tuple[int, int], bytes], fill: int, options: ConvertOptions,
+) -> None:
+    """Encode the `wanted` chunks of shard (row, col) not in `chunks` yet, band by band of chunk rows."""
+    for band in sorted({i for i, _ in wanted}):
+        columns = [j for i, j in wanted if i == band and (i, j) not in chunks]
+        if not columns:
+            continue
+        y0 = (row * n + band) * c
+        x0, x1 = (col * n + columns[0]) * c, (col * n + columns[-1] + 1) * c
+        pixels = render(slide, level, x0, y0, x1, y0 + c, fill)  # type: ignore[arg-type]
+        for j in columns:
+            offset = (col * n + j) * c - x0
+            chunks[(band, j)] = encode_chunk(pixels[:, offset : offset + c], options)
+
+
+@dataclass(frozen=True)
+class StoredLevel:
+    """The chunks of a stored pass-through level (self-contained JPEGs by chunk (row, column)), read the way
+    `render` reads a slide's JPEG tiles. A downsampled level is built from this, by the writer from the slide's
+    tiles and by the hub from the store alike, so both make the same bytes; an absent chunk reads as the fill."""
+
+    source_level: int
+    width: int
+    height: int
+    chunk: int
+    chunks: Mapping[tuple[int, int], bytes]
+    path: str = "the stored image"
+
+    @property
+    def levels(self) -> dict[int, SlideLevel]:
+        return {self.source_level: SlideLevel(self.width, self.height, 1.0, self.chunk, self.chunk)}
+
+    def has_raw_tiles(self, level: int) -> bool:
+        return True
+
+    def raw_codec(self, level: int) -> str:
+        return "jpeg"
+
+    def raw_tile(self, level: int, row: int, col: int) -> RawTile | None:
+        data = self.chunks.get((row, col))
+        return None if data is None else RawTile(data, "jpeg", None, "ycbcr", self.chunk, self.chunk)
+
+
+def downsample_shard(
+    level: LevelPlan, row: int, col: int, c: int, n: int, source: StoredLevel, fill: int, options: ConvertOptions
+) -> bytes | None:
+    """Shard (row, col) of a downsampled level from its stored level's chunks; a chunk is written where any stored
+    chunk under it is (so it shows what the finer level shows), and the shard is None when none is."""
+    step = int(level.scale)  # stored chunks per chunk side
+    wanted = tuple(
+        (i, j)
+        for i in range(n)
+        for j in range(n)
+        if (row * n + i) * c < level.height and (col * n + j) * c < level.width
+        and any(((row * n + i) * step + a, (col * n + j) * step + b) in source.chunks for a in range(step) for b in range(step))
+    )
+    if not wanted:
+        return None
+    chunks: dict[tuple[int, int], bytes] = {}
+    _render_chunks(source, level, row, col, c, n, wanted, chunks, fill, options)
+    return assemble_shard(chunks, n)
 
 
 def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
     """The job for one shard, or None when it holds no chunk worth writing."""
     level = plan.levels[task.level]
     n, c = plan.shard_chunks, plan.chunk
+    if level.downsampled_from is not None:
+        return _downsampled_job(plan, level, task)
     wanted = []
     for i in range(n):
         for j in range(n):
@@ -604,6 +709,21 @@ def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
             if level.complete or (plan.tissue is not None and plan.tissue.any_in(*_level0_box(level, x0, y0, x0 + c, y0 + c))):
                 wanted.append((i, j))
     return ShardJob(level, task, c, n, tuple(wanted), plan.options, plan.fill) if wanted else None
+
+
+def _downsampled_job(plan: PyramidPlan, level: LevelPlan, task: ShardTask) -> ShardJob | None:
+    """A downsampled level's shard: the chunks its stored level writes under it (tissue) are what it is built from."""
+    assert level.downsampled_from is not None and plan.tissue is not None
+    stored, n, c = plan.levels[level.downsampled_from], plan.shard_chunks, plan.chunk
+    step, sources = int(level.scale), []
+    for row in range(task.row * n * step, (task.row + 1) * n * step):
+        for col in range(task.col * n * step, (task.col + 1) * n * step):
+            y0, x0 = row * c, col * c
+            if y0 < stored.height and x0 < stored.width and plan.tissue.any_in(*_level0_box(stored, x0, y0, x0 + c, y0 + c)):
+                sources.append((row, col))
+    if not sources:
+        return None
+    return ShardJob(level, task, c, n, (), plan.options, plan.fill, tuple(sources))
 
 
 def encode_chunk(pixels: np.ndarray, options: ConvertOptions) -> bytes:

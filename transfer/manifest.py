@@ -11,6 +11,13 @@ server verifiably holds.
 or a server that keeps corrupting an object; its image objects were deleted and `failed` gives the one-line
 reason). The sender writes the manifest before any object of the image, so an image a slidestream send wrote never
 exists without one. `slidestream-manifest/1` had no `state`: `case_state` reads both.
+
+Levels the hub builds (`tiling.LevelPlan.at_hub`: the in-between levels downsampled from a stored level) are not
+sent: `hub_levels` maps each to the level it is built from, and `hub_planned` lists their shards that hold tissue.
+The hub records what it wrote in an object of its own beside the manifest (`transfer.target.PYRAMID`: `built`,
+and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
+the two into the view every reader uses: a hub shard is planned, arrived once built, and never background
+until the hub says so. Without a hub those shards stay pending (a viewer shows the next stored level).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
 from transfer.target import IMAGE, SlideRef
 
+PYRAMID_FORMAT = "slidestream-hub-pyramid/1"
 FORMAT = "slidestream-manifest/2"
 SENDING, COMPLETE, FAILED = "sending", "complete", "failed"
 OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
@@ -54,6 +62,8 @@ class Arrivals:
         self._arrived: dict[str, int] = {}  # key -> bytes
         self._assumed: dict[str, int] = {}
         self._metadata_bytes = 0
+        self._hub_levels = {str(level.index): level.downsampled_from for level in plan.levels if level.at_hub}
+        self._hub_planned: list[str] = []
         self._lock = threading.Lock()
         self.settle(plan)
 
@@ -69,6 +79,7 @@ class Arrivals:
                     if task.key in self._assumed:
                         self._arrived[task.key] = self._assumed[task.key]
             self._settled = plan.settled
+            self._hub_planned = [task.key for task in plan.hub_shards]
 
     def produced(self, key: str) -> None:
         """`key` came out of produce()."""
@@ -148,6 +159,7 @@ class Arrivals:
                 )
                 entry["planned"] += 1
                 entry["arrived"] += task.key in self._arrived
+            hub = {"hub_levels": self._hub_levels, "hub_planned": list(self._hub_planned)} if self._hub_levels else {}
             return {
                 "format": FORMAT,
                 "case": self.ref.case,
@@ -164,6 +176,7 @@ class Arrivals:
                 "levels": [levels[index] for index in sorted(levels)],
                 "milestones": {name: self.milestones.get(name) for name in (OVERVIEW, FULL_RESOLUTION)},
                 "bytes_sent": self._metadata_bytes + sum(self._arrived.values()),
+                **hub,
             }
 
     def to_json(self, complete: bool = False) -> bytes:
@@ -214,3 +227,30 @@ def case_state(manifest: dict | None) -> tuple[str, str | None]:  # type: ignore
     if state in (SENDING, COMPLETE):
         return str(state), None
     return (COMPLETE if manifest.get("complete") is True else SENDING), None  # slidestream-manifest/1
+
+
+def with_hub_pyramid(manifest: dict | None, pyramid: dict | None) -> dict | None:  # type: ignore[type-arg]
+    """The manifest as a reader needs it where a hub builds levels: the shards of `hub_planned` are planned, those
+    the hub's record (`pyramid`, the PYRAMID object, None when no hub wrote one) lists as built have arrived, those
+    it found empty are background. A manifest without hub levels is returned as it is."""
+    hub_planned = (manifest or {}).get("hub_planned")
+    if not manifest or not isinstance(hub_planned, list):
+        return manifest
+    built, empty = set((pyramid or {}).get("built", [])), set((pyramid or {}).get("empty", []))
+    planned = [key for key in hub_planned if key not in empty]
+    return {
+        **manifest,
+        "planned": list(manifest.get("planned", [])) + planned,
+        "arrived": list(manifest.get("arrived", [])) + [key for key in planned if key in built],
+    }
+
+
+def hub_pyramid_done(manifest: dict | None, pyramid: dict | None) -> bool:  # type: ignore[type-arg]
+    """Whether every shard the hub is to build is built or known empty (trivially, without hub levels)."""
+    hub_planned = (manifest or {}).get("hub_planned")
+    if not isinstance(hub_planned, list):
+        return True
+    if not (manifest or {}).get("plan_final"):
+        return False
+    done = set((pyramid or {}).get("built", [])) | set((pyramid or {}).get("empty", []))
+    return all(key in done for key in hub_planned)

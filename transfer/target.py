@@ -11,6 +11,7 @@ with another's image):
     {case}/slides/{slide}/{version}/          one scan of one slide ("a slide version"), e.g. slides/s1/v1/:
         image.zarr/                           the OME-Zarr image (tiling/)
         manifest.json                         what of the image has arrived, and how the send ended (transfer/manifest.py)
+        pyramid.json                          the shards of the in-between levels the hub built (slidestream/hub_pyramid.py)
         heatmap.zarr/                         the triage heatmap, an NGFF image (inference/)
         triage.json                           the triage result: score, summary, stage (inference/)
         hub.lease                             which hub is analysing this slide version, until when (slidestream/hub.py)
@@ -59,6 +60,7 @@ TISSUE_LABEL = "labels/tissue"  # inside image.zarr: the NGFF label image of the
 TRIAGE = "triage.json"
 REPORT = "report.json"
 LEASE = "hub.lease"
+PYRAMID = "pyramid.json"
 # triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
 # full-magnification map of an arriving case, or a batch `analyze`; only the last two are final
 EDGE, HUB, ANALYZE = "edge", "hub", "analyze"

@@ -22,12 +22,13 @@ from PIL import Image
 
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
-from transfer.manifest import case_state
+from transfer.manifest import case_state, with_hub_pyramid
 from transfer.target import (
     CASE_RECORD,
     HEATMAP,
     IMAGE,
     MANIFEST,
+    PYRAMID,
     REPORTS,
     SLIDE_PATTERN,
     SLIDES,
@@ -119,7 +120,11 @@ class Cases:
             check_not_failed(root, manifest)
             send = str(manifest.get("started_at")) if manifest else None
             image = await self._images.get((root, send), lambda: open_image(self._zarr, root))
-            return without_manifest(image) if manifest is None else parse_manifest(manifest, image)
+            if manifest is None:
+                return without_manifest(image)
+            if manifest.get("hub_planned"):  # levels the hub builds: what it built is in its own record
+                manifest = with_hub_pyramid(manifest, await self._json(f"{root}/{PYRAMID}"))
+            return parse_manifest(manifest, image)
 
         return await self._arrivals.get(root, load)
 

@@ -1,0 +1,120 @@
+"""The hub completes the pyramid: the in-between levels a send leaves out are built from what arrived.
+
+A send does not carry the levels `tiling` downsamples from a level stored as the scanner's own JPEG tiles (the
+manifest's `hub_levels` and `hub_planned`, see `transfer.manifest`). Once every stored shard under one of their
+shards has arrived, the hub reads those chunks from the store and builds the shard with `tiling`'s own code
+(`downsample_shard`: the filter, codec, quality and shard layout the writer uses, the same bytes a
+`send --full-pyramid` uploads), writes it verified, and lists it in its own record (`transfer.target.PYRAMID`),
+never in the sender's manifest. The builds are deterministic, so a shard written twice (a hub that died after the
+PUT and before the record, two hubs racing for an expired lease) is written with the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tiling.jpeg import CODEC_NAME
+from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_index_size
+from transfer.manifest import PYRAMID_FORMAT
+from transfer.target import IMAGE, PYRAMID
+
+if TYPE_CHECKING:
+    from inference import Location
+
+RECORD_EVERY = 2.0  # seconds between rewrites of the record during a long pass, so viewers see the level fill in
+
+
+def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Callable[[], None] | None = None) -> tuple[int, bool]:
+    """Build every hub shard of `case` whose stored shards have arrived and that is not built yet.
+
+    Returns (shards written now, whether every hub shard is built or known empty). `on_progress` is called after
+    each shard (the hub renews its lease there)."""
+    hub_levels: dict[str, int] = manifest.get("hub_levels") or {}
+    hub_planned: list[str] = manifest.get("hub_planned") or []
+    if not hub_levels:
+        return 0, True
+    if not manifest.get("plan_final"):
+        return 0, False
+    record = case.read_json(PYRAMID) or {}
+    if record.get("started_at") != manifest.get("started_at"):
+        record = {}  # a rescan under the same case ID: its shards are new
+    built, empty = set(record.get("built", [])), set(record.get("empty", []))
+    planned, arrived = set(manifest.get("planned", [])), set(manifest.get("arrived", []))
+    image = case.child(IMAGE)
+    group = (image.read_json("zarr.json") or {}).get("attributes", {}).get("slidestream", {})
+    chunk, n = int(group["chunk"]), int(group["shard_chunks"])
+    levels: dict[int, tuple[LevelPlan, tuple[int, int], ConvertOptions, int]] = {}
+    written, recorded = 0, time.monotonic()
+
+    def save(done: bool) -> None:
+        case.write_json(PYRAMID, {"format": PYRAMID_FORMAT, "started_at": manifest.get("started_at"), "complete": done,
+                                  "built": sorted(built), "empty": sorted(empty)})
+
+    for key in hub_planned:
+        if key in built or key in empty:
+            continue
+        index, row, col = _shard(key)
+        source = int(hub_levels[str(index)])
+        step = 2 ** (index - source)  # each level halves the one above
+        sources = [f"{source}/c/0/{r}/{c}" for r in range(row * step, (row + 1) * step) for c in range(col * step, (col + 1) * step)]
+        if any(k in planned and k not in arrived for k in sources):
+            continue  # still travelling
+        if index not in levels:
+            levels[index] = _level(image, index, source, step)
+        level, (width, height), options, fill = levels[index]
+        chunks: dict[tuple[int, int], bytes] = {}
+        for source_key in sources:
+            if source_key in arrived:
+                _, source_row, source_col = _shard(source_key)
+                chunks.update(_stored_chunks(image, source_key, source_row, source_col, n))
+        stored = StoredLevel(source, width, height, chunk, chunks, image.url)
+        data = downsample_shard(level, row, col, chunk, n, stored, fill, options)
+        if data is None:
+            empty.add(key)
+        else:
+            image.write_verified(key, data)
+            built.add(key)
+            written += 1
+        if on_progress is not None:
+            on_progress()
+        if time.monotonic() - recorded > RECORD_EVERY:
+            save(False)
+            recorded = time.monotonic()
+    done = all(key in built or key in empty for key in hub_planned)
+    if written or done != bool(record.get("complete")) or len(empty) != len(record.get("empty", [])):
+        save(done)
+    return written, done
+
+
+def _level(image: Location, index: int, source: int, step: int) -> tuple[LevelPlan, tuple[int, int], ConvertOptions, int]:
+    """The hub level as tiling plans it, (width, height) of its stored level, its encoding and fill, from the
+    arrays' metadata (what the writer put there)."""
+    metadata = image.read_json(f"{index}/zarr.json") or {}
+    stored = (image.read_json(f"{source}/zarr.json") or {})["shape"]
+    height, width = int(metadata["shape"][1]), int(metadata["shape"][2])
+    codec = next(c for c in metadata["codecs"][0]["configuration"]["codecs"] if c["name"] == CODEC_NAME)
+    level = LevelPlan(index, width, height, float(2**index), source, float(step), False, False, source, True)
+    return level, (int(stored[2]), int(stored[1])), ConvertOptions(quality=int(codec["configuration"]["level"])), int(metadata["fill_value"])
+
+
+def _stored_chunks(image: Location, key: str, row: int, col: int, n: int) -> dict[tuple[int, int], bytes]:
+    """The chunks of one stored shard by their (row, column) in the level, as self-contained JPEG bytes."""
+    data = image.read_bytes(key)
+    if data is None:
+        raise LookupError(f"{image.url}/{key}: listed as arrived but not on the store")
+    table = read_shard_index(data[-shard_index_size(n):], n)
+    chunks = {}
+    for i in range(n):
+        for j in range(n):
+            offset, nbytes = (int(v) for v in table[i, j])
+            if offset != EMPTY:
+                chunks[(row * n + i, col * n + j)] = data[offset : offset + nbytes]
+    return chunks
+
+
+def _shard(key: str) -> tuple[int, int, int]:
+    """(level, row, column) of a shard key "L/c/0/R/C"."""
+    parts = key.split("/")
+    return int(parts[0]), int(parts[3]), int(parts[4])
