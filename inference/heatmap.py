@@ -17,14 +17,11 @@ from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
-from transfer.target import ANALYZE, EDGE, HEATMAP, TRIAGE
+from transfer.target import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5
 FORMAT = "slidestream-triage/1"
-# beside the NGFF level in heatmap.zarr: float32 (4, rows, cols) score, focus, pen, measured (1/0), the exact
-# per-tile results a restarted hub continues from (level 0 holds scores rounded to 1/255 and no QC)
-TILE_STATE = "tile_state"
 
 
 @dataclass

@@ -171,9 +171,9 @@ def bucket_objects(s3_server, bucket: str) -> list[tuple[str, bytes]]:  # type: 
 
 def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int = 200) -> list[tuple[str, bytes]]:  # type: ignore[no-untyped-def]
     """Everything the viewer serves for every case under s3://bucket/prefix, as the pages ask for it: the pages, the
-    worklist, each case (its slides, reports and requests), each slide version's image description and status, its
-    image tiles (every tile of a level with at most `tiles_per_level`, else an even spread) and, with a heatmap, its
-    overlay tiles on the same grid."""
+    worklist, each case (its slides, reports, requests and annotations), each slide version's image description,
+    status and thumbnail, its image tiles (every tile of a level with at most `tiles_per_level`, else an even
+    spread) and, with a heatmap, its overlay tiles on the same grid."""
     served: list[tuple[str, bytes]] = []
     storage = S3Storage(bucket, prefix, s3_server.endpoint_url)
     with serving(storage) as viewer:
@@ -194,11 +194,13 @@ def viewer_responses(s3_server, bucket: str, prefix: str, tiles_per_level: int =
             info = get(f"/api/cases/{case}", token).json()
             get(f"/api/cases/{case}/reports", worklist)
             get(f"/api/cases/{case}/requests", worklist)
+            get(f"/api/cases/{case}/annotations", token)
             assert info["slides"], f"{case}: the viewer lists its slides"
             for entry in info["slides"]:
                 base = f"/api/cases/{case}/slides/{entry['slide']}/{entry['version']}"
                 status = get(f"{base}/status", token).json()
                 image = get(f"{base}/image", token).json()
+                get(f"{base}/thumbnail", token, (200, 404))
                 found = 0
                 for level, size in enumerate(image["levels"]):
                     rows, cols = math.ceil(size["height"] / image["tile_size"]), math.ceil(size["width"] / image["tile_size"])

@@ -38,7 +38,7 @@ from PIL import Image
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
 from tiling.pyramid import assemble_shard
-from transfer.target import SlideRef
+from transfer.target import CaseRecord, SlideRef
 from viewer.people import PATHOLOGIST, add_person
 from viewer import (
     WORKLIST,
@@ -55,6 +55,8 @@ from viewer import (
     create_app,
     load_secret,
 )
+from viewer import audit
+from viewer.heatmap import LUT
 
 from conftest import S3Server, sample
 
@@ -127,17 +129,18 @@ class Bucket:
 
     def send(
         self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None, slide: str = SLIDE,
-        started: datetime | None = None,
+        started: datetime | None = None, at: str = V1,
     ) -> tuple[Piece, ...]:
-        """Upload the metadata and the shards `arrived` selects, with a manifest saying so."""
+        """Upload the metadata and the shards `arrived` selects, with a manifest saying so, as the slide version `at`
+        (slides/SLIDE/VERSION) of the case."""
         _, pieces = pyramid(slide)
         for piece in pieces:
             if piece.kind != PieceKind.SHARD or arrived(piece):
-                self.put(f"{case}/slides/s1/v1/image.zarr/{piece.key}", piece.data)
+                self.put(f"{case}/{at}/image.zarr/{piece.key}", piece.data)
         received = {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}
-        self.put(f"{case}/slides/s1/v1/manifest.json", manifest(case, pieces, received, started=started))
+        self.put(f"{case}/{at}/manifest.json", manifest(case, pieces, received, started=started))
         if triage is not None:
-            self.put(f"{case}/slides/s1/v1/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
+            self.put(f"{case}/{at}/triage.json", json.dumps({"score": triage, "summary": {}}).encode())
         return pieces
 
 
@@ -249,6 +252,39 @@ def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
     # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
     edge = sent.get("/api/cases/complete/slides/s1/v1/tiles/0/12/9", token)
     assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
+
+
+def test_a_slide_thumbnail_is_its_coarsest_level_made_small(sent: Served) -> None:
+    token = sent.token("complete")
+    image = sent.get("/api/cases/complete/slides/s1/v1/image", token).json()
+    coarsest = len(image["levels"]) - 1
+    width, height = image["levels"][coarsest]["width"], image["levels"][coarsest]["height"]
+    tile = image["tile_size"]
+    level = Image.new("RGB", (width, height))
+    for row in range(-(-height // tile)):
+        for col in range(-(-width // tile)):
+            level.paste(Image.open(io.BytesIO(sent.get(f"/api/cases/complete/slides/s1/v1/tiles/{coarsest}/{row}/{col}", token).content)), (col * tile, row * tile))
+    response = sent.get("/api/cases/complete/slides/s1/v1/thumbnail", token)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(response.content))
+    assert max(thumbnail.size) == 192 and abs(thumbnail.size[0] / thumbnail.size[1] - width / height) < 0.01
+    expected = np.asarray(level.resize(thumbnail.size, Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(np.asarray(thumbnail, np.int16) - expected).mean() < 6  # the same picture, up to JPEG and resampling
+    again = sent.get("/api/cases/complete/slides/s1/v1/thumbnail", token, headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    assert sent.get("/api/cases/complete/slides/s1/v1/thumbnail", sent.token("other")).status_code == 403
+
+
+def test_the_slide_list_a_page_polls_is_the_cases_and_not_an_opening(sent: Served, bucket: Bucket) -> None:
+    token = sent.token("complete")
+    opened = sent.get("/api/cases/complete", token).json()
+    events = asyncio.run(audit.read(bucket.storage(), "complete"))
+    polled = sent.get("/api/cases/complete/slides", token)
+    assert polled.status_code == 200 and polled.json()["slides"] == opened["slides"] == [
+        {"slide": "s1", "version": "v1", "state": "complete", "failed": None}
+    ]
+    assert asyncio.run(audit.read(bucket.storage(), "complete")) == events  # the opening was recorded once
+    assert sent.get("/api/cases/complete/slides", sent.token("other")).status_code == 403
 
 
 def test_several_viewers_of_one_case_at_once_get_every_byte_right(sent: Served) -> None:
@@ -428,20 +464,31 @@ def test_a_rescan_of_the_case_replaces_what_the_viewer_serves(s3_server: S3Serve
 
 
 # -- worklist, heatmap (the report: test_reports.py) -----------------------------------------------------------
-def test_the_worklist_puts_the_most_suspicious_case_first(s3_server: S3Server) -> None:
+def test_the_worklist_puts_the_most_suspicious_of_equally_urgent_cases_first_and_signed_ones_last(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
+    registered = datetime.now(UTC).isoformat()  # registered together: the same time left, so the score decides
+    context = (("specimen_site", "left breast"), ("specimen_type", "frozen section"), ("hospital", "St Elsewhere"))
     for case, score in [("low", 0.1), ("high", 0.93), ("mid", 0.5)]:
+        bucket.put(f"{case}/case.json", CaseRecord(case, registered, "theatre-1", context).to_json())
         bucket.send(case, triage=score)
+    bucket.put("unscored/case.json", CaseRecord("unscored", registered, "theatre-2").to_json())
     bucket.send("unscored", arrived=lambda piece: piece.level != 0)
     with serving(bucket.storage()) as served:
         pathologist = served.person(bucket.storage())
         worklist = served.get("/api/worklist", pathologist).json()
         assert [entry["case"] for entry in worklist["cases"]] == ["high", "mid", "low", "unscored"]
+        high = worklist["cases"][0]
+        assert (high["hospital"], high["specimen"], len(high["slides"]), high["state"]) == ("St Elsewhere", "frozen section · left breast", 1, "complete")
+        assert worklist["cases"][-1]["hospital"] == "theatre-2"  # no hospital in the context: the station that registered it
         unscored = worklist["cases"][-1]
         assert unscored["triage"] is None and unscored["arrived"] < unscored["planned"] and unscored["started_at"]
         # each row links to its case; the page carries the pathologist's own token along, which opens every case
         assert worklist["cases"][0]["link"] == "/view/high" and "token" not in json.dumps(worklist)
         assert served.get("/api/cases/mid/slides/s1/v1/image", pathologist).status_code == 200
+        # a signed case is done: it goes last
+        form = {"category": "benign", "diagnosis": "No tumour.", "amends": None}
+        assert served.post("/api/cases/high/reports", pathologist, json=form).status_code == 200
+        wait_for(lambda: served.get("/api/worklist", pathologist).json()["cases"][-1]["case"] == "high", "the signed case last")
         # a case link never opens the worklist
         refused = served.get("/api/worklist", served.token("high"))
         assert refused.status_code == 403 and "sign in as a pathologist" in refused.json()["detail"]
@@ -459,9 +506,9 @@ def test_heatmap_tiles_colour_the_probability_on_the_slide_grid(sent: Served, bu
     assert top.status_code == 200 and top.headers["content-type"] == "image/png" and "immutable" in top.headers["cache-control"]
     pixels = np.asarray(Image.open(io.BytesIO(top.content)))
     assert pixels.shape == (240, 240, 4)
-    assert tuple(pixels[10, 10]) == (215, 25, 28, 235)  # probability 1: opaque red
+    assert tuple(pixels[10, 10]) == (253, 231, 37, 255)  # probability 1: viridis' yellow
     bottom = np.asarray(Image.open(io.BytesIO(sent.get("/api/cases/complete/slides/s1/v1/heatmap/2/2/0.png", token).content)))
-    assert bottom[100, 10, 3] == 0  # probability 0: transparent
+    assert bottom[100, 10, 3] == 0  # 0 in a uint8 map: background or not scored yet, transparent
     assert bottom[239, 239, 3] == 0  # beyond the slide's 742 rows at this level: transparent
     assert sent.get("/api/cases/complete/slides/s1/v1/heatmap/2/0/0.png?v=stale", token).headers["cache-control"] == "no-store"
 
@@ -478,7 +525,7 @@ def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
         (tmp_path / "f" / V1 / "heatmap.zarr" / key).write_bytes(data)
     with serving(LocalStorage(tmp_path)) as served:
         tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/f/slides/s1/v1/heatmap/2/0/0.png", served.token("f")).content)))
-    assert tile[5, 5, 3] > 150 and tile[5, 5, 0] > 200  # 0.75: orange, fairly opaque
+    assert tuple(tile[5, 5]) == tuple(LUT[round(0.75 * 255)])  # 0.75: viridis' green
     assert tile[100, 100, 3] == 0  # NaN: not analysed, nothing drawn
 
 

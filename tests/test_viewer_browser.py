@@ -1,7 +1,7 @@
 """The viewer in a real browser (Debian's chromium through Playwright) against the real S3 server.
 
 What a pathologist would check: the slide shows up (pixels, not a blank canvas), zooming loads sharper tiles, the
-heatmap overlay toggles, the worklist is ordered by score with a running clock, links without a valid token show
+heatmap overlay toggles, the worklist is ordered by time left with a running clock, links without a valid token show
 nothing, and a slide still being sent sharpens on screen as its full-resolution shards arrive.
 Screenshots land in test-output/ (git-ignored) for a human to look at.
 """
@@ -21,10 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiling import PieceKind
+from slides import open_slide
+from transfer.target import CaseRecord
+from viewer.heatmap import LUT
+from viewer.people import STATION
 
-from conftest import REPO, S3Server
-from test_viewer import Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
+from conftest import REPO, S3Server, sample
+from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
+from test_viewer_tools import CELL, inference_heatmap
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -175,28 +179,46 @@ def _redness(pixels: np.ndarray) -> float:
     return float((pixels[..., 0] - (pixels[..., 1] + pixels[..., 2]) / 2).mean())
 
 
-def test_the_worklist_orders_cases_by_score_with_a_frozen_section_clock(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """Three cases registered 2, 24 and 35 minutes ago, scored so that the score alone would order them otherwise;
+    a fourth arrives while the page is open."""
     bucket = Bucket(s3_server)
-    _, pieces = pyramid()
     now = datetime.now(UTC)
-    for case, score, minutes in [("fresh", 0.3, 2), ("amber", 0.95, 24), ("late", 0.6, 35)]:
-        bucket.send(case, triage=score)
-        sent = json.loads(manifest(case, pieces, {p.key for p in pieces if p.kind == PieceKind.SHARD}))
-        sent["started_at"] = (now - timedelta(minutes=minutes)).isoformat(timespec="seconds")
-        bucket.put(f"{case}/slides/s1/v1/manifest.json", json.dumps(sent).encode())
+
+    def register(case: str, minutes: float, score: float, stage: str, complete: bool, hospital: str) -> None:
+        context = (("specimen_site", "sentinel node"), ("specimen_type", "frozen section"), ("hospital", hospital))
+        bucket.put(f"{case}/case.json", CaseRecord(case, (now - timedelta(minutes=minutes)).isoformat(), "theatre-1", context).to_json())
+        bucket.send(case)
+        triage = {"score": score, "summary": {}, "stage": stage, "complete": complete}
+        bucket.put(f"{case}/slides/s1/v1/triage.json", json.dumps(triage).encode())
+
+    register("fresh", 2, 0.95, "edge", False, "Hospital A")
+    register("amber", 24, 0.3, "hub", False, "Hospital B")
+    register("late", 35, 0.6, "hub", True, "Hospital C")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
         rows = page.locator("#cases tbody tr")
         wait_for(page, lambda: rows.count() == 3, "the worklist rows")
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist.png"))
-        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["amber", "late", "fresh"]
-        clocks = {rows.nth(i).get_attribute("data-case"): rows.nth(i).locator("td.clock") for i in range(3)}
+        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["late", "amber", "fresh"]  # least time left first
+        row = {rows.nth(i).get_attribute("data-case"): rows.nth(i) for i in range(3)}
+        texts = {case: [row[case].locator(f"td.{name}").text_content() for name in ("hospital", "specimen", "slide-count", "ai-stage", "arrived", "report")] for case in row}
+        assert texts["late"] == ["Hospital C", "frozen section · sentinel node", "1", "final", "all arrived ✓", "not signed"]
+        assert texts["amber"][3] == "hub (partial)" and texts["fresh"][3] == "edge (coarse)"
+        clocks = {case: row[case].locator("td.clock") for case in row}
         assert clocks["amber"].get_attribute("class") == "clock amber" and clocks["amber"].text_content().startswith("24:")
         assert clocks["late"].get_attribute("class") == "clock red"
         assert clocks["fresh"].get_attribute("class") == "clock ok"
+        # a case registered 10 minutes ago arrives: it appears between amber and fresh, without a reload
+        register("new", 10, 0.1, "edge", False, "Hospital D")
+        wait_for(page, lambda: rows.count() == 4, "the new case on the list")
+        assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["late", "amber", "new", "fresh"]
+        assert len(navigations) == 1
         # the row links open the case, signed in as the same pathologist
         rows.first.locator("a").click()
-        wait_for(page, lambda: page.locator("#case").text_content() == "amber", "the case page from the worklist")
+        wait_for(page, lambda: page.locator("#case").text_content() == "late", "the case page from the worklist")
         wait_for(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the signed-in name")
 
 
@@ -242,3 +264,367 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
         wait_for(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
         assert page.locator("#progress .label").text_content() == "all arrived"
     assert len(navigations) == 1  # no reload: the page sharpened by itself
+
+
+# -- the AI overlay, top regions, measuring, keys -----------------------------------------------------------------
+# A partial hub map written by inference's own writer on a 22 x 30 grid (cells of 101 level-0 pixels): a block
+# scored 0.1 beside a block scored 0.9 (the one top region), tissue above them not scored yet, glass on the left.
+LOW, HIGH = (slice(19, 27), slice(8, 12)), (slice(19, 27), slice(12, 16))
+PENDING, GLASS = (slice(3, 9), slice(10, 15)), (slice(14, 23), slice(0, 5))
+
+
+@pytest.fixture(scope="module")
+def scored_bucket(s3_server: S3Server) -> Bucket:
+    return Bucket(s3_server)
+
+
+@pytest.fixture(scope="module")
+def scored(scored_bucket: Bucket) -> Iterator[tuple[Served, dict]]:
+    bucket = scored_bucket
+    bucket.send("scored")
+    bucket.send("nompp", slide="kidney-ihc-strip.tif")  # no resolution recorded
+    scores = np.full((30, 22), np.nan, np.float32)
+    scores[LOW], scores[HIGH] = 0.1, 0.9
+    objects, triage = inference_heatmap(scores, complete=False)
+    for key, data in objects.items():
+        bucket.put(f"scored/slides/s1/v1/heatmap.zarr/{key}", data)
+    bucket.put("scored/slides/s1/v1/triage.json", json.dumps(triage).encode())
+    with serving(bucket.storage()) as served:
+        yield served, triage
+
+
+def open_case(page, served: Served, case: str, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Open the case (with its case link unless `token` names someone) and wait for the slide in its place."""
+    page.goto(f"{served.url}/view/{case}#token={token or served.token(case)}")
+    wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
+
+
+def settle(page) -> dict:  # type: ignore[no-untyped-def]
+    """The view's bounds in level-0 image pixels once it has stopped moving."""
+    page.wait_for_timeout(100)
+    wait_for(page, lambda: page.evaluate("window.slideView.settled()"), "the view to settle")
+    return page.evaluate("window.slideView.imageBounds()")
+
+
+def on_screen(page, x: float, y: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Where level-0 image pixel (x, y) is on the page, by the viewer's own conversion."""
+    point = page.evaluate(f"window.slideView.imageToPage({x}, {y})")
+    return point["x"], point["y"]
+
+
+def patch(page, pixels: np.ndarray, cells: tuple[slice, slice]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The screenshot pixels over a block of heatmap cells, a few pixels clear of its edges."""
+    box = page.locator("#slide").bounding_box()
+    x0, y0 = on_screen(page, cells[1].start * CELL, cells[0].start * CELL)
+    x1, y1 = on_screen(page, cells[1].stop * CELL, cells[0].stop * CELL)
+    return pixels[int(y0 - box["y"]) + 3 : int(y1 - box["y"]) - 3, int(x0 - box["x"]) + 3 : int(x1 - box["x"]) - 3]
+
+
+def test_the_overlay_shows_scores_apart_keeps_glass_clear_and_hatches_tissue_still_being_scored(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    tiles = Tiles(page)
+    open_case(page, served, "scored")
+    wait_for(page, page.locator("#overlay").is_visible, "the overlay controls")
+    assert page.locator("#ai-stage").text_content() == "Hub · still scoring · 64 of 660 tissue tiles scored"
+    page.wait_for_load_state("networkidle")
+    plain = screenshot(page, "overlay-off.png")
+    page.locator("#heat-opacity").fill("100")
+    page.locator("#heat-on").check()
+    wait_for(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)  # OpenSeadragon blends new tiles in
+    shown = screenshot(page, "overlay-on.png")
+
+    low, high = (patch(page, shown, cells).reshape(-1, 3).mean(axis=0) for cells in (LOW, HIGH))
+    assert np.abs(low - LUT[round(0.1 * 255), :3]).max() < 10 and np.abs(high - LUT[round(0.9 * 255), :3]).max() < 10
+    assert np.linalg.norm(high - low) > 150  # 0.9 (yellow-green) and 0.1 (dark violet) cannot be confused
+    glass = np.abs(patch(page, shown, GLASS) - patch(page, plain, GLASS))
+    assert glass.size and glass.max() <= 2  # no score there: the slide exactly as without the overlay
+    changed = (np.abs(patch(page, shown, PENDING) - patch(page, plain, PENDING)).max(axis=2) > 40).mean()
+    assert 0.2 < changed < 0.8  # hatched: stripes over the tissue, neither clear nor a colour of the scale
+
+
+def test_next_top_region_and_the_keys_move_the_view(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, triage = scored
+    (region,) = triage["summary"]["top_regions"]
+    assert region == {"x": 12 * CELL, "y": 19 * CELL, "width": 4 * CELL, "height": 8 * CELL, "score": pytest.approx(0.9)}
+    open_case(page, served, "scored")
+    wait_for(page, lambda: page.locator("#regions button").count() == 1, "the top regions list")
+    assert page.locator("#regions button").text_content().startswith("0.90 · ")
+    home = settle(page)
+
+    def shows_region(bounds: dict) -> bool:
+        inside = bounds["x"] <= region["x"] and bounds["y"] <= region["y"] and region["x"] + region["width"] <= bounds["x"] + bounds["width"] \
+            and region["y"] + region["height"] <= bounds["y"] + bounds["height"]  # fmt: skip
+        centre = (bounds["x"] + bounds["width"] / 2 - region["x"] - region["width"] / 2, bounds["y"] + bounds["height"] / 2 - region["y"] - region["height"] / 2)
+        return inside and max(map(abs, centre)) < 0.02 * bounds["width"] and bounds["height"] < 2 * region["height"]
+
+    assert not shows_region(home)
+    page.keyboard.press("n")
+    at_region = settle(page)
+    assert shows_region(at_region) and page.locator("#regions button").get_attribute("aria-current") == "true"
+
+    page.keyboard.press("-")
+    zoomed_out = settle(page)
+    assert zoomed_out["width"] == pytest.approx(1.5 * at_region["width"], rel=0.01)
+    page.keyboard.press("ArrowRight")
+    panned = settle(page)
+    assert panned["x"] == pytest.approx(zoomed_out["x"] + 0.2 * zoomed_out["width"], rel=0.01)
+    page.keyboard.press("+")
+    assert settle(page)["width"] == pytest.approx(panned["width"] / 1.5, rel=0.01)
+    page.keyboard.press("]")  # one slide in the case: nothing happens
+    assert not shows_region(settle(page))
+    page.locator("#regions button").click()  # the list jumps there too
+    assert shows_region(settle(page))
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:  # type: ignore[no-untyped-def]
+    """Press, move and release the mouse between two level-0 image points, as a hand would."""
+    page.mouse.move(*on_screen(page, *start))
+    page.mouse.down()
+    page.mouse.move(*on_screen(page, *end), steps=8)
+    page.mouse.up()
+
+
+def test_a_ruler_and_an_area_measure_in_micrometres_and_stay_on_the_tissue(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    with open_slide(sample(SLIDE)) as slide:
+        mpp = slide.mpp[0]  # what the scanner recorded: 0.499 µm per pixel
+    open_case(page, served, "scored")
+    page.locator("#heat-on").check()
+    result = page.locator("#measure-result")
+
+    page.locator("#tool-ruler").click()
+    assert page.locator("#tool-ruler").get_attribute("aria-pressed") == "true"
+    start, end = (400, 1500), (1600, 2400)  # 1500 px apart
+    drag(page, start, end)
+    length = re.fullmatch(r"Length ([\d.]+) µm", result.text_content())
+    assert length and float(length.group(1)) == pytest.approx(1500 * mpp, rel=0.01)
+
+    # the ruler is drawn in image coordinates: after panning and zooming its ends are still on the same tissue
+    for key in ["ArrowLeft", "+"]:
+        page.keyboard.press(key)
+    settle(page)
+    line = page.locator("#marks line")
+    box = page.locator("#slide").bounding_box()
+    for (x, y), ends in [(start, ("x1", "y1")), (end, ("x2", "y2"))]:
+        on_page = on_screen(page, x, y)
+        drawn = [float(line.get_attribute(name)) + offset for name, offset in zip(ends, (box["x"], box["y"]))]
+        assert drawn == pytest.approx(on_page, abs=1)
+    page.keyboard.press("-")
+    page.keyboard.press("ArrowRight")
+    settle(page)
+
+    page.locator("#tool-area").click()
+    drag(page, (300, 300), (1300, 800))  # 1000 x 500 px
+    area = re.fullmatch(r"Area ([\d.]+) mm² \(([\d.]+) µm × ([\d.]+) µm\)", result.text_content())
+    assert area and float(area.group(1)) == pytest.approx(1000 * 500 * mpp**2 / 1e6, rel=0.01)
+    assert (float(area.group(2)), float(area.group(3))) == pytest.approx((1000 * mpp, 500 * mpp), rel=0.01)
+
+    # at the top region, a ruler across it reads its width (the picture in the README is this view)
+    page.keyboard.press("n")
+    page.locator("#tool-ruler").click()
+    settle(page)
+    (region,) = scored[1]["summary"]["top_regions"]
+    middle = region["y"] + region["height"] * 0.6
+    drag(page, (region["x"], middle), (region["x"] + region["width"], middle))
+    length = re.fullmatch(r"Length ([\d.]+) µm", result.text_content())
+    assert length and float(length.group(1)) == pytest.approx(region["width"] * mpp, rel=0.01)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SHOTS / "viewer-tools.png"))
+
+
+def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "nompp")
+    result = page.locator("#measure-result")
+    assert result.text_content() == "This slide records no resolution: lengths in pixels only."
+    assert page.locator("#scalebar").is_hidden()
+    page.keyboard.press("m")  # the ruler, from the keyboard
+    drag(page, (50, 100), (250, 100))
+    assert re.fullmatch(r"Length (\d+) px \(µm unavailable: the slide records no resolution\)", result.text_content())
+    assert int(result.text_content().split()[1]) == pytest.approx(200, abs=2)
+    assert "µm" not in page.locator("#marks text").text_content()
+
+
+def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(page, scored, scored_bucket) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "scored", served.person(scored_bucket.storage(), "Dr Draws"))
+    page.locator("#note").fill("another section from here")
+    page.locator("#tool-polygon").click()
+    corners = [(800, 2050), (1150, 2000), (1100, 2450)]
+    for corner in corners:
+        page.mouse.click(*on_screen(page, *corner))
+        page.wait_for_timeout(300)  # separate clicks, not a double click
+    page.keyboard.press("Enter")
+    wait_for(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
+    assert page.locator("#annotations li").text_content() == "polygon (3 points): another section from here · Dr Draws"
+    page.locator("#note").fill("")
+    page.locator("#tool-point").click()
+    page.mouse.click(*on_screen(page, 1000, 1000))
+    wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the point in the list")
+    saved = page.evaluate("window.slideView.annotations()")
+    assert [a["kind"] for a in saved] == ["polygon", "point"] and saved[0]["text"] == "another section from here"
+    assert np.abs(np.array(saved[0]["points"]) - corners).max() < 4  # level-0 pixels: 1 screen pixel is ~4 here
+    assert np.abs(np.array(saved[1]["points"]) - [(1000, 1000)]).max() < 4
+    # drawn in image coordinates: after zooming in the polygon's corners are still where they were clicked
+    page.keyboard.press("Escape")
+    page.keyboard.press("+")
+    settle(page)
+    box = page.locator("#slide").bounding_box()
+    drawn = [tuple(map(float, xy.split(","))) for xy in page.locator("#marks polygon").get_attribute("points").split()]
+    expected = [on_screen(page, *corner) for corner in corners]
+    assert np.abs(np.array(drawn) + [box["x"], box["y"]] - expected).max() < 1.5
+    assert page.locator("#marks text").first.text_content() == "another section from here"
+
+    # the picture in the README: overlay, the top region, a ruler across it, the annotation
+    page.locator("#heat-on").check()
+    page.keyboard.press("n")
+    settle(page)
+    (region,) = scored[1]["summary"]["top_regions"]
+    page.locator("#tool-ruler").click()
+    middle = region["y"] + region["height"] * 0.3
+    drag(page, (region["x"], middle), (region["x"] + region["width"], middle))
+    page.keyboard.press("Escape")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "viewer-case.png"))
+
+
+def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_survives_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.put("marked/case.json", CaseRecord("marked", datetime.now(UTC).isoformat(), "theatre-9").to_json())
+    bucket.send("marked")
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "marked", served.person(bucket.storage(), "Dr Marks"))
+        page.locator("#note").fill("deeper level here")
+        page.locator("#tool-point").click()
+        page.mouse.click(*on_screen(page, 1200, 900))
+        wait_for(page, lambda: page.locator("#annotate-result").text_content() == "point saved: “deeper level here”", "the point saved")
+        listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/marked/annotations/")
+        (key,) = [item["Key"].removeprefix(f"{bucket.prefix}/") for item in listed["Contents"]]
+        saved = json.loads(bucket.get(key))
+        assert (saved["kind"], saved["text"], saved["slide"], saved["version"], saved["author"]["name"]) == ("point", "deeper level here", "s1", "v1", "Dr Marks")
+        assert np.abs(np.array(saved["points"]) - [(1200, 900)]).max() < 4
+
+        # the hospital's station opens the case: the point is listed and drawn where it was put, also after a reload
+        page.goto("about:blank")  # a new page load: only the #token differs, which alone would not reload
+        open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION))
+        assert page.locator("#who").text_content() == "theatre-9 (station)"
+        for opened in ("opened", "reloaded"):
+            wait_for(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")
+            assert page.locator("#annotations li").text_content() == "point: deeper level here · Dr Marks"
+            settle(page)
+            circle = page.locator("#marks circle.note")
+            box = page.locator("#slide").bounding_box()
+            drawn = (float(circle.get_attribute("cx")) + box["x"], float(circle.get_attribute("cy")) + box["y"])
+            assert np.abs(np.array(drawn) - on_screen(page, *saved["points"][0])).max() < 1.5
+            assert page.locator("#tool-point").is_disabled() and "View only" in page.locator("#annotate-note").text_content()
+            if opened == "opened":
+                page.reload()
+                wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
+
+
+def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """Three slides: two of the same shape (the view keeps its place on the slide between them) and one that failed."""
+    bucket = Bucket(s3_server)
+    bucket.send("two")
+    bucket.send("two", at="slides/s2/v1")
+    failed = {"format": "slidestream-manifest/2", "case": "two", "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
+    bucket.put("two/slides/s3/v1/manifest.json", json.dumps(failed).encode())
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "two")
+        strip = page.locator("#slides li")
+        assert strip.count() == 3
+        assert strip.nth(2).text_content() == "s3 (v1) failed: unreadable slide: truncated TIFF"
+        pictures = page.locator("#slides img")
+        wait_for(page, lambda: all(pictures.nth(i).evaluate("(img) => img.naturalHeight") == 192 for i in (0, 1)), "both thumbnails")
+        assert strip.nth(0).locator("button").get_attribute("aria-current") == "true"
+
+        for key in ("+", "+", "+", "+", "ArrowRight", "ArrowDown"):
+            page.keyboard.press(key)
+        before = settle(page)
+        assert before["width"] < 2220 / 2  # zoomed in: there is a place to keep
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide")
+        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        after = settle(page)
+        for key in ("x", "y", "width", "height"):  # the same slide size: the same place, within a pixel or two
+            assert after[key] == pytest.approx(before[key], abs=2), key
+        assert strip.nth(1).locator("button").get_attribute("aria-current") == "true" and "slide=s2" in page.url
+
+        page.keyboard.press("]")  # the failed slide says so, and the keys still work
+        wait_for(page, lambda: page.locator("#message").text_content() == "case two: send failed: unreadable slide: truncated TIFF", "the failure")
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s1" and page.locator("#message").is_hidden(), "back to the first")
+        strip.nth(1).locator("button").click()
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide, clicked")
+        page.reload()
+        wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after a reload")
+        assert page.evaluate("window.slideView.shown()") == "s2"  # the address kept it
+
+
+def test_a_slide_sent_later_joins_the_strip_without_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.send("later")
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "later")
+        assert page.locator("#slides li").count() == 1
+        page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
+        bucket.send("later", at="slides/s2/v1")  # the hospital sends a second block
+        wait_for(page, lambda: page.locator("#slides li").count() == 2, "the second slide in the strip")
+        assert page.locator("#slides li").nth(1).text_content() == "s2 (v1) complete"
+        page.keyboard.press("]")
+        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide on screen")
+        assert page.evaluate("window.sameDocument") is True
+
+
+def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    bucket.send("pair")
+    bucket.send("pair", at="slides/s2/v1")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    with serving(bucket.storage()) as served:
+        open_case(page, served, "pair")
+        page.locator("#compare-with").select_option("s2/v1")
+        wait_for(page, lambda: page.evaluate("Boolean(window.slideView.compareBounds())"), "the second slide beside the first")
+        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        # the first leads (keys): the second shows the same part of its slide (here the same size: the same pixels)
+        page.evaluate("document.activeElement.blur()")  # the keys are the select's while it has the focus
+        for key in ("+", "+", "+", "+", "ArrowLeft", "ArrowUp"):
+            page.keyboard.press(key)
+        ours = settle(page)
+        theirs = page.evaluate("window.slideView.compareBounds()")
+        assert ours["width"] < 2220 / 2
+        for key in ("x", "y", "width", "height"):
+            assert theirs[key] == pytest.approx(ours[key], abs=2), key
+        # the second leads (a drag on it): the first follows
+        box = page.locator("#compare").bounding_box()
+        middle = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.move(*middle)
+        page.mouse.down()
+        page.mouse.move(middle[0] - 150, middle[1] - 100, steps=10)
+        page.mouse.up()
+        page.wait_for_timeout(100)
+        wait_for(page, lambda: page.evaluate("window.slideView.settled()"), "the first view to settle")
+        moved = page.evaluate("window.slideView.compareBounds()")
+        assert moved["x"] > theirs["x"] + 100  # dragged: the second moved right and down on its slide
+        ours = page.evaluate("window.slideView.imageBounds()")
+        for key in ("x", "y", "width", "height"):
+            assert ours[key] == pytest.approx(moved[key], abs=2), key
+        page.screenshot(path=str(SHOTS / "viewer-side-by-side.png"))
+        page.locator("#compare-with").select_option("")
+        assert page.locator("#compare").is_hidden()
+
+
+def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
+    served, _ = scored
+    open_case(page, served, "scored")
+    wait_for(page, page.locator("#regions-box").is_visible, "the top regions")
+    unnamed = page.evaluate("""[...document.querySelectorAll("aside button, aside input, aside textarea")]
+        .filter((el) => !(el.getAttribute("aria-label") || (el.labels && el.labels.length) || el.textContent.trim()))
+        .map((el) => el.outerHTML)""")
+    assert unnamed == []

@@ -53,6 +53,10 @@ AUDIT = "_audit"
 IMAGE = "image.zarr"
 MANIFEST = "manifest.json"
 HEATMAP = "heatmap.zarr"
+# beside the NGFF level in heatmap.zarr: float32 (4, rows, cols) score, focus, pen, measured (1/0), the exact
+# per-tile results a restarted hub continues from (level 0 holds scores rounded to 1/255 and no QC)
+TILE_STATE = "tile_state"
+TISSUE_LABEL = "labels/tissue"  # inside image.zarr: the NGFF label image of the tissue mask (1 = tissue)
 TRIAGE = "triage.json"
 REPORT = "report.json"
 LEASE = "hub.lease"
@@ -171,6 +175,11 @@ def stamp(iso_time: str) -> str:
 def report_key(case: str, number: int) -> str:
     """{case}/reports/0001.json: the signed report is 1, each amendment the next (created, never replaced)."""
     return f"{case}/{REPORTS}/{number:04d}.json"
+
+
+def annotation_key(case: str, annotation: str) -> str:
+    """{case}/annotations/{id}.json: one mark on a slide version (`id` starts with its time: keys sort in time order)."""
+    return f"{case}/{ANNOTATIONS}/{annotation}.json"
 
 
 def request_key(case: str, number: int) -> str:

@@ -3,8 +3,9 @@
 Pages carry no data; the browser takes its token from the URL fragment and sends it as a Bearer header, so tokens
 never reach URLs, logs or Referer headers. A case token is checked by its signature alone; a person's token also
 against their record on the store (viewer/people.py, cached a second), so a revoked or expired user is refused at
-their next request. Only a named pathologist opens the worklist, signs, amends or asks the hospital; every case
-open, slide open and report action is written to the audit log (viewer/audit.py) with who did it. Every refusal
+their next request. Only a named pathologist opens the worklist, signs, amends, annotates or asks the hospital;
+every case open, slide open, report action and annotation is written to the audit log (viewer/audit.py) with who
+did it. Every refusal
 and every bad request is a 4xx; a store that fails answers 502.
 """
 
@@ -31,7 +32,7 @@ from transfer.target import (
     CaseRecord,
     SlideRef,
 )
-from viewer import audit
+from viewer import annotations, audit
 from viewer.cache import AsyncCache
 from viewer.cases import Cases, utc_now
 from viewer.image import (
@@ -208,6 +209,14 @@ async def case_info(case: Case, state: State, identity: Who) -> JSONResponse:
     return JSONResponse(info, headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/api/cases/{case}/slides")
+async def case_slides(case: Case, state: State) -> JSONResponse:
+    """The case's slides as the open page polls them (a slide sent later, one that failed since): not another
+    opening of the case, so not audited."""
+    info = await state.cases.case_info(case)
+    return JSONResponse({"slides": info["slides"]}, headers={"Cache-Control": "no-store"})
+
+
 @router.get("/api/cases/{case}/slides/{slide}/{version}/image")
 async def image(case: Case, slide: SlideId, version: VersionId, state: State, identity: Who) -> JSONResponse:
     root = SlideRef(case, slide, version).root
@@ -226,6 +235,18 @@ async def status(case: Case, slide: SlideId, version: VersionId, state: State,
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/api/cases/{case}/slides/{slide}/{version}/thumbnail")
+async def thumbnail(case: Case, slide: SlideId, version: VersionId, state: State,
+                    if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """The slide version's picture in the case's slide strip (not an opening of the slide: not audited)."""
+    data = await state.cases.thumbnail(SlideRef(case, slide, version).root)
+    etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 # -- tiles: plain Starlette endpoints ---------------------------------------------------------------------------
@@ -297,6 +318,23 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
     finally:
         state.cases.forget_reports(case)
     await audit.record(state.cases.storage, identity.who, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/cases/{case}/annotations")
+async def case_annotations(case: Case, state: State) -> JSONResponse:
+    """Every annotation of the case (the page draws those of the slide version it shows): whoever opens the case
+    sees them, a case link and the registering station included."""
+    return JSONResponse({"annotations": await annotations.listed(state.cases.storage, case)}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/api/cases/{case}/annotations")
+async def annotate(case: Case, form: annotations.AnnotationIn, state: State, identity: Who) -> JSONResponse:
+    """Save an annotation with its author (a signed-in pathologist) on a slide version of the case that has an image."""
+    person = identity.pathologist("annotate")
+    await state.cases.image(SlideRef(case, form.slide, form.version).root)  # 404 for a slide version with no image
+    document = await annotations.save(state.cases.storage, case, form, person.who)
+    await audit.record(state.cases.storage, identity.who, "annotate", case, form.slide, form.version)
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 

@@ -14,14 +14,14 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from viewer.cache import AsyncCache
-from viewer.heatmap import Heatmap, legend, open_heatmap, render_tile, version_of
+from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state, with_hub_pyramid
 from transfer.target import (
     CASE_RECORD,
@@ -62,9 +62,12 @@ from viewer.reports import numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
+TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 JPEG_SOI = b"\xff\xd8"
+THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
+THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Cases:
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
         self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
+        self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, root: str) -> SlideImage:
@@ -164,6 +168,22 @@ class Cases:
         pixels = await array.getitem((slice(None), slice(y0, y0 + size), slice(x0, x0 + size)))
         return await asyncio.to_thread(_png, np.moveaxis(np.asarray(pixels), 0, -1)), "image/png"
 
+    async def thumbnail(self, root: str) -> bytes:
+        """A small JPEG of the slide version's coarsest level, for the case's slide strip (one per send);
+        `TileNotFoundError` until that level has arrived."""
+        arrival = await self.arrival(root)
+        level = arrival.image.levels[-1]
+        if PENDING in arrival.states[level.index]:
+            raise TileNotFoundError(f"slide {root}: its overview has not arrived yet")
+        if level.width * level.height > THUMBNAIL_SOURCE_LIMIT:
+            raise ImageError(f"slide {root}: coarsest level {level.width} x {level.height} is too large for a thumbnail")
+
+        async def load() -> bytes:
+            pixels = await arrival.image.arrays[level.index].getitem(...)
+            return await asyncio.to_thread(_jpeg_thumbnail, np.moveaxis(np.asarray(pixels), 0, -1))
+
+        return await self._thumbnails.get((root, arrival.started_at), load)
+
     async def _read_index(self, key: str, level: Level) -> ShardIndex:
         data = await self.storage.get_suffix(key, index_size(level))
         table = parse_shard_index(data, level, key)
@@ -213,7 +233,7 @@ class Cases:
             manifest = await self.manifest(root) or {}
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
-                    "triage": None, "heatmap": None, "report": None}  # fmt: skip
+                    "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
         case = root.split("/", 1)[0]
         triage, heatmap, signed_at = await asyncio.gather(self.sidecar(root, TRIAGE), self.heatmap(root), self.signed_at(case))
         counts = arrival.counts()
@@ -226,7 +246,8 @@ class Cases:
             "updated_at": arrival.updated_at,
             "levels": [{"state": state, **count} for state, count in zip(arrival.states, counts, strict=True)],
             "triage": _triage(triage),
-            "heatmap": {"version": heatmap.version, "legend": legend()} if heatmap else None,
+            "top_regions": _regions(triage),
+            "heatmap": heatmap.describe() if heatmap else None,
             "report": {"signed_at": signed_at} if signed_at else None,
         }
 
@@ -269,10 +290,13 @@ class Cases:
             "signed_at": signed_at,
         }
 
-    async def worklist(self) -> list[dict[str, Any]]:
-        """Every case, most suspicious first (cases without a score last), with arrival progress and clocks.
+    async def worklist(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every case, most urgent first, with what the list shows: hospital, specimen, slides, arrival, the AI
+        result's stage, the clock and the signature.
 
-        A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed."""
+        A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
+        Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
+        from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last."""
         cases = [name for name in await self.storage.list_dirs() if CASE_ID.fullmatch(name)]
         limit = asyncio.Semaphore(16)
 
@@ -300,13 +324,18 @@ class Cases:
                 )
             entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
             registration = CaseRecord.parse(record)
+            context = dict(registration.context) if registration else {}
             states = {e["state"] for e in entries}
             scored = [e["triage"] for e in entries if e["triage"]]
             failed = [e["failed"] for e in entries if e["failed"]]
             state = "sending" if "sending" in states or not entries else "failed" if states == {"failed"} else "complete"
+            triage = max(scored, key=lambda t: t["score"]) if scored else None
             return {
                 "case": case,
-                "triage": max(scored, key=lambda t: t["score"]) if scored else None,
+                "hospital": context.get("hospital") or (registration.station if registration else None),
+                "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
+                "triage": triage,
+                "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
                 "slides": entries,
                 "planned": sum(e["planned"] for e in entries),
                 "arrived": sum(e["arrived"] for e in entries),
@@ -318,7 +347,15 @@ class Cases:
             }
 
         entries = await asyncio.gather(*(entry(case) for case in cases))
-        return sorted(entries, key=lambda e: (e["triage"] is None, -(e["triage"] or {}).get("score", 0.0), e["case"]))
+        now = now or datetime.now(UTC)
+
+        def urgency(e: dict[str, Any]) -> tuple[Any, ...]:
+            started = _parse_time(e["started_at"])
+            minutes_left = (started + TURNAROUND - now) // timedelta(minutes=1) if started else 0
+            score = (e["triage"] or {}).get("score")
+            return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
+
+        return sorted(entries, key=urgency)
 
     # -- sidecars and the report -----------------------------------------------------------------------------
     async def sidecar(self, case: str, name: str) -> dict[str, Any] | None:
@@ -351,6 +388,15 @@ class Cases:
         return value
 
 
+def _parse_time(text: Any) -> datetime | None:
+    """An ISO time as the store holds it (with Z or an offset); None for anything else."""
+    try:
+        parsed = datetime.fromisoformat(str(text)) if text else None
+    except ValueError:
+        return None
+    return parsed if parsed is None or parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`)."""
     score = (triage or {}).get("score")
@@ -358,6 +404,24 @@ def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
         stage = triage.get("stage") if isinstance(triage.get("stage"), str) else None
         return {"score": float(score), "stage": stage, "final": is_final(triage)}
     return None
+
+
+def _regions(triage: dict[str, Any] | None) -> list[dict[str, float]]:
+    """triage.json's top regions (level-0 boxes, hottest first) that are well-formed; the page jumps to them."""
+    summary = (triage or {}).get("summary")
+    regions = summary.get("top_regions") if isinstance(summary, dict) else None
+    keys = ("x", "y", "width", "height", "score")
+    return [{key: float(region[key]) for key in keys} for region in regions if isinstance(region, dict)
+            and all(isinstance(region.get(key), (int, float)) and not isinstance(region.get(key), bool) for key in keys)
+            ] if isinstance(regions, list) else []  # fmt: skip
+
+
+def _jpeg_thumbnail(pixels: np.ndarray) -> bytes:
+    picture = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    picture.thumbnail((THUMBNAIL, THUMBNAIL))
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -1,9 +1,14 @@
-"""The AI overlay: the coarse tumour-probability map inference/ writes, rendered as PNG tiles on the slide's grid.
+"""The AI overlay: the tumour-probability map inference/ writes, rendered as PNG tiles on the slide's grid.
 
-The map (`CASE/heatmap.zarr`, an OME-Zarr with one channel, uint8 0-255 or float 0-1, NaN = not analysed) is placed
+The map (`CASE/slides/SLIDE/VERSION/heatmap.zarr`, an OME-Zarr with one channel, uint8 0-255 or float 0-1, NaN = not analysed) is placed
 on the slide through the two images' scale (and translation) metadata. Tiles use the slide's own tile grid, so
 OpenSeadragon stacks them without any alignment code in the browser. Each map pixel is drawn as a crisp block:
 the pathologist sees the grid the model actually scored.
+
+Three kinds of cell: scored (coloured by probability), unscored glass (transparent: nothing to see), and tissue not
+scored yet while the map is partial (hatched: "still being scored", never mistaken for a low score). The exact
+scores come from `tile_state` (NaN = not scored) when inference wrote it; tissue from the slide's own tissue label
+image (`image.zarr/labels/tissue` of the same slide version, its coarsest level: a few hundred KB at most).
 """
 
 from __future__ import annotations
@@ -18,36 +23,54 @@ import zarr
 import zarr.api.asynchronous
 from PIL import Image
 
-from transfer.target import HEATMAP
+from transfer.target import HEATMAP, IMAGE, TILE_STATE, TISSUE_LABEL
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 
 MAX_PIXELS = 64_000_000  # a heatmap is coarse; anything bigger is a mistake, not something to load into memory
 
-# probability -> RGBA: blue and see-through for unlikely, opaque red for likely, so tissue stays readable
-STOPS: tuple[tuple[float, tuple[int, int, int, int]], ...] = (
-    (0.0, (44, 123, 182, 0)),
-    (0.3, (171, 217, 233, 70)),
-    (0.5, (255, 255, 191, 140)),
-    (0.7, (253, 174, 97, 200)),
-    (1.0, (215, 25, 28, 235)),
-)
-LUT = np.stack(
-    [np.interp(np.linspace(0, 1, 256), [at for at, _ in STOPS], [rgba[i] for _, rgba in STOPS]) for i in range(4)], axis=1
-).round().astype(np.uint8)
+# Viridis (Stéfan van der Walt and Nathaniel Smith, 2015; public domain, CC0), matplotlib's table sampled at
+# 0, 1/16, ..., 1 and interpolated linearly in sRGB: within 6/255 of the full 256-entry table (tested against
+# matplotlib). Perceptually uniform and monotonic in lightness, so 0.9 reads brighter than 0.1 also in greyscale
+# and to colour-blind readers. Drawn opaque: the page's opacity slider decides how much tissue shows through.
+VIRIDIS = (
+    (68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141), (44, 114, 142),
+    (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128), (63, 188, 115), (94, 201, 98), (132, 212, 75),
+    (173, 220, 48), (216, 226, 25), (253, 231, 37),
+)  # fmt: skip
+STOPS = np.linspace(0.0, 1.0, len(VIRIDIS))
+LUT = np.concatenate(
+    [np.stack([np.interp(np.linspace(0, 1, 256), STOPS, [rgb[i] for rgb in VIRIDIS]) for i in range(3)], axis=1),
+     np.full((256, 1), 255)], axis=1,
+).round().astype(np.uint8)  # fmt: skip
+PENDING_RGBA = (255, 255, 255, 255)  # the hatch of tissue not scored yet: white stripes (period 8 px on screen)
+HATCH_PERIOD = 8
 
 
-def legend() -> list[dict[str, Any]]:
-    """The colour stops, for the page's legend (one source of truth with the tiles)."""
-    return [{"at": at, "rgba": [r, g, b, round(a / 255, 3)]} for at, (r, g, b, a) in STOPS]
+def legend() -> dict[str, Any]:
+    """The colour stops and the "being scored" hatch, for the page's legend (one source of truth with the tiles)."""
+    return {
+        "stops": [{"at": round(float(at), 4), "rgb": list(rgb)} for at, rgb in zip(STOPS, VIRIDIS)],
+        "pending": {"rgb": list(PENDING_RGBA[:3]), "period": HATCH_PERIOD},
+    }
 
 
 @dataclass(frozen=True)
 class Heatmap:
     rgba: np.ndarray  # (h + 1, w + 1, 4): coloured map plus one transparent row and column for "outside"
+    pending: np.ndarray  # (h + 1, w + 1) bool: tissue not scored yet (hatched)
     cell: tuple[float, float]  # (y, x) level-0 pixels per map pixel
     origin: tuple[float, float]  # (y, x) level-0 position of the map's top-left corner
     version: str
+    stage: str | None  # what produced the map: edge, hub, analyze (transfer.target), None when not recorded
+    complete: bool | None  # None: not recorded (then nothing is marked as still being scored)
+    tiles_scored: int | None
+    tissue_tiles: int | None
+
+    def describe(self) -> dict[str, Any]:
+        """What the page shows about the map: version (for tile URLs), legend, and stage of what is on screen."""
+        return {"version": self.version, "legend": legend(), "stage": self.stage, "complete": self.complete,
+                "tiles_scored": self.tiles_scored, "tissue_tiles": self.tissue_tiles}  # fmt: skip
 
 
 def version_of(objects: list[ObjectInfo]) -> str:
@@ -71,19 +94,76 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: 
     shape = tuple(size for size in array.shape if size != 1) or (1, 1)
     if len(shape) != 2 or int(np.prod(shape)) > MAX_PIXELS:
         raise ImageError(f"{where}: expected one channel of at most {MAX_PIXELS} pixels, found shape {array.shape}")
-    values = np.asarray(await array.getitem(...)).reshape(shape)
-    if values.dtype == np.uint8:
-        codes, valid = values, np.ones(shape, bool)
-    else:
-        valid = np.isfinite(values)
-        codes = np.round(np.clip(np.nan_to_num(values.astype(np.float32)), 0, 1) * 255).astype(np.uint8)
+    scores = await _exact_scores(group, shape)
+    if scores is None:
+        values = np.asarray(await array.getitem(...)).reshape(shape)
+        # uint8 maps say "probability x 255; 0 = background or not scored yet" (inference.heatmap)
+        scores = np.where(values > 0, values / 255.0, np.nan) if values.dtype == np.uint8 else values.astype(np.float32)
+    valid = np.isfinite(scores)
+    codes = np.round(np.clip(np.nan_to_num(scores), 0, 1) * 255).astype(np.uint8)
     rgba = np.zeros((shape[0] + 1, shape[1] + 1, 4), np.uint8)
     rgba[:-1, :-1] = np.where(valid[..., None], LUT[codes], 0)
     scale = _last_two(transforms, "scale", (1.0, 1.0))
     translation = _last_two(transforms, "translation", (0.0, 0.0))
     cell = (scale[0] / image.scale[0], scale[1] / image.scale[1])
     origin = (translation[0] / image.scale[0], translation[1] / image.scale[1])
-    return Heatmap(rgba, cell, origin, version)
+    about = _about(group.attrs)
+    complete = about.get("complete") if isinstance(about.get("complete"), bool) else None
+    pending = np.zeros(rgba.shape[:2], bool)
+    if complete is False:  # a partial map: tissue without a score is still being scored
+        tissue = await _tissue_cells(store, image, shape, cell, origin)
+        if tissue is not None:
+            pending[:-1, :-1] = tissue & ~valid
+    stage = about.get("stage") if isinstance(about.get("stage"), str) else None
+    counts = [about.get(name) if isinstance(about.get(name), int) else None for name in ("tiles_scored", "tissue_tiles")]
+    return Heatmap(rgba, pending, cell, origin, version, stage, complete, *counts)
+
+
+def _about(attributes: dict[str, Any]) -> dict[str, Any]:
+    """inference's own description of the map (stage, complete, counts); empty where absent or malformed."""
+    ours = attributes.get("slidestream")
+    about = ours.get("heatmap") if isinstance(ours, dict) else None
+    return about if isinstance(about, dict) else {}
+
+
+async def _exact_scores(group: zarr.AsyncGroup, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The float scores (NaN = not scored) of `tile_state`, where inference wrote it for this grid."""
+    try:
+        state = await group.getitem(TILE_STATE)
+    except KeyError:
+        return None
+    if tuple(state.shape) != (4, *shape):
+        return None
+    return np.asarray(await state.getitem((0, slice(None), slice(None))), np.float32)
+
+
+async def _tissue_cells(
+    store: zarr.abc.store.Store, image: SlideImage, shape: tuple[int, ...], cell: tuple[float, float], origin: tuple[float, float]
+) -> np.ndarray | None:
+    """(h, w) bool: map cells with any tissue under them, from the label image's coarsest level; None without one."""
+    try:
+        # image.case is the slide version's root (CASE/slides/SLIDE/VERSION): the label of this very scan
+        label_path = f"{image.case}/{IMAGE}/{TISSUE_LABEL}"
+        group = await zarr.api.asynchronous.open_group(store=store, path=label_path, mode="r", zarr_format=3)
+        dataset = group.attrs["ome"]["multiscales"][0]["datasets"][-1]
+        label = np.asarray(await (await group.getitem(dataset["path"])).getitem(...)) > 0
+        scale = _last_two(dataset.get("coordinateTransformations", []), "scale", (1.0, 1.0))
+    except (FileNotFoundError, KeyError, IndexError, TypeError):
+        return None
+    if label.ndim != 2:
+        return None
+    # any-in-box over the label pixels each cell covers, through the label's summed-area table
+    table = np.pad(label, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    edges = []
+    for axis in (0, 1):
+        downsample = scale[axis] / image.scale[axis]  # level-0 pixels per label pixel
+        bounds = (origin[axis] + np.arange(shape[axis] + 1) * cell[axis]) / downsample
+        first = np.clip(np.floor(bounds[:-1]), 0, label.shape[axis]).astype(np.int64)
+        last = np.clip(np.ceil(bounds[1:]), 0, label.shape[axis]).astype(np.int64)
+        edges.append((first, last))
+    (y0, y1), (x0, x1) = edges
+    inside = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    return inside > 0
 
 
 def _last_two(transforms: list[dict[str, Any]], kind: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -94,7 +174,8 @@ def _last_two(transforms: list[dict[str, Any]], kind: str, default: tuple[float,
 
 
 def render_tile(heatmap: Heatmap, image: SlideImage, level: Level, row: int, col: int) -> bytes:
-    """The PNG for tile (row, col) of `level`: c x c RGBA, transparent outside the map and the slide.
+    """The PNG for tile (row, col) of `level`: c x c RGBA, transparent outside the map and the slide, hatched where
+    tissue is still being scored (stripes on the screen's pixel grid, continuous across tiles and equal at any zoom).
 
     Geometry follows OpenSeadragon's: level k is exactly 2**k times smaller than level 0.
     """
@@ -107,6 +188,11 @@ def render_tile(heatmap: Heatmap, image: SlideImage, level: Level, row: int, col
     ix = np.floor((xs - heatmap.origin[1]) / heatmap.cell[1]).astype(np.int64)
     iy[(iy < 0) | (iy >= height) | (ys >= level0.height)] = height  # the transparent row
     ix[(ix < 0) | (ix >= width) | (xs >= level0.width)] = width
+    pixels = heatmap.rgba[iy[:, None], ix[None, :]]
+    pending = heatmap.pending[iy[:, None], ix[None, :]]
+    if pending.any():
+        diagonal = (row * size + np.arange(size))[:, None] + (col * size + np.arange(size))[None, :]
+        pixels[pending & (diagonal % HATCH_PERIOD < HATCH_PERIOD // 2)] = PENDING_RGBA
     out = io.BytesIO()
-    Image.fromarray(heatmap.rgba[iy[:, None], ix[None, :]], "RGBA").save(out, "PNG", compress_level=1)
+    Image.fromarray(pixels, "RGBA").save(out, "PNG", compress_level=1)
     return out.getvalue()

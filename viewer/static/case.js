@@ -1,5 +1,5 @@
 "use strict";
-// The case panel beside the slide: the clinical context, the case's slides, the structured report (a form until a
+// The case panel beside the slide: the clinical context, the structured report (a form until a
 // pathologist signs it, then read-only with "Amend"; every version readable) and "ask the hospital".
 // Only a pathologist's own sign-in link may sign, amend or ask; a case link sees the panel read-only.
 const caseView = (() => {
@@ -31,17 +31,7 @@ const caseView = (() => {
         const pairs = Object.entries(info.context || {}).map(([name, value]) => [CONTEXT_LABELS[name] || name, value]);
         if (info.registered_at) pairs.push(["Registered", new Date(info.registered_at).toLocaleString()]);
         definitions($("context"), pairs.length ? pairs : [["", "no clinical context registered"]]);
-        const list = $("slides");
-        list.replaceChildren();
-        for (const slide of info.slides) {
-            const item = document.createElement("li");
-            item.dataset.slide = slide.slide;
-            const link = document.createElement("a");
-            link.href = `?slide=${encodeURIComponent(slide.slide)}${location.hash}`;
-            link.textContent = `${slide.slide} (${slide.version})`;
-            item.append(link, slide.state === "failed" ? ` failed: ${slide.failed}` : ` ${slide.state}`);
-            list.append(item);
-        }
+        // the slides themselves (thumbnails, switching) are viewer.js's
         arrived = info.slides.some((slide) => slide.state !== "failed");
     }
 
@@ -181,5 +171,6 @@ const caseView = (() => {
         await loadReports();
     }
 
-    return { show };
+    // who the page's token is (/api/me), once show() has run
+    return { show, me: () => me };
 })();

@@ -1,16 +1,53 @@
 "use strict";
-// The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay,
-// a scale bar and the case panel (case.js: context, slides, report). State lives in the store; this page only
-// polls and draws.
+// The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay and its
+// top regions, a scale bar, ruler and area tools, annotations, keyboard navigation and the case panel (case.js:
+// context, slides, report). State lives in the store; this page only polls and draws.
 (() => {
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-    const base = `/api/cases/${encodeURIComponent(caseId)}`;
-    // the slide version shown: the one named in ?slide=, else the case's first slide, at its newest version
-    let slideBase = null;
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
+    const SLIDES_POLL_MS = 5000; // how soon a slide sent later joins the strip
     const ARRIVED = "2";
+    const PAN_STEP = 0.2; // of the view per arrow key
+    const ZOOM_STEP = 1.5; // per + or -
+    const REGION_MARGIN = 0.25; // of a top region's size, kept around it when jumping there
+    const SVG = "http://www.w3.org/2000/svg";
+    const SAME_SHAPE = Math.log(1.25); // aspect ratios within 25%: a switch of slide keeps the view's place
+
+    // The case's slides as /api/cases/CASE lists them (each at its newest version), stepped through with [ and ].
+    let slides = [];
+    let slideIndex = 0;
+
+    // Every URL this page builds, in one place, so the store's case layout can move without touching the rest
+    // (the slide shown is slides[slideIndex]).
+    function url(what, { level, row, col, send, version, of } = {}) {
+        const base = `/api/cases/${encodeURIComponent(caseId)}`;
+        const shown = of || slides[slideIndex]; // the slide version asked about: the one shown unless `of` names one
+        const slide = shown && `${base}/slides/${encodeURIComponent(shown.slide)}/${encodeURIComponent(shown.version)}`;
+        switch (what) {
+            case "case":
+                return base;
+            case "annotations":
+                return `${base}/annotations`;
+            case "slides":
+                return `${base}/slides`;
+            case "thumbnail":
+                return `${slide}/thumbnail`;
+            case "image":
+                return `${slide}/image`;
+            case "status":
+                return `${slide}/status`;
+            case "tile":
+                return `${slide}/tiles/${level}/${row}/${col}${send ? `?send=${encodeURIComponent(send)}` : ""}`;
+            case "heatmap":
+                return `${slide}/heatmap/${level}/${row}/${col}.png?v=${encodeURIComponent(version)}`;
+            case "openseadragon-images":
+                return "/static/openseadragon/images/";
+            default:
+                throw new Error(`no URL for ${what}`);
+        }
+    }
 
     let info = null;
     let viewer = null;
@@ -18,6 +55,18 @@
     let heatLayer = null;
     let shownStates = null;
     let heatVersion = null;
+    let regions = [];
+    let regionIndex = -1;
+    let regionsKey = "";
+    const TOOLS = ["ruler", "area", "point", "line", "polygon"];
+    let tool = null; // one of TOOLS, or null: the mouse pans and zooms
+    let draft = null; // the annotation being drawn: { kind, points, hover }
+    let annotations = []; // the case's, as saved on the store; those of the slide version shown are drawn
+    let shape = null; // the measurement on screen: { kind, a, b }, points in level-0 image pixels
+    let dragging = false;
+    let marks = null; // the SVG the measurement and the current region are drawn on
+    let polling = false;
+    let keptView = null; // the view (fractions of the slide) the next slide opens at, from the slide before it
     // the clock: from the specimen's registration (else the send's start) to the first signed report
     const times = { registered: null, started: null, reported: null };
 
@@ -28,30 +77,29 @@
 
     // OpenSeadragon levels go up in resolution; ours go down (level 0 = full resolution).
     // `tag` goes into tile URLs: the heatmap's version, or the send's start (a rescan must not hit cached tiles)
-    function tileSource(kind, states, tag) {
-        const maxLevel = info.levels.length - 1;
-        const size = info.tile_size;
-        const n = info.shard_chunks;
+    // (`image` and `of`: another slide version's, for the side-by-side view)
+    function tileSource(kind, states, tag, image = info, of = null) {
+        const maxLevel = image.levels.length - 1;
+        const size = image.tile_size;
+        const n = image.shard_chunks;
         return {
-            width: info.width,
-            height: info.height,
+            width: image.width,
+            height: image.height,
             tileSize: size,
             tileOverlap: 0,
             minLevel: 0,
             maxLevel,
             // only tiles that exist and have arrived are requested: the coarser level shows meanwhile
             tileExists(level, x, y) {
-                const ours = info.levels[maxLevel - level];
+                const ours = image.levels[maxLevel - level];
                 if (!ours || x < 0 || y < 0 || x * size >= ours.width || y * size >= ours.height) return false;
                 if (!states) return true;
                 const shard = Math.floor(y / n) * ours.shards_x + Math.floor(x / n);
                 return states[maxLevel - level].state[shard] === ARRIVED;
             },
             getTileUrl(level, x, y) {
-                const ours = maxLevel - level;
-                return kind === "heatmap"
-                    ? `${slideBase}/heatmap/${ours}/${y}/${x}.png?v=${encodeURIComponent(tag)}`
-                    : `${slideBase}/tiles/${ours}/${y}/${x}${tag ? `?send=${encodeURIComponent(tag)}` : ""}`;
+                const address = { level: maxLevel - level, row: y, col: x, of };
+                return kind === "heatmap" ? url("heatmap", { ...address, version: tag }) : url("tile", { ...address, send: tag });
             },
         };
     }
@@ -78,7 +126,13 @@
             options.success = ({ item }) => {
                 if (!this.item) {
                     this.item = item;
+                    if (this.bottom && keptView) {
+                        const { x, y, width, height } = keptView;
+                        viewer.viewport.fitBounds(item.imageToViewportRectangle(x * info.width, y * info.height, width * info.width, height * info.height), true);
+                        keptView = null;
+                    }
                     updateScaleBar();
+                    drawMarks();
                     return;
                 }
                 this.pending = item;
@@ -135,6 +189,11 @@
     }
 
     function applyStatus(status) {
+        const shown = slides[slideIndex];
+        if (shown && status.state !== shown.state) {
+            [shown.state, shown.failed] = [status.state, status.failed];
+            showSlides();
+        }
         if (status.state === "failed") {
             showMessage(`case ${caseId}: send failed: ${status.failed}`);
             return;
@@ -158,11 +217,12 @@
         }
         if (status.heatmap && status.heatmap.version !== heatVersion) {
             heatVersion = status.heatmap.version;
-            const stops = status.heatmap.legend.map(({ at, rgba }) => `rgba(${rgba.join(",")}) ${at * 100}%`);
-            $("legend-ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+            showLegend(status.heatmap.legend);
+            $("ai-stage").textContent = stageText(status.heatmap);
             $("overlay").hidden = false;
             heatLayer.show(tileSource("heatmap", null, heatVersion));
         }
+        showRegions(status.top_regions || []);
         const score = $("score");
         score.hidden = !status.triage;
         if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
@@ -179,7 +239,9 @@
 
     async function poll() {
         try {
-            applyStatus(await api(`${slideBase}/status`));
+            const asked = url("status");
+            const status = await api(asked);
+            if (asked === url("status") && slideLayer) applyStatus(status);
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 showMessage(`${refusedText} (${error.message})`);
@@ -191,41 +253,581 @@
         setTimeout(poll, POLL_MS);
     }
 
-    async function start() {
-        $("case").textContent = caseId;
-        if (!token) {
-            showMessage(refusedText);
-            return;
+    // -- the overlay's legend, stage and top regions -------------------------------------------------------------
+    function showLegend(legend) {
+        const stops = legend.stops.map(({ at, rgb }) => `rgb(${rgb.join(",")}) ${at * 100}%`);
+        $("legend-ramp").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+        const { rgb, period } = legend.pending;
+        const half = period / 2;
+        $("legend-pending").style.background = `repeating-linear-gradient(45deg, rgb(${rgb.join(",")}) 0 ${half}px, transparent ${half}px ${period}px), #b5739d`;
+    }
+
+    // What produced the map on screen, and whether it is the last word
+    function stageText({ stage, complete, tiles_scored: scored, tissue_tiles: tissue }) {
+        const counts = Number.isInteger(scored) && Number.isInteger(tissue) && tissue ? `${scored} of ${tissue} tissue tiles scored` : "";
+        const parts = stage === "edge"
+            ? ["Edge triage before the send", "coarse, not final"]
+            : [{ hub: "Hub", analyze: "Batch analysis" }[stage] || "Stage not recorded", complete === true ? "final" : complete === false ? "still scoring" : ""];
+        return [...parts, counts].filter(Boolean).join(" · ");
+    }
+
+    function showRegions(list) {
+        const key = JSON.stringify(list);
+        if (key === regionsKey) return;
+        regionsKey = key;
+        regions = list;
+        regionIndex = -1;
+        const items = list.map((region, index) => {
+            const button = document.createElement("button");
+            button.type = "button";
+            const size = info.mpp ? `${formatLength(region.width)} × ${formatLength(region.height)}` : `${Math.round(region.width)} × ${Math.round(region.height)} px`;
+            button.textContent = `${region.score.toFixed(2)} · ${size}`;
+            button.setAttribute("aria-label", `Go to region ${index + 1}: probability ${region.score.toFixed(2)}, ${size}`);
+            button.addEventListener("click", () => goToRegion(index));
+            const item = document.createElement("li");
+            item.append(button);
+            return item;
+        });
+        $("regions").replaceChildren(...items);
+        $("regions-box").hidden = !list.length;
+        drawMarks();
+    }
+
+    function goToRegion(index) {
+        const item = slideLayer && slideLayer.item;
+        if (!regions.length || !item) return;
+        leader = viewer;
+        regionIndex = ((index % regions.length) + regions.length) % regions.length;
+        const { x, y, width, height } = regions[regionIndex];
+        const [mx, my] = [width * REGION_MARGIN, height * REGION_MARGIN];
+        viewer.viewport.fitBoundsWithConstraints(item.imageToViewportRectangle(x - mx, y - my, width + 2 * mx, height + 2 * my));
+        [...$("regions").querySelectorAll("button")].forEach((button, i) => {
+            if (i === regionIndex) button.setAttribute("aria-current", "true");
+            else button.removeAttribute("aria-current");
+        });
+        drawMarks();
+    }
+
+    // -- measuring: in level-0 image pixels, drawn on an SVG over the slide and redrawn every frame -------------
+    const NO_MPP = "µm unavailable: the slide records no resolution";
+
+    function formatLength(pixels) {
+        const microns = pixels * info.mpp;
+        return microns >= 1000 ? `${(microns / 1000).toFixed(3)} mm` : `${microns.toFixed(1)} µm`;
+    }
+
+    function measurement({ kind, a, b }) {
+        const [dx, dy] = [Math.abs(b.x - a.x), Math.abs(b.y - a.y)];
+        if (kind === "ruler") {
+            const length = Math.hypot(dx, dy);
+            return info.mpp ? `Length ${formatLength(length)}` : `Length ${Math.round(length)} px (${NO_MPP})`;
         }
+        if (!info.mpp) return `Area ${Math.round(dx * dy)} px² (${Math.round(dx)} × ${Math.round(dy)} px; ${NO_MPP})`;
+        const square = dx * dy * info.mpp * info.mpp; // µm²
+        const area = square >= 10000 ? `${(square / 1e6).toFixed(4)} mm²` : `${Math.round(square)} µm²`;
+        return `Area ${area} (${formatLength(dx)} × ${formatLength(dy)})`;
+    }
+
+    function imageToElement(point) {
+        return slideLayer.item.imageToViewerElementCoordinates(new OpenSeadragon.Point(point.x, point.y));
+    }
+
+    function eventToImage(event) {
+        const box = viewer.element.getBoundingClientRect();
+        const point = slideLayer.item.viewerElementToImageCoordinates(new OpenSeadragon.Point(event.clientX - box.left, event.clientY - box.top));
+        return { x: point.x, y: point.y };
+    }
+
+    function svg(name, attributes, text) {
+        const node = document.createElementNS(SVG, name);
+        for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+        if (text) node.textContent = text;
+        marks.append(node);
+        return node;
+    }
+
+    function drawRect(a, b, className) {
+        const [p, q] = [imageToElement(a), imageToElement(b)];
+        svg("rect", { class: className, x: Math.min(p.x, q.x), y: Math.min(p.y, q.y), width: Math.abs(q.x - p.x), height: Math.abs(q.y - p.y) });
+    }
+
+    function label(point, text) {
+        svg("text", { x: point.x + 8, y: point.y - 8 }, text);
+    }
+
+    function drawAnnotation({ kind, points, text }, className) {
+        const on = points.map(([x, y]) => imageToElement({ x, y }));
+        const list = on.map((q) => `${q.x},${q.y}`).join(" ");
+        if (kind === "point") svg("circle", { class: className, cx: on[0].x, cy: on[0].y, r: 5 });
+        else if (kind === "line") svg("line", { class: className, x1: on[0].x, y1: on[0].y, x2: on[1].x, y2: on[1].y });
+        else svg(className === "draft" ? "polyline" : "polygon", { class: className, points: list });
+        if (text) label(on[0], text);
+    }
+
+    function drawMarks() {
+        if (!marks) return;
+        marks.replaceChildren();
+        if (!slideLayer || !slideLayer.item) return;
+        if (regions[regionIndex]) {
+            const { x, y, width, height } = regions[regionIndex];
+            drawRect({ x, y }, { x: x + width, y: y + height }, "region");
+        }
+        for (const annotation of shownAnnotations()) drawAnnotation(annotation, "note");
+        if (draft) drawAnnotation({ ...draft, points: [...draft.points, ...(draft.hover ? [draft.hover] : [])].map(({ x, y }) => [x, y]) }, "draft");
+        if (!shape) return;
+        const [p, q] = [imageToElement(shape.a), imageToElement(shape.b)];
+        if (shape.kind === "ruler") {
+            svg("line", { class: "ruler", x1: p.x, y1: p.y, x2: q.x, y2: q.y });
+            for (const end of [p, q]) svg("circle", { class: "ruler", cx: end.x, cy: end.y, r: 3 });
+        } else {
+            drawRect(shape.a, shape.b, "area");
+        }
+        label(q, measurement(shape).replace(` (${NO_MPP})`, "").replace(`; ${NO_MPP}`, ""));
+    }
+
+    function setTool(name) {
+        tool = name;
+        draft = null;
+        for (const kind of TOOLS) $(`tool-${kind}`).setAttribute("aria-pressed", String(tool === kind));
+        marks.classList.toggle("active", Boolean(tool));
+        drawMarks();
+    }
+
+    // -- annotations: point, line, polygon with a short text, in level-0 image pixels of the slide version ----
+    // Saved with the case on the store (CASE/annotations/), with the signed-in pathologist as author; anyone who
+    // opens the case (a case link, the hospital's station) sees them.
+    function shownAnnotations() {
+        const shown = slides[slideIndex];
+        return shown ? annotations.filter((a) => a.slide === shown.slide && a.version === shown.version) : [];
+    }
+
+    async function loadAnnotations() {
         try {
-            const found = await api(base);
-            const wanted = new URLSearchParams(location.search).get("slide");
-            const shown = found.slides.find((entry) => entry.slide === wanted) || found.slides[0];
-            times.registered = found.registered_at;
-            times.started = found.registered_at || times.started;
-            times.reported = found.signed_at;
-            tick();
-            await caseView.show(base, found, shown ? shown.slide : null);
-            if (!shown) throw new ApiError(404, "no slide yet");
-            if (shown.state === "failed") throw new ApiError(404, `case ${caseId}: send failed: ${shown.failed}`);
-            slideBase = `${base}/slides/${shown.slide}/${shown.version}`;
-            info = await api(`${slideBase}/image`);
+            annotations = (await api(url("annotations"))).annotations;
         } catch (error) {
-            if (error instanceof ApiError && error.refused) {
-                showMessage(`${refusedText} (${error.message})`);
+            $("annotate-result").textContent = `Could not load the annotations: ${error.message}`;
+        }
+        showAnnotations();
+        drawMarks();
+    }
+
+    async function saveAnnotation(annotation) {
+        const saved = await api(url("annotations"), {
+            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(annotation),
+        });
+        annotations = [...annotations, saved];
+        return saved;
+    }
+
+    async function finishAnnotation({ kind, points }) {
+        draft = null;
+        const shown = slides[slideIndex];
+        const annotation = {
+            slide: shown.slide,
+            version: shown.version,
+            kind,
+            points: points.map(({ x, y }) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]),
+            text: $("note").value.trim(),
+        };
+        drawMarks();
+        try {
+            await saveAnnotation(annotation);
+            $("annotate-result").textContent = `${kind} saved${annotation.text ? `: “${annotation.text}”` : ""}`;
+        } catch (error) {
+            $("annotate-result").textContent = `Not saved: ${error.message}`;
+        }
+        showAnnotations();
+        drawMarks();
+    }
+
+    function showAnnotations() {
+        const items = shownAnnotations().map(({ kind, points, text, author }) => {
+            const item = document.createElement("li");
+            item.textContent = `${kind}${kind === "polygon" ? ` (${points.length} points)` : ""}${text ? `: ${text}` : ""} · ${author.name}`;
+            return item;
+        });
+        $("annotations").replaceChildren(...items);
+    }
+
+    // Only a signed-in pathologist annotates (the server says so too); others see the annotations, not the tools.
+    function allowAnnotating(me) {
+        const pathologist = Boolean(me && me.user && me.user.role === "pathologist");
+        for (const kind of ["point", "line", "polygon"]) $(`tool-${kind}`).disabled = !pathologist;
+        $("note").disabled = !pathologist;
+        $("annotate-note").textContent = pathologist ? "Saved with the case, under your name." : "View only: a pathologist signed in draws annotations.";
+    }
+
+    function closePolygon() {
+        if (!draft || draft.kind !== "polygon" || draft.points.length < 3) return false;
+        finishAnnotation(draft);
+        return true;
+    }
+
+    function startMarks() {
+        marks = document.createElementNS(SVG, "svg");
+        marks.id = "marks";
+        marks.setAttribute("aria-hidden", "true"); // what it shows is also in #measure-result and #annotations
+        viewer.element.append(marks);
+        const follow = (event, done) => {
+            if (!dragging) return;
+            dragging = !done;
+            const point = eventToImage(event);
+            if (draft) {
+                draft.points[1] = point;
+                if (done && (point.x !== draft.points[0].x || point.y !== draft.points[0].y)) finishAnnotation(draft);
             } else {
-                const failed = error.status === 404 && error.message.includes(": send failed: ");
-                showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
-                if (!failed) setTimeout(start, POLL_MS);
+                shape.b = point;
+                $("measure-result").textContent = measurement(shape);
             }
+            drawMarks();
+        };
+        marks.addEventListener("pointerdown", (event) => {
+            if (!tool || !slideLayer || !slideLayer.item) return;
+            const point = eventToImage(event);
+            if (tool === "point") {
+                finishAnnotation({ kind: "point", points: [point] });
+            } else if (tool === "polygon") {
+                const first = draft && imageToElement(draft.points[0]);
+                const box = viewer.element.getBoundingClientRect();
+                const closes = first && Math.hypot(first.x - (event.clientX - box.left), first.y - (event.clientY - box.top)) < 10;
+                if (!(closes && closePolygon())) {
+                    if (draft) draft.points.push(point);
+                    else draft = { kind: "polygon", points: [point], hover: point };
+                }
+            } else {
+                marks.setPointerCapture(event.pointerId);
+                dragging = true;
+                if (tool === "line") draft = { kind: "line", points: [point, point] };
+                else shape = { kind: tool, a: point, b: point };
+            }
+            drawMarks();
+        });
+        marks.addEventListener("pointermove", (event) => {
+            if (draft && draft.kind === "polygon") {
+                draft.hover = eventToImage(event);
+                drawMarks();
+            } else {
+                follow(event, false);
+            }
+        });
+        marks.addEventListener("pointerup", (event) => follow(event, true));
+        viewer.addHandler("update-viewport", drawMarks);
+        for (const kind of TOOLS) $(`tool-${kind}`).addEventListener("click", () => setTool(tool === kind ? null : kind));
+        $("tool-clear").addEventListener("click", () => {
+            shape = null;
+            $("measure-result").textContent = "";
+            drawMarks();
+        });
+    }
+
+    // -- keyboard: arrows pan, +/- zoom, n/p top regions, ]/[ slides, m/a tools, Enter closes a polygon, Esc ends a tool
+    function pan(dx, dy) {
+        const bounds = viewer.viewport.getBounds();
+        viewer.viewport.panBy(new OpenSeadragon.Point(dx * bounds.width * PAN_STEP, dy * bounds.height * PAN_STEP));
+        viewer.viewport.applyConstraints();
+    }
+
+    function zoom(factor) {
+        viewer.viewport.zoomBy(factor);
+        viewer.viewport.applyConstraints();
+    }
+
+    // the slide shown goes into the address (?slide=), so a reload or a shared link opens the same one
+    function rememberSlide() {
+        const address = new URLSearchParams(location.search);
+        address.set("slide", slides[slideIndex].slide);
+        history.replaceState(null, "", `?${address}${location.hash}`);
+    }
+
+    function stepSlide(delta) {
+        if (slides.length > 1) switchSlide((slideIndex + delta + slides.length) % slides.length);
+    }
+
+    // -- the case's slides: a thumbnail each (its coarsest level), a click or ] / [ switches ----------------------
+    const thumbnails = new Map(); // "s1/v1" -> object URL of its picture ("" while asked)
+    let caseInfo = null;
+
+    function showSlides() {
+        const items = slides.map((entry, index) => {
+            const key = `${entry.slide}/${entry.version}`;
+            const picture = document.createElement("img");
+            picture.alt = "";
+            picture.dataset.key = key;
+            if (thumbnails.get(key)) picture.src = thumbnails.get(key);
+            else if (!thumbnails.has(key) && entry.state !== "failed") loadThumbnail(entry, key);
+            const caption = document.createElement("span");
+            caption.textContent = `${entry.slide} (${entry.version})${entry.state === "failed" ? ` failed: ${entry.failed}` : ` ${entry.state}`}`;
+            const button = document.createElement("button");
+            button.type = "button";
+            button.append(picture, caption);
+            if (index === slideIndex) button.setAttribute("aria-current", "true");
+            button.addEventListener("click", () => switchSlide(index));
+            const item = document.createElement("li");
+            item.dataset.slide = entry.slide;
+            item.classList.toggle("failed", entry.state === "failed");
+            item.append(button);
+            return item;
+        });
+        $("slides").replaceChildren(...items);
+    }
+
+    // fetched with the token in a header (an <img src> cannot carry it), shown from a blob: URL
+    async function loadThumbnail(entry, key) {
+        thumbnails.set(key, "");
+        try {
+            const response = await fetch(url("thumbnail", { of: entry }), { headers: { Authorization: `Bearer ${token}` } });
+            if (!response.ok) throw new Error(response.statusText);
+            thumbnails.set(key, URL.createObjectURL(await response.blob()));
+            for (const picture of $("slides").querySelectorAll("img")) if (picture.dataset.key === key) picture.src = thumbnails.get(key);
+        } catch (error) {
+            thumbnails.delete(key); // not arrived yet: asked again when the strip is next drawn
+        }
+    }
+
+    // Where the view is, as fractions of the slide: another slide of the case opens at the same place when the two
+    // have about the same shape (serial sections, levels of one block); otherwise it opens whole.
+    function relativeView() {
+        const item = slideLayer && slideLayer.item;
+        if (!item) return null;
+        const { x, y, width, height } = item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+        return { x: x / info.width, y: y / info.height, width: width / info.width, height: height / info.height, shape: info.width / info.height };
+    }
+
+    // -- side by side: another slide of the case beside the one shown, panned and zoomed with it ----------------
+    // Both views show the same part of their slides, as fractions of each slide's size (serial sections, a
+    // stain beside the H&E); either one leads.
+    let compare = null; // { viewer, entry, image }
+    // the view the pathologist moves (pointer or wheel on it; our keys move the first): only its changes are
+    // followed, so the other's own animation never echoes back and stops the one being made
+    let leader = null;
+
+    function leads(which) {
+        for (const name of ["canvas-press", "canvas-scroll", "canvas-drag"]) which.addHandler(name, () => { leader = which; });
+    }
+
+    function compareChoices() {
+        const select = $("compare-with");
+        const chosen = compare ? `${compare.entry.slide}/${compare.entry.version}` : "";
+        const options = [new Option("none", "")];
+        for (const entry of slides) {
+            if (entry.state === "failed" || entry === slides[slideIndex]) continue;
+            options.push(new Option(`${entry.slide} (${entry.version})`, `${entry.slide}/${entry.version}`));
+        }
+        select.replaceChildren(...options);
+        select.value = chosen;
+        $("compare-box").hidden = options.length < 2;
+    }
+
+    function closeCompare() {
+        if (compare) compare.viewer.destroy();
+        compare = null;
+        $("compare").hidden = true;
+        $("compare").replaceChildren();
+    }
+
+    async function openCompare(key) {
+        closeCompare();
+        const entry = slides.find((candidate) => `${candidate.slide}/${candidate.version}` === key);
+        if (!entry) return;
+        const [image, status] = await Promise.all([api(url("image", { of: entry })), api(url("status", { of: entry }))]);
+        $("compare").hidden = false;
+        const other = OpenSeadragon({
+            element: $("compare"),
+            prefixUrl: url("openseadragon-images"),
+            loadTilesWithAjax: true,
+            ajaxHeaders: { Authorization: `Bearer ${token}` },
+            maxZoomPixelRatio: 2,
+            visibilityRatio: 0.5,
+        });
+        const caption = document.createElement("div");
+        caption.className = "compare-caption";
+        caption.textContent = `${entry.slide} (${entry.version})`;
+        $("compare").append(caption);
+        compare = { viewer: other, entry, image };
+        leader = viewer;
+        leads(other);
+        other.addTiledImage({
+            tileSource: tileSource("slide", status.manifest ? status.levels : null, status.started_at, image, entry),
+            success: () => follow(viewer, other),
+        });
+        other.addHandler("viewport-change", () => leader === other && follow(other, viewer));
+    }
+
+    // `target` shows what `source` shows, in fractions of each slide
+    function follow(source, target) {
+        if (!compare || !slideLayer || !slideLayer.item) return;
+        const ours = { item: slideLayer.item, image: info };
+        const theirs = { item: compare.viewer.world.getItemAt(0), image: compare.image };
+        if (!theirs.item) return;
+        const [from, to] = source === viewer ? [ours, theirs] : [theirs, ours];
+        const { x, y, width, height } = from.item.viewportToImageRectangle(source.viewport.getBounds(true));
+        const [sx, sy] = [to.image.width / from.image.width, to.image.height / from.image.height];
+        target.viewport.fitBounds(to.item.imageToViewportRectangle(x * sx, y * sy, width * sx, height * sy), true);
+    }
+
+    // A slide sent later joins the strip, and one that failed since says so, without a reload. The slide on screen
+    // keeps the version it shows (its status poll follows it); a rescan of it is listed when the page is reopened.
+    let watchingSlides = false;
+
+    async function pollSlides() {
+        try {
+            const shown = slides[slideIndex];
+            const fresh = (await api(url("slides"))).slides.map((entry) => (entry.slide === shown.slide ? shown : entry));
+            const summary = (list) => JSON.stringify(list.map(({ slide, version, state, failed }) => [slide, version, state, failed]));
+            if (fresh.includes(shown) && summary(fresh) !== summary(slides)) {
+                slides = fresh;
+                slideIndex = slides.indexOf(shown);
+                caseInfo = { ...caseInfo, slides };
+                showSlides();
+                compareChoices();
+                caseView.show(url("case"), caseInfo, shown.slide);
+            }
+        } catch (error) {
+            if (error instanceof ApiError && error.refused) return;
+        }
+        setTimeout(pollSlides, SLIDES_POLL_MS);
+    }
+
+    function switchSlide(index) {
+        if (index === slideIndex || !slides[index]) return;
+        const view = relativeView();
+        slideIndex = index;
+        rememberSlide();
+        showSlides();
+        if (compare && compare.entry === slides[slideIndex]) closeCompare();
+        compareChoices();
+        caseView.show(url("case"), caseInfo, slides[slideIndex].slide);
+        openSlide(view);
+    }
+
+    const SLIDE_KEYS = ["[", "]"]; // the only keys that work while no slide is on screen (one failed, say)
+    const KEYS = {
+        ArrowLeft: () => pan(-1, 0),
+        ArrowRight: () => pan(1, 0),
+        ArrowUp: () => pan(0, -1),
+        ArrowDown: () => pan(0, 1),
+        "+": () => zoom(ZOOM_STEP),
+        "=": () => zoom(ZOOM_STEP),
+        "-": () => zoom(1 / ZOOM_STEP),
+        _: () => zoom(1 / ZOOM_STEP),
+        n: () => goToRegion(regionIndex + 1),
+        p: () => goToRegion(regionIndex - 1),
+        "]": () => stepSlide(1),
+        "[": () => stepSlide(-1),
+        m: () => setTool(tool === "ruler" ? null : "ruler"),
+        a: () => setTool(tool === "area" ? null : "area"),
+        Enter: closePolygon,
+        Escape: () => setTool(null),
+    };
+
+    // Keys a focused control needs for itself: text entry takes every key, a slider its arrows; a ticked checkbox
+    // or a clicked button takes none of ours, so the keys keep working after using the side panel.
+    function ownsKey(target, key) {
+        if (!(target instanceof Element)) return false;
+        if (target.closest("textarea, select, [contenteditable]")) return true;
+        if (!(target instanceof HTMLInputElement)) return false;
+        return target.type === "range" ? key.startsWith("Arrow") : !["checkbox", "radio", "button"].includes(target.type);
+    }
+
+    // in the capture phase: before OpenSeadragon's own keys on its canvas, which would pan a second time
+    function onKey(event) {
+        if (event.ctrlKey || event.metaKey || event.altKey || ownsKey(event.target, event.key)) return;
+        if (!SLIDE_KEYS.includes(event.key) && !(slideLayer && slideLayer.item)) return;
+        const action = KEYS[event.key];
+        if (!action) return;
+        leader = viewer;
+        if (action() === false) return; // false: not for us (Enter on a button stays the button's)
+        event.preventDefault();
+        event.stopPropagation();
+    }
+
+    // -- opening the case and a slide ------------------------------------------------------------------------
+    let opening = 0; // the latest openSlide(): an earlier one still waiting for the store gives way
+
+    function cannotOpen(error, retry) {
+        if (error instanceof ApiError && error.refused) {
+            showMessage(`${refusedText} (${error.message})`);
             return;
         }
+        const failed = error.status === 404 && error.message.includes(": send failed: ");
+        showMessage(failed ? error.message : error.status === 404 ? "Waiting for the slide to arrive…" : `Cannot open the case: ${error.message}`);
+        if (!failed) setTimeout(retry, POLL_MS);
+    }
+
+    // The case as /api/cases/CASE describes it: its clock, its panel (case.js) and its slides; the slide shown is
+    // the one named in ?slide= (else the first), at its newest version.
+    async function openCase() {
+        let found;
+        try {
+            found = await api(url("case"));
+        } catch (error) {
+            cannotOpen(error, openCase);
+            return;
+        }
+        const wanted = slides[slideIndex] ? slides[slideIndex].slide : new URLSearchParams(location.search).get("slide");
+        caseInfo = found;
+        slides = found.slides;
+        slideIndex = Math.max(0, slides.findIndex((entry) => entry.slide === wanted));
+        showSlides();
+        compareChoices();
+        times.registered = found.registered_at;
+        times.started = found.registered_at || times.started;
+        times.reported = found.signed_at;
+        tick();
+        await caseView.show(url("case"), found, slides.length ? slides[slideIndex].slide : null);
+        allowAnnotating(caseView.me());
+        loadAnnotations();
+        if (!slides.length) {
+            showMessage("Waiting for the slide to arrive…");
+            setTimeout(openCase, POLL_MS);
+            return;
+        }
+        if (!watchingSlides) {
+            watchingSlides = true;
+            setTimeout(pollSlides, SLIDES_POLL_MS);
+        }
+        openSlide();
+    }
+
+    async function openSlide(view = null) {
+        const ours = ++opening;
+        const shown = slides[slideIndex];
+        showAnnotations();
+        if (shown.state === "failed") {
+            if (viewer) viewer.world.removeAll();
+            slideLayer = heatLayer = null;
+            showMessage(`case ${caseId}: send failed: ${shown.failed}`);
+            return;
+        }
+        let image;
+        try {
+            image = await api(url("image"));
+        } catch (error) {
+            if (ours === opening) cannotOpen(error, () => openSlide(view));
+            return;
+        }
+        if (ours !== opening) return;
+        info = image;
         // background chunks are not fetched: the page shows the image's fill value (white glass, dark fluorescence)
         $("slide").style.background = `rgb(${info.fill_value}, ${info.fill_value}, ${info.fill_value})`;
         showMessage("");
+        if (viewer) viewer.world.removeAll();
+        else startViewer();
+        slideLayer = new Layer(true, 1);
+        heatLayer = new Layer(false, heatOpacity());
+        [shownStates, heatVersion, regionsKey, shape] = [null, null, "", null];
+        keptView = view && Math.abs(Math.log(view.shape / (info.width / info.height))) < SAME_SHAPE ? view : null;
+        $("measure-result").textContent = info.mpp ? "" : "This slide records no resolution: lengths in pixels only.";
+        if (!polling) {
+            polling = true;
+            poll();
+        }
+    }
+
+    function startViewer() {
         viewer = OpenSeadragon({
             element: $("slide"),
-            prefixUrl: "/static/openseadragon/images/",
+            prefixUrl: url("openseadragon-images"),
             loadTilesWithAjax: true,
             ajaxHeaders: { Authorization: `Bearer ${token}` },
             showNavigator: true,
@@ -235,18 +837,54 @@
             // PNG overlay tiles carry straight (not premultiplied) alpha: without this WebGL adds their colour
             drawerOptions: { webgl: { unpackWithPremultipliedAlpha: true } },
         });
-        slideLayer = new Layer(true, 1);
-        heatLayer = new Layer(false, heatOpacity());
         viewer.addHandler("animation", updateScaleBar);
         viewer.addHandler("resize", updateScaleBar);
-        $("heat-on").addEventListener("change", () => heatLayer.setOpacity(heatOpacity()));
-        $("heat-opacity").addEventListener("input", () => heatLayer.setOpacity(heatOpacity()));
+        viewer.addHandler("viewport-change", () => compare && leader === viewer && follow(viewer, compare.viewer));
+        leads(viewer);
+        startMarks();
+        // for tests and automation: the viewer's own conversion between slide pixels and the page
+        window.slideView = {
+            imageToPage(x, y) {
+                const point = imageToElement({ x, y });
+                const box = viewer.element.getBoundingClientRect();
+                return { x: point.x + box.left, y: point.y + box.top };
+            },
+            imageBounds() {
+                const { x, y, width, height } = slideLayer.item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+                return { x, y, width, height };
+            },
+            annotations: () => annotations,
+            shown: () => slides[slideIndex].slide,
+            compareBounds() {
+                const item = compare && compare.viewer.world.getItemAt(0);
+                if (!item) return null;
+                const { x, y, width, height } = item.viewportToImageRectangle(compare.viewer.viewport.getBounds(true));
+                return { x, y, width, height };
+            },
+            settled() {
+                const still = ({ viewport }) => viewport.getZoom(true) === viewport.getZoom(false) && viewport.getCenter(true).equals(viewport.getCenter(false));
+                return Boolean(slideLayer.item) && still(viewer) && (!compare || still(compare.viewer));
+            },
+        };
+    }
+
+    function start() {
+        $("case").textContent = caseId;
+        if (!token) {
+            showMessage(refusedText);
+            return;
+        }
+        const opacity = () => heatLayer && heatLayer.setOpacity(heatOpacity());
+        $("heat-on").addEventListener("change", opacity);
+        $("heat-opacity").addEventListener("input", opacity);
         document.addEventListener("report-signed", (event) => {
             times.reported = event.detail.signed_at;
             tick();
         });
+        document.addEventListener("keydown", onKey, true);
+        $("compare-with").addEventListener("change", (event) => openCompare(event.target.value));
         setInterval(tick, 1000);
-        poll();
+        openCase();
     }
 
     start();

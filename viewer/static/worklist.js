@@ -1,5 +1,7 @@
 "use strict";
-// The worklist: every case, most suspicious first, with arrival progress and the frozen-section clock.
+// The worklist: every case, most urgent first (the server's order: minutes left, then triage score), with where
+// it comes from, its slides' arrival, the AI result's stage, the frozen-section clock and the signature. Polled:
+// new cases appear by themselves.
 (() => {
     const { api, ApiError, clock, refusedText, token } = slidestream;
     const $ = (id) => document.getElementById(id);
@@ -30,29 +32,30 @@
             link.href = `${entry.link}${location.hash}`; // the pathologist's own token: the case opens signed in
             link.textContent = entry.case;
             cell(row, link, "case");
+            cell(row, entry.hospital || "–", "hospital");
+            cell(row, entry.specimen || "–", "specimen");
+            cell(row, String(entry.slides.length), "slide-count");
             const score = entry.triage ? entry.triage.score : null;
             const meter = document.createElement("span");
             meter.className = "meter";
             meter.append(document.createElement("span"));
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
             const scoreCell = cell(row, meter, "triage");
-            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}${stageLabel(entry.triage)}`);
-            const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%${entry.complete ? " ✓" : ""}` : "–";
-            cell(row, entry.state === "failed" ? `failed: ${entry.failed}` : arrived, "arrived");
+            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
+            cell(row, STAGES[entry.stage] || (entry.triage ? "stage not recorded" : "–"), "ai-stage");
+            const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%` : "";
+            const states = { sending: `arriving ${arrived}`, complete: "all arrived ✓" };
+            cell(row, entry.state === "failed" ? `failed: ${entry.failed}` : states[entry.state] || entry.state, "arrived");
             const clockCell = cell(row, "", "clock");
             clockCell.dataset.started = entry.started_at || "";
             clockCell.dataset.reported = entry.reported_at || "";
-            cell(row, entry.reported_at ? `signed ${new Date(entry.reported_at).toLocaleTimeString()}` : "–", "report");
+            cell(row, entry.reported_at ? `signed ${new Date(entry.reported_at).toLocaleTimeString()}` : "not signed", "report");
         }
         tick();
     }
 
-    // an edge triage's coarse map, or a map still growing, is not the final score (a result from before stages
-    // were recorded says nothing: no label)
-    function stageLabel(triage) {
-        if (triage.final || !triage.stage) return "";
-        return triage.stage === "edge" ? " edge (coarse)" : " (partial)";
-    }
+    // what the score on the row comes from: an edge triage's coarse map and a hub map still growing are not final
+    const STAGES = { edge: "edge (coarse)", hub: "hub (partial)", analyze: "analysis (partial)", final: "final" };
 
     function tick() {
         for (const td of document.querySelectorAll("td.clock")) {

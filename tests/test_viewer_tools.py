@@ -1,0 +1,111 @@
+"""The AI overlay's colours and cell kinds, from maps written by inference's own writer.
+
+What a pathologist relies on: the colour scale is the published viridis (perceptual, legible in greyscale), the
+legend on the page is the scale the tiles are drawn with, a scored tile never looks like an unscored one, glass
+stays clear, and tissue the hub has not scored yet is hatched while the map is partial (and only then).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.heatmap import Heatmap, write_results
+from inference.model import ModelSpec
+from inference.store import Location
+from inference.tiles import TileGrid
+from transfer.target import HUB
+from viewer import LocalStorage
+from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
+
+from test_viewer import V1, pyramid, serving
+
+SLIDE_SIZE = (2220, 2967)  # CMU-1-Small-Region, level 0 (width, height)
+MPP = 0.499
+CELL = 101  # level-0 pixels per heatmap cell: a 22 x 30 grid over the slide
+SPEC = ModelSpec(name="test-model", input_size=224, mpp=0.5, class_names=("normal", "tumour"), score_classes=(1,))
+
+
+def inference_heatmap(scores: np.ndarray, complete: bool, stage: str = HUB, threshold: float = 0.5) -> tuple[dict[str, bytes], dict]:
+    """heatmap.zarr's objects and triage.json as inference writes them for per-cell `scores` (NaN = not scored)."""
+    grid = TileGrid(CELL, *SLIDE_SIZE)
+    assert grid.shape == scores.shape
+    heatmap = Heatmap(grid, np.ones(grid.shape, bool), SPEC, MPP, False, "test")
+    heatmap.score[:] = scores
+    heatmap.measured[:] = np.isfinite(scores)
+    heatmap.stage, heatmap.complete = stage, complete
+    with tempfile.TemporaryDirectory() as folder:
+        triage = write_results(heatmap, Location.parse(folder), threshold, MPP)
+        root = Path(folder) / "heatmap.zarr"
+        objects = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    assert triage is not None
+    return objects, triage
+
+
+def test_the_colour_scale_is_viridis_and_the_legend_is_that_scale() -> None:
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    reference = np.array([colormaps["viridis"](i / 255)[:3] for i in range(256)]) * 255
+    assert np.abs(LUT[:, :3].astype(float) - reference).max() <= 6
+    assert (LUT[:, 3] == 255).all()  # opaque: the page's opacity slider decides how much tissue shows through
+    lightness = LUT[:, :3] @ np.array([0.2126, 0.7152, 0.0722])  # luminance rises with probability
+    assert (np.diff(lightness) > -0.5).all() and lightness[-1] - lightness[0] > 150  # (up to uint8 rounding)
+    for stop in legend()["stops"]:
+        assert list(LUT[round(stop["at"] * 255), :3]) == stop["rgb"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    _, pieces = pyramid()
+    for piece in pieces:
+        (root / "case" / V1 / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "case" / V1 / "image.zarr" / piece.key).write_bytes(piece.data)
+    return root
+
+
+def overlay_tile(root: Path, scores: np.ndarray, complete: bool) -> tuple[np.ndarray, dict]:
+    """The level-2 overlay tile (0, 0) (240 px of 4 level-0 pixels: cells 0-8 and part of 9) and the status."""
+    objects, triage = inference_heatmap(scores, complete)
+    (root / "case" / V1 / "triage.json").write_text(json.dumps(triage))
+    for key, data in objects.items():
+        (root / "case" / V1 / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "case" / V1 / "heatmap.zarr" / key).write_bytes(data)
+    with serving(LocalStorage(root)) as served:
+        token = served.token("case")
+        status = served.get("/api/cases/case/slides/s1/v1/status", token).json()
+        png = served.get(f"/api/cases/case/slides/s1/v1/heatmap/2/0/0.png?v={status['heatmap']['version']}", token).content
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")), status
+
+
+def cell_pixels(tile: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The tile pixels inside heatmap cell (row, col), two pixels clear of its edges."""
+    side = CELL / 4
+    return tile[int(row * side) + 2 : int((row + 1) * side) - 2, int(col * side) + 2 : int((col + 1) * side) - 2]
+
+
+def test_scored_glass_and_pending_cells_are_told_apart(image_folder: Path) -> None:
+    scores = np.full((30, 22), np.nan, np.float32)
+    scores[2, 7] = 0.9
+    scores[2, 6] = 0.0  # a real score of zero: coloured, not clear
+    tile, status = overlay_tile(image_folder, scores, complete=False)
+    assert tuple(cell_pixels(tile, 2, 7)[0, 0]) == tuple(LUT[round(0.9 * 255)])
+    assert tuple(cell_pixels(tile, 2, 6)[0, 0]) == tuple(LUT[0]) and LUT[0, 3] == 255
+    glass = cell_pixels(tile, 5, 2)  # the slide's left edge holds no tissue (its label image says so)
+    assert (glass[..., 3] == 0).all()
+    pending = cell_pixels(tile, 4, 8)  # tissue, not scored yet, map partial: hatched, half the pixels
+    hatched = (pending == PENDING_RGBA).all(axis=2)
+    assert 0.35 < hatched.mean() < 0.65 and (pending[~hatched][..., 3] == 0).all()
+    assert hatched[0, :HATCH_PERIOD].any() and not hatched[0, :HATCH_PERIOD].all()  # stripes, not a fill
+    assert status["heatmap"] | {"version": None, "legend": None} == {
+        "version": None, "legend": None, "stage": HUB, "complete": False, "tiles_scored": 2, "tissue_tiles": 660,
+    }  # fmt: skip
+    assert status["top_regions"] == [{"x": 7 * CELL, "y": 2 * CELL, "width": CELL, "height": CELL, "score": pytest.approx(0.9)}]
+
+    final, status = overlay_tile(image_folder, scores, complete=True)  # the final map: unscored tissue is clear
+    assert (cell_pixels(final, 4, 8)[..., 3] == 0).all() and status["heatmap"]["complete"] is True
