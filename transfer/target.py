@@ -58,7 +58,6 @@ HEATMAP = "heatmap.zarr"
 TILE_STATE = "tile_state"
 TISSUE_LABEL = "labels/tissue"  # inside image.zarr: the NGFF label image of the tissue mask (1 = tissue)
 TRIAGE = "triage.json"
-REPORT = "report.json"
 LEASE = "hub.lease"
 PYRAMID = "pyramid.json"
 # triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
