@@ -157,9 +157,9 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
             time.sleep(0.2)
         assert send.returncode == 0, send.stdout.read() if send.stdout else ""
         final = wait_for(lambda: (t := location.read_json("triage.json")) and t["complete"] and t, "the hub's final map")
+        wait_for(lambda: f"DONE {case}" in log.read_text(), "the hub's DONE line (after the map it published)")
     assert len(partial) >= 2, f"partial maps seen during the send: {sorted(partial)}"  # it grew while arriving
     assert final["stage"] == HUB and final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
-    assert f"DONE {case}" in log.read_text()
     hub_image, attributes = heatmap_of(location)
     assert attributes["stage"] == HUB and attributes["complete"] is True
     assert (location.read_json(LEASE) or {}).get("finished") is True
