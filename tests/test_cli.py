@@ -7,12 +7,14 @@ import inspect
 import json
 import os
 import pty
+import queue
 import re
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -147,15 +149,21 @@ def _free_port() -> int:
 
 
 def _serve_lines(process: subprocess.Popen[str], count: int, timeout: float = 90) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
+    """The first `count` lines serve prints. A thread reads them: `select` on the pipe would miss lines that
+    arrived together with the first one and wait in the file's buffer (it did, on a loaded machine)."""
+    lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None
-    while len(lines) < count:
-        assert time.monotonic() < deadline and process.poll() is None, f"serve said {lines}: {process.stderr.read() if process.poll() is not None else ''}"  # type: ignore[union-attr]
-        ready, _, _ = select.select([process.stdout], [], [], 1)
-        if ready:
-            lines.append(process.stdout.readline().strip())
-    return lines
+    stdout = process.stdout
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in stdout], daemon=True).start()
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline and process.poll() is None, f"serve said {got}: {process.stderr.read() if process.poll() is not None else ''}"  # type: ignore[union-attr]
+        try:
+            got.append(lines.get(timeout=1))
+        except queue.Empty:
+            continue
+    return got
 
 
 def _get(url: str, token: str) -> tuple[int, bytes]:
