@@ -189,26 +189,21 @@ class LocalStorage(Storage):
     async def put(self, key: str, data: bytes) -> None:
         def write() -> None:
             path = self.path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-                file.write(data)
-            os.replace(file.name, path)
+            os.replace(_staged(path, data), path)
 
         await self._run(key, write)
 
     async def create(self, key: str, data: bytes) -> bool:
         def write() -> bool:
             path = self.path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-                file.write(data)
+            staged = _staged(path, data)
             try:
-                os.link(file.name, path)  # complete when it appears, and refused when the name is taken
+                os.link(staged, path)  # complete when it appears, and refused when the name is taken
                 return True
             except FileExistsError:
                 return False
             finally:
-                os.unlink(file.name)
+                os.unlink(staged)
 
         return await self._run(key, write)
 
@@ -251,6 +246,14 @@ def open_storage(location: str, endpoint_url: str | None = None) -> Storage:
         return S3Storage(bucket, prefix.strip("/"), endpoint_url)
     return LocalStorage(Path(location))
 
+
+
+def _staged(path: Path, data: bytes) -> str:
+    """`data` in a hidden file beside `path` (its folder made if needed): renamed or linked into place whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        file.write(data)
+    return file.name
 
 
 class ZarrView(ZarrStore):
