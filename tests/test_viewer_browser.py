@@ -180,7 +180,8 @@ def _redness(pixels: np.ndarray) -> float:
 
 
 def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
-    """Three cases registered 2, 24 and 35 minutes ago, scored so that the score alone would order them otherwise;
+    """Three cases registered 2, 24½ and 35 minutes ago (never on a minute's edge, where a clock skew of a few ms between
+    this process and the browser would show 23:59), scored so that the score alone would order them otherwise;
     a fourth arrives while the page is open."""
     bucket = Bucket(s3_server)
     now = datetime.now(UTC)
@@ -193,7 +194,7 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         bucket.put(f"{case}/slides/s1/v1/triage.json", json.dumps(triage).encode())
 
     register("fresh", 2, 0.95, "edge", False, "Hospital A")
-    register("amber", 24, 0.3, "hub", False, "Hospital B")
+    register("amber", 24.5, 0.3, "hub", False, "Hospital B")
     register("late", 35, 0.6, "hub", True, "Hospital C")
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))

@@ -67,8 +67,9 @@
 
     async function refresh() {
         try {
+            const sent = Date.now();
             const data = await api("/api/worklist");
-            offset = Date.parse(data.now) - Date.now();
+            offset = Date.parse(data.now) - (sent + Date.now()) / 2; // the server's time was read mid-round-trip
             cases = data.cases;
             showMessage(cases.length ? "" : "No cases yet.");
             render();
