@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -459,7 +460,12 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
         page.wait_for_timeout(300)  # separate clicks, not a double click
     page.keyboard.press("Enter")
     wait_for(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
-    assert page.locator("#annotations li").text_content() == "polygon (3 points): another section from here · Dr Draws"
+    listed = re.fullmatch(r"polygon \(3 points, ([\d.]+) mm²\): another section from here · Dr Draws", page.locator("#annotations li").text_content())
+    with open_slide(sample(SLIDE)) as slide:
+        mpp = slide.mpp[0]
+    (x1, y1), (x2, y2), (x3, y3) = corners
+    enclosed = abs(x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2)) / 2  # 77,500 px²: the triangle clicked
+    assert listed and float(listed.group(1)) == pytest.approx(enclosed * mpp**2 / 1e6, rel=0.01)
     page.locator("#note").fill("")
     page.locator("#tool-point").click()
     page.mouse.click(*on_screen(page, 1000, 1000))
@@ -524,6 +530,18 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
             if opened == "opened":
                 page.reload()
                 wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
+
+        # while the station looks, the pathologist marks a second place: it appears there without a reload
+        page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
+        line = {"slide": "s1", "version": "v1", "kind": "line", "points": [[1000, 800], [1400, 1100]], "text": "margin"}
+        saved = httpx.post(f"{served.url}/api/cases/marked/annotations", json=line,
+                           headers={"Authorization": f"Bearer {served.person(bucket.storage(), 'Dr Marks')}"}, timeout=30)
+        assert saved.status_code == 200, saved.text
+        wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the pathologist's new line at the station", timeout=15)
+        with open_slide(sample(SLIDE)) as slide:
+            length = 500 * slide.mpp[0]  # (1000, 800) to (1400, 1100): 500 px
+        assert page.locator("#annotations li").nth(1).text_content() == f"line ({length:.1f} µm): margin · Dr Marks"
+        assert page.evaluate("window.sameDocument") is True and page.locator("#marks line.note").count() == 1
 
 
 def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ from transfer.target import (
     annotation_key,
     stamp,
 )
+from viewer.cache import AsyncCache
 from viewer.reports import iso_now
 from viewer.storage import ObjectNotFoundError, Storage
 
@@ -66,8 +67,11 @@ async def save(storage: Storage, case: str, form: AnnotationIn, author: dict[str
             return document
 
 
-async def listed(storage: Storage, case: str) -> list[dict[str, Any]]:
-    """Every annotation of the case, in the order they were made (unreadable objects left out)."""
+async def listed(storage: Storage, case: str, documents: AsyncCache[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Every annotation of the case, in the order they were made (unreadable objects left out).
+
+    An annotation is never replaced, so `documents` keeps each one read: a page polling for others' annotations
+    costs one LIST."""
     try:
         found = await storage.list(f"{case}/{ANNOTATIONS}")
     except ObjectNotFoundError:
@@ -77,10 +81,17 @@ async def listed(storage: Storage, case: str) -> list[dict[str, Any]]:
 
     async def load(key: str) -> dict[str, Any] | None:
         async with limit:
-            try:
-                value = json.loads(await storage.get(key))
-            except (ObjectNotFoundError, ValueError):
-                return None
+            data = await storage.get(key)  # not found: raised, so the cache forgets it
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
         return value if isinstance(value, dict) and value.get("format") == ANNOTATION_FORMAT else None
 
-    return [value for value in await asyncio.gather(*(load(key) for key in keys)) if value]
+    async def cached(key: str) -> dict[str, Any] | None:
+        try:
+            return await documents.get(key, lambda: load(key))
+        except ObjectNotFoundError:
+            return None
+
+    return [value for value in await asyncio.gather(*(cached(key) for key in keys)) if value]

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
@@ -108,6 +108,7 @@ class ViewerState:
         self.tokens = tokens
         self.link_lifetime = link_lifetime
         self._people: AsyncCache[str, Person | None] = AsyncCache(1024, PEOPLE_TTL)
+        self.annotations: AsyncCache[str, dict[str, Any] | None] = AsyncCache(16384)  # never replaced: kept once read
 
     def case_link(self, case: str) -> str:
         return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
@@ -325,7 +326,7 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
 async def case_annotations(case: Case, state: State) -> JSONResponse:
     """Every annotation of the case (the page draws those of the slide version it shows): whoever opens the case
     sees them, a case link and the registering station included."""
-    return JSONResponse({"annotations": await annotations.listed(state.cases.storage, case)}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"annotations": await annotations.listed(state.cases.storage, case, state.annotations)}, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/api/cases/{case}/annotations")

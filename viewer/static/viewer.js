@@ -7,7 +7,7 @@
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
-    const SLIDES_POLL_MS = 5000; // how soon a slide sent later joins the strip
+    const SLIDES_POLL_MS = 5000; // how soon a slide sent later, or another pathologist's annotation, appears
     const ARRIVED = "2";
     const PAN_STEP = 0.2; // of the view per arrow key
     const ZOOM_STEP = 1.5; // per + or -
@@ -316,16 +316,39 @@
         return microns >= 1000 ? `${(microns / 1000).toFixed(3)} mm` : `${microns.toFixed(1)} µm`;
     }
 
+    function formatArea(squarePixels) {
+        if (!info.mpp) return `${Math.round(squarePixels)} px²`;
+        const square = squarePixels * info.mpp * info.mpp; // µm²
+        return square >= 10000 ? `${(square / 1e6).toFixed(4)} mm²` : `${Math.round(square)} µm²`;
+    }
+
+    // the shoelace formula: the area a polygon's corners enclose, in image pixels²
+    function polygonArea(points) {
+        let twice = 0;
+        points.forEach(([x, y], i) => {
+            const [nx, ny] = points[(i + 1) % points.length];
+            twice += x * ny - nx * y;
+        });
+        return Math.abs(twice) / 2;
+    }
+
+    // what an annotation measures: a line's length, a polygon's area (the tumour's extent, the margin's distance)
+    function annotationSize({ kind, points }) {
+        if (kind === "line") {
+            const length = Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]);
+            return info.mpp ? formatLength(length) : `${Math.round(length)} px`;
+        }
+        return kind === "polygon" && points.length >= 3 ? formatArea(polygonArea(points)) : "";
+    }
+
     function measurement({ kind, a, b }) {
         const [dx, dy] = [Math.abs(b.x - a.x), Math.abs(b.y - a.y)];
         if (kind === "ruler") {
             const length = Math.hypot(dx, dy);
             return info.mpp ? `Length ${formatLength(length)}` : `Length ${Math.round(length)} px (${NO_MPP})`;
         }
-        if (!info.mpp) return `Area ${Math.round(dx * dy)} px² (${Math.round(dx)} × ${Math.round(dy)} px; ${NO_MPP})`;
-        const square = dx * dy * info.mpp * info.mpp; // µm²
-        const area = square >= 10000 ? `${(square / 1e6).toFixed(4)} mm²` : `${Math.round(square)} µm²`;
-        return `Area ${area} (${formatLength(dx)} × ${formatLength(dy)})`;
+        if (!info.mpp) return `Area ${formatArea(dx * dy)} (${Math.round(dx)} × ${Math.round(dy)} px; ${NO_MPP})`;
+        return `Area ${formatArea(dx * dy)} (${formatLength(dx)} × ${formatLength(dy)})`;
     }
 
     function imageToElement(point) {
@@ -362,6 +385,7 @@
         else if (kind === "line") svg("line", { class: className, x1: on[0].x, y1: on[0].y, x2: on[1].x, y2: on[1].y });
         else svg(className === "draft" ? "polyline" : "polygon", { class: className, points: list });
         if (text) label(on[0], text);
+        if (className === "draft" && kind === "polygon" && points.length >= 3) label(on[on.length - 1], annotationSize({ kind, points }));
     }
 
     function drawMarks() {
@@ -401,12 +425,19 @@
         return shown ? annotations.filter((a) => a.slide === shown.slide && a.version === shown.version) : [];
     }
 
+    // Called on opening the case and with every slides poll: another pathologist's annotation appears without a
+    // reload (the list and the drawing change only when the set of annotations did).
     async function loadAnnotations() {
+        let fresh;
         try {
-            annotations = (await api(url("annotations"))).annotations;
+            fresh = (await api(url("annotations"))).annotations;
         } catch (error) {
             $("annotate-result").textContent = `Could not load the annotations: ${error.message}`;
+            return;
         }
+        const ids = (list) => list.map(({ id }) => id).join(" ");
+        if (ids(fresh) === ids(annotations)) return;
+        annotations = fresh;
         showAnnotations();
         drawMarks();
     }
@@ -443,7 +474,9 @@
     function showAnnotations() {
         const items = shownAnnotations().map(({ kind, points, text, author }) => {
             const item = document.createElement("li");
-            item.textContent = `${kind}${kind === "polygon" ? ` (${points.length} points)` : ""}${text ? `: ${text}` : ""} · ${author.name}`;
+            const size = annotationSize({ kind, points });
+            const details = kind === "polygon" ? `${points.length} points, ${size}` : size;
+            item.textContent = `${kind}${details ? ` (${details})` : ""}${text ? `: ${text}` : ""} · ${author.name}`;
             return item;
         });
         $("annotations").replaceChildren(...items);
@@ -685,6 +718,7 @@
         } catch (error) {
             if (error instanceof ApiError && error.refused) return;
         }
+        await loadAnnotations();
         setTimeout(pollSlides, SLIDES_POLL_MS);
     }
 
