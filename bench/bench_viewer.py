@@ -2,7 +2,8 @@
 
 Compared in one run, on one machine, with the same random tile list:
 
-  slidestream-s3      `slidestream serve` over S3 (a moto server on this machine: it is part of what is measured)
+  slidestream-s3      `slidestream serve` over S3 (the S3 server runs on this machine: Ceph RGW at
+                      $SLIDESTREAM_TEST_S3_ENDPOINT, else moto: it is part of what is measured, its CPU per tile too)
   slidestream-local   `slidestream serve` over a local directory with the same layout
   deepzoom            the DeepZoom server pattern openslide-python documents (examples/deepzoom/deepzoom_server.py):
                       one DeepZoomGenerator over the local slide file, `get_tile()` decoded and JPEG-encoded at
@@ -171,6 +172,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_key(who: str) -> str:
+    return f"{who.replace(' ', '_').replace('-', '_')}_cpu_ms_per_tile"
+
+
+def s3_server_pids(moto: subprocess.Popen[bytes] | None) -> dict[str, int]:
+    """The processes of the S3 server on this machine (moto, or Ceph's radosgw and OSD), whose CPU per tile is
+    part of what serving from S3 costs here."""
+    if moto:
+        return {"s3 server": moto.pid}
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            name = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if proc.name.isdigit() and name in ("radosgw", "ceph-osd", "ceph-mon"):
+            found[name] = int(proc.name)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slide", type=Path, default=OUT / "derived-small.svs", help="made by bench/make_large_slide.py --small")
@@ -249,16 +270,16 @@ def main() -> None:
             results[name]["first_seconds"] = wrk(base, server_paths, auth, args.clients, args.warmup, script)
         for round_ in range(args.rounds):
             for name, (base, server_paths, auth, pid) in servers.items():
-                watched = {"server": pid, **({"s3 server": moto.pid} if moto and name == "slidestream-s3" else {})}
+                watched = {"server": pid, **(s3_server_pids(moto) if name == "slidestream-s3" else {})}
                 cpu_before = {who: cpu_seconds(p) for who, p in watched.items()}
                 result = wrk(base, server_paths, auth, args.clients, args.seconds, script)
                 for who, p in watched.items():
                     used = cpu_seconds(p) - cpu_before[who]
-                    result[f"{who.replace(' ', '_')}_cpu_ms_per_tile"] = round(1e3 * used / result["requests"], 3)
+                    result[cpu_key(who)] = round(1e3 * used / result["requests"], 3)
                 results[name]["rounds"].append(result)  # type: ignore[union-attr]
                 print(f"round {round_ + 1} {name:18s} {result['tiles_per_s']:8.1f} tiles/s  p50 {result['p50_ms']:7.1f} ms  "
                       f"p95 {result['p95_ms']:7.1f} ms  server CPU {result['server_cpu_ms_per_tile']:.2f} ms/tile"
-                      + (f" (+ S3 server {result['s3_server_cpu_ms_per_tile']:.2f})" if "s3_server_cpu_ms_per_tile" in result else "")
+                      + "".join(f" (+ {who} {result[cpu_key(who)]:.2f})" for who in watched if who != "server")
                       + f"  errors {result['errors'] + result['non_2xx']}", flush=True)
         for result in results.values():
             rounds = result["rounds"]

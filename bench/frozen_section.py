@@ -15,7 +15,8 @@ bench/make_large_slide.py), in one run per link:
                cores as the send and the server; a centre runs it on its own machine): when the hub's first
                full-magnification map is readable, when it covers the hottest region of the edge map (every tile
                of the edge's top region that the edge scored, measured by the hub), and when it covers all tissue
-               (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores).
+               (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores), and
+               when the image is complete: the hub has built the in-between levels the send leaves out (pyramid.json).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
 notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
 bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
@@ -131,7 +132,13 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
     heatmap = Location(f"s3://{bucket}/{root}heatmap.zarr", endpoint)
     hot: Any = None  # tiles of the edge's top region that the edge scored
     last = None
-    while not stop.is_set() and "hub_complete" not in found:
+    while not stop.is_set() and not {"hub_complete", "pyramid_complete"} <= found.keys():
+        if "pyramid_complete" not in found:  # the in-between levels, built at the hub: the image is complete
+            try:
+                if json.loads(client.get_object(Bucket=bucket, Key=f"{root}pyramid.json")["Body"].read()).get("complete"):
+                    found["pyramid_complete"] = time.monotonic() - started
+            except client.exceptions.NoSuchKey:
+                pass
         try:
             answer = client.get_object(Bucket=bucket, Key=f"{root}triage.json")
             tag, triage = answer["ETag"], json.loads(answer["Body"].read())
@@ -198,7 +205,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         poller.join()
         if hub is not None:
             until = time.monotonic() + (hub_wait or 0.0)
-            while "hub_complete" not in found and time.monotonic() < until and hub.poll() is None:
+            while not {"hub_complete", "pyramid_complete"} <= found.keys() and time.monotonic() < until and hub.poll() is None:
                 time.sleep(1)
             hub_stop.set()
             watcher.join()
@@ -386,7 +393,9 @@ def print_row(result: dict[str, Any]) -> None:
             return "-" if hub.get(name) is None else f"{hub[name]:.1f} s ({hub[name] / full:.1%} of the baseline)"
 
         print(f"  hub: first full-magnification map {share('hub_first')}; the edge map's hottest region {share('hub_hot')}; "
-              f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end)")  # fmt: skip
+              f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end); "
+              f"the image complete (in-between levels built at the hub) {share('pyramid_complete')}, "
+              f"all tissue at full resolution {share('full_resolution')}, {hub['bytes_sent'] / result['source_bytes']:.2f} of the source bytes sent")  # fmt: skip
     if "first_views" in result:
         first = result["first_views"]
         print(f"  {len(first['seconds'])} cold starts of send --edge: overview after {first['median']:.2f} s median ({first['min']:.2f}-{first['max']:.2f} s), "

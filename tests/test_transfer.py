@@ -77,8 +77,12 @@ def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str,
 
 def journal_objects(state_dir: Path) -> dict[str, tuple[str, int, str]]:
     """key -> (sha256, size, status), read the way `resume` and any sqlite client would: read-write. A read-only
-    reader first after a kill -9 can miss the last commit (seen: 11 rows, then 12 on the next read, 12 for resume)."""
+    reader first after a kill -9 can miss the last commit (seen: 11 rows, then 12 on the next read, 12 for resume).
+    No `objects` table yet (a send killed after the station's registry made its tables, before the journal's) is an
+    empty journal, as `resume` reads it."""
     with contextlib.closing(sqlite3.connect(state_dir / "journal.sqlite3")) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'objects'").fetchone():
+            return {}
         return {key: (sha, size, status) for key, sha, size, status in db.execute("SELECT key, sha256, size, status FROM objects")}
 
 

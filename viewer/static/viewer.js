@@ -808,8 +808,9 @@
         times.started = found.registered_at || times.started;
         times.reported = found.signed_at;
         tick();
-        await caseView.show(url("case"), found, slides.length ? slides[slideIndex].slide : null);
-        allowAnnotating(caseView.me());
+        // the panel (who is signed in, requests, reports) loads beside the slide, not before it: over a 20 ms link
+        // its three requests in a row would hold the first tile back
+        const panel = caseView.show(url("case"), found, slides.length ? slides[slideIndex].slide : null).then(() => allowAnnotating(caseView.me()));
         loadAnnotations();
         if (!slides.length) {
             showMessage("Waiting for the slide to arrive…");
@@ -821,6 +822,7 @@
             setTimeout(pollSlides, SLIDES_POLL_MS);
         }
         openSlide();
+        await panel;
     }
 
     async function openSlide(view = null) {
