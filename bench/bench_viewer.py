@@ -4,6 +4,8 @@ Compared in one run, on one machine, with the same random tile list:
 
   slidestream-s3      `slidestream serve` over S3 (the S3 server runs on this machine: Ceph RGW at
                       $SLIDESTREAM_TEST_S3_ENDPOINT, else moto: it is part of what is measured, its CPU per tile too)
+                      with its tile cache (the default 256 MB: after the warm-up, the tiles asked for are in memory)
+  s3-no-tile-cache    the same with `--tile-cache-mb 0`: every tile a range GET from the S3 server
   slidestream-local   `slidestream serve` over a local directory with the same layout
   deepzoom            the DeepZoom server pattern openslide-python documents (examples/deepzoom/deepzoom_server.py):
                       one DeepZoomGenerator over the local slide file, `get_tile()` decoded and JPEG-encoded at
@@ -244,6 +246,7 @@ def main() -> None:
         api, auth = f"/api/cases/{SlideRef(CASE).root}", f"Bearer {token}"  # .../CASE/slides/s1/v1 + /tiles/...
         commands = {
             "slidestream-s3": (serve + ["--store", f"s3://{bucket}/cases", "--endpoint-url", endpoint], api, auth),
+            "s3-no-tile-cache": (serve + ["--store", f"s3://{bucket}/cases", "--endpoint-url", endpoint, "--tile-cache-mb", "0"], api, auth),
             "slidestream-local": (serve + ["--store", str(work / "store")], api, auth),
             "deepzoom": ([sys.executable, __file__, "--deepzoom-server", str(args.slide), "--tile-size", str(chunk)], "", ""),
         }
@@ -270,7 +273,7 @@ def main() -> None:
             results[name]["first_seconds"] = wrk(base, server_paths, auth, args.clients, args.warmup, script)
         for round_ in range(args.rounds):
             for name, (base, server_paths, auth, pid) in servers.items():
-                watched = {"server": pid, **(s3_server_pids(moto) if name == "slidestream-s3" else {})}
+                watched = {"server": pid, **(s3_server_pids(moto) if name.startswith(("slidestream-s3", "s3-")) else {})}
                 cpu_before = {who: cpu_seconds(p) for who, p in watched.items()}
                 result = wrk(base, server_paths, auth, args.clients, args.seconds, script)
                 for who, p in watched.items():

@@ -14,7 +14,7 @@ bench/make_large_slide.py), in one run per link:
   hub          (with --hub) `send --edge` while a `slidestream hub` runs on the same prefix (here on the same two
                cores as the send and the server; a centre runs it on its own machine): when the hub's first
                full-magnification map is readable, when it covers the hottest region of the edge map (every tile
-               of the edge's top region that the edge scored, measured by the hub), and when it covers all tissue
+               of the edge's top region, the tiles at or above its threshold, measured by the hub), and when it covers all tissue
                (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores), and
                when the image is complete: the hub has built the in-between levels the send leaves out (pyramid.json).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
@@ -79,14 +79,15 @@ def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
             "bytes_sent": slide.stat().st_size, "mbit_s": slide.stat().st_size * 8 / seconds / 1e6, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
 
 
-def slide_root(bucket: str, case: str) -> str:
+def slide_root(bucket: str, case: str, prefix: str = "cases") -> str:
     """The key prefix of the case's first slide, first version: what one send of it writes."""
     from transfer.target import Destination
 
-    return Destination(None, bucket, "cases", case).root
+    return Destination(None, bucket, prefix, case).root
 
 
-def poll(endpoint: str, bucket: str, case: str | None, started: float, found: dict[str, Any], stop: threading.Event, edge: bool) -> None:
+def poll(endpoint: str, bucket: str, case: str | None, started: float, found: dict[str, Any], stop: threading.Event, edge: bool,
+         prefix: str = "cases") -> None:
     """Milestones as the server shows them; `case` None: the first case the `_arrivals/` index names (a watch)."""
     client = s3(endpoint)
     found["timeline"] = [(0.0, 0)]
@@ -97,7 +98,7 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
         ref = SlideRef.from_arrival(listed[0]["Key"]) if listed else None
         case = ref.case if ref else None
         time.sleep(0.02)
-    root = slide_root(bucket, case or "")
+    root = slide_root(bucket, case or "", prefix)
     while not stop.is_set():
         now = time.monotonic() - started
         try:
@@ -157,7 +158,7 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
                 box = regions[0]
                 mask = np.zeros(state.shape[1:], bool)
                 mask[int(box["y"] // tile): int(-(-(box["y"] + box["height"]) // tile)), int(box["x"] // tile): int(-(-(box["x"] + box["width"]) // tile))] = True
-                hot = mask & ~np.isnan(state[0])
+                hot = mask & (np.nan_to_num(state[0], nan=-1.0) >= triage["summary"]["threshold"])  # the region's own tiles, not its box's corners
             if triage.get("stage") == "hub":
                 found.setdefault("hub_first", now)
                 if hot is not None and state is not None and "hub_hot" not in found and bool((state[3][hot] == 1).all()):
@@ -178,21 +179,24 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
     found: dict[str, Any] = {}
     stop = threading.Event()
     hub = None
+    # the hub's run has a prefix of its own: on the other runs' prefix it would first score their cases, which
+    # were registered earlier and so have less time left
+    prefix = "cases" if hub_wait is None else f"hub-{case}"
     if hub_wait is not None:
-        hub = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", f"s3://{bucket}/cases", "--endpoint-url", endpoint,
+        hub = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", f"s3://{bucket}/{prefix}", "--endpoint-url", endpoint,
                                 "--poll", "0.5"], stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert hub.stderr is not None
         hub.stderr.readline()  # "hub ... watching": torch and the model are loaded
     with tempfile.TemporaryDirectory() as state:
-        command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/cases", "--endpoint-url", via,
+        command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/{prefix}", "--endpoint-url", via,
                    "--case", case, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge), daemon=True)
+        poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge, prefix), daemon=True)
         poller.start()
         hub_stop = threading.Event()
         if hub is not None:
-            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, slide_root(bucket, case), started, found, hub_stop), daemon=True)
+            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, slide_root(bucket, case, prefix), started, found, hub_stop), daemon=True)
             watcher.start()
         if overview_only:
             while "overview" not in found and process.poll() is None and time.monotonic() - started < 60:

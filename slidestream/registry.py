@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from transfer.errors import JournalError
+from transfer.journal import open_state
 from transfer.target import SlideRef, version_number
 
 SCHEMA = """
@@ -99,15 +100,7 @@ class Registry:
     """Thread-safe enough for one process: one connection, serialised by SQLite's own lock."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "journal.sqlite3"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            raise JournalError(f"registry {self.path}: cannot open: {error}") from None
+        self.path, self._db = open_state(state_dir, SCHEMA, "registry")
 
     def close(self) -> None:
         self._db.close()

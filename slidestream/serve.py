@@ -7,7 +7,9 @@ requests need a person's own sign-in link (`slidestream users add` / `users link
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import re
 import socket
 import sys
@@ -48,6 +50,10 @@ def serve(
     hours: Annotated[float, typer.Option(min=0.01, help="How long the printed case links stay valid.")] = 12.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve https.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tile_cache_mb: Annotated[
+        int | None,
+        typer.Option(min=0, help="MB of memory for the tiles last served (they never change), so a second look costs no S3 request (default 256; 0: none)."),
+    ] = None,
 ) -> None:
     """Serve the web viewer and worklist for the cases in STORE; prints one view-only link per case."""
     from transfer.target import parse_endpoint, parse_store_url
@@ -68,7 +74,7 @@ def serve(
     storage = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
     storage = storage or open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
-    app = create_app(storage, Tokens(load_secret(secret_file)), lifetime)
+    app = create_app(storage, Tokens(load_secret(secret_file)), lifetime, **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))
     import asyncio  # here: every other command would pay for it at start-up
 
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
@@ -79,6 +85,7 @@ def serve(
         config.load()
     except OSError as error:
         raise ServeError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    logging.getLogger("uvicorn.access").addFilter(_not_a_tile)
     port = sock.getsockname()[1]
     scheme = "https" if ssl_certfile else "http"
     shown = socket.getfqdn() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
@@ -88,7 +95,16 @@ def serve(
     stdout.print(f"worklist: {origin}/worklist (with a sign-in link: slidestream users add {store} NAME --viewer-url {origin})")
     for case in cases:
         stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
+    gc.freeze()  # what start-up made (zarr, FastAPI, the S3 client) is never garbage: collections skip it
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _not_a_tile(record: logging.LogRecord) -> bool:
+    """Keep tiles out of the access log: a page asks for hundreds a minute, and each line costs the server as much
+    CPU as a tile served from memory. Their server errors are logged."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    path, status = (args[2], args[4]) if len(args) == 5 else ("", 0)
+    return not (isinstance(path, str) and ("/tiles/" in path or "/heatmap/" in path) and isinstance(status, int) and status < 500)
 
 
 def _bind(host: str, port: int, fall_back: bool) -> socket.socket:

@@ -194,10 +194,11 @@ class Served:
 
 
 @contextmanager
-def serving(storage: Storage) -> Iterator[Served]:
+def serving(storage: Storage, **options: int) -> Iterator[Served]:
+    """The viewer over `storage` in a thread; `options` go to create_app."""
     tokens = Tokens(SECRET)
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens, **options), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -252,6 +253,32 @@ def test_a_tile_is_exactly_the_stored_jpeg_chunk(sent: Served) -> None:
     # the bottom-right edge chunk decodes as a full tile: the browser is told the real image size and clips it
     edge = sent.get("/api/cases/complete/slides/s1/v1/tiles/0/12/9", token)
     assert Image.open(io.BytesIO(edge.content)).size == (plan.chunk, plan.chunk)
+
+
+class CountedRanges(S3Storage):
+    """The real S3 store, counting the chunk reads that reach it."""
+
+    ranges = 0
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.ranges += 1
+        return await super().get_range(key, start, length)
+
+
+@pytest.mark.parametrize("cache", [None, 0])
+def test_a_tile_looked_at_again_is_not_read_from_the_store_again(bucket: Bucket, cache: int | None) -> None:
+    """A second pathologist, or the same one back at a field, costs no S3 request: tiles never change under their
+    ETag. Without the cache (`serve --tile-cache-mb 0`) every look is a GET."""
+    plan, pieces = pyramid()
+    bucket.send("looked")
+    storage = CountedRanges(bucket.name, bucket.prefix, bucket.endpoint_url)
+    with serving(storage, **({} if cache is None else {"tile_cache_bytes": cache})) as served:
+        token = served.token("looked")
+        n = plan.shard_chunks
+        looks = [served.get(f"/api/cases/looked/slides/s1/v1/tiles/0/{row}/{col}", token) for row, col in [(9, 5), (3, 2), (9, 5), (9, 5), (3, 2)]]
+        for response, (row, col) in zip(looks, [(9, 5), (3, 2), (9, 5), (9, 5), (3, 2)]):
+            assert response.status_code == 200 and response.content == chunk_of(shards(pieces)[f"0/c/0/{row // n}/{col // n}"], n, row % n, col % n)
+        assert storage.ranges == (2 if cache is None else 5)
 
 
 def test_a_slide_thumbnail_is_its_coarsest_level_made_small(sent: Served) -> None:

@@ -65,21 +65,28 @@ class SendRecord:
         return self.finished_at is not None and self.error is not None
 
 
+def open_state(state_dir: Path, schema: str, what: str) -> tuple[Path, sqlite3.Connection]:
+    """The station's SQLite file, shared by the journal and the registry (slidestream.registry), with `schema`'s
+    tables made: write-ahead log, every commit synced (a power cut loses no acknowledged object or case)."""
+    path = Path(state_dir) / "journal.sqlite3"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except (OSError, sqlite3.Error) as error:
+        reason = "disk full" if "full" in str(error) else str(error)
+        raise JournalError(f"{what} {path}: cannot open: {reason}") from None
+    return path, db
+
+
 class Journal:
     """Thread-safe: upload workers record objects concurrently through one connection."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "journal.sqlite3"
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-        except (OSError, sqlite3.Error) as error:
-            raise JournalError(f"journal {self.path}: cannot open: {error}") from None
-        with self._transaction() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
+        self.path, self._db = open_state(state_dir, SCHEMA, "journal")
 
     def close(self) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from transfer.target import (
 )
 from viewer import annotations, audit
 from viewer.cache import AsyncCache
-from viewer.cases import Cases, utc_now
+from viewer.cases import TILE_CACHE_BYTES, Cases, utc_now
 from viewer.image import (
     BACKGROUND,
     PENDING,
@@ -484,13 +484,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = timedelta(hours=12)) -> FastAPI:
+def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = timedelta(hours=12), tile_cache_bytes: int = TILE_CACHE_BYTES) -> FastAPI:
     """The viewer application for one store; `app.state.viewer` mints links (the `serve` command prints them)."""
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.viewer = ViewerState(Cases(storage), tokens, link_lifetime)
-    app.include_router(router)
+    app.state.viewer = ViewerState(Cases(storage, tile_cache_bytes), tokens, link_lifetime)
+    # the tile routes first: Starlette tries routes in order, and nearly every request is a tile
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]

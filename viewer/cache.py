@@ -13,22 +13,28 @@ V = TypeVar("V")
 
 
 class AsyncCache(Generic[K, V]):
-    """Caches the *task* that loads a value, so fifty viewers asking for one shard index cost one GET."""
+    """Caches the *task* that loads a value, so fifty viewers asking for one shard index cost one GET.
+
+    `maxsize` bounds the sum of the entries' weights: each entry weighs 1 unless `get` says otherwise (a tile's
+    bytes weigh their length, so the bound is in bytes)."""
 
     def __init__(self, maxsize: int, ttl: float | None = None) -> None:
         self._maxsize = maxsize
         self._ttl = ttl
-        self._entries: OrderedDict[K, tuple[float, asyncio.Task[V]]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, asyncio.Task[V], int]] = OrderedDict()
+        self._weight = 0
 
-    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+    async def get(self, key: K, load: Callable[[], Awaitable[V]], weight: int = 1) -> V:
         entry = self._entries.get(key)
         now = time.monotonic()
         if entry is None or (self._ttl is not None and now - entry[0] > self._ttl):
-            entry = (now, asyncio.ensure_future(load()))
+            self.forget(key)
+            entry = (now, asyncio.ensure_future(load()), weight)
             self._entries[key] = entry
+            self._weight += weight
             entry[1].add_done_callback(lambda task: self._forget_failure(key, task))
-            while len(self._entries) > self._maxsize:
-                self._entries.popitem(last=False)
+            while self._weight > self._maxsize and self._entries:
+                self._weight -= self._entries.popitem(last=False)[1][2]
         else:
             self._entries.move_to_end(key)
         # shield: a client that hangs up must not cancel a load other requests are waiting for
@@ -36,10 +42,12 @@ class AsyncCache(Generic[K, V]):
 
     def forget(self, key: K) -> None:
         """Drop a value the caller knows to be stale (e.g. after writing it)."""
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._weight -= entry[2]
 
     def _forget_failure(self, key: K, task: asyncio.Task[V]) -> None:
         if task.cancelled() or task.exception() is not None:
             entry = self._entries.get(key)
             if entry is not None and entry[1] is task:
-                del self._entries[key]
+                self.forget(key)

@@ -62,6 +62,7 @@ from viewer.reports import numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from viewer.tokens import CASE_ID
 
+TILE_CACHE_BYTES = 256 * 2**20  # JPEG tiles kept in memory (`serve --tile-cache-mb`): 8,000 to 10,000 level-0 tiles
 TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
@@ -93,7 +94,7 @@ class Chunk:
 class Cases:
     """Read access to every case of one store, plus the report each case gets."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, tile_cache_bytes: int = TILE_CACHE_BYTES) -> None:
         self.storage = storage
         self._zarr = ZarrView(storage)
         self._images: AsyncCache[tuple[str, str | None], SlideImage] = AsyncCache(256)
@@ -106,6 +107,8 @@ class Cases:
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
         self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
         self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
+        # a JPEG chunk's bytes, by shard and ETag (which changes with the bytes): immutable, so kept until evicted
+        self._tiles: AsyncCache[tuple[str, str], bytes] | None = AsyncCache(tile_cache_bytes) if tile_cache_bytes else None
 
     # -- image and arrival -----------------------------------------------------------------------------------
     async def image(self, root: str) -> SlideImage:
@@ -158,15 +161,20 @@ class Cases:
     async def chunk_bytes(self, chunk: Chunk) -> tuple[bytes, str]:
         """(bytes, media type): a JPEG chunk exactly as stored, or a PNG made from a decoded lossless chunk."""
         if chunk.image.jpeg_chunks:
-            data = await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes)
-            if len(data) != chunk.nbytes or not data.startswith(JPEG_SOI):
-                raise ImageError(f"{chunk.key}: chunk ({chunk.row}, {chunk.col}) is not a JPEG file")
-            return data, "image/jpeg"
+            if self._tiles is None:
+                return await self._jpeg(chunk), "image/jpeg"
+            return await self._tiles.get((chunk.key, chunk.etag), lambda: self._jpeg(chunk), weight=chunk.nbytes), "image/jpeg"
         size = chunk.level.chunk
         y0, x0 = chunk.row * size, chunk.col * size
         array = chunk.image.arrays[chunk.level.index]
         pixels = await array.getitem((slice(None), slice(y0, y0 + size), slice(x0, x0 + size)))
         return await asyncio.to_thread(_png, np.moveaxis(np.asarray(pixels), 0, -1)), "image/png"
+
+    async def _jpeg(self, chunk: Chunk) -> bytes:
+        data = await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes)
+        if len(data) != chunk.nbytes or not data.startswith(JPEG_SOI):
+            raise ImageError(f"{chunk.key}: chunk ({chunk.row}, {chunk.col}) is not a JPEG file")
+        return data
 
     async def thumbnail(self, root: str) -> bytes:
         """A small JPEG of the slide version's coarsest level, for the case's slide strip (one per send);

@@ -664,14 +664,7 @@
         if (!entry) return;
         const [image, status] = await Promise.all([api(url("image", { of: entry })), api(url("status", { of: entry }))]);
         $("compare").hidden = false;
-        const other = OpenSeadragon({
-            element: $("compare"),
-            prefixUrl: url("openseadragon-images"),
-            loadTilesWithAjax: true,
-            ajaxHeaders: { Authorization: `Bearer ${token}` },
-            maxZoomPixelRatio: 2,
-            visibilityRatio: 0.5,
-        });
+        const other = OpenSeadragon(viewerOptions($("compare")));
         const caption = document.createElement("div");
         caption.className = "compare-caption";
         caption.textContent = `${entry.slide} (${entry.version})`;
@@ -860,16 +853,26 @@
         }
     }
 
-    function startViewer() {
-        viewer = OpenSeadragon({
-            element: $("slide"),
+    // what the slide's viewer and the one side by side share
+    function viewerOptions(element) {
+        return {
+            element,
             prefixUrl: url("openseadragon-images"),
             loadTilesWithAjax: true,
             ajaxHeaders: { Authorization: `Bearer ${token}` },
-            showNavigator: true,
-            navigatorPosition: "TOP_RIGHT",
             maxZoomPixelRatio: 2,
             visibilityRatio: 0.5,
+            // OpenSeadragon asks for one tile per frame by default: a jump to a new field needs ~20, which at one a
+            // frame is a third of a second of asking before the last request leaves (bench/bench_browser.py)
+            maxTilesPerFrame: 16,
+        };
+    }
+
+    function startViewer() {
+        viewer = OpenSeadragon({
+            ...viewerOptions($("slide")),
+            showNavigator: true,
+            navigatorPosition: "TOP_RIGHT",
             // PNG overlay tiles carry straight (not premultiplied) alpha: without this WebGL adds their colour
             drawerOptions: { webgl: { unpackWithPremultipliedAlpha: true } },
         });
