@@ -50,6 +50,7 @@ import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -171,7 +172,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 # -- measuring -------------------------------------------------------------------------------------------------
-def open_case(browser: Browser, url: str) -> tuple[Page, dict[str, float]]:
+def open_case(browser: Browser, url: str) -> tuple[Page, dict[str, Any]]:
     """One cold open: a fresh context (no cache, no connections), timed from navigation start and from goto()."""
     context = browser.new_context(viewport=WINDOW)
     context.add_init_script(WATCH)
@@ -186,7 +187,11 @@ def open_case(browser: Browser, url: str) -> tuple[Page, dict[str, float]]:
         context.close()
         raise SystemExit(f"the case did not open: {error}; page errors: {errors or 'none'}") from None
     origin, viewer, first, sharp = page.evaluate("[performance.timeOrigin, window.__bench.viewerAt, window.__bench.firstTile, window.__bench.sharp]")
-    return page, {"first_tile_ms": first, "first_tile_from_goto_ms": origin + first - called * 1000, "sharp_ms": sharp, "viewer_ms": viewer}
+    # where the open went: every request until the first tile, as (path, asked at, answer ended) in ms
+    requests = page.evaluate(f"""performance.getEntriesByType("resource").filter((e) => e.startTime <= {first})
+        .map((e) => [new URL(e.name).pathname, Math.round(e.startTime), Math.round(e.responseEnd)])""")
+    return page, {"first_tile_ms": first, "first_tile_from_goto_ms": origin + first - called * 1000, "sharp_ms": sharp, "viewer_ms": viewer,
+                  "requests_before_first_tile": requests}
 
 
 def move(page: Page, region: tuple[int, int, int, int], immediate: bool) -> dict[str, float]:
@@ -257,7 +262,7 @@ def main() -> None:
         chromium, delay_by = browser.version, "netem" if link.netem else "relay"
 
         load_before = os.getloadavg()
-        opens: list[dict[str, float]] = []
+        opens: list[dict[str, Any]] = []
         moves: dict[str, list[dict[str, float]]] = {"jump": [], "glide": []}
         pool: list[tuple[int, int, int, int]] = []
         drawer = ""

@@ -217,6 +217,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-viewer-"))
     processes: list[subprocess.Popen[bytes]] = []
+    emptied: list[tuple[str, str]] = []  # (endpoint, bucket) to delete at the end: the S3 server keeps it in memory
     try:
         chunk, pieces, chunks = convert(args.slide)
         paths = work / "paths.txt"
@@ -240,6 +241,7 @@ def main() -> None:
             wait_until_up(endpoint, moto)
         bucket = f"bench-{random.Random().randrange(16**8):08x}"
         upload(endpoint, bucket, pieces)
+        emptied.append((endpoint, bucket))
 
         token = Tokens(SECRET).issue(case_scope(CASE), timedelta(hours=2))
         serve = [sys.executable, "-m", "slidestream", "serve", "--secret-file", str(work / "secret")]
@@ -313,6 +315,10 @@ def main() -> None:
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+        for endpoint, bucket in emptied:
+            store = boto3.resource("s3", endpoint_url=endpoint).Bucket(bucket)
+            store.objects.all().delete()
+            store.delete()
         shutil.rmtree(work, ignore_errors=True)
 
 

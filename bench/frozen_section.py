@@ -13,8 +13,8 @@ bench/make_large_slide.py), in one run per link:
                moment the slide is complete in its hot folder (renamed from a temporary name, as scanners finish).
   hub          (with --hub) `send --edge` while a `slidestream hub` runs on the same prefix (here on the same two
                cores as the send and the server; a centre runs it on its own machine): when the hub's first
-               full-magnification map is readable, when it covers the hottest region of the edge map (every tile
-               of the edge's top region, the tiles at or above its threshold, measured by the hub), and when it covers all tissue
+               full-magnification map is readable, when it covers the hottest region (the top region of its last
+               map, final once complete: its tiles at or above the threshold), and when it covers all tissue
                (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores), and
                when the image is complete: the hub has built the in-between levels the send leaves out (pyramid.json).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
@@ -24,6 +24,8 @@ link (the best any protocol on top can do), so link use is reported against the 
 
     python bench/frozen_section.py                       # derived-large.svs over 5g and 4g, moto server
     eval "$(.ci/s3-server start)"                        # or Ceph RGW (keep-alive, like AWS): the README's figures
+                                                         # (SLIDESTREAM_S3_CEPH_MEMSTORE_GB=10 for the large slide with
+                                                         # --hub: its runs keep ~5.5 GB until the link's last one)
     python bench/frozen_section.py --profiles 5g --endpoint http://127.0.0.1:PORT   # e.g. the Ceph RGW of .ci/s3-server
     python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 4g
     python bench/frozen_section.py --plain-send --endpoint "$SLIDESTREAM_TEST_S3_ENDPOINT"   # issue 4's figures too
@@ -123,7 +125,12 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
 
 
 def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
-    """Note when the hub's map is first readable, when it covers the edge map's hottest region, and when all tissue."""
+    """Note when the hub's map is first readable, when it covers the hottest region, and when all tissue.
+
+    The hottest region is the top region of the hub's last map (the final one once complete): its tiles at or above
+    the threshold, not its box's corners. Each map the hub publishes is kept as the set of tiles it measured, so
+    the time the region was first covered is known once the region is (an edge map, which the hub's first
+    publication replaces within a poll, cannot be relied on to be seen)."""
     import numpy as np
     import zarr
 
@@ -131,7 +138,9 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
 
     client = s3(endpoint)
     heatmap = Location(f"s3://{bucket}/{root}heatmap.zarr", endpoint)
-    hot: Any = None  # tiles of the edge's top region that the edge scored
+    measured: list[tuple[float, Any]] = []  # (seconds, tiles measured) of each hub map published
+    last_triage: dict[str, Any] = {}
+    last_state: Any = None
     last = None
     while not stop.is_set() and not {"hub_complete", "pyramid_complete"} <= found.keys():
         if "pyramid_complete" not in found:  # the in-between levels, built at the hub: the image is complete
@@ -145,29 +154,31 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
             tag, triage = answer["ETag"], json.loads(answer["Body"].read())
         except client.exceptions.NoSuchKey:
             tag, triage = None, {}
-        if tag != last and triage:
+        if tag != last and triage.get("stage") == "hub":
             last = tag
+            now = time.monotonic() - started
             try:
                 state = np.asarray(zarr.open_group(heatmap.zarr_store(), mode="r")["tile_state"][:])
             except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
                 state = None
-            now = time.monotonic() - started
-            regions = triage.get("summary", {}).get("top_regions") or []
-            if triage.get("stage") == "edge" and hot is None and regions and state is not None:
-                tile = triage["summary"]["tile_level0_px"]
-                box = regions[0]
-                mask = np.zeros(state.shape[1:], bool)
-                mask[int(box["y"] // tile): int(-(-(box["y"] + box["height"]) // tile)), int(box["x"] // tile): int(-(-(box["x"] + box["width"]) // tile))] = True
-                hot = mask & (np.nan_to_num(state[0], nan=-1.0) >= triage["summary"]["threshold"])  # the region's own tiles, not its box's corners
-            if triage.get("stage") == "hub":
-                found.setdefault("hub_first", now)
-                if hot is not None and state is not None and "hub_hot" not in found and bool((state[3][hot] == 1).all()):
-                    found["hub_hot"] = now
-                if triage.get("complete"):
-                    found["hub_complete"] = now
-                found["hub_tiles"] = triage.get("summary", {}).get("tiles_scored")
-                found["hub_tissue_tiles"] = triage.get("summary", {}).get("tissue_tiles")
+            found.setdefault("hub_first", now)
+            if state is not None:
+                measured.append((now, state[3] == 1))
+                last_triage, last_state = triage, state
+            if triage.get("complete"):
+                found["hub_complete"] = now
+            found["hub_tiles"] = triage.get("summary", {}).get("tiles_scored")
+            found["hub_tissue_tiles"] = triage.get("summary", {}).get("tissue_tiles")
         time.sleep(0.5)
+    regions = last_triage.get("summary", {}).get("top_regions") or []
+    if regions and last_state is not None:
+        tile, box = last_triage["summary"]["tile_level0_px"], regions[0]
+        rows = slice(int(box["y"] // tile), int(-(-(box["y"] + box["height"]) // tile)))
+        cols = slice(int(box["x"] // tile), int(-(-(box["x"] + box["width"]) // tile)))
+        hot = np.zeros(last_state.shape[1:], bool)
+        hot[rows, cols] = np.nan_to_num(last_state[0][rows, cols], nan=-1.0) >= last_triage["summary"]["threshold"]
+        found["hub_hot_tiles"], found["hub_hot_final"] = int(hot.sum()), bool(last_triage.get("complete"))
+        found["hub_hot"] = next((when for when, done in measured if bool(done[hot].all())), None)
 
 
 def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True, overview_only: bool = False,
@@ -186,7 +197,9 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         hub = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", f"s3://{bucket}/{prefix}", "--endpoint-url", endpoint,
                                 "--poll", "0.5"], stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert hub.stderr is not None
-        hub.stderr.readline()  # "hub ... watching": torch and the model are loaded
+        hub_lines = [hub.stderr.readline()]  # "hub ... watching": torch and the model are loaded
+        # the rest of its lines (FOUND, PARTIAL, DONE, ERROR) are kept, so that its pipe never fills and blocks it
+        threading.Thread(target=lambda: hub_lines.extend(hub.stderr), daemon=True).start()  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as state:
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/{prefix}", "--endpoint-url", via,
                    "--case", case, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
@@ -215,6 +228,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
             watcher.join()
             hub.terminate()
             hub.wait(30)
+            found["hub_log"] = [line.rstrip() for line in hub_lines[-200:]]
     if overview_only:
         if "overview" not in found:
             raise SystemExit(f"slidestream send showed no overview in 60 s: {stderr.strip()[-2000:]}")
@@ -396,7 +410,8 @@ def print_row(result: dict[str, Any]) -> None:
         def share(name: str) -> str:
             return "-" if hub.get(name) is None else f"{hub[name]:.1f} s ({hub[name] / full:.1%} of the baseline)"
 
-        print(f"  hub: first full-magnification map {share('hub_first')}; the edge map's hottest region {share('hub_hot')}; "
+        print(f"  hub: first full-magnification map {share('hub_first')}; the hottest region ({hub.get('hub_hot_tiles')} tiles, "
+              f"{'final' if hub.get('hub_hot_final') else 'partial'} map) {share('hub_hot')}; "
               f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end); "
               f"the image complete (in-between levels built at the hub) {share('pyramid_complete')}, "
               f"all tissue at full resolution {share('full_resolution')}, {hub['bytes_sent'] / result['source_bytes']:.2f} of the source bytes sent")  # fmt: skip

@@ -94,8 +94,12 @@ def plan_heatmap(source: Source, options: AnalyzeOptions, name: str | None = Non
         raise InferenceError(f"{source.name}: {mpp:g} um/px is too coarse for the {spec.name} model "
                              f"(made for {spec.mpp:g} um/px; would need {spec.input_size / tile:.0f}x upsampling)")
     grid = TileGrid(tile, *source.dimensions)
-    tissue = tissue_coverage(source.tissue(), grid) >= options.min_tissue
-    return Heatmap(grid, tissue, spec, mpp, source.mpp is None, name or source.name, options.stage)
+    return Heatmap(grid, tissue_tiles(source, grid, options), spec, mpp, source.mpp is None, name or source.name, options.stage)
+
+
+def tissue_tiles(source: Source, grid: TileGrid, options: AnalyzeOptions) -> np.ndarray:
+    """The tiles of `grid` the tissue mask covers enough to be analysed."""
+    return tissue_coverage(source.tissue(), grid) >= options.min_tissue
 
 
 def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Location | None = None,
@@ -146,7 +150,13 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
         raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
     ref = ZarrRef(case.child(IMAGE))
     source = cast(ZarrSource, open_source(ref))
-    heatmap = heatmap or plan_heatmap(source, options)
+    if heatmap is None:
+        heatmap = plan_heatmap(source, options)
+    else:
+        # the tissue label is read again while the case arrives: a sender publishes `plan_final` when it knows the
+        # tissue, and its label objects may land a moment later; a mask read before them is empty, and kept, it
+        # would call a slide full of tissue complete with nothing scored
+        heatmap.tissue = tissue_tiles(source, heatmap.grid, options)
     level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
     ready = ready_tiles(source, heatmap.grid, level, manifest)
     finished = state == COMPLETE

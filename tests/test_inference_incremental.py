@@ -104,6 +104,25 @@ def test_partial_case_gets_partial_heatmap_then_equals_one_shot_run(converted, o
     np.testing.assert_array_equal(stored[:rows_in], partial.image()[:rows_in])  # early scores were final scores
 
 
+def test_a_tissue_label_that_lands_after_the_first_pass_is_still_scored(converted, options: AnalyzeOptions, s3_server: S3Server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """A sender publishes `plan_final` once it knows the tissue; its label objects can land a pass later. The first
+    pass then reads no tissue, and the case must not end "complete" with nothing scored (seen on the 1.6 GB slide:
+    a hub map of 0/0 tiles)."""
+    pieces, local = converted
+    upload = Upload(s3_server, s3_bucket, pieces)
+    case = Location(f"s3://{s3_bucket}/cases/case", s3_server.endpoint_url)
+    upload.send(lambda piece: not (piece.key.startswith("labels/") and not piece.key.endswith("zarr.json")), complete=False)  # its metadata, not its pixels
+
+    early = analyze_case(case, options=options)
+    assert not early.tissue.any() and not early.complete
+    upload.send(lambda piece: True, complete=True)
+    final = analyze_case(case, options=options, heatmap=early)
+    one_shot = analyze_case(local, options=options)
+    assert final.complete and final.tissue.sum() == final.measured.sum() == one_shot.tissue.sum() > 0
+    stored = np.asarray(zarr.open_array(case.child("heatmap.zarr", "0").zarr_store(), mode="r")[:])[0]
+    np.testing.assert_array_equal(stored, one_shot.image())
+
+
 def test_follow_finishes_when_the_manifest_says_complete(converted, options: AnalyzeOptions, s3_server: S3Server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
     pieces, _ = converted
     upload = Upload(s3_server, s3_bucket, pieces)
