@@ -56,7 +56,7 @@ class Tokens:
     def __init__(self, secret: bytes) -> None:
         self._serializer = URLSafeSerializer(secret, salt="slidestream-viewer/1", signer_kwargs={"digest_method": hashlib.sha256})
         # tokens whose signature was checked, with their claims: every tile request carries the same few tokens,
-        # and the HMAC and JSON of each check cost more than the tile's own work when the tile is in memory
+        # and a check's HMAC and JSON (~60 µs) were a quarter of what a tile from memory costs the server
         self._verified: dict[str, dict[str, object]] = {}
 
     def issue(self, scope: str, lifetime: timedelta) -> str:
