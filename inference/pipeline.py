@@ -27,6 +27,7 @@ from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
+from tiling.pyramid import shard_address
 from transfer.target import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST, TRIAGE
 from transfer.manifest import COMPLETE, FAILED, case_state
 
@@ -256,7 +257,7 @@ def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: dict[s
     if manifest is None:
         return np.ones(shape, bool)
     arrived = set(manifest.get("arrived", []))
-    missing_keys = [_shard(key) for key in manifest.get("planned", []) if key not in arrived]
+    missing_keys = [shard_address(key.removeprefix(f"{IMAGE}/")) for key in manifest.get("planned", []) if key not in arrived]
     side_y, side_x = source.shard_side(level)
     height, width = source.arrays[level].shape[1:]
     missing = np.zeros((math.ceil(height / side_y), math.ceil(width / side_x)), np.int32)
@@ -274,14 +275,6 @@ def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: dict[s
     y0, y1 = first_y.astype(int)[:, None], last_y.astype(int)[:, None] + 1
     x0, x1 = first_x.astype(int)[None, :], last_x.astype(int)[None, :] + 1
     return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) == 0
-
-
-def _shard(key: str) -> tuple[int, int, int] | None:
-    """(level, row, col) of an image shard key such as "0/c/0/3/5" (optionally under "image.zarr/")."""
-    parts = key.removeprefix(f"{IMAGE}/").split("/")
-    if len(parts) == 5 and parts[1] == "c" and all(p.isdigit() for p in (parts[0], parts[3], parts[4])):
-        return int(parts[0]), int(parts[3]), int(parts[4])
-    return None
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
+from tiling.pyramid import TISSUE_LABEL
 from tiling.tissue import MASK_SIDE
 from transfer.target import IMAGE, SLIDES
 
@@ -104,13 +105,13 @@ class ZarrSource:
 
     def tissue(self) -> TissueMask:
         try:
-            label = self.group["labels/tissue"]
+            label = self.group[TISSUE_LABEL]
             datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
             # the label has the image's levels: the finest that is still small is mask enough
             dataset = next((d for d in datasets if max(label[d["path"]].shape) <= MASK_SIDE * 2), datasets[-1])
             mask = np.asarray(label[dataset["path"]][:]).astype(bool)
         except (KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
-            raise InferenceError(f"{self.location.url}: no tissue mask (labels/tissue): {error}") from None
+            raise InferenceError(f"{self.location.url}: no tissue mask ({TISSUE_LABEL}): {error}") from None
         return TissueMask(mask, _xy_scale(dataset) / self._scale0, darkfield=self._darkfield)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_index_size
+from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_address, shard_index_size
 from transfer.manifest import PYRAMID_FORMAT
 from transfer.target import IMAGE, PYRAMID
 
@@ -55,7 +55,7 @@ def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Call
     for key in hub_planned:
         if key in built or key in empty:
             continue
-        index, row, col = _shard(key)
+        index, row, col = _address(key)
         source = int(hub_levels[str(index)])
         step = 2 ** (index - source)  # each level halves the one above
         sources = [f"{source}/c/0/{r}/{c}" for r in range(row * step, (row + 1) * step) for c in range(col * step, (col + 1) * step)]
@@ -67,7 +67,7 @@ def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Call
         chunks: dict[tuple[int, int], bytes] = {}
         for source_key in sources:
             if source_key in arrived:
-                _, source_row, source_col = _shard(source_key)
+                _, source_row, source_col = _address(source_key)
                 chunks.update(_stored_chunks(image, source_key, source_row, source_col, n))
         stored = StoredLevel(source, width, height, chunk, chunks, image.url)
         data = downsample_shard(level, row, col, chunk, n, stored, fill, options)
@@ -114,7 +114,9 @@ def _stored_chunks(image: Location, key: str, row: int, col: int, n: int) -> dic
     return chunks
 
 
-def _shard(key: str) -> tuple[int, int, int]:
-    """(level, row, column) of a shard key "L/c/0/R/C"."""
-    parts = key.split("/")
-    return int(parts[0]), int(parts[3]), int(parts[4])
+def _address(key: str) -> tuple[int, int, int]:
+    """(level, row, column) of a shard key the manifest lists."""
+    address = shard_address(key)
+    if address is None:
+        raise ValueError(f"{key!r}: not a shard key")
+    return address

@@ -56,6 +56,7 @@ LABEL_DOWNSCALING = {
     "type": "any",
     "metadata": {"description": "a pixel is tissue where any part of it is tissue in the detected mask", "method": "numpy.maximum.reduceat"},
 }
+TISSUE_LABEL = "labels/tissue"  # inside the image: the NGFF label image of the tissue mask (1 = tissue)
 LABEL_SHARD, LABEL_CHUNK = 8192, 1024  # label objects of at most 64 MB in memory; all-background chunks are not written
 EMPTY = 2**64 - 1  # shard-index marker of an absent chunk (Zarr v3 sharding spec)
 MAX_CANVAS = 16_000_000  # pixels decoded at once while building a shard band
@@ -119,6 +120,14 @@ class ShardTask:
     @property
     def key(self) -> str:
         return f"{self.level}/c/0/{self.row}/{self.col}"
+
+
+def shard_address(key: str) -> tuple[int, int, int] | None:
+    """(level, row, col) of a shard key as `ShardTask.key` writes it ("0/c/0/3/5"); None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[1:3] == ["c", "0"] and all(p.isascii() and p.isdigit() for p in (parts[0], parts[3], parts[4])):
+        return int(parts[0]), int(parts[3]), int(parts[4])
+    return None
 
 
 @dataclass(frozen=True)
@@ -427,14 +436,14 @@ def tissue_pieces(plan: PyramidPlan) -> list[Piece]:
         },
         "slidestream": {"tissue_fraction": round(tissue.fraction, 4), "mask_downsample": tissue.downsample},
     }
-    zarr.create_group(store, path="labels/tissue", zarr_format=3, attributes=attributes)
+    zarr.create_group(store, path=TISSUE_LABEL, zarr_format=3, attributes=attributes)
     mask = tissue.mask.astype(np.uint8)
     for level in plan.levels:
         shape = (level.height, level.width)
         chunk = tuple(min(LABEL_CHUNK, side) for side in shape)
         shard = tuple(min(LABEL_SHARD, -(-side // c) * c) for side, c in zip(shape, chunk))
         array = zarr.create_array(
-            store, name=f"labels/tissue/{level.index}", shape=shape, dtype="uint8", chunks=chunk, shards=shard,
+            store, name=f"{TISSUE_LABEL}/{level.index}", shape=shape, dtype="uint8", chunks=chunk, shards=shard,
             dimension_names=["y", "x"], fill_value=0,
         )  # fmt: skip
         ratio = level.downsample / tissue.downsample  # mask pixels per label pixel

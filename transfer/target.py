@@ -56,7 +56,6 @@ HEATMAP = "heatmap.zarr"
 # beside the NGFF level in heatmap.zarr: float32 (4, rows, cols) score, focus, pen, measured (1/0), the exact
 # per-tile results a restarted hub continues from (level 0 holds scores rounded to 1/255 and no QC)
 TILE_STATE = "tile_state"
-TISSUE_LABEL = "labels/tissue"  # inside image.zarr: the NGFF label image of the tissue mask (1 = tissue)
 TRIAGE = "triage.json"
 LEASE = "hub.lease"
 PYRAMID = "pyramid.json"

@@ -23,7 +23,8 @@ import zarr
 import zarr.api.asynchronous
 from PIL import Image
 
-from transfer.target import HEATMAP, IMAGE, TILE_STATE, TISSUE_LABEL
+from tiling.pyramid import TISSUE_LABEL
+from transfer.target import HEATMAP, IMAGE, TILE_STATE
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 

@@ -8,7 +8,6 @@ background (zarr reads both as the fill value).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +21,12 @@ from zarr.core.array import AsyncArray
 from slides import SlidestreamError
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
 from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import read_shard_index, shard_index_size
+from tiling.pyramid import read_shard_index, shard_address, shard_index_size
 from transfer.manifest import FAILED, case_state
 from transfer.target import IMAGE
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
-_SHARD_KEY = re.compile(r"^(\d+)/c/0/(\d+)/(\d+)$")
 
 
 class CaseNotFoundError(SlidestreamError, LookupError):
@@ -206,10 +204,10 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
     unplanned = BACKGROUND if manifest.get("plan_final", True) else PENDING
     grids = [bytearray(unplanned * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
     for key in planned:
-        match = _SHARD_KEY.match(str(key).rpartition(f"{IMAGE}/")[2])
-        if match is None:
+        address = shard_address(str(key).rpartition(f"{IMAGE}/")[2])
+        if address is None:
             continue
-        index, row, col = map(int, match.groups())
+        index, row, col = address
         if index >= len(image.levels) or row >= image.levels[index].shard_rows or col >= image.levels[index].shard_columns:
             continue
         grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
