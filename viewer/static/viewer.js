@@ -280,7 +280,7 @@
         const items = list.map((region, index) => {
             const button = document.createElement("button");
             button.type = "button";
-            const size = info.mpp ? `${formatLength(region.width)} × ${formatLength(region.height)}` : `${Math.round(region.width)} × ${Math.round(region.height)} px`;
+            const size = formatSize(region.width, region.height);
             button.textContent = `${region.score.toFixed(2)} · ${size}`;
             button.setAttribute("aria-label", `Go to region ${index + 1}: probability ${region.score.toFixed(2)}, ${size}`);
             button.addEventListener("click", () => goToRegion(index));
@@ -311,9 +311,15 @@
     // -- measuring: in level-0 image pixels, drawn on an SVG over the slide and redrawn every frame -------------
     const NO_MPP = "µm unavailable: the slide records no resolution";
 
+    // lengths and areas in µm / mm from the slide's mpp; in pixels where it records none
     function formatLength(pixels) {
+        if (!info.mpp) return `${Math.round(pixels)} px`;
         const microns = pixels * info.mpp;
         return microns >= 1000 ? `${(microns / 1000).toFixed(3)} mm` : `${microns.toFixed(1)} µm`;
+    }
+
+    function formatSize(width, height) {
+        return info.mpp ? `${formatLength(width)} × ${formatLength(height)}` : `${Math.round(width)} × ${Math.round(height)} px`;
     }
 
     function formatArea(squarePixels) {
@@ -335,20 +341,15 @@
     // what an annotation measures: a line's length, a polygon's area (the tumour's extent, the margin's distance)
     function annotationSize({ kind, points }) {
         if (kind === "line") {
-            const length = Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]);
-            return info.mpp ? formatLength(length) : `${Math.round(length)} px`;
+            return formatLength(Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]));
         }
         return kind === "polygon" && points.length >= 3 ? formatArea(polygonArea(points)) : "";
     }
 
     function measurement({ kind, a, b }) {
         const [dx, dy] = [Math.abs(b.x - a.x), Math.abs(b.y - a.y)];
-        if (kind === "ruler") {
-            const length = Math.hypot(dx, dy);
-            return info.mpp ? `Length ${formatLength(length)}` : `Length ${Math.round(length)} px (${NO_MPP})`;
-        }
-        if (!info.mpp) return `Area ${formatArea(dx * dy)} (${Math.round(dx)} × ${Math.round(dy)} px; ${NO_MPP})`;
-        return `Area ${formatArea(dx * dy)} (${formatLength(dx)} × ${formatLength(dy)})`;
+        if (kind === "ruler") return `Length ${formatLength(Math.hypot(dx, dy))}${info.mpp ? "" : ` (${NO_MPP})`}`;
+        return `Area ${formatArea(dx * dy)} (${formatSize(dx, dy)}${info.mpp ? "" : `; ${NO_MPP}`})`;
     }
 
     function imageToElement(point) {
