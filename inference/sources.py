@@ -108,11 +108,20 @@ class ZarrSource:
             label = self.group[TISSUE_LABEL]
             datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
             # the label has the image's levels: the finest that is still small is mask enough
-            dataset = next((d for d in datasets if max(label[d["path"]].shape) <= MASK_SIDE * 2), datasets[-1])
+            dataset = next((d for d in datasets if _small_enough(label, d["path"])), datasets[-1])
             mask = np.asarray(label[dataset["path"]][:]).astype(bool)
         except (KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{self.location.url}: no tissue mask ({TISSUE_LABEL}): {error}") from None
         return TissueMask(mask, _xy_scale(dataset) / self._scale0, darkfield=self._darkfield)
+
+
+def _small_enough(label: zarr.Group, path: str) -> bool:
+    """Whether a level of the tissue label can serve as the mask: small, and there (a send writes the large levels
+    last, among the shards)."""
+    try:
+        return max(label[path].shape) <= MASK_SIDE * 2
+    except (KeyError, zarr.errors.NodeNotFoundError):
+        return False
 
 
 def _xy_scale(dataset: dict) -> float:  # type: ignore[type-arg]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,11 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 
 from conftest import ALL_SAMPLES, sample
+from inference.sources import ZarrSource
+from inference.store import Location
 from slides import open_slide
 from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, write_pieces
+from tiling import pyramid
 from tiling.pyramid import metadata_pieces
 from tiling.tissue import detect_tissue, tissue_mask
 
@@ -186,6 +190,34 @@ def test_a_deferred_plan_sends_the_overview_before_the_tissue_is_known_and_ends_
     assert max(keys.index(k) for k in overview) < keys.index("labels/tissue/zarr.json") < min(
         keys.index(t.key) for t in full.shards if t.key not in overview
     ), "overview shards, then the tissue label, then the tissue shards"
+
+
+def test_the_labels_large_levels_follow_among_the_shards_and_make_the_same_image(monkeypatch) -> None:
+    """Level 0 of a 1.6 GB slide's tissue label is 5 Gpx: built before the first tissue shard, it held a send's
+    uplink idle for 30 s. The large levels are built in the shard pool and yielded as they are done (here every
+    level is large): nothing of the label is lost, and its groups still come before the tissue shards."""
+    with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
+        plan = plan_pyramid(slide, ConvertOptions(workers=2))
+        at_once = list(produce(slide, plan, "tcga", {}))
+        monkeypatch.setattr(pyramid, "LABEL_AT_ONCE", 0)
+        beside = list(produce(slide, plan, "tcga", {}))
+    assert {p.key: p.data for p in beside} == {p.key: p.data for p in at_once}, "the same image either way"
+    assert len(beside) == len(at_once), "no object twice"
+    keys = [p.key for p in beside]
+    tissue_shards = [keys.index(t.key) for t in plan.shards if t.tissue and not plan.levels[t.level].complete]
+    assert keys.index("labels/tissue/zarr.json") < min(tissue_shards)
+    assert {k.split("/")[2] for k in keys if k.startswith("labels/tissue/") and k.count("/") == 3 and k.endswith("/zarr.json")} == {
+        str(level.index) for level in plan.levels
+    }
+
+
+def test_a_reader_finds_the_tissue_mask_before_the_labels_large_levels_arrive(tmp_path: Path) -> None:
+    """The hub reads the mask from a small label level while the large ones are still on their way."""
+    image = convert("CMU-1-Small-Region.svs", tmp_path / "cmu.ome.zarr")
+    whole = ZarrSource(Location.parse(image)).tissue()
+    shutil.rmtree(image / "labels/tissue/0")  # not arrived yet
+    early = ZarrSource(Location.parse(image)).tissue()
+    assert early.mask.shape == whole.mask.shape and (early.mask == whole.mask).all() and early.downsample == whole.downsample
 
 
 def test_image_metadata_equals_what_zarr_itself_writes() -> None:

@@ -54,10 +54,15 @@ IMAGE_DOWNSCALING = {
 }
 LABEL_DOWNSCALING = {
     "type": "any",
-    "metadata": {"description": "a pixel is tissue where any part of it is tissue in the detected mask", "method": "numpy.maximum.reduceat"},
+    "metadata": {
+        "description": "a pixel is tissue where any part of it is tissue in the detected mask (where a pixel is smaller than "
+        "a mask pixel: where the mask pixel it starts in is)",
+        "method": "numpy.maximum.reduceat, numpy.repeat",
+    },
 }
 TISSUE_LABEL = "labels/tissue"  # inside the image: the NGFF label image of the tissue mask (1 = tissue)
 LABEL_SHARD, LABEL_CHUNK = 8192, 1024  # label objects of at most 64 MB in memory; all-background chunks are not written
+LABEL_AT_ONCE = 16_000_000  # label levels up to this many pixels are built with the groups; larger ones beside the shards
 EMPTY = 2**64 - 1  # shard-index marker of an absent chunk (Zarr v3 sharding spec)
 MAX_CANVAS = 16_000_000  # pixels decoded at once while building a shard band
 T = TypeVar("T")
@@ -412,8 +417,9 @@ def _json_piece(key: str, document: dict[str, Any]) -> Piece:
     return Piece(key, json.dumps(document, indent=2).encode(), PieceKind.METADATA)
 
 
-def tissue_pieces(plan: PyramidPlan) -> list[Piece]:
-    """The tissue mask as an NGFF label image (`labels/tissue`, 1 = tissue), so any OME-Zarr reader can show it.
+def label_groups(plan: PyramidPlan) -> list[Piece]:
+    """The tissue mask as an NGFF label image (`labels/tissue`, 1 = tissue), so any OME-Zarr reader can show it:
+    its two groups. Each level's array follows from `label_level` (coarsest first: readers use the small ones).
 
     NGFF wants a label image with the image's levels: level k has the shape and scale of image level k, a pixel
     being tissue where any of the detected mask's pixels under it is. Zarr leaves all-background chunks unwritten.
@@ -437,33 +443,56 @@ def tissue_pieces(plan: PyramidPlan) -> list[Piece]:
         "slidestream": {"tissue_fraction": round(tissue.fraction, 4), "mask_downsample": tissue.downsample},
     }
     zarr.create_group(store, path=TISSUE_LABEL, zarr_format=3, attributes=attributes)
-    mask = tissue.mask.astype(np.uint8)
-    for level in plan.levels:
-        shape = (level.height, level.width)
-        chunk = tuple(min(LABEL_CHUNK, side) for side in shape)
-        shard = tuple(min(LABEL_SHARD, -(-side // c) * c) for side, c in zip(shape, chunk))
-        array = zarr.create_array(
-            store, name=f"{TISSUE_LABEL}/{level.index}", shape=shape, dtype="uint8", chunks=chunk, shards=shard,
-            dimension_names=["y", "x"], fill_value=0,
-        )  # fmt: skip
-        ratio = level.downsample / tissue.downsample  # mask pixels per label pixel
-        for y0 in range(0, shape[0], shard[0]):
-            for x0 in range(0, shape[1], shard[1]):
-                y1, x1 = min(shape[0], y0 + shard[0]), min(shape[1], x0 + shard[1])
-                array[y0:y1, x0:x1] = _any_tissue(mask, ratio, y0, y1, x0, x1)
     # zarr also writes the parent groups it implies: the root zarr.json here would replace the image's own
     return [piece for piece in _pieces(store) if piece.key.startswith("labels/")]
 
 
-def _any_tissue(mask: np.ndarray, ratio: float, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def label_level(plan: PyramidPlan, index: int) -> list[Piece]:
+    """Level `index` of the tissue label (see `label_groups`): its zarr.json and its shards with tissue."""
+    import zarr
+
+    tissue = plan.tissue
+    assert tissue is not None, "the plan's tissue is not known yet"
+    level = plan.levels[index]
+    store = zarr.storage.MemoryStore()
+    mask = tissue.mask.astype(np.uint8)
+    shape = (level.height, level.width)
+    chunk = tuple(min(LABEL_CHUNK, side) for side in shape)
+    shard = tuple(min(LABEL_SHARD, -(-side // c) * c) for side, c in zip(shape, chunk))
+    array = zarr.create_array(
+        store, name=f"{TISSUE_LABEL}/{level.index}", shape=shape, dtype="uint8", chunks=chunk, shards=shard,
+        dimension_names=["y", "x"], fill_value=0,
+    )  # fmt: skip
+    ratio = level.downsample / tissue.downsample  # mask pixels per label pixel
+    for y0 in range(0, shape[0], shard[0]):
+        for x0 in range(0, shape[1], shard[1]):
+            y1, x1 = min(shape[0], y0 + shard[0]), min(shape[1], x0 + shard[1])
+            pixels = _any_tissue(mask, ratio, y0, y1, x0, x1)
+            if pixels is not None:  # None: no tissue under this shard, which zarr would leave unwritten anyway
+                array[y0:y1, x0:x1] = pixels
+    # only the array's own objects: the groups zarr implies above it are `label_groups`'s, with their attributes
+    return [piece for piece in _pieces(store) if piece.key.startswith(f"{TISSUE_LABEL}/{level.index}/")]
+
+
+def label_cost(plan: PyramidPlan, index: int) -> int:
+    """Pixels of label level `index`: what building it costs (level 0 of a 1.6 GB slide: 5 Gpx, ~10 s of a core)."""
+    return plan.levels[index].width * plan.levels[index].height
+
+
+def _any_tissue(mask: np.ndarray, ratio: float, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
     """Label pixels [y0, y1) x [x0, x1) of pixels `ratio` mask pixels wide: the maximum of the mask pixels each
-    covers (the nearest one where a label pixel is smaller than a mask pixel)."""
+    covers (the nearest one where a label pixel is smaller than a mask pixel); None where that is all 0."""
     window = []
     for start, stop, size in ((y0, y1, mask.shape[0]), (x0, x1, mask.shape[1])):
         first = np.minimum((np.arange(start, stop) * ratio).astype(np.int64), size - 1)
         window.append((first, min(size, max(int(first[-1]) + 1, math.ceil(stop * ratio)))))
     (rows, row_end), (cols, col_end) = window
     part = mask[rows[0] : row_end, cols[0] : col_end]
+    if not part.any():
+        return None
+    if ratio <= 1:  # each label pixel takes its mask pixel's value: repeats, 40x faster than reduceat's equal runs
+        columns = np.repeat(part, np.bincount(cols - cols[0], minlength=part.shape[1]), axis=1)
+        return np.repeat(columns, np.bincount(rows - rows[0], minlength=part.shape[0]), axis=0)
     part = np.maximum.reduceat(part, rows - rows[0], axis=0)
     return np.maximum.reduceat(part, cols - cols[0], axis=1)
 
@@ -496,13 +525,23 @@ def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, or
     another thread runs Python (uploads, start-up imports), which made building 2-5x slower in a send.
     The first shards are submitted before the first piece is yielded, so they build while the caller gets ready.
     For a deferred plan the tissue is detected once the overview shards are queued; the tissue label and the
-    tissue shards follow the overview.
+    tissue shards follow the overview, the label's large levels among the shards (`label_level`).
     """
     order = order or SendOrder(plan)
     lookahead = max(1, plan.options.workers) * 2
     with _shard_pool(slide, plan.options.workers) as pool:
         pending: deque[tuple[ShardTask, Future[bytes | None]]] = deque()
         tissue: Future[TissueMask] | None = None
+        labels: deque[Future[list[Piece]]] = deque()  # the tissue label's large levels, built beside the shards
+
+        def label(settled: PyramidPlan) -> list[Piece]:
+            """The label's groups and small levels now (readers use only those); its large levels go to the pool and
+            follow as they are done, coarsest first: level 0 of a 1.6 GB slide is 5 Gpx, seconds of a core that
+            would otherwise hold every shard back."""
+            small = [level.index for level in reversed(settled.levels) if label_cost(settled, level.index) <= LABEL_AT_ONCE]
+            large = [level.index for level in reversed(settled.levels) if level.index not in small]
+            labels.extend(pool.submit(label_level, settled, index) for index in large)
+            return label_groups(settled) + [piece for index in small for piece in label_level(settled, index)]
 
         def fill() -> None:
             nonlocal tissue
@@ -515,14 +554,16 @@ def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, or
         fill()
         yield from metadata_pieces(plan, name, source_summary)
         if plan.settled:
-            yield from tissue_pieces(plan)
+            yield from label(plan)
         while True:
             fill()
+            while labels and (labels[0].done() or not pending):
+                yield from _result(labels.popleft(), slide)
             if not pending:
                 if order.plan.settled:
                     return
                 assert tissue is not None
-                yield from tissue_pieces(order.settle(_result(tissue, slide)))
+                yield from label(order.settle(_result(tissue, slide)))
                 continue
             task, future = pending.popleft()
             data = _result(future, slide)
