@@ -42,8 +42,6 @@
                 return `${slide}/tiles/${level}/${row}/${col}${send ? `?send=${encodeURIComponent(send)}` : ""}`;
             case "heatmap":
                 return `${slide}/heatmap/${level}/${row}/${col}.png?v=${encodeURIComponent(version)}`;
-            case "openseadragon-images":
-                return "/static/openseadragon/images/";
             default:
                 throw new Error(`no URL for ${what}`);
         }
@@ -566,6 +564,28 @@
         viewer.viewport.applyConstraints();
     }
 
+    function home() {
+        viewer.viewport.goHome();
+    }
+
+    function fullPage() {
+        viewer.setFullPage(!viewer.isFullPage());
+    }
+
+    // the view's buttons, as the keys do; full page keeps them over the slide
+    function startViewControls() {
+        const controls = $("view-controls");
+        $("view-in").addEventListener("click", () => zoom(ZOOM_STEP));
+        $("view-out").addEventListener("click", () => zoom(1 / ZOOM_STEP));
+        $("view-home").addEventListener("click", home);
+        $("view-full").addEventListener("click", fullPage);
+        viewer.addHandler("full-page", (event) => {
+            $("view-full").setAttribute("aria-pressed", String(event.fullPage));
+            (event.fullPage ? viewer.element : document.querySelector("main")).append(controls);
+        });
+        controls.hidden = false;
+    }
+
     // the slide shown goes into the address (?slide=), so a reload or a shared link opens the same one
     function rememberSlide() {
         const address = new URLSearchParams(location.search);
@@ -738,6 +758,8 @@
         "=": () => zoom(ZOOM_STEP),
         "-": () => zoom(1 / ZOOM_STEP),
         _: () => zoom(1 / ZOOM_STEP),
+        0: home,
+        f: fullPage,
         n: () => goToRegion(regionIndex + 1),
         p: () => goToRegion(regionIndex - 1),
         "]": () => stepSlide(1),
@@ -858,7 +880,7 @@
     function viewerOptions(element) {
         return {
             element,
-            prefixUrl: url("openseadragon-images"),
+            showNavigationControl: false, // the page's own buttons (#view-controls): no button images to fetch
             loadTilesWithAjax: true,
             ajaxHeaders: { Authorization: `Bearer ${token}` },
             maxZoomPixelRatio: 2,
@@ -882,6 +904,7 @@
         viewer.addHandler("viewport-change", () => compare && leader === viewer && follow(viewer, compare.viewer));
         leads(viewer);
         startMarks();
+        startViewControls();
         // for tests and automation: the viewer's own conversion between slide pixels and the page
         window.slideView = {
             imageToPage(x, y) {
