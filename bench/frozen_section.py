@@ -161,7 +161,8 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
                 state = np.asarray(zarr.open_group(heatmap.zarr_store(), mode="r")["tile_state"][:])
             except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
                 state = None
-            found.setdefault("hub_first", now)
+            if triage.get("summary", {}).get("tiles_scored"):  # a map of "0 of N tiles" shows nothing yet
+                found.setdefault("hub_first", now)
             if state is not None:
                 measured.append((now, state[3] == 1))
                 last_triage, last_state = triage, state
