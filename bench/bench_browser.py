@@ -67,7 +67,8 @@ from link import PROFILES, EmulatedLink, run
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PageTimeout
 
-from transfer.target import CaseRecord, SlideRef
+from caseformat.documents import CaseRecord
+from caseformat.layout import SlideRef
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"

@@ -39,7 +39,7 @@ import boto3
 import httpx
 import numpy as np
 
-from transfer.target import SlideRef
+from caseformat.layout import SlideRef
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"

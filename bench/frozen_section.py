@@ -94,7 +94,7 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
     client = s3(endpoint)
     found["timeline"] = [(0.0, 0)]
     while case is None and not stop.is_set():
-        from transfer.target import SlideRef
+        from caseformat.layout import SlideRef
 
         listed = client.list_objects_v2(Bucket=bucket, Prefix="cases/_arrivals/").get("Contents", [])
         ref = SlideRef.from_arrival(listed[0]["Key"]) if listed else None

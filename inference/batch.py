@@ -17,7 +17,7 @@ from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
 from transfer.identity import content_id
-from transfer.target import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, is_final, version_number
+from caseformat.layout import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, is_final, version_number
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]

@@ -28,7 +28,7 @@ from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef,
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
 from tiling.pyramid import shard_address
-from transfer.target import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST, TRIAGE
+from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST, TRIAGE
 from transfer.manifest import COMPLETE, FAILED, case_state
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent

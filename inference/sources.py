@@ -24,7 +24,7 @@ from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.pyramid import TISSUE_LABEL
 from tiling.tissue import MASK_SIDE
-from transfer.target import IMAGE, SLIDES
+from caseformat.layout import IMAGE, SLIDES
 
 
 class Source(Protocol):

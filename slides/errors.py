@@ -4,6 +4,8 @@ Each subclass also inherits the matching built-in type, so callers that catch `O
 The message of an instance is a complete one-line explanation (it names the file and the problem).
 """
 
+import re
+
 
 class SlidestreamError(Exception):
     """Base of all errors that the CLI turns into one line on stderr and exit code 2."""
@@ -21,10 +23,17 @@ class CorruptSlideError(SlidestreamError, OSError):
     """The slide opened, but some of its image data cannot be read."""
 
 
+# C0 and C1 controls, DEL, and the format characters that reorder or break a line on a terminal (bidi overrides and
+# isolates, line and paragraph separators): what a hostile document could use to forge or hide a line
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def printable(text: str) -> str:
-    """`text` safe to print or write as UTF-8: a file name that is not valid UTF-8 reaches Python with surrogate
-    escapes (os.fsdecode), which would make every print or log write fail; they become visible \\udcXX escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`text` safe to print, log or write as one line of UTF-8: control characters become visible escapes (\\n,
+    \\x1b, \\u202e), so text from the store or a file name can neither forge a line nor move the cursor; a file name
+    that is not valid UTF-8 reaches Python with surrogate escapes (os.fsdecode), which become visible \\udcXX."""
+    escaped = _CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def one_line(error: BaseException) -> str:

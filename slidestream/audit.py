@@ -20,7 +20,7 @@ def audit(
 ) -> None:
     """Print the audit log: each case and slide opened, each report signed or amended, each request, with the user."""
     from slidestream.users import open_store
-    from transfer.target import validate_case
+    from caseformat.layout import validate_case
     from viewer.audit import read, who_text
 
     if date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):

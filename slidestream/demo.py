@@ -90,7 +90,7 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
     from inference import Location
     from slidestream.errors import DemoError
     from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
-    from transfer.target import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE, SlideRef
+    from caseformat.layout import EDGE, HUB, MANIFEST, PYRAMID, SlideRef, TRIAGE
 
     location = Location.parse(store, endpoint).child(SlideRef(case).root)  # the case's first slide, first scan
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from tiling import SendOrder, die_with_parent
 from transfer import Destination
-from transfer.target import EDGE
+from caseformat.layout import EDGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -39,7 +39,7 @@ def export_dicom(
     from slidestream.stored import is_stored_case, open_stored_case
     from tiling.dicom import export_dicom as export
     from transfer.identity import content_id
-    from transfer.target import validate_case
+    from caseformat.layout import validate_case
 
     if is_stored_case(slide):
         stored = open_stored_case(slide, endpoint_url, case)

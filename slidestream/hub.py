@@ -27,7 +27,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from inference import AnalyzeOptions, Heatmap, Location, Runner
-    from transfer.target import SlideRef
+    from caseformat.layout import SlideRef
 
 stderr = Console(stderr=True)
 PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
@@ -50,7 +50,7 @@ def hub(
     import torch
 
     from inference import AnalyzeOptions, Location, ModelRef, Runner
-    from transfer.target import HUB
+    from caseformat.layout import HUB
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
@@ -147,7 +147,7 @@ class Hub:
         older version a rescan superseded is no longer worked on). The first look reads the whole index; later
         ones start a day back (senders' clocks may differ a little from ours), so a look is one LIST page per 1000
         slide versions sent in the last day."""
-        from transfer.target import ARRIVALS, SlideRef, version_number
+        from caseformat.layout import ARRIVALS, SlideRef, version_number
 
         keys = self.root.keys(ARRIVALS, self.listed_after)
         self.listed_after = f"{ARRIVALS}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime(time.time() - 86400))}"
@@ -163,7 +163,8 @@ class Hub:
 
     def clock(self, case: str, manifest: dict[str, Any]) -> float:
         """When the case's 30-minute clock started: its registration (case.json, read once), else the send."""
-        from transfer.target import CASE_RECORD, CaseRecord
+        from caseformat.layout import CASE_RECORD
+        from caseformat.documents import CaseRecord
 
         if case not in self.clocks:
             record = CaseRecord.parse(self.root.child(case).read_json(CASE_RECORD))
@@ -180,7 +181,7 @@ class Hub:
         finished one costs nothing more."""
         from inference import InferenceError
         from transfer.manifest import FAILED, case_state, hub_pyramid_done
-        from transfer.target import MANIFEST, PYRAMID, TRIAGE
+        from caseformat.layout import MANIFEST, PYRAMID, TRIAGE
 
         with self.lock:
             versions = sorted(self.newest.values())
@@ -223,7 +224,7 @@ class Hub:
         `If-None-Match: *` makes a first claim exclusive where the server honours it (Ceph RGW here does); an
         expired lease is replaced by a plain PUT and read back, so two hubs racing for it both see the one that
         landed last (a window of one round trip)."""
-        from transfer.target import LEASE
+        from caseformat.layout import LEASE
 
         lease = {"owner": self.owner, "expires": time.time() + self.lease_seconds}
         if case.location.create_json(LEASE, lease):
@@ -301,7 +302,7 @@ class Hub:
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
-        from transfer.target import LEASE
+        from caseformat.layout import LEASE
 
         case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
 
@@ -323,7 +324,7 @@ class Hub:
 
 def _done_by_a_hub(triage: dict[str, Any], options: AnalyzeOptions) -> bool:
     """A complete full-magnification result of this model is there: a restarted hub does not redo it."""
-    from transfer.target import is_final
+    from caseformat.layout import is_final
 
     return is_final(triage, options.model.spec.name)
 

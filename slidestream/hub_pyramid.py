@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_address, shard_index_size
 from transfer.manifest import PYRAMID_FORMAT
-from transfer.target import IMAGE, PYRAMID
+from caseformat.layout import IMAGE, PYRAMID
 
 if TYPE_CHECKING:
     from inference import Location

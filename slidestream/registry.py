@@ -27,7 +27,7 @@ from typing import Any, Protocol, Self
 
 from transfer.errors import JournalError
 from transfer.journal import open_state
-from transfer.target import SlideRef, version_number
+from caseformat.layout import SlideRef, version_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specimens (

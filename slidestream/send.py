@@ -117,12 +117,8 @@ def send(
     if sse_kms_key_id and sse != "aws:kms":
         raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
     from transfer import default_state_dir
-    from transfer.target import (
-        parse_endpoint,
-        parse_store_url,
-        validate_case,
-        validate_station,
-    )
+    from transfer.target import parse_endpoint, parse_store_url
+    from caseformat.layout import validate_case, validate_station
 
     parse_store_url(destination)  # a bad URL, endpoint, case or station is one line before the slide is opened
     parse_endpoint(endpoint_url)
@@ -308,7 +304,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
     from slidestream.edge import EdgeTriage
     from transfer import Journal, default_state_dir, parse_destination
     from transfer.journal import utc_now
-    from transfer.target import CaseRecord
+    from caseformat.documents import CaseRecord
 
     slide_path = Path(args["slide"])
     with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:

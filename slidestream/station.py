@@ -30,22 +30,9 @@ from slidestream.registry import (
 )
 from transfer.identity import content_sha256, sample_digest
 from transfer.journal import utc_now
-from transfer.target import (
-    CASE_RECORD,
-    CONTEXT_FIELDS,
-    CONTEXT_LIMIT,
-    LAYOUT_FORMAT,
-    REPORTS,
-    SLIDES,
-    STATIONS,
-    CaseRecord,
-    SlideRef,
-    next_name,
-    parse_endpoint,
-    parse_store_url,
-    validate_case,
-    validate_station,
-)  # fmt: skip
+from caseformat.layout import CASE_RECORD, LAYOUT_FORMAT, REPORTS, SLIDES, STATIONS, SlideRef, next_name, validate_case, validate_station
+from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord
+from transfer.target import parse_endpoint, parse_store_url
 
 SIDECAR = "specimen.json"
 IDENTITY_FIELDS = ("accession", "patient_name", "patient_id", "birth_date")  # kept in the local registry only

@@ -25,7 +25,7 @@ def status(
     from slidestream.registry import Registry, store_key
     from slidestream.station import Station, Store, default_station
     from transfer import default_state_dir
-    from transfer.target import validate_station
+    from caseformat.layout import validate_station
 
     wanted = store_key(Store.parse(destination, endpoint_url)) if destination else None
     name = validate_station(station) if station else None
@@ -47,7 +47,7 @@ def case_state(station: Any, case: str) -> tuple[str, list[str]]:
     """(the case's state, one line per slide) from the store: each slide's newest version's manifest, and the
     case's reports."""
     from transfer.manifest import case_state as manifest_state
-    from transfer.target import MANIFEST, SlideRef
+    from caseformat.layout import MANIFEST, SlideRef
 
     lines, sending = [], False
     for slide in sorted(station.registry.slides(station.key, case), key=lambda name: int(name[1:])):

@@ -31,7 +31,8 @@ from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from transfer.manifest import COMPLETE, case_state, hub_pyramid_done
 from transfer.readers import object_store
-from transfer.target import IMAGE, MANIFEST, PYRAMID, SLIDES, VERSION_PATTERN, parse_endpoint, parse_store_url, validate_case, version_number
+from caseformat.layout import IMAGE, MANIFEST, PYRAMID, SLIDES, VERSION_PATTERN, validate_case, version_number
+from transfer.target import parse_endpoint, parse_store_url
 
 JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
 

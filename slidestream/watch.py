@@ -383,7 +383,8 @@ def watch(
     from slides.errors import printable
     from slidestream.send import Resolver, run_send, send_arguments
     from slidestream.station import default_station
-    from transfer.target import parse_endpoint, parse_store_url, validate_station
+    from transfer.target import parse_endpoint, parse_store_url
+    from caseformat.layout import validate_station
 
     parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
     parse_endpoint(endpoint_url)

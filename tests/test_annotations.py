@@ -12,7 +12,7 @@ import pytest
 from conftest import S3Server
 from test_viewer import Bucket, serving
 
-from transfer.target import CaseRecord
+from caseformat.documents import CaseRecord
 from viewer import audit
 from viewer.people import STATION
 

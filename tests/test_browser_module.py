@@ -29,7 +29,7 @@ from conftest import REPO, S3Server, sample
 from test_viewer_browser import browser  # noqa: F401  (the Chromium fixture)
 
 from inference.store import Location
-from transfer.target import IMAGE, SlideRef
+from caseformat.layout import IMAGE, SlideRef
 
 STATIC = REPO / "viewer" / "static"
 SLIDE = "CMU-1-Small-Region.svs"

@@ -19,7 +19,8 @@ from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
 
 from transfer.identity import sample_digest
-from transfer.target import CaseRecord, SlideRef, notice_key, report_key
+from caseformat.documents import CaseRecord
+from caseformat.layout import SlideRef, notice_key, report_key
 
 CMU, TCGA = "CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"
 PATIENT, ACCESSION, MRN = "DOE^JANE", "S26-004711", "MRN-7777123"
@@ -38,8 +39,12 @@ def listing(server: S3Server, bucket: str) -> dict[str, str]:
     return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
 
 
+def read_bytes(server: S3Server, bucket: str, key: str) -> bytes:
+    return server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
 def read_json(server: S3Server, bucket: str, key: str) -> Any:
-    return json.loads(server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return json.loads(read_bytes(server, bucket, key))
 
 
 def root(ref: dict[str, Any]) -> str:
@@ -161,7 +166,7 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         _wait_for(lambda: any(" REGISTERED " in line for line in _log(state)), "registration", watcher)
         [line] = [line for line in _log(state) if " REGISTERED " in line]
         case = line.split(" case ")[1].split(",")[0]
-        record = CaseRecord.parse(read_json(s3_server, s3_bucket, f"site/{case}/case.json"))
+        record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{case}/case.json"))
         assert record is not None and record.station == "theatre-3" and dict(record.context)["clinical_question"] == "metastasis?"
         assert not any(key.startswith(f"site/{case}/slides/") for key in listing(s3_server, s3_bucket)), "registered before any slide"
         _wait_for(lambda: any(" REFUSED S26-004712" in line for line in _log(state)), "the refusal", watcher)
@@ -231,7 +236,7 @@ def test_send_with_a_context_file_registers_like_watch_and_refuses_identifying_c
     state, sidecar = tmp_path / "state", tmp_path / "specimen.json"
     sidecar.write_text(json.dumps({"accession": ACCESSION, "patient_name": PATIENT, "specimen_site": "thyroid, left lobe"}))
     first = send(s3_server, s3_bucket, state, sample(CMU), "--no-edge", "--context-file", sidecar)
-    record = CaseRecord.parse(read_json(s3_server, s3_bucket, f"site/{first['case']}/case.json"))
+    record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{first['case']}/case.json"))
     assert record is not None and dict(record.context) == {"specimen_site": "thyroid, left lobe"} and record.station == "theatre-3"
     second = send(s3_server, s3_bucket, state, sample(TCGA), "--no-edge", "--context-file", sidecar)
     assert (second["case"], second["slide"]) == (first["case"], "s2")

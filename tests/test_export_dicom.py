@@ -27,7 +27,7 @@ from conftest import REPO, sample
 from slides import open_slide
 from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
 from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
-from transfer.target import SlideRef
+from caseformat.layout import SlideRef
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 

@@ -30,7 +30,7 @@ from slides import open_slide
 from slidestream.cli import app
 from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
-from transfer.target import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef
+from caseformat.layout import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, SlideRef, TRIAGE
 from viewer import S3Storage
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from viewer.cases import Cases, Chunk

@@ -28,7 +28,7 @@ from conftest import S3Server, sample
 from inference.store import Location
 from slidestream.cli import app
 from tiling.codec import JpegCodec
-from transfer.target import HEATMAP, IMAGE, SlideRef
+from caseformat.layout import HEATMAP, IMAGE, SlideRef
 from reader.upstream_jpeg import UpstreamJpeg
 
 READER = Path(__file__).parent / "reader"

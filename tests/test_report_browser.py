@@ -29,7 +29,8 @@ from conftest import REPO, S3Server, sample
 from test_viewer import SECRET, SLIDE, Bucket, serving
 from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
 
-from transfer.target import CaseRecord, SlideRef
+from caseformat.documents import CaseRecord
+from caseformat.layout import SlideRef
 
 ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
 SIDECAR = {

@@ -19,7 +19,8 @@ import pytest
 from conftest import S3Server
 from test_viewer import SECRET, Bucket, Served, serving
 
-from transfer.target import CaseRecord, SlideRef, notice_key, report_key, request_key
+from caseformat.documents import CaseRecord
+from caseformat.layout import SlideRef, notice_key, report_key, request_key
 from viewer.people import Person, person_key
 
 CASE = "FS-2026-0042"

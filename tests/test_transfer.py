@@ -28,8 +28,10 @@ from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 from slides import open_slide
 from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
+from caseformat.errors import InvalidIdError
 from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, content_id, parse_destination, validate_case
-from transfer.target import ARRIVALS, CaseRecord, SlideRef
+from caseformat.layout import ARRIVALS, SlideRef
+from caseformat.documents import CaseRecord
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
 from transfer.sender import typical_size
 
@@ -162,7 +164,7 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     pieces = local_pieces(sample(name), case)
     on_server = server_objects(s3_server, s3_bucket, "cases/")
     manifest = json.loads(on_server.pop(dest.manifest_key))
-    record = CaseRecord.parse(json.loads(on_server.pop(f"{dest.case_root}case.json")))
+    record = CaseRecord.read(on_server.pop(f"{dest.case_root}case.json"))
     assert record is not None and record.case == case and record.registered_at <= manifest["started_at"]
     [arrival] = [key for key in on_server if key.startswith(f"cases/{ARRIVALS}/")]
     assert on_server.pop(arrival) == b"" and SlideRef.from_arrival(arrival) == dest.ref
@@ -342,7 +344,7 @@ def test_content_id_comes_from_every_byte_and_case_ids_are_checked(tmp_path) -> 
     middle.write_bytes(bytes(data))
     assert content_id(middle) != content_id(copy)
     for bad in ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"]:
-        with pytest.raises(DestinationError):
+        with pytest.raises(InvalidIdError):
             validate_case(bad)
     for bad_url in ["http://bucket/x", "s3://Bad_Bucket/x", "s3://bucket/a/../b"]:
         with pytest.raises(DestinationError):

@@ -45,7 +45,7 @@ from test_transfer import (
 
 from tiling import Piece, PieceKind
 from transfer import Destination, Journal, parse_destination
-from transfer.target import SlideRef
+from caseformat.layout import SlideRef
 
 CMU = "CMU-1-Small-Region.svs"
 CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once

@@ -38,7 +38,8 @@ from PIL import Image
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
 from tiling.pyramid import assemble_shard
-from transfer.target import CaseRecord, SlideRef
+from caseformat.documents import CaseRecord
+from caseformat.layout import SlideRef
 from viewer.people import PATHOLOGIST, add_person
 from viewer import (
     WORKLIST,

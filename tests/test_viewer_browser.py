@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from slides import open_slide
-from transfer.target import CaseRecord
+from caseformat.documents import CaseRecord
 from viewer.heatmap import LUT
 from viewer.people import STATION
 

@@ -20,7 +20,7 @@ from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
 from inference.store import Location
 from inference.tiles import TileGrid
-from transfer.target import HUB
+from caseformat.layout import HUB
 from viewer import LocalStorage
 from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import sample
 
-from transfer.target import SlideRef
+from caseformat.layout import SlideRef
 
 
 def _watch(hot: Path, s3_server, bucket: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -22,7 +22,8 @@ from transfer.errors import (
 from transfer.journal import Journal, SendRecord, default_state_dir
 from transfer.manifest import Arrivals
 from transfer.identity import content_id
-from transfer.target import Destination, parse_destination, validate_case
+from caseformat.layout import validate_case
+from transfer.target import Destination, parse_destination
 
 if TYPE_CHECKING:
     from transfer.sender import Listener, Progress, Sender, SendOptions, SendResult

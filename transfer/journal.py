@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from transfer.errors import JournalError
-from transfer.target import Destination, SlideRef
+from transfer.target import Destination
+from caseformat.layout import SlideRef
 
 VERIFIED = "sent-verified"
 SCHEMA = """

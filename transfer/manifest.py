@@ -29,7 +29,7 @@ from datetime import datetime
 
 from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
-from transfer.target import IMAGE, SlideRef
+from caseformat.layout import IMAGE, SlideRef
 
 PYRAMID_FORMAT = "slidestream-hub-pyramid/1"
 FORMAT = "slidestream-manifest/2"

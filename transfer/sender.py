@@ -39,7 +39,8 @@ from transfer.integrity import Digest, Expected, Mismatch, check, expected_multi
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
-from transfer.target import CASE_RECORD, HEATMAP, SLIDE_CLAIM, SLIDES, TRIAGE, Destination, SlideRef
+from caseformat.layout import CASE_RECORD, HEATMAP, SLIDES, SLIDE_CLAIM, SlideRef, TRIAGE
+from transfer.target import Destination
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferManager

@@ -16,13 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from transfer.target import (
-    ANNOTATIONS,
-    SLIDE_PATTERN,
-    VERSION_PATTERN,
-    annotation_key,
-    stamp,
-)
+from caseformat.layout import ANNOTATIONS, SLIDE_PATTERN, VERSION_PATTERN, annotation_key, stamp
 from viewer.cache import AsyncCache
 from viewer.reports import iso_now
 from viewer.storage import ObjectNotFoundError, Storage

@@ -25,13 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from transfer.target import (
-    REQUESTS,
-    SLIDE_PATTERN,
-    VERSION_PATTERN,
-    CaseRecord,
-    SlideRef,
-)
+from caseformat.layout import REQUESTS, SLIDE_PATTERN, SlideRef, VERSION_PATTERN
+from caseformat.documents import CaseRecord
 from viewer import annotations, audit
 from viewer.cache import AsyncCache
 from viewer.cases import TILE_CACHE_BYTES, Cases, utc_now

@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from transfer.target import AUDIT, stamp
+from caseformat.layout import AUDIT, stamp
 from viewer.storage import ObjectNotFoundError, Storage
 
 AUDIT_FORMAT = "slidestream-audit/1"

@@ -23,22 +23,8 @@ from PIL import Image
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
 from transfer.manifest import case_state, with_hub_pyramid
-from transfer.target import (
-    CASE_RECORD,
-    HEATMAP,
-    IMAGE,
-    MANIFEST,
-    PYRAMID,
-    REPORTS,
-    SLIDE_PATTERN,
-    SLIDES,
-    TRIAGE,
-    VERSION_PATTERN,
-    CaseRecord,
-    SlideRef,
-    is_final,
-    version_number,
-)
+from caseformat.layout import CASE_RECORD, HEATMAP, IMAGE, MANIFEST, PYRAMID, REPORTS, SLIDES, SLIDE_PATTERN, SlideRef, TRIAGE, VERSION_PATTERN, is_final, version_number
+from caseformat.documents import CaseRecord
 from viewer.image import (
     ARRIVED,
     BACKGROUND,

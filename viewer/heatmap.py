@@ -24,7 +24,7 @@ import zarr.api.asynchronous
 from PIL import Image
 
 from tiling.pyramid import TISSUE_LABEL
-from transfer.target import HEATMAP, IMAGE, TILE_STATE
+from caseformat.layout import HEATMAP, IMAGE, TILE_STATE
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 

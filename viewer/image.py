@@ -23,7 +23,7 @@ import tiling.codec  # noqa: F401  (registers the chunk codec also where slidest
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import read_shard_index, shard_address, shard_index_size
 from transfer.manifest import FAILED, case_state
-from transfer.target import IMAGE
+from caseformat.layout import IMAGE
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`

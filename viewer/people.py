@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slides import SlidestreamError
-from transfer.target import PEOPLE
+from caseformat.layout import PEOPLE
 from viewer.storage import ObjectNotFoundError, Storage
 from viewer.tokens import AccessError, Tokens
 

@@ -18,14 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from slides import SlidestreamError
-from transfer.target import (
-    REPORTS,
-    REQUESTS,
-    SLIDE_PATTERN,
-    notice_key,
-    report_key,
-    request_key,
-)
+from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, report_key, request_key
 from viewer.storage import ObjectNotFoundError, Storage
 
 REPORT_FORMAT = "slidestream-report/2"

@@ -1,0 +1,327 @@
+"""The documents of a case and of the centre, typed: each is written by `to_json` and read back by `read`, the one
+bounded parse of its format, so writer and readers cannot drift apart.
+
+Who writes what decides how it is read. A station writes its cases' registration (case.json) and slide claims
+(slide.json): read as untrusted input, bounded. The centre writes reports, requests, people, annotations and the
+audit log for others to act on: each is signed (`caseformat.signing`) and `read` refuses one that does not verify.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from caseformat.bounded import Fields, dump, load, parse_time
+from caseformat.errors import DocumentError
+from caseformat.layout import LAYOUT_FORMAT, NOTICE_KINDS, validate_case, validate_slide, validate_station, validate_version
+from caseformat.signing import SigningKey, TrustedKeys
+
+CONTEXT_FIELDS = ("specimen_site", "specimen_type", "clinical_question", "surgeon", "callback", "hospital")
+CONTEXT_LIMIT = 500  # characters per field: context, not a record
+NAME_LIMIT = 100
+TEXT_LIMIT = 20_000
+NUMBER_LIMIT = 9999
+SLIDES_LIMIT = 100
+USER_PATTERN = re.compile(r"u[0-9a-f]{8}")
+CATEGORIES = ("benign", "malignant", "deferred", "insufficient")
+PATHOLOGIST, STATION = "pathologist", "station"
+ROLES = (PATHOLOGIST, STATION)
+AUDIT_ACTIONS = ("open-case", "open-slide", "sign", "amend", "request", "annotate")
+ANNOTATION_KINDS = {"point": (1, 1), "line": (2, 2), "polygon": (3, 500)}  # corners each kind takes (fewest, most)
+ANNOTATION_TEXT_LIMIT = 200
+MAX_COORDINATE = 10_000_000  # level-0 pixels: beyond any slide
+ANNOTATION_ID = re.compile(r"[0-9]{8}T[0-9]+Z-[0-9a-f]{8}")
+Signed = TypeVar("Signed", bound="CentreDocument")
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """case.json: the registration of a specimen, written once by the station that registers it.
+
+    `registered_at` starts the case's 30-minute clock (a resend or a second slide never restarts it); the context is
+    what the remote pathologist needs to read the case, and never the patient's identity (name, patient ID, birth
+    date, accession number stay at the hospital, in its local registry)."""
+
+    case: str
+    registered_at: str
+    station: str | None = None
+    context: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> bytes:
+        return dump({"format": LAYOUT_FORMAT, "case": self.case, "registered_at": self.registered_at,
+                     "station": self.station, "context": dict(self.context)})  # fmt: skip
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "case.json") -> CaseRecord:
+        fields = Fields(load(data, what), what)
+        context = fields.fields("context", optional=True)
+        pairs = tuple((name, text) for name in CONTEXT_FIELDS
+                      if context is not None and (text := context.text(name, CONTEXT_LIMIT, optional=True, empty=True)))  # fmt: skip
+        return cls(fields.checked("case", validate_case), fields.time("registered_at"),
+                   fields.checked("station", validate_station, optional=True), pairs)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlideClaim:
+    """slide.json: which station took a slide number of a case (created once, never replaced)."""
+
+    case: str
+    slide: str
+    station: str
+    claimed_at: str | None = None
+
+    def to_json(self) -> bytes:
+        return dump({"format": LAYOUT_FORMAT, "case": self.case, "slide": self.slide, "station": self.station,
+                     "claimed_at": self.claimed_at})  # fmt: skip
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "slide.json") -> SlideClaim:
+        fields = Fields(load(data, what), what)
+        return cls(fields.checked("case", validate_case), fields.checked("slide", validate_slide),
+                   fields.checked("station", validate_station), fields.time("claimed_at", optional=True))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Author:
+    """A named person of the centre, as a signed document names them (`role` where the format records it)."""
+
+    id: str
+    name: str
+    role: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, **({"role": self.role} if self.role else {})}
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Author:
+        return cls(fields.text("id", 9, pattern=USER_PATTERN), fields.text("name", NAME_LIMIT),
+                   fields.choice("role", ROLES, optional=True))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CentreDocument:
+    """A document only the centre writes: `to_json` signs it, `read` verifies it before anything else."""
+
+    FORMAT: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, key: SigningKey) -> bytes:
+        return dump(key.sign({"format": self.FORMAT, **self.to_dict()}))
+
+    @classmethod
+    def from_fields(cls: type[Signed], fields: Fields) -> Signed:
+        raise NotImplementedError
+
+    @classmethod
+    def read(cls: type[Signed], data: bytes, what: str, trusted: TrustedKeys) -> Signed:
+        """The document in `data` if the centre signed it and it is well formed; `DocumentError` naming `what`."""
+        document = trusted.verify(load(data, what), what)
+        fields = Fields(document, what)
+        fields.choice("format", (cls.FORMAT,))
+        return cls.from_fields(fields)
+
+
+@dataclass(frozen=True)
+class SlideRead:
+    """A slide version a report was signed on."""
+
+    slide: str
+    version: str
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> SlideRead:
+        return cls(fields.checked("slide", validate_slide), fields.checked("version", validate_version))
+
+
+@dataclass(frozen=True)
+class Report(CentreDocument):
+    """CASE/reports/NNNN.json: the signed report (1) or an amendment (2, 3, ...), for the station named in it."""
+
+    FORMAT: ClassVar[str] = "slidestream-report/3"
+    case: str
+    number: int
+    category: str
+    diagnosis: str
+    author: Author
+    signed_at: str
+    station: str | None = None
+    margins: str | None = None
+    comment: str | None = None
+    slides: tuple[SlideRead, ...] = ()
+    amends: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "signed" if self.number == 1 else "amendment"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "number": self.number, "kind": self.kind, "station": self.station,
+                "category": self.category, "diagnosis": self.diagnosis, "margins": self.margins, "comment": self.comment,
+                "author": self.author.to_dict(), "signed_at": self.signed_at,
+                "slides": [{"slide": read.slide, "version": read.version} for read in self.slides], "amends": self.amends}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Report:
+        number = fields.integer("number", 1, NUMBER_LIMIT)
+        amends = fields.integer("amends", 1, NUMBER_LIMIT, optional=True)
+        if amends != (number - 1 if number > 1 else None) or fields.choice("kind", ("signed", "amendment")) != ("signed" if number == 1 else "amendment"):
+            raise DocumentError(f"{fields.what}: number {number}, kind and amends disagree")
+        author = fields.fields("author")
+        assert author is not None
+        return cls(fields.checked("case", validate_case), number, fields.choice("category", CATEGORIES),
+                   fields.text("diagnosis", TEXT_LIMIT), Author.from_fields(author), fields.time("signed_at"),
+                   fields.checked("station", validate_station, optional=True), fields.text("margins", TEXT_LIMIT, optional=True),
+                   fields.text("comment", TEXT_LIMIT, optional=True), tuple(fields.items("slides", SLIDES_LIMIT, SlideRead.from_fields)),
+                   amends)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request(CentreDocument):
+    """CASE/requests/NNNN.json: what the pathologist asks of the hospital (another slide, a deeper level)."""
+
+    FORMAT: ClassVar[str] = "slidestream-request/2"
+    case: str
+    number: int
+    what: str
+    author: Author
+    asked_at: str
+    station: str | None = None
+    slide: str | None = None
+
+    kind: ClassVar[str] = "request"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "number": self.number, "what": self.what, "slide": self.slide,
+                "station": self.station, "author": self.author.to_dict(), "asked_at": self.asked_at}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Request:
+        author = fields.fields("author")
+        assert author is not None
+        return cls(fields.checked("case", validate_case), fields.integer("number", 1, NUMBER_LIMIT), fields.text("what", 2000),
+                   Author.from_fields(author), fields.time("asked_at"), fields.checked("station", validate_station, optional=True),
+                   fields.checked("slide", validate_slide, optional=True))  # fmt: skip
+
+
+def read_notice(data: bytes, what: str, trusted: TrustedKeys, kind: str) -> Report | Request:
+    """A `_stations/` copy of a report or request (`kind`, from its key): the signed document itself."""
+    if kind not in NOTICE_KINDS:
+        raise DocumentError(f"{what}: not a report or request")
+    return Report.read(data, what, trusted) if kind == "report" else Request.read(data, what, trusted)
+
+
+@dataclass(frozen=True)
+class Person(CentreDocument):
+    """_people/{id}.json: one user of the centre, and until when their links work (`serial` ends earlier links).
+
+    A station user names the enrolled station whose cases they see (`station`), never a display name."""
+
+    FORMAT: ClassVar[str] = "slidestream-person/2"
+    id: str
+    name: str
+    role: str
+    created_at: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+    serial: int = 1
+    station: str | None = None
+
+    @property
+    def who(self) -> dict[str, str]:
+        """How the audit log and reports name them."""
+        return {"id": self.id, "name": self.name, "role": self.role}
+
+    def refusal(self, now: datetime) -> str | None:
+        """Why this person's links do not work now, or None."""
+        if self.revoked_at:
+            return f"user {self.id} ({self.name}) was revoked at {self.revoked_at}; ask the centre for access"
+        if self.expires_at and parse_time(self.expires_at) <= now:
+            return f"the access of user {self.id} ({self.name}) expired at {self.expires_at}; ask the centre to renew it"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at,
+                "expires_at": self.expires_at, "revoked_at": self.revoked_at, "serial": self.serial, "station": self.station}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Person:
+        return cls(fields.text("id", 9, pattern=USER_PATTERN), fields.text("name", NAME_LIMIT), fields.choice("role", ROLES),
+                   fields.time("created_at"), fields.time("expires_at", optional=True), fields.time("revoked_at", optional=True),
+                   fields.integer("serial", 1, 2**31), fields.checked("station", validate_station, optional=True))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditEvent(CentreDocument):
+    """_audit/DATE/...json: who opened or signed what. IDs and numbers only, never a file name or free text."""
+
+    FORMAT: ClassVar[str] = "slidestream-audit/2"
+    at: str
+    action: str
+    case: str
+    user: Author | None = None  # None: a case link (`case_token`)
+    slide: str | None = None
+    version: str | None = None
+    report: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        user = self.user.to_dict() if self.user else {"case_token": self.case}
+        return {"at": self.at, "user": user, "action": self.action, "case": self.case, "slide": self.slide,
+                "version": self.version, "report": self.report}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> AuditEvent:
+        case = fields.checked("case", validate_case)
+        user = fields.fields("user")
+        assert user is not None
+        author = None if "case_token" in user.document else Author.from_fields(user)
+        if author is None and user.checked("case_token", validate_case) != case:
+            raise DocumentError(f"{fields.what}: a case link's event names another case")
+        return cls(fields.time("at"), fields.choice("action", AUDIT_ACTIONS), case, author,
+                   fields.checked("slide", validate_slide, optional=True), fields.checked("version", validate_version, optional=True),
+                   fields.integer("report", 1, NUMBER_LIMIT, optional=True))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Annotation(CentreDocument):
+    """CASE/annotations/{id}.json: a point, line or polygon in level-0 pixels of one slide version, with its author."""
+
+    FORMAT: ClassVar[str] = "slidestream-annotation/2"
+    id: str
+    case: str
+    slide: str
+    version: str
+    kind: str
+    points: tuple[tuple[float, float], ...]
+    author: Author
+    created_at: str
+    text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "case": self.case, "slide": self.slide, "version": self.version, "kind": self.kind,
+                "points": [[x, y] for x, y in self.points], "text": self.text, "author": self.author.to_dict(),
+                "created_at": self.created_at}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Annotation:
+        kind = fields.choice("kind", tuple(ANNOTATION_KINDS))
+        fewest, most = ANNOTATION_KINDS[kind]
+        raw = fields.raw_list("points", most)
+        points = tuple(_point(point, fields.what) for point in raw)
+        if len(points) < fewest:
+            raise DocumentError(f"{fields.what}: a {kind} has at least {fewest} points")
+        author = fields.fields("author")
+        assert author is not None
+        return cls(fields.text("id", 40, pattern=ANNOTATION_ID), fields.checked("case", validate_case),
+                   fields.checked("slide", validate_slide), fields.checked("version", validate_version), kind, points,
+                   Author.from_fields(author), fields.time("created_at"), fields.text("text", ANNOTATION_TEXT_LIMIT, optional=True, empty=True) or "")  # fmt: skip
+
+
+def _point(value: Any, what: str) -> tuple[float, float]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(c, int | float) and not isinstance(c, bool) and abs(c) <= MAX_COORDINATE for c in value)):  # fmt: skip
+        raise DocumentError(f"{what}: points must be [x, y] pairs within ±{MAX_COORDINATE:,} pixels")
+    return float(value[0]), float(value[1])
