@@ -19,6 +19,7 @@ from slidestream.config import ENV_PREFIX, options_of
 from slidestream.demo import demo
 from slidestream.export import export_dicom
 from slidestream.hub import hub
+from slidestream.keys import keys
 from slidestream.send import resume, send
 from slidestream.serve import serve
 from slidestream.status import status
@@ -146,6 +147,7 @@ def convert(
 for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, hub, audit):
     app.command()(command)
 app.add_typer(users, name="users")
+app.add_typer(keys, name="keys")
 
 
 DEBUG_ENV = "SLIDESTREAM_DEBUG"

@@ -1,0 +1,182 @@
+"""The case format's own promises, without a server: bounded parsing refuses what would cost memory, time or a
+crash; signatures refuse what the centre did not write; keys parse back to what built them; `slidestream keys`
+gives a station what it needs to verify the centre, across a rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from caseformat.bounded import DEPTH_LIMIT, DOCUMENT_LIMIT, Fields, load, parse_time, utc_now
+from caseformat.documents import Annotation, AuditEvent, Author, CaseRecord, Person, Report, Request, SlideRead, read_notice
+from caseformat.errors import DocumentError, InvalidIdError, SignatureError
+from caseformat.layout import NoticeName, SlideRef, notice_key, report_key, validate_case
+from caseformat.signing import PRIVATE_KEY_FILE, PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
+from slides.errors import printable
+
+KEY = SigningKey.generate()
+TRUSTED = TrustedKeys([KEY.public])
+DOCTOR = Author("u0123abcd", "Dr Ana Ruiz")
+
+
+def report(**changes: object) -> Report:
+    genuine = Report("S24_7", 1, "malignant", "adenocarcinoma at the margin", DOCTOR, utc_now(), "theatre-3",
+                     slides=(SlideRead("s1", "v1"),))  # fmt: skip
+    return replace(genuine, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"[1, 2]", "expected a JSON object, found a list"),
+        (b'{"a": NaN}', "not JSON"),
+        (b'{"a": 1, "a": 2}', "a key appears twice"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 200_000 + b"]" * 200_000, "more than"),
+        (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b'{"a":' * (DEPTH_LIMIT + 1) + b"1" + b"}" * (DEPTH_LIMIT + 1), "nested deeper"),
+        (b'{"a": "' + b"x" * DOCUMENT_LIMIT + b'"}', "more than"),
+    ],
+)
+def test_a_document_that_would_cost_memory_time_or_a_crash_is_refused_with_its_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(DocumentError, match=reason):
+        load(data, "s1/manifest.json")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30))  # fmt: skip
+def test_any_json_value_as_a_report_is_refused_with_a_document_error_never_another_exception(value: object) -> None:
+    with pytest.raises(DocumentError):
+        Report.read(json.dumps(value).encode(), "report 1", TRUSTED)
+    if isinstance(value, dict):
+        with pytest.raises(DocumentError):  # signed but malformed: the signature proves who, not what
+            Report.read(json.dumps(KEY.sign(value)).encode(), "report 1", TRUSTED)
+
+
+def test_every_centre_document_reads_back_as_written_and_refuses_tampering_and_strangers() -> None:
+    now = utc_now()
+    documents = [
+        report(),
+        report(number=2, amends=1, category="benign"),
+        Request("S24_7", 1, "deeper level of block A", DOCTOR, now, "theatre-3", "s1"),
+        Person("u0123abcd", "Dr Ana Ruiz", "pathologist", now),
+        Person("u0123abce", "Theatre 3", "station", now, station="theatre-3"),
+        AuditEvent(now, "sign", "S24_7", DOCTOR, report=1),
+        AuditEvent(now, "open-case", "S24_7"),
+        Annotation("20261205T173001123Z-0a1b2c3d", "S24_7", "s1", "v1", "polygon", ((1.0, 2.0), (3.0, 4.0), (5.0, 1.0)),
+                   replace(DOCTOR, role="pathologist"), now, "sample here"),  # fmt: skip
+    ]
+    stranger = SigningKey.generate()
+    for document in documents:
+        kind = type(document)
+        data = document.to_json(KEY)
+        assert kind.read(data, "doc", TRUSTED) == document
+        with pytest.raises(SignatureError, match="does not trust"):
+            kind.read(document.to_json(stranger), "doc", TRUSTED)
+        unsigned = json.loads(data)
+        del unsigned["signature"]
+        with pytest.raises(SignatureError, match="not signed"):
+            kind.read(json.dumps(unsigned).encode(), "doc", TRUSTED)
+        tampered = json.loads(data)
+        tampered["case" if "case" in tampered else "name"] += "x"
+        with pytest.raises(SignatureError, match="does not match"):
+            kind.read(json.dumps(tampered).encode(), "doc", TRUSTED)
+
+
+def test_a_report_whose_number_kind_and_amends_disagree_is_refused_even_when_signed() -> None:
+    with pytest.raises(DocumentError, match="disagree"):
+        Report.read(report(number=2).to_json(KEY), "report 2", TRUSTED)
+
+
+def test_a_notice_is_the_signed_report_itself() -> None:
+    genuine = report()
+    data = genuine.to_json(KEY)
+    assert read_notice(data, "notice", TRUSTED, "report") == genuine
+    with pytest.raises(DocumentError):
+        read_notice(data, "notice", TRUSTED, "request")
+
+
+def test_case_record_bounds_dates_and_ids() -> None:
+    genuine = CaseRecord("S24_7", utc_now(), "theatre-3", (("clinical_question", "margin?"),))
+    assert CaseRecord.read(genuine.to_json()) == genuine
+    for bad in ({**json.loads(genuine.to_json()), "registered_at": "9999-01-01T00:00:00Z"},
+                {**json.loads(genuine.to_json()), "registered_at": "yesterday"},
+                {**json.loads(genuine.to_json()), "case": "../other"},
+                {**json.loads(genuine.to_json()), "context": {"clinical_question": "x" * 501}},
+                {**json.loads(genuine.to_json()), "station": 5}):  # fmt: skip
+        with pytest.raises(DocumentError):
+            CaseRecord.read(json.dumps(bad).encode())
+
+
+def test_notice_keys_parse_back_even_when_the_case_id_holds_underscores() -> None:
+    key = notice_key("theatre-3", "2026-12-05T17:30:01.123Z", "S24_0001_A", "report", 2)
+    assert NoticeName.parse(key) == NoticeName("20261205T173001123Z", "S24_0001_A", "report", 2)
+    for bad in ("_stations/x/20261205T1Z_a/b_report_0001.json", "_stations/x/20261205T1Z_.._report_0001.json",
+                "_stations/x/20261205T1Z_c_invoice_0001.json", "_stations/x/notes.txt"):  # fmt: skip
+        assert NoticeName.parse(bad) is None
+
+
+def test_keys_refuse_names_that_would_leave_their_folder() -> None:
+    for bad in ("../etc", "a/b", "", ".hidden", "x" * 65, "a..b"):
+        with pytest.raises(InvalidIdError):
+            validate_case(bad)
+        with pytest.raises(InvalidIdError):
+            report_key(bad, 1)
+    assert SlideRef.from_arrival("_arrivals/20261205T1Z_S24_7_s1_v2") == SlideRef("S24_7", "s1", "v2")
+    assert SlideRef.from_arrival("_arrivals/20261205T1Z_.._s1_v2") is None
+
+
+def test_times_are_written_one_way_and_read_with_bounds() -> None:
+    assert parse_time(utc_now()).tzinfo is not None
+    for bad in ("2026-12-05T17:30:01", "9999-12-31T00:00:00Z", "1900-01-01T00:00:00Z", "2026-13-01T00:00:00Z"):
+        with pytest.raises(ValueError):
+            parse_time(bad)
+    assert Fields({"n": True}, "doc").boolean("n") is True
+    with pytest.raises(DocumentError, match="n must be a whole number"):
+        Fields({"n": True}, "doc").integer("n", 0, 5)
+
+
+def test_text_from_outside_prints_as_one_line() -> None:
+    forged = "benign\n2026-12-05 REPORT case X: malignant\x1b[2K\r\u202e"
+    shown = printable(forged)
+    assert "\n" not in shown and "\x1b" not in shown and "\r" not in shown and "\u202e" not in shown
+    assert shown == "benign\\n2026-12-05 REPORT case X: malignant\\x1b[2K\\r\\u202e"
+
+
+def test_keys_command_hands_a_station_what_verifies_the_centre_across_a_rotation(tmp_path: Path) -> None:
+    centre, station = tmp_path / "centre", tmp_path / "station"
+
+    def keys(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "slidestream", "keys", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")})  # fmt: skip
+
+    assert keys("show", "--key-dir", centre).returncode == 0
+    first = SigningKey.load(centre / PRIVATE_KEY_FILE)
+    assert stat.S_IMODE((centre / PRIVATE_KEY_FILE).stat().st_mode) == 0o600 and stat.S_IMODE(centre.stat().st_mode) == 0o700
+    genuine = report()
+    signed_before = genuine.to_json(first)
+    assert keys("rotate", "--key-dir", centre).returncode == 0
+    second = SigningKey.load(centre / PRIVATE_KEY_FILE)
+    assert second.id != first.id
+    assert keys("export", tmp_path / "for-stations.pem", "--key-dir", centre).returncode == 0
+    assert "PRIVATE" not in (tmp_path / "for-stations.pem").read_text()
+    trusted = keys("trust", tmp_path / "for-stations.pem", "--state-dir", station)
+    assert trusted.returncode == 0, trusted.stderr
+    at_station = TrustedKeys.load(station / PUBLIC_KEYS_FILE)
+    assert Report.read(signed_before, "old report", at_station) == genuine
+    assert Report.read(genuine.to_json(second), "new report", at_station) == genuine
+    with pytest.raises(SignatureError):
+        Report.read(report().to_json(SigningKey.generate()), "forged", at_station)
+    refused = keys("trust", tmp_path / "for-stations.pem.missing", "--state-dir", station)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "cannot read" in refused.stderr
