@@ -5,7 +5,7 @@ its slide files a slide number (s1, s2, ...) and each scan of that slide a versi
 identity (name, patient ID, birth date, accession) is kept here and nowhere else: the store only ever sees the case
 ID, the slide and version numbers and the clinical context. Its tables live in the journal's SQLite file
 (STATE/journal.sqlite3, WAL), so `send`, `watch` and `status` on one machine share it and one file holds all the
-station's state.
+station's state: private, 0600 in a 0700 folder (`transfer.journal.open_state`).
 
 Rules (`Registry.lookup` finds, slidestream/station.py decides and claims on the store):
 - the same file again (same path, size, mtime and sample digest; or the same size and sample digest and, confirmed,
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from caseformat.layout import SlideRef, version_number
 from transfer.errors import JournalError
 from transfer.journal import open_state
-from caseformat.layout import SlideRef, version_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specimens (

@@ -58,6 +58,8 @@ EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse
 CASE_HELP = ("Add the slide to this case of the store (a case ID as `status` and the viewer show it; one the store does "
              "not have yet is registered under it). Default: the registry's (a resend, a rescan) or a new specimen's random ID.")
 STATION_HELP = "This station's name: reports and requests come back to it (default: from the host name)."
+CENTRE_KEYS_HELP = ("The centre's public keys (PEM, from `slidestream keys export` at the centre): only reports and requests they "
+                    "verify are read (default STATE_DIR/centre-keys.pem).")
 INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
 
 MILESTONE_LINES = {
@@ -116,9 +118,9 @@ def send(
         raise typer.BadParameter(f"{sse!r} is not AES256 or aws:kms", param_hint="--sse")
     if sse_kms_key_id and sse != "aws:kms":
         raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
+    from caseformat.layout import validate_case, validate_station
     from transfer import default_state_dir
     from transfer.target import parse_endpoint, parse_store_url
-    from caseformat.layout import validate_case, validate_station
 
     parse_store_url(destination)  # a bad URL, endpoint, case or station is one line before the slide is opened
     parse_endpoint(endpoint_url)
@@ -300,11 +302,11 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
     With edge triage, the send waits for the triage before it returns, unless `triage_done` is given: then it
     returns once its objects are verified and the triage finishes in the background, calling `triage_done`.
     """
+    from caseformat.documents import CaseRecord
     from slides import open_slide
     from slidestream.edge import EdgeTriage
     from transfer import Journal, default_state_dir, parse_destination
     from transfer.journal import utc_now
-    from caseformat.documents import CaseRecord
 
     slide_path = Path(args["slide"])
     with open_slide(slide_path, keep_phi=args["keep_phi"]) as slide:

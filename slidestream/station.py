@@ -1,5 +1,7 @@
 """The hospital station: registers specimens, gives each slide file its case, slide and version, and reads what the
-pathology centre sends back (reports and requests, under `_stations/{station}/`).
+pathology centre sends back (reports and requests, under `_stations/{station}/`): only what the centre signed for this
+station, as its key names it (`Station.notice`); every other store document is refused in one line. Store text is
+shown as text (`slides.errors.printable`), in the log and in the outbox file, and a delivered report is never replaced.
 
 One registration path for `send` and `watch`: a specimen (a hot-folder subfolder, a `--context-file`, or a slide
 file alone) is registered once, in the local registry (slidestream/registry.py, with the patient's identity) and on
@@ -10,16 +12,39 @@ slides to one case never take the same number.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from caseformat.bounded import DOCUMENT_LIMIT
+from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord, Report, Request, read_notice
+from caseformat.errors import DocumentError
+from caseformat.layout import (
+    CASE_RECORD,
+    LAYOUT_FORMAT,
+    REPORTS,
+    NoticeName,
+    SlideRef,
+    case_key,
+    next_name,
+    notices_folder,
+    number_of,
+    numbered_folder,
+    slides_key,
+    stamp,
+    validate_case,
+    validate_station,
+)
+from caseformat.signing import KeyFileError, TrustedKeys
 from slides import SlidestreamError
+from slides.errors import printable
 from slidestream.registry import (
     FileFacts,
     Registry,
@@ -30,13 +55,16 @@ from slidestream.registry import (
 )
 from transfer.identity import content_sha256, sample_digest
 from transfer.journal import utc_now
-from caseformat.layout import CASE_RECORD, LAYOUT_FORMAT, REPORTS, SLIDES, STATIONS, SlideRef, next_name, validate_case, validate_station
-from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord
 from transfer.target import parse_endpoint, parse_store_url
 
 SIDECAR = "specimen.json"
 IDENTITY_FIELDS = ("accession", "patient_name", "patient_id", "birth_date")  # kept in the local registry only
 RESEND, DUPLICATE, RESCAN, NEW_SLIDE = "resend", "duplicate", "rescan", "new slide"
+# seconds a notice's time stamp must lie in the past before the cursor moves over it: a notice the centre is still
+# uploading may carry an older stamp than one already listed, and a planted key stamped in the future must not move
+# the cursor past every genuine notice to come (newer ones are remembered in memory until then)
+NOTICE_SETTLE = 60
+LOCAL_NAME_LIMIT = 100  # characters of the specimen's name in an outbox file name
 
 
 class SpecimenError(SlidestreamError, ValueError):
@@ -71,8 +99,9 @@ class SpecimenInfo:
 def read_sidecar(path: Path, name: str, folder: Path | None = None) -> SpecimenInfo:
     """A specimen.json: identity fields (IDENTITY_FIELDS) and context fields (CONTEXT_FIELDS), all strings.
 
-    The context passes the de-identification gate: text that contains one of the sidecar's own identifiers (or a
-    part of the patient's name) is refused, so a surgeon typing the patient's name into the question stops it here."""
+    The context passes the de-identification gate: text that names the sidecar's own patient (an identifier's digits,
+    the birth date in any format, a part of the name) is refused, so a surgeon typing the patient's name into the
+    question stops it here."""
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -94,13 +123,15 @@ def read_sidecar(path: Path, name: str, folder: Path | None = None) -> SpecimenI
 
 
 def check_context(context: tuple[tuple[str, str], ...], identity: dict[str, str], where: str) -> None:
-    """Refuse context that names the patient: any identity value, or a part of the name of three letters or more."""
-    needles = set(identity.values()) | {part for part in re.split(r"[\^,\s]+", identity.get("patient_name", "")) if len(part) >= 3}
+    """Refuse context that names the patient (slidestream/identity_gate.py compares normalised forms: an identifier's
+    digits, the birth date in any common format, name parts as whole words); the one line says which field holds
+    which identity, its piece masked, so the refusal itself repeats no identity."""
+    from slidestream.identity_gate import identifying_piece
+
     for field, text in context:
-        found = next((needle for needle in needles if len(needle) >= 3 and needle.casefold() in text.casefold()), None)
-        if found is not None:
-            which = next((key for key, value in identity.items() if found in (value, *re.split(r"[\^,\s]+", value))), "identity")
-            raise SpecimenError(f"{where}: {field} contains the {which.replace('_', ' ')}; identifying text never leaves the hospital")
+        if piece := identifying_piece(text, identity):
+            raise SpecimenError(f"{where}: {field} contains the {piece.label} ({piece.kind}, '{piece.hint}'); "
+                                f"remove it from {SIDECAR} and send again")
 
 
 def file_facts(path: Path) -> FileFacts:
@@ -163,6 +194,7 @@ class Station:
         self.store, self.registry, self.name = store, registry, validate_station(station)
         self.key = store_key(store)
         self.client = make_client(store.endpoint, ca_bundle)
+        self._recent: set[str] = set()  # notices handled by this run that the cursor does not cover yet
 
     # -- the store ---------------------------------------------------------------------------------------------
     def _call(self, where: str, method: str, **kwargs: Any) -> Any:
@@ -203,24 +235,41 @@ class Station:
                 return names
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
-    def read_json(self, key: str) -> Any:
-        """The JSON object at `key`, None when there is none (or it is not JSON)."""
+    def read_bytes(self, key: str) -> bytes | None:
+        """The object at `key`, None when there is none; at most one byte more than a document may have (the
+        document's reader refuses it), so a planted giant costs no memory."""
         from botocore.exceptions import ClientError
 
         from transfer.network import error_code, fatal
 
         try:
-            body = self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read()
+            data: bytes = self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read(DOCUMENT_LIMIT + 1)
+            return data
         except ClientError as error:
             if error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
         except Exception as error:  # noqa: BLE001
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+
+    def read_json(self, key: str) -> Any:
+        """The JSON at `key` (a manifest), None when there is none (or it is not JSON)."""
+        body = self.read_bytes(key)
         try:
-            return json.loads(body)
+            return json.loads(body) if body is not None else None
         except ValueError:
             return None
+
+    def _keys(self, prefix: str, after: str = "") -> list[str]:
+        """Every key below `prefix` (after `after`), in the store's order."""
+        kwargs: dict[str, Any] = {"Prefix": prefix, **({"StartAfter": after} if after else {})}
+        keys = []
+        while True:
+            page = self._call(prefix, "list_objects_v2", **kwargs)
+            keys += [entry["Key"] for entry in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return keys
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
     # -- registration ------------------------------------------------------------------------------------------
     def _look(self, read: Any, default: Any) -> Any:
@@ -242,13 +291,22 @@ class Station:
             return known
         given = case is not None
         case = validate_case(case) if case is not None else new_case_id()
-        stored = CaseRecord.parse(self._look(lambda: self.read_json(self.store.key(f"{case}/{CASE_RECORD}")), None)) if given else None
+        stored = self._stored_record(case) if given else None
         specimen = Specimen(case, info.name, info.source, dict(info.identity), dict(info.context), self.name,
                             stored.registered_at if stored else utc_now())  # fmt: skip
         if stored is None and publish:
-            self._create(self.store.key(f"{case}/{CASE_RECORD}"), self.record(specimen).to_json())
+            self._create(self.store.key(case_key(case, CASE_RECORD)), self.record(specimen).to_json())
         self.registry.add_specimen(self.key, specimen)
         return specimen
+
+    def _stored_record(self, case: str) -> CaseRecord | None:
+        """The case.json the store has for `case`; None where it has none, or one that is not a case record (its
+        clock cannot be trusted: this registration starts its own, and create-only never replaces the bad one)."""
+        data = self._look(lambda: self.read_bytes(self.store.key(case_key(case, CASE_RECORD))), None)
+        try:
+            return CaseRecord.read(data) if data is not None else None
+        except DocumentError:
+            return None
 
     def record(self, specimen: Specimen) -> CaseRecord:
         return CaseRecord(specimen.case, specimen.registered_at, specimen.station, tuple(specimen.context.items()))
@@ -261,13 +319,13 @@ class Station:
     def _free_slide(self, case: str) -> tuple[str, str]:
         """The next slide number of `case` that neither the registry nor the store has, and the slide.json that
         claims it (the sender creates it, create-only, before anything of the slide: see `Sender.claim`)."""
-        stored = self._look(lambda: self._folders(self.store.key(f"{case}/{SLIDES}/")), set())
+        stored = self._look(lambda: self._folders(self.store.key(slides_key(case))), set())
         slide = next_name(stored | set(self.registry.slides(self.key, case)), "s")
         claim = {"format": LAYOUT_FORMAT, "case": case, "slide": slide, "station": self.name, "claimed_at": utc_now()}
         return slide, json.dumps(claim)
 
     def _next_version(self, case: str, slide: str) -> str:
-        stored = self._look(lambda: self._folders(self.store.key(f"{case}/{SLIDES}/{slide}/")), set())
+        stored = self._look(lambda: self._folders(self.store.key(slides_key(case, slide))), set())
         return next_name(stored | set(self.registry.versions(self.key, case, slide)), "v")
 
     # -- which slide version a file is -------------------------------------------------------------------------
@@ -323,33 +381,57 @@ class Station:
             self.registry.set_sha256(self.key, ref, content_sha256(Path(known[0])))
 
     # -- what comes back ---------------------------------------------------------------------------------------
-    def new_notices(self) -> list[tuple[str, dict[str, Any]]]:
-        """Reports and requests for this station since the last one handled: (key, document), in time order (one
-        LIST, start-after the cursor). The cursor moves with `handled`."""
-        prefix = self.store.key(f"{STATIONS}/{self.name}/")
-        kwargs: dict[str, Any] = {"Prefix": prefix}
-        cursor = self.registry.cursor(self.key, self.name)
-        if cursor:
-            kwargs["StartAfter"] = cursor
-        found = []
-        while True:
-            page = self._call(prefix, "list_objects_v2", **kwargs)
-            for entry in page.get("Contents", []):
-                document = self.read_json(entry["Key"])
-                found.append((entry["Key"], document if isinstance(document, dict) else {}))
-            if not page.get("IsTruncated"):
-                return found
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    def new_notices(self) -> list[tuple[str, bytes | None]]:
+        """(key, bytes) of what came to this station's folder since the last one handled, in the store's (time)
+        order: one LIST, start-after the cursor, less the keys this run handled already. `handled` moves on."""
+        self._settle()
+        keys = self._keys(self.store.key(notices_folder(self.name)), self.registry.cursor(self.key, self.name))
+        return [(key, self.read_bytes(key)) for key in keys if key not in self._recent]
+
+    def notice(self, key: str, data: bytes | None, trusted: TrustedKeys) -> Report | Request:
+        """The report or request at `key` if the centre signed it, for this station, as its key names it;
+        `DocumentError` naming the key and why otherwise."""
+        name = NoticeName.parse(key)
+        if name is None:
+            raise DocumentError(f"{key}: not a notice's name ({{time}}_{{case}}_{{report|request}}_{{n}}.json)")
+        if data is None:
+            raise DocumentError(f"{key}: gone before it could be read")
+        document = read_notice(data, key, trusted, name.kind)
+        if (document.case, document.number) != (name.case, name.number):
+            raise DocumentError(f"{key}: holds {name.kind} {document.number} of case {document.case}, not what its name says")
+        if document.station != self.name:
+            raise DocumentError(f"{key}: is for station {document.station or '(none)'}, not {self.name}")
+        return document
 
     def handled(self, key: str) -> None:
-        self.registry.set_cursor(self.key, self.name, key)
+        """`key` is not offered again: the cursor moves over it once its time stamp is NOTICE_SETTLE seconds old,
+        until then this run remembers it."""
+        self._recent.add(key)
+        self._settle()
 
-    def reports(self, case: str) -> list[dict[str, Any]]:
-        """A case's signed report and amendments, in order."""
-        prefix = self.store.key(f"{case}/{REPORTS}/")
-        page = self._call(prefix, "list_objects_v2", Prefix=prefix)
-        documents = [self.read_json(entry["Key"]) for entry in page.get("Contents", []) if entry["Key"].endswith(".json")]
-        return [document for document in documents if isinstance(document, dict)]
+    def _settle(self) -> None:
+        settled = stamp((datetime.now(UTC) - timedelta(seconds=NOTICE_SETTLE)).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        for key in sorted(self._recent):
+            if key.rsplit("/", 1)[-1] >= settled:
+                return
+            self.registry.set_cursor(self.key, self.name, key)
+            self._recent.discard(key)
+
+    def reports(self, case: str, trusted: TrustedKeys) -> tuple[list[Report], list[str]]:
+        """A case's signed report and amendments, in order, as the centre signed them; and one line for each
+        document in their folder that is not one."""
+        reports, refused = [], []
+        for key in self._keys(self.store.key(numbered_folder(case, REPORTS))):
+            data = self.read_bytes(key)
+            try:
+                report = Report.read(data, key, trusted) if data is not None else None
+                if report is not None and (report.case, report.number) != (case, number_of(key)):
+                    raise DocumentError(f"{key}: holds report {report.number} of case {report.case}, not what its name says")
+            except DocumentError as error:
+                refused.append(printable(f"refused report {error}"))
+                continue
+            reports += [report] if report is not None else []
+        return sorted(reports, key=lambda report: report.number), refused
 
 
 def _sha256_if_unchanged(path: Path, size: int, mtime: float) -> str | None:
@@ -361,54 +443,79 @@ def _sha256_if_unchanged(path: Path, size: int, mtime: float) -> str | None:
     return content_sha256(path) if stat.st_size == size and stat.st_mtime == mtime else None
 
 
-def notice_line(kind: str, document: dict[str, Any], specimen: str) -> str:
-    """One line about a report or request, as watch prints it."""
-    case, author = document.get("case", "?"), (document.get("author") or {}).get("name", "?")
-    if kind == "request":
-        slide = f" (slide {document['slide']})" if document.get("slide") else ""
-        return f"REQUEST case {specimen} ({case}): {document.get('what', '')}{slide} — asked by {author} at {document.get('asked_at', '?')}"
-    amendment = f" AMENDMENT {document.get('number')} (amends report {document.get('amends')})" if document.get("kind") == "amendment" else ""
-    return (f"REPORT{amendment} case {specimen} ({case}): {document.get('category', '?')} — {document.get('diagnosis', '')} — "
-            f"signed by {author} at {document.get('signed_at', '?')}")  # fmt: skip
+def load_trusted(path: Path) -> tuple[TrustedKeys | None, str]:
+    """The centre's public keys at `path`; without them (None), the one line that says why nothing the centre sends
+    can be read."""
+    try:
+        return TrustedKeys.load(path), ""
+    except KeyFileError as error:
+        reason = "" if not path.exists() else f" ({str(error).removeprefix(f'{path}: ')})"
+        return None, printable(f"no centre public key at {path}{reason}: ask the centre for it (slidestream keys export)")
 
 
-def notice_text(kind: str, document: dict[str, Any], specimen: Specimen | None) -> str:
-    """The outbox file: what a person in the operating room reads (the local name and identity stay local)."""
-    name = specimen.name if specimen else document.get("case", "?")
-    lines = [notice_line(kind, document, name), ""]
+def notice_line(notice: Report | Request, specimen: str) -> str:
+    """One line about a report or request, as watch prints it: the store's text made printable."""
+    if isinstance(notice, Request):
+        slide = f" (slide {notice.slide})" if notice.slide else ""
+        return printable(f"REQUEST case {specimen} ({notice.case}): {notice.what}{slide} — asked by {notice.author.name} at {notice.asked_at}")
+    amendment = f" AMENDMENT {notice.number} (amends report {notice.amends})" if notice.kind == "amendment" else ""
+    return printable(f"REPORT{amendment} case {specimen} ({notice.case}): {notice.category} — {notice.diagnosis} — "
+                     f"signed by {notice.author.name} at {notice.signed_at}")  # fmt: skip
+
+
+def notice_text(notice: Report | Request, specimen: Specimen | None) -> str:
+    """The outbox file: what a person in the operating room reads (the local name and identity stay local). Each
+    line is made printable: a field's own newlines or escape sequences cannot forge a line or a heading."""
+    lines = [notice_line(notice, specimen.name if specimen else notice.case), ""]
     if specimen is not None:
         lines += [f"Specimen: {specimen.name}   Case: {specimen.case}"]
         lines += [f"{key.replace('_', ' ').capitalize()}: {value}" for key, value in specimen.identity.items()]
-    author = document.get("author") or {}
-    if kind == "request":
-        lines += [f"Request {document.get('number')}: {document.get('what', '')}"]
-        if document.get("slide"):
-            lines += [f"Slide: {document['slide']}"]
-        lines += [f"Asked by: {author.get('name', '?')} at {document.get('asked_at', '?')}"]
+    if isinstance(notice, Request):
+        lines += [f"Request {notice.number}: {notice.what}", *([f"Slide: {notice.slide}"] if notice.slide else []),
+                  f"Asked by: {notice.author.name} at {notice.asked_at}"]  # fmt: skip
     else:
-        title = "AMENDMENT" if document.get("kind") == "amendment" else "SIGNED REPORT"
-        lines += [f"{title} {document.get('number')}" + (f" (amends report {document.get('amends')})" if document.get("amends") else ""),
-                  f"Category: {str(document.get('category', '?')).upper()}", f"Diagnosis: {document.get('diagnosis', '')}"]  # fmt: skip
-        lines += [f"{label}: {document[key]}" for key, label in (("margins", "Margins"), ("comment", "Comment")) if document.get(key)]
-        read_on = ", ".join(f"{entry.get('slide')} {entry.get('version')}" for entry in document.get("slides") or [] if isinstance(entry, dict))
-        lines += [f"Slides read: {read_on or '?'}", f"Signed by: {author.get('name', '?')} at {document.get('signed_at', '?')}"]
-    return "\n".join(lines) + "\n"
+        title = "AMENDMENT" if notice.kind == "amendment" else "SIGNED REPORT"
+        lines += [f"{title} {notice.number}" + (f" (amends report {notice.amends})" if notice.amends else ""),
+                  f"Category: {notice.category.upper()}", f"Diagnosis: {notice.diagnosis}"]  # fmt: skip
+        lines += [f"{label}: {text}" for label, text in (("Margins", notice.margins), ("Comment", notice.comment)) if text]
+        read_on = ", ".join(f"{read.slide} {read.version}" for read in notice.slides)
+        lines += [f"Slides read: {read_on or '?'}", f"Signed by: {notice.author.name} at {notice.signed_at}"]
+    return "".join(printable(line) + "\n" for line in lines)
 
 
-def write_outbox(outbox: Path, kind: str, document: dict[str, Any], specimen: Specimen | None) -> Path:
-    """The notice as a text file, written whole (temp file, then rename): {name}_{case}_{kind}_{n}.txt."""
-    case = str(document.get("case", "case"))
-    local = re.sub(r"[^\w.-]+", "_", specimen.name if specimen else case).strip("._") or "specimen"
-    number = document.get("number") if isinstance(document.get("number"), int) else 0
-    target = outbox / f"{local}_{case}_{kind}_{number:04d}.txt"
+WRITTEN, ALREADY_THERE, CONFLICT = "written", "already there", "conflict"
+
+
+def write_outbox(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> tuple[Path, str]:
+    """The notice as a text file, {name}_{case}_{kind}_{n}.txt, created whole and never over another: a delivered
+    report is what the operating room acted on. Returns the file and WRITTEN, ALREADY_THERE (the same text) or
+    CONFLICT (another text under that name: kept, nothing written)."""
+    local = re.sub(r"[^\w.-]+", "_", specimen.name if specimen else notice.case).strip("._")[:LOCAL_NAME_LIMIT] or "specimen"
+    kind = "request" if isinstance(notice, Request) else "report"
+    target = outbox / f"{local}_{notice.case}_{kind}_{notice.number:04d}.txt"
+    text = notice_text(notice, specimen).encode()
     outbox.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=outbox, prefix=".", suffix=".tmp", delete=False) as handle:
-        handle.write(notice_text(kind, document, specimen))
-    os.replace(handle.name, target)
-    return target
+    if _create_whole(target, text):
+        return target, WRITTEN
+    return target, ALREADY_THERE if target.read_bytes() == text else CONFLICT
 
 
-def notice_kind(key: str) -> str | None:
-    """"report" or "request", from a `_stations/` key ({time}_{case}_{kind}_{n}.json)."""
-    parts = key.rsplit("/", 1)[-1].removesuffix(".json").split("_")
-    return parts[-2] if len(parts) >= 4 and parts[-2] in ("report", "request") else None
+def _create_whole(target: Path, data: bytes) -> bool:
+    """Creates `target` holding `data`, seen whole or not at all (a temporary file, linked: a link never replaces);
+    False where `target` exists. The temporary file is gone afterwards, whatever happens."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", suffix=".tmp") as handle:
+        handle.write(data)
+        handle.flush()
+        try:
+            os.link(handle.name, target)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            try:  # a share without hard links (FAT, some SMB): created exclusively, written in place
+                with open(target, "xb") as file:
+                    file.write(data)
+            except FileExistsError:
+                return False
+    return True

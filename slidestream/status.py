@@ -1,5 +1,6 @@
 """`slidestream status`: this station's cases as the hospital knows them (local names from the registry), with their
-state read from the store: arriving, being read, signed, and each failed slide's reason."""
+state read from the store: arriving, being read, signed (only reports the centre signed: `--centre-keys`), and each
+failed slide's reason. Everything read from the store is shown as text (no escape sequence reaches the terminal)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from slidestream.send import CENTRE_KEYS_HELP
 
 stdout = Console(soft_wrap=True)
 ARRIVING, BEING_READ, SIGNED = "arriving", "being read", "signed"
@@ -18,18 +21,22 @@ def status(
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
     station: Annotated[str | None, typer.Option("--station", help="Only the cases this station registered (default: all in the registry).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the registry lives (default $XDG_STATE_HOME/slidestream).")] = None,
+    centre_keys: Annotated[Path | None, typer.Option("--centre-keys", help=CENTRE_KEYS_HELP, dir_okay=False)] = None,
 ) -> None:
     """List this station's cases: arriving (a slide still sending), being read (all arrived, no signed report),
     signed (category and time), and failed slides with their reason."""
+    from caseformat.layout import validate_station
+    from caseformat.signing import PUBLIC_KEYS_FILE
     from slides.errors import printable
     from slidestream.registry import Registry, store_key
-    from slidestream.station import Station, Store, default_station
+    from slidestream.station import Station, Store, default_station, load_trusted
     from transfer import default_state_dir
-    from caseformat.layout import validate_station
 
     wanted = store_key(Store.parse(destination, endpoint_url)) if destination else None
     name = validate_station(station) if station else None
-    with Registry(state_dir or default_state_dir()) as registry:
+    state = state_dir or default_state_dir()
+    trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
+    with Registry(state) as registry:
         specimens = [(key, specimen) for key, specimen in registry.specimens(wanted) if name is None or specimen.station == name]
         if not specimens:
             stdout.print("no cases registered at this station", markup=False, highlight=False)
@@ -37,28 +44,29 @@ def status(
         stations: dict[str, Station] = {}
         for key, specimen in specimens:
             hospital = stations.get(key) or stations.setdefault(key, Station(Store.from_key(key), registry, specimen.station or default_station()))
-            state, lines = case_state(hospital, specimen.case)
-            stdout.print(printable(f"{specimen.name} (case {specimen.case}, registered {specimen.registered_at}): {state}"), markup=False, highlight=False)
+            shown, lines = case_state(hospital, specimen.case, trusted)
+            stdout.print(printable(f"{specimen.name} (case {specimen.case}, registered {specimen.registered_at}): {shown}"), markup=False, highlight=False)
+            lines += [] if trusted is not None else [f"{no_key}; its reports cannot be verified and are not read"]
             for line in lines:
                 stdout.print(printable(f"  {line}"), markup=False, highlight=False)
 
 
-def case_state(station: Any, case: str) -> tuple[str, list[str]]:
-    """(the case's state, one line per slide) from the store: each slide's newest version's manifest, and the
-    case's reports."""
+def case_state(station: Any, case: str, trusted: Any) -> tuple[str, list[str]]:
+    """(the case's state, one line per slide and per refused report) from the store: each slide's newest version's
+    manifest, and the case's reports that the centre signed (`trusted`: its keys; None reads none)."""
+    from caseformat.layout import MANIFEST, SlideRef, version_key
     from transfer.manifest import case_state as manifest_state
-    from caseformat.layout import MANIFEST, SlideRef
 
     lines, sending = [], False
     for slide in sorted(station.registry.slides(station.key, case), key=lambda name: int(name[1:])):
         version = station.registry.versions(station.key, case, slide)[-1]
-        manifest = station.read_json(station.store.key(f"{SlideRef(case, slide, version).root}/{MANIFEST}"))
+        manifest = station.read_json(station.store.key(version_key(SlideRef(case, slide, version), MANIFEST)))
         state, failed = manifest_state(manifest) if manifest is not None else ("not sent yet", None)
         sending |= state not in ("complete", "failed")
         lines.append(f"{slide} {version}: {state}" + (f": {failed}" if failed else ""))
-    reports = station.reports(case)
+    reports, refused = station.reports(case, trusted) if trusted is not None else ([], [])
     if reports:
         signed, latest = reports[0], reports[-1]
         amended = f", amended ({len(reports) - 1})" if len(reports) > 1 else ""
-        return (f"{SIGNED}: {latest.get('category')} at {signed.get('signed_at')} by {(signed.get('author') or {}).get('name')}{amended}", lines)
-    return (ARRIVING if sending or not lines else BEING_READ), lines
+        return f"{SIGNED}: {latest.category} at {signed.signed_at} by {signed.author.name}{amended}", lines + refused
+    return (ARRIVING if sending or not lines else BEING_READ), lines + refused

@@ -18,8 +18,9 @@ its clock started, as soon as it appears. A slide directly in the hot folder is 
 bytes again under another name (a copy made twice: same size and full SHA-256) are logged once as a duplicate and
 neither triaged nor sent again; another file at a slide's place is a rescan (its next version). A slide's edge
 triage finishes in the background while the next slide is sent (one triage at a time).
-What the pathology centre sends back to this station (reports, requests) is polled every second, printed and
-written to the outbox folder as text for the operating room.
+What the pathology centre sends back to this station (reports, requests) is polled every second; what the centre
+signed for this station (`--centre-keys`) is printed and written to the outbox folder as text for the operating room,
+never over a report delivered before. The state folder, the watch log and state hold local names: private (0700/0600).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from slidestream.send import EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS, STATION_HELP
+from slidestream.send import CENTRE_KEYS_HELP, EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS, STATION_HELP
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -198,11 +199,11 @@ class HotFolder:
     def record(self, unit: SlideUnit, line: str, sent: bool) -> None:
         """One log line per slide; sent slides are remembered by their signature (a changed file at the same name is
         looked at again: the registry tells a rescan from the same bytes)."""
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
         if sent:
             self.done[unit.name] = {"signature": list(unit.signature())}
             temporary = self.state_file.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self.done))
+            with _private(temporary, "w") as state:
+                state.write(json.dumps(self.done))
             temporary.replace(self.state_file)
         self._seen.pop(unit.path, None)
         self.log(line)
@@ -213,8 +214,7 @@ class HotFolder:
 
         stamped = printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}")
         with self._lock:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_file.open("a") as log:
+            with _private(self.log_file, "a") as log:
                 log.write(stamped + "\n")
             print(stamped, flush=True)
 
@@ -236,6 +236,16 @@ class HotFolder:
 
         (failed / f"{unit.path.name}.reason.txt").write_text(printable(reason) + "\n")
         return f"moved to {moved[0]}"
+
+
+def _private(path: Path, mode: str) -> IO[str]:
+    """`path` opened for text, created 0600 in a 0700 folder: the log and state name the hospital's slides."""
+    from caseformat.signing import private_folder
+
+    private_folder(path.parent)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o600)
+    os.fchmod(descriptor, 0o600)  # one made before this rule: private from now on
+    return os.fdopen(descriptor, mode)
 
 
 def watch_folder(
@@ -374,17 +384,19 @@ def watch(
     outbox: Annotated[
         Path | None, typer.Option("--outbox", help="Where reports and requests for this station are written as text (default FOLDER/outbox).", file_okay=False)
     ] = None,
+    centre_keys: Annotated[Path | None, typer.Option("--centre-keys", help=CENTRE_KEYS_HELP, dir_okay=False)] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
 
     A subfolder is a specimen (its slides one case; specimen.json its identity and clinical context). A slide's
     edge triage finishes in the background while the next slide is sent. Reports and requests for this station
     are printed and written to the outbox."""
+    from caseformat.layout import validate_station
+    from caseformat.signing import PUBLIC_KEYS_FILE
     from slides.errors import printable
     from slidestream.send import Resolver, run_send, send_arguments
-    from slidestream.station import default_station
+    from slidestream.station import default_station, load_trusted
     from transfer.target import parse_endpoint, parse_store_url
-    from caseformat.layout import validate_station
 
     parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
     parse_endpoint(endpoint_url)
@@ -415,10 +427,13 @@ def watch(
             f"({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
         )
 
-    hospital = Hospital(destination, endpoint_url, state, station, outbox)
+    trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
+    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted)
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
                  markup=False, highlight=False)  # fmt: skip
-    poller = None if once else hospital.start_polling()
+    if trusted is None:
+        stderr.print(f"{no_key}; reports and requests cannot be verified and are not read", markup=False, highlight=False, soft_wrap=True)
+    poller = None if once or trusted is None else hospital.start_polling()
     try:
         failures = watch_folder(folder, send_one, state, settle, once, register=hospital.register_specimens, outbox=outbox)
     finally:
@@ -448,11 +463,15 @@ def specimen_info(unit: SlideUnit) -> Any:
 
 class Hospital:
     """The station's side of watch apart from sending: specimen folders registered as they appear, and what comes
-    back (reports, requests) polled every second in a thread of its own, so a report shows while a slide sends."""
+    back (reports, requests) polled every second in a thread of its own, so a report shows while a slide sends.
 
-    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path) -> None:
+    Only what the centre signed, for this station, is read (`trusted`: its public keys; None: nothing is read);
+    anything else in the station's folder is refused in one line and passed over."""
+
+    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path, trusted: Any) -> None:
         self._where = (destination, endpoint_url, state_dir, station)
         self.outbox = outbox
+        self.trusted = trusted
         self.stop = threading.Event()
         self._hot: HotFolder | None = None
         self._main: Any = None  # the main thread's Station (the poller makes its own: one SQLite connection each)
@@ -502,24 +521,50 @@ class Hospital:
             self.poll_once(station)
             self.stop.wait(NOTICE_POLL)
 
+    def _say(self, line: str) -> None:
+        from slides.errors import printable
+
+        if self._hot is not None:
+            self._hot.log(line)
+        else:
+            print(printable(line), flush=True)
+
     def poll_once(self, station: Any = None) -> None:
         """One LIST of _stations/{station}/ after the last key handled: each new notice printed, logged and written
-        to the outbox; a store that cannot be asked is said once."""
-        from slides import SlidestreamError
-        from slidestream.station import notice_kind, notice_line, write_outbox
+        to the outbox, or refused in one line; a store or an outbox that cannot be used is said once and tried
+        again at the next poll."""
+        from slides.errors import one_line
 
-        say = self._hot.log if self._hot is not None else print
-        station = station or self._station()
+        if self.trusted is None:
+            return
         try:
-            for key, document in station.new_notices():
-                kind = notice_kind(key)
-                if kind is not None:
-                    case = str(document.get("case") or key.rsplit("/", 1)[-1].split("_")[1])
-                    specimen = station.registry.specimen(station.key, case=case)
-                    say(notice_line(kind, document, specimen.name if specimen else case))
-                    written = write_outbox(self.outbox, kind, document, specimen)
-                    say(f"OUTBOX {written}")
+            station = station or self._station()
+            for key, data in station.new_notices():
+                self._deliver(station, key, data)
                 station.handled(key)
-        except (SlidestreamError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - the store, the outbox, or a bug: said once, the thread goes on
             if self._hot is not None:
-                self._hot.note(f"cannot read what comes back to station {station.name}: {error}")
+                self._hot.note(f"cannot read what comes back to station {self._where[3]}: {one_line(error)}")
+
+    def _deliver(self, station: Any, key: str, data: bytes | None) -> None:
+        """One notice to the operating room, or one line saying why it is refused; an outbox file already delivered
+        is never replaced. A registry or outbox that cannot be used raises: the notice is tried again."""
+        from caseformat.errors import DocumentError
+        from slidestream.station import ALREADY_THERE, CONFLICT, notice_line, write_outbox
+
+        try:
+            notice = station.notice(key, data, self.trusted)
+        except DocumentError as error:
+            self._say(f"REFUSED notice {key}: {str(error).removeprefix(f'{key}: ')}")
+            return
+        except Exception as error:  # noqa: BLE001 - whatever a notice holds, it costs that notice only
+            self._say(f"REFUSED notice {key}: {_unexpected(error)}")
+            return
+        specimen = station.registry.specimen(station.key, case=notice.case)
+        written, outcome = write_outbox(self.outbox, notice, specimen)
+        if outcome == CONFLICT:
+            self._say(f"CONFLICT {key}: another text than {written}, delivered first under the same number; that one is kept, "
+                      "nothing was written")  # fmt: skip
+        elif outcome != ALREADY_THERE:
+            self._say(notice_line(notice, specimen.name if specimen else notice.case))
+            self._say(f"OUTBOX {written}")

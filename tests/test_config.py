@@ -37,3 +37,16 @@ def test_bad_config_files_give_one_line(tmp_path: Path) -> None:
         result = subprocess.run([sys.executable, "-m", "slidestream", "--config", str(path), "info", str(sample("CMU-1-Small-Region.svs"))], capture_output=True, text=True)
         assert result.returncode == 2 and words in result.stderr and str(path) in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_centre_keys_watch_and_status_trust_can_come_from_the_config_file(tmp_path: Path, s3_server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "enrolment" / "centre.pem"
+    config = tmp_path / "config.toml"
+    config.write_text(f"[watch]\ncentre_keys = '{keys}'\n\n[status]\ncentre_keys = '{keys}'\n")
+    (tmp_path / "hot").mkdir()
+    common = [sys.executable, "-m", "slidestream", "--config", str(config)]
+    watch = subprocess.run([*common, "watch", str(tmp_path / "hot"), f"s3://{s3_bucket}/site", "--endpoint-url", s3_server.endpoint_url,
+                            "--state-dir", str(tmp_path / "state"), "--once"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert watch.returncode == 0 and f"no centre public key at {keys}: ask the centre for it" in watch.stderr, watch.stderr
+    status = subprocess.run([*common, "status", "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr

@@ -13,15 +13,16 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from caseformat.layout import SlideRef
+from caseformat.signing import private_folder
 from transfer.errors import JournalError
 from transfer.target import Destination
-from caseformat.layout import SlideRef
 
 VERIFIED = "sent-verified"
 SCHEMA = """
@@ -68,10 +69,15 @@ class SendRecord:
 
 def open_state(state_dir: Path, schema: str, what: str) -> tuple[Path, sqlite3.Connection]:
     """The station's SQLite file, shared by the journal and the registry (slidestream.registry), with `schema`'s
-    tables made: write-ahead log, every commit synced (a power cut loses no acknowledged object or case)."""
+    tables made: write-ahead log, every commit synced (a power cut loses no acknowledged object or case). It holds
+    the patients' identity: 0600 in a 0700 folder (SQLite gives its -wal and -shm files the database's mode)."""
     path = Path(state_dir) / "journal.sqlite3"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
+            with suppress(FileNotFoundError):  # made before this rule: private from now on
+                file.chmod(0o600)
         db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
