@@ -50,7 +50,9 @@ def demo(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
         store, case = f"s3://{BUCKET}/demo", secrets.token_hex(8)  # a new specimen: its link exists before its first byte
-        server, origin, link = _start_viewer(store, endpoint, port, case)
+        # the viewer and the station share one state dir, as on a machine that is both: the station finds the
+        # centre's public keys (centre-keys.pem) where the viewer's signing key put them
+        server, origin, link = _start_viewer(store, endpoint, port, case, Path(work) / "state")
         hub = _start_hub(store, endpoint, Path(work) / "hub.log")
         sending = None
         try:
@@ -180,13 +182,14 @@ class _local_s3:
                 os.environ[key] = value
 
 
-def _start_viewer(store: str, endpoint: str, port: int, case: str) -> tuple[threading.Thread, str, str]:
+def _start_viewer(store: str, endpoint: str, port: int, case: str, key_dir: Path) -> tuple[threading.Thread, str, str]:
     import uvicorn
 
     from slidestream.errors import DemoError
+    from slidestream.serve import centre_keys
     from viewer import Tokens, create_app, open_storage
 
-    app = create_app(open_storage(store, endpoint), Tokens(os.urandom(32)))
+    app = create_app(open_storage(store, endpoint), Tokens(os.urandom(32)), *centre_keys(key_dir))
     try:
         sock = socket.create_server(("127.0.0.1", port))
     except OSError as error:

@@ -2,7 +2,8 @@
 
 The store is a folder of cases (CASE/slides/SLIDE/VERSION/image.zarr, as a send writes them, on S3 or local), or one
 converted image (the folder `slidestream convert` wrote), served as a single case. The worklist, signing and
-requests need a person's own sign-in link (`slidestream users add` / `users link`).
+requests need a person's own sign-in link (`slidestream users add` / `users link`). What the viewer writes for
+others is signed with the centre's key in --key-dir, and what it reads must verify against that folder's public keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from caseformat.signing import SigningKey, TrustedKeys
     from viewer.storage import Storage
 
 stdout = Console(highlight=False, soft_wrap=True)
@@ -28,6 +30,7 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # not 8000/8080/3000/5000/8888 and the like, where development servers already listen
 DEFAULT_PORT = 8737
+KEY_DIR_HELP = "Folder of the centre's signing key and the public keys its readers trust (default: the state dir)."
 
 
 def serve(
@@ -54,6 +57,7 @@ def serve(
         int | None,
         typer.Option(min=0, help="MB of memory for the tiles last served (they never change), so a second look costs no S3 request (default 256; 0: none)."),
     ] = None,
+    key_dir: Annotated[Path | None, typer.Option(help=KEY_DIR_HELP)] = None,
 ) -> None:
     """Serve the web viewer and worklist for the cases in STORE; prints one view-only link per case."""
     from transfer.target import parse_endpoint, parse_store_url
@@ -74,7 +78,9 @@ def serve(
     storage = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
     storage = storage or open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
-    app = create_app(storage, Tokens(load_secret(secret_file)), lifetime, **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))
+    key, trusted = centre_keys(key_dir)
+    app = create_app(storage, Tokens(load_secret(secret_file)), key, trusted, lifetime,
+                     **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
     import asyncio  # here: every other command would pay for it at start-up
 
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
@@ -97,6 +103,23 @@ def serve(
         stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
     gc.freeze()  # what start-up made (zarr, FastAPI, the S3 client) is never garbage: collections skip it
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def centre_keys(key_dir: Path | None) -> tuple[SigningKey, TrustedKeys]:
+    """The centre's signing key in `key_dir` (else the state dir; created on first use) and the keys it trusts."""
+    from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
+    from transfer.journal import default_state_dir
+
+    folder = key_dir or default_state_dir()
+    return SigningKey.load_or_create(folder), TrustedKeys.load(folder / PUBLIC_KEYS_FILE)
+
+
+def trusted_keys(key_dir: Path | None) -> TrustedKeys:
+    """The public keys in `key_dir` (else the state dir): what a command that only reads believes."""
+    from caseformat.signing import PUBLIC_KEYS_FILE, TrustedKeys
+    from transfer.journal import default_state_dir
+
+    return TrustedKeys.load((key_dir or default_state_dir()) / PUBLIC_KEYS_FILE)
 
 
 def _not_a_tile(record: logging.LogRecord) -> bool:

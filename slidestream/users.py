@@ -1,7 +1,8 @@
 """`slidestream users`: the centre's user list (pathologists, stations) on the store, and their sign-in links.
 
-Records live at `_people/{id}.json` (viewer/people.py); a link is a token signed with the viewer's secret, so run
-this where `slidestream serve` runs (or with the same --secret-file / $SLIDESTREAM_SECRET).
+Records live at `_people/{id}.json` (viewer/people.py), signed with the centre's key; a link is a token signed with
+the viewer's secret, so run this where `slidestream serve` runs (or with the same --key-dir and --secret-file /
+$SLIDESTREAM_SECRET). A record that does not verify is listed as "refused: reason" and gives no access.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from slidestream.serve import DEFAULT_PORT
+from slidestream.serve import DEFAULT_PORT, KEY_DIR_HELP, centre_keys, trusted_keys
 
 if TYPE_CHECKING:
     from viewer.storage import Storage
@@ -26,6 +27,7 @@ User = Annotated[str, typer.Argument(metavar="ID", help="The user's ID, as `user
 EndpointUrl = Annotated[str | None, typer.Option(envvar="AWS_ENDPOINT_URL", help="S3-compatible endpoint (MinIO, Ceph).")]
 ViewerUrl = Annotated[str, typer.Option(help="The viewer's address, as its users reach it.")]
 SecretFile = Annotated[Path | None, typer.Option(help="The viewer's token secret (else $SLIDESTREAM_SECRET, else the state dir's).")]
+KeyDir = Annotated[Path | None, typer.Option(help=KEY_DIR_HELP)]
 DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
@@ -51,46 +53,59 @@ def add(
     store: Store,
     name: Annotated[str, typer.Argument(help="The name reports and the audit log show, e.g. 'Dr Ana Ruiz'.")],
     role: Annotated[str, typer.Option(help="pathologist (views, signs, asks the hospital) or station (views its own cases).")] = "pathologist",
+    station: Annotated[
+        str | None, typer.Option(help="For --role station: the enrolled station ID whose cases the user sees (as case.json names it).")
+    ] = None,
     expires: Annotated[str | None, typer.Option(help="Access ends after this long: 30m, 12h, 7d, 2w (default: until revoked).")] = None,
     viewer_url: ViewerUrl = DEFAULT_VIEWER,
     secret_file: SecretFile = None,
+    key_dir: KeyDir = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Add a user; prints their ID and sign-in link (give it to them privately: it is their access)."""
     from viewer.people import add_person, parse_duration
 
     lifetime = parse_duration(expires) if expires else None
-    person = asyncio.run(add_person(open_store(store, endpoint_url), name, role, lifetime))
-    stdout.print(f"added {person.id} ({person.name}, {person.role}{', until ' + person.expires_at if person.expires_at else ''})", markup=False)
+    key, _ = centre_keys(key_dir)
+    person = asyncio.run(add_person(open_store(store, endpoint_url), key, name, role, lifetime, station))
+    where = f", station {person.station}" if person.station else ""
+    until = f", until {person.expires_at}" if person.expires_at else ""
+    stdout.print(f"added {person.id} ({person.name}, {person.role}{where}{until})", markup=False)
     stdout.print(f"link: {_link(person, viewer_url, secret_file)}", markup=False)
 
 
 @users.command("list")
-def list_users(store: Store, endpoint_url: EndpointUrl = None) -> None:
-    """Every user, with their role and whether their access works now."""
+def list_users(store: Store, key_dir: KeyDir = None, endpoint_url: EndpointUrl = None) -> None:
+    """Every user, with their role and whether their access works now; a record the centre did not sign (or that
+    was changed since) is one line "refused: reason" after them."""
+    from slides.errors import printable
     from slidestream.audit import print_rows
     from viewer.people import describe, list_people
 
-    people = asyncio.run(list_people(open_store(store, endpoint_url)))
-    rows = [("id", "role", "state", "created", "expires", "name")]
-    rows += [tuple(str(describe(person)[column]) for column in rows[0]) for person in people]
+    people, refused = asyncio.run(list_people(open_store(store, endpoint_url), trusted_keys(key_dir)))
+    rows: list[tuple[str, ...]] = [("id", "role", "state", "created", "expires", "station", "name")]
+    rows += [tuple(printable(str(describe(person)[column])) for column in rows[0]) for person in people]
     print_rows(rows)
+    for refusal in refused:
+        stdout.print(f"refused: {refusal}", markup=False)
 
 
 @users.command("revoke")
-def revoke(store: Store, user: User, endpoint_url: EndpointUrl = None) -> None:
+def revoke(store: Store, user: User, key_dir: KeyDir = None, endpoint_url: EndpointUrl = None) -> None:
     """Revoke a user: each of their links is refused from the viewer's next check (within seconds)."""
     from viewer.people import revoke_person
 
-    person = asyncio.run(revoke_person(open_store(store, endpoint_url), user))
+    key, trusted = centre_keys(key_dir)
+    person = asyncio.run(revoke_person(open_store(store, endpoint_url), key, trusted, user))
     stdout.print(f"revoked {person.id} ({person.name}) at {person.revoked_at}", markup=False)
 
 
 @users.command("link")
 def link(store: Store, user: User, viewer_url: ViewerUrl = DEFAULT_VIEWER, secret_file: SecretFile = None,
-         endpoint_url: EndpointUrl = None) -> None:
+         key_dir: KeyDir = None, endpoint_url: EndpointUrl = None) -> None:
     """A new sign-in link for a user (a lost or leaked one): their earlier links stop working."""
     from viewer.people import renew_link
 
-    person = asyncio.run(renew_link(open_store(store, endpoint_url), user))
+    key, trusted = centre_keys(key_dir)
+    person = asyncio.run(renew_link(open_store(store, endpoint_url), key, trusted, user))
     stdout.print(f"link: {_link(person, viewer_url, secret_file)}", markup=False)

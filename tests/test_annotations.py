@@ -10,11 +10,10 @@ import json
 
 import pytest
 from conftest import S3Server
-from test_viewer import Bucket, serving
+from test_viewer import TRUSTED, Bucket, serving
 
-from caseformat.documents import CaseRecord
+from caseformat.documents import STATION, AuditEvent, CaseRecord
 from viewer import audit
-from viewer.people import STATION
 
 CASE = "FS-2026-0077"
 POLYGON = {"slide": "s1", "version": "v1", "kind": "polygon", "points": [[800, 2050], [1150, 2000], [1100, 2450]],
@@ -47,13 +46,13 @@ def test_a_pathologist_saves_an_annotation_the_case_keeps_under_their_name(centr
     assert {key: document[key] for key in POLYGON} == POLYGON and document["case"] == CASE and document["created_at"]
     assert bucket.get(f"{CASE}/annotations/{document['id']}.json")  # CASE/annotations/{id}.json
     # whoever opens the case sees it: the pathologist, a case link, the station that registered the case
-    station = served.person(bucket.storage(), "theatre-5", role=STATION)
+    station = served.person(bucket.storage(), "theatre-5", role=STATION, station="theatre-5")
     for token in (pathologist, served.token(CASE), station):
         assert served.get(f"/api/cases/{CASE}/annotations", token).json()["annotations"] == [document]
     # and the audit log says who annotated which slide version
-    events = asyncio.run(audit.read(bucket.storage(), CASE))
-    (annotated,) = [event for event in events if event["action"] == "annotate"]
-    assert annotated["user"]["name"] == "Dr Ines Marker" and (annotated["slide"], annotated["version"]) == ("s1", "v1")
+    events = asyncio.run(audit.read(bucket.storage(), TRUSTED, CASE))
+    (annotated,) = [event for event in events if isinstance(event, AuditEvent) and event.action == "annotate"]
+    assert annotated.user is not None and annotated.user.name == "Dr Ines Marker" and (annotated.slide, annotated.version) == ("s1", "v1")
 
 
 def test_only_a_signed_in_pathologist_annotates(centre) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +60,7 @@ def test_only_a_signed_in_pathologist_annotates(centre) -> None:  # type: ignore
     before = stored(bucket, "OTHER-1")
     link = served.post("/api/cases/OTHER-1/annotations", served.token("OTHER-1"), json=POLYGON)
     assert link.status_code == 403 and "a case link cannot annotate" in link.json()["detail"]
-    station = served.person(bucket.storage(), "theatre-6", role=STATION)
+    station = served.person(bucket.storage(), "theatre-6", role=STATION, station="theatre-6")
     refused = served.post(f"/api/cases/{CASE}/annotations", station, json=POLYGON)
     assert refused.status_code == 403  # theatre-6 did not register the case
     assert stored(bucket, "OTHER-1") == before

@@ -19,8 +19,9 @@ from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
 
 from transfer.identity import sample_digest
-from caseformat.documents import CaseRecord
+from caseformat.documents import Author, CaseRecord, Report, SlideRead
 from caseformat.layout import SlideRef, notice_key, report_key
+from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey
 
 CMU, TCGA = "CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"
 PATIENT, ACCESSION, MRN = "DOE^JANE", "S26-004711", "MRN-7777123"
@@ -161,7 +162,9 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
     refused = hot / "S26-004712"
     refused.mkdir()
     (refused / "specimen.json").write_text(json.dumps({"patient_name": PATIENT, "clinical_question": "Jane Doe, frozen section"}))
-    watcher = _watch(hot, s3_server, s3_bucket, state)
+    centre_key = SigningKey.load_or_create(tmp_path / "centre")  # the centre's key; the station trusts its public half
+    centre_keys = str(tmp_path / "centre" / PUBLIC_KEYS_FILE)
+    watcher = _watch(hot, s3_server, s3_bucket, state, "--centre-keys", centre_keys)
     try:
         _wait_for(lambda: any(" REGISTERED " in line for line in _log(state)), "registration", watcher)
         [line] = [line for line in _log(state) if " REGISTERED " in line]
@@ -178,13 +181,11 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         assert sorted(m["state"] for m in manifests.values()) == ["complete", "failed"], manifests
         assert read_json(s3_server, s3_bucket, f"site/{case}/case.json")["registered_at"] == record.registered_at
 
-        report = {"format": "slidestream-report/2", "case": case, "number": 1, "kind": "signed", "category": "malignant",
-                  "diagnosis": "metastatic carcinoma in one sentinel node", "margins": None, "comment": None,
-                  "author": {"id": "p.kovacs", "name": "Dr P. Kovacs"}, "signed_at": "2026-12-01T10:12:30.000Z",
-                  "slides": [{"slide": "s1", "version": "v1"}], "amends": None}  # fmt: skip
-        body = json.dumps(report).encode()
+        report = Report(case, 1, "malignant", "metastatic carcinoma in one sentinel node", Author("u0c0ffee1", "Dr P. Kovacs"),
+                        "2026-12-01T10:12:30.000Z", "theatre-3", slides=(SlideRead("s1", "v1"),))  # fmt: skip
+        body = report.to_json(centre_key)
         s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{report_key(case, 1)}", Body=body)
-        s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{notice_key('theatre-3', report['signed_at'], case, 'report', 1)}", Body=body)
+        s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{notice_key('theatre-3', report.signed_at, case, 'report', 1)}", Body=body)
         outbox = hot / "outbox"
         _wait_for(lambda: list(outbox.glob("*.txt")), "the outbox file", watcher, timeout=60)
     finally:
@@ -198,7 +199,8 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
     text = written.read_text()
     assert "Category: MALIGNANT" in text and "Dr P. Kovacs" in text and PATIENT in text  # the outbox is local: the OR matches the patient
 
-    shown = slidestream("status", f"s3://{s3_bucket}/site", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state)
+    shown = slidestream("status", f"s3://{s3_bucket}/site", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
+                        "--centre-keys", centre_keys)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert f"{ACCESSION} (case {case}, registered {record.registered_at}): signed: malignant at 2026-12-01T10:12:30.000Z by Dr P. Kovacs" in shown.stdout
     assert "failed: " in shown.stdout and ": complete" in shown.stdout, shown.stdout

@@ -26,11 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import REPO, S3Server, sample
-from test_viewer import SECRET, SLIDE, Bucket, serving
+from test_viewer import KEY_DIR, SECRET, SLIDE, Bucket, serving
 from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
 
 from caseformat.documents import CaseRecord
 from caseformat.layout import SlideRef
+from caseformat.signing import PUBLIC_KEYS_FILE
 
 ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
 SIDECAR = {
@@ -57,7 +58,7 @@ def hospital(bucket: Bucket, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     log, outbox = tmp_path / "watch.log", tmp_path / "outbox"
     command = [sys.executable, "-m", "slidestream", "watch", str(tmp_path / "hot"), f"s3://{bucket.name}/{bucket.prefix}",
                "--endpoint-url", bucket.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", STATION,
-               "--outbox", str(outbox), "--no-edge", "--settle", "0"]  # fmt: skip
+               "--outbox", str(outbox), "--no-edge", "--settle", "0", "--centre-keys", str(KEY_DIR / PUBLIC_KEYS_FILE)]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -105,7 +106,7 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
         line_of(log, r"^\S+ SENT ")
         store = f"s3://{bucket.name}/{bucket.prefix}"
         with serving(bucket.storage()) as served:
-            added = cli("users", "add", store, "Dr Ana Ruiz", "--viewer-url", served.url, "--endpoint-url", bucket.endpoint_url)
+            added = cli("users", "add", store, "Dr Ana Ruiz", "--viewer-url", served.url, "--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR))
             assert added.returncode == 0, added.stderr
             user = added.stdout.split()[1]
             link = added.stdout.splitlines()[1].removeprefix("link: ")
@@ -160,7 +161,7 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             assert refused.status_code == 403 and refused.json()["detail"] == "a case link cannot sign; sign in as a pathologist"
 
             # a revoked user is refused, saying so
-            assert cli("users", "revoke", store, user, "--endpoint-url", bucket.endpoint_url).returncode == 0
+            assert cli("users", "revoke", store, user, "--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR)).returncode == 0
             page.goto("about:blank")
             page.goto(link)
             wait_for(page, lambda: page.locator("#message").is_visible(), "the refusal")
@@ -168,7 +169,7 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             context.close()
 
     # the audit log: each view and signature with the user
-    audit = cli("audit", store, "--case", case, "--endpoint-url", bucket.endpoint_url)
+    audit = cli("audit", store, "--case", case, "--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR))
     assert audit.returncode == 0, audit.stderr
     rows = [line.split(None, 5) for line in audit.stdout.splitlines()[1:-1]]
     by_user = f"Dr Ana Ruiz ({user}, pathologist)"

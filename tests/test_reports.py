@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from conftest import S3Server
-from test_viewer import SECRET, Bucket, Served, serving
+from test_viewer import CENTRE_KEY, KEY_DIR, SECRET, TRUSTED, Bucket, Served, serving
 
-from caseformat.documents import CaseRecord
-from caseformat.layout import SlideRef, notice_key, report_key, request_key
-from viewer.people import Person, person_key
+from caseformat.documents import CaseRecord, Person
+from caseformat.layout import SlideRef, notice_key, person_key, report_key, request_key
 
 CASE = "FS-2026-0042"
 CONTEXT = (("specimen_site", "left breast, lumpectomy margin"), ("clinical_question", "margin clear?"),
@@ -30,10 +29,10 @@ FORM = {"category": "malignant", "diagnosis": "Invasive ductal carcinoma.", "mar
 
 
 def users(bucket: Bucket, *args: str) -> subprocess.CompletedProcess[str]:
-    """`slidestream users ...` against the bucket's store, signing with the test viewer's secret."""
+    """`slidestream users ...` against the bucket's store, signing with the test viewer's secret and centre key."""
     command = [sys.executable, "-m", "slidestream", "users", *args]
     store = f"s3://{bucket.name}/{bucket.prefix}"
-    command = [part if part != "STORE" else store for part in command] + ["--endpoint-url", bucket.endpoint_url]
+    command = [part if part != "STORE" else store for part in command] + ["--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
 
@@ -71,13 +70,13 @@ def post(served: Served, path: str, token: str, body: dict) -> httpx.Response:  
 def test_users_are_added_listed_and_revoked_with_the_command(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     user, token = added(bucket, "Dr Ana Ruiz")
-    station, _ = added(bucket, "theatre-3", "--role", "station", "--expires", "7d")
-    record = Person.parse(bucket.get(person_key(user)))
+    station, _ = added(bucket, "theatre-3", "--role", "station", "--station", "theatre-3", "--expires", "7d")
+    record = Person.read(bucket.get(person_key(user)), "record", TRUSTED)
     assert record is not None and (record.name, record.role, record.revoked_at) == ("Dr Ana Ruiz", "pathologist", None)
     assert SECRET.decode() not in bucket.get(person_key(user)).decode() and token not in bucket.get(person_key(user)).decode()
     listed = users(bucket, "list", "STORE").stdout
     assert any(line.split()[:3] == [user, "pathologist", "active"] and line.endswith("Dr Ana Ruiz") for line in listed.splitlines())
-    assert any(line.split()[:3] == [station, "station", "active"] for line in listed.splitlines())
+    assert any(line.split()[:3] == [station, "station", "active"] and line.split()[5] == "theatre-3" for line in listed.splitlines())
     assert served.get("/api/me", token).json()["user"] == {"id": user, "name": "Dr Ana Ruiz", "role": "pathologist"}
 
     # a new link ends the old one; revocation ends every link, within the viewer's second of caching
@@ -97,14 +96,15 @@ def test_users_are_added_listed_and_revoked_with_the_command(centre) -> None:  #
     assert unknown.returncode == 2 and "no user u00000000" in unknown.stderr
     bad = users(bucket, "add", "STORE", "Dr X", "--expires", "soon")
     assert bad.returncode == 2 and "--expires 'soon'" in bad.stderr
+    stationless = users(bucket, "add", "STORE", "theatre-4", "--role", "station")  # a station user sees its station's cases
+    assert stationless.returncode == 2 and "--station STATION_ID is required for --role station" in stationless.stderr
 
 
 def test_an_expired_user_is_refused_saying_so(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     user, token = added(bucket, "Dr Short Stay")
-    record = Person.parse(bucket.get(person_key(user)))
-    assert record is not None
-    bucket.put(person_key(user), Person(**{**record.__dict__, "expires_at": "2026-01-01T00:00:00Z"}).to_json())
+    record = Person.read(bucket.get(person_key(user)), "record", TRUSTED)
+    bucket.put(person_key(user), Person(**{**record.__dict__, "expires_at": "2026-01-01T00:00:00Z"}).to_json(CENTRE_KEY))  # the centre's change
     wait_for(lambda: served.get("/api/me", token).status_code == 403)
     assert "expired at 2026-01-01" in served.get("/api/me", token).json()["detail"]
 
@@ -121,7 +121,7 @@ def test_a_pathologist_signs_amends_and_the_history_stays(centre) -> None:  # ty
     first = signed.json()
     assert json.loads(bucket.get(report_key(CASE, 1))) == first
     assert {k: first[k] for k in ("format", "case", "number", "kind", "amends", "category", "margins", "comment")} == {
-        "format": "slidestream-report/2", "case": CASE, "number": 1, "kind": "signed", "amends": None,
+        "format": "slidestream-report/3", "case": CASE, "number": 1, "kind": "signed", "amends": None,
         "category": "malignant", "margins": "superior margin involved", "comment": None}  # fmt: skip
     assert first["author"] == {"id": user, "name": "Dr Ben Okafor"} and first["slides"] == [{"slide": "s1", "version": "v1"}]
     assert json.loads(bucket.get(notice_key("theatre-3", first["signed_at"], CASE, "report", 1))) == first
@@ -173,7 +173,7 @@ def test_a_case_link_views_but_never_signs_and_a_station_sees_only_its_cases(cen
     refused = post(served, f"/api/cases/{CASE}/reports", link, FORM)
     assert refused.status_code == 403 and refused.json()["detail"] == "a case link cannot sign; sign in as a pathologist"
     assert post(served, f"/api/cases/{CASE}/requests", link, {"what": "deeper level"}).status_code == 403
-    _, station = added(bucket, "theatre-3", "--role", "station")
+    _, station = added(bucket, "theatre-3 desk", "--role", "station", "--station", "theatre-3")
     assert served.get(f"/api/cases/{CASE}/reports", station).status_code == 200
     assert post(served, f"/api/cases/{CASE}/reports", station, FORM).status_code == 403
     register(bucket, "OTHER-1", station="theatre-9")
@@ -195,7 +195,7 @@ def test_a_case_whose_slides_failed_cannot_be_reported(centre) -> None:  # type:
     assert asked.status_code == 200, asked.text
     request = asked.json()
     assert json.loads(bucket.get(request_key("FAILED-1", 1))) == request
-    assert (request["format"], request["number"], request["what"], request["slide"]) == ("slidestream-request/1", 1, "another section from block A", "s1")
+    assert (request["format"], request["number"], request["what"], request["slide"]) == ("slidestream-request/2", 1, "another section from block A", "s1")
     assert json.loads(bucket.get(notice_key("theatre-3", request["asked_at"], "FAILED-1", "request", 1))) == request
     assert post(served, "/api/cases/FAILED-1/requests", token, {"what": "deeper level"}).json()["number"] == 2
 
@@ -217,7 +217,8 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
         assert post(served, f"/api/cases/{CASE}/requests", token, {"what": "deeper level"}).status_code == 200
     store = f"s3://{bucket.name}/{bucket.prefix}"
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    command = [sys.executable, "-m", "slidestream", "audit", store, "--case", CASE, "--date", today, "--endpoint-url", bucket.endpoint_url]
+    command = [sys.executable, "-m", "slidestream", "audit", store, "--case", CASE, "--date", today, "--endpoint-url", bucket.endpoint_url,
+               "--key-dir", str(KEY_DIR)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     rows = [line.split(None, 5) for line in result.stdout.splitlines()[1:-1]]
@@ -229,7 +230,7 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
     assert result.stdout.splitlines()[-1] == "6 event(s)"
     listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/_audit/{today}/")["Contents"]
     event = json.loads(bucket.get(listed[0]["Key"].removeprefix(bucket.prefix + "/")))
-    assert set(event) == {"format", "at", "user", "action", "case", "slide", "version", "report"}
+    assert set(event) == {"format", "at", "user", "action", "case", "slide", "version", "report", "signature"}
     wrong = subprocess.run([*command[:5], "--date", "yesterday"], capture_output=True, text=True, timeout=120, check=False)
     assert wrong.returncode == 2 and "YYYY-MM-DD" in wrong.stderr
 

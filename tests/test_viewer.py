@@ -7,6 +7,7 @@ are shared with it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import http.client
 import io
@@ -18,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,9 +40,10 @@ from PIL import Image
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
 from tiling.pyramid import assemble_shard
-from caseformat.documents import CaseRecord
+from caseformat.documents import PATHOLOGIST, STATION, CaseRecord
 from caseformat.layout import SlideRef
-from viewer.people import PATHOLOGIST, add_person
+from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
+from viewer.people import add_person
 from viewer import (
     WORKLIST,
     InvalidKeyError,
@@ -63,6 +66,11 @@ from conftest import S3Server, sample
 
 SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967, 240 px JPEG tiles (passed through), 3 levels, mpp 0.499
 SECRET = b"a-test-secret-that-is-long-enough-0123456789"
+# the centre's signing key, in a folder the commands the tests run are given too (--key-dir)
+KEY_DIR = Path(tempfile.mkdtemp(prefix="slidestream-test-keys-"))
+atexit.register(shutil.rmtree, KEY_DIR, True)
+CENTRE_KEY = SigningKey.load_or_create(KEY_DIR)
+TRUSTED = TrustedKeys.load(KEY_DIR / PUBLIC_KEYS_FILE)
 EMPTY = 2**64 - 1
 V1 = SlideRef("any").path  # slides/s1/v1: the first scan of a case's first slide
 
@@ -169,11 +177,12 @@ class Served:
     def token(self, case: str, lifetime: timedelta = timedelta(hours=1)) -> str:
         return self.tokens.issue(case_scope(case), lifetime)
 
-    def person(self, storage: Storage, name: str = "Dr Test Pathologist", role: str = PATHOLOGIST) -> str:
-        """A new user of the store (as `slidestream users add` makes one) and their sign-in token. (In a thread of its
-        own: Playwright's sync API keeps an event loop running in the test's.)"""
+    def person(self, storage: Storage, name: str = "Dr Test Pathologist", role: str = PATHOLOGIST, station: str | None = None) -> str:
+        """A new user of the store (as `slidestream users add` makes one; a station user names its `station`) and their
+        sign-in token. (In a thread of its own: Playwright's sync API keeps an event loop running in the test's.)"""
+        assert (role == STATION) == (station is not None)
         with ThreadPoolExecutor(1) as pool:
-            person = pool.submit(asyncio.run, add_person(storage, name, role)).result()
+            person = pool.submit(asyncio.run, add_person(storage, CENTRE_KEY, name, role, station=station)).result()
         return self.tokens.issue_person(person.id, person.serial, timedelta(hours=1))
 
     def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
@@ -199,7 +208,7 @@ def serving(storage: Storage, **options: int) -> Iterator[Served]:
     """The viewer over `storage` in a thread; `options` go to create_app."""
     tokens = Tokens(SECRET)
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens, **options), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens, CENTRE_KEY, TRUSTED, **options), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -306,12 +315,12 @@ def test_a_slide_thumbnail_is_its_coarsest_level_made_small(sent: Served) -> Non
 def test_the_slide_list_a_page_polls_is_the_cases_and_not_an_opening(sent: Served, bucket: Bucket) -> None:
     token = sent.token("complete")
     opened = sent.get("/api/cases/complete", token).json()
-    events = asyncio.run(audit.read(bucket.storage(), "complete"))
+    events = asyncio.run(audit.read(bucket.storage(), TRUSTED, "complete"))
     polled = sent.get("/api/cases/complete/slides", token)
     assert polled.status_code == 200 and polled.json()["slides"] == opened["slides"] == [
         {"slide": "s1", "version": "v1", "state": "complete", "failed": None}
     ]
-    assert asyncio.run(audit.read(bucket.storage(), "complete")) == events  # the opening was recorded once
+    assert asyncio.run(audit.read(bucket.storage(), TRUSTED, "complete")) == events  # the opening was recorded once
     assert sent.get("/api/cases/complete/slides", sent.token("other")).status_code == 403
 
 
@@ -678,7 +687,8 @@ def serve_command(local_store: Path, tmp_path: Path) -> tuple[int, list[str]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return port, [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret)]
+    return port, [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--secret-file", str(secret),
+                  "--key-dir", str(KEY_DIR)]
 
 
 def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path) -> None:
@@ -707,7 +717,7 @@ def test_serve_reports_a_taken_port_in_one_line(local_store: Path, tmp_path: Pat
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port)],
+            [sys.executable, "-m", "slidestream", "serve", "--store", str(local_store), "--port", str(port), "--key-dir", str(KEY_DIR)],
             capture_output=True, text=True, timeout=60, env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()},
         )
     assert result.returncode == 2
@@ -723,7 +733,7 @@ def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path
     port, command = serve_command(local_store, tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = Tokens(SECRET).issue(case_scope("case1"), timedelta(hours=1))
-    person = asyncio.run(add_person(LocalStorage(local_store), "Dr Body Limit", PATHOLOGIST))
+    person = asyncio.run(add_person(LocalStorage(local_store), CENTRE_KEY, "Dr Body Limit", PATHOLOGIST))
     pathologist = Tokens(SECRET).issue_person(person.id, person.serial, timedelta(hours=1))
     report = "/api/cases/case1/reports"
     try:

@@ -23,9 +23,8 @@ import pytest
 from PIL import Image
 
 from slides import open_slide
-from caseformat.documents import CaseRecord
+from caseformat.documents import STATION, CaseRecord
 from viewer.heatmap import LUT
-from viewer.people import STATION
 
 from conftest import REPO, S3Server, sample
 from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
@@ -541,7 +540,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
 
         # the hospital's station opens the case: the point is listed and drawn where it was put, also after a reload
         page.goto("about:blank")  # a new page load: only the #token differs, which alone would not reload
-        open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION))
+        open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION, station="theatre-9"))
         assert page.locator("#who").text_content() == "theatre-9 (station)"
         for opened in ("opened", "reloaded"):
             wait_for(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")

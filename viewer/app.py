@@ -5,12 +5,17 @@ never reach URLs, logs or Referer headers. A case token is checked by its signat
 against their record on the store (viewer/people.py, cached a second), so a revoked or expired user is refused at
 their next request. Only a named pathologist opens the worklist, signs, amends, annotates or asks the hospital;
 every case open, slide open, report action and annotation is written to the audit log (viewer/audit.py) with who
-did it. Every refusal
-and every bad request is a 4xx; a store that fails answers 502.
+did it. Every refusal and every bad request is a 4xx; a store that fails answers 502.
+
+What the centre writes for others (reports, requests, their station copies, people, annotations, audit events) is
+signed with the centre's key and verified against its trusted keys on every read: a station, which can write to
+the store, cannot make the viewer show a report, grant access or record an event the centre did not sign. A
+refused document is a visible line (a case's `refused` list), never shown as genuine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,11 +30,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from caseformat.layout import REQUESTS, SLIDE_PATTERN, SlideRef, VERSION_PATTERN
-from caseformat.documents import CaseRecord
+from caseformat.documents import PATHOLOGIST, STATION, Author, Person, SlideRead
+from caseformat.documents import Request as HospitalRequest
+from caseformat.errors import DocumentError, InvalidIdError
+from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key
+from caseformat.signing import SigningKey, TrustedKeys
+from slides.errors import printable
 from viewer import annotations, audit
 from viewer.cache import AsyncCache
-from viewer.cases import TILE_CACHE_BYTES, Cases, utc_now
+from viewer.cases import TILE_CACHE_BYTES, UNREADABLE, Cases, utc_now
 from viewer.image import (
     BACKGROUND,
     PENDING,
@@ -37,7 +46,7 @@ from viewer.image import (
     ImageError,
     TileNotFoundError,
 )
-from viewer.people import PATHOLOGIST, STATION, Person, RevokedError, get_person
+from viewer.people import RevokedError, get_person
 from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, sign
 from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from viewer.tokens import (
@@ -81,11 +90,6 @@ class Identity:
     person: Person | None = None
     case: str | None = None
 
-    @property
-    def who(self) -> dict[str, str]:
-        """How the audit log names them."""
-        return self.person.who if self.person else {"case_token": self.case or ""}
-
     def pathologist(self, action: str) -> Person:
         """The signed-in pathologist, or the refusal that says who may `action`."""
         if self.person is None:
@@ -96,14 +100,25 @@ class Identity:
 
 
 class ViewerState:
-    """What every request needs: the cases of one store, the token signer and the user records."""
+    """What every request needs: the cases of one store, the token signer, the user records and the centre's keys
+    (its signing key for what it writes, the keys it trusts for what it reads)."""
 
-    def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta) -> None:
+    def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta, key: SigningKey) -> None:
         self.cases = cases
+        self.storage = cases.storage
+        self.trusted = cases.trusted
         self.tokens = tokens
         self.link_lifetime = link_lifetime
+        self.key = key
         self._people: AsyncCache[str, Person | None] = AsyncCache(1024, PEOPLE_TTL)
-        self.annotations: AsyncCache[str, dict[str, Any] | None] = AsyncCache(16384)  # never replaced: kept once read
+        # the newest serial read of each user's record: a genuine but older record written back (a revocation
+        # rolled back by a station replaying the record from before it) is refused while this process runs
+        self._serials: dict[str, int] = {}
+        self.annotations: AsyncCache[str, dict[str, Any] | str] = AsyncCache(16384)  # never replaced: kept once read
+
+    async def audit(self, identity: Identity, action: str, case: str, slide: str | None = None, version: str | None = None,
+                    report: int | None = None) -> None:
+        await audit.record(self.storage, self.key, identity.person, action, case, slide, version, report)
 
     def case_link(self, case: str) -> str:
         return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
@@ -115,9 +130,17 @@ class ViewerState:
             scope = str(claims["scope"])
             return Identity(case=scope.removeprefix("case:") if scope.startswith("case:") else None)
         user = str(claims["user"])
-        person = await self._people.get(user, lambda: get_person(self.cases.storage, user))
+        try:
+            person = await self._people.get(user, lambda: get_person(self.storage, user, self.trusted))
+        except DocumentError as error:  # a record the centre did not sign grants nothing
+            raise RevokedError(f"user {user} is refused: {printable(str(error))}") from None
         if person is None:
             raise TokenError(f"no user {user} on this store")
+        newest = self._serials.setdefault(user, person.serial)
+        if person.serial < newest:
+            raise RevokedError(f"user {user} is refused: {person_key(user)} is older than one this viewer read (serial {person.serial}, "
+                               f"not {newest}): rolled back; refused")  # fmt: skip
+        self._serials[user] = person.serial
         refusal = person.refusal(datetime.now(UTC))
         if refusal:
             raise RevokedError(refusal)
@@ -132,9 +155,12 @@ class ViewerState:
                 raise ScopeError("this token does not open that")
             return
         if identity.person.role == STATION:
-            record = CaseRecord.parse(await self.cases.sidecar(case, "case.json"))
-            if record is None or record.station != identity.person.name:
-                raise ScopeError(f"station {identity.person.name} did not register case {case}")
+            try:
+                record = await self.cases.registration(case)
+            except DocumentError:
+                record = None
+            if record is None or record.station is None or record.station != identity.person.station:
+                raise ScopeError(f"station {identity.person.station} ({identity.person.name}) did not register case {case}")
 
 
 async def _state(request: Request) -> ViewerState:  # async: sync dependencies cost a thread hop each
@@ -200,8 +226,12 @@ async def worklist(state: State, identity: Who) -> JSONResponse:
 
 @router.get("/api/cases/{case}")
 async def case_info(case: Case, state: State, identity: Who) -> JSONResponse:
-    info = await state.cases.case_info(case)
-    await audit.record(state.cases.storage, identity.who, "open-case", case)
+    """The case as its page opens it, with one line per document of the case that was refused (not the centre's)."""
+    info, reports, requests, (_, marks) = await asyncio.gather(
+        state.cases.case_info(case), state.cases.reports(case), numbered(state.storage, case, HospitalRequest, state.trusted),
+        annotations.listed(state.storage, state.trusted, case, state.annotations))  # fmt: skip
+    info["refused"] = [*reports.refused, *requests.refused, *marks]
+    await state.audit(identity, "open-case", case)
     return JSONResponse(info, headers={"Cache-Control": "no-cache"})
 
 
@@ -217,7 +247,7 @@ async def case_slides(case: Case, state: State) -> JSONResponse:
 async def image(case: Case, slide: SlideId, version: VersionId, state: State, identity: Who) -> JSONResponse:
     root = SlideRef(case, slide, version).root
     described = (await state.cases.image(root)).describe()
-    await audit.record(state.cases.storage, identity.who, "open-slide", case, slide, version)
+    await state.audit(identity, "open-slide", case, slide, version)
     return JSONResponse(described, headers={"Cache-Control": "no-cache"})
 
 
@@ -296,8 +326,11 @@ async def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, i
 
 @router.get("/api/cases/{case}/reports")
 async def reports(case: Case, state: State) -> JSONResponse:
-    """The signed report and every amendment, in order: the history stays readable."""
-    return JSONResponse({"reports": await state.cases.reports(case)}, headers={"Cache-Control": "no-store"})
+    """The signed report and every amendment that verify, in order: the history stays readable; refused objects
+    are lines beside it."""
+    versions = await state.cases.reports(case)
+    body = {"reports": [version.signed for version in versions.verified], "refused": versions.refused}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/api/cases/{case}/reports")
@@ -305,15 +338,16 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
     """Sign the report (or amend the newest version): final, create-only, copied to the registering station."""
     person = identity.pathologist("sign")  # an amendment is signed too
     info = await state.cases.case_info(case)
-    read_on = [{"slide": s["slide"], "version": s["version"]} for s in info["slides"] if s["state"] != "failed"]
+    read_on = [SlideRead(s["slide"], s["version"]) for s in info["slides"] if s["state"] not in ("failed", UNREADABLE)]
     if not read_on:
-        reasons = "; ".join(f"{s['slide']}: failed: {s['failed']}" for s in info["slides"]) or "no slide has arrived"
+        reasons = "; ".join(f"{s['slide']}: {s['unreadable'] or ''}" if s["state"] == UNREADABLE else f"{s['slide']}: failed: {s['failed']}"
+                            for s in info["slides"]) or "no slide has arrived"  # fmt: skip
         raise ReportConflict(f"case {case} has no slide that arrived to report on ({reasons})")
     try:
-        document = await sign(state.cases.storage, case, form, person.who, read_on, info["station"])
+        document = await sign(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), read_on, info["station"])
     finally:
         state.cases.forget_reports(case)
-    await audit.record(state.cases.storage, identity.who, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
+    await state.audit(identity, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
@@ -321,7 +355,8 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
 async def case_annotations(case: Case, state: State) -> JSONResponse:
     """Every annotation of the case (the page draws those of the slide version it shows): whoever opens the case
     sees them, a case link and the registering station included."""
-    return JSONResponse({"annotations": await annotations.listed(state.cases.storage, case, state.annotations)}, headers={"Cache-Control": "no-store"})
+    marks, refused = await annotations.listed(state.storage, state.trusted, case, state.annotations)
+    return JSONResponse({"annotations": marks, "refused": refused}, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/api/cases/{case}/annotations")
@@ -329,14 +364,16 @@ async def annotate(case: Case, form: annotations.AnnotationIn, state: State, ide
     """Save an annotation with its author (a signed-in pathologist) on a slide version of the case that has an image."""
     person = identity.pathologist("annotate")
     await state.cases.image(SlideRef(case, form.slide, form.version).root)  # 404 for a slide version with no image
-    document = await annotations.save(state.cases.storage, case, form, person.who)
-    await audit.record(state.cases.storage, identity.who, "annotate", case, form.slide, form.version)
+    document = await annotations.save(state.storage, state.key, case, form, person)
+    await state.audit(identity, "annotate", case, form.slide, form.version)
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/cases/{case}/requests")
 async def requests(case: Case, state: State) -> JSONResponse:
-    return JSONResponse({"requests": await numbered(state.cases.storage, case, REQUESTS)}, headers={"Cache-Control": "no-store"})
+    versions = await numbered(state.storage, case, HospitalRequest, state.trusted)
+    body = {"requests": [version.signed for version in versions.verified], "refused": versions.refused}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/api/cases/{case}/requests")
@@ -344,8 +381,8 @@ async def ask_hospital(case: Case, form: RequestIn, state: State, identity: Who)
     """Ask the hospital for something (another section, a deeper level): numbered, copied to the station."""
     person = identity.pathologist("ask the hospital")
     info = await state.cases.case_info(case)
-    document = await ask(state.cases.storage, case, form, person.who, info["station"])
-    await audit.record(state.cases.storage, identity.who, "request", case, form.slide, report=document["number"])
+    document = await ask(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), info["station"])
+    await state.audit(identity, "request", case, form.slide, report=document["number"])
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
@@ -363,7 +400,9 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (TileNotFoundError, 404),
     (ObjectNotFoundError, 404),
     (InvalidKeyError, 400),
+    (InvalidIdError, 400),
     (ImageError, 502),
+    (DocumentError, 502),  # a document on the store that is malformed or not the centre's: the store's fault
     (StorageError, 502),
 ]
 
@@ -479,10 +518,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def create_app(storage: Storage, tokens: Tokens, link_lifetime: timedelta = timedelta(hours=12), tile_cache_bytes: int = TILE_CACHE_BYTES) -> FastAPI:
-    """The viewer application for one store; `app.state.viewer` mints links (the `serve` command prints them)."""
+def create_app(storage: Storage, tokens: Tokens, key: SigningKey, trusted: TrustedKeys, link_lifetime: timedelta = timedelta(hours=12),
+               tile_cache_bytes: int = TILE_CACHE_BYTES) -> FastAPI:
+    """The viewer application for one store, signing with the centre's `key` and believing only what `trusted` keys
+    signed; `app.state.viewer` mints links (the `serve` command prints them)."""
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.viewer = ViewerState(Cases(storage, tile_cache_bytes), tokens, link_lifetime)
+    app.state.viewer = ViewerState(Cases(storage, trusted, tile_cache_bytes), tokens, link_lifetime, key)
     # the tile routes first: Starlette tries routes in order, and nearly every request is a tile
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])

@@ -3,58 +3,60 @@
 Append-only: one new object per event, `_audit/{YYYY-MM-DD}/{stamp}_{random}.json`, never rewritten; a day's
 records are one LIST. A record names the user (id, name, role) or, for a case link, only the case it opens; it
 holds case and slide IDs and report numbers, never a file name or free text, so no patient identity can reach it.
+Each record is signed by the centre (`caseformat.documents.AuditEvent`): one a station wrote or changed is read
+back as a refusal, never as an event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-from datetime import UTC, datetime
-from typing import Any
 
-from caseformat.layout import AUDIT, stamp
-from viewer.storage import ObjectNotFoundError, Storage
+from caseformat.bounded import utc_now
+from caseformat.documents import AuditEvent, Author, Person
+from caseformat.errors import DocumentError
+from caseformat.layout import audit_folder, audit_key
+from caseformat.signing import SigningKey, TrustedKeys
+from slides.errors import printable
+from viewer.reports import oversized
+from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
 
-AUDIT_FORMAT = "slidestream-audit/1"
-ACTIONS = ("open-case", "open-slide", "sign", "amend", "request", "annotate")
 
-
-async def record(storage: Storage, who: dict[str, str], action: str, case: str, slide: str | None = None,
+async def record(storage: Storage, key: SigningKey, person: Person | None, action: str, case: str, slide: str | None = None,
                  version: str | None = None, report: int | None = None) -> None:
-    """Write one event (create-only: a record is never replaced)."""
-    assert action in ACTIONS, action
-    at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    event = {"format": AUDIT_FORMAT, "at": at, "user": who, "action": action, "case": case, "slide": slide,
-             "version": version, "report": report}
-    await storage.create(f"{AUDIT}/{at[:10]}/{stamp(at)}_{secrets.token_hex(4)}.json", json.dumps(event).encode())
+    """Write one event (create-only: a record is never replaced); `person` None: the holder of a case link."""
+    at = utc_now()
+    user = Author(person.id, person.name, person.role) if person else None
+    await storage.create(audit_key(at, secrets.token_hex(4)), AuditEvent(at, action, case, user, slide, version, report).to_json(key))
 
 
-async def read(storage: Storage, case: str | None = None, date: str | None = None) -> list[dict[str, Any]]:
-    """The events of `date` (YYYY-MM-DD; every day when None), of one case or all, in time order."""
+async def read(storage: Storage, trusted: TrustedKeys, case: str | None = None, date: str | None = None) -> list[AuditEvent | str]:
+    """The events of `date` (YYYY-MM-DD; every day when None), of one case or all, in time order, with one line per
+    record that does not verify in its place (whichever case it claims: a forged record's case means nothing)."""
     try:
-        listed = await storage.list(f"{AUDIT}/{date}" if date else AUDIT)
+        listed = await storage.list(audit_folder(date).rstrip("/"))
     except ObjectNotFoundError:
         return []
-    keys = sorted(info.key for info in listed if info.key.endswith(".json"))
+    records = sorted((info for info in listed if info.key.endswith(".json")), key=lambda info: info.key)
     limit = asyncio.Semaphore(16)
 
-    async def load(key: str) -> dict[str, Any] | None:
+    async def load(info: ObjectInfo) -> AuditEvent | str | None:
+        if refusal := oversized(info):
+            return refusal
         async with limit:
             try:
-                event = json.loads(await storage.get(key))
-            except (ObjectNotFoundError, ValueError):
+                return AuditEvent.read(await storage.get(info.key), info.key, trusted)
+            except ObjectNotFoundError:
                 return None
-        return event if isinstance(event, dict) else None
+            except DocumentError as error:
+                return printable(str(error))
 
-    events = [event for event in await asyncio.gather(*(load(key) for key in keys)) if event]
-    return [event for event in events if case is None or event.get("case") == case]
+    events = [event for event in await asyncio.gather(*(load(info) for info in records)) if event is not None]
+    return [event for event in events if isinstance(event, str) or case is None or event.case == case]
 
 
-def who_text(who: Any) -> str:
+def who_text(event: AuditEvent) -> str:
     """A record's user as a table shows it: 'Dr A (u1234abcd, pathologist)', or 'case link (CASE)'."""
-    if isinstance(who, dict) and "case_token" in who:
-        return f"case link ({who['case_token']})"
-    if isinstance(who, dict):
-        return f"{who.get('name')} ({who.get('id')}, {who.get('role')})"
-    return "?"
+    if event.user is None:
+        return f"case link ({event.case})"
+    return f"{event.user.name} ({event.user.id}, {event.user.role})"

@@ -4,27 +4,50 @@ Caches hold only what cannot go stale (image metadata and shard indexes of one s
 or expire within seconds (manifest, triage, report), so the server stays stateless: any number of processes may
 serve the same store, and a restart loses nothing. A new send of a case (a rescan) has a new `started_at` in its
 manifest, which is part of every cache key that depends on the image.
+
+Every document is untrusted input (`caseformat.bounded`): one that is malformed costs only its own case or slide,
+shown as "unreadable: reason" on the worklist and the case, never the whole list.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from caseformat.bounded import load, parse_time
+from caseformat.documents import CaseRecord, Report
+from caseformat.errors import DocumentError
+from caseformat.layout import (
+    CASE_RECORD,
+    HEATMAP,
+    IMAGE,
+    MANIFEST,
+    PYRAMID,
+    SLIDE_PATTERN,
+    TRIAGE,
+    VERSION_PATTERN,
+    SlideRef,
+    case_key,
+    is_case,
+    is_final,
+    slides_key,
+    version_key,
+    version_number,
+)
+from caseformat.signing import TrustedKeys
+from slides.errors import printable
+from transfer.manifest import case_state, with_hub_pyramid
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
-from transfer.manifest import case_state, with_hub_pyramid
-from caseformat.layout import CASE_RECORD, HEATMAP, IMAGE, MANIFEST, PYRAMID, REPORTS, SLIDES, SLIDE_PATTERN, SlideRef, TRIAGE, VERSION_PATTERN, is_final, version_number
-from caseformat.documents import CaseRecord
 from viewer.image import (
     ARRIVED,
     BACKGROUND,
@@ -44,14 +67,15 @@ from viewer.image import (
     parse_shard_index,
     without_manifest,
 )
-from viewer.reports import numbered
+from viewer.reports import Versions, numbered
 from viewer.storage import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
-from viewer.tokens import CASE_ID
 
 TILE_CACHE_BYTES = 256 * 2**20  # JPEG tiles kept in memory (`serve --tile-cache-mb`): 8,000 to 10,000 level-0 tiles
 TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
+UNREADABLE = "unreadable"  # the state of a slide or case whose document is malformed
+T = TypeVar("T")
 JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
 THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
@@ -80,8 +104,9 @@ class Chunk:
 class Cases:
     """Read access to every case of one store, plus the report each case gets."""
 
-    def __init__(self, storage: Storage, tile_cache_bytes: int = TILE_CACHE_BYTES) -> None:
+    def __init__(self, storage: Storage, trusted: TrustedKeys, tile_cache_bytes: int = TILE_CACHE_BYTES) -> None:
         self.storage = storage
+        self.trusted = trusted
         self._zarr = ZarrView(storage)
         self._images: AsyncCache[tuple[str, str | None], SlideImage] = AsyncCache(256)
         self._manifests: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, LIVE_TTL)
@@ -91,7 +116,8 @@ class Cases:
         self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
-        self._reports: AsyncCache[str, list[dict[str, Any]]] = AsyncCache(1024, SIDECAR_TTL)
+        self._registrations: AsyncCache[str, CaseRecord | None] = AsyncCache(1024, SIDECAR_TTL)
+        self._reports: AsyncCache[str, Versions[Report]] = AsyncCache(1024, SIDECAR_TTL)
         self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
         # a JPEG chunk's bytes, by shard and ETag (which changes with the bytes): immutable, so kept until evicted
         self._tiles: AsyncCache[tuple[str, str], bytes] | None = AsyncCache(tile_cache_bytes) if tile_cache_bytes else None
@@ -112,13 +138,13 @@ class Cases:
             if manifest is None:
                 return without_manifest(image)
             if manifest.get("hub_planned"):  # levels the hub builds: what it built is in its own record
-                manifest = with_hub_pyramid(manifest, await self._json(f"{root}/{PYRAMID}"))
+                manifest = with_hub_pyramid(manifest, await self._json(version_key(SlideRef.parse(root), PYRAMID)))
             return parse_manifest(manifest, image)
 
         return await self._arrivals.get(root, load)
 
     async def manifest(self, root: str) -> dict[str, Any] | None:
-        return await self._manifests.get(root, lambda: self._json(f"{root}/{MANIFEST}"))
+        return await self._manifests.get(root, lambda: self._json(version_key(SlideRef.parse(root), MANIFEST)))
 
     # -- tiles -----------------------------------------------------------------------------------------------
     async def locate(self, root: str, level_index: int, row: int, col: int) -> Chunk | str:
@@ -211,7 +237,7 @@ class Cases:
 
     async def _heatmap_version(self, root: str) -> str | None:
         try:
-            objects = await self.storage.list(f"{root}/{HEATMAP}")
+            objects = await self.storage.list(version_key(SlideRef.parse(root), HEATMAP))
         except ObjectNotFoundError:
             return None
         return version_of(objects) if objects else None
@@ -229,7 +255,8 @@ class Cases:
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
         case = root.split("/", 1)[0]
-        triage, heatmap, signed_at = await asyncio.gather(self.sidecar(root, TRIAGE), self.heatmap(root), self.signed_at(case))
+        triage, heatmap, signed_at = await asyncio.gather(_readable(self.triage(root)), self.heatmap(root), self.signed_at(case))
+        triage = None if isinstance(triage, str) else triage  # malformed: shown as no triage, the image still is
         counts = arrival.counts()
         return {
             "manifest": arrival.manifest,
@@ -250,8 +277,8 @@ class Cases:
 
         async def load() -> list[SlideRef]:
             newest = []
-            for slide in await self._dirs(f"{case}/{SLIDES}", SLIDE_PATTERN):
-                versions = await self._dirs(f"{case}/{SLIDES}/{slide}", VERSION_PATTERN)
+            for slide in await self._dirs(slides_key(case).rstrip("/"), SLIDE_PATTERN):
+                versions = await self._dirs(slides_key(case, slide).rstrip("/"), VERSION_PATTERN)
                 if versions:
                     newest.append(SlideRef(case, slide, max(versions, key=version_number)))
             return sorted(newest, key=lambda ref: version_number(ref.slide))
@@ -267,16 +294,22 @@ class Cases:
     async def case_info(self, case: str) -> dict[str, Any]:
         """The case as its page opens it: registration (clock, clinical context) and its slides, each with the
         version shown and its arrival state. `CaseNotFoundError` for a case with neither."""
-        record, slides, signed_at = await asyncio.gather(self.sidecar(case, CASE_RECORD), self.slides(case), self.signed_at(case))
-        registration = CaseRecord.parse(record)
-        if registration is None and not slides:
+        registration, slides, signed_at = await asyncio.gather(_readable(self.registration(case)), self.slides(case), self.signed_at(case))
+        unreadable = registration if isinstance(registration, str) else None
+        registration = None if isinstance(registration, str) else registration
+        if registration is None and unreadable is None and not slides:
             raise CaseNotFoundError(f"case {case}: not on this store")
         entries = []
         for ref in slides:
-            state, failed = case_state(await self.manifest(ref.root))
+            manifest = await _readable(self.manifest(ref.root))
+            if isinstance(manifest, str):
+                entries.append({"slide": ref.slide, "version": ref.version, "state": UNREADABLE, "failed": None, "unreadable": manifest})
+                continue
+            state, failed = case_state(manifest)
             entries.append({"slide": ref.slide, "version": ref.version, "state": state, "failed": failed})
         return {
             "case": case,
+            "unreadable": unreadable,
             "registered_at": registration.registered_at if registration else None,
             "station": registration.station if registration else None,
             "context": dict(registration.context) if registration else {},
@@ -291,41 +324,49 @@ class Cases:
         A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
         Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
         from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last."""
-        cases = [name for name in await self.storage.list_dirs() if CASE_ID.fullmatch(name)]
+        cases = [name for name in await self.storage.list_dirs() if is_case(name)]
         limit = asyncio.Semaphore(16)
 
         async def slide_entry(ref: SlideRef) -> dict[str, Any]:
             async with limit:
-                manifest, triage = await asyncio.gather(self.manifest(ref.root), self.sidecar(ref.root, TRIAGE))
-            state, failed = case_state(manifest)
-            manifest = manifest or {}
+                manifest, triage = await asyncio.gather(_readable(self.manifest(ref.root)), _readable(self.triage(ref.root)))
+            unreadable = next((reason for reason in (manifest, triage) if isinstance(reason, str)), None)
+            if isinstance(manifest, str):
+                state, failed, manifest = UNREADABLE, None, {}
+            else:
+                state, failed = case_state(manifest)
+                manifest = manifest or {}
             planned, arrived = manifest.get("planned", []), manifest.get("arrived", [])
             return {
                 "slide": ref.slide,
                 "version": ref.version,
-                "triage": None if failed else _triage(triage),
+                "triage": None if failed or isinstance(triage, str) else _triage(triage),
                 "planned": len(planned) if isinstance(planned, list) else 0,
                 "arrived": len(arrived) if isinstance(arrived, list) else 0,
                 "state": state,
                 "failed": failed,
+                "unreadable": unreadable,
                 "started_at": manifest.get("started_at"),
             }
 
         async def entry(case: str) -> dict[str, Any]:
             async with limit:
-                record, signed_at, slides = await asyncio.gather(
-                    self.sidecar(case, CASE_RECORD), self.signed_at(case), self.slides(case)
+                registration, signed_at, slides = await asyncio.gather(
+                    _readable(self.registration(case)), self.signed_at(case), self.slides(case)
                 )
             entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
-            registration = CaseRecord.parse(record)
+            unreadable = registration if isinstance(registration, str) else None
+            registration = None if isinstance(registration, str) else registration
             context = dict(registration.context) if registration else {}
-            states = {e["state"] for e in entries}
+            states = {e["state"] for e in entries if e["state"] != UNREADABLE} or ({UNREADABLE} if entries else set())
             scored = [e["triage"] for e in entries if e["triage"]]
             failed = [e["failed"] for e in entries if e["failed"]]
-            state = "sending" if "sending" in states or not entries else "failed" if states == {"failed"} else "complete"
+            state = ("sending" if "sending" in states or not entries else "failed" if states == {"failed"}
+                     else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
             triage = max(scored, key=lambda t: t["score"]) if scored else None
             return {
                 "case": case,
+                "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
                 "hospital": context.get("hospital") or (registration.station if registration else None),
                 "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
                 "triage": triage,
@@ -352,43 +393,63 @@ class Cases:
         return sorted(entries, key=urgency)
 
     # -- sidecars and the report -----------------------------------------------------------------------------
-    async def sidecar(self, case: str, name: str) -> dict[str, Any] | None:
-        key = f"{case}/{name}"
+    async def triage(self, root: str) -> dict[str, Any] | None:
+        """The slide version's triage.json, bounded; `DocumentError` when malformed."""
+        key = version_key(SlideRef.parse(root), TRIAGE)
         return await self._sidecars.get(key, lambda: self._json(key))
 
-    async def reports(self, case: str) -> list[dict[str, Any]]:
-        """The signed report and its amendments, in order (viewer/reports.py writes them)."""
-        return await self._reports.get(case, lambda: numbered(self.storage, case, REPORTS))
+    async def registration(self, case: str) -> CaseRecord | None:
+        """The case's case.json (None: not registered); `DocumentError` for one that is not a registration."""
+
+        async def read() -> CaseRecord | None:
+            key = case_key(case, CASE_RECORD)
+            try:
+                data = await self.storage.get(key)
+            except ObjectNotFoundError:
+                return None
+            record = CaseRecord.read(data, key)
+            if record.case != case:
+                raise DocumentError(f"{key}: registers case {record.case}, not this one")
+            return record
+
+        return await self._registrations.get(case, read)
+
+    async def reports(self, case: str) -> Versions[Report]:
+        """The signed report and its amendments that verify, in order, and the refused objects (viewer/reports.py)."""
+        return await self._reports.get(case, lambda: numbered(self.storage, case, Report, self.trusted))
 
     def forget_reports(self, case: str) -> None:
         self._reports.forget(case)
 
     async def signed_at(self, case: str) -> str | None:
         """When the first report was signed: the end of the case's clock (an amendment never moves it)."""
-        reports = await self.reports(case)
-        return reports[0].get("signed_at") if reports else None
+        reports = (await self.reports(case)).verified
+        return reports[0].document.signed_at if reports else None
 
     async def _json(self, key: str) -> dict[str, Any] | None:
+        """The JSON object at `key`, read within `caseformat.bounded`'s limits; None when there is none."""
         try:
             data = await self.storage.get(key)
         except ObjectNotFoundError:
             return None
-        try:
-            value = json.loads(data)
-        except ValueError:
-            raise ImageError(f"{key}: not valid JSON") from None
-        if not isinstance(value, dict):
-            raise ImageError(f"{key}: not a JSON object")
-        return value
+        return load(data, key)
+
+
+async def _readable(reading: Awaitable[T]) -> T | str:
+    """What `reading` gives, or "unreadable: reason" for a malformed document: it costs its own row, no more."""
+    try:
+        return await reading
+    except DocumentError as error:
+        return f"{UNREADABLE}: {printable(str(error))}"
 
 
 def _parse_time(text: Any) -> datetime | None:
-    """An ISO time as the store holds it (with Z or an offset); None for anything else."""
+    """An ISO time as the store holds it (with Z or an offset, years 2000-2200: a clock from year 9999 would
+    overflow the urgency sum); None for anything else."""
     try:
-        parsed = datetime.fromisoformat(str(text)) if text else None
+        return parse_time(text) if isinstance(text, str) else None
     except ValueError:
         return None
-    return parsed if parsed is None or parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -438,7 +499,7 @@ class SingleImage(Storage):
         self._parent, self._name = LocalStorage(image.parent), image.name
         self._beside = LocalStorage(beside)
         self.ref = SlideRef(case)
-        self._image_key = f"{self.ref.root}/{IMAGE}"
+        self._image_key = version_key(self.ref, IMAGE)
         self.case = case
         self.location = str(image)
 
@@ -479,5 +540,6 @@ class SingleImage(Storage):
         return found
 
     async def list_dirs(self, prefix: str = "") -> list[str]:
-        tree = {"": self.case, f"{self.case}/{SLIDES}": self.ref.slide, f"{self.case}/{SLIDES}/{self.ref.slide}": self.ref.version}
+        tree = {"": self.case, slides_key(self.case).rstrip("/"): self.ref.slide,
+                slides_key(self.case, self.ref.slide).rstrip("/"): self.ref.version}  # fmt: skip
         return [tree[prefix]] if prefix in tree else await self._beside.list_dirs(prefix)

@@ -3,28 +3,31 @@
 The store holds no secret: a person's sign-in link is a token signed with the viewer's secret (viewer/tokens.py)
 that names the user and the record's `serial`. Revoking a user, or giving them a new link, bumps the serial, so
 every earlier link stops working at once; the viewer checks each request against the record (cached a second).
+A record is the centre's word: signed with the centre's key (`caseformat.documents.Person`) and verified on every
+read, so a station that can write to the store cannot promote its user, un-revoke one or make up a new one.
 `slidestream users` administers the records; the viewer reads them.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from caseformat.bounded import parse_time, utc_now
+from caseformat.documents import NAME_LIMIT, ROLES, STATION, USER_PATTERN, Person
+from caseformat.errors import DocumentError
+from caseformat.layout import PEOPLE, person_key, validate_station
+from caseformat.signing import SigningKey, TrustedKeys
 from slides import SlidestreamError
-from caseformat.layout import PEOPLE
-from viewer.storage import ObjectNotFoundError, Storage
+from slides.errors import printable
+from viewer.reports import oversized
+from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
 from viewer.tokens import AccessError, Tokens
 
-PATHOLOGIST, STATION = "pathologist", "station"
-ROLES = (PATHOLOGIST, STATION)
-PEOPLE_FORMAT = "slidestream-person/1"
-NAME_LIMIT = 100
-USER_PATTERN = re.compile(r"u[0-9a-f]{8}")
 LINK_LIFETIME = timedelta(days=365)  # links of a user without expiry: revocation, not time, ends them
 
 
@@ -33,54 +36,14 @@ class PeopleError(SlidestreamError, ValueError):
 
 
 class RevokedError(AccessError):
-    """A person's token whose record was revoked or has expired (HTTP 403, saying which)."""
+    """A person's token whose record was revoked or has expired, or does not verify (HTTP 403, saying which)."""
 
 
-@dataclass(frozen=True)
-class Person:
-    """One user's record: who they are to the centre, and until when their links work."""
-
-    id: str
-    name: str
-    role: str
-    created_at: str
-    expires_at: str | None = None
-    revoked_at: str | None = None
-    serial: int = 1
-
-    @property
-    def who(self) -> dict[str, str]:
-        """How the audit log and reports name them."""
-        return {"id": self.id, "name": self.name, "role": self.role}
-
-    def refusal(self, now: datetime) -> str | None:
-        """Why this person's links do not work now, or None."""
-        if self.revoked_at:
-            return f"user {self.id} ({self.name}) was revoked at {self.revoked_at}; ask the centre for access"
-        if self.expires_at and parse_time(self.expires_at) <= now:
-            return f"the access of user {self.id} ({self.name}) expired at {self.expires_at}; ask the centre to renew it"
-        return None
-
-    def to_json(self) -> bytes:
-        return json.dumps({"format": PEOPLE_FORMAT, **asdict(self)}, indent=1).encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> Person | None:
-        try:
-            document = json.loads(data)
-            return cls(**{name: document[name] for name in ("id", "name", "role", "created_at", "expires_at", "revoked_at", "serial")})
-        except (ValueError, KeyError, TypeError):
-            return None
-
-
-def person_key(user: str) -> str:
-    return f"{PEOPLE}/{validate_user(user)}.json"
-
-
-def validate_user(user: str) -> str:
+def record_key(user: str) -> str:
+    """_people/{id}.json of a user ID checked first (an ID typed on the command line)."""
     if not USER_PATTERN.fullmatch(user):
         raise PeopleError(f"{user!r} is not a user ID (u and 8 hex digits, as `slidestream users list` shows them)")
-    return user
+    return person_key(user)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -92,65 +55,83 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{unit: int(match.group(1))})
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def now_text(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-async def get_person(storage: Storage, user: str) -> Person | None:
+async def get_person(storage: Storage, user: str, trusted: TrustedKeys) -> Person | None:
+    """The user's record as the centre signed it; None when there is none, `DocumentError` when the object there is
+    not the centre's (unsigned, forged, changed, or another user's record copied over it)."""
+    key = record_key(user)
     try:
-        return Person.parse(await storage.get(person_key(user)))
+        data = await storage.get(key)
     except ObjectNotFoundError:
         return None
+    person = Person.read(data, key, trusted)
+    if person.id != user:
+        raise DocumentError(f"{key}: holds the record of {person.id}; refused")
+    return person
 
 
-async def add_person(storage: Storage, name: str, role: str, expires: timedelta | None = None) -> Person:
-    """A new user with a fresh ID (created only if the ID is free: two administrators never share one)."""
+async def add_person(storage: Storage, key: SigningKey, name: str, role: str, expires: timedelta | None = None,
+                     station: str | None = None) -> Person:
+    """A new user with a fresh ID (created only if the ID is free: two administrators never share one). A station
+    user names the enrolled station whose cases they see."""
     name = " ".join(name.split())
     if not name or len(name) > NAME_LIMIT:
         raise PeopleError(f"a user's name must be 1-{NAME_LIMIT} characters")
     if role not in ROLES:
         raise PeopleError(f"--role {role!r}: expected one of {', '.join(ROLES)}")
+    if (role == STATION) != (station is not None):
+        raise PeopleError("--station STATION_ID is required for --role station, and only for it")
+    if station is not None:
+        validate_station(station)
     now = datetime.now(UTC)
     while True:
-        person = Person(f"u{secrets.token_hex(4)}", name, role, now_text(now), now_text(now + expires) if expires else None)
-        if await storage.create(person_key(person.id), person.to_json()):
+        person = Person(f"u{secrets.token_hex(4)}", name, role, utc_now(now), utc_now(now + expires) if expires else None, station=station)
+        if await storage.create(person_key(person.id), person.to_json(key)):
             return person
 
 
-async def list_people(storage: Storage) -> list[Person]:
+async def list_people(storage: Storage, trusted: TrustedKeys) -> tuple[list[Person], list[str]]:
+    """Every user whose record verifies, and one line per record that does not (shown, never trusted)."""
     try:
         listed = await storage.list(PEOPLE)
     except ObjectNotFoundError:
-        return []
-    found = [await get_person(storage, info.key.rsplit("/", 1)[-1].removesuffix(".json")) for info in listed
-             if USER_PATTERN.fullmatch(info.key.rsplit("/", 1)[-1].removesuffix(".json"))]
-    return sorted((person for person in found if person), key=lambda person: (person.created_at, person.id))
+        return [], []
+    records = [info for info in listed if USER_PATTERN.fullmatch(info.key.rsplit("/", 1)[-1].removesuffix(".json"))]
+    limit = asyncio.Semaphore(16)
+
+    async def load(info: ObjectInfo) -> Person | str | None:
+        if refusal := oversized(info):
+            return refusal
+        async with limit:
+            try:
+                return await get_person(storage, info.key.rsplit("/", 1)[-1].removesuffix(".json"), trusted)
+            except DocumentError as error:
+                return printable(str(error))
+
+    found = await asyncio.gather(*(load(info) for info in records))
+    people = sorted((person for person in found if isinstance(person, Person)), key=lambda person: (person.created_at, person.id))
+    return people, [refusal for refusal in found if isinstance(refusal, str)]
 
 
-async def revoke_person(storage: Storage, user: str) -> Person:
+async def revoke_person(storage: Storage, key: SigningKey, trusted: TrustedKeys, user: str) -> Person:
     """Revoked for good: every link of theirs stops working (the serial moves on too)."""
-    person = await _existing(storage, user)
-    revoked = replace(person, revoked_at=person.revoked_at or now_text(), serial=person.serial + 1)
-    await storage.put(person_key(user), revoked.to_json())
+    person = await _existing(storage, trusted, user)
+    revoked = replace(person, revoked_at=person.revoked_at or utc_now(), serial=person.serial + 1)
+    await storage.put(person_key(user), revoked.to_json(key))
     return revoked
 
 
-async def renew_link(storage: Storage, user: str) -> Person:
+async def renew_link(storage: Storage, key: SigningKey, trusted: TrustedKeys, user: str) -> Person:
     """A new serial: the link made from it works, the earlier ones stop. A revoked user gets no link."""
-    person = await _existing(storage, user)
+    person = await _existing(storage, trusted, user)
     if person.revoked_at:
         raise PeopleError(f"user {user} ({person.name}) was revoked at {person.revoked_at}; add them again for new access")
     renewed = replace(person, serial=person.serial + 1)
-    await storage.put(person_key(user), renewed.to_json())
+    await storage.put(person_key(user), renewed.to_json(key))
     return renewed
 
 
-async def _existing(storage: Storage, user: str) -> Person:
-    person = await get_person(storage, user)
+async def _existing(storage: Storage, trusted: TrustedKeys, user: str) -> Person:
+    person = await get_person(storage, user, trusted)
     if person is None:
         raise PeopleError(f"no user {user} on {storage.location}")
     return person
@@ -166,4 +147,4 @@ def describe(person: Person) -> dict[str, Any]:
     """A row of `users list`."""
     state = "revoked" if person.revoked_at else "expired" if person.refusal(datetime.now(UTC)) else "active"
     return {"id": person.id, "name": person.name, "role": person.role, "state": state, "created": person.created_at,
-            "expires": person.expires_at or "-"}
+            "expires": person.expires_at or "-", "station": person.station or "-"}

@@ -4,27 +4,35 @@ A report is signed by a named pathologist and is final: `CASE/reports/0001.json`
 correction the next number (an amendment naming the one it amends), every version created once and never replaced
 (`Storage.create`), so two pathologists signing at once cannot overwrite each other: the second is told. Requests
 (`CASE/requests/NNNN.json`) are numbered the same way. When case.json names the station that registered the case,
-a copy of each goes to `_stations/{station}/` (`notice_key`), where that station's `watch` finds it with one LIST.
-Formats: `slidestream-report/2`, `slidestream-request/1` (README, "Case format").
+a copy of each (the same signed bytes) goes to `_stations/{station}/` (`notice_key`), where that station's `watch`
+finds it with one LIST. Formats: `caseformat.documents.Report` and `Request`.
+
+Each version is the centre's word: signed with its key and verified on every read. Stations can write to the store,
+so an object in these folders that does not verify (unsigned, signed by another key, changed after signing, or a
+genuine version copied from another case or number) is refused: listed as one line, never shown as a version, and
+it holds no number: numbering counts verified versions only, and the centre's next version replaces such an object
+at its key (`write_version`), so a forgery never blocks the pathologist's signature.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from datetime import UTC, datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from caseformat.bounded import DOCUMENT_LIMIT, load, utc_now
+from caseformat.documents import TEXT_LIMIT, Author, Report, Request, SlideRead
+from caseformat.errors import DocumentError
+from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
+from caseformat.signing import SigningKey, TrustedKeys
 from slides import SlidestreamError
-from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, report_key, request_key
-from viewer.storage import ObjectNotFoundError, Storage
+from slides.errors import printable
+from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
 
-REPORT_FORMAT = "slidestream-report/2"
-REQUEST_FORMAT = "slidestream-request/1"
-CATEGORIES = ("benign", "malignant", "deferred", "insufficient")
-MAX_TEXT = 20_000
+MAX_TEXT = TEXT_LIMIT
+Version = TypeVar("Version", Report, Request)
 
 
 class ReportConflict(SlidestreamError):
@@ -48,61 +56,114 @@ class RequestIn(BaseModel):
     slide: str | None = Field(default=None, pattern=f"^{SLIDE_PATTERN.pattern}$")
 
 
-def iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@dataclass(frozen=True)
+class Verified(Generic[Version]):
+    """A version that verified: typed, and as the centre signed it (what the API shows, signature included)."""
+
+    document: Version
+    signed: dict[str, Any]
 
 
-async def numbered(storage: Storage, case: str, folder: str) -> list[dict[str, Any]]:
-    """Every version in CASE/{reports,requests}/, in number order."""
+@dataclass(frozen=True)
+class Versions(Generic[Version]):
+    """What a numbered folder holds: the verified versions in number order, and one line per refused object."""
+
+    verified: list[Verified[Version]]
+    refused: list[str]
+
+    @property
+    def newest(self) -> Version | None:
+        return self.verified[-1].document if self.verified else None
+
+
+def oversized(info: ObjectInfo) -> str | None:
+    """Why a listed object is refused unread: larger than any document (a station's object of gigabytes would
+    otherwise be read into memory by every page that lists the folder)."""
+    if info.size <= DOCUMENT_LIMIT:
+        return None
+    return printable(f"{info.key}: {info.size:,} bytes, more than the {DOCUMENT_LIMIT:,} a document may have; refused")
+
+
+def read_version(kind: type[Version], data: bytes, key: str, case: str, trusted: TrustedKeys) -> Verified[Version]:
+    """The version at `key` if the centre signed it for this case and number; `DocumentError` otherwise."""
+    document = kind.read(data, key, trusted)
+    if document.case != case or document.number != number_of(key):
+        raise DocumentError(f"{key}: the centre signed it as number {document.number} of case {document.case}, not this one; refused")
+    return Verified(document, load(data, key))
+
+
+async def numbered(storage: Storage, case: str, kind: type[Version], trusted: TrustedKeys) -> Versions[Version]:
+    """Every version in CASE/{reports,requests}/ that verifies, in number order, and the refused ones as lines."""
+    folder = REPORTS if kind is Report else REQUESTS
     try:
-        listed = await storage.list(f"{case}/{folder}")
+        listed = await storage.list(numbered_folder(case, folder).rstrip("/"))
     except ObjectNotFoundError:
-        return []
-    keys = sorted(info.key for info in listed if info.key.rsplit("/", 1)[-1].removesuffix(".json").isdigit())
+        return Versions([], [])
+    found = sorted((info for info in listed if number_of(info.key) is not None), key=lambda info: number_of(info.key) or 0)
 
-    async def load(key: str) -> dict[str, Any] | None:
+    async def read(info: ObjectInfo) -> Verified[Version] | str | None:
+        if refusal := oversized(info):
+            return refusal
         try:
-            value = json.loads(await storage.get(key))
-        except (ObjectNotFoundError, ValueError):
+            return read_version(kind, await storage.get(info.key), info.key, case, trusted)
+        except ObjectNotFoundError:
             return None
-        return value if isinstance(value, dict) else None
+        except DocumentError as error:
+            return printable(str(error))
 
-    return [value for value in await asyncio.gather(*(load(key) for key in keys)) if value]
+    read_all = await asyncio.gather(*(read(info) for info in found))
+    return Versions([item for item in read_all if isinstance(item, Verified)], [item for item in read_all if isinstance(item, str)])
 
 
-async def sign(storage: Storage, case: str, form: ReportIn, author: dict[str, str], slides: list[dict[str, str]],
-               station: str | None) -> dict[str, Any]:
-    """Write the next version (the signed report, or an amendment of the newest one) and its station notice."""
-    existing = await numbered(storage, case, REPORTS)
-    newest = existing[-1]["number"] if existing else None
-    if form.amends != newest:
+async def write_version(storage: Storage, kind: type[Version], key: str, data: bytes, case: str, trusted: TrustedKeys) -> bool:
+    """Create the version at `key`; False when a verified version holds it already. An object there that does not
+    verify is not the centre's and holds no number: it is replaced, then read back, so a writer whose version another
+    replaced is told. (Without a conditional replace on the store, two pathologists replacing the same forgery
+    within one request of each other could both be told they wrote; the later one's version is the one kept.)"""
+    if await storage.create(key, data):
+        return True
+    try:
+        read_version(kind, await storage.get(key), key, case, trusted)
+        return False
+    except ObjectNotFoundError:
+        return await storage.create(key, data)
+    except DocumentError:
+        await storage.put(key, data)
+    return await storage.get(key) == data
+
+
+async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: ReportIn, author: Author,
+               slides: list[SlideRead], station: str | None) -> dict[str, Any]:
+    """Write the next version (the signed report, or an amendment of the newest one) and its station notice; the
+    signed document is returned as stored."""
+    newest = (await numbered(storage, case, Report, trusted)).newest
+    if form.amends != (newest.number if newest else None):
         if newest is None:
             raise ReportConflict(f"case {case} has no signed report to amend")
-        signer = existing[-1].get("author", {}).get("name", "another pathologist")
-        raise ReportConflict(f"case {case}: report {newest} was signed by {signer} at {existing[-1].get('signed_at')}; read it before amending")
-    number = (newest or 0) + 1
-    document = {
-        "format": REPORT_FORMAT, "case": case, "number": number, "kind": "signed" if number == 1 else "amendment",
-        "category": form.category, "diagnosis": form.diagnosis, "margins": form.margins or None, "comment": form.comment or None,
-        "author": {"id": author["id"], "name": author["name"]}, "signed_at": iso_now(), "slides": slides,
-        "amends": newest,
-    }  # fmt: skip
-    if not await storage.create(report_key(case, number), json.dumps(document, indent=1).encode()):
+        raise ReportConflict(
+            f"case {case}: report {newest.number} was signed by {newest.author.name} at {newest.signed_at}; read it before amending"
+        )
+    number = (newest.number if newest else 0) + 1
+    report = Report(case, number, form.category, form.diagnosis, author, utc_now(), station, form.margins or None,
+                    form.comment or None, tuple(slides), newest.number if newest else None)  # fmt: skip
+    data = report.to_json(key)
+    if not await write_version(storage, Report, report_key(case, number), data, case, trusted):
         raise ReportConflict(f"case {case}: report {number} was signed by someone else a moment ago; reload to read it")
     if station:
-        await storage.put(notice_key(station, document["signed_at"], case, "report", number), json.dumps(document, indent=1).encode())
-    return document
+        await storage.put(notice_key(station, report.signed_at, case, "report", number), data)
+    return load(data, report_key(case, number))
 
 
-async def ask(storage: Storage, case: str, form: RequestIn, author: dict[str, str], station: str | None) -> dict[str, Any]:
-    """Write the next request to the hospital and its station notice (a taken number: the next one)."""
+async def ask(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: RequestIn, author: Author,
+              station: str | None) -> dict[str, Any]:
+    """Write the next request to the hospital and its station notice (a number another request took: the next one)."""
     while True:
-        existing = await numbered(storage, case, REQUESTS)
-        number = (existing[-1]["number"] if existing else 0) + 1
-        document = {"format": REQUEST_FORMAT, "case": case, "number": number, "what": form.what, "slide": form.slide,
-                    "author": {"id": author["id"], "name": author["name"]}, "asked_at": iso_now()}  # fmt: skip
-        if await storage.create(request_key(case, number), json.dumps(document, indent=1).encode()):
+        newest = (await numbered(storage, case, Request, trusted)).newest
+        number = (newest.number if newest else 0) + 1
+        request = Request(case, number, form.what, author, utc_now(), station, form.slide)
+        data = request.to_json(key)
+        if await write_version(storage, Request, request_key(case, number), data, case, trusted):
             break
     if station:
-        await storage.put(notice_key(station, document["asked_at"], case, "request", number), json.dumps(document, indent=1).encode())
-    return document
+        await storage.put(notice_key(station, request.asked_at, case, "request", number), data)
+    return load(data, request_key(case, number))
