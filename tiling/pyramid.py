@@ -8,6 +8,11 @@ resolution (hottest first when a priority map is given). A streaming send plans 
 tissue while the overview travels (`plan_pyramid(..., defer_tissue=True)`), so the first view never waits for
 tissue detection. A level whose size and JPEG tiles match the source is copied tile for tile without decoding
 (pass-through). Memory stays bounded: a few shards are in flight at a time and each is built in bands.
+
+On a dark-field slide the tissue mask cannot see faint signal, so it cannot decide what is background: every shard
+is planned (those without mask tissue last), and a chunk the mask calls background is read at full resolution when
+its shard is built and written where its own pixels hold signal (`ShardJob.checked`, `tissue.holds_signal`). A shard
+left with no chunk is never produced, which the sender's manifest counts as empty, as for any planned shard.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from PIL import Image
 from slides import CorruptSlideError, Level as SlideLevel, RawTile, Slide, open_slide
 from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
-from tiling.tissue import TissueMask, background_value, detect_tissue, slide_is_darkfield
+from tiling.tissue import SIGNAL_ABOVE_DARK, TissueMask, background_value, detect_tissue, holds_signal, slide_is_darkfield
 
 FORMAT_VERSION = 1
 OVERVIEW_SIDE = 1024  # the smallest level fits in this many pixels
@@ -214,7 +219,9 @@ def _shard_tasks(
                 has_tissue = tissue.any_in(*box) if tissue is not None else True
                 score = priority(*box) if (priority and has_tissue) else 0.0
                 tasks.append(ShardTask(level.index, row, col, has_tissue, score))
-    wanted = [t for t in tasks if levels[t.level].complete or t.tissue or options.keep_background]
+    # dark-field: the mask's background may hold faint signal, which only the shard's own pixels can tell (`shard_job`)
+    checked = tissue is not None and tissue.darkfield
+    wanted = [t for t in tasks if levels[t.level].complete or t.tissue or options.keep_background or checked]
     return sorted(wanted, key=lambda t: _send_rank(levels, t))
 
 
@@ -224,7 +231,8 @@ def _send_rank(levels: list[LevelPlan], task: ShardTask) -> tuple[int, int, floa
     1. tissue of the levels the scanner itself stored (level 0 and the source's own lower levels), hottest first;
     2. tissue of the in-between levels we computed by downsampling: they add ~25% bytes but no information, so
        they fill in after full resolution has arrived (a viewer shows the next stored level meanwhile);
-    3. background, when kept."""
+    3. background: when kept, and on dark-field slides the shards the mask calls background (written where their
+       own pixels hold signal)."""
     level = levels[task.level]
     if level.complete:
         return (0, -task.level, 0.0, task.row, task.col)
@@ -371,7 +379,7 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
             "background": {
                 "field": "dark-field" if plan.darkfield else "bright-field",
                 "fill_value": plan.fill,
-                "chunks": "written" if plan.options.keep_background else "omitted above the overview levels",
+                "chunks": _background_chunks(plan),
             },
             "complete_levels": [level.index for level in plan.levels if level.complete],
             "downsampled_levels": {str(level.index): level.downsampled_from for level in plan.levels if level.downsampled_from is not None},
@@ -381,6 +389,15 @@ def metadata_pieces(plan: PyramidPlan, name: str, source_summary: dict) -> list[
     }
     group = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
     return [_json_piece("zarr.json", group)] + [_json_piece(f"{level.index}/zarr.json", array_metadata(plan, level)) for level in plan.levels]
+
+
+def _background_chunks(plan: PyramidPlan) -> str:
+    """Which chunks the image leaves out, for a reader who wonders whether an absent chunk could hold anything."""
+    if plan.options.keep_background:
+        return "written"
+    if plan.darkfield:
+        return f"omitted above the overview levels where no pixel reads more than {SIGNAL_ABOVE_DARK} over the fill value"
+    return "omitted above the overview levels"
 
 
 def array_metadata(plan: PyramidPlan, level: LevelPlan) -> dict[str, Any]:
@@ -637,7 +654,8 @@ def _result(future: Future[T], slide: Slide) -> T:
 @dataclass(frozen=True)
 class ShardJob:
     """One shard to build, with everything a worker needs and nothing big: the chunks worth writing are chosen
-    here, where the tissue mask is."""
+    here, where the tissue mask is, except on a dark-field slide, where a chunk the mask calls background is
+    `checked`: written only where its own pixels hold signal (`holds_signal`), which only the worker reads."""
 
     level: LevelPlan
     task: ShardTask
@@ -648,44 +666,59 @@ class ShardJob:
     fill: int  # what pads the slide's edges and stands in for missing source tiles
     # a downsampled level: the (row, column) of the chunks of its stored level under this shard that are written
     sources: tuple[tuple[int, int], ...] = ()
+    checked: tuple[tuple[int, int], ...] = ()  # like `wanted`, written only where their own pixels hold signal
+    checked_sources: tuple[tuple[int, int], ...] = ()  # like `sources`, as the stored level decides them
 
     def build(self, slide: Slide) -> bytes | None:
-        """The complete bytes of the shard object (None: a downsampled shard whose stored chunks are all absent)."""
+        """The complete bytes of the shard object (None: no chunk of it is worth writing)."""
         level, task, n, c = self.level, self.task, self.shard_chunks, self.chunk
         if level.downsampled_from is not None:
             stored = {}
-            for row, col in self.sources:
-                raw = slide.raw_tile(level.source_level, row, col)
-                if raw is None:
-                    continue
-                try:  # exactly the chunk the stored level writes
-                    stored[(row, col)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
-                except ValueError as error:
-                    raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
+            for check, tiles in ((False, self.sources), (True, self.checked_sources)):
+                for row, col in tiles:
+                    if (data := _stored_chunk(slide, level.source_level, row, col, check)) is not None:
+                        stored[(row, col)] = data
             src = slide.levels[level.source_level]
             source = StoredLevel(level.source_level, src.width, src.height, c, stored, str(slide.path))
             return downsample_shard(level, task.row, task.col, c, n, source, self.fill, self.options)
         chunks: dict[tuple[int, int], bytes] = {}
+        checked = self.checked
         if level.passthrough:
-            for i, j in self.wanted:
-                row, col = task.row * n + i, task.col * n + j
-                raw = slide.raw_tile(level.source_level, row, col)
-                if raw is not None:
-                    try:
-                        chunks[(i, j)] = self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
-                    except ValueError as error:
-                        raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level.source_level}: {error}") from None
-        _render_chunks(slide, level, task.row, task.col, c, n, self.wanted, chunks, self.fill, self.options)
-        return assemble_shard(chunks, n)
+            for check, cells in ((False, self.wanted), (True, self.checked)):
+                for i, j in cells:
+                    if (data := _stored_chunk(slide, level.source_level, task.row * n + i, task.col * n + j, check)) is not None:
+                        chunks[(i, j)] = data
+            checked = ()  # decided: a stored tile that is absent or dark is not written
+        _render_chunks(slide, level, task.row, task.col, c, n, self.wanted, chunks, self.fill, self.options, checked)
+        return assemble_shard(chunks, n) if chunks else None
+
+
+def _stored_chunk(slide: Slide, level: int, row: int, col: int, check: bool) -> bytes | None:
+    """A source tile as the self-contained JPEG chunk a pass-through level writes; None where the file has none or,
+    when `check`ed (dark-field, outside the tissue mask), where its own pixels hold no signal. The stored level and
+    the level downsampled from it decide alike, so the writer builds what the hub builds from the store."""
+    raw = slide.raw_tile(level, row, col)
+    if raw is None:
+        return None
+    if check:
+        src = slide.levels[level]  # the tile's padding beyond the level's edge is not image
+        if not holds_signal(slide.decode_raw_tile(level, raw)[: src.height - row * raw.height, : src.width - col * raw.width]):
+            return None
+    try:
+        return self_contained_jpeg(raw.data, raw.jpeg_tables, rgb=raw.photometric == "rgb")
+    except ValueError as error:
+        raise CorruptSlideError(f"{slide.path}: tile ({row}, {col}) of level {level}: {error}") from None
 
 
 def _render_chunks(
     slide: Slide | StoredLevel, level: LevelPlan, row: int, col: int, c: int, n: int,
     wanted: tuple[tuple[int, int], ...], chunks: dict[tuple[int, int], bytes], fill: int, options: ConvertOptions,
+    checked: tuple[tuple[int, int], ...] = (),
 ) -> None:
-    """Encode the `wanted` chunks of shard (row, col) not in `chunks` yet, band by band of chunk rows."""
-    for band in sorted({i for i, _ in wanted}):
-        columns = [j for i, j in wanted if i == band and (i, j) not in chunks]
+    """Encode the `wanted` chunks of shard (row, col) not in `chunks` yet, and the `checked` ones whose pixels hold
+    signal (`holds_signal`: they are read anyway, to be judged), band by band of chunk rows."""
+    for band in sorted({i for i, _ in wanted + checked}):
+        columns = sorted(j for i, j in wanted + checked if i == band and (i, j) not in chunks)
         if not columns:
             continue
         y0 = (row * n + band) * c
@@ -693,7 +726,9 @@ def _render_chunks(
         pixels = render(slide, level, x0, y0, x1, y0 + c, fill)  # type: ignore[arg-type]
         for j in columns:
             offset = (col * n + j) * c - x0
-            chunks[(band, j)] = encode_chunk(pixels[:, offset : offset + c], options)
+            chunk = pixels[:, offset : offset + c]
+            if (band, j) not in checked or holds_signal(chunk):  # past the level's edge reads as the fill: dark
+                chunks[(band, j)] = encode_chunk(chunk, options)
 
 
 @dataclass(frozen=True)
@@ -745,12 +780,12 @@ def downsample_shard(
 
 
 def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
-    """The job for one shard, or None when it holds no chunk worth writing."""
+    """The job for one shard, or None when it holds no chunk worth writing or checking."""
     level = plan.levels[task.level]
     n, c = plan.shard_chunks, plan.chunk
     if level.downsampled_from is not None:
         return _downsampled_job(plan, level, task)
-    wanted = []
+    wanted, checked = [], []
     for i in range(n):
         for j in range(n):
             y0, x0 = (task.row * n + i) * c, (task.col * n + j) * c
@@ -758,22 +793,31 @@ def shard_job(plan: PyramidPlan, task: ShardTask) -> ShardJob | None:
                 continue
             if level.complete or (plan.tissue is not None and plan.tissue.any_in(*_level0_box(level, x0, y0, x0 + c, y0 + c))):
                 wanted.append((i, j))
-    return ShardJob(level, task, c, n, tuple(wanted), plan.options, plan.fill) if wanted else None
+            elif plan.darkfield:
+                checked.append((i, j))
+    if not (wanted or checked):
+        return None
+    return ShardJob(level, task, c, n, tuple(wanted), plan.options, plan.fill, checked=tuple(checked))
 
 
 def _downsampled_job(plan: PyramidPlan, level: LevelPlan, task: ShardTask) -> ShardJob | None:
-    """A downsampled level's shard: the chunks its stored level writes under it (tissue) are what it is built from."""
+    """A downsampled level's shard: the chunks its stored level writes under it (tissue, and on a dark-field slide
+    the chunks it writes for their signal) are what it is built from."""
     assert level.downsampled_from is not None and plan.tissue is not None
     stored, n, c = plan.levels[level.downsampled_from], plan.shard_chunks, plan.chunk
-    step, sources = int(level.scale), []
+    step, sources, checked = int(level.scale), [], []
     for row in range(task.row * n * step, (task.row + 1) * n * step):
         for col in range(task.col * n * step, (task.col + 1) * n * step):
             y0, x0 = row * c, col * c
-            if y0 < stored.height and x0 < stored.width and plan.tissue.any_in(*_level0_box(stored, x0, y0, x0 + c, y0 + c)):
+            if y0 >= stored.height or x0 >= stored.width:
+                continue
+            if plan.tissue.any_in(*_level0_box(stored, x0, y0, x0 + c, y0 + c)):
                 sources.append((row, col))
-    if not sources:
+            elif plan.darkfield:
+                checked.append((row, col))
+    if not (sources or checked):
         return None
-    return ShardJob(level, task, c, n, (), plan.options, plan.fill, tuple(sources))
+    return ShardJob(level, task, c, n, (), plan.options, plan.fill, tuple(sources), checked_sources=tuple(checked))
 
 
 def encode_chunk(pixels: np.ndarray, options: ConvertOptions) -> bytes:
