@@ -264,3 +264,15 @@ def is_final(triage: dict[str, Any] | None, model: str | None = None) -> bool:
     result, or one from before stages were recorded, never is."""
     return bool(triage and triage.get("complete") and triage.get("stage") in FINAL_STAGES
                 and (model is None or triage.get("model") == model))
+
+
+def version_key(ref: SlideRef, name: str) -> str:
+    """{case}/slides/{slide}/{version}/{name}: a document of one slide version (manifest.json, triage.json)."""
+    return f"{ref.root}/{name}"
+
+
+def is_plain_key(key: str) -> bool:
+    """Whether a listed key is one this layout could have written: '/'-separated names, none empty, "." or "..",
+    no backslash and no control character. A listing skips any other (a hostile station's `_arrivals//x`)."""
+    parts = key.split("/")
+    return bool(key) and "\\" not in key and key.isprintable() and not any(part in ("", ".", "..") for part in parts)

@@ -140,9 +140,10 @@ class TrustedKeys:
         signature = document.get(SIGNATURE)
         if not isinstance(signature, dict):
             raise SignatureError(f"{what}: not signed by the centre; refused")
-        key = self.keys.get(signature.get("key")) if isinstance(signature.get("key"), str) else None
+        named = signature.get("key")
+        key = self.keys.get(named) if isinstance(named, str) else None
         if key is None or signature.get("alg") != ALGORITHM:
-            raise SignatureError(f"{what}: signed by a key this reader does not trust ({str(signature.get('key'))[:16]!r}); refused")
+            raise SignatureError(f"{what}: signed by a key this reader does not trust ({str(named)[:16]!r}); refused")
         try:
             value = base64.b64decode(str(signature.get("value")), validate=True)
             key.verify(value, canonical(document))

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, check_not_failed, follow_case
+from inference.heatmap import read_triage
+from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, check_not_failed, follow_case, read_manifest
 from inference.scoring import Runner
 from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
 from transfer.identity import content_id
-from caseformat.layout import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, TRIAGE, VERSION_PATTERN, is_final, version_number
+from caseformat.layout import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, VERSION_PATTERN, version_number
+from caseformat.results import Triage
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -153,9 +155,9 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
         if item.problem:
             raise SlidestreamError(item.problem)
         if item.location is not None:
-            check_not_failed(item.location, item.location.read_json(MANIFEST))  # results from before do not count
-        done = target.read_json(TRIAGE)
-        if is_final(done, options.model.spec.name):  # an edge triage's coarse map is never final: it is superseded
+            check_not_failed(item.location, read_manifest(item.location))  # results from before do not count
+        done = read_triage(target)
+        if done is not None and done.final(options.model.spec.name):  # an edge's coarse map never is: it is superseded
             return _row(item, "skipped", target, done, 0.0)
         if item.slide is not None:
             heatmap = analyze_slide(item.slide, target, options, runner=runner, on_progress=on_progress, name=item.case)
@@ -169,13 +171,13 @@ def _analyze_item(item: Item, target: Location, options: AnalyzeOptions, runner:
     return _row(item, status, target, heatmap.triage(options.threshold), time.perf_counter() - start)
 
 
-def _row(item: Item, status: str, target: Location, triage: dict[str, Any] | None, seconds: float, error: str = "") -> dict[str, Any]:
-    summary = triage["summary"] if triage else {}
+def _row(item: Item, status: str, target: Location, triage: Triage | None, seconds: float, error: str = "") -> dict[str, Any]:
+    summary = triage.summary if triage else {}
     return {  # printable: a file name need not be UTF-8, and the report must still be written
         "slide": printable(item.label),
         "case": printable(item.case),
         "status": status,
-        "score": _round(triage.get("score")) if triage else None,
+        "score": _round(triage.score) if triage else None,
         "max": _round(summary.get("max")),
         "tiles_scored": summary.get("tiles_scored"),
         "area_above_threshold_mm2": summary.get("area_above_threshold_mm2"),

@@ -17,11 +17,12 @@ from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
+from caseformat.errors import DocumentError
 from caseformat.layout import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
+from caseformat.results import Triage
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5
-FORMAT = "slidestream-triage/1"
 
 
 @dataclass
@@ -135,18 +136,20 @@ class Heatmap:
             "pen_fraction": round(float((pen >= PEN_TILE).mean()), 4) if pen.size else None,
         }
 
-    def triage(self, threshold: float) -> dict[str, Any]:
-        """The content of triage.json."""
-        return {
-            "format": FORMAT,
-            "source": self.source,
-            "score": self.triage_score(),
-            "score_method": f"mean of the top {TOP_TILES} tile scores",
-            "summary": self.summary(threshold),
-            "model": self.spec.name,
-            "stage": self.stage,
-            "complete": self.complete,
-        }
+    def triage(self, threshold: float) -> Triage:
+        """What triage.json says."""
+        return Triage(self.source, self.triage_score(), self.spec.name, self.stage, self.complete, self.summary(threshold),
+                      f"mean of the top {TOP_TILES} tile scores")
+
+
+def read_triage(case: Location) -> Triage | None:
+    """The triage.json beside `case`; None when there is none or it is unreadable (a result to be replaced, never
+    one to continue from)."""
+    data = case.read_bytes(TRIAGE)
+    try:
+        return None if data is None else Triage.read(data, TRIAGE)
+    except DocumentError:
+        return None
 
 
 def priority_from_heatmap(heatmap: Heatmap) -> Callable[[float, float, float, float], float]:
@@ -171,12 +174,12 @@ def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: fl
     written, and None is returned. The check is a read before the write, not atomic (S3 has no compare-and-swap);
     the window is one PUT wide.
     """
-    if heatmap.stage == EDGE and (case.read_json(TRIAGE) or {}).get("stage", EDGE) != EDGE:
+    if heatmap.stage == EDGE and (published := read_triage(case)) is not None and published.stage != EDGE:
         return None
     triage = heatmap.triage(threshold)
-    _write_heatmap(heatmap, case.child(HEATMAP), scale0, triage["summary"])
-    case.write_json(TRIAGE, triage)
-    return triage
+    _write_heatmap(heatmap, case.child(HEATMAP), scale0, triage.summary)
+    case.write_bytes(TRIAGE, triage.to_json())
+    return triage.to_dict()
 
 
 def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, summary: dict[str, Any]) -> None:
@@ -238,12 +241,13 @@ def load_tile_state(heatmap: Heatmap, location: Location) -> bool:
     run on the same grid; False (and `heatmap` untouched) when there are none that fit."""
     try:
         group = zarr.open_group(location.zarr_store(), mode="r")
-        state = np.asarray(group[TILE_STATE][:])
+        array = group[TILE_STATE]
         published = group.attrs.asdict()["slidestream"]["heatmap"]
-    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
+    except (FileNotFoundError, KeyError, TypeError, zarr.errors.NodeNotFoundError):
         return False
-    if state.shape != (4, *heatmap.grid.shape) or published.get("tile_level0_px") != heatmap.grid.tile:
-        return False
+    if array.shape != (4, *heatmap.grid.shape) or published.get("tile_level0_px") != heatmap.grid.tile:
+        return False  # checked before the read: a declared shape sizes nothing until it is the grid's
+    state = np.asarray(array[:])
     heatmap.score[:], heatmap.focus[:], heatmap.pen[:] = state[0], state[1], state[2]
     heatmap.measured[:] = state[3] == 1
     return True

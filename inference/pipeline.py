@@ -22,14 +22,14 @@ from typing import Any, cast
 import numpy as np
 
 from inference.errors import InferenceError
-from inference.heatmap import Heatmap, load_tile_state, write_results
+from inference.heatmap import Heatmap, load_tile_state, read_triage, write_results
 from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
 from tiling.pyramid import shard_address
-from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST, TRIAGE
-from transfer.manifest import COMPLETE, FAILED, case_state
+from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST
+from caseformat.results import COMPLETE, FAILED, Manifest
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
 MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small slide), so QC has tiles to judge
@@ -143,11 +143,11 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     itself, where the viewer looks).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
-    manifest = case.read_json(MANIFEST)
+    manifest = read_manifest(case)
     state = check_not_failed(case, manifest)
     if not case.exists(f"{IMAGE}/zarr.json"):
         raise CaseNotReadyError(f"{case.url}: no {IMAGE}/zarr.json (not a slidestream case, or not arrived yet)")
-    if manifest is not None and not manifest.get("plan_final", True):
+    if manifest is not None and not manifest.plan_final:
         raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
     ref = ZarrRef(case.child(IMAGE))
     source = cast(ZarrSource, open_source(ref))
@@ -176,8 +176,8 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
 def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heatmap | None:
     """The partial heatmap published beside `case` by an earlier run of the same stage and model (a hub that was
     stopped or died), as the `heatmap` to continue from with `analyze_case`; None when there is none to continue."""
-    triage = case.read_json(TRIAGE)
-    if not triage or triage.get("stage") != options.stage or triage.get("model") != options.model.spec.name:
+    triage = read_triage(case)
+    if triage is None or triage.stage != options.stage or triage.model != options.model.spec.name:
         return None
     if not case.exists(f"{IMAGE}/zarr.json"):
         return None
@@ -188,8 +188,8 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
 def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
     """The edge triage's scores (its coarse map, published beside the image before the hub's first pass) on the
     grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none."""
-    triage = case.read_json(TRIAGE)
-    if not triage or triage.get("stage") != EDGE or not case.exists(f"{IMAGE}/zarr.json"):
+    triage = read_triage(case)
+    if triage is None or triage.stage != EDGE or not case.exists(f"{IMAGE}/zarr.json"):
         return None
     edge = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
     return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, case.child(HEATMAP)) else None
@@ -205,12 +205,21 @@ def _first(todo: np.ndarray, priority: np.ndarray | None, limit: int) -> np.ndar
     return chosen
 
 
-def check_not_failed(case: Location, manifest: dict[str, Any] | None) -> str:
-    """The case's state from its manifest; `CaseFailedError` with the sender's reason when its send was given up."""
-    state, reason = case_state(manifest)
-    if state == FAILED:
-        raise CaseFailedError(f"{case.url}: the send failed: {reason}")
-    return state
+def read_manifest(case: Location) -> Manifest | None:
+    """The slide version's manifest, None without one (an image another tool wrote, a local conversion);
+    `DocumentError` for one that is malformed."""
+    data = case.read_bytes(MANIFEST)
+    return None if data is None else Manifest.read(data, MANIFEST)
+
+
+def check_not_failed(case: Location, manifest: Manifest | None) -> str:
+    """The case's state from its manifest (none: complete); `CaseFailedError` with the sender's reason when its
+    send was given up."""
+    if manifest is None:
+        return COMPLETE
+    if manifest.state == FAILED:
+        raise CaseFailedError(f"{case.url}: the send failed: {manifest.failure}")
+    return manifest.state
 
 
 def follow_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
@@ -251,18 +260,18 @@ def qc_slide(path: str | os.PathLike[str], options: AnalyzeOptions = AnalyzeOpti
             "mpp": heatmap.mpp, "mpp_assumed": heatmap.mpp_assumed}
 
 
-def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: dict[str, Any] | None) -> np.ndarray:
+def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: Manifest | None) -> np.ndarray:
     """Tiles whose pixels at `level` come only from shards that arrived or were never planned (background)."""
     shape = grid.shape
     if manifest is None:
         return np.ones(shape, bool)
-    arrived = set(manifest.get("arrived", []))
-    missing_keys = [shard_address(key.removeprefix(f"{IMAGE}/")) for key in manifest.get("planned", []) if key not in arrived]
+    arrived = set(manifest.arrived)
+    missing_keys = [shard_address(key.removeprefix(f"{IMAGE}/")) for key in manifest.planned if key not in arrived]
     side_y, side_x = source.shard_side(level)
     height, width = source.arrays[level].shape[1:]
     missing = np.zeros((math.ceil(height / side_y), math.ceil(width / side_x)), np.int32)
     for shard in missing_keys:
-        if shard is not None and shard[0] == level:
+        if shard is not None and shard[0] == level and shard[1] < missing.shape[0] and shard[2] < missing.shape[1]:
             missing[shard[1], shard[2]] = 1
     # shards a tile touches: from the shard of its first pixel to that of its last (clipped to the level)
     step = grid.tile / source.downsamples[level]

@@ -2,6 +2,10 @@
 
 A Dask task gets a small picklable reference (`SlideRef`, `ZarrRef`) and opens the source itself, once per process:
 slides and stores hold file handles and connections, which do not travel to other workers.
+
+An OME-Zarr image's metadata is held to `caseformat.results.check_array`'s bounds before a read is sized by it (at
+most 2^20 px a side, chunk sides of at least 16 px, at most 4,194,304 chunks and 1,048,576 shards per level, uint8;
+at most 32 levels): anything else is refused as "unreadable: <reason>" (an `InferenceError`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.pyramid import TISSUE_LABEL
 from tiling.tissue import MASK_SIDE
+from caseformat.errors import DocumentError
 from caseformat.layout import IMAGE, SLIDES
+from caseformat.results import check_array, check_levels
 
 
 class Source(Protocol):
@@ -75,8 +81,14 @@ class ZarrSource:
             self.group = zarr.open_group(location.zarr_store(), mode="r")
             attributes = self.group.attrs.asdict()
             datasets = attributes["ome"]["multiscales"][0]["datasets"]
+            check_levels(f"{location.url}: image", len(datasets))
             self.arrays = [self.group[d["path"]] for d in datasets]
-        except (FileNotFoundError, KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
+            for index, array in enumerate(self.arrays):
+                inner = array.chunks  # zarr's chunks: a sharded array's inner chunks
+                check_array(f"{location.url}/{datasets[index]['path']}/zarr.json", array.shape, inner, array.shards, str(array.dtype))
+        except DocumentError as error:
+            raise InferenceError(str(error)) from None
+        except (FileNotFoundError, KeyError, IndexError, TypeError, ValueError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{location.url}: not an OME-Zarr image ({type(error).__name__}: {error})") from None
         scales = [_xy_scale(d) for d in datasets]
         self.location = location
@@ -109,8 +121,12 @@ class ZarrSource:
             datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
             # the label has the image's levels: the finest that is still small is mask enough
             dataset = next((d for d in datasets if _small_enough(label, d["path"])), datasets[-1])
-            mask = np.asarray(label[dataset["path"]][:]).astype(bool)
-        except (KeyError, IndexError, zarr.errors.NodeNotFoundError) as error:
+            array = label[dataset["path"]]
+            check_array(f"{self.location.url}: {TISSUE_LABEL}", array.shape, array.chunks, array.shards, str(array.dtype))
+            mask = np.asarray(array[:]).astype(bool)
+        except DocumentError as error:
+            raise InferenceError(str(error)) from None
+        except (KeyError, IndexError, TypeError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{self.location.url}: no tissue mask ({TISSUE_LABEL}): {error}") from None
         return TissueMask(mask, _xy_scale(dataset) / self._scale0, darkfield=self._darkfield)
 

@@ -3,6 +3,8 @@
 Both the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) go through obstore on S3 (the
 client the viewer uses; zarr's `ObjectStore` wraps it) and plain files locally, so local and S3 cases share every
 line of the pipeline. Nothing is cached between reads: a receiving side polls objects that change under it.
+Listings are the exception: they go through `viewer.storage.list_s3` (botocore), which skips keys no slidestream
+writer makes (`a//b`, `..`) instead of failing the whole listing as obstore does on the first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from zarr.abc.store import Store
 
 from inference.errors import InferenceError
 from transfer.readers import object_store
+from viewer.storage import StorageError, list_s3
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,8 @@ class Location:
         except ValueError as error:
             raise InferenceError(f"{self._describe(key)}: not valid JSON: {error}") from None
 
-    def write_json(self, key: str, value: dict[str, Any]) -> None:
-        """Write (or replace) one JSON object; a single PUT on S3, so readers see the old or the new one."""
-        data = json.dumps(value, indent=1).encode()
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write (or replace) one object (a document's `to_json`); a single PUT on S3."""
         try:
             if self.is_s3:
                 obstore.put(self._bucket_store(), self._key(key), data)
@@ -106,12 +108,11 @@ class Location:
         except (obstore.exceptions.BaseError, OSError) as error:
             raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
 
-    def create_json(self, key: str, value: dict[str, Any]) -> bool:
-        """Write one JSON object only if none exists (S3: a PUT with `If-None-Match: *`); False when one does.
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write one object only if none exists (S3: a PUT with `If-None-Match: *`); False when one does.
 
         A server that ignores the condition (older Ceph RGW, MinIO before 2024) just writes it: callers that need
         the claim to be exclusive read it back."""
-        data = json.dumps(value, indent=1).encode()
         try:
             if self.is_s3:
                 obstore.put(self._bucket_store(), self._key(key), data, mode="create")
@@ -154,12 +155,12 @@ class Location:
         if not self.is_s3:
             root = Path(self.url)
             return [self.child(entry.name) for entry in sorted(root.iterdir()) if entry.is_dir()] if root.is_dir() else []
-        prefix = self._key("")
+        bucket, prefix = self._bucket_and_prefix
         try:
-            listing = obstore.list_with_delimiter(self._bucket_store(), f"{prefix}/" if prefix else None)
-        except (obstore.exceptions.BaseError, OSError) as error:
+            _, folders = list_s3(bucket, prefix, "", self.endpoint_url, folders=True)
+        except StorageError as error:
             raise InferenceError(f"{self.url}: cannot list: {_first_line(error)}") from None
-        return [self.child(name) for name in sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing["common_prefixes"])]
+        return [self.child(name) for name in sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)]
 
     def keys(self, folder: str, start_after: str | None = None) -> list[str]:
         """Keys below `folder` (relative to this location, sorted), after `start_after` when given: a paged LIST
@@ -168,13 +169,12 @@ class Location:
             root = Path(self._key(folder))
             found = sorted(f"{folder}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
             return [key for key in found if start_after is None or key > start_after]
-        base = self._key("")
-        prefix = f"{base}/" if base else ""
+        bucket, prefix = self._bucket_and_prefix
         try:
-            pages = obstore.list(self._bucket_store(), prefix + folder + "/", offset=prefix + start_after if start_after else None)
-            return [entry["path"][len(prefix):] for page in pages for entry in page]
-        except (obstore.exceptions.BaseError, OSError) as error:
+            objects, _ = list_s3(bucket, prefix, folder + "/", self.endpoint_url, start_after=start_after)
+        except StorageError as error:
             raise InferenceError(f"{self.url}/{folder}: cannot list: {_first_line(error)}") from None
+        return [item["Key"] for item in objects]
 
     def zarr_store(self, read_only: bool = True) -> Store:
         """A zarr store rooted here, for zarr.open_group / zarr.create_array."""

@@ -7,8 +7,13 @@ tiles whose shards have arrived, the hottest of the edge triage's coarse map fir
 `inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub"); after every pass it
 re-chooses, the case with the least time left on its 30-minute clock first, so a long slide never holds the
 workers while an urgent one waits. Each pass first completes the pyramid (`slidestream.hub_pyramid`): the
-in-between levels the send left out are built from the shards that arrived. A slide version is claimed with a lease object (`transfer.target.LEASE`), so
+in-between levels the send left out are built from the shards that arrived. A slide version is claimed with a lease object (`caseformat.layout.LEASE`), so
 two hubs on one prefix share the work instead of doubling it. torch and Dask are imported inside the command.
+
+Every document on the store is untrusted (`caseformat.results`): a malformed manifest, triage, lease, pyramid record
+or case.json costs its slide version one log line (said again only when the error changes) and that version is
+skipped, or retried at a later poll, while every other case is scored; a failed lease write is a retry. The hub
+never exits for what a store holds.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from inference import AnalyzeOptions, Heatmap, Location, Runner
     from caseformat.layout import SlideRef
+    from caseformat.results import Lease, Manifest
+    from inference import AnalyzeOptions, Heatmap, Location, Runner
 
 stderr = Console(stderr=True)
 PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
@@ -71,7 +77,7 @@ class Tracked:
     priority: Any = None  # the edge triage's coarse scores on the hub's grid (hot regions first), if it left any
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
-    manifest: dict[str, Any] = field(default_factory=dict)  # as read for the pass about to run
+    manifest: Manifest | None = None  # as read for the pass about to run
     triaged: bool = False  # a hub's complete map is there: only the pyramid may be left to build
     last_error: str = ""
 
@@ -88,7 +94,7 @@ class Hub:
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
     newest: dict[tuple[str, str], SlideRef] = field(default_factory=dict)  # (case, slide) -> its newest version
     listed_after: str | None = None  # where the next LIST of the `_arrivals/` index starts
-    clocks: dict[str, float] = field(default_factory=dict)  # case -> when it was registered (epoch seconds)
+    clocks: dict[str, float] = field(default_factory=dict)  # case -> when its clock started (epoch seconds)
     rate: float | None = None  # tiles per second of the last passes: sizes the next
     arrived: threading.Event = field(default_factory=threading.Event)  # discovery found something new
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,16 +167,22 @@ class Hub:
                     found.append(ref)
         return found
 
-    def clock(self, case: str, manifest: dict[str, Any]) -> float:
-        """When the case's 30-minute clock started: its registration (case.json, read once), else the send."""
-        from caseformat.layout import CASE_RECORD
+    def clock(self, case: str, manifest: Manifest) -> float:
+        """When the case's 30-minute clock started: its registration (case.json, read once), else the send. An
+        unreadable case.json is said once and the send's start stands in for it."""
         from caseformat.documents import CaseRecord
+        from caseformat.errors import DocumentError
+        from caseformat.layout import CASE_RECORD, case_key
 
         if case not in self.clocks:
-            record = CaseRecord.parse(self.root.child(case).read_json(CASE_RECORD))
-            if record is None:
-                return _epoch(manifest.get("started_at"))
-            self.clocks[case] = _epoch(record.registered_at)
+            data = self.root.read_bytes(case_key(case, CASE_RECORD))
+            if data is None:
+                return _epoch(manifest.started_at)
+            try:
+                self.clocks[case] = _epoch(CaseRecord.read(data, CASE_RECORD).registered_at)
+            except DocumentError as error:
+                self.say(f"ERROR {case}: the case's context is unreadable: {error}")
+                self.clocks[case] = _epoch(manifest.started_at)
         return self.clocks[case]
 
     def discover(self) -> tuple[list[Tracked], int]:
@@ -179,9 +191,7 @@ class Hub:
         Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
         GET of its manifest and one of its triage.json (and of the pyramid record once that is complete); a
         finished one costs nothing more."""
-        from inference import InferenceError
-        from transfer.manifest import FAILED, case_state, hub_pyramid_done
-        from caseformat.layout import MANIFEST, PYRAMID, TRIAGE
+        from slides.errors import one_line
 
         with self.lock:
             versions = sorted(self.newest.values())
@@ -191,32 +201,51 @@ class Hub:
             if name in self.finished:
                 continue
             case = self.cases.setdefault(name, Tracked(self.root.child(ref.root), name))
-            folder = case.location
             try:
-                manifest = folder.read_json(MANIFEST)
+                manifest = self.examine(case)
                 if manifest is None:
-                    continue  # not a case (yet)
-                state, reason = case_state(manifest)
-                if state == FAILED:
-                    self.finish(name, f"SKIP {name}: the send failed: {reason}")
                     continue
-                triage = folder.read_json(TRIAGE) or {}
-                if case.heatmap is None and _done_by_a_hub(triage, self.options):
-                    case.triaged = True
-                    if hub_pyramid_done(manifest, folder.read_json(PYRAMID)):
-                        self.finish(name, f"DONE {name}: already analysed (score {triage.get('score') or 0:.3f})")
-                        continue
-            except InferenceError as error:
-                self.note(case, str(error))
+                case.started = self.clock(ref.case, manifest)
+            except Exception as error:  # noqa: BLE001 - as in `work`: one slide version's documents, never the hub
+                self.note(case, one_line(error))
                 continue
-            case.started = self.clock(ref.case, manifest)
-            progress = (state, len(manifest.get("arrived", [])), manifest.get("plan_final"))
+            progress = (manifest.state, len(manifest.arrived), manifest.plan_final)
             if progress == case.seen:
                 waiting += 1
                 continue
             case.pending, case.manifest = progress, manifest
             ready.append(case)
         return ready, waiting
+
+    def examine(self, case: Tracked) -> Manifest | None:
+        """The slide version's manifest when there is work to do on it; None when there is none (not a case yet,
+        failed, or finished by a hub before). A malformed document raises `DocumentError`, a triage.json except:
+        the hub scores the version again and its own result replaces it."""
+        from caseformat.errors import DocumentError
+        from caseformat.layout import MANIFEST, PYRAMID, TRIAGE
+        from caseformat.results import FAILED, Manifest, PyramidRecord, Triage
+
+        name, folder = case.name, case.location
+        data = folder.read_bytes(MANIFEST)
+        if data is None:
+            return None  # not a case (yet)
+        manifest = Manifest.read(data, MANIFEST)
+        if manifest.state == FAILED:
+            self.finish(name, f"SKIP {name}: the send failed: {manifest.failure}")
+            return None
+        if case.heatmap is None and (data := folder.read_bytes(TRIAGE)) is not None:
+            try:
+                triage = Triage.read(data, TRIAGE)
+            except DocumentError as error:
+                self.note(case, f"{error} (scored again)")
+                return manifest
+            if triage.final(self.options.model.spec.name):  # a restarted hub does not redo a hub's complete result
+                case.triaged = True
+                pyramid = folder.read_bytes(PYRAMID)
+                if manifest.hub_pyramid_done(None if pyramid is None else PyramidRecord.read(pyramid, PYRAMID)):
+                    self.finish(name, f"DONE {name}: already analysed (score {triage.score or 0:.3f})")
+                    return None
+        return manifest
 
     def claim(self, case: Tracked) -> bool:
         """Take or renew the case's lease; False when another hub holds it.
@@ -225,15 +254,35 @@ class Hub:
         expired lease is replaced by a plain PUT and read back, so two hubs racing for it both see the one that
         landed last (a window of one round trip)."""
         from caseformat.layout import LEASE
+        from caseformat.results import Lease
+        from inference import InferenceError
 
-        lease = {"owner": self.owner, "expires": time.time() + self.lease_seconds}
-        if case.location.create_json(LEASE, lease):
-            return True
-        held = case.location.read_json(LEASE) or {}
-        if held.get("owner") != self.owner and float(held.get("expires", 0)) > time.time():
+        lease = Lease(self.owner, time.time() + self.lease_seconds).to_json()
+        try:
+            if case.location.create_bytes(LEASE, lease):
+                return True
+            held = self.lease(case)
+            if held is not None and held.owner != self.owner and held.expires > time.time():
+                return False
+            case.location.write_bytes(LEASE, lease)
+            held = self.lease(case)
+            return held is not None and held.owner == self.owner
+        except InferenceError as error:  # the store refused the write or the read: a retry, never an exit
+            self.note(case, f"{error} (claimed again at the next poll)")
             return False
-        case.location.write_json(LEASE, lease)
-        return (case.location.read_json(LEASE) or {}).get("owner") == self.owner
+
+    def lease(self, case: Tracked) -> Lease | None:
+        """The slide version's lease; None when there is none or it is unreadable (said once): no claim to respect."""
+        from caseformat.errors import DocumentError
+        from caseformat.layout import LEASE
+        from caseformat.results import Lease
+
+        data = case.location.read_bytes(LEASE)
+        try:
+            return None if data is None else Lease.read(data, LEASE)
+        except DocumentError as error:
+            self.note(case, f"{error} (replaced by this hub's)")
+            return None
 
     def work(self, case: Tracked) -> None:
         """One pass over the case, about PASS_SECONDS long: build the pyramid shards whose sources arrived, score
@@ -255,6 +304,7 @@ class Hub:
 
         seen = case.pending
         try:
+            assert case.manifest is not None  # `discover` read it for this pass
             built, pyramid_done = complete_pyramid(case.location, case.manifest, renew)
         except Exception as error:  # noqa: BLE001 - as below: this case only
             self.note(case, one_line(error))
@@ -303,8 +353,13 @@ class Hub:
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
         from caseformat.layout import LEASE
+        from caseformat.results import Lease
+        from inference import InferenceError
 
-        case.location.write_json(LEASE, {"owner": self.owner, "expires": 0, "finished": True})
+        try:
+            case.location.write_bytes(LEASE, Lease(self.owner, 0, finished=True).to_json())
+        except InferenceError as error:  # the lease then expires on its own
+            self.note(case, str(error))
 
     def finish(self, name: str, line: str) -> None:
         self.finished.add(name)
@@ -320,13 +375,6 @@ class Hub:
     @staticmethod
     def say(line: str) -> None:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _done_by_a_hub(triage: dict[str, Any], options: AnalyzeOptions) -> bool:
-    """A complete full-magnification result of this model is there: a restarted hub does not redo it."""
-    from caseformat.layout import is_final
-
-    return is_final(triage, options.model.spec.name)
 
 
 def _epoch(started_at: Any) -> float:

@@ -4,20 +4,21 @@ A send does not carry the levels `tiling` downsamples from a level stored as the
 manifest's `hub_levels` and `hub_planned`, see `transfer.manifest`). Once every stored shard under one of their
 shards has arrived, the hub reads those chunks from the store and builds the shard with `tiling`'s own code
 (`downsample_shard`: the filter, codec, quality and shard layout the writer uses, the same bytes a
-`send --full-pyramid` uploads), writes it verified, and lists it in its own record (`transfer.target.PYRAMID`),
+`send --full-pyramid` uploads), writes it verified, and lists it in its own record (`caseformat.results.PyramidRecord`),
 never in the sender's manifest. The builds are deterministic, so a shard written twice (a hub that died after the
-PUT and before the record, two hubs racing for an expired lease) is written with the same bytes.
+PUT and before the record, two hubs racing for an expired lease) is written with the same bytes. The image's
+metadata is held to `caseformat.results.check_array`'s bounds before a shard is sized by it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_address, shard_index_size
-from transfer.manifest import PYRAMID_FORMAT
+from caseformat.results import Manifest, PyramidRecord, check_array
 from caseformat.layout import IMAGE, PYRAMID
 
 if TYPE_CHECKING:
@@ -26,22 +27,22 @@ if TYPE_CHECKING:
 RECORD_EVERY = 2.0  # seconds between rewrites of the record during a long pass, so viewers see the level fill in
 
 
-def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Callable[[], None] | None = None) -> tuple[int, bool]:
+def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[], None] | None = None) -> tuple[int, bool]:
     """Build every hub shard of `case` whose stored shards have arrived and that is not built yet.
 
     Returns (shards written now, whether every hub shard is built or known empty). `on_progress` is called after
     each shard (the hub renews its lease there)."""
-    hub_levels: dict[str, int] = manifest.get("hub_levels") or {}
-    hub_planned: list[str] = manifest.get("hub_planned") or []
+    hub_levels, hub_planned = manifest.hub_levels, manifest.hub_planned or ()
     if not hub_levels:
         return 0, True
-    if not manifest.get("plan_final"):
+    if not manifest.plan_final:
         return 0, False
-    record = case.read_json(PYRAMID) or {}
-    if record.get("started_at") != manifest.get("started_at"):
-        record = {}  # a rescan under the same case ID: its shards are new
-    built, empty = set(record.get("built", [])), set(record.get("empty", []))
-    planned, arrived = set(manifest.get("planned", [])), set(manifest.get("arrived", []))
+    data = case.read_bytes(PYRAMID)
+    record = PyramidRecord(manifest.started_at) if data is None else PyramidRecord.read(data, PYRAMID)
+    if record.started_at != manifest.started_at:
+        record = PyramidRecord(manifest.started_at)  # a rescan under the same case ID: its shards are new
+    built, empty = set(record.built), set(record.empty)
+    planned, arrived = set(manifest.planned), set(manifest.arrived)
     image = case.child(IMAGE)
     group = (image.read_json("zarr.json") or {}).get("attributes", {}).get("slidestream", {})
     chunk, n = int(group["chunk"]), int(group["shard_chunks"])
@@ -49,8 +50,7 @@ def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Call
     written, recorded = 0, time.monotonic()
 
     def save(done: bool) -> None:
-        case.write_json(PYRAMID, {"format": PYRAMID_FORMAT, "started_at": manifest.get("started_at"), "complete": done,
-                                  "built": sorted(built), "empty": sorted(empty)})
+        case.write_bytes(PYRAMID, PyramidRecord(manifest.started_at, done, tuple(built), tuple(empty)).to_json())
 
     for key in hub_planned:
         if key in built or key in empty:
@@ -62,7 +62,7 @@ def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Call
         if any(k in planned and k not in arrived for k in sources):
             continue  # still travelling
         if index not in levels:
-            levels[index] = _level(image, index, source, step)
+            levels[index] = _level(image, index, source, step, chunk, n)
         level, (width, height), options, fill = levels[index]
         chunks: dict[tuple[int, int], bytes] = {}
         for source_key in sources:
@@ -83,16 +83,18 @@ def complete_pyramid(case: Location, manifest: dict[str, Any], on_progress: Call
             save(False)
             recorded = time.monotonic()
     done = all(key in built or key in empty for key in hub_planned)
-    if written or done != bool(record.get("complete")) or len(empty) != len(record.get("empty", [])):
+    if written or done != record.complete or len(empty) != len(record.empty):
         save(done)
     return written, done
 
 
-def _level(image: Location, index: int, source: int, step: int) -> tuple[LevelPlan, tuple[int, int], ConvertOptions, int]:
+def _level(image: Location, index: int, source: int, step: int, chunk: int, n: int) -> tuple[LevelPlan, tuple[int, int], ConvertOptions, int]:
     """The hub level as tiling plans it, (width, height) of its stored level, its encoding and fill, from the
-    arrays' metadata (what the writer put there)."""
+    arrays' metadata (what the writer put there, within `check_array`'s bounds)."""
     metadata = image.read_json(f"{index}/zarr.json") or {}
     stored = (image.read_json(f"{source}/zarr.json") or {})["shape"]
+    for number, shape in ((index, metadata["shape"]), (source, stored)):
+        check_array(f"{IMAGE}/{number}/zarr.json", shape, [3, chunk, chunk], [3, chunk * n, chunk * n], "uint8")
     height, width = int(metadata["shape"][1]), int(metadata["shape"][2])
     codec = next(c for c in metadata["codecs"][0]["configuration"]["codecs"] if c["name"] == CODEC_NAME)
     level = LevelPlan(index, width, height, float(2**index), source, float(step), False, False, source, True)

@@ -9,12 +9,18 @@ its manifest says complete: an image still arriving reads as background where sh
 Every read goes through one zarr store rooted at the case folder (zarr's `ObjectStore` over the readers' obstore
 client on S3, as `inference.store.Location.zarr_store` makes it), not through `inference` itself, whose import
 brings torch (3.6 s of a 4 s export).
+
+The manifest, the hub's pyramid record and each level's zarr.json are read as untrusted documents
+(`caseformat.results`): every level is held to `check_array`'s bounds (at most 2^20 px a side, chunk sides of at
+least 16 px, at most 4,194,304 chunks and 1,048,576 shards per level, uint8; at most 32 levels) before anything is
+sized by it, and refused as "unreadable: <reason>" otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import json
 
@@ -29,11 +35,13 @@ import tiling.codec  # noqa: F401 - registers the JPEG chunk codec that read_reg
 from slides import Level, SlidestreamError
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
-from transfer.manifest import COMPLETE, case_state, hub_pyramid_done
+from caseformat.errors import DocumentError
+from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
 from transfer.readers import object_store
 from caseformat.layout import IMAGE, MANIFEST, PYRAMID, SLIDES, VERSION_PATTERN, validate_case, version_number
 from transfer.target import parse_endpoint, parse_store_url
 
+T = TypeVar("T")
 JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
 
 
@@ -72,12 +80,12 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
     else:
         parts = root.split("/")
         case_name = parts[-4] if len(parts) >= 4 and parts[-3] == SLIDES else parts[-1]
-    manifest = folder.read_json(MANIFEST)
-    state, reason = case_state(manifest)  # no manifest (convert's output, another tool's image): complete
-    if state != COMPLETE:
-        raise StoredCaseError(f"{target}: the case is not complete (state {state}{f': {reason}' if reason else ''}); "
+    manifest = folder.read_document(MANIFEST, Manifest.read)
+    if manifest is not None and manifest.state != COMPLETE:  # no manifest (convert's output, another tool's image): complete
+        reason = manifest.failure
+        raise StoredCaseError(f"{target}: the case is not complete (state {manifest.state}{f': {reason}' if reason else ''}); "
                               "export it once its send has finished")
-    if not hub_pyramid_done(manifest, folder.read_json(PYRAMID)):
+    if manifest is not None and not manifest.hub_pyramid_done(folder.read_document(PYRAMID, PyramidRecord.read)):
         raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet ({PYRAMID} not complete); "
                               "export it once `slidestream hub` has, or send with --full-pyramid")
     in_case = named_image or manifest is not None or folder.read(f"{IMAGE}/zarr.json") is not None
@@ -118,6 +126,14 @@ class CaseFolder:
         except (obstore.exceptions.BaseError, OSError) as error:
             raise StoredCaseError(f"{self.target}: cannot list {prefix}: {_first_line(error)}") from None
 
+    def read_document(self, key: str, read: Callable[[bytes, str], T]) -> T | None:
+        """The document at `key` as `read` reads it; None when absent, `StoredCaseError` when malformed."""
+        data = self.read(key)
+        try:
+            return None if data is None else read(data, key)
+        except DocumentError as error:
+            raise StoredCaseError(f"{self.target}: {error}") from None
+
     def read_json(self, key: str) -> Any:
         data = self.read(key)
         try:
@@ -142,8 +158,11 @@ class StoredCase:
         try:
             multiscale = group["attributes"]["ome"]["multiscales"][0]
             self._paths = [dataset["path"] for dataset in multiscale["datasets"]]
+            check_levels(f"{target}: image", len(self._paths))
             scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
             units = {axis.get("unit") for axis in multiscale["axes"] if axis.get("type") == "space"}
+        except DocumentError as error:
+            raise StoredCaseError(str(error)) from None
         except (TypeError, KeyError, IndexError) as error:
             raise StoredCaseError(f"{target}: not an OME-Zarr multiscale image (no {error} in its zarr.json)") from None
         self.mpp: tuple[float, float] | None = (float(scale[-1]), float(scale[-2])) if units == {"micrometer"} else None
@@ -166,9 +185,12 @@ class StoredCase:
             sharding = document["codecs"][0]
             if len(shape) != 3 or shape[0] != 3 or document["data_type"] != "uint8":
                 raise StoredCaseError(f"{self.source}: level {path} is not a (c, y, x) RGB uint8 array")
+            what = f"{self.source}: level {path}"
             if sharding["name"] != "sharding_indexed":
+                check_array(what, shape, shard, None, document["data_type"])
                 return {"shape": shape, "chunk": shard[-1], "jpeg": False}
             inner = sharding["configuration"]
+            check_array(what, shape, inner["chunk_shape"], shard, document["data_type"])
             codecs = inner["codecs"]
             jpeg = (  # tiling.pyramid's layout: (y, x, 3) chunks as JPEG, the index at the end with a CRC32C
                 [codec.get("name") for codec in codecs] == ["transpose", CODEC_NAME]
@@ -179,6 +201,8 @@ class StoredCase:
             )
             chunk = inner["chunk_shape"][-1]
             return {"shape": shape, "chunk": chunk, "jpeg": jpeg, "per_shard": shard[-1] // chunk}
+        except DocumentError as error:
+            raise StoredCaseError(str(error)) from None
         except (TypeError, KeyError, IndexError) as error:
             raise StoredCaseError(f"{self.source}: level {path} is no Zarr v3 array (no {error} in its zarr.json)") from None
 

@@ -31,12 +31,15 @@ from slidestream.cli import app
 from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
 from caseformat.layout import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, SlideRef, TRIAGE
+from caseformat.results import Manifest
+from caseformat.signing import TrustedKeys
 from viewer import S3Storage
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from viewer.cases import Cases, Chunk
 from viewer.image import ARRIVED, BACKGROUND, PENDING
 
 REPO = Path(__file__).resolve().parents[1]
+NO_REPORTS = TrustedKeys([])  # these stores hold no signed report: the viewer needs no centre key to read them
 ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
 # (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
 
@@ -62,7 +65,7 @@ def report_rows(path: Path) -> list[dict[str, str]]:
 
 
 def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
-    entries = asyncio.run(Cases(S3Storage(bucket, prefix, server.endpoint_url)).worklist())
+    entries = asyncio.run(Cases(S3Storage(bucket, prefix, server.endpoint_url), NO_REPORTS).worklist())
     return {entry["case"]: entry for entry in entries}
 
 
@@ -92,7 +95,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert attributes["stage"] == ANALYZE and attributes["tiles_scored"] == full["summary"]["tiles_scored"]
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
     assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True}
-    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url)).status(SlideRef(case).root))
+    status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url), NO_REPORTS).status(SlideRef(case).root))
     assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
 
     # a late edge triage (say, a resend's) leaves the full result alone
@@ -269,7 +272,7 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     assert sorted(alone["hub_planned"]) == sorted(expected) and alone["hub_levels"] == {"1": 0}
     assert level_objects("alone", 1) == {}
     assert full["bytes_sent"] - alone["bytes_sent"] == sum(len(data) for data in expected.values())
-    cases = Cases(S3Storage(s3_bucket, "alone", endpoint))
+    cases = Cases(S3Storage(s3_bucket, "alone", endpoint), NO_REPORTS)
     status = asyncio.run(cases.status(root))
     states = [level["state"] for level in status["levels"]]
     assert set(states[1]) <= {PENDING, BACKGROUND} and PENDING in states[1]  # pending for the hub, never an error
@@ -290,8 +293,8 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {SlideRef(case).label}" in log.read_text()
     assert sorted(record["built"]) == sorted(expected) and record["empty"] == []
     assert level_objects("live", 1) == expected
-    live_cases = Cases(S3Storage(s3_bucket, "live", endpoint))
+    live_cases = Cases(S3Storage(s3_bucket, "live", endpoint), NO_REPORTS)
     assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
     assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)
     # restart-safe: a hub that looks again has nothing left to build
-    assert complete_pyramid(live, manifest) == (0, True)
+    assert complete_pyramid(live, Manifest.from_document(manifest)) == (0, True)

@@ -10,19 +10,19 @@ server verifiably holds.
 "complete" (every object verified) or "failed" (the send was given up for a reason no retry cures, a corrupt slide
 or a server that keeps corrupting an object; its image objects were deleted and `failed` gives the one-line
 reason). The sender writes the manifest before any object of the image, so an image a slidestream send wrote never
-exists without one. `slidestream-manifest/1` had no `state`: `case_state` reads both.
+exists without one. `slidestream-manifest/1` had no `state`: `case_state` reads both. The document's type, and its
+one bounded reader, is `caseformat.results.Manifest`: what `Arrivals.to_json` writes is what it reads back.
 
 Levels the hub builds (`tiling.LevelPlan.at_hub`: the in-between levels downsampled from a stored level) are not
 sent: `hub_levels` maps each to the level it is built from, and `hub_planned` lists their shards that hold tissue.
-The hub records what it wrote in an object of its own beside the manifest (`transfer.target.PYRAMID`: `built`,
-and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
+The hub records what it wrote in an object of its own beside the manifest (`caseformat.results.PyramidRecord`:
+`built`, and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
 the two into the view every reader uses: a hub shard is planned, arrived once built, and never background
 until the hub says so. Without a hub those shards stay pending (a viewer shows the next stored level).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import datetime
@@ -30,10 +30,8 @@ from datetime import datetime
 from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
 from caseformat.layout import IMAGE, SlideRef
-
-PYRAMID_FORMAT = "slidestream-hub-pyramid/1"
-FORMAT = "slidestream-manifest/2"
-SENDING, COMPLETE, FAILED = "sending", "complete", "failed"
+from caseformat.results import COMPLETE, FAILED, SENDING, Manifest
+from caseformat.results import MANIFEST_FORMAT as FORMAT
 OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
 FULL_RESOLUTION = "tissue_full_resolution"  # every tissue shard of level 0 arrived (and the overview)
 
@@ -180,7 +178,8 @@ class Arrivals:
             }
 
     def to_json(self, complete: bool = False) -> bytes:
-        return json.dumps(self.document(complete), indent=1).encode()
+        """The manifest as written, through its type: a document its readers would refuse is never sent."""
+        return Manifest.from_document(self.document(complete)).to_json()
 
     def restart(self, started_at: str) -> None:
         """The image differs from the one the journal knew (a rescan under the same case ID): a new send's clock."""
@@ -194,25 +193,7 @@ class Arrivals:
 
 def failed_document(ref: SlideRef, started_at: str, reason: str) -> bytes:
     """The manifest of a send given up: nothing of its image is left to read, and the reason says why."""
-    document = {
-        "format": FORMAT,
-        "case": ref.case,
-        "slide": ref.slide,
-        "version": ref.version,
-        "image": IMAGE,
-        "started_at": started_at,
-        "updated_at": utc_now(),
-        "state": FAILED,
-        "complete": False,
-        "failed": reason,
-        "plan_final": True,
-        "planned": [],
-        "arrived": [],
-        "levels": [],
-        "milestones": {},
-        "bytes_sent": 0,
-    }
-    return json.dumps(document, indent=1).encode()
+    return Manifest(ref.case, ref.slide, ref.version, started_at, FAILED, reason, updated_at=utc_now()).to_json()
 
 
 def case_state(manifest: dict | None) -> tuple[str, str | None]:  # type: ignore[type-arg]

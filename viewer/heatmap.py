@@ -9,6 +9,11 @@ Three kinds of cell: scored (coloured by probability), unscored glass (transpare
 scored yet while the map is partial (hatched: "still being scored", never mistaken for a low score). The exact
 scores come from `tile_state` (NaN = not scored) when inference wrote it; tissue from the slide's own tissue label
 image (`image.zarr/labels/tissue` of the same slide version, its coarsest level: a few hundred KB at most).
+
+Every array read here (the map, `tile_state`, the tissue label) is held to `caseformat.results.check_array`'s
+bounds (chunk sides of at least 16 px or the whole side, at most 4,194,304 chunks, uint8 or float32) and to
+MAX_PIXELS before it is read, so a declared size costs nothing until it is checked: the map is refused as
+"unreadable: <reason>", a label that is not is ignored (no hatching).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import zarr.api.asynchronous
 from PIL import Image
 
 from tiling.pyramid import TISSUE_LABEL
+from caseformat.errors import DocumentError
 from caseformat.layout import HEATMAP, IMAGE, TILE_STATE
+from caseformat.results import check_array
 from viewer.image import ImageError, Level, SlideImage
 from viewer.storage import ObjectInfo
 
@@ -95,6 +102,10 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: 
     shape = tuple(size for size in array.shape if size != 1) or (1, 1)
     if len(shape) != 2 or int(np.prod(shape)) > MAX_PIXELS:
         raise ImageError(f"{where}: expected one channel of at most {MAX_PIXELS} pixels, found shape {array.shape}")
+    try:
+        check_array(where, array.shape, array.chunks, array.shards, str(array.dtype))
+    except DocumentError as error:
+        raise ImageError(str(error)) from None
     scores = await _exact_scores(group, shape)
     if scores is None:
         values = np.asarray(await array.getitem(...)).reshape(shape)
@@ -133,7 +144,7 @@ async def _exact_scores(group: zarr.AsyncGroup, shape: tuple[int, ...]) -> np.nd
         state = await group.getitem(TILE_STATE)
     except KeyError:
         return None
-    if tuple(state.shape) != (4, *shape):
+    if tuple(state.shape) != (4, *shape) or not _within_bounds(state):
         return None
     return np.asarray(await state.getitem((0, slice(None), slice(None))), np.float32)
 
@@ -147,7 +158,10 @@ async def _tissue_cells(
         label_path = f"{image.case}/{IMAGE}/{TISSUE_LABEL}"
         group = await zarr.api.asynchronous.open_group(store=store, path=label_path, mode="r", zarr_format=3)
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][-1]
-        label = np.asarray(await (await group.getitem(dataset["path"])).getitem(...)) > 0
+        array = await group.getitem(dataset["path"])
+        if int(np.prod(array.shape)) > MAX_PIXELS or not _within_bounds(array):
+            return None
+        label = np.asarray(await array.getitem(...)) > 0
         scale = _last_two(dataset.get("coordinateTransformations", []), "scale", (1.0, 1.0))
     except (FileNotFoundError, KeyError, IndexError, TypeError):
         return None
@@ -165,6 +179,14 @@ async def _tissue_cells(
     (y0, y1), (x0, x1) = edges
     inside = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
     return inside > 0
+
+
+def _within_bounds(array: Any) -> bool:
+    try:
+        check_array("", array.shape, array.chunks, array.shards, str(array.dtype))
+    except DocumentError:
+        return False
+    return True
 
 
 def _last_two(transforms: list[dict[str, Any]], kind: str, default: tuple[float, float]) -> tuple[float, float]:

@@ -4,6 +4,11 @@ The image is an OME-Zarr (NGFF 0.5, Zarr v3) whose arrays are sharded; with JPEG
 self-contained JPEG file, so a tile is served by two ranged reads (the shard index, cached, then the chunk) and no
 decoding. The send manifest says which shards have arrived: a missing chunk is otherwise indistinguishable from
 background (zarr reads both as the fill value).
+
+The image's metadata is a station's, so untrusted: before anything is sized by it (the shard states of `Arrival`
+hold one byte per shard), every level is held to `caseformat.results.check_array`'s bounds: at most 2^20 px a
+side, chunk sides of at least 16 px, at most 4,194,304 chunks and 1,048,576 shards per level, uint8; at most 32
+levels. Anything else is refused as "unreadable: <reason>" (an `ImageError`), in the time of reading its zarr.json.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from slides import SlidestreamError
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import read_shard_index, shard_address, shard_index_size
-from transfer.manifest import FAILED, case_state
-from caseformat.layout import IMAGE
+from caseformat.errors import DocumentError
+from caseformat.layout import IMAGE, MANIFEST
+from caseformat.results import COMPLETE, FAILED, Manifest, check_array, check_levels
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -42,10 +48,10 @@ class CaseFailedError(CaseNotFoundError):
 
 
 def check_not_failed(case: str, manifest: dict[str, Any] | None) -> None:
-    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show."""
-    state, reason = case_state(manifest)
-    if state == FAILED:
-        raise CaseFailedError(case, reason or "")
+    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show;
+    `ImageError` for a manifest that is malformed."""
+    if manifest is not None and (read := _manifest(case, manifest)).state == FAILED:
+        raise CaseFailedError(case, read.failure or "")
 
 
 class TileNotFoundError(SlidestreamError, LookupError):
@@ -134,11 +140,12 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
         group = await zarr.api.asynchronous.open_group(store=store, path=f"{case}/{IMAGE}", mode="r", zarr_format=3)
         multiscale = group.attrs["ome"]["multiscales"][0]
         datasets = multiscale["datasets"]
+        check_levels(f"case {case}: image", len(datasets))
         arrays = [await group.getitem(dataset["path"]) for dataset in datasets]
     except FileNotFoundError:
         raise CaseNotFoundError(f"case {case}: no image yet") from None
-    except (KeyError, IndexError, TypeError) as error:
-        raise ImageError(f"case {case}: not an OME-Zarr multiscale image ({error})") from None
+    except (KeyError, IndexError, TypeError, ValueError) as error:  # DocumentError, and zarr's refusals of metadata
+        raise ImageError(str(error) if isinstance(error, DocumentError) else f"case {case}: not an OME-Zarr multiscale image ({error})") from None
     levels, jpeg = [], True
     for index, array in enumerate(arrays):
         if not isinstance(array, AsyncArray) or array.ndim != 3 or array.shape[0] != 3 or array.dtype != np.uint8:
@@ -147,6 +154,10 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
         if not isinstance(codec, ShardingCodec) or codec.index_location != ShardingCodecIndexLocation.end:
             raise ImageError(f"case {case}: level {index} is not sharded with the index at the end")
         chunk, shard = codec.chunk_shape, array.shards
+        try:
+            check_array(f"case {case}: level {index}", array.shape, chunk, shard, str(array.dtype))
+        except DocumentError as error:
+            raise ImageError(str(error)) from None
         if chunk[0] != 3 or chunk[1] != chunk[2] or shard is None or shard[1] != shard[2] or shard[1] % chunk[1]:
             raise ImageError(f"case {case}: level {index} has chunks {chunk} in shards {shard}")
         if not any(isinstance(c, Crc32cCodec) for c in codec.index_codecs):
@@ -195,13 +206,12 @@ def without_manifest(image: SlideImage) -> Arrival:
 
 
 def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
-    """The send manifest (`slidestream-manifest/1` or `/2`) as shard states; keys of anything but shards are ignored."""
-    try:
-        planned, arrived = list(manifest["planned"]), set(manifest["arrived"])
-    except (KeyError, TypeError) as error:
-        raise ImageError(f"case {image.case}: unreadable manifest ({error})") from None
+    """The send manifest (`slidestream-manifest/1` or `/2`, as `caseformat.results.Manifest` reads it) as shard
+    states; `ImageError` for one that is malformed."""
+    read = _manifest(image.case, manifest)
+    planned, arrived = read.planned, set(read.arrived)
     # until the plan is final (the tissue is known) a shard not planned may still come: pending, not glass
-    unplanned = BACKGROUND if manifest.get("plan_final", True) else PENDING
+    unplanned = BACKGROUND if read.plan_final else PENDING
     grids = [bytearray(unplanned * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
     for key in planned:
         address = shard_address(str(key).rpartition(f"{IMAGE}/")[2])
@@ -212,8 +222,14 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
             continue
         grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
     states = tuple(grid.decode() for grid in grids)
-    complete = case_state(manifest)[0] == "complete"
-    return Arrival(image, True, complete, manifest.get("started_at"), manifest.get("updated_at"), states)
+    return Arrival(image, True, read.state == COMPLETE, read.started_at, read.updated_at, states)
+
+
+def _manifest(case: str, manifest: dict[str, Any]) -> Manifest:
+    try:
+        return Manifest.from_document(manifest, f"case {case}: {MANIFEST}")
+    except DocumentError as error:
+        raise ImageError(str(error)) from None
 
 
 # -- shards ----------------------------------------------------------------------------------------------------

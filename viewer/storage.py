@@ -3,11 +3,16 @@
 Keys are '/'-separated and relative to the store root (``CASE/image.zarr/0/c/0/1/2``). Both implementations
 answer without blocking the event loop: S3 through obstore (Rust, async, pooled connections), local files in
 worker threads. The local store refuses every key that would leave its root, symlinks included.
+
+S3 listings go through botocore (`list_s3`), not obstore: obstore fails a whole listing on one key it cannot parse
+(`a//b`, `..`), and any station can write such a key. A listing skips every key this layout could not have written
+(`caseformat.layout.is_plain_key`) and carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -15,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import obstore
 import obstore.exceptions
@@ -23,8 +28,10 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.abc.store import Store as ZarrStore
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from caseformat.layout import is_plain_key
 from slides import SlidestreamError
 from transfer.readers import object_store
+from transfer.target import parse_endpoint
 
 T = TypeVar("T")
 
@@ -103,6 +110,7 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
         self.location = f"s3://{bucket}/{prefix}".rstrip("/")
+        self._bucket, self._prefix, self._endpoint = bucket, prefix.strip("/"), endpoint_url
         # a viewer should say "store unavailable" within seconds, not retry for minutes
         retries = {"max_retries": 2, "retry_timeout": timedelta(seconds=15), "backoff": {"init_backoff": timedelta(milliseconds=100)}}
         self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries)
@@ -132,13 +140,22 @@ class S3Storage(Storage):
         return await self._call(key, put())
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
-        stream = obstore.list(self._store, check_prefix(prefix) + "/")
-        metas = await self._call(prefix, stream.collect_async())
-        return [ObjectInfo(meta["path"], meta["size"], meta["e_tag"] or str(meta["last_modified"])) for meta in metas]
+        check_prefix(prefix)
+        objects, _ = await self._listing(prefix, prefix + "/", False)
+        return [ObjectInfo(item["Key"], item["Size"], item.get("ETag") or str(item["LastModified"])) for item in objects]
 
     async def list_dirs(self, prefix: str = "") -> list[str]:
-        listing = await self._call(prefix, obstore.list_with_delimiter_async(self._store, check_prefix(prefix) or None))
-        return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in listing["common_prefixes"])
+        check_prefix(prefix)
+        _, folders = await self._listing(prefix, f"{prefix}/" if prefix else "", True)
+        return sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)
+
+    async def _listing(self, what: str, prefix: str, folders: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        try:
+            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders)
+        except ObjectNotFoundError:
+            raise
+        except StorageError as error:
+            raise StorageError(f"{self.location}/{what}: {error}") from None
 
     async def _call(self, key: str, operation: Awaitable[T]) -> T:
         try:
@@ -235,6 +252,40 @@ class LocalStorage(Storage):
             raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
         except OSError as error:
             raise StorageError(f"{self.location}/{key}: {error.strerror or error}") from None
+
+
+def list_s3(bucket: str, root: str, prefix: str, endpoint_url: str | None, *, start_after: str | None = None,
+            folders: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects (botocore's Key, Size, ETag, LastModified; keys relative to `root`) under `prefix` of the store at
+    `s3://bucket/root`, after `start_after` when given, and with `folders` the folders directly under `prefix` instead
+    of what they hold. Keys `is_plain_key` refuses are skipped; `StorageError` when the store cannot be listed."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = f"{root}/" if root else ""
+    pages = _s3_client(parse_endpoint(endpoint_url) or os.environ.get("AWS_ENDPOINT_URL")).get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=base + prefix, **({"Delimiter": "/"} if folders else {}),
+        **({"StartAfter": base + start_after} if start_after else {}))  # fmt: skip
+    objects, common = [], []
+    try:
+        for page in pages:
+            objects += [{**item, "Key": item["Key"][len(base):]} for item in page.get("Contents", []) if is_plain_key(item["Key"])]
+            common += [entry["Prefix"][len(base):] for entry in page.get("CommonPrefixes", []) if is_plain_key(entry["Prefix"].rstrip("/"))]
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise ObjectNotFoundError(f"s3://{bucket}: no such bucket") from None
+        raise StorageError(f"{code or 'error'}: {str(error).splitlines()[0]}") from None
+    except BotoCoreError as error:
+        raise StorageError(str(error).splitlines()[0]) from None
+    return objects, common
+
+
+@functools.cache
+def _s3_client(endpoint: str | None) -> Any:
+    """One botocore client per endpoint, so that its connections are reused (listings only)."""
+    from transfer.network import make_client
+
+    return make_client(endpoint)
 
 
 def open_storage(location: str, endpoint_url: str | None = None) -> Storage:
