@@ -133,14 +133,22 @@ def convert(
     """Convert a slide into a sharded OME-Zarr pyramid (NGFF 0.5) on local disk (de-identified unless --keep-phi)."""
     from slides import open_slide
     from slidestream.progress import piece_progress
-    from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
+    from tiling import ConvertOptions, Piece, PieceKind, plan_pyramid, produce, write_pieces
 
     options = ConvertOptions(quality=quality, lossless=lossless, passthrough=not reencode, keep_background=keep_background)
+    shards = 0
+
+    def count(piece: Piece) -> None:
+        nonlocal shards
+        shards += piece.kind is PieceKind.SHARD
+        advance(piece)
+
     with open_slide(slide, keep_phi=keep_phi) as opened:
         plan = plan_pyramid(opened, options)
         with piece_progress(stderr, f"converting {slide.name}", len(plan.shards)) as advance:
-            written = write_pieces(produce(opened, plan, opened.name, opened.summary()), out, overwrite, on_piece=advance)
-    stdout.print(f"{out}: {written / 1e6:.1f} MB, {len(plan.shards)} shards in {len(plan.levels)} levels, tissue {plan.tissue.fraction:.0%} of the slide")
+            written = write_pieces(produce(opened, plan, opened.name, opened.summary()), out, overwrite, on_piece=count)
+    empty = f" ({len(plan.shards) - shards} planned shards held nothing)" if shards < len(plan.shards) else ""
+    stdout.print(f"{out}: {written / 1e6:.1f} MB, {shards} shards in {len(plan.levels)} levels{empty}, tissue {plan.tissue.fraction:.0%} of the slide")
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
