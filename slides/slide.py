@@ -4,6 +4,9 @@ openslide reads pixels for the vendor formats (SVS, NDPI, MRXS, Philips, DICOM, 
 path beside it: for TIFF-family files it hands out the *compressed* source tiles, so tiling/ can copy them into the
 output without decoding, and it reads plain (non-pyramidal) TIFFs that openslide refuses. OME-TIFF is read by
 tifffile alone: openslide sees only its first level (not the SubIFD pyramid) and none of its OME-XML.
+
+Both readers take a JPEG's colours from the container's tag; where a level's JPEG stream says YCbCr and the tag says
+RGB (QuPath's OME-TIFFs, some DICOM converters) they hand out raw Y, Cb, Cr, which `read_region` converts.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import openslide
 import tifffile
 
 from slides.deid import PUBLIC_NAME, safe_associated_images, safe_properties
 from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
-from slides.jpeg import strip_metadata
+from slides.jpeg import RGB, YCBCR, colour_model, strip_metadata, ycbcr_to_rgb
 from slides.ome import OmeFacts, ome_facts, unsupported_shape
 from slides.written import tiff_structure_whole, tifffile_complaints
 
@@ -66,7 +70,8 @@ class RawTile:
     """A source tile exactly as stored in the file, for copying without re-encoding.
 
     `jpeg_tables` holds the shared quantisation/Huffman tables that abbreviated TIFF JPEG tiles rely on.
-    `photometric` is the TIFF colour model ("rgb" for Aperio's untransformed JPEGs, "ycbcr" for the usual ones).
+    `photometric` is the colour model of the stored data: for JPEG the stream's own (`slides.jpeg.colour_model`:
+    "rgb" for Aperio's untransformed tiles, "ycbcr" for the usual ones, also where the TIFF says RGB), else the TIFF's.
     Edge tiles have the full tile size; the part beyond the level's edge is padding.
     """
 
@@ -101,6 +106,7 @@ class Slide:
         self._tiff_pages = _tiled_pages(osr, tiff)
         self.levels = _levels(osr, tiff)
         raw_properties = dict(osr.properties) if osr is not None else {}
+        self._ycbcr_read_as_rgb = self._levels_read_as_rgb(raw_properties)
         self.properties: dict[str, str] = raw_properties if keep_phi else safe_properties(raw_properties)
         self.vendor: str = "ome-tiff" if ome is not None else raw_properties.get(openslide.PROPERTY_NAME_VENDOR, "tiff")
         self.mpp: tuple[float, float] | None = ome.mpp if ome is not None else _mpp(raw_properties)
@@ -138,7 +144,11 @@ class Slide:
             raise CorruptSlideError(f"{self.path}: cannot read image data: {error}") from None
         # openslide returns premultiplied RGBA with transparent pixels outside the scanned area: composite on white
         alpha = rgba[..., 3:4].astype(np.uint16)
-        return (rgba[..., :3] + (255 - alpha)).astype(np.uint8)
+        colours = rgba[..., :3]
+        if level in self._ycbcr_read_as_rgb:
+            straight = np.rint(colours * (255 / np.maximum(alpha, 1).astype(np.float32))).astype(np.uint8)
+            colours = np.rint(ycbcr_to_rgb(straight) * (alpha / np.float32(255))).astype(np.uint8)
+        return (colours + (255 - alpha)).astype(np.uint8)
 
     def _read_tiff_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import zarr
@@ -156,6 +166,8 @@ class Slide:
             pixels = np.asarray(zarr.open_array(store, mode="r")[y0:y1, x0:x1])
         except Exception as error:  # tifffile/imagecodecs raise many types for damaged data
             raise CorruptSlideError(f"{self.path}: cannot read image data: {error}") from None
+        if level in self._ycbcr_read_as_rgb:
+            pixels = ycbcr_to_rgb(pixels[..., :3])
         out[: y1 - y0, : x1 - x0] = pixels[..., :3] if pixels.ndim == 3 else pixels[..., None]
         return out
 
@@ -193,16 +205,13 @@ class Slide:
         if len(data) != count:
             raise CorruptSlideError(f"{self.path}: file is truncated (tile {index} of level {level})")
         codec = self.raw_codec(level)
-        if codec == "jpeg" and not self.keep_phi:
-            data = self._strip(data, f"tile ({row}, {col}) of level {level}")
-        return RawTile(
-            data=data,
-            codec=codec,
-            jpeg_tables=self._jpeg_tables(level),
-            photometric=page.photometric.name.lower(),
-            width=page.tilewidth,
-            height=page.tilelength,
-        )
+        tables = self._jpeg_tables(level)
+        photometric = page.photometric.name.lower()
+        if codec == "jpeg":
+            if not self.keep_phi:
+                data = self._strip(data, f"tile ({row}, {col}) of level {level}")
+            photometric = colour_model(data, tables, tagged=photometric) or photometric
+        return RawTile(data=data, codec=codec, jpeg_tables=tables, photometric=photometric, width=page.tilewidth, height=page.tilelength)
 
     def _jpeg_tables(self, level: int) -> bytes | None:
         """The level's JPEGTables, stripped like its tiles (once per level: every tile shares them)."""
@@ -220,13 +229,40 @@ class Slide:
             raise CorruptSlideError(f"{self.path}: {where}: malformed JPEG: {error}") from None
 
     def decode_raw_tile(self, level: int, tile: RawTile) -> np.ndarray:
-        """Decode a raw tile the way tifffile does (it knows every vendor's colour quirks): (h, w, 3) uint8."""
+        """Decode a raw tile: JPEG in its stream's colour model (`RawTile.photometric`), other codecs the way tifffile
+        does (it knows every vendor's quirks): (h, w, 3) uint8."""
         page = self._tiff_pages[level]
         try:
-            pixels, _, _ = page.decode(tile.data, 0, jpegtables=tile.jpeg_tables)
+            if tile.codec == "jpeg":
+                colorspace = "RGB" if tile.photometric == RGB else "YCbCr"
+                pixels = imagecodecs.jpeg_decode(tile.data, tables=tile.jpeg_tables, colorspace=colorspace, outcolorspace="RGB")
+            else:
+                pixels, _, _ = page.decode(tile.data, 0, jpegtables=tile.jpeg_tables)
         except Exception as error:
             raise CorruptSlideError(f"{self.path}: cannot decode a tile of level {level}: {error}") from None
         return np.asarray(pixels).reshape(tile.height, tile.width, -1)[..., :3]
+
+    def _levels_read_as_rgb(self, properties: dict[str, str]) -> set[int]:
+        """The levels whose reader hands out a JPEG stream's YCbCr as if it were RGB: openslide decodes by the TIFF's
+        or DICOM's tag alone, tifffile too unless the page's first tile starts with a JFIF marker."""
+        if self._osr is not None and properties.get(openslide.PROPERTY_NAME_VENDOR) == "dicom":
+            from slides.dicom import ycbcr_tagged_rgb  # pydicom: only DICOM slides pay its start-up time
+
+            files = [member for member in self.path.parent.iterdir() if _regular(member) and _is_dicom(member)]
+            sizes = ycbcr_tagged_rgb(files, properties.get("dicom.SeriesInstanceUID", ""))
+            return {index for index, level in enumerate(self.levels) if (level.width, level.height) in sizes}
+        levels = set()
+        for index, page in self._tiff_pages.items():
+            if page.compression != tifffile.COMPRESSION.JPEG or page.photometric != tifffile.PHOTOMETRIC.RGB:
+                continue
+            if self._osr is None and page.is_jfif:
+                continue
+            first = next((i for i, count in enumerate(page.databytecounts) if count), None)
+            if first is not None:
+                tile = os.pread(self._fd, page.databytecounts[first], page.dataoffsets[first])
+                if colour_model(tile, page.jpegtables, tagged=RGB) == YCBCR:
+                    levels.add(index)
+        return levels
 
     # -- what may be said about it -----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

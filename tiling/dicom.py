@@ -49,8 +49,8 @@ from wsidicom.metadata.schema.dicom import WsiMetadataDicomSchema
 from wsidicom.source import Source
 
 from slides import CorruptSlideError, Level, Slide, SlidestreamError
-from slides.jpeg import ADOBE, SOS
-from tiling.jpeg import DEFAULT_QUALITY, self_contained_jpeg
+from slides.jpeg import RGB, SOS, YCBCR, colour_model
+from tiling.jpeg import ADOBE_RGB, DEFAULT_QUALITY, self_contained_jpeg
 from tiling.local import published
 
 # what a PACS shows as the de-identification method (DeidentificationMethod is LO: at most 64 characters)
@@ -91,8 +91,9 @@ class JpegTiles(Protocol):
 
 
 class SlideTiles:
-    """A de-identified slide as `JpegTiles`: its JPEG tiles with COM/APPn stripped, JPEGTables merged in, Aperio's
-    untransformed RGB marked with Adobe "no transform" (the same bytes as the OME-Zarr chunks)."""
+    """A de-identified slide as `JpegTiles`: its JPEG tiles with COM/APPn stripped, JPEGTables merged in, untransformed
+    RGB (Aperio's) marked with Adobe "no transform", YCbCr left as it is whatever the TIFF says (the same bytes as the
+    OME-Zarr chunks)."""
 
     def __init__(self, slide: Slide) -> None:
         self._slide = slide
@@ -243,7 +244,7 @@ class SlideLevel(ImageData):
         level is re-encoded."""
         across, down = self.tiled_size.width, self.tiled_size.height
         for index in range(across * down):
-            frame = self._tiles.jpeg_frame(self._level, index // across, index % across)
+            frame = self._frame(index // across, index % across)
             if frame is not None:
                 photometric = frame_photometric(frame)
                 return photometric if photometric in ENCODINGS else None
@@ -305,10 +306,19 @@ class SlideLevel(ImageData):
     # -- tiles ---------------------------------------------------------------------------------------------------
     def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
         if self.passthrough:
-            frame = self._tiles.jpeg_frame(self._level, tile.y, tile.x)
+            frame = self._frame(tile.y, tile.x)
             if frame is not None and frame_photometric(frame) == self._photometric:
                 return frame
         return self.encoder.encode(self._read(tile))
+
+    def _frame(self, row: int, col: int) -> bytes | None:
+        """A stored tile as a frame. Cases sent before the colour model came from the stream carry Adobe "RGB, no
+        transform" before the JFIF marker of YCbCr tiles (QuPath's): libjpeg lets JFIF win, but pydicom's decoder
+        takes the Adobe word, so the contradiction is dropped (a 0xFF 0xEE pair cannot occur in scan data)."""
+        frame = self._tiles.jpeg_frame(self._level, row, col)
+        if frame is not None and ADOBE_RGB in frame and colour_model(frame) == YCBCR:
+            return frame.replace(ADOBE_RGB, b"", 1)
+        return frame
 
     def get_decoded_tile(self, tile_point: Point, z: float, path: str, cache: bool = True) -> np.ndarray:
         return self._read(tile_point)
@@ -320,20 +330,18 @@ class SlideLevel(ImageData):
 
 
 def frame_photometric(jpeg: bytes) -> str | None:
-    """The DICOM photometric interpretation of a self-contained JPEG: "RGB" where an Adobe segment says "no
-    transform" (Aperio's tiles, as marked by `self_contained_jpeg`), else YCbCr, "YBR_FULL_422" when the chroma is
-    subsampled. None for a JPEG that is not 8-bit 3-component baseline (SOF0), which DICOM's JPEG Baseline excludes."""
-    rgb = False
+    """The DICOM photometric interpretation of a self-contained JPEG, from its own colour model
+    (`slides.jpeg.colour_model`, as any decoder reads the frame): "RGB" for untransformed RGB (Aperio's tiles, marked
+    by `self_contained_jpeg`), else YCbCr, "YBR_FULL_422" when the chroma is subsampled. None for a JPEG that is not
+    8-bit 3-component baseline (SOF0), which DICOM's JPEG Baseline excludes."""
     pos = 2
     while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] != SOS:
         marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-        if marker == ADOBE:
-            rgb = length >= 12 and jpeg[pos + 4 : pos + 9] == b"Adobe" and jpeg[pos + 15] == 0  # its transform flag
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
             if marker != BASELINE or jpeg[pos + 4] != 8 or jpeg[pos + 9] != 3:
                 return None
             sampling = {jpeg[pos + 10 + 3 * c + 1] for c in range(3)}
-            return "RGB" if rgb else "YBR_FULL" if len(sampling) == 1 else "YBR_FULL_422"
+            return "RGB" if colour_model(jpeg) == RGB else "YBR_FULL" if len(sampling) == 1 else "YBR_FULL_422"
         pos += 2 + length
     return None
 
