@@ -51,6 +51,7 @@ HEATMAP = "heatmap.zarr"
 # per-tile results a restarted hub continues from (level 0 holds scores rounded to 1/255 and no QC)
 TILE_STATE = "tile_state"
 TRIAGE = "triage.json"
+IMAGE_METADATA = f"{IMAGE}/zarr.json"  # below a slide version: the image's root group, there once any of it is
 LEASE = "hub.lease"
 PYRAMID = "pyramid.json"
 # triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
@@ -87,6 +88,15 @@ class SlideRef:
     def label(self) -> str:
         """How logs and triage.json name it: the case ID, slide and version, never a file name."""
         return f"{self.case}/{self.slide}/{self.version}"
+
+    def key(self, name: str) -> str:
+        """{case}/slides/{slide}/{version}/{name}: an object of this slide version (manifest.json, image.zarr/...)."""
+        return f"{self.root}/{name}"
+
+    @property
+    def claim_key(self) -> str:
+        """{case}/slides/{slide}/slide.json: the claim of this version's slide number."""
+        return slide_claim_key(self.case, self.slide)
 
     def arrival_key(self, started_at: str) -> str:
         """The `_arrivals/` key of this version's send, in time order."""
@@ -268,7 +278,7 @@ def is_final(triage: dict[str, Any] | None, model: str | None = None) -> bool:
 
 def version_key(ref: SlideRef, name: str) -> str:
     """{case}/slides/{slide}/{version}/{name}: a document of one slide version (manifest.json, triage.json)."""
-    return f"{ref.root}/{name}"
+    return ref.key(name)
 
 
 def is_plain_key(key: str) -> bool:
@@ -276,3 +286,23 @@ def is_plain_key(key: str) -> bool:
     no backslash and no control character. A listing skips any other (a hostile station's `_arrivals//x`)."""
     parts = key.split("/")
     return bool(key) and "\\" not in key and key.isprintable() and not any(part in ("", ".", "..") for part in parts)
+
+
+def image_key(name: str) -> str:
+    """image.zarr/{name}, below a slide version: a level's metadata (0/zarr.json), a shard, the tissue label."""
+    return f"{IMAGE}/{name}"
+
+
+def heatmap_folder() -> str:
+    """heatmap.zarr/, below a slide version: everything of the triage map."""
+    return f"{HEATMAP}/"
+
+
+def arrivals_since(moment: str) -> str:
+    """The `_arrivals/` key to list after: everything stamped at or after `moment` (an ISO time or a stamp)."""
+    return f"{ARRIVALS}/{stamp(moment)}"
+
+
+def member(root: str, *names: str) -> str:
+    """{root}/{name}/...: an object below a slide version's root as a reader holds it (CASE/slides/s1/v1)."""
+    return "/".join((root, *names))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from caseformat.layout import CASE_PATTERN, IMAGE_METADATA, MANIFEST, SLIDES, VERSION_PATTERN, version_number
+from caseformat.results import Triage
 from inference.heatmap import read_triage
 from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, check_not_failed, follow_case, read_manifest
 from inference.scoring import Runner
@@ -18,8 +20,6 @@ from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind
 from transfer.identity import content_id
-from caseformat.layout import CASE_PATTERN, IMAGE, MANIFEST, SLIDES, VERSION_PATTERN, version_number
-from caseformat.results import Triage
 
 COLUMNS = ["slide", "case", "status", "score", "max", "tiles_scored", "area_above_threshold_mm2", "blur_fraction",
            "seconds", "error", "results"]
@@ -61,7 +61,7 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
                 items += [Item(version.url, _relative_name(version), location=version) for version in found]
                 continue
             if location.is_s3:
-                items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (*/slides/*/*/image.zarr) here"))
+                items.append(Item(text, location.name, problem=f"{text}: no slidestream cases (slide versions with an image) here"))
                 continue
         items.append(_slide_item(text))
     seen: dict[str, int] = {}
@@ -106,7 +106,7 @@ def _relative_name(version: Location) -> str:
 
 
 def _is_slide_version(location: Location) -> bool:
-    return location.exists(f"{IMAGE}/zarr.json") or location.exists(MANIFEST)
+    return location.exists(IMAGE_METADATA) or location.exists(MANIFEST)
 
 
 

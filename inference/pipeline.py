@@ -21,6 +21,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, IMAGE_METADATA, MANIFEST, image_key
+from caseformat.results import COMPLETE, FAILED, Manifest
 from inference.errors import InferenceError
 from inference.heatmap import Heatmap, load_tile_state, read_triage, write_results
 from inference.scoring import ModelRef, Runner, TileResults
@@ -28,8 +30,6 @@ from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef,
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
 from tiling.pyramid import shard_address
-from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, MANIFEST
-from caseformat.results import COMPLETE, FAILED, Manifest
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
 MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small slide), so QC has tiles to judge
@@ -145,8 +145,8 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
     manifest = read_manifest(case)
     state = check_not_failed(case, manifest)
-    if not case.exists(f"{IMAGE}/zarr.json"):
-        raise CaseNotReadyError(f"{case.url}: no {IMAGE}/zarr.json (not a slidestream case, or not arrived yet)")
+    if not case.exists(IMAGE_METADATA):
+        raise CaseNotReadyError(f"{case.url}: no image metadata (not a slidestream case, or not arrived yet)")
     if manifest is not None and not manifest.plan_final:
         raise CaseNotReadyError(f"{case.url}: the sender has not found the tissue yet (only the overview is planned)")
     ref = ZarrRef(case.child(IMAGE))
@@ -179,7 +179,7 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
     triage = read_triage(case)
     if triage is None or triage.stage != options.stage or triage.model != options.model.spec.name:
         return None
-    if not case.exists(f"{IMAGE}/zarr.json"):
+    if not case.exists(IMAGE_METADATA):
         return None
     heatmap = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
     return heatmap if load_tile_state(heatmap, case.child(HEATMAP)) else None
@@ -189,7 +189,7 @@ def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) ->
     """The edge triage's scores (its coarse map, published beside the image before the hub's first pass) on the
     grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none."""
     triage = read_triage(case)
-    if triage is None or triage.stage != EDGE or not case.exists(f"{IMAGE}/zarr.json"):
+    if triage is None or triage.stage != EDGE or not case.exists(IMAGE_METADATA):
         return None
     edge = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
     return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, case.child(HEATMAP)) else None
@@ -266,7 +266,7 @@ def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: Manife
     if manifest is None:
         return np.ones(shape, bool)
     arrived = set(manifest.arrived)
-    missing_keys = [shard_address(key.removeprefix(f"{IMAGE}/")) for key in manifest.planned if key not in arrived]
+    missing_keys = [shard_address(key.removeprefix(image_key(""))) for key in manifest.planned if key not in arrived]
     side_y, side_x = source.shard_side(level)
     height, width = source.arrays[level].shape[1:]
     missing = np.zeros((math.ceil(height / side_y), math.ceil(width / side_x)), np.int32)

@@ -3,7 +3,7 @@
 Both the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) go through obstore on S3 (the
 client the viewer uses; zarr's `ObjectStore` wraps it) and plain files locally, so local and S3 cases share every
 line of the pipeline. Nothing is cached between reads: a receiving side polls objects that change under it.
-Listings are the exception: they go through `viewer.storage.list_s3` (botocore), which skips keys no slidestream
+Listings are the exception: they go through `objectstore.list_s3` (botocore), which skips keys no slidestream
 writer makes (`a//b`, `..`) instead of failing the whole listing as obstore does on the first.
 """
 
@@ -25,7 +25,7 @@ from zarr.abc.store import Store
 
 from inference.errors import InferenceError
 from transfer.readers import object_store
-from viewer.storage import StorageError, list_s3
+from objectstore import StorageError, list_s3
 
 
 @dataclass(frozen=True)

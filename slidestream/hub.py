@@ -55,8 +55,8 @@ def hub(
     parse_store_url(store)
     import torch
 
-    from inference import AnalyzeOptions, Location, ModelRef, Runner
     from caseformat.layout import HUB
+    from inference import AnalyzeOptions, Location, ModelRef, Runner
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
@@ -153,10 +153,10 @@ class Hub:
         older version a rescan superseded is no longer worked on). The first look reads the whole index; later
         ones start a day back (senders' clocks may differ a little from ours), so a look is one LIST page per 1000
         slide versions sent in the last day."""
-        from caseformat.layout import ARRIVALS, SlideRef, version_number
+        from caseformat.layout import ARRIVALS, SlideRef, arrivals_since, version_number
 
         keys = self.root.keys(ARRIVALS, self.listed_after)
-        self.listed_after = f"{ARRIVALS}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime(time.time() - 86400))}"
+        self.listed_after = arrivals_since(time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - 86400)))
         found = []
         with self.lock:
             for key in keys:

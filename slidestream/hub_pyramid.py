@@ -16,10 +16,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import EMPTY, ConvertOptions, LevelPlan, StoredLevel, downsample_shard, read_shard_index, shard_address, shard_index_size
+from caseformat.layout import IMAGE, PYRAMID, image_key
 from caseformat.results import Manifest, PyramidRecord, check_array
-from caseformat.layout import IMAGE, PYRAMID
+from tiling.jpeg import CODEC_NAME
+from tiling.pyramid import (
+    EMPTY,
+    ConvertOptions,
+    LevelPlan,
+    StoredLevel,
+    downsample_shard,
+    read_shard_index,
+    shard_address,
+    shard_index_size,
+)
 
 if TYPE_CHECKING:
     from inference import Location
@@ -94,7 +103,7 @@ def _level(image: Location, index: int, source: int, step: int, chunk: int, n: i
     metadata = image.read_json(f"{index}/zarr.json") or {}
     stored = (image.read_json(f"{source}/zarr.json") or {})["shape"]
     for number, shape in ((index, metadata["shape"]), (source, stored)):
-        check_array(f"{IMAGE}/{number}/zarr.json", shape, [3, chunk, chunk], [3, chunk * n, chunk * n], "uint8")
+        check_array(image_key(f"{number}/zarr.json"), shape, [3, chunk, chunk], [3, chunk * n, chunk * n], "uint8")
     height, width = int(metadata["shape"][1]), int(metadata["shape"][2])
     codec = next(c for c in metadata["codecs"][0]["configuration"]["codecs"] if c["name"] == CODEC_NAME)
     level = LevelPlan(index, width, height, float(2**index), source, float(step), False, False, source, True)

@@ -18,11 +18,10 @@ sized by it, and refused as "unreadable: <reason>" otherwise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import json
 
 import numpy as np
 import obstore.exceptions
@@ -32,13 +31,24 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 import tiling.codec  # noqa: F401 - registers the JPEG chunk codec that read_region's zarr reads need
+from caseformat.errors import DocumentError
+from caseformat.layout import (
+    IMAGE,
+    IMAGE_METADATA,
+    MANIFEST,
+    PYRAMID,
+    SLIDES,
+    VERSION_PATTERN,
+    image_key,
+    member,
+    validate_case,
+    version_number,
+)
+from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
 from slides import Level, SlidestreamError
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
-from caseformat.errors import DocumentError
-from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
 from transfer.readers import object_store
-from caseformat.layout import IMAGE, MANIFEST, PYRAMID, SLIDES, VERSION_PATTERN, validate_case, version_number
 from transfer.target import parse_endpoint, parse_store_url
 
 T = TypeVar("T")
@@ -55,7 +65,7 @@ def is_stored_case(target: str) -> bool:
     if target.startswith("s3://"):
         return True
     path = Path(target)
-    return path.is_dir() and (any((path / name).is_file() for name in ("zarr.json", f"{IMAGE}/zarr.json", MANIFEST)) or (path / SLIDES).is_dir())
+    return path.is_dir() and (any((path / name).is_file() for name in ("zarr.json", IMAGE_METADATA, MANIFEST)) or (path / SLIDES).is_dir())
 
 
 def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str | None = None) -> StoredCase:
@@ -70,12 +80,12 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
     slides = folder.children(SLIDES)
     if slides and folder.read(MANIFEST) is None:  # a case folder: its one slide, at its newest version
         if len(slides) > 1:
-            raise StoredCaseError(f"{target}: the case has {len(slides)} slides ({', '.join(slides)}); name one: {root}/{SLIDES}/SLIDE")
-        versions = [name for name in folder.children(f"{SLIDES}/{slides[0]}") if VERSION_PATTERN.fullmatch(name)]
+            raise StoredCaseError(f"{target}: the case has {len(slides)} slides ({', '.join(slides)}); name one: {member(root, 'slides', 'SLIDE')}")
+        versions = [name for name in folder.children(member(SLIDES, slides[0])) if VERSION_PATTERN.fullmatch(name)]
         if not versions:
             raise StoredCaseError(f"{target}: slide {slides[0]} has no version yet")
         case_name = root.rsplit("/", 1)[-1]
-        root = f"{root}/{SLIDES}/{slides[0]}/{max(versions, key=version_number)}"
+        root = member(root, SLIDES, slides[0], max(versions, key=version_number))
         folder = CaseFolder(target, _store(root, endpoint_url))
     else:
         parts = root.split("/")
@@ -86,10 +96,10 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
         raise StoredCaseError(f"{target}: the case is not complete (state {manifest.state}{f': {reason}' if reason else ''}); "
                               "export it once its send has finished")
     if manifest is not None and not manifest.hub_pyramid_done(folder.read_document(PYRAMID, PyramidRecord.read)):
-        raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet ({PYRAMID} not complete); "
+        raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet (pyramid.json not complete); "
                               "export it once `slidestream hub` has, or send with --full-pyramid")
-    in_case = named_image or manifest is not None or folder.read(f"{IMAGE}/zarr.json") is not None
-    image = f"{IMAGE}/" if in_case else ""  # else convert's output: the folder is the image
+    in_case = named_image or manifest is not None or folder.read(IMAGE_METADATA) is not None
+    image = image_key("") if in_case else ""  # else convert's output: the folder is the image
     return StoredCase(folder, image, validate_case(case_id) if case_id is not None else _case_name(target, case_name))
 
 

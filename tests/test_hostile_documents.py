@@ -26,7 +26,7 @@ from slides import open_slide
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from viewer import ImageError, S3Storage
 from viewer.image import Arrival, open_image, parse_manifest
-from viewer.storage import ZarrView
+from objectstore import ZarrView
 
 PREFIX = "hostile"
 GOOD = "GOOD-1"

@@ -32,14 +32,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from caseformat.layout import CASE_RECORD, TRIAGE, SlideRef, case_key, heatmap_folder
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder
-from transfer.errors import BucketNotFoundError, CredentialsError, IntegrityError, JournalError, NetworkDeadlineError, NetworkError, SlideTakenError, TransferError
+from transfer.errors import (
+    BucketNotFoundError,
+    CredentialsError,
+    IntegrityError,
+    JournalError,
+    NetworkDeadlineError,
+    NetworkError,
+    SlideTakenError,
+    TransferError,
+)
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
-from caseformat.layout import CASE_RECORD, HEATMAP, SLIDES, SLIDE_CLAIM, SlideRef, TRIAGE
 from transfer.target import Destination
 
 if TYPE_CHECKING:
@@ -260,7 +269,7 @@ class Sender:
         created only if absent (waiting for the link until --deadline like every object). One that exists with other
         bytes is another station's claim on the number: the send is given up (nothing of it was written) with
         `SlideTakenError`, and sending again takes the next free number."""
-        key = f"{self.dest.case_root}{SLIDES}/{self.dest.slide}/{SLIDE_CLAIM}"
+        key = self.dest.key(self.dest.ref.claim_key)
         if self._put_verified(key, document, Digest.of(document), "application/json", "no-cache", create=True):
             return
         try:
@@ -385,7 +394,7 @@ class Sender:
         its clock and context) and this version's `_arrivals/` marker, by which hubs and worklists find it."""
         assert self._arrivals is not None
         if self.registration is not None:
-            record = self.dest.case_root + CASE_RECORD
+            record = self.dest.key(case_key(self.dest.case, CASE_RECORD))
             self._put_verified(record, self.registration, Digest.of(self.registration), "application/json", "no-cache", create=True)
         marker = self.dest.key(self.dest.ref.arrival_key(self._arrivals.started_at))
         self._put_verified(marker, b"", Digest.of(b""), "application/octet-stream")
@@ -450,8 +459,8 @@ class Sender:
         triage.json): once its writer has stopped, so nothing lands after the delete. Best effort: without LIST
         permission the heatmap's chunks stay (readers ignore results of a failed case)."""
         try:
-            keys = [self.dest.root + TRIAGE]
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.dest.bucket, Prefix=f"{self.dest.root}{HEATMAP}/")
+            keys = [self.dest.key(self.dest.ref.key(TRIAGE))]
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.dest.bucket, Prefix=self.dest.key(self.dest.ref.key(heatmap_folder())))
             keys += [entry["Key"] for page in pages for entry in page.get("Contents", [])]
             for first in range(0, len(keys), 1000):
                 batch = [{"Key": key} for key in keys[first : first + 1000]]

@@ -11,7 +11,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from caseformat.layout import IMAGE, MANIFEST, SlideRef, validate_case, validate_slide, validate_version
+from caseformat.layout import IMAGE, MANIFEST, SlideRef, image_key, validate_case, validate_slide, validate_version
 from transfer.errors import DestinationError
 
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
@@ -48,15 +48,15 @@ class Destination:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def image_key(self, key: str) -> str:
-        return f"{self.root}{IMAGE}/{key}"
+        return self.key(self.ref.key(image_key(key)))
 
     @property
     def manifest_key(self) -> str:
-        return self.root + MANIFEST
+        return self.key(self.ref.key(MANIFEST))
 
     @property
     def url(self) -> str:
-        return f"s3://{self.bucket}/{self.root}{IMAGE}"
+        return f"s3://{self.bucket}/{self.key(self.ref.key(IMAGE))}"
 
     @property
     def journal_endpoint(self) -> str:

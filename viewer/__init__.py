@@ -3,7 +3,7 @@
 from viewer.app import create_app
 from viewer.cases import Cases
 from viewer.image import CaseNotFoundError, ImageError, TileNotFoundError
-from viewer.storage import InvalidKeyError, LocalStorage, ObjectNotFoundError, S3Storage, Storage, StorageError, open_storage
+from objectstore import InvalidKeyError, LocalStorage, ObjectNotFoundError, S3Storage, Storage, StorageError, open_storage
 from viewer.tokens import WORKLIST, AccessError, ScopeError, SecretError, TokenError, Tokens, case_scope, load_secret
 
 __all__ = [

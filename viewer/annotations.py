@@ -32,7 +32,7 @@ from caseformat.signing import SigningKey, TrustedKeys
 from slides.errors import printable
 from viewer.cache import AsyncCache
 from viewer.reports import oversized
-from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 
 Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE, allow_inf_nan=False)]
 

@@ -19,7 +19,7 @@ from caseformat.layout import audit_folder, audit_key
 from caseformat.signing import SigningKey, TrustedKeys
 from slides.errors import printable
 from viewer.reports import oversized
-from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 
 
 async def record(storage: Storage, key: SigningKey, person: Person | None, action: str, case: str, slide: str | None = None,

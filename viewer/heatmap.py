@@ -28,12 +28,12 @@ import zarr
 import zarr.api.asynchronous
 from PIL import Image
 
-from tiling.pyramid import TISSUE_LABEL
 from caseformat.errors import DocumentError
-from caseformat.layout import HEATMAP, IMAGE, TILE_STATE
+from caseformat.layout import HEATMAP, IMAGE, TILE_STATE, member
 from caseformat.results import check_array
+from objectstore import ObjectInfo
+from tiling.pyramid import TISSUE_LABEL
 from viewer.image import ImageError, Level, SlideImage
-from viewer.storage import ObjectInfo
 
 MAX_PIXELS = 64_000_000  # a heatmap is coarse; anything bigger is a mistake, not something to load into memory
 
@@ -92,7 +92,7 @@ def version_of(objects: list[ObjectInfo]) -> str:
 async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: str) -> Heatmap:
     """Read the whole (coarse) map once and colour it; `FileNotFoundError` while it does not exist."""
     where = f"case {image.case}: heatmap"
-    group = await zarr.api.asynchronous.open_group(store=store, path=f"{image.case}/{HEATMAP}", mode="r", zarr_format=3)
+    group = await zarr.api.asynchronous.open_group(store=store, path=member(image.case, HEATMAP), mode="r", zarr_format=3)
     try:
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][0]
         array = await group.getitem(dataset["path"])
@@ -155,7 +155,7 @@ async def _tissue_cells(
     """(h, w) bool: map cells with any tissue under them, from the label image's coarsest level; None without one."""
     try:
         # image.case is the slide version's root (CASE/slides/SLIDE/VERSION): the label of this very scan
-        label_path = f"{image.case}/{IMAGE}/{TISSUE_LABEL}"
+        label_path = member(image.case, IMAGE, TISSUE_LABEL)
         group = await zarr.api.asynchronous.open_group(store=store, path=label_path, mode="r", zarr_format=3)
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][-1]
         array = await group.getitem(dataset["path"])

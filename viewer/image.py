@@ -23,13 +23,13 @@ from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.array import AsyncArray
 
-from slides import SlidestreamError
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
+from caseformat.errors import DocumentError
+from caseformat.layout import IMAGE, image_key, member
+from caseformat.results import COMPLETE, FAILED, Manifest, check_array, check_levels
+from slides import SlidestreamError
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import read_shard_index, shard_address, shard_index_size
-from caseformat.errors import DocumentError
-from caseformat.layout import IMAGE, MANIFEST
-from caseformat.results import COMPLETE, FAILED, Manifest, check_array, check_levels
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -114,7 +114,7 @@ class SlideImage:
         return self.levels[index]
 
     def shard_object(self, level: Level, shard_row: int, shard_col: int) -> str:
-        return f"{self.case}/{IMAGE}/{level.shard_key(shard_row, shard_col)}"
+        return member(self.case, IMAGE, level.shard_key(shard_row, shard_col))
 
     def describe(self) -> dict[str, Any]:
         """What the browser needs, and nothing else (no source file name, no scanner properties)."""
@@ -137,7 +137,7 @@ class SlideImage:
 async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
     """Read the image group and its level arrays through zarr; `CaseNotFoundError` before the metadata arrives."""
     try:
-        group = await zarr.api.asynchronous.open_group(store=store, path=f"{case}/{IMAGE}", mode="r", zarr_format=3)
+        group = await zarr.api.asynchronous.open_group(store=store, path=member(case, IMAGE), mode="r", zarr_format=3)
         multiscale = group.attrs["ome"]["multiscales"][0]
         datasets = multiscale["datasets"]
         check_levels(f"case {case}: image", len(datasets))
@@ -214,7 +214,7 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
     unplanned = BACKGROUND if read.plan_final else PENDING
     grids = [bytearray(unplanned * (level.shard_rows * level.shard_columns), "ascii") for level in image.levels]
     for key in planned:
-        address = shard_address(str(key).rpartition(f"{IMAGE}/")[2])
+        address = shard_address(str(key).rpartition(image_key(""))[2])
         if address is None:
             continue
         index, row, col = address
@@ -227,7 +227,7 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
 
 def _manifest(case: str, manifest: dict[str, Any]) -> Manifest:
     try:
-        return Manifest.from_document(manifest, f"case {case}: {MANIFEST}")
+        return Manifest.from_document(manifest, f"case {case}: manifest")
     except DocumentError as error:
         raise ImageError(str(error)) from None
 

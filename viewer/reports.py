@@ -29,7 +29,7 @@ from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, numb
 from caseformat.signing import SigningKey, TrustedKeys
 from slides import SlidestreamError
 from slides.errors import printable
-from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 
 MAX_TEXT = TEXT_LIMIT
 Version = TypeVar("Version", Report, Request)

@@ -1,0 +1,364 @@
+"""The store behind one small async interface: an S3 and a local-directory implementation, and a zarr view.
+
+Keys are '/'-separated and relative to the store root (``CASE/image.zarr/0/c/0/1/2``). Both implementations
+answer without blocking the event loop: S3 through obstore (Rust, async, pooled connections), local files in
+worker threads. The local store refuses every key that would leave its root, symlinks included.
+
+S3 listings go through botocore (`list_s3`), not obstore: obstore fails a whole listing on one key it cannot parse
+(`a//b`, `..`), and any station can write such a key. A listing skips every key this layout could not have written
+(`caseformat.layout.is_plain_key`) and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import obstore
+import obstore.exceptions
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from caseformat.layout import is_plain_key
+from slides import SlidestreamError
+from transfer.readers import object_store
+from transfer.target import parse_endpoint
+
+T = TypeVar("T")
+
+
+class StorageError(SlidestreamError, OSError):
+    """The store cannot be reached or refused the request (network, credentials, permissions)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """No object under that key (yet)."""
+
+
+class InvalidKeyError(SlidestreamError, ValueError):
+    """A key that does not name an object inside the store (empty, absolute, '..', backslash, NUL)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: `tag` changes whenever its content does (S3 ETag, or mtime and size on disk)."""
+
+    key: str
+    size: int
+    tag: str
+
+
+class Storage(ABC):
+    """Read (and, for reports, write) objects of one store."""
+
+    location: str
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The whole object; `ObjectNotFoundError` when absent."""
+
+    @abstractmethod
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (a chunk inside a shard)."""
+
+    @abstractmethod
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        """The last `length` bytes (a shard index), without knowing the object's size."""
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Replace the object atomically: readers see the old or the new bytes, never a mix."""
+
+    @abstractmethod
+    async def create(self, key: str, data: bytes) -> bool:
+        """Write the object only if no object has the key (S3: `If-None-Match: *`): False, and nothing written, when
+        one does. How a signed report and its amendments are never overwritten, whoever signs at the same time."""
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix/`, recursively."""
+
+    @abstractmethod
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        """Names of the 'folders' directly under `prefix` (the cases, at the root)."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could name something outside the store, whatever the backend makes of them."""
+    parts = key.split("/")
+    if not key or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        raise InvalidKeyError(f"invalid object key {key!r}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    return check_key(prefix) if prefix else prefix
+
+
+# -- S3 --------------------------------------------------------------------------------------------------------
+class S3Storage(Storage):
+    """An S3 bucket (AWS, MinIO, Ceph RGW, moto) under an optional prefix, with boto3's credential chain."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        self.location = f"s3://{bucket}/{prefix}".rstrip("/")
+        self._bucket, self._prefix, self._endpoint = bucket, prefix.strip("/"), endpoint_url
+        # a viewer should say "store unavailable" within seconds, not retry for minutes
+        retries = {"max_retries": 2, "retry_timeout": timedelta(seconds=15), "backoff": {"init_backoff": timedelta(milliseconds=100)}}
+        self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries)
+
+    async def get(self, key: str) -> bytes:
+        result = await self._call(key, obstore.get_async(self._store, check_key(key)))
+        return bytes(await self._call(key, result.bytes_async()))
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        return bytes(await self._call(key, obstore.get_range_async(self._store, check_key(key), start=start, length=length)))
+
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        result = await self._call(key, obstore.get_async(self._store, check_key(key), options={"range": {"suffix": length}}))
+        return bytes(await self._call(key, result.bytes_async()))
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self._call(key, obstore.put_async(self._store, check_key(key), data))
+
+    async def create(self, key: str, data: bytes) -> bool:
+        async def put() -> bool:
+            try:
+                await obstore.put_async(self._store, check_key(key), data, mode="create")
+            except (obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
+                return False
+            return True
+
+        return await self._call(key, put())
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        check_prefix(prefix)
+        objects, _ = await self._listing(prefix, prefix + "/", False)
+        return [ObjectInfo(item["Key"], item["Size"], item.get("ETag") or str(item["LastModified"])) for item in objects]
+
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        _, folders = await self._listing(prefix, f"{prefix}/" if prefix else "", True)
+        return sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)
+
+    async def _listing(self, what: str, prefix: str, folders: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        try:
+            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders)
+        except ObjectNotFoundError:
+            raise
+        except StorageError as error:
+            raise StorageError(f"{self.location}/{what}: {error}") from None
+
+    async def _call(self, key: str, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except FileNotFoundError:  # obstore's NotFoundError
+            raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+        except (obstore.exceptions.BaseError, OSError) as error:
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StorageError(f"{self.location}/{key}: {first_line}") from None
+
+
+# -- local directory -------------------------------------------------------------------------------------------
+class LocalStorage(Storage):
+    """A directory with the same layout as the bucket (e.g. what `slidestream convert` or a sync produced)."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.is_dir():
+            raise StorageError(f"{root}: not a directory")
+        self.root = root.resolve()
+        self.location = str(self.root)
+
+    def path(self, key: str) -> Path:
+        """The file for `key`; `InvalidKeyError` for anything that resolves outside the root (symlinks too)."""
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise InvalidKeyError(f"invalid object key {key!r}")
+        return path
+
+    async def get(self, key: str) -> bytes:
+        return await self._run(key, lambda: self.path(key).read_bytes())
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        def read() -> bytes:
+            with self.path(key).open("rb") as file:
+                file.seek(start)
+                return file.read(length)
+
+        return await self._run(key, read)
+
+    async def get_suffix(self, key: str, length: int) -> bytes:
+        def read() -> bytes:
+            with self.path(key).open("rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - length))
+                return file.read()
+
+        return await self._run(key, read)
+
+    async def put(self, key: str, data: bytes) -> None:
+        def write() -> None:
+            path = self.path(key)
+            os.replace(_staged(path, data), path)
+
+        await self._run(key, write)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        def write() -> bool:
+            path = self.path(key)
+            staged = _staged(path, data)
+            try:
+                os.link(staged, path)  # complete when it appears, and refused when the name is taken
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(staged)
+
+        return await self._run(key, write)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
+            base = self.path(prefix)
+            found = []
+            for path in sorted(base.rglob("*")):
+                if path.is_file() and path.resolve().is_relative_to(self.root):
+                    stat = path.stat()
+                    found.append(ObjectInfo(path.relative_to(self.root).as_posix(), stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}"))
+            if not found and not base.is_dir():
+                raise FileNotFoundError(prefix)
+            return found
+
+        return await self._run(prefix, walk)
+
+    async def list_dirs(self, prefix: str = "") -> list[str]:
+        def scan() -> list[str]:
+            base = self.path(prefix) if prefix else self.root
+            return sorted(entry.name for entry in base.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+
+        return await self._run(prefix, scan)
+
+    async def _run(self, key: str, function: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(function)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+        except OSError as error:
+            raise StorageError(f"{self.location}/{key}: {error.strerror or error}") from None
+
+
+def list_s3(bucket: str, root: str, prefix: str, endpoint_url: str | None, *, start_after: str | None = None,
+            folders: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects (botocore's Key, Size, ETag, LastModified; keys relative to `root`) under `prefix` of the store at
+    `s3://bucket/root`, after `start_after` when given, and with `folders` the folders directly under `prefix` instead
+    of what they hold. Keys `is_plain_key` refuses are skipped; `StorageError` when the store cannot be listed."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    base = f"{root}/" if root else ""
+    pages = _s3_client(parse_endpoint(endpoint_url) or os.environ.get("AWS_ENDPOINT_URL")).get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=base + prefix, **({"Delimiter": "/"} if folders else {}),
+        **({"StartAfter": base + start_after} if start_after else {}))  # fmt: skip
+    objects, common = [], []
+    try:
+        for page in pages:
+            objects += [{**item, "Key": item["Key"][len(base):]} for item in page.get("Contents", []) if is_plain_key(item["Key"])]
+            common += [entry["Prefix"][len(base):] for entry in page.get("CommonPrefixes", []) if is_plain_key(entry["Prefix"].rstrip("/"))]
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise ObjectNotFoundError(f"s3://{bucket}: no such bucket") from None
+        raise StorageError(f"{code or 'error'}: {str(error).splitlines()[0]}") from None
+    except BotoCoreError as error:
+        raise StorageError(str(error).splitlines()[0]) from None
+    return objects, common
+
+
+@functools.cache
+def _s3_client(endpoint: str | None) -> Any:
+    """One botocore client per endpoint, so that its connections are reused (listings only)."""
+    from transfer.network import make_client
+
+    return make_client(endpoint)
+
+
+def open_storage(location: str, endpoint_url: str | None = None) -> Storage:
+    """`s3://BUCKET[/PREFIX]` or a local directory."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StorageError(f"{location}: no bucket named")
+        return S3Storage(bucket, prefix.strip("/"), endpoint_url)
+    return LocalStorage(Path(location))
+
+
+
+def _staged(path: Path, data: bytes) -> str:
+    """`data` in a hidden file beside `path` (its folder made if needed): renamed or linked into place whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        file.write(data)
+    return file.name
+
+
+class ZarrView(ZarrStore):
+    """A `Storage` as a read-only zarr store: zarr's reads (lossless chunks, heatmaps) pass the same key checks."""
+
+    supports_writes = False
+    supports_deletes = False
+    supports_partial_writes = False
+    supports_listing = False
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(read_only=True)
+        self.storage = storage
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ZarrView) and other.storage is self.storage
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        try:
+            if isinstance(byte_range, RangeByteRequest):
+                data = await self.storage.get_range(key, byte_range.start, byte_range.end - byte_range.start)
+            elif isinstance(byte_range, SuffixByteRequest):
+                data = await self.storage.get_suffix(key, byte_range.suffix)
+            else:
+                data = await self.storage.get(key)
+                if isinstance(byte_range, OffsetByteRequest):
+                    data = data[byte_range.offset :]
+        except ObjectNotFoundError:
+            return None
+        return prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.storage.get_suffix(key, 1)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def set(self, key: str, value: Buffer) -> None:
+        raise NotImplementedError("read-only")
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError("read-only")
+
+    def list(self) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        raise NotImplementedError("no listing")
