@@ -57,9 +57,9 @@ import boto3
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from link import PROFILES, EmulatedLink  # noqa: E402
 from measure_link import OUT, echo_sink, empty_bucket, measure_tcp, s3_endpoint  # noqa: E402
 from measure_link import client as s3  # noqa: E402
-from link import PROFILES, EmulatedLink  # noqa: E402
 
 LINK_SLOT = 9
 SETTLE = 30  # seconds for the server to free deleted objects before the next link's runs

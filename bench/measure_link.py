@@ -20,10 +20,10 @@ import os
 import shutil
 import socket
 import socketserver
-import threading
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator

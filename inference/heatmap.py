@@ -13,13 +13,13 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
+from caseformat.errors import DocumentError
+from caseformat.layout import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
+from caseformat.results import Triage
 from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
-from caseformat.errors import DocumentError
-from caseformat.layout import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
-from caseformat.results import Triage
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5

@@ -22,15 +22,15 @@ import zarr
 from PIL import Image
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
+from caseformat.errors import DocumentError
+from caseformat.layout import IMAGE, SLIDES
+from caseformat.results import check_array, check_levels
 from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.pyramid import TISSUE_LABEL
 from tiling.tissue import MASK_SIDE
-from caseformat.errors import DocumentError
-from caseformat.layout import IMAGE, SLIDES
-from caseformat.results import check_array, check_levels
 
 
 class Source(Protocol):

@@ -24,8 +24,8 @@ import zarr
 from zarr.abc.store import Store
 
 from inference.errors import InferenceError
-from transfer.readers import object_store
 from objectstore import StorageError, list_s3
+from transfer.readers import object_store
 
 
 @dataclass(frozen=True)

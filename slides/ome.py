@@ -8,8 +8,8 @@ XML itself is never passed on.
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile

@@ -29,7 +29,6 @@ from rich.console import Console
 
 from slidestream.serve import DEFAULT_PORT
 
-
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
 
@@ -89,10 +88,10 @@ MILESTONES = (
 
 def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
     """The milestones the case has reached, read from the store as a remote viewer sees it."""
+    from caseformat.layout import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE, SlideRef
     from inference import Location
     from slidestream.errors import DemoError
     from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
-    from caseformat.layout import EDGE, HUB, MANIFEST, PYRAMID, SlideRef, TRIAGE
 
     location = Location.parse(store, endpoint).child(SlideRef(case).root)  # the case's first slide, first scan
 

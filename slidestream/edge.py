@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from caseformat.layout import EDGE
 from tiling import SendOrder, die_with_parent
 from transfer import Destination
-from caseformat.layout import EDGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -35,11 +35,11 @@ def export_dicom(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export a slide or a stored case as a DICOM VL Whole Slide Microscopy series (JPEG tiles copied, de-identified)."""
+    from caseformat.layout import validate_case
     from slides import open_slide
     from slidestream.stored import is_stored_case, open_stored_case
     from tiling.dicom import export_dicom as export
     from transfer.identity import content_id
-    from caseformat.layout import validate_case
 
     if is_stored_case(slide):
         stored = open_stored_case(slide, endpoint_url, case)

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import ALL_SAMPLES, S3Server, sample
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from conftest import ALL_SAMPLES, S3Server, sample
 from inference import AnalyzeOptions
 from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source
 from slides import open_slide
 from slidestream.cli import app
-from transfer import content_id, target
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
+from transfer import content_id, target
 
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
 # 17-29 um/px, and a TIFF whose resolution tags say 72 dpi (353 um/px), against the model's 0.5 um/px

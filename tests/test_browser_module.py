@@ -28,8 +28,8 @@ import zarr
 from conftest import REPO, S3Server, sample
 from test_viewer_browser import browser  # noqa: F401  (the Chromium fixture)
 
-from inference.store import Location
 from caseformat.layout import IMAGE, SlideRef
+from inference.store import Location
 
 STATIC = REPO / "viewer" / "static"
 SLIDE = "CMU-1-Small-Region.svs"

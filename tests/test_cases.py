@@ -18,10 +18,10 @@ import tifffile
 from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
 
-from transfer.identity import sample_digest
 from caseformat.documents import Author, CaseRecord, Report, SlideRead
 from caseformat.layout import SlideRef, notice_key, report_key
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey
+from transfer.identity import sample_digest
 
 CMU, TCGA = "CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"
 PATIENT, ACCESSION, MRN = "DOE^JANE", "S26-004711", "MRN-7777123"

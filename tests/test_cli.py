@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import sample
 
 CLI = [sys.executable, "-m", "slidestream"]

@@ -18,9 +18,9 @@ import openslide
 import pydicom
 import pytest
 import tifffile
+from conftest import REPO, sample
 from pydicom.encaps import generate_frames
 
-from conftest import REPO, sample
 from slides import open_slide
 from slides.jpeg import ADOBE, JFIF, RGB, YCBCR, adobe_segment, colour_model
 from slidestream.stored import StoredCase, open_stored_case

@@ -20,14 +20,14 @@ import openslide
 import pydicom
 import pytest
 import tifffile
+from conftest import REPO, sample
 from pydicom.encaps import generate_frames
+from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
 from wsidicom import WsiDicom
 
-from conftest import REPO, sample
-from slides import open_slide
-from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
-from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
 from caseformat.layout import SlideRef
+from slides import open_slide
+from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SLIDES, sample
 
 # The bound: each process of a command (the CLI, its shard builders) gets this much address space. The reader decodes

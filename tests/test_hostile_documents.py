@@ -22,11 +22,11 @@ from caseformat.bounded import utc_now
 from caseformat.layout import CASE_RECORD, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef, case_key, version_key
 from caseformat.results import COMPLETE, Manifest, Triage
 from inference import AnalyzeOptions, Location
+from objectstore import ZarrView
 from slides import open_slide
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from viewer import ImageError, S3Storage
 from viewer.image import Arrival, open_image, parse_manifest
-from objectstore import ZarrView
 
 PREFIX = "hostile"
 GOOD = "GOOD-1"

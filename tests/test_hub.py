@@ -25,16 +25,16 @@ import zarr
 from conftest import S3Server, sample
 from typer.testing import CliRunner
 
+from caseformat.layout import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef
+from caseformat.results import Manifest
+from caseformat.signing import TrustedKeys
 from inference import AnalyzeOptions, Location, analyze_slide
 from slides import open_slide
 from slidestream.cli import app
 from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
-from caseformat.layout import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, SlideRef, TRIAGE
-from caseformat.results import Manifest
-from caseformat.signing import TrustedKeys
-from viewer import S3Storage
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from viewer import S3Storage
 from viewer.cases import Cases, Chunk
 from viewer.image import ARRIVED, BACKGROUND, PENDING
 

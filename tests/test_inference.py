@@ -16,11 +16,11 @@ import pytest
 import tifffile
 import torch
 import zarr
+from conftest import SHARED, sample
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 from PIL import Image
 
-from conftest import SHARED, sample
 from inference import AnalyzeOptions, ModelRef, ModelSpec, analyze_slide, priority_from_heatmap
 from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source

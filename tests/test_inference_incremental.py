@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import S3Server, sample
+
 from inference import AnalyzeOptions, Location, ModelRef, ModelSpec, analyze_case, follow_case
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, plan_pyramid, produce, write_pieces

@@ -19,17 +19,17 @@ import numpy as np
 import openslide
 import pytest
 import zarr
+from conftest import S3Server, sample
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 from ome_zarr_models.v05.labels import Labels
+from reader.upstream_jpeg import UpstreamJpeg
 from typer.testing import CliRunner
 
-from conftest import S3Server, sample
+from caseformat.layout import HEATMAP, IMAGE, SlideRef
 from inference.store import Location
 from slidestream.cli import app
 from tiling.codec import JpegCodec
-from caseformat.layout import HEATMAP, IMAGE, SlideRef
-from reader.upstream_jpeg import UpstreamJpeg
 
 READER = Path(__file__).parent / "reader"
 REPO = Path(__file__).parent.parent

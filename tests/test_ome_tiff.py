@@ -17,9 +17,9 @@ import openslide
 import pytest
 import tifffile
 import zarr
+from conftest import REPO, sample
 
 import tiling  # noqa: F401 - registers the chunk codec zarr needs to read the converted levels
-from conftest import REPO, sample
 from slides import UnsupportedSlideError, open_slide
 
 PATIENT = "DOE^JANE"

@@ -9,13 +9,13 @@ file are searched too. A `--keep-phi` control proves the sweep finds them when t
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import struct
 import subprocess
-import csv
-import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,12 +28,12 @@ import pydicom
 import pytest
 import tifffile
 import zarr
+from conftest import REPO, sample
+from test_viewer import serving
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
-from conftest import REPO, sample
 from slides import CorruptSlideError, open_slide
 from slides.jpeg import strip_metadata
-from test_viewer import serving
 from transfer import content_id
 from viewer import S3Storage
 

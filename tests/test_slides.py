@@ -14,8 +14,8 @@ import openslide
 import pydicom
 import pytest
 import tifffile
-
 from conftest import ALL_SAMPLES, OPENSLIDE_SAMPLES, sample
+
 from slides import CorruptSlideError, SlidestreamError, UnsupportedSlideError, fully_written, open_slide
 from slides.slide import MAX_CHUNK_BYTES
 

@@ -14,15 +14,14 @@ import openslide
 import pytest
 import tifffile
 import zarr
+from conftest import ALL_SAMPLES, sample
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 
-from conftest import ALL_SAMPLES, sample
 from inference.sources import ZarrSource
 from inference.store import Location
 from slides import open_slide
-from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, write_pieces
-from tiling import pyramid
+from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, pyramid, write_pieces
 from tiling.pyramid import metadata_pieces
 from tiling.tissue import detect_tissue, tissue_mask
 

@@ -25,13 +25,23 @@ import tifffile
 import zarr
 from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 
+from caseformat.documents import CaseRecord
+from caseformat.errors import InvalidIdError
+from caseformat.layout import ARRIVALS, SlideRef
 from slides import open_slide
 from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
-from caseformat.errors import InvalidIdError
-from transfer import Arrivals, DestinationError, IntegrityError, Journal, Sender, SendOptions, content_id, parse_destination, validate_case
-from caseformat.layout import ARRIVALS, SlideRef
-from caseformat.documents import CaseRecord
+from transfer import (
+    Arrivals,
+    DestinationError,
+    IntegrityError,
+    Journal,
+    Sender,
+    SendOptions,
+    content_id,
+    parse_destination,
+    validate_case,
+)
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
 from transfer.sender import typical_size
 

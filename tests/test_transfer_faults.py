@@ -43,9 +43,9 @@ from test_transfer import (
     start_slidestream,
 )
 
+from caseformat.layout import SlideRef
 from tiling import Piece, PieceKind
 from transfer import Destination, Journal, parse_destination
-from caseformat.layout import SlideRef
 
 CMU = "CMU-1-Small-Region.svs"
 CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once

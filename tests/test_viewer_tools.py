@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_viewer import V1, pyramid, serving
 
+from caseformat.layout import HUB
 from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
 from inference.store import Location
 from inference.tiles import TileGrid
-from caseformat.layout import HUB
 from viewer import LocalStorage
 from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
-
-from test_viewer import V1, pyramid, serving
 
 SLIDE_SIZE = (2220, 2967)  # CMU-1-Small-Region, level 0 (width, height)
 MPP = 0.499

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class PieceKind(str, Enum):
+class PieceKind(StrEnum):
     """What a piece is, so transfer/ and the arrival manifest can treat it accordingly."""
 
     METADATA = "metadata"  # a zarr.json: must arrive before any chunk so readers can open the image

@@ -39,7 +39,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from slides import CorruptSlideError, Level as SlideLevel, RawTile, Slide, open_slide
+from slides import CorruptSlideError, RawTile, Slide, open_slide
+from slides import Level as SlideLevel
 from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
 from tiling.tissue import SIGNAL_ABOVE_DARK, TissueMask, background_value, detect_tissue, holds_signal, slide_is_darkfield

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from caseformat.layout import validate_case
 from transfer.errors import (
     BucketNotFoundError,
     CredentialsError,
@@ -19,10 +20,9 @@ from transfer.errors import (
     NetworkError,
     TransferError,
 )
+from transfer.identity import content_id
 from transfer.journal import Journal, SendRecord, default_state_dir
 from transfer.manifest import Arrivals
-from transfer.identity import content_id
-from caseformat.layout import validate_case
 from transfer.target import Destination, parse_destination
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
 """viewer: the remote pathologist's web viewer, reading cases straight from the store while they arrive."""
 
+from objectstore import InvalidKeyError, LocalStorage, ObjectNotFoundError, S3Storage, Storage, StorageError, open_storage
 from viewer.app import create_app
 from viewer.cases import Cases
 from viewer.image import CaseNotFoundError, ImageError, TileNotFoundError
-from objectstore import InvalidKeyError, LocalStorage, ObjectNotFoundError, S3Storage, Storage, StorageError, open_storage
 from viewer.tokens import WORKLIST, AccessError, ScopeError, SecretError, TokenError, Tokens, case_scope, load_secret
 
 __all__ = [

@@ -17,9 +17,9 @@ from caseformat.documents import AuditEvent, Author, Person
 from caseformat.errors import DocumentError
 from caseformat.layout import audit_folder, audit_key
 from caseformat.signing import SigningKey, TrustedKeys
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 from slides.errors import printable
 from viewer.reports import oversized
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 
 
 async def record(storage: Storage, key: SigningKey, person: Person | None, action: str, case: str, slide: str | None = None,

@@ -44,6 +44,7 @@ from caseformat.layout import (
     version_number,
 )
 from caseformat.signing import TrustedKeys
+from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 from slides.errors import printable
 from transfer.manifest import case_state, with_hub_pyramid
 from viewer.cache import AsyncCache
@@ -68,7 +69,6 @@ from viewer.image import (
     without_manifest,
 )
 from viewer.reports import Versions, numbered
-from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
 
 TILE_CACHE_BYTES = 256 * 2**20  # JPEG tiles kept in memory (`serve --tile-cache-mb`): 8,000 to 10,000 level-0 tiles
 TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)

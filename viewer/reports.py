@@ -27,9 +27,9 @@ from caseformat.documents import TEXT_LIMIT, Author, Report, Request, SlideRead
 from caseformat.errors import DocumentError
 from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
 from caseformat.signing import SigningKey, TrustedKeys
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 from slides import SlidestreamError
 from slides.errors import printable
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 
 MAX_TEXT = TEXT_LIMIT
 Version = TypeVar("Version", Report, Request)
