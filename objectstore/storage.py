@@ -12,6 +12,7 @@ S3 listings go through botocore (`list_s3`), not obstore: obstore fails a whole 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import os
 import tempfile
@@ -88,7 +89,7 @@ class Storage(ABC):
         """Every object under `prefix/`, recursively."""
 
     @abstractmethod
-    async def list_dirs(self, prefix: str = "") -> list[str]:
+    async def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Names of the 'folders' directly under `prefix` (the cases, at the root)."""
 
 
@@ -144,12 +145,12 @@ class S3Storage(Storage):
         objects, _ = await self._listing(prefix, prefix + "/", False)
         return [ObjectInfo(item["Key"], item["Size"], item.get("ETag") or str(item["LastModified"])) for item in objects]
 
-    async def list_dirs(self, prefix: str = "") -> list[str]:
+    async def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         check_prefix(prefix)
         _, folders = await self._listing(prefix, f"{prefix}/" if prefix else "", True)
         return sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)
 
-    async def _listing(self, what: str, prefix: str, folders: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    async def _listing(self, what: str, prefix: str, folders: bool) -> tuple[builtins.list[dict[str, Any]], builtins.list[str]]:
         try:
             return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders)
         except ObjectNotFoundError:
@@ -238,7 +239,7 @@ class LocalStorage(Storage):
 
         return await self._run(prefix, walk)
 
-    async def list_dirs(self, prefix: str = "") -> list[str]:
+    async def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         def scan() -> list[str]:
             base = self.path(prefix) if prefix else self.root
             return sorted(entry.name for entry in base.iterdir() if entry.is_dir() and not entry.name.startswith("."))
