@@ -12,6 +12,11 @@ Rules (`Registry.lookup` finds, slidestream/station.py decides and claims on the
   the same full SHA-256) is a resend: the same slide version, nothing new on the store;
 - another file at a slide's path is a rescan: the same case and slide, the next version;
 - anything else is a new slide of its specimen's case (a new specimen: a new case).
+
+A specimen is recorded here before the store hears of it (the registry is the registration's idempotency key: a
+retry, a timeout or a restart finds the same case and clock); `unpublished` holds the cases whose case.json the store
+has not confirmed yet. `deliveries` is the outbox's ledger: each (case, kind, number) delivered once, with the
+digest of the text delivered, whichever way (a `_stations/` notice or the case's own reports) it came.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (store, case_id, slide, version)
 );
 CREATE TABLE IF NOT EXISTS cursors (store TEXT NOT NULL, station TEXT NOT NULL, last_key TEXT NOT NULL, PRIMARY KEY (store, station));
+CREATE TABLE IF NOT EXISTS unpublished (store TEXT NOT NULL, case_id TEXT NOT NULL, PRIMARY KEY (store, case_id));
+CREATE TABLE IF NOT EXISTS deliveries (
+    store TEXT NOT NULL, case_id TEXT NOT NULL, kind TEXT NOT NULL, number INTEGER NOT NULL, digest TEXT NOT NULL,
+    final INTEGER NOT NULL, PRIMARY KEY (store, case_id, kind, number)
+);
 """
 CASE_ID_BYTES = 8  # 16 hex digits: random, never derived from the content or a name
 
@@ -141,11 +151,22 @@ class Registry:
                           *([store] if store else []))  # fmt: skip
         return [(row[0], specimen) for row in rows if (specimen := self.specimen(row[0], case=row[1])) is not None]
 
-    def add_specimen(self, store: str, specimen: Specimen) -> None:
+    def add_specimen(self, store: str, specimen: Specimen, unpublished: bool = False) -> None:
+        """Records `specimen`; with `unpublished`, as not yet on the store (see `published`), in the same commit."""
         with self._transaction() as db:
             db.execute("INSERT INTO specimens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (store, specimen.case, specimen.source and storable(specimen.source), storable(specimen.name), json.dumps(specimen.identity),
                         json.dumps(specimen.context), specimen.station, specimen.registered_at))  # fmt: skip
+            if unpublished:
+                db.execute("INSERT OR IGNORE INTO unpublished VALUES (?, ?)", (store, specimen.case))
+
+    def unpublished(self, store: str, case: str) -> bool:
+        """Whether `case` was registered here and the store has not confirmed its case.json yet."""
+        return bool(self._rows("SELECT 1 FROM unpublished WHERE store=? AND case_id=?", store, case))
+
+    def published(self, store: str, case: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM unpublished WHERE store=? AND case_id=?", (store, case))
 
     # -- slides and versions ---------------------------------------------------------------------------------
     def slides(self, store: str, case: str) -> dict[str, str]:
@@ -203,6 +224,7 @@ class Registry:
         with self._transaction() as db:
             if not db.execute("SELECT 1 FROM slides WHERE store=? AND case_id=?", (store, case)).fetchone():
                 db.execute("DELETE FROM specimens WHERE store=? AND case_id=?", (store, case))
+                db.execute("DELETE FROM unpublished WHERE store=? AND case_id=?", (store, case))
 
     def set_sha256(self, store: str, ref: SlideRef, sha256: str) -> None:
         with self._transaction() as db:
@@ -223,3 +245,24 @@ class Registry:
     def set_cursor(self, store: str, station: str, key: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", (store, station, key))
+
+    def delivered(self, store: str, case: str, kind: str, number: int) -> str | None:
+        """The digest of the text delivered for (case, kind, number); None while none was."""
+        rows = self._rows("SELECT digest FROM deliveries WHERE store=? AND case_id=? AND kind=? AND number=?", store, case, kind, number)
+        return rows[0][0] if rows else None
+
+    def delivered_numbers(self, store: str, case: str, kind: str) -> set[int]:
+        return {row[0] for row in self._rows("SELECT number FROM deliveries WHERE store=? AND case_id=? AND kind=?", store, case, kind)}
+
+    def set_delivered(self, store: str, case: str, kind: str, number: int, digest: str, final: bool) -> None:
+        """Records a delivery; the first one recorded for a number stays (a delivered number is never delivered again)."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?)", (store, case, kind, number, digest, int(final)))
+
+    def open_cases(self, store: str, station: str, since: str) -> list[str]:
+        """Cases `station` registered at `since` or later without a final report delivered: their reports are still
+        looked for, oldest first."""
+        rows = self._rows("SELECT case_id FROM specimens s WHERE store=? AND station=? AND registered_at>=? AND NOT EXISTS "
+                          "(SELECT 1 FROM deliveries d WHERE d.store=s.store AND d.case_id=s.case_id AND d.final=1) ORDER BY registered_at",
+                          store, station, since)  # fmt: skip
+        return [row[0] for row in rows]

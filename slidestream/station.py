@@ -1,11 +1,16 @@
 """The hospital station: registers specimens, gives each slide file its case, slide and version, and reads what the
-pathology centre sends back (reports and requests, under `_stations/{station}/`): only what the centre signed for this
-station, as its key names it (`Station.notice`); every other store document is refused in one line. Store text is
-shown as text (`slides.errors.printable`), in the log and in the outbox file, and a delivered report is never replaced.
+pathology centre sends back (reports and requests): only what the centre signed for this station, as its key names it
+(`Station.notice`); every other store document is refused in one line. Store text is shown as text
+(`slides.errors.printable`), in the log and in the outbox file, and a delivered report is never replaced. What comes
+back is delivered once per (case, kind, number), as the registry's ledger records it (`Station.deliver`): the
+`_stations/{station}/` notices are the fast path, and the station also reads the reports of its own open cases
+(`Station.reconcile`), so a notice that lands late, or never, loses no report.
 
 One registration path for `send` and `watch`: a specimen (a hot-folder subfolder, a `--context-file`, or a slide
-file alone) is registered once, in the local registry (slidestream/registry.py, with the patient's identity) and on
-the store (case.json, create-only, with the station and the clinical context: its `registered_at` starts the clock).
+file alone) is registered once, first in the local registry (slidestream/registry.py, with the patient's identity:
+the case ID and the clock are chosen and recorded there before any store request, so a timeout, a retry or a restart
+finds the same case and clock), then on the store (case.json, create-only, with the station, the clinical context and
+that clock, `registered_at`; one already there for the case from this station is the same registration).
 A new slide's number is claimed on the store with a create-only `CASE/slides/sN/slide.json`, so two stations adding
 slides to one case never take the same number.
 """
@@ -13,17 +18,20 @@ slides to one case never take the same number.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import socket
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from caseformat.bounded import DOCUMENT_LIMIT
+from caseformat.bounded import DOCUMENT_LIMIT, utc_now
 from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord, Report, Request, read_notice
 from caseformat.errors import DocumentError
 from caseformat.layout import (
@@ -37,6 +45,7 @@ from caseformat.layout import (
     notices_folder,
     number_of,
     numbered_folder,
+    report_key,
     slides_key,
     stamp,
     validate_case,
@@ -54,7 +63,6 @@ from slidestream.registry import (
     store_key,
 )
 from transfer.identity import content_sha256, sample_digest
-from transfer.journal import utc_now
 from transfer.target import parse_endpoint, parse_store_url
 
 SIDECAR = "specimen.json"
@@ -65,6 +73,11 @@ RESEND, DUPLICATE, RESCAN, NEW_SLIDE = "resend", "duplicate", "rescan", "new sli
 # the cursor past every genuine notice to come (newer ones are remembered in memory until then)
 NOTICE_SETTLE = 60
 LOCAL_NAME_LIMIT = 100  # characters of the specimen's name in an outbox file name
+# the reconciliation (`Station.reconcile`): the reports of the cases this station registered in the last RECONCILE_HOURS
+# are read from the case itself, RECONCILE_CASES cases a round, until a final report (any category but "deferred",
+# which says the answer is still to come) has been delivered
+RECONCILE_HOURS, RECONCILE_CASES = 24, 20
+NOT_FINAL = ("deferred",)
 
 
 class SpecimenError(SlidestreamError, ValueError):
@@ -195,6 +208,8 @@ class Station:
         self.key = store_key(store)
         self.client = make_client(store.endpoint, ca_bundle)
         self._recent: set[str] = set()  # notices handled by this run that the cursor does not cover yet
+        self._looked: dict[str, float] = {}  # case -> when this run last read its reports (the reconciliation)
+        self._said: set[str] = set()  # refusals and conflicts this run said already (the reconciliation repeats)
 
     # -- the store ---------------------------------------------------------------------------------------------
     def _call(self, where: str, method: str, **kwargs: Any) -> Any:
@@ -282,22 +297,43 @@ class Station:
         except TransferError:
             return default
 
-    def register(self, info: SpecimenInfo, case: str | None = None, publish: bool = True) -> Specimen:
-        """The specimen's case: found in the registry by its source (a send retried after a failure finds it too), else registered now (a new random case ID, or
-        `case` when given) locally and, with `publish`, on the store (case.json, create-only: a case the store has
-        keeps its clock; without it the send creates it before its first manifest)."""
+    def register(self, info: SpecimenInfo, case: str | None = None, publish: bool = True, found_at: str | None = None) -> Specimen:
+        """The specimen's case: found in the registry by its source (a send retried after a failure, a timeout or a
+        restart finds it too), else registered now. The registry records the case ID (a new random one, or `case`)
+        and the clock (`found_at`: when the specimen was found; else now) before any store request, so no retry makes
+        a second case or a later clock; then, with `publish`, the store gets case.json (see `publish`). A case the
+        store has already (send --case) keeps its clock; without `publish` the send creates case.json before its
+        first manifest."""
         known = self.registry.specimen(self.key, case=case) if case else self.registry.specimen(self.key, source=info.source)
         if known is not None:
+            if publish and self.registry.unpublished(self.key, known.case):
+                self.publish(known)
             return known
         given = case is not None
         case = validate_case(case) if case is not None else new_case_id()
         stored = self._stored_record(case) if given else None
         specimen = Specimen(case, info.name, info.source, dict(info.identity), dict(info.context), self.name,
-                            stored.registered_at if stored else utc_now())  # fmt: skip
-        if stored is None and publish:
-            self._create(self.store.key(case_key(case, CASE_RECORD)), self.record(specimen).to_json())
-        self.registry.add_specimen(self.key, specimen)
+                            stored.registered_at if stored else found_at or utc_now())  # fmt: skip
+        self.registry.add_specimen(self.key, specimen, unpublished=publish and stored is None)
+        if publish and stored is None:
+            self.publish(specimen)
         return specimen
+
+    def publish(self, specimen: Specimen) -> None:
+        """case.json, create-only, with the registry's clock; the registry then knows the store has it. A case.json
+        already there for this ID is this registration's (an earlier attempt whose answer was lost) unless it is
+        another station's case record: `SpecimenError`. A store that fails raises and the case stays unpublished: the
+        next attempt publishes the same case with the same clock."""
+        key = self.store.key(case_key(specimen.case, CASE_RECORD))
+        if not self._create(key, self.record(specimen).to_json()):
+            data = self.read_bytes(key)
+            try:
+                stored = CaseRecord.read(data) if data is not None else None
+            except DocumentError:
+                stored = None  # not a case record: as good as none, and create-only never replaces it
+            if stored is not None and stored.station != self.name:
+                raise SpecimenError(f"{specimen.name}: case {specimen.case} on the store was registered by station {stored.station or '(none)'}, not {self.name}")
+        self.registry.published(self.key, specimen.case)
 
     def _stored_record(self, case: str) -> CaseRecord | None:
         """The case.json the store has for `case`; None where it has none, or one that is not a case record (its
@@ -417,11 +453,13 @@ class Station:
             self.registry.set_cursor(self.key, self.name, key)
             self._recent.discard(key)
 
-    def reports(self, case: str, trusted: TrustedKeys) -> tuple[list[Report], list[str]]:
-        """A case's signed report and amendments, in order, as the centre signed them; and one line for each
-        document in their folder that is not one."""
+    def reports(self, case: str, trusted: TrustedKeys, skip: frozenset[int] | set[int] = frozenset()) -> tuple[list[Report], list[str]]:
+        """A case's signed report and amendments, in order, as the centre signed them (less the numbers in `skip`,
+        never read); and one line for each document in their folder that is not one."""
         reports, refused = [], []
         for key in self._keys(self.store.key(numbered_folder(case, REPORTS))):
+            if number_of(key) in skip:
+                continue
             data = self.read_bytes(key)
             try:
                 report = Report.read(data, key, trusted) if data is not None else None
@@ -432,6 +470,50 @@ class Station:
                 continue
             reports += [report] if report is not None else []
         return sorted(reports, key=lambda report: report.number), refused
+
+    # -- delivery ----------------------------------------------------------------------------------------------
+    def deliver(self, outbox: Path, notice: Report | Request, where: str, say: Callable[[str], None]) -> None:
+        """`notice` to the operating room once per (case, kind, number), whichever way it came (`where`: a notice's
+        or a report's key): the registry's ledger decides, not the notice cursor. Says the notice and its outbox file
+        when written, a conflict (once a run) when another text than the one delivered comes under its number, and
+        nothing when it was delivered before. A registry or outbox that cannot be used raises: tried again later."""
+        kind = "request" if isinstance(notice, Request) else "report"
+        specimen = self.registry.specimen(self.key, case=notice.case)
+        digest = hashlib.sha256(notice_text(notice, specimen).encode()).hexdigest()
+        delivered = self.registry.delivered(self.key, notice.case, kind, notice.number)
+        if delivered is None:
+            written, outcome = write_outbox(outbox, notice, specimen)
+            if outcome == WRITTEN:
+                say(notice_line(notice, specimen.name if specimen else notice.case))
+                say(f"OUTBOX {written}")
+            delivered = digest if outcome != CONFLICT else hashlib.sha256(written.read_bytes()).hexdigest()
+            final = isinstance(notice, Report) and notice.category not in NOT_FINAL
+            self.registry.set_delivered(self.key, notice.case, kind, notice.number, delivered, final)
+        conflict = f"{notice.case} {kind} {notice.number} {digest}"
+        if delivered != digest and conflict not in self._said:
+            self._said.add(conflict)
+            say(f"CONFLICT {where}: another text than {outbox_file(outbox, notice, specimen)}, delivered first under the same number; "
+                "that one is kept, nothing was written")  # fmt: skip
+
+    def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
+        """The `_stations/` notices are the fast path; this is the one that misses nothing: the numbered reports of
+        this station's open cases (`Registry.open_cases`), `limit` cases a round, those read longest ago first, each
+        report not delivered yet delivered now. A notice that lands late, or never, then costs nothing."""
+        since = utc_now(datetime.now(UTC) - timedelta(hours=RECONCILE_HOURS))
+        cases = sorted(self.registry.open_cases(self.key, self.name, since), key=lambda case: self._looked.get(case, 0.0))[:limit]
+        for case in cases:
+            self._looked[case] = time.monotonic()
+            reports, refused = self.reports(case, trusted, self.registry.delivered_numbers(self.key, case, "report"))
+            for report in reports:
+                if report.station == self.name:
+                    self.deliver(outbox, report, self.store.key(report_key(case, report.number)), say)
+                else:
+                    refused.append(printable(f"refused report {self.store.key(report_key(case, report.number))}: is for station "
+                                             f"{report.station or '(none)'}, not {self.name}"))  # fmt: skip
+            for line in refused:
+                if line not in self._said:
+                    self._said.add(line)
+                    say(line)
 
 
 def _sha256_if_unchanged(path: Path, size: int, mtime: float) -> str | None:
@@ -486,13 +568,18 @@ def notice_text(notice: Report | Request, specimen: Specimen | None) -> str:
 WRITTEN, ALREADY_THERE, CONFLICT = "written", "already there", "conflict"
 
 
-def write_outbox(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> tuple[Path, str]:
-    """The notice as a text file, {name}_{case}_{kind}_{n}.txt, created whole and never over another: a delivered
-    report is what the operating room acted on. Returns the file and WRITTEN, ALREADY_THERE (the same text) or
-    CONFLICT (another text under that name: kept, nothing written)."""
+def outbox_file(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> Path:
+    """Where a notice is delivered: {name}_{case}_{kind}_{n}.txt in the outbox."""
     local = re.sub(r"[^\w.-]+", "_", specimen.name if specimen else notice.case).strip("._")[:LOCAL_NAME_LIMIT] or "specimen"
     kind = "request" if isinstance(notice, Request) else "report"
-    target = outbox / f"{local}_{notice.case}_{kind}_{notice.number:04d}.txt"
+    return outbox / f"{local}_{notice.case}_{kind}_{notice.number:04d}.txt"
+
+
+def write_outbox(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> tuple[Path, str]:
+    """The notice as a text file (`outbox_file`), created whole and never over another: a delivered report is what
+    the operating room acted on. Returns the file and WRITTEN, ALREADY_THERE (the same text) or CONFLICT (another
+    text under that name: kept, nothing written)."""
+    target = outbox_file(outbox, notice, specimen)
     text = notice_text(notice, specimen).encode()
     outbox.mkdir(parents=True, exist_ok=True)
     if _create_whole(target, text):

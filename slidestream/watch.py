@@ -18,9 +18,12 @@ its clock started, as soon as it appears. A slide directly in the hot folder is 
 bytes again under another name (a copy made twice: same size and full SHA-256) are logged once as a duplicate and
 neither triaged nor sent again; another file at a slide's place is a rescan (its next version). A slide's edge
 triage finishes in the background while the next slide is sent (one triage at a time).
-What the pathology centre sends back to this station (reports, requests) is polled every second; what the centre
-signed for this station (`--centre-keys`) is printed and written to the outbox folder as text for the operating room,
-never over a report delivered before. The state folder, the watch log and state hold local names: private (0700/0600).
+What the pathology centre sends back to this station (reports, requests) is polled every second, and the reports of
+this station's open cases are read from the cases themselves every 30 s (a notice late or lost misses nothing); what
+the centre signed for this station (`--centre-keys`) is printed and written to the outbox folder as text for the
+operating room, once per case, kind and number, never over a report delivered before. The state folder, the watch log
+and state hold local names: private (0700/0600). A state disk that is full stops nothing: a log line that cannot be
+written is said once on stderr, and a specimen the registry cannot record waits (its clock kept from when it appeared).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
 FAILED = "failed"
 OUTBOX = "outbox"
 NOTICE_POLL = 1.0  # seconds between looks at _stations/{station}/
+RECONCILE_EVERY = 30.0  # seconds between reads of the open cases' own reports (`Station.reconcile`)
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 
 stderr = Console(stderr=True)
@@ -148,6 +152,7 @@ class HotFolder:
         self.refused: dict[Path, tuple[float, str]] = {}  # specimen folder -> (its sidecar's mtime, why it is refused)
         self._seen: dict[Path, tuple[tuple[int, int, float], float]] = {}
         self._noted = ""
+        self._unwritable: set[Path] = set()  # state files that failed to write (a full disk): said once until they work
         self._lock = threading.Lock()  # a background triage logs from its own thread
 
     def _done_signature(self, name: str) -> list[Any] | None:
@@ -201,22 +206,42 @@ class HotFolder:
         looked at again: the registry tells a rescan from the same bytes)."""
         if sent:
             self.done[unit.name] = {"signature": list(unit.signature())}
-            temporary = self.state_file.with_suffix(".tmp")
-            with _private(temporary, "w") as state:
-                state.write(json.dumps(self.done))
-            temporary.replace(self.state_file)
+            self._persist(self.state_file, self._save_done)
         self._seen.pop(unit.path, None)
         self.log(line)
 
+    def _save_done(self) -> None:
+        temporary = self.state_file.with_suffix(".tmp")
+        try:
+            with _private(temporary, "w") as state:
+                state.write(json.dumps(self.done))
+            temporary.replace(self.state_file)
+        finally:
+            temporary.unlink(missing_ok=True)
+
     def log(self, line: str) -> None:
-        """A line in the watch log and on stdout (also from a background triage's thread)."""
+        """A line on stdout and in the watch log (also from a background triage's thread)."""
         from slides.errors import printable
 
         stamped = printable(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}")
         with self._lock:
-            with _private(self.log_file, "a") as log:
-                log.write(stamped + "\n")
             print(stamped, flush=True)
+            self._persist(self.log_file, lambda: _append(self.log_file, stamped + "\n"))
+
+    def _persist(self, path: Path, write: Callable[[], None]) -> None:
+        """A write to the state folder that must not stop the watch: one that fails (a full disk, a read-only
+        mount) is said once on stderr, and the next write tries again; slides are still sent and reports delivered."""
+        from slides.errors import printable
+
+        try:
+            write()
+        except OSError as error:
+            if path not in self._unwritable:
+                self._unwritable.add(path)
+                stderr.print(printable(f"cannot write {path}: {error.strerror or error}; watch goes on and tries again with each line (said once)"),
+                             markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        else:
+            self._unwritable.discard(path)
 
     def set_aside(self, unit: SlideUnit, reason: str) -> str:
         """Move an unreadable slide (and its companion files) to failed/ with the reason beside it; says where it went
@@ -238,6 +263,11 @@ class HotFolder:
         return f"moved to {moved[0]}"
 
 
+def _append(path: Path, text: str) -> None:
+    with _private(path, "a") as log:
+        log.write(text)
+
+
 def _private(path: Path, mode: str) -> IO[str]:
     """`path` opened for text, created 0600 in a 0700 folder: the log and state name the hospital's slides."""
     from caseformat.signing import private_folder
@@ -255,13 +285,14 @@ def watch_folder(
     settle: float,
     once: bool,
     poll: float = 0.25,
-    register: Callable[[HotFolder], None] | None = None,
+    register: Callable[[HotFolder, bool], bool] | None = None,
     outbox: Path | None = None,
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
     `send_one` raises `AlreadySent` for the same bytes sent before from another file: logged as a duplicate.
-    `register` registers the specimen folders that appeared (before their slides). `once` processes what is there
+    `register` notes the specimen folders that appeared at every look (their clock starts then) and registers them
+    (before their slides) when the store is due (its second argument; True when it registered one). `once` processes what is there
     (waiting for slides still being written), then returns.
     """
     from slides import SlidestreamError
@@ -272,10 +303,11 @@ def watch_folder(
     backoff = Backoff()
     failures, given_up = 0, set[Path]()
     while True:
-        if register is not None and backoff.due(time.monotonic()):
+        if register is not None:
             try:
-                register(hot)
-            except TransferError as error:
+                if register(hot, backoff.due(time.monotonic())) and backoff.succeeded():
+                    hot.log("registering specimens works again")
+            except (TransferError, OSError) as error:  # the store, or the registry on a full disk: the slides wait
                 retry = backoff.failed(time.monotonic(), error)
                 if retry is not None:
                     hot.log(f"RETRY registering specimens: {error} ({retry})")
@@ -475,6 +507,8 @@ class Hospital:
         self.stop = threading.Event()
         self._hot: HotFolder | None = None
         self._main: Any = None  # the main thread's Station (the poller makes its own: one SQLite connection each)
+        self._found: dict[str | None, str] = {}  # specimen source -> when it was first seen, until the registry has it
+        self._next_reconcile = 0.0  # monotonic time of the next `Station.reconcile` round (the first poll does one)
 
     def _station(self) -> Any:
         from slidestream.registry import Registry
@@ -483,12 +517,18 @@ class Hospital:
         destination, endpoint_url, state_dir, station = self._where
         return Station(Store.parse(destination, endpoint_url), Registry(state_dir), station)
 
-    def register_specimens(self, hot: HotFolder) -> None:
-        """Each specimen folder with a sidecar that the registry does not know yet: registered now (its clock starts);
-        a sidecar that is refused is said once (until it changes) and its slides wait."""
+    def register_specimens(self, hot: HotFolder, due: bool = True) -> bool:
+        """Each specimen folder with a sidecar that the registry does not know yet: its clock starts when the folder
+        is first seen (at every look; kept here until the registry records it, so a store outage or a full disk
+        delays the case, not its clock), and when `due` (not waiting out a failure) it is registered and its case.json
+        published; one whose case.json the store has not confirmed is published again. A sidecar that is refused is
+        said once (until it changes) and its slides wait. The registry or the store failing raises (watch says it
+        once and tries again later). True when a specimen was registered."""
+        from caseformat.bounded import utc_now
         from slidestream.station import SIDECAR, SpecimenError
 
         self._hot = hot
+        registered = False
         for entry in _entries(hot.folder, hot.skip):
             sidecar = entry / SIDECAR
             try:
@@ -500,15 +540,22 @@ class Hospital:
             if hot.refused.get(entry, (None,))[0] == changed:
                 continue
             hot.refused.pop(entry, None)
-            station = self._main = self._main or self._station()
             try:
                 info = specimen_info(SlideUnit(sidecar, (), entry))
-                if station.registry.specimen(station.key, source=info.source) is None:
-                    specimen = station.register(info)
+                found = self._found.setdefault(info.source, utc_now())
+                if not due:
+                    continue
+                station = self._main = self._main or self._station()
+                known = station.registry.specimen(station.key, source=info.source)
+                if known is None or station.registry.unpublished(station.key, known.case):
+                    specimen = station.register(info, found_at=found)
                     hot.log(f"REGISTERED {entry.name}: case {specimen.case}, clock started at {specimen.registered_at}")
+                    registered = True
+                self._found.pop(info.source, None)
             except SpecimenError as error:
                 hot.refused[entry] = (changed, str(error))
                 hot.log(f"REFUSED {entry.name}: {error} (not registered; its slides wait for a corrected {SIDECAR})")
+        return registered
 
     def start_polling(self) -> threading.Thread:
         thread = threading.Thread(target=self._poll_loop, name="notices", daemon=True)
@@ -530,9 +577,11 @@ class Hospital:
             print(printable(line), flush=True)
 
     def poll_once(self, station: Any = None) -> None:
-        """One LIST of _stations/{station}/ after the last key handled: each new notice printed, logged and written
-        to the outbox, or refused in one line; a store or an outbox that cannot be used is said once and tried
-        again at the next poll."""
+        """One LIST of _stations/{station}/ after the last key handled (the fast path), and every RECONCILE_EVERY
+        seconds the reports of this station's open cases read from the cases themselves (so a notice that lands late
+        or never is no report missed): each report or request not delivered yet printed, logged and written to the
+        outbox, or refused in one line. A store or an outbox that cannot be used is said once and tried again at
+        the next poll."""
         from slides.errors import one_line
 
         if self.trusted is None:
@@ -542,15 +591,17 @@ class Hospital:
             for key, data in station.new_notices():
                 self._deliver(station, key, data)
                 station.handled(key)
+            if time.monotonic() >= self._next_reconcile:
+                station.reconcile(self.trusted, self.outbox, self._say)
+                self._next_reconcile = time.monotonic() + RECONCILE_EVERY
         except Exception as error:  # noqa: BLE001 - the store, the outbox, or a bug: said once, the thread goes on
             if self._hot is not None:
                 self._hot.note(f"cannot read what comes back to station {self._where[3]}: {one_line(error)}")
 
     def _deliver(self, station: Any, key: str, data: bytes | None) -> None:
-        """One notice to the operating room, or one line saying why it is refused; an outbox file already delivered
-        is never replaced. A registry or outbox that cannot be used raises: the notice is tried again."""
+        """One notice to the operating room (once per case, kind and number: `Station.deliver`), or one line saying
+        why it is refused. A registry or outbox that cannot be used raises: the notice is tried again."""
         from caseformat.errors import DocumentError
-        from slidestream.station import ALREADY_THERE, CONFLICT, notice_line, write_outbox
 
         try:
             notice = station.notice(key, data, self.trusted)
@@ -560,11 +611,4 @@ class Hospital:
         except Exception as error:  # noqa: BLE001 - whatever a notice holds, it costs that notice only
             self._say(f"REFUSED notice {key}: {_unexpected(error)}")
             return
-        specimen = station.registry.specimen(station.key, case=notice.case)
-        written, outcome = write_outbox(self.outbox, notice, specimen)
-        if outcome == CONFLICT:
-            self._say(f"CONFLICT {key}: another text than {written}, delivered first under the same number; that one is kept, "
-                      "nothing was written")  # fmt: skip
-        elif outcome != ALREADY_THERE:
-            self._say(notice_line(notice, specimen.name if specimen else notice.case))
-            self._say(f"OUTBOX {written}")
+        station.deliver(self.outbox, notice, key, self._say)
