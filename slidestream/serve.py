@@ -1,9 +1,11 @@
-"""`slidestream serve`: the viewer for one store, printing a view-only link per case and where the worklist is.
+"""`slidestream serve`: the viewer for one store, printing its address and how to give people access.
 
 The store is a folder of cases (CASE/slides/SLIDE/VERSION/image.zarr, as a send writes them, on S3 or local), or one
-converted image (the folder `slidestream convert` wrote), served as a single case. The worklist, signing and
-requests need a person's own sign-in link (`slidestream users add` / `users link`). What the viewer writes for
-others is signed with the centre's key in --key-dir, and what it reads must verify against that folder's public keys.
+converted image (the folder `slidestream convert` wrote), served as a single case (its view-only link printed). The
+worklist, signing and requests need a person's own sign-in link (`slidestream users add` / `users link`), spent once
+on a session of --session-hours; a view-only link to one case comes from `slidestream users case-link`. What the
+viewer writes for others is signed with the centre's key in --key-dir, and what it reads must verify against that
+folder's public keys; the folder also keeps the viewer's sessions and the case links revoked.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from caseformat.signing import SigningKey, TrustedKeys
-    from viewer.storage import Storage
+    from objectstore import Storage
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -50,7 +52,10 @@ def serve(
     secret_file: Annotated[
         Path | None, typer.Option(help="Token signing secret (else $SLIDESTREAM_SECRET, else one kept in the state dir).")
     ] = None,
-    hours: Annotated[float, typer.Option(min=0.01, help="How long the printed case links stay valid.")] = 12.0,
+    hours: Annotated[float, typer.Option(min=0.01, help="How long the link printed for a single image stays valid.")] = 12.0,
+    session_hours: Annotated[
+        float, typer.Option(min=0.01, help="How long a session opened with a sign-in link lasts (then the person opens a new link).")
+    ] = 12.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve https.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tile_cache_mb: Annotated[
@@ -59,7 +64,7 @@ def serve(
     ] = None,
     key_dir: Annotated[Path | None, typer.Option(help=KEY_DIR_HELP)] = None,
 ) -> None:
-    """Serve the web viewer and worklist for the cases in STORE; prints one view-only link per case."""
+    """Serve the web viewer and worklist for the cases in STORE; prints its address and how to give people access."""
     from transfer.target import parse_endpoint, parse_store_url
 
     # malformed URLs are one line here: obstore would answer them with a Rust panic (one from $AWS_ENDPOINT_URL named so)
@@ -75,12 +80,12 @@ def serve(
     from viewer import Tokens, create_app, load_secret, open_storage
     from viewer.tokens import CASE_ID
 
-    storage = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
-    storage = storage or open_storage(store, endpoint_url)
+    image = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
+    storage = image or open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
     key, trusted = centre_keys(key_dir)
-    app = create_app(storage, Tokens(load_secret(secret_file)), key, trusted, lifetime,
-                     **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
+    app = create_app(storage, Tokens(load_secret(secret_file)), key, trusted, lifetime, session_lifetime=timedelta(hours=session_hours),
+                     folder=key_folder(key_dir), **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
     import asyncio  # here: every other command would pay for it at start-up
 
     cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
@@ -96,11 +101,17 @@ def serve(
     scheme = "https" if ssl_certfile else "http"
     shown = socket.getfqdn() if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
     origin = f"{scheme}://{shown}:{port}"
-    until = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
-    stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s); links valid until {until}")
-    stdout.print(f"worklist: {origin}/worklist (with a sign-in link: slidestream users add {store} NAME --viewer-url {origin})")
-    for case in cases:
-        stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}")
+    if image is not None:  # one image: its one case's link is what its user needs
+        until = (datetime.now(UTC) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
+        stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s); link valid until {until}", markup=False)
+        stdout.print(f"worklist: {origin}/worklist (with a sign-in link: slidestream users add {store} NAME --viewer-url {origin})", markup=False)
+        for case in cases:
+            stdout.print(f"{case}: {origin}{app.state.viewer.case_link(case)}", markup=False)
+    else:
+        stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s) at {origin}", markup=False)
+        stdout.print(f"worklist: {origin}/worklist (sessions of {session_hours:g} h)", markup=False)
+        stdout.print(f"a person's access: slidestream users add {store} NAME --viewer-url {origin} (their sign-in link, used once)", markup=False)
+        stdout.print(f"one case, view only: slidestream users case-link CASE --viewer-url {origin} (revoke it: users revoke-link ID)", markup=False)
     gc.freeze()  # what start-up made (zarr, FastAPI, the S3 client) is never garbage: collections skip it
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -112,6 +123,13 @@ def centre_keys(key_dir: Path | None) -> tuple[SigningKey, TrustedKeys]:
 
     folder = key_dir or default_state_dir()
     return SigningKey.load_or_create(folder), TrustedKeys.load(folder / PUBLIC_KEYS_FILE)
+
+
+def key_folder(key_dir: Path | None) -> Path:
+    """The centre's key folder: `key_dir`, else the state dir (its sessions file and revoked links live there too)."""
+    from transfer.journal import default_state_dir
+
+    return key_dir or default_state_dir()
 
 
 def trusted_keys(key_dir: Path | None) -> TrustedKeys:

@@ -1,8 +1,11 @@
-"""`slidestream users`: the centre's user list (pathologists, stations) on the store, and their sign-in links.
+"""`slidestream users`: the centre's user list (pathologists, stations) on the store, their sign-in links, and
+view-only links to one case.
 
 Records live at `_people/{id}.json` (viewer/people.py), signed with the centre's key; a link is a token signed with
 the viewer's secret, so run this where `slidestream serve` runs (or with the same --key-dir and --secret-file /
-$SLIDESTREAM_SECRET). A record that does not verify is listed as "refused: reason" and gives no access.
+$SLIDESTREAM_SECRET). A record that does not verify is listed as "refused: reason" and gives no access. A sign-in
+link is spent once on a session; a case link works until it expires or its ID is revoked (`revoke-link` adds the ID
+to the `revoked-links` file in the key folder, which the viewer re-reads within a second).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from slidestream.serve import DEFAULT_PORT, KEY_DIR_HELP, centre_keys, trusted_keys
+from slidestream.serve import DEFAULT_PORT, KEY_DIR_HELP, centre_keys, key_folder, trusted_keys
 
 if TYPE_CHECKING:
-    from viewer.storage import Storage
+    from objectstore import Storage
 
 stdout = Console(highlight=False, soft_wrap=True)
-users = typer.Typer(no_args_is_help=True, help="Add, list and revoke the centre's users, and give them sign-in links.")
+users = typer.Typer(no_args_is_help=True, help="Add, list and revoke the centre's users, give them sign-in links, and make or "
+                    "revoke a view-only link to one case.")
 
 Store = Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX", help="The case store the viewer serves.")]
 User = Annotated[str, typer.Argument(metavar="ID", help="The user's ID, as `users list` shows it.")]
@@ -33,8 +37,8 @@ DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 def open_store(store: str, endpoint_url: str | None) -> Storage:
     """The store as the viewer reads it, its URL and endpoint checked first (one line, not a panic)."""
+    from objectstore import open_storage
     from transfer.target import parse_endpoint, parse_store_url
-    from viewer.storage import open_storage
 
     parse_store_url(store)
     parse_endpoint(endpoint_url)
@@ -62,7 +66,8 @@ def add(
     key_dir: KeyDir = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
-    """Add a user; prints their ID and sign-in link (give it to them privately: it is their access)."""
+    """Add a user; prints their ID and sign-in link (give it to them privately: opened once within 7 days, it signs
+    them in for a session of `serve --session-hours`)."""
     from viewer.people import add_person, parse_duration
 
     lifetime = parse_duration(expires) if expires else None
@@ -103,9 +108,45 @@ def revoke(store: Store, user: User, key_dir: KeyDir = None, endpoint_url: Endpo
 @users.command("link")
 def link(store: Store, user: User, viewer_url: ViewerUrl = DEFAULT_VIEWER, secret_file: SecretFile = None,
          key_dir: KeyDir = None, endpoint_url: EndpointUrl = None) -> None:
-    """A new sign-in link for a user (a lost or leaked one): their earlier links stop working."""
+    """A new sign-in link for a user (a lost or leaked one, or a session that expired): their earlier links and
+    sessions stop working."""
     from viewer.people import renew_link
 
     key, trusted = centre_keys(key_dir)
     person = asyncio.run(renew_link(open_store(store, endpoint_url), key, trusted, user))
     stdout.print(f"link: {_link(person, viewer_url, secret_file)}", markup=False)
+
+
+@users.command("case-link")
+def case_link(
+    case: Annotated[str, typer.Argument(help="The case ID, as the store names its folder.")],
+    hours: Annotated[float, typer.Option(min=0.01, help="How long the link works.")] = 12.0,
+    viewer_url: ViewerUrl = DEFAULT_VIEWER,
+    secret_file: SecretFile = None,
+) -> None:
+    """A view-only link to one case (for a second opinion, a tumour board): whoever holds it sees that case until it
+    expires; it cannot sign. Prints the link's ID, which `users revoke-link ID` ends on its own."""
+    from datetime import UTC, datetime, timedelta
+
+    from viewer.tokens import CASE_ID, Tokens, case_scope, load_secret
+
+    if not CASE_ID.fullmatch(case):
+        raise typer.BadParameter(f"{case!r} is not a case ID (1-64 letters, digits, '.', '_' or '-')", param_hint="CASE")
+    tokens = Tokens(load_secret(secret_file))
+    token = tokens.issue(case_scope(case), timedelta(hours=hours))
+    until = (datetime.now(UTC) + timedelta(hours=hours)).strftime("%Y-%m-%d %H:%M UTC")
+    stdout.print(f"link {tokens.link_id(token)} to case {case}, valid until {until}", markup=False)
+    stdout.print(f"link: {viewer_url.rstrip('/')}/view/{case}#token={token}", markup=False)
+
+
+@users.command("revoke-link")
+def revoke_link(
+    link: Annotated[str, typer.Argument(metavar="LINK_ID", help="The ID `users case-link` printed (12 hex digits).")],
+    key_dir: KeyDir = None,
+) -> None:
+    """End one case link: its ID is added to `revoked-links` in the key folder (--key-dir, else the state dir), which
+    the viewer re-reads within a second. To end every case link at once, replace the viewer's secret."""
+    from viewer.tokens import revoke_link as add_revoked
+
+    path = add_revoked(key_folder(key_dir), link)
+    stdout.print(f"revoked link {link} ({path})", markup=False)

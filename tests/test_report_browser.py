@@ -27,7 +27,7 @@ from pathlib import Path
 
 from conftest import REPO, S3Server, sample
 from test_viewer import KEY_DIR, SECRET, SLIDE, Bucket, serving
-from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, wait_for  # noqa: F401  (browser: the Chromium fixture)
+from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, sign_in, wait_for  # noqa: F401  (browser: the Chromium fixture)
 
 from caseformat.documents import CaseRecord
 from caseformat.layout import SlideRef
@@ -204,7 +204,8 @@ def test_a_case_whose_slide_failed_shows_failed_and_offers_no_report(browser, s3
     with serving(bucket.storage()) as served:
         page = browser.new_page()
         tiles = Tiles(page)
-        page.goto(f"{served.url}/view/FAILED-2#token={served.person(bucket.storage(), 'Dr Failed Case')}")
+        sign_in(page, served, served.person(bucket.storage(), "Dr Failed Case"))
+        page.goto(f"{served.url}/view/FAILED-2")
         wait_for(page, lambda: page.locator("#message").is_visible(), "the failure on the page")
         assert page.locator("#message").text_content() == "case FAILED-2: send failed: unreadable slide: truncated TIFF"
         wait_for(page, lambda: "nothing to report on" in page.locator("#report-note").text_content(), "the note instead of the form")

@@ -38,7 +38,8 @@ def users(bucket: Bucket, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def added(bucket: Bucket, name: str, *options: str) -> tuple[str, str]:
-    """(user ID, token) of a user added with the command, read from what it prints."""
+    """(user ID, sign-in token) of a user added with the command, read from what it prints (`Served` spends it on a
+    session at its first request, as the page does)."""
     result = users(bucket, "add", "STORE", name, *options)
     assert result.returncode == 0, result.stderr
     first, link = result.stdout.splitlines()[:2]
@@ -157,7 +158,7 @@ def test_two_pathologists_signing_at_once_get_one_report_and_one_refusal(s3_serv
 
         async def both() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=served.url, timeout=60) as client:
-                return await asyncio.gather(*(client.post(f"/api/cases/{CASE}/reports", json=FORM, headers={"Authorization": f"Bearer {t}"})
+                return await asyncio.gather(*(client.post(f"/api/cases/{CASE}/reports", json=FORM, headers=served.credentials(t))
                                               for t in tokens))
 
         answers = sorted(asyncio.run(both()), key=lambda response: response.status_code)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,15 +35,15 @@ import numpy as np
 import pytest
 import uvicorn
 import zarr
+from conftest import S3Server, sample
 from PIL import Image
 
-from slides import open_slide
-from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
-from tiling.pyramid import assemble_shard
 from caseformat.documents import PATHOLOGIST, STATION, CaseRecord
 from caseformat.layout import SlideRef
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
-from viewer.people import add_person
+from slides import open_slide
+from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
+from tiling.pyramid import assemble_shard
 from viewer import (
     WORKLIST,
     InvalidKeyError,
@@ -55,14 +55,14 @@ from viewer import (
     Storage,
     TokenError,
     Tokens,
+    audit,
     case_scope,
     create_app,
     load_secret,
 )
-from viewer import audit
 from viewer.heatmap import LUT
-
-from conftest import S3Server, sample
+from viewer.people import add_person
+from viewer.tokens import PERSON, SESSION_COOKIE
 
 SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967, 240 px JPEG tiles (passed through), 3 levels, mpp 0.499
 SECRET = b"a-test-secret-that-is-long-enough-0123456789"
@@ -169,10 +169,12 @@ def heatmap_objects(values: np.ndarray, slide_width: int, mpp: float) -> dict[st
 # -- running the server ----------------------------------------------------------------------------------------
 @dataclass
 class Served:
-    """A viewer server running in this process, and a way to make tokens for it."""
+    """A viewer server running in this process, and a way to make tokens for it. A request with a person's sign-in
+    token goes as the page sends it: the link spent once on a session (`session`), then the session's cookie."""
 
     url: str
     tokens: Tokens
+    sessions: dict[str, str] = field(default_factory=dict)  # sign-in token -> the ID of the session it opened
 
     def token(self, case: str, lifetime: timedelta = timedelta(hours=1)) -> str:
         return self.tokens.issue(case_scope(case), lifetime)
@@ -185,18 +187,45 @@ class Served:
             person = pool.submit(asyncio.run, add_person(storage, CENTRE_KEY, name, role, station=station)).result()
         return self.tokens.issue_person(person.id, person.serial, timedelta(hours=1))
 
+    def session(self, token: str) -> str | httpx.Response:
+        """The session the sign-in `token` opened (spending it the first time), or the server's refusal to open one."""
+        if token not in self.sessions:
+            opened = httpx.post(f"{self.url}/api/session", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            if opened.status_code != 200:
+                return opened
+            self.sessions[token] = opened.cookies[SESSION_COOKIE]
+        return self.sessions[token]
+
+    def credentials(self, token: str | None) -> dict[str, str] | httpx.Response:
+        """The headers that carry `token`: a case link's as a Bearer header, a person's as their session's cookie."""
+        try:
+            signing_in = bool(token) and self.tokens.claims(token)["scope"] == PERSON
+        except TokenError:
+            signing_in = False  # garbage, forged or expired: sent as it is, to be refused
+        if not signing_in:
+            return {"Authorization": f"Bearer {token}"} if token else {}
+        session = self.session(token)  # type: ignore[arg-type]
+        return session if isinstance(session, httpx.Response) else {"Cookie": f"{SESSION_COOKIE}={session}"}
+
     def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
-        headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
-        return httpx.get(self.url + path, headers=headers, timeout=30, **kwargs)
+        credentials = self.credentials(token)
+        if isinstance(credentials, httpx.Response):
+            return credentials
+        return httpx.get(self.url + path, headers={**kwargs.pop("headers", {}), **credentials}, timeout=30, **kwargs)
 
     def post(self, path: str, token: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
-        return httpx.post(self.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+        credentials = self.credentials(token)
+        if isinstance(credentials, httpx.Response):
+            return credentials
+        return httpx.post(self.url + path, headers=credentials, timeout=30, **kwargs)
 
     def raw(self, path: str, token: str | None = None) -> tuple[int, bytes]:
         """A request with the path exactly as written (httpx would normalise '..' away)."""
         parts = urlsplit(self.url)
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        credentials = self.credentials(token)
+        assert isinstance(credentials, dict), credentials.text
+        connection.request("GET", path, headers=credentials)
         response = connection.getresponse()
         body = response.read()
         connection.close()
@@ -691,21 +720,41 @@ def serve_command(local_store: Path, tmp_path: Path) -> tuple[int, list[str]]:
                   "--key-dir", str(KEY_DIR)]
 
 
-def test_serve_prints_a_working_link_per_case(local_store: Path, tmp_path: Path) -> None:
+def test_serve_prints_how_to_give_access_and_a_case_link_works_until_revoked(local_store: Path, tmp_path: Path) -> None:
+    """`serve` prints the address and the commands that give access, no live link; `users case-link` makes a working
+    view-only link and `users revoke-link` ends that one alone."""
     port, command = serve_command(local_store, tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
-        links = dict(line.strip().split(": ", 1) for line in lines[1:])
-        assert set(links) == {"worklist", "case1"}
-        assert links["worklist"].startswith(f"http://127.0.0.1:{port}/worklist (") and "slidestream users add" in links["worklist"]
-        base, _, token = links["case1"].partition("#token=")
-        assert base == f"http://127.0.0.1:{port}/view/case1"
+        lines = [process.stdout.readline().strip() for _ in range(4)]  # type: ignore[union-attr]
+        origin = f"http://127.0.0.1:{port}"
+        assert lines[0].endswith(f"1 case(s) at {origin}") and lines[1] == f"worklist: {origin}/worklist (sessions of 12 h)"
+        assert f"slidestream users add {local_store} NAME --viewer-url {origin}" in lines[2]
+        assert f"slidestream users case-link CASE --viewer-url {origin}" in lines[3] and "revoke-link" in lines[3]
+        assert "#token=" not in "".join(lines)
+
+        def case_link() -> tuple[str, str]:
+            made = subprocess.run([sys.executable, "-m", "slidestream", "users", "case-link", "case1", "--viewer-url", origin, "--hours", "1"],
+                                  capture_output=True, text=True, timeout=60, env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            first, link = made.stdout.splitlines()
+            return first.split()[1], link.removeprefix("link: ")
+
+        (link_id, link), (_, other) = case_link(), case_link()
+        base, _, token = link.partition("#token=")
+        assert base == f"{origin}/view/case1"
         wait_for(lambda: _answers(base), "the server to listen")
         assert "case viewer" in httpx.get(base).text
-        tile = httpx.get(f"http://127.0.0.1:{port}/api/cases/case1/slides/s1/v1/tiles/0/0/0", headers={"Authorization": f"Bearer {token}"})
-        assert tile.status_code == 200 and tile.content.startswith(b"\xff\xd8")
+        tile = f"{origin}/api/cases/case1/slides/s1/v1/tiles/0/0/0"
+        answer = httpx.get(tile, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and answer.content.startswith(b"\xff\xd8")
         Tokens(SECRET).check(token, case_scope("case1"))
+        revoked = subprocess.run([sys.executable, "-m", "slidestream", "users", "revoke-link", link_id, "--key-dir", str(KEY_DIR)],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert revoked.returncode == 0, revoked.stderr
+        wait_for(lambda: httpx.get(tile, headers={"Authorization": f"Bearer {token}"}).status_code == 401, "the revoked link refused")
+        assert httpx.get(tile, headers={"Authorization": f"Bearer {token}"}).json()["detail"] == "this case link was revoked"
+        assert httpx.get(tile, headers={"Authorization": f"Bearer {other.partition('#token=')[2]}"}).status_code == 200  # the other still works
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -734,12 +783,13 @@ def test_big_bodies_are_refused_before_they_are_read(local_store: Path, tmp_path
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     token = Tokens(SECRET).issue(case_scope("case1"), timedelta(hours=1))
     person = asyncio.run(add_person(LocalStorage(local_store), CENTRE_KEY, "Dr Body Limit", PATHOLOGIST))
-    pathologist = Tokens(SECRET).issue_person(person.id, person.serial, timedelta(hours=1))
+    link = Tokens(SECRET).issue_person(person.id, person.serial, timedelta(hours=1))
     report = "/api/cases/case1/reports"
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/worklist"), "the server to listen")
         form = {"category": "benign", "diagnosis": "benign"}
-        saved = httpx.post(f"http://127.0.0.1:{port}{report}", json=form, headers={"Authorization": f"Bearer {pathologist}"})
+        session = httpx.post(f"http://127.0.0.1:{port}/api/session", headers={"Authorization": f"Bearer {link}"}).cookies[SESSION_COOKIE]
+        saved = httpx.post(f"http://127.0.0.1:{port}{report}", json=form, headers={"Cookie": f"{SESSION_COOKIE}={session}"})
         assert saved.status_code == 200, saved.text  # a real report still goes through
         baseline = _peak_rss(process.pid)
 

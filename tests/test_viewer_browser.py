@@ -20,15 +20,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
-from slides import open_slide
-from caseformat.documents import STATION, CaseRecord
-from viewer.heatmap import LUT
-
 from conftest import REPO, S3Server, sample
+from PIL import Image
 from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
 from test_viewer_tools import CELL, inference_heatmap
+
+from caseformat.bounded import utc_now
+from caseformat.documents import STATION, Author, CaseRecord, Report
+from caseformat.layout import SlideRef, report_key
+from slides import open_slide
+from viewer.heatmap import LUT
+from viewer.tokens import SESSION_COOKIE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -216,7 +218,7 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         register("new", 10, 0.1, "edge", False, "Hospital D")
         wait_for(page, lambda: rows.count() == 4, "the new case on the list")
         assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["late", "amber", "new", "fresh"]
-        assert len(navigations) == 1
+        assert navigations[1:] == [f"{served.url}/worklist"]  # the load, then its sign-in token dropped from the address: no reload
         # the row links open the case, signed in as the same pathologist
         rows.first.locator("a").click()
         wait_for(page, lambda: page.locator("#case").text_content() == "late", "the case page from the worklist")
@@ -237,6 +239,54 @@ def test_a_link_without_a_valid_token_shows_nothing(page, cases) -> None:  # typ
     wait_for(page, lambda: page.locator("#message").is_visible(), "the worklist refusal")
     page.screenshot(path=str(SHOTS / "refused.png"))
     assert tiles.seen == []
+
+
+SCRIPT = "<img src=x onerror=\"window.pwned = true\">"  # store text that would run if a page used it as markup
+
+
+def test_what_the_centre_refused_or_cannot_read_is_shown_as_text(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """A station forged a report (its diagnosis markup) on one case and wrote a malformed case.json and manifest on
+    another: the worklist keeps both rows, the bad one saying "unreadable: ..."; the case pages list the refused
+    report and the unreadable record in a warning, the slide says why it shows no image, and nothing the store
+    holds runs as script."""
+    bucket = Bucket(s3_server)
+    bucket.put("forged/case.json", CaseRecord("forged", datetime.now(UTC).isoformat(), "theatre-1", (("hospital", "Hospital A"),)).to_json())
+    bucket.send("forged")
+    report = Report("forged", 1, "benign", SCRIPT, Author("u00c0ffee", "Dr Real Pathologist"), utc_now(), "theatre-1")
+    bucket.put(report_key("forged", 1), json.dumps({"format": Report.FORMAT, **report.to_dict()}).encode())  # unsigned
+    record = {"format": "slidestream-case/1", "case": "broken", "registered_at": utc_now(), "station": SCRIPT}
+    bucket.put("broken/case.json", json.dumps(record).encode())
+    bucket.send("broken")
+    bucket.put(f"{SlideRef('broken').root}/manifest.json", b"[" * 100)
+    with serving(bucket.storage()) as served:
+        page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
+        rows = page.locator("#cases tbody tr")
+        wait_for(page, lambda: rows.count() == 2, "both rows of the worklist")
+        broken = page.locator('#cases tbody tr[data-case="broken"]')
+        assert broken.locator("td.case a").text_content() == "broken"
+        reason = broken.locator("td.case .unreadable").text_content()
+        assert reason.startswith("unreadable: broken/case.json: station: ") and SCRIPT in reason
+        assert page.locator('#cases tbody tr[data-case="forged"] td.case .unreadable').count() == 0
+        assert page.locator("#cases img").count() == 0
+        page.locator("#cases").screenshot(path=str(SHOTS / "worklist-unreadable.png"))
+
+        page.goto(f"{served.url}/view/forged#token={served.token('forged')}")
+        warning = page.locator("#refused")
+        wait_for(page, warning.is_visible, "the refused report's warning")
+        assert page.locator("#refused li").all_text_contents() == [f"refused: {report_key('forged', 1)}: not signed by the centre; refused"]
+        wait_for(page, lambda: shows_tissue(page, "forged.png"), "the slide of the case with a forged report")
+        assert page.locator("#signed").is_hidden() and SCRIPT not in page.content()  # the forgery is not the report
+
+        page.goto(f"{served.url}/view/broken#token={served.token('broken')}")
+        wait_for(page, warning.is_visible, "the unreadable record's warning")
+        (line,) = page.locator("#refused li").all_text_contents()
+        assert line == reason and page.locator("#refused img").count() == 0
+        message = page.locator("#message")
+        wait_for(page, message.is_visible, "why the slide shows no image")
+        assert message.text_content().startswith("s1 (v1): unreadable: broken/slides/s1/v1/manifest.json: ")
+        assert page.locator("#slides li").first.text_content().startswith("s1 (v1) unreadable: ")
+        page.screenshot(path=str(SHOTS / "case-unreadable.png"))
+        assert page.evaluate("window.pwned") is None
 
 
 def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
@@ -294,9 +344,20 @@ def scored(scored_bucket: Bucket) -> Iterator[tuple[Served, dict]]:
         yield served, triage
 
 
+def sign_in(page, served: Served, token: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the person's sign-in link (the worklist, which spends it on the session cookie) and wait for the cookie."""
+    before = {cookie["value"] for cookie in page.context.cookies()}
+    page.goto("about:blank")  # a new load: a changed #fragment alone would not reload the page
+    page.goto(f"{served.url}/worklist#token={token}")
+    wait_for(page, lambda: any(c["name"] == SESSION_COOKIE and c["value"] not in before for c in page.context.cookies()), "the session")
+
+
 def open_case(page, served: Served, case: str, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Open the case (with its case link unless `token` names someone) and wait for the slide in its place."""
-    page.goto(f"{served.url}/view/{case}#token={token or served.token(case)}")
+    """Open the case (with its case link, or signed in by `token`, a person's sign-in link) and wait for the slide in
+    its place."""
+    if token:
+        sign_in(page, served, token)
+    page.goto(f"{served.url}/view/{case}" if token else f"{served.url}/view/{case}#token={served.token(case)}")
     wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
 
 
@@ -400,7 +461,7 @@ def test_the_view_buttons_zoom_and_go_home_and_opening_fetches_no_button_images(
     assert page.get_by_role("button", name="zoom in").is_visible(), "the buttons stay over the slide in full page"
     page.get_by_role("button", name="full page").click()
     wait_for(page, lambda: page.locator("aside").is_visible(), "the panel back")
-    static = [address for address in asked if "/static/" in address and not address.endswith((".js", ".css"))]
+    static = [address for address in asked if "/static/" in address and not address.endswith((".js", ".mjs", ".css"))]
     assert static == [], "no images ahead of the tiles"
 
 
@@ -539,7 +600,6 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         assert np.abs(np.array(saved["points"]) - [(1200, 900)]).max() < 4
 
         # the hospital's station opens the case: the point is listed and drawn where it was put, also after a reload
-        page.goto("about:blank")  # a new page load: only the #token differs, which alone would not reload
         open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION, station="theatre-9"))
         assert page.locator("#who").text_content() == "theatre-9 (station)"
         for opened in ("opened", "reloaded"):
@@ -559,7 +619,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
         line = {"slide": "s1", "version": "v1", "kind": "line", "points": [[1000, 800], [1400, 1100]], "text": "margin"}
         saved = httpx.post(f"{served.url}/api/cases/marked/annotations", json=line,
-                           headers={"Authorization": f"Bearer {served.person(bucket.storage(), 'Dr Marks')}"}, timeout=30)
+                           headers=served.credentials(served.person(bucket.storage(), "Dr Marks")), timeout=30)
         assert saved.status_code == 200, saved.text
         wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the pathologist's new line at the station", timeout=15)
         with open_slide(sample(SLIDE)) as slide:

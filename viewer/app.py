@@ -1,11 +1,14 @@
-"""The viewer's HTTP side: static pages, a token-guarded JSON and tile API, no server-side sessions.
+"""The viewer's HTTP side: static pages, a JSON and tile API guarded by case links and people's sessions.
 
-Pages carry no data; the browser takes its token from the URL fragment and sends it as a Bearer header, so tokens
-never reach URLs, logs or Referer headers. A case token is checked by its signature alone; a person's token also
-against their record on the store (viewer/people.py, cached a second), so a revoked or expired user is refused at
-their next request. Only a named pathologist opens the worklist, signs, amends, annotates or asks the hospital;
-every case open, slide open, report action and annotation is written to the audit log (viewer/audit.py) with who
-did it. Every refusal and every bad request is a 4xx; a store that fails answers 502.
+Pages carry no data. A case link's token comes in the URL fragment and goes as a Bearer header, so it never reaches
+URLs, logs or Referer headers; it is checked by its signature and the revoked links. A person's sign-in link
+(/worklist#token=...) is spent once at POST /api/session for a session cookie (HttpOnly, SameSite=Strict, Secure on
+https; viewer/tokens.py `Sessions`), and the page drops the token from its address; each request's session is
+checked against the person's record on the store (viewer/people.py, cached a second), so a revoked or expired user,
+or one given a new link, is refused at their next request. "Sign out" ends the session here. Only a named
+pathologist opens the worklist, signs, amends, annotates or asks the hospital; every case open, slide open, report
+action and annotation is written to the audit log (viewer/audit.py) with who did it. Every refusal and every bad
+request is a 4xx; a store that fails answers 502.
 
 What the centre writes for others (reports, requests, their station copies, people, annotations, audit events) is
 signed with the centre's key and verified against its trusted keys on every read: a station, which can write to
@@ -18,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import mimetypes
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Cookie, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -35,6 +39,7 @@ from caseformat.documents import Request as HospitalRequest
 from caseformat.errors import DocumentError, InvalidIdError
 from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key
 from caseformat.signing import SigningKey, TrustedKeys
+from objectstore import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from slides.errors import printable
 from viewer import annotations, audit
 from viewer.cache import AsyncCache
@@ -48,18 +53,25 @@ from viewer.image import (
 )
 from viewer.people import RevokedError, get_person
 from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, sign
-from viewer.storage import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from viewer.tokens import (
     CASE_ID,
     PERSON,
+    REVOKED_LINKS_FILE,
+    SESSION_COOKIE,
+    SESSIONS_FILE,
     AccessError,
+    RevokedLinks,
     ScopeError,
+    Sessions,
     TokenError,
     Tokens,
     case_scope,
 )
 
 STATIC = Path(__file__).with_name("static")
+# the pages' shared module (viewer-core.mjs): a system whose MIME table lacks .mjs would serve it as text/plain,
+# which browsers refuse to run as a module
+mimetypes.add_type("text/javascript", ".mjs")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
 # The largest request body read: the largest body the API takes is a report of three texts of MAX_TEXT characters,
 # at most 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its keys.
@@ -81,14 +93,17 @@ CaseId = Annotated[str, PathParam(pattern=CASE_ID.pattern)]
 SlideId = Annotated[str, PathParam(pattern=f"^{SLIDE_PATTERN.pattern}$")]
 VersionId = Annotated[str, PathParam(pattern=f"^{VERSION_PATTERN.pattern}$")]
 Authorization = Annotated[str | None, Header()]
+SessionCookie = Annotated[str | None, Cookie(alias=SESSION_COOKIE)]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who makes a request: a user (from their record) or the holder of one case's link."""
+    """Who makes a request: a user (from their record; `by_session`: signed in, so they can sign out) or the holder
+    of one case's link."""
 
     person: Person | None = None
     case: str | None = None
+    by_session: bool = False
 
     def pathologist(self, action: str) -> Person:
         """The signed-in pathologist, or the refusal that says who may `action`."""
@@ -100,16 +115,19 @@ class Identity:
 
 
 class ViewerState:
-    """What every request needs: the cases of one store, the token signer, the user records and the centre's keys
-    (its signing key for what it writes, the keys it trusts for what it reads)."""
+    """What every request needs: the cases of one store, the token signer, the sessions, the case links revoked, the
+    user records and the centre's keys (its signing key for what it writes, the keys it trusts for what it reads)."""
 
-    def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta, key: SigningKey) -> None:
+    def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta, key: SigningKey, sessions: Sessions,
+                 revoked_links: RevokedLinks) -> None:
         self.cases = cases
         self.storage = cases.storage
         self.trusted = cases.trusted
         self.tokens = tokens
         self.link_lifetime = link_lifetime
         self.key = key
+        self.sessions = sessions
+        self.revoked_links = revoked_links
         self._people: AsyncCache[str, Person | None] = AsyncCache(1024, PEOPLE_TTL)
         # the newest serial read of each user's record: a genuine but older record written back (a revocation
         # rolled back by a station replaying the record from before it) is refused while this process runs
@@ -123,13 +141,24 @@ class ViewerState:
     def case_link(self, case: str) -> str:
         return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
 
-    async def identify(self, token: str | None) -> Identity:
-        """Whose token this is; `TokenError` (401) for a bad one, `RevokedError` (403) for a user who may no longer."""
+    async def identify(self, token: str | None, session_id: str | None = None) -> Identity:
+        """Who asks: the case link of the Bearer `token`, else the person of the session cookie; `TokenError` (401)
+        for neither, a bad or revoked link, an ended session; `RevokedError` (403) for a user who may no longer."""
+        if token is None:
+            session = self.sessions.get(session_id)
+            person = await self.person(session.user, session.serial, "the session of {name} ended: their sign-in link was replaced by a newer one")
+            return Identity(person=person, by_session=True)
         claims = self.tokens.claims(token)
-        if claims["scope"] != PERSON:
-            scope = str(claims["scope"])
-            return Identity(case=scope.removeprefix("case:") if scope.startswith("case:") else None)
-        user = str(claims["user"])
+        if claims["scope"] == PERSON:
+            raise TokenError("a sign-in link opens a session on its page (/worklist#token=...), once; it is not an access token")
+        if str(claims["id"]) in self.revoked_links:
+            raise TokenError("this case link was revoked")
+        scope = str(claims["scope"])
+        return Identity(case=scope.removeprefix("case:") if scope.startswith("case:") else None)
+
+    async def person(self, user: str, serial: int, replaced: str) -> Person:
+        """The user's record if it still grants what `serial` was given with; `replaced` ({name}: theirs) says why
+        not when a newer serial (a new link, a revocation) ended it."""
         try:
             person = await self._people.get(user, lambda: get_person(self.storage, user, self.trusted))
         except DocumentError as error:  # a record the centre did not sign grants nothing
@@ -144,9 +173,26 @@ class ViewerState:
         refusal = person.refusal(datetime.now(UTC))
         if refusal:
             raise RevokedError(refusal)
-        if person.serial != claims["serial"]:
-            raise TokenError(f"this sign-in link of {person.name} was replaced by a newer one")
-        return Identity(person=person)
+        if person.serial != serial:
+            raise TokenError(replaced.format(name=person.name))
+        return person
+
+    async def open_session(self, token: str | None, session_id: str | None) -> tuple[Person, str | None]:
+        """Spend the sign-in link `token` on a new session: (the person, the new session's ID); None for the ID when
+        the browser holds a live session of that person already (a link opened twice keeps it)."""
+        claims = self.tokens.claims(token)
+        if claims["scope"] != PERSON:
+            raise TokenError("not a sign-in link (a case link opens its case: /view/CASE#token=...)")
+        user, link, expires = str(claims["user"]), str(claims["id"]), float(claims["exp"])  # type: ignore[arg-type]
+        person = await self.person(user, int(claims["serial"]), "this sign-in link of {name} was replaced by a newer one")  # type: ignore[call-overload]
+        try:
+            held = self.sessions.get(session_id)
+        except TokenError:
+            held = None
+        if held is not None and held.user == user and held.serial == person.serial:
+            self.sessions.spend(link, expires)
+            return person, None
+        return person, self.sessions.open(user, person.serial, link, expires)
 
     async def may_open(self, identity: Identity, case: str) -> None:
         """A case link opens its case; a pathologist every case; a station the cases it registered."""
@@ -175,8 +221,8 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def _identity(state: State, authorization: Authorization = None) -> Identity:
-    return await state.identify(_bearer(authorization))
+async def _identity(state: State, authorization: Authorization = None, session: SessionCookie = None) -> Identity:
+    return await state.identify(_bearer(authorization), session)
 
 
 Who = Annotated[Identity, Depends(_identity)]
@@ -208,10 +254,32 @@ async def viewer_page(case: CaseId) -> FileResponse:
 
 
 # -- API -------------------------------------------------------------------------------------------------------
+@router.post("/api/session")
+async def open_session(request: Request, state: State, authorization: Authorization = None, session: SessionCookie = None) -> JSONResponse:
+    """The sign-in link's token (Bearer), spent once for a session cookie: the page then forgets the token."""
+    person, opened = await state.open_session(_bearer(authorization), session)
+    response = JSONResponse({"user": person.who}, headers={"Cache-Control": "no-store"})
+    if opened is not None:
+        response.set_cookie(SESSION_COOKIE, opened, max_age=int(state.sessions.lifetime.total_seconds()), path="/",
+                            secure=request.url.scheme == "https", httponly=True, samesite="strict")  # fmt: skip
+    return response
+
+
+@router.post("/api/session/end")
+async def sign_out(state: State, session: SessionCookie = None) -> JSONResponse:
+    """Sign out: the session ends here, whoever still holds its cookie."""
+    state.sessions.end(session)
+    response = JSONResponse({"signed_out": True}, headers={"Cache-Control": "no-store"})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
 @router.get("/api/me")
 async def me(identity: Who) -> JSONResponse:
-    """Who the page's token is: the user's name and role, or the case a case link opens."""
-    body = {"user": identity.person.who, "case": None} if identity.person else {"user": None, "case": identity.case}
+    """Who the page is signed in as: the user's name and role (and whether by a session: it can sign out), or the
+    case a case link opens."""
+    body = {"user": identity.person.who, "case": None, "session": identity.by_session} if identity.person else \
+        {"user": None, "case": identity.case, "session": False}  # fmt: skip
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -220,7 +288,7 @@ async def worklist(state: State, identity: Who) -> JSONResponse:
     identity.pathologist("open the worklist")
     entries = await state.cases.worklist()
     for entry in entries:
-        entry["link"] = f"/view/{entry['case']}"  # the page carries the pathologist's own token along
+        entry["link"] = f"/view/{entry['case']}"  # the session cookie opens it: no token in any address
     return JSONResponse({"now": utc_now(), "cases": entries}, headers={"Cache-Control": "no-store"})
 
 
@@ -320,7 +388,7 @@ async def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, i
             or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX):
         raise TileNotFoundError("no such tile")
     state: ViewerState = request.app.state.viewer
-    await state.may_open(await state.identify(_bearer(request.headers.get("authorization"))), case)
+    await state.may_open(await state.identify(_bearer(request.headers.get("authorization")), request.cookies.get(SESSION_COOKIE)), case)
     return state, SlideRef(case, slide, version).root, level, row, col
 
 
@@ -443,17 +511,18 @@ class SecurityHeaders:
 
 
 class BodyLimit:
-    """Reads no request body before its sender has shown a token, and none larger than `limit`.
+    """Reads no request body before its sender has shown a token or a live session, and none larger than `limit`.
 
     FastAPI reads a body whole before any dependency checks the token, so without this anyone could make the server
     hold hundreds of MB. A declared Content-Length over the limit is refused at once (413); the token is checked
     (a person's, or a case link for the case of /api/cases/CASE/...) before a byte is read
-    (401/403); a chunked body is counted while it arrives and refused when it passes the limit. What is accepted is
+    (401/403), or the session cookie's session; a chunked body is counted while it arrives and refused when it passes the limit. What is accepted is
     read here (at most `limit` bytes) and handed to the app as is; the routes check the token again as always."""
 
-    def __init__(self, app: ASGIApp, tokens: Tokens, limit: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, tokens: Tokens, sessions: Sessions, limit: int = MAX_BODY) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -473,9 +542,11 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
             return
         try:
-            claims = self.tokens.claims(_bearer(headers.get("authorization")))
-            if claims["scope"] != PERSON:  # a person's record is checked by the route, once the body is in
-                self.tokens.check(_bearer(headers.get("authorization")), _scope_of(scope["path"]))
+            token = _bearer(headers.get("authorization"))
+            if token is None:  # a person's record is checked by the route, once the body is in
+                self.sessions.get(_cookie(headers, SESSION_COOKIE))
+            else:
+                self.tokens.check(token, _scope_of(scope["path"]))
         except AccessError as error:
             await _error_response(error)(scope, receive, send)
             return
@@ -494,6 +565,16 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _refusal(413, f"request body over {self.limit} bytes")(scope, receive, send)
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    """The value of cookie `name` in the request's Cookie header(s)."""
+    for header in headers.getlist("cookie"):
+        for pair in header.split(";"):
+            key, _, value = pair.strip().partition("=")
+            if key == name:
+                return value
+    return None
 
 
 def _scope_of(path: str) -> str:
@@ -519,11 +600,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def create_app(storage: Storage, tokens: Tokens, key: SigningKey, trusted: TrustedKeys, link_lifetime: timedelta = timedelta(hours=12),
-               tile_cache_bytes: int = TILE_CACHE_BYTES) -> FastAPI:
+               tile_cache_bytes: int = TILE_CACHE_BYTES, session_lifetime: timedelta = timedelta(hours=12),
+               folder: Path | None = None) -> FastAPI:
     """The viewer application for one store, signing with the centre's `key` and believing only what `trusted` keys
-    signed; `app.state.viewer` mints links (the `serve` command prints them)."""
+    signed; `app.state.viewer` mints case links. `folder` (the centre's key folder) keeps the sessions across
+    restarts and the case links revoked; without one, sessions live in memory and no case link is revoked."""
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.viewer = ViewerState(Cases(storage, trusted, tile_cache_bytes), tokens, link_lifetime, key)
+    sessions = Sessions(session_lifetime, folder / SESSIONS_FILE if folder else None)
+    revoked = RevokedLinks(folder / REVOKED_LINKS_FILE if folder else None)
+    app.state.viewer = ViewerState(Cases(storage, trusted, tile_cache_bytes), tokens, link_lifetime, key, sessions, revoked)
     # the tile routes first: Starlette tries routes in order, and nearly every request is a tile
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
@@ -531,7 +616,7 @@ def create_app(storage: Storage, tokens: Tokens, key: SigningKey, trusted: Trust
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
-    app.add_middleware(BodyLimit, tokens=tokens)
+    app.add_middleware(BodyLimit, tokens=tokens, sessions=sessions)
     app.add_middleware(SecurityHeaders)  # added last: the outermost, so BodyLimit's refusals carry the headers too
     return app
 

@@ -1,8 +1,9 @@
 """The centre's users: named pathologists and hospital stations, one record each at `_people/{id}.json`.
 
 The store holds no secret: a person's sign-in link is a token signed with the viewer's secret (viewer/tokens.py)
-that names the user and the record's `serial`. Revoking a user, or giving them a new link, bumps the serial, so
-every earlier link stops working at once; the viewer checks each request against the record (cached a second).
+that names the user and the record's `serial`; it is spent once on a session. Revoking a user, or giving them a new
+link, bumps the serial, so every earlier link and every session opened with one stops working at once; the viewer
+checks each request against the record (cached a second).
 A record is the centre's word: signed with the centre's key (`caseformat.documents.Person`) and verified on every
 read, so a station that can write to the store cannot promote its user, un-revoke one or make up a new one.
 `slidestream users` administers the records; the viewer reads them.
@@ -22,13 +23,13 @@ from caseformat.documents import NAME_LIMIT, ROLES, STATION, USER_PATTERN, Perso
 from caseformat.errors import DocumentError
 from caseformat.layout import PEOPLE, person_key, validate_station
 from caseformat.signing import SigningKey, TrustedKeys
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage
 from slides import SlidestreamError
 from slides.errors import printable
 from viewer.reports import oversized
-from viewer.storage import ObjectInfo, ObjectNotFoundError, Storage
 from viewer.tokens import AccessError, Tokens
 
-LINK_LIFETIME = timedelta(days=365)  # links of a user without expiry: revocation, not time, ends them
+LINK_LIFETIME = timedelta(days=7)  # a sign-in link unused this long is refused: time enough to reach its owner
 
 
 class PeopleError(SlidestreamError, ValueError):
@@ -138,8 +139,8 @@ async def _existing(storage: Storage, trusted: TrustedKeys, user: str) -> Person
 
 
 def sign_in_link(tokens: Tokens, person: Person, viewer_url: str) -> str:
-    """The person's link: the worklist, with a token good until their access ends (or a year)."""
-    lifetime = parse_time(person.expires_at) - datetime.now(UTC) if person.expires_at else LINK_LIFETIME
+    """The person's link: the worklist, with a token to be spent within `LINK_LIFETIME` (or before their access ends)."""
+    lifetime = min(parse_time(person.expires_at) - datetime.now(UTC), LINK_LIFETIME) if person.expires_at else LINK_LIFETIME
     return f"{viewer_url.rstrip('/')}/worklist#token={tokens.issue_person(person.id, person.serial, lifetime)}"
 
 

@@ -1,19 +1,27 @@
-"""Access tokens: HMAC-signed, expiring, each good for one scope (one case), or naming one person.
+"""Access tokens: HMAC-signed, expiring, each good for one scope (one case), or naming one person; and sessions.
 
 A case token is a capability: whoever holds the link may view that one case until it expires (never sign it), so
-any number of people can look at the same case at once. A person's token (their sign-in link) names the user and
-the serial of their record on the store (viewer/people.py): the server checks it against that record, so a
-revocation or a new link ends the old ones without any secret on the store. Tokens travel in the URL *fragment*
+any number of people can look at the same case at once; each carries an ID, so one link can be revoked (a line in
+the centre's `revoked-links` file, `slidestream users revoke-link`). Case tokens travel in the URL *fragment*
 (never sent to the server, never in its logs) and then in an `Authorization: Bearer` header.
+
+A person's token (their sign-in link) names the user and the serial of their record on the store
+(viewer/people.py), and the link's own ID. It is spent once: the page hands it to the server, which opens a
+session (`Sessions`: an HttpOnly cookie holding a random ID) and the page drops the token from its address, so the
+link's secret stays out of history, bookmarks and copied addresses. A session ends when it expires, when its
+holder signs out, or when the person's record moves on (revocation, a new link): the server checks it against that
+record on every request, without any secret on the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +34,11 @@ WORKLIST = "worklist"
 PERSON = "person"
 MIN_SECRET_BYTES = 32
 VERIFIED_TOKENS = 4096  # signatures remembered as checked: far more than the people signed in at once
+LINK_ID = re.compile(r"^[0-9a-f]{12}$")
+SESSION_COOKIE = "slidestream-session"
+SESSIONS_FILE = "viewer-sessions.json"
+REVOKED_LINKS_FILE = "revoked-links"
+RECHECK_SECONDS = 1.0  # how stale the revoked links read may be
 
 
 class AccessError(SlidestreamError, PermissionError):
@@ -41,7 +54,11 @@ class ScopeError(AccessError):
 
 
 class SecretError(SlidestreamError, OSError):
-    """The signing secret cannot be read or is too short."""
+    """The signing secret (or the sessions file) cannot be read, or the secret is too short."""
+
+
+class LinkIdError(SlidestreamError, ValueError):
+    """Not a link ID (a typo on the command line)."""
 
 
 def case_scope(case: str) -> str:
@@ -60,11 +77,17 @@ class Tokens:
         self._verified: dict[str, dict[str, object]] = {}
 
     def issue(self, scope: str, lifetime: timedelta) -> str:
-        return self._serializer.dumps({"scope": scope, "exp": int(time.time() + lifetime.total_seconds())})
+        """A case token, with the ID that revokes it alone (`link_id`)."""
+        return self._serializer.dumps({"scope": scope, "id": secrets.token_hex(6), "exp": int(time.time() + lifetime.total_seconds())})
 
     def issue_person(self, user: str, serial: int, lifetime: timedelta) -> str:
-        """A person's sign-in token: good while their record on the store has the same serial (and is valid)."""
-        return self._serializer.dumps({"scope": PERSON, "user": user, "serial": serial, "exp": int(time.time() + lifetime.total_seconds())})
+        """A person's sign-in token: spent once for a session, while their record on the store has the same serial."""
+        return self._serializer.dumps({"scope": PERSON, "user": user, "serial": serial, "id": secrets.token_hex(6),
+                                       "exp": int(time.time() + lifetime.total_seconds())})  # fmt: skip
+
+    def link_id(self, token: str) -> str:
+        """The ID of a genuine token (what `revoke-link` takes), expired or not."""
+        return str(self._verify(token)["id"])
 
     def check(self, token: str | None, scope: str) -> None:
         """Return quietly when `token` grants `scope` now; raise `TokenError` or `ScopeError` otherwise."""
@@ -86,7 +109,8 @@ class Tokens:
             claims = self._serializer.loads(token)
         except BadData:
             raise TokenError("invalid access token") from None
-        if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int) or not isinstance(claims.get("scope"), str):
+        if (not isinstance(claims, dict) or not isinstance(claims.get("exp"), int) or not isinstance(claims.get("scope"), str)
+                or not isinstance(claims.get("id"), str)):
             raise TokenError("invalid access token")
         if claims["scope"] == PERSON and not (isinstance(claims.get("user"), str) and isinstance(claims.get("serial"), int)):
             raise TokenError("invalid access token")
@@ -94,6 +118,121 @@ class Tokens:
             self._verified.clear()
         self._verified[token] = claims
         return claims
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who a session cookie signs in: the user, the serial of their record it was opened with, until when."""
+
+    user: str
+    serial: int
+    expires: float  # seconds since the epoch
+
+
+class Sessions:
+    """The viewer's sessions, and the sign-in links spent on them, kept in `path` (0600) so a restart signs no one
+    out and a spent link stays spent; in memory only without one (tests).
+
+    Sessions are kept by the SHA-256 of their ID: the file holds nothing a browser could present."""
+
+    def __init__(self, lifetime: timedelta, path: Path | None = None) -> None:
+        self.lifetime = lifetime
+        self._path = path
+        self._sessions: dict[str, Session] = {}
+        self._spent: dict[str, float] = {}  # link ID -> when the link expires (after which it is refused anyway)
+        if path is not None and path.exists():
+            try:
+                kept = json.loads(path.read_text(encoding="utf-8"))
+                self._sessions = {key: Session(str(user), int(serial), float(expires)) for key, (user, serial, expires) in kept["sessions"].items()}
+                self._spent = {str(link): float(expires) for link, expires in kept["spent"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                raise SecretError(f"{path}: cannot read the viewer's sessions ({error}); delete it to sign everyone out") from None
+
+    def open(self, user: str, serial: int, link: str, link_expires: float) -> str:
+        """A new session for the holder of sign-in link `link`, which is spent by it; `TokenError` for a spent link."""
+        if link in self._spent:
+            raise TokenError("this sign-in link was used already: ask for a new one (slidestream users link)")
+        session_id = secrets.token_urlsafe(32)
+        self._spent[link] = link_expires
+        self._sessions[_hashed(session_id)] = Session(user, serial, time.time() + self.lifetime.total_seconds())
+        self._save()
+        return session_id
+
+    def spend(self, link: str, link_expires: float) -> None:
+        """Spend a link without a new session (its holder was signed in already)."""
+        if link not in self._spent:
+            self._spent[link] = link_expires
+            self._save()
+
+    def get(self, session_id: str | None) -> Session:
+        """The live session with this ID; `TokenError` for none, an ended or an expired one."""
+        if not session_id:
+            raise TokenError("not signed in: open your sign-in link")
+        session = self._sessions.get(_hashed(session_id))
+        if session is None:
+            raise TokenError("this session has ended (signed out, or the viewer's sessions were cleared): open a new sign-in link")
+        if session.expires <= time.time():
+            raise TokenError("this session has expired: open a new sign-in link")
+        return session
+
+    def end(self, session_id: str | None) -> None:
+        if session_id and self._sessions.pop(_hashed(session_id), None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        """Write what is live now (expired sessions and links dropped), privately, replacing the file whole."""
+        now = time.time()
+        self._sessions = {key: session for key, session in self._sessions.items() if session.expires > now}
+        self._spent = {link: expires for link, expires in self._spent.items() if expires > now}
+        if self._path is None:
+            return
+        kept = {"sessions": {key: [s.user, s.serial, s.expires] for key, s in self._sessions.items()}, "spent": self._spent}
+        partial = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
+            json.dump(kept, file)
+        os.replace(partial, self._path)
+
+
+def _hashed(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class RevokedLinks:
+    """The IDs of case links revoked one by one: one per line of the centre's `revoked-links` file (re-read when it
+    changes, checked at most once a second)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._ids: frozenset[str] = frozenset()
+        self._seen: tuple[int, int] | None = None
+        self._checked = 0.0
+
+    def __contains__(self, link: str) -> bool:
+        if self._path is not None and time.monotonic() - self._checked > RECHECK_SECONDS:
+            self._reload(self._path)
+        return link in self._ids
+
+    def _reload(self, path: Path) -> None:
+        self._checked = time.monotonic()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._ids, self._seen = frozenset(), None
+            return
+        if self._seen != (stat.st_mtime_ns, stat.st_size):
+            self._ids = frozenset(line.split("#")[0].strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+            self._seen = (stat.st_mtime_ns, stat.st_size)
+
+
+def revoke_link(folder: Path, link: str) -> Path:
+    """Add a case link's ID to `folder`'s revoked links (the viewer refuses the link within a second)."""
+    if not LINK_ID.fullmatch(link):
+        raise LinkIdError(f"{link!r} is not a link ID (12 hex digits, as `users case-link` prints it)")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the centre's key folder: private
+    path = folder / REVOKED_LINKS_FILE
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a", encoding="ascii") as file:
+        file.write(f"{link}\n")
+    return path
 
 
 def load_secret(secret_file: Path | None = None) -> bytes:

@@ -32,7 +32,21 @@ const caseView = (() => {
         if (info.registered_at) pairs.push(["Registered", new Date(info.registered_at).toLocaleString()]);
         definitions($("context"), pairs.length ? pairs : [["", "no clinical context registered"]]);
         // the slides themselves (thumbnails, switching) are viewer.js's
-        arrived = info.slides.some((slide) => slide.state !== "failed");
+        arrived = info.slides.some((slide) => slide.state !== "failed" && slide.state !== "unreadable");
+        renderRefused(info);
+    }
+
+    // What of the case the server would not believe (documents not signed by the centre, or changed) or could not
+    // read: a warning above the panel, each reason as text (it is the store's, so never markup).
+    function renderRefused(info) {
+        const lines = [...(info.unreadable ? [info.unreadable] : []), ...(info.refused || []).map((reason) => `refused: ${reason}`)];
+        const items = lines.map((line) => {
+            const item = document.createElement("li");
+            item.textContent = line;
+            return item;
+        });
+        $("refused-list").replaceChildren(...items);
+        $("refused").hidden = !lines.length;
     }
 
     function reportPairs(report) {
@@ -160,6 +174,7 @@ const caseView = (() => {
         started = true;
         me = await api("/api/me");
         $("who").textContent = me.user ? `${me.user.name} (${me.user.role})` : "case link · view only";
+        slidestream.offerSignOut(me);
         $("amend").addEventListener("click", amend);
         $("sign").addEventListener("click", sign);
         const pathologist = me.user && me.user.role === "pathologist";

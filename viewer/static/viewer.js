@@ -1,14 +1,16 @@
-"use strict";
 // The case viewer: OpenSeadragon over the slide's chunks, sharpening as shards arrive, with the AI overlay and its
 // top regions, a scale bar, ruler and area tools, annotations, keyboard navigation and the case panel (case.js:
-// context, slides, report). State lives in the store; this page only polls and draws.
+// context, slides, report). State lives in the store; this page only polls and draws. A module: its pure rules
+// (lengths, areas, the scale bar, the clock, tile arrival) are viewer-core.mjs's, unit-tested on their own.
+import * as core from "./viewer-core.mjs";
+
 (() => {
-    const { api, ApiError, clock, refusedText, token } = slidestream;
+    const { api, ApiError, authorization, refusedText } = slidestream;
+    const { NO_MPP, clock, stageText } = core;
     const caseId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
     const $ = (id) => document.getElementById(id);
     const POLL_MS = 2000;
     const SLIDES_POLL_MS = 5000; // how soon a slide sent later, or another pathologist's annotation, appears
-    const ARRIVED = "2";
     const PAN_STEP = 0.2; // of the view per arrow key
     const ZOOM_STEP = 1.5; // per + or -
     const REGION_MARGIN = 0.25; // of a top region's size, kept around it when jumping there
@@ -78,23 +80,15 @@
     // (`image` and `of`: another slide version's, for the side-by-side view)
     function tileSource(kind, states, tag, image = info, of = null) {
         const maxLevel = image.levels.length - 1;
-        const size = image.tile_size;
-        const n = image.shard_chunks;
         return {
             width: image.width,
             height: image.height,
-            tileSize: size,
+            tileSize: image.tile_size,
             tileOverlap: 0,
             minLevel: 0,
             maxLevel,
             // only tiles that exist and have arrived are requested: the coarser level shows meanwhile
-            tileExists(level, x, y) {
-                const ours = image.levels[maxLevel - level];
-                if (!ours || x < 0 || y < 0 || x * size >= ours.width || y * size >= ours.height) return false;
-                if (!states) return true;
-                const shard = Math.floor(y / n) * ours.shards_x + Math.floor(x / n);
-                return states[maxLevel - level].state[shard] === ARRIVED;
-            },
+            tileExists: (level, x, y) => core.tileArrived(image, states, level, x, y),
             getTileUrl(level, x, y) {
                 const address = { level: maxLevel - level, row: y, col: x, of };
                 return kind === "heatmap" ? url("heatmap", { ...address, version: tag }) : url("tile", { ...address, send: tag });
@@ -173,12 +167,9 @@
             bar.hidden = true;
             return;
         }
-        const micronsPerScreenPixel = info.mpp / item.viewportToImageZoom(viewer.viewport.getZoom(true));
-        const wanted = 120 * micronsPerScreenPixel;
-        const power = 10 ** Math.floor(Math.log10(wanted));
-        const length = [5, 2, 1].map((m) => m * power).find((v) => v <= wanted);
-        bar.querySelector(".bar").style.width = `${Math.round(length / micronsPerScreenPixel)}px`;
-        bar.querySelector(".label").textContent = length >= 1000 ? `${length / 1000} mm` : `${length} µm`;
+        const { pixels, label } = core.scaleBar(info.mpp / item.viewportToImageZoom(viewer.viewport.getZoom(true)));
+        bar.querySelector(".bar").style.width = `${pixels}px`;
+        bar.querySelector(".label").textContent = label;
         bar.hidden = false;
     }
 
@@ -223,7 +214,7 @@
         showRegions(status.top_regions || []);
         const score = $("score");
         score.hidden = !status.triage;
-        if (status.triage) score.textContent = `AI triage ${status.triage.score.toFixed(2)}${status.triage.final || !status.triage.stage ? "" : status.triage.stage === "edge" ? " edge (coarse)" : " (partial)"}`;
+        if (status.triage) score.textContent = core.triageText(status.triage);
         times.started = times.registered || status.started_at;
         times.reported = status.report && status.report.signed_at;
         tick();
@@ -258,15 +249,6 @@
         const { rgb, period } = legend.pending;
         const half = period / 2;
         $("legend-pending").style.background = `repeating-linear-gradient(45deg, rgb(${rgb.join(",")}) 0 ${half}px, transparent ${half}px ${period}px), #b5739d`;
-    }
-
-    // What produced the map on screen, and whether it is the last word
-    function stageText({ stage, complete, tiles_scored: scored, tissue_tiles: tissue }) {
-        const counts = Number.isInteger(scored) && Number.isInteger(tissue) && tissue ? `${scored} of ${tissue} tissue tiles scored` : "";
-        const parts = stage === "edge"
-            ? ["Edge triage before the send", "coarse, not final"]
-            : [{ hub: "Hub", analyze: "Batch analysis" }[stage] || "Stage not recorded", complete === true ? "final" : complete === false ? "still scoring" : ""];
-        return [...parts, counts].filter(Boolean).join(" · ");
     }
 
     function showRegions(list) {
@@ -307,48 +289,12 @@
     }
 
     // -- measuring: in level-0 image pixels, drawn on an SVG over the slide and redrawn every frame -------------
-    const NO_MPP = "µm unavailable: the slide records no resolution";
-
-    // lengths and areas in µm / mm from the slide's mpp; in pixels where it records none
-    function formatLength(pixels) {
-        if (!info.mpp) return `${Math.round(pixels)} px`;
-        const microns = pixels * info.mpp;
-        return microns >= 1000 ? `${(microns / 1000).toFixed(3)} mm` : `${microns.toFixed(1)} µm`;
-    }
-
-    function formatSize(width, height) {
-        return info.mpp ? `${formatLength(width)} × ${formatLength(height)}` : `${Math.round(width)} × ${Math.round(height)} px`;
-    }
-
-    function formatArea(squarePixels) {
-        if (!info.mpp) return `${Math.round(squarePixels)} px²`;
-        const square = squarePixels * info.mpp * info.mpp; // µm²
-        return square >= 10000 ? `${(square / 1e6).toFixed(4)} mm²` : `${Math.round(square)} µm²`;
-    }
-
-    // the shoelace formula: the area a polygon's corners enclose, in image pixels²
-    function polygonArea(points) {
-        let twice = 0;
-        points.forEach(([x, y], i) => {
-            const [nx, ny] = points[(i + 1) % points.length];
-            twice += x * ny - nx * y;
-        });
-        return Math.abs(twice) / 2;
-    }
-
-    // what an annotation measures: a line's length, a polygon's area (the tumour's extent, the margin's distance)
-    function annotationSize({ kind, points }) {
-        if (kind === "line") {
-            return formatLength(Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]));
-        }
-        return kind === "polygon" && points.length >= 3 ? formatArea(polygonArea(points)) : "";
-    }
-
-    function measurement({ kind, a, b }) {
-        const [dx, dy] = [Math.abs(b.x - a.x), Math.abs(b.y - a.y)];
-        if (kind === "ruler") return `Length ${formatLength(Math.hypot(dx, dy))}${info.mpp ? "" : ` (${NO_MPP})`}`;
-        return `Area ${formatArea(dx * dy)} (${formatSize(dx, dy)}${info.mpp ? "" : `; ${NO_MPP}`})`;
-    }
+    // lengths and areas in µm / mm from the shown slide's mpp (viewer-core.mjs); in pixels where it records none
+    // (the annotations are listed before the slide's description has come: no mpp yet)
+    const mpp = () => (info ? info.mpp : null);
+    const formatSize = (width, height) => core.formatSize(width, height, mpp());
+    const annotationSize = (annotation) => core.annotationSize(annotation, mpp());
+    const measurement = (drawn) => core.measurement(drawn, mpp());
 
     function imageToElement(point) {
         return slideLayer.item.imageToViewerElementCoordinates(new OpenSeadragon.Point(point.x, point.y));
@@ -608,9 +554,9 @@
             picture.alt = "";
             picture.dataset.key = key;
             if (thumbnails.get(key)) picture.src = thumbnails.get(key);
-            else if (!thumbnails.has(key) && entry.state !== "failed") loadThumbnail(entry, key);
+            else if (!thumbnails.has(key) && !unviewable(entry)) loadThumbnail(entry, key);
             const caption = document.createElement("span");
-            caption.textContent = `${entry.slide} (${entry.version})${entry.state === "failed" ? ` failed: ${entry.failed}` : ` ${entry.state}`}`;
+            caption.textContent = `${entry.slide} (${entry.version}) ${slideState(entry)}`;
             const button = document.createElement("button");
             button.type = "button";
             button.append(picture, caption);
@@ -618,18 +564,28 @@
             button.addEventListener("click", () => switchSlide(index));
             const item = document.createElement("li");
             item.dataset.slide = entry.slide;
-            item.classList.toggle("failed", entry.state === "failed");
+            item.classList.toggle("failed", unviewable(entry));
             item.append(button);
             return item;
         });
         $("slides").replaceChildren(...items);
     }
 
-    // fetched with the token in a header (an <img src> cannot carry it), shown from a blob: URL
+    // a slide whose send failed, or whose manifest the store holds malformed: its reason, never a blank image
+    function unviewable(entry) {
+        return entry.state === "failed" || entry.state === "unreadable";
+    }
+
+    function slideState(entry) {
+        if (entry.state === "failed") return `failed: ${entry.failed}`;
+        return entry.state === "unreadable" ? entry.unreadable : entry.state;
+    }
+
+    // fetched with a case link's token in a header (an <img src> cannot carry it), shown from a blob: URL
     async function loadThumbnail(entry, key) {
         thumbnails.set(key, "");
         try {
-            const response = await fetch(url("thumbnail", { of: entry }), { headers: { Authorization: `Bearer ${token}` } });
+            const response = await fetch(url("thumbnail", { of: entry }), { headers: authorization() });
             if (!response.ok) throw new Error(response.statusText);
             thumbnails.set(key, URL.createObjectURL(await response.blob()));
             for (const picture of $("slides").querySelectorAll("img")) if (picture.dataset.key === key) picture.src = thumbnails.get(key);
@@ -664,7 +620,7 @@
         const chosen = compare ? `${compare.entry.slide}/${compare.entry.version}` : "";
         const options = [new Option("none", "")];
         for (const entry of slides) {
-            if (entry.state === "failed" || entry === slides[slideIndex]) continue;
+            if (unviewable(entry) || entry === slides[slideIndex]) continue;
             options.push(new Option(`${entry.slide} (${entry.version})`, `${entry.slide}/${entry.version}`));
         }
         select.replaceChildren(...options);
@@ -845,10 +801,10 @@
         const ours = ++opening;
         const shown = slides[slideIndex];
         showAnnotations();
-        if (shown.state === "failed") {
+        if (unviewable(shown)) {
             if (viewer) viewer.world.removeAll();
             slideLayer = heatLayer = null;
-            showMessage(`case ${caseId}: send failed: ${shown.failed}`);
+            showMessage(shown.state === "failed" ? `case ${caseId}: send failed: ${shown.failed}` : `${shown.slide} (${shown.version}): ${shown.unreadable}`);
             return;
         }
         let image;
@@ -882,7 +838,7 @@
             element,
             showNavigationControl: false, // the page's own buttons (#view-controls): no button images to fetch
             loadTilesWithAjax: true,
-            ajaxHeaders: { Authorization: `Bearer ${token}` },
+            ajaxHeaders: authorization(),
             maxZoomPixelRatio: 2,
             visibilityRatio: 0.5,
             // OpenSeadragon asks for one tile per frame by default: a jump to a new field needs ~20, which at one a
@@ -933,10 +889,6 @@
 
     function start() {
         $("case").textContent = caseId;
-        if (!token) {
-            showMessage(refusedText);
-            return;
-        }
         const opacity = () => heatLayer && heatLayer.setOpacity(heatOpacity());
         $("heat-on").addEventListener("change", opacity);
         $("heat-opacity").addEventListener("input", opacity);

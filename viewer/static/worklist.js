@@ -1,9 +1,10 @@
-"use strict";
 // The worklist: every case, most urgent first (the server's order: minutes left, then triage score), with where
 // it comes from, its slides' arrival, the AI result's stage, the frozen-section clock and the signature. Polled:
-// new cases appear by themselves.
+// new cases appear by themselves. A module: the clock's rule is viewer-core.mjs's.
+import { clock } from "./viewer-core.mjs";
+
 (() => {
-    const { api, ApiError, clock, refusedText, token } = slidestream;
+    const { api, ApiError, offerSignOut, refusedText } = slidestream;
     const $ = (id) => document.getElementById(id);
     const REFRESH_MS = 5000;
     let offset = 0; // server clock minus ours, so every pathologist sees the same clock
@@ -29,9 +30,16 @@
             const row = body.insertRow();
             row.dataset.case = entry.case;
             const link = document.createElement("a");
-            link.href = `${entry.link}${location.hash}`; // the pathologist's own token: the case opens signed in
+            link.href = entry.link; // the session opens it: no token in any address
             link.textContent = entry.case;
-            cell(row, link, "case");
+            const caseCell = cell(row, link, "case");
+            if (entry.unreadable) {
+                // the store's text, as text: the case stays on the list, saying what of it cannot be read
+                const reason = document.createElement("div");
+                reason.className = "unreadable";
+                reason.textContent = entry.unreadable;
+                caseCell.append(reason);
+            }
             cell(row, entry.hospital || "–", "hospital");
             cell(row, entry.specimen || "–", "specimen");
             cell(row, String(entry.slides.length), "slide-count");
@@ -83,10 +91,16 @@
         setTimeout(refresh, REFRESH_MS);
     }
 
-    if (!token) {
-        showMessage(refusedText);
-    } else {
+    async function start() {
+        try {
+            offerSignOut(await api("/api/me"));
+        } catch (error) {
+            showMessage(error instanceof ApiError && error.refused ? `${refusedText} (${error.message})` : `Connection problem: ${error.message}`);
+            if (error instanceof ApiError && error.refused) return;
+        }
         setInterval(tick, 1000);
         refresh();
     }
+
+    start();
 })();
