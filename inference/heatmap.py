@@ -182,8 +182,21 @@ def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: fl
     return triage.to_dict()
 
 
+def _placement(tile: float, scale0: float | None) -> tuple[float, float]:
+    """(scale, translation) of the map on both spatial axes, in the image's units, so each map pixel sits on the
+    level-0 box of `tile` pixels it scores.
+
+    NGFF puts a pixel's centre at index x scale + translation. tiling writes level 0 with scale `scale0` and no
+    translation, so its pixel k is centred at k x scale0 and the box [j tile, (j + 1) tile) of level-0 pixels spans
+    [(j tile - 1/2) scale0, ((j + 1) tile - 1/2) scale0): centred at j tile scale0 + (tile - 1) scale0 / 2. Without
+    the translation a reader draws the map half a tile up and left of its tissue.
+    """
+    pixel = scale0 or 1.0
+    return tile * pixel, (tile - 1) * pixel / 2
+
+
 def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, summary: dict[str, Any]) -> None:
-    side = heatmap.grid.tile * (scale0 or 1.0)
+    side, offset = _placement(heatmap.grid.tile, scale0)
     unit = {"unit": "micrometer"} if scale0 else {}
     score_names = [heatmap.spec.class_names[i] for i in heatmap.spec.score_classes]
     attributes = {
@@ -193,7 +206,8 @@ def _write_heatmap(heatmap: Heatmap, location: Location, scale0: float | None, s
                 {
                     "name": "triage heatmap",
                     "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
-                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, side, side]}]}],
+                    "datasets": [{"path": "0", "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0, side, side]}, {"type": "translation", "translation": [0.0, offset, offset]}]}],
                     # NGFF 0.5 asks how the levels were made: one level, one pixel per scored tile
                     "type": "tile-score",
                     "metadata": {"description": "one pixel per model tile of tile_level0_px level-0 pixels: its score"},

@@ -1,6 +1,10 @@
 """`slidestream export-dicom`: a slide, or a case already converted or sent, as a DICOM WSI series for a PACS,
 de-identified, the case ID its only identifier.
 
+A slide file and `convert`'s output folder are named after the slide file, which may hold an accession number or the
+patient's name: their identifier is --case, else a pseudonym of their content (`transfer.identity.content_id`), never
+the name. A sent case's identifier is its case ID (random, given by the registry).
+
 wsidicom is imported only when the command runs, so the other commands stay quick to start.
 """
 
@@ -23,7 +27,9 @@ def export_dicom(
     )],
     out: Annotated[Path, typer.Argument(help="Output directory: one DICOM file per pyramid level.")],
     case: Annotated[
-        str | None, typer.Option("--case", help="Case ID, the files' PatientID (default: a case's folder name; for a slide pseudonymous, from its content, as send).")
+        str | None, typer.Option("--case", help="Case ID, the files' PatientID and only identifier. Default: a sent case's own case ID; "
+                                                 "for a slide file or convert's output folder a pseudonym of its content (16 hex digits), "
+                                                 "never its file or folder name.")
     ] = None,
     endpoint_url: Annotated[
         str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...) of an s3:// case; default AWS.")
@@ -42,7 +48,8 @@ def export_dicom(
     from transfer.identity import content_id
 
     if is_stored_case(slide):
-        stored = open_stored_case(slide, endpoint_url, case)
+        pseudonym = case is None and _convert_output(slide)
+        stored = open_stored_case(slide, endpoint_url, content_id(Path(slide)) if pseudonym else case)
         case_id = stored.case_id
         result = export(stored, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     else:
@@ -54,3 +61,13 @@ def export_dicom(
         f"{result.bytes / 1e6:.1f} MB, case {case_id}",
         soft_wrap=True,
     )
+
+
+def _convert_output(target: str) -> bool:
+    """`convert`'s output folder: the image itself, named after the slide file, not a case folder of the store's layout
+    (whose name is the case ID)."""
+    from caseformat.layout import IMAGE, IMAGE_METADATA, MANIFEST, SLIDES
+
+    folder = Path(target)
+    return (not target.startswith("s3://") and folder.name != IMAGE and (folder / "zarr.json").is_file()
+            and not any((folder / name).exists() for name in (MANIFEST, IMAGE_METADATA, SLIDES)))

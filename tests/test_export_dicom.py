@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from wsidicom import WsiDicom
 from caseformat.layout import SlideRef
 from slides import open_slide
 from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
+from transfer.identity import content_id
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
@@ -162,6 +164,46 @@ def test_levels_are_instances_of_one_tiled_full_series_with_the_slides_spacing(c
         assert ADOBE_RGB in frames(d)[0]
 
 
+# -- what the frames are, what the slide was scanned with -------------------------------------------------------
+def ratio(dataset: pydicom.Dataset) -> float:
+    """Uncompressed over compressed size of the frames, as DICOM defines LossyImageCompressionRatio."""
+    pixels = dataset.NumberOfFrames * dataset.Rows * dataset.Columns * dataset.SamplesPerPixel
+    return pixels / sum(len(frame) for frame in frames(dataset))
+
+
+def assert_lossy_jpeg(dataset: pydicom.Dataset) -> None:
+    assert dataset.LossyImageCompression == "01" and dataset.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(dataset.LossyImageCompressionRatio) == pytest.approx(ratio(dataset), rel=0.01)
+
+
+@pytest.mark.parametrize("export_name", ["cmu", "converted"])
+def test_copied_tiles_say_lossy_jpeg_and_computed_levels_say_derived(export_name: str, request: pytest.FixtureRequest) -> None:
+    value = request.getfixturevalue(export_name)
+    level0, *added = instances(value if export_name == "cmu" else value["out"])  # CMU-1-Small-Region has one level
+    assert list(level0.ImageType) == ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]  # the scanner's own JPEG tiles
+    assert_lossy_jpeg(level0)
+    assert ratio(level0) > 5  # the scanner's JPEG, not a nominal value
+    assert added
+    for dataset in added:  # downsampled and re-encoded by the export
+        assert list(dataset.ImageType) == ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        assert_lossy_jpeg(dataset)
+
+
+def test_reencoded_levels_say_derived_lossy_jpeg(jp2k: Path) -> None:
+    level0, *others = instances(jp2k)
+    assert list(level0.ImageType) == ["DERIVED", "PRIMARY", "VOLUME", "NONE"]  # JPEG 2000 re-encoded as JPEG
+    for dataset in [level0, *others]:
+        assert_lossy_jpeg(dataset)
+    assert {tuple(d.ImageType) for d in others} == {("DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")}
+
+
+def test_the_objective_power_is_kept(cmu: Path, jp2k: Path) -> None:
+    for dataset in instances(cmu):
+        assert float(dataset.OpticalPathSequence[0].ObjectiveLensPower) == 20  # CMU-1's AppMag
+    for dataset in instances(jp2k):
+        assert "ObjectiveLensPower" not in dataset.OpticalPathSequence[0]  # TCGA-CR-7395's file records none
+
+
 def test_identity_is_the_case_id_only(cmu: Path) -> None:
     for d in instances(cmu):
         assert d.PatientID == "CASE-CMU-1" and d.ContainerIdentifier == "CASE-CMU-1"
@@ -248,8 +290,9 @@ def convert_cmu(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """convert's output folder, named after the case, and its export (no --case: the ID comes from the name)."""
-    image = convert_cmu(tmp_path_factory.mktemp("store") / f"{CASE}.ome.zarr")
+    """convert's output folder, named as a hospital names its slide files (accession number and patient), and its
+    export (no --case)."""
+    image = convert_cmu(tmp_path_factory.mktemp("store") / f"{NAME}.ome.zarr")
     return {"image": image, "out": exported(image, tmp_path_factory.mktemp("pacs") / "converted")}
 
 
@@ -304,15 +347,32 @@ def test_case_frames_are_the_stored_chunks(case: str, request: pytest.FixtureReq
 
 
 @pytest.mark.parametrize("case", ["converted", "sent"])
-def test_case_id_from_the_store_path_is_the_only_identifier(case: str, request: pytest.FixtureRequest) -> None:
-    datasets = instances(request.getfixturevalue(case)["out"])
+def test_the_case_id_or_a_pseudonym_is_the_only_identifier(case: str, request: pytest.FixtureRequest) -> None:
+    """A sent case: its case ID. convert's output: a pseudonym of its content, never its folder's (the file's) name."""
+    value = request.getfixturevalue(case)
+    identifier = CASE if case == "sent" else content_id(value["image"])
+    datasets = instances(value["out"])
     assert [(d.TotalPixelMatrixColumns, d.TotalPixelMatrixRows) for d in datasets] == [
         (2220, 2967), (1110, 1484), (555, 742), (278, 371), (139, 186)]  # fmt: skip
     for d in datasets:
-        assert d.PatientID == CASE and d.ContainerIdentifier == CASE and d.PatientName == ""
+        assert d.PatientID == identifier and d.ContainerIdentifier == identifier and d.PatientName == ""
         assert d.PatientIdentityRemoved == "YES"
         spacing = [float(v) for v in d.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
         assert spacing == pytest.approx([0.000499 * 2220 / d.TotalPixelMatrixColumns] * 2, rel=2e-3)  # the NGFF scale
+
+
+def test_a_converted_folders_name_is_in_no_file(converted: dict[str, Path], tmp_path: Path) -> None:
+    assert converted["image"].name.startswith(NAME)
+    files = sorted(converted["out"].iterdir())
+    for path in files:
+        data = path.read_bytes()
+        assert [secret for secret in (NAME.encode(), b"DOE_JANE", b"ACC-2024-0001") if secret in data] == [], path
+        assert re.fullmatch("[0-9a-f]{16}", pydicom.dcmread(path, stop_before_pixels=True).PatientID)
+    named = exported(converted["image"], tmp_path / "named", "--case", "CASE-42")
+    assert {d.PatientID for d in instances(named)} == {"CASE-42"}
+    shown = subprocess.run([sys.executable, "-m", "slidestream", "export-dicom", "--help"], capture_output=True, text=True,
+                           timeout=60, cwd=REPO, env=os.environ | {"COLUMNS": "250"})  # fmt: skip
+    assert "never its file or folder name" in " ".join(shown.stdout.replace("│", " ").split())
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (Debian package dicom3tools)")

@@ -10,18 +10,25 @@ byte (a slide's made self-contained by `tiling.jpeg.self_contained_jpeg`, the sa
 JPEG colour model differs from its level's first tile. Levels down to
 one tile are added by wsidicom, downsampled from the one above and re-encoded, so a viewer gets a pyramid even from a
 single-level slide. The case ID is the only identifier: PatientID, ContainerIdentifier and the specimen identifier
-are the case ID, everything else about patient, study and scanner is empty.
+are the case ID, everything else about patient, study and scanner is empty; the objective's power is kept where the
+slide records it.
+
+Every level says what its frames are (`_describe_frames`, once wsidicom has written them): lossy JPEG
+(LossyImageCompression "01", ISO_10918_1, the ratio of the frames as written), and a level whose pixels slidestream or
+wsidicom computed (re-encoded, or downsampled from the level above) is DERIVED, not ORIGINAL.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
+import pydicom
 from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 from wsidicom import ImageData, WsiDicom
 from wsidicom.codec import Encoder, JpegSettings
@@ -35,6 +42,7 @@ from wsidicom.metadata import (
     ImageType,
     Label,
     LossyCompression,
+    Objectives,
     OpticalPath,
     Patient,
     Pyramid,
@@ -64,6 +72,9 @@ ENCODINGS = {
 }
 LEVEL_TOLERANCE = 0.01  # wsidicom's, on the log2 scale of a level's downsample
 BASELINE = 0xC0  # SOF0: the only JPEG process of DICOM's JPEG Baseline (Process 1) transfer syntax
+JPEG_METHOD = "ISO_10918_1"  # LossyImageCompressionMethod of JPEG frames
+PIXEL_DATA = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian: where a file's frames begin
+ITEM, SEQUENCE_END = 0xE000FFFE, 0xE0DDFFFE  # (FFFE,E000) and (FFFE,E0DD) as little-endian 32-bit words
 
 
 class NoResolutionError(SlidestreamError, ValueError):
@@ -151,7 +162,7 @@ def export_dicom(
             f"{tiles.source}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
         )
     out = Path(out)
-    metadata = _metadata(case_id, spacing_um)
+    metadata = _metadata(case_id, spacing_um, slide.objective_power if isinstance(slide, Slide) else None)
     base, *others = _pyramid_levels(tiles.levels)
     levels = [SlideLevel(tiles, base, spacing_um, quality)]  # its frames decide the series' photometric and frame size
     levels += [SlideLevel(tiles, index, spacing_um, quality, levels[0]) for index in others]
@@ -159,6 +170,9 @@ def export_dicom(
     with published(out, overwrite) as partial, WsiDicom(source) as wsi:
         written = wsi.save(partial, add_missing_levels=True, include_labels=False, include_overviews=False,
                            include_thumbnails=False, workers=1)
+        copied = {level.image_size.width for level in levels if level.passthrough}
+        for path in written:
+            _describe_frames(partial / Path(path).name, copied, levels[0].image_size.width)
         names = sorted(Path(path).name for path in written)
     files = [out / name for name in names]
     return DicomExport(files, sum(path.stat().st_size for path in files), sum(level.passthrough for level in levels))
@@ -184,13 +198,15 @@ def _instance(metadata: WsiMetadata, level: SlideLevel) -> WsiInstance:
     return WsiInstance.create_instance(level, base, ImageType.VOLUME, level.pyramid_index)
 
 
-def _metadata(case_id: str, spacing_um: tuple[float, float]) -> WsiMetadata:
-    """Everything the files say about patient, study and slide: the case ID and de-identification flags only.
+def _metadata(case_id: str, spacing_um: tuple[float, float], objective_power: float | None) -> WsiMetadata:
+    """Everything the files say about patient, study and slide: the case ID and de-identification flags only, and
+    the objective's power where the slide records it (ObjectiveLensPower: what a viewer's magnification reads).
 
     The study UID is derived from the case ID, so exports of the same case land in one study; series, pyramid and
     frame of reference are new for each export. StudyID (16 characters at most) is the case ID where it fits.
     """
     pixel_spacing = SizeMm(spacing_um[0] / 1000, spacing_um[1] / 1000)
+    objective = Objectives(objective_power=objective_power) if objective_power else None
     return WsiMetadata(
         study=Study(uid=generate_uid(entropy_srcs=["slidestream study", case_id]), identifier=case_id if len(case_id) <= 16 else None),
         series=Series(uid=generate_uid(), number=1),
@@ -200,7 +216,7 @@ def _metadata(case_id: str, spacing_um: tuple[float, float]) -> WsiMetadata:
         ),
         equipment=Equipment(manufacturer="slidestream", model_name="slidestream", software_versions=[version("slidestream")]),
         slide=SlideMetadata(identifier=case_id, samples=[SlideSample(identifier=case_id, uid=generate_uid())]),
-        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing), optical_paths=[OpticalPath()], uid=generate_uid()),
+        pyramid=Pyramid(image=Image(pixel_spacing=pixel_spacing), optical_paths=[OpticalPath(objective=objective)], uid=generate_uid()),
         label=Label(contains_phi=False),
         frame_of_reference_uid=generate_uid(),
         dimension_organization_uids=[generate_uid()],
@@ -293,7 +309,7 @@ class SlideLevel(ImageData):
 
     @property
     def lossy_compression(self) -> list[LossyCompression] | None:
-        return []  # JPEG: lossy, ratio unknown (the scanner's compression, or ours on top of it)
+        return []  # stated by `_describe_frames` once the frames are written and their ratio is known
 
     @property
     def transcoder(self) -> Encoder | None:
@@ -327,6 +343,52 @@ class SlideLevel(ImageData):
         """The tile's pixels through the slide's reader (white beyond the level's edge, as glass)."""
         location = (round(tile.x * self._tile.width * self._downsample), round(tile.y * self._tile.height * self._downsample))
         return self._tiles.read_region(location, self._level, (self._tile.width, self._tile.height))
+
+
+def _describe_frames(path: Path, copied: set[int], base_width: int) -> None:
+    """State in the file at `path` what its frames are, which wsidicom cannot know: lossy JPEG at the ratio of the
+    frames as written, and DERIVED (RESAMPLED below the base level) unless they are the source's tiles (`copied`:
+    the widths of those levels, of `base_width` and below). The header is written again, the frames copied after it
+    unchanged."""
+    with path.open("rb") as source:
+        dataset = pydicom.dcmread(source, stop_before_pixels=True)
+        frames_at = source.tell()
+        if source.read(4) != PIXEL_DATA:
+            raise ValueError(f"{path}: no pixel data after the header")
+        source.seek(frames_at)
+        compressed = _frame_bytes(source)
+        source.seek(frames_at)
+        if dataset.TotalPixelMatrixColumns not in copied:
+            resampled = "NONE" if dataset.TotalPixelMatrixColumns == base_width else "RESAMPLED"
+            dataset.ImageType = ["DERIVED", "PRIMARY", "VOLUME", resampled]
+        pixels = dataset.NumberOfFrames * dataset.Rows * dataset.Columns * dataset.SamplesPerPixel * dataset.BitsAllocated // 8
+        dataset.LossyImageCompression = "01"
+        dataset.LossyImageCompressionMethod = [JPEG_METHOD]
+        dataset.LossyImageCompressionRatio = [pydicom.valuerep.DSfloat(round(pixels / compressed, 2), auto_format=True)]
+        described = path.with_name(f"{path.name}.described")
+        with described.open("wb") as target:
+            dataset.save_as(target, enforce_file_format=True)
+            shutil.copyfileobj(source, target)
+    described.replace(path)
+
+
+def _frame_bytes(file: BinaryIO) -> int:
+    """Bytes of the encapsulated frames of the pixel data element that `file` is positioned at (item headers and the
+    offset table not counted, as DICOM's compression ratio is computed); only the item headers are read."""
+    file.seek(12, 1)  # tag, VR, two reserved bytes, undefined length
+    total, first = 0, True
+    while True:
+        header = file.read(8)
+        if len(header) < 8:
+            raise ValueError("the frames end early")
+        tag, length = int.from_bytes(header[:4], "little"), int.from_bytes(header[4:], "little")
+        if tag == SEQUENCE_END:
+            return total
+        if tag != ITEM:
+            raise ValueError(f"no frame item at byte {file.tell() - 8}")
+        total += 0 if first else length  # the first item is the basic offset table
+        first = False
+        file.seek(length, 1)
 
 
 def frame_photometric(jpeg: bytes) -> str | None:

@@ -118,7 +118,9 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: 
     scale = _last_two(transforms, "scale", (1.0, 1.0))
     translation = _last_two(transforms, "translation", (0.0, 0.0))
     cell = (scale[0] / image.scale[0], scale[1] / image.scale[1])
-    origin = (translation[0] / image.scale[0], translation[1] / image.scale[1])
+    # NGFF places a pixel's centre at index x scale + translation, level 0's pixel k at k x image.scale: the map's
+    # top-left corner, in level-0 pixels whose pixel k spans [k, k + 1), is half a cell before its first centre
+    origin = (translation[0] / image.scale[0] + 0.5 - cell[0] / 2, translation[1] / image.scale[1] + 0.5 - cell[1] / 2)
     about = _about(group.attrs)
     complete = about.get("complete") if isinstance(about.get("complete"), bool) else None
     pending = np.zeros(rgba.shape[:2], bool)
