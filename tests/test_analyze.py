@@ -24,6 +24,8 @@ from slidestream.cli import app
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from transfer import content_id, target
 
+pytestmark = pytest.mark.slow  # the real model on slides
+
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
 # 17-29 um/px, and a TIFF whose resolution tags say 72 dpi (353 um/px), against the model's 0.5 um/px
 TOO_COARSE = ["camelyon-lymphnode.dcm", "wsi2dcm-jpeg.dcm", "wsi2dcm-jpeg2000.dcm", "synthetic-boxes.tiff"]

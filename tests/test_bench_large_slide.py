@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "make_large_slide.py"
 SLIDES = REPO.parent / "shared" / "slides"
 
-pytestmark = pytest.mark.skipif(not SLIDES.is_dir(), reason=f"sample slides not found at {SLIDES}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SLIDES.is_dir(), reason=f"sample slides not found at {SLIDES}")]  # slow: builds a large slide
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from test_viewer_browser import browser  # noqa: F401  (the Chromium fixture)
 from caseformat.layout import IMAGE, SlideRef
 from inference.store import Location
 
+pytestmark = pytest.mark.slow  # Chromium
+
 STATIC = REPO / "viewer" / "static"
 SLIDE = "CMU-1-Small-Region.svs"
 CHUNK = 240  # Aperio's tile size, kept as the chunk size by pass-through

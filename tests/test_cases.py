@@ -23,6 +23,8 @@ from caseformat.layout import SlideRef, notice_key, report_key
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey
 from transfer.identity import sample_digest
 
+pytestmark = pytest.mark.slow  # several sends and a running watch
+
 CMU, TCGA = "CMU-1-Small-Region.svs", "TCGA-CR-7395-jp2k.svs"
 PATIENT, ACCESSION, MRN = "DOE^JANE", "S26-004711", "MRN-7777123"
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import sample
 
+pytestmark = pytest.mark.slow  # commands in subprocesses
+
 CLI = [sys.executable, "-m", "slidestream"]
 INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
 

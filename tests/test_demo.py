@@ -7,6 +7,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole demo
+
 
 def test_demo_prints_the_viewer_first_and_the_milestones_as_they_happen() -> None:
     result = subprocess.run(

@@ -31,6 +31,8 @@ from slides import open_slide
 from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
 from transfer.identity import content_id
 
+pytestmark = pytest.mark.slow  # DICOM series and dciodvfy
+
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import SLIDES, sample
 
+pytestmark = pytest.mark.slow  # damaged inputs through every command
+
 # The bound: each process of a command (the CLI, its shard builders) gets this much address space. The reader decodes
 # whole stored tiles or strips of at most slides.slide.MAX_CHUNK_BYTES (256 MiB) each; a normal info, convert or send
 # of the samples stays far below (torch, for analyze, maps more address space than it uses).

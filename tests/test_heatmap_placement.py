@@ -21,7 +21,7 @@ from inference.store import Location
 from slides import open_slide
 from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")]  # slow: the model path on a converted case
 
 T = int(TILE)  # level-0 pixels per map pixel (the dark model's 64 px at 1 um/px on a 0.5 um/px slide)
 SQUARE = (5 * T, 3 * T, 8 * T, 6 * T)  # level-0 (x0, y0, x1, y1): exactly map columns 5-7, rows 3-5

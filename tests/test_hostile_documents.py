@@ -28,6 +28,8 @@ from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from viewer import ImageError, S3Storage
 from viewer.image import Arrival, open_image, parse_manifest
 
+pytestmark = pytest.mark.slow  # a running hub
+
 PREFIX = "hostile"
 GOOD = "GOOD-1"
 HUGE = 32768  # px a side, in 1 px chunks: a billion chunks

@@ -38,6 +38,8 @@ from viewer import S3Storage
 from viewer.cases import Cases, Chunk
 from viewer.image import ARRIVED, BACKGROUND, PENDING
 
+pytestmark = pytest.mark.slow  # a running hub
+
 REPO = Path(__file__).resolve().parents[1]
 NO_REPORTS = TrustedKeys([])  # these stores hold no signed report: the viewer needs no centre key to read them
 ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0

@@ -27,7 +27,7 @@ from inference.sources import SlideRef, open_source
 from slides import open_slide
 from tiling import ConvertOptions, plan_pyramid
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")]  # slow: the real model on slides
 
 MPP = 0.5
 DARK_SPEC = ModelSpec(name="dark-fraction", input_size=64, mpp=1.0, class_names=("glass", "dark"), score_classes=(1,))

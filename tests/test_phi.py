@@ -37,6 +37,8 @@ from slides.jpeg import strip_metadata
 from transfer import content_id
 from viewer import S3Storage
 
+pytestmark = pytest.mark.slow  # sends and serves every sample
+
 NAME = "ACC-2024-0001_DOE_JANE"
 IDENTIFYING = (b"DOE^JANE", b"DOE_JANE", b"ACC-2024-0001", b"MRN-7777123", b"ST-ELSEWHERE", b"XMP-OPERATOR-JSMITH")
 COMMENT = b"Patient=DOE^JANE Accession=ACC-2024-0001 MRN-7777123"

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from conftest import REPO, S3Server, sample
 from test_viewer import KEY_DIR, SECRET, SLIDE, Bucket, serving
 from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, sign_in, wait_for  # noqa: F401  (browser: the Chromium fixture)
@@ -32,6 +33,8 @@ from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, sign_in, wa
 from caseformat.documents import CaseRecord
 from caseformat.layout import SlideRef
 from caseformat.signing import PUBLIC_KEYS_FILE
+
+pytestmark = pytest.mark.slow  # Chromium and a running watch
 
 ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
 SIDECAR = {

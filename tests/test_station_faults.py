@@ -28,6 +28,8 @@ from test_transfer_faults import Proxy
 from caseformat.documents import CaseRecord
 from caseformat.layout import CASE_RECORD, report_key
 
+pytestmark = pytest.mark.slow  # a running watch through a stalling proxy
+
 
 class StallingProxy(Proxy):
     """A link that stalls: while `flowing` is clear, requests still reach the store but its answers are held (the

@@ -16,11 +16,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import sample
 
 from caseformat.documents import Author, Report, SlideRead
 from caseformat.layout import notice_key, report_key
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, public_pem
+
+pytestmark = pytest.mark.slow  # a running watch
 
 STATION, PREFIX = "theatre-3", "site"
 CENTRE = SigningKey.generate()

@@ -45,6 +45,8 @@ from transfer import (
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
 from transfer.sender import typical_size
 
+pytestmark = pytest.mark.slow  # sends every sample
+
 MiB = 1 << 20
 
 

@@ -47,6 +47,8 @@ from caseformat.layout import SlideRef
 from tiling import Piece, PieceKind
 from transfer import Destination, Journal, parse_destination
 
+pytestmark = pytest.mark.slow  # the emulated link and killed sends
+
 CMU = "CMU-1-Small-Region.svs"
 CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once
 

@@ -32,6 +32,8 @@ from slides import open_slide
 from viewer.heatmap import LUT
 from viewer.tokens import SESSION_COOKIE
 
+pytestmark = pytest.mark.slow  # Chromium
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

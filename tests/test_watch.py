@@ -18,6 +18,8 @@ from conftest import sample
 
 from caseformat.layout import SlideRef
 
+pytestmark = pytest.mark.slow  # a running watch
+
 
 def _watch(hot: Path, s3_server, bucket: str, state: Path, *extra: str) -> list[str]:  # type: ignore[no-untyped-def]
     return [
