@@ -17,6 +17,8 @@ from objectstore.storage import (
     ZarrView,
     list_s3,
     open_storage,
+    oversized,
+    read_each,
 )
 
 __all__ = [
@@ -30,4 +32,6 @@ __all__ = [
     "ZarrView",
     "list_s3",
     "open_storage",
+    "oversized",
+    "read_each",
 ]

@@ -29,8 +29,11 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.abc.store import Store as ZarrStore
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from caseformat.bounded import DOCUMENT_LIMIT
+from caseformat.errors import DocumentError
 from caseformat.layout import is_plain_key
 from slides import SlidestreamError
+from slides.errors import printable
 from transfer.readers import object_store
 from transfer.target import parse_endpoint
 
@@ -287,6 +290,37 @@ def _s3_client(endpoint: str | None) -> Any:
     from transfer.network import make_client
 
     return make_client(endpoint)
+
+
+def oversized(info: ObjectInfo) -> str | None:
+    """Why a listed object is refused unread: larger than any document may be."""
+    if info.size <= DOCUMENT_LIMIT:
+        return None
+    return printable(f"{info.key}: {info.size:,} bytes, more than the {DOCUMENT_LIMIT:,} a document may have; refused")
+
+
+async def read_each(storage: Storage, listed: Iterable[ObjectInfo], read: Callable[[bytes, str], T],
+                    concurrency: int = 16) -> builtins.list[T | str]:
+    """Each listed object, in order, as `read(data, key)` makes it, or one printable line where it is refused: larger
+    than a document may be (refused unread: a station's object of gigabytes would otherwise be read into memory by
+    every page that lists the folder), or refused by `read` (`DocumentError`). Objects gone since the listing are
+    left out."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(info: ObjectInfo) -> T | str | None:
+        if refusal := oversized(info):
+            return refusal
+        async with limit:
+            try:
+                data = await storage.get(info.key)
+            except ObjectNotFoundError:
+                return None
+        try:
+            return read(data, info.key)
+        except DocumentError as error:
+            return printable(str(error))
+
+    return [item for item in await asyncio.gather(*(one(info) for info in listed)) if item is not None]
 
 
 def open_storage(location: str, endpoint_url: str | None = None) -> Storage:

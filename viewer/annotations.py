@@ -29,10 +29,9 @@ from caseformat.documents import (
 from caseformat.errors import DocumentError
 from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, annotation_key, annotations_folder, stamp
 from caseformat.signing import SigningKey, TrustedKeys
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectInfo, ObjectNotFoundError, Storage, oversized
 from slides.errors import printable
 from viewer.cache import AsyncCache
-from viewer.reports import oversized
 
 Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE, allow_inf_nan=False)]
 

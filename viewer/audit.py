@@ -9,17 +9,13 @@ back as a refusal, never as an event.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from caseformat.bounded import utc_now
 from caseformat.documents import AuditEvent, Author, Person
-from caseformat.errors import DocumentError
 from caseformat.layout import audit_folder, audit_key
 from caseformat.signing import SigningKey, TrustedKeys
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
-from slides.errors import printable
-from viewer.reports import oversized
+from objectstore import ObjectNotFoundError, Storage, read_each
 
 
 async def record(storage: Storage, key: SigningKey, person: Person | None, action: str, case: str, slide: str | None = None,
@@ -38,20 +34,7 @@ async def read(storage: Storage, trusted: TrustedKeys, case: str | None = None, 
     except ObjectNotFoundError:
         return []
     records = sorted((info for info in listed if info.key.endswith(".json")), key=lambda info: info.key)
-    limit = asyncio.Semaphore(16)
-
-    async def load(info: ObjectInfo) -> AuditEvent | str | None:
-        if refusal := oversized(info):
-            return refusal
-        async with limit:
-            try:
-                return AuditEvent.read(await storage.get(info.key), info.key, trusted)
-            except ObjectNotFoundError:
-                return None
-            except DocumentError as error:
-                return printable(str(error))
-
-    events = [event for event in await asyncio.gather(*(load(info) for info in records)) if event is not None]
+    events = await read_each(storage, records, lambda data, key: AuditEvent.read(data, key, trusted))
     return [event for event in events if isinstance(event, str) or case is None or event.case == case]
 
 

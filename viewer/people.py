@@ -11,7 +11,6 @@ read, so a station that can write to the store cannot promote its user, un-revok
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from dataclasses import replace
@@ -23,10 +22,8 @@ from caseformat.documents import NAME_LIMIT, ROLES, STATION, USER_PATTERN, Perso
 from caseformat.errors import DocumentError
 from caseformat.layout import PEOPLE, person_key, validate_station
 from caseformat.signing import SigningKey, TrustedKeys
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectNotFoundError, Storage, read_each
 from slides import SlidestreamError
-from slides.errors import printable
-from viewer.reports import oversized
 from viewer.tokens import AccessError, Tokens
 
 LINK_LIFETIME = timedelta(days=7)  # a sign-in link unused this long is refused: time enough to reach its owner
@@ -61,11 +58,15 @@ async def get_person(storage: Storage, user: str, trusted: TrustedKeys) -> Perso
     not the centre's (unsigned, forged, changed, or another user's record copied over it)."""
     key = record_key(user)
     try:
-        data = await storage.get(key)
+        return read_person(await storage.get(key), key, trusted)
     except ObjectNotFoundError:
         return None
+
+
+def read_person(data: bytes, key: str, trusted: TrustedKeys) -> Person:
+    """The record at `key` as the centre signed it for the user the key names; `DocumentError` otherwise."""
     person = Person.read(data, key, trusted)
-    if person.id != user:
+    if record_key(person.id) != key:
         raise DocumentError(f"{key}: holds the record of {person.id}; refused")
     return person
 
@@ -97,18 +98,7 @@ async def list_people(storage: Storage, trusted: TrustedKeys) -> tuple[list[Pers
     except ObjectNotFoundError:
         return [], []
     records = [info for info in listed if USER_PATTERN.fullmatch(info.key.rsplit("/", 1)[-1].removesuffix(".json"))]
-    limit = asyncio.Semaphore(16)
-
-    async def load(info: ObjectInfo) -> Person | str | None:
-        if refusal := oversized(info):
-            return refusal
-        async with limit:
-            try:
-                return await get_person(storage, info.key.rsplit("/", 1)[-1].removesuffix(".json"), trusted)
-            except DocumentError as error:
-                return printable(str(error))
-
-    found = await asyncio.gather(*(load(info) for info in records))
+    found = await read_each(storage, records, lambda data, key: read_person(data, key, trusted))
     people = sorted((person for person in found if isinstance(person, Person)), key=lambda person: (person.created_at, person.id))
     return people, [refusal for refusal in found if isinstance(refusal, str)]
 

@@ -16,20 +16,18 @@ at its key (`write_version`), so a forgery never blocks the pathologist's signat
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from caseformat.bounded import DOCUMENT_LIMIT, load, utc_now
+from caseformat.bounded import load, utc_now
 from caseformat.documents import TEXT_LIMIT, Author, Report, Request, SlideRead
 from caseformat.errors import DocumentError
 from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
 from caseformat.signing import SigningKey, TrustedKeys
-from objectstore import ObjectInfo, ObjectNotFoundError, Storage
+from objectstore import ObjectNotFoundError, Storage, read_each
 from slides import SlidestreamError
-from slides.errors import printable
 
 MAX_TEXT = TEXT_LIMIT
 Version = TypeVar("Version", Report, Request)
@@ -76,14 +74,6 @@ class Versions(Generic[Version]):
         return self.verified[-1].document if self.verified else None
 
 
-def oversized(info: ObjectInfo) -> str | None:
-    """Why a listed object is refused unread: larger than any document (a station's object of gigabytes would
-    otherwise be read into memory by every page that lists the folder)."""
-    if info.size <= DOCUMENT_LIMIT:
-        return None
-    return printable(f"{info.key}: {info.size:,} bytes, more than the {DOCUMENT_LIMIT:,} a document may have; refused")
-
-
 def read_version(kind: type[Version], data: bytes, key: str, case: str, trusted: TrustedKeys) -> Verified[Version]:
     """The version at `key` if the centre signed it for this case and number; `DocumentError` otherwise."""
     document = kind.read(data, key, trusted)
@@ -101,17 +91,7 @@ async def numbered(storage: Storage, case: str, kind: type[Version], trusted: Tr
         return Versions([], [])
     found = sorted((info for info in listed if number_of(info.key) is not None), key=lambda info: number_of(info.key) or 0)
 
-    async def read(info: ObjectInfo) -> Verified[Version] | str | None:
-        if refusal := oversized(info):
-            return refusal
-        try:
-            return read_version(kind, await storage.get(info.key), info.key, case, trusted)
-        except ObjectNotFoundError:
-            return None
-        except DocumentError as error:
-            return printable(str(error))
-
-    read_all = await asyncio.gather(*(read(info) for info in found))
+    read_all = await read_each(storage, found, lambda data, key: read_version(kind, data, key, case, trusted))
     return Versions([item for item in read_all if isinstance(item, Verified)], [item for item in read_all if isinstance(item, str)])
 
 
