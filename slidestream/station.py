@@ -38,6 +38,7 @@ from caseformat.layout import (
     CASE_RECORD,
     LAYOUT_FORMAT,
     REPORTS,
+    REQUESTS,
     NoticeName,
     SlideRef,
     case_key,
@@ -46,6 +47,7 @@ from caseformat.layout import (
     number_of,
     numbered_folder,
     report_key,
+    request_key,
     slides_key,
     stamp,
     validate_case,
@@ -453,23 +455,27 @@ class Station:
             self.registry.set_cursor(self.key, self.name, key)
             self._recent.discard(key)
 
-    def reports(self, case: str, trusted: TrustedKeys, skip: frozenset[int] | set[int] = frozenset()) -> tuple[list[Report], list[str]]:
-        """A case's signed report and amendments, in order, as the centre signed them (less the numbers in `skip`,
-        never read); and one line for each document in their folder that is not one."""
-        reports, refused = [], []
-        for key in self._keys(self.store.key(numbered_folder(case, REPORTS))):
+    def reports(self, case: str, trusted: TrustedKeys, skip: frozenset[int] | set[int] = frozenset(),
+                kind: type[Report] | type[Request] = Report) -> tuple[list[Report | Request], list[str]]:
+        """A case's signed report and amendments (or, with `kind` Request, its requests), in order, as the centre
+        signed them (less the numbers in `skip`, never read); and one line for each document in their folder that is
+        not one."""
+        name = "report" if kind is Report else "request"
+        found: list[Report | Request] = []
+        refused = []
+        for key in self._keys(self.store.key(numbered_folder(case, REPORTS if kind is Report else REQUESTS))):
             if number_of(key) in skip:
                 continue
             data = self.read_bytes(key)
             try:
-                report = Report.read(data, key, trusted) if data is not None else None
-                if report is not None and (report.case, report.number) != (case, number_of(key)):
-                    raise DocumentError(f"{key}: holds report {report.number} of case {report.case}, not what its name says")
+                document = kind.read(data, key, trusted) if data is not None else None
+                if document is not None and (document.case, document.number) != (case, number_of(key)):
+                    raise DocumentError(f"{key}: holds {name} {document.number} of case {document.case}, not what its name says")
             except DocumentError as error:
-                refused.append(printable(f"refused report {error}"))
+                refused.append(printable(f"refused {name} {error}"))
                 continue
-            reports += [report] if report is not None else []
-        return sorted(reports, key=lambda report: report.number), refused
+            found += [document] if document is not None else []
+        return sorted(found, key=lambda document: document.number), refused
 
     # -- delivery ----------------------------------------------------------------------------------------------
     def deliver(self, outbox: Path, notice: Report | Request, where: str, say: Callable[[str], None]) -> None:
@@ -496,20 +502,23 @@ class Station:
                 "that one is kept, nothing was written")  # fmt: skip
 
     def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
-        """The `_stations/` notices are the fast path; this is the one that misses nothing: the numbered reports of
-        this station's open cases (`Registry.open_cases`), `limit` cases a round, those read longest ago first, each
-        report not delivered yet delivered now. A notice that lands late, or never, then costs nothing."""
+        """The `_stations/` notices are the fast path; this is the one that misses nothing: the numbered reports and
+        requests of this station's open cases (`Registry.open_cases`), `limit` cases a round, those read longest ago
+        first, each one not delivered yet delivered now. A notice that lands late, or never, then costs nothing."""
         since = utc_now(datetime.now(UTC) - timedelta(hours=RECONCILE_HOURS))
         cases = sorted(self.registry.open_cases(self.key, self.name, since), key=lambda case: self._looked.get(case, 0.0))[:limit]
         for case in cases:
             self._looked[case] = time.monotonic()
-            reports, refused = self.reports(case, trusted, self.registry.delivered_numbers(self.key, case, "report"))
-            for report in reports:
-                if report.station == self.name:
-                    self.deliver(outbox, report, self.store.key(report_key(case, report.number)), say)
-                else:
-                    refused.append(printable(f"refused report {self.store.key(report_key(case, report.number))}: is for station "
-                                             f"{report.station or '(none)'}, not {self.name}"))  # fmt: skip
+            refused = []
+            for kind, name, key_of in ((Report, "report", report_key), (Request, "request", request_key)):
+                found, unreadable = self.reports(case, trusted, self.registry.delivered_numbers(self.key, case, name), kind)
+                refused += unreadable
+                for document in found:
+                    key = self.store.key(key_of(case, document.number))
+                    if document.station == self.name:
+                        self.deliver(outbox, document, key, say)
+                    else:
+                        refused.append(printable(f"refused {name} {key}: is for station {document.station or '(none)'}, not {self.name}"))
             for line in refused:
                 if line not in self._said:
                     self._said.add(line)

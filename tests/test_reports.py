@@ -13,14 +13,18 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import S3Server
 from test_viewer import CENTRE_KEY, KEY_DIR, SECRET, TRUSTED, Bucket, Served, serving
 
-from caseformat.documents import CaseRecord, Person
-from caseformat.layout import SlideRef, notice_key, person_key, report_key, request_key
+from caseformat.documents import Author, CaseRecord, Person, Report, SlideRead
+from caseformat.layout import STATIONS, SlideRef, notice_key, person_key, report_key, request_key
+from caseformat.signing import SigningKey, TrustedKeys
+from objectstore import LocalStorage, StorageError
+from viewer import reports
 
 CASE = "FS-2026-0042"
 CONTEXT = (("specimen_site", "left breast, lumpectomy margin"), ("clinical_question", "margin clear?"),
@@ -243,3 +247,22 @@ def wait_for(condition, timeout: float = 30) -> None:  # type: ignore[no-untyped
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
 
+
+def test_a_signed_report_whose_station_copy_the_store_refuses_is_signed_not_an_error(tmp_path: Path) -> None:
+    """The report is the truth and is saved; the station's copy is a fast path (the station reads its open cases'
+    reports itself): a store that refuses the copy must not tell the pathologist the signature failed, which made
+    them sign again and get 409 "already signed"."""
+
+    class RefusesStationCopies(LocalStorage):
+        async def put(self, key: str, data: bytes) -> None:
+            if key.startswith(f"{STATIONS}/"):
+                raise StorageError(f"{key}: the store refused the request (test)")
+            await super().put(key, data)
+
+    storage, key = RefusesStationCopies(tmp_path), SigningKey.generate()
+    trusted = TrustedKeys([key.public])
+    form = reports.ReportIn(category="benign", diagnosis="no tumour at the margin")
+    signed = asyncio.run(reports.sign(storage, key, trusted, CASE, form, Author("u0123abcd", "Dr A"), [SlideRead("s1", "v1")], "theatre-3"))
+    assert signed["number"] == 1 and signed["station"] == "theatre-3"
+    stored = Report.read(asyncio.run(storage.get(report_key(CASE, 1))), "report 1", trusted)
+    assert stored.diagnosis == "no tumour at the margin" and not (tmp_path / STATIONS).exists()

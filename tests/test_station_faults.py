@@ -25,8 +25,8 @@ import pytest
 from test_station_trust import CENTRE, PREFIX, STATION, _at, _keys_file, _notice, _once, _outbox, _put, _report
 from test_transfer_faults import Proxy
 
-from caseformat.documents import CaseRecord
-from caseformat.layout import CASE_RECORD, report_key
+from caseformat.documents import Author, CaseRecord, Request
+from caseformat.layout import CASE_RECORD, report_key, request_key
 
 pytestmark = pytest.mark.slow  # a running watch through a stalling proxy
 
@@ -263,6 +263,20 @@ def test_a_report_whose_notice_never_came_reaches_the_outbox_once(tmp_path: Path
     assert "Diagnosis: no tumour at the margin" in _outbox(tmp_path)[f"frozen-c_{case}_report_0001.txt"]
     again = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
     assert _reports_said(again.stdout) == [] and " CONFLICT " not in again.stdout, again.stdout
+
+
+def test_a_request_whose_notice_never_came_reaches_the_outbox_once(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
+    """The same for what the pathologist asks of the hospital: only CASE/requests/0001.json is on the store."""
+    keys = str(_keys_file(tmp_path))
+    _specimen(tmp_path, "frozen-r")
+    case = _registered(_once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys).stdout, "frozen-r")
+    request = Request(case, 1, "a deeper level of block A", Author("u0123abcd", "Dr P. Kovacs"), _at(0), STATION, "s1")
+    _put(s3_server, s3_bucket, request_key(case, 1), request.to_json(CENTRE))
+    first = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert f"REQUEST case frozen-r ({case}): a deeper level of block A (slide s1)" in first.stdout, first.stdout
+    assert list(_outbox(tmp_path)) == [f"frozen-r_{case}_request_0001.txt"]
+    again = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert "REQUEST case" not in again.stdout and " CONFLICT " not in again.stdout, again.stdout
 
 
 def test_a_notice_that_lands_after_a_later_stamped_one_is_still_delivered(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:

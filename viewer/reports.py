@@ -16,6 +16,7 @@ at its key (`write_version`), so a forgery never blocks the pathologist's signat
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -26,9 +27,11 @@ from caseformat.documents import TEXT_LIMIT, Author, Report, Request, SlideRead
 from caseformat.errors import DocumentError
 from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
 from caseformat.signing import SigningKey, TrustedKeys
-from objectstore import ObjectNotFoundError, Storage, read_each
+from objectstore import ObjectNotFoundError, Storage, StorageError, read_each
 from slides import SlidestreamError
+from slides.errors import printable
 
+log = logging.getLogger("slidestream.viewer")
 MAX_TEXT = TEXT_LIMIT
 Version = TypeVar("Version", Report, Request)
 
@@ -129,9 +132,20 @@ async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: st
     data = report.to_json(key)
     if not await write_version(storage, Report, report_key(case, number), data, case, trusted):
         raise ReportConflict(f"case {case}: report {number} was signed by someone else a moment ago; reload to read it")
-    if station:
-        await storage.put(notice_key(station, report.signed_at, case, "report", number), data)
+    await notify(storage, station, notice_key(station, report.signed_at, case, "report", number) if station else None, data)
     return load(data, report_key(case, number))
+
+
+async def notify(storage: Storage, station: str | None, key: str | None, data: bytes) -> None:
+    """The station's copy of a signed report or request: the fast path only. The signed document is the truth and
+    is saved already; a station also reads its open cases' reports and requests itself (`Station.reconcile`), so a
+    copy the store refuses now is logged, never an error that would make the pathologist sign again."""
+    if station is None or key is None:
+        return
+    try:
+        await storage.put(key, data)
+    except StorageError as error:
+        log.warning("%s", printable(f"the copy for station {station} ({key}) was not written ({error}); the station reads the case itself"))
 
 
 async def ask(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: RequestIn, author: Author,
@@ -144,6 +158,5 @@ async def ask(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str
         data = request.to_json(key)
         if await write_version(storage, Request, request_key(case, number), data, case, trusted):
             break
-    if station:
-        await storage.put(notice_key(station, request.asked_at, case, "request", number), data)
+    await notify(storage, station, notice_key(station, request.asked_at, case, "request", number) if station else None, data)
     return load(data, request_key(case, number))
