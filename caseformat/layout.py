@@ -306,3 +306,6 @@ def arrivals_since(moment: str) -> str:
 def member(root: str, *names: str) -> str:
     """{root}/{name}/...: an object below a slide version's root as a reader holds it (CASE/slides/s1/v1)."""
     return "/".join((root, *names))
+
+
+CORRUPT = "corrupt.json"  # below a slide version: the image's pieces found corrupt, for the station to send again

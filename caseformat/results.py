@@ -279,3 +279,35 @@ def _shard_keys(fields: Fields, name: str) -> tuple[str, ...]:
 def _level_count(fields: Fields) -> LevelCount:
     return LevelCount(fields.integer("level", 0, LEVELS_LIMIT), fields.integer("planned", 0, BIG), fields.integer("arrived", 0, BIG),
                       bool(fields.boolean("overview", optional=True)))  # fmt: skip
+
+
+CORRUPT_FORMAT = "slidestream-corrupt/1"
+
+
+@dataclass(frozen=True)
+class CorruptRecord:
+    """corrupt.json beside a slide version's manifest: the image's objects a reader found corrupt (a shard whose index
+    or chunk fails its CRC32C), for the send that started at `started_at`. It is the centre's request to the station,
+    which still holds the slide, to send those objects again (`transfer.manifest.resend_keys`); every reader refuses
+    them meanwhile (no tile shown, scored or built on), and a reader that finds one whole again takes it off."""
+
+    started_at: str | None
+    keys: tuple[str, ...] = ()  # image-relative, as the manifest lists them: "0/c/0/3/5"
+    updated_at: str | None = None
+
+    def with_key(self, key: str, started_at: str | None, now: str) -> CorruptRecord:
+        """This record with `key` added; a record of an earlier send (another `started_at`) is started over."""
+        keys = self.keys if self.started_at == started_at else ()
+        return CorruptRecord(started_at, tuple(sorted({*keys, key})), now)
+
+    def without(self, keys: set[str], now: str) -> CorruptRecord:
+        return CorruptRecord(self.started_at, tuple(key for key in self.keys if key not in keys), now)
+
+    def to_json(self) -> bytes:
+        return dump({"format": CORRUPT_FORMAT, "started_at": self.started_at, "updated_at": self.updated_at, "keys": list(self.keys)})
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "corrupt.json") -> CorruptRecord:
+        fields = Fields(load(data, what, MANIFEST_LIMIT), what)
+        fields.choice("format", (CORRUPT_FORMAT,))
+        return cls(fields.time("started_at", optional=True), _shard_keys(fields, "keys"), fields.time("updated_at", optional=True))

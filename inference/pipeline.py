@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,10 +26,22 @@ from caseformat.results import COMPLETE, FAILED, Manifest
 from inference.errors import InferenceError
 from inference.heatmap import Heatmap, load_tile_state, read_triage, write_results
 from inference.scoring import ModelRef, Runner, TileResults
-from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
+from inference.sources import (
+    SlideRef,
+    SlideSource,
+    Source,
+    SourceRef,
+    VerifiedShards,
+    ZarrRef,
+    ZarrSource,
+    corrupt_keys,
+    open_source,
+    read_level,
+    update_corrupt,
+)
 from inference.store import Location
 from inference.tiles import TileGrid, tissue_coverage
-from tiling.pyramid import shard_address
+from tiling.pyramid import CorruptShardError, shard_address
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
 MIN_SAMPLE = 4  # coarse tiles always refined at random (all of them on a small slide), so QC has tiles to judge
@@ -136,7 +148,10 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     """One pass over a slide version (`image.zarr`, `manifest.json`): score what has arrived, write results.
 
     Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
-    shard its pixels come from has arrived (or is not planned at all: background). A case without a manifest is
+    shard its pixels come from has arrived (or is not planned at all: background) and is whole: a shard found
+    corrupt (`tiling.pyramid.CorruptShardError`) is listed in the slide version's corrupt.json for the station to
+    send again, its tiles stay unscored (the map is not final), and a later pass scores them once it reads whole
+    (listed shards are verified again at the start of each pass). A case without a manifest is
     taken as complete; one whose send failed raises `CaseFailedError` with the reason. Coarse mode applies only to a
     complete case's first pass. `limit` scores at most that many tiles this pass, those of highest `priority` (a
     score per tile of the heatmap's grid, e.g. `edge_priority`) first. Results go to `out` (default: the case
@@ -159,15 +174,29 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
         # would call a slide full of tissue complete with nothing scored
         heatmap.tissue = tissue_tiles(source, heatmap.grid, options)
     level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
-    ready = ready_tiles(source, heatmap.grid, level, manifest)
+    started_at = manifest.started_at if manifest is not None else None
+    listed = corrupt_keys(case, started_at)
+    whole = {key for key in listed if _whole(source, key)}
+    corrupt: set[str] = listed - whole
     finished = state == COMPLETE
     coarse = options.coarse and finished and not heatmap.measured.any()
-    todo = heatmap.tissue & ~heatmap.measured & ready
-    if limit is not None and todo.sum() > limit:
-        todo = _first(todo, priority, limit)
-    with _runner(runner, options) as run:
-        _score(heatmap, ref, source, run, options, todo, coarse, on_progress)
-    heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())
+    scored_before = int(heatmap.measured.sum())
+    while True:
+        todo = heatmap.tissue & ~heatmap.measured & ready_tiles(source, heatmap.grid, level, manifest, corrupt)
+        left = None if limit is None else limit - (int(heatmap.measured.sum()) - scored_before)
+        if left is not None and todo.sum() > left:
+            todo = _first(todo, priority, max(0, left))
+        try:
+            with _runner(runner, options) as run:
+                _score(heatmap, ref, source, run, options, todo, coarse, on_progress)
+            break
+        except CorruptShardError as error:  # its tiles are left out and the rest scored; what was scored stays
+            if error.key in corrupt:
+                raise
+            corrupt.add(error.key)
+            coarse = False
+    update_corrupt(case, started_at, corrupt, whole)
+    heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())  # a corrupt shard's tiles are not
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
     write_results(heatmap, target, options.threshold, source.mpp)
     return heatmap
@@ -260,13 +289,26 @@ def qc_slide(path: str | os.PathLike[str], options: AnalyzeOptions = AnalyzeOpti
             "mpp": heatmap.mpp, "mpp_assumed": heatmap.mpp_assumed}
 
 
-def ready_tiles(source: ZarrSource, grid: TileGrid, level: int, manifest: Manifest | None) -> np.ndarray:
-    """Tiles whose pixels at `level` come only from shards that arrived or were never planned (background)."""
+def _whole(source: ZarrSource, key: str) -> bool:
+    """Whether the shard at `key` (listed as corrupt) reads whole now: the station sent it again."""
+    store = source.group.store
+    try:
+        return isinstance(store, VerifiedShards) and store.verify(key)
+    except CorruptShardError:
+        return False
+
+
+def ready_tiles(
+    source: ZarrSource, grid: TileGrid, level: int, manifest: Manifest | None, corrupt: Collection[str] = ()
+) -> np.ndarray:
+    """Tiles whose pixels at `level` come only from shards that arrived or were never planned (background), and
+    none of them `corrupt`."""
     shape = grid.shape
-    if manifest is None:
+    if manifest is None and not corrupt:
         return np.ones(shape, bool)
-    arrived = set(manifest.arrived)
-    missing_keys = [shard_address(key.removeprefix(image_key(""))) for key in manifest.planned if key not in arrived]
+    arrived = set(manifest.arrived) if manifest is not None else set()
+    planned = manifest.planned if manifest is not None else ()
+    missing_keys = [shard_address(key.removeprefix(image_key(""))) for key in (*planned, *corrupt) if key not in arrived or key in corrupt]
     side_y, side_x = source.shard_side(level)
     height, width = source.arrays[level].shape[1:]
     missing = np.zeros((math.ceil(height / side_y), math.ceil(width / side_x)), np.int32)

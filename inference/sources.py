@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import groupby
@@ -19,17 +21,22 @@ from typing import Protocol
 
 import numpy as np
 import zarr
+import zarr.storage
 from PIL import Image
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.core.sync import sync
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
+from caseformat.bounded import utc_now
 from caseformat.errors import DocumentError
-from caseformat.layout import IMAGE, SLIDES
-from caseformat.results import check_array, check_levels
+from caseformat.layout import CORRUPT, IMAGE, SLIDES
+from caseformat.results import CorruptRecord, check_array, check_levels
 from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
-from tiling.pyramid import TISSUE_LABEL
+from tiling.pyramid import CHUNK_CHECKSUMS, TISSUE_LABEL, shard_address, verified_chunks
 from tiling.tissue import MASK_SIDE
 
 
@@ -73,13 +80,19 @@ class SlideSource:
 class ZarrSource:
     """An OME-Zarr image written by tiling/: (c, y, x) levels, scale metadata, and a `labels/tissue` mask.
 
-    Chunks that have not arrived read as the fill value; callers that care consult the manifest first.
+    Chunks that have not arrived read as the fill value; callers that care consult the manifest first. Every shard
+    of a level is read whole and verified before zarr decodes a chunk of it (`VerifiedShards`): a corrupt one
+    raises `tiling.pyramid.CorruptShardError` instead of reading as garbled pixels.
     """
 
     def __init__(self, location: Location) -> None:
         try:
-            self.group = zarr.open_group(location.zarr_store(), mode="r")
-            attributes = self.group.attrs.asdict()
+            attributes = zarr.open_group(location.zarr_store(), mode="r").attrs.asdict()
+            ours = attributes.get("slidestream", {})
+            per_shard = int(ours.get("shard_chunks", 0)) if isinstance(ours, dict) else 0
+            checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS
+            store = VerifiedShards(location.zarr_store(), per_shard, checksums) if per_shard > 0 else location.zarr_store()
+            self.group = zarr.open_group(store, mode="r")
             datasets = attributes["ome"]["multiscales"][0]["datasets"]
             check_levels(f"{location.url}: image", len(datasets))
             self.arrays = [self.group[d["path"]] for d in datasets]
@@ -222,3 +235,80 @@ def _image_name(url: str) -> str:
     if len(parts) >= 5 and parts[-4] == SLIDES:
         return "/".join((parts[-5], parts[-3], parts[-2]))
     return parts[-2]
+
+
+def corrupt_keys(case: Location, started_at: str | None) -> set[str]:
+    """The image objects the slide version's corrupt.json lists for the send that started at `started_at`."""
+    record = _corrupt_record(case)
+    return set(record.keys) if record is not None and record.started_at == started_at else set()
+
+
+def update_corrupt(case: Location, started_at: str | None, found: set[str], whole: set[str]) -> None:
+    """Add the image objects `found` corrupt to the slide version's corrupt.json (`caseformat.results.CorruptRecord`:
+    the page shows them, the station is asked to send them again) and take off those read `whole` since; written
+    only when that changes the list."""
+    record = _corrupt_record(case)
+    listed = set(record.keys) if record is not None and record.started_at == started_at else set()
+    keys = (listed - whole) | found
+    if keys != listed:
+        case.write_bytes(CORRUPT, CorruptRecord(started_at, tuple(sorted(keys)), utc_now()).to_json())
+
+
+def _corrupt_record(case: Location) -> CorruptRecord | None:
+    data = case.read_bytes(CORRUPT)
+    try:
+        return None if data is None else CorruptRecord.read(data, CORRUPT)
+    except DocumentError:
+        return None  # malformed: replaced by what is known now
+
+
+class VerifiedShards(zarr.storage.WrapperStore[Store]):
+    """A read-only zarr store over an image whose level shards (`tiling.pyramid`'s layout, n x n chunks) are each
+    read whole, verified (index CRC32C, and each chunk's where the image has them) and kept for a few reads, so
+    zarr's reads of the index and of single chunks come from bytes known to be what was written."""
+
+    KEEP = 16  # shards kept (1-2 MB each): a row of tiles spans a few, and each thread of a pass reads its own
+
+    def __init__(self, store: Store, shard_chunks: int, checksums: bool) -> None:
+        super().__init__(store)
+        self.shard_chunks, self.checksums = shard_chunks, checksums
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if shard_address(key) is None:
+            return await self._store.get(key, prototype, byte_range)
+        data = await self.shard(key, prototype)
+        if data is None:
+            return None
+        match byte_range:
+            case None:
+                part = data
+            case RangeByteRequest(start=start, end=end):
+                part = data[start:end]
+            case OffsetByteRequest(offset=offset):
+                part = data[offset:]
+            case SuffixByteRequest(suffix=suffix):
+                part = data[-suffix:]
+        return prototype.buffer.from_bytes(part)
+
+    async def shard(self, key: str, prototype: BufferPrototype) -> bytes | None:
+        """The whole shard at `key` once verified (None: not on the store); `CorruptShardError` when it fails."""
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        buffer = await self._store.get(key, prototype)
+        if buffer is None:
+            return None
+        data = buffer.to_bytes()
+        verified_chunks(data, self.shard_chunks, self.checksums, key)
+        with self._lock:
+            self._kept[key] = data
+            while len(self._kept) > self.KEEP:
+                self._kept.popitem(last=False)
+        return data
+
+    def verify(self, key: str) -> bool:
+        """Whether the shard at `key` is on the store and whole (`CorruptShardError` when it is not whole)."""
+        return sync(self.shard(key, default_buffer_prototype())) is not None

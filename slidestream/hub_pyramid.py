@@ -8,6 +8,11 @@ shards has arrived, the hub reads those chunks from the store and builds the sha
 never in the sender's manifest. The builds are deterministic, so a shard written twice (a hub that died after the
 PUT and before the record, two hubs racing for an expired lease) is written with the same bytes. The image's
 metadata is held to `caseformat.results.check_array`'s bounds before a shard is sized by it.
+
+Every stored shard is verified before a chunk of it is used (its index's CRC32C, and each chunk's where the image
+has them, `tiling.pyramid.verified_chunks`): a hub shard over a corrupt one is not built, and the corrupt shard is
+listed in the slide version's corrupt.json (`inference.sources.update_corrupt`) for the station to send again; a
+hub shard listed there is built again.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from caseformat.layout import IMAGE, PYRAMID, image_key
 from caseformat.results import Manifest, PyramidRecord, check_array
 from tiling.jpeg import CODEC_NAME
 from tiling.pyramid import (
-    EMPTY,
+    CHUNK_CHECKSUMS,
     ConvertOptions,
+    CorruptShardError,
     LevelPlan,
     StoredLevel,
     downsample_shard,
-    read_shard_index,
     shard_address,
-    shard_index_size,
+    verified_chunks,
 )
 
 if TYPE_CHECKING:
@@ -50,11 +55,16 @@ def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[
     record = PyramidRecord(manifest.started_at) if data is None else PyramidRecord.read(data, PYRAMID)
     if record.started_at != manifest.started_at:
         record = PyramidRecord(manifest.started_at)  # a rescan under the same case ID: its shards are new
-    built, empty = set(record.built), set(record.empty)
+    from inference.sources import corrupt_keys, update_corrupt
+
+    known_corrupt = corrupt_keys(case, manifest.started_at)
+    built, empty = set(record.built) - known_corrupt, set(record.empty)  # a corrupt hub shard is built again
     planned, arrived = set(manifest.planned), set(manifest.arrived)
     image = case.child(IMAGE)
     group = (image.read_json("zarr.json") or {}).get("attributes", {}).get("slidestream", {})
     chunk, n = int(group["chunk"]), int(group["shard_chunks"])
+    checksums = group.get("chunk_checksums") == CHUNK_CHECKSUMS
+    corrupt, whole = set(), set()
     levels: dict[int, tuple[LevelPlan, tuple[int, int], ConvertOptions, int]] = {}
     written, recorded = 0, time.monotonic()
 
@@ -77,7 +87,13 @@ def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[
         for source_key in sources:
             if source_key in arrived:
                 _, source_row, source_col = _address(source_key)
-                chunks.update(_stored_chunks(image, source_key, source_row, source_col, n))
+                try:
+                    chunks.update(_stored_chunks(image, source_key, source_row, source_col, n, checksums))
+                    whole.add(source_key)
+                except CorruptShardError:
+                    corrupt.add(source_key)
+        if any(source_key in corrupt for source_key in sources):
+            continue  # never built on: the station sends the corrupt shard again, and a later pass builds this one
         stored = StoredLevel(source, width, height, chunk, chunks, image.url)
         data = downsample_shard(level, row, col, chunk, n, stored, fill, options)
         if data is None:
@@ -86,11 +102,13 @@ def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[
             image.write_verified(key, data)
             built.add(key)
             written += 1
+        whole.add(key)
         if on_progress is not None:
             on_progress()
         if time.monotonic() - recorded > RECORD_EVERY:
             save(False)
             recorded = time.monotonic()
+    update_corrupt(case, manifest.started_at, corrupt, whole)
     done = all(key in built or key in empty for key in hub_planned)
     if written or done != record.complete or len(empty) != len(record.empty):
         save(done)
@@ -110,19 +128,14 @@ def _level(image: Location, index: int, source: int, step: int, chunk: int, n: i
     return level, (int(stored[2]), int(stored[1])), ConvertOptions(quality=int(codec["configuration"]["level"])), int(metadata["fill_value"])
 
 
-def _stored_chunks(image: Location, key: str, row: int, col: int, n: int) -> dict[tuple[int, int], bytes]:
-    """The chunks of one stored shard by their (row, column) in the level, as self-contained JPEG bytes."""
+def _stored_chunks(image: Location, key: str, row: int, col: int, n: int, checksums: bool) -> dict[tuple[int, int], bytes]:
+    """The chunks of one stored shard by their (row, column) in the level, as self-contained JPEG bytes, each
+    verified (`CorruptShardError` for a shard that is not what was written)."""
     data = image.read_bytes(key)
     if data is None:
         raise LookupError(f"{image.url}/{key}: listed as arrived but not on the store")
-    table = read_shard_index(data[-shard_index_size(n):], n)
-    chunks = {}
-    for i in range(n):
-        for j in range(n):
-            offset, nbytes = (int(v) for v in table[i, j])
-            if offset != EMPTY:
-                chunks[(row * n + i, col * n + j)] = data[offset : offset + nbytes]
-    return chunks
+    chunks = verified_chunks(data, n, checksums, key)
+    return {(row * n + i, col * n + j): chunk for (i, j), chunk in chunks.items()}
 
 
 def _address(key: str) -> tuple[int, int, int]:

@@ -19,6 +19,11 @@ The hub records what it wrote in an object of its own beside the manifest (`case
 `built`, and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
 the two into the view every reader uses: a hub shard is planned, arrived once built, and never background
 until the hub says so. Without a hub those shards stay pending (a viewer shows the next stored level).
+
+A reader that finds a stored object corrupt (a shard whose index or chunk fails its CRC32C) refuses it and lists
+it in corrupt.json beside the manifest (`caseformat.results.CorruptRecord`): the centre's request to the station,
+which still holds the slide, to send it again. `resend_keys` says which of those objects a send is to upload again
+(its journal's record of them as verified no longer counts).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 from datetime import datetime
 
 from caseformat.layout import IMAGE, SlideRef
-from caseformat.results import COMPLETE, FAILED, SENDING, Manifest
+from caseformat.results import COMPLETE, FAILED, SENDING, CorruptRecord, Manifest
 from caseformat.results import MANIFEST_FORMAT as FORMAT
 from tiling import PyramidPlan, ShardTask
 from transfer.journal import utc_now
@@ -236,3 +241,13 @@ def hub_pyramid_done(manifest: dict | None, pyramid: dict | None) -> bool:  # ty
         return False
     done = set((pyramid or {}).get("built", [])) | set((pyramid or {}).get("empty", []))
     return all(key in done for key in hub_planned)
+
+
+def resend_keys(manifest: Manifest | None, corrupt: CorruptRecord | None) -> list[str]:
+    """The image objects ("0/c/0/3/5", the journal's keys) a reader found corrupt in this send (corrupt.json of the
+    same `started_at`) and that the sender wrote: it uploads them again, whatever its journal says (the hub builds
+    its own levels' shards again itself)."""
+    if manifest is None or corrupt is None or corrupt.started_at != manifest.started_at:
+        return []
+    sent = set(manifest.planned)
+    return [key for key in corrupt.keys if key in sent]

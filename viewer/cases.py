@@ -28,6 +28,7 @@ from caseformat.documents import CaseRecord, Report
 from caseformat.errors import DocumentError
 from caseformat.layout import (
     CASE_RECORD,
+    CORRUPT,
     HEATMAP,
     IMAGE,
     MANIFEST,
@@ -43,9 +44,11 @@ from caseformat.layout import (
     version_key,
     version_number,
 )
+from caseformat.results import CorruptRecord
 from caseformat.signing import TrustedKeys
-from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, ZarrView
+from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, StorageError, ZarrView
 from slides.errors import printable
+from tiling.pyramid import CorruptShardError, check_chunk
 from transfer.manifest import case_state, with_hub_pyramid
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
@@ -57,15 +60,16 @@ from viewer.image import (
     Arrival,
     CaseFailedError,
     CaseNotFoundError,
+    CorruptPieceError,
     ImageError,
     Level,
     SlideImage,
     TileNotFoundError,
     check_not_failed,
-    index_size,
     open_image,
     parse_manifest,
-    parse_shard_index,
+    parse_shard_tail,
+    tail_size,
     without_manifest,
 )
 from viewer.reports import Versions, numbered
@@ -85,6 +89,7 @@ THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it 
 class ShardIndex:
     table: np.ndarray  # (n, n, 2) offset, nbytes
     crc: int
+    checksums: np.ndarray | None  # (n, n) the chunks' CRC32Cs; None in images written without them
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class Chunk:
     offset: int
     nbytes: int
     etag: str
+    crc: int | None  # what the chunk's bytes must hash to (CRC32C); None: the image has no chunk checksums
+    root: str  # the slide version, and the send the chunk is of: where a corrupt chunk is reported
+    started_at: str | None
 
 
 class Cases:
@@ -119,6 +127,8 @@ class Cases:
         self._registrations: AsyncCache[str, CaseRecord | None] = AsyncCache(1024, SIDECAR_TTL)
         self._reports: AsyncCache[str, Versions[Report]] = AsyncCache(1024, SIDECAR_TTL)
         self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
+        self._corrupt: AsyncCache[str, CorruptRecord | None] = AsyncCache(1024, SIDECAR_TTL)
+        self._reported: set[tuple[str, str | None, str]] = set()  # (root, send, key) this process recorded corrupt
         # a JPEG chunk's bytes, by shard and ETag (which changes with the bytes): immutable, so kept until evicted
         self._tiles: AsyncCache[tuple[str, str], bytes] | None = AsyncCache(tile_cache_bytes) if tile_cache_bytes else None
 
@@ -160,22 +170,29 @@ class Cases:
             return state
         key = image.shard_object(level, row // n, col // n)
         try:
-            index = await self._indexes.get((key, arrival.started_at), lambda: self._read_index(key, level))
+            index = await self._indexes.get((key, arrival.started_at), lambda: self._read_index(key, image, level))
         except ObjectNotFoundError:
             # listed as arrived but gone (a re-send in progress), or no manifest and never written
             return PENDING if arrival.manifest else BACKGROUND
+        except CorruptPieceError:
+            await self._report_corrupt(root, arrival.started_at, level.shard_key(row // n, col // n))
+            raise
         offset, nbytes = (int(v) for v in index.table[row % n, col % n])
         if offset == EMPTY:
             return BACKGROUND
+        crc = None if index.checksums is None else int(index.checksums[row % n, col % n])
         etag = f'"{level_index}.{row}.{col}-{index.crc:08x}-{offset:x}-{nbytes:x}"'
-        return Chunk(image, level, row, col, key, offset, nbytes, etag)
+        return Chunk(image, level, row, col, key, offset, nbytes, etag, crc, root, arrival.started_at)
 
     async def chunk_bytes(self, chunk: Chunk) -> tuple[bytes, str]:
-        """(bytes, media type): a JPEG chunk exactly as stored, or a PNG made from a decoded lossless chunk."""
+        """(bytes, media type): a JPEG chunk exactly as stored, or a PNG made from a decoded lossless chunk; each
+        checked against its CRC32C first (`CorruptPieceError`, recorded in the slide's corrupt.json)."""
         if chunk.image.jpeg_chunks:
             if self._tiles is None:
                 return await self._jpeg(chunk), "image/jpeg"
             return await self._tiles.get((chunk.key, chunk.etag), lambda: self._jpeg(chunk), weight=chunk.nbytes), "image/jpeg"
+        if chunk.crc is not None:  # zarr does not know the checksums: the chunk is read once more, to be verified
+            await self._verified(chunk, await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes))
         size = chunk.level.chunk
         y0, x0 = chunk.row * size, chunk.col * size
         array = chunk.image.arrays[chunk.level.index]
@@ -183,10 +200,19 @@ class Cases:
         return await asyncio.to_thread(_png, np.moveaxis(np.asarray(pixels), 0, -1)), "image/png"
 
     async def _jpeg(self, chunk: Chunk) -> bytes:
-        data = await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes)
+        data = await self._verified(chunk, await self.storage.get_range(chunk.key, chunk.offset, chunk.nbytes))
         if len(data) != chunk.nbytes or not data.startswith(JPEG_SOI):
             raise ImageError(f"{chunk.key}: chunk ({chunk.row}, {chunk.col}) is not a JPEG file")
         return data
+
+    async def _verified(self, chunk: Chunk, data: bytes) -> bytes:
+        """`data` once it matches the chunk's CRC32C; else the shard is recorded corrupt and `CorruptPieceError`."""
+        n = chunk.level.shard_chunks
+        try:
+            return check_chunk(data, chunk.crc, chunk.key, chunk.row % n, chunk.col % n)
+        except CorruptShardError as error:
+            await self._report_corrupt(chunk.root, chunk.started_at, chunk.level.shard_key(chunk.row // n, chunk.col // n))
+            raise CorruptPieceError(chunk.key, error.detail) from None
 
     async def thumbnail(self, root: str) -> bytes:
         """A small JPEG of the slide version's coarsest level, for the case's slide strip (one per send);
@@ -204,10 +230,41 @@ class Cases:
 
         return await self._thumbnails.get((root, arrival.started_at), load)
 
-    async def _read_index(self, key: str, level: Level) -> ShardIndex:
-        data = await self.storage.get_suffix(key, index_size(level))
-        table = parse_shard_index(data, level, key)
-        return ShardIndex(table, int.from_bytes(data[-4:], "little"))
+    async def _read_index(self, key: str, image: SlideImage, level: Level) -> ShardIndex:
+        data = await self.storage.get_suffix(key, tail_size(image, level))
+        table, checksums = parse_shard_tail(data, image, level, key)
+        return ShardIndex(table, int.from_bytes(data[-4:], "little"), checksums)
+
+    # -- corruption ------------------------------------------------------------------------------------------
+    async def corrupt(self, root: str, started_at: str | None) -> list[str]:
+        """The image's objects recorded corrupt in this send (corrupt.json), image-relative ("0/c/0/3/5")."""
+        record = await _readable(self._corrupt.get(root, lambda: self._read_corrupt(root)))
+        return list(record.keys) if isinstance(record, CorruptRecord) and record.started_at == started_at else []
+
+    async def _read_corrupt(self, root: str) -> CorruptRecord | None:
+        key = version_key(SlideRef.parse(root), CORRUPT)
+        try:
+            return CorruptRecord.read(await self.storage.get(key), key)
+        except ObjectNotFoundError:
+            return None
+
+    async def _report_corrupt(self, root: str, started_at: str | None, shard: str) -> None:
+        """Add `shard` to the slide's corrupt.json: the page shows it, and it asks the station to send it again.
+        Once per process and shard; a failure to write costs only the record (the tile is refused regardless)."""
+        if (root, started_at, shard) in self._reported:
+            return
+        key = version_key(SlideRef.parse(root), CORRUPT)
+        try:
+            current = await self._read_corrupt(root)
+        except DocumentError:
+            current = None  # malformed: replaced by a record of what is known now
+        try:
+            record = (current or CorruptRecord(started_at)).with_key(shard, started_at, utc_now())
+            await self.storage.put(key, record.to_json())
+        except StorageError:
+            return
+        self._reported.add((root, started_at, shard))
+        self._corrupt.forget(root)
 
     # -- heatmap ---------------------------------------------------------------------------------------------
     async def heatmap(self, root: str) -> Heatmap | None:
@@ -255,7 +312,9 @@ class Cases:
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
         case = root.split("/", 1)[0]
-        triage, heatmap, signed_at = await asyncio.gather(_readable(self.triage(root)), self.heatmap(root), self.signed_at(case))
+        triage, heatmap, signed_at, corrupt = await asyncio.gather(
+            _readable(self.triage(root)), self.heatmap(root), self.signed_at(case), self.corrupt(root, arrival.started_at)
+        )
         triage = None if isinstance(triage, str) else triage  # malformed: shown as no triage, the image still is
         counts = arrival.counts()
         return {
@@ -270,6 +329,7 @@ class Cases:
             "top_regions": _regions(triage),
             "heatmap": heatmap.describe() if heatmap else None,
             "report": {"signed_at": signed_at} if signed_at else None,
+            "corrupt": corrupt,  # image objects refused as corrupt ("0/c/0/3/5"), asked of the station again
         }
 
     async def slides(self, case: str) -> list[SlideRef]:

@@ -2,7 +2,9 @@
 
 The image is an OME-Zarr (NGFF 0.5, Zarr v3) whose arrays are sharded; with JPEG chunks every chunk is one
 self-contained JPEG file, so a tile is served by two ranged reads (the shard index, cached, then the chunk) and no
-decoding. The send manifest says which shards have arrived: a missing chunk is otherwise indistinguishable from
+decoding. Both are verified first: the index by its CRC32C, the chunk by the CRC32C the shard holds for it beside the
+index (`tiling.pyramid.CHUNK_CHECKSUMS`; images written before it have none); a piece that fails is refused as
+"corrupt on the store: KEY" (`CorruptPieceError`, a 502 the browser never caches). The send manifest says which shards have arrived: a missing chunk is otherwise indistinguishable from
 background (zarr reads both as the fill value).
 
 The image's metadata is a station's, so untrusted: before anything is sized by it (the shard states of `Arrival`
@@ -29,7 +31,7 @@ from caseformat.layout import IMAGE, image_key, member
 from caseformat.results import COMPLETE, FAILED, Manifest, check_array, check_levels
 from slides import SlidestreamError
 from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import read_shard_index, shard_address, shard_index_size
+from tiling.pyramid import CHUNK_CHECKSUMS, CorruptShardError, read_shard_tail, shard_address, shard_tail_size
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -60,6 +62,14 @@ class TileNotFoundError(SlidestreamError, LookupError):
 
 class ImageError(SlidestreamError, ValueError):
     """The store holds something the viewer cannot read as a slide (wrong layout, corrupt shard index)."""
+
+
+class CorruptPieceError(ImageError):
+    """A stored object fails its checksums ("corrupt on the store: KEY (what failed)"): refused, never served."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"corrupt on the store: {key} ({detail})")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class SlideImage:
     unit: str | None  # "micrometer" when the scanner recorded its resolution
     jpeg_chunks: bool  # chunks are self-contained JPEG files: served as they are
     fill_value: int  # what absent (background) chunks read as: 255 bright-field glass, 0 dark-field
+    chunk_checksums: bool  # each shard holds its chunks' CRC32Cs (`tiling.pyramid.CHUNK_CHECKSUMS`)
     arrays: tuple[AsyncArray[Any], ...] = field(compare=False, repr=False)
 
     @property
@@ -167,7 +178,9 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
         jpeg = jpeg and names == ["transpose", CODEC_NAME] and tuple(codec.codecs[0].order) == (1, 2, 0)
         levels.append(Level(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
     scale, unit = _level0_scale(multiscale, datasets[0])
-    return SlideImage(case, tuple(levels), scale, unit, jpeg, int(arrays[0].metadata.fill_value), tuple(arrays))
+    ours = group.attrs.get("slidestream")
+    checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS
+    return SlideImage(case, tuple(levels), scale, unit, jpeg, int(arrays[0].metadata.fill_value), checksums, tuple(arrays))
 
 
 def _level0_scale(multiscale: dict[str, Any], dataset: dict[str, Any]) -> tuple[tuple[float, float], str | None]:
@@ -233,14 +246,16 @@ def _manifest(case: str, manifest: dict[str, Any]) -> Manifest:
 
 
 # -- shards ----------------------------------------------------------------------------------------------------
-def index_size(level: Level) -> int:
-    """Bytes at the end of a shard: its chunk index and the index's CRC32C (`tiling.pyramid`'s layout)."""
-    return shard_index_size(level.shard_chunks)
+def tail_size(image: SlideImage, level: Level) -> int:
+    """Bytes at the end of a shard: its chunks' CRC32Cs (where the image has them), its chunk index and the index's
+    CRC32C (`tiling.pyramid`'s layout)."""
+    return shard_tail_size(level.shard_chunks, image.chunk_checksums)
 
 
-def parse_shard_index(data: bytes, level: Level, where: str) -> np.ndarray:
-    """The (n, n, 2) offset/nbytes table of a shard, after checking its CRC32C."""
+def parse_shard_tail(data: bytes, image: SlideImage, level: Level, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (n, n, 2) offset/nbytes table of a shard, after checking its CRC32C, and its chunks' (n, n) CRC32Cs
+    (None for an image written without them); `CorruptPieceError` for a tail that fails its check."""
     try:
-        return read_shard_index(data, level.shard_chunks)
-    except ValueError as error:
-        raise ImageError(f"{where}: {error}") from None
+        return read_shard_tail(data, level.shard_chunks, image.chunk_checksums, key)
+    except CorruptShardError as error:
+        raise CorruptPieceError(key, error.detail) from None
