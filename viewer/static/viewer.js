@@ -204,6 +204,13 @@ import * as core from "./viewer-core.mjs";
                 ? "all arrived"
                 : `arriving · full resolution ${full.arrived}/${full.planned}`;
         }
+        // pieces that failed their checksum on the store: refused (never drawn), asked again of the hospital
+        const corrupt = status.corrupt || [];
+        progress.classList.toggle("corrupt", corrupt.length > 0);
+        if (corrupt.length) {
+            progress.hidden = false;
+            progress.querySelector(".label").textContent = `corrupt on the store, asked again of the hospital: ${corrupt.join(", ")}`;
+        }
         if (status.heatmap && status.heatmap.version !== heatVersion) {
             heatVersion = status.heatmap.version;
             showLegend(status.heatmap.legend);
