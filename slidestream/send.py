@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from slides import Slide, SlidestreamError
     from tiling import Piece, PyramidPlan, SendOrder
     from transfer import Progress as SendProgress
-    from transfer import SendRecord, SendResult
+    from transfer import Sender, SendRecord, SendResult
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -61,6 +61,8 @@ STATION_HELP = "This station's name: reports and requests come back to it (defau
 CENTRE_KEYS_HELP = ("The centre's public keys (PEM, from `slidestream keys export` at the centre): only reports and requests they "
                     "verify are read (default STATE_DIR/centre-keys.pem).")
 INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
+RESEND_WINDOW_HOURS = 24  # a complete send's pieces the centre finds corrupt are sent again for this long after it
+RESEND_CHECKS = 100  # complete sends looked at per check (newest first): one GET of corrupt.json each
 
 MILESTONE_LINES = {
     "overview": "overview available",
@@ -168,7 +170,8 @@ def resume(
     parse_endpoint(None)  # a malformed $AWS_ENDPOINT_URL (which boto3 reads for sends without one) is one line here
     with Journal(state_dir or default_state_dir()) as journal:
         records = journal.unfinished()
-    if not records:
+        asked = asked_again(journal, warn)
+    if not records and not asked:
         stderr.print("nothing to resume", highlight=False)
     summaries, failure = [], None
     for record in records:
@@ -182,10 +185,76 @@ def resume(
             stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
             failure = failure or error
             give_up(record, error, state_dir)
+    for record, keys in asked:  # complete sends: a failure leaves the image as it is, and corrupt.json asks again
+        stderr.print(f"resending {len(keys)} pieces of case {record.destination.ref.label} the centre found corrupt -> {record.destination.url}",
+                     markup=False, highlight=False)  # fmt: skip
+        try:
+            summaries.append(run_send(record.args, state_dir).summary())
+        except KeyboardInterrupt:
+            interrupted()
+        except SlidestreamError as error:
+            stderr.print(f"slidestream: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            failure = failure or error
     if as_json:
         stdout.print_json(json.dumps(summaries))
     if failure is not None:
         raise typer.Exit(getattr(failure, "exit_code", 2))
+
+
+def warn(line: str) -> None:
+    """One line from outside (a store's document) on stderr, made printable."""
+    from slides.errors import printable
+
+    stderr.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+
+
+def asked_again(journal: Any, say: Callable[[str], None], mine: Callable[[SendRecord], bool] | None = None) -> list[tuple[SendRecord, list[str]]]:
+    """Complete sends of the last RESEND_WINDOW_HOURS (at most RESEND_CHECKS, newest first; `mine`: only those it
+    accepts) whose slide is still here unchanged and whose pieces the centre found corrupt (`transfer.sender.corrupt_request`),
+    with those pieces. A malformed corrupt.json costs one line and that send; a store that cannot be read, one line
+    and the rest of this look (the next look tries again)."""
+    from datetime import UTC, datetime, timedelta
+
+    from caseformat.bounded import utc_now
+    from caseformat.errors import DocumentError
+    from transfer.errors import TransferError
+    from transfer.network import make_client
+    from transfer.sender import corrupt_request
+
+    since = utc_now(datetime.now(UTC) - timedelta(hours=RESEND_WINDOW_HOURS))
+    clients: dict[tuple[str | None, str | None], Any] = {}
+    asked = []
+    for record in journal.completed_since(since, RESEND_CHECKS):
+        if not unchanged_since(record.args.get("slide"), record.started_at) or (mine is not None and not mine(record)):
+            continue
+        where = (record.destination.endpoint, record.args.get("ca_bundle"))
+        try:
+            client = clients[where] if where in clients else clients.setdefault(where, make_client(*where))
+            keys = corrupt_request(client, record.destination)
+        except DocumentError as error:
+            say(f"{error} (ignored: nothing of case {record.destination.ref.label} is sent again for it)")
+            continue
+        except TransferError as error:
+            say(f"cannot look for pieces the centre found corrupt: {error} (looked again later)")
+            break
+        if keys:
+            asked.append((record, keys))
+    return asked
+
+
+def unchanged_since(slide: str | None, started_at: str) -> bool:
+    """Whether the slide file is still there and not written since its send started: a rescan written in its place is
+    another version, whose bytes must never be sent as this one's."""
+    from datetime import datetime
+
+    try:
+        return slide is not None and Path(slide).stat().st_mtime <= datetime.fromisoformat(started_at).timestamp()
+    except (OSError, ValueError):
+        return False
+
+
+def resent_line(result: SendResult) -> str:
+    return f"RESENT {result.ref.label}: {result.resent} pieces the centre found corrupt"
 
 
 def interrupted() -> None:
@@ -346,13 +415,14 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
                 if resolver is not None and (isinstance(error, SlideTakenError) or sender.journal.send(dest) is None):
                     resolver.forget()  # refused before it was journaled (credentials, bucket), or its number taken
                 raise
+            resend = requested_resends(sender) if earlier is not None and not earlier.failed else []  # only what this station sent is asked for
             listener.start(len(plan.shards))
             edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already
             try:
-                result = sender.send(order, listener.counted(pieces))
+                result = sender.send(order, listener.counted(pieces), resend)
             except BaseException:
                 if edge is not None and sender.retracted:  # nothing of a failed slide stays on the store
                     edge.cancel()
@@ -370,7 +440,27 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
         markup=False,
         highlight=False,
     )
+    if result.resent:
+        stderr.print(resent_line(result), markup=False, highlight=False)
+    if sender.changed_since_sent:
+        warn(f"NOT RESENT {result.ref.label}: the slide no longer gives the bytes first sent for "
+             f"{', '.join(sender.changed_since_sent)} (the file changed or went bad here); kept listed as corrupt, rescan the slide")
     return result
+
+
+def requested_resends(sender: Sender) -> list[str]:
+    """The pieces the centre asks the sender's send for again; a request that cannot be read is one line, and the
+    send goes on without it."""
+    from caseformat.errors import DocumentError
+    from transfer.errors import TransferError
+
+    try:
+        return sender.requested_resends()
+    except DocumentError as error:
+        warn(f"{error} (ignored: nothing is sent again for it)")
+    except TransferError as error:
+        warn(f"cannot look for pieces the centre found corrupt: {error} (looked again at the next send or resume)")
+    return []
 
 
 class RichListener:

@@ -47,7 +47,7 @@ from caseformat.layout import (
 from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
 from slides import Level, SlidestreamError
 from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from tiling.pyramid import CHUNK_CHECKSUMS, CorruptShardError, verified_chunks
 from transfer.readers import object_store
 from transfer.target import parse_endpoint, parse_store_url
 
@@ -176,13 +176,15 @@ class StoredCase:
         except (TypeError, KeyError, IndexError) as error:
             raise StoredCaseError(f"{target}: not an OME-Zarr multiscale image (no {error} in its zarr.json)") from None
         self.mpp: tuple[float, float] | None = (float(scale[-1]), float(scale[-2])) if units == {"micrometer"} else None
+        ours = group["attributes"].get("slidestream")
+        self._chunk_checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS  # older images: the index CRC only
         self._arrays = [self._array_metadata(path) for path in self._paths]
         base_width = self._arrays[0]["shape"][2]
         self.levels = [
             Level(array["shape"][2], array["shape"][1], base_width / array["shape"][2], array["chunk"], array["chunk"])
             for array in self._arrays
         ]
-        self._shards: dict[tuple[int, int, int], tuple[bytes, np.ndarray] | None] = {}
+        self._shards: dict[tuple[int, int, int], dict[tuple[int, int], bytes] | None] = {}
         self._zarr: dict[int, Any] = {}
 
     def _array_metadata(self, path: str) -> dict[str, Any]:
@@ -224,35 +226,29 @@ class StoredCase:
         """The chunk's bytes as stored in its shard; None for a chunk or shard not written (background)."""
         n = self._arrays[level]["per_shard"]
         shard = self._shard(level, row // n, col // n)
-        if shard is None:
-            return None
-        data, index = shard
-        offset, nbytes = (int(value) for value in index[row % n, col % n])
-        if offset == EMPTY:
-            return None
-        if offset + nbytes > len(data):
-            raise StoredCaseError(f"{self.source}: shard {row // n}/{col // n} of level {self._paths[level]} is damaged (a chunk past its end)")
-        return data[offset : offset + nbytes]
+        return None if shard is None else shard.get((row % n, col % n))
 
-    def _shard(self, level: int, shard_row: int, shard_col: int) -> tuple[bytes, np.ndarray] | None:
-        """One shard and its chunk index, checked against the index's CRC32C. The export asks for frames row by row,
-        so the shards of one row of shards are kept and earlier rows dropped."""
+    def _shard(self, level: int, shard_row: int, shard_col: int) -> dict[tuple[int, int], bytes] | None:
+        """One shard's chunks, every one checked (`_read_shard`). The export asks for frames row by row, so the shards
+        of one row of shards are kept and earlier rows dropped."""
         key = (level, shard_row, shard_col)
         if key not in self._shards:
             self._shards = {cached: shard for cached, shard in self._shards.items() if cached[:2] == key[:2]}
             self._shards[key] = self._read_shard(level, shard_row, shard_col)
         return self._shards[key]
 
-    def _read_shard(self, level: int, shard_row: int, shard_col: int) -> tuple[bytes, np.ndarray] | None:
+    def _read_shard(self, level: int, shard_row: int, shard_col: int) -> dict[tuple[int, int], bytes] | None:
+        """The shard's chunks by (i, j) inside it, each within the shard and, where the image carries them, matching
+        its CRC32C (`tiling.pyramid.verified_chunks`; images written before the table: the index's CRC32C only), so
+        an export never embeds a frame that is not what was written."""
         name = f"{self._image}{self._paths[level]}/c/0/{shard_row}/{shard_col}"
         data = self._folder.read(name)
         if data is None:
             return None
-        n = self._arrays[level]["per_shard"]
         try:
-            return data, read_shard_index(data[-shard_index_size(n) :], n)
-        except ValueError:
-            raise StoredCaseError(f"{self.source}: shard {name} is damaged (its chunk index fails its CRC32C)") from None
+            return verified_chunks(data, self._arrays[level]["per_shard"], self._chunk_checksums, name)
+        except CorruptShardError as error:
+            raise StoredCaseError(f"{self.source}: {error}") from None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB pixels (height, width, 3) through zarr, `location` in level-0 pixels; beyond the edge, the fill value."""

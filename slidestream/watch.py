@@ -24,6 +24,9 @@ the centre signed for this station (`--centre-keys`) is printed and written to t
 operating room, once per case, kind and number, never over a report delivered before. The state folder, the watch log
 and state hold local names: private (0700/0600). A state disk that is full stops nothing: a log line that cannot be
 written is said once on stderr, and a specimen the registry cannot record waits (its clock kept from when it appeared).
+Every `--resend-every` seconds (and when it starts) watch asks the store whether the centre found pieces of this
+folder's complete sends of the last day corrupt (corrupt.json), and sends those pieces again from the slide while it is
+still here, one RESENT line each (`slidestream.send.asked_again`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ OUTBOX = "outbox"
 NOTICE_POLL = 1.0  # seconds between looks at _stations/{station}/
 RECONCILE_EVERY = 30.0  # seconds between reads of the open cases' own reports (`Station.reconcile`)
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
+RESEND_EVERY = 60.0  # seconds between looks for pieces the centre found corrupt (one GET per recent complete send)
 
 stderr = Console(stderr=True)
 
@@ -287,13 +291,16 @@ def watch_folder(
     poll: float = 0.25,
     register: Callable[[HotFolder, bool], bool] | None = None,
     outbox: Path | None = None,
+    resend: Callable[[HotFolder], None] | None = None,
+    resend_every: float = RESEND_EVERY,
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
     `send_one` raises `AlreadySent` for the same bytes sent before from another file: logged as a duplicate.
     `register` notes the specimen folders that appeared at every look (their clock starts then) and registers them
-    (before their slides) when the store is due (its second argument; True when it registered one). `once` processes what is there
-    (waiting for slides still being written), then returns.
+    (before their slides) when the store is due (its second argument; True when it registered one). `resend` sends again
+    what the centre found corrupt, after the new slides, every `resend_every` seconds (`once`: one look). `once` processes
+    what is there (waiting for slides still being written), then returns.
     """
     from slides import SlidestreamError
     from slidestream.station import AlreadySent
@@ -302,6 +309,7 @@ def watch_folder(
     hot = HotFolder(folder, state_dir, settle, outbox)
     backoff = Backoff()
     failures, given_up = 0, set[Path]()
+    next_resend = 0.0
     while True:
         if register is not None:
             try:
@@ -340,6 +348,9 @@ def watch_folder(
                 if backoff.succeeded():
                     hot.record(unit, "the store answers again", sent=False)
                 hot.record(unit, f"SENT {unit.name}: {summary}", sent=True)
+        if resend is not None and time.monotonic() >= next_resend and backoff.due(time.monotonic()):
+            resend(hot)
+            next_resend = time.monotonic() + resend_every
         if once and not hot.settling():
             return failures
         time.sleep(poll)
@@ -417,6 +428,9 @@ def watch(
         Path | None, typer.Option("--outbox", help="Where reports and requests for this station are written as text (default FOLDER/outbox).", file_okay=False)
     ] = None,
     centre_keys: Annotated[Path | None, typer.Option("--centre-keys", help=CENTRE_KEYS_HELP, dir_okay=False)] = None,
+    resend_every: Annotated[
+        float, typer.Option("--resend-every", min=1, help="Seconds between looks for pieces of this folder's sends that the centre found corrupt.")
+    ] = RESEND_EVERY,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
 
@@ -459,6 +473,37 @@ def watch(
             f"({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"
         )
 
+    def resend_asked(hot: HotFolder) -> None:
+        """Pieces of this folder's complete sends that the centre found corrupt: sent again, one line per slide; the
+        store failing is said once (`HotFolder.note`) and looked at again in `resend_every` seconds."""
+        from slides import SlidestreamError
+        from slidestream.send import asked_again, resent_line
+        from transfer import Journal, TransferError
+
+        home = folder.resolve()
+
+        def mine(record: Any) -> bool:
+            args = record.args
+            return args.get("destination") == destination and args.get("endpoint_url") == endpoint_url and Path(args["slide"]).is_relative_to(home)
+
+        try:
+            with Journal(state) as journal:
+                asked = asked_again(journal, hot.note, mine)
+        except TransferError as error:  # the journal
+            hot.note(f"cannot look for pieces the centre found corrupt: {error}")
+            return
+        for record, keys in asked:
+            label = record.destination.ref.label
+            try:
+                result = run_send(record.args, state)
+            except TransferError as error:  # the network or the store: the next look asks again
+                hot.log(f"RETRY resending {len(keys)} pieces of {label}: {error} (looked at again in {resend_every:g} s)")
+                return
+            except Exception as error:  # noqa: BLE001 - the slide, or a bug: that slide only; the next look asks again
+                hot.log(f"FAILED resending {len(keys)} pieces of {label}: {error if isinstance(error, SlidestreamError) else _unexpected(error)}")
+            else:
+                hot.log(resent_line(result))
+
     trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
     hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted)
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
@@ -467,7 +512,8 @@ def watch(
         stderr.print(f"{no_key}; reports and requests cannot be verified and are not read", markup=False, highlight=False, soft_wrap=True)
     poller = None if once or trusted is None else hospital.start_polling()
     try:
-        failures = watch_folder(folder, send_one, state, settle, once, register=hospital.register_specimens, outbox=outbox)
+        failures = watch_folder(folder, send_one, state, settle, once, register=hospital.register_specimens, outbox=outbox,
+                                resend=resend_asked, resend_every=resend_every)
     finally:
         if poller is not None:
             hospital.stop.set()

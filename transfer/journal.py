@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from transfer.errors import JournalError
 from transfer.target import Destination
 
 VERIFIED = "sent-verified"
+FOUND_CORRUPT = "found-corrupt"  # verified once, then found corrupt on the server by the centre: to be sent again
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     endpoint TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL, case_id TEXT NOT NULL, key TEXT NOT NULL,
@@ -134,6 +135,14 @@ class Journal:
                 (*_where(dest), key, sha256, size, etag, VERIFIED, utc_now()),
             )
 
+    def unverify(self, dest: Destination, keys: Collection[str]) -> None:
+        """The centre found these objects corrupt on the server (its corrupt.json): the record no longer proves the
+        server holds their bytes, so the next run uploads them again (and `record` verifies them anew)."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE objects SET status=? WHERE " + _WHERE + " AND key=?", [(FOUND_CORRUPT, *_where(dest), key) for key in keys]
+            )
+
     # -- sends ---------------------------------------------------------------------------------------------
     def begin(self, dest: Destination, args: dict[str, Any]) -> SendRecord:
         """Register a send, or continue the earlier one to the same place: an interrupted one, or a finished one
@@ -183,6 +192,15 @@ class Journal:
         """Sends that neither completed nor were given up, oldest first: what `slidestream resume` picks up."""
         with self._transaction() as db:
             rows = db.execute("SELECT * FROM sends WHERE finished_at IS NULL ORDER BY started_at").fetchall()
+        return [_record(row) for row in rows]
+
+    def completed_since(self, since: str, limit: int) -> list[SendRecord]:
+        """Sends that completed at `since` or later, newest first, at most `limit`: those whose pieces the centre may
+        still find corrupt and ask for again while the station holds the slide."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM sends WHERE finished_at >= ? AND error IS NULL ORDER BY finished_at DESC LIMIT ?", (since, limit)
+            ).fetchall()
         return [_record(row) for row in rows]
 
 

@@ -7,6 +7,11 @@ manifest is next rewritten once every metadata object is verified, then at most 
 once at each milestone and when a level completes), and last with `complete: true`, written only after every object
 was verified. A rerun that finds everything verified already leaves the complete manifest as it is.
 
+The centre asks for pieces again by listing the image objects its readers found corrupt in corrupt.json beside the
+manifest (`caseformat.results.CorruptRecord`). `corrupt_request` reads it when a send starts or resumes; `send(...,
+resend=keys)` marks those objects not verified in the journal, uploads them again from the (deterministic) pieces,
+verifies them like any object, and takes them off corrupt.json once the complete manifest is written.
+
 How a send ends, for readers and for `resume` (one place: `Sender.send`):
 - verified: manifest "complete", journal finished;
 - the network (or credentials, the bucket, the journal: things a later `resume` can get past): the partial image
@@ -32,7 +37,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from caseformat.layout import CASE_RECORD, TRIAGE, SlideRef, case_key, heatmap_folder
+from caseformat.bounded import utc_now as document_time
+from caseformat.errors import DocumentError
+from caseformat.layout import CASE_RECORD, CORRUPT, TRIAGE, SlideRef, case_key, heatmap_folder
+from caseformat.results import MANIFEST_LIMIT, CorruptRecord, Manifest
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder
 from transfer.errors import (
@@ -47,7 +55,7 @@ from transfer.errors import (
 )
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord, utc_now
-from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document
+from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document, resend_keys
 from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
 
@@ -132,6 +140,7 @@ class SendResult:
     milestones: dict[str, float | None] = field(default_factory=dict)
     retries: int = 0
     concurrency: int = 0  # puts in flight at the end (what auto concurrency settled on)
+    resent: int = 0  # of `objects`, those the centre had found corrupt on the server (corrupt.json)
 
     @property
     def case(self) -> str:
@@ -155,7 +164,43 @@ class SendResult:
             "average_mbit_s": round(self.bytes_sent * 8 / 1e6 / self.seconds, 3) if self.seconds > 0 else None,
             "retries": self.retries,
             "concurrency": self.concurrency,
+            "resent": self.resent,
         }
+
+
+def corrupt_request(client: Any, dest: Destination) -> list[str]:
+    """What the centre asks this send for again: the image objects ("0/c/0/3/5") its readers found corrupt in this
+    send (corrupt.json beside the manifest) that the sender wrote (`resend_keys`). `DocumentError` for a malformed
+    request, `TransferError` when the store cannot be read: one line each, and nothing is sent again for it now."""
+    key = corrupt_key(dest)
+    try:
+        data = _read_small(client, dest.bucket, key)
+        if data is None:
+            return []
+        record = CorruptRecord.read(data, key)
+        manifest = _read_small(client, dest.bucket, dest.manifest_key)
+    except (BotoCoreError, ClientError) as error:
+        raise fatal(error, dest.endpoint, f"s3://{dest.bucket}/{key}") from None
+    return resend_keys(Manifest.read(manifest, dest.manifest_key) if manifest is not None else None, record)
+
+
+def corrupt_key(dest: Destination) -> str:
+    return dest.key(dest.ref.key(CORRUPT))
+
+
+def _read_small(client: Any, bucket: str, key: str) -> bytes | None:
+    """A document of at most MANIFEST_LIMIT bytes (one byte more is read, for its reader to refuse); None if absent."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        data: bytes = body.read(MANIFEST_LIMIT + 1)
+    finally:
+        body.close()
+    return data
 
 
 @dataclass
@@ -196,6 +241,8 @@ class Sender:
         self._network_error: BaseException | None = None  # the last request that failed for the network
         self._opened = threading.Event()  # this run wrote its first manifest: it is about to write image objects
         self._written: set[str] = set()  # image keys this run put (or tried to)
+        self._resend: set[str] = set()  # image keys the centre found corrupt, no longer verified in the journal
+        self.changed_since_sent: list[str] = []  # pieces a resend found the slide no longer gives as they were sent
         self._state_lock = threading.Lock()
         self._sizes: deque[int] = deque(maxlen=64)
         self._uploaded = self._skipped = self._retries = 0
@@ -289,16 +336,28 @@ class Sender:
             return dict(self._arrivals.milestones)
         return dict(self._record.milestones) if self._record else {}
 
-    def send(self, order: SendOrder, pieces: Iterable[Piece]) -> SendResult:
+    def requested_resends(self) -> list[str]:
+        """`corrupt_request` for this send: the objects to pass to `send` as `resend`."""
+        return corrupt_request(self.client, self.dest)
+
+    def send(self, order: SendOrder, pieces: Iterable[Piece], resend: Collection[str] = ()) -> SendResult:
         """Upload every piece (skipping those the journal proves are there); returns once all are verified.
 
         `order` is the plan `pieces` come from: a plan made before the tissue was known settles mid-stream. A failure
-        that no retry cures retracts what the send wrote (see the module's docstring) and is raised.
+        that no retry cures retracts what the send wrote (see the module's docstring) and is raised. `resend`: image
+        objects the centre found corrupt (`requested_resends`): uploaded again whatever the journal says, then taken
+        off corrupt.json.
         """
         if self._record is None:
             self.begin({})
         assert self._record is not None
         record, start = self._record, self._start
+        # a send asked again for pieces of a complete image: the bytes each piece had when it was verified, which the
+        # slide must give again (a file that rotted since would otherwise send valid-looking wrong pixels)
+        sent_before = self.journal.verified(self.dest) if resend else {}
+        if resend:
+            self._resend = set(resend)
+            self.journal.unverify(self.dest, self._resend)
         known = self.journal.verified(self.dest)
         plan = order.plan
         arrivals = self._arrivals = Arrivals(self.dest.ref, plan, record.started_at, record.milestones)
@@ -308,6 +367,7 @@ class Sender:
         for thread in helpers:
             thread.start()
         failure: BaseException | None = None
+        resent: list[str] = []
         try:
             metadata_unchanged, restarted = True, False
             for piece in pieces:
@@ -325,6 +385,13 @@ class Sender:
                 if previous is not None and previous[0] == digest.sha256_hex:
                     self._skipped += 1
                     self._arrived(piece.key, digest.size)
+                    continue
+                original = sent_before.get(piece.key)
+                if self._resend and (original is None or original[0] != digest.sha256_hex):
+                    # not what was sent: never uploaded over the image; a corrupt piece stays listed as corrupt
+                    self.changed_since_sent.append(piece.key)
+                    self._skipped += 1
+                    self._arrived(piece.key, original[1] if original else digest.size)
                     continue
                 if piece.kind is PieceKind.SHARD:
                     arrivals.revoke(piece.key)
@@ -345,6 +412,9 @@ class Sender:
             self._drain()
             self._abort_stale_uploads()
             self._finish()
+            resent = sorted(self._written & self._resend)
+            if resent:
+                self._take_off_corrupt(resent)
         except BaseException as error:
             failure = error
             self._stop.set()
@@ -356,7 +426,9 @@ class Sender:
             self._manifest_dirty.set()
             self._metadata_verified.set()
             self._opened.set()
-            retracting = failure is not None and not resumable(failure)
+            # a send asked again for pieces of a complete image never takes that image back: the pieces it could not
+            # send again stay listed as corrupt (refused by every reader), the rest of the image stays readable
+            retracting = failure is not None and not resumable(failure) and not self._resend
             # a worker stuck in a put is a daemon: do not wait for it forever (but a retraction must outlast it)
             until = time.monotonic() + (RETRACT_WAIT if retracting else 5)
             for thread in [*self._workers, *helpers]:
@@ -379,6 +451,7 @@ class Sender:
             {name: arrivals.milestones.get(name) for name in ("overview", "tissue_full_resolution")},
             self._retries,
             self._active,
+            len(resent),
         )
 
     def _open(self) -> None:
@@ -413,6 +486,22 @@ class Sender:
             self._publish(complete=True)
         self.journal.update(self.dest, milestones=self._arrivals.milestones, finished=True)
 
+    def _take_off_corrupt(self, keys: list[str]) -> None:
+        """The objects in `keys` were sent again and verified: corrupt.json without them (read afresh: the centre may
+        have added others meanwhile). Best effort: a reader that finds them whole takes them off too."""
+        key = corrupt_key(self.dest)
+        try:
+            data = _read_small(self.client, self.dest.bucket, key)
+            if data is None:
+                return
+            record = CorruptRecord.read(data, key)
+            left = record.without(set(keys), document_time())
+            if left.keys != record.keys:
+                document = left.to_json()
+                self._put_verified(key, document, Digest.of(document), "application/json", "no-cache")
+        except (DocumentError, BotoCoreError, ClientError, TransferError):
+            return
+
     def _complete_on_server(self) -> bool:
         assert self._arrivals is not None
         try:
@@ -437,7 +526,7 @@ class Sender:
         for name in self.private:
             public = public.replace(name, "the slide")
         document = failed_document(self.dest.ref, started, public)
-        keys = sorted({*self.journal.verified(self.dest), *self._written})
+        keys = sorted({*self.journal.verified(self.dest), *self._written, *self._resend})
         try:
             with self._manifest_lock:
                 self._manifest_final = True  # no periodic write may follow
