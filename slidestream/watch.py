@@ -248,23 +248,41 @@ class HotFolder:
             self._unwritable.discard(path)
 
     def set_aside(self, unit: SlideUnit, reason: str) -> str:
-        """Move an unreadable slide (and its companion files) to failed/ with the reason beside it; says where it went
-        (or that it is gone: a slide can vanish while it is read)."""
-        if not os.path.lexists(unit.path):
-            return "it is gone"
-        failed = self.folder / FAILED
-        failed.mkdir(exist_ok=True)
-        moved = []
-        for path in {unit.path, *(p for p in [unit.path.with_suffix("")] if unit.path.suffix.lower() == ".mrxs" and p.is_dir())}:
-            target = failed / path.name
-            if os.path.lexists(target):
-                target = failed / f"{path.stem}-{int(time.time())}{path.suffix}"
-            os.rename(path, target)  # the entry itself (a link stays a link, a FIFO is never opened); same file system
-            moved.append(target)
+        """Move an unreadable slide (and its MRXS companion folder) to failed/ under the specimen folder it came from
+        (two specimens' "block A.svs" stay apart), with one reason file named after it; a path that failed before gets
+        a numbered name rather than replacing the earlier slide or its reason. Says where it went (or that it is gone:
+        a slide can vanish while it is read)."""
         from slides.errors import printable
 
-        (failed / f"{unit.path.name}.reason.txt").write_text(printable(reason) + "\n")
-        return f"moved to {moved[0]}"
+        if not os.path.lexists(unit.path):
+            return "it is gone"
+        companions = [folder for folder in [unit.path.with_suffix("")] if unit.path.suffix.lower() == ".mrxs" and folder.is_dir()]
+        target = _unused_failed_place(self.folder / FAILED / unit.path.relative_to(self.folder), bool(companions))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(unit.path, target)  # the entry itself (a link stays a link, a FIFO is never opened); same file system
+        for companion in companions:
+            os.rename(companion, target.with_suffix(""))  # the MRXS file finds its folder by its own name
+        _reason_file(target).write_text(printable(reason) + "\n")
+        return f"moved to {target}"
+
+
+def _unused_failed_place(target: Path, with_companion: bool) -> Path:
+    """`target`, or "name (2).svs", "name (3).svs", ... where nothing failed before (neither the slide, its companion
+    folder nor its reason file is there): a second failure of the same path keeps the first one's evidence."""
+    def taken(candidate: Path) -> bool:
+        places = [candidate, _reason_file(candidate), *([candidate.with_suffix("")] if with_companion else [])]
+        return any(os.path.lexists(place) for place in places)
+
+    candidate, number = target, 1
+    while taken(candidate):
+        number += 1
+        candidate = target.with_name(f"{target.stem} ({number}){target.suffix}")
+    return candidate
+
+
+def _reason_file(failed_slide: Path) -> Path:
+    """The reason file beside a failed slide, named after it ("block A (2).svs.reason.txt")."""
+    return failed_slide.with_name(f"{failed_slide.name}.reason.txt")
 
 
 def _append(path: Path, text: str) -> None:
