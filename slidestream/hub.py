@@ -14,11 +14,18 @@ Every document on the store is untrusted (`caseformat.results`): a malformed man
 or case.json costs its slide version one log line (said again only when the error changes) and that version is
 skipped, or retried at a later poll, while every other case is scored; a failed lease write is a retry. The hub
 never exits for what a store holds.
+
+A pass that fails (the store unreachable, an unreadable piece) or ends without the complete map although the send is
+complete is retried on its own, RETRY_FIRST seconds later, doubling to RETRY_MOST (jittered, so hubs that failed
+together do not retry in step), and sooner again once the case makes progress: a store outage costs a case minutes,
+never a hub restart. Each reason is one "RETRY" line, the case's end one "DONE" line.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import re
 import socket
 import threading
 import time
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
 
 stderr = Console(stderr=True)
 PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
+RETRY_FIRST, RETRY_MOST = 5.0, 300.0  # seconds before a failed pass is tried again: the first wait, and the longest
 
 
 def hub(
@@ -80,6 +88,8 @@ class Tracked:
     manifest: Manifest | None = None  # as read for the pass about to run
     triaged: bool = False  # a hub's complete map is there: only the pyramid may be left to build
     last_error: str = ""
+    backoff: float = 0.0  # seconds the last retry waited (0: the last pass made progress)
+    retry_at: float | None = None  # time.monotonic() when a failed pass is tried again, though nothing new arrived
 
 
 @dataclass
@@ -210,7 +220,7 @@ class Hub:
                 self.note(case, one_line(error))
                 continue
             progress = (manifest.state, len(manifest.arrived), manifest.plan_final)
-            if progress == case.seen:
+            if progress == case.seen and (case.retry_at is None or time.monotonic() < case.retry_at):
                 waiting += 1
                 continue
             case.pending, case.manifest = progress, manifest
@@ -288,6 +298,7 @@ class Hub:
         """One pass over the case, about PASS_SECONDS long: build the pyramid shards whose sources arrived, score
         what arrived since the last, hottest first (the edge map's order), publish; the last pass releases the
         lease."""
+        from caseformat.results import COMPLETE
         from inference import CaseNotReadyError, analyze_case
         from inference.pipeline import edge_priority, published_heatmap
         from slides.errors import one_line
@@ -307,8 +318,8 @@ class Hub:
             assert case.manifest is not None  # `discover` read it for this pass
             built, pyramid_done = complete_pyramid(case.location, case.manifest, renew)
         except Exception as error:  # noqa: BLE001 - as below: this case only
-            self.note(case, one_line(error))
             case.seen = seen
+            self.retry(case, one_line(error))
             return
         if built:
             self.say(f"PYRAMID {name}: {built} shards built" + (", every level complete" if pyramid_done else ""))
@@ -317,6 +328,8 @@ class Hub:
             if pyramid_done:
                 self.release(case)
                 self.finish(name, f"DONE {name}: pyramid complete")
+            elif case.manifest.state == COMPLETE:
+                self.retry(case, "the send is complete but the pyramid is not")
             return
         limit = max(self.options.batch, round((self.rate or 0.0) * PASS_SECONDS))
         try:
@@ -327,17 +340,20 @@ class Hub:
             started = time.monotonic()
             heatmap = analyze_case(case.location, options=self.options, heatmap=case.heatmap, runner=self.runner,
                                    on_progress=renew, limit=limit, priority=case.priority)
-        except CaseNotReadyError:
+        except CaseNotReadyError as error:
             case.seen = seen
+            if case.manifest.state == COMPLETE:  # nothing more will arrive: what is there is unreadable
+                self.retry(case, one_line(error))
             return
         except Exception as error:  # noqa: BLE001 - one case's failure, whatever it is, must not stop the hub
-            self.note(case, one_line(error))
             case.seen = seen
+            self.retry(case, one_line(error))
             return
         scored, tissue = int(heatmap.scored.sum()), int(heatmap.tissue.sum())
         if scored > before:
             measured = (scored - before) / max(time.monotonic() - started, 1e-3)
             self.rate = measured if self.rate is None else (self.rate + measured) / 2
+            case.backoff, case.retry_at, case.last_error = 0.0, None, ""  # progress: a later failure is news again
         case.heatmap = heatmap
         case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
         if heatmap.complete and pyramid_done:
@@ -349,6 +365,9 @@ class Hub:
             self.say(f"TRIAGED {name}: {scored}/{tissue} tiles, score {heatmap.triage_score() or 0:.3f}")
         else:
             self.say(f"PARTIAL {name}: {scored}/{tissue} tiles (scored {scored - before} here)")
+        if case.seen is not None and case.manifest.state == COMPLETE and name not in self.finished:  # no arrival wakes it
+            self.retry(case, "the send is complete but the pyramid is not" if heatmap.complete
+                       else f"the send is complete but the pass ended at {scored}/{tissue} tiles")
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
@@ -361,6 +380,16 @@ class Hub:
         except InferenceError as error:  # the lease then expires on its own
             self.note(case, str(error))
 
+    def retry(self, case: Tracked, reason: str) -> None:
+        """Look at the case again later though nothing new arrives: a failed pass is not its end. Said once per
+        reason (a store that stays down must not flood the log); the wait doubles until the case makes progress."""
+        case.backoff = min(RETRY_MOST, 2 * case.backoff or RETRY_FIRST)
+        wait = min(RETRY_MOST, case.backoff * random.uniform(0.8, 1.2))
+        case.retry_at = time.monotonic() + wait
+        if not _same(reason, case.last_error):
+            case.last_error = reason
+            self.say(f"RETRY {case.name} in {wait:.0f} s: {reason}")
+
     def finish(self, name: str, line: str) -> None:
         self.finished.add(name)
         self.cases.pop(name, None)
@@ -368,13 +397,22 @@ class Hub:
 
     def note(self, case: Tracked, error: str) -> None:
         """An error, said once per case until it changes (a case that keeps failing must not flood the log)."""
-        if error != case.last_error:
+        if not _same(error, case.last_error):
             case.last_error = error
             self.say(f"ERROR {case.name}: {error}")
 
     @staticmethod
     def say(line: str) -> None:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _same(error: str, said: str) -> bool:
+    """Whether `error` is the one said last but for its numbers: a store client's message names how long its
+    retries took, which must not make every failed poll news."""
+    return _NUMBERS.sub("#", error) == _NUMBERS.sub("#", said)
+
+
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def _epoch(started_at: Any) -> float:

@@ -81,9 +81,26 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    """A fresh, empty bucket on the real server."""
-    return s3_server.new_bucket()
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A fresh, empty bucket on the real server, emptied and deleted afterwards: an RGW user holds at most 1,000
+    buckets, which a developer's repeated runs against one server reach."""
+    bucket = s3_server.new_bucket()
+    yield bucket
+    delete_bucket(s3_server.client(), bucket)
+
+
+def delete_bucket(client, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Empty `bucket` (objects and unfinished multipart uploads) and delete it; best effort (a test may have broken it)."""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        client.delete_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - cleanup must never fail a test
+        pass
 
 
 def _free_port() -> int:
