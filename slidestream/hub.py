@@ -87,7 +87,7 @@ class Tracked:
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
     manifest: Manifest | None = None  # as read for the pass about to run
     triaged: bool = False  # a hub's complete map is there: only the pyramid may be left to build
-    last_error: str = ""
+    said: set[str] = field(default_factory=set)  # what the log said of it since its last progress, numbers aside
     backoff: float = 0.0  # seconds the last retry waited (0: the last pass made progress)
     retry_at: float | None = None  # time.monotonic() when a failed pass is tried again, though nothing new arrived
 
@@ -353,7 +353,8 @@ class Hub:
         if scored > before:
             measured = (scored - before) / max(time.monotonic() - started, 1e-3)
             self.rate = measured if self.rate is None else (self.rate + measured) / 2
-            case.backoff, case.retry_at, case.last_error = 0.0, None, ""  # progress: a later failure is news again
+            case.backoff, case.retry_at = 0.0, None
+            case.said.clear()  # progress: a later failure is news again
         case.heatmap = heatmap
         case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
         if heatmap.complete and pyramid_done:
@@ -386,8 +387,7 @@ class Hub:
         case.backoff = min(RETRY_MOST, 2 * case.backoff or RETRY_FIRST)
         wait = min(RETRY_MOST, case.backoff * random.uniform(0.8, 1.2))
         case.retry_at = time.monotonic() + wait
-        if not _same(reason, case.last_error):
-            case.last_error = reason
+        if _news(case, f"RETRY {reason}"):
             self.say(f"RETRY {case.name} in {wait:.0f} s: {reason}")
 
     def finish(self, name: str, line: str) -> None:
@@ -396,9 +396,9 @@ class Hub:
         self.say(line)
 
     def note(self, case: Tracked, error: str) -> None:
-        """An error, said once per case until it changes (a case that keeps failing must not flood the log)."""
-        if not _same(error, case.last_error):
-            case.last_error = error
+        """An error, said once per case until it makes progress (a case that keeps failing, or fails two ways in
+        turn, must not flood the log)."""
+        if _news(case, f"ERROR {error}"):
             self.say(f"ERROR {case.name}: {error}")
 
     @staticmethod
@@ -406,10 +406,14 @@ class Hub:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def _same(error: str, said: str) -> bool:
-    """Whether `error` is the one said last but for its numbers: a store client's message names how long its
-    retries took, which must not make every failed poll news."""
-    return _NUMBERS.sub("#", error) == _NUMBERS.sub("#", said)
+def _news(case: Tracked, line: str) -> bool:
+    """Whether `line` was not said of `case` since its last progress, numbers aside (a store client's message names
+    how long its retries took, which must not make every failed poll news); remembers it."""
+    key = _NUMBERS.sub("#", line)
+    if key in case.said:
+        return False
+    case.said.add(key)
+    return True
 
 
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
