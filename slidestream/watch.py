@@ -627,9 +627,9 @@ class Hospital:
         return thread
 
     def _poll_loop(self) -> None:
-        station = self._station()
+        station = None  # made at the first poll that can open the registry (a busy or full disk must not end the thread)
         while not self.stop.is_set():
-            self.poll_once(station)
+            station = self.poll_once(station)
             self.stop.wait(NOTICE_POLL)
 
     def _say(self, line: str) -> None:
@@ -640,16 +640,16 @@ class Hospital:
         else:
             print(printable(line), flush=True)
 
-    def poll_once(self, station: Any = None) -> None:
+    def poll_once(self, station: Any = None) -> Any:
         """One LIST of _stations/{station}/ after the last key handled (the fast path), and every RECONCILE_EVERY
         seconds the reports of this station's open cases read from the cases themselves (so a notice that lands late
         or never is no report missed): each report or request not delivered yet printed, logged and written to the
         outbox, or refused in one line. A store or an outbox that cannot be used is said once and tried again at
-        the next poll."""
+        the next poll. Returns the station used, None when its registry could not be opened (tried next time)."""
         from slides.errors import one_line
 
         if self.trusted is None:
-            return
+            return station
         try:
             station = station or self._station()
             for key, data in station.new_notices():
@@ -661,6 +661,7 @@ class Hospital:
         except Exception as error:  # noqa: BLE001 - the store, the outbox, or a bug: said once, the thread goes on
             if self._hot is not None:
                 self._hot.note(f"cannot read what comes back to station {self._where[3]}: {one_line(error)}")
+        return station
 
     def _deliver(self, station: Any, key: str, data: bytes | None) -> None:
         """One notice to the operating room (once per case, kind and number: `Station.deliver`), or one line saying
