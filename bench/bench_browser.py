@@ -68,7 +68,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PageTimeout
 
 from caseformat.documents import CaseRecord
-from caseformat.layout import SlideRef
+from caseformat.layout import CASE_RECORD, SlideRef, case_key
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -238,11 +238,11 @@ def main() -> None:
             s3 = boto3.resource("s3", endpoint_url=args.endpoint).Bucket(bucket)
             stack.callback(s3.delete)
             stack.callback(lambda: s3.objects.all().delete())
-            s3.put_object(Key=f"cases/{CASE}/case.json", Body=case_record())
+            s3.put_object(Key=f"cases/{case_key(CASE, CASE_RECORD)}", Body=case_record())
             serve += ["--store", f"s3://{bucket}/cases", "--endpoint-url", args.endpoint]
         else:
             write_local(work / "store", pieces)
-            (work / "store" / CASE / "case.json").write_bytes(case_record())
+            (work / "store" / case_key(CASE, CASE_RECORD)).write_bytes(case_record())
             serve += ["--store", str(work / "store")]
         port = free_port()
         log = stack.enter_context((work / "serve.log").open("wb"))
@@ -251,7 +251,7 @@ def main() -> None:
         stack.callback(server.terminate)
         wait_until_up(f"http://127.0.0.1:{port}", server)
         token = Tokens(SECRET).issue(case_scope(CASE), timedelta(hours=2))
-        image = httpx.get(f"http://127.0.0.1:{port}/api/cases/{SlideRef(CASE).root}/image",
+        image = httpx.get(f"http://127.0.0.1:{port}/api/cases/{CASE}/{SlideRef(CASE).path}/image",
                           headers={"Authorization": f"Bearer {token}"}, timeout=30).json()  # fmt: skip
 
         link = stack.enter_context(EmulatedLink(args.profile, ("127.0.0.1", port), slot=free_slot()))

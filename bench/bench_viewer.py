@@ -39,11 +39,12 @@ import boto3
 import httpx
 import numpy as np
 
-from caseformat.layout import SlideRef
+from caseformat.layout import MANIFEST, SlideRef, image_key
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
-CASE = "bench"
+CASE = "bench.viewer"  # station "bench"
+REF = SlideRef(CASE)
 SECRET = b"benchmark-secret-not-for-production-use-0123456789"
 EMPTY = 2**64 - 1
 WRK_SCRIPT = """
@@ -140,18 +141,18 @@ def manifest(pieces: list) -> bytes:  # type: ignore[type-arg]
 
 def write_local(root: Path, pieces: list) -> None:  # type: ignore[type-arg]
     for piece in pieces:
-        path = root / SlideRef(CASE).root / "image.zarr" / piece.key
+        path = root / REF.key(image_key(piece.key))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(piece.data)
-    (root / SlideRef(CASE).root / "manifest.json").write_bytes(manifest(pieces))
+    (root / REF.key(MANIFEST)).write_bytes(manifest(pieces))
 
 
 def upload(endpoint: str, bucket: str, pieces: list) -> None:  # type: ignore[type-arg]
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket=bucket)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: client.put_object(Bucket=bucket, Key=f"cases/{SlideRef(CASE).root}/image.zarr/{p.key}", Body=p.data), pieces))
-    client.put_object(Bucket=bucket, Key=f"cases/{SlideRef(CASE).root}/manifest.json", Body=manifest(pieces))
+        list(pool.map(lambda p: client.put_object(Bucket=bucket, Key=f"cases/{REF.key(image_key(p.key))}", Body=p.data), pieces))
+    client.put_object(Bucket=bucket, Key=f"cases/{REF.key(MANIFEST)}", Body=manifest(pieces))
 
 
 # -- measuring -------------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def main() -> None:
 
         token = Tokens(SECRET).issue(case_scope(CASE), timedelta(hours=2))
         serve = [sys.executable, "-m", "slidestream", "serve", "--secret-file", str(work / "secret")]
-        api, auth = f"/api/cases/{SlideRef(CASE).root}", f"Bearer {token}"  # .../CASE/slides/s1/v1 + /tiles/...
+        api, auth = f"/api/cases/{CASE}/{REF.path}", f"Bearer {token}"  # .../CASE/slides/s1/v1 + /tiles/...
         commands = {
             "slidestream-s3": (serve + ["--store", f"s3://{bucket}/cases", "--endpoint-url", endpoint], api, auth),
             "s3-no-tile-cache": (serve + ["--store", f"s3://{bucket}/cases", "--endpoint-url", endpoint, "--tile-cache-mb", "0"], api, auth),

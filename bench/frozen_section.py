@@ -62,6 +62,7 @@ from measure_link import OUT, echo_sink, empty_bucket, measure_tcp, s3_endpoint 
 from measure_link import client as s3  # noqa: E402
 
 LINK_SLOT = 9
+STATION = "bench"  # the station every send and watch of the benchmark is: its cases are bench.{local}
 SETTLE = 30  # seconds for the server to free deleted objects before the next link's runs
 
 
@@ -88,15 +89,24 @@ def slide_root(bucket: str, case: str, prefix: str = "cases") -> str:
     return Destination(None, bucket, prefix, case).root
 
 
+def centre_root(bucket: str, case: str, prefix: str = "cases") -> str:
+    """The key prefix of the centre's results of the case's first slide, first version: what the hub writes."""
+    from transfer.target import Destination
+
+    destination = Destination(None, bucket, prefix, case)
+    return destination.key(destination.ref.centre_root) + "/"
+
+
 def poll(endpoint: str, bucket: str, case: str | None, started: float, found: dict[str, Any], stop: threading.Event, edge: bool,
          prefix: str = "cases") -> None:
-    """Milestones as the server shows them; `case` None: the first case the `_arrivals/` index names (a watch)."""
+    """Milestones as the server shows them; `case` None: the first case the station's `_arrivals/` index names (a
+    watch)."""
     client = s3(endpoint)
     found["timeline"] = [(0.0, 0)]
     while case is None and not stop.is_set():
-        from caseformat.layout import SlideRef
+        from caseformat.layout import SlideRef, arrivals_folder
 
-        listed = client.list_objects_v2(Bucket=bucket, Prefix="cases/_arrivals/").get("Contents", [])
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{arrivals_folder(STATION)}").get("Contents", [])
         ref = SlideRef.from_arrival(listed[0]["Key"]) if listed else None
         case = ref.case if ref else None
         time.sleep(0.02)
@@ -125,7 +135,8 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
 
 
 def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
-    """Note when the hub's map is first readable, when it covers the hottest region, and when all tissue.
+    """Note when the hub's map is first readable, when it covers the hottest region, and when all tissue (`root`: the
+    centre's folder of the slide version, where the hub writes its map and its pyramid record).
 
     The hottest region is the top region of the hub's last map (the final one once complete): its tiles at or above
     the threshold, not its box's corners. Each map the hub publishes is kept as the set of tiles it measured, so
@@ -187,13 +198,16 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
     """One `slidestream send` from the launch of the command; `overview_only` stops it (Ctrl-C) at the first view.
     With `hub_wait`, a `slidestream hub` runs on the prefix from before the send until its map covers all tissue or
     `hub_wait` seconds have passed since the send ended."""
-    case = f"frozen-{uuid.uuid4().hex[:8]}"
+    from caseformat.layout import qualified_case
+
+    local = f"frozen-{uuid.uuid4().hex[:8]}"
+    case = qualified_case(STATION, local)
     found: dict[str, Any] = {}
     stop = threading.Event()
     hub = None
     # the hub's run has a prefix of its own: on the other runs' prefix it would first score their cases, which
     # were registered earlier and so have less time left
-    prefix = "cases" if hub_wait is None else f"hub-{case}"
+    prefix = "cases" if hub_wait is None else f"hub-{local}"
     if hub_wait is not None:
         hub = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", f"s3://{bucket}/{prefix}", "--endpoint-url", endpoint,
                                 "--poll", "0.5"], stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -203,14 +217,14 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         threading.Thread(target=lambda: hub_lines.extend(hub.stderr), daemon=True).start()  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as state:
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/{prefix}", "--endpoint-url", via,
-                   "--case", case, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
+                   "--case", local, "--station", STATION, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge, prefix), daemon=True)
         poller.start()
         hub_stop = threading.Event()
         if hub is not None:
-            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, slide_root(bucket, case, prefix), started, found, hub_stop), daemon=True)
+            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, centre_root(bucket, case, prefix), started, found, hub_stop), daemon=True)
             watcher.start()
         if overview_only:
             while "overview" not in found and process.poll() is None and time.monotonic() - started < 60:
@@ -266,7 +280,8 @@ def watched(slide: Path, endpoint: str, via: str, bucket: str, timeout: float) -
             os.link(slide, staged)  # same file system: no copy of 1.6 GB
         except OSError:
             shutil.copyfile(slide, staged)
-        command = [sys.executable, "-m", "slidestream", "watch", str(hot), f"s3://{bucket}/cases", "--endpoint-url", via, "--state-dir", state]
+        command = [sys.executable, "-m", "slidestream", "watch", str(hot), f"s3://{bucket}/cases", "--endpoint-url", via, "--station", STATION,
+                   "--state-dir", state]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert process.stderr is not None
         process.stderr.readline()  # "watching ...": its imports are done

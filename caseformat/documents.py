@@ -15,9 +15,18 @@ from typing import Any, ClassVar, TypeVar
 
 from caseformat.bounded import Fields, dump, load, parse_time
 from caseformat.errors import DocumentError
-from caseformat.layout import LAYOUT_FORMAT, NOTICE_KINDS, validate_case, validate_slide, validate_station, validate_version
+from caseformat.layout import (
+    LAYOUT_FORMAT,
+    NOTICE_KINDS,
+    station_of,
+    validate_case,
+    validate_slide,
+    validate_station,
+    validate_version,
+)
 from caseformat.signing import SigningKey, TrustedKeys
 
+UNSENT_TOKEN = re.compile(r"[0-9a-f]{16}")
 CONTEXT_FIELDS = ("specimen_site", "specimen_type", "clinical_question", "surgeon", "callback", "hospital")
 CONTEXT_LIMIT = 500  # characters per field: context, not a record
 NAME_LIMIT = 100
@@ -59,8 +68,10 @@ class CaseRecord:
         context = fields.fields("context", optional=True)
         pairs = tuple((name, text) for name in CONTEXT_FIELDS
                       if context is not None and (text := context.text(name, CONTEXT_LIMIT, optional=True, empty=True)))  # fmt: skip
-        return cls(fields.checked("case", validate_case), fields.time("registered_at"),
-                   fields.checked("station", validate_station, optional=True), pairs)  # fmt: skip
+        case, station = fields.checked("case", validate_case), fields.checked("station", validate_station, optional=True)
+        if station not in (None, station_of(case)):  # the station a case belongs to is the one its ID names
+            raise DocumentError(f"{what}: station {station!r} is not the one case {case} belongs to ({station_of(case)})")
+        return cls(case, fields.time("registered_at"), station_of(case), pairs)
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,48 @@ class SlideClaim:
     @classmethod
     def read(cls, data: bytes, what: str = "slide.json") -> SlideClaim:
         fields = Fields(load(data, what), what)
-        return cls(fields.checked("case", validate_case), fields.checked("slide", validate_slide),
-                   fields.checked("station", validate_station), fields.time("claimed_at", optional=True))  # fmt: skip
+        claim = cls(fields.checked("case", validate_case), fields.checked("slide", validate_slide),
+                    fields.checked("station", validate_station), fields.time("claimed_at", optional=True))  # fmt: skip
+        if claim.station != station_of(claim.case):
+            raise DocumentError(f"{what}: station {claim.station!r} is not the one case {claim.case} belongs to")
+        return claim
+
+
+UNSENT_FORMAT = "slidestream-unsent/1"
+# why a slide of a specimen never left the hospital: the station's word for it, never the file's name (which may
+# hold an accession number or a patient's name)
+UNSENT_KINDS = {
+    "unreadable": "the slide file could not be read (damaged, truncated or not a slide)",
+    "unsupported": "the slide file is in a format slidestream does not read",
+    "duplicate": "the same slide was sent before, for another case",
+    "refused": "the hospital's checks refused it (identity in the clinical context, or the store refused it)",
+}
+
+
+@dataclass(frozen=True)
+class UnsentSlide:
+    """unsent/{token}.json of a case, in the station's folder: one slide file of the specimen that the station could
+    not send, so the centre knows what is missing ("3 of 6 slides failed at the hospital") instead of waiting for it.
+    `token` names the file without naming it (a digest of the case and the file's path at the hospital)."""
+
+    case: str
+    token: str
+    kind: str
+    at: str
+
+    @property
+    def reason(self) -> str:
+        return UNSENT_KINDS[self.kind]
+
+    def to_json(self) -> bytes:
+        return dump({"format": UNSENT_FORMAT, "case": self.case, "token": self.token, "kind": self.kind, "at": self.at})
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "unsent slide") -> UnsentSlide:
+        fields = Fields(load(data, what), what)
+        fields.choice("format", (UNSENT_FORMAT,))
+        return cls(fields.checked("case", validate_case), fields.text("token", 16, pattern=UNSENT_TOKEN),
+                   fields.choice("kind", tuple(UNSENT_KINDS)), fields.time("at"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,6 +204,7 @@ class Report(CentreDocument):
     comment: str | None = None
     slides: tuple[SlideRead, ...] = ()
     amends: int | None = None
+    missing: str | None = None  # the slides missing when it was signed, as the pathologist was shown and confirmed them
 
     @property
     def kind(self) -> str:
@@ -162,7 +214,8 @@ class Report(CentreDocument):
         return {"case": self.case, "number": self.number, "kind": self.kind, "station": self.station,
                 "category": self.category, "diagnosis": self.diagnosis, "margins": self.margins, "comment": self.comment,
                 "author": self.author.to_dict(), "signed_at": self.signed_at,
-                "slides": [{"slide": read.slide, "version": read.version} for read in self.slides], "amends": self.amends}  # fmt: skip
+                "slides": [{"slide": read.slide, "version": read.version} for read in self.slides], "amends": self.amends,
+                **({"missing": self.missing} if self.missing else {})}  # fmt: skip
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Report:
@@ -176,7 +229,7 @@ class Report(CentreDocument):
                    fields.text("diagnosis", TEXT_LIMIT), Author.from_fields(author), fields.time("signed_at"),
                    fields.checked("station", validate_station, optional=True), fields.text("margins", TEXT_LIMIT, optional=True),
                    fields.text("comment", TEXT_LIMIT, optional=True), tuple(fields.items("slides", SLIDES_LIMIT, SlideRead.from_fields)),
-                   amends)  # fmt: skip
+                   amends, fields.text("missing", 2000, optional=True))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -208,7 +261,7 @@ class Request(CentreDocument):
 
 
 def read_notice(data: bytes, what: str, trusted: TrustedKeys, kind: str) -> Report | Request:
-    """A `_stations/` copy of a report or request (`kind`, from its key): the signed document itself."""
+    """A `centre/{station}/_notices/` copy of a report or request (`kind`, from its key): the signed document itself."""
     if kind not in NOTICE_KINDS:
         raise DocumentError(f"{what}: not a report or request")
     return Report.read(data, what, trusted) if kind == "report" else Request.read(data, what, trusted)

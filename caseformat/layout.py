@@ -1,27 +1,40 @@
-"""Where everything of a case lives on the store: the key layout `slidestream-case/1` and the IDs that form keys.
+"""Where everything of a case lives on the store: the key layout `slidestream-case/2` and the IDs that form keys.
 
-Every key is built here and every key read back is parsed here; no other module spells a store path. A case is a
-specimen; it holds one or more slides, each sent as one or more versions (a rescan is a new version; nothing of one
-version is ever shown with another's image):
+Every key is built here and every key read back is parsed here; no other module spells a store path. The layout is
+made so that one S3 policy per station confines it (`objectstore.enrolment`): everything a station writes lies
+under `stations/{station}/`, everything the centre writes for that station under `centre/{station}/`, and the
+centre's own records under `centre/_people/` and `centre/_audit/`. A case ID names its station
+(`{station}.{local}`, e.g. `theatre-3.9f2c41d07a5e3b18`), so a reader finds both of a case's folders from its ID
+alone, and a case found under another station's folder is refused rather than believed.
 
-    {case}/case.json                          registration: when the clock started, clinical context (no identity)
-    {case}/slides/{slide}/slide.json          the slide's claim: the station that took the number (created once)
-    {case}/slides/{slide}/{version}/          one scan of one slide ("a slide version"), e.g. slides/s1/v1/:
-        image.zarr/                           the OME-Zarr image (tiling/)
-        manifest.json                         what of the image has arrived, and how the send ended
-        pyramid.json                          the shards of the in-between levels the hub built
-        heatmap.zarr/                         the triage heatmap, an NGFF image (inference/)
-        triage.json                           the triage result: score, summary, stage (inference/)
-        hub.lease                             which hub is analysing this slide version, until when
-    {case}/reports/{n:04d}.json               the signed report and its amendments, append-only (signed by the centre)
-    {case}/requests/{n:04d}.json              what the pathologist asks of the hospital (signed by the centre)
-    {case}/annotations/{id}.json              marks on a slide version, with their author (signed by the centre)
-    _arrivals/{time}_{case}_{slide}_{version}  one empty object per slide version sent, in time order
-    _stations/{station}/{time}_{case}_{kind}_{n}.json   a copy of a signed report or request for its station
-    _people/{user}.json                       the centre's users (signed by the centre)
-    _audit/{date}/{time}_{random}.json        who opened or signed what, append-only (signed by the centre)
+A case is a specimen; it holds one or more slides, each sent as one or more versions (a rescan is a new version;
+nothing of one version is ever shown with another's image):
 
-Names that start with "_" are never case IDs (a case ID starts with a letter or digit).
+    stations/{station}/                          written by the station only
+        {case}/case.json                         registration: when the clock started, clinical context (no identity)
+        {case}/slides/{slide}/slide.json         the slide's claim (created once)
+        {case}/unsent/{token}.json               a slide file of the specimen the station could not send, and why
+        {case}/slides/{slide}/{version}/         one scan of one slide ("a slide version"), e.g. slides/s1/v1/:
+            image.zarr/                          the OME-Zarr image (tiling/); the hub adds the shards of the in-between
+                                                 levels a send leaves out, so the image stays one NGFF image other
+                                                 readers open whole (they are the station's own pixels, downsampled)
+            manifest.json                        what of the image has arrived, and how the send ended
+            triage.json, heatmap.zarr/           the edge triage's coarse map (never final, whatever it says)
+        _arrivals/{time}_{case}_{slide}_{version}  one empty object per slide version sent, in time order
+    centre/{station}/                            written by the centre only, readable by that station
+        {case}/reports/{n:04d}.json              the signed report and its amendments, append-only (signed)
+        {case}/requests/{n:04d}.json             what the pathologist asks of the hospital (signed)
+        {case}/annotations/{id}.json             marks on a slide version, with their author (signed)
+        {case}/slides/{slide}/{version}/         the centre's results for one slide version:
+            triage.json, heatmap.zarr/           the hub's (or `analyze`'s) full-magnification map
+            hub.lease                            which hub is analysing this slide version, until when
+            pyramid.json                         the record of the in-between levels' shards the hub built
+            corrupt.json                         the image's pieces found corrupt, for the station to send again
+        _notices/{time}_{case}_{kind}_{n}.json   a copy of a signed report or request for the station
+    centre/_people/{user}.json                   the centre's users (signed)
+    centre/_audit/{date}/{time}_{random}.json    who opened or signed what, append-only (signed)
+
+Names that start with "_" are never station names or case IDs (those start with a letter or digit).
 """
 
 from __future__ import annotations
@@ -29,19 +42,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from caseformat.errors import InvalidIdError
 
-LAYOUT_FORMAT = "slidestream-case/1"
+LAYOUT_FORMAT = "slidestream-case/2"
+STATION_TREES = "stations"  # stations/{station}/: what that station writes
+CENTRE_TREES = "centre"  # centre/{station}/: what the centre writes for that station; centre/_people, centre/_audit
 CASE_RECORD = "case.json"
 SLIDE_CLAIM = "slide.json"
 SLIDES = "slides"
 REPORTS = "reports"
 REQUESTS = "requests"
 ANNOTATIONS = "annotations"
+UNSENT = "unsent"
 ARRIVALS = "_arrivals"
-STATIONS = "_stations"
+NOTICES = "_notices"
 PEOPLE = "_people"
 AUDIT = "_audit"
 IMAGE = "image.zarr"
@@ -54,11 +69,17 @@ TRIAGE = "triage.json"
 IMAGE_METADATA = f"{IMAGE}/zarr.json"  # below a slide version: the image's root group, there once any of it is
 LEASE = "hub.lease"
 PYRAMID = "pyramid.json"
+CORRUPT = "corrupt.json"
+CENTRE_RESULTS = (TRIAGE, HEATMAP, LEASE, PYRAMID, CORRUPT)  # what of a slide version lies in the centre's folder
 # triage.json's "stage", what produced it: the edge triage's coarse map before the send, the hub's
-# full-magnification map of an arriving case, or a batch `analyze`; only the last two are final
+# full-magnification map of an arriving case, or a batch `analyze`; only the last two are final, and only the
+# centre's folder holds them (a station's own triage.json is read as the edge's whatever it says)
 EDGE, HUB, ANALYZE = "edge", "hub", "analyze"
 FINAL_STAGES = (HUB, ANALYZE)
-CASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# a station's ID is given by the centre at enrolment: short, lower case, no "." (a case ID's station ends at its first ".")
+STATION_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a case's local part, a converted image's name
+CASE_PATTERN = re.compile(rf"({STATION_PATTERN.pattern})\.({NAME_PATTERN.pattern})")
 SLIDE_PATTERN = re.compile(r"s([1-9][0-9]{0,3})")  # s1, s2, ...: ordinal within the case, never a label
 VERSION_PATTERN = re.compile(r"v([1-9][0-9]{0,3})")  # v1, v2, ...: v2 is the first rescan
 NOTICE_KINDS = ("report", "request")
@@ -68,21 +89,34 @@ _NUMBERED_NAME = re.compile(r"([0-9]{4,9})\.json")
 
 @dataclass(frozen=True, order=True)
 class SlideRef:
-    """One slide version of a case: the unit that is sent, triaged and viewed."""
+    """One slide version of a case: the unit that is sent, triaged and viewed. It has two folders: the station's
+    (`root`, `key`: the image and what the send wrote) and the centre's (`centre_root`, `centre_key`: its results)."""
 
     case: str
     slide: str = "s1"
     version: str = "v1"
 
+    def __post_init__(self) -> None:
+        validate_case(self.case), validate_slide(self.slide), validate_version(self.version)
+
+    @property
+    def station(self) -> str:
+        return station_of(self.case)
+
     @property
     def path(self) -> str:
-        """Below the case folder: slides/{slide}/{version}."""
+        """Below a case folder: slides/{slide}/{version}."""
         return f"{SLIDES}/{self.slide}/{self.version}"
 
     @property
     def root(self) -> str:
-        """Below the store's prefix, without a trailing slash: {case}/slides/{slide}/{version}."""
-        return f"{self.case}/{self.path}"
+        """The station's folder of this version, without a trailing slash: stations/{station}/{case}/slides/{s}/{v}."""
+        return f"{station_case_folder(self.case)}{self.path}"
+
+    @property
+    def centre_root(self) -> str:
+        """The centre's folder of this version: centre/{station}/{case}/slides/{s}/{v}."""
+        return f"{centre_case_folder(self.case)}{self.path}"
 
     @property
     def label(self) -> str:
@@ -90,41 +124,52 @@ class SlideRef:
         return f"{self.case}/{self.slide}/{self.version}"
 
     def key(self, name: str) -> str:
-        """{case}/slides/{slide}/{version}/{name}: an object of this slide version (manifest.json, image.zarr/...)."""
+        """An object the station writes for this version (manifest.json, image.zarr/..., the edge's triage.json)."""
         return f"{self.root}/{name}"
+
+    def centre_key(self, name: str) -> str:
+        """An object the centre writes for this version (triage.json, heatmap.zarr/..., hub.lease, pyramid.json)."""
+        return f"{self.centre_root}/{name}"
 
     @property
     def claim_key(self) -> str:
-        """{case}/slides/{slide}/slide.json: the claim of this version's slide number."""
+        """stations/{station}/{case}/slides/{slide}/slide.json: the claim of this version's slide number."""
         return slide_claim_key(self.case, self.slide)
 
     def arrival_key(self, started_at: str) -> str:
-        """The `_arrivals/` key of this version's send, in time order."""
-        return f"{ARRIVALS}/{stamp(started_at)}_{self.case}_{self.slide}_{self.version}"
+        """The station's `_arrivals/` key of this version's send, in time order."""
+        return f"{arrivals_folder(self.station)}{stamp(started_at)}_{self.case}_{self.slide}_{self.version}"
 
     @classmethod
     def parse(cls, root: str) -> SlideRef:
-        """{case}/slides/{slide}/{version}, as `root` writes it; `InvalidIdError` otherwise."""
+        """stations/{station}/{case}/slides/{slide}/{version}, as `root` writes it; `InvalidIdError` otherwise
+        (also for a case filed under a station that is not its own)."""
         parts = root.strip("/").split("/")
-        if len(parts) != 4 or parts[1] != SLIDES:
-            raise InvalidIdError(f"{root!r} is not a slide version ({{case}}/{SLIDES}/{{slide}}/{{version}})")
-        return cls(validate_case(parts[0]), validate_slide(parts[2]), validate_version(parts[3]))
+        if len(parts) != 6 or parts[0] != STATION_TREES or parts[3] != SLIDES:
+            raise InvalidIdError(f"{root!r} is not a slide version ({STATION_TREES}/{{station}}/{{case}}/{SLIDES}/{{slide}}/{{version}})")
+        ref = cls(validate_case(parts[2]), validate_slide(parts[4]), validate_version(parts[5]))
+        if ref.station != parts[1]:
+            raise InvalidIdError(f"case {ref.case!r} is filed under station {parts[1]!r}, not its own")
+        return ref
 
     @classmethod
     def from_arrival(cls, key: str) -> SlideRef | None:
-        """The slide version an `_arrivals/` key names, None for a key that is not one."""
-        parts = key.rsplit("/", 1)[-1].split("_")
+        """The slide version an `_arrivals/` key names, None for a key that is not one or that lies in another
+        station's folder than the case's own (`stations/{station}/_arrivals/...`)."""
+        folder, _, name = key.rpartition("/")
+        parts = name.split("_")
         if len(parts) < 4:
             return None
         try:
-            return cls(validate_case("_".join(parts[1:-2])), validate_slide(parts[-2]), validate_version(parts[-1]))
+            ref = cls(validate_case("_".join(parts[1:-2])), validate_slide(parts[-2]), validate_version(parts[-1]))
         except InvalidIdError:
             return None
+        return ref if (folder + "/").endswith(arrivals_folder(ref.station)) else None
 
 
 @dataclass(frozen=True)
 class NoticeName:
-    """What a `_stations/{station}/` key says: when, which case, a report or a request, and its number."""
+    """What a `centre/{station}/_notices/` key says: when, which case, a report or a request, and its number."""
 
     stamp: str
     case: str
@@ -145,40 +190,76 @@ def stamp(iso_time: str) -> str:
     return re.sub(r"[^0-9TZ]", "", iso_time)
 
 
+def station_folder(station: str) -> str:
+    """stations/{station}/: everything the station writes, and nothing else (its policy's read-write prefix)."""
+    return f"{STATION_TREES}/{validate_station(station)}/"
+
+
+def centre_folder(station: str) -> str:
+    """centre/{station}/: what the centre writes for the station (its policy's read-only prefix)."""
+    return f"{CENTRE_TREES}/{validate_station(station)}/"
+
+
+def stations_folder() -> str:
+    """stations/: its subfolders are the stations that have written to the store."""
+    return f"{STATION_TREES}/"
+
+
+def station_case_folder(case: str) -> str:
+    """stations/{station}/{case}/: the case as its station wrote it."""
+    return f"{station_folder(station_of(case))}{case}/"
+
+
+def centre_case_folder(case: str) -> str:
+    """centre/{station}/{case}/: the centre's documents of the case."""
+    return f"{centre_folder(station_of(case))}{case}/"
+
+
 def case_key(case: str, name: str) -> str:
-    """{case}/{name}: a document of the case itself (case.json)."""
-    return f"{validate_case(case)}/{name}"
+    """stations/{station}/{case}/{name}: a document of the case itself (case.json)."""
+    return f"{station_case_folder(case)}{name}"
 
 
 def slides_key(case: str, slide: str | None = None) -> str:
-    """{case}/slides/ or {case}/slides/{slide}/: the folder a new slide or version number is chosen in."""
-    return f"{validate_case(case)}/{SLIDES}/" + (f"{validate_slide(slide)}/" if slide else "")
+    """The station's {case}/slides/ or {case}/slides/{slide}/: the folder a new slide or version number is chosen in."""
+    return f"{station_case_folder(case)}{SLIDES}/" + (f"{validate_slide(slide)}/" if slide else "")
 
 
 def slide_claim_key(case: str, slide: str) -> str:
-    """{case}/slides/{slide}/slide.json: the create-only claim of a slide number."""
+    """The station's {case}/slides/{slide}/slide.json: the create-only claim of a slide number."""
     return f"{slides_key(case, slide)}{SLIDE_CLAIM}"
 
 
+def unsent_folder(case: str) -> str:
+    """stations/{station}/{case}/unsent/: the slide files of the specimen its station could not send."""
+    return f"{station_case_folder(case)}{UNSENT}/"
+
+
+def unsent_key(case: str, token: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{16}", token):
+        raise InvalidIdError(f"{token!r} is not an unsent slide's token (16 hex digits)")
+    return f"{unsent_folder(case)}{token}.json"
+
+
 def numbered_key(case: str, folder: str, number: int) -> str:
-    """{case}/{reports|requests}/{n:04d}.json: numbered versions, created once, never replaced."""
+    """centre/{station}/{case}/{reports|requests}/{n:04d}.json: numbered versions, created once, never replaced."""
     if folder not in (REPORTS, REQUESTS):
         raise InvalidIdError(f"{folder!r} is not a numbered folder")
-    return f"{validate_case(case)}/{folder}/{number:04d}.json"
+    return f"{centre_case_folder(case)}{folder}/{number:04d}.json"
 
 
 def report_key(case: str, number: int) -> str:
-    """{case}/reports/0001.json: the signed report is 1, each amendment the next (created, never replaced)."""
+    """The signed report is 1, each amendment the next (created, never replaced)."""
     return numbered_key(case, REPORTS, number)
 
 
 def request_key(case: str, number: int) -> str:
-    """{case}/requests/0001.json: what the pathologist asks of the hospital, numbered like reports."""
+    """What the pathologist asks of the hospital, numbered like reports."""
     return numbered_key(case, REQUESTS, number)
 
 
 def numbered_folder(case: str, folder: str) -> str:
-    """{case}/{reports|requests}/: where `numbered_key` writes."""
+    """centre/{station}/{case}/{reports|requests}/: where `numbered_key` writes."""
     return numbered_key(case, folder, 1).rsplit("/", 1)[0] + "/"
 
 
@@ -189,16 +270,16 @@ def number_of(key: str) -> int | None:
 
 
 def annotation_key(case: str, annotation: str) -> str:
-    """{case}/annotations/{id}.json: one mark on a slide version (`id` starts with its time: keys sort in time order)."""
+    """centre/{station}/{case}/annotations/{id}.json: one mark on a slide version (`id` starts with its time)."""
     return f"{annotations_folder(case)}{annotation}.json"
 
 
 def annotations_folder(case: str) -> str:
-    return f"{validate_case(case)}/{ANNOTATIONS}/"
+    return f"{centre_case_folder(case)}{ANNOTATIONS}/"
 
 
 def notice_key(station: str, at: str, case: str, kind: str, number: int) -> str:
-    """_stations/{station}/{time}_{case}_{kind}_{n}.json: a copy of a report or request for the station that
+    """centre/{station}/_notices/{time}_{case}_{kind}_{n}.json: a copy of a report or request for the station that
     registered the case, so a station finds everything addressed to it with one LIST (kind: "report" or "request")."""
     if kind not in NOTICE_KINDS:
         raise InvalidIdError(f"notice kind {kind!r} is not one of {', '.join(NOTICE_KINDS)}")
@@ -206,43 +287,90 @@ def notice_key(station: str, at: str, case: str, kind: str, number: int) -> str:
 
 
 def notices_folder(station: str) -> str:
-    return f"{STATIONS}/{validate_station(station)}/"
+    return f"{centre_folder(station)}{NOTICES}/"
+
+
+def people_folder() -> str:
+    return f"{CENTRE_TREES}/{PEOPLE}/"
 
 
 def person_key(user: str) -> str:
-    """_people/{id}.json (the ID is checked by the people format: u and 8 hex digits)."""
-    return f"{PEOPLE}/{user}.json"
+    """centre/_people/{id}.json (the ID is checked by the people format: u and 8 hex digits)."""
+    return f"{people_folder()}{user}.json"
 
 
 def audit_key(at: str, suffix: str) -> str:
-    """_audit/{YYYY-MM-DD}/{time}_{suffix}.json: one event, in time order within its day."""
+    """centre/_audit/{YYYY-MM-DD}/{time}_{suffix}.json: one event, in time order within its day."""
     return f"{audit_folder(at[:10])}{stamp(at)}_{suffix}.json"
 
 
 def audit_folder(date: str | None = None) -> str:
-    """_audit/ or _audit/{YYYY-MM-DD}/."""
+    """centre/_audit/ or centre/_audit/{YYYY-MM-DD}/."""
     if date is not None and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date):
         raise InvalidIdError(f"{date!r} is not a date (YYYY-MM-DD)")
-    return f"{AUDIT}/" + (f"{date}/" if date else "")
+    return f"{CENTRE_TREES}/{AUDIT}/" + (f"{date}/" if date else "")
+
+
+def arrivals_folder(station: str) -> str:
+    """stations/{station}/_arrivals/: the station's sends, in time order."""
+    return f"{station_folder(station)}{ARRIVALS}/"
+
+
+def arrivals_since(station: str, moment: str) -> str:
+    """The key of `station`'s `_arrivals/` to list after: everything stamped at or after `moment` (ISO or stamp)."""
+    return f"{arrivals_folder(station)}{stamp(moment)}"
+
+
+def is_name(name: str) -> bool:
+    """A case's local part or a converted image's name: letters, digits, '.', '_', '-', at most 64, never '..'."""
+    return bool(NAME_PATTERN.fullmatch(name)) and ".." not in name
 
 
 def is_case(name: str) -> bool:
-    return bool(CASE_PATTERN.fullmatch(name)) and ".." not in name
+    match = CASE_PATTERN.fullmatch(name)
+    return bool(match) and ".." not in name
 
 
 def validate_case(case: str) -> str:
-    """A case ID becomes part of every key: letters, digits, '.', '_', '-', at most 64, never '..'."""
+    """A case ID becomes part of every key: {station}.{local}, the local part 1-64 letters, digits, '.', '_', '-'."""
     if not isinstance(case, str) or not is_case(case):
         raise InvalidIdError(
-            f"case ID {case!r} is not allowed (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..')"
+            f"case ID {case!r} is not allowed ({{station}}.{{local}}: the station's ID, a '.', then 1-64 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit, no '..')"
         )
     return case
 
 
+def validate_name(name: str) -> str:
+    """A local name (a case ID's part after its station, a converted image's case name)."""
+    if not isinstance(name, str) or not is_name(name):
+        raise InvalidIdError(f"name {name!r} is not allowed (1-64 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit, no '..')")
+    return name
+
+
+def station_of(case: str) -> str:
+    """The station a case ID names: what comes before its first "."."""
+    return validate_case(case).split(".", 1)[0]
+
+
+def qualified_case(station: str, case: str) -> str:
+    """`case` as a case ID of `station`: kept when it already names the station, else `{station}.{case}`."""
+    validate_station(station)
+    if isinstance(case, str) and case.startswith(station + ".") and is_case(case):
+        return case
+    return validate_case(f"{station}.{validate_name(case)}")
+
+
+def is_station(name: str) -> bool:
+    return bool(STATION_PATTERN.fullmatch(name))
+
+
 def validate_station(station: str) -> str:
-    """A station name becomes part of keys: the rules of case IDs."""
-    if not isinstance(station, str) or not is_case(station):
-        raise InvalidIdError(f"station name {station!r} is not allowed (1-64 letters, digits, '.', '_' or '-')")
+    """A station's ID becomes part of keys and case IDs: 1-32 lower-case letters, digits or '-'."""
+    if not isinstance(station, str) or not is_station(station):
+        raise InvalidIdError(f"station ID {station!r} is not allowed (1-32 lower-case letters, digits or '-', "
+                             "starting with a letter or digit)")
     return station
 
 
@@ -269,15 +397,8 @@ def next_name(existing: Iterable[str], letter: str) -> str:
     return f"{letter}{max(numbers, default=0) + 1}"
 
 
-def is_final(triage: dict[str, Any] | None, model: str | None = None) -> bool:
-    """Whether `triage` (triage.json) is a complete full-magnification result (of `model`, when given): an edge
-    result, or one from before stages were recorded, never is."""
-    return bool(triage and triage.get("complete") and triage.get("stage") in FINAL_STAGES
-                and (model is None or triage.get("model") == model))
-
-
 def version_key(ref: SlideRef, name: str) -> str:
-    """{case}/slides/{slide}/{version}/{name}: a document of one slide version (manifest.json, triage.json)."""
+    """A document the station writes for one slide version (manifest.json, the edge's triage.json)."""
     return ref.key(name)
 
 
@@ -298,14 +419,24 @@ def heatmap_folder() -> str:
     return f"{HEATMAP}/"
 
 
-def arrivals_since(moment: str) -> str:
-    """The `_arrivals/` key to list after: everything stamped at or after `moment` (an ISO time or a stamp)."""
-    return f"{ARRIVALS}/{stamp(moment)}"
-
-
 def member(root: str, *names: str) -> str:
-    """{root}/{name}/...: an object below a slide version's root as a reader holds it (CASE/slides/s1/v1)."""
+    """{root}/{name}/...: an object below a slide version's root as a reader holds it."""
     return "/".join((root, *names))
 
 
-CORRUPT = "corrupt.json"  # below a slide version: the image's pieces found corrupt, for the station to send again
+def centre_twin(path: str) -> str | None:
+    """The centre's folder of the slide version at `path` (a URL or key ending in
+    stations/{station}/{case}/slides/{slide}/{version}), None for a path that is no such slide version (a local
+    archive, `convert`'s output: their results lie beside their image)."""
+    head, separator, tail = ("/" + path.rstrip("/")).rpartition(f"/{STATION_TREES}/")
+    try:
+        ref = SlideRef.parse(f"{STATION_TREES}/{tail}")
+    except InvalidIdError:
+        return None
+    return f"{head[1:]}/{ref.centre_root}" if head else ref.centre_root
+
+
+def is_legacy(top_level_folders: Iterable[str]) -> bool:
+    """Whether a store's top-level folders are those of layout 1 (`_arrivals/`, `_people/`, `_stations/` at the root):
+    its cases are read only after `slidestream migrate`."""
+    return bool({"_arrivals", "_people", "_stations"} & {name.strip("/") for name in top_level_folders})

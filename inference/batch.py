@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caseformat.layout import CASE_PATTERN, IMAGE_METADATA, MANIFEST, SLIDES, VERSION_PATTERN, version_number
+from caseformat.layout import (
+    CASE_PATTERN,
+    IMAGE_METADATA,
+    MANIFEST,
+    NAME_PATTERN,
+    SLIDES,
+    STATION_TREES,
+    VERSION_PATTERN,
+    centre_twin,
+    version_number,
+)
 from caseformat.results import Triage
 from inference.heatmap import read_triage
 from inference.pipeline import AnalyzeOptions, Progress, analyze_case, analyze_slide, check_not_failed, follow_case, read_manifest
@@ -52,10 +62,10 @@ def discover(inputs: Sequence[str | os.PathLike[str]], endpoint_url: str | None 
         if text.startswith("s3://") or Path(text).is_dir():
             location = Location.parse(text, endpoint_url)
             if _is_slide_version(location):
-                items.append(Item(text, _relative_name(location), location=location))
+                items.append(Item(text, _relative_name(location), location=_with_results(location)))
                 continue
-            found = newest_versions(location) or [  # a case folder, else a prefix of cases
-                version for case in location.subfolders() if CASE_PATTERN.fullmatch(case.name) for version in newest_versions(case)
+            found = newest_versions(location) or [  # a case folder, else a station's folder, else a whole store
+                version for case in _case_folders(location) for version in newest_versions(case)
             ]
             if found:
                 items += [Item(version.url, _relative_name(version), location=version) for version in found]
@@ -95,8 +105,23 @@ def newest_versions(case: Location) -> list[Location]:
     for slide in case.child(SLIDES).subfolders():
         versions = [version for version in slide.subfolders() if VERSION_PATTERN.fullmatch(version.name)]
         if versions:
-            newest.append(max(versions, key=lambda version: version_number(version.name)))
+            newest.append(_with_results(max(versions, key=lambda version: version_number(version.name))))
     return newest
+
+
+def _case_folders(location: Location) -> list[Location]:
+    """The case folders below every station of a store, or below a folder of cases (a station's, an archive's)."""
+    stations = location.child(STATION_TREES).subfolders()
+    if stations:
+        return [case for station in stations for case in station.subfolders() if CASE_PATTERN.fullmatch(case.name)]
+    return [case for case in location.subfolders() if NAME_PATTERN.fullmatch(case.name)]
+
+
+def _with_results(version: Location) -> Location:
+    """A slide version of a shared store with the centre's folder for its results, where the hub and the viewer
+    look; any other folder keeps its results beside its image."""
+    twin = centre_twin(version.url)
+    return version if twin is None else Location(version.url, version.endpoint_url, twin)
 
 
 def _relative_name(version: Location) -> str:

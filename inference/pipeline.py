@@ -216,12 +216,14 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
 
 def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
     """The edge triage's scores (its coarse map, published beside the image before the hub's first pass) on the
-    grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none."""
-    triage = read_triage(case)
-    if triage is None or triage.stage != EDGE or not case.exists(IMAGE_METADATA):
+    grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none. It
+    is read from the station's own folder (`Location.sent`): a station's map only ever orders the hub's work."""
+    sent = case.sent
+    triage = read_triage(sent)
+    if triage is None or triage.stage != EDGE or not sent.exists(IMAGE_METADATA):
         return None
-    edge = plan_heatmap(open_source(ZarrRef(case.child(IMAGE))), options)
-    return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, case.child(HEATMAP)) else None
+    edge = plan_heatmap(open_source(ZarrRef(sent.child(IMAGE))), options)
+    return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, sent.child(HEATMAP)) else None
 
 
 def _first(todo: np.ndarray, priority: np.ndarray | None, limit: int) -> np.ndarray:

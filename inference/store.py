@@ -23,6 +23,7 @@ import obstore.store
 import zarr
 from zarr.abc.store import Store
 
+from caseformat.layout import CENTRE_RESULTS, SlideRef
 from inference.errors import InferenceError
 from objectstore import StorageError, list_s3
 from transfer.readers import object_store
@@ -38,6 +39,25 @@ class Location:
 
     url: str
     endpoint_url: str | None = None
+    # a slide version on a shared store: the centre's folder of it, where its results (triage, heatmap, lease, pyramid
+    # record, corrupt record) are read and written; the image and the manifest stay the station's (`url`)
+    results_url: str | None = None
+
+    @classmethod
+    def slide_version(cls, store: Location, ref: SlideRef) -> Location:
+        """`ref` on the store at `store`: its station's folder, with the centre's folder for the results."""
+        return cls(store.child(ref.root).url, store.endpoint_url, store.child(ref.centre_root).url)
+
+    @property
+    def sent(self) -> Location:
+        """Only what the station wrote: its folder of a slide version (the edge triage's triage.json is read here)."""
+        return Location(self.url, self.endpoint_url)
+
+    def _route(self, key: str) -> tuple[Location, str]:
+        """Where `key` lives: the centre's folder for a result, this folder for everything else."""
+        if self.results_url is not None and key.split("/", 1)[0] in CENTRE_RESULTS:
+            return Location(self.results_url, self.endpoint_url), key
+        return self.sent if self.results_url is not None else self, key
 
     @classmethod
     def parse(cls, target: str | os.PathLike[str], endpoint_url: str | None = None) -> Location:
@@ -59,7 +79,8 @@ class Location:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
     def child(self, *parts: str) -> Location:
-        return Location("/".join([self.url, *parts]), self.endpoint_url)
+        home, _ = self._route(parts[0] if parts else "")
+        return Location("/".join([home.url, *parts]), self.endpoint_url)
 
     @property
     def _bucket_and_prefix(self) -> tuple[str, str]:
@@ -78,11 +99,16 @@ class Location:
 
     def read_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist (yet)."""
+        if self.results_url is not None:
+            home, key = self._route(key)
+            return home.read_bytes(key)
         try:
             if not self.is_s3:
                 return Path(self._key(key)).read_bytes()
             return bytes(obstore.get(self._bucket_store(), self._key(key)).bytes())
-        except FileNotFoundError:  # obstore's NotFoundError is one too
+        except (FileNotFoundError, obstore.exceptions.PermissionDeniedError):
+            # obstore's NotFoundError is a FileNotFoundError; an enrolled station is answered 403 for a missing object
+            # of its own folders (see `transfer.network.ABSENT`), and reads nothing else
             return None
         except (obstore.exceptions.BaseError, OSError) as error:
             raise InferenceError(f"{self._describe(key)}: cannot read: {_first_line(error)}") from None
@@ -98,6 +124,9 @@ class Location:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write (or replace) one object (a document's `to_json`); a single PUT on S3."""
+        if self.results_url is not None:
+            home, key = self._route(key)
+            return home.write_bytes(key, data)
         try:
             if self.is_s3:
                 obstore.put(self._bucket_store(), self._key(key), data)
@@ -113,6 +142,9 @@ class Location:
 
         A server that ignores the condition (older Ceph RGW, MinIO before 2024) just writes it: callers that need
         the claim to be exclusive read it back."""
+        if self.results_url is not None:
+            home, key = self._route(key)
+            return home.create_bytes(key, data)
         try:
             if self.is_s3:
                 obstore.put(self._bucket_store(), self._key(key), data, mode="create")
@@ -130,6 +162,9 @@ class Location:
     def write_verified(self, key: str, data: bytes, attempts: int = 5) -> None:
         """Write one object and make sure the server holds exactly these bytes, as the sender does: a single-part
         PUT whose returned ETag must be their MD5, sent again on a mismatch (at most `attempts` times)."""
+        if self.results_url is not None:
+            home, key = self._route(key)
+            return home.write_verified(key, data, attempts)
         if not self.is_s3:
             path = Path(self._key(key))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +183,9 @@ class Location:
         raise InferenceError(f"{self._describe(key)}: the server's copy differs from what was written ({attempts} attempts)")
 
     def exists(self, key: str) -> bool:
+        if self.results_url is not None:
+            home, key = self._route(key)
+            return home.exists(key)
         return self.read_bytes(key) is not None if self.is_s3 else Path(self._key(key)).exists()
 
     def subfolders(self) -> list[Location]:
@@ -181,10 +219,28 @@ class Location:
         if not self.is_s3:
             return zarr.storage.LocalStore(self.url, read_only=read_only)
         bucket, prefix = self._bucket_and_prefix
-        return zarr.storage.ObjectStore(_s3_store(bucket, prefix, self.endpoint_url), read_only=read_only)
+        return _ConfinedObjectStore(_s3_store(bucket, prefix, self.endpoint_url), read_only=read_only)
 
     def _bucket_store(self) -> obstore.store.S3Store:
         return _s3_store(self._bucket_and_prefix[0], "", self.endpoint_url)
+
+
+class _ConfinedObjectStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
+    """zarr's obstore-backed store, for which a 403 is a missing object as a 404 is: what an enrolled station is
+    answered for a missing object of its own folders (`transfer.network.ABSENT`). The centre, which may read
+    everything, is never answered 403."""
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        try:
+            return await super().get(key, prototype, byte_range)
+        except obstore.exceptions.PermissionDeniedError:
+            return None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return await super().exists(key)
+        except obstore.exceptions.PermissionDeniedError:
+            return False
 
 
 @cache

@@ -20,8 +20,10 @@ from slidestream.demo import demo
 from slidestream.export import export_dicom
 from slidestream.hub import hub
 from slidestream.keys import keys
+from slidestream.models import models
 from slidestream.send import resume, send
 from slidestream.serve import serve
+from slidestream.stations import stations
 from slidestream.status import status
 from slidestream.users import users
 from slidestream.watch import watch
@@ -156,6 +158,8 @@ for command in (send, resume, watch, status, serve, analyze, demo, export_dicom,
     app.command()(command)
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
+app.add_typer(stations, name="stations")
+app.add_typer(models, name="models")
 
 
 DEBUG_ENV = "SLIDESTREAM_DEBUG"

@@ -31,6 +31,7 @@ from slidestream.serve import DEFAULT_PORT
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "slides" / "CMU-1-Small-Region.svs"
 BUCKET = "slidestream-demo"
+STATION = "demo"  # the one hospital of the demo
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -47,8 +48,11 @@ def demo(
     if not slide.exists():
         raise DemoError(f"{slide}: sample slide not found (pass --slide PATH to any slide)")
     started = time.monotonic()
+    from caseformat.layout import qualified_case
+
     with tempfile.TemporaryDirectory(prefix="slidestream-demo-") as work, _local_s3() as endpoint:
-        store, case = f"s3://{BUCKET}/demo", secrets.token_hex(8)  # a new specimen: its link exists before its first byte
+        # a new specimen of the demo's station: its link exists before its first byte
+        store, case = f"s3://{BUCKET}/demo", qualified_case(STATION, secrets.token_hex(8))
         # the viewer and the station share one state dir, as on a machine that is both: the station finds the
         # centre's public keys (centre-keys.pem) where the viewer's signing key put them
         server, origin, link = _start_viewer(store, endpoint, port, case, Path(work) / "state")
@@ -93,7 +97,7 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
     from slidestream.errors import DemoError
     from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
 
-    location = Location.parse(store, endpoint).child(SlideRef(case).root)  # the case's first slide, first scan
+    location = Location.slide_version(Location.parse(store, endpoint), SlideRef(case))  # its first slide, first scan
 
     def reached() -> set[str]:
         manifest = location.read_json(MANIFEST) or {}
@@ -139,7 +143,7 @@ def _start_send(slide: Path, store: str, endpoint: str, case: str, state: Path) 
     """`slidestream send` as the hospital runs it: its own process, which forks its shard builders free of this
     one's threads (the viewer's); its summary comes as JSON on stdout."""
     return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--endpoint-url", endpoint,
-                             "--case", case, "--deadline", "60", "--state-dir", str(state), "--json"],
+                             "--case", case, "--station", STATION, "--deadline", "60", "--state-dir", str(state), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -41,7 +41,7 @@ def export_dicom(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export a slide or a stored case as a DICOM VL Whole Slide Microscopy series (JPEG tiles copied, de-identified)."""
-    from caseformat.layout import validate_case
+    from caseformat.layout import validate_name
     from slides import open_slide
     from slidestream.stored import is_stored_case, open_stored_case
     from tiling.dicom import export_dicom as export
@@ -53,7 +53,7 @@ def export_dicom(
         case_id = stored.case_id
         result = export(stored, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     else:
-        case_id = validate_case(case) if case is not None else content_id(Path(slide))
+        case_id = validate_name(case) if case is not None else content_id(Path(slide))
         with open_slide(slide) as opened:
             result = export(opened, out, case_id, mpp=mpp, quality=quality, overwrite=overwrite)
     stdout.print(

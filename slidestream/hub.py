@@ -103,14 +103,18 @@ class Hub:
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
     newest: dict[tuple[str, str], SlideRef] = field(default_factory=dict)  # (case, slide) -> its newest version
-    listed_after: str | None = None  # where the next LIST of the `_arrivals/` index starts
+    listed_after: dict[str, str] = field(default_factory=dict)  # station -> where its next `_arrivals/` LIST starts
     clocks: dict[str, float] = field(default_factory=dict)  # case -> when its clock started (epoch seconds)
     rate: float | None = None  # tiles per second of the last passes: sizes the next
     arrived: threading.Event = field(default_factory=threading.Event)  # discovery found something new
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, poll: float, once: bool) -> None:
+        from caseformat.layout import is_legacy
+
         stderr.print(f"hub {self.owner} watching {self.root.url}", markup=False, highlight=False, soft_wrap=True)
+        if is_legacy(folder.name for folder in self.root.subfolders()):
+            self.say(f"ERROR {self.root.url}: written by slidestream-case/1 (cases at its root): not read; see docs/format.md")
         stop = threading.Event()
         self.look()  # the first look before the first choice (and all of `once`'s)
         if not once:
@@ -159,22 +163,27 @@ class Hub:
             self.arrived.set()
 
     def arrivals(self) -> list[SlideRef]:
-        """Slide versions new since the last look, from the `_arrivals/` index: each slide's newest version (an
-        older version a rescan superseded is no longer worked on). The first look reads the whole index; later
-        ones start a day back (senders' clocks may differ a little from ours), so a look is one LIST page per 1000
-        slide versions sent in the last day."""
-        from caseformat.layout import ARRIVALS, SlideRef, arrivals_since, version_number
+        """Slide versions new since the last look, from each station's `_arrivals/` index: each slide's newest
+        version (an older version a rescan superseded is no longer worked on). The first look reads a station's
+        whole index; later ones start a day back (senders' clocks may differ a little from ours), so a look is one
+        LIST of the stations and one LIST page per station and 1000 slide versions it sent in the last day. An
+        arrival that names another station's case is skipped (`SlideRef.from_arrival`)."""
+        from caseformat.layout import STATION_TREES, SlideRef, arrivals_folder, arrivals_since, is_station, version_number
 
-        keys = self.root.keys(ARRIVALS, self.listed_after)
-        self.listed_after = arrivals_since(time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - 86400)))
         found = []
-        with self.lock:
-            for key in keys:
-                ref = SlideRef.from_arrival(key)
-                known = self.newest.get((ref.case, ref.slide)) if ref else None
-                if ref is not None and (known is None or version_number(ref.version) > version_number(known.version)):
-                    self.newest[(ref.case, ref.slide)] = ref
-                    found.append(ref)
+        day_ago = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - 86400))
+        for station in (folder.name for folder in self.root.child(STATION_TREES).subfolders()):
+            if not is_station(station):
+                continue
+            keys = self.root.keys(arrivals_folder(station).rstrip("/"), self.listed_after.get(station))
+            self.listed_after[station] = arrivals_since(station, day_ago)
+            with self.lock:
+                for key in keys:
+                    ref = SlideRef.from_arrival(key)
+                    known = self.newest.get((ref.case, ref.slide)) if ref else None
+                    if ref is not None and (known is None or version_number(ref.version) > version_number(known.version)):
+                        self.newest[(ref.case, ref.slide)] = ref
+                        found.append(ref)
         return found
 
     def clock(self, case: str, manifest: Manifest) -> float:
@@ -201,6 +210,7 @@ class Hub:
         Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
         GET of its manifest and one of its triage.json (and of the pyramid record once that is complete); a
         finished one costs nothing more."""
+        from inference import Location
         from slides.errors import one_line
 
         with self.lock:
@@ -210,7 +220,7 @@ class Hub:
             name = ref.label
             if name in self.finished:
                 continue
-            case = self.cases.setdefault(name, Tracked(self.root.child(ref.root), name))
+            case = self.cases.setdefault(name, Tracked(Location.slide_version(self.root, ref), name))
             try:
                 manifest = self.examine(case)
                 if manifest is None:

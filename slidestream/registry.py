@@ -16,7 +16,7 @@ Rules (`Registry.lookup` finds, slidestream/station.py decides and claims on the
 A specimen is recorded here before the store hears of it (the registry is the registration's idempotency key: a
 retry, a timeout or a restart finds the same case and clock); `unpublished` holds the cases whose case.json the store
 has not confirmed yet. `deliveries` is the outbox's ledger: each (case, kind, number) delivered once, with the
-digest of the text delivered, whichever way (a `_stations/` notice or the case's own reports) it came.
+digest of the text delivered, whichever way (a `_notices/` notice or the case's own reports) it came.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ class Registry:
 
     # -- what comes back -------------------------------------------------------------------------------------
     def cursor(self, store: str, station: str) -> str:
-        """The last `_stations/` key handled for this station (notices sort in time order)."""
+        """The last `_notices/` key handled for this station (notices sort in time order)."""
         rows = self._rows("SELECT last_key FROM cursors WHERE store=? AND station=?", store, station)
         return rows[0][0] if rows else ""
 

@@ -57,7 +57,8 @@ FULL_PYRAMID_HELP = "Also send the in-between levels (2x, 8x, ...) that a hub wo
 EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse heatmap travels first and hot regions are sent first."
 CASE_HELP = ("Add the slide to this case of the store (a case ID as `status` and the viewer show it; one the store does "
              "not have yet is registered under it). Default: the registry's (a resend, a rescan) or a new specimen's random ID.")
-STATION_HELP = "This station's name: reports and requests come back to it (default: from the host name)."
+STATION_HELP = ("This station's ID, as the centre enrolled it (`slidestream stations add`): its folder on the store, the "
+                "first part of its case IDs, where reports and requests come back (default: the host name).")
 CENTRE_KEYS_HELP = ("The centre's public keys (PEM, from `slidestream keys export` at the centre): only reports and requests they "
                     "verify are read (default STATE_DIR/centre-keys.pem).")
 INTERRUPTED = "interrupted: `slidestream resume` (or the same send command) continues where this stopped"
@@ -72,7 +73,7 @@ MILESTONE_LINES = {
 
 def send(
     slide: Annotated[Path, typer.Argument(help="The slide to send (a file, or a DICOM series folder).")],
-    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the slide goes to PREFIX/CASE/slides/SLIDE/VERSION/.")],
+    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; the slide goes to PREFIX/stations/STATION/CASE/slides/SLIDE/VERSION/.")],
     endpoint_url: Annotated[
         str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")
     ] = None,
@@ -82,7 +83,7 @@ def send(
     context_file: Annotated[
         Path | None, typer.Option("--context-file", help="The specimen's specimen.json (identity kept here, clinical context sent), as in a hot folder.", dir_okay=False)
     ] = None,
-    station: Annotated[str | None, typer.Option("--station", help=STATION_HELP)] = None,
+    station: Annotated[str | None, typer.Option("--station", envvar="SLIDESTREAM_STATION", help=STATION_HELP)] = None,
     concurrency: Annotated[
         str, typer.Option("--concurrency", help="Uploads in flight: a number (1-32) or 'auto' (sized from throughput and round trip).")
     ] = SEND_DEFAULTS["concurrency"],
@@ -120,14 +121,14 @@ def send(
         raise typer.BadParameter(f"{sse!r} is not AES256 or aws:kms", param_hint="--sse")
     if sse_kms_key_id and sse != "aws:kms":
         raise typer.BadParameter("needs --sse aws:kms", param_hint="--sse-kms-key-id")
-    from caseformat.layout import validate_case, validate_station
+    from caseformat.layout import validate_name, validate_station
     from transfer import default_state_dir
     from transfer.target import parse_endpoint, parse_store_url
 
     parse_store_url(destination)  # a bad URL, endpoint, case or station is one line before the slide is opened
     parse_endpoint(endpoint_url)
     if case is not None:
-        validate_case(case)
+        validate_name(case)  # the station's ID goes before it (`caseformat.layout.qualified_case`)
     if station is not None:
         validate_station(station)
     args = send_arguments(

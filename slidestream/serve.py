@@ -76,9 +76,10 @@ def serve(
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither")
     import uvicorn  # here: the viewer's imports (web server, zarr, S3) stay out of the other commands
 
+    from caseformat.layout import is_legacy
     from slidestream.errors import ServeError
     from viewer import Tokens, create_app, load_secret, open_storage
-    from viewer.tokens import CASE_ID
+    from viewer.cases import case_ids, top_folders
 
     image = single_image(Path(store)) if not store.startswith("s3:") and (Path(store) / "zarr.json").is_file() else None
     storage = image or open_storage(store, endpoint_url)
@@ -88,7 +89,9 @@ def serve(
                      folder=key_folder(key_dir), **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
     import asyncio  # here: every other command would pay for it at start-up
 
-    cases = [case for case in asyncio.run(storage.list_dirs()) if CASE_ID.fullmatch(case)]
+    cases = asyncio.run(case_ids(storage))
+    if is_legacy(asyncio.run(top_folders(storage))):
+        stderr.print(f"{store}: written by slidestream-case/1 (cases at its root): not shown; see docs/format.md", markup=False)
     try:
         # bind and load the TLS files first: a taken port or a bad certificate is one line, and no links get printed
         sock = _bind(host, port, fall_back=getattr(ctx.get_parameter_source("port"), "name", None) == "DEFAULT")
@@ -162,15 +165,18 @@ def _bind(host: str, port: int, fall_back: bool) -> socket.socket:
         return sock
 
 
+LOCAL_STATION = "local"  # a converted image served alone: no hospital sent it, its case is named under this
+
+
 def single_image(image: Path) -> Storage:
     """One converted image as a store of one case, named after its folder (`case.ome.zarr` -> `case`). Its other
     objects (the pathologist's report) go to a folder in the state dir: the image folder is `convert`'s output."""
+    from caseformat.layout import is_name, qualified_case
     from transfer import default_state_dir
     from viewer.cases import SingleImage
-    from viewer.tokens import CASE_ID
 
     name = re.sub(r"(\.ome)?\.zarr$", "", image.resolve().name)
-    case = name if CASE_ID.fullmatch(name) else "image"
+    case = qualified_case(LOCAL_STATION, name if is_name(name) else "image")
     beside = default_state_dir() / "serve" / hashlib.sha256(str(image.resolve()).encode()).hexdigest()[:12]
     beside.mkdir(parents=True, exist_ok=True)
     return SingleImage(image, case, beside)

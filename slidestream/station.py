@@ -3,7 +3,7 @@ pathology centre sends back (reports and requests): only what the centre signed 
 (`Station.notice`); every other store document is refused in one line. Store text is shown as text
 (`slides.errors.printable`), in the log and in the outbox file, and a delivered report is never replaced. What comes
 back is delivered once per (case, kind, number), as the registry's ledger records it (`Station.deliver`): the
-`_stations/{station}/` notices are the fast path, and the station also reads the reports of its own open cases
+`centre/{station}/_notices/` notices are the fast path, and the station also reads the reports of its own open cases
 (`Station.reconcile`), so a notice that lands late, or never, loses no report.
 
 One registration path for `send` and `watch`: a specimen (a hot-folder subfolder, a `--context-file`, or a slide
@@ -46,11 +46,12 @@ from caseformat.layout import (
     notices_folder,
     number_of,
     numbered_folder,
+    qualified_case,
     report_key,
     request_key,
     slides_key,
     stamp,
-    validate_case,
+    station_of,
     validate_station,
 )
 from caseformat.signing import KeyFileError, TrustedKeys
@@ -95,9 +96,9 @@ class AlreadySent(Exception):
 
 
 def default_station() -> str:
-    """This machine's station name: its host name, made a valid key part."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip("-.")[:64] or "station"
-    return validate_station(name.replace("..", "-"))
+    """This machine's station ID when none is given (a single-machine set-up; an enrolled station is given its ID):
+    its host name, made a valid station ID."""
+    return validate_station(re.sub(r"[^a-z0-9]+", "-", socket.gethostname().lower()).strip("-")[:32].strip("-") or "station")
 
 
 @dataclass(frozen=True)
@@ -257,13 +258,13 @@ class Station:
         document's reader refuses it), so a planted giant costs no memory."""
         from botocore.exceptions import ClientError
 
-        from transfer.network import error_code, fatal
+        from transfer.network import ABSENT, error_code, fatal
 
         try:
             data: bytes = self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read(DOCUMENT_LIMIT + 1)
             return data
         except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
+            if error_code(error) in ABSENT:
                 return None
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
         except Exception as error:  # noqa: BLE001
@@ -306,13 +307,14 @@ class Station:
         a second case or a later clock; then, with `publish`, the store gets case.json (see `publish`). A case the
         store has already (send --case) keeps its clock; without `publish` the send creates case.json before its
         first manifest."""
+        case = qualified_case(self.name, case) if case is not None else None
         known = self.registry.specimen(self.key, case=case) if case else self.registry.specimen(self.key, source=info.source)
         if known is not None:
             if publish and self.registry.unpublished(self.key, known.case):
                 self.publish(known)
             return known
         given = case is not None
-        case = validate_case(case) if case is not None else new_case_id()
+        case = case if case is not None else qualified_case(self.name, new_case_id())
         stored = self._stored_record(case) if given else None
         specimen = Specimen(case, info.name, info.source, dict(info.identity), dict(info.context), self.name,
                             stored.registered_at if stored else found_at or utc_now())  # fmt: skip
@@ -372,7 +374,7 @@ class Station:
         (send --case), only that case's slides count and a new file becomes its next slide."""
         facts = file_facts(path)
         info = info or SpecimenInfo(path.name, f"file:{facts.path}")
-        scope = validate_case(case) if case else None
+        scope = qualified_case(self.name, case) if case else None
         known = self.registry.specimen(self.key, case=scope) if scope else self.registry.specimen(self.key, source=info.source)
         if scope:
             self.register(info, scope, publish=False)
@@ -437,7 +439,7 @@ class Station:
         document = read_notice(data, key, trusted, name.kind)
         if (document.case, document.number) != (name.case, name.number):
             raise DocumentError(f"{key}: holds {name.kind} {document.number} of case {document.case}, not what its name says")
-        if document.station != self.name:
+        if document.station != self.name or station_of(document.case) != self.name:
             raise DocumentError(f"{key}: is for station {document.station or '(none)'}, not {self.name}")
         return document
 
@@ -502,7 +504,7 @@ class Station:
                 "that one is kept, nothing was written")  # fmt: skip
 
     def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
-        """The `_stations/` notices are the fast path; this is the one that misses nothing: the numbered reports and
+        """The `_notices/` are the fast path; this is the one that misses nothing: the numbered reports and
         requests of this station's open cases (`Registry.open_cases`), `limit` cases a round, those read longest ago
         first, each one not delivered yet delivered now. A notice that lands late, or never, then costs nothing."""
         since = utc_now(datetime.now(UTC) - timedelta(hours=RECONCILE_HOURS))

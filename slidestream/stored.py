@@ -39,9 +39,10 @@ from caseformat.layout import (
     PYRAMID,
     SLIDES,
     VERSION_PATTERN,
+    centre_twin,
     image_key,
     member,
-    validate_case,
+    validate_name,
     version_number,
 )
 from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
@@ -95,12 +96,14 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
         reason = manifest.failure
         raise StoredCaseError(f"{target}: the case is not complete (state {manifest.state}{f': {reason}' if reason else ''}); "
                               "export it once its send has finished")
-    if manifest is not None and not manifest.hub_pyramid_done(folder.read_document(PYRAMID, PyramidRecord.read)):
+    twin = centre_twin(root)  # a shared store's slide version: the hub's record lies in the centre's folder
+    results = CaseFolder(target, _store(twin, endpoint_url)) if twin else folder
+    if manifest is not None and not manifest.hub_pyramid_done(results.read_document(PYRAMID, PyramidRecord.read)):
         raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet (pyramid.json not complete); "
                               "export it once `slidestream hub` has, or send with --full-pyramid")
     in_case = named_image or manifest is not None or folder.read(IMAGE_METADATA) is not None
     image = image_key("") if in_case else ""  # else convert's output: the folder is the image
-    return StoredCase(folder, image, validate_case(case_id) if case_id is not None else _case_name(target, case_name))
+    return StoredCase(folder, image, validate_name(case_id) if case_id is not None else _case_name(target, case_name))
 
 
 def _store(root: str, endpoint_url: str | None) -> Store:
@@ -269,7 +272,7 @@ def _case_name(target: str, name: str) -> str:
     for suffix in (".ome.zarr", ".zarr"):
         name = name.removesuffix(suffix)
     try:
-        return validate_case(name)
+        return validate_name(name)
     except SlidestreamError:
         raise StoredCaseError(f"{target}: its name {name!r} is no valid case ID; name one with --case") from None
 

@@ -51,7 +51,7 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vm
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
 FAILED = "failed"
 OUTBOX = "outbox"
-NOTICE_POLL = 1.0  # seconds between looks at _stations/{station}/
+NOTICE_POLL = 1.0  # seconds between looks at centre/{station}/_notices/
 RECONCILE_EVERY = 30.0  # seconds between reads of the open cases' own reports (`Station.reconcile`)
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 RESEND_EVERY = 60.0  # seconds between looks for pieces the centre found corrupt (one GET per recent complete send)
@@ -427,7 +427,7 @@ class Backoff:
 
 def watch(
     folder: Annotated[Path, typer.Argument(help="The hot folder the scanner writes into.", file_okay=False, exists=True)],
-    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/CASE/slides/SLIDE/VERSION/.")],
+    destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/stations/STATION/CASE/slides/SLIDE/VERSION/.")],
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
     settle: Annotated[
         float, typer.Option("--settle", min=0, help="Seconds a slide must stay unchanged before it is sent, unless its structure proves it whole (TIFF family).")
@@ -441,7 +441,7 @@ def watch(
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
     full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal, registry and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
-    station: Annotated[str | None, typer.Option("--station", help=STATION_HELP)] = None,
+    station: Annotated[str | None, typer.Option("--station", envvar="SLIDESTREAM_STATION", help=STATION_HELP)] = None,
     outbox: Annotated[
         Path | None, typer.Option("--outbox", help="Where reports and requests for this station are written as text (default FOLDER/outbox).", file_okay=False)
     ] = None,
@@ -641,7 +641,7 @@ class Hospital:
             print(printable(line), flush=True)
 
     def poll_once(self, station: Any = None) -> Any:
-        """One LIST of _stations/{station}/ after the last key handled (the fast path), and every RECONCILE_EVERY
+        """One LIST of centre/{station}/_notices/ after the last key handled (the fast path), and every RECONCILE_EVERY
         seconds the reports of this station's open cases read from the cases themselves (so a notice that lands late
         or never is no report missed): each report or request not delivered yet printed, logged and written to the
         outbox, or refused in one line. A store or an outbox that cannot be used is said once and tried again at

@@ -29,10 +29,12 @@ pytestmark = pytest.mark.slow  # the real model on slides
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
 # 17-29 um/px, and a TIFF whose resolution tags say 72 dpi (353 um/px), against the model's 0.5 um/px
 TOO_COARSE = ["camelyon-lymphnode.dcm", "wsi2dcm-jpeg.dcm", "wsi2dcm-jpeg2000.dcm", "synthetic-boxes.tiff"]
+S3_CASE = "h1.case-from-s3"  # station h1's case
 
 
 def upload_case(server: S3Server, bucket: str, name: str) -> str:
-    """CMU-1-Small-Region converted and uploaded as a finished case, its one slide at s3://bucket/cases/{name}/slides/s1/v1/."""
+    """CMU-1-Small-Region converted and uploaded as a finished case, its one slide at
+    s3://bucket/cases/stations/{station}/{name}/slides/s1/v1/."""
     client = server.client()
     with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
         plan = plan_pyramid(slide, ConvertOptions())
@@ -48,7 +50,7 @@ def upload_case(server: S3Server, bucket: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> tuple[list[str], Path, Path, object]:
     bucket = s3_server.new_bucket()
-    prefix = upload_case(s3_server, bucket, "case-from-s3")
+    prefix = upload_case(s3_server, bucket, S3_CASE)
     inputs = [str(sample(name)) for name in ALL_SAMPLES + BAD] + [prefix]
     work = tmp_path_factory.mktemp("batch")
     args = ["analyze", *inputs, "--report", str(work / "report.csv"), "--out", str(work / "out"), "--coarse",
@@ -68,34 +70,34 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
     _, report, out, result = batch
     assert result.exit_code == 1, result.output  # some inputs failed
     found = rows(report)
-    assert set(found) == {Path(name).stem for name in ALL_SAMPLES + BAD} | {"case-from-s3"}
+    assert set(found) == {Path(name).stem for name in ALL_SAMPLES + BAD} | {S3_CASE}
     for name in BAD:
         row = found[Path(name).stem]
         assert row["status"] == "error" and name in row["error"] and "\n" not in row["error"]
     for name in TOO_COARSE:
         assert found[Path(name).stem]["status"] == "error" and "too coarse" in found[Path(name).stem]["error"]
     analysed = [case for case, row in found.items() if row["status"] == "ok"]
-    assert sorted(analysed) == sorted({Path(n).stem for n in ALL_SAMPLES if n not in TOO_COARSE} | {"case-from-s3"})
+    assert sorted(analysed) == sorted({Path(n).stem for n in ALL_SAMPLES if n not in TOO_COARSE} | {S3_CASE})
     for case in analysed:
         row = found[case]
         assert 0 <= float(row["score"]) <= float(row["max"]) <= 1 and int(row["tiles_scored"]) > 0
         assert float(row["seconds"]) > 0
-        if case != "case-from-s3":
+        if case != S3_CASE:
             assert row["case"] == content_id(Path(row["slide"]))  # named by a pseudonym of its content, never by the file
         triage = json.loads((out / row["case"] / "triage.json").read_text())
         assert triage["complete"] is True and triage["score"] == pytest.approx(float(row["score"]), abs=1e-4)
         # a valid OME-Zarr on the slide's tile grid, zero on background
         image = np.asarray(list(Reader(parse_url(str(out / row["case"] / "heatmap.zarr")))())[0].data[0])[0]
-        slide = sample("CMU-1-Small-Region.svs" if case == "case-from-s3" else row["slide"])
+        slide = sample("CMU-1-Small-Region.svs" if case == S3_CASE else row["slide"])
         expected = plan_heatmap(open_source(SlideRef.of(slide)), AnalyzeOptions())
         assert image.shape == expected.grid.shape and (image[~expected.tissue] == 0).all()
         assert abs(int(image.max()) - float(row["max"]) * 255) <= 1
     assert json.loads((out / found["TCGA-CR-7395-jp2k"]["case"] / "triage.json").read_text())["summary"]["mpp_assumed"] is True
-    for case in ("CMU-1-Small-Region", "TCGA-CR-7395-jp2k", "case-from-s3"):
+    for case in ("CMU-1-Small-Region", "TCGA-CR-7395-jp2k", S3_CASE):
         assert found[case]["blur_fraction"] == "0.0"  # sharp scans
     assert found["ndpi-fluorescence-DAPI"]["blur_fraction"] == ""  # dark-field: focus is not judged
     # the same slide read from S3 as an OME-Zarr case and from its file gives nearly the same triage
-    assert float(found["case-from-s3"]["score"]) == pytest.approx(float(found["CMU-1-Small-Region"]["score"]), abs=0.05)
+    assert float(found[S3_CASE]["score"]) == pytest.approx(float(found["CMU-1-Small-Region"]["score"]), abs=0.05)
 
 
 def test_rerun_skips_finished_slides(batch) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,7 @@ READ_LABEL = """async ([name, level, y, x]) => {
 class SentCase:
     server: S3Server
     bucket: str
-    prefix: str  # cases/CASE/slides/s1/v1/image.zarr/
+    prefix: str  # cases/stations/STATION/CASE/slides/s1/v1/image.zarr/
 
     @property
     def url(self) -> str:
@@ -109,7 +109,7 @@ def sent(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> SentC
     bucket = s3_server.new_bucket()
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample(SLIDE)), f"s3://{bucket}/cases", "--endpoint-url",
-         s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state")), "--no-edge", "--json"],
+         s3_server.endpoint_url, "--station", "h1", "--state-dir", str(tmp_path_factory.mktemp("state")), "--no-edge", "--json"],
         capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

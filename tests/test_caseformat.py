@@ -19,17 +19,36 @@ from hypothesis import strategies as st
 from caseformat.bounded import DEPTH_LIMIT, DOCUMENT_LIMIT, Fields, load, parse_time, utc_now
 from caseformat.documents import Annotation, AuditEvent, Author, CaseRecord, Person, Report, Request, SlideRead, read_notice
 from caseformat.errors import DocumentError, InvalidIdError, SignatureError
-from caseformat.layout import NoticeName, SlideRef, notice_key, report_key, validate_case
+from caseformat.layout import (
+    NoticeName,
+    SlideRef,
+    annotation_key,
+    arrivals_folder,
+    case_key,
+    centre_folder,
+    centre_twin,
+    notice_key,
+    notices_folder,
+    qualified_case,
+    report_key,
+    request_key,
+    slide_claim_key,
+    slides_key,
+    station_folder,
+    station_of,
+    validate_case,
+)
 from caseformat.signing import PRIVATE_KEY_FILE, PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
 from slides.errors import printable
 
 KEY = SigningKey.generate()
 TRUSTED = TrustedKeys([KEY.public])
 DOCTOR = Author("u0123abcd", "Dr Ana Ruiz")
+CASE = "theatre-3.S24_7"
 
 
 def report(**changes: object) -> Report:
-    genuine = Report("S24_7", 1, "malignant", "adenocarcinoma at the margin", DOCTOR, utc_now(), "theatre-3",
+    genuine = Report(CASE, 1, "malignant", "adenocarcinoma at the margin", DOCTOR, utc_now(), "theatre-3",
                      slides=(SlideRead("s1", "v1"),))  # fmt: skip
     return replace(genuine, **changes)  # type: ignore[arg-type]
 
@@ -69,12 +88,12 @@ def test_every_centre_document_reads_back_as_written_and_refuses_tampering_and_s
     documents = [
         report(),
         report(number=2, amends=1, category="benign"),
-        Request("S24_7", 1, "deeper level of block A", DOCTOR, now, "theatre-3", "s1"),
+        Request(CASE, 1, "deeper level of block A", DOCTOR, now, "theatre-3", "s1"),
         Person("u0123abcd", "Dr Ana Ruiz", "pathologist", now),
         Person("u0123abce", "Theatre 3", "station", now, station="theatre-3"),
-        AuditEvent(now, "sign", "S24_7", DOCTOR, report=1),
-        AuditEvent(now, "open-case", "S24_7"),
-        Annotation("20261205T173001123Z-0a1b2c3d", "S24_7", "s1", "v1", "polygon", ((1.0, 2.0), (3.0, 4.0), (5.0, 1.0)),
+        AuditEvent(now, "sign", CASE, DOCTOR, report=1),
+        AuditEvent(now, "open-case", CASE),
+        Annotation("20261205T173001123Z-0a1b2c3d", CASE, "s1", "v1", "polygon", ((1.0, 2.0), (3.0, 4.0), (5.0, 1.0)),
                    replace(DOCTOR, role="pathologist"), now, "sample here"),  # fmt: skip
     ]
     stranger = SigningKey.generate()
@@ -108,7 +127,7 @@ def test_a_notice_is_the_signed_report_itself() -> None:
 
 
 def test_case_record_bounds_dates_and_ids() -> None:
-    genuine = CaseRecord("S24_7", utc_now(), "theatre-3", (("clinical_question", "margin?"),))
+    genuine = CaseRecord(CASE, utc_now(), "theatre-3", (("clinical_question", "margin?"),))
     assert CaseRecord.read(genuine.to_json()) == genuine
     for bad in ({**json.loads(genuine.to_json()), "registered_at": "9999-01-01T00:00:00Z"},
                 {**json.loads(genuine.to_json()), "registered_at": "yesterday"},
@@ -120,21 +139,92 @@ def test_case_record_bounds_dates_and_ids() -> None:
 
 
 def test_notice_keys_parse_back_even_when_the_case_id_holds_underscores() -> None:
-    key = notice_key("theatre-3", "2026-12-05T17:30:01.123Z", "S24_0001_A", "report", 2)
-    assert NoticeName.parse(key) == NoticeName("20261205T173001123Z", "S24_0001_A", "report", 2)
-    for bad in ("_stations/x/20261205T1Z_a/b_report_0001.json", "_stations/x/20261205T1Z_.._report_0001.json",
-                "_stations/x/20261205T1Z_c_invoice_0001.json", "_stations/x/notes.txt"):  # fmt: skip
-        assert NoticeName.parse(bad) is None
+    key = notice_key("theatre-3", "2026-12-05T17:30:01.123Z", "theatre-3.S24_0001_A", "report", 2)
+    assert key.startswith(notices_folder("theatre-3"))
+    assert NoticeName.parse(key) == NoticeName("20261205T173001123Z", "theatre-3.S24_0001_A", "report", 2)
+    notices = notices_folder("x")
+    for bad in ("20261205T1Z_x.a/b_report_0001.json", "20261205T1Z_.._report_0001.json", "20261205T1Z_x.c_invoice_0001.json",
+                "20261205T1Z_unqualified_report_0001.json", "notes.txt"):  # fmt: skip
+        assert NoticeName.parse(notices + bad) is None
 
 
 def test_keys_refuse_names_that_would_leave_their_folder() -> None:
-    for bad in ("../etc", "a/b", "", ".hidden", "x" * 65, "a..b"):
+    for bad in ("../etc", "a/b", "", ".hidden", "x" * 65, "a..b", "h1../etc", "h1.a/b", "h1.", "H1.a", "_h1.a", "h1." + "x" * 65):
         with pytest.raises(InvalidIdError):
             validate_case(bad)
         with pytest.raises(InvalidIdError):
             report_key(bad, 1)
-    assert SlideRef.from_arrival("_arrivals/20261205T1Z_S24_7_s1_v2") == SlideRef("S24_7", "s1", "v2")
-    assert SlideRef.from_arrival("_arrivals/20261205T1Z_.._s1_v2") is None
+    arrivals = arrivals_folder("theatre-3")
+    assert SlideRef.from_arrival(f"{arrivals}20261205T1Z_{CASE}_s1_v2") == SlideRef(CASE, "s1", "v2")
+    assert SlideRef.from_arrival(f"{arrivals}20261205T1Z_.._s1_v2") is None
+    assert SlideRef.from_arrival(f"{arrivals}20261205T1Z_theatre-3.._s1_v2") is None
+
+
+STATIONS = st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True)
+LOCALS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True).filter(lambda name: ".." not in name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STATIONS, LOCALS, STATIONS, st.integers(1, 9999), st.integers(1, 9999))
+def test_every_key_of_a_case_lies_in_its_own_stations_folder_or_the_centres_folder_for_that_station(
+        station: str, local: str, other: str, slide: int, version: int) -> None:  # fmt: skip
+    """One S3 policy per station (read-write stations/{station}/, read-only centre/{station}/) confines it only if
+    no key of its cases lies anywhere else, whatever the station and case are called."""
+    case = qualified_case(station, local)
+    assert station_of(case) == station
+    ref = SlideRef(case, f"s{slide}", f"v{version}")
+    station_writes = [ref.root, ref.key("manifest.json"), ref.key("image.zarr/0/c/0/0"), ref.claim_key,
+                      ref.arrival_key("2026-12-05T17:30:01.123Z"), case_key(case, "case.json"), slides_key(case),
+                      slides_key(case, ref.slide), slide_claim_key(case, ref.slide)]  # fmt: skip
+    centre_writes = [ref.centre_root, ref.centre_key("triage.json"), ref.centre_key("heatmap.zarr/zarr.json"),
+                     ref.centre_key("hub.lease"), report_key(case, 1), request_key(case, 3),
+                     annotation_key(case, "20261205T173001123Z-0a1b2c3d"),
+                     notice_key(station, "2026-12-05T17:30:01Z", case, "report", 1)]  # fmt: skip
+    for key in station_writes:
+        assert key.startswith(station_folder(station)), key
+    for key in centre_writes:
+        assert key.startswith(centre_folder(station)), key
+    if other != station:
+        for key in station_writes + centre_writes:
+            assert not key.startswith((station_folder(other), centre_folder(other))), key
+    assert SlideRef.parse(ref.root) == ref
+    assert SlideRef.from_arrival(ref.arrival_key("2026-12-05T17:30:01.123Z")) == ref
+
+
+def test_a_case_filed_under_another_stations_folder_is_refused() -> None:
+    """A station can write only its own folder, so a case ID there that names another station is a forgery."""
+    assert SlideRef.parse("stations/h1/h1.a/slides/s1/v2") == SlideRef("h1.a", "s1", "v2")
+    for misfiled in ("stations/h2/h1.a/slides/s1/v2", "stations/h1-b/h1.a/slides/s1/v2", "centre/h1/h1.a/slides/s1/v2",
+                     "h1.a/slides/s1/v2", "stations/h1/a/slides/s1/v2"):  # fmt: skip
+        with pytest.raises(InvalidIdError):
+            SlideRef.parse(misfiled)
+    with pytest.raises(InvalidIdError, match="filed under station 'h2'"):
+        SlideRef.parse("stations/h2/h1.a/slides/s1/v2")
+    arrival = SlideRef("h1.a", "s1", "v2").arrival_key("2026-12-05T17:30:01Z")
+    assert SlideRef.from_arrival(arrival) == SlideRef("h1.a", "s1", "v2")
+    name = arrival.rsplit("/", 1)[1]
+    for elsewhere in (arrivals_folder("h2"), arrivals_folder("h1-b"), "_arrivals/", "centre/h1/_arrivals/", ""):
+        assert SlideRef.from_arrival(elsewhere + name) is None
+
+
+def test_a_case_id_is_qualified_by_the_station_that_sends_it() -> None:
+    assert qualified_case("theatre-3", "S24_7") == "theatre-3.S24_7"
+    assert qualified_case("theatre-3", "theatre-3.S24_7") == "theatre-3.S24_7"  # already its own: kept
+    assert qualified_case("h1", "h2.a") == "h1.h2.a" and station_of("h1.h2.a") == "h1"  # never another station's case
+    for station, local in (("H1", "a"), ("h.1", "a"), ("_h1", "a"), ("h1", "../a"), ("h1", ""), ("h1", "a/b"), ("h1", "a" * 65)):
+        with pytest.raises(InvalidIdError):
+            qualified_case(station, local)
+
+
+def test_the_centres_twin_of_a_slide_version_is_found_from_its_url_or_key() -> None:
+    version = "h1.a/slides/s1/v2"
+    assert centre_twin(f"stations/h1/{version}") == f"centre/h1/{version}"
+    assert centre_twin(f"s3://bucket/site/stations/h1/{version}/") == f"s3://bucket/site/centre/h1/{version}"
+    assert centre_twin(f"/srv/store/stations/h1/{version}") == f"/srv/store/centre/h1/{version}"
+    assert centre_twin(f"stations/h1/{version}") == SlideRef("h1.a", "s1", "v2").centre_root
+    for no_twin in ("/tmp/archive/h1.a/s1", f"stations/h2/{version}", f"centre/h1/{version}", f"s3://bucket/{version}",
+                    "stations/h1/h1.a/slides/s1"):  # fmt: skip
+        assert centre_twin(no_twin) is None
 
 
 def test_times_are_written_one_way_and_read_with_bounds() -> None:

@@ -19,7 +19,7 @@ from conftest import S3Server, sample
 from test_transfer import corrupt_slide, slidestream
 
 from caseformat.documents import Author, CaseRecord, Report, SlideRead
-from caseformat.layout import SlideRef, notice_key, report_key
+from caseformat.layout import CASE_RECORD, SlideRef, case_key, notice_key, report_key, slide_claim_key, slides_key
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey
 from transfer.identity import sample_digest
 
@@ -61,7 +61,7 @@ def test_two_slides_of_one_case_each_arrive_with_their_own_manifest_and_triage(s
     first = send(s3_server, s3_bucket, state, sample(CMU), "--edge")
     assert (first["slide"], first["version"]) == ("s1", "v1")
     case = first["case"]
-    s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{case}/slides/s2/slide.json", Body=b'{"station": "elsewhere"}')
+    s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{slide_claim_key(case, 's2')}", Body=b'{"station": "elsewhere"}')
     second = send(s3_server, s3_bucket, state, sample(TCGA), "--edge", "--case", case)
     assert (second["case"], second["slide"], second["version"]) == (case, "s3", "v1")
     keys = listing(s3_server, s3_bucket)
@@ -71,8 +71,8 @@ def test_two_slides_of_one_case_each_arrive_with_their_own_manifest_and_triage(s
         triage = read_json(s3_server, s3_bucket, f"{root(ref)}/triage.json")
         assert triage["source"] == f"{case}/{ref['slide']}/v1" and triage["score"] is not None
         assert any(key.startswith(f"{root(ref)}/heatmap.zarr/") for key in keys)
-    assert read_json(s3_server, s3_bucket, f"site/{case}/slides/s3/slide.json")["station"] == "theatre-3"
-    assert not any(key.startswith(f"site/{case}/slides/s2/v") for key in keys)
+    assert read_json(s3_server, s3_bucket, f"site/{slide_claim_key(case, 's3')}")["station"] == "theatre-3"
+    assert not any(key.startswith(f"site/{slides_key(case, 's2')}v") for key in keys)
     again = send(s3_server, s3_bucket, state, sample(CMU), "--edge")  # a resend triages nothing again either
     assert (again["case"], again["slide"], again["objects"]) == (case, "s1", 0) and listing(s3_server, s3_bucket) == keys
 
@@ -85,14 +85,14 @@ def test_a_resend_changes_nothing_on_the_store_and_keeps_the_clock(s3_server, s3
     shutil.copyfile(sample(CMU), slide)
     first = send(s3_server, s3_bucket, state, slide, "--no-edge")
     before = listing(s3_server, s3_bucket)
-    registered = read_json(s3_server, s3_bucket, f"site/{first['case']}/case.json")
+    registered = read_json(s3_server, s3_bucket, f"site/{case_key(first['case'], CASE_RECORD)}")
     copy = tmp_path / "copy of a.svs"
     shutil.copyfile(slide, copy)
     for again in (send(s3_server, s3_bucket, state, slide, "--no-edge"), send(s3_server, s3_bucket, state, slide, "--no-edge", "--case", first["case"]),
                   send(s3_server, s3_bucket, state, copy, "--no-edge")):  # fmt: skip
         assert (again["case"], again["slide"], again["version"], again["objects"]) == (first["case"], "s1", "v1", 0)
     assert listing(s3_server, s3_bucket) == before
-    assert read_json(s3_server, s3_bucket, f"site/{first['case']}/case.json") == registered
+    assert read_json(s3_server, s3_bucket, f"site/{case_key(first['case'], CASE_RECORD)}") == registered
 
 
 def test_a_rescan_is_the_next_version_and_leaves_v1_its_results(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -171,9 +171,9 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         _wait_for(lambda: any(" REGISTERED " in line for line in _log(state)), "registration", watcher)
         [line] = [line for line in _log(state) if " REGISTERED " in line]
         case = line.split(" case ")[1].split(",")[0]
-        record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{case}/case.json"))
+        record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{case_key(case, CASE_RECORD)}"))
         assert record is not None and record.station == "theatre-3" and dict(record.context)["clinical_question"] == "metastasis?"
-        assert not any(key.startswith(f"site/{case}/slides/") for key in listing(s3_server, s3_bucket)), "registered before any slide"
+        assert not any(key.startswith(f"site/{slides_key(case)}") for key in listing(s3_server, s3_bucket)), "registered before any slide"
         _wait_for(lambda: any(" REFUSED S26-004712" in line for line in _log(state)), "the refusal", watcher)
 
         shutil.copyfile(sample(CMU), specimen / "block A.svs")
@@ -181,7 +181,7 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         _wait_for(lambda: sum(" SENT " in line or " FAILED " in line for line in _log(state)) >= 2, "both slides handled", watcher)
         manifests = {name: read_json(s3_server, s3_bucket, f"site/{SlideRef(case, name).root}/manifest.json") for name in ("s1", "s2")}
         assert sorted(m["state"] for m in manifests.values()) == ["complete", "failed"], manifests
-        assert read_json(s3_server, s3_bucket, f"site/{case}/case.json")["registered_at"] == record.registered_at
+        assert read_json(s3_server, s3_bucket, f"site/{case_key(case, CASE_RECORD)}")["registered_at"] == record.registered_at
 
         report = Report(case, 1, "malignant", "metastatic carcinoma in one sentinel node", Author("u0c0ffee1", "Dr P. Kovacs"),
                         "2026-12-01T10:12:30.000Z", "theatre-3", slides=(SlideRead("s1", "v1"),))  # fmt: skip
@@ -220,17 +220,19 @@ def test_a_slide_number_another_station_claimed_first_is_never_shared(s3_server,
     from transfer import Journal, Sender, parse_destination
     from transfer.errors import SlideTakenError
 
-    dest = parse_destination(f"s3://{s3_bucket}/site", "c0ffee0123456789", s3_server.endpoint_url, slide="s2")
+    case = "theatre-3.c0ffee0123456789"
+    claim = f"site/{slide_claim_key(case, 's2')}"
+    dest = parse_destination(f"s3://{s3_bucket}/site", case, s3_server.endpoint_url, slide="s2")
     theirs = b'{"station": "theatre-1"}'
-    s3_server.client().put_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json", Body=theirs)
+    s3_server.client().put_object(Bucket=s3_bucket, Key=claim, Body=theirs)
     with Journal(tmp_path) as journal:
         sender = Sender(dest, journal)
         sender.begin({"slide": "unused"})
-        with pytest.raises(SlideTakenError, match="slide s2 of case c0ffee0123456789 was taken by another station"):
+        with pytest.raises(SlideTakenError, match="slide s2 of case theatre-3.c0ffee0123456789 was taken by another station"):
             sender.claim(b'{"station": "theatre-3"}')
         assert journal.unfinished() == []
-    assert listing(s3_server, s3_bucket).keys() == {"site/c0ffee0123456789/slides/s2/slide.json"}
-    assert s3_server.client().get_object(Bucket=s3_bucket, Key="site/c0ffee0123456789/slides/s2/slide.json")["Body"].read() == theirs
+    assert listing(s3_server, s3_bucket).keys() == {claim}
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key=claim)["Body"].read() == theirs
 
 
 def test_send_with_a_context_file_registers_like_watch_and_refuses_identifying_context(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -240,7 +242,7 @@ def test_send_with_a_context_file_registers_like_watch_and_refuses_identifying_c
     state, sidecar = tmp_path / "state", tmp_path / "specimen.json"
     sidecar.write_text(json.dumps({"accession": ACCESSION, "patient_name": PATIENT, "specimen_site": "thyroid, left lobe"}))
     first = send(s3_server, s3_bucket, state, sample(CMU), "--no-edge", "--context-file", sidecar)
-    record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{first['case']}/case.json"))
+    record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{case_key(first['case'], CASE_RECORD)}"))
     assert record is not None and dict(record.context) == {"specimen_site": "thyroid, left lobe"} and record.station == "theatre-3"
     second = send(s3_server, s3_bucket, state, sample(TCGA), "--no-edge", "--context-file", sidecar)
     assert (second["case"], second["slide"]) == (first["case"], "s2")

@@ -174,6 +174,9 @@ def _get(url: str, token: str) -> tuple[int, bytes]:
 
 
 def test_serve_on_a_single_converted_image_serves_it_as_one_case(tmp_path: Path) -> None:
+    from caseformat.layout import qualified_case
+    from slidestream.serve import LOCAL_STATION
+
     image = tmp_path / "biopsy.ome.zarr"
     assert slidestream("convert", sample("CMU-1-Small-Region.svs"), image, timeout=120).returncode == 0
     port = _free_port()
@@ -181,11 +184,12 @@ def test_serve_on_a_single_converted_image_serves_it_as_one_case(tmp_path: Path)
     process = subprocess.Popen([*CLI, "serve", "--store", str(image), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = _serve_lines(process, 3)
-        assert "1 case(s)" in lines[0] and lines[2].startswith(f"biopsy: http://127.0.0.1:{port}/view/biopsy#token="), lines
+        case = qualified_case(LOCAL_STATION, "biopsy")  # a converted image served alone is a case of no hospital's
+        assert "1 case(s)" in lines[0] and lines[2].startswith(f"{case}: http://127.0.0.1:{port}/view/{case}#token="), lines
         token = lines[2].split("#token=")[1]
-        status, body = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/slides/s1/v1/image", token)
+        status, body = _get(f"http://127.0.0.1:{port}/api/cases/{case}/slides/s1/v1/image", token)
         assert status == 200 and json.loads(body)["levels"], body
-        status, tile = _get(f"http://127.0.0.1:{port}/api/cases/biopsy/slides/s1/v1/tiles/0/0/0", token)
+        status, tile = _get(f"http://127.0.0.1:{port}/api/cases/{case}/slides/s1/v1/tiles/0/0/0", token)
         assert status == 200 and tile[:2] == b"\xff\xd8"  # the JPEG chunk, as stored
     finally:
         process.terminate()

@@ -31,6 +31,7 @@ from viewer.cases import Cases
 pytestmark = pytest.mark.slow  # sends, a hub pass and the model
 
 REPO = Path(__file__).resolve().parents[1]
+FLIPPED, SCORED, BETWEEN = "h1.flipped", "h1.scored", "h1.between"  # case IDs: station h1's
 
 
 def flip_in_chunk(shard: bytes, n: int, i: int, j: int) -> bytes:
@@ -57,14 +58,15 @@ def test_the_viewer_refuses_a_corrupt_chunk_and_index_never_caching_them_and_ser
     bucket = Bucket(s3_server)
     plan, pieces = pyramid()
     n, stored = plan.shard_chunks, shards(pieces)
-    bucket.send("flipped")
-    root = SlideRef("flipped").root
+    bucket.send(FLIPPED)
+    ref = SlideRef(FLIPPED)
+    root = ref.root
     chunk_shard, index_shard = "0/c/0/0/0", "0/c/0/1/1"
     bucket.put(f"{root}/{IMAGE}/{chunk_shard}", flip_in_chunk(stored[chunk_shard], n, 2, 3))
     bucket.put(f"{root}/{IMAGE}/{index_shard}", flip_in_index(stored[index_shard], n))
     with serving(bucket.storage()) as served:
-        token = served.token("flipped")
-        tile = "/api/cases/flipped/slides/s1/v1/tiles/0"
+        token = served.token(FLIPPED)
+        tile = f"/api/cases/{FLIPPED}/slides/s1/v1/tiles/0"
         refused = served.get(f"{tile}/2/3", token)
         assert refused.status_code == 502 and refused.headers["cache-control"] == "no-store"
         assert f"corrupt on the store: {root}/{IMAGE}/{chunk_shard}" in refused.json()["detail"]
@@ -77,10 +79,10 @@ def test_the_viewer_refuses_a_corrupt_chunk_and_index_never_caching_them_and_ser
         assert served.get(f"{tile}/{n}/{n}", token).status_code == 502  # refused every time, never cached whole
         elsewhere = served.get(f"{tile}/0/{n}", token)
         assert elsewhere.status_code == 200 and elsewhere.content == chunk_of(stored["0/c/0/0/1"], n, 0, 0)
-        status = served.get("/api/cases/flipped/slides/s1/v1/status", token).json()
+        status = served.get(f"/api/cases/{FLIPPED}/slides/s1/v1/status", token).json()
         assert status["corrupt"] == [chunk_shard, index_shard]
-    request = CorruptRecord.read(bucket.get(f"{root}/{CORRUPT}"))  # what the station is asked to send again
-    manifest = json.loads(bucket.get(f"{root}/manifest.json"))
+    request = CorruptRecord.read(bucket.get(ref.centre_key(CORRUPT)))  # what the station is asked to send again
+    manifest = json.loads(bucket.get(ref.key(MANIFEST)))
     assert request.keys == (chunk_shard, index_shard) and request.started_at == manifest["started_at"]
     assert resend_keys(Manifest.from_document(manifest), request) == [chunk_shard, index_shard]  # the sender's to-do
 
@@ -89,11 +91,12 @@ def test_analysis_leaves_tiles_of_a_corrupt_shard_unscored_and_the_map_not_final
     bucket = Bucket(s3_server)
     plan, pieces = pyramid()
     n, stored = plan.shard_chunks, shards(pieces)
-    bucket.send("scored")
-    root = SlideRef("scored").root
+    bucket.send(SCORED)
+    ref = SlideRef(SCORED)
+    root = ref.root
     key = "0/c/0/0/0"  # level 0, where the model reads this slide
     bucket.put(f"{root}/{IMAGE}/{key}", flip_in_chunk(stored[key], n, *written_chunk(stored[key], n)))
-    location = Location.parse(f"s3://{bucket.name}/{bucket.prefix}/{root}", bucket.endpoint_url)
+    location = Location.slide_version(Location.parse(f"s3://{bucket.name}/{bucket.prefix}", bucket.endpoint_url), ref)
 
     heatmap = analyze_case(location)
     side = plan.shard_side / heatmap.grid.tile  # tiles per shard side: the model reads level 0 of this slide
@@ -104,6 +107,7 @@ def test_analysis_leaves_tiles_of_a_corrupt_shard_unscored_and_the_map_not_final
     assert heatmap.scored[rows[~inside], cols[~inside]].all()
     assert heatmap.complete is False and location.read_json(TRIAGE)["complete"] is False  # never published as final
     assert CorruptRecord.read(location.read_bytes(CORRUPT) or b"").keys == (key,)
+    assert CorruptRecord.read(bucket.get(ref.centre_key(CORRUPT))).keys == (key,)  # in the centre's folder, for the station
 
     bucket.put(f"{root}/{IMAGE}/{key}", stored[key])  # the station sends it again
     heatmap = analyze_case(location, heatmap=heatmap)
@@ -128,15 +132,16 @@ def test_the_hub_does_not_build_a_level_from_a_corrupt_shard(s3_server: S3Server
     with open_slide(in_between) as slide:
         plan = plan_pyramid(slide, ConvertOptions(hub_levels=True, workers=2))
         pieces = list(produce(slide, plan, "between", {}))
-    root, n = SlideRef("between").root, plan.shard_chunks
+    ref, n = SlideRef(BETWEEN), plan.shard_chunks
+    root = ref.root
     stored = {piece.key: piece.data for piece in pieces if piece.kind == PieceKind.SHARD}
     for piece in pieces:
         bucket.put(f"{root}/{IMAGE}/{piece.key}", piece.data)
     hub_planned = tuple(task.key for task in plan.hub_shards)
     level0 = sorted(key for key in stored if key.startswith("0/"))
-    manifest = Manifest("between", "s1", "v1", "2026-12-05T18:00:00Z", COMPLETE, planned=tuple(stored), arrived=tuple(stored),
+    manifest = Manifest(BETWEEN, "s1", "v1", "2026-12-05T18:00:00Z", COMPLETE, planned=tuple(stored), arrived=tuple(stored),
                         hub_levels={"1": 0}, hub_planned=hub_planned)
-    location = Location.parse(f"s3://{bucket.name}/{bucket.prefix}/{root}", bucket.endpoint_url)
+    location = Location.slide_version(Location.parse(f"s3://{bucket.name}/{bucket.prefix}", bucket.endpoint_url), ref)
     location.write_bytes(MANIFEST, manifest.to_json())
     chunk_key, index_key = level0[0], level0[-1]
     bucket.put(f"{root}/{IMAGE}/{chunk_key}", flip_in_chunk(stored[chunk_key], n, *written_chunk(stored[chunk_key], n)))

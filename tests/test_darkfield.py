@@ -142,7 +142,7 @@ def test_shards_that_may_hold_faint_signal_are_planned_last_and_the_empty_ones_n
     produced = {str(path.relative_to(out)) for path in out.glob("[0-9]*/c/0/*/*")}
     assert produced <= set(order)
     assert {key for key in ((0, 1), (1, 0), (1, 1)) if level0[key].key in produced} == {(1, 1)}, "only the faint one"
-    arrivals = Arrivals(SlideRef("c"), plan, "2026-01-01T00:00:00.000Z", {})
+    arrivals = Arrivals(SlideRef("h1.c"), plan, "2026-01-01T00:00:00.000Z", {})
     for key in produced:
         arrivals.produced(key)
         arrivals.arrive(key, 1)

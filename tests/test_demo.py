@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from slidestream.demo import STATION
+
 pytestmark = pytest.mark.slow  # the whole demo
 
 
@@ -18,7 +20,8 @@ def test_demo_prints_the_viewer_first_and_the_milestones_as_they_happen() -> Non
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"viewer: http://127\.0\.0\.1:\d+/view/[0-9a-f]{16}#token=\S+ .*", lines[0]), result.stdout
+    case = rf"{STATION}\.[0-9a-f]{{16}}"  # a new specimen of the demo's station
+    assert re.fullmatch(rf"viewer: http://127\.0\.0\.1:\d+/view/{case}#token=\S+ .*", lines[0]), result.stdout
     labels = ["overview readable", "edge triage map readable", "all tissue at full resolution", "send complete",
               "pyramid complete (hub)", "hub map at full magnification"]
     times = {}
@@ -27,4 +30,4 @@ def test_demo_prints_the_viewer_first_and_the_milestones_as_they_happen() -> Non
         times[label] = float(match.group(1))
     # printed as they happened: the overview before full resolution, the send's end before the hub's final map
     assert times["overview readable"] <= times["all tissue at full resolution"] <= times["send complete"] <= times["hub map at full magnification"]
-    assert re.search(r"case [0-9a-f]{16}: \d+\.\d MB sent in \d+ objects", result.stdout)
+    assert re.search(rf"case {case}: \d+\.\d MB sent in \d+ objects", result.stdout)

@@ -27,6 +27,7 @@ TRUSTED = TrustedKeys([KEY.public])
 MEMORY_LIMIT = 32 * 2**20  # bytes any one read may allocate at its peak, whatever the document claims
 NOW = utc_now()
 DOCTOR = Author("u0123abcd", "Dr Ana Ruiz", "pathologist")
+CASE = "theatre-3.S24_7"
 HOSTILE_VALUES: list[Any] = [
     None, True, 0, -1, 2**64, 1e308, 0.5, "", "x" * 25_000, "\x1b[2K\nREPORT benign", "../../etc", "a/b", "a//b",
     "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2026-13-45T99:99:99Z", "\ud800", "\u202e", [], [0] * 10_000,
@@ -40,18 +41,18 @@ def _signed(document: Any) -> Callable[[bytes], Any]:
 
 # name: (genuine document as JSON, how it is read, whether the centre signs it)
 DOCUMENTS: dict[str, tuple[dict[str, Any], Callable[[bytes], Any], bool]] = {
-    "case.json": (json.loads(CaseRecord("S24_7", NOW, "theatre-3", (("clinical_question", "margin?"),)).to_json()), CaseRecord.read, False),
-    "slide.json": (json.loads(SlideClaim("S24_7", "s1", "theatre-3", NOW).to_json()), SlideClaim.read, False),
-    "manifest.json": (json.loads(Manifest("S24_7", "s1", "v1", NOW, planned=("0/c/0/0/0",), arrived=("0/c/0/0/0",)).to_json()), Manifest.read, False),
+    "case.json": (json.loads(CaseRecord(CASE, NOW, "theatre-3", (("clinical_question", "margin?"),)).to_json()), CaseRecord.read, False),
+    "slide.json": (json.loads(SlideClaim(CASE, "s1", "theatre-3", NOW).to_json()), SlideClaim.read, False),
+    "manifest.json": (json.loads(Manifest(CASE, "s1", "v1", NOW, planned=("0/c/0/0/0",), arrived=("0/c/0/0/0",)).to_json()), Manifest.read, False),
     "triage.json": (json.loads(Triage("image", 0.4, "capricorn0.1", "hub", True, {"tiles_scored": 3, "tissue_tiles": 3,
                     "top_regions": [{"x": 1, "y": 2, "width": 224, "height": 224, "score": 0.9}]}).to_json()), Triage.read, False),
     "hub.lease": (json.loads(Lease("hub-1", 1.9e9).to_json()), Lease.read, False),
     "pyramid.json": (json.loads(PyramidRecord(NOW, True, ("1/c/0/0/0",)).to_json()), PyramidRecord.read, False),
-    "report": (json.loads(Report("S24_7", 1, "malignant", "carcinoma", DOCTOR, NOW, "theatre-3", slides=(SlideRead("s1", "v1"),)).to_json(KEY)), _signed(Report), True),
-    "request": (json.loads(Request("S24_7", 1, "deeper level", DOCTOR, NOW, "theatre-3", "s1").to_json(KEY)), _signed(Request), True),
+    "report": (json.loads(Report(CASE, 1, "malignant", "carcinoma", DOCTOR, NOW, "theatre-3", slides=(SlideRead("s1", "v1"),)).to_json(KEY)), _signed(Report), True),
+    "request": (json.loads(Request(CASE, 1, "deeper level", DOCTOR, NOW, "theatre-3", "s1").to_json(KEY)), _signed(Request), True),
     "person": (json.loads(Person("u0123abcd", "Dr Ana Ruiz", "pathologist", NOW).to_json(KEY)), _signed(Person), True),
-    "audit": (json.loads(AuditEvent(NOW, "sign", "S24_7", DOCTOR, report=1).to_json(KEY)), _signed(AuditEvent), True),
-    "annotation": (json.loads(Annotation("20261205T173001123Z-0a1b2c3d", "S24_7", "s1", "v1", "line", ((1.0, 2.0), (3.0, 4.0)),
+    "audit": (json.loads(AuditEvent(NOW, "sign", CASE, DOCTOR, report=1).to_json(KEY)), _signed(AuditEvent), True),
+    "annotation": (json.loads(Annotation("20261205T173001123Z-0a1b2c3d", CASE, "s1", "v1", "line", ((1.0, 2.0), (3.0, 4.0)),
                                          DOCTOR, NOW, "here").to_json(KEY)), _signed(Annotation), True),
 }  # fmt: skip
 

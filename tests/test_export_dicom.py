@@ -26,7 +26,7 @@ from pydicom.encaps import generate_frames
 from test_phi import IDENTIFYING, NAME, make_dicom, make_svs
 from wsidicom import WsiDicom
 
-from caseformat.layout import SlideRef
+from caseformat.layout import SlideRef, qualified_case, station_case_folder
 from slides import open_slide
 from tiling.jpeg import ADOBE_RGB, self_contained_jpeg
 from transfer.identity import content_id
@@ -280,7 +280,13 @@ def test_dciodvfy_finds_no_error_in_any_file(export_name: str, request: pytest.F
 
 
 # -- a case already converted or sent: its chunks are the frames ---------------------------------------------------
-CASE = "CASE-CMU-7"
+STATION = "theatre-1"
+CASE = qualified_case(STATION, "CASE-CMU-7")  # as `send --case CASE-CMU-7 --station theatre-1` names it
+
+
+def case_url(bucket: str, case: str) -> str:
+    """The case on the store as `export-dicom` is given it: its station's folder of it."""
+    return f"s3://{bucket}/cases/{station_case_folder(case).rstrip('/')}"
 
 
 def convert_cmu(out: Path) -> Path:
@@ -300,15 +306,15 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sent(s3_server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """CMU-1 sent to the real S3 server, and the export of s3://BUCKET/cases/CASE."""
+    """CMU-1 sent to the real S3 server, and the export of s3://BUCKET/cases/stations/STATION/CASE."""
     bucket = s3_server.new_bucket()
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{bucket}/cases",
-         "--case", CASE, "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state")), "--no-edge"],
+         "--case", "CASE-CMU-7", "--station", STATION, "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path_factory.mktemp("state")), "--no-edge"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    out = exported(f"s3://{bucket}/cases/{CASE}", tmp_path_factory.mktemp("pacs") / "sent", "--endpoint-url", s3_server.endpoint_url)
+    out = exported(case_url(bucket, CASE), tmp_path_factory.mktemp("pacs") / "sent", "--endpoint-url", s3_server.endpoint_url)
     return {"server": s3_server, "bucket": bucket, "out": out}
 
 
@@ -420,9 +426,10 @@ def test_a_case_not_complete_is_refused_in_one_line(converted: dict[str, Path], 
 
 def test_an_s3_case_still_arriving_is_refused(sent: dict[str, object], tmp_path: Path) -> None:
     server, bucket = sent["server"], sent["bucket"]
-    manifest = {"format": "slidestream-manifest/2", "case": "ARRIVING", "state": "sending", "complete": False}
-    server.client().put_object(Bucket=bucket, Key=f"cases/{SlideRef('ARRIVING').root}/manifest.json", Body=json.dumps(manifest).encode())
-    result = export(f"s3://{bucket}/cases/ARRIVING", tmp_path / "pacs", "--endpoint-url", server.endpoint_url)
+    arriving = qualified_case(STATION, "ARRIVING")
+    manifest = {"format": "slidestream-manifest/2", "case": arriving, "state": "sending", "complete": False}
+    server.client().put_object(Bucket=bucket, Key=f"cases/{SlideRef(arriving).root}/manifest.json", Body=json.dumps(manifest).encode())
+    result = export(case_url(bucket, arriving), tmp_path / "pacs", "--endpoint-url", server.endpoint_url)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not complete (state sending)" in result.stderr
 
 

@@ -22,19 +22,34 @@ from test_viewer import CENTRE_KEY, KEY_DIR, TRUSTED, Bucket, Served, serving
 
 from caseformat.bounded import utc_now
 from caseformat.documents import PATHOLOGIST, STATION, Author, Person, Report, read_notice
-from caseformat.layout import SlideRef, audit_key, notices_folder, person_key, report_key, request_key
+from caseformat.layout import (
+    CASE_RECORD,
+    MANIFEST,
+    TRIAGE,
+    SlideRef,
+    audit_key,
+    case_key,
+    notices_folder,
+    person_key,
+    qualified_case,
+    report_key,
+    request_key,
+)
 from caseformat.signing import SigningKey
 from viewer.people import revoke_person
 
 STATION_ID = "theatre-3"
+UNSIGNED, OTHERKEY, CHANGED, PEOPLE, AUDIT, GOOD = (qualified_case(STATION_ID, name) for name in
+                                                   ("UNSIGNED-1", "OTHERKEY-1", "CHANGED-1", "PEOPLE-1", "AUDIT-1", "GOOD-1"))  # fmt: skip
+BAD, BADSLIDE, BADTRIAGE, BADCLOCK = (qualified_case(STATION_ID, name) for name in ("BAD", "BADSLIDE", "BADTRIAGE", "BADCLOCK"))
 
 
 @pytest.fixture(scope="module")
 def centre(s3_server: S3Server):  # type: ignore[no-untyped-def]
     """A store with registered cases whose slide has begun to arrive (enough to sign on), and the viewer."""
     bucket = Bucket(s3_server)
-    for case in ("UNSIGNED-1", "OTHERKEY-1", "CHANGED-1", "PEOPLE-1", "AUDIT-1", "GOOD-1"):
-        register(bucket, case, STATION_ID)
+    for case in (UNSIGNED, OTHERKEY, CHANGED, PEOPLE, AUDIT, GOOD):
+        register(bucket, case)
         bucket.send(case, arrived=lambda piece: False)
     with serving(bucket.storage()) as served:
         yield bucket, served
@@ -66,59 +81,60 @@ def assert_signs_over_the_forgery(bucket: Bucket, served: Served, case: str, tok
 
 def test_a_unsigned_benign_report_before_signing_is_not_the_report_and_the_pathologist_still_signs(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
-    forged = {"format": Report.FORMAT, **benign_report("UNSIGNED-1").to_dict()}
-    bucket.put(report_key("UNSIGNED-1", 1), json.dumps(forged).encode())
+    forged = {"format": Report.FORMAT, **benign_report(UNSIGNED).to_dict()}
+    bucket.put(report_key(UNSIGNED, 1), json.dumps(forged).encode())
     _, token = added(bucket, "Dr Genuine")
-    info = served.get("/api/cases/UNSIGNED-1", token).json()
+    info = served.get(f"/api/cases/{UNSIGNED}", token).json()
     assert info["signed_at"] is None
-    assert info["refused"] == ["UNSIGNED-1/reports/0001.json: not signed by the centre; refused"]
-    assert served.get("/api/cases/UNSIGNED-1/reports", token).json()["reports"] == []
-    assert served.get("/api/cases/UNSIGNED-1/slides/s1/v1/status", token).json()["report"] is None
-    assert_signs_over_the_forgery(bucket, served, "UNSIGNED-1", token)
+    assert info["refused"] == [f"{report_key(UNSIGNED, 1)}: not signed by the centre; refused"]
+    assert served.get(f"/api/cases/{UNSIGNED}/reports", token).json()["reports"] == []
+    assert served.get(f"/api/cases/{UNSIGNED}/slides/s1/v1/status", token).json()["report"] is None
+    assert_signs_over_the_forgery(bucket, served, UNSIGNED, token)
 
 
 def test_b_a_report_signed_by_another_key_is_refused(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
-    bucket.put(report_key("OTHERKEY-1", 1), benign_report("OTHERKEY-1").to_json(SigningKey.generate()))
+    bucket.put(report_key(OTHERKEY, 1), benign_report(OTHERKEY).to_json(SigningKey.generate()))
     _, token = added(bucket, "Dr Genuine")
-    info = served.get("/api/cases/OTHERKEY-1", token).json()
+    info = served.get(f"/api/cases/{OTHERKEY}", token).json()
     assert info["signed_at"] is None
     (refused,) = info["refused"]
-    assert refused.startswith("OTHERKEY-1/reports/0001.json: signed by a key this reader does not trust")
-    assert_signs_over_the_forgery(bucket, served, "OTHERKEY-1", token)
+    assert refused.startswith(f"{report_key(OTHERKEY, 1)}: signed by a key this reader does not trust")
+    assert_signs_over_the_forgery(bucket, served, OTHERKEY, token)
 
 
 def test_c_a_genuine_report_with_one_field_changed_is_refused(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     _, token = added(bucket, "Dr Genuine")
-    signed = served.post("/api/cases/CHANGED-1/reports", token, json=FORM)
+    signed = served.post(f"/api/cases/{CHANGED}/reports", token, json=FORM)
     assert signed.status_code == 200, signed.text
     changed = {**signed.json(), "category": "benign"}  # the signature kept, the diagnosis's category turned
-    bucket.put(report_key("CHANGED-1", 1), json.dumps(changed).encode())
-    wait_for(lambda: served.get("/api/cases/CHANGED-1/reports", token).json()["reports"] == [])
-    reports = served.get("/api/cases/CHANGED-1/reports", token).json()
-    assert reports["refused"] == ["CHANGED-1/reports/0001.json: its signature does not match its content (changed after signing); refused"]
-    assert served.get("/api/cases/CHANGED-1", token).json()["signed_at"] is None
+    bucket.put(report_key(CHANGED, 1), json.dumps(changed).encode())
+    wait_for(lambda: served.get(f"/api/cases/{CHANGED}/reports", token).json()["reports"] == [])
+    reports = served.get(f"/api/cases/{CHANGED}/reports", token).json()
+    assert reports["refused"] == [f"{report_key(CHANGED, 1)}: its signature does not match its content (changed after signing); refused"]
+    assert served.get(f"/api/cases/{CHANGED}", token).json()["signed_at"] is None
     # a genuine report copied from another case is not this case's report either
-    bucket.put(report_key("GOOD-1", 1), signed.content)
-    (copied,) = served.get("/api/cases/GOOD-1/reports", token).json()["refused"]
-    assert copied.startswith("GOOD-1/reports/0001.json: the centre signed it as number 1 of case CHANGED-1")
+    bucket.put(report_key(GOOD, 1), signed.content)
+    (copied,) = served.get(f"/api/cases/{GOOD}/reports", token).json()["refused"]
+    assert copied.startswith(f"{report_key(GOOD, 1)}: the centre signed it as number 1 of case {CHANGED}")
 
 
 def test_an_object_larger_than_any_document_is_refused_unread(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
-    bucket.put(request_key("GOOD-1", 1), b'{"pad": "' + b"x" * 300_000 + b'"}')
+    bucket.put(request_key(GOOD, 1), b'{"pad": "' + b"x" * 300_000 + b'"}')
     _, token = added(bucket, "Dr Genuine")
-    requests = served.get("/api/cases/GOOD-1/requests", token).json()
-    assert requests == {"requests": [], "refused": ["GOOD-1/requests/0001.json: 300,011 bytes, more than the 262,144 a document may have; refused"]}
-    asked = served.post("/api/cases/GOOD-1/requests", token, json={"what": "deeper level"})
+    requests = served.get(f"/api/cases/{GOOD}/requests", token).json()
+    refused = f"{request_key(GOOD, 1)}: 300,011 bytes, more than the 262,144 a document may have; refused"
+    assert requests == {"requests": [], "refused": [refused]}
+    asked = served.post(f"/api/cases/{GOOD}/requests", token, json={"what": "deeper level"})
     assert asked.status_code == 200 and asked.json()["number"] == 1  # the number the object took is the centre's again
 
 
 def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     station_user, station_token = added(bucket, "theatre-3 desk", "--role", "station", "--station", STATION_ID)
-    assert served.get("/api/cases/PEOPLE-1", station_token).status_code == 200  # its own station's case
+    assert served.get(f"/api/cases/{PEOPLE}", station_token).status_code == 200  # its own station's case
     assert served.get("/api/worklist", station_token).status_code == 403
     genuine = Person.read(bucket.get(person_key(station_user)), "record", TRUSTED)
     assert genuine.station == STATION_ID
@@ -129,12 +145,12 @@ def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # 
     wait_for(lambda: served.get("/api/me", station_token).status_code == 403)
     refused = served.get("/api/worklist", station_token)
     assert refused.status_code == 403
-    assert refused.json()["detail"] == f"user {station_user} is refused: _people/{station_user}.json: not signed by the centre; refused"
+    assert refused.json()["detail"] == f"user {station_user} is refused: {person_key(station_user)}: not signed by the centre; refused"
     signed = json.loads(genuine.to_json(CENTRE_KEY))
     bucket.put(person_key(station_user), json.dumps({**signed, "role": PATHOLOGIST}).encode())
     assert served.get("/api/worklist", station_token).status_code == 403
     assert "does not match its content" in served.get("/api/worklist", station_token).json()["detail"]
-    assert served.post("/api/cases/PEOPLE-1/reports", station_token, json=FORM).status_code == 403
+    assert served.post(f"/api/cases/{PEOPLE}/reports", station_token, json=FORM).status_code == 403
 
     # un-revoked: the record as it was before the centre revoked it (a genuine signature, an old serial)
     user, token = added(bucket, "Dr Leaving")
@@ -156,7 +172,7 @@ def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # 
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert sorted(line for line in lines if line.startswith("refused: ")) == sorted(
-        f"refused: _people/{who}.json: its signature does not match its content (changed after signing); refused" for who in (station_user, user))
+        f"refused: {person_key(who)}: its signature does not match its content (changed after signing); refused" for who in (station_user, user))
     assert not any(line.split()[0] in (station_user, user) for line in lines[1:] if not line.startswith("refused: "))
     assert any(line.split()[2] == "active" for line in lines[1:] if not line.startswith("refused: "))  # the others listed
 
@@ -164,58 +180,62 @@ def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # 
 def test_e_a_forged_audit_record_shows_as_refused(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     user, token = added(bucket, "Dr Reader")
-    assert served.get("/api/cases/AUDIT-1", token).status_code == 200
+    assert served.get(f"/api/cases/{AUDIT}", token).status_code == 200
     at = utc_now()
     forged = {"format": "slidestream-audit/2", "at": at, "user": {"id": user, "name": "Dr Reader", "role": PATHOLOGIST},
-              "action": "sign", "case": "AUDIT-1", "slide": None, "version": None, "report": 1}  # fmt: skip
+              "action": "sign", "case": AUDIT, "slide": None, "version": None, "report": 1}  # fmt: skip
     bucket.put(audit_key(at, "f0f0f0f0"), json.dumps(forged).encode())
     store = f"s3://{bucket.name}/{bucket.prefix}"
-    command = [sys.executable, "-m", "slidestream", "audit", store, "--case", "AUDIT-1", "--date", datetime.now(UTC).strftime("%Y-%m-%d"),
+    command = [sys.executable, "-m", "slidestream", "audit", store, "--case", AUDIT, "--date", datetime.now(UTC).strftime("%Y-%m-%d"),
                "--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"refused: {audit_key(at, 'f0f0f0f0')}: not signed by the centre; refused" in lines
     rows = [line.split(None, 5) for line in lines[1:-1] if not line.startswith("refused: ")]
-    assert [(row[1], row[2], row[5]) for row in rows] == [("open-case", "AUDIT-1", f"Dr Reader ({user}, pathologist)")]  # no forged "sign"
+    assert [(row[1], row[2], row[5]) for row in rows] == [("open-case", AUDIT, f"Dr Reader ({user}, pathologist)")]  # no forged "sign"
     assert lines[-1] == "1 event(s), 1 refused"
 
 
 @pytest.mark.parametrize(("name", "data"), [
-    ("not JSON", b'{"case": "BAD", '),
+    ("not JSON", b'{"case": "theatre-3.BAD", '),
     ("a list", b"[]"),
-    ("year 9999", json.dumps({"format": "slidestream-case/1", "case": "BAD", "registered_at": "9999-01-01T00:00:00Z"}).encode()),
-    ("a lone surrogate", b'{"format": "slidestream-case/1", "case": "BAD", "registered_at": "2026-12-01T21:00:00Z", "station": "\\ud800"}'),
+    ("year 9999", json.dumps({"format": "slidestream-case/1", "case": BAD, "registered_at": "9999-01-01T00:00:00Z"}).encode()),
+    ("a lone surrogate", b'{"format": "slidestream-case/1", "case": "theatre-3.BAD", "registered_at": "2026-12-01T21:00:00Z", "station": "\\ud800"}'),
     ("a JSON bomb", b"[" * 100_000 + b"]" * 100_000),
     ("10 MB", b'{"pad": "' + b"x" * 10_000_000 + b'"}'),
 ])  # fmt: skip
 def test_f_a_malformed_case_record_costs_only_its_own_worklist_row(s3_server: S3Server, name: str, data: bytes) -> None:
     bucket = Bucket(s3_server)
-    register(bucket, "GOOD-1", STATION_ID)
-    bucket.send("GOOD-1", arrived=lambda piece: False, triage=0.4)
-    bucket.put("BAD/case.json", data)
-    bucket.send("BAD", arrived=lambda piece: False)
-    bucket.send("BADSLIDE", arrived=lambda piece: False)
-    bucket.put(f"{SlideRef('BADSLIDE').root}/manifest.json", b"[" * 100)
-    bucket.send("BADTRIAGE", arrived=lambda piece: False)
-    bucket.send("BADCLOCK", arrived=lambda piece: False, started=datetime(9999, 12, 31, tzinfo=UTC))  # the clock's sum would overflow
-    bucket.put(f"{SlideRef('BADTRIAGE').root}/triage.json", b'{"score": NaN}')
+    register(bucket, GOOD)
+    bucket.send(GOOD, arrived=lambda piece: False, triage=0.4)
+    bucket.put(case_key(BAD, CASE_RECORD), data)
+    bucket.send(BAD, arrived=lambda piece: False)
+    bucket.send(BADSLIDE, arrived=lambda piece: False)
+    bucket.put(SlideRef(BADSLIDE).key(MANIFEST), b"[" * 100)
+    bucket.send(BADTRIAGE, arrived=lambda piece: False)
+    bucket.send(BADCLOCK, arrived=lambda piece: False, started=datetime(9999, 12, 31, tzinfo=UTC))  # the clock's sum would overflow
+    bucket.put(SlideRef(BADTRIAGE).key(TRIAGE), b'{"score": NaN}')
     with serving(bucket.storage()) as served:
         token = served.person(bucket.storage(), "Dr Worklist")
         worklist = served.get("/api/worklist", token)
         assert worklist.status_code == 200, worklist.text
         rows = {row["case"]: row for row in worklist.json()["cases"]}
-        assert set(rows) == {"GOOD-1", "BAD", "BADSLIDE", "BADTRIAGE", "BADCLOCK"}
-        assert rows["GOOD-1"]["unreadable"] is None and rows["GOOD-1"]["triage"]["score"] == 0.4
-        assert rows["GOOD-1"]["specimen"] == "left breast, lumpectomy margin"
-        assert rows["BAD"]["unreadable"].startswith("unreadable: BAD/case.json: ") and "\n" not in rows["BAD"]["unreadable"]
-        assert rows["BADSLIDE"]["state"] == "unreadable"
-        assert rows["BADSLIDE"]["unreadable"].startswith("unreadable: BADSLIDE/slides/s1/v1/manifest.json: ")
-        assert rows["BADTRIAGE"]["triage"] is None
-        assert rows["BADTRIAGE"]["unreadable"].startswith("unreadable: BADTRIAGE/slides/s1/v1/triage.json: ")
-        # the case itself still opens, saying what is wrong; a station is refused it, not served a 500
-        info = served.get("/api/cases/BAD", token)
-        assert info.status_code == 200 and info.json()["unreadable"] == rows["BAD"]["unreadable"]
+        assert set(rows) == {GOOD, BAD, BADSLIDE, BADTRIAGE, BADCLOCK}
+        assert rows[GOOD]["unreadable"] is None and rows[GOOD]["triage"]["score"] == 0.4
+        assert rows[GOOD]["specimen"] == "left breast, lumpectomy margin"
+        assert rows[BAD]["unreadable"].startswith(f"unreadable: {case_key(BAD, CASE_RECORD)}: ") and "\n" not in rows[BAD]["unreadable"]
+        assert rows[BADSLIDE]["state"] == "unreadable"
+        assert rows[BADSLIDE]["unreadable"].startswith(f"unreadable: {SlideRef(BADSLIDE).key(MANIFEST)}: ")
+        assert rows[BADTRIAGE]["triage"] is None
+        assert rows[BADTRIAGE]["unreadable"].startswith(f"unreadable: {SlideRef(BADTRIAGE).key(TRIAGE)}: ")
+        # the case itself still opens, saying what is wrong, for its own station too (a station's access follows the
+        # case ID, not case.json); another station is refused it; neither is served a 500
+        info = served.get(f"/api/cases/{BAD}", token)
+        assert info.status_code == 200 and info.json()["unreadable"] == rows[BAD]["unreadable"]
         station = served.person(bucket.storage(), "theatre-3 desk", role=STATION, station=STATION_ID)
-        assert served.get("/api/cases/BAD", station).status_code == 403
-        assert served.get("/api/cases/GOOD-1", station).status_code == 200
+        own = served.get(f"/api/cases/{BAD}", station)
+        assert own.status_code == 200 and own.json()["unreadable"] == rows[BAD]["unreadable"]
+        other = served.person(bucket.storage(), "theatre-4 desk", role=STATION, station="theatre-4")
+        assert served.get(f"/api/cases/{BAD}", other).status_code == 403
+        assert served.get(f"/api/cases/{GOOD}", station).status_code == 200

@@ -16,12 +16,24 @@ from typing import Any
 
 import pytest
 from conftest import S3Server, sample
-from test_hub import running_hub, wait_for
+from test_hub import running_hub, slide_version, wait_for
 
 from caseformat.bounded import utc_now
-from caseformat.layout import CASE_RECORD, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef, case_key, version_key
+from caseformat.layout import (
+    CASE_RECORD,
+    HUB,
+    IMAGE,
+    LEASE,
+    MANIFEST,
+    PYRAMID,
+    TRIAGE,
+    SlideRef,
+    arrivals_folder,
+    case_key,
+    version_key,
+)
 from caseformat.results import COMPLETE, Manifest, Triage
-from inference import AnalyzeOptions, Location
+from inference import AnalyzeOptions
 from objectstore import ZarrView
 from slides import open_slide
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
@@ -31,7 +43,8 @@ from viewer.image import Arrival, open_image, parse_manifest
 pytestmark = pytest.mark.slow  # a running hub
 
 PREFIX = "hostile"
-GOOD = "GOOD-1"
+GOOD = "h1.GOOD-1"
+HUGE_CASE = "h1.HUGE-1"
 HUGE = 32768  # px a side, in 1 px chunks: a billion chunks
 
 
@@ -90,13 +103,13 @@ def test_no_document_stops_the_hub_and_the_genuine_case_is_still_scored(s3_serve
     client = s3_server.client()
     upload_genuine(client, s3_bucket, GOOD)
     now = utc_now()
-    hostile = {  # case -> (the document it names in its one line, what lies there)
-        "LIST-1": (MANIFEST, [manifest("LIST-1", now)]),
-        "ARRIVED-1": (MANIFEST, manifest("ARRIVED-1", now, arrived=5)),
-        "TRIAGE-1": (TRIAGE, ["hub", 0.9]),
-        "LEASE-1": (LEASE, {"owner": "elsewhere:1:deadbeef", "expires": "tomorrow"}),
-        "PYRAMID-1": (PYRAMID, ["0/c/0/0/0"]),
-        "CONTEXT-1": (CASE_RECORD, ["not", "a", "registration"]),
+    hostile = {  # case -> (the document it names in its one line, what lies there, in the station's or the centre's folder)
+        "h1.LIST-1": (MANIFEST, [manifest("h1.LIST-1", now)]),
+        "h2.ARRIVED-1": (MANIFEST, manifest("h2.ARRIVED-1", now, arrived=5)),
+        "h1.TRIAGE-1": (TRIAGE, ["hub", 0.9]),
+        "h2.LEASE-1": (LEASE, {"owner": "elsewhere:1:deadbeef", "expires": "tomorrow"}),
+        "h1.PYRAMID-1": (PYRAMID, ["0/c/0/0/0"]),
+        "h2.CONTEXT-1": (CASE_RECORD, ["not", "a", "registration"]),
     }
     for case, (name, document) in hostile.items():
         ref = SlideRef(case)
@@ -105,17 +118,23 @@ def test_no_document_stops_the_hub_and_the_genuine_case_is_still_scored(s3_serve
             put(client, s3_bucket, version_key(ref, MANIFEST), manifest(case, now, **pyramid))
         if name == PYRAMID:  # read only once a hub's final result is there: then the record says what is left
             final = Triage("x", 0.5, AnalyzeOptions().model.spec.name, HUB, True, {"tiles_scored": 1, "tissue_tiles": 1})
-            put(client, s3_bucket, version_key(ref, TRIAGE), final.to_json())
-        key = case_key(case, name) if name == CASE_RECORD else version_key(ref, name)
+            put(client, s3_bucket, ref.centre_key(TRIAGE), final.to_json())
+        centres = name in (TRIAGE, LEASE, PYRAMID)  # the hub's own results: the centre's folder
+        key = case_key(case, name) if name == CASE_RECORD else ref.centre_key(name) if centres else version_key(ref, name)
         put(client, s3_bucket, key, document)
         arrival(client, s3_bucket, case, now)
-    huge_image(client, s3_bucket, "HUGE-1")
-    for key in ("_arrivals//double-slash", "_arrivals/../dot-dot", "_arrivals/a/./b"):  # keys obstore refuses to list
-        put(client, s3_bucket, key, b"")
+    put(client, s3_bucket, version_key(SlideRef(GOOD), TRIAGE), ["edge", 0.9])  # the genuine case's edge triage: ignored
+    huge_image(client, s3_bucket, HUGE_CASE)
+    for name in ("/double-slash", "../dot-dot", "a/./b"):  # keys obstore refuses to list
+        put(client, s3_bucket, arrivals_folder("h1") + name, b"")
+    # a station announcing another station's case (with a broken manifest the hub would name if it looked)
+    forged = SlideRef("h1.FORGED-1")
+    put(client, s3_bucket, version_key(forged, MANIFEST), ["forged"])
+    put(client, s3_bucket, arrivals_folder("h2") + forged.arrival_key(now).rsplit("/", 1)[1], b"")
 
     store = f"s3://{s3_bucket}/{PREFIX}"
     log = tmp_path / "hub.log"
-    good = Location.parse(f"{store}/{SlideRef(GOOD).root}", s3_server.endpoint_url)
+    good = slide_version(store, s3_server.endpoint_url, GOOD)
     with running_hub(store, s3_server.endpoint_url, log) as hub:
         wait_for(lambda: f"DONE {SlideRef(GOOD).label}" in log.read_text() or hub.poll() is not None, "the genuine case's DONE line")
         time.sleep(3)  # six more polls: a bad document is said once, not at every poll
@@ -127,18 +146,19 @@ def test_no_document_stops_the_hub_and_the_genuine_case_is_still_scored(s3_serve
     for case, (name, _) in hostile.items():
         said = [line for line in lines_about(log, case) if name in line]
         assert len(said) == 1, f"{case}: {name} said {len(said)} times:\n{text}"
-    (huge,) = [line for line in lines_about(log, "HUGE-1") if "0/zarr.json" in line]  # an ERROR, or a RETRY later
+    (huge,) = [line for line in lines_about(log, HUGE_CASE) if "0/zarr.json" in line]  # an ERROR, or a RETRY later
     assert "unreadable" in huge
+    assert not lines_about(log, forged.case), text  # an arrival in another station's folder is not followed
     # the listing never failed for the keys it cannot parse: the hub's own RETRY lines name no case
-    cases = [SlideRef(case).label for case in (*hostile, "HUGE-1", GOOD)]
+    cases = [SlideRef(case).label for case in (*hostile, HUGE_CASE, GOOD)]
     store_retries = [line for line in text.splitlines() if line.startswith("RETRY ") and not any(line.startswith(f"RETRY {c} ") for c in cases)]
     assert not store_retries, text
 
 
 def test_the_viewer_refuses_a_huge_declared_image_at_once(s3_server: S3Server, s3_bucket: str) -> None:
     client = s3_server.client()
-    huge_image(client, s3_bucket, "HUGE-1")
-    ref = SlideRef("HUGE-1")
+    huge_image(client, s3_bucket, HUGE_CASE)
+    ref = SlideRef(HUGE_CASE)
     storage = S3Storage(s3_bucket, PREFIX, s3_server.endpoint_url)
 
     async def slide() -> Arrival:  # what the viewer does for the image and its arrival state

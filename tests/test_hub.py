@@ -25,7 +25,20 @@ import zarr
 from conftest import S3Server, sample
 from typer.testing import CliRunner
 
-from caseformat.layout import ANALYZE, EDGE, HUB, IMAGE, LEASE, MANIFEST, PYRAMID, TRIAGE, SlideRef
+from caseformat.layout import (
+    ANALYZE,
+    EDGE,
+    HEATMAP,
+    HUB,
+    IMAGE,
+    LEASE,
+    MANIFEST,
+    PYRAMID,
+    TRIAGE,
+    SlideRef,
+    qualified_case,
+    station_case_folder,
+)
 from caseformat.results import Manifest
 from caseformat.signing import TrustedKeys
 from inference import AnalyzeOptions, Location, analyze_slide
@@ -42,6 +55,7 @@ pytestmark = pytest.mark.slow  # a running hub
 
 REPO = Path(__file__).resolve().parents[1]
 NO_REPORTS = TrustedKeys([])  # these stores hold no signed report: the viewer needs no centre key to read them
+STATION = "h1"  # every send here is this station's: its cases are h1.{local}
 ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
 # (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
 
@@ -57,13 +71,18 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 600) -> A
 
 
 def heatmap_of(location: Location) -> tuple[np.ndarray, dict[str, Any]]:
-    group = zarr.open_group(location.child("heatmap.zarr").zarr_store(), mode="r")
+    group = zarr.open_group(location.child(HEATMAP).zarr_store(), mode="r")
     return np.asarray(group["0"][:]), group.attrs.asdict()["slidestream"]["heatmap"]
 
 
 def report_rows(path: Path) -> list[dict[str, str]]:
     with path.open() as fh:
         return list(csv.DictReader(fh))
+
+
+def slide_version(store: str, endpoint: str, case: str) -> Location:
+    """Slide s1/v1 of `case` on the store: the station's folder, and the centre's for its results."""
+    return Location.slide_version(Location.parse(store, endpoint), SlideRef(case))
 
 
 def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
@@ -74,13 +93,14 @@ def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, 
 def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample("CMU-1-Small-Region.svs")
     store = f"s3://{s3_bucket}/cases"
-    case = "EDGE-1"
-    sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", case, "--endpoint-url", s3_server.endpoint_url,
-                                    "--state-dir", str(tmp_path / "state")])
+    case = qualified_case(STATION, "EDGE-1")
+    sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", "EDGE-1", "--station", STATION, "--endpoint-url",
+                                    s3_server.endpoint_url, "--state-dir", str(tmp_path / "state")])  # fmt: skip
     assert sent.exit_code == 0, sent.output
-    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
-    edge = wait_for(lambda: location.read_json("triage.json"), "the edge triage")
-    assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location)[1]["stage"] == EDGE
+    location = slide_version(store, s3_server.endpoint_url, case)
+    edge = wait_for(lambda: location.sent.read_json(TRIAGE), "the edge triage")  # the station's own folder
+    assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location.sent)[1]["stage"] == EDGE
+    assert location.read_json(TRIAGE) is None, "an edge triage is never the centre's result"
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
     assert listed["stage"] == EDGE and listed["final"] is False and listed["score"] == pytest.approx(edge["score"])
 
@@ -90,7 +110,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert analysed.exit_code == 0, analysed.output
     (row,) = report_rows(report)
     assert row["status"] == "ok"
-    full = location.read_json("triage.json")
+    full = location.read_json(TRIAGE)  # the centre's folder
     assert full["summary"]["tiles_measured"] == full["summary"]["tissue_tiles"] > edge["summary"]["tiles_measured"]
     assert full["stage"] == ANALYZE and full["complete"] is True and full["score"] == pytest.approx(float(row["score"]), abs=1e-4)
     image, attributes = heatmap_of(location)
@@ -100,10 +120,13 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url), NO_REPORTS).status(SlideRef(case).root))
     assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
 
-    # a late edge triage (say, a resend's) leaves the full result alone
-    late = analyze_slide(slide, location, AnalyzeOptions(coarse=True, refine=False, stage=EDGE), name=case)
-    assert late.stage == EDGE and location.read_json("triage.json") == full
-    assert (heatmap_of(location)[0] == image).all()
+    # a late edge triage (say, a resend's) leaves the full result alone, written where the centre's result is or
+    # where the station's is
+    for where in (location, location.sent):
+        late = analyze_slide(slide, where, AnalyzeOptions(coarse=True, refine=False, stage=EDGE), name=case)
+        assert late.stage == EDGE and location.read_json(TRIAGE) == full
+        assert (heatmap_of(location)[0] == image).all()
+    assert worklist(s3_server, s3_bucket, "cases")[case]["triage"] == listed
 
     # and a rerun takes the full result as done
     again = CliRunner().invoke(app, args)
@@ -128,14 +151,16 @@ def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iter
 
 
 def sending(slide: Path, store: str, endpoint: str, state: Path, case: str) -> subprocess.Popen[bytes]:
-    """`slidestream send` of the slide as case `case`, slow enough (2 Mbit/s) that a hub sees the case arriving."""
-    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", case, "--endpoint-url", endpoint,
-                             "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
+    """`slidestream send` of the slide as case `case` of its station, slow enough (2 Mbit/s) that a hub sees the case
+    arriving."""
+    station, local = case.split(".", 1)
+    return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", local, "--station",
+                             station, "--endpoint-url", endpoint, "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def final_triage(location: Location) -> dict[str, Any] | None:
-    triage = location.read_json("triage.json")
+    triage = location.read_json(TRIAGE)
     return triage if triage and triage["stage"] == HUB and triage["complete"] else None
 
 
@@ -148,20 +173,21 @@ def scored_here(log: Path, case: str) -> int:
 def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/arriving"
-    case = "ARRIVING-1"
-    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
+    case = qualified_case(STATION, "ARRIVING-1")
+    location = slide_version(store, s3_server.endpoint_url, case)
     log = tmp_path / "hub.log"
     with running_hub(store, s3_server.endpoint_url, log):
         send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
-            triage = location.read_json("triage.json")
+            triage = location.read_json(TRIAGE)
+            assert location.sent.read_json(TRIAGE) is None, "the hub writes its map in the centre's folder only"
             if triage and not triage["complete"]:
                 assert triage["stage"] == HUB
                 partial.add(triage["summary"]["tiles_scored"])
             time.sleep(0.2)
         assert send.returncode == 0, send.stdout.read() if send.stdout else ""
-        final = wait_for(lambda: (t := location.read_json("triage.json")) and t["complete"] and t, "the hub's final map")
+        final = wait_for(lambda: (t := location.read_json(TRIAGE)) and t["complete"] and t, "the hub's final map")
         wait_for(lambda: f"DONE {case}" in log.read_text(), "the hub's DONE line (after the map it published)")
     assert len(partial) >= 2, f"partial maps seen during the send: {sorted(partial)}"  # it grew while arriving
     assert final["stage"] == HUB and final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
@@ -172,34 +198,35 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     # the same as a one-shot analysis of the complete case, tile for tile
     report = tmp_path / "report.csv"
     out = tmp_path / "one-shot"
-    analysed = CliRunner().invoke(app, ["analyze", f"{store}/{case}", "--report", str(report), "--out", str(out),
-                                        "--endpoint-url", s3_server.endpoint_url])
+    analysed = CliRunner().invoke(app, ["analyze", f"{store}/{station_case_folder(case)}", "--report", str(report), "--out",
+                                        str(out), "--endpoint-url", s3_server.endpoint_url])  # fmt: skip
     assert analysed.exit_code == 0, analysed.output
-    one_shot, _ = heatmap_of(Location.parse(out / SlideRef(case).root))
+    one_shot_results = out / case / SlideRef(case).path  # --out mirrors {case}/slides/{slide}/{version}
+    one_shot, _ = heatmap_of(Location.parse(one_shot_results))
     assert hub_image.shape == one_shot.shape and (hub_image == one_shot).all()
-    assert final["score"] == pytest.approx(json.loads((out / SlideRef(case).root / TRIAGE).read_text())["score"], abs=1e-6)
+    assert final["score"] == pytest.approx(json.loads((one_shot_results / TRIAGE).read_text())["score"], abs=1e-6)
 
     # a restarted hub does not redo a finished case
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
         wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
         assert again.poll() is None
-    assert location.read_json("triage.json") == final
+    assert location.read_json(TRIAGE) == final
 
 
 def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     slide = sample(ARRIVING)
     store = f"s3://{s3_bucket}/killed"
-    case = "KILLED-1"
-    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
+    case = qualified_case(STATION, "KILLED-1")
+    location = slide_version(store, s3_server.endpoint_url, case)
     send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
     with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
-        wait_for(lambda: (t := location.read_json("triage.json")) and t["stage"] == HUB and not t["complete"]
+        wait_for(lambda: (t := location.read_json(TRIAGE)) and t["stage"] == HUB and not t["complete"]
                  and t["summary"]["tiles_scored"] > 0,
                  "a partial map with scored tiles")
         first.kill()  # kill -9: no cleanup, its lease stays until it expires
         first.wait()
-    assert location.read_json("triage.json")["complete"] is False
-    state = zarr.open_group(location.child("heatmap.zarr").zarr_store(), mode="r")["tile_state"][:]
+    assert location.read_json(TRIAGE)["complete"] is False
+    state = zarr.open_group(location.child(HEATMAP).zarr_store(), mode="r")["tile_state"][:]
     published = int((~np.isnan(state[0])).sum())  # the exact per-tile results it continues from
     assert published > 0
     with running_hub(store, s3_server.endpoint_url, tmp_path / "second.log", lease=5):
@@ -214,12 +241,11 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
 def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/shared"
     slides = [sample(ARRIVING), sample("CMU-1-Small-Region.svs")]
-    cases = ["SHARED-1", "SHARED-2"]
+    cases = [qualified_case(STATION, "SHARED-1"), qualified_case("h2", "SHARED-2")]  # two stations
     logs = [tmp_path / "hub-a.log", tmp_path / "hub-b.log"]
     with running_hub(store, s3_server.endpoint_url, logs[0]), running_hub(store, s3_server.endpoint_url, logs[1]):
         sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}", case) for i, (slide, case) in enumerate(zip(slides, cases))]
-        finals = [wait_for(lambda c=c: final_triage(Location.parse(f"{store}/{SlideRef(c).root}", s3_server.endpoint_url)), f"case {c}")
-                  for c in cases]
+        finals = [wait_for(lambda c=c: final_triage(slide_version(store, s3_server.endpoint_url, c)), f"case {c}") for c in cases]
         assert [send.wait() for send in sends] == [0, 0]
     for case, final in zip(cases, finals):
         tissue = final["summary"]["tissue_tiles"]
@@ -242,7 +268,7 @@ def in_between(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Server, s3_bucket: str, tmp_path: Path,
                                                                  in_between: Path) -> None:
-    endpoint, case = s3_server.endpoint_url, "between"
+    endpoint, case = s3_server.endpoint_url, qualified_case(STATION, "between")
     root = SlideRef(case).root
     client = s3_server.client()
     with open_slide(in_between) as slide:
@@ -253,7 +279,8 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     def send(prefix: str, *flags: str) -> dict[str, Any]:
         """A send of the slide under `prefix`; its final manifest."""
         sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(in_between), f"s3://{s3_bucket}/{prefix}",
-                               "--endpoint-url", endpoint, "--case", case, "--no-edge", "--state-dir", str(tmp_path / prefix), *flags],
+                               "--endpoint-url", endpoint, "--case", "between", "--station", STATION, "--no-edge", "--state-dir",
+                               str(tmp_path / prefix), *flags],
                               capture_output=True, text=True, timeout=600)
         assert sent.returncode == 0, sent.stderr
         return Location.parse(f"s3://{s3_bucket}/{prefix}/{root}", endpoint).read_json(MANIFEST) or {}
@@ -287,14 +314,15 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     assert isinstance(asyncio.run(cases.locate(root, 2, 0, 0)), Chunk)
 
     # sent while the hub runs: the hub builds the 2x level from what arrived, byte for byte today's
-    live = Location.parse(f"s3://{s3_bucket}/live/{root}", endpoint)
+    live = slide_version(f"s3://{s3_bucket}/live", endpoint, case)
     log = tmp_path / "hub.log"
     with running_hub(f"s3://{s3_bucket}/live", endpoint, log):
         manifest = send("live")
         record = wait_for(lambda: (r := live.read_json(PYRAMID)) and r["complete"] and r, "the hub's pyramid", 900)
     assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {SlideRef(case).label}" in log.read_text()
     assert sorted(record["built"]) == sorted(expected) and record["empty"] == []
-    assert level_objects("live", 1) == expected
+    assert level_objects("live", 1) == expected  # in the station's image, one NGFF image; its record is the centre's
+    assert live.sent.read_json(PYRAMID) is None
     live_cases = Cases(S3Storage(s3_bucket, "live", endpoint), NO_REPORTS)
     assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
     assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import S3Server, sample
-from test_hub import ARRIVING, final_triage, running_hub, wait_for
+from test_hub import ARRIVING, STATION, final_triage, running_hub, slide_version, wait_for
 from test_transfer_faults import Proxy
 
-from caseformat.layout import SlideRef
-from inference import Location
+from caseformat.layout import SlideRef, qualified_case
 
 pytestmark = pytest.mark.slow  # a running hub
 
@@ -27,13 +26,14 @@ OUTAGE_SECONDS = 12
 def test_a_store_outage_while_the_hub_scores_is_retried_until_the_case_is_done(s3_server: S3Server, s3_bucket: str,
                                                                                tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/outage"
-    case = "OUTAGE-1"
+    case = qualified_case(STATION, "OUTAGE-1")
     name = SlideRef(case).label
-    sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(sample(ARRIVING)), store, "--case", case,
-                           "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir", str(tmp_path / "state")],
+    sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(sample(ARRIVING)), store, "--case", "OUTAGE-1",
+                           "--station", STATION, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir",
+                           str(tmp_path / "state")],
                           capture_output=True, text=True, timeout=300)
     assert sent.returncode == 0, sent.stderr  # the send is complete before the hub looks: nothing new will arrive
-    location = Location.parse(f"{store}/{SlideRef(case).root}", s3_server.endpoint_url)
+    location = slide_version(store, s3_server.endpoint_url, case)
     proxy = Proxy(s3_server.endpoint_url)
     log = tmp_path / "hub.log"
     try:

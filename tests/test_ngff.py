@@ -159,7 +159,8 @@ def test_local_analyze_heatmap_validates(tmp_path: Path) -> None:
 def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{s3_bucket}/cases",
-         "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--no-edge", "--json"],
+         "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", "h1", "--no-edge",
+         "--json"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -167,6 +168,8 @@ def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucke
     args = ["analyze", f"s3://{s3_bucket}/cases/", "--report", str(tmp_path / "r.csv"), "--coarse", "--endpoint-url", s3_server.endpoint_url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    version = Location.parse(f"s3://{s3_bucket}/cases", s3_server.endpoint_url).child(SlideRef(case).root)
+    assert SlideRef(case).station == "h1"
+    version = Location.slide_version(Location.parse(f"s3://{s3_bucket}/cases", s3_server.endpoint_url), SlideRef(case))
+    assert HEATMAP not in {child.name for child in version.sent.subfolders()}, "analyze's final map is the centre's"
     validate_image(zarr.open_group(version.child(IMAGE).zarr_store(), mode="r"))
     validate_heatmap(zarr.open_group(version.child(HEATMAP).zarr_store(), mode="r"))

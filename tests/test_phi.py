@@ -32,6 +32,7 @@ from conftest import REPO, sample
 from test_viewer import serving
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
+from caseformat.layout import ARRIVALS, STATION_TREES
 from slides import CorruptSlideError, open_slide
 from slides.jpeg import strip_metadata
 from transfer import content_id
@@ -45,6 +46,7 @@ COMMENT = b"Patient=DOE^JANE Accession=ACC-2024-0001 MRN-7777123"
 TILE = 256
 WIDTH, HEIGHT = 2048, 1536
 APERIO = "Aperio Image Library v12.0.16 "
+STATION = "theatre-2"  # the sending station's ID: its folder on the store, the first part of its case IDs
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
@@ -273,7 +275,7 @@ def test_malformed_jpeg_segments_are_a_one_line_error(tmp_path: Path) -> None:
 def test_send_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for slide in slides.values():
         slidestream("send", slide, f"s3://{s3_bucket}/frozen", "--endpoint-url", s3_server.endpoint_url, "--edge",
-                    "--state-dir", tmp_path / "state")
+                    "--station", STATION, "--state-dir", tmp_path / "state")
     objects = bucket_objects(s3_server, s3_bucket)
     keys = [key for key, _ in objects]
     assert sum(key.endswith("triage.json") for key in keys) == 1, keys  # the SVS was triaged (the DICOM is too coarse)
@@ -291,7 +293,7 @@ def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: 
     for slide in slides.values():
         shutil.copy(slide, hot / slide.name)
     slidestream("watch", hot, f"s3://{s3_bucket}/site-a", "--endpoint-url", s3_server.endpoint_url, "--once",
-                "--settle", "0.5", "--state-dir", tmp_path / "state")
+                "--settle", "0.5", "--station", STATION, "--state-dir", tmp_path / "state")
     objects = bucket_objects(s3_server, s3_bucket)
     keys = [key for key, _ in objects]
     assert sum(key.endswith("manifest.json") for key in keys) == 2 and any(key.endswith("triage.json") for key in keys), keys
@@ -306,7 +308,8 @@ def test_analyze_of_a_slide_file_names_its_results_by_its_content_id_and_leaks_n
     (the case ID `send` gave it is random and known only to the station's registry); the file name stays in the
     local report's `slide` column, the join between the two."""
     store = f"s3://{s3_bucket}/results"
-    slidestream("send", slides["svs"], store, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir", tmp_path / "state")
+    slidestream("send", slides["svs"], store, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--station", STATION,
+                "--state-dir", tmp_path / "state")
     report = tmp_path / "report.csv"
     slidestream("analyze", slides["svs"], "--out", store, "--coarse", "--report", report, "--endpoint-url", s3_server.endpoint_url)
     with report.open(newline="") as handle:
@@ -315,7 +318,8 @@ def test_analyze_of_a_slide_file_names_its_results_by_its_content_id_and_leaks_n
     (manifest,) = [json.loads(data) for key, data in objects if key.endswith("/manifest.json")]
     assert row["case"] == content_id(slides["svs"]) != manifest["case"] and row["slide"] == str(slides["svs"])
     assert row["status"] == "ok" and row["results"] == f"{store}/{row['case']}"
-    assert {key.split("/")[1] for key, _ in objects} == {manifest["case"], row["case"], "_arrivals"}, "the sent case and the results"
+    sent = {tuple(key.split("/")[1:4]) for key, _ in objects if not key.startswith(f"results/{row['case']}/")}
+    assert sent == {(STATION_TREES, STATION, manifest["case"]), (STATION_TREES, STATION, ARRIVALS)}, "the sent case and the results"
     triage = next(json.loads(data) for key, data in objects if key == f"results/{row['case']}/triage.json")
     assert triage["source"] == row["case"] and triage["complete"] is True
     assert any(key.startswith(f"results/{row['case']}/heatmap.zarr/") for key, _ in objects)
@@ -348,7 +352,7 @@ def test_convert_writes_no_identifying_byte_and_passes_tiles_through_pixel_exact
 def test_keep_phi_control_the_sweep_finds_what_is_there(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With --keep-phi the same sweep finds the strings: the tests above would fail on a leak."""
     slidestream("send", slides["svs"], f"s3://{s3_bucket}/kept", "--endpoint-url", s3_server.endpoint_url, "--keep-phi",
-                "--state-dir", tmp_path / "state")
+                "--station", STATION, "--state-dir", tmp_path / "state")
     found = leaks(bucket_objects(s3_server, s3_bucket))
     assert any("/image.zarr/0/c/" in line and "DOE^JANE" in line for line in found), found  # the tiles' comments
     # the viewer serves stored tiles as they are, so it hands the comments out too; it never serves the label,

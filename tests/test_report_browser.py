@@ -31,7 +31,7 @@ from test_viewer import KEY_DIR, SECRET, SLIDE, Bucket, serving
 from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, sign_in, wait_for  # noqa: F401  (browser: the Chromium fixture)
 
 from caseformat.documents import CaseRecord
-from caseformat.layout import SlideRef
+from caseformat.layout import CASE_RECORD, MANIFEST, SlideRef, case_key
 from caseformat.signing import PUBLIC_KEYS_FILE
 
 pytestmark = pytest.mark.slow  # Chromium and a running watch
@@ -199,18 +199,18 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
 
 
 def test_a_case_whose_slide_failed_shows_failed_and_offers_no_report(browser, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    bucket = Bucket(s3_server)
-    bucket.put("FAILED-2/case.json", CaseRecord("FAILED-2", "2026-12-01T21:00:00Z", STATION, (("clinical_question", "margin?"),)).to_json())
-    failed = {"format": "slidestream-manifest/2", "case": "FAILED-2", "state": "failed", "complete": False,
+    bucket, case = Bucket(s3_server), f"{STATION}.FAILED-2"
+    bucket.put(case_key(case, CASE_RECORD), CaseRecord(case, "2026-12-01T21:00:00Z", STATION, (("clinical_question", "margin?"),)).to_json())
+    failed = {"format": "slidestream-manifest/2", "case": case, "state": "failed", "complete": False,
               "failed": "unreadable slide: truncated TIFF"}  # fmt: skip
-    bucket.put(f"{SlideRef('FAILED-2').root}/manifest.json", json.dumps(failed).encode())
+    bucket.put(SlideRef(case).key(MANIFEST), json.dumps(failed).encode())
     with serving(bucket.storage()) as served:
         page = browser.new_page()
         tiles = Tiles(page)
         sign_in(page, served, served.person(bucket.storage(), "Dr Failed Case"))
-        page.goto(f"{served.url}/view/FAILED-2")
+        page.goto(f"{served.url}/view/{case}")
         wait_for(page, lambda: page.locator("#message").is_visible(), "the failure on the page")
-        assert page.locator("#message").text_content() == "case FAILED-2: send failed: unreadable slide: truncated TIFF"
+        assert page.locator("#message").text_content() == f"case {case}: send failed: unreadable slide: truncated TIFF"
         wait_for(page, lambda: "nothing to report on" in page.locator("#report-note").text_content(), "the note instead of the form")
         assert page.locator("#report-form").is_hidden()
         assert "s1 (v1) failed: unreadable slide: truncated TIFF" in page.locator("#slides").text_content()

@@ -21,12 +21,28 @@ from conftest import S3Server
 from test_viewer import CENTRE_KEY, KEY_DIR, SECRET, TRUSTED, Bucket, Served, serving
 
 from caseformat.documents import Author, CaseRecord, Person, Report, SlideRead
-from caseformat.layout import STATIONS, SlideRef, notice_key, person_key, report_key, request_key
+from caseformat.layout import (
+    CASE_RECORD,
+    MANIFEST,
+    REPORTS,
+    SlideRef,
+    audit_folder,
+    case_key,
+    notice_key,
+    notices_folder,
+    numbered_folder,
+    person_key,
+    report_key,
+    request_key,
+    station_of,
+)
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import LocalStorage, StorageError
 from viewer import reports
 
-CASE = "FS-2026-0042"
+STATION_ID = "theatre-3"
+CASE = f"{STATION_ID}.FS-2026-0042"
+FAILED = f"{STATION_ID}.FAILED-1"
 CONTEXT = (("specimen_site", "left breast, lumpectomy margin"), ("clinical_question", "margin clear?"),
            ("surgeon", "Dr Surgeon"), ("callback", "ext 4321"))  # fmt: skip
 FORM = {"category": "malignant", "diagnosis": "Invasive ductal carcinoma.", "margins": "superior margin involved", "comment": None}
@@ -51,8 +67,9 @@ def added(bucket: Bucket, name: str, *options: str) -> tuple[str, str]:
     return first.split()[1], link.partition("#token=")[2]
 
 
-def register(bucket: Bucket, case: str = CASE, station: str | None = "theatre-3") -> None:
-    bucket.put(f"{case}/case.json", CaseRecord(case, "2026-12-01T21:00:00.000Z", station, CONTEXT).to_json())
+def register(bucket: Bucket, case: str = CASE) -> None:
+    """case.json as the station the case ID names writes it."""
+    bucket.put(case_key(case, CASE_RECORD), CaseRecord(case, "2026-12-01T21:00:00.000Z", station_of(case), CONTEXT).to_json())
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +78,9 @@ def centre(s3_server: S3Server):  # type: ignore[no-untyped-def]
     bucket = Bucket(s3_server)
     register(bucket)
     bucket.send(CASE, triage=0.7)
-    register(bucket, "FAILED-1")
-    failed = {"format": "slidestream-manifest/2", "case": "FAILED-1", "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
-    bucket.put(f"{SlideRef('FAILED-1').root}/manifest.json", json.dumps(failed).encode())
+    register(bucket, FAILED)
+    failed = {"format": "slidestream-manifest/2", "case": FAILED, "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
+    bucket.put(SlideRef(FAILED).key(MANIFEST), json.dumps(failed).encode())
     with serving(bucket.storage()) as served:
         yield bucket, served
 
@@ -129,7 +146,7 @@ def test_a_pathologist_signs_amends_and_the_history_stays(centre) -> None:  # ty
         "format": "slidestream-report/3", "case": CASE, "number": 1, "kind": "signed", "amends": None,
         "category": "malignant", "margins": "superior margin involved", "comment": None}  # fmt: skip
     assert first["author"] == {"id": user, "name": "Dr Ben Okafor"} and first["slides"] == [{"slide": "s1", "version": "v1"}]
-    assert json.loads(bucket.get(notice_key("theatre-3", first["signed_at"], CASE, "report", 1))) == first
+    assert json.loads(bucket.get(notice_key(STATION_ID, first["signed_at"], CASE, "report", 1))) == first
 
     # signing is final: a second "first" report is refused, and so is an amendment of a version not read
     again = post(served, f"/api/cases/{CASE}/reports", token, FORM)
@@ -181,28 +198,29 @@ def test_a_case_link_views_but_never_signs_and_a_station_sees_only_its_cases(cen
     _, station = added(bucket, "theatre-3 desk", "--role", "station", "--station", "theatre-3")
     assert served.get(f"/api/cases/{CASE}/reports", station).status_code == 200
     assert post(served, f"/api/cases/{CASE}/reports", station, FORM).status_code == 403
-    register(bucket, "OTHER-1", station="theatre-9")
-    assert served.get("/api/cases/OTHER-1", station).status_code == 403
+    register(bucket, "theatre-9.OTHER-1")
+    assert served.get("/api/cases/theatre-9.OTHER-1", station).status_code == 403
     assert served.get("/api/worklist", station).status_code == 403
 
 
 def test_a_case_whose_slides_failed_cannot_be_reported(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     _, token = added(bucket, "Dr Careful")
-    info = served.get("/api/cases/FAILED-1", token).json()
+    info = served.get(f"/api/cases/{FAILED}", token).json()
     assert info["slides"] == [{"slide": "s1", "version": "v1", "state": "failed", "failed": "unreadable slide: truncated TIFF"}]
-    refused = post(served, "/api/cases/FAILED-1/reports", token, FORM)
+    refused = post(served, f"/api/cases/{FAILED}/reports", token, FORM)
     assert refused.status_code == 409
-    assert refused.json()["detail"] == "case FAILED-1 has no slide that arrived to report on (s1: failed: unreadable slide: truncated TIFF)"
-    assert bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/FAILED-1/reports/").get("KeyCount") == 0
+    assert refused.json()["detail"] == f"case {FAILED} has no slide that arrived to report on (s1: failed: unreadable slide: truncated TIFF)"
+    reports_folder = f"{bucket.prefix}/{numbered_folder(FAILED, REPORTS)}"
+    assert bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=reports_folder).get("KeyCount") == 0
     # asking the hospital for another section is what such a case needs
-    asked = post(served, "/api/cases/FAILED-1/requests", token, {"what": "another section from block A", "slide": "s1"})
+    asked = post(served, f"/api/cases/{FAILED}/requests", token, {"what": "another section from block A", "slide": "s1"})
     assert asked.status_code == 200, asked.text
     request = asked.json()
-    assert json.loads(bucket.get(request_key("FAILED-1", 1))) == request
+    assert json.loads(bucket.get(request_key(FAILED, 1))) == request
     assert (request["format"], request["number"], request["what"], request["slide"]) == ("slidestream-request/2", 1, "another section from block A", "s1")
-    assert json.loads(bucket.get(notice_key("theatre-3", request["asked_at"], "FAILED-1", "request", 1))) == request
-    assert post(served, "/api/cases/FAILED-1/requests", token, {"what": "deeper level"}).json()["number"] == 2
+    assert json.loads(bucket.get(notice_key(STATION_ID, request["asked_at"], FAILED, "request", 1))) == request
+    assert post(served, f"/api/cases/{FAILED}/requests", token, {"what": "deeper level"}).json()["number"] == 2
 
 
 def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> None:
@@ -233,7 +251,7 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
     assert rows[0][5] == f"case link ({CASE})"
     assert all(row[5] == f"Dr Audit Reader ({user}, pathologist)" for row in rows[1:])
     assert result.stdout.splitlines()[-1] == "6 event(s)"
-    listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/_audit/{today}/")["Contents"]
+    listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/{audit_folder(today)}")["Contents"]
     event = json.loads(bucket.get(listed[0]["Key"].removeprefix(bucket.prefix + "/")))
     assert set(event) == {"format", "at", "user", "action", "case", "slide", "version", "report", "signature"}
     wrong = subprocess.run([*command[:5], "--date", "yesterday"], capture_output=True, text=True, timeout=120, check=False)
@@ -255,14 +273,14 @@ def test_a_signed_report_whose_station_copy_the_store_refuses_is_signed_not_an_e
 
     class RefusesStationCopies(LocalStorage):
         async def put(self, key: str, data: bytes) -> None:
-            if key.startswith(f"{STATIONS}/"):
+            if key.startswith(notices_folder(STATION_ID)):
                 raise StorageError(f"{key}: the store refused the request (test)")
             await super().put(key, data)
 
     storage, key = RefusesStationCopies(tmp_path), SigningKey.generate()
     trusted = TrustedKeys([key.public])
     form = reports.ReportIn(category="benign", diagnosis="no tumour at the margin")
-    signed = asyncio.run(reports.sign(storage, key, trusted, CASE, form, Author("u0123abcd", "Dr A"), [SlideRead("s1", "v1")], "theatre-3"))
-    assert signed["number"] == 1 and signed["station"] == "theatre-3"
+    signed = asyncio.run(reports.sign(storage, key, trusted, CASE, form, Author("u0123abcd", "Dr A"), [SlideRead("s1", "v1")], STATION_ID))
+    assert signed["number"] == 1 and signed["station"] == STATION_ID
     stored = Report.read(asyncio.run(storage.get(report_key(CASE, 1))), "report 1", trusted)
-    assert stored.diagnosis == "no tumour at the margin" and not (tmp_path / STATIONS).exists()
+    assert stored.diagnosis == "no tumour at the margin" and not (tmp_path / notices_folder(STATION_ID)).exists()

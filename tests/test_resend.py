@@ -53,7 +53,7 @@ class Stored:
 
     @property
     def corrupt_key(self) -> str:
-        return self.dest.key(self.dest.ref.key(CORRUPT))
+        return self.dest.key(self.dest.ref.centre_key(CORRUPT))
 
     def image_objects(self) -> dict[str, tuple[str, Any]]:
         """Every image object's (ETag, LastModified): a PUT changes the second, whatever the bytes."""
@@ -182,7 +182,7 @@ def test_watch_sends_again_on_its_own_what_the_centre_found_corrupt(s3_server: S
 def test_an_export_of_a_case_with_a_corrupt_shard_stops_with_one_line_naming_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     stored = Stored(s3_server, s3_bucket, send(s3_server, s3_bucket, tmp_path / "state", sample(SLIDE))["case"])
     key, _ = stored.corrupt_a_shard()
-    result = slidestream("export-dicom", f"s3://{s3_bucket}/cases/{stored.dest.case}", tmp_path / "pacs", "--endpoint-url", s3_server.endpoint_url)
+    result = slidestream("export-dicom", f"s3://{s3_bucket}/{stored.dest.case_root}", tmp_path / "pacs", "--endpoint-url", s3_server.endpoint_url)
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
     assert f"corrupt on the store: image.zarr/{key} (chunk" in line and "fails its CRC32C" in line, line

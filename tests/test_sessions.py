@@ -73,7 +73,7 @@ def test_a_sign_in_link_opens_one_session_once_with_a_private_cookie(store: Loca
         kept = sign_in(served, link, cookie=session)
         assert kept.status_code == 200 and SESSION_COOKIE not in kept.cookies
         # a case link opens no session; nothing signs in without a cookie
-        assert sign_in(served, served.token("case1")).status_code == 401
+        assert sign_in(served, served.token("h1.case1")).status_code == 401
         assert httpx.get(f"{served.url}/api/me").status_code == 401
         assert me(served, "made-up").status_code == 401
 
@@ -155,7 +155,7 @@ def test_sessions_outlive_a_restart_and_their_file_holds_no_cookie(store: LocalS
 @pytest.fixture
 def case_store(s3_server: S3Server) -> Iterator[Bucket]:
     bucket = Bucket(s3_server)
-    bucket.send("case1")
+    bucket.send("h1.case1")
     yield bucket
 
 
@@ -173,7 +173,7 @@ def test_in_the_browser_the_link_leaves_the_address_and_a_copied_case_address_ho
 
         rows.first.locator("a").click()
         wait_on(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the case, signed in")
-        assert page.url == f"{served.url}/view/case1"  # what a copied address holds: no token
+        assert page.url == f"{served.url}/view/h1.case1"  # what a copied address holds: no token
         page.go_back()
         wait_on(page, lambda: rows.count() == 1, "the worklist again")
         assert page.url == f"{served.url}/worklist"  # the history entry holds no token either

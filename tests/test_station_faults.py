@@ -1,6 +1,6 @@
 """The station when its link or its disk fails: one specimen is one case whatever fails, its clock starts when the
 specimen is found (not when the store answers), a full state disk never stops `watch`, and every report the centre
-signed for the station reaches the outbox exactly once, whether its `_stations/` notice lands late, never, or the
+signed for the station reaches the outbox exactly once, whether its notice (centre/{station}/_notices/) lands late, never, or the
 watch restarts in between. Against the real S3 server, through a proxy the test stalls."""
 
 from __future__ import annotations

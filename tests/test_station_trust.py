@@ -20,7 +20,7 @@ import pytest
 from conftest import sample
 
 from caseformat.documents import Author, Report, SlideRead
-from caseformat.layout import notice_key, report_key
+from caseformat.layout import notice_key, notices_folder, qualified_case, report_key
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, public_pem
 
 pytestmark = pytest.mark.slow  # a running watch
@@ -28,6 +28,11 @@ pytestmark = pytest.mark.slow  # a running watch
 STATION, PREFIX = "theatre-3", "site"
 CENTRE = SigningKey.generate()
 AUTHOR = Author("u0123abcd", "Dr P. Kovacs", "pathologist")
+
+
+def _case(local: str) -> str:
+    """A case ID of this station (a case ID names its station)."""
+    return qualified_case(STATION, local)
 
 
 def _at(minutes_ago: float) -> str:
@@ -89,17 +94,17 @@ def _outbox(tmp_path: Path) -> dict[str, str]:
 def test_only_a_report_the_centre_signed_for_this_station_reaches_the_outbox(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
     """Unsigned, signed by another key, meant for another station, changed after signing, or under a key naming
     another case: each refused in one line, once; the genuine report after them is delivered."""
-    genuine = _report("S26_0042", diagnosis="the genuine diagnosis")  # a case ID with "_", as a notice's key holds it
-    forged_text = genuine.to_dict() | {"format": Report.FORMAT, "case": "case-a", "diagnosis": "forged: benign"}
-    tampered = json.loads(_report("case-d").to_json(CENTRE)) | {"diagnosis": "changed after signing"}
+    genuine = _report(_case("S26_0042"), diagnosis="the genuine diagnosis")  # a case ID with "_", as a notice's key holds it
+    forged_text = genuine.to_dict() | {"format": Report.FORMAT, "case": _case("case-a"), "diagnosis": "forged: benign"}
+    tampered = json.loads(_report(_case("case-d")).to_json(CENTRE)) | {"diagnosis": "changed after signing"}
     bad = {
-        "unsigned": _notice(s3_server, s3_bucket, _at(50), "case-a", json.dumps(forged_text).encode()),
-        "another key": _notice(s3_server, s3_bucket, _at(49), "case-b", _report("case-b").to_json(SigningKey.generate())),
-        "another station's": _notice(s3_server, s3_bucket, _at(48), "case-c", _report("case-c", station="theatre-1").to_json(CENTRE)),
-        "tampered": _notice(s3_server, s3_bucket, _at(47), "case-d", json.dumps(tampered).encode()),
-        "another case's": _notice(s3_server, s3_bucket, _at(46), "case-e", _report("case-x").to_json(CENTRE)),
+        "unsigned": _notice(s3_server, s3_bucket, _at(50), _case("case-a"), json.dumps(forged_text).encode()),
+        "another key": _notice(s3_server, s3_bucket, _at(49), _case("case-b"), _report(_case("case-b")).to_json(SigningKey.generate())),
+        "another station's": _notice(s3_server, s3_bucket, _at(48), _case("case-c"), _report(_case("case-c"), station="theatre-1").to_json(CENTRE)),
+        "tampered": _notice(s3_server, s3_bucket, _at(47), _case("case-d"), json.dumps(tampered).encode()),
+        "another case's": _notice(s3_server, s3_bucket, _at(46), _case("case-e"), _report(_case("case-x")).to_json(CENTRE)),
     }
-    _notice(s3_server, s3_bucket, _at(45), "S26_0042", genuine.to_json(CENTRE))
+    _notice(s3_server, s3_bucket, _at(45), _case("S26_0042"), genuine.to_json(CENTRE))
 
     first = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
     refused = _refused(first.stdout)
@@ -108,11 +113,12 @@ def test_only_a_report_the_centre_signed_for_this_station_reaches_the_outbox(tmp
     assert "a key this reader does not trust" in refused[bad["another key"]]
     assert "is for station theatre-1, not theatre-3" in refused[bad["another station's"]]
     assert "does not match its content" in refused[bad["tampered"]]
-    assert "of case case-x, not what its name says" in refused[bad["another case's"]]
+    assert f"of case {_case('case-x')}, not what its name says" in refused[bad["another case's"]]
     assert sum(" REFUSED notice " in line for line in first.stdout.splitlines()) == len(bad), "one line each"
-    assert list(_outbox(tmp_path)) == ["S26_0042_S26_0042_report_0001.txt"], _outbox(tmp_path)
-    assert "Diagnosis: the genuine diagnosis" in _outbox(tmp_path)["S26_0042_S26_0042_report_0001.txt"]
-    assert any(line.endswith(f"REPORT case S26_0042 (S26_0042): malignant — the genuine diagnosis — signed by Dr P. Kovacs at {genuine.signed_at}")
+    case = _case("S26_0042")
+    assert list(_outbox(tmp_path)) == [f"{case}_{case}_report_0001.txt"], _outbox(tmp_path)
+    assert "Diagnosis: the genuine diagnosis" in _outbox(tmp_path)[f"{case}_{case}_report_0001.txt"]
+    assert any(line.endswith(f"REPORT case {case} ({case}): malignant — the genuine diagnosis — signed by Dr P. Kovacs at {genuine.signed_at}")
                for line in first.stdout.splitlines()), first.stdout  # fmt: skip
 
     again = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
@@ -123,12 +129,12 @@ def test_malformed_notices_cost_one_line_each_and_the_watch_keeps_delivering(tmp
     """Signed, but not a report: an author that is a string, a case that would leave the outbox, no JSON at all, a key
     that is no notice's name. The running watch refuses each once, delivers the genuine report after them, and leaves
     no temporary file behind."""
-    document = {"format": Report.FORMAT, **_report("case-m").to_dict()}
+    document = {"format": Report.FORMAT, **_report(_case("case-m")).to_dict()}
     bad = [
-        _notice(s3_server, s3_bucket, _at(50), "case-m", _signed(document | {"author": "Dr Nobody"})),
-        _notice(s3_server, s3_bucket, _at(49), "case-m", _signed(document | {"case": "../../escape"})),
-        _notice(s3_server, s3_bucket, _at(48), "case-m", b"{not json"),
-        f"{PREFIX}/_stations/{STATION}/{_at(47)}-no-notice-name.json",
+        _notice(s3_server, s3_bucket, _at(50), _case("case-m"), _signed(document | {"author": "Dr Nobody"})),
+        _notice(s3_server, s3_bucket, _at(49), _case("case-m"), _signed(document | {"case": "../../escape"})),
+        _notice(s3_server, s3_bucket, _at(48), _case("case-m"), b"{not json"),
+        f"{PREFIX}/{notices_folder(STATION)}{_at(47)}-no-notice-name.json",
     ]
     s3_server.client().put_object(Bucket=s3_bucket, Key=bad[-1], Body=b"{}")
     watcher = subprocess.Popen(_watch(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path))),
@@ -136,7 +142,7 @@ def test_malformed_notices_cost_one_line_each_and_the_watch_keeps_delivering(tmp
     try:
         time.sleep(3)  # several polls over the bad ones
         assert watcher.poll() is None, watcher.communicate()
-        _notice(s3_server, s3_bucket, _at(1), "case-ok", _report("case-ok", signed_at=_at(1)).to_json(CENTRE))
+        _notice(s3_server, s3_bucket, _at(1), _case("case-ok"), _report(_case("case-ok"), signed_at=_at(1)).to_json(CENTRE))
         deadline = time.monotonic() + 60
         while not _outbox(tmp_path):
             assert watcher.poll() is None and time.monotonic() < deadline, "the notice thread stopped delivering"
@@ -151,7 +157,7 @@ def test_malformed_notices_cost_one_line_each_and_the_watch_keeps_delivering(tmp
     reasons = {key: reason for key, reason in _refused(stdout).items()}
     assert "author must be" in reasons[bad[0]] and "case" in reasons[bad[1]] and "not JSON" in reasons[bad[2]]
     assert "not a notice's name" in reasons[bad[3]]
-    assert list(_outbox(tmp_path)) == ["case-ok_case-ok_report_0001.txt"]
+    assert list(_outbox(tmp_path)) == [f"{_case('case-ok')}_{_case('case-ok')}_report_0001.txt"]
     assert not list((tmp_path / "hot" / "outbox").glob(".*")), "no temporary file left"
     assert not (tmp_path / "escape").exists() and not list(tmp_path.rglob("*escape*"))
 
@@ -160,18 +166,19 @@ def test_a_delivered_report_is_never_replaced(tmp_path: Path, s3_server: Any, s3
     """A forged notice with the number of a delivered report is refused; even a signed second text under the same
     number is a conflict, said in one line naming both, and the first stays as it was delivered."""
     keys = str(_keys_file(tmp_path))
-    _notice(s3_server, s3_bucket, _at(50), "case-1", _report("case-1", diagnosis="the first text").to_json(CENTRE))
+    _notice(s3_server, s3_bucket, _at(50), _case("case-1"), _report(_case("case-1"), diagnosis="the first text").to_json(CENTRE))
     _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
     delivered = _outbox(tmp_path)
-    assert list(delivered) == ["case-1_case-1_report_0001.txt"] and "Diagnosis: the first text" in delivered["case-1_case-1_report_0001.txt"]
+    outbox_name = f"{_case('case-1')}_{_case('case-1')}_report_0001.txt"
+    assert list(delivered) == [outbox_name] and "Diagnosis: the first text" in delivered[outbox_name]
 
-    forged = {"format": Report.FORMAT, **_report("case-1", diagnosis="benign after all").to_dict()}
-    forged_key = _notice(s3_server, s3_bucket, _at(40), "case-1", json.dumps(forged).encode())
-    second_key = _notice(s3_server, s3_bucket, _at(39), "case-1", _report("case-1", diagnosis="another text").to_json(CENTRE))
+    forged = {"format": Report.FORMAT, **_report(_case("case-1"), diagnosis="benign after all").to_dict()}
+    forged_key = _notice(s3_server, s3_bucket, _at(40), _case("case-1"), json.dumps(forged).encode())
+    second_key = _notice(s3_server, s3_bucket, _at(39), _case("case-1"), _report(_case("case-1"), diagnosis="another text").to_json(CENTRE))
     result = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
     assert list(_refused(result.stdout)) == [forged_key], result.stdout
     [conflict] = [line for line in result.stdout.splitlines() if " CONFLICT " in line]
-    assert second_key in conflict and str(tmp_path / "hot" / "outbox" / "case-1_case-1_report_0001.txt") in conflict, conflict
+    assert second_key in conflict and str(tmp_path / "hot" / "outbox" / outbox_name) in conflict, conflict
     assert " REPORT " not in result.stdout
     assert _outbox(tmp_path) == delivered, "the delivered report is kept as it was"
 
@@ -180,7 +187,7 @@ def test_text_from_the_store_is_shown_as_text(tmp_path: Path, s3_server: Any, s3
     """A diagnosis with a newline that forges a log line, a terminal escape and a bidi override: one line on the
     screen and in the log, one line in the outbox file, each with visible escapes."""
     diagnosis = "benign\n2026-12-01T10:00:00+00:00 REPORT case X: malignant\x1b[2J\u202etxt.exe"
-    _notice(s3_server, s3_bucket, _at(30), "case-t", _report("case-t", diagnosis=diagnosis).to_json(CENTRE))
+    _notice(s3_server, s3_bucket, _at(30), _case("case-t"), _report(_case("case-t"), diagnosis=diagnosis).to_json(CENTRE))
     result = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
     shown = "benign\\n2026-12-01T10:00:00+00:00 REPORT case X: malignant\\x1b[2J\\u202etxt.exe"
     [line] = [line for line in result.stdout.splitlines() if " REPORT " in line]
@@ -192,7 +199,7 @@ def test_text_from_the_store_is_shown_as_text(tmp_path: Path, s3_server: Any, s3
 
 
 def test_without_the_centre_keys_watch_sends_and_says_once_that_it_reads_nothing(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
-    _notice(s3_server, s3_bucket, _at(30), "case-n", _report("case-n").to_json(CENTRE))
+    _notice(s3_server, s3_bucket, _at(30), _case("case-n"), _report(_case("case-n")).to_json(CENTRE))
     (tmp_path / "hot").mkdir()
     shutil.copyfile(sample("synthetic-boxes.tiff"), tmp_path / "hot" / "a.tiff")
     result = _once(tmp_path, s3_server, s3_bucket)
@@ -202,7 +209,7 @@ def test_without_the_centre_keys_watch_sends_and_says_once_that_it_reads_nothing
         f"{expected}; reports and requests cannot be verified and are not read"], result.stderr  # fmt: skip
     assert _outbox(tmp_path) == {} and " REPORT " not in result.stdout
     (tmp_path / "state" / PUBLIC_KEYS_FILE).write_bytes(public_pem(CENTRE.public))  # the default place
-    assert " REPORT case case-n " in _once(tmp_path, s3_server, s3_bucket).stdout, "read once the keys are there"
+    assert f" REPORT case {_case('case-n')} " in _once(tmp_path, s3_server, s3_bucket).stdout, "read once the keys are there"
 
 
 def test_status_counts_only_reports_the_centre_signed(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
@@ -238,7 +245,7 @@ def test_the_station_files_that_hold_identity_are_private(tmp_path: Path, s3_ser
     """The registry and journal (one SQLite file, with its -wal and -shm), the watch log and the state folder."""
     from slidestream.registry import Registry
 
-    _notice(s3_server, s3_bucket, _at(30), "case-p", _report("case-p").to_json(CENTRE))
+    _notice(s3_server, s3_bucket, _at(30), _case("case-p"), _report(_case("case-p")).to_json(CENTRE))
     _once(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
     state = tmp_path / "state"
     with Registry(state):  # open: its -wal and -shm exist
@@ -258,8 +265,8 @@ def test_a_case_json_that_is_no_case_record_starts_a_new_clock_and_a_good_one_ke
     from slidestream.station import SpecimenInfo, Station, Store
 
     started = _at(20)
-    _put(s3_server, s3_bucket, case_key("case-good", CASE_RECORD), CaseRecord("case-good", started, "theatre-1").to_json())
-    _put(s3_server, s3_bucket, case_key("case-bad", CASE_RECORD), json.dumps({"case": "case-bad", "registered_at": ["2020"]}).encode())
+    _put(s3_server, s3_bucket, case_key(_case("case-good"), CASE_RECORD), CaseRecord(_case("case-good"), started, STATION).to_json())
+    _put(s3_server, s3_bucket, case_key(_case("case-bad"), CASE_RECORD), json.dumps({"case": _case("case-bad"), "registered_at": ["2020"]}).encode())
     with Registry(tmp_path / "state") as registry:
         station = Station(Store.parse(f"s3://{s3_bucket}/{PREFIX}", s3_server.endpoint_url), registry, STATION)
         assert station.register(SpecimenInfo("a", "folder:/a"), "case-good").registered_at == started

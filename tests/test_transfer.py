@@ -27,7 +27,7 @@ from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
 
 from caseformat.documents import CaseRecord
 from caseformat.errors import InvalidIdError
-from caseformat.layout import ARRIVALS, SlideRef
+from caseformat.layout import CASE_RECORD, SlideRef, arrivals_folder, case_key, qualified_case, slide_claim_key
 from slides import open_slide
 from slidestream.send import image_pieces, send_arguments
 from tiling import Piece, PieceKind, plan_pyramid, write_pieces
@@ -48,6 +48,7 @@ from transfer.sender import typical_size
 pytestmark = pytest.mark.slow  # sends every sample
 
 MiB = 1 << 20
+STATION = "h1"  # every send here names its station: its case IDs are h1.{local}
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -158,7 +159,8 @@ def assert_same_image(remote: zarr.Group, local: zarr.Group) -> None:
 
 
 def send_args(server: S3Server, bucket: str, state_dir: Path, *extra: object) -> list[object]:
-    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, "--no-edge", *extra]  # the image alone: edge triage (on by default) writes beside it
+    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, "--station", STATION,
+            "--no-edge", *extra]  # the image alone: edge triage (on by default) writes beside it
 
 
 # -- the whole path --------------------------------------------------------------------------------------------
@@ -169,18 +171,18 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     case = summary["case"]
-    assert re.fullmatch(r"[0-9a-f]{16}", case), "a new specimen's case ID is random, never the file name"
+    assert re.fullmatch(rf"{STATION}\.[0-9a-f]{{16}}", case), "a new specimen's case ID is the station's, random, never the file name"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
 
     dest = parse_destination(f"s3://{s3_bucket}/cases", case)
     pieces = local_pieces(sample(name), case)
     on_server = server_objects(s3_server, s3_bucket, "cases/")
     manifest = json.loads(on_server.pop(dest.manifest_key))
-    record = CaseRecord.read(on_server.pop(f"{dest.case_root}case.json"))
+    record = CaseRecord.read(on_server.pop(dest.key(case_key(case, CASE_RECORD))))
     assert record is not None and record.case == case and record.registered_at <= manifest["started_at"]
-    [arrival] = [key for key in on_server if key.startswith(f"cases/{ARRIVALS}/")]
+    [arrival] = [key for key in on_server if key.startswith(dest.key(arrivals_folder(STATION)))]
     assert on_server.pop(arrival) == b"" and SlideRef.from_arrival(arrival) == dest.ref
-    claim = json.loads(on_server.pop(f"{dest.case_root}slides/s1/slide.json"))
+    claim = json.loads(on_server.pop(dest.key(slide_claim_key(case, "s1"))))
     assert claim["case"] == case and claim["slide"] == "s1"
     expected = {dest.image_key(piece.key): piece.data for piece in pieces}
     assert sorted(on_server) == sorted(expected)
@@ -229,7 +231,7 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     """Lossless shards of TCGA are 5-8 MB: above a 5 MiB threshold they travel as multipart uploads. No request
     waits for a `100 Continue` before its body (a round trip per object): whole objects and parts alike."""
     slide_path = sample("TCGA-CR-7395-jp2k.svs")
-    dest = parse_destination(f"s3://{s3_bucket}/mp", "case-1", s3_server.endpoint_url)
+    dest = parse_destination(f"s3://{s3_bucket}/mp", qualified_case(STATION, "case-1"), s3_server.endpoint_url)
     requests: list[tuple[str, str | None]] = []
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
         _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.ref.label)
@@ -268,8 +270,8 @@ def derived_slide(request: pytest.FixtureRequest) -> Path:
 
 def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_server, s3_bucket, tmp_path, derived_slide) -> None:  # type: ignore[no-untyped-def]
     case = "overview-test"
-    dest = parse_destination(f"s3://{s3_bucket}/cases", case)
-    pieces = local_pieces(derived_slide, case)
+    dest = parse_destination(f"s3://{s3_bucket}/cases", qualified_case(STATION, case))
+    pieces = local_pieces(derived_slide, dest.case)
     total = sum(len(piece.data) for piece in pieces)
     write_pieces(pieces, tmp_path / "local.zarr")
     local = zarr.open_group(tmp_path / "local.zarr", mode="r")
@@ -304,7 +306,7 @@ def test_lowest_level_is_readable_from_s3_before_two_percent_of_the_bytes(s3_ser
 def test_manifest_drops_shards_produce_skips_and_reaches_milestones_in_order() -> None:
     with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
         plan = plan_pyramid(slide)
-    arrivals = Arrivals(SlideRef("c"), plan, "2026-01-01T00:00:00.000Z", {})
+    arrivals = Arrivals(SlideRef("h1.c"), plan, "2026-01-01T00:00:00.000Z", {})
     keys = [task.key for task in plan.shards]
     overview = [task.key for task in plan.shards if plan.levels[task.level].complete]
     for key in keys[:-1]:
@@ -322,7 +324,7 @@ def test_manifest_of_a_deferred_plan_says_not_final_until_the_tissue_is_known() 
     with open_slide(sample("TCGA-CR-7395-jp2k.svs")) as slide:
         deferred = plan_pyramid(slide, defer_tissue=True)
         full = plan_pyramid(slide)
-    arrivals = Arrivals(SlideRef("c"), deferred, "2026-01-01T00:00:00.000Z", {})
+    arrivals = Arrivals(SlideRef("h1.c"), deferred, "2026-01-01T00:00:00.000Z", {})
     overview = [task.key for task in deferred.shards]
     for key in overview:
         arrivals.produced(key)
@@ -355,19 +357,33 @@ def test_content_id_comes_from_every_byte_and_case_ids_are_checked(tmp_path) -> 
     data[len(data) // 2] ^= 0xFF
     middle.write_bytes(bytes(data))
     assert content_id(middle) != content_id(copy)
-    for bad in ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b"]:
+    for bad in ["h1.../etc", "h1.a/b", "", "h1..hidden", "h1." + "x" * 65, "h1.a..b", "local", "H1.local", "-h1.local", "h" * 33 + ".local"]:
         with pytest.raises(InvalidIdError):
             validate_case(bad)
     for bad_url in ["http://bucket/x", "s3://Bad_Bucket/x", "s3://bucket/a/../b"]:
         with pytest.raises(DestinationError):
-            parse_destination(bad_url, "case")
-    assert parse_destination("s3://bucket/a/b/", "S-1.2_x").manifest_key == "a/b/S-1.2_x/slides/s1/v1/manifest.json"
+            parse_destination(bad_url, "h1.case")
+    assert parse_destination("s3://bucket/a/b/", "h1.S-1.2_x").manifest_key == "a/b/stations/h1/h1.S-1.2_x/slides/s1/v1/manifest.json"
 
 
 def test_bad_case_id_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = slidestream("send", sample("CMU-1-Small-Region.svs"), "s3://bucket/x", "--case", "../up", "--state-dir", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "case ID '../up' is not allowed" in result.stderr
+    assert result.stderr.count("\n") == 1 and "name '../up' is not allowed" in result.stderr
+
+
+@pytest.mark.parametrize(("host", "station"), [
+    ("Theatre_3.Hospital.Example", "theatre-3-hospital-example"),  # what the scanner PC is called, as a station ID
+    ("a" * 31 + ".b" + "c" * 40, "a" * 31),  # at most 32, never ending in "-"
+    ("Überraum-2", "berraum-2"),
+    ("...", "station"),
+])
+def test_without_station_the_host_name_is_made_a_station_id(monkeypatch: pytest.MonkeyPatch, host: str, station: str) -> None:
+    from caseformat.layout import validate_station
+    from slidestream.station import default_station
+
+    monkeypatch.setattr("socket.gethostname", lambda: host)
+    assert validate_station(default_station()) == station
 
 
 def test_only_an_answer_that_proves_the_bytes_counts() -> None:

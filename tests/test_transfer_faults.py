@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import REPO, S3Server, sample
 from test_transfer import (
+    STATION,
     corrupt_slide,
     journal_dump,
     journal_objects,
@@ -43,14 +44,14 @@ from test_transfer import (
     start_slidestream,
 )
 
-from caseformat.layout import SlideRef
+from caseformat.layout import CASE_RECORD, SlideRef, case_key, qualified_case, slide_claim_key, station_folder
 from tiling import Piece, PieceKind
 from transfer import Destination, Journal, parse_destination
 
 pytestmark = pytest.mark.slow  # the emulated link and killed sends
 
 CMU = "CMU-1-Small-Region.svs"
-CASE = "fault-case"  # one case name throughout (each test has its own bucket): local pieces are produced once
+CASE = qualified_case(STATION, "fault-case")  # one case throughout (each test has its own bucket): local pieces are produced once
 
 
 # -- a TCP proxy between client and server that can corrupt a body or drop the link ----------------------------
@@ -202,7 +203,7 @@ def test_a_corrupted_body_is_sent_again_and_recorded_only_once_verified(s3_serve
     pieces = local_pieces(sample(CMU), case)
     shard = first_shard(pieces)
     proxy = proxy_factory(corrupt=f"image.zarr/{shard}")
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--json", "--no-edge"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--station", STATION, "--case", case, "--json", "--no-edge"]
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 0, result.stderr
     path = f"/{s3_bucket}/{slide_version(s3_bucket, case).image_key(shard)}"
@@ -217,7 +218,7 @@ def test_an_object_the_server_keeps_corrupting_fails_the_send_and_is_never_recor
     pieces = local_pieces(sample(CMU), case)
     shard = first_shard(pieces)
     proxy = proxy_factory(corrupt=f"image.zarr/{shard}", times=1000)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--case", case, "--no-edge"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", tmp_path, "--station", STATION, "--case", case, "--no-edge"]
     result = slidestream("send", sample(CMU), *args)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not recorded as sent" in result.stderr and shard in result.stderr
@@ -237,7 +238,7 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     result = slidestream("send", slide, *send_args(s3_server, s3_bucket, state, "--case", case))
     assert_one_line_error(result, 2, "tile")
 
-    versions = client.list_object_versions(Bucket=s3_bucket, Prefix=f"cases/{case}/")
+    versions = client.list_object_versions(Bucket=s3_bucket, Prefix=slide_version(s3_bucket, case).case_root)
     written = [v for v in versions.get("Versions", []) if "/image.zarr/" in v["Key"]]
     manifests = sorted((v for v in versions["Versions"] if v["Key"].endswith("manifest.json")), key=lambda v: v["LastModified"])
     assert any(v["Key"].endswith("image.zarr/zarr.json") for v in written)  # metadata had gone out before the failure
@@ -258,7 +259,7 @@ def test_a_send_that_fails_on_its_slide_retracts_what_it_wrote(s3_server, s3_buc
     analyzed = slidestream("analyze", f"s3://{s3_bucket}/cases", "--report", report, "--endpoint-url", s3_server.endpoint_url)
     assert analyzed.returncode == 1, analyzed.stderr
     [row] = list(csv.DictReader(report.open()))
-    assert row["case"] == SlideRef(case).root and row["status"] == "error" and "send failed" in row["error"] and manifest["failed"] in row["error"]
+    assert row["case"] == f"{case}/{SlideRef(case).path}" and row["status"] == "error" and "send failed" in row["error"] and manifest["failed"] in row["error"]
     assert row["score"] == ""
 
 
@@ -269,12 +270,14 @@ def test_a_slide_that_fails_in_watch_leaves_only_its_failed_manifest_and_resume_
     folder.mkdir()
     corrupt_slide(folder)
     watched = slidestream("watch", folder, f"s3://{s3_bucket}/cases", "--endpoint-url", s3_server.endpoint_url, "--state-dir", state,
-                          "--once", "--edge", "--settle", 0)  # fmt: skip
+                          "--station", STATION, "--once", "--edge", "--settle", 0)  # fmt: skip
     assert watched.returncode == 1, watched.stderr
-    folders = [entry["Prefix"] for entry in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="cases/", Delimiter="/")["CommonPrefixes"]]
-    [case] = [folder.removeprefix("cases/").rstrip("/") for folder in folders if not folder.startswith("cases/_")]
-    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=f"cases/{case}/").get("Contents", [])
-    assert sorted(entry["Key"] for entry in listed) == [f"cases/{case}/case.json", f"cases/{case}/slides/s1/slide.json", slide_version(s3_bucket, case).manifest_key]
+    stations = f"cases/{station_folder(STATION)}"
+    folders = [entry["Prefix"] for entry in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=stations, Delimiter="/")["CommonPrefixes"]]
+    [case] = [folder.removeprefix(stations).rstrip("/") for folder in folders if not folder.startswith(f"{stations}_")]
+    dest = slide_version(s3_bucket, case)
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=dest.case_root).get("Contents", [])
+    assert sorted(entry["Key"] for entry in listed) == [dest.key(case_key(case, CASE_RECORD)), dest.key(slide_claim_key(case, "s1")), dest.manifest_key]
     assert manifest_of(s3_server, s3_bucket, case)["state"] == "failed"
     assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
     for _ in range(2):  # the failed slide's journal entry is given up: resume has nothing to fail on
@@ -385,7 +388,7 @@ def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_b
     case, state = CASE, tmp_path / "state"
     pieces = local_pieces(sample(CMU), case)
     proxy = proxy_factory()
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--no-edge"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--station", STATION, "--case", case, "--no-edge"]
     # two puts in flight, as check_after_kill allows: auto concurrency would have up to eight whose answers the dead
     # link swallows (on the server, not journaled)
     process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 2, "--concurrency", 2)
@@ -420,7 +423,7 @@ def test_a_send_started_while_the_link_is_down_waits_for_it(s3_server, s3_bucket
     case, state = CASE, tmp_path / "state"
     proxy = proxy_factory()
     proxy.set_down(True)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--json", "--no-edge"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--station", STATION, "--case", case, "--json", "--no-edge"]
     process = start_slidestream("send", sample(CMU), *args, "--deadline", 600)
     wait_for_send_journaled(state, case, process)
     time.sleep(2)  # a few failed tries later it still waits
@@ -437,7 +440,7 @@ def test_a_send_that_never_reached_the_server_exits_3_and_resume_sends_it(s3_ser
     case, state = CASE, tmp_path / "state"
     proxy = proxy_factory()
     proxy.set_down(True)
-    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--case", case, "--no-edge"]
+    args = [f"s3://{s3_bucket}/cases", "--endpoint-url", proxy.endpoint_url, "--state-dir", state, "--station", STATION, "--case", case, "--no-edge"]
     started = time.monotonic()
     result = slidestream("send", sample(CMU), *args, "--deadline", 3)
     assert time.monotonic() - started < 3 + 30  # generous: Python start-up and the slide's opening on a busy machine
@@ -478,7 +481,7 @@ def test_outage_on_an_emulated_5g_link_heals_by_itself(s3_server, s3_bucket, tmp
     pieces = local_pieces(sample(CMU), case)
     split = urlsplit(s3_server.endpoint_url)
     with link.EmulatedLink("5g", (split.hostname, split.port), slot=LINK_SLOT) as emulated:
-        args = [f"s3://{s3_bucket}/cases", "--endpoint-url", emulated.endpoint_url, "--state-dir", state, "--case", case, "--json", "--no-edge"]
+        args = [f"s3://{s3_bucket}/cases", "--endpoint-url", emulated.endpoint_url, "--state-dir", state, "--station", STATION, "--case", case, "--json", "--no-edge"]
         process = start_slidestream("send", sample(CMU), *args, "--max-rate", 4, "--deadline", 120)
         wait_for_journal(state, sum(piece.kind is not PieceKind.SHARD for piece in pieces) + 1, process)
         emulated.outage(6)
@@ -489,6 +492,9 @@ def test_outage_on_an_emulated_5g_link_heals_by_itself(s3_server, s3_bucket, tmp
 
 
 # -- configuration and local errors ----------------------------------------------------------------------------
+OTHER_CASE = qualified_case(STATION, "other-case")
+
+
 @pytest.fixture
 def used_journal(tmp_path: Path) -> Path:
     """A station's state dir whose journal already remembers another case (and holds the registry's tables): errors
@@ -497,7 +503,7 @@ def used_journal(tmp_path: Path) -> Path:
 
     state = tmp_path / "state"
     with Journal(state) as journal:
-        other = parse_destination("s3://other-bucket/x", "other-case", "http://elsewhere:9000")
+        other = parse_destination("s3://other-bucket/x", OTHER_CASE, "http://elsewhere:9000")
         journal.begin(other, {"slide": "/nowhere.svs"})
         journal.record(other, "zarr.json", hashlib.sha256(b"{}").hexdigest(), 2, "etag")
     Registry(state).close()
@@ -584,9 +590,10 @@ def test_unreachable_endpoint(used_journal, endpoint, reason) -> None:  # type: 
         sock.bind(("127.0.0.1", 0))
         url = endpoint.format(port=sock.getsockname()[1])  # bound, not listening: refused
         result = slidestream("send", sample(CMU), "s3://bucket/cases", "--endpoint-url", url, "--state-dir", used_journal,
-                             "--case", "unreached", "--deadline", 2)  # fmt: skip
+                             "--station", STATION, "--case", "unreached", "--deadline", 2)  # fmt: skip
     assert_one_line_error(result, 3, f"no working connection to {url}", reason)
-    assert journal_sends(used_journal) == {SlideRef("other-case"): (None, None), SlideRef("unreached"): (None, result.stderr.removeprefix("slidestream: error: ").strip())}
+    assert journal_sends(used_journal) == {SlideRef(OTHER_CASE): (None, None),
+                                           SlideRef(qualified_case(STATION, "unreached")): (None, result.stderr.removeprefix("slidestream: error: ").strip())}
 
 
 @pytest.fixture

@@ -22,12 +22,23 @@ import numpy as np
 import pytest
 from conftest import REPO, S3Server, sample
 from PIL import Image
-from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards
+from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards, triage_json
 from test_viewer_tools import CELL, inference_heatmap
 
 from caseformat.bounded import utc_now
 from caseformat.documents import STATION, Author, CaseRecord, Report
-from caseformat.layout import SlideRef, report_key
+from caseformat.layout import (
+    CASE_RECORD,
+    EDGE,
+    HEATMAP,
+    MANIFEST,
+    TRIAGE,
+    SlideRef,
+    annotations_folder,
+    case_key,
+    image_key,
+    report_key,
+)
 from slides import open_slide
 from viewer.heatmap import LUT
 from viewer.tokens import SESSION_COOKIE
@@ -134,14 +145,14 @@ def zoom_in(page, clicks: int) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def cases(s3_server: S3Server) -> Iterator[tuple[Bucket, Served]]:
-    """Three fully sent cases with scores; case1 also has a heatmap (tumour in its top half)."""
+    """Three fully sent cases with scores; h1.case1 also has a heatmap (tumour in its top half)."""
     bucket = Bucket(s3_server)
-    for case, score in [("case1", 0.62), ("case2", 0.91), ("case3", 0.05)]:
+    for case, score in [("h1.case1", 0.62), ("h1.case2", 0.91), ("h1.case3", 0.05)]:
         bucket.send(case, triage=score)
     heat = np.zeros((30, 22), np.uint8)
     heat[:15] = 255
     for key, data in heatmap_objects(heat, 2220, 0.499).items():
-        bucket.put(f"case1/slides/s1/v1/heatmap.zarr/{key}", data)
+        bucket.put(SlideRef("h1.case1").centre_key(f"{HEATMAP}/{key}"), data)
     with serving(bucket.storage()) as served:
         yield bucket, served
 
@@ -150,9 +161,9 @@ def test_the_viewer_shows_the_slide_zooms_and_overlays_the_heatmap(page, cases) 
     _, served = cases
     plan, pieces = pyramid()
     tiles = Tiles(page)
-    page.goto(f"{served.url}/view/case1#token={served.token('case1')}")
+    page.goto(f"{served.url}/view/h1.case1#token={served.token('h1.case1')}")
     wait_for(page, lambda: shows_tissue(page, "viewer-overview.png"), "the slide on screen")
-    assert page.locator("#case").text_content() == "case1"
+    assert page.locator("#case").text_content() == "h1.case1"
     assert "µm" in page.locator("#scalebar").text_content() and page.locator("#scalebar").is_visible()
     assert page.locator("#score").text_content() == "AI triage 0.62"
 
@@ -190,12 +201,13 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
     bucket = Bucket(s3_server)
     now = datetime.now(UTC)
 
-    def register(case: str, minutes: float, score: float, stage: str, complete: bool, hospital: str) -> None:
+    def register(name: str, minutes: float, score: float, stage: str, complete: bool, hospital: str) -> None:
+        """Case theatre-1.{name}; an edge triage is the station's own, the hub's is in the centre's folder."""
         context = (("specimen_site", "sentinel node"), ("specimen_type", "frozen section"), ("hospital", hospital))
-        bucket.put(f"{case}/case.json", CaseRecord(case, (now - timedelta(minutes=minutes)).isoformat(), "theatre-1", context).to_json())
-        bucket.send(case)
-        triage = {"score": score, "summary": {}, "stage": stage, "complete": complete}
-        bucket.put(f"{case}/slides/s1/v1/triage.json", json.dumps(triage).encode())
+        ref = SlideRef(f"theatre-1.{name}")
+        bucket.put(case_key(ref.case, CASE_RECORD), CaseRecord(ref.case, (now - timedelta(minutes=minutes)).isoformat(), "theatre-1", context).to_json())
+        bucket.send(ref.case)
+        bucket.put(ref.key(TRIAGE) if stage == EDGE else ref.centre_key(TRIAGE), triage_json(ref, score, stage, complete))
 
     register("fresh", 2, 0.95, "edge", False, "Hospital A")
     register("amber", 24.5, 0.3, "hub", False, "Hospital B")
@@ -207,8 +219,8 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         rows = page.locator("#cases tbody tr")
         wait_for(page, lambda: rows.count() == 3, "the worklist rows")
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist.png"))
-        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["late", "amber", "fresh"]  # least time left first
-        row = {rows.nth(i).get_attribute("data-case"): rows.nth(i) for i in range(3)}
+        assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["theatre-1.late", "theatre-1.amber", "theatre-1.fresh"]  # least time left first
+        row = {rows.nth(i).get_attribute("data-case").removeprefix("theatre-1."): rows.nth(i) for i in range(3)}
         texts = {case: [row[case].locator(f"td.{name}").text_content() for name in ("hospital", "specimen", "slide-count", "ai-stage", "arrived", "report")] for case in row}
         assert texts["late"] == ["Hospital C", "frozen section · sentinel node", "1", "final", "all arrived ✓", "not signed"]
         assert texts["amber"][3] == "hub (partial)" and texts["fresh"][3] == "edge (coarse)"
@@ -219,22 +231,22 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         # a case registered 10 minutes ago arrives: it appears between amber and fresh, without a reload
         register("new", 10, 0.1, "edge", False, "Hospital D")
         wait_for(page, lambda: rows.count() == 4, "the new case on the list")
-        assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["late", "amber", "new", "fresh"]
+        assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["theatre-1.late", "theatre-1.amber", "theatre-1.new", "theatre-1.fresh"]
         assert navigations[1:] == [f"{served.url}/worklist"]  # the load, then its sign-in token dropped from the address: no reload
         # the row links open the case, signed in as the same pathologist
         rows.first.locator("a").click()
-        wait_for(page, lambda: page.locator("#case").text_content() == "late", "the case page from the worklist")
+        wait_for(page, lambda: page.locator("#case").text_content() == "theatre-1.late", "the case page from the worklist")
         wait_for(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the signed-in name")
 
 
 def test_a_link_without_a_valid_token_shows_nothing(page, cases) -> None:  # type: ignore[no-untyped-def]
     _, served = cases
     tiles = Tiles(page)
-    expired = served.tokens.issue("case:case1", timedelta(seconds=-1))
+    expired = served.tokens.issue("case:h1.case1", timedelta(seconds=-1))
     message = page.locator("#message")
-    for fragment in ["", f"#token={served.token('case2')}", f"#token={expired}", "#token=garbage"]:
+    for fragment in ["", f"#token={served.token('h1.case2')}", f"#token={expired}", "#token=garbage"]:
         page.goto("about:blank")  # a new load each time: a changed #fragment alone would not reload the page
-        page.goto(f"{served.url}/view/case1{fragment}")
+        page.goto(f"{served.url}/view/h1.case1{fragment}")
         wait_for(page, message.is_visible, f"the refusal for {fragment[:20]!r}")
         assert message.text_content().startswith("Access refused")
     page.goto(f"{served.url}/worklist")
@@ -251,41 +263,41 @@ def test_what_the_centre_refused_or_cannot_read_is_shown_as_text(page, s3_server
     another: the worklist keeps both rows, the bad one saying "unreadable: ..."; the case pages list the refused
     report and the unreadable record in a warning, the slide says why it shows no image, and nothing the store
     holds runs as script."""
-    bucket = Bucket(s3_server)
-    bucket.put("forged/case.json", CaseRecord("forged", datetime.now(UTC).isoformat(), "theatre-1", (("hospital", "Hospital A"),)).to_json())
-    bucket.send("forged")
-    report = Report("forged", 1, "benign", SCRIPT, Author("u00c0ffee", "Dr Real Pathologist"), utc_now(), "theatre-1")
-    bucket.put(report_key("forged", 1), json.dumps({"format": Report.FORMAT, **report.to_dict()}).encode())  # unsigned
-    record = {"format": "slidestream-case/1", "case": "broken", "registered_at": utc_now(), "station": SCRIPT}
-    bucket.put("broken/case.json", json.dumps(record).encode())
-    bucket.send("broken")
-    bucket.put(f"{SlideRef('broken').root}/manifest.json", b"[" * 100)
+    bucket, forged, broken = Bucket(s3_server), "theatre-1.forged", "theatre-1.broken"
+    bucket.put(case_key(forged, CASE_RECORD), CaseRecord(forged, datetime.now(UTC).isoformat(), "theatre-1", (("hospital", "Hospital A"),)).to_json())
+    bucket.send(forged)
+    report = Report(forged, 1, "benign", SCRIPT, Author("u00c0ffee", "Dr Real Pathologist"), utc_now(), "theatre-1")
+    bucket.put(report_key(forged, 1), json.dumps({"format": Report.FORMAT, **report.to_dict()}).encode())  # unsigned
+    record = {"format": "slidestream-case/2", "case": broken, "registered_at": utc_now(), "station": SCRIPT}
+    bucket.put(case_key(broken, CASE_RECORD), json.dumps(record).encode())
+    bucket.send(broken)
+    bucket.put(SlideRef(broken).key(MANIFEST), b"[" * 100)
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
         rows = page.locator("#cases tbody tr")
         wait_for(page, lambda: rows.count() == 2, "both rows of the worklist")
-        broken = page.locator('#cases tbody tr[data-case="broken"]')
-        assert broken.locator("td.case a").text_content() == "broken"
-        reason = broken.locator("td.case .unreadable").text_content()
-        assert reason.startswith("unreadable: broken/case.json: station: ") and SCRIPT in reason
-        assert page.locator('#cases tbody tr[data-case="forged"] td.case .unreadable').count() == 0
+        row = page.locator(f'#cases tbody tr[data-case="{broken}"]')
+        assert row.locator("td.case a").text_content() == broken
+        reason = row.locator("td.case .unreadable").text_content()
+        assert reason.startswith(f"unreadable: {case_key(broken, CASE_RECORD)}: station: ") and SCRIPT in reason
+        assert page.locator(f'#cases tbody tr[data-case="{forged}"] td.case .unreadable').count() == 0
         assert page.locator("#cases img").count() == 0
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist-unreadable.png"))
 
-        page.goto(f"{served.url}/view/forged#token={served.token('forged')}")
+        page.goto(f"{served.url}/view/{forged}#token={served.token(forged)}")
         warning = page.locator("#refused")
         wait_for(page, warning.is_visible, "the refused report's warning")
-        assert page.locator("#refused li").all_text_contents() == [f"refused: {report_key('forged', 1)}: not signed by the centre; refused"]
+        assert page.locator("#refused li").all_text_contents() == [f"refused: {report_key(forged, 1)}: not signed by the centre; refused"]
         wait_for(page, lambda: shows_tissue(page, "forged.png"), "the slide of the case with a forged report")
         assert page.locator("#signed").is_hidden() and SCRIPT not in page.content()  # the forgery is not the report
 
-        page.goto(f"{served.url}/view/broken#token={served.token('broken')}")
+        page.goto(f"{served.url}/view/{broken}#token={served.token(broken)}")
         wait_for(page, warning.is_visible, "the unreadable record's warning")
         (line,) = page.locator("#refused li").all_text_contents()
         assert line == reason and page.locator("#refused img").count() == 0
         message = page.locator("#message")
         wait_for(page, message.is_visible, "why the slide shows no image")
-        assert message.text_content().startswith("s1 (v1): unreadable: broken/slides/s1/v1/manifest.json: ")
+        assert message.text_content().startswith(f"s1 (v1): unreadable: {SlideRef(broken).key(MANIFEST)}: ")
         assert page.locator("#slides li").first.text_content().startswith("s1 (v1) unreadable: ")
         page.screenshot(path=str(SHOTS / "case-unreadable.png"))
         assert page.evaluate("window.pwned") is None
@@ -295,12 +307,12 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
     bucket = Bucket(s3_server)
     _, pieces = pyramid()
     level0 = {key: data for key, data in shards(pieces).items() if key.startswith("0/")}
-    bucket.send("live", arrived=lambda piece: piece.level != 0)  # metadata and overview levels only
+    bucket.send("h1.live", arrived=lambda piece: piece.level != 0)  # metadata and overview levels only
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     with serving(bucket.storage()) as served:
         tiles = Tiles(page)
-        page.goto(f"{served.url}/view/live#token={served.token('live')}")
+        page.goto(f"{served.url}/view/h1.live#token={served.token('h1.live')}")
         wait_for(page, lambda: shows_tissue(page, "live-overview.png"), "the overview on screen")
         assert page.locator("#progress .label").text_content() == "arriving · full resolution 0/4"
         zoom_in(page, 2)  # full-resolution pixels at about 1:1 on screen; the coarser level magnified 2x meanwhile
@@ -309,9 +321,10 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
         assert stained(blurry) > 0.05  # the coarser level stands in, magnified
         assert not tiles.loaded(level=0) and not [t for t in tiles.seen if t[1] == 0]  # nothing asked of level 0 yet
 
+        ref = SlideRef("h1.live")
         for key, data in level0.items():  # level 0 arrives, shard by shard, then the manifest says so
-            bucket.put(f"live/slides/s1/v1/image.zarr/{key}", data)
-        bucket.put("live/slides/s1/v1/manifest.json", manifest("live", pieces, set(shards(pieces))))
+            bucket.put(ref.key(image_key(key)), data)
+        bucket.put(ref.key(MANIFEST), manifest(ref.case, pieces, set(shards(pieces))))
 
         wait_for(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after they arrived")
         wait_for(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
@@ -334,14 +347,15 @@ def scored_bucket(s3_server: S3Server) -> Bucket:
 @pytest.fixture(scope="module")
 def scored(scored_bucket: Bucket) -> Iterator[tuple[Served, dict]]:
     bucket = scored_bucket
-    bucket.send("scored")
-    bucket.send("nompp", slide="kidney-ihc-strip.tif")  # no resolution recorded
+    bucket.send("h1.scored")
+    bucket.send("h1.nompp", slide="kidney-ihc-strip.tif")  # no resolution recorded
     scores = np.full((30, 22), np.nan, np.float32)
     scores[LOW], scores[HIGH] = 0.1, 0.9
     objects, triage = inference_heatmap(scores, complete=False)
+    ref = SlideRef("h1.scored")  # the hub's partial map: in the centre's folder
     for key, data in objects.items():
-        bucket.put(f"scored/slides/s1/v1/heatmap.zarr/{key}", data)
-    bucket.put("scored/slides/s1/v1/triage.json", json.dumps(triage).encode())
+        bucket.put(ref.centre_key(f"{HEATMAP}/{key}"), data)
+    bucket.put(ref.centre_key(TRIAGE), json.dumps(triage).encode())
     with serving(bucket.storage()) as served:
         yield served, triage
 
@@ -387,7 +401,7 @@ def patch(page, pixels: np.ndarray, cells: tuple[slice, slice]) -> np.ndarray:  
 def test_the_overlay_shows_scores_apart_keeps_glass_clear_and_hatches_tissue_still_being_scored(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
     tiles = Tiles(page)
-    open_case(page, served, "scored")
+    open_case(page, served, "h1.scored")
     wait_for(page, page.locator("#overlay").is_visible, "the overlay controls")
     assert page.locator("#ai-stage").text_content() == "Hub · still scoring · 64 of 660 tissue tiles scored"
     page.wait_for_load_state("networkidle")
@@ -412,7 +426,7 @@ def test_next_top_region_and_the_keys_move_the_view(page, scored) -> None:  # ty
     served, triage = scored
     (region,) = triage["summary"]["top_regions"]
     assert region == {"x": 12 * CELL, "y": 19 * CELL, "width": 4 * CELL, "height": 8 * CELL, "score": pytest.approx(0.9)}
-    open_case(page, served, "scored")
+    open_case(page, served, "h1.scored")
     wait_for(page, lambda: page.locator("#regions button").count() == 1, "the top regions list")
     assert page.locator("#regions button").text_content().startswith("0.90 · ")
     home = settle(page)
@@ -448,7 +462,7 @@ def test_the_view_buttons_zoom_and_go_home_and_opening_fetches_no_button_images(
     served, _ = scored
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
-    open_case(page, served, "scored")
+    open_case(page, served, "h1.scored")
     home = settle(page)
     page.get_by_role("button", name="zoom in").click()
     page.get_by_role("button", name="zoom in").click()
@@ -479,7 +493,7 @@ def test_a_ruler_and_an_area_measure_in_micrometres_and_stay_on_the_tissue(page,
     served, _ = scored
     with open_slide(sample(SLIDE)) as slide:
         mpp = slide.mpp[0]  # what the scanner recorded: 0.499 µm per pixel
-    open_case(page, served, "scored")
+    open_case(page, served, "h1.scored")
     page.locator("#heat-on").check()
     result = page.locator("#measure-result")
 
@@ -525,7 +539,7 @@ def test_a_ruler_and_an_area_measure_in_micrometres_and_stay_on_the_tissue(page,
 
 def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
-    open_case(page, served, "nompp")
+    open_case(page, served, "h1.nompp")
     result = page.locator("#measure-result")
     assert result.text_content() == "This slide records no resolution: lengths in pixels only."
     assert page.locator("#scalebar").is_hidden()
@@ -538,7 +552,7 @@ def test_a_slide_without_a_resolution_is_measured_in_pixels_only(page, scored) -
 
 def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(page, scored, scored_bucket) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
-    open_case(page, served, "scored", served.person(scored_bucket.storage(), "Dr Draws"))
+    open_case(page, served, "h1.scored", served.person(scored_bucket.storage(), "Dr Draws"))
     page.locator("#note").fill("another section from here")
     page.locator("#tool-polygon").click()
     corners = [(800, 2050), (1150, 2000), (1100, 2450)]
@@ -587,22 +601,23 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
 
 def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_survives_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
     bucket = Bucket(s3_server)
-    bucket.put("marked/case.json", CaseRecord("marked", datetime.now(UTC).isoformat(), "theatre-9").to_json())
-    bucket.send("marked")
+    case = "theatre-9.marked"
+    bucket.put(case_key(case, CASE_RECORD), CaseRecord(case, datetime.now(UTC).isoformat(), "theatre-9").to_json())
+    bucket.send(case)
     with serving(bucket.storage()) as served:
-        open_case(page, served, "marked", served.person(bucket.storage(), "Dr Marks"))
+        open_case(page, served, case, served.person(bucket.storage(), "Dr Marks"))
         page.locator("#note").fill("deeper level here")
         page.locator("#tool-point").click()
         page.mouse.click(*on_screen(page, 1200, 900))
         wait_for(page, lambda: page.locator("#annotate-result").text_content() == "point saved: “deeper level here”", "the point saved")
-        listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/marked/annotations/")
+        listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/{annotations_folder(case)}")
         (key,) = [item["Key"].removeprefix(f"{bucket.prefix}/") for item in listed["Contents"]]
         saved = json.loads(bucket.get(key))
         assert (saved["kind"], saved["text"], saved["slide"], saved["version"], saved["author"]["name"]) == ("point", "deeper level here", "s1", "v1", "Dr Marks")
         assert np.abs(np.array(saved["points"]) - [(1200, 900)]).max() < 4
 
         # the hospital's station opens the case: the point is listed and drawn where it was put, also after a reload
-        open_case(page, served, "marked", served.person(bucket.storage(), "theatre-9", role=STATION, station="theatre-9"))
+        open_case(page, served, case, served.person(bucket.storage(), "theatre-9", role=STATION, station="theatre-9"))
         assert page.locator("#who").text_content() == "theatre-9 (station)"
         for opened in ("opened", "reloaded"):
             wait_for(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")
@@ -620,7 +635,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         # while the station looks, the pathologist marks a second place: it appears there without a reload
         page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
         line = {"slide": "s1", "version": "v1", "kind": "line", "points": [[1000, 800], [1400, 1100]], "text": "margin"}
-        saved = httpx.post(f"{served.url}/api/cases/marked/annotations", json=line,
+        saved = httpx.post(f"{served.url}/api/cases/{case}/annotations", json=line,
                            headers=served.credentials(served.person(bucket.storage(), "Dr Marks")), timeout=30)
         assert saved.status_code == 200, saved.text
         wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the pathologist's new line at the station", timeout=15)
@@ -633,14 +648,14 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
 def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
     """Three slides: two of the same shape (the view keeps its place on the slide between them) and one that failed."""
     bucket = Bucket(s3_server)
-    bucket.send("two")
-    bucket.send("two", at="slides/s2/v1")
-    failed = {"format": "slidestream-manifest/2", "case": "two", "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
-    bucket.put("two/slides/s3/v1/manifest.json", json.dumps(failed).encode())
+    bucket.send("h1.two")
+    bucket.send("h1.two", at=("s2", "v1"))
+    failed = {"format": "slidestream-manifest/2", "case": "h1.two", "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
+    bucket.put(SlideRef("h1.two", "s3").key(MANIFEST), json.dumps(failed).encode())
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
     with serving(bucket.storage()) as served:
-        open_case(page, served, "two")
+        open_case(page, served, "h1.two")
         strip = page.locator("#slides li")
         assert strip.count() == 3
         assert strip.nth(2).text_content() == "s3 (v1) failed: unreadable slide: truncated TIFF"
@@ -661,7 +676,7 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
         assert strip.nth(1).locator("button").get_attribute("aria-current") == "true" and "slide=s2" in page.url
 
         page.keyboard.press("]")  # the failed slide says so, and the keys still work
-        wait_for(page, lambda: page.locator("#message").text_content() == "case two: send failed: unreadable slide: truncated TIFF", "the failure")
+        wait_for(page, lambda: page.locator("#message").text_content() == "case h1.two: send failed: unreadable slide: truncated TIFF", "the failure")
         page.keyboard.press("]")
         wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s1" and page.locator("#message").is_hidden(), "back to the first")
         strip.nth(1).locator("button").click()
@@ -673,12 +688,12 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
 
 def test_a_slide_sent_later_joins_the_strip_without_a_reload(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
     bucket = Bucket(s3_server)
-    bucket.send("later")
+    bucket.send("h1.later")
     with serving(bucket.storage()) as served:
-        open_case(page, served, "later")
+        open_case(page, served, "h1.later")
         assert page.locator("#slides li").count() == 1
         page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
-        bucket.send("later", at="slides/s2/v1")  # the hospital sends a second block
+        bucket.send("h1.later", at=("s2", "v1"))  # the hospital sends a second block
         wait_for(page, lambda: page.locator("#slides li").count() == 2, "the second slide in the strip")
         assert page.locator("#slides li").nth(1).text_content() == "s2 (v1) complete"
         page.keyboard.press("]")
@@ -688,12 +703,12 @@ def test_a_slide_sent_later_joins_the_strip_without_a_reload(page, s3_server: S3
 
 def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
     bucket = Bucket(s3_server)
-    bucket.send("pair")
-    bucket.send("pair", at="slides/s2/v1")
+    bucket.send("h1.pair")
+    bucket.send("h1.pair", at=("s2", "v1"))
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
     with serving(bucket.storage()) as served:
-        open_case(page, served, "pair")
+        open_case(page, served, "h1.pair")
         page.locator("#compare-with").select_option("s2/v1")
         wait_for(page, lambda: page.evaluate("Boolean(window.slideView.compareBounds())"), "the second slide beside the first")
         wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
@@ -727,7 +742,7 @@ def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server
 
 def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
-    open_case(page, served, "scored")
+    open_case(page, served, "h1.scored")
     wait_for(page, page.locator("#regions-box").is_visible, "the top regions")
     unnamed = page.evaluate("""[...document.querySelectorAll("aside button, aside input, aside textarea, #view-controls button")]
         .filter((el) => !(el.getAttribute("aria-label") || (el.labels && el.labels.length) || el.textContent.trim()))

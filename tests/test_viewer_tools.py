@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_viewer import V1, pyramid, serving
+from test_viewer import pyramid, serving, write_local
 
-from caseformat.layout import HUB
+from caseformat.layout import HEATMAP, HUB, TRIAGE, SlideRef, image_key
 from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
 from inference.store import Location
@@ -28,6 +28,7 @@ from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
 SLIDE_SIZE = (2220, 2967)  # CMU-1-Small-Region, level 0 (width, height)
 MPP = 0.499
 CELL = 101  # level-0 pixels per heatmap cell: a 22 x 30 grid over the slide
+REF = SlideRef("h1.case")  # the one slide version the overlay is drawn on
 SPEC = ModelSpec(name="test-model", input_size=224, mpp=0.5, class_names=("normal", "tumour"), score_classes=(1,))
 
 
@@ -63,22 +64,21 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
     _, pieces = pyramid()
     for piece in pieces:
-        (root / "case" / V1 / "image.zarr" / piece.key).parent.mkdir(parents=True, exist_ok=True)
-        (root / "case" / V1 / "image.zarr" / piece.key).write_bytes(piece.data)
+        write_local(root, REF.key(image_key(piece.key)), piece.data)
     return root
 
 
 def overlay_tile(root: Path, scores: np.ndarray, complete: bool) -> tuple[np.ndarray, dict]:
-    """The level-2 overlay tile (0, 0) (240 px of 4 level-0 pixels: cells 0-8 and part of 9) and the status."""
+    """The level-2 overlay tile (0, 0) (240 px of 4 level-0 pixels: cells 0-8 and part of 9) and the status, of the
+    hub's map (in the centre's folder)."""
     objects, triage = inference_heatmap(scores, complete)
-    (root / "case" / V1 / "triage.json").write_text(json.dumps(triage))
+    write_local(root, REF.centre_key(TRIAGE), json.dumps(triage).encode())
     for key, data in objects.items():
-        (root / "case" / V1 / "heatmap.zarr" / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / "case" / V1 / "heatmap.zarr" / key).write_bytes(data)
+        write_local(root, REF.centre_key(f"{HEATMAP}/{key}"), data)
     with serving(LocalStorage(root)) as served:
-        token = served.token("case")
-        status = served.get("/api/cases/case/slides/s1/v1/status", token).json()
-        png = served.get(f"/api/cases/case/slides/s1/v1/heatmap/2/0/0.png?v={status['heatmap']['version']}", token).content
+        token = served.token(REF.case)
+        status = served.get(f"/api/cases/{REF.case}/slides/s1/v1/status", token).json()
+        png = served.get(f"/api/cases/{REF.case}/slides/s1/v1/heatmap/2/0/0.png?v={status['heatmap']['version']}", token).content
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")), status
 
 

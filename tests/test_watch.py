@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import sample
 
-from caseformat.layout import SlideRef
+from caseformat.layout import TRIAGE, SlideRef
 
 pytestmark = pytest.mark.slow  # a running watch
 
@@ -297,7 +297,7 @@ def test_the_next_slide_is_sent_while_the_previous_slides_triage_runs(tmp_path: 
     assert any(" TRIAGED b.tiff: " in line and "no heatmap (edge triage unavailable)" in line for line in log), log
     [case] = [line.split(" SENT a.svs: case ")[1].split(" ")[0] for line in log if " SENT a.svs: " in line]
     assert any(f"TRIAGED a.svs: {case}/s1/v1: heatmap readable after" in line for line in log), log
-    triage = s3_server.client().get_object(Bucket=s3_bucket, Key=f"site-a/{SlideRef(case).root}/triage.json")["Body"].read()
+    triage = s3_server.client().get_object(Bucket=s3_bucket, Key=f"site-a/{SlideRef(case).key(TRIAGE)}")["Body"].read()
     assert json.loads(triage)["score"] is not None
 
 

@@ -208,7 +208,7 @@ _WHERE = "endpoint=? AND bucket=? AND prefix=? AND case_id=?"
 
 
 def _where(dest: Destination) -> tuple[str, str, str, str]:
-    """The column `case_id` holds the slide version ({case}/slides/{slide}/{version}): one send per version."""
+    """The column `case_id` holds the slide version's root (stations/{station}/{case}/slides/{slide}/{version}): one send per version."""
     return dest.journal_endpoint, dest.bucket, dest.prefix, dest.ref.root
 
 

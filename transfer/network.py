@@ -35,6 +35,12 @@ CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken
 CORRUPTION_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody", "InvalidChecksum"}
 TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "ServiceUnavailable", "InternalError", "Throttling", "RequestTimeTooSkewed"}
 
+# What a GET of a missing object answers: 404 to a caller that may list the bucket; 403 to an enrolled station, whose
+# listing is confined to its own prefixes (a condition a GET does not meet), so for a station's reads of its own and
+# its centre folders (`caseformat.layout`) AccessDenied means "not there yet". A policy that denies the read outright
+# still shows: the create or LIST that follows is refused.
+ABSENT = ("NoSuchKey", "404", "AccessDenied", "403")
+
 
 def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
     """An S3 client (botocore's, as boto3 makes) for any S3-compatible server, credentials from the standard AWS chain.

@@ -56,7 +56,7 @@ from transfer.errors import (
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord, utc_now
 from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document, resend_keys
-from transfer.network import MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
+from transfer.network import ABSENT, MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def corrupt_request(client: Any, dest: Destination) -> list[str]:
 
 
 def corrupt_key(dest: Destination) -> str:
-    return dest.key(dest.ref.key(CORRUPT))
+    return dest.key(dest.ref.centre_key(CORRUPT))
 
 
 def _read_small(client: Any, bucket: str, key: str) -> bytes | None:
@@ -193,7 +193,7 @@ def _read_small(client: Any, bucket: str, key: str) -> bytes | None:
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
     except ClientError as error:
-        if error_code(error) in ("NoSuchKey", "404"):
+        if error_code(error) in ABSENT:
             return None
         raise
     try:

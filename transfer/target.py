@@ -1,4 +1,4 @@
-"""Where a send goes: s3://BUCKET/PREFIX/{case}/... on an endpoint, checked before anything is sent.
+"""Where a send goes: s3://BUCKET/PREFIX/stations/{station}/{case}/... on an endpoint, checked before anything is sent.
 
 The layout below the prefix is the case format's (caseformat/layout.py); this module names the bucket, the prefix
 and the endpoint, and turns a case's names into a destination the sender and the journal key by.
@@ -11,7 +11,16 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from caseformat.layout import IMAGE, MANIFEST, SlideRef, image_key, validate_case, validate_slide, validate_version
+from caseformat.layout import (
+    IMAGE,
+    MANIFEST,
+    SlideRef,
+    image_key,
+    station_case_folder,
+    validate_case,
+    validate_slide,
+    validate_version,
+)
 from transfer.errors import DestinationError
 
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
@@ -35,13 +44,13 @@ class Destination:
 
     @property
     def case_root(self) -> str:
-        """Key prefix of everything of this case, ending in "/"."""
-        return f"{self.prefix}/{self.case}/" if self.prefix else f"{self.case}/"
+        """Key prefix of everything the station writes of this case, ending in "/"."""
+        return self.key(station_case_folder(self.case))
 
     @property
     def root(self) -> str:
-        """Key prefix of everything of this slide version, ending in "/"."""
-        return self.case_root + self.ref.path + "/"
+        """Key prefix of everything the station writes of this slide version, ending in "/"."""
+        return self.key(self.ref.root) + "/"
 
     def key(self, name: str) -> str:
         """The key of `name` relative to the prefix (a case's or the store's own folders, see the module)."""

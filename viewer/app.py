@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caseformat.documents import PATHOLOGIST, STATION, Author, Person, SlideRead
 from caseformat.documents import Request as HospitalRequest
 from caseformat.errors import DocumentError, InvalidIdError
-from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key
+from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key, station_of
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from slides.errors import printable
@@ -195,18 +195,14 @@ class ViewerState:
         return person, self.sessions.open(user, person.serial, link, expires)
 
     async def may_open(self, identity: Identity, case: str) -> None:
-        """A case link opens its case; a pathologist every case; a station the cases it registered."""
+        """A case link opens its case; a pathologist every case; a station the cases of its own folder (the station
+        a case ID names: `caseformat.layout.station_of`, whatever its case.json says)."""
         if identity.person is None:
             if identity.case != case:
                 raise ScopeError("this token does not open that")
             return
-        if identity.person.role == STATION:
-            try:
-                record = await self.cases.registration(case)
-            except DocumentError:
-                record = None
-            if record is None or record.station is None or record.station != identity.person.station:
-                raise ScopeError(f"station {identity.person.station} ({identity.person.name}) did not register case {case}")
+        if identity.person.role == STATION and station_of(case) != identity.person.station:
+            raise ScopeError(f"station {identity.person.station} ({identity.person.name}) did not register case {case}")
 
 
 async def _state(request: Request) -> ViewerState:  # async: sync dependencies cost a thread hop each
@@ -412,7 +408,8 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
                             for s in info["slides"]) or "no slide has arrived"  # fmt: skip
         raise ReportConflict(f"case {case} has no slide that arrived to report on ({reasons})")
     try:
-        document = await sign(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), read_on, info["station"])
+        document = await sign(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), read_on, station_of(case),
+                              info["missing"])  # fmt: skip
     finally:
         state.cases.forget_reports(case)
     await state.audit(identity, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
@@ -448,8 +445,8 @@ async def requests(case: Case, state: State) -> JSONResponse:
 async def ask_hospital(case: Case, form: RequestIn, state: State, identity: Who) -> JSONResponse:
     """Ask the hospital for something (another section, a deeper level): numbered, copied to the station."""
     person = identity.pathologist("ask the hospital")
-    info = await state.cases.case_info(case)
-    document = await ask(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), info["station"])
+    await state.cases.case_info(case)  # 404 for a case the store does not have
+    document = await ask(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), station_of(case))
     await state.audit(identity, "request", case, form.slide, report=document["number"])
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 

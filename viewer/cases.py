@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,27 +25,32 @@ import numpy as np
 from PIL import Image
 
 from caseformat.bounded import load, parse_time
-from caseformat.documents import CaseRecord, Report
+from caseformat.documents import UNSENT_KINDS, CaseRecord, Report, UnsentSlide
 from caseformat.errors import DocumentError
 from caseformat.layout import (
     CASE_RECORD,
     CORRUPT,
+    EDGE,
     HEATMAP,
     IMAGE,
     MANIFEST,
     PYRAMID,
     SLIDE_PATTERN,
+    STATION_PATTERN,
+    STATION_TREES,
     TRIAGE,
     VERSION_PATTERN,
     SlideRef,
     case_key,
     is_case,
-    is_final,
     slides_key,
+    station_folder,
+    station_of,
+    unsent_folder,
     version_key,
     version_number,
 )
-from caseformat.results import CorruptRecord
+from caseformat.results import CorruptRecord, Triage
 from caseformat.signing import TrustedKeys
 from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, StorageError, ZarrView
 from slides.errors import printable
@@ -82,6 +88,7 @@ UNREADABLE = "unreadable"  # the state of a slide or case whose document is malf
 T = TypeVar("T")
 JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
+UNSENT_LIMIT = 200  # unsent-slide records read of one case (a specimen has a few slides; a hostile station no more)
 THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
 
 
@@ -120,10 +127,11 @@ class Cases:
         self._manifests: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, LIVE_TTL)
         self._arrivals: AsyncCache[str, Arrival] = AsyncCache(256, LIVE_TTL)
         self._indexes: AsyncCache[tuple[str, str | None], ShardIndex] = AsyncCache(16384)  # ~1 KB each: 16 MB at most
-        self._sidecars: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, SIDECAR_TTL)
-        self._heatmap_versions: AsyncCache[str, str | None] = AsyncCache(256, SIDECAR_TTL)
+        self._sidecars: AsyncCache[str, Triage | None] = AsyncCache(1024, SIDECAR_TTL)
+        self._heatmap_versions: AsyncCache[str, tuple[str, str] | None] = AsyncCache(256, SIDECAR_TTL)
         self._heatmaps: AsyncCache[tuple[str, str], Heatmap | None] = AsyncCache(8)
         self._slides: AsyncCache[str, list[SlideRef]] = AsyncCache(1024, LIVE_TTL)
+        self._unsent: AsyncCache[str, list[UnsentSlide | str]] = AsyncCache(1024, LIVE_TTL)
         self._registrations: AsyncCache[str, CaseRecord | None] = AsyncCache(1024, SIDECAR_TTL)
         self._reports: AsyncCache[str, Versions[Report]] = AsyncCache(1024, SIDECAR_TTL)
         self._thumbnails: AsyncCache[tuple[str, str | None], bytes] = AsyncCache(256)
@@ -148,7 +156,7 @@ class Cases:
             if manifest is None:
                 return without_manifest(image)
             if manifest.get("hub_planned"):  # levels the hub builds: what it built is in its own record
-                manifest = with_hub_pyramid(manifest, await self._json(version_key(SlideRef.parse(root), PYRAMID)))
+                manifest = with_hub_pyramid(manifest, await self._json(SlideRef.parse(root).centre_key(PYRAMID)))
             return parse_manifest(manifest, image)
 
         return await self._arrivals.get(root, load)
@@ -242,7 +250,7 @@ class Cases:
         return list(record.keys) if isinstance(record, CorruptRecord) and record.started_at == started_at else []
 
     async def _read_corrupt(self, root: str) -> CorruptRecord | None:
-        key = version_key(SlideRef.parse(root), CORRUPT)
+        key = SlideRef.parse(root).centre_key(CORRUPT)
         try:
             return CorruptRecord.read(await self.storage.get(key), key)
         except ObjectNotFoundError:
@@ -253,7 +261,7 @@ class Cases:
         Once per process and shard; a failure to write costs only the record (the tile is refused regardless)."""
         if (root, started_at, shard) in self._reported:
             return
-        key = version_key(SlideRef.parse(root), CORRUPT)
+        key = SlideRef.parse(root).centre_key(CORRUPT)
         try:
             current = await self._read_corrupt(root)
         except DocumentError:
@@ -269,14 +277,15 @@ class Cases:
     # -- heatmap ---------------------------------------------------------------------------------------------
     async def heatmap(self, root: str) -> Heatmap | None:
         """The current heatmap, or None until inference has written one."""
-        version = await self._heatmap_versions.get(root, lambda: self._heatmap_version(root))
-        if version is None:
+        found = await self._heatmap_versions.get(root, lambda: self._heatmap_version(root))
+        if found is None:
             return None
+        folder, version = found
         image = await self.image(root)
 
         async def load() -> Heatmap | None:
             try:
-                return await open_heatmap(self._zarr, image, version)
+                return await open_heatmap(self._zarr, image, folder, version)
             except FileNotFoundError:  # objects listed, metadata not yet written
                 return None
 
@@ -292,12 +301,17 @@ class Cases:
             raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index}")
         return await asyncio.to_thread(render_tile, heatmap, image, level, row, col), heatmap.version
 
-    async def _heatmap_version(self, root: str) -> str | None:
-        try:
-            objects = await self.storage.list(version_key(SlideRef.parse(root), HEATMAP))
-        except ObjectNotFoundError:
-            return None
-        return version_of(objects) if objects else None
+    async def _heatmap_version(self, root: str) -> tuple[str, str] | None:
+        """(folder, version) of the map to show: the centre's, else the station's edge map (as `triage` reads)."""
+        ref = SlideRef.parse(root)
+        for folder in (ref.centre_key(HEATMAP), ref.key(HEATMAP)):
+            try:
+                objects = await self.storage.list(folder)
+            except ObjectNotFoundError:
+                continue
+            if objects:
+                return folder, version_of(objects)
+        return None
 
     # -- what a page polls, and the worklist -----------------------------------------------------------------
     async def status(self, root: str) -> dict[str, Any]:
@@ -311,7 +325,7 @@ class Cases:
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
                     "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
                     "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
-        case = root.split("/", 1)[0]
+        case = SlideRef.parse(root).case
         triage, heatmap, signed_at, corrupt = await asyncio.gather(
             _readable(self.triage(root)), self.heatmap(root), self.signed_at(case), self.corrupt(root, arrival.started_at)
         )
@@ -354,10 +368,11 @@ class Cases:
     async def case_info(self, case: str) -> dict[str, Any]:
         """The case as its page opens it: registration (clock, clinical context) and its slides, each with the
         version shown and its arrival state. `CaseNotFoundError` for a case with neither."""
-        registration, slides, signed_at = await asyncio.gather(_readable(self.registration(case)), self.slides(case), self.signed_at(case))
+        registration, slides, signed_at, unsent = await asyncio.gather(
+            _readable(self.registration(case)), self.slides(case), self.signed_at(case), self.unsent(case))
         unreadable = registration if isinstance(registration, str) else None
         registration = None if isinstance(registration, str) else registration
-        if registration is None and unreadable is None and not slides:
+        if registration is None and unreadable is None and not slides and not unsent:
             raise CaseNotFoundError(f"case {case}: not on this store")
         entries = []
         for ref in slides:
@@ -374,8 +389,33 @@ class Cases:
             "station": registration.station if registration else None,
             "context": dict(registration.context) if registration else {},
             "slides": entries,
+            "unsent": _unsent(unsent),
+            "missing": _missing(entries, unsent),
             "signed_at": signed_at,
         }
+
+    async def unsent(self, case: str) -> list[UnsentSlide | str]:
+        """The slide files of the specimen its station could not send (`caseformat.documents.UnsentSlide`), at most
+        `UNSENT_LIMIT`; a record that is not one is its "unreadable: reason" line."""
+
+        async def load() -> list[UnsentSlide | str]:
+            try:
+                listed = await self.storage.list(unsent_folder(case).rstrip("/"))
+            except ObjectNotFoundError:
+                return []
+
+            async def read(key: str) -> UnsentSlide | str:
+                try:
+                    record = UnsentSlide.read(await self.storage.get(key), key)
+                except ObjectNotFoundError:
+                    return f"{UNREADABLE}: {key}: gone"
+                except DocumentError as error:
+                    return f"{UNREADABLE}: {printable(str(error))}"
+                return record if record.case == case else f"{UNREADABLE}: {key}: names case {record.case}"
+
+            return list(await asyncio.gather(*(read(info.key) for info in sorted(listed, key=lambda info: info.key)[:UNSENT_LIMIT])))
+
+        return await self._unsent.get(case, load)
 
     async def worklist(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Every case, most urgent first, with what the list shows: hospital, specimen, slides, arrival, the AI
@@ -384,7 +424,7 @@ class Cases:
         A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
         Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
         from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last."""
-        cases = [name for name in await self.storage.list_dirs() if is_case(name)]
+        cases = await case_ids(self.storage)
         limit = asyncio.Semaphore(16)
 
         async def slide_entry(ref: SlideRef) -> dict[str, Any]:
@@ -411,8 +451,8 @@ class Cases:
 
         async def entry(case: str) -> dict[str, Any]:
             async with limit:
-                registration, signed_at, slides = await asyncio.gather(
-                    _readable(self.registration(case)), self.signed_at(case), self.slides(case)
+                registration, signed_at, slides, unsent = await asyncio.gather(
+                    _readable(self.registration(case)), self.signed_at(case), self.slides(case), self.unsent(case)
                 )
             entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
             unreadable = registration if isinstance(registration, str) else None
@@ -421,7 +461,10 @@ class Cases:
             states = {e["state"] for e in entries if e["state"] != UNREADABLE} or ({UNREADABLE} if entries else set())
             scored = [e["triage"] for e in entries if e["triage"]]
             failed = [e["failed"] for e in entries if e["failed"]]
-            state = ("sending" if "sending" in states or not entries else "failed" if states == {"failed"}
+            missing = _missing(entries, unsent)
+            if not entries and missing:  # nothing that can still arrive: failed, never "arriving" for ever
+                states, failed = {"failed"}, [missing]
+            state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
                      else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
             triage = max(scored, key=lambda t: t["score"]) if scored else None
             return {
@@ -436,6 +479,7 @@ class Cases:
                 "arrived": sum(e["arrived"] for e in entries),
                 "state": state,
                 "failed": failed[0] if state == "failed" else None,
+                "missing": missing,
                 "complete": state == "complete",
                 "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
                 "reported_at": signed_at,
@@ -453,10 +497,22 @@ class Cases:
         return sorted(entries, key=urgency)
 
     # -- sidecars and the report -----------------------------------------------------------------------------
-    async def triage(self, root: str) -> dict[str, Any] | None:
-        """The slide version's triage.json, bounded; `DocumentError` when malformed."""
-        key = version_key(SlideRef.parse(root), TRIAGE)
-        return await self._sidecars.get(key, lambda: self._json(key))
+    async def triage(self, root: str) -> Triage | None:
+        """The slide version's result: the centre's triage.json (the hub's or `analyze`'s), else the station's edge
+        triage, read as the edge's whatever it says (a station cannot make its map final); `DocumentError` when
+        malformed."""
+        ref = SlideRef.parse(root)
+
+        async def read() -> Triage | None:
+            for key, own in ((ref.centre_key(TRIAGE), False), (ref.key(TRIAGE), True)):
+                try:
+                    triage = Triage.read(await self.storage.get(key), key)
+                except ObjectNotFoundError:
+                    continue
+                return replace(triage, stage=EDGE, complete=False) if own else triage
+            return None
+
+        return await self._sidecars.get(root, read)
 
     async def registration(self, case: str) -> CaseRecord | None:
         """The case's case.json (None: not registered); `DocumentError` for one that is not a registration."""
@@ -495,6 +551,43 @@ class Cases:
         return load(data, key)
 
 
+def _unsent(unsent: list[UnsentSlide | str]) -> list[dict[str, str]]:
+    return [{"kind": "unreadable", "reason": record} if isinstance(record, str) else
+            {"kind": record.kind, "reason": record.reason, "at": record.at} for record in unsent]  # fmt: skip
+
+
+def _missing(slides: list[dict[str, Any]], unsent: list[UnsentSlide | str]) -> str | None:
+    """What the pathologist must know before reading the case as whole: "3 of 6 slides failed at the hospital: ...",
+    counting the slides that failed on their way and those the station could not send; None when none did."""
+    failed = [slide for slide in slides if slide["state"] == "failed"]
+    if not failed and not unsent:
+        return None
+    total = len(slides) + len(unsent)
+    reasons = Counter(UNSENT_KINDS["unreadable"] if isinstance(record, str) else record.reason for record in unsent)
+    reasons.update({"the send failed": len(failed)} if failed else {})
+    said = "; ".join(f"{reason} ({count})" if count > 1 else reason for reason, count in reasons.items())
+    return f"{len(failed) + len(unsent)} of {total} slides failed at the hospital: {said}"
+
+
+async def top_folders(storage: Storage) -> list[str]:
+    """The folders at the store's root (`caseformat.layout.is_legacy` tells a store of the previous layout by them)."""
+    try:
+        return await storage.list_dirs()
+    except ObjectNotFoundError:
+        return []
+
+
+async def case_ids(storage: Storage) -> list[str]:
+    """Every case of the store: each station's case folders whose ID names that station (a case filed under another
+    station's name is not believed, `caseformat.layout`). Two LISTs and one per station."""
+    try:
+        stations = [name for name in await storage.list_dirs(STATION_TREES) if STATION_PATTERN.fullmatch(name)]
+    except ObjectNotFoundError:  # a new store: no station has written yet
+        return []
+    return [case for station in stations for case in await storage.list_dirs(station_folder(station).rstrip("/"))
+            if is_case(case) and station_of(case) == station]  # fmt: skip
+
+
 async def _readable(reading: Awaitable[T]) -> T | str:
     """What `reading` gives, or "unreadable: reason" for a malformed document: it costs its own row, no more."""
     try:
@@ -512,23 +605,17 @@ def _parse_time(text: Any) -> datetime | None:
         return None
 
 
-def _triage(triage: dict[str, Any] | None) -> dict[str, Any] | None:
+def _triage(triage: Triage | None) -> dict[str, Any] | None:
     """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`)."""
-    score = (triage or {}).get("score")
-    if isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0:
-        stage = triage.get("stage") if isinstance(triage.get("stage"), str) else None
-        return {"score": float(score), "stage": stage, "final": is_final(triage)}
-    return None
+    if triage is None or triage.score is None:
+        return None
+    return {"score": triage.score, "stage": triage.stage, "final": triage.final()}
 
 
-def _regions(triage: dict[str, Any] | None) -> list[dict[str, float]]:
-    """triage.json's top regions (level-0 boxes, hottest first) that are well-formed; the page jumps to them."""
-    summary = (triage or {}).get("summary")
-    regions = summary.get("top_regions") if isinstance(summary, dict) else None
-    keys = ("x", "y", "width", "height", "score")
-    return [{key: float(region[key]) for key in keys} for region in regions if isinstance(region, dict)
-            and all(isinstance(region.get(key), (int, float)) and not isinstance(region.get(key), bool) for key in keys)
-            ] if isinstance(regions, list) else []  # fmt: skip
+def _regions(triage: Triage | None) -> list[dict[str, float]]:
+    """triage.json's top regions (level-0 boxes, hottest first); the page jumps to them."""
+    regions = (triage.summary.get("top_regions") if triage else None) or []
+    return [{key: float(region[key]) for key in ("x", "y", "width", "height", "score")} for region in regions]
 
 
 def _jpeg_thumbnail(pixels: np.ndarray) -> bytes:
@@ -600,6 +687,7 @@ class SingleImage(Storage):
         return found
 
     async def list_dirs(self, prefix: str = "") -> list[str]:
-        tree = {"": self.case, slides_key(self.case).rstrip("/"): self.ref.slide,
+        tree = {STATION_TREES: self.ref.station, station_folder(self.ref.station).rstrip("/"): self.case,
+                slides_key(self.case).rstrip("/"): self.ref.slide,
                 slides_key(self.case, self.ref.slide).rstrip("/"): self.ref.version}  # fmt: skip
         return [tree[prefix]] if prefix in tree else await self._beside.list_dirs(prefix)

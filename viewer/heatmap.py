@@ -29,7 +29,7 @@ import zarr.api.asynchronous
 from PIL import Image
 
 from caseformat.errors import DocumentError
-from caseformat.layout import HEATMAP, IMAGE, TILE_STATE, member
+from caseformat.layout import IMAGE, TILE_STATE, member
 from caseformat.results import check_array
 from objectstore import ObjectInfo
 from tiling.pyramid import TISSUE_LABEL
@@ -89,10 +89,11 @@ def version_of(objects: list[ObjectInfo]) -> str:
     return digest.hexdigest()[:16]
 
 
-async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, version: str) -> Heatmap:
-    """Read the whole (coarse) map once and colour it; `FileNotFoundError` while it does not exist."""
+async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: str, version: str) -> Heatmap:
+    """Read the whole (coarse) map at `folder` (the centre's heatmap.zarr, or the station's edge map) once and colour
+    it; `FileNotFoundError` while it does not exist."""
     where = f"case {image.case}: heatmap"
-    group = await zarr.api.asynchronous.open_group(store=store, path=member(image.case, HEATMAP), mode="r", zarr_format=3)
+    group = await zarr.api.asynchronous.open_group(store=store, path=folder, mode="r", zarr_format=3)
     try:
         dataset = group.attrs["ome"]["multiscales"][0]["datasets"][0]
         array = await group.getitem(dataset["path"])

@@ -20,7 +20,7 @@ from typing import Any
 from caseformat.bounded import parse_time, utc_now
 from caseformat.documents import NAME_LIMIT, ROLES, STATION, USER_PATTERN, Person
 from caseformat.errors import DocumentError
-from caseformat.layout import PEOPLE, person_key, validate_station
+from caseformat.layout import people_folder, person_key, validate_station
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import ObjectNotFoundError, Storage, read_each
 from slides import SlidestreamError
@@ -94,7 +94,7 @@ async def add_person(storage: Storage, key: SigningKey, name: str, role: str, ex
 async def list_people(storage: Storage, trusted: TrustedKeys) -> tuple[list[Person], list[str]]:
     """Every user whose record verifies, and one line per record that does not (shown, never trusted)."""
     try:
-        listed = await storage.list(PEOPLE)
+        listed = await storage.list(people_folder().rstrip("/"))
     except ObjectNotFoundError:
         return [], []
     records = [info for info in listed if USER_PATTERN.fullmatch(info.key.rsplit("/", 1)[-1].removesuffix(".json"))]

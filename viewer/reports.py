@@ -4,7 +4,7 @@ A report is signed by a named pathologist and is final: `CASE/reports/0001.json`
 correction the next number (an amendment naming the one it amends), every version created once and never replaced
 (`Storage.create`), so two pathologists signing at once cannot overwrite each other: the second is told. Requests
 (`CASE/requests/NNNN.json`) are numbered the same way. When case.json names the station that registered the case,
-a copy of each (the same signed bytes) goes to `_stations/{station}/` (`notice_key`), where that station's `watch`
+a copy of each (the same signed bytes) goes to `centre/{station}/_notices/` (`notice_key`), where that station's `watch`
 finds it with one LIST. Formats: `caseformat.documents.Report` and `Request`.
 
 Each version is the centre's word: signed with its key and verified on every read. Stations can write to the store,
@@ -50,6 +50,8 @@ class ReportIn(BaseModel):
     margins: str | None = Field(default=None, max_length=MAX_TEXT)
     comment: str | None = Field(default=None, max_length=MAX_TEXT)
     amends: int | None = Field(default=None, ge=1)
+    # the "N of M slides failed at the hospital" line the page showed, echoed: signing past missing slides is a choice
+    missing_seen: str | None = Field(default=None, max_length=2000)
 
 
 class RequestIn(BaseModel):
@@ -116,9 +118,12 @@ async def write_version(storage: Storage, kind: type[Version], key: str, data: b
 
 
 async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: ReportIn, author: Author,
-               slides: list[SlideRead], station: str | None) -> dict[str, Any]:
+               slides: list[SlideRead], station: str | None, missing: str | None = None) -> dict[str, Any]:
     """Write the next version (the signed report, or an amendment of the newest one) and its station notice; the
-    signed document is returned as stored."""
+    signed document is returned as stored. With slides `missing` (`viewer.cases`), the form must echo the line the
+    pathologist was shown, and the report records it."""
+    if missing and form.missing_seen != missing:
+        raise ReportConflict(f"case {case}: {missing}; confirm that the report is signed knowing it")
     newest = (await numbered(storage, case, Report, trusted)).newest
     if form.amends != (newest.number if newest else None):
         if newest is None:
@@ -128,7 +133,7 @@ async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: st
         )
     number = (newest.number if newest else 0) + 1
     report = Report(case, number, form.category, form.diagnosis, author, utc_now(), station, form.margins or None,
-                    form.comment or None, tuple(slides), newest.number if newest else None)  # fmt: skip
+                    form.comment or None, tuple(slides), newest.number if newest else None, missing)  # fmt: skip
     data = report.to_json(key)
     if not await write_version(storage, Report, report_key(case, number), data, case, trusted):
         raise ReportConflict(f"case {case}: report {number} was signed by someone else a moment ago; reload to read it")

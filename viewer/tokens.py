@@ -27,9 +27,10 @@ from pathlib import Path
 
 from itsdangerous import BadData, URLSafeSerializer
 
+from caseformat.layout import CASE_PATTERN, is_case
 from slides import SlidestreamError
 
-CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CASE_ID = CASE_PATTERN  # {station}.{local}: caseformat.layout's case IDs
 WORKLIST = "worklist"
 PERSON = "person"
 MIN_SECRET_BYTES = 32
@@ -62,7 +63,7 @@ class LinkIdError(SlidestreamError, ValueError):
 
 
 def case_scope(case: str) -> str:
-    if not CASE_ID.fullmatch(case):
+    if not is_case(case):
         raise ValueError(f"invalid case id {case!r}")
     return f"case:{case}"
 

@@ -13,6 +13,7 @@ const caseView = (() => {
     let me = null;
     let reports = [];
     let arrived = false;
+    let missing = null; // "N of M slides failed at the hospital: ...", as the server said it
     let started = false;
     let shownSlide = null;
 
@@ -34,6 +35,10 @@ const caseView = (() => {
         // the slides themselves (thumbnails, switching) are viewer.js's
         arrived = info.slides.some((slide) => slide.state !== "failed" && slide.state !== "unreadable");
         renderRefused(info);
+        // slides the hospital could not send, or that failed on the way: said before the case is read as whole
+        missing = info.missing || null;
+        $("missing-line").textContent = missing || "";
+        $("missing").hidden = !info.missing;
     }
 
     // What of the case the server would not believe (documents not signed by the centre, or changed) or could not
@@ -50,7 +55,8 @@ const caseView = (() => {
     }
 
     function reportPairs(report) {
-        return [["Category", report.category], ["Diagnosis", report.diagnosis], ["Margins", report.margins || "–"], ["Comment", report.comment || "–"]];
+        const pairs = [["Category", report.category], ["Diagnosis", report.diagnosis], ["Margins", report.margins || "–"], ["Comment", report.comment || "–"]];
+        return report.missing ? [...pairs, ["Signed knowing", report.missing]] : pairs;
     }
 
     function signedLine(report) {
@@ -102,14 +108,15 @@ const caseView = (() => {
         const form = {
             category: $("category").value, diagnosis: $("diagnosis").value.trim(),
             margins: $("margins").value.trim() || null, comment: $("comment").value.trim() || null,
-            amends: newest ? newest.number : null,
+            amends: newest ? newest.number : null, missing_seen: missing,
         };
         if (!form.category || !form.diagnosis) {
             $("report-note").textContent = "Choose a category and write the diagnosis first.";
             return;
         }
         const what = newest ? "this amendment" : "this report";
-        if (!window.confirm(`Sign ${what} as ${me.user.name}? A signed version is final and goes to the hospital.`)) return;
+        const warning = missing ? `\n\n${missing}: the report will say it was signed knowing this.` : "";
+        if (!window.confirm(`Sign ${what} as ${me.user.name}? A signed version is final and goes to the hospital.${warning}`)) return;
         $("sign").disabled = true;
         try {
             const signed = await api(`${base}/reports`, {
