@@ -103,7 +103,7 @@ UNSENT_FORMAT = "slidestream-unsent/1"
 UNSENT_KINDS = {
     "unreadable": "the slide file could not be read (damaged, truncated or not a slide)",
     "unsupported": "the slide file is in a format slidestream does not read",
-    "duplicate": "the same slide was sent before, for another case",
+    "duplicate": "a copy of a slide sent before",
     "refused": "the hospital's checks refused it (identity in the clinical context, or the store refused it)",
 }
 

@@ -105,7 +105,7 @@ def report_pdf(report: Report, patient: Patient) -> bytes:
                         ("Case", report.case), ("Report", f"{report.number} ({report.kind})")], styles),
               Paragraph(f"Category: {markup(report.category.upper())}", styles["category"]),
               Paragraph("Diagnosis", styles["heading"]), Paragraph(markup(report.diagnosis), styles["body"])]  # fmt: skip
-    for heading, text in (("Margins", report.margins), ("Comment", report.comment)):
+    for heading, text in (("Margins", report.margins), ("Comment", report.comment), ("Missing when signed", report.missing)):
         if text:
             story += [Paragraph(heading, styles["heading"]), Paragraph(markup(text), styles["body"])]
     story += [Spacer(1, 6 * mm), _details([("Signed by", f"{report.author.name} ({report.author.id})"),

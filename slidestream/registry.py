@@ -254,6 +254,10 @@ class Registry:
     def delivered_numbers(self, store: str, case: str, kind: str) -> set[int]:
         return {row[0] for row in self._rows("SELECT number FROM deliveries WHERE store=? AND case_id=? AND kind=?", store, case, kind)}
 
+    def has_final(self, store: str, case: str) -> bool:
+        """Whether a final report of `case` was delivered: an amendment then corrects it (HL7 C, FHIR amended)."""
+        return bool(self._rows("SELECT 1 FROM deliveries WHERE store=? AND case_id=? AND kind='report' AND final=1", store, case))
+
     def set_delivered(self, store: str, case: str, kind: str, number: int, digest: str, final: bool) -> None:
         """Records a delivery; the first one recorded for a number stays (a delivered number is never delivered again)."""
         with self._transaction() as db:

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caseformat.bounded import DOCUMENT_LIMIT, utc_now
-from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord, Report, Request, read_notice
+from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord, Report, Request, UnsentSlide, read_notice
 from caseformat.errors import DocumentError
 from caseformat.layout import (
     CASE_RECORD,
@@ -52,6 +52,7 @@ from caseformat.layout import (
     slides_key,
     stamp,
     station_of,
+    unsent_key,
     validate_station,
 )
 from caseformat.signing import KeyFileError, TrustedKeys
@@ -68,8 +69,11 @@ from slidestream.registry import (
 from transfer.identity import content_sha256, sample_digest
 from transfer.target import parse_endpoint, parse_store_url
 
+if TYPE_CHECKING:
+    from hospital.systems import HospitalSystems
+
 SIDECAR = "specimen.json"
-IDENTITY_FIELDS = ("accession", "patient_name", "patient_id", "birth_date")  # kept in the local registry only
+IDENTITY_FIELDS = ("accession", "patient_name", "patient_id", "birth_date", "sex")  # kept in the local registry only
 RESEND, DUPLICATE, RESCAN, NEW_SLIDE = "resend", "duplicate", "rescan", "new slide"
 # seconds a notice's time stamp must lie in the past before the cursor moves over it: a notice the centre is still
 # uploading may carry an older stamp than one already listed, and a planted key stamped in the future must not move
@@ -213,6 +217,7 @@ class Station:
         self._recent: set[str] = set()  # notices handled by this run that the cursor does not cover yet
         self._looked: dict[str, float] = {}  # case -> when this run last read its reports (the reconciliation)
         self._said: set[str] = set()  # refusals and conflicts this run said already (the reconciliation repeats)
+        self.systems: HospitalSystems | None = None  # the hospital's LIS and FHIR server, and the report's PDF (watch)
 
     # -- the store ---------------------------------------------------------------------------------------------
     def _call(self, where: str, method: str, **kwargs: Any) -> Any:
@@ -241,6 +246,17 @@ class Station:
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
         except Exception as error:  # noqa: BLE001 - botocore's connection errors: one line
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+
+    def report_unsent(self, info: SpecimenInfo, path: Path, kind: str) -> str:
+        """Tell the centre that a slide file of the specimen `info` will not be sent, and why (`kind`, one of
+        `caseformat.documents.UNSENT_KINDS`): the specimen is registered (a specimen whose only slide failed is a case
+        the centre sees failed, not one it never hears of) and its case gets an unsent record. The record names the
+        file by a digest of its path, never by its name. Returns the case ID; the store failing raises."""
+        specimen = self.register(info)
+        token = hashlib.sha256(f"{specimen.case}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self._call(token, "put_object", Key=self.store.key(unsent_key(specimen.case, token)), ContentType="application/json",
+                   Body=UnsentSlide(specimen.case, token, kind, utc_now()).to_json())  # fmt: skip
+        return specimen.case
 
     def _folders(self, prefix: str) -> set[str]:
         """Names of the folders right below `prefix` (one LIST page per 1000)."""
@@ -494,6 +510,15 @@ class Station:
             if outcome == WRITTEN:
                 say(notice_line(notice, specimen.name if specimen else notice.case))
                 say(f"OUTBOX {written}")
+            if isinstance(notice, Report) and self.systems is not None and specimen is not None and outcome != CONFLICT:
+                # queued before the ledger records the delivery: a crash between them queues it again, which the
+                # outboxes ignore (one message per report)
+                corrects = self.registry.has_final(self.key, notice.case) if notice.number > 1 else False
+                pdf, lines = self.systems.report(notice, specimen.identity, corrects)
+                for line in lines:
+                    say(line)
+                if pdf is not None and _create_whole(written.with_suffix(".pdf"), pdf):
+                    say(f"OUTBOX {written.with_suffix('.pdf')}")
             delivered = digest if outcome != CONFLICT else hashlib.sha256(written.read_bytes()).hexdigest()
             final = isinstance(notice, Report) and notice.category not in NOT_FINAL
             self.registry.set_delivered(self.key, notice.case, kind, notice.number, delivered, final)
@@ -572,7 +597,8 @@ def notice_text(notice: Report | Request, specimen: Specimen | None) -> str:
                   f"Category: {notice.category.upper()}", f"Diagnosis: {notice.diagnosis}"]  # fmt: skip
         lines += [f"{label}: {text}" for label, text in (("Margins", notice.margins), ("Comment", notice.comment)) if text]
         read_on = ", ".join(f"{read.slide} {read.version}" for read in notice.slides)
-        lines += [f"Slides read: {read_on or '?'}", f"Signed by: {notice.author.name} at {notice.signed_at}"]
+        lines += [f"Slides read: {read_on or '?'}", *([f"MISSING when signed: {notice.missing}"] if notice.missing else []),
+                  f"Signed by: {notice.author.name} at {notice.signed_at}"]  # fmt: skip
     return "".join(printable(line) + "\n" for line in lines)
 
 

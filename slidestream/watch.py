@@ -311,6 +311,7 @@ def watch_folder(
     outbox: Path | None = None,
     resend: Callable[[HotFolder], None] | None = None,
     resend_every: float = RESEND_EVERY,
+    unsent: Callable[[SlideUnit, str], None] | None = None,
 ) -> int:
     """Send every complete slide in `folder` with `send_one` (returns a summary line); returns how many failed.
 
@@ -318,7 +319,8 @@ def watch_folder(
     `register` notes the specimen folders that appeared at every look (their clock starts then) and registers them
     (before their slides) when the store is due (its second argument; True when it registered one). `resend` sends again
     what the centre found corrupt, after the new slides, every `resend_every` seconds (`once`: one look). `once` processes
-    what is there (waiting for slides still being written), then returns.
+    what is there (waiting for slides still being written), then returns. `unsent` tells the centre of a slide that
+    will not be sent (a duplicate, or one set aside), with its kind (`caseformat.documents.UNSENT_KINDS`).
     """
     from slides import SlidestreamError
     from slidestream.station import AlreadySent
@@ -344,6 +346,8 @@ def watch_folder(
                 ref = duplicate.resolution.ref
                 hot.record(unit, f"DUPLICATE {unit.name}: the same slide as {hot.name_of(duplicate.resolution.earlier)} (case {ref.case}), "
                                  "not triaged or sent again", sent=True)  # fmt: skip
+                if unsent is not None:
+                    unsent(unit, "duplicate")
                 continue
             except TransferError as error:  # the network or the store, not the slide: keep it, retry later
                 retry = backoff.failed(time.monotonic(), error)
@@ -362,6 +366,8 @@ def watch_folder(
                 if os.path.lexists(unit.path):  # it could not be moved: not tried again by this run
                     given_up.add(unit.path)
                 failures += 1
+                if unsent is not None:
+                    unsent(unit, unsent_kind(error))
             else:
                 if backoff.succeeded():
                     hot.record(unit, "the store answers again", sent=False)
@@ -372,6 +378,14 @@ def watch_folder(
         if once and not hot.settling():
             return failures
         time.sleep(poll)
+
+
+def unsent_kind(error: BaseException) -> str:
+    """Why a slide set aside is not sent, in the words the centre shows (`caseformat.documents.UNSENT_KINDS`)."""
+    from slides import UnsupportedSlideError
+    from slidestream.station import SpecimenError
+
+    return "unsupported" if isinstance(error, UnsupportedSlideError) else "refused" if isinstance(error, SpecimenError) else "unreadable"
 
 
 def _ready(hot: HotFolder, skip: set[Path]) -> list[SlideUnit]:
@@ -425,6 +439,12 @@ class Backoff:
         return recovered
 
 
+LIS_HELP = "The LIS's MLLP endpoint: each signed report and amendment goes to it as HL7 v2.5.1 ORU^R01, queued while it is down."
+FHIR_HELP = ("The hospital's FHIR server (base URL): each report goes to it as a DiagnosticReport with its PDF (bearer token from "
+             "SLIDESTREAM_FHIR_TOKEN).")
+ORDERS_HELP = "Listen here for the LIS's orders (HL7 v2 OML^O21, ORM^O01 over MLLP): each registers its specimen and starts its clock."
+
+
 def watch(
     folder: Annotated[Path, typer.Argument(help="The hot folder the scanner writes into.", file_okay=False, exists=True)],
     destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/stations/STATION/CASE/slides/SLIDE/VERSION/.")],
@@ -449,6 +469,9 @@ def watch(
     resend_every: Annotated[
         float, typer.Option("--resend-every", min=1, help="Seconds between looks for pieces of this folder's sends that the centre found corrupt.")
     ] = RESEND_EVERY,
+    lis: Annotated[str | None, typer.Option("--lis", envvar="SLIDESTREAM_LIS", metavar="mllp://HOST:PORT", help=LIS_HELP)] = None,
+    fhir_url: Annotated[str | None, typer.Option("--fhir", envvar="SLIDESTREAM_FHIR", metavar="URL", help=FHIR_HELP)] = None,
+    orders: Annotated[str | None, typer.Option("--orders", envvar="SLIDESTREAM_ORDERS", metavar="HOST:PORT", help=ORDERS_HELP)] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
 
@@ -523,18 +546,21 @@ def watch(
                 hot.log(resent_line(result))
 
     trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
-    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted)
+    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, hospital_systems(state, lis, fhir_url))
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
                  markup=False, highlight=False)  # fmt: skip
     if trusted is None:
         stderr.print(f"{no_key}; reports and requests cannot be verified and are not read", markup=False, highlight=False, soft_wrap=True)
     poller = None if once or trusted is None else hospital.start_polling()
+    listener = hospital.listen_for_orders(orders) if orders else None
     try:
         failures = watch_folder(folder, send_one, state, settle, once, register=hospital.register_specimens, outbox=outbox,
-                                resend=resend_asked, resend_every=resend_every)
+                                resend=resend_asked, resend_every=resend_every, unsent=hospital.report_unsent)
     finally:
         if poller is not None:
             hospital.stop.set()
+        if listener is not None:
+            listener.close()
     from slidestream.edge import join_triages
 
     join_triages()  # --once: the last slides' triages finish (and are published) before watch exits
@@ -542,6 +568,18 @@ def watch(
         hospital.poll_once()  # what came back meanwhile
     if failures:
         raise typer.Exit(1)
+
+
+def hospital_systems(state: Path, lis: str | None, fhir_url: str | None) -> Any:
+    """The hospital's systems the reports go to (`hospital.systems`); a malformed endpoint is one line at start."""
+    from hospital import fhir, mllp
+    from hospital.systems import HospitalSystems
+
+    try:
+        return HospitalSystems(state, mllp.Endpoint.parse(lis) if lis else None,
+                               fhir.Server.parse(fhir_url, os.environ.get("SLIDESTREAM_FHIR_TOKEN")) if fhir_url else None)  # fmt: skip
+    except (mllp.MLLPError, fhir.FhirError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def specimen_info(unit: SlideUnit) -> Any:
@@ -564,8 +602,10 @@ class Hospital:
     Only what the centre signed, for this station, is read (`trusted`: its public keys; None: nothing is read);
     anything else in the station's folder is refused in one line and passed over."""
 
-    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path, trusted: Any) -> None:
+    def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path, trusted: Any,
+                 systems: Any = None) -> None:
         self._where = (destination, endpoint_url, state_dir, station)
+        self.systems = systems  # `hospital.systems.HospitalSystems`: where reports go besides the outbox
         self.outbox = outbox
         self.trusted = trusted
         self.stop = threading.Event()
@@ -579,7 +619,63 @@ class Hospital:
         from slidestream.station import Station, Store
 
         destination, endpoint_url, state_dir, station = self._where
-        return Station(Store.parse(destination, endpoint_url), Registry(state_dir), station)
+        made = Station(Store.parse(destination, endpoint_url), Registry(state_dir), station)
+        made.systems = self.systems
+        return made
+
+    def listen_for_orders(self, address: str) -> Any:
+        """The LIS's orders over MLLP (`hospital.mllp.OrderListener`), each registering its specimen (`register_order`)."""
+        from hospital.hl7 import Routing
+        from hospital.mllp import OrderListener
+
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise typer.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--orders")
+        listener = OrderListener(host or "0.0.0.0", int(port), self.register_order, Routing(), self._say).start()
+        self._say(f"listening for the LIS's orders on {host or '0.0.0.0'}:{listener.port}")
+        return listener
+
+    def register_order(self, order: Any) -> None:
+        """An order from the LIS registers its specimen (its clock starts now), known by its placer order number: the
+        hot folder's specimen.json naming that accession joins it, and the LIS sending it again registers nothing
+        new. The identity stays in the registry; the clinical question and site pass the identity gate and go to the
+        store. A refusal raises (the LIS gets AE with the reason, naming no patient)."""
+        from caseformat.bounded import utc_now
+        from slidestream.station import SpecimenInfo, check_context
+        from transfer import TransferError
+
+        info = SpecimenInfo(order.placer_order, f"accession:{order.placer_order}", tuple(order.patient.to_identity().items()),
+                            tuple(order.context().items()))  # fmt: skip
+        check_context(info.context, dict(info.identity), f"order {order.control_id}")
+        station = self._station()  # the listener's thread: a registry connection of its own
+        if station.registry.specimen(station.key, source=info.source) is not None:
+            return
+        specimen = station.register(info, publish=False, found_at=utc_now())
+        self._say(f"ORDER {order.placer_order}: case {specimen.case} registered, clock started at {specimen.registered_at}")
+        try:
+            station.publish(specimen)
+        except TransferError as error:  # the case is registered here; case.json goes with its first slide
+            self._say(f"RETRY publishing case {specimen.case}: {error}")
+
+    def report_unsent(self, unit: SlideUnit, kind: str) -> None:
+        """The centre hears of a slide this station will not send (`Station.report_unsent`); the store failing costs
+        one line: the slide's record is missing until it fails again (the next run, or its next copy)."""
+        from slides import SlidestreamError
+        from slidestream.registry import storable
+        from slidestream.station import SpecimenInfo
+        from transfer import TransferError
+
+        # a slide alone in the hot folder is a specimen of its own, named as `Station.resolve` names it
+        info = specimen_info(unit) or SpecimenInfo(unit.path.name, f"file:{storable(str(unit.path.resolve()))}")
+        try:
+            station = self._main = self._main or self._station()
+            case = station.report_unsent(info, unit.path, kind)
+        except (SlidestreamError, TransferError, OSError) as error:
+            if self._hot is not None:
+                self._hot.note(f"cannot tell the centre that {unit.name} is not sent: {error}")
+            return
+        if self._hot is not None:
+            self._hot.log(f"UNSENT {unit.name}: the centre sees case {case}'s slide as not sent ({kind})")
 
     def register_specimens(self, hot: HotFolder, due: bool = True) -> bool:
         """Each specimen folder with a sidecar that the registry does not know yet: its clock starts when the folder
@@ -658,6 +754,8 @@ class Hospital:
             if time.monotonic() >= self._next_reconcile:
                 station.reconcile(self.trusted, self.outbox, self._say)
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
+            if self.systems is not None:
+                self.systems.deliver(self._say)
         except Exception as error:  # noqa: BLE001 - the store, the outbox, or a bug: said once, the thread goes on
             if self._hot is not None:
                 self._hot.note(f"cannot read what comes back to station {self._where[3]}: {one_line(error)}")

@@ -50,3 +50,47 @@ def test_failed_slides_keep_their_specimen_folder_and_never_replace_one_another(
     for path, reason in reasons.items():
         assert "not a supported slide format" in reason and reason.count("\n") == 1 and reason.endswith("\n"), (path, reason)
     assert not list(hot.glob("*/block A.svs")), "nothing failed is left in the specimen folders"
+
+
+def test_the_centre_is_told_of_every_slide_the_station_will_not_send_without_its_file_name(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+    """A specimen of three slides, one of them broken, and a specimen whose only slide is broken: the centre's case
+    page says "1 of 3 slides failed at the hospital" for the first, the second is failed on the worklist (never
+    "arriving"), and nothing on the store names the files."""
+    import asyncio
+    import json
+
+    from caseformat.documents import UnsentSlide
+    from caseformat.signing import TrustedKeys
+    from objectstore import S3Storage
+    from viewer.cases import Cases
+
+    hot, state = tmp_path / "hot", tmp_path / "state"
+    for name in ("frozen A.svs", "frozen B.svs"):
+        (hot / "S26-0010").mkdir(parents=True, exist_ok=True)
+        (hot / "S26-0010" / name).write_bytes(sample("CMU-1-Small-Region.svs").read_bytes() + name.encode())  # two slides
+    (hot / "S26-0010" / "frozen C.svs").write_bytes(_broken("C"))
+    (hot / "S26-0011").mkdir()
+    (hot / "S26-0011" / "only block.svs").write_bytes(_broken("only"))
+    watched = _watch_once(hot, s3_server, s3_bucket, state)
+    assert watched.returncode == 1, watched.stderr
+    assert (watched.stdout + watched.stderr).count("UNSENT ") == 2, watched.stdout + watched.stderr
+
+    client = s3_server.client()
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="site-a/")
+            for item in page.get("Contents", [])]  # fmt: skip
+    unsent = [key for key in keys if "/unsent/" in key]
+    assert len(unsent) == 2, keys
+    records = [UnsentSlide.read(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()) for key in unsent]
+    assert [record.kind for record in records] == ["unsupported", "unsupported"], records
+    for key in keys:  # no file or specimen name anywhere on the store
+        assert "frozen" not in key and "block" not in key and "S26-" not in key, key
+    for key in unsent + [key for key in keys if key.endswith("case.json")]:
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
+        assert "frozen" not in body and "block" not in body and "S26-" not in body, body
+
+    cases = Cases(S3Storage(s3_bucket, "site-a", s3_server.endpoint_url), TrustedKeys([]))
+    listed = {entry["case"]: entry for entry in asyncio.run(cases.worklist())}
+    assert len(listed) == 2, json.dumps(listed, indent=1)
+    partly, nothing = sorted(listed.values(), key=lambda entry: len(entry["slides"]), reverse=True)
+    assert partly["missing"].startswith("1 of 3 slides failed at the hospital"), partly
+    assert nothing["state"] == "failed" and nothing["failed"].startswith("1 of 1 slides failed at the hospital"), nothing

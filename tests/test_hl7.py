@@ -395,3 +395,70 @@ def test_a_report_that_cannot_be_valid_hl7_is_refused_in_a_line_that_names_no_pa
     assert str(refused.value) == f"report 1 of case {case}: not a valid HL7 message: a value longer than its HL7 field allows"
     with pytest.raises(HL7Error, match="^patient: the birth date is not a date"):
         Patient.from_identity(IDENTITY | {"birth_date": "3.2.61"})
+
+
+# -- through watch: an order in, the signed report out ---------------------------------------------------------------
+@pytest.mark.slow
+def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_with_a_pdf_in_the_outbox(
+    tmp_path: Path, s3_server: Any, s3_bucket: str, lis: ReportLIS
+) -> None:
+    """`watch --orders --lis`: the LIS's OML^O21 registers the specimen (no identity on the store); the centre signs
+    its report; `watch` writes the text and its PDF to the outbox and sends the ORU^R01, with the order's patient in
+    PID, to the LIS once, whatever the number of polls."""
+    import subprocess
+    import sys
+    import time
+
+    from caseformat.documents import SlideRead
+    from caseformat.layout import notice_key, report_key
+    from caseformat.signing import public_pem
+
+    centre = SigningKey.generate()
+    (tmp_path / "centre.pem").write_bytes(public_pem(centre.public))
+    hot, state, orders = tmp_path / "hot", tmp_path / "state", free_port()
+    hot.mkdir()
+    store = f"s3://{s3_bucket}/alliance"
+    command = [sys.executable, "-m", "slidestream", "watch", str(hot), store, "--endpoint-url", s3_server.endpoint_url,
+               "--state-dir", str(state), "--station", "st-mary", "--no-edge", "--settle", "0.2",
+               "--centre-keys", str(tmp_path / "centre.pem"), "--lis", f"mllp://127.0.0.1:{lis.server.server_address[1]}",
+               "--orders", f"127.0.0.1:{orders}"]  # fmt: skip
+    watching = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                acked = OrderLIS(orders).send(OML)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and watching.poll() is None, watching.stderr.read() if watching.stderr else ""
+                time.sleep(0.3)
+        assert "MSA|AA|ORD-0001" in acked, acked
+        client = s3_server.client()
+        listed: list[str] = []
+        while not any(key.endswith("/case.json") for key in listed):
+            assert time.monotonic() < deadline, listed
+            listed = [item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix="alliance/").get("Contents", [])]
+            time.sleep(0.3)
+        case_json = next(key for key in listed if key.endswith("/case.json"))
+        record = client.get_object(Bucket=s3_bucket, Key=case_json)["Body"].read().decode()
+        assert "sentinel node" in record and "MRN-004711" not in record and "Müller" not in record, record
+        case = case_json.split("/")[-2]
+        report = Report(case, 1, "malignant", "Metastatic carcinoma in the sentinel node.", Author("u00000001", "Dr Remote"),
+                        utc_now(), "st-mary", slides=(SlideRead("s1", "v1"),))  # fmt: skip
+        signed = report.to_json(centre)
+        client.put_object(Bucket=s3_bucket, Key=f"alliance/{report_key(case, 1)}", Body=signed)
+        client.put_object(Bucket=s3_bucket, Key=f"alliance/{notice_key('st-mary', report.signed_at, case, 'report', 1)}", Body=signed)
+        while not lis.received:
+            assert time.monotonic() < deadline and watching.poll() is None, watching.stderr.read() if watching.stderr else ""
+            time.sleep(0.3)
+        time.sleep(3)  # more polls: nothing is sent twice
+    finally:
+        watching.terminate()
+        watching.wait(timeout=30)
+    assert lis.invalid == [] and len(lis.received) == 1, lis.controls()
+    pid = lis.received[0].oru_r01_patient_result.oru_r01_patient.pid
+    assert (pid.pid_3.cx_1.value, pid.pid_5.xpn_1.to_er7()) == ("MRN-004711", "Müller-Lüdenscheidt")
+    assert order_observation(lis.received[0]).obr.obr_25.value == "F"
+    outbox = sorted((hot / "outbox").iterdir())
+    assert [path.suffix for path in outbox] == [".pdf", ".txt"], outbox
+    assert outbox[0].read_bytes().startswith(b"%PDF")

@@ -51,7 +51,7 @@ def test_the_case_says_how_many_slides_failed_at_the_hospital_and_why(served: tu
     token = server.person(bucket.storage())
     info = server.get(f"/api/cases/{PARTLY}", token).json()
     assert info["missing"] == ("3 of 6 slides failed at the hospital: the slide file could not be read (damaged, truncated or "
-                               "not a slide) (2); the same slide was sent before, for another case")  # fmt: skip
+                               "not a slide) (2); a copy of a slide sent before")  # fmt: skip
     assert [entry["kind"] for entry in info["unsent"]] == ["unreadable", "unreadable", "duplicate"]
     listed = {entry["case"]: entry for entry in server.get("/api/worklist", token).json()["cases"]}
     assert listed[PARTLY]["state"] == "complete" and listed[PARTLY]["missing"] == info["missing"]

@@ -1,0 +1,61 @@
+"""The hospital's own systems as the station sees them: one object that takes each verified report once and hands it
+to the LIS (HL7 v2 ORU^R01 over MLLP) and the hospital's FHIR server (a DiagnosticReport with the PDF), through
+their durable outboxes, and renders the PDF the operating room's outbox holds.
+
+Only the station knows the patient: it passes the registry's identity of the specimen with each report, and the
+messages are built here, at the hospital. Which systems exist is the hospital's configuration (`watch --lis`,
+`--fhir`); with neither, the PDF is all this does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caseformat.documents import Report
+from hospital import fhir, mllp
+from hospital.hl7 import HL7Error, Patient, Routing, report_message
+from hospital.pdf import report_pdf
+
+
+@dataclass
+class HospitalSystems:
+    """The LIS and FHIR endpoints of one station (either may be None), with their outboxes in `folder` (the
+    station's private state folder: the queued messages hold the patient's identity)."""
+
+    folder: Path
+    lis: mllp.Endpoint | None = None
+    fhir_server: fhir.Server | None = None
+    routing: Routing = field(default_factory=Routing)
+    profile: fhir.Profile = field(default_factory=fhir.Profile)
+
+    def report(self, report: Report, identity: Mapping[str, str], corrects_final: bool | None) -> tuple[bytes | None, list[str]]:
+        """Queue `report` for each configured system; returns its PDF (None without a patient ID to head it) and the
+        lines to say (a report that cannot go to the LIS: the reason, naming no patient). Queuing twice is harmless:
+        each outbox keeps one message per report."""
+        lines: list[str] = []
+        try:
+            patient = Patient.from_identity(identity)
+        except HL7Error as error:
+            return None, [f"HL7 {report.case} report {report.number}: not sent to the hospital's systems: {error}"]
+        pdf = report_pdf(report, patient) if patient.patient_id else None
+        if self.lis is not None:
+            if not patient.patient_id:
+                lines.append(f"HL7 {report.case} report {report.number}: not sent to the LIS: the specimen has no patient ID")
+            else:
+                with mllp.Outbox(self.folder) as outbox:
+                    outbox.enqueue(report_message(report, patient, self.routing, corrects_final=corrects_final))
+        if self.fhir_server is not None and patient.patient_id:
+            with fhir.Outbox(self.folder) as outbox:
+                outbox.enqueue(fhir.diagnostic_report(report, patient, self.profile, pdf, corrects_final=corrects_final))
+        return pdf, lines
+
+    def deliver(self, say: Callable[[str], None]) -> None:
+        """One delivery round of each outbox: what is due goes, an outage is said once (`hospital.outbox`)."""
+        if self.lis is not None:
+            with mllp.Outbox(self.folder) as outbox:
+                outbox.deliver(self.lis, say)
+        if self.fhir_server is not None:
+            with fhir.Outbox(self.folder) as outbox:
+                outbox.deliver(self.fhir_server, say)
