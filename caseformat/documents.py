@@ -30,6 +30,7 @@ UNSENT_TOKEN = re.compile(r"[0-9a-f]{16}")
 CONTEXT_FIELDS = ("specimen_site", "specimen_type", "clinical_question", "surgeon", "callback", "hospital")
 CONTEXT_LIMIT = 500  # characters per field: context, not a record
 NAME_LIMIT = 100
+LATE_REASON_LIMIT = 500  # characters: why a frozen section was reported after 20 minutes, in a line or two
 TEXT_LIMIT = 20_000
 NUMBER_LIMIT = 9999
 SLIDES_LIMIT = 100
@@ -37,7 +38,9 @@ USER_PATTERN = re.compile(r"u[0-9a-f]{8}")
 CATEGORIES = ("benign", "malignant", "deferred", "insufficient")
 PATHOLOGIST, STATION = "pathologist", "station"
 ROLES = (PATHOLOGIST, STATION)
-AUDIT_ACTIONS = ("open-case", "open-slide", "sign", "amend", "request", "annotate")
+SIGN_IN, SIGN_OUT = "sign-in", "sign-out"
+AUDIT_ACTIONS = ("open-case", "open-slide", "sign", "amend", "request", "annotate", SIGN_IN, SIGN_OUT)
+SIGN_IN_METHODS = ("link", "oidc")  # a personal sign-in link; the centre's directory (OpenID Connect)
 ANNOTATION_KINDS = {"point": (1, 1), "line": (2, 2), "polygon": (3, 500)}  # corners each kind takes (fewest, most)
 ANNOTATION_TEXT_LIMIT = 200
 MAX_COORDINATE = 10_000_000  # level-0 pixels: beyond any slide
@@ -205,6 +208,7 @@ class Report(CentreDocument):
     slides: tuple[SlideRead, ...] = ()
     amends: int | None = None
     missing: str | None = None  # the slides missing when it was signed, as the pathologist was shown and confirmed them
+    late_reason: str | None = None  # why report 1 came after 20 minutes of the registration (CAP ANP.11820)
 
     @property
     def kind(self) -> str:
@@ -215,7 +219,8 @@ class Report(CentreDocument):
                 "category": self.category, "diagnosis": self.diagnosis, "margins": self.margins, "comment": self.comment,
                 "author": self.author.to_dict(), "signed_at": self.signed_at,
                 "slides": [{"slide": read.slide, "version": read.version} for read in self.slides], "amends": self.amends,
-                **({"missing": self.missing} if self.missing else {})}  # fmt: skip
+                **({"missing": self.missing} if self.missing else {}),
+                **({"late_reason": self.late_reason} if self.late_reason else {})}  # fmt: skip
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Report:
@@ -229,7 +234,7 @@ class Report(CentreDocument):
                    fields.text("diagnosis", TEXT_LIMIT), Author.from_fields(author), fields.time("signed_at"),
                    fields.checked("station", validate_station, optional=True), fields.text("margins", TEXT_LIMIT, optional=True),
                    fields.text("comment", TEXT_LIMIT, optional=True), tuple(fields.items("slides", SLIDES_LIMIT, SlideRead.from_fields)),
-                   amends, fields.text("missing", 2000, optional=True))  # fmt: skip
+                   amends, fields.text("missing", 2000, optional=True), fields.text("late_reason", LATE_REASON_LIMIT, optional=True))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -309,33 +314,40 @@ class Person(CentreDocument):
 
 @dataclass(frozen=True)
 class AuditEvent(CentreDocument):
-    """_audit/DATE/...json: who opened or signed what. IDs and numbers only, never a file name or free text."""
+    """_audit/DATE/...json: who opened or signed what, and who signed in or out how (`method`, no case). IDs and
+    numbers only, never a file name or free text."""
 
     FORMAT: ClassVar[str] = "slidestream-audit/2"
     at: str
     action: str
-    case: str
+    case: str | None  # None: a sign-in or sign-out, which opens no case
     user: Author | None = None  # None: a case link (`case_token`)
     slide: str | None = None
     version: str | None = None
     report: int | None = None
+    method: str | None = None  # how a sign-in or sign-out's session was opened: one of SIGN_IN_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         user = self.user.to_dict() if self.user else {"case_token": self.case}
         return {"at": self.at, "user": user, "action": self.action, "case": self.case, "slide": self.slide,
-                "version": self.version, "report": self.report}  # fmt: skip
+                "version": self.version, "report": self.report, **({"method": self.method} if self.method else {})}  # fmt: skip
 
     @classmethod
     def from_fields(cls, fields: Fields) -> AuditEvent:
-        case = fields.checked("case", validate_case)
+        action = fields.choice("action", AUDIT_ACTIONS)
+        signing_in = action in (SIGN_IN, SIGN_OUT)
+        case = None if signing_in else fields.checked("case", validate_case)
+        method = fields.choice("method", SIGN_IN_METHODS, optional=not signing_in)
         user = fields.fields("user")
         assert user is not None
         author = None if "case_token" in user.document else Author.from_fields(user)
-        if author is None and user.checked("case_token", validate_case) != case:
-            raise DocumentError(f"{fields.what}: a case link's event names another case")
-        return cls(fields.time("at"), fields.choice("action", AUDIT_ACTIONS), case, author,
+        if author is None and (signing_in or user.checked("case_token", validate_case) != case):
+            raise DocumentError(f"{fields.what}: a case link's event names another case, or signs in")
+        if (signing_in and fields.document.get("case") is not None) or (method is not None and not signing_in):
+            raise DocumentError(f"{fields.what}: a sign-in or sign-out names a method and no case; nothing else does")
+        return cls(fields.time("at"), action, case, author,
                    fields.checked("slide", validate_slide, optional=True), fields.checked("version", validate_version, optional=True),
-                   fields.integer("report", 1, NUMBER_LIMIT, optional=True))  # fmt: skip
+                   fields.integer("report", 1, NUMBER_LIMIT, optional=True), method)  # fmt: skip
 
 
 @dataclass(frozen=True)

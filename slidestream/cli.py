@@ -21,6 +21,7 @@ from slidestream.export import export_dicom
 from slidestream.hub import hub
 from slidestream.keys import keys
 from slidestream.models import models
+from slidestream.pacs import pacs_send
 from slidestream.send import resume, send
 from slidestream.serve import serve
 from slidestream.stations import stations
@@ -154,7 +155,7 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, hub, audit):
+for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, pacs_send, hub, audit):
     app.command()(command)
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")

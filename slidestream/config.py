@@ -4,6 +4,11 @@ The config file is TOML with one table per command (`[send]`, `[watch]`, `[serve
 the commands' option names with underscores; a `[defaults]` table applies to every command that has the option.
 A table or key no command knows is an error naming it (with the nearest valid name), never silently ignored: a
 mistyped `setle = 20` would otherwise leave the default in force without a word.
+A centre's model is chosen here like any option: `[hub]` (or `[analyze]`, or `[defaults]` for both) `model = "colon-crc"`
+names a model package, a folder or a name in the centre's models folder (`slidestream models`).
+The viewer's sign-in through the centre's directory is the one table that is not a command's: `[viewer.oidc]`
+(issuer, client_id, groups = {"pathologists" = "pathologist"}, and optionally groups_claim, scopes; the client secret
+from $SLIDESTREAM_OIDC_SECRET, or client_secret here), which `serve` finds in its defaults under `OIDC_TABLE`.
 Environment variables follow the pattern SLIDESTREAM_<COMMAND>_<OPTION> (e.g. SLIDESTREAM_SEND_ENDPOINT_URL); AWS
 credentials come only from the standard AWS chain (AWS_PROFILE, ~/.aws, environment, instance role), never from here.
 """
@@ -21,6 +26,11 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "SLIDESTREAM"
 DEFAULTS = "defaults"
+VIEWER, OIDC = "viewer", "oidc"
+OIDC_TABLE = "viewer.oidc"  # the key of [viewer.oidc] in serve's defaults: no option is named with a dot
+OIDC_KEYS = {"issuer": str, "client_id": str, "client_secret": str, "groups": dict, "groups_claim": str, "scopes": str}
+OIDC_REQUIRED = ("issuer", "client_id", "groups")
+OIDC_ROLES = ("pathologist",)  # a station signs in by its own link: no directory group names its station
 
 
 def default_config_path() -> Path:
@@ -53,6 +63,7 @@ def load_config(path: Path | None, options: dict[str, set[str]]) -> dict[str, di
         isinstance(table, dict) and any(k.startswith("aws_secret") for k in table) for table in data.values()
     ):
         raise ConfigError(f"{path}: credentials do not belong in the slidestream config; use an AWS profile")
+    directory = _directory(path, data.pop(VIEWER, None))
     for name, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
@@ -63,9 +74,35 @@ def load_config(path: Path | None, options: dict[str, set[str]]) -> dict[str, di
             if key not in valid:
                 raise ConfigError(f"{path}: unknown key '{key}' in [{name}]{_nearest(key, valid)}")
     defaults = data.pop(DEFAULTS, {})
-    return {
+    loaded = {
         command: {**{k: v for k, v in defaults.items() if k in names}, **data.get(command, {})} for command, names in options.items()
     }
+    if directory is not None and "serve" in loaded:
+        loaded["serve"][OIDC_TABLE] = directory
+    return loaded
+
+
+def _directory(path: Path, viewer: object) -> dict[str, Any] | None:
+    """The `[viewer.oidc]` table, checked: known keys of the right types, the required ones, groups mapped to roles."""
+    from slidestream.errors import ConfigError
+
+    if viewer is None:
+        return None
+    if not isinstance(viewer, dict) or set(viewer) - {OIDC} or not isinstance(viewer.get(OIDC), dict):
+        raise ConfigError(f"{path}: [viewer] holds only the table [viewer.oidc]")
+    table: dict[str, Any] = viewer[OIDC]
+    for key, value in table.items():
+        if key not in OIDC_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}' in [viewer.oidc]{_nearest(key, OIDC_KEYS)}")
+        if not isinstance(value, OIDC_KEYS[key]) or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(f"{path}: [viewer.oidc] {key} must be a {'table' if OIDC_KEYS[key] is dict else 'non-empty string'}")
+    missing = [key for key in OIDC_REQUIRED if key not in table]
+    if missing:
+        raise ConfigError(f"{path}: [viewer.oidc] needs {', '.join(missing)}")
+    for group, role in table["groups"].items():
+        if role not in OIDC_ROLES:
+            raise ConfigError(f"{path}: [viewer.oidc] groups: {group!r} maps to {role!r}; a directory group grants {' or '.join(OIDC_ROLES)}")
+    return table
 
 
 def _nearest(name: str, candidates: object) -> str:

@@ -19,6 +19,14 @@ A pass that fails (the store unreachable, an unreadable piece) or ends without t
 complete is retried on its own, RETRY_FIRST seconds later, doubling to RETRY_MOST (jittered, so hubs that failed
 together do not retry in step), and sooner again once the case makes progress: a store outage costs a case minutes,
 never a hub restart. Each reason is one "RETRY" line, the case's end one "DONE" line.
+
+Routing and refusal: the hub scores with one model package (`--model`, default the Capricorn colorectal package),
+and only slides it was validated for. Before a slide version's first pass it reads the case's specimen site
+(case.json), detects the stain from the slide's overview (`detect_stain`) and takes the image's um/px; where
+`inference.packages.covers` refuses, the centre's triage.json says why ("no validated AI for skin") with no score and
+no heatmap, and still gives QC (tissue tiles, focus, pen) measured on a sample of tissue tiles once the slide has
+arrived. A scored slide's triage.json names what the model detects and its validation record in one line, so the
+viewer shows them beside the map without the package.
 """
 
 from __future__ import annotations
@@ -38,13 +46,18 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from caseformat.layout import SlideRef
     from caseformat.results import Lease, Manifest
     from inference import AnalyzeOptions, Heatmap, Location, Runner
+    from inference.packages import ModelPackage
 
 stderr = Console(stderr=True)
 PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
 RETRY_FIRST, RETRY_MOST = 5.0, 300.0  # seconds before a failed pass is tried again: the first wait, and the longest
+OVERVIEW_PIXELS = 4096 * 4096  # the largest level `route` reads to detect the stain (a pyramid's coarsest is far smaller)
+QC_SAMPLE = 300  # tissue tiles a refused slide's QC reads (as `inference.qc_slide`): a blur fraction within a few percent
 
 
 def hub(
@@ -55,6 +68,7 @@ def hub(
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at the prefix when there is nothing to do.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Stop when every case found is analysed, failed or another hub's.")] = False,
     lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed case stays this hub's without renewal: how long a dead hub's case waits for another.")] = 60.0,
+    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package). Slides outside its intended use get QC and no score.")] = None,
 ) -> None:
     """Triage every case arriving under the prefix at full magnification, publishing the heatmap as it grows."""
     from transfer.target import parse_endpoint, parse_store_url
@@ -65,13 +79,15 @@ def hub(
 
     from caseformat.layout import HUB
     from inference import AnalyzeOptions, Location, ModelRef, Runner
+    from slidestream.analyze import model_package
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
-    options = AnalyzeOptions(model=ModelRef(device=device), scheduler=scheduler, stage=HUB)
+    package = model_package(model)
+    options = AnalyzeOptions(model=ModelRef.of_package(package, device), scheduler=scheduler, stage=HUB, threshold=package.threshold)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with Runner(options.scheduler, options.threads, options.torch_threads) as runner:
-        Hub(Location.parse(store, endpoint_url), options, runner, owner, lease).run(poll, once)
+        Hub(Location.parse(store, endpoint_url), options, runner, owner, lease, package).run(poll, once)
 
 
 @dataclass
@@ -80,6 +96,7 @@ class Tracked:
 
     location: Location
     name: str  # {case}/{slide}/{version}, as logs say it
+    case: str = ""  # its case ID (whose case.json names the specimen site)
     started: float = 0.0  # the manifest's started_at (epoch seconds): its clock
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
     priority: Any = None  # the edge triage's coarse scores on the hub's grid (hot regions first), if it left any
@@ -90,6 +107,8 @@ class Tracked:
     said: set[str] = field(default_factory=set)  # what the log said of it since its last progress, numbers aside
     backoff: float = 0.0  # seconds the last retry waited (0: the last pass made progress)
     retry_at: float | None = None  # time.monotonic() when a failed pass is tried again, though nothing new arrived
+    routed: bool = False  # its site, stain and resolution were held to the model's intended use
+    refused: str | None = None  # why the model may not score it ("no validated AI for skin"), once routed
 
 
 @dataclass
@@ -99,6 +118,7 @@ class Hub:
     runner: Runner
     owner: str
     lease_seconds: float  # renewed at least every third of it
+    package: ModelPackage  # the model, and where it may be used
     cases: dict[str, Tracked] = field(default_factory=dict)  # by slide version ({case}/{slide}/{version})
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
@@ -220,7 +240,7 @@ class Hub:
             name = ref.label
             if name in self.finished:
                 continue
-            case = self.cases.setdefault(name, Tracked(Location.slide_version(self.root, ref), name))
+            case = self.cases.setdefault(name, Tracked(Location.slide_version(self.root, ref), name, ref.case))
             try:
                 manifest = self.examine(case)
                 if manifest is None:
@@ -263,7 +283,7 @@ class Hub:
                 case.triaged = True
                 pyramid = folder.read_bytes(PYRAMID)
                 if manifest.hub_pyramid_done(None if pyramid is None else PyramidRecord.read(pyramid, PYRAMID)):
-                    self.finish(name, f"DONE {name}: already analysed (score {triage.score or 0:.3f})")
+                    self.finish(name, f"DONE {name}: already analysed ({triage.refused or f'score {triage.score or 0:.3f}'})")
                     return None
         return manifest
 
@@ -287,8 +307,8 @@ class Hub:
             case.location.write_bytes(LEASE, lease)
             held = self.lease(case)
             return held is not None and held.owner == self.owner
-        except InferenceError as error:  # the store refused the write or the read: a retry, never an exit
-            self.note(case, f"{error} (claimed again at the next poll)")
+        except InferenceError as error:  # the store refused the write or the read: a retry with backoff, never an exit
+            self.retry(case, str(error))
             return False
 
     def lease(self, case: Tracked) -> Lease | None:
@@ -341,6 +361,19 @@ class Hub:
             elif case.manifest.state == COMPLETE:
                 self.retry(case, "the send is complete but the pyramid is not")
             return
+        try:
+            routed = case.routed or self.route(case)
+            if routed and case.refused is not None:
+                self.refuse(case, pyramid_done)
+        except Exception as error:  # noqa: BLE001 - as below: this case only
+            case.seen = seen
+            self.retry(case, one_line(error))
+            return
+        if not routed or case.refused is not None:
+            case.seen = seen
+            if not routed and case.manifest.state == COMPLETE:
+                self.retry(case, "the send is complete but the slide's overview is not")
+            return
         limit = max(self.options.batch, round((self.rate or 0.0) * PASS_SECONDS))
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
@@ -366,6 +399,7 @@ class Hub:
             case.backoff, case.retry_at = 0.0, None
             case.said.clear()  # progress: a later failure is news again
         case.heatmap = heatmap
+        self.label(case, heatmap)
         case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
         if heatmap.complete and pyramid_done:
             self.release(case)
@@ -379,6 +413,94 @@ class Hub:
         if case.seen is not None and case.manifest.state == COMPLETE and name not in self.finished:  # no arrival wakes it
             self.retry(case, "the send is complete but the pyramid is not" if heatmap.complete
                        else f"the send is complete but the pass ended at {scored}/{tissue} tiles")
+
+    def route(self, case: Tracked) -> bool:
+        """Hold the slide version to the model's intended use: its case's specimen site, the stain seen on its
+        overview and its um/px. False while the overview (the coarsest level that arrived whole) is not there yet."""
+        from caseformat.documents import CaseRecord
+        from caseformat.errors import DocumentError
+        from caseformat.layout import CASE_RECORD, IMAGE, case_key
+        from inference.packages import covers
+        from inference.sources import ZarrRef
+
+        assert case.manifest is not None
+        if not case.manifest.plan_final:
+            return False
+        source = ZarrRef(case.location.child(IMAGE)).open()
+        level = _overview_level(source, case.manifest)
+        if level is None:
+            return False
+        overview: Any = source.arrays[level]
+        height, width = overview.shape[1:]
+        stain = detect_stain(source.read(level, 0, 0, width, height))
+        data = self.root.read_bytes(case_key(case.case, CASE_RECORD))
+        try:
+            site = None if data is None else dict(CaseRecord.read(data, CASE_RECORD).context).get("specimen_site")
+        except DocumentError:  # `clock` said so: the site is not known
+            site = None
+        case.refused = covers(self.package, site, stain, source.mpp)
+        case.routed = True
+        if case.refused is not None:
+            self.say(f"REFUSED {case.name}: {case.refused} (stain seen: {stain or 'not recognised'}; model {self.package.name})")
+        return True
+
+    def refuse(self, case: Tracked, pyramid_done: bool) -> None:
+        """Publish the refusal in place of a score: QC only (tissue tiles while the slide arrives; focus and pen on a
+        sample of them once it has), no score and no heatmap."""
+        import numpy as np
+
+        from caseformat.layout import HUB, IMAGE, TRIAGE
+        from caseformat.results import COMPLETE, Triage
+        from inference import InferenceError
+        from inference.pipeline import plan_heatmap, ready_tiles
+        from inference.sources import ZarrRef, read_level
+
+        assert case.manifest is not None and case.refused is not None
+        complete = case.manifest.state == COMPLETE
+        ref = ZarrRef(case.location.child(IMAGE))
+        source = ref.open()
+        summary: dict[str, Any] = {"mpp": source.mpp, "mpp_assumed": source.mpp is None}
+        try:
+            heatmap = plan_heatmap(source, self.options, case.case)
+        except InferenceError:  # too coarse for the model's tiles: QC is the tissue alone
+            heatmap = None
+        if heatmap is not None:
+            spec, grid = heatmap.spec, heatmap.grid
+            if complete:
+                level = read_level(source, grid.tile / spec.input_size)
+                tiles = np.argwhere(heatmap.tissue & ready_tiles(source, grid, level, case.manifest))
+                tiles = tiles[np.random.default_rng(self.options.seed).permutation(len(tiles))[:QC_SAMPLE]]
+                batch = self.options.batch
+                tasks = [(ref, grid.tile, level, spec.input_size, tiles[k : k + batch], None) for k in range(0, len(tiles), batch)]
+                self.runner.run(tasks, heatmap.add)  # no model: focus and pen only, the score stays NaN
+            summary |= {"tissue_tiles": int(heatmap.tissue.sum()), "tiles_measured": int(heatmap.measured.sum()),
+                        "tiles_scored": 0, "tile_level0_px": grid.tile, "qc": heatmap.qc()}
+        triage = Triage(case.case, None, self.package.name, HUB, complete, summary, "", case.refused)
+        case.location.write_bytes(TRIAGE, triage.to_json())
+        if not complete:
+            return
+        case.triaged = True
+        if pyramid_done:
+            self.release(case)
+            self.finish(case.name, f"DONE {case.name}: {case.refused}; QC of {summary.get('tiles_measured', 0)} tiles")
+        else:
+            self.retry(case, "the send is complete but the pyramid is not")
+
+    def label(self, case: Tracked, heatmap: Heatmap) -> None:
+        """Rewrite the pass's triage.json with what the model detects and its validation record, for the viewer."""
+        from dataclasses import replace
+
+        from caseformat.layout import TRIAGE
+        from inference.validation import read_record, record_lines
+
+        record = read_record(self.package)
+        about = {"detects": self.package.detects}
+        if record is not None:
+            rows = dict(record_lines(record))
+            about["validation"] = (f"ROC AUC {rows['ROC AUC']}; sensitivity {rows['sensitivity']}; specificity "
+                                   f"{rows['specificity']}; tiles {rows['tiles']}; data: {rows['data']}")[:500]
+        triage = heatmap.triage(self.options.threshold)
+        case.location.write_bytes(TRIAGE, replace(triage, summary={**triage.summary, **about}).to_json())
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
@@ -414,6 +536,58 @@ class Hub:
     @staticmethod
     def say(line: str) -> None:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def detect_stain(rgb: np.ndarray) -> str | None:
+    """The stain of a slide's overview (uint8 RGB), from colour alone: "fluorescence" when the view is mostly dark
+    (`tiling.tissue.is_darkfield`: median grey under a quarter of white); over the bright-field tissue mask, "IHC" when
+    at least IHC_BROWN of the tissue pixels are DAB brown (red over green over blue, red 40 levels above blue), "H&E"
+    when at least HE_PINK are pink to purple (green the lowest channel: eosin and haematoxylin both absorb green
+    most); None (not recognised: no model is validated for it) otherwise, or with too little tissue to tell.
+
+    A hue rule, not skimage's `rgb2hed`: on the H&E samples its DAB channel reads as high as on DAB-stained tissue
+    (median optical density 0.04 on CMU-1's H&E, 0.03 on the same tissue recoloured to DAB), while brown pixels are
+    0.0% of H&E tissue and 13% of that IHC."""
+    import numpy as np
+
+    from tiling.tissue import is_darkfield, tissue_mask
+
+    rgb = np.asarray(rgb)[..., :3]
+    if is_darkfield(rgb):
+        return "fluorescence"
+    mask, _ = tissue_mask(rgb, darkfield=False)
+    pixels = rgb[mask].astype(np.int16)
+    if len(pixels) < MIN_STAIN_PIXELS:
+        return None
+    red, green, blue = pixels.T
+    if ((red > green) & (green > blue) & (red - blue > 40)).mean() >= IHC_BROWN:
+        return "IHC"
+    if ((green < red) & (green < blue)).mean() >= HE_PINK:
+        return "H&E"
+    return None
+
+
+IHC_BROWN = 0.05  # fraction of tissue pixels in DAB brown that makes a slide IHC (H&E samples: 0.000)
+HE_PINK = 0.5  # fraction of tissue pixels pink to purple that makes a slide H&E (H&E samples: 0.95-1.0)
+MIN_STAIN_PIXELS = 100  # tissue pixels of the overview below which its stain is not told
+
+
+def _overview_level(source: Any, manifest: Manifest) -> int | None:
+    """The coarsest level of the image whose planned shards have all arrived (by the manifest), small enough to read
+    whole; None while there is none."""
+    from caseformat.results import COMPLETE
+
+    counts = {count.level: count for count in manifest.levels}
+    for level in reversed(range(len(source.arrays))):
+        height, width = source.arrays[level].shape[1:]
+        if height * width > OVERVIEW_PIXELS:
+            return None
+        count = counts.get(level)
+        if count is not None and count.planned and count.arrived >= count.planned:
+            return level
+        if not counts and manifest.state == COMPLETE:  # a manifest without level counts: all of it, once complete
+            return level
+    return None
 
 
 def _news(case: Tracked, line: str) -> bool:

@@ -3,7 +3,9 @@
 The store is a folder of cases (CASE/slides/SLIDE/VERSION/image.zarr, as a send writes them, on S3 or local), or one
 converted image (the folder `slidestream convert` wrote), served as a single case (its view-only link printed). The
 worklist, signing and requests need a person's own sign-in link (`slidestream users add` / `users link`), spent once
-on a session of --session-hours; a view-only link to one case comes from `slidestream users case-link`. What the
+on a session of --session-hours (ended sooner after --idle-minutes without activity), or sign-in through the centre's
+directory (OpenID Connect: the config file's [viewer.oidc] table, docs/operations.md); a view-only link to one case
+comes from `slidestream users case-link`. What the
 viewer writes for others is signed with the centre's key in --key-dir, and what it reads must verify against that
 folder's public keys; the folder also keeps the viewer's sessions and the case links revoked.
 """
@@ -13,19 +15,23 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import os
 import re
 import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
+from slidestream.config import OIDC_TABLE
+
 if TYPE_CHECKING:
     from caseformat.signing import SigningKey, TrustedKeys
     from objectstore import Storage
+    from viewer.oidc import OidcSettings
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -56,6 +62,9 @@ def serve(
     session_hours: Annotated[
         float, typer.Option(min=0.01, help="How long a session opened with a sign-in link lasts (then the person opens a new link).")
     ] = 12.0,
+    idle_minutes: Annotated[
+        float, typer.Option(min=0.1, help="A session with no request of its user's this long ends (the pages' own polls do not count).")
+    ] = 30.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve https.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tile_cache_mb: Annotated[
@@ -85,8 +94,10 @@ def serve(
     storage = image or open_storage(store, endpoint_url)
     lifetime = timedelta(hours=hours)
     key, trusted = centre_keys(key_dir)
+    directory = directory_settings((ctx.default_map or {}).get(OIDC_TABLE))
     app = create_app(storage, Tokens(load_secret(secret_file)), key, trusted, lifetime, session_lifetime=timedelta(hours=session_hours),
-                     folder=key_folder(key_dir), **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
+                     folder=key_folder(key_dir), idle=timedelta(minutes=idle_minutes), directory=directory,
+                     **({} if tile_cache_mb is None else {"tile_cache_bytes": tile_cache_mb * 2**20}))  # fmt: skip
     import asyncio  # here: every other command would pay for it at start-up
 
     cases = asyncio.run(case_ids(storage))
@@ -113,10 +124,27 @@ def serve(
     else:
         stdout.print(f"slidestream viewer for {storage.location}: {len(cases)} case(s) at {origin}", markup=False)
         stdout.print(f"worklist: {origin}/worklist (sessions of {session_hours:g} h)", markup=False)
+        if directory is not None:
+            stdout.print(f"sign-in through {directory.issuer}: redirect URI {origin}/auth/oidc/callback", markup=False)
         stdout.print(f"a person's access: slidestream users add {store} NAME --viewer-url {origin} (their sign-in link, used once)", markup=False)
         stdout.print(f"one case, view only: slidestream users case-link CASE --viewer-url {origin} (revoke it: users revoke-link ID)", markup=False)
     gc.freeze()  # what start-up made (zarr, FastAPI, the S3 client) is never garbage: collections skip it
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def directory_settings(table: dict[str, Any] | None) -> OidcSettings | None:
+    """The `[viewer.oidc]` table (checked by slidestream.config) as the viewer's settings; the client secret from
+    $SLIDESTREAM_OIDC_SECRET (kept out of config files), else the table's."""
+    if table is None:
+        return None
+    from slidestream.errors import ServeError
+    from viewer.oidc import OidcSettings
+
+    secret = os.environ.get("SLIDESTREAM_OIDC_SECRET") or table.get("client_secret")
+    if not secret:
+        raise ServeError("[viewer.oidc]: no client secret: set SLIDESTREAM_OIDC_SECRET (or client_secret in the table)")
+    optional = {key: table[key] for key in ("groups_claim", "scopes") if key in table}
+    return OidcSettings(table["issuer"], table["client_id"], secret, dict(table["groups"]), **optional)
 
 
 def centre_keys(key_dir: Path | None) -> tuple[SigningKey, TrustedKeys]:

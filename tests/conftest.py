@@ -1,12 +1,10 @@
-"""Shared fixtures: the sample slides beside the repo and a real S3-compatible server."""
+"""Shared fixtures: the sample slides beside the repo, a real S3-compatible server and a headless Chromium."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +28,17 @@ OPENSLIDE_SAMPLES = [
     "synthetic-boxes.tiff",
 ]
 ALL_SAMPLES = [*OPENSLIDE_SAMPLES, "kidney-ihc-strip.tif"]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = REPO / "test-output"  # screenshots for a human to look at (git-ignored)
 
 
 def sample(name: str) -> Path:
@@ -67,17 +76,41 @@ def s3_server() -> Iterator[S3Server]:
     moto = shutil.which("moto_server")
     if moto is None:
         pytest.skip("no S3 server: run `eval $(.ci/s3-server start)` or pip install -e '.[test]'")
-    port = _free_port()
+    from support import free_port, wait_for_port  # here: support imports this module
+
+    port = free_port()
     process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    _wait_for_port(port)
+    wait_for_port(port, "the moto S3 server")
     try:
         yield S3Server(f"http://127.0.0.1:{port}", "moto (started by conftest)")
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/apt-packages should have installed chromium")
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
+    SHOTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    yield page
+    context.close()
 
 
 @pytest.fixture
@@ -101,19 +134,3 @@ def delete_bucket(client, bucket: str) -> None:  # type: ignore[no-untyped-def]
         client.delete_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001 - cleanup must never fail a test
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"S3 server did not open port {port}")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 from conftest import S3Server
-from test_viewer import TRUSTED, Bucket, serving
+from viewer_support import TRUSTED, Bucket, serving
 
 from caseformat.documents import STATION, AuditEvent, CaseRecord
 from caseformat.layout import CASE_RECORD, annotation_key, annotations_folder, case_key

@@ -26,7 +26,6 @@ import openslide
 import pytest
 import zarr
 from conftest import REPO, S3Server, sample
-from test_viewer_browser import browser  # noqa: F401  (the Chromium fixture)
 
 from caseformat.layout import IMAGE, SlideRef
 from inference.store import Location

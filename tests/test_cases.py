@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import S3Server, sample
-from test_transfer import corrupt_slide, slidestream
+from support import corrupt_slide, slidestream, wait_for
 
 from caseformat.documents import Author, CaseRecord, Report, SlideRead
 from caseformat.layout import CASE_RECORD, SlideRef, case_key, notice_key, report_key, slide_claim_key, slides_key
@@ -142,14 +141,6 @@ def _log(state: Path) -> list[str]:
     return logs[0].read_text().splitlines() if logs else []
 
 
-def _wait_for(condition: Any, what: str, process: subprocess.Popen[str], timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"watch ended before {what}: {process.communicate()}"
-        assert time.monotonic() < deadline, f"no {what}"
-        time.sleep(0.2)
-
-
 def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_server, s3_bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The specimen folder's sidecar registers the case (clock, station, context) before any slide; its slides are
     s1, s2 (a truncated one fails alone); a sidecar whose context names the patient is refused; a report written to
@@ -168,17 +159,17 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
     centre_keys = str(tmp_path / "centre" / PUBLIC_KEYS_FILE)
     watcher = _watch(hot, s3_server, s3_bucket, state, "--centre-keys", centre_keys)
     try:
-        _wait_for(lambda: any(" REGISTERED " in line for line in _log(state)), "registration", watcher)
+        wait_for(lambda: any(" REGISTERED " in line for line in _log(state)), "registration", 240, process=watcher)
         [line] = [line for line in _log(state) if " REGISTERED " in line]
         case = line.split(" case ")[1].split(",")[0]
         record = CaseRecord.read(read_bytes(s3_server, s3_bucket, f"site/{case_key(case, CASE_RECORD)}"))
         assert record is not None and record.station == "theatre-3" and dict(record.context)["clinical_question"] == "metastasis?"
         assert not any(key.startswith(f"site/{slides_key(case)}") for key in listing(s3_server, s3_bucket)), "registered before any slide"
-        _wait_for(lambda: any(" REFUSED S26-004712" in line for line in _log(state)), "the refusal", watcher)
+        wait_for(lambda: any(" REFUSED S26-004712" in line for line in _log(state)), "the refusal", 240, process=watcher)
 
         shutil.copyfile(sample(CMU), specimen / "block A.svs")
         corrupt_slide(specimen, "block B.svs")
-        _wait_for(lambda: sum(" SENT " in line or " FAILED " in line for line in _log(state)) >= 2, "both slides handled", watcher)
+        wait_for(lambda: sum(" SENT " in line or " FAILED " in line for line in _log(state)) >= 2, "both slides handled", 240, process=watcher)
         manifests = {name: read_json(s3_server, s3_bucket, f"site/{SlideRef(case, name).root}/manifest.json") for name in ("s1", "s2")}
         assert sorted(m["state"] for m in manifests.values()) == ["complete", "failed"], manifests
         assert read_json(s3_server, s3_bucket, f"site/{case_key(case, CASE_RECORD)}")["registered_at"] == record.registered_at
@@ -189,7 +180,7 @@ def test_a_specimen_folder_registers_at_once_sends_its_slides_and_hears_back(s3_
         s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{report_key(case, 1)}", Body=body)
         s3_server.client().put_object(Bucket=s3_bucket, Key=f"site/{notice_key('theatre-3', report.signed_at, case, 'report', 1)}", Body=body)
         outbox = hot / "outbox"
-        _wait_for(lambda: list(outbox.glob("*.txt")), "the outbox file", watcher, timeout=60)
+        wait_for(lambda: list(outbox.glob("*.txt")), "the outbox file", 60, process=watcher)
     finally:
         watcher.terminate()
         stdout, _ = watcher.communicate(timeout=60)

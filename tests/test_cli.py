@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import sample
+from support import free_port
 
 pytestmark = pytest.mark.slow  # commands in subprocesses
 
@@ -143,12 +144,6 @@ def test_info_says_objective_unknown_and_the_background() -> None:
 
 
 # -- serve ------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_lines(process: subprocess.Popen[str], count: int, timeout: float = 90) -> list[str]:
     """The first `count` lines serve prints. A thread reads them: `select` on the pipe would miss lines that
     arrived together with the first one and wait in the file's buffer (it did, on a loaded machine)."""
@@ -179,7 +174,7 @@ def test_serve_on_a_single_converted_image_serves_it_as_one_case(tmp_path: Path)
 
     image = tmp_path / "biopsy.ome.zarr"
     assert slidestream("convert", sample("CMU-1-Small-Region.svs"), image, timeout=120).returncode == 0
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "SLIDESTREAM_SECRET": "s" * 32}
     process = subprocess.Popen([*CLI, "serve", "--store", str(image), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

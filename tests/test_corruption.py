@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import S3Server
-from test_viewer import TRUSTED, Bucket, chunk_of, pyramid, serving, shards
+from viewer_support import TRUSTED, Bucket, chunk_of, pyramid, serving, shards
 
 from caseformat.layout import CORRUPT, IMAGE, MANIFEST, PYRAMID, TRIAGE, SlideRef
 from caseformat.results import COMPLETE, CorruptRecord, Manifest

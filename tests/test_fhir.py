@@ -9,7 +9,6 @@ import fcntl
 import hashlib
 import json
 import shutil
-import socket
 import stat
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.specimen import Specimen
 from pydantic import ValidationError
+from support import free_port
 
 from caseformat.bounded import utc_now
 from caseformat.documents import Author, Report
@@ -152,12 +152,6 @@ def endpoint() -> Iterator[FhirEndpoint]:
 
 def server_of(endpoint: FhirEndpoint | str) -> Server:
     return Server.parse(endpoint.url if isinstance(endpoint, FhirEndpoint) else endpoint, TOKEN)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def contained(resource: DiagnosticReport, kind: type[Any]) -> Any:

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import S3Server
-from test_reports import FORM, added, register, users, wait_for
-from test_viewer import CENTRE_KEY, KEY_DIR, TRUSTED, Bucket, Served, serving
+from support import wait_for
+from viewer_support import CENTRE_KEY, FORM, KEY_DIR, TRUSTED, Bucket, Served, added, register, serving, users
 
 from caseformat.bounded import utc_now
 from caseformat.documents import PATHOLOGIST, STATION, Author, Person, Report, read_notice
@@ -110,7 +110,7 @@ def test_c_a_genuine_report_with_one_field_changed_is_refused(centre) -> None:  
     assert signed.status_code == 200, signed.text
     changed = {**signed.json(), "category": "benign"}  # the signature kept, the diagnosis's category turned
     bucket.put(report_key(CHANGED, 1), json.dumps(changed).encode())
-    wait_for(lambda: served.get(f"/api/cases/{CHANGED}/reports", token).json()["reports"] == [])
+    wait_for(lambda: served.get(f"/api/cases/{CHANGED}/reports", token).json()["reports"] == [], "the viewer to see the change")
     reports = served.get(f"/api/cases/{CHANGED}/reports", token).json()
     assert reports["refused"] == [f"{report_key(CHANGED, 1)}: its signature does not match its content (changed after signing); refused"]
     assert served.get(f"/api/cases/{CHANGED}", token).json()["signed_at"] is None
@@ -142,7 +142,7 @@ def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # 
     # promoted to pathologist: unsigned, and with the centre's signature kept
     promoted = {"format": Person.FORMAT, **genuine.to_dict(), "role": PATHOLOGIST}
     bucket.put(person_key(station_user), json.dumps(promoted).encode())
-    wait_for(lambda: served.get("/api/me", station_token).status_code == 403)
+    wait_for(lambda: served.get("/api/me", station_token).status_code == 403, "the viewer to see the change")
     refused = served.get("/api/worklist", station_token)
     assert refused.status_code == 403
     assert refused.json()["detail"] == f"user {station_user} is refused: {person_key(station_user)}: not signed by the centre; refused"
@@ -156,13 +156,13 @@ def test_d_people_records_a_station_rewrites_give_no_access(centre) -> None:  # 
     user, token = added(bucket, "Dr Leaving")
     before = bucket.get(person_key(user))
     asyncio.run(revoke_person(bucket.storage(), CENTRE_KEY, TRUSTED, user))
-    wait_for(lambda: "was revoked" in served.get("/api/worklist", token).json()["detail"])
+    wait_for(lambda: "was revoked" in served.get("/api/worklist", token).json()["detail"], "the viewer to see the change")
     unrevoked = {**json.loads(before), "signature": json.loads(bucket.get(person_key(user)))["signature"]}
     bucket.put(person_key(user), json.dumps(unrevoked).encode())
-    wait_for(lambda: "does not match its content" in served.get("/api/worklist", token).json()["detail"])
+    wait_for(lambda: "does not match its content" in served.get("/api/worklist", token).json()["detail"], "the viewer to see the change")
     assert served.get("/api/worklist", token).status_code == 403
     bucket.put(person_key(user), before)  # the genuine record from before the revocation, written back
-    wait_for(lambda: "rolled back" in served.get("/api/worklist", token).json()["detail"])
+    wait_for(lambda: "rolled back" in served.get("/api/worklist", token).json()["detail"], "the viewer to see the change")
     assert served.get("/api/worklist", token).status_code == 403
     bucket.put(person_key(user), json.dumps(unrevoked).encode())
 

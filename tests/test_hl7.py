@@ -18,6 +18,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
+from support import free_port
 
 from caseformat.bounded import utc_now
 from caseformat.documents import Author, Report
@@ -51,12 +52,6 @@ def registered_patient(state: Path, case: str) -> Patient:
         specimen = registry.specimen(STORE, case=case)
     assert specimen is not None
     return Patient.from_identity(specimen.identity)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ReportLIS:

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from conftest import S3Server, sample
-from test_hub import running_hub, slide_version, wait_for
+from support import running_hub, slide_version, wait_for
 
 from caseformat.bounded import utc_now
+from caseformat.documents import CaseRecord
 from caseformat.layout import (
     CASE_RECORD,
     HUB,
@@ -30,6 +31,7 @@ from caseformat.layout import (
     SlideRef,
     arrivals_folder,
     case_key,
+    station_of,
     version_key,
 )
 from caseformat.results import COMPLETE, Manifest, Triage
@@ -65,6 +67,8 @@ def upload_genuine(client: Any, bucket: str, case: str) -> str:
     """A converted slide uploaded as a complete send, announced under `_arrivals/`; its start time."""
     started_at = utc_now()
     ref = SlideRef(case)
+    # registered as colorectal: a site the default model is validated for (elsewhere the hub refuses to score)
+    put(client, bucket, case_key(case, CASE_RECORD), CaseRecord(case, started_at, station_of(case), (("specimen_site", "sigmoid colon"),)).to_json())
     with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
         shards = []
         for piece in produce(slide, plan_pyramid(slide, ConvertOptions()), case, {"mpp": list(slide.mpp)}):
@@ -136,7 +140,7 @@ def test_no_document_stops_the_hub_and_the_genuine_case_is_still_scored(s3_serve
     log = tmp_path / "hub.log"
     good = slide_version(store, s3_server.endpoint_url, GOOD)
     with running_hub(store, s3_server.endpoint_url, log) as hub:
-        wait_for(lambda: f"DONE {SlideRef(GOOD).label}" in log.read_text() or hub.poll() is not None, "the genuine case's DONE line")
+        wait_for(lambda: f"DONE {SlideRef(GOOD).label}" in log.read_text() or hub.poll() is not None, "the genuine case's DONE line", 600)
         time.sleep(3)  # six more polls: a bad document is said once, not at every poll
         assert hub.poll() is None, log.read_text()
     text = log.read_text()

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import S3Server, sample
+from support import ARRIVING, STATION, colorectal_context, final_triage, running_hub, scorable, slide_version, wait_for
 from typer.testing import CliRunner
 
 from caseformat.layout import (
@@ -55,19 +53,6 @@ pytestmark = pytest.mark.slow  # a running hub
 
 REPO = Path(__file__).resolve().parents[1]
 NO_REPORTS = TrustedKeys([])  # these stores hold no signed report: the viewer needs no centre key to read them
-STATION = "h1"  # every send here is this station's: its cases are h1.{local}
-ARRIVING = "TCGA-CR-7395-jp2k.svs"  # 231 tissue tiles in 10 shards; its tissue mask is published before level 0
-# (CMU-1-Small-Region's six shards are all overview shards: its tissue mask, which scoring needs, comes last)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 600) -> Any:
-    """Poll until `condition()` is truthy; the timeout only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def heatmap_of(location: Location) -> tuple[np.ndarray, dict[str, Any]]:
@@ -80,11 +65,6 @@ def report_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def slide_version(store: str, endpoint: str, case: str) -> Location:
-    """Slide s1/v1 of `case` on the store: the station's folder, and the centre's for its results."""
-    return Location.slide_version(Location.parse(store, endpoint), SlideRef(case))
-
-
 def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
     entries = asyncio.run(Cases(S3Storage(bucket, prefix, server.endpoint_url), NO_REPORTS).worklist())
     return {entry["case"]: entry for entry in entries}
@@ -95,10 +75,11 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     store = f"s3://{s3_bucket}/cases"
     case = qualified_case(STATION, "EDGE-1")
     sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", "EDGE-1", "--station", STATION, "--endpoint-url",
-                                    s3_server.endpoint_url, "--state-dir", str(tmp_path / "state")])  # fmt: skip
+                                    s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"),
+                                    "--context-file", str(colorectal_context())])  # fmt: skip
     assert sent.exit_code == 0, sent.output
     location = slide_version(store, s3_server.endpoint_url, case)
-    edge = wait_for(lambda: location.sent.read_json(TRIAGE), "the edge triage")  # the station's own folder
+    edge = wait_for(lambda: location.sent.read_json(TRIAGE), "the edge triage", 600)  # the station's own folder
     assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location.sent)[1]["stage"] == EDGE
     assert location.read_json(TRIAGE) is None, "an edge triage is never the centre's result"
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
@@ -134,34 +115,14 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert report_rows(report)[0]["status"] == "skipped"
 
 
-@contextmanager
-def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iterator[subprocess.Popen[bytes]]:
-    """`slidestream hub` as a subprocess, once it is watching; stopped at the end."""
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "slidestream", "hub", store, "--endpoint-url", endpoint,
-                                    "--poll", "0.5", "--lease", str(lease)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "watching" in log.read_text() or process.poll() is not None, "the hub to start", 120)
-        assert process.poll() is None, log.read_text()
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-
-
 def sending(slide: Path, store: str, endpoint: str, state: Path, case: str) -> subprocess.Popen[bytes]:
     """`slidestream send` of the slide as case `case` of its station, slow enough (2 Mbit/s) that a hub sees the case
     arriving."""
     station, local = case.split(".", 1)
     return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", local, "--station",
-                             station, "--endpoint-url", endpoint, "--no-edge", "--max-rate", "2", "--state-dir", str(state)],
+                             station, "--endpoint-url", endpoint, "--no-edge", "--max-rate", "2", "--state-dir", str(state),
+                             "--context-file", str(colorectal_context())],  # a site and resolution the model covers
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def final_triage(location: Location) -> dict[str, Any] | None:
-    triage = location.read_json(TRIAGE)
-    return triage if triage and triage["stage"] == HUB and triage["complete"] else None
 
 
 def scored_here(log: Path, case: str) -> int:
@@ -171,7 +132,7 @@ def scored_here(log: Path, case: str) -> int:
 
 
 def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
-    slide = sample(ARRIVING)
+    slide = scorable(ARRIVING)
     store = f"s3://{s3_bucket}/arriving"
     case = qualified_case(STATION, "ARRIVING-1")
     location = slide_version(store, s3_server.endpoint_url, case)
@@ -187,8 +148,8 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
                 partial.add(triage["summary"]["tiles_scored"])
             time.sleep(0.2)
         assert send.returncode == 0, send.stdout.read() if send.stdout else ""
-        final = wait_for(lambda: (t := location.read_json(TRIAGE)) and t["complete"] and t, "the hub's final map")
-        wait_for(lambda: f"DONE {case}" in log.read_text(), "the hub's DONE line (after the map it published)")
+        final = wait_for(lambda: (t := location.read_json(TRIAGE)) and t["complete"] and t, "the hub's final map", 600)
+        wait_for(lambda: f"DONE {case}" in log.read_text(), "the hub's DONE line (after the map it published)", 600)
     assert len(partial) >= 2, f"partial maps seen during the send: {sorted(partial)}"  # it grew while arriving
     assert final["stage"] == HUB and final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
     hub_image, attributes = heatmap_of(location)
@@ -208,13 +169,13 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
 
     # a restarted hub does not redo a finished case
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
-        wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look")
+        wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look", 600)
         assert again.poll() is None
     assert location.read_json(TRIAGE) == final
 
 
 def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
-    slide = sample(ARRIVING)
+    slide = scorable(ARRIVING)
     store = f"s3://{s3_bucket}/killed"
     case = qualified_case(STATION, "KILLED-1")
     location = slide_version(store, s3_server.endpoint_url, case)
@@ -222,7 +183,7 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
     with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
         wait_for(lambda: (t := location.read_json(TRIAGE)) and t["stage"] == HUB and not t["complete"]
                  and t["summary"]["tiles_scored"] > 0,
-                 "a partial map with scored tiles")
+                 "a partial map with scored tiles", 600)
         first.kill()  # kill -9: no cleanup, its lease stays until it expires
         first.wait()
     assert location.read_json(TRIAGE)["complete"] is False
@@ -230,7 +191,7 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
     published = int((~np.isnan(state[0])).sum())  # the exact per-tile results it continues from
     assert published > 0
     with running_hub(store, s3_server.endpoint_url, tmp_path / "second.log", lease=5):
-        final = wait_for(lambda: final_triage(location), "the second hub's final map")
+        final = wait_for(lambda: final_triage(location), "the second hub's final map", 600)
     assert send.wait() == 0
     assert final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
     assert f"DONE {case}" in (tmp_path / "second.log").read_text()
@@ -240,12 +201,12 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
 
 def test_two_hubs_share_two_arriving_cases_without_doubling_work(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     store = f"s3://{s3_bucket}/shared"
-    slides = [sample(ARRIVING), sample("CMU-1-Small-Region.svs")]
+    slides = [scorable(ARRIVING), scorable("CMU-1-Small-Region.svs")]
     cases = [qualified_case(STATION, "SHARED-1"), qualified_case("h2", "SHARED-2")]  # two stations
     logs = [tmp_path / "hub-a.log", tmp_path / "hub-b.log"]
     with running_hub(store, s3_server.endpoint_url, logs[0]), running_hub(store, s3_server.endpoint_url, logs[1]):
         sends = [sending(slide, store, s3_server.endpoint_url, tmp_path / f"state-{i}", case) for i, (slide, case) in enumerate(zip(slides, cases))]
-        finals = [wait_for(lambda c=c: final_triage(slide_version(store, s3_server.endpoint_url, c)), f"case {c}") for c in cases]
+        finals = [wait_for(lambda c=c: final_triage(slide_version(store, s3_server.endpoint_url, c)), f"case {c}", 600) for c in cases]
         assert [send.wait() for send in sends] == [0, 0]
     for case, final in zip(cases, finals):
         tissue = final["summary"]["tissue_tiles"]

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import S3Server, sample
-from test_hub import ARRIVING, STATION, final_triage, running_hub, slide_version, wait_for
-from test_transfer_faults import Proxy
+from conftest import S3Server
+from support import ARRIVING, STATION, Proxy, colorectal_context, final_triage, running_hub, scorable, slide_version, wait_for
 
 from caseformat.layout import SlideRef, qualified_case
 
@@ -28,7 +27,7 @@ def test_a_store_outage_while_the_hub_scores_is_retried_until_the_case_is_done(s
     store = f"s3://{s3_bucket}/outage"
     case = qualified_case(STATION, "OUTAGE-1")
     name = SlideRef(case).label
-    sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(sample(ARRIVING)), store, "--case", "OUTAGE-1",
+    sent = subprocess.run([sys.executable, "-m", "slidestream", "send", str(scorable(ARRIVING)), store, "--case", "OUTAGE-1", "--context-file", str(colorectal_context()),
                            "--station", STATION, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--state-dir",
                            str(tmp_path / "state")],
                           capture_output=True, text=True, timeout=300)

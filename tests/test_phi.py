@@ -29,7 +29,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import REPO, sample
-from test_viewer import serving
+from viewer_support import serving
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
 from caseformat.layout import ARRIVALS, STATION_TREES

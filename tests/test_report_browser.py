@@ -26,9 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, S3Server, sample
-from test_viewer import KEY_DIR, SECRET, SLIDE, Bucket, serving
-from test_viewer_browser import SHOTS, Tiles, browser, shows_tissue, sign_in, wait_for  # noqa: F401  (browser: the Chromium fixture)
+from conftest import REPO, SHOTS, S3Server, sample
+from viewer_support import KEY_DIR, SECRET, SLIDE, Bucket, Tiles, serving, shows_tissue, sign_in, wait_on
 
 from caseformat.documents import CaseRecord
 from caseformat.layout import CASE_RECORD, MANIFEST, SlideRef, case_key
@@ -98,7 +97,7 @@ def sign(page, what: str) -> float:  # type: ignore[no-untyped-def]
     page.once("dialog", lambda dialog: dialog.accept())
     clicked = time.monotonic()
     page.locator("#sign").click()
-    wait_for(page, lambda: page.locator("#signed").is_visible() and page.locator("#report-form").is_hidden(), what)
+    wait_on(page, lambda: page.locator("#signed").is_visible() and page.locator("#report-form").is_hidden(), what)
     return clicked
 
 
@@ -119,14 +118,14 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             # the worklist, then the case, signed in by name, the clinical context beside the image
             page.goto(link)
             row = page.locator(f'#cases tbody tr[data-case="{case}"]')
-            wait_for(page, lambda: row.count() == 1, "the case in the worklist")
+            wait_on(page, lambda: row.count() == 1, "the case in the worklist")
             row.locator("a").click()
-            wait_for(page, lambda: page.locator("#case").text_content() == case, "the case page")
-            wait_for(page, lambda: "superior margin clear?" in page.locator("#context").text_content(), "the clinical context")
-            wait_for(page, lambda: page.locator("#who").text_content() == "Dr Ana Ruiz (pathologist)", "the signed-in name")
+            wait_on(page, lambda: page.locator("#case").text_content() == case, "the case page")
+            wait_on(page, lambda: "superior margin clear?" in page.locator("#context").text_content(), "the clinical context")
+            wait_on(page, lambda: page.locator("#who").text_content() == "Dr Ana Ruiz (pathologist)", "the signed-in name")
             for value in ("left breast, lumpectomy margin", "Dr M. Keller", "theatre 3, ext 4321"):
                 assert value in page.locator("#context").text_content()
-            wait_for(page, lambda: shows_tissue(page, "report-case.png"), "the slide on screen")
+            wait_on(page, lambda: shows_tissue(page, "report-case.png"), "the slide on screen")
 
             # sign; the watch at the hospital prints it and writes the outbox
             page.locator("#category").select_option("malignant")
@@ -157,7 +156,7 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             # a case link views, never signs
             viewer = context.new_page()
             viewer.goto(f"{served.url}/view/{case}#token={served.token(case)}")
-            wait_for(viewer, lambda: viewer.locator("#who").text_content() == "case link · view only", "the view-only page")
+            wait_on(viewer, lambda: viewer.locator("#who").text_content() == "case link · view only", "the view-only page")
             assert viewer.locator("#report-form").is_hidden() and viewer.locator("#amend").is_hidden()
             assert viewer.locator("#signed-by").text_content().startswith("Amendment 1 by Dr Ana Ruiz")
             refused = served.post(f"/api/cases/{case}/reports", served.token(case), json={"category": "benign", "diagnosis": "x", "amends": 2})
@@ -167,7 +166,7 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             assert cli("users", "revoke", store, user, "--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR)).returncode == 0
             page.goto("about:blank")
             page.goto(link)
-            wait_for(page, lambda: page.locator("#message").is_visible(), "the refusal")
+            wait_on(page, lambda: page.locator("#message").is_visible(), "the refusal")
             assert page.locator("#message").text_content().startswith("Access refused") and "revoked" in page.locator("#message").text_content()
             context.close()
 
@@ -209,9 +208,9 @@ def test_a_case_whose_slide_failed_shows_failed_and_offers_no_report(browser, s3
         tiles = Tiles(page)
         sign_in(page, served, served.person(bucket.storage(), "Dr Failed Case"))
         page.goto(f"{served.url}/view/{case}")
-        wait_for(page, lambda: page.locator("#message").is_visible(), "the failure on the page")
+        wait_on(page, lambda: page.locator("#message").is_visible(), "the failure on the page")
         assert page.locator("#message").text_content() == f"case {case}: send failed: unreadable slide: truncated TIFF"
-        wait_for(page, lambda: "nothing to report on" in page.locator("#report-note").text_content(), "the note instead of the form")
+        wait_on(page, lambda: "nothing to report on" in page.locator("#report-note").text_content(), "the note instead of the form")
         assert page.locator("#report-form").is_hidden()
         assert "s1 (v1) failed: unreadable slide: truncated TIFF" in page.locator("#slides").text_content()
         assert "margin?" in page.locator("#context").text_content()

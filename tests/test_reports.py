@@ -8,33 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import S3Server
-from test_viewer import CENTRE_KEY, KEY_DIR, SECRET, TRUSTED, Bucket, Served, serving
+from support import wait_for
+from viewer_support import CENTRE_KEY, FORM, KEY_DIR, SECRET, TRUSTED, Bucket, Served, added, register, serving, users
 
-from caseformat.documents import Author, CaseRecord, Person, Report, SlideRead
+from caseformat.documents import Author, Person, Report, SlideRead
 from caseformat.layout import (
-    CASE_RECORD,
     MANIFEST,
     REPORTS,
     SlideRef,
     audit_folder,
-    case_key,
     notice_key,
     notices_folder,
     numbered_folder,
     person_key,
     report_key,
     request_key,
-    station_of,
 )
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import LocalStorage, StorageError
@@ -43,40 +39,13 @@ from viewer import reports
 STATION_ID = "theatre-3"
 CASE = f"{STATION_ID}.FS-2026-0042"
 FAILED = f"{STATION_ID}.FAILED-1"
-CONTEXT = (("specimen_site", "left breast, lumpectomy margin"), ("clinical_question", "margin clear?"),
-           ("surgeon", "Dr Surgeon"), ("callback", "ext 4321"))  # fmt: skip
-FORM = {"category": "malignant", "diagnosis": "Invasive ductal carcinoma.", "margins": "superior margin involved", "comment": None}
-
-
-def users(bucket: Bucket, *args: str) -> subprocess.CompletedProcess[str]:
-    """`slidestream users ...` against the bucket's store, signing with the test viewer's secret and centre key."""
-    command = [sys.executable, "-m", "slidestream", "users", *args]
-    store = f"s3://{bucket.name}/{bucket.prefix}"
-    command = [part if part != "STORE" else store for part in command] + ["--endpoint-url", bucket.endpoint_url, "--key-dir", str(KEY_DIR)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
-
-
-def added(bucket: Bucket, name: str, *options: str) -> tuple[str, str]:
-    """(user ID, sign-in token) of a user added with the command, read from what it prints (`Served` spends it on a
-    session at its first request, as the page does)."""
-    result = users(bucket, "add", "STORE", name, *options)
-    assert result.returncode == 0, result.stderr
-    first, link = result.stdout.splitlines()[:2]
-    assert first.startswith("added u") and link.startswith("link: http://127.0.0.1:8737/worklist#token=")
-    return first.split()[1], link.partition("#token=")[2]
-
-
-def register(bucket: Bucket, case: str = CASE) -> None:
-    """case.json as the station the case ID names writes it."""
-    bucket.put(case_key(case, CASE_RECORD), CaseRecord(case, "2026-12-01T21:00:00.000Z", station_of(case), CONTEXT).to_json())
 
 
 @pytest.fixture(scope="module")
 def centre(s3_server: S3Server):  # type: ignore[no-untyped-def]
     """A registered case with one slide sent (from a station), another whose only slide failed, and the viewer."""
     bucket = Bucket(s3_server)
-    register(bucket)
+    register(bucket, CASE)
     bucket.send(CASE, triage=0.7)
     register(bucket, FAILED)
     failed = {"format": "slidestream-manifest/2", "case": FAILED, "state": "failed", "failed": "unreadable slide: truncated TIFF", "complete": False}
@@ -105,11 +74,11 @@ def test_users_are_added_listed_and_revoked_with_the_command(centre) -> None:  #
     relinked = users(bucket, "link", "STORE", user)
     assert relinked.returncode == 0, relinked.stderr
     new = relinked.stdout.strip().partition("#token=")[2]
-    wait_for(lambda: served.get("/api/me", token).status_code == 401)
+    wait_for(lambda: served.get("/api/me", token).status_code == 401, "the viewer to see the change")
     assert "replaced by a newer one" in served.get("/api/me", token).json()["detail"]
     assert served.get("/api/worklist", new).status_code == 200
     assert users(bucket, "revoke", "STORE", user).returncode == 0
-    wait_for(lambda: served.get("/api/worklist", new).status_code == 403)
+    wait_for(lambda: served.get("/api/worklist", new).status_code == 403, "the viewer to see the change")
     assert "was revoked" in served.get("/api/worklist", new).json()["detail"]
     assert "revoked" in users(bucket, "list", "STORE").stdout
     refused = users(bucket, "link", "STORE", user)
@@ -127,7 +96,7 @@ def test_an_expired_user_is_refused_saying_so(centre) -> None:  # type: ignore[n
     user, token = added(bucket, "Dr Short Stay")
     record = Person.read(bucket.get(person_key(user)), "record", TRUSTED)
     bucket.put(person_key(user), Person(**{**record.__dict__, "expires_at": "2026-01-01T00:00:00Z"}).to_json(CENTRE_KEY))  # the centre's change
-    wait_for(lambda: served.get("/api/me", token).status_code == 403)
+    wait_for(lambda: served.get("/api/me", token).status_code == 403, "the viewer to see the change")
     assert "expired at 2026-01-01" in served.get("/api/me", token).json()["detail"]
 
 
@@ -162,7 +131,7 @@ def test_a_pathologist_signs_amends_and_the_history_stays(centre) -> None:  # ty
     assert stale.status_code == 409 and "report 2 was signed" in stale.json()["detail"]
 
     # the clock stopped at the signature: an amendment does not move it
-    wait_for(lambda: served.get(f"/api/cases/{CASE}", token).json()["signed_at"] == first["signed_at"])
+    wait_for(lambda: served.get(f"/api/cases/{CASE}", token).json()["signed_at"] == first["signed_at"], "the viewer to see the change")
     status = served.get(f"/api/cases/{CASE}/slides/s1/v1/status", token).json()
     assert status["report"] == {"signed_at": first["signed_at"]}
 
@@ -172,7 +141,7 @@ def test_a_pathologist_signs_amends_and_the_history_stays(centre) -> None:  # ty
 
 def test_two_pathologists_signing_at_once_get_one_report_and_one_refusal(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
-    register(bucket)
+    register(bucket, CASE)
     bucket.send(CASE)
     with serving(bucket.storage()) as served:
         tokens = [added(bucket, name)[1] for name in ("Dr One", "Dr Two")]
@@ -225,7 +194,7 @@ def test_a_case_whose_slides_failed_cannot_be_reported(centre) -> None:  # type:
 
 def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> None:
     bucket = Bucket(s3_server)
-    register(bucket)
+    register(bucket, CASE)
     bucket.send(CASE)
     with serving(bucket.storage()) as served:
         user, token = added(bucket, "Dr Audit Reader")
@@ -256,14 +225,6 @@ def test_the_audit_log_names_who_opened_and_signed_what(s3_server: S3Server) -> 
     assert set(event) == {"format", "at", "user", "action", "case", "slide", "version", "report", "signature"}
     wrong = subprocess.run([*command[:5], "--date", "yesterday"], capture_output=True, text=True, timeout=120, check=False)
     assert wrong.returncode == 2 and "YYYY-MM-DD" in wrong.stderr
-
-
-def wait_for(condition, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    """The viewer caches a person's record for a second: wait for it to see the change."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_a_signed_report_whose_station_copy_the_store_refuses_is_signed_not_an_error(tmp_path: Path) -> None:

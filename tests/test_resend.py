@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import tifffile
 from conftest import REPO, S3Server, sample
-from test_transfer import journal_objects, send_args, slidestream
+from support import journal_objects, send_args, slidestream, wait_for
 
 from caseformat.bounded import utc_now
 from caseformat.layout import CORRUPT, SlideRef
@@ -139,14 +139,6 @@ def _watch_log(state: Path) -> list[str]:
     return logs[0].read_text().splitlines() if logs else []
 
 
-def _wait_for(predicate: Any, what: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert process.poll() is None, f"watch died while waiting for {what}: {process.communicate()[1][-2000:]!r}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_watch_sends_again_on_its_own_what_the_centre_found_corrupt(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     hot, state = tmp_path / "hot", tmp_path / "state"
     hot.mkdir()
@@ -157,14 +149,14 @@ def test_watch_sends_again_on_its_own_what_the_centre_found_corrupt(s3_server: S
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
     )  # fmt: skip
     try:
-        _wait_for(lambda: any(" SENT " in line for line in _watch_log(state)), "the slide to be sent", watcher)
+        wait_for(lambda: any(" SENT " in line for line in _watch_log(state)), "the slide to be sent", 120, process=watcher)
         [manifest] = [key for key in (o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]) if key.endswith("manifest.json")]
         stored = Stored(s3_server, s3_bucket, SlideRef.parse(manifest.removeprefix("cases/").rsplit("/", 1)[0]).case)
         key, original = stored.corrupt_a_shard()
         before = stored.image_objects()
         time.sleep(1.1)  # LastModified has whole seconds: any object written again from here on shows it
         stored.ask_again(key)
-        _wait_for(lambda: any(" RESENT " in line for line in _watch_log(state)), "the corrupt shard to be sent again", watcher, timeout=60)
+        wait_for(lambda: any(" RESENT " in line for line in _watch_log(state)), "the corrupt shard to be sent again", 60, process=watcher)
     finally:
         watcher.send_signal(signal.SIGINT)
         try:

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import S3Server
-from test_viewer import CENTRE_KEY, SECRET, TRUSTED, Bucket, Served, serving, wait_for
-from test_viewer_browser import browser, page  # noqa: F401  (the Chromium fixtures)
-from test_viewer_browser import wait_for as wait_on
+from support import wait_for
+from viewer_support import CENTRE_KEY, SECRET, TRUSTED, Bucket, Served, serving, wait_on
 
 from caseformat.documents import PATHOLOGIST, Person
 from viewer import LocalStorage, Tokens, create_app

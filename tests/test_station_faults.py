@@ -5,12 +5,10 @@ watch restarts in between. Against the real S3 server, through a proxy the test 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Proxy, wait_for
 from test_station_trust import CENTRE, PREFIX, STATION, _at, _keys_file, _notice, _once, _outbox, _put, _report
-from test_transfer_faults import Proxy
 
 from caseformat.documents import Author, CaseRecord, Request
 from caseformat.layout import CASE_RECORD, report_key, request_key
@@ -40,20 +38,8 @@ class StallingProxy(Proxy):
         self.flowing.set()
         super().__init__(target)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
-        if requests:
-            super()._pipe(src, dst, requests)
-            return
-        try:
-            while data := src.recv(1 << 16):
-                self.flowing.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+    def hold_answer(self) -> None:
+        self.flowing.wait()
 
 
 def _command(tmp_path: Path, endpoint: str, bucket: str, *extra: str) -> list[str]:
@@ -79,11 +65,10 @@ class Watcher:
         return self.stdout.read_text()
 
     def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert self.process.poll() is None, f"watch died (exit {self.process.returncode}) while waiting for {what}: {self.stderr.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.out()[-2000:]}"
-            time.sleep(0.2)
+        wait_for(predicate, what, timeout, process=self.process, output=self.tails)
+
+    def tails(self) -> str:
+        return f"stderr: {self.stderr.read_text()[-2000:]!r} stdout: {self.out()[-2000:]!r}"
 
     def stop(self) -> tuple[str, str]:
         """Stops it (it must still be running); its stdout and stderr."""

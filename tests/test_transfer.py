@@ -5,8 +5,6 @@ Helpers here are shared with test_transfer_faults.py.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -21,16 +19,27 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
 import zarr
-from conftest import REPO, S3Server, _free_port, _wait_for_port, sample
+from conftest import REPO, S3Server, sample
+from support import (
+    STATION,
+    free_port,
+    journal_objects,
+    local_pieces,
+    send_args,
+    server_objects,
+    sha256,
+    slidestream,
+    start_slidestream,
+    wait_for_port,
+)
 
 from caseformat.documents import CaseRecord
 from caseformat.errors import InvalidIdError
 from caseformat.layout import CASE_RECORD, SlideRef, arrivals_folder, case_key, qualified_case, slide_claim_key
 from slides import open_slide
 from slidestream.send import image_pieces, send_arguments
-from tiling import Piece, PieceKind, plan_pyramid, write_pieces
+from tiling import PieceKind, plan_pyramid, write_pieces
 from transfer import (
     Arrivals,
     DestinationError,
@@ -48,90 +57,9 @@ from transfer.sender import typical_size
 pytestmark = pytest.mark.slow  # sends every sample
 
 MiB = 1 << 20
-STATION = "h1"  # every send here names its station: its case IDs are h1.{local}
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def slidestream(*args: object, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The installed command, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "slidestream", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
-
-
-def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "slidestream", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
-    )
-
-
-@functools.cache
-def local_pieces(slide: Path, case: str, version: str = "v1", **options: Any) -> tuple[Piece, ...]:
-    """What a send of `slide` as slide s1 (that `version`) of `case` uploads, produced here without any network
-    (once per test session)."""
-    args = send_arguments(slide, "s3://unused/cases", None, **options)
-    with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
-        return tuple(image_pieces(opened, args, SlideRef(case, "s1", version).label)[1])
-
-
-def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
-    client = server.client()
-    keys = [
-        item["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for item in page.get("Contents", [])
-    ]
-    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
-
-
-def journal_objects(state_dir: Path) -> dict[str, tuple[str, int, str]]:
-    """key -> (sha256, size, status), read the way `resume` and any sqlite client would: read-write. A read-only
-    reader first after a kill -9 can miss the last commit (seen: 11 rows, then 12 on the next read, 12 for resume).
-    No `objects` table yet (a send killed after the station's registry made its tables, before the journal's) is an
-    empty journal, as `resume` reads it."""
-    with contextlib.closing(sqlite3.connect(state_dir / "journal.sqlite3")) as db:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'objects'").fetchone():
-            return {}
-        return {key: (sha, size, status) for key, sha, size, status in db.execute("SELECT key, sha256, size, status FROM objects")}
-
-
-def journal_dump(state_dir: Path) -> list[str]:
-    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return list(db.iterdump())
-
-
-def journal_sends(state_dir: Path) -> dict[SlideRef, tuple[str | None, str | None]]:
-    """slide version -> (finished_at, error) of every send the journal knows."""
-    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
-        return {SlideRef.parse(root): (finished, error) for root, finished, error in db.execute("SELECT case_id, finished_at, error FROM sends")}
-
-
-def corrupt_slide(folder: Path, name: str = "ACC-2024-0001_DOE_JANE.svs") -> Path:
-    """CMU-1-Small-Region.svs with its last dozen level-0 tiles zeroed: it opens, its metadata goes out, and the
-    send fails once the pyramid writer decodes those tiles. The name is the kind a scanner gives (PHI)."""
-    path = folder / name
-    shutil.copyfile(sample("CMU-1-Small-Region.svs"), path)
-    with tifffile.TiffFile(path) as tiff:
-        page = tiff.pages[0]
-        tiles = list(zip(page.dataoffsets, page.databytecounts, strict=True))[-12:]
-    with path.open("r+b") as handle:
-        for offset, count in tiles:
-            handle.seek(offset)
-            handle.write(bytes(count))
-    return path
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def s3_group(server: S3Server, url: str) -> zarr.Group:
     """The image as any zarr reader sees it on S3 (zarr's ObjectStore over obstore), bypassing slidestream entirely.
 
@@ -156,11 +84,6 @@ def assert_same_image(remote: zarr.Group, local: zarr.Group) -> None:
     assert remote.attrs.asdict() == local.attrs.asdict()
     for dataset in datasets:
         np.testing.assert_array_equal(remote[dataset["path"]][:], local[dataset["path"]][:], err_msg=f"level {dataset['path']}")
-
-
-def send_args(server: S3Server, bucket: str, state_dir: Path, *extra: object) -> list[object]:
-    return [f"s3://{bucket}/cases", "--endpoint-url", server.endpoint_url, "--state-dir", state_dir, "--station", STATION,
-            "--no-edge", *extra]  # the image alone: edge triage (on by default) writes beside it
 
 
 # -- the whole path --------------------------------------------------------------------------------------------
@@ -448,7 +371,7 @@ def test_tls_endpoint_with_a_private_ca(s3_server, tmp_path) -> None:  # type: i
         server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -468,7 +391,7 @@ def test_tls_endpoint_with_a_private_ca(s3_server, tmp_path) -> None:  # type: i
     )
     try:
         endpoint = f"https://127.0.0.1:{port}"
-        _wait_for_port(port)
+        wait_for_port(port, "the TLS S3 server")
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint, verify=str(tmp_path / "ca.pem")).create_bucket(Bucket="tls-bucket")

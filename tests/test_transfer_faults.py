@@ -13,16 +13,13 @@ import importlib.util
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +27,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import REPO, S3Server, sample
-from test_transfer import (
+from support import (
     STATION,
+    Proxy,
     corrupt_slide,
     journal_dump,
     journal_objects,
@@ -42,9 +40,10 @@ from test_transfer import (
     sha256,
     slidestream,
     start_slidestream,
+    wait_for,
 )
 
-from caseformat.layout import CASE_RECORD, SlideRef, case_key, qualified_case, slide_claim_key, station_folder
+from caseformat.layout import CASE_RECORD, SlideRef, case_key, qualified_case, slide_claim_key, station_folder, unsent_folder
 from tiling import Piece, PieceKind
 from transfer import Destination, Journal, parse_destination
 
@@ -52,110 +51,6 @@ pytestmark = pytest.mark.slow  # the emulated link and killed sends
 
 CMU = "CMU-1-Small-Region.svs"
 CASE = qualified_case(STATION, "fault-case")  # one case throughout (each test has its own bucket): local pieces are produced once
-
-
-# -- a TCP proxy between client and server that can corrupt a body or drop the link ----------------------------
-class Proxy:
-    """Forwards to the real S3 server. Counts PUT request lines; flips one byte of the body of the first `times`
-    PUTs whose path contains `corrupt`; while `down`, every connection is cut at once (a dead link)."""
-
-    REQUEST = re.compile(rb"PUT (\S+) HTTP/1\.1\r\n")
-
-    def __init__(self, target: str, corrupt: str | None = None, times: int = 1) -> None:
-        split = urlsplit(target)
-        self.target = (split.hostname or "127.0.0.1", split.port or 80)
-        self.corrupt = corrupt.encode() if corrupt else None
-        self.remaining = times
-        self.puts: Counter[str] = Counter()
-        self.corrupted: Counter[str] = Counter()
-        self.down = False
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-
-    def set_down(self, down: bool) -> None:
-        self.down = down
-        if down:
-            with self._lock:
-                for sock in self._sockets:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
-        self.set_down(True)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.down:
-                client.close()
-                continue
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        with self._lock:
-            self._sockets |= {client, upstream}
-        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-        self._pipe(client, upstream, True)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
-        position, tail, handled, flip_next = 0, b"", set(), False
-        try:
-            while data := bytearray(src.recv(1 << 16)):
-                if flip_next:
-                    data[0] ^= 0xFF
-                    flip_next = False
-                if requests:
-                    flip_next = self._inspect(data, position, tail, handled)
-                dst.sendall(data)
-                position += len(data)
-                tail = (tail + bytes(data))[-(1 << 16) :]
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def _inspect(self, data: bytearray, position: int, tail: bytes, handled: set[int]) -> bool:
-        """Count complete PUT headers in this chunk; corrupt the body's first byte if wanted (True: it is in the next)."""
-        window = tail + bytes(data)
-        start = position - len(tail)
-        flip_next = False
-        for match in self.REQUEST.finditer(window):
-            where = start + match.start()
-            end = window.find(b"\r\n\r\n", match.end())
-            if where in handled or end < 0:
-                continue
-            handled.add(where)
-            path = match.group(1).decode()
-            with self._lock:
-                self.puts[path] += 1
-                hit = self.corrupt is not None and self.corrupt in match.group(1) and self.remaining > 0
-                if hit:
-                    self.remaining -= 1
-                    self.corrupted[path] += 1
-            if hit:
-                body = start + end + 4 - position
-                if body < len(data):
-                    data[body] ^= 0xFF
-                else:
-                    flip_next = True
-        return flip_next
 
 
 @pytest.fixture
@@ -277,7 +172,10 @@ def test_a_slide_that_fails_in_watch_leaves_only_its_failed_manifest_and_resume_
     [case] = [folder.removeprefix(stations).rstrip("/") for folder in folders if not folder.startswith(f"{stations}_")]
     dest = slide_version(s3_bucket, case)
     listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=dest.case_root).get("Contents", [])
-    assert sorted(entry["Key"] for entry in listed) == [dest.key(case_key(case, CASE_RECORD)), dest.key(slide_claim_key(case, "s1")), dest.manifest_key]
+    unsent = [entry["Key"] for entry in listed if entry["Key"].startswith(dest.key(unsent_folder(case)))]
+    assert len(unsent) == 1, listed  # the centre is told the specimen's slide will not come (`UnsentSlide`)
+    assert sorted(entry["Key"] for entry in listed if entry["Key"] not in unsent) == [
+        dest.key(case_key(case, CASE_RECORD)), dest.key(slide_claim_key(case, "s1")), dest.manifest_key]
     assert manifest_of(s3_server, s3_bucket, case)["state"] == "failed"
     assert (folder / "failed" / "ACC-2024-0001_DOE_JANE.svs").exists()
     for _ in range(2):  # the failed slide's journal entry is given up: resume has nothing to fail on
@@ -287,12 +185,12 @@ def test_a_slide_that_fails_in_watch_leaves_only_its_failed_manifest_and_resume_
 
 # -- kill -9 ---------------------------------------------------------------------------------------------------
 def wait_for_journal(state: Path, count: int, process: subprocess.Popen[str]) -> None:
-    while process.poll() is None:
+    def journaled() -> bool:
         with contextlib.suppress(sqlite3.Error):
-            if len(journal_objects(state)) >= count:
-                return
-        time.sleep(0.02)
-    pytest.fail(f"the send ended before {count} objects were journaled: {process.communicate()[1]}")
+            return len(journal_objects(state)) >= count
+        return False
+
+    wait_for(journaled, f"{count} objects journaled", 600, process=process, every=0.02)
 
 
 def check_after_kill(server: S3Server, bucket: str, case: str, state: Path, pieces: tuple[Piece, ...], in_flight: int) -> int:
@@ -410,12 +308,12 @@ def test_link_down_past_the_deadline_exits_3_and_resume_finishes(s3_server, s3_b
 
 
 def wait_for_send_journaled(state: Path, case: str, process: subprocess.Popen[str]) -> None:
-    while process.poll() is None:
+    def journaled() -> bool:
         with contextlib.suppress(sqlite3.Error):
-            if (state / "journal.sqlite3").exists() and SlideRef(case) in journal_sends(state):
-                return
-        time.sleep(0.05)
-    pytest.fail(f"the send ended before it was journaled: {process.communicate()[1]}")
+            return (state / "journal.sqlite3").exists() and SlideRef(case) in journal_sends(state)
+        return False
+
+    wait_for(journaled, "the send journaled", 600, process=process, every=0.05)
 
 
 def test_a_send_started_while_the_link_is_down_waits_for_it(s3_server, s3_bucket, tmp_path, proxy_factory) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import S3Server
-from test_viewer import Bucket, Served, serving
+from viewer_support import Bucket, Served, serving
 
 from caseformat.bounded import utc_now
 from caseformat.documents import CaseRecord, UnsentSlide

@@ -7,8 +7,6 @@ are shared with it.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
 import http.client
 import io
 import json
@@ -19,42 +17,46 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 import zarr
 from conftest import S3Server, sample
 from PIL import Image
+from support import corrupt_slide, wait_for
+from viewer_support import (
+    CENTRE_KEY,
+    KEY_DIR,
+    SECRET,
+    SLIDE,
+    TRUSTED,
+    Bucket,
+    Served,
+    chunk_of,
+    heatmap_objects,
+    manifest,
+    pyramid,
+    serving,
+    shards,
+    write_local,
+)
 
-from caseformat.documents import PATHOLOGIST, STATION, CaseRecord
+from caseformat.documents import PATHOLOGIST, CaseRecord
 from caseformat.layout import (
     CASE_RECORD,
     HEATMAP,
-    HUB,
     IMAGE,
     MANIFEST,
-    TRIAGE,
     SlideRef,
     case_key,
     image_key,
     station_case_folder,
 )
-from caseformat.results import Triage
-from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
-from slides import open_slide
-from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
+from tiling import PieceKind
 from tiling.pyramid import assemble_shard
 from viewer import (
     WORKLIST,
@@ -64,228 +66,15 @@ from viewer import (
     S3Storage,
     ScopeError,
     SecretError,
-    Storage,
     TokenError,
     Tokens,
     audit,
     case_scope,
-    create_app,
     load_secret,
 )
 from viewer.heatmap import LUT
 from viewer.people import add_person
-from viewer.tokens import PERSON, SESSION_COOKIE
-
-SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967, 240 px JPEG tiles (passed through), 3 levels, mpp 0.499
-SECRET = b"a-test-secret-that-is-long-enough-0123456789"
-# the centre's signing key, in a folder the commands the tests run are given too (--key-dir)
-KEY_DIR = Path(tempfile.mkdtemp(prefix="slidestream-test-keys-"))
-atexit.register(shutil.rmtree, KEY_DIR, True)
-CENTRE_KEY = SigningKey.load_or_create(KEY_DIR)
-TRUSTED = TrustedKeys.load(KEY_DIR / PUBLIC_KEYS_FILE)
-EMPTY = 2**64 - 1
-MODEL = "test-model"  # what the triage documents the tests write name as their model
-
-
-# -- making cases ----------------------------------------------------------------------------------------------
-@functools.cache
-def pyramid(name: str = SLIDE, lossless: bool = False) -> tuple[PyramidPlan, tuple[Piece, ...]]:
-    """Every object of the slide's OME-Zarr, in send order (built once per test run)."""
-    with open_slide(sample(name)) as slide:
-        plan = plan_pyramid(slide, ConvertOptions(lossless=lossless, workers=2))
-        return plan, tuple(produce(slide, plan, "sample", {}))
-
-
-def shards(pieces: tuple[Piece, ...]) -> dict[str, bytes]:
-    return {piece.key: piece.data for piece in pieces if piece.kind == PieceKind.SHARD}
-
-
-def chunk_of(shard: bytes, n: int, i: int, j: int) -> bytes | None:
-    """Chunk (i, j) of a shard, read straight from its index: what the viewer must serve byte for byte."""
-    index = np.frombuffer(shard[-(16 * n * n + 4) : -4], "<u8").reshape(n, n, 2)
-    offset, nbytes = (int(v) for v in index[i, j])
-    return None if offset == EMPTY else shard[offset : offset + nbytes]
-
-
-def manifest(
-    case: str, pieces: tuple[Piece, ...], arrived: set[str], planned: list[str] | None = None, started: datetime | None = None,
-    plan_final: bool = True,
-) -> bytes:
-    """A `slidestream-manifest/1` as transfer/ writes it during a send."""
-    planned = [key for key in shards(pieces)] if planned is None else planned
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    return json.dumps(
-        {
-            "format": "slidestream-manifest/1",
-            "case": case,
-            "image": "image.zarr",
-            "started_at": (started or datetime.now(UTC)).isoformat(timespec="seconds"),
-            "updated_at": now,
-            "complete": plan_final and arrived >= set(planned),
-            "plan_final": plan_final,
-            "planned": planned,
-            "arrived": [key for key in planned if key in arrived],
-            "milestones": {},
-        }
-    ).encode()
-
-
-class Bucket:
-    """A case store on the real S3 server: `put` writes a key (made by caseformat.layout) under the prefix the viewer
-    is pointed at."""
-
-    def __init__(self, server: S3Server, prefix: str = "cases") -> None:
-        self.client = server.client()
-        self.name = server.new_bucket()
-        self.prefix = prefix
-        self.endpoint_url = server.endpoint_url
-
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.name, Key=f"{self.prefix}/{key}", Body=data)
-
-    def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.name, Key=f"{self.prefix}/{key}")["Body"].read()
-
-    def storage(self) -> S3Storage:
-        return S3Storage(self.name, self.prefix, self.endpoint_url)
-
-    def send(
-        self, case: str, arrived: Callable[[Piece], bool] = lambda piece: True, triage: float | None = None, slide: str = SLIDE,
-        started: datetime | None = None, at: tuple[str, str] = ("s1", "v1"),
-    ) -> tuple[Piece, ...]:
-        """Upload the metadata and the shards `arrived` selects, with a manifest saying so, as the slide version `at`
-        (slide, version) of `case` (a case ID: {station}.{local}), in the station's folder; `triage` is the hub's
-        final score, in the centre's folder."""
-        ref = SlideRef(case, *at)
-        _, pieces = pyramid(slide)
-        for piece in pieces:
-            if piece.kind != PieceKind.SHARD or arrived(piece):
-                self.put(ref.key(image_key(piece.key)), piece.data)
-        received = {p.key for p in pieces if p.kind == PieceKind.SHARD and arrived(p)}
-        self.put(ref.key(MANIFEST), manifest(case, pieces, received, started=started))
-        if triage is not None:
-            self.put(ref.centre_key(TRIAGE), triage_json(ref, triage))
-        return pieces
-
-
-def triage_json(ref: SlideRef, score: float, stage: str = HUB, complete: bool = True) -> bytes:
-    """A triage.json of `stage` (the hub's, `analyze`'s, or the edge's coarse map) as inference/ writes it."""
-    return Triage(ref.label, score, MODEL, stage, complete, {"tiles_scored": 1, "tissue_tiles": 1}).to_json()
-
-
-def heatmap_objects(values: np.ndarray, slide_width: int, mpp: float) -> dict[str, bytes]:
-    """A heatmap in the layout inference/ writes: single-level (h, w) OME-Zarr, scale = mpp x width / w."""
-    store = zarr.storage.MemoryStore()
-    cell = mpp * slide_width / values.shape[1]
-    axes = [{"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [cell, cell]}]}]
-    zarr.create_group(store, zarr_format=3, attributes={"ome": {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}})
-    fill = np.nan if values.dtype.kind == "f" else 0
-    array = zarr.create_array(store, name="0", shape=values.shape, dtype=values.dtype, chunks=values.shape, fill_value=fill)
-    array[:] = values
-    return {key: buffer.to_bytes() for key, buffer in store._store_dict.items()}
-
-
-def write_local(store: Path, key: str, data: bytes) -> None:
-    """Write one object of a local store (a directory) at `key`, as LocalStorage reads it."""
-    (store / key).parent.mkdir(parents=True, exist_ok=True)
-    (store / key).write_bytes(data)
-
-
-# -- running the server ----------------------------------------------------------------------------------------
-@dataclass
-class Served:
-    """A viewer server running in this process, and a way to make tokens for it. A request with a person's sign-in
-    token goes as the page sends it: the link spent once on a session (`session`), then the session's cookie."""
-
-    url: str
-    tokens: Tokens
-    sessions: dict[str, str] = field(default_factory=dict)  # sign-in token -> the ID of the session it opened
-
-    def token(self, case: str, lifetime: timedelta = timedelta(hours=1)) -> str:
-        return self.tokens.issue(case_scope(case), lifetime)
-
-    def person(self, storage: Storage, name: str = "Dr Test Pathologist", role: str = PATHOLOGIST, station: str | None = None) -> str:
-        """A new user of the store (as `slidestream users add` makes one; a station user names its `station`) and their
-        sign-in token. (In a thread of its own: Playwright's sync API keeps an event loop running in the test's.)"""
-        assert (role == STATION) == (station is not None)
-        with ThreadPoolExecutor(1) as pool:
-            person = pool.submit(asyncio.run, add_person(storage, CENTRE_KEY, name, role, station=station)).result()
-        return self.tokens.issue_person(person.id, person.serial, timedelta(hours=1))
-
-    def session(self, token: str) -> str | httpx.Response:
-        """The session the sign-in `token` opened (spending it the first time), or the server's refusal to open one."""
-        if token not in self.sessions:
-            opened = httpx.post(f"{self.url}/api/session", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            if opened.status_code != 200:
-                return opened
-            self.sessions[token] = opened.cookies[SESSION_COOKIE]
-        return self.sessions[token]
-
-    def credentials(self, token: str | None) -> dict[str, str] | httpx.Response:
-        """The headers that carry `token`: a case link's as a Bearer header, a person's as their session's cookie."""
-        try:
-            signing_in = bool(token) and self.tokens.claims(token)["scope"] == PERSON
-        except TokenError:
-            signing_in = False  # garbage, forged or expired: sent as it is, to be refused
-        if not signing_in:
-            return {"Authorization": f"Bearer {token}"} if token else {}
-        session = self.session(token)  # type: ignore[arg-type]
-        return session if isinstance(session, httpx.Response) else {"Cookie": f"{SESSION_COOKIE}={session}"}
-
-    def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
-        credentials = self.credentials(token)
-        if isinstance(credentials, httpx.Response):
-            return credentials
-        return httpx.get(self.url + path, headers={**kwargs.pop("headers", {}), **credentials}, timeout=30, **kwargs)
-
-    def post(self, path: str, token: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
-        credentials = self.credentials(token)
-        if isinstance(credentials, httpx.Response):
-            return credentials
-        return httpx.post(self.url + path, headers=credentials, timeout=30, **kwargs)
-
-    def raw(self, path: str, token: str | None = None) -> tuple[int, bytes]:
-        """A request with the path exactly as written (httpx would normalise '..' away)."""
-        parts = urlsplit(self.url)
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        credentials = self.credentials(token)
-        assert isinstance(credentials, dict), credentials.text
-        connection.request("GET", path, headers=credentials)
-        response = connection.getresponse()
-        body = response.read()
-        connection.close()
-        return response.status, body
-
-
-@contextmanager
-def serving(storage: Storage, **options: int) -> Iterator[Served]:
-    """The viewer over `storage` in a thread; `options` go to create_app."""
-    tokens = Tokens(SECRET)
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(storage, tokens, CENTRE_KEY, TRUSTED, **options), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("viewer server did not start")
-        time.sleep(0.02)
-    try:
-        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", tokens)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Wait for the server to notice a change (its manifest cache lives a second); fail with `what`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+from viewer.tokens import SESSION_COOKIE
 
 
 @pytest.fixture(scope="module")
@@ -899,7 +688,6 @@ def test_the_viewer_reads_what_slidestream_send_wrote(s3_server: S3Server, tmp_p
 
 def test_a_send_that_failed_shows_as_failed_never_as_a_white_slide(s3_server: S3Server, tmp_path: Path) -> None:
     """A corrupt slide's send is retracted: status and worklist say "failed" and why; no tile is served as glass."""
-    from test_transfer import corrupt_slide
 
     bucket = Bucket(s3_server)
     bucket.send("h1.fine", triage=0.3)

@@ -8,22 +8,35 @@ Screenshots land in test-output/ (git-ignored) for a human to look at.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, S3Server, sample
-from PIL import Image
-from test_viewer import SLIDE, Bucket, Served, chunk_of, heatmap_objects, manifest, pyramid, serving, shards, triage_json
-from test_viewer_tools import CELL, inference_heatmap
+from conftest import SHOTS, S3Server, sample
+from viewer_support import (
+    CELL,
+    SLIDE,
+    Bucket,
+    Served,
+    Tiles,
+    chunk_of,
+    heatmap_objects,
+    inference_heatmap,
+    manifest,
+    pyramid,
+    screenshot,
+    serving,
+    shards,
+    shows_tissue,
+    sign_in,
+    stained,
+    triage_json,
+    wait_on,
+)
 
 from caseformat.bounded import utc_now
 from caseformat.documents import STATION, Author, CaseRecord, Report
@@ -41,84 +54,8 @@ from caseformat.layout import (
 )
 from slides import open_slide
 from viewer.heatmap import LUT
-from viewer.tokens import SESSION_COOKIE
 
 pytestmark = pytest.mark.slow  # Chromium
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = REPO / "test-output"
-TILE_URL = re.compile(r"/api/cases/([^/]+)/slides/s\d+/v\d+/(tiles|heatmap)/(\d+)/(\d+)/(\d+)")
-
-
-def wait_for(page, condition: Callable[[], bool], what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    """Wait for something to show on the page; Playwright delivers its events while we wait through it."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        page.wait_for_timeout(200)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/apt-packages should have installed chromium")
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium")
-    SHOTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-class Tiles:
-    """Every tile response the page receives: (kind, level, row, col, response)."""
-
-    def __init__(self, page) -> None:  # type: ignore[no-untyped-def]
-        self.seen: list[tuple[str, int, int, int, object]] = []
-        page.on("response", self._record)
-
-    def _record(self, response) -> None:  # type: ignore[no-untyped-def]
-        match = TILE_URL.search(response.url)
-        if match:
-            kind, level, row, col = match.group(2), *map(int, match.group(3, 4, 5))
-            self.seen.append((kind, level, row, col, response))
-
-    def loaded(self, kind: str = "tiles", level: int | None = None) -> list[tuple[int, int, int, object]]:
-        return [(lv, r, c, resp) for k, lv, r, c, resp in self.seen if k == kind and (level is None or lv == level) and resp.status == 200]
-
-
-def screenshot(page, name: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The slide area as the pathologist sees it, saved for a human too."""
-    png = page.locator("#slide").screenshot()
-    (SHOTS / name).write_bytes(png)
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
-
-
-def stained(pixels: np.ndarray) -> float:
-    """Fraction of clearly stained pixels (H&E is pink/purple; glass and an empty canvas are white or black)."""
-    spread = pixels.max(axis=2) - pixels.min(axis=2)
-    return float((spread > 40).mean())
-
 
 def sharpness(pixels: np.ndarray) -> float:
     """Variance of the Laplacian: rises when full-resolution tiles replace an upscaled coarser level.
@@ -129,10 +66,6 @@ def sharpness(pixels: np.ndarray) -> float:
     grey = pixels[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4].mean(axis=2)
     laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     return float(laplacian.var())
-
-
-def shows_tissue(page, name: str) -> bool:  # type: ignore[no-untyped-def]
-    return stained(screenshot(page, name)) > 0.05
 
 
 def zoom_in(page, clicks: int) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +95,7 @@ def test_the_viewer_shows_the_slide_zooms_and_overlays_the_heatmap(page, cases) 
     plan, pieces = pyramid()
     tiles = Tiles(page)
     page.goto(f"{served.url}/view/h1.case1#token={served.token('h1.case1')}")
-    wait_for(page, lambda: shows_tissue(page, "viewer-overview.png"), "the slide on screen")
+    wait_on(page, lambda: shows_tissue(page, "viewer-overview.png"), "the slide on screen")
     assert page.locator("#case").text_content() == "h1.case1"
     assert "µm" in page.locator("#scalebar").text_content() and page.locator("#scalebar").is_visible()
     assert page.locator("#score").text_content() == "AI triage 0.62"
@@ -175,8 +108,8 @@ def test_the_viewer_shows_the_slide_zooms_and_overlays_the_heatmap(page, cases) 
 
     before = {(lv, r, c) for lv, r, c, _ in tiles.loaded()}
     zoom_in(page, 3)
-    wait_for(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after zooming in")
-    wait_for(page, lambda: shows_tissue(page, "viewer-zoomed.png"), "the zoomed slide on screen")
+    wait_on(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after zooming in")
+    wait_on(page, lambda: shows_tissue(page, "viewer-zoomed.png"), "the zoomed slide on screen")
     assert {(lv, r, c) for lv, r, c, _ in tiles.loaded()} - before  # new tiles, not the same ones again
 
     # heatmap overlay: off at first, on when ticked (tiles come and the picture turns red), off again
@@ -184,10 +117,10 @@ def test_the_viewer_shows_the_slide_zooms_and_overlays_the_heatmap(page, cases) 
     plain = screenshot(page, "viewer-heatmap-off.png")
     assert not tiles.loaded("heatmap")
     page.locator("#heat-on").check()
-    wait_for(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
-    wait_for(page, lambda: _redness(screenshot(page, "viewer-heatmap-on.png")) > _redness(plain) + 15, "the overlay on screen")
+    wait_on(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
+    wait_on(page, lambda: _redness(screenshot(page, "viewer-heatmap-on.png")) > _redness(plain) + 15, "the overlay on screen")
     page.locator("#heat-on").uncheck()
-    wait_for(page, lambda: abs(_redness(screenshot(page, "viewer-heatmap-off-again.png")) - _redness(plain)) < 3, "the overlay gone")
+    wait_on(page, lambda: abs(_redness(screenshot(page, "viewer-heatmap-off-again.png")) - _redness(plain)) < 3, "the overlay gone")
 
 
 def _redness(pixels: np.ndarray) -> float:
@@ -217,7 +150,7 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
         rows = page.locator("#cases tbody tr")
-        wait_for(page, lambda: rows.count() == 3, "the worklist rows")
+        wait_on(page, lambda: rows.count() == 3, "the worklist rows")
         page.locator("#cases").screenshot(path=str(SHOTS / "worklist.png"))
         assert [rows.nth(i).get_attribute("data-case") for i in range(3)] == ["theatre-1.late", "theatre-1.amber", "theatre-1.fresh"]  # least time left first
         row = {rows.nth(i).get_attribute("data-case").removeprefix("theatre-1."): rows.nth(i) for i in range(3)}
@@ -230,13 +163,13 @@ def test_the_worklist_orders_cases_by_time_left_with_a_frozen_section_clock(page
         assert clocks["fresh"].get_attribute("class") == "clock ok"
         # a case registered 10 minutes ago arrives: it appears between amber and fresh, without a reload
         register("new", 10, 0.1, "edge", False, "Hospital D")
-        wait_for(page, lambda: rows.count() == 4, "the new case on the list")
+        wait_on(page, lambda: rows.count() == 4, "the new case on the list")
         assert [rows.nth(i).get_attribute("data-case") for i in range(4)] == ["theatre-1.late", "theatre-1.amber", "theatre-1.new", "theatre-1.fresh"]
         assert navigations[1:] == [f"{served.url}/worklist"]  # the load, then its sign-in token dropped from the address: no reload
         # the row links open the case, signed in as the same pathologist
         rows.first.locator("a").click()
-        wait_for(page, lambda: page.locator("#case").text_content() == "theatre-1.late", "the case page from the worklist")
-        wait_for(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the signed-in name")
+        wait_on(page, lambda: page.locator("#case").text_content() == "theatre-1.late", "the case page from the worklist")
+        wait_on(page, lambda: page.locator("#who").text_content() == "Dr Test Pathologist (pathologist)", "the signed-in name")
 
 
 def test_a_link_without_a_valid_token_shows_nothing(page, cases) -> None:  # type: ignore[no-untyped-def]
@@ -247,10 +180,10 @@ def test_a_link_without_a_valid_token_shows_nothing(page, cases) -> None:  # typ
     for fragment in ["", f"#token={served.token('h1.case2')}", f"#token={expired}", "#token=garbage"]:
         page.goto("about:blank")  # a new load each time: a changed #fragment alone would not reload the page
         page.goto(f"{served.url}/view/h1.case1{fragment}")
-        wait_for(page, message.is_visible, f"the refusal for {fragment[:20]!r}")
+        wait_on(page, message.is_visible, f"the refusal for {fragment[:20]!r}")
         assert message.text_content().startswith("Access refused")
     page.goto(f"{served.url}/worklist")
-    wait_for(page, lambda: page.locator("#message").is_visible(), "the worklist refusal")
+    wait_on(page, lambda: page.locator("#message").is_visible(), "the worklist refusal")
     page.screenshot(path=str(SHOTS / "refused.png"))
     assert tiles.seen == []
 
@@ -275,7 +208,7 @@ def test_what_the_centre_refused_or_cannot_read_is_shown_as_text(page, s3_server
     with serving(bucket.storage()) as served:
         page.goto(f"{served.url}/worklist#token={served.person(bucket.storage())}")
         rows = page.locator("#cases tbody tr")
-        wait_for(page, lambda: rows.count() == 2, "both rows of the worklist")
+        wait_on(page, lambda: rows.count() == 2, "both rows of the worklist")
         row = page.locator(f'#cases tbody tr[data-case="{broken}"]')
         assert row.locator("td.case a").text_content() == broken
         reason = row.locator("td.case .unreadable").text_content()
@@ -286,17 +219,17 @@ def test_what_the_centre_refused_or_cannot_read_is_shown_as_text(page, s3_server
 
         page.goto(f"{served.url}/view/{forged}#token={served.token(forged)}")
         warning = page.locator("#refused")
-        wait_for(page, warning.is_visible, "the refused report's warning")
+        wait_on(page, warning.is_visible, "the refused report's warning")
         assert page.locator("#refused li").all_text_contents() == [f"refused: {report_key(forged, 1)}: not signed by the centre; refused"]
-        wait_for(page, lambda: shows_tissue(page, "forged.png"), "the slide of the case with a forged report")
+        wait_on(page, lambda: shows_tissue(page, "forged.png"), "the slide of the case with a forged report")
         assert page.locator("#signed").is_hidden() and SCRIPT not in page.content()  # the forgery is not the report
 
         page.goto(f"{served.url}/view/{broken}#token={served.token(broken)}")
-        wait_for(page, warning.is_visible, "the unreadable record's warning")
+        wait_on(page, warning.is_visible, "the unreadable record's warning")
         (line,) = page.locator("#refused li").all_text_contents()
         assert line == reason and page.locator("#refused img").count() == 0
         message = page.locator("#message")
-        wait_for(page, message.is_visible, "why the slide shows no image")
+        wait_on(page, message.is_visible, "why the slide shows no image")
         assert message.text_content().startswith(f"s1 (v1): unreadable: {SlideRef(broken).key(MANIFEST)}: ")
         assert page.locator("#slides li").first.text_content().startswith("s1 (v1) unreadable: ")
         page.screenshot(path=str(SHOTS / "case-unreadable.png"))
@@ -313,7 +246,7 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
     with serving(bucket.storage()) as served:
         tiles = Tiles(page)
         page.goto(f"{served.url}/view/h1.live#token={served.token('h1.live')}")
-        wait_for(page, lambda: shows_tissue(page, "live-overview.png"), "the overview on screen")
+        wait_on(page, lambda: shows_tissue(page, "live-overview.png"), "the overview on screen")
         assert page.locator("#progress .label").text_content() == "arriving · full resolution 0/4"
         zoom_in(page, 2)  # full-resolution pixels at about 1:1 on screen; the coarser level magnified 2x meanwhile
         page.wait_for_load_state("networkidle")
@@ -326,8 +259,8 @@ def test_the_page_sharpens_as_full_resolution_shards_arrive(page, s3_server: S3S
             bucket.put(ref.key(image_key(key)), data)
         bucket.put(ref.key(MANIFEST), manifest(ref.case, pieces, set(shards(pieces))))
 
-        wait_for(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after they arrived")
-        wait_for(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
+        wait_on(page, lambda: len(tiles.loaded(level=0)) >= 4, "full-resolution tiles after they arrived")
+        wait_on(page, lambda: sharpness(screenshot(page, "live-after-level0.png")) > 1.5 * sharpness(blurry), "a sharper picture")
         assert page.locator("#progress .label").text_content() == "all arrived"
     assert len(navigations) == 1  # no reload: the page sharpened by itself
 
@@ -360,27 +293,19 @@ def scored(scored_bucket: Bucket) -> Iterator[tuple[Served, dict]]:
         yield served, triage
 
 
-def sign_in(page, served: Served, token: str) -> None:  # type: ignore[no-untyped-def]
-    """Open the person's sign-in link (the worklist, which spends it on the session cookie) and wait for the cookie."""
-    before = {cookie["value"] for cookie in page.context.cookies()}
-    page.goto("about:blank")  # a new load: a changed #fragment alone would not reload the page
-    page.goto(f"{served.url}/worklist#token={token}")
-    wait_for(page, lambda: any(c["name"] == SESSION_COOKIE and c["value"] not in before for c in page.context.cookies()), "the session")
-
-
 def open_case(page, served: Served, case: str, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
     """Open the case (with its case link, or signed in by `token`, a person's sign-in link) and wait for the slide in
     its place."""
     if token:
         sign_in(page, served, token)
     page.goto(f"{served.url}/view/{case}" if token else f"{served.url}/view/{case}#token={served.token(case)}")
-    wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
+    wait_on(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
 
 
 def settle(page) -> dict:  # type: ignore[no-untyped-def]
     """The view's bounds in level-0 image pixels once it has stopped moving."""
     page.wait_for_timeout(100)
-    wait_for(page, lambda: page.evaluate("window.slideView.settled()"), "the view to settle")
+    wait_on(page, lambda: page.evaluate("window.slideView.settled()"), "the view to settle")
     return page.evaluate("window.slideView.imageBounds()")
 
 
@@ -402,13 +327,13 @@ def test_the_overlay_shows_scores_apart_keeps_glass_clear_and_hatches_tissue_sti
     served, _ = scored
     tiles = Tiles(page)
     open_case(page, served, "h1.scored")
-    wait_for(page, page.locator("#overlay").is_visible, "the overlay controls")
+    wait_on(page, page.locator("#overlay").is_visible, "the overlay controls")
     assert page.locator("#ai-stage").text_content() == "Hub · still scoring · 64 of 660 tissue tiles scored"
     page.wait_for_load_state("networkidle")
     plain = screenshot(page, "overlay-off.png")
     page.locator("#heat-opacity").fill("100")
     page.locator("#heat-on").check()
-    wait_for(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
+    wait_on(page, lambda: len(tiles.loaded("heatmap")) > 0, "heatmap tiles")
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(500)  # OpenSeadragon blends new tiles in
     shown = screenshot(page, "overlay-on.png")
@@ -427,7 +352,7 @@ def test_next_top_region_and_the_keys_move_the_view(page, scored) -> None:  # ty
     (region,) = triage["summary"]["top_regions"]
     assert region == {"x": 12 * CELL, "y": 19 * CELL, "width": 4 * CELL, "height": 8 * CELL, "score": pytest.approx(0.9)}
     open_case(page, served, "h1.scored")
-    wait_for(page, lambda: page.locator("#regions button").count() == 1, "the top regions list")
+    wait_on(page, lambda: page.locator("#regions button").count() == 1, "the top regions list")
     assert page.locator("#regions button").text_content().startswith("0.90 · ")
     home = settle(page)
 
@@ -473,10 +398,10 @@ def test_the_view_buttons_zoom_and_go_home_and_opening_fetches_no_button_images(
     page.get_by_role("button", name="the whole slide").click()
     assert settle(page) == pytest.approx(home, rel=0.01, abs=1.0)  # level-0 pixels: home's y is 0
     page.get_by_role("button", name="full page").click()
-    wait_for(page, lambda: page.get_by_role("button", name="full page").get_attribute("aria-pressed") == "true", "full page")
+    wait_on(page, lambda: page.get_by_role("button", name="full page").get_attribute("aria-pressed") == "true", "full page")
     assert page.get_by_role("button", name="zoom in").is_visible(), "the buttons stay over the slide in full page"
     page.get_by_role("button", name="full page").click()
-    wait_for(page, lambda: page.locator("aside").is_visible(), "the panel back")
+    wait_on(page, lambda: page.locator("aside").is_visible(), "the panel back")
     static = [address for address in asked if "/static/" in address and not address.endswith((".js", ".mjs", ".css"))]
     assert static == [], "no images ahead of the tiles"
 
@@ -560,7 +485,7 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
         page.mouse.click(*on_screen(page, *corner))
         page.wait_for_timeout(300)  # separate clicks, not a double click
     page.keyboard.press("Enter")
-    wait_for(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
+    wait_on(page, lambda: page.locator("#annotations li").count() == 1, "the polygon in the list")
     listed = re.fullmatch(r"polygon \(3 points, ([\d.]+) mm²\): another section from here · Dr Draws", page.locator("#annotations li").text_content())
     with open_slide(sample(SLIDE)) as slide:
         mpp = slide.mpp[0]
@@ -570,7 +495,7 @@ def test_annotations_are_drawn_where_the_pathologist_clicked_with_their_text(pag
     page.locator("#note").fill("")
     page.locator("#tool-point").click()
     page.mouse.click(*on_screen(page, 1000, 1000))
-    wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the point in the list")
+    wait_on(page, lambda: page.locator("#annotations li").count() == 2, "the point in the list")
     saved = page.evaluate("window.slideView.annotations()")
     assert [a["kind"] for a in saved] == ["polygon", "point"] and saved[0]["text"] == "another section from here"
     assert np.abs(np.array(saved[0]["points"]) - corners).max() < 4  # level-0 pixels: 1 screen pixel is ~4 here
@@ -609,7 +534,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         page.locator("#note").fill("deeper level here")
         page.locator("#tool-point").click()
         page.mouse.click(*on_screen(page, 1200, 900))
-        wait_for(page, lambda: page.locator("#annotate-result").text_content() == "point saved: “deeper level here”", "the point saved")
+        wait_on(page, lambda: page.locator("#annotate-result").text_content() == "point saved: “deeper level here”", "the point saved")
         listed = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix=f"{bucket.prefix}/{annotations_folder(case)}")
         (key,) = [item["Key"].removeprefix(f"{bucket.prefix}/") for item in listed["Contents"]]
         saved = json.loads(bucket.get(key))
@@ -620,7 +545,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         open_case(page, served, case, served.person(bucket.storage(), "theatre-9", role=STATION, station="theatre-9"))
         assert page.locator("#who").text_content() == "theatre-9 (station)"
         for opened in ("opened", "reloaded"):
-            wait_for(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")
+            wait_on(page, lambda: page.locator("#annotations li").count() == 1, f"the annotation listed ({opened})")
             assert page.locator("#annotations li").text_content() == "point: deeper level here · Dr Marks"
             settle(page)
             circle = page.locator("#marks circle.note")
@@ -630,7 +555,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
             assert page.locator("#tool-point").is_disabled() and "View only" in page.locator("#annotate-note").text_content()
             if opened == "opened":
                 page.reload()
-                wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
+                wait_on(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after the reload")
 
         # while the station looks, the pathologist marks a second place: it appears there without a reload
         page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
@@ -638,7 +563,7 @@ def test_an_annotation_a_pathologist_saves_is_seen_by_the_hospital_station_and_s
         saved = httpx.post(f"{served.url}/api/cases/{case}/annotations", json=line,
                            headers=served.credentials(served.person(bucket.storage(), "Dr Marks")), timeout=30)
         assert saved.status_code == 200, saved.text
-        wait_for(page, lambda: page.locator("#annotations li").count() == 2, "the pathologist's new line at the station", timeout=15)
+        wait_on(page, lambda: page.locator("#annotations li").count() == 2, "the pathologist's new line at the station", timeout=15)
         with open_slide(sample(SLIDE)) as slide:
             length = 500 * slide.mpp[0]  # (1000, 800) to (1400, 1100): 500 px
         assert page.locator("#annotations li").nth(1).text_content() == f"line ({length:.1f} µm): margin · Dr Marks"
@@ -660,7 +585,7 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
         assert strip.count() == 3
         assert strip.nth(2).text_content() == "s3 (v1) failed: unreadable slide: truncated TIFF"
         pictures = page.locator("#slides img")
-        wait_for(page, lambda: all(pictures.nth(i).evaluate("(img) => img.naturalHeight") == 192 for i in (0, 1)), "both thumbnails")
+        wait_on(page, lambda: all(pictures.nth(i).evaluate("(img) => img.naturalHeight") == 192 for i in (0, 1)), "both thumbnails")
         assert strip.nth(0).locator("button").get_attribute("aria-current") == "true"
 
         for key in ("+", "+", "+", "+", "ArrowRight", "ArrowDown"):
@@ -668,21 +593,21 @@ def test_slides_of_a_case_switch_with_thumbnails_and_keys_keeping_the_place(page
         before = settle(page)
         assert before["width"] < 2220 / 2  # zoomed in: there is a place to keep
         page.keyboard.press("]")
-        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide")
-        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        wait_on(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide")
+        wait_on(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
         after = settle(page)
         for key in ("x", "y", "width", "height"):  # the same slide size: the same place, within a pixel or two
             assert after[key] == pytest.approx(before[key], abs=2), key
         assert strip.nth(1).locator("button").get_attribute("aria-current") == "true" and "slide=s2" in page.url
 
         page.keyboard.press("]")  # the failed slide says so, and the keys still work
-        wait_for(page, lambda: page.locator("#message").text_content() == "case h1.two: send failed: unreadable slide: truncated TIFF", "the failure")
+        wait_on(page, lambda: page.locator("#message").text_content() == "case h1.two: send failed: unreadable slide: truncated TIFF", "the failure")
         page.keyboard.press("]")
-        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s1" and page.locator("#message").is_hidden(), "back to the first")
+        wait_on(page, lambda: page.evaluate("window.slideView.shown()") == "s1" and page.locator("#message").is_hidden(), "back to the first")
         strip.nth(1).locator("button").click()
-        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide, clicked")
+        wait_on(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide, clicked")
         page.reload()
-        wait_for(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after a reload")
+        wait_on(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide after a reload")
         assert page.evaluate("window.slideView.shown()") == "s2"  # the address kept it
 
 
@@ -694,10 +619,10 @@ def test_a_slide_sent_later_joins_the_strip_without_a_reload(page, s3_server: S3
         assert page.locator("#slides li").count() == 1
         page.evaluate("window.sameDocument = true")  # gone if the page were reloaded
         bucket.send("h1.later", at=("s2", "v1"))  # the hospital sends a second block
-        wait_for(page, lambda: page.locator("#slides li").count() == 2, "the second slide in the strip")
+        wait_on(page, lambda: page.locator("#slides li").count() == 2, "the second slide in the strip")
         assert page.locator("#slides li").nth(1).text_content() == "s2 (v1) complete"
         page.keyboard.press("]")
-        wait_for(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide on screen")
+        wait_on(page, lambda: page.evaluate("window.slideView.shown()") == "s2", "the second slide on screen")
         assert page.evaluate("window.sameDocument") is True
 
 
@@ -710,8 +635,8 @@ def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server
     with serving(bucket.storage()) as served:
         open_case(page, served, "h1.pair")
         page.locator("#compare-with").select_option("s2/v1")
-        wait_for(page, lambda: page.evaluate("Boolean(window.slideView.compareBounds())"), "the second slide beside the first")
-        wait_for(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
+        wait_on(page, lambda: page.evaluate("Boolean(window.slideView.compareBounds())"), "the second slide beside the first")
+        wait_on(page, lambda: any("/slides/s2/v1/tiles/" in address for address in asked), "tiles of the second slide")
         # the first leads (keys): the second shows the same part of its slide (here the same size: the same pixels)
         page.evaluate("document.activeElement.blur()")  # the keys are the select's while it has the focus
         for key in ("+", "+", "+", "+", "ArrowLeft", "ArrowUp"):
@@ -729,7 +654,7 @@ def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server
         page.mouse.move(middle[0] - 150, middle[1] - 100, steps=10)
         page.mouse.up()
         page.wait_for_timeout(100)
-        wait_for(page, lambda: page.evaluate("window.slideView.settled()"), "the first view to settle")
+        wait_on(page, lambda: page.evaluate("window.slideView.settled()"), "the first view to settle")
         moved = page.evaluate("window.slideView.compareBounds()")
         assert moved["x"] > theirs["x"] + 100  # dragged: the second moved right and down on its slide
         ours = page.evaluate("window.slideView.imageBounds()")
@@ -743,7 +668,7 @@ def test_two_slides_side_by_side_pan_and_zoom_together(page, s3_server: S3Server
 def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: ignore[no-untyped-def]
     served, _ = scored
     open_case(page, served, "h1.scored")
-    wait_for(page, page.locator("#regions-box").is_visible, "the top regions")
+    wait_on(page, page.locator("#regions-box").is_visible, "the top regions")
     unnamed = page.evaluate("""[...document.querySelectorAll("aside button, aside input, aside textarea, #view-controls button")]
         .filter((el) => !(el.getAttribute("aria-label") || (el.labels && el.labels.length) || el.textContent.trim()))
         .map((el) => el.outerHTML)""")

@@ -9,43 +9,18 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_viewer import pyramid, serving, write_local
+from viewer_support import CELL, inference_heatmap, pyramid, serving, write_local
 
 from caseformat.layout import HEATMAP, HUB, TRIAGE, SlideRef, image_key
-from inference.heatmap import Heatmap, write_results
-from inference.model import ModelSpec
-from inference.store import Location
-from inference.tiles import TileGrid
 from viewer import LocalStorage
 from viewer.heatmap import HATCH_PERIOD, LUT, PENDING_RGBA, legend
 
-SLIDE_SIZE = (2220, 2967)  # CMU-1-Small-Region, level 0 (width, height)
-MPP = 0.499
-CELL = 101  # level-0 pixels per heatmap cell: a 22 x 30 grid over the slide
 REF = SlideRef("h1.case")  # the one slide version the overlay is drawn on
-SPEC = ModelSpec(name="test-model", input_size=224, mpp=0.5, class_names=("normal", "tumour"), score_classes=(1,))
-
-
-def inference_heatmap(scores: np.ndarray, complete: bool, stage: str = HUB, threshold: float = 0.5) -> tuple[dict[str, bytes], dict]:
-    """heatmap.zarr's objects and triage.json as inference writes them for per-cell `scores` (NaN = not scored)."""
-    grid = TileGrid(CELL, *SLIDE_SIZE)
-    assert grid.shape == scores.shape
-    heatmap = Heatmap(grid, np.ones(grid.shape, bool), SPEC, MPP, False, "test")
-    heatmap.score[:] = scores
-    heatmap.measured[:] = np.isfinite(scores)
-    heatmap.stage, heatmap.complete = stage, complete
-    with tempfile.TemporaryDirectory() as folder:
-        triage = write_results(heatmap, Location.parse(folder), threshold, MPP)
-        root = Path(folder) / "heatmap.zarr"
-        objects = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
-    assert triage is not None
-    return objects, triage
 
 
 def test_the_colour_scale_is_viridis_and_the_legend_is_that_scale() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import sample
+from support import wait_for
 
 from caseformat.layout import TRIAGE, SlideRef
 
@@ -139,14 +140,6 @@ def test_restart_resumes_an_interrupted_send(tmp_path: Path, s3_server, s3_bucke
     assert _manifests(s3_server, s3_bucket)[0]["complete"] is True
 
 
-def _wait_for(predicate, what: str, process: subprocess.Popen, timeout: float = 120) -> None:  # type: ignore[no-untyped-def, type-arg]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert process.poll() is None, f"watch died while waiting for {what}: {process.communicate()[1][-2000:]!r}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def _stop(process: subprocess.Popen) -> str:  # type: ignore[type-arg]
     assert process.poll() is None, "watch is still running"
     process.send_signal(signal.SIGINT)
@@ -176,9 +169,9 @@ def test_no_bad_entry_stops_the_folder(tmp_path: Path, s3_server, s3_bucket: str
         def handled() -> int:
             return sum(" SENT " in line or " FAILED " in line for line in _log(state))
 
-        _wait_for(lambda: handled() >= 5, "every entry handled", watcher)
+        wait_for(lambda: handled() >= 5, "every entry handled", 120, process=watcher)
         (hot / "good.svs").write_bytes(data)  # written after the bad ones were met
-        _wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the good slide sent", watcher)
+        wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the good slide sent", 120, process=watcher)
     finally:
         stderr = _stop(watcher)
     log = _log(state)
@@ -206,10 +199,10 @@ def test_a_slide_vanishing_while_it_is_sent_costs_only_itself(tmp_path: Path, s3
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     client = s3_server.client()
     try:
-        _wait_for(lambda: any("/c/" in o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])), "the first shard", watcher)
+        wait_for(lambda: any("/c/" in o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])), "the first shard", 120, process=watcher)
         (hot / "vanishing.svs").unlink()
         (hot / "good.svs").write_bytes(sample("CMU-1-Small-Region.svs").read_bytes())
-        _wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the next slide sent", watcher, timeout=300)
+        wait_for(lambda: any(" SENT good.svs" in line for line in _log(state)), "the next slide sent", 300, process=watcher)
     finally:
         stderr = _stop(watcher)
     assert "Traceback" not in stderr, stderr
@@ -233,13 +226,13 @@ def test_a_failing_store_is_retried_with_backoff_and_reported_once(tmp_path: Pat
                "--state-dir", str(state), "--settle", "0.2", "--no-edge", "--deadline", "0"]
     watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: any(" RETRY " in line for line in _log(state)), "the first failure", watcher)
+        wait_for(lambda: any(" RETRY " in line for line in _log(state)), "the first failure", 120, process=watcher)
         first = time.monotonic()
         # attempts at +1, +3, +7 s: without backoff (every poll) this would be dozens of attempts, each one logged
-        _wait_for(lambda: time.monotonic() - first > 8, "eight seconds", watcher)
+        wait_for(lambda: time.monotonic() - first > 8, "eight seconds", 120, process=watcher)
         if problem == "missing bucket":
             s3_server.client().create_bucket(Bucket=bucket)
-            _wait_for(lambda: any(" SENT a.svs" in line for line in _log(state)), "the send once the bucket exists", watcher)
+            wait_for(lambda: any(" SENT a.svs" in line for line in _log(state)), "the send once the bucket exists", 120, process=watcher)
     finally:
         stderr = _stop(watcher)
     assert "Traceback" not in stderr, stderr

@@ -3,10 +3,11 @@
 Pages carry no data. A case link's token comes in the URL fragment and goes as a Bearer header, so it never reaches
 URLs, logs or Referer headers; it is checked by its signature and the revoked links. A person's sign-in link
 (/worklist#token=...) is spent once at POST /api/session for a session cookie (HttpOnly, SameSite=Strict, Secure on
-https; viewer/tokens.py `Sessions`), and the page drops the token from its address; each request's session is
+https; viewer/sessions.py), and the page drops the token from its address; each request's session is
 checked against the person's record on the store (viewer/people.py, cached a second), so a revoked or expired user,
-or one given a new link, is refused at their next request. "Sign out" ends the session here. Only a named
-pathologist opens the worklist, signs, amends, annotates or asks the hospital; every case open, slide open, report
+or one given a new link, is refused at their next request. The same session comes from sign-in through the centre's
+directory (OpenID Connect, viewer/oidc.py); sessions expire and idle out. "Sign out" ends the session here. Only a
+named pathologist opens the worklist, signs, amends, annotates or asks the hospital; every case open, slide open, report
 action and annotation is written to the audit log (viewer/audit.py) with who did it. Every refusal and every bad
 request is a 4xx; a store that fails answers 502.
 
@@ -22,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import mimetypes
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,14 +36,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from caseformat.documents import PATHOLOGIST, STATION, Author, Person, SlideRead
+from caseformat.documents import PATHOLOGIST, SIGN_IN, SIGN_OUT, STATION, Author, Person, SlideRead
 from caseformat.documents import Request as HospitalRequest
 from caseformat.errors import DocumentError, InvalidIdError
 from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key, station_of
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from slides.errors import printable
-from viewer import annotations, audit
+from viewer import annotations, audit, turnaround
 from viewer.cache import AsyncCache
 from viewer.cases import TILE_CACHE_BYTES, UNREADABLE, Cases, utc_now
 from viewer.image import (
@@ -51,8 +53,10 @@ from viewer.image import (
     ImageError,
     TileNotFoundError,
 )
+from viewer.oidc import OidcSettings, install_directory
 from viewer.people import RevokedError, get_person
 from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, sign
+from viewer.sessions import IDLE, LINK, Sessions, record_sign_in
 from viewer.tokens import (
     CASE_ID,
     PERSON,
@@ -62,7 +66,6 @@ from viewer.tokens import (
     AccessError,
     RevokedLinks,
     ScopeError,
-    Sessions,
     TokenError,
     Tokens,
     case_scope,
@@ -75,7 +78,7 @@ mimetypes.add_type("text/javascript", ".mjs")
 IMMUTABLE = "private, max-age=31536000, immutable"  # private: access-controlled, no shared cache may keep it
 # The largest request body read: the largest body the API takes is a report of three texts of MAX_TEXT characters,
 # at most 12 bytes each as JSON escapes (an astral character is two \uXXXX), plus its keys.
-MAX_BODY = 3 * 12 * MAX_TEXT + 1024
+MAX_BODY = 12 * (3 * MAX_TEXT + 2000 + 500) + 1024  # the report form: three texts, missing_seen, late_reason; 12 bytes a character at worst
 PEOPLE_TTL = 1.0  # seconds a person's record may be stale: how soon a revocation takes effect
 MAX_LEVEL = 63
 MAX_TILE_INDEX = 2**31
@@ -94,6 +97,8 @@ SlideId = Annotated[str, PathParam(pattern=f"^{SLIDE_PATTERN.pattern}$")]
 VersionId = Annotated[str, PathParam(pattern=f"^{VERSION_PATTERN.pattern}$")]
 Authorization = Annotated[str | None, Header()]
 SessionCookie = Annotated[str | None, Cookie(alias=SESSION_COOKIE)]
+# what the pages ask by themselves, every few seconds: not their user's activity, so no reason to stay signed in
+POLLED = re.compile(r"/api/(worklist|cases/[^/]+/(slides|annotations|slides/[^/]+/[^/]+/status))")
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,19 @@ class ViewerState:
                     report: int | None = None) -> None:
         await audit.record(self.storage, self.key, identity.person, action, case, slide, version, report)
 
+    async def signed(self, person: Person, action: str, method: str) -> None:
+        """A sign-in or sign-out in the audit log, with how the session was opened."""
+        await record_sign_in(self.storage, self.key, person, action, method)
+
     def case_link(self, case: str) -> str:
         return f"/view/{case}#token={self.tokens.issue(case_scope(case), self.link_lifetime)}"
 
-    async def identify(self, token: str | None, session_id: str | None = None) -> Identity:
+    async def identify(self, token: str | None, session_id: str | None = None, active: bool = True) -> Identity:
         """Who asks: the case link of the Bearer `token`, else the person of the session cookie; `TokenError` (401)
-        for neither, a bad or revoked link, an ended session; `RevokedError` (403) for a user who may no longer."""
+        for neither, a bad or revoked link, an ended or idle session; `RevokedError` (403) for a user who may no
+        longer. `active`: a request of the person's own (not a page's poll), which keeps the session from idling."""
         if token is None:
-            session = self.sessions.get(session_id)
+            session = self.sessions.get(session_id, active)
             person = await self.person(session.user, session.serial, "the session of {name} ended: their sign-in link was replaced by a newer one")
             return Identity(person=person, by_session=True)
         claims = self.tokens.claims(token)
@@ -217,8 +227,9 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def _identity(state: State, authorization: Authorization = None, session: SessionCookie = None) -> Identity:
-    return await state.identify(_bearer(authorization), session)
+async def _identity(request: Request, state: State, authorization: Authorization = None, session: SessionCookie = None) -> Identity:
+    polled = request.method == "GET" and POLLED.fullmatch(request.url.path) is not None
+    return await state.identify(_bearer(authorization), session, active=not polled)
 
 
 Who = Annotated[Identity, Depends(_identity)]
@@ -256,6 +267,7 @@ async def open_session(request: Request, state: State, authorization: Authorizat
     person, opened = await state.open_session(_bearer(authorization), session)
     response = JSONResponse({"user": person.who}, headers={"Cache-Control": "no-store"})
     if opened is not None:
+        await state.signed(person, SIGN_IN, LINK)
         response.set_cookie(SESSION_COOKIE, opened, max_age=int(state.sessions.lifetime.total_seconds()), path="/",
                             secure=request.url.scheme == "https", httponly=True, samesite="strict")  # fmt: skip
     return response
@@ -263,8 +275,16 @@ async def open_session(request: Request, state: State, authorization: Authorizat
 
 @router.post("/api/session/end")
 async def sign_out(state: State, session: SessionCookie = None) -> JSONResponse:
-    """Sign out: the session ends here, whoever still holds its cookie."""
-    state.sessions.end(session)
+    """Sign out: the session ends here, whoever still holds its cookie (in the audit log, while their record is
+    the centre's)."""
+    ended = state.sessions.end(session)
+    if ended is not None:
+        try:
+            person = await get_person(state.storage, ended.user, state.trusted)
+        except DocumentError:
+            person = None
+        if person is not None:
+            await state.signed(person, SIGN_OUT, ended.method)
     response = JSONResponse({"signed_out": True}, headers={"Cache-Control": "no-store"})
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -409,7 +429,7 @@ async def sign_report(case: Case, form: ReportIn, state: State, identity: Who) -
         raise ReportConflict(f"case {case} has no slide that arrived to report on ({reasons})")
     try:
         document = await sign(state.storage, state.key, state.trusted, case, form, Author(person.id, person.name), read_on, station_of(case),
-                              info["missing"])  # fmt: skip
+                              info["missing"], info["registered_at"])  # fmt: skip
     finally:
         state.cases.forget_reports(case)
     await state.audit(identity, "sign" if document["kind"] == "signed" else "amend", case, report=document["number"])
@@ -598,18 +618,23 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def create_app(storage: Storage, tokens: Tokens, key: SigningKey, trusted: TrustedKeys, link_lifetime: timedelta = timedelta(hours=12),
                tile_cache_bytes: int = TILE_CACHE_BYTES, session_lifetime: timedelta = timedelta(hours=12),
-               folder: Path | None = None) -> FastAPI:
+               folder: Path | None = None, idle: timedelta = IDLE, directory: OidcSettings | None = None) -> FastAPI:
     """The viewer application for one store, signing with the centre's `key` and believing only what `trusted` keys
     signed; `app.state.viewer` mints case links. `folder` (the centre's key folder) keeps the sessions across
-    restarts and the case links revoked; without one, sessions live in memory and no case link is revoked."""
+    restarts and the case links revoked; without one, sessions live in memory and no case link is revoked. A session
+    ends after `idle` without its user's requests; `directory`: people may sign in through the centre's OpenID
+    Connect provider too (viewer/oidc.py)."""
     app = FastAPI(title="slidestream viewer", docs_url=None, redoc_url=None, openapi_url=None)
-    sessions = Sessions(session_lifetime, folder / SESSIONS_FILE if folder else None)
+    sessions = Sessions(session_lifetime, folder / SESSIONS_FILE if folder else None, idle)
     revoked = RevokedLinks(folder / REVOKED_LINKS_FILE if folder else None)
     app.state.viewer = ViewerState(Cases(storage, trusted, tile_cache_bytes), tokens, link_lifetime, key, sessions, revoked)
     # the tile routes first: Starlette tries routes in order, and nearly every request is a tile
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/tiles/{level:int}/{row:int}/{col:int}", tile, methods=["GET"])
     app.add_route("/api/cases/{case}/slides/{slide}/{version}/heatmap/{level:int}/{row:int}/{col:int}.png", heatmap_tile, methods=["GET"])
     app.include_router(router)
+    if directory is not None:
+        install_directory(app, directory)
+    app.include_router(turnaround.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for kind, _ in _STATUS:
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]

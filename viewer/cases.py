@@ -276,7 +276,11 @@ class Cases:
 
     # -- heatmap ---------------------------------------------------------------------------------------------
     async def heatmap(self, root: str) -> Heatmap | None:
-        """The current heatmap, or None until inference has written one."""
+        """The current heatmap, or None until inference has written one, or when the centre's triage refused the slide
+        (no validated AI for it: an edge map made by the same model outside its use is not shown either)."""
+        triage = await _readable(self.triage(root))
+        if isinstance(triage, Triage) and triage.refused is not None:
+            return None
         found = await self._heatmap_versions.get(root, lambda: self._heatmap_version(root))
         if found is None:
             return None
@@ -466,7 +470,7 @@ class Cases:
                 states, failed = {"failed"}, [missing]
             state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
                      else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
-            triage = max(scored, key=lambda t: t["score"]) if scored else None
+            triage = max(scored, key=lambda t: -1.0 if t["score"] is None else t["score"]) if scored else None  # a refusal: no score
             return {
                 "case": case,
                 "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
@@ -606,10 +610,22 @@ def _parse_time(text: Any) -> datetime | None:
 
 
 def _triage(triage: Triage | None) -> dict[str, Any] | None:
-    """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`)."""
-    if triage is None or triage.score is None:
+    """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`).
+    With the model's words when the triage names them: what it detects and its validation record in one line; a
+    refused slide ("no validated AI for skin") has no score, only its QC."""
+    if triage is None or triage.score is None and triage.refused is None:
         return None
-    return {"score": triage.score, "stage": triage.stage, "final": triage.final()}
+    about = {key: triage.summary[key] for key in ("detects", "validation") if triage.summary.get(key)}
+    if triage.refused is not None:
+        return {"score": None, "stage": triage.stage, "final": triage.final(), "refused": triage.refused,
+                "qc": _qc(triage), "tissue_tiles": triage.tissue_tiles}
+    return {"score": triage.score, "stage": triage.stage, "final": triage.final(), **about}
+
+
+def _qc(triage: Triage) -> dict[str, float | None]:
+    """A refused slide's QC, as `Triage.read` checked it: blurry and pen-marked fractions of the tiles measured."""
+    qc = triage.summary.get("qc") or {}
+    return {"blur_fraction": qc.get("blur_fraction"), "pen_fraction": qc.get("pen_fraction"), "tiles": qc.get("focus_tiles")}
 
 
 def _regions(triage: Triage | None) -> list[dict[str, float]]:

@@ -1,4 +1,5 @@
-"""The AI overlay: the tumour-probability map inference/ writes, rendered as PNG tiles on the slide's grid.
+"""The AI overlay: the map of the model's probability of what its package says it detects, as inference/ writes it,
+rendered as PNG tiles on the slide's grid.
 
 The map (`CASE/slides/SLIDE/VERSION/heatmap.zarr`, an OME-Zarr with one channel, uint8 0-255 or float 0-1, NaN = not analysed) is placed
 on the slide through the two images' scale (and translation) metadata. Tiles use the slide's own tile grid, so

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from caseformat.bounded import load, utc_now
-from caseformat.documents import TEXT_LIMIT, Author, Report, Request, SlideRead
+from caseformat.bounded import load, parse_time, utc_now
+from caseformat.documents import LATE_REASON_LIMIT, TEXT_LIMIT, Author, Report, Request, SlideRead
 from caseformat.errors import DocumentError
 from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
 from caseformat.signing import SigningKey, TrustedKeys
@@ -34,6 +35,9 @@ from slides.errors import printable
 log = logging.getLogger("slidestream.viewer")
 MAX_TEXT = TEXT_LIMIT
 Version = TypeVar("Version", Report, Request)
+# CAP ANP.11820: a frozen section is reported within 20 minutes of the specimen's arrival (registration), or the report
+# says why it was not
+REPORT_WITHIN = timedelta(minutes=20)
 
 
 class ReportConflict(SlidestreamError):
@@ -52,6 +56,8 @@ class ReportIn(BaseModel):
     amends: int | None = Field(default=None, ge=1)
     # the "N of M slides failed at the hospital" line the page showed, echoed: signing past missing slides is a choice
     missing_seen: str | None = Field(default=None, max_length=2000)
+    # why the first report comes more than `REPORT_WITHIN` after the registration: required then, recorded in the report
+    late_reason: str | None = Field(default=None, max_length=LATE_REASON_LIMIT)
 
 
 class RequestIn(BaseModel):
@@ -118,10 +124,11 @@ async def write_version(storage: Storage, kind: type[Version], key: str, data: b
 
 
 async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: ReportIn, author: Author,
-               slides: list[SlideRead], station: str | None, missing: str | None = None) -> dict[str, Any]:
+               slides: list[SlideRead], station: str | None, missing: str | None = None, registered_at: str | None = None) -> dict[str, Any]:
     """Write the next version (the signed report, or an amendment of the newest one) and its station notice; the
     signed document is returned as stored. With slides `missing` (`viewer.cases`), the form must echo the line the
-    pathologist was shown, and the report records it."""
+    pathologist was shown, and the report records it. A first report signed more than `REPORT_WITHIN` after the
+    case's `registered_at` needs the form's `late_reason`, which it records (None: no registration, no clock)."""
     if missing and form.missing_seen != missing:
         raise ReportConflict(f"case {case}: {missing}; confirm that the report is signed knowing it")
     newest = (await numbered(storage, case, Report, trusted)).newest
@@ -132,8 +139,15 @@ async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: st
             f"case {case}: report {newest.number} was signed by {newest.author.name} at {newest.signed_at}; read it before amending"
         )
     number = (newest.number if newest else 0) + 1
-    report = Report(case, number, form.category, form.diagnosis, author, utc_now(), station, form.margins or None,
-                    form.comment or None, tuple(slides), newest.number if newest else None, missing)  # fmt: skip
+    signed_at = utc_now()
+    # the first report's clock (an amendment's, or a case's without registration, never runs late)
+    elapsed = parse_time(signed_at) - parse_time(registered_at) if number == 1 and registered_at else timedelta(0)
+    late_reason = ((form.late_reason or "").strip() or None) if elapsed > REPORT_WITHIN else None  # recorded where it is asked for
+    if elapsed > REPORT_WITHIN and late_reason is None:
+        raise ReportConflict(f"case {case}: signed {elapsed // timedelta(minutes=1)} minutes after its registration, past the "
+                             f"{REPORT_WITHIN // timedelta(minutes=1)} minutes of CAP ANP.11820; give the reason for the delay (late_reason)")
+    report = Report(case, number, form.category, form.diagnosis, author, signed_at, station, form.margins or None,
+                    form.comment or None, tuple(slides), newest.number if newest else None, missing, late_reason)  # fmt: skip
     data = report.to_json(key)
     if not await write_version(storage, Report, report_key(case, number), data, case, trusted):
         raise ReportConflict(f"case {case}: report {number} was signed by someone else a moment ago; reload to read it")

@@ -7,21 +7,17 @@ the centre's `revoked-links` file, `slidestream users revoke-link`). Case tokens
 
 A person's token (their sign-in link) names the user and the serial of their record on the store
 (viewer/people.py), and the link's own ID. It is spent once: the page hands it to the server, which opens a
-session (`Sessions`: an HttpOnly cookie holding a random ID) and the page drops the token from its address, so the
-link's secret stays out of history, bookmarks and copied addresses. A session ends when it expires, when its
-holder signs out, or when the person's record moves on (revocation, a new link): the server checks it against that
-record on every request, without any secret on the store.
+session (an HttpOnly cookie holding a random ID) and the page drops the token from its address, so the
+link's secret stays out of history, bookmarks and copied addresses. Sessions themselves: viewer/sessions.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,7 +32,7 @@ PERSON = "person"
 MIN_SECRET_BYTES = 32
 VERIFIED_TOKENS = 4096  # signatures remembered as checked: far more than the people signed in at once
 LINK_ID = re.compile(r"^[0-9a-f]{12}$")
-SESSION_COOKIE = "slidestream-session"
+SESSION_COOKIE = "slidestream-session"  # viewer/sessions.py's
 SESSIONS_FILE = "viewer-sessions.json"
 REVOKED_LINKS_FILE = "revoked-links"
 RECHECK_SECONDS = 1.0  # how stale the revoked links read may be
@@ -119,83 +115,6 @@ class Tokens:
             self._verified.clear()
         self._verified[token] = claims
         return claims
-
-
-@dataclass(frozen=True)
-class Session:
-    """Who a session cookie signs in: the user, the serial of their record it was opened with, until when."""
-
-    user: str
-    serial: int
-    expires: float  # seconds since the epoch
-
-
-class Sessions:
-    """The viewer's sessions, and the sign-in links spent on them, kept in `path` (0600) so a restart signs no one
-    out and a spent link stays spent; in memory only without one (tests).
-
-    Sessions are kept by the SHA-256 of their ID: the file holds nothing a browser could present."""
-
-    def __init__(self, lifetime: timedelta, path: Path | None = None) -> None:
-        self.lifetime = lifetime
-        self._path = path
-        self._sessions: dict[str, Session] = {}
-        self._spent: dict[str, float] = {}  # link ID -> when the link expires (after which it is refused anyway)
-        if path is not None and path.exists():
-            try:
-                kept = json.loads(path.read_text(encoding="utf-8"))
-                self._sessions = {key: Session(str(user), int(serial), float(expires)) for key, (user, serial, expires) in kept["sessions"].items()}
-                self._spent = {str(link): float(expires) for link, expires in kept["spent"].items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                raise SecretError(f"{path}: cannot read the viewer's sessions ({error}); delete it to sign everyone out") from None
-
-    def open(self, user: str, serial: int, link: str, link_expires: float) -> str:
-        """A new session for the holder of sign-in link `link`, which is spent by it; `TokenError` for a spent link."""
-        if link in self._spent:
-            raise TokenError("this sign-in link was used already: ask for a new one (slidestream users link)")
-        session_id = secrets.token_urlsafe(32)
-        self._spent[link] = link_expires
-        self._sessions[_hashed(session_id)] = Session(user, serial, time.time() + self.lifetime.total_seconds())
-        self._save()
-        return session_id
-
-    def spend(self, link: str, link_expires: float) -> None:
-        """Spend a link without a new session (its holder was signed in already)."""
-        if link not in self._spent:
-            self._spent[link] = link_expires
-            self._save()
-
-    def get(self, session_id: str | None) -> Session:
-        """The live session with this ID; `TokenError` for none, an ended or an expired one."""
-        if not session_id:
-            raise TokenError("not signed in: open your sign-in link")
-        session = self._sessions.get(_hashed(session_id))
-        if session is None:
-            raise TokenError("this session has ended (signed out, or the viewer's sessions were cleared): open a new sign-in link")
-        if session.expires <= time.time():
-            raise TokenError("this session has expired: open a new sign-in link")
-        return session
-
-    def end(self, session_id: str | None) -> None:
-        if session_id and self._sessions.pop(_hashed(session_id), None) is not None:
-            self._save()
-
-    def _save(self) -> None:
-        """Write what is live now (expired sessions and links dropped), privately, replacing the file whole."""
-        now = time.time()
-        self._sessions = {key: session for key, session in self._sessions.items() if session.expires > now}
-        self._spent = {link: expires for link, expires in self._spent.items() if expires > now}
-        if self._path is None:
-            return
-        kept = {"sessions": {key: [s.user, s.serial, s.expires] for key, s in self._sessions.items()}, "spent": self._spent}
-        partial = self._path.with_name(f".{self._path.name}.{os.getpid()}")
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
-            json.dump(kept, file)
-        os.replace(partial, self._path)
-
-
-def _hashed(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class RevokedLinks:

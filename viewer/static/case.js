@@ -14,6 +14,9 @@ const caseView = (() => {
     let reports = [];
     let arrived = false;
     let missing = null; // "N of M slides failed at the hospital: ...", as the server said it
+    let registeredAt = null;
+    let lateAsked = false; // the server refused the report for want of a reason (its clock is the one that counts)
+    const LATE_MS = 20 * 60 * 1000; // CAP ANP.11820: a first report after 20 minutes says why
     let started = false;
     let shownSlide = null;
 
@@ -37,6 +40,7 @@ const caseView = (() => {
         renderRefused(info);
         // slides the hospital could not send, or that failed on the way: said before the case is read as whole
         missing = info.missing || null;
+        registeredAt = info.registered_at || null;
         $("missing-line").textContent = missing || "";
         $("missing").hidden = !info.missing;
     }
@@ -56,7 +60,8 @@ const caseView = (() => {
 
     function reportPairs(report) {
         const pairs = [["Category", report.category], ["Diagnosis", report.diagnosis], ["Margins", report.margins || "–"], ["Comment", report.comment || "–"]];
-        return report.missing ? [...pairs, ["Signed knowing", report.missing]] : pairs;
+        const known = report.missing ? [...pairs, ["Signed knowing", report.missing]] : pairs;
+        return report.late_reason ? [...known, ["Why after 20 min", report.late_reason]] : known;
     }
 
     function signedLine(report) {
@@ -90,6 +95,12 @@ const caseView = (() => {
             versions.append(item);
         }
         $("history").hidden = reports.length < 2;
+        showLate();
+    }
+
+    // the reason field of a first report signed more than 20 minutes after the registration
+    function showLate() {
+        $("late").hidden = reports.length > 0 || !(lateAsked || (registeredAt && Date.now() - Date.parse(registeredAt) > LATE_MS));
     }
 
     function amend() {
@@ -109,9 +120,15 @@ const caseView = (() => {
             category: $("category").value, diagnosis: $("diagnosis").value.trim(),
             margins: $("margins").value.trim() || null, comment: $("comment").value.trim() || null,
             amends: newest ? newest.number : null, missing_seen: missing,
+            late_reason: $("late").hidden ? null : $("late-reason").value.trim() || null,
         };
         if (!form.category || !form.diagnosis) {
             $("report-note").textContent = "Choose a category and write the diagnosis first.";
+            return;
+        }
+        if (!$("late").hidden && !form.late_reason) {
+            $("report-note").textContent = "More than 20 minutes since registration: say why before signing.";
+            $("late-reason").focus();
             return;
         }
         const what = newest ? "this amendment" : "this report";
@@ -128,6 +145,7 @@ const caseView = (() => {
             document.dispatchEvent(new CustomEvent("report-signed", { detail: reports[0] }));
         } catch (error) {
             $("report-note").textContent = `Not signed: ${error.message}`;
+            lateAsked = error instanceof ApiError && error.status === 409 && error.message.includes("late_reason");
             if (error instanceof ApiError && error.status === 409) loadReports();
         } finally {
             $("sign").disabled = false;
@@ -184,6 +202,7 @@ const caseView = (() => {
         slidestream.offerSignOut(me);
         $("amend").addEventListener("click", amend);
         $("sign").addEventListener("click", sign);
+        setInterval(showLate, 10000);
         const pathologist = me.user && me.user.role === "pathologist";
         $("ask").hidden = !pathologist;
         if (pathologist) {

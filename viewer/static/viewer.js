@@ -221,7 +221,8 @@ import * as core from "./viewer-core.mjs";
         showRegions(status.top_regions || []);
         const score = $("score");
         score.hidden = !status.triage;
-        if (status.triage) score.textContent = core.triageText(status.triage);
+        if (status.triage) score.textContent = status.triage.refused ? `${status.triage.refused} · QC only` : core.triageText(status.triage);
+        showModel(status.triage);
         times.started = times.registered || status.started_at;
         times.reported = status.report && status.report.signed_at;
         tick();
@@ -256,6 +257,25 @@ import * as core from "./viewer-core.mjs";
         const { rgb, period } = legend.pending;
         const half = period / 2;
         $("legend-pending").style.background = `repeating-linear-gradient(45deg, rgb(${rgb.join(",")}) 0 ${half}px, transparent ${half}px ${period}px), #b5739d`;
+    }
+
+    // what the model detects and how it did on its validation tiles, beside its map; a refused slide gets the
+    // refusal and its QC instead, never a score
+    function showModel(triage) {
+        const refused = triage && triage.refused;
+        $("ai-refused").hidden = !refused;
+        if (refused) {
+            $("overlay").hidden = true;
+            $("ai-refused-text").textContent = refused;
+            const { blur_fraction: blur, pen_fraction: pen, tiles } = triage.qc || {};
+            const percent = (value) => (typeof value === "number" ? `${Math.round(value * 100)}%` : "not measured");
+            $("ai-qc").textContent = `QC: ${triage.tissue_tiles || 0} tissue tiles; blurry ${percent(blur)}, pen marks ${percent(pen)}` +
+                (tiles ? ` (of ${tiles} tiles measured)` : "");
+            return;
+        }
+        $("legend-detects").textContent = triage && triage.detects ? `probability of ${triage.detects}` : "probability of what the model detects";
+        $("model-record").hidden = !(triage && triage.validation);
+        $("model-record").textContent = triage && triage.validation ? `validation: ${triage.validation}` : "";
     }
 
     function showRegions(list) {

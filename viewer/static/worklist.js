@@ -15,6 +15,16 @@ import { clock } from "./viewer-core.mjs";
         $("message").hidden = !text;
     }
 
+    // Refused (never signed in, or the session ended): "Sign in" where the viewer has a directory to sign in through
+    async function refused(error) {
+        cases = []; // signed out: the list goes with the session
+        render();
+        showMessage(`${refusedText} (${error.message})`);
+        const directory = await fetch("/auth/oidc", { cache: "no-store" }).catch(() => null);
+        $("sign-in").hidden = !(directory && directory.ok);
+        $("sign-out").hidden = true;
+    }
+
     function cell(row, content, className) {
         const td = row.insertCell();
         if (className) td.className = className;
@@ -49,7 +59,8 @@ import { clock } from "./viewer-core.mjs";
             meter.append(document.createElement("span"));
             meter.firstChild.style.width = `${(score || 0) * 100}%`;
             const scoreCell = cell(row, meter, "triage");
-            scoreCell.append(score === null ? " –" : ` ${score.toFixed(2)}`);
+            // a slide no validated model covers: the words, never a number that looks like a diagnosis
+            scoreCell.append(entry.triage && entry.triage.refused ? " no validated AI" : score === null ? " –" : ` ${score.toFixed(2)}`);
             cell(row, STAGES[entry.stage] || (entry.triage ? "stage not recorded" : "–"), "ai-stage");
             const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%` : "";
             const states = { sending: `arriving ${arrived}`, complete: "all arrived ✓" };
@@ -83,7 +94,7 @@ import { clock } from "./viewer-core.mjs";
             render();
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
-                showMessage(`${refusedText} (${error.message})`);
+                refused(error);
                 return;
             }
             showMessage(`Connection problem: ${error.message}. Retrying…`);
@@ -95,8 +106,11 @@ import { clock } from "./viewer-core.mjs";
         try {
             offerSignOut(await api("/api/me"));
         } catch (error) {
-            showMessage(error instanceof ApiError && error.refused ? `${refusedText} (${error.message})` : `Connection problem: ${error.message}`);
-            if (error instanceof ApiError && error.refused) return;
+            if (error instanceof ApiError && error.refused) {
+                refused(error);
+                return;
+            }
+            showMessage(`Connection problem: ${error.message}`);
         }
         setInterval(tick, 1000);
         refresh();
