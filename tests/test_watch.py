@@ -206,9 +206,12 @@ def test_a_slide_vanishing_while_it_is_sent_costs_only_itself(tmp_path: Path, s3
     finally:
         stderr = _stop(watcher)
     assert "Traceback" not in stderr, stderr
-    vanishing = [line for line in _log(state) if "vanishing.svs" in line]
-    # the open slide may still be read whole (the reader holds it open) or fail; either way one line, and it is gone
+    lines = [line for line in _log(state) if "vanishing.svs" in line]
+    vanishing, told = [line for line in lines if " UNSENT " not in line], [line for line in lines if " UNSENT " in line]
+    # the open slide may still be read whole (the reader holds it open) or fail; either way one line, and it is gone;
+    # one that failed is told to the centre once (`UnsentSlide`), one that was sent is not
     assert len(vanishing) == 1 and (" SENT " in vanishing[0] or "(it is gone)" in vanishing[0]), vanishing
+    assert len(told) == (0 if " SENT " in vanishing[0] else 1), told
 
 
 @pytest.mark.parametrize("problem", ["missing bucket", "connection refused"])
