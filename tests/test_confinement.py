@@ -41,7 +41,7 @@ from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import S3Storage
 from objectstore.enrolment import RgwAdmin, station_uid
 from viewer.cases import Cases
-from viewer.reports import ReportIn, sign
+from viewer.reports import ReportIn, RequestIn, ask, sign
 
 pytestmark = pytest.mark.slow
 
@@ -97,9 +97,11 @@ def alliance(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> I
             trusted = found.run(station, "keys", "trust", str(work / "enrolment" / station / "centre-keys.pem"), "--state-dir", str(found.state[station]))
             assert trusted.returncode == 0, trusted.stderr
         for station in STATIONS:
+            context = work / f"{station}.json"  # hospital A registers a colorectal specimen, B one of unknown site
+            context.write_text('{"specimen_site": "sigmoid colon"}' if station == "hosp-a" else "{}")
             sent = found.run(station, "send", str(sample(SLIDE)), found.store, "--endpoint-url", s3_server.endpoint_url,
                              "--station", station, "--case", "frozen-1", "--state-dir", str(found.state[station]),
-                             "--deadline", "60", "--json")  # fmt: skip
+                             "--context-file", str(context), "--deadline", "60", "--json")  # fmt: skip
             assert sent.returncode == 0, sent.stderr
             found.cases[station] = qualified_case(station, "frozen-1")
         yield found
@@ -190,25 +192,34 @@ def test_what_a_station_may_write_in_its_own_folder_the_centre_does_not_believe(
     assert own["stage"] == "edge", own  # its own "final" map is read as what it is: the station's
 
 
-def test_the_signed_report_reaches_its_own_station_and_no_other(alliance: Alliance) -> None:
+def test_the_signed_report_its_amendment_and_a_request_reach_their_own_station_and_no_other(alliance: Alliance) -> None:
     storage = S3Storage(alliance.bucket, PREFIX, alliance.server.endpoint_url)
     key = SigningKey.load_or_create(alliance.keys)
     trusted = TrustedKeys.load(alliance.keys / "centre-keys.pem")
-    case = alliance.cases["hosp-b"]
+    case, pathologist = alliance.cases["hosp-b"], Author("u12345678", "Dr Remote")
     form = ReportIn(category="benign", diagnosis="Reactive lymph node, no tumour.")
-    asyncio.run(sign(storage, key, trusted, case, form, Author("u12345678", "Dr Remote"), [SlideRead("s1", "v1")], "hosp-b"))
+    asyncio.run(sign(storage, key, trusted, case, form, pathologist, [SlideRead("s1", "v1")], "hosp-b"))
+    amended = ReportIn(category="malignant", diagnosis="Isolated tumour cells on the deeper level.", amends=1)
+    asyncio.run(sign(storage, key, trusted, case, amended, pathologist, [SlideRead("s1", "v1")], "hosp-b"))
+    asyncio.run(ask(storage, key, trusted, case, RequestIn(what="Two deeper levels of block A, please."), pathologist, "hosp-b"))
     for station in STATIONS:
         (alliance.state[station] / "hot").mkdir(exist_ok=True)
         watched = alliance.run(station, "watch", str(alliance.state[station] / "hot"), alliance.store, "--endpoint-url",
                                alliance.server.endpoint_url, "--station", station, "--state-dir", str(alliance.state[station]),
                                "--no-edge", "--once", timeout=120)  # fmt: skip
         assert watched.returncode == 0, watched.stderr
-        outbox = sorted((alliance.state[station] / "hot" / "outbox").glob("*")) if (alliance.state[station] / "hot" / "outbox").exists() else []
+        outbox = alliance.state[station] / "hot" / "outbox"
+        written = "".join(path.read_text() for path in sorted(outbox.glob("*.txt"))) if outbox.exists() else ""
+        status = alliance.run(station, "status", alliance.store, "--endpoint-url", alliance.server.endpoint_url, "--station",
+                              station, "--state-dir", str(alliance.state[station]), timeout=120)  # fmt: skip
+        assert status.returncode == 0, status.stderr
         if station == "hosp-b":
-            assert "REPORT" in watched.stdout and "benign" in watched.stdout, watched.stdout
-            assert outbox and any("Reactive lymph node" in path.read_text() for path in outbox)
+            assert "Reactive lymph node" in written and "Isolated tumour cells" in written and "deeper levels" in written, written
+            assert "AMENDMENT 2" in written, written
+            assert "malignant" in status.stdout.lower(), status.stdout  # the amendment is the station's current word
         else:
-            assert "REPORT" not in watched.stdout and not outbox, (watched.stdout, outbox)
+            assert not written and "REPORT" not in watched.stdout, (watched.stdout, written)
+            assert "benign" not in status.stdout.lower() and "malignant" not in status.stdout.lower(), status.stdout
     assert Report.read(storage_bytes(alliance, report_key(case, 1)), "report", trusted).station == "hosp-b"
 
 
@@ -216,10 +227,11 @@ def storage_bytes(alliance: Alliance, key: str) -> bytes:
     return alliance.server.client().get_object(Bucket=alliance.bucket, Key=f"{PREFIX}/{key}")["Body"].read()
 
 
-def test_the_hub_scores_every_station_s_case_into_the_centre_s_folder(alliance: Alliance) -> None:
+def test_the_hub_reads_every_station_s_case_into_the_centre_s_folder(alliance: Alliance) -> None:
     hub = alliance.run(None, "hub", alliance.store, "--endpoint-url", alliance.server.endpoint_url, "--once", "--poll", "0.5", timeout=600)
     assert hub.returncode == 0, hub.stderr[-2000:]
-    for case in alliance.cases.values():
-        triage = Triage.read(storage_bytes(alliance, SlideRef(case).centre_key(TRIAGE)))
-        assert triage.final(), triage
+    scored = Triage.read(storage_bytes(alliance, SlideRef(alliance.cases["hosp-a"]).centre_key(TRIAGE)))
+    assert scored.final() and scored.score is not None and scored.refused is None, scored
+    refused = Triage.read(storage_bytes(alliance, SlideRef(alliance.cases["hosp-b"]).centre_key(TRIAGE)))
+    assert refused.score is None and refused.refused and "no validated AI" in refused.refused, refused  # site unknown
     assert json.loads(storage_bytes(alliance, SlideRef(alliance.cases["hosp-b"]).key(TRIAGE)))["stage"] == "edge"  # the edge's stays
