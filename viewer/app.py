@@ -68,6 +68,7 @@ from viewer.tokens import (
     ScopeError,
     TokenError,
     Tokens,
+    bearer,
     case_scope,
 )
 
@@ -222,14 +223,9 @@ async def _state(request: Request) -> ViewerState:  # async: sync dependencies c
 State = Annotated[ViewerState, Depends(_state)]
 
 
-def _bearer(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
 async def _identity(request: Request, state: State, authorization: Authorization = None, session: SessionCookie = None) -> Identity:
     polled = request.method == "GET" and POLLED.fullmatch(request.url.path) is not None
-    return await state.identify(_bearer(authorization), session, active=not polled)
+    return await state.identify(bearer(authorization), session, active=not polled)
 
 
 Who = Annotated[Identity, Depends(_identity)]
@@ -264,7 +260,7 @@ async def viewer_page(case: CaseId) -> FileResponse:
 @router.post("/api/session")
 async def open_session(request: Request, state: State, authorization: Authorization = None, session: SessionCookie = None) -> JSONResponse:
     """The sign-in link's token (Bearer), spent once for a session cookie: the page then forgets the token."""
-    person, opened = await state.open_session(_bearer(authorization), session)
+    person, opened = await state.open_session(bearer(authorization), session)
     response = JSONResponse({"user": person.who}, headers={"Cache-Control": "no-store"})
     if opened is not None:
         await state.signed(person, SIGN_IN, LINK)
@@ -404,7 +400,7 @@ async def _tile_request(request: Request) -> tuple[ViewerState, str, int, int, i
             or level > MAX_LEVEL or row > MAX_TILE_INDEX or col > MAX_TILE_INDEX):
         raise TileNotFoundError("no such tile")
     state: ViewerState = request.app.state.viewer
-    await state.may_open(await state.identify(_bearer(request.headers.get("authorization")), request.cookies.get(SESSION_COOKIE)), case)
+    await state.may_open(await state.identify(bearer(request.headers.get("authorization")), request.cookies.get(SESSION_COOKIE)), case)
     return state, SlideRef(case, slide, version).root, level, row, col
 
 
@@ -559,7 +555,7 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
             return
         try:
-            token = _bearer(headers.get("authorization"))
+            token = bearer(headers.get("authorization"))
             if token is None:  # a person's record is checked by the route, once the body is in
                 self.sessions.get(_cookie(headers, SESSION_COOKIE))
             else:

@@ -58,6 +58,12 @@ class LinkIdError(SlidestreamError, ValueError):
     """Not a link ID (a typo on the command line)."""
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header; None for any other scheme or none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def case_scope(case: str) -> str:
     if not is_case(case):
         raise ValueError(f"invalid case id {case!r}")

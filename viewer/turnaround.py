@@ -36,7 +36,7 @@ from objectstore import ObjectNotFoundError
 from transfer.manifest import OVERVIEW
 from viewer.cases import TURNAROUND, Cases, case_ids
 from viewer.reports import REPORT_WITHIN
-from viewer.tokens import SESSION_COOKIE
+from viewer.tokens import SESSION_COOKIE, bearer
 
 if TYPE_CHECKING:  # viewer.app includes this router
     from viewer.app import ViewerState
@@ -229,8 +229,7 @@ def _moment(text: str | None, name: str) -> datetime | None:
 async def _figures(request: Request, since: str | None, until: str | None) -> dict[str, Any]:
     """The figures, for a signed-in pathologist only (the centre's own record of its pathologists)."""
     state: ViewerState = request.app.state.viewer
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    identity = await state.identify(token.strip() if scheme.lower() == "bearer" else None, request.cookies.get(SESSION_COOKIE))
+    identity = await state.identify(bearer(request.headers.get("authorization")), request.cookies.get(SESSION_COOKIE))
     identity.pathologist("see the centre's turnaround")
     return await turnaround(state.cases, _moment(since, "since"), _moment(until, "until"))
 
