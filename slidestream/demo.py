@@ -101,14 +101,15 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
 
     def reached() -> set[str]:
         manifest = location.read_json(MANIFEST) or {}
-        triage = location.read_json(TRIAGE) or {}
+        triage = location.read_json(TRIAGE) or {}  # the centre's
+        edge = location.sent.read_json(TRIAGE) or {}  # the station's own
         state, reason = case_state(manifest) if manifest else ("", None)
         if state == FAILED:
             raise DemoError(f"the send failed: {reason}")
         milestones = manifest.get("milestones") or {}
         return {name for name, done in (
             ("overview", milestones.get("overview") is not None),
-            ("edge", triage.get("stage") in (EDGE, HUB)),  # the hub's map replaces the edge's
+            ("edge", edge.get("stage") == EDGE or triage.get("stage") == HUB),  # the hub's map may land first
             ("tissue_full_resolution", milestones.get("tissue_full_resolution") is not None),
             ("complete", state == COMPLETE),
             ("pyramid", state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID))),
