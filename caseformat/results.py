@@ -144,6 +144,23 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """What a score was held to before the model ran (`inference.routing`): the specimen site, the stain seen and the
+    slide's um/px, all inside the model's intended use. A triage without it was not routed: no reader shows its score."""
+
+    site: str
+    stain: str
+    mpp: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "stain": self.stain, "mpp": self.mpp}
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Routed:
+        return cls(fields.text("site", 200), fields.text("stain", 50), fields.number("mpp", 0, 1000))
+
+
+@dataclass(frozen=True)
 class Triage:
     """triage.json (`inference.heatmap`): the slide's score, what produced it (`stage`, `model`) and whether the map
     is complete, with its summary (tile counts, hot regions, focus and pen quality)."""
@@ -157,6 +174,15 @@ class Triage:
     score_method: str = ""
     refused: str | None = None
     """Why no model scored the slide ("no validated AI for skin"): then `score` is None and the summary holds QC only."""
+    routed: Routed | None = None
+    """The intended use the model was held to; a score without it is not shown (written before routing, or unrouted)."""
+
+    @property
+    def valid_score(self) -> float | None:
+        """The score a pathologist may see: only from a routed, unrefused triage with tiles scored."""
+        if self.routed is None or self.refused is not None or self.tiles_scored == 0:
+            return None
+        return self.score
 
     def final(self, model: str | None = None) -> bool:
         """A complete full-magnification result (of `model`, when given): an edge result never is."""
@@ -172,8 +198,10 @@ class Triage:
 
     def to_dict(self) -> dict[str, Any]:
         refused = {"refused": self.refused} if self.refused is not None else {}
+        routed = {"routed": self.routed.to_dict()} if self.routed is not None else {}
         return {"format": TRIAGE_FORMAT, "source": self.source, "score": self.score, "score_method": self.score_method,
-                "summary": self.summary, "model": self.model, "stage": self.stage, "complete": self.complete, **refused}  # fmt: skip
+                "summary": self.summary, "model": self.model, "stage": self.stage, "complete": self.complete, **refused,
+                **routed}  # fmt: skip
 
     def to_json(self) -> bytes:
         return dump(self.to_dict())
@@ -205,7 +233,13 @@ class Triage:
                 qc.number(name, 0, BIG, optional=True)
         return cls(fields.text("source", 1000), fields.number("score", 0, 1, optional=True), fields.text("model", 200),
                    fields.choice("stage", STAGES), fields.boolean("complete"), summary.document,
-                   fields.text("score_method", 200, optional=True, empty=True) or "", fields.text("refused", 200, optional=True))  # fmt: skip
+                   fields.text("score_method", 200, optional=True, empty=True) or "", fields.text("refused", 200, optional=True),
+                   _routed(fields))  # fmt: skip
+
+
+def _routed(fields: Fields) -> Routed | None:
+    routed = fields.fields("routed", optional=True)
+    return None if routed is None else Routed.from_fields(routed)
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from caseformat.layout import SlideRef
     from caseformat.results import Lease, Manifest
     from inference import AnalyzeOptions, Heatmap, Location, Runner
@@ -420,7 +418,7 @@ class Hub:
         from caseformat.documents import CaseRecord
         from caseformat.errors import DocumentError
         from caseformat.layout import CASE_RECORD, IMAGE, case_key
-        from inference.packages import covers
+        from inference.routing import Routes, detect_stain
         from inference.sources import ZarrRef
 
         assert case.manifest is not None
@@ -438,7 +436,7 @@ class Hub:
             site = None if data is None else dict(CaseRecord.read(data, CASE_RECORD).context).get("specimen_site")
         except DocumentError:  # `clock` said so: the site is not known
             site = None
-        case.refused = covers(self.package, site, stain, source.mpp)
+        case.refused = Routes((self.package,)).choose(site, stain, source.mpp).refused
         case.routed = True
         if case.refused is not None:
             self.say(f"REFUSED {case.name}: {case.refused} (stain seen: {stain or 'not recognised'}; model {self.package.name})")
@@ -536,40 +534,6 @@ class Hub:
     @staticmethod
     def say(line: str) -> None:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def detect_stain(rgb: np.ndarray) -> str | None:
-    """The stain of a slide's overview (uint8 RGB), from colour alone: "fluorescence" when the view is mostly dark
-    (`tiling.tissue.is_darkfield`: median grey under a quarter of white); over the bright-field tissue mask, "IHC" when
-    at least IHC_BROWN of the tissue pixels are DAB brown (red over green over blue, red 40 levels above blue), "H&E"
-    when at least HE_PINK are pink to purple (green the lowest channel: eosin and haematoxylin both absorb green
-    most); None (not recognised: no model is validated for it) otherwise, or with too little tissue to tell.
-
-    A hue rule, not skimage's `rgb2hed`: on the H&E samples its DAB channel reads as high as on DAB-stained tissue
-    (median optical density 0.04 on CMU-1's H&E, 0.03 on the same tissue recoloured to DAB), while brown pixels are
-    0.0% of H&E tissue and 13% of that IHC."""
-    import numpy as np
-
-    from tiling.tissue import is_darkfield, tissue_mask
-
-    rgb = np.asarray(rgb)[..., :3]
-    if is_darkfield(rgb):
-        return "fluorescence"
-    mask, _ = tissue_mask(rgb, darkfield=False)
-    pixels = rgb[mask].astype(np.int16)
-    if len(pixels) < MIN_STAIN_PIXELS:
-        return None
-    red, green, blue = pixels.T
-    if ((red > green) & (green > blue) & (red - blue > 40)).mean() >= IHC_BROWN:
-        return "IHC"
-    if ((green < red) & (green < blue)).mean() >= HE_PINK:
-        return "H&E"
-    return None
-
-
-IHC_BROWN = 0.05  # fraction of tissue pixels in DAB brown that makes a slide IHC (H&E samples: 0.000)
-HE_PINK = 0.5  # fraction of tissue pixels pink to purple that makes a slide H&E (H&E samples: 0.95-1.0)
-MIN_STAIN_PIXELS = 100  # tissue pixels of the overview below which its stain is not told
 
 
 def _overview_level(source: Any, manifest: Manifest) -> int | None:

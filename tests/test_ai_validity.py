@@ -32,7 +32,7 @@ from inference.model import CAPRICORN, CAPRICORN_FILE, CAPRICORN_SHA256, default
 from inference.packages import covers, read_package
 from slides import open_slide
 from slidestream.cli import app
-from slidestream.hub import detect_stain
+from inference.routing import detect_stain
 from tiling.tissue import overview
 from viewer import S3Storage
 from viewer.cases import Cases, _triage
