@@ -263,10 +263,10 @@ class Registry:
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?)", (store, case, kind, number, digest, int(final)))
 
-    def open_cases(self, store: str, station: str, since: str) -> list[str]:
-        """Cases `station` registered at `since` or later without a final report delivered: their reports are still
-        looked for, oldest first."""
-        rows = self._rows("SELECT case_id FROM specimens s WHERE store=? AND station=? AND registered_at>=? AND NOT EXISTS "
-                          "(SELECT 1 FROM deliveries d WHERE d.store=s.store AND d.case_id=s.case_id AND d.final=1) ORDER BY registered_at",
+    def recent_cases(self, store: str, station: str, since: str) -> list[tuple[str, bool]]:
+        """Cases `station` registered at `since` or later, oldest first, each with whether a final report was
+        delivered: their reports are still looked for, since an amendment may follow a final report."""
+        rows = self._rows("SELECT case_id, EXISTS (SELECT 1 FROM deliveries d WHERE d.store=s.store AND d.case_id=s.case_id "
+                          "AND d.final=1) FROM specimens s WHERE store=? AND station=? AND registered_at>=? ORDER BY registered_at",
                           store, station, since)  # fmt: skip
-        return [row[0] for row in rows]
+        return [(row[0], bool(row[1])) for row in rows]

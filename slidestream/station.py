@@ -81,8 +81,8 @@ RESEND, DUPLICATE, RESCAN, NEW_SLIDE = "resend", "duplicate", "rescan", "new sli
 NOTICE_SETTLE = 60
 LOCAL_NAME_LIMIT = 100  # characters of the specimen's name in an outbox file name
 # the reconciliation (`Station.reconcile`): the reports of the cases this station registered in the last RECONCILE_HOURS
-# are read from the case itself, RECONCILE_CASES cases a round, until a final report (any category but "deferred",
-# which says the answer is still to come) has been delivered
+# are read from the case itself, RECONCILE_CASES cases a round; those without a final report delivered yet (any
+# category but "deferred", which says the answer is still to come) first, then those with one (an amendment may follow)
 RECONCILE_HOURS, RECONCILE_CASES = 24, 20
 NOT_FINAL = ("deferred",)
 
@@ -530,10 +530,13 @@ class Station:
 
     def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
         """The `_notices/` are the fast path; this is the one that misses nothing: the numbered reports and
-        requests of this station's open cases (`Registry.open_cases`), `limit` cases a round, those read longest ago
-        first, each one not delivered yet delivered now. A notice that lands late, or never, then costs nothing."""
+        requests of this station's recent cases (`Registry.recent_cases`), `limit` cases a round, those still waiting
+        for a final report first, then those read longest ago, each one not delivered yet delivered now. A notice that
+        lands late, or never, then costs nothing, for an amendment after the final report too."""
         since = utc_now(datetime.now(UTC) - timedelta(hours=RECONCILE_HOURS))
-        cases = sorted(self.registry.open_cases(self.key, self.name, since), key=lambda case: self._looked.get(case, 0.0))[:limit]
+        recent = self.registry.recent_cases(self.key, self.name, since)
+        by_need = sorted(recent, key=lambda item: (item[1], self._looked.get(item[0], 0.0)))  # not final first, then least recently read
+        cases = [case for case, _ in by_need][:limit]
         for case in cases:
             self._looked[case] = time.monotonic()
             refused = []

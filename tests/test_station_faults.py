@@ -306,3 +306,22 @@ def test_a_restart_of_watch_delivers_nothing_twice(tmp_path: Path, s3_server: An
     assert [line.split(" (")[0] for line in _reports_said(before)] == ["REPORT case frozen-e"], before
     assert [line.split(" (")[0] for line in _reports_said(after)] == ["REPORT AMENDMENT 2"], after
     assert list(_outbox(tmp_path)) == [f"frozen-e_{case}_report_0002.txt"]
+
+
+def test_an_amendment_after_the_final_report_whose_notice_never_came_reaches_the_outbox(
+    tmp_path: Path, s3_server: Any, s3_bucket: str
+) -> None:
+    """Report 1 is final (malignant) and delivered; the pathologist amends it, and the amendment's copy for the station
+    is lost: the station still reads its recent cases' reports, final ones too, and delivers the amendment once."""
+    keys = str(_keys_file(tmp_path))
+    _specimen(tmp_path, "frozen-f")
+    case = _registered(_once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys).stdout, "frozen-f")
+    _put(s3_server, s3_bucket, report_key(case, 1), _report(case, diagnosis="carcinoma at the margin").to_json(CENTRE))
+    first = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert [line.split(" (")[0] for line in _reports_said(first.stdout)] == ["REPORT case frozen-f"], first.stdout
+    _put(s3_server, s3_bucket, report_key(case, 2), _report(case, 2, diagnosis="amended: margin clear on deeper levels").to_json(CENTRE))
+    second = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert [line.split(" (")[0] for line in _reports_said(second.stdout)] == ["REPORT AMENDMENT 2"], second.stdout
+    assert sorted(_outbox(tmp_path)) == [f"frozen-f_{case}_report_0001.txt", f"frozen-f_{case}_report_0002.txt"]
+    again = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert _reports_said(again.stdout) == [], again.stdout
