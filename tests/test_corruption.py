@@ -174,3 +174,35 @@ def test_a_chunk_that_fails_its_checksum_is_corrupt_for_a_reader_of_whole_shards
         verified_chunks(flip_in_chunk(shard, n, 2, 3), n, True, "0/c/0/0/0")
     with pytest.raises(CorruptShardError, match="index checksum mismatch"):
         verified_chunks(flip_in_index(shard, n), n, True, "0/c/0/0/0")
+
+
+def test_two_viewers_recording_corrupt_pieces_at_once_lose_neither(tmp_path: Path) -> None:
+    """Two viewer processes find two corrupt shards of one slide at the same moment: both read corrupt.json before
+    either writes. Each reads its write back, so the record ends with both (else the station is asked for one)."""
+    from objectstore.storage import LocalStorage
+
+    ref = SlideRef("h1.race", "s1", "v1")
+    both_read = asyncio.Barrier(2)
+
+    class Interleaving(LocalStorage):
+        """Holds each viewer's first read of corrupt.json until the other has read it too."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.first = True
+
+        async def get(self, key: str) -> bytes:
+            try:
+                return await super().get(key)
+            finally:
+                if key.endswith(CORRUPT) and self.first:
+                    self.first = False
+                    await both_read.wait()
+
+    async def race() -> CorruptRecord:
+        viewers = [Cases(Interleaving(tmp_path), TRUSTED) for _ in range(2)]
+        await asyncio.gather(*(viewer._report_corrupt(ref.root, "2026-12-05T10:00:00Z", shard)
+                               for viewer, shard in zip(viewers, ("0/c/0/0/0", "0/c/0/0/1"), strict=True)))
+        return CorruptRecord.read((tmp_path / ref.centre_key(CORRUPT)).read_bytes())
+
+    assert asyncio.run(race()).keys == ("0/c/0/0/0", "0/c/0/0/1")

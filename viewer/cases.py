@@ -90,6 +90,7 @@ JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
 UNSENT_LIMIT = 200  # unsent-slide records read of one case (a specimen has a few slides; a hostile station no more)
 THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
+CORRUPT_WRITES = 4  # reads of corrupt.json, each followed by a write while it lacks the shard (a race lost costs one more)
 
 
 @dataclass(frozen=True)
@@ -262,16 +263,19 @@ class Cases:
         if (root, started_at, shard) in self._reported:
             return
         key = SlideRef.parse(root).centre_key(CORRUPT)
-        try:
-            current = await self._read_corrupt(root)
-        except DocumentError:
-            current = None  # malformed: replaced by a record of what is known now
-        try:
-            record = (current or CorruptRecord(started_at)).with_key(shard, started_at, utc_now())
-            await self.storage.put(key, record.to_json())
-        except StorageError:
-            return
-        self._reported.add((root, started_at, shard))
+        for _ in range(CORRUPT_WRITES):  # read back: another writer's record landing in between must not drop ours
+            try:
+                current = await self._read_corrupt(root)
+            except DocumentError:
+                current = None  # malformed: replaced by a record of what is known now
+            if current is not None and current.started_at == started_at and shard in current.keys:
+                self._reported.add((root, started_at, shard))
+                break
+            try:
+                record = (current or CorruptRecord(started_at)).with_key(shard, started_at, utc_now())
+                await self.storage.put(key, record.to_json())
+            except StorageError:
+                break
         self._corrupt.forget(root)
 
     # -- heatmap ---------------------------------------------------------------------------------------------
