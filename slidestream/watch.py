@@ -333,8 +333,8 @@ def watch_folder(
     while True:
         if register is not None:
             try:
-                if register(hot, backoff.due(time.monotonic())) and backoff.succeeded():
-                    hot.log("registering specimens works again")
+                if register(hot, backoff.due(time.monotonic())) and (recovered := backoff.succeeded()):
+                    hot.log(f"registering specimens works again ({recovered} answers again)")
             except (TransferError, OSError) as error:  # the store, or the registry on a full disk: the slides wait
                 retry = backoff.failed(time.monotonic(), error)
                 if retry is not None:
@@ -369,8 +369,8 @@ def watch_folder(
                 if unsent is not None:
                     unsent(unit, unsent_kind(error))
             else:
-                if backoff.succeeded():
-                    hot.record(unit, "the store answers again", sent=False)
+                if recovered := backoff.succeeded():
+                    hot.record(unit, f"{recovered} answers again", sent=False)
                 hot.record(unit, f"SENT {unit.name}: {summary}", sent=True)
         if resend is not None and time.monotonic() >= next_resend and backoff.due(time.monotonic()):
             resend(hot)
@@ -432,11 +432,14 @@ class Backoff:
         self._failing = type(error)
         return said
 
-    def succeeded(self) -> bool:
-        """Resets the backoff; True when it ends a failure that was reported."""
-        recovered = self._failing is not None
+    def succeeded(self) -> str | None:
+        """Resets the backoff; when it ends a failure that was reported, what had failed ("the store", or "the state
+        disk" for a local error such as a full disk), so the line that says it works again names the right thing."""
+        failing = self._failing
         self._delay, self._next, self._failing = self._first, 0.0, None
-        return recovered
+        if failing is None:
+            return None
+        return "the state disk" if issubclass(failing, OSError) else "the store"
 
 
 LIS_HELP = "The LIS's MLLP endpoint: each signed report and amendment goes to it as HL7 v2.5.1 ORU^R01, queued while it is down."
@@ -756,7 +759,10 @@ class Hospital:
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             if self.systems is not None:
                 self.systems.deliver(self._say)
-        except Exception as error:  # noqa: BLE001 - the store, the outbox, or a bug: said once, the thread goes on
+        except OSError as error:  # the outbox or the state disk (the store's errors are TransferErrors): said once
+            if self._hot is not None:
+                self._hot.note(f"cannot deliver what comes back to station {self._where[3]} (outbox {self.outbox}): {one_line(error)}")
+        except Exception as error:  # noqa: BLE001 - the store, or a bug: said once, the thread goes on
             if self._hot is not None:
                 self._hot.note(f"cannot read what comes back to station {self._where[3]}: {one_line(error)}")
         return station

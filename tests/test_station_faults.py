@@ -325,3 +325,27 @@ def test_an_amendment_after_the_final_report_whose_notice_never_came_reaches_the
     assert sorted(_outbox(tmp_path)) == [f"frozen-f_{case}_report_0001.txt", f"frozen-f_{case}_report_0002.txt"]
     again = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
     assert _reports_said(again.stdout) == [], again.stdout
+
+
+def test_an_outbox_that_cannot_be_written_is_said_as_such_once_and_the_report_waits(
+    tmp_path: Path, s3_server: Any, s3_bucket: str
+) -> None:
+    """The outbox cannot take the report (here a folder stands where its file goes; a full or read-only disk alike):
+    watch says so once, naming the outbox, not the store, and delivers the report once the outbox can take it."""
+    keys = str(_keys_file(tmp_path))
+    _specimen(tmp_path, "frozen-g")
+    case = _registered(_once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys).stdout, "frozen-g")
+    _put(s3_server, s3_bucket, report_key(case, 1), _report(case, diagnosis="no tumour at the margin").to_json(CENTRE))
+    outbox = tmp_path / "hot" / "outbox"
+    blocking = outbox / f"frozen-g_{case}_report_0001.txt"
+    blocking.mkdir(parents=True)
+    watcher = Watcher(tmp_path, s3_server.endpoint_url, s3_bucket, "--centre-keys", keys)
+    watcher.wait_for(lambda: "cannot deliver" in watcher.out(), "the outbox failure said")
+    time.sleep(3)  # several polls
+    stdout, _ = watcher.stop()
+    said = [line for line in stdout.splitlines() if "comes back to station" in line]
+    assert len(said) == 1 and f"(outbox {outbox})" in said[0] and "cannot read" not in said[0], stdout
+    assert _reports_said(stdout) == [], stdout
+    blocking.rmdir()
+    delivered = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
+    assert [line.split(" (")[0] for line in _reports_said(delivered.stdout)] == ["REPORT case frozen-g"], delivered.stdout
