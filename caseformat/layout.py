@@ -316,6 +316,19 @@ def arrivals_folder(station: str) -> str:
     return f"{station_folder(station)}{ARRIVALS}/"
 
 
+def arrivals_pattern(root: str) -> str:
+    """A regular expression for every station's `_arrivals/` keys under the store's `root` (a bucket prefix, or ""):
+    what a store event filter selects so that only arrivals wake the hub."""
+    base = f"{re.escape(root.strip('/'))}/" if root.strip("/") else ""
+    return f"^{base}{STATION_TREES}/[a-z0-9][a-z0-9-]{{0,31}}/{ARRIVALS}/.+"
+
+
+def station_of_arrival(key: str) -> str | None:
+    """The station whose `_arrivals/` folder holds `key` (a key relative to the store root); None for any other key."""
+    parts = key.split("/")
+    return parts[1] if len(parts) == 4 and parts[0] == STATION_TREES and parts[2] == ARRIVALS and is_station(parts[1]) else None
+
+
 def arrivals_since(station: str, moment: str) -> str:
     """The key of `station`'s `_arrivals/` to list after: everything stamped at or after `moment` (ISO or stamp)."""
     return f"{arrivals_folder(station)}{stamp(moment)}"
