@@ -66,6 +66,7 @@ from slidestream.registry import (
     storable,
     store_key,
 )
+from transfer.errors import JournalError
 from transfer.identity import content_sha256, sample_digest
 from transfer.target import parse_endpoint, parse_store_url
 
@@ -84,6 +85,7 @@ LOCAL_NAME_LIMIT = 100  # characters of the specimen's name in an outbox file na
 # are read from the case itself, RECONCILE_CASES cases a round; those without a final report delivered yet (any
 # category but "deferred", which says the answer is still to come) first, then those with one (an amendment may follow)
 RECONCILE_HOURS, RECONCILE_CASES = 24, 20
+AWAITING_HOURS = 12  # a case registered this recently without a final report keeps its station's notices polled each second
 NOT_FINAL = ("deferred",)
 
 
@@ -527,6 +529,15 @@ class Station:
             self._said.add(conflict)
             say(f"CONFLICT {where}: another text than {outbox_file(outbox, notice, specimen)}, delivered first under the same number; "
                 "that one is kept, nothing was written")  # fmt: skip
+
+    def awaiting_report(self) -> bool:
+        """Whether a case this station registered in the last AWAITING_HOURS has no final report delivered yet: then
+        its notices are polled at once, else at a slower pace (`watch`). A registry that cannot be read says yes."""
+        since = utc_now(datetime.now(UTC) - timedelta(hours=AWAITING_HOURS))
+        try:
+            return any(not final for _, final in self.registry.recent_cases(self.key, self.name, since))
+        except JournalError:  # a busy or broken registry must not slow a report down
+            return True
 
     def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
         """The `_notices/` are the fast path; this is the one that misses nothing: the numbered reports and

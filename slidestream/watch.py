@@ -51,7 +51,8 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vm
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
 FAILED = "failed"
 OUTBOX = "outbox"
-NOTICE_POLL = 1.0  # seconds between looks at centre/{station}/_notices/
+NOTICE_POLL = 1.0  # seconds between looks at centre/{station}/_notices/ while a case of the station awaits its report
+IDLE_NOTICE_POLL = 30.0  # seconds between looks while none does (a request or amendment on a closed case may wait this)
 RECONCILE_EVERY = 30.0  # seconds between reads of the open cases' own reports (`Station.reconcile`)
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 RESEND_EVERY = 60.0  # seconds between looks for pieces the centre found corrupt (one GET per recent complete send)
@@ -726,9 +727,13 @@ class Hospital:
         return thread
 
     def _poll_loop(self) -> None:
+        """Poll every NOTICE_POLL seconds while a case of this station awaits its report, every IDLE_NOTICE_POLL
+        otherwise: most of an alliance's stations are idle most of the day, and each poll is a LIST (a billed request)."""
         station = None  # made at the first poll that can open the registry (a busy or full disk must not end the thread)
+        polled = -IDLE_NOTICE_POLL
         while not self.stop.is_set():
-            station = self.poll_once(station)
+            if station is None or time.monotonic() - polled >= IDLE_NOTICE_POLL or station.awaiting_report():
+                station, polled = self.poll_once(station), time.monotonic()
             self.stop.wait(NOTICE_POLL)
 
     def _say(self, line: str) -> None:

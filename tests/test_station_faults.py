@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from support import Proxy, wait_for
@@ -349,3 +351,36 @@ def test_an_outbox_that_cannot_be_written_is_said_as_such_once_and_the_report_wa
     blocking.rmdir()
     delivered = _once(tmp_path, s3_server, s3_bucket, "--centre-keys", keys)
     assert [line.split(" (")[0] for line in _reports_said(delivered.stdout)] == ["REPORT case frozen-g"], delivered.stdout
+
+
+class CountingProxy(Proxy):
+    """Counts GET request lines too (LISTs are GETs of the bucket with a query)."""
+
+    REQUEST = re.compile(rb"(?:PUT|GET) (\S+) HTTP/1\.1\r\n")
+
+    def notice_lists(self) -> int:
+        return sum(count for path, count in list(self.puts.items()) if "list-type=2" in path and "_notices" in unquote(path))
+
+
+def test_an_idle_station_polls_its_notices_slowly_and_a_waiting_one_each_second(
+    tmp_path: Path, s3_server: Any, s3_bucket: str
+) -> None:
+    """With no case awaiting a report the station LISTs its notices every IDLE_NOTICE_POLL seconds, not every
+    second (90 idle stations: 7.8 million LISTs a day otherwise); once a specimen registers, every second again."""
+    from slidestream.watch import IDLE_NOTICE_POLL, NOTICE_POLL
+
+    proxy = CountingProxy(s3_server.endpoint_url)
+    try:
+        watcher = Watcher(tmp_path, proxy.endpoint_url, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
+        time.sleep(6)
+        idle = proxy.notice_lists()
+        _specimen(tmp_path, "frozen-h")
+        watcher.wait_for(lambda: " REGISTERED frozen-h: " in watcher.out(), "the registration")
+        waiting_from = proxy.notice_lists()
+        time.sleep(6)
+        waiting = proxy.notice_lists() - waiting_from
+        watcher.stop()
+    finally:
+        proxy.close()
+    assert 1 <= idle <= 1 + 6 // IDLE_NOTICE_POLL, f"{idle} LISTs of the notices in 6 idle seconds"
+    assert waiting >= 6 / NOTICE_POLL / 2, f"{waiting} LISTs of the notices in 6 s while a case awaits its report"
