@@ -305,15 +305,19 @@ def default_model_path() -> Path:
 def default_package() -> ModelPackage:
     """The default model as a package (`inference.packages`): the config shipped in `inference/capricorn/` and the
     verified Keras file, in a folder beside the cached weights (cache_dir()/capricorn0.1), where `models validate`
-    writes its record. Rewritten when the shipped config or the weights' place changed; the link to the weights
+    writes its record (the shipped record, measured on public tiles, until the centre validates it on its own). Rewritten when the shipped config or the weights' place changed; the link to the weights
     keeps one copy of them."""
     from inference.packages import CONFIG, read_package
+    from inference.validation import RECORD
 
     folder = cache_dir() / CAPRICORN.name
     folder.mkdir(parents=True, exist_ok=True)
     config = (_PACKAGE_CONFIG / CONFIG).read_bytes()
     if not (folder / CONFIG).is_file() or (folder / CONFIG).read_bytes() != config:
         _atomic_write(folder / CONFIG, lambda fh: fh.write(config))
+    shipped = _PACKAGE_CONFIG / RECORD  # the record measured on public tiles (README); one a centre wrote itself stays
+    if shipped.is_file() and not (folder / RECORD).exists():
+        _atomic_write(folder / RECORD, lambda fh: fh.write(shipped.read_bytes()))
     weights, target = folder / CAPRICORN_FILE, default_model_path()
     if weights.resolve() != target:
         staged = folder / f".{CAPRICORN_FILE}.{os.getpid()}"

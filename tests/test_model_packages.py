@@ -227,3 +227,18 @@ def test_covers_refuses_other_sites_stains_and_resolutions(packages: dict[str, P
     assert covers(package, "colon", "fluorescence", 0.5) == "no validated AI for fluorescence"
     assert covers(package, "colon", "H&E", 2.0) == "no validated AI at 2 um/px (colon-ts is validated for 0.4-0.6 um/px)"
     assert covers(package, None, "H&E", 0.5) == "no validated AI: the specimen site is not known"
+
+
+def test_the_default_model_ships_its_public_record_and_keeps_a_centres_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record measured on public CRC-VAL-HE-7K tiles (README) is what the viewer shows beside the default model's
+    map until the centre validates on its own tiles; a record the centre wrote is never replaced by it."""
+    from inference.model import default_package
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    package = default_package()
+    record = read_record(package)
+    assert record is not None and record.n == 32 and round(record.auc, 3) == 0.991 and "CRC-VAL-HE-7K" in record.data
+    own = json.loads((package.folder / RECORD).read_text()) | {"data": "the centre's own frozen sections", "n": 400}
+    (package.folder / RECORD).write_text(json.dumps(own))
+    kept = read_record(default_package())
+    assert kept is not None and kept.data == "the centre's own frozen sections" and kept.n == 400
