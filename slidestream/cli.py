@@ -17,7 +17,7 @@ from slidestream.analyze import analyze
 from slidestream.audit import audit
 from slidestream.config import ENV_PREFIX, options_of
 from slidestream.demo import demo
-from slidestream.export import export_dicom
+from slidestream.export import export_dicom, export_results
 from slidestream.hub import hub
 from slidestream.keys import keys
 from slidestream.models import models
@@ -155,7 +155,7 @@ def convert(
 
 
 # commands kept in their own modules; each imports its heavy libraries (boto3, torch, dask) only when it runs
-for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, pacs_send, hub, audit):
+for command in (send, resume, watch, status, serve, analyze, demo, export_dicom, export_results, pacs_send, hub, audit):
     app.command()(command)
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
