@@ -1,4 +1,5 @@
-"""`slidestream pacs-send`: a completed case's DICOM WSI series into the hospital's PACS by STOW-RS.
+"""`slidestream pacs-send`: a completed case's DICOM WSI series into the hospital's PACS by STOW-RS; and for `watch
+--pacs`, the export and send of a signed case's slides into the station's own PACS, filed under the patient.
 
 The centre sends a case from the store, or a station from its own archive; the series is `export-dicom`'s (wsidicom,
 de-identified). Its series and instance UIDs are new at each export, so the export of a case is kept in the state
@@ -11,10 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from wsidicom.metadata import Patient as DicomPatient
+
+    from hospital.hl7 import Patient as HospitalPatient
+    from hospital.systems import PacsTarget
 
 stdout = Console()
 
@@ -68,3 +75,48 @@ def _exported_case(source: str, endpoint_url: str | None, state_dir: Path | None
     if not folder.is_dir():  # published only when complete (`OUT.partial` until then)
         export_dicom(stored, folder, stored.case_id)
     return folder
+
+
+def station_images(stow: str, store: str, endpoint_url: str | None, state_dir: Path) -> PacsTarget:
+    """`watch --pacs`: how the station's signed cases reach its own PACS. A slide version is exported from the store
+    (the station's own folder; the hub completed its pyramid there) with the patient and accession of the station's
+    registry, into the state folder (`pacs/{case}-{slide}-{version}`, until the PACS holds it), and stored by STOW-RS.
+    A malformed URL or credentials are one line at start (`typer.BadParameter`)."""
+    from caseformat.layout import SlideRef
+    from hospital.pacs import CaseImages
+    from hospital.systems import PacsTarget
+    from slidestream.stored import open_stored_case
+    from tiling.dicom import export_dicom
+    from transfer.errors import DestinationError
+    from transfer.stow import Pacs, credentials, read_series, send_series
+
+    try:
+        token, basic = credentials()
+        pacs = Pacs(stow, token, basic, retries=2)
+    except DestinationError as error:
+        raise typer.BadParameter(str(error), param_hint="--pacs") from None
+
+    def export(images: CaseImages, slide: str, version: str) -> Path:
+        folder = state_dir / "pacs" / f"{images.case}-{slide}-{version}"
+        if not folder.is_dir():  # published only when complete: a rerun sends this same export
+            ref = SlideRef(images.case, slide, version)
+            stored = open_stored_case(f"{store.rstrip('/')}/{ref.root}", endpoint_url, images.case)
+            export_dicom(stored, folder, images.case, patient=_dicom_patient(images.patient), accession=images.patient.accession)
+        return folder
+
+    def send(folder: Path) -> str:
+        result = send_series(read_series(folder, identified=True), pacs)
+        return f"{result.instances} instances, {result.sent} sent, {result.already} already in the PACS"
+
+    return PacsTarget(export, send)
+
+
+def _dicom_patient(patient: HospitalPatient) -> DicomPatient:
+    """The registry's patient as DICOM's patient module: name as Family^Given, HL7 sex M/F/O/A/N mapped to DICOM's
+    M/F/O (U: not known, left empty)."""
+    from wsidicom.metadata import Patient
+    from wsidicom.metadata.patient import PatientSex
+
+    name = "^".join(part for part in (patient.family_name, patient.given_name) if part) or None
+    sex = {"M": PatientSex.M, "F": PatientSex.F, "O": PatientSex.O, "A": PatientSex.O, "N": PatientSex.O}.get(patient.sex or "")
+    return Patient(name=name, identifier=patient.patient_id, birth_date=patient.birth_date, sex=sex)

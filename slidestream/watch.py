@@ -53,6 +53,7 @@ FAILED = "failed"
 OUTBOX = "outbox"
 NOTICE_POLL = 1.0  # seconds between looks at centre/{station}/_notices/ while a case of the station awaits its report
 IDLE_NOTICE_POLL = 30.0  # seconds between looks while none does (a request or amendment on a closed case may wait this)
+IMAGES_EVERY = 10.0  # seconds between rounds of the PACS outbox (what is queued is sent when due)
 RECONCILE_EVERY = 30.0  # seconds between reads of the open cases' own reports (`Station.reconcile`)
 BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0  # seconds between attempts while the store keeps failing
 RESEND_EVERY = 60.0  # seconds between looks for pieces the centre found corrupt (one GET per recent complete send)
@@ -446,6 +447,8 @@ class Backoff:
 LIS_HELP = "The LIS's MLLP endpoint: each signed report and amendment goes to it as HL7 v2.5.1 ORU^R01, queued while it is down."
 FHIR_HELP = ("The hospital's FHIR server (base URL): each report goes to it as a DiagnosticReport with its PDF (bearer token from "
              "SLIDESTREAM_FHIR_TOKEN).")
+PACS_HELP = ("The hospital's PACS (DICOMweb root): once a case's report is final, the slides it read go there as DICOM WSI, "
+             "filed under the patient (credentials as pacs-send's).")
 ORDERS_HELP = "Listen here for the LIS's orders (HL7 v2 OML^O21, ORM^O01 over MLLP): each registers its specimen and starts its clock."
 
 
@@ -476,6 +479,7 @@ def watch(
     lis: Annotated[str | None, typer.Option("--lis", envvar="SLIDESTREAM_LIS", metavar="mllp://HOST:PORT", help=LIS_HELP)] = None,
     fhir_url: Annotated[str | None, typer.Option("--fhir", envvar="SLIDESTREAM_FHIR", metavar="URL", help=FHIR_HELP)] = None,
     orders: Annotated[str | None, typer.Option("--orders", envvar="SLIDESTREAM_ORDERS", metavar="HOST:PORT", help=ORDERS_HELP)] = None,
+    pacs: Annotated[str | None, typer.Option("--pacs", envvar="SLIDESTREAM_PACS", metavar="URL", help=PACS_HELP)] = None,
 ) -> None:
     """Send every slide a scanner writes into FOLDER, once it is complete; unreadable ones go to FOLDER/failed/.
 
@@ -550,7 +554,8 @@ def watch(
                 hot.log(resent_line(result))
 
     trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
-    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, hospital_systems(state, lis, fhir_url))
+    systems = hospital_systems(state, lis, fhir_url, pacs and (pacs, destination, endpoint_url))
+    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, systems)
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
                  markup=False, highlight=False)  # fmt: skip
     if trusted is None:
@@ -570,18 +575,22 @@ def watch(
     join_triages()  # --once: the last slides' triages finish (and are published) before watch exits
     if once:
         hospital.poll_once()  # what came back meanwhile
+        hospital.deliver_images()
     if failures:
         raise typer.Exit(1)
 
 
-def hospital_systems(state: Path, lis: str | None, fhir_url: str | None) -> Any:
-    """The hospital's systems the reports go to (`hospital.systems`); a malformed endpoint is one line at start."""
+def hospital_systems(state: Path, lis: str | None, fhir_url: str | None, pacs: tuple[str, str, str | None] | None = None) -> Any:
+    """The hospital's systems the reports go to (`hospital.systems`), `pacs` as (its URL, the store, the store's
+    endpoint); a malformed endpoint is one line at start."""
     from hospital import fhir, mllp
     from hospital.systems import HospitalSystems
+    from slidestream.pacs import station_images
 
     try:
         return HospitalSystems(state, mllp.Endpoint.parse(lis) if lis else None,
-                               fhir.Server.parse(fhir_url, os.environ.get("SLIDESTREAM_FHIR_TOKEN")) if fhir_url else None)  # fmt: skip
+                               fhir.Server.parse(fhir_url, os.environ.get("SLIDESTREAM_FHIR_TOKEN")) if fhir_url else None,
+                               images=station_images(pacs[0], pacs[1], pacs[2], state) if pacs else None)  # fmt: skip
     except (mllp.MLLPError, fhir.FhirError, ValueError) as error:
         raise typer.BadParameter(str(error)) from None
 
@@ -724,7 +733,25 @@ class Hospital:
     def start_polling(self) -> threading.Thread:
         thread = threading.Thread(target=self._poll_loop, name="notices", daemon=True)
         thread.start()
+        if self.systems is not None and self.systems.images is not None:  # a series takes minutes: not in the reports' thread
+            threading.Thread(target=self._images_loop, name="pacs", daemon=True).start()
         return thread
+
+    def _images_loop(self) -> None:
+        while not self.stop.wait(IMAGES_EVERY):
+            self.deliver_images()
+
+    def deliver_images(self) -> None:
+        """One round of the PACS outbox (`hospital.pacs`): signed cases' slides into the hospital's PACS."""
+        from slides.errors import one_line
+
+        if self.systems is None or self.systems.images is None:
+            return
+        try:
+            self.systems.deliver_images(self._say)
+        except Exception as error:  # noqa: BLE001 - its outbox or disk: said once, the next round tries again
+            if self._hot is not None:
+                self._hot.note(f"cannot send slides to the PACS: {one_line(error)}")
 
     def _poll_loop(self) -> None:
         """Poll every NOTICE_POLL seconds while a case of this station awaits its report, every IDLE_NOTICE_POLL

@@ -321,3 +321,55 @@ def test_a_series_not_de_identified_is_refused(tmp_path: Path) -> None:
     run = pacs_send(folder, "http://127.0.0.1:9/dicom-web", tmp_path)
     assert run.returncode == 2
     assert "not de-identified" in one_line(run)
+
+
+def test_watch_sends_a_signed_cases_slides_to_its_pacs_filed_under_the_patient_and_no_identity_leaves(
+    orthanc: Orthanc, s3_server: Any, tmp_path: Path,
+) -> None:
+    """`watch --pacs`: the specimen's sidecar names the patient; once the centre's final report for it is on the store,
+    the slide it read goes into the hospital's PACS as DICOM WSI under that patient and accession (built at the
+    station, from its registry), once; the store never holds the identity, and the identified export is not kept."""
+    from caseformat.bounded import utc_now
+    from caseformat.documents import Author, Report, SlideRead
+    from caseformat.layout import report_key
+    from caseformat.signing import SigningKey, public_pem
+
+    bucket, centre = s3_server.new_bucket(), SigningKey.generate()
+    (tmp_path / "centre.pem").write_bytes(public_pem(centre.public))
+    specimen = tmp_path / "hot" / "frozen-p"
+    specimen.mkdir(parents=True)
+    (specimen / "specimen.json").write_text(json.dumps({
+        "patient_id": "MRN-0042", "patient_name": "Doe, Jane", "birth_date": "1961-02-03", "sex": "F", "accession": "S26-0042",
+        "specimen_site": "sigmoid colon", "clinical_question": "margin?"}))  # fmt: skip
+    shutil.copy(sample("CMU-1-Small-Region.svs"), specimen / "block-A.svs")
+    environment = {**os.environ, "SLIDESTREAM_PACS_USER": USER, "SLIDESTREAM_PACS_PASSWORD": PASSWORD}
+
+    def watch_once() -> subprocess.CompletedProcess[str]:
+        run = subprocess.run(
+            [sys.executable, "-m", "slidestream", "watch", str(tmp_path / "hot"), f"s3://{bucket}/alliance", "--endpoint-url",
+             s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", "st-anne", "--no-edge", "--full-pyramid",
+             "--settle", "0.2", "--centre-keys", str(tmp_path / "centre.pem"), "--pacs", f"{orthanc.root}/dicom-web", "--once"],
+            capture_output=True, text=True, timeout=300, cwd=REPO, env=environment)  # fmt: skip
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+        return run
+
+    before = orthanc.instances()
+    sent = watch_once()
+    [case] = re.findall(r" REGISTERED frozen-p: case (\S+),", sent.stdout)
+    assert orthanc.instances() == before, "nothing goes to the PACS before the report is final"
+    report = Report(case, 1, "benign", "No tumour at the margin.", Author("u00000001", "Dr Remote"), utc_now(), "st-anne",
+                    slides=(SlideRead("s1", "v1"),))  # fmt: skip
+    s3_server.client().put_object(Bucket=bucket, Key=f"alliance/{report_key(case, 1)}", Body=report.to_json(centre))
+    delivered = watch_once()
+    assert "REPORT case frozen-p" in delivered.stdout, delivered.stdout
+    [study] = [entry for entry in orthanc.get("/dicom-web/studies?PatientID=MRN-0042&includefield=00080050").json()]
+    assert study["00100010"]["Value"][0]["Alphabetic"] == "Doe^Jane" and study["00080050"]["Value"] == ["S26-0042"], study
+    held = orthanc.instances() - before
+    assert held >= 3, f"{held} instances in the PACS"
+    again = watch_once()
+    assert orthanc.instances() - before == held and "PACS" not in again.stdout, again.stdout
+    assert not any((tmp_path / "state" / "pacs").iterdir()), "the identified export is removed once the PACS holds it"
+    client = s3_server.client()
+    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        assert b"MRN-0042" not in body and b"Doe" not in body and b"S26-0042" not in body, item["Key"]

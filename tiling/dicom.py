@@ -148,12 +148,16 @@ def export_dicom(
     mpp: float | None = None,
     quality: int = DEFAULT_QUALITY,
     overwrite: bool = False,
+    patient: Patient | None = None,
+    accession: str | None = None,
 ) -> DicomExport:
     """Write `slide` (a de-identified slide, or a stored case) as a DICOM WSI series into the directory `out`,
     published only when complete.
 
     `mpp` (micrometres per level-0 pixel) is required when the slide records none; a slide's own value wins over it
     only when `mpp` is None. Files go to `OUT.partial/`, renamed to `OUT` after the last one (`tiling.local.published`).
+    `patient` and `accession`: only for the hospital's own PACS, at the hospital (`hospital.pacs`): the series is then
+    filed under that patient and order, and says no identity was removed; every other export names the case alone.
     """
     tiles = SlideTiles(slide) if isinstance(slide, Slide) else slide
     spacing_um = tiles.mpp or ((mpp, mpp) if mpp else None)
@@ -162,7 +166,7 @@ def export_dicom(
             f"{tiles.source}: the slide records no pixel size (mpp), which DICOM WSI requires; state it with --mpp"
         )
     out = Path(out)
-    metadata = _metadata(case_id, spacing_um, slide.objective_power if isinstance(slide, Slide) else None)
+    metadata = _metadata(case_id, spacing_um, slide.objective_power if isinstance(slide, Slide) else None, patient, accession)
     base, *others = _pyramid_levels(tiles.levels)
     levels = [SlideLevel(tiles, base, spacing_um, quality)]  # its frames decide the series' photometric and frame size
     levels += [SlideLevel(tiles, index, spacing_um, quality, levels[0]) for index in others]
@@ -198,7 +202,8 @@ def _instance(metadata: WsiMetadata, level: SlideLevel) -> WsiInstance:
     return WsiInstance.create_instance(level, base, ImageType.VOLUME, level.pyramid_index)
 
 
-def _metadata(case_id: str, spacing_um: tuple[float, float], objective_power: float | None) -> WsiMetadata:
+def _metadata(case_id: str, spacing_um: tuple[float, float], objective_power: float | None, patient: Patient | None = None,
+              accession: str | None = None) -> WsiMetadata:
     """Everything the files say about patient, study and slide: the case ID and de-identification flags only, and
     the objective's power where the slide records it (ObjectiveLensPower: what a viewer's magnification reads).
 
@@ -208,9 +213,10 @@ def _metadata(case_id: str, spacing_um: tuple[float, float], objective_power: fl
     pixel_spacing = SizeMm(spacing_um[0] / 1000, spacing_um[1] / 1000)
     objective = Objectives(objective_power=objective_power) if objective_power else None
     return WsiMetadata(
-        study=Study(uid=generate_uid(entropy_srcs=["slidestream study", case_id]), identifier=case_id if len(case_id) <= 16 else None),
+        study=Study(uid=generate_uid(entropy_srcs=["slidestream study", case_id]), identifier=case_id if len(case_id) <= 16 else None,
+                    accession_number=accession),
         series=Series(uid=generate_uid(), number=1),
-        patient=Patient(
+        patient=patient or Patient(
             identifier=case_id,
             de_identification=PatientDeIdentification(identity_removed=True, methods=[DEIDENTIFICATION_METHOD]),
         ),

@@ -68,9 +68,10 @@ class StowResult:
         return {"study": self.study, "series": self.series, "instances": self.instances, "already": self.already, "sent": self.sent}
 
 
-def read_series(folder: Path) -> list[Instance]:
+def read_series(folder: Path, identified: bool = False) -> list[Instance]:
     """The DICOM files of `folder` (one study; headers only), refused unless each says its patient identity was
-    removed: a scanner's own series would carry the patient's name into the PACS under slidestream's name."""
+    removed: a scanner's own series would carry the patient's name into the PACS under slidestream's name.
+    `identified`: the station's own export for its own PACS (`hospital.pacs`), which names the patient on purpose."""
     files = sorted(path for path in folder.iterdir() if path.is_file()) if folder.is_dir() else []
     instances = []
     for path in files:
@@ -80,7 +81,7 @@ def read_series(folder: Path) -> list[Instance]:
         except (InvalidDicomError, AttributeError, OSError, ValueError) as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise PacsError(f"{path}: not a DICOM instance to send ({printable(reason)})") from None
-        if dataset.get("PatientIdentityRemoved") != "YES":
+        if not identified and dataset.get("PatientIdentityRemoved") != "YES":
             raise PacsError(f"{path}: not de-identified (PatientIdentityRemoved is not YES); "
                             "export it with `slidestream export-dicom`")
         instances.append(Instance(path, study, series, sop, path.stat().st_size))
