@@ -9,9 +9,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+
+if TYPE_CHECKING:
+    from support import Orthanc
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -134,3 +138,19 @@ def delete_bucket(client, bucket: str) -> None:  # type: ignore[no-untyped-def]
         client.delete_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001 - cleanup must never fail a test
         pass
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """Debian's Orthanc with DICOMweb on loopback, one per test module (tests/support.py `Orthanc`)."""
+    from support import DICOMWEB_PLUGIN, ORTHANC, Orthanc  # here: support imports this module
+
+    if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
+        reason = "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI installs them from .ci/apt-packages")
+        pytest.skip(reason)
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()

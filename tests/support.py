@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import re
 import shutil
 import signal
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import tifffile
 from conftest import REPO, S3Server, sample
 
@@ -344,3 +346,57 @@ def running_hub(store: str, endpoint: str, log: Path, lease: float = 60) -> Iter
 def final_triage(location: Location) -> dict[str, Any] | None:
     triage = location.read_json(TRIAGE)
     return triage if triage and triage["stage"] == HUB and triage["complete"] else None
+
+
+# -- a real PACS -----------------------------------------------------------------------------------------------------
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+PACS_USER, PACS_PASSWORD = "pathology", "s3cret-pacs"
+
+
+class Orthanc:
+    """Debian's Orthanc with its DICOMweb plugin, on loopback, with basic auth; stopped and started on the same storage."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.dicomweb = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.config = folder / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "slidestream-test", "HttpPort": self.port, "DicomServerEnabled": False,
+            "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
+            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {PACS_USER: PACS_PASSWORD},
+        }))
+        self.log = folder / "orthanc.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([str(ORTHANC), str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            try:
+                if self.get("/system").ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        pytest.fail(f"Orthanc did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def get(self, path: str, **headers: str) -> requests.Response:
+        return requests.get(self.root + path, auth=(PACS_USER, PACS_PASSWORD), headers=headers, timeout=30)
+
+    def instances(self) -> int:
+        """Every instance Orthanc holds, whatever its series."""
+        return int(self.get("/statistics").json()["CountInstances"])
+
+    def series_instances(self, study: str, series: str) -> list[dict[str, dict]]:  # type: ignore[type-arg]
+        """QIDO-RS: the series' instances as the PACS lists them."""
+        answer = self.get(f"/dicom-web/studies/{study}/series/{series}/instances?includefield=00480006")  # TotalPixelMatrixColumns
+        assert answer.status_code == 200, answer.text
+        return answer.json() if answer.content else []

@@ -32,7 +32,7 @@ import requests
 import shapely.geometry
 from conftest import REPO, S3Server, sample
 from dicomweb_client import DICOMwebClient
-from support import free_port, slide_version
+from support import PACS_PASSWORD, PACS_USER, Orthanc, slide_version
 from wsidicom import WsiDicom
 
 from caseformat.bounded import utc_now
@@ -50,9 +50,6 @@ WIDTH, HEIGHT = 2220, 2967  # CMU-1-Small-Region's level 0
 MPP = 0.499
 TILE = 224 * 0.5 / MPP  # level-0 pixels of a 224 px tile at the model's 0.5 um/px
 DETECTS = "colorectal adenocarcinoma epithelium"
-ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-USER, PASSWORD = "pathology", "s3cret-pacs"
 ANN_SOP_CLASS, PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1", "1.2.840.10008.5.1.4.1.1.30"
 
 
@@ -353,51 +350,18 @@ def test_the_dicom_export_is_refused_for_another_images_series(results: Results,
     assert not (tmp_path / "out").exists()
 
 
-# -- a real PACS: Debian's Orthanc with DICOMweb (tests/test_pacs.py's setup) ----------------------------------------
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Orthanc's DICOMweb root, on loopback with basic auth."""
-    if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
-        reason = "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI installs them from .ci/apt-packages")
-        pytest.skip(reason)
-    folder, port = tmp_path_factory.mktemp("orthanc"), free_port()
-    (folder / "orthanc.json").write_text(json.dumps({
-        "Name": "slidestream-test", "HttpPort": port, "DicomServerEnabled": False,
-        "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
-        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-    }))  # fmt: skip
-    with (folder / "orthanc.log").open("ab") as log:
-        process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(300):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/system", auth=(USER, PASSWORD), timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-2000:]}")
-        yield f"http://127.0.0.1:{port}/dicom-web"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def test_orthanc_takes_the_image_and_its_results_into_one_study_and_serves_them_back(
-    orthanc: str, results: Results, dicom: dict[str, Path], series: Path, tmp_path: Path,
+    orthanc: Orthanc, results: Results, dicom: dict[str, Path], series: Path, tmp_path: Path,
 ) -> None:
-    environment = {**os.environ, "SLIDESTREAM_PACS_USER": USER, "SLIDESTREAM_PACS_PASSWORD": PASSWORD}
+    environment = {**os.environ, "SLIDESTREAM_PACS_USER": PACS_USER, "SLIDESTREAM_PACS_PASSWORD": PACS_PASSWORD}
     for folder in (series, next(iter(dicom.values())).parent):
-        run = slidestream("pacs-send", folder, "--stow", orthanc, "--state-dir", tmp_path, "--json", env=environment)
+        run = slidestream("pacs-send", folder, "--stow", orthanc.dicomweb, "--state-dir", tmp_path, "--json", env=environment)
         assert run.returncode == 0, run.stderr
     sent = json.loads(run.stdout)
     assert (sent["instances"], sent["sent"], len(sent["series"])) == (2, 2, 2)
     session = requests.Session()
-    session.auth = (USER, PASSWORD)
-    client = DICOMwebClient(orthanc, session=session)
+    session.auth = (PACS_USER, PACS_PASSWORD)
+    client = DICOMwebClient(orthanc.dicomweb, session=session)
     study = level0(series).StudyInstanceUID
     assert len(client.search_for_series(study)) == 3  # the image, its annotations, its heatmap
     for path in dicom.values():

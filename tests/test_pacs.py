@@ -10,12 +10,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,85 +26,17 @@ import requests
 from conftest import REPO, sample
 from PIL import Image
 from pydicom.encaps import generate_frames
+from support import PACS_PASSWORD, PACS_USER, Orthanc, free_port
 
 from caseformat.layout import qualified_case, station_case_folder
 from slidestream.stored import open_stored_case
 
 pytestmark = pytest.mark.slow  # a send, exports, and an Orthanc started and stopped
 
-ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-USER, PASSWORD = "pathology", "s3cret-pacs"
 STATION, LOCAL = "h1", "x"
 CASE = qualified_case(STATION, LOCAL)
 SOP_INSTANCE_UID, TOTAL_COLUMNS, REFERENCED_SOP_SEQUENCE = "00080018", "00480006", "00081199"
 JPEG_BASELINE = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Orthanc:
-    """Debian's Orthanc with its DICOMweb plugin, on loopback, with basic auth; stopped and started on the same storage."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.config = folder / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "slidestream-test", "HttpPort": self.port, "DicomServerEnabled": False,
-            "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "storage"),
-            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-        }))
-        self.log = folder / "orthanc.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([str(ORTHANC), str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            try:
-                if self.get("/system").ok:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        pytest.fail(f"Orthanc did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-    def get(self, path: str, **headers: str) -> requests.Response:
-        return requests.get(self.root + path, auth=(USER, PASSWORD), headers=headers, timeout=30)
-
-    def instances(self) -> int:
-        """Every instance Orthanc holds, whatever its series."""
-        return int(self.get("/statistics").json()["CountInstances"])
-
-    def series_instances(self, study: str, series: str) -> list[dict[str, dict]]:  # type: ignore[type-arg]
-        """QIDO-RS: the series' instances as the PACS lists them."""
-        answer = self.get(f"/dicom-web/studies/{study}/series/{series}/instances?includefield={TOTAL_COLUMNS}")
-        assert answer.status_code == 200, answer.text
-        return answer.json() if answer.content else []
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
-        reason = "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI installs them from .ci/apt-packages")
-        pytest.skip(reason)
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @dataclass(frozen=True)
@@ -130,9 +60,9 @@ def case(s3_server, tmp_path_factory: pytest.TempPathFactory) -> SentCase:  # ty
 
 
 def pacs_send(source: SentCase | Path, stow: str, state: Path, *args: str,
-              password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
+              password: str = PACS_PASSWORD) -> subprocess.CompletedProcess[str]:
     """The real command line, credentials in the environment as a hospital's service would set them."""
-    environment = {**os.environ, "SLIDESTREAM_PACS_USER": USER, "SLIDESTREAM_PACS_PASSWORD": password}
+    environment = {**os.environ, "SLIDESTREAM_PACS_USER": PACS_USER, "SLIDESTREAM_PACS_PASSWORD": password}
     named = [source.url, "--endpoint-url", source.endpoint] if isinstance(source, SentCase) else [str(source)]
     return subprocess.run(
         [sys.executable, "-m", "slidestream", "pacs-send", *named, "--stow", stow, "--state-dir", str(state), "--json", *args],
@@ -308,9 +238,9 @@ def test_a_pacs_that_cannot_be_reached_is_one_line_to_try_later(case: SentCase, 
 
 
 def test_credentials_in_the_url_are_refused(case: SentCase, tmp_path: Path) -> None:
-    run = pacs_send(case, f"http://{USER}:{PASSWORD}@127.0.0.1:9/dicom-web", tmp_path)
+    run = pacs_send(case, f"http://{PACS_USER}:{PACS_PASSWORD}@127.0.0.1:9/dicom-web", tmp_path)
     assert run.returncode == 2
-    assert "holds credentials" in one_line(run) and PASSWORD not in run.stderr
+    assert "holds credentials" in one_line(run) and PACS_PASSWORD not in run.stderr
 
 
 def test_a_series_not_de_identified_is_refused(tmp_path: Path) -> None:
@@ -342,7 +272,7 @@ def test_watch_sends_a_signed_cases_slides_to_its_pacs_filed_under_the_patient_a
         "patient_id": "MRN-0042", "patient_name": "Doe, Jane", "birth_date": "1961-02-03", "sex": "F", "accession": "S26-0042",
         "specimen_site": "sigmoid colon", "clinical_question": "margin?"}))  # fmt: skip
     shutil.copy(sample("CMU-1-Small-Region.svs"), specimen / "block-A.svs")
-    environment = {**os.environ, "SLIDESTREAM_PACS_USER": USER, "SLIDESTREAM_PACS_PASSWORD": PASSWORD}
+    environment = {**os.environ, "SLIDESTREAM_PACS_USER": PACS_USER, "SLIDESTREAM_PACS_PASSWORD": PACS_PASSWORD}
 
     def watch_once() -> subprocess.CompletedProcess[str]:
         run = subprocess.run(
