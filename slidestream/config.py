@@ -9,6 +9,9 @@ names a model package, a folder or a name in the centre's models folder (`slides
 The viewer's sign-in through the centre's directory is the one table that is not a command's: `[viewer.oidc]`
 (issuer, client_id, groups = {"pathologists" = "pathologist"}, and optionally groups_claim, scopes; the client secret
 from $SLIDESTREAM_OIDC_SECRET, or client_secret here), which `serve` finds in its defaults under `OIDC_TABLE`.
+What the hospital's interface team names for its systems goes in `[watch.hl7]` (MSH-3 to MSH-6, MSH-11 and PID-3's
+assigning authority: `hospital.hl7.Routing`'s fields) and `[watch.fhir]` (the FHIR server's profile:
+`hospital.fhir.Profile`'s fields), which `watch` finds in its defaults under `HL7_TABLE` and `FHIR_TABLE`.
 Environment variables follow the pattern SLIDESTREAM_<COMMAND>_<OPTION> (e.g. SLIDESTREAM_SEND_ENDPOINT_URL); AWS
 credentials come only from the standard AWS chain (AWS_PROFILE, ~/.aws, environment, instance role), never from here.
 """
@@ -31,6 +34,8 @@ OIDC_TABLE = "viewer.oidc"  # the key of [viewer.oidc] in serve's defaults: no o
 OIDC_KEYS = {"issuer": str, "client_id": str, "client_secret": str, "groups": dict, "groups_claim": str, "scopes": str}
 OIDC_REQUIRED = ("issuer", "client_id", "groups")
 OIDC_ROLES = ("pathologist",)  # a station signs in by its own link: no directory group names its station
+WATCH = "watch"
+HL7_TABLE, FHIR_TABLE = "watch.hl7", "watch.fhir"  # keys of [watch.hl7] and [watch.fhir] in watch's defaults
 
 
 def default_config_path() -> Path:
@@ -64,6 +69,7 @@ def load_config(path: Path | None, options: dict[str, set[str]]) -> dict[str, di
     ):
         raise ConfigError(f"{path}: credentials do not belong in the slidestream config; use an AWS profile")
     directory = _directory(path, data.pop(VIEWER, None))
+    hospital = _hospital_tables(path, data.get(WATCH))
     for name, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: '{name}' must be a table like [{name}]")
@@ -79,7 +85,38 @@ def load_config(path: Path | None, options: dict[str, set[str]]) -> dict[str, di
     }
     if directory is not None and "serve" in loaded:
         loaded["serve"][OIDC_TABLE] = directory
+    if hospital and WATCH in loaded:
+        loaded[WATCH] |= hospital
     return loaded
+
+
+def _hospital_tables(path: Path, watch: object) -> dict[str, dict[str, str]]:
+    """`[watch.hl7]` and `[watch.fhir]`, taken out of the `[watch]` table and checked: the fields of
+    `hospital.hl7.Routing` and `hospital.fhir.Profile`, each a string."""
+    from dataclasses import fields
+
+    from slidestream.errors import ConfigError
+
+    if not isinstance(watch, dict):
+        return {}
+    found = {}
+    for name, key in (("hl7", HL7_TABLE), ("fhir", FHIR_TABLE)):
+        table = watch.pop(name, None)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{name}' in [watch] must be the table [watch.{name}]")
+        from hospital.fhir import Profile
+        from hospital.hl7 import Routing
+
+        valid = {field.name for field in fields(Routing if name == "hl7" else Profile)}
+        for field_name, value in table.items():
+            if field_name not in valid:
+                raise ConfigError(f"{path}: unknown key '{field_name}' in [watch.{name}]{_nearest(field_name, valid)}")
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: [watch.{name}] {field_name} must be a string")
+        found[key] = dict(table)
+    return found
 
 
 def _directory(path: Path, viewer: object) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ from typing import IO, Annotated, Any
 import typer
 from rich.console import Console
 
+from slidestream.config import FHIR_TABLE, HL7_TABLE
 from slidestream.send import CENTRE_KEYS_HELP, EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS, STATION_HELP
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
@@ -453,6 +454,7 @@ ORDERS_HELP = "Listen here for the LIS's orders (HL7 v2 OML^O21, ORM^O01 over ML
 
 
 def watch(
+    ctx: typer.Context,
     folder: Annotated[Path, typer.Argument(help="The hot folder the scanner writes into.", file_okay=False, exists=True)],
     destination: Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX; each slide goes to PREFIX/stations/STATION/CASE/slides/SLIDE/VERSION/.")],
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
@@ -554,7 +556,8 @@ def watch(
                 hot.log(resent_line(result))
 
     trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
-    systems = hospital_systems(state, lis, fhir_url, pacs and (pacs, destination, endpoint_url))
+    interfaces = ctx.default_map or {}  # the config file's [watch.hl7] and [watch.fhir]
+    systems = hospital_systems(state, lis, fhir_url, pacs and (pacs, destination, endpoint_url), interfaces.get(HL7_TABLE), interfaces.get(FHIR_TABLE))
     hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, systems)
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
                  markup=False, highlight=False)  # fmt: skip
@@ -580,16 +583,22 @@ def watch(
         raise typer.Exit(1)
 
 
-def hospital_systems(state: Path, lis: str | None, fhir_url: str | None, pacs: tuple[str, str, str | None] | None = None) -> Any:
+def hospital_systems(state: Path, lis: str | None, fhir_url: str | None, pacs: tuple[str, str, str | None] | None = None,
+                     hl7: dict[str, str] | None = None, fhir_profile: dict[str, str] | None = None) -> Any:
     """The hospital's systems the reports go to (`hospital.systems`), `pacs` as (its URL, the store, the store's
-    endpoint); a malformed endpoint is one line at start."""
+    endpoint), `hl7` and `fhir_profile` as the config file's [watch.hl7] and [watch.fhir] name them; a malformed
+    endpoint or profile is one line at start."""
     from hospital import fhir, mllp
+    from hospital.hl7 import Routing
     from hospital.systems import HospitalSystems
     from slidestream.pacs import station_images
 
     try:
+        if fhir_profile and fhir_profile.get("patient", "contained") not in ("contained", "conditional"):
+            raise fhir.FhirError("[watch.fhir] patient must be 'contained' or 'conditional'")
         return HospitalSystems(state, mllp.Endpoint.parse(lis) if lis else None,
                                fhir.Server.parse(fhir_url, os.environ.get("SLIDESTREAM_FHIR_TOKEN")) if fhir_url else None,
+                               Routing(**(hl7 or {})), fhir.Profile(**(fhir_profile or {})),  # type: ignore[arg-type]
                                images=station_images(pacs[0], pacs[1], pacs[2], state) if pacs else None)  # fmt: skip
     except (mllp.MLLPError, fhir.FhirError, ValueError) as error:
         raise typer.BadParameter(str(error)) from None
@@ -644,7 +653,8 @@ class Hospital:
         host, _, port = address.rpartition(":")
         if not port.isdigit():
             raise typer.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--orders")
-        listener = OrderListener(host or "0.0.0.0", int(port), self.register_order, Routing(), self._say).start()
+        routing = self.systems.routing if self.systems is not None else Routing()  # the ACK's MSH as [watch.hl7] names it
+        listener = OrderListener(host or "0.0.0.0", int(port), self.register_order, routing, self._say).start()
         self._say(f"listening for the LIS's orders on {host or '0.0.0.0'}:{listener.port}")
         return listener
 

@@ -39,6 +39,26 @@ def test_bad_config_files_give_one_line(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_the_hospitals_interface_tables_are_checked_in_one_line(tmp_path: Path) -> None:
+    """[watch.hl7] and [watch.fhir] take the fields the interface team names, nothing else: a mistyped key or a
+    patient mode FHIR does not know is one line naming it, before watch starts."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    cases = [('[watch.hl7]\nsending_facilty = "ST-MARY"\n', "unknown key 'sending_facilty' in [watch.hl7] (did you mean 'sending_facility'?)"),
+             ('[watch.fhir]\npatient = 3\n', "[watch.fhir] patient must be a string"),
+             ('[watch]\nhl7 = "x"\n', "'hl7' in [watch] must be the table [watch.hl7]"),
+             ('[watch.fhir]\npatient = "inline"\n', "[watch.fhir] patient must be 'contained' or 'conditional'")]
+    for number, (text, words) in enumerate(cases):
+        config = tmp_path / f"config-{number}.toml"
+        config.write_text(text)
+        result = subprocess.run([sys.executable, "-m", "slidestream", "--config", str(config), "watch", str(hot), "s3://bucket/prefix",
+                                 "--state-dir", str(tmp_path / "state"), "--once", "--fhir", "http://127.0.0.1:9/fhir"],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+        assert len(lines) == 1 or "Invalid value" in result.stderr, result.stderr
+
+
 def test_the_centre_keys_watch_and_status_trust_can_come_from_the_config_file(tmp_path: Path, s3_server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
     keys = tmp_path / "enrolment" / "centre.pem"
     config = tmp_path / "config.toml"

@@ -4,6 +4,8 @@ its messages by hand."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import stat
@@ -26,7 +28,9 @@ from caseformat.signing import SigningKey, TrustedKeys
 from hospital.hl7 import HL7Error, Order, Patient, Routing, control_id, report_message
 from hospital.mllp import OUTBOX_FILE, Endpoint, OrderListener, Outbox, exchange
 from hospital.outbox import RETRY_FIRST
+from objectstore import S3Storage
 from slidestream.registry import Registry, Specimen, new_case_id
+from viewer.cases import Cases
 
 KEY = SigningKey.generate()
 TRUSTED = TrustedKeys([KEY.public])
@@ -397,9 +401,10 @@ def test_a_report_that_cannot_be_valid_hl7_is_refused_in_a_line_that_names_no_pa
 def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_with_a_pdf_in_the_outbox(
     tmp_path: Path, s3_server: Any, s3_bucket: str, lis: ReportLIS
 ) -> None:
-    """`watch --orders --lis`: the LIS's OML^O21 registers the specimen (no identity on the store); the centre signs
-    its report; `watch` writes the text and its PDF to the outbox and sends the ORU^R01, with the order's patient in
-    PID, to the LIS once, whatever the number of polls."""
+    """`watch --orders --lis`, with the interface team's MSH routing in the config file's [watch.hl7]: the LIS's
+    OML^O21 registers the specimen (no identity in any object on the store; its context on the centre's case page);
+    the centre signs its report; `watch` writes the text and its PDF to the outbox and sends the ORU^R01, with the
+    order's patient in PID and the configured routing in MSH, to the LIS once, whatever the number of polls."""
     import subprocess
     import sys
     import time
@@ -413,7 +418,10 @@ def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_wi
     hot, state, orders = tmp_path / "hot", tmp_path / "state", free_port()
     hot.mkdir()
     store = f"s3://{s3_bucket}/alliance"
-    command = [sys.executable, "-m", "slidestream", "watch", str(hot), store, "--endpoint-url", s3_server.endpoint_url,
+    config = tmp_path / "config.toml"
+    config.write_text('[watch.hl7]\nsending_facility = "ST-MARY-OR"\nreceiving_application = "LIS"\nreceiving_facility = "ST-MARY-LAB"\n'
+                      'id_authority = "ST-MARY"\n')
+    command = [sys.executable, "-m", "slidestream", "--config", str(config), "watch", str(hot), store, "--endpoint-url", s3_server.endpoint_url,
                "--state-dir", str(state), "--station", "st-mary", "--no-edge", "--settle", "0.2",
                "--centre-keys", str(tmp_path / "centre.pem"), "--lis", f"mllp://127.0.0.1:{lis.server.server_address[1]}",
                "--orders", f"127.0.0.1:{orders}"]  # fmt: skip
@@ -438,6 +446,11 @@ def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_wi
         record = client.get_object(Bucket=s3_bucket, Key=case_json)["Body"].read().decode()
         assert "sentinel node" in record and "MRN-004711" not in record and "Müller" not in record, record
         case = case_json.split("/")[-2]
+        for key in listed:  # the order's identity stays at the hospital: in no object, whatever its kind
+            body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+            assert b"MRN-004711" not in body and "Müller".encode() not in body and "Lüdenscheidt".encode() not in body, key
+        page = asyncio.run(Cases(S3Storage(s3_bucket, "alliance", s3_server.endpoint_url), TrustedKeys([])).case_info(case))
+        assert "sentinel node" in json.dumps(page), page
         report = Report(case, 1, "malignant", "Metastatic carcinoma in the sentinel node.", Author("u00000001", "Dr Remote"),
                         utc_now(), "st-mary", slides=(SlideRead("s1", "v1"),))  # fmt: skip
         signed = report.to_json(centre)
@@ -453,6 +466,9 @@ def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_wi
     assert lis.invalid == [] and len(lis.received) == 1, lis.controls()
     pid = lis.received[0].oru_r01_patient_result.oru_r01_patient.pid
     assert (pid.pid_3.cx_1.value, pid.pid_5.xpn_1.to_er7()) == ("MRN-004711", "Müller-Lüdenscheidt")
+    msh = lis.received[0].msh
+    assert [msh.msh_4.to_er7(), msh.msh_5.to_er7(), msh.msh_6.to_er7()] == ["ST-MARY-OR", "LIS", "ST-MARY-LAB"]
+    assert pid.pid_3.cx_4.to_er7() == "ST-MARY"
     assert order_observation(lis.received[0]).obr.obr_25.value == "F"
     outbox = sorted((hot / "outbox").iterdir())
     assert [path.suffix for path in outbox] == [".pdf", ".txt"], outbox
