@@ -473,3 +473,47 @@ def test_watch_registers_the_lis_order_and_sends_its_signed_report_to_the_lis_wi
     outbox = sorted((hot / "outbox").iterdir())
     assert [path.suffix for path in outbox] == [".pdf", ".txt"], outbox
     assert outbox[0].read_bytes().startswith(b"%PDF")
+
+
+def test_a_lis_outage_across_a_restart_of_watch_loses_and_duplicates_nothing(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
+    """The LIS is down when the report is delivered: the station's outbox gets the report, the HL7 message waits in
+    the durable queue and the outage is said; watch stops and starts again (each run a process of its own) while the
+    LIS comes back: the LIS gets the message once, and later runs send nothing more."""
+    import subprocess
+    import sys
+
+    from caseformat.documents import SlideRead
+    from caseformat.layout import report_key
+    from caseformat.signing import public_pem
+
+    centre, port = SigningKey.generate(), free_port()
+    (tmp_path / "centre.pem").write_bytes(public_pem(centre.public))
+    specimen = tmp_path / "hot" / "frozen-l"
+    specimen.mkdir(parents=True)
+    (specimen / "specimen.json").write_text(json.dumps({"patient_id": "MRN-0777", "patient_name": "Rossi, Anna", "accession": "S26-0777",
+                                                        "clinical_question": "margin?"}))  # fmt: skip
+
+    def watch_once() -> str:
+        run = subprocess.run(
+            [sys.executable, "-m", "slidestream", "watch", str(tmp_path / "hot"), f"s3://{s3_bucket}/alliance", "--endpoint-url",
+             s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", "st-anne", "--no-edge", "--settle", "0.2",
+             "--centre-keys", str(tmp_path / "centre.pem"), "--lis", f"mllp://127.0.0.1:{port}", "--once"],
+            capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+        return run.stdout
+
+    [case] = re.findall(r" REGISTERED frozen-l: case (\S+),", watch_once())
+    report = Report(case, 1, "malignant", "Carcinoma at the margin.", Author("u00000001", "Dr Remote"), utc_now(), "st-anne",
+                    slides=(SlideRead("s1", "v1"),))  # fmt: skip
+    s3_server.client().put_object(Bucket=s3_bucket, Key=f"alliance/{report_key(case, 1)}", Body=report.to_json(centre))
+    down = watch_once()
+    assert "REPORT case frozen-l" in down and "stay queued" in down, down
+    lis = ReportLIS(port)
+    try:
+        back = watch_once()
+        again = watch_once()
+    finally:
+        lis.close()
+    assert "REPORT case" not in back + again, back + again
+    assert lis.invalid == [] and len(lis.received) == 1, lis.controls()
+    assert lis.received[0].oru_r01_patient_result.oru_r01_patient.pid.pid_3.cx_1.value == "MRN-0777"
