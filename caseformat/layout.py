@@ -453,3 +453,16 @@ def is_legacy(top_level_folders: Iterable[str]) -> bool:
     """Whether a store's top-level folders are those of layout 1 (`_arrivals/`, `_people/`, `_stations/` at the root):
     its cases are read only after `slidestream migrate`."""
     return bool({"_arrivals", "_people", "_stations"} & {name.strip("/") for name in top_level_folders})
+
+
+def case_folder_of(version: str) -> str | None:
+    """The case folder of a slide version's path or URL (.../{case}/slides/{slide}/{version}), where its case.json
+    lies; None for a folder that is no slide version of a case (a converted image of its own)."""
+    head, _, tail = version.rstrip("/").rpartition(f"/{SLIDES}/")
+    slide, _, name = tail.partition("/")
+    return head if head and SLIDE_PATTERN.fullmatch(slide) and VERSION_PATTERN.fullmatch(name) else None
+
+
+def notices_since(station: str, moment: str) -> str:
+    """The key of `station`'s `_notices/` to list after: every copy written at or after `moment` (ISO or stamp)."""
+    return f"{notices_folder(station)}{stamp(moment)}"

@@ -1,6 +1,6 @@
 """inference: AI triage of slides: tile-model heatmaps, a slide score and QC, computed with Dask.
 
-Edge (a slide before sending): `analyze_slide(..., AnalyzeOptions(coarse=True))` and `priority_from_heatmap`.
+Edge (a slide before sending): `analyze_slide(..., AnalyzeOptions(sample=80))` and `priority_from_heatmap`.
 Receiving side (a case on S3 while it arrives): `analyze_case` (one pass), `follow_case` (until complete).
 Many slides: `analyze_batch`. QC without the model: `qc_slide`.
 """

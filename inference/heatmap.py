@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from caseformat.errors import DocumentError
 from caseformat.layout import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
-from caseformat.results import Triage
+from caseformat.results import Routed, Triage
 from inference.model import ModelSpec
 from inference.scoring import TileResults
 from inference.store import Location
@@ -165,8 +165,11 @@ def priority_from_heatmap(heatmap: Heatmap) -> Callable[[float, float, float, fl
     return priority
 
 
-def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: float | None) -> dict[str, Any] | None:
-    """Write `{case}/heatmap.zarr` then `{case}/triage.json` (so a complete triage never points at older data).
+def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: float | None, routed: Routed | None = None,
+                  about: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Write `{case}/heatmap.zarr` then `{case}/triage.json` (so a complete triage never points at older data), the
+    latter in one PUT with what the score was held to (`routed`, `inference.routing`) and `about` in its summary (what
+    the model detects, its validation record): a reader never sees the score without them.
 
     `scale0` is the image's level-0 pixel size in micrometres (None: the image is in pixel units, as tiling writes
     images of slides without a recorded resolution), so the heatmap overlays the image in the same coordinates.
@@ -177,6 +180,7 @@ def write_results(heatmap: Heatmap, case: Location, threshold: float, scale0: fl
     if heatmap.stage == EDGE and (published := read_triage(case)) is not None and published.stage != EDGE:
         return None
     triage = heatmap.triage(threshold)
+    triage = replace(triage, routed=routed, summary={**triage.summary, **(about or {})})
     _write_heatmap(heatmap, case.child(HEATMAP), scale0, triage.summary)
     case.write_bytes(TRIAGE, triage.to_json())
     return triage.to_dict()

@@ -1,7 +1,8 @@
 """One analysis path for three situations.
 
-- edge: a slide file before it is sent; with `coarse=True` a whole-slide heatmap exists after a quarter of the
-  work, and `priority_from_heatmap` turns it into a send order for `tiling.plan_pyramid`.
+- edge: a slide file before it is sent; with `sample=N` N tissue tiles spread over the slide are scored exactly as a
+  full analysis scores them (a map on the hub's grid in seconds), and `priority_from_heatmap` turns it into a send
+  order for `tiling.plan_pyramid`. `coarse=True` (`analyze --coarse`) is coarse-to-fine over the whole slide.
 - remote / incremental: a case on S3 while it arrives; `analyze_case` scores the tissue tiles whose shards the
   manifest lists as arrived and writes a partial heatmap, `follow_case` repeats that until the upload completes.
 - batch: `inference.batch.analyze_batch` runs either of the above over many slides and cases.
@@ -22,7 +23,7 @@ from typing import Any, cast
 import numpy as np
 
 from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, IMAGE_METADATA, MANIFEST, image_key
-from caseformat.results import COMPLETE, FAILED, Manifest
+from caseformat.results import COMPLETE, FAILED, Manifest, Routed
 from inference.errors import InferenceError
 from inference.heatmap import Heatmap, load_tile_state, read_triage, write_results
 from inference.scoring import ModelRef, Runner, TileResults
@@ -40,7 +41,7 @@ from inference.sources import (
     update_corrupt,
 )
 from inference.store import Location
-from inference.tiles import TileGrid, tissue_coverage
+from inference.tiles import TileGrid, spread_sample, tissue_coverage
 from tiling.pyramid import CorruptShardError, shard_address
 
 QC_SAMPLE = 300  # tiles `qc_slide` reads: enough for a blur fraction to within a few percent
@@ -67,7 +68,10 @@ class AnalyzeOptions:
     coarse: coarse-to-fine: score tiles `coarse_factor` times wider first, then refine at full magnification
         where the coarse score reaches `refine_above`, plus a random `refine_sample` of the coarse tiles (at least
         MIN_SAMPLE of them): a check on what the coarse pass calls cold, and the tiles QC measures focus on.
-    refine: False stops after the coarse pass (the edge: a whole-slide map fast, to steer the send order).
+    refine: False stops after the coarse pass (a whole-slide map fast, at the cost of tiles the model never saw).
+    sample: score only this many tissue tiles (`analyze_slide`), spread evenly over the tissue
+        (`inference.tiles.spread_sample`), each exactly the tile a full analysis scores, the rest left unscored (NaN):
+        the edge's first map in seconds, one that means what the model means (coarse mode is then not used).
     threshold: tile score counted as "hot" (area, regions).
     min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed (low, so a small
         biopsy fragment split across tiles still gets scored).
@@ -83,6 +87,7 @@ class AnalyzeOptions:
     coarse: bool = False
     coarse_factor: int = 2
     refine: bool = True
+    sample: int | None = None
     refine_above: float = 0.2
     refine_sample: float = 0.05
     threshold: float = 0.5
@@ -117,12 +122,14 @@ def tissue_tiles(source: Source, grid: TileGrid, options: AnalyzeOptions) -> np.
 
 def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Location | None = None,
                   options: AnalyzeOptions = AnalyzeOptions(), *, runner: Runner | None = None,
-                  on_progress: Progress | None = None, on_update: Update | None = None, name: str | None = None) -> Heatmap:
+                  on_progress: Progress | None = None, on_update: Update | None = None, name: str | None = None,
+                  routed: Routed | None = None) -> Heatmap:
     """Heatmap of a slide file; with `out` (a case folder, local or s3://) also write heatmap.zarr and triage.json.
 
     `on_update` sees the heatmap after the coarse pass (coarse mode) and when it is complete. The results call the
     slide `name` (a send passes its case ID), by default the de-identified slide's own name: never the file name,
-    which may hold an accession number or the patient's name.
+    which may hold an accession number or the patient's name. `routed` is what the routing held the slide to
+    (`inference.routing`), recorded in triage.json: without it no reader shows the score.
     """
     ref = SlideRef.of(path)
     source = cast(SlideSource, open_source(ref))
@@ -131,12 +138,13 @@ def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Lo
 
     def publish(current: Heatmap) -> None:
         if location is not None:
-            write_results(current, location, options.threshold, source.mpp)
+            write_results(current, location, options.threshold, source.mpp, routed)
         if on_update is not None:
             on_update(current)
 
+    todo = heatmap.tissue.copy() if options.sample is None else spread_sample(heatmap.tissue, options.sample)
     with _runner(runner, options) as run:
-        _score(heatmap, ref, source, run, options, heatmap.tissue.copy(), options.coarse, on_progress, publish)
+        _score(heatmap, ref, source, run, options, todo, options.coarse and options.sample is None, on_progress, publish)
     heatmap.complete = True
     publish(heatmap)
     return heatmap
@@ -144,7 +152,8 @@ def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Lo
 
 def analyze_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
                  heatmap: Heatmap | None = None, runner: Runner | None = None, on_progress: Progress | None = None,
-                 endpoint_url: str | None = None, limit: int | None = None, priority: np.ndarray | None = None) -> Heatmap:
+                 endpoint_url: str | None = None, limit: int | None = None, priority: np.ndarray | None = None,
+                 routed: Routed | None = None) -> Heatmap:
     """One pass over a slide version (`image.zarr`, `manifest.json`): score what has arrived, write results.
 
     Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
@@ -155,7 +164,7 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     taken as complete; one whose send failed raises `CaseFailedError` with the reason. Coarse mode applies only to a
     complete case's first pass. `limit` scores at most that many tiles this pass, those of highest `priority` (a
     score per tile of the heatmap's grid, e.g. `edge_priority`) first. Results go to `out` (default: the case
-    itself, where the viewer looks).
+    itself, where the viewer looks), their triage.json recording `routed` (as `analyze_slide`).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
     manifest = read_manifest(case)
@@ -198,8 +207,11 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     update_corrupt(case, started_at, corrupt, whole)
     heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())  # a corrupt shard's tiles are not
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
-    write_results(heatmap, target, options.threshold, source.mpp)
+    if heatmap.complete or heatmap.scored.any():  # an incomplete map with nothing scored would hide the edge's
+        write_results(heatmap, target, options.threshold, source.mpp, routed)
     return heatmap
+
+
 
 
 def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heatmap | None:
@@ -215,7 +227,7 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
 
 
 def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
-    """The edge triage's scores (its coarse map, published beside the image before the hub's first pass) on the
+    """The edge triage's scores (its sampled map, published beside the image before the hub's first pass) on the
     grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none. It
     is read from the station's own folder (`Location.sent`): a station's map only ever orders the hub's work."""
     sent = case.sent
@@ -256,7 +268,7 @@ def check_not_failed(case: Location, manifest: Manifest | None) -> str:
 def follow_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
                 poll_seconds: float = 2.0, timeout: float | None = None, runner: Runner | None = None,
                 on_progress: Progress | None = None, on_update: Update | None = None,
-                endpoint_url: str | None = None) -> Heatmap:
+                endpoint_url: str | None = None, routed: Routed | None = None) -> Heatmap:
     """Receiving side: repeat `analyze_case` every `poll_seconds` until the manifest says the upload is complete."""
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -264,7 +276,7 @@ def follow_case(case: str | Location, out: str | Location | None = None, options
     with _runner(runner, options) as run:
         while True:
             try:
-                heatmap = analyze_case(case, out, options, heatmap=heatmap, runner=run, on_progress=on_progress)
+                heatmap = analyze_case(case, out, options, heatmap=heatmap, runner=run, on_progress=on_progress, routed=routed)
                 if on_update is not None:
                     on_update(heatmap)
                 if heatmap.complete:

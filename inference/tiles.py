@@ -82,3 +82,26 @@ def pen_ink(tiles: np.ndarray) -> np.ndarray:
     rgb = tiles[:, ::4, ::4].astype(np.int16)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     return ((green - red > 25) & (green - blue > 10)).mean(axis=(1, 2)).astype(np.float32)
+
+
+def spread_sample(tiles: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the set `tiles` (all of them when there are no more), spread evenly over them: those on a lattice of
+    every `step`-th row and column (the widest lattice still holding `count` of them), thinned evenly to `count`.
+
+    A lattice rather than a random draw: a random sample of a few dozen tiles clusters and misses whole fragments, and
+    the map of a sample should look at every part of the tissue."""
+    total = int(tiles.sum())
+    if total <= count:
+        return tiles.copy()
+    step = max(1, math.isqrt(total // count))
+    while True:
+        lattice = np.zeros_like(tiles)
+        lattice[step // 2 :: step, step // 2 :: step] = True
+        chosen = np.argwhere(tiles & lattice)
+        if len(chosen) >= count:
+            break
+        step -= 1  # the tissue is not square: a finer lattice; at step 1 it holds every tile
+    picked = chosen[np.linspace(0, len(chosen) - 1, count).round().astype(int)]
+    sample = np.zeros_like(tiles)
+    sample[tuple(picked.T)] = True
+    return sample

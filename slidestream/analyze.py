@@ -5,6 +5,7 @@ only costs its own row. torch and Dask are imported inside the command so other 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,9 +36,11 @@ def analyze(
     threshold: Annotated[float | None, typer.Option("--threshold", min=0, max=1, help="Tile score that counts as hot (area and regions); default: the model package's.")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Wait for cases that are still uploading, and finish them.")] = False,
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
-    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package). Repeat it for a routing table: the first package validated for a slide's site, stain and resolution scores it.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="The specimen site of the slide files given (e.g. \"sigmoid colon\"); a case's is its case.json's. Without it a slide file gets QC only: no validated AI for an unknown site.")] = None,
 ) -> None:
-    """Heatmap, triage score and QC for each slide or case; skips those whose results already exist."""
+    """Heatmap, triage score and QC for each slide or case the centre's models are validated for (elsewhere QC and
+    "no validated AI"); skips those whose results already exist."""
     from slides.errors import printable
     from transfer.target import parse_endpoint, parse_store_url
 
@@ -48,12 +51,13 @@ def analyze(
     import torch
 
     from inference import AnalyzeOptions, ModelRef, analyze_batch
+    from inference.routing import Routes
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
-    package = model_package(model)
-    options = AnalyzeOptions(model=ModelRef.of_package(package, device), batch=batch, threads=threads, scheduler=scheduler,
-                             coarse=coarse, coarse_factor=coarse_factor, threshold=package.threshold if threshold is None else threshold)
+    packages = [package if threshold is None else replace(package, threshold=threshold) for package in routing_table(models)]
+    options = AnalyzeOptions(model=ModelRef.of_package(packages[0], device), batch=batch, threads=threads, scheduler=scheduler,
+                             coarse=coarse, coarse_factor=coarse_factor, threshold=packages[0].threshold)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as progress:
         slides = progress.add_task("slides", total=None)
@@ -66,18 +70,24 @@ def analyze(
         def on_progress(done: int, planned: int) -> None:
             progress.update(tiles, completed=done, total=planned)
 
-        rows = analyze_batch(inputs, report, out, options, endpoint_url=endpoint_url, follow=follow,
+        rows = analyze_batch(inputs, report, out, options, routes=Routes(tuple(packages)), site=site, endpoint_url=endpoint_url, follow=follow,
                              on_item=on_item, on_progress=on_progress, on_row=lambda _: progress.advance(slides))
     stdout.print(_table(rows))
     for row in rows:
-        if row["error"]:
+        said = row["error"] or row["refused"]
+        if said:
             # named as the user named it (a slide file's case ID would not tell them which file); stderr stays here
-            line = row["error"] if row["error"].startswith(row["slide"]) else f"{row['slide']}: {row['error']}"
+            line = said if said.startswith(row["slide"]) else f"{row['slide']}: {said}"
             stderr.print(line, markup=False, highlight=False, soft_wrap=True)
     failed = sum(row["status"] == "error" for row in rows)
     stderr.print(printable(f"{len(rows)} items, {failed} failed; report: {report}"), markup=False, highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def routing_table(models: list[str] | None) -> list[ModelPackage]:
+    """The packages `--model` names, in the order they are tried (`inference.routing`); none: the default model's."""
+    return [model_package(model) for model in models] if models else [model_package(None)]
 
 
 def model_package(model: str | None) -> ModelPackage:

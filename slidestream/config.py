@@ -4,8 +4,9 @@ The config file is TOML with one table per command (`[send]`, `[watch]`, `[serve
 the commands' option names with underscores; a `[defaults]` table applies to every command that has the option.
 A table or key no command knows is an error naming it (with the nearest valid name), never silently ignored: a
 mistyped `setle = 20` would otherwise leave the default in force without a word.
-A centre's model is chosen here like any option: `[hub]` (or `[analyze]`, or `[defaults]` for both) `model = "colon-crc"`
-names a model package, a folder or a name in the centre's models folder (`slidestream models`).
+A centre's models are chosen here like any option: `[hub]` (or `[analyze]`, or `[defaults]` for both)
+`models = ["colon-crc", "skin-bcc"]` is its routing table (`--model`, repeated): model packages, each a folder or a name
+in the centre's models folder (`slidestream models`), tried in that order (`inference.routing`).
 The viewer's sign-in through the centre's directory is the one table that is not a command's: `[viewer.oidc]`
 (issuer, client_id, groups = {"pathologists" = "pathologist"}, and optionally groups_claim, scopes; the client secret
 from $SLIDESTREAM_OIDC_SECRET, or client_secret here), which `serve` finds in its defaults under `OIDC_TABLE`.

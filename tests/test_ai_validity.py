@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,17 @@ from typer.testing import CliRunner
 from viewer_support import Bucket, heatmap_objects, serving, shows_tissue, wait_on
 
 from caseformat.layout import HEATMAP, TRIAGE, SlideRef, qualified_case
-from caseformat.results import Triage
+from caseformat.results import Routed, Triage
 from caseformat.signing import TrustedKeys
 from inference import Location
 from inference.model import CAPRICORN, CAPRICORN_FILE, CAPRICORN_SHA256, default_package
 from inference.packages import covers, read_package
+from inference.routing import detect_stain
 from slides import open_slide
 from slidestream.cli import app
-from inference.routing import detect_stain
 from tiling.tissue import overview
 from viewer import S3Storage
-from viewer.cases import Cases, _triage
+from viewer.cases import UNROUTED, Cases, _triage
 
 STATION = "h7"
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,18 @@ def test_a_refused_triage_carries_no_score_and_the_viewer_says_so() -> None:
                              "qc": {"blur_fraction": 0.1, "pen_fraction": 0.0, "tiles": 10}, "tissue_tiles": 0}
     with pytest.raises(Exception, match="refused"):
         Triage.read(json.dumps({**refused.to_dict(), "refused": "x" * 201}).encode())
+
+
+def test_only_a_routed_score_is_shown_on_the_worklist_and_the_case() -> None:
+    summary = {"tiles_scored": 12, "tissue_tiles": 12, "qc": {"focus_tiles": 12, "blur_fraction": 0.0, "pen_fraction": 0.0}}
+    unrouted = Triage("h7.a/s1/v1", 0.9, "capricorn0.1", "hub", True, summary)  # written before routing, or by a station's edge
+    routed = replace(unrouted, routed=Routed("rectum", "H&E", 0.5))
+    assert _triage(Triage.read(unrouted.to_json())) == {"score": None, "stage": "hub", "final": True, "refused": UNROUTED,
+                                                        "qc": {"blur_fraction": 0.0, "pen_fraction": 0.0, "tiles": 12},
+                                                        "tissue_tiles": 12}  # fmt: skip
+    assert UNROUTED.startswith("no validated AI")
+    assert _triage(Triage.read(routed.to_json())) == {"score": 0.9, "stage": "hub", "final": True}
+    assert _triage(replace(routed, score=None, summary={"tiles_scored": 0})) is None  # routed, nothing scored yet
 
 
 def model_package(folder: Path) -> Path:
@@ -165,7 +178,7 @@ def test_the_hub_scores_only_what_its_model_was_validated_for(s3_server: S3Serve
 
 def test_the_model_is_chosen_on_the_command_line_or_in_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[hub]\nmodel = "colon-crc"\n\n[analyze]\nmodel = "lung"\n')
+    config.write_text('[hub]\nmodels = ["colon-crc", "skin-bcc"]\n\n[analyze]\nmodels = ["lung"]\n')
     env = {**os.environ, "SLIDESTREAM_MODELS": str(tmp_path / "models")}
     for command, name in ((["hub", "s3://bucket/centre", "--once"], "colon-crc"), (["analyze", str(tmp_path), "--report", str(tmp_path / "r.csv")], "lung")):
         chosen = subprocess.run([sys.executable, "-m", "slidestream", "--config", str(config), *command], capture_output=True, text=True, env=env)
@@ -188,7 +201,8 @@ def test_the_page_names_what_the_model_detects_and_shows_a_refusal_without_a_sco
             ref = SlideRef(case)
             summary = ({"tissue_tiles": 73, "qc": {"focus_tiles": 73, "blur_fraction": 0.04, "pen_fraction": 0.0}} if refused else
                        {"tissue_tiles": 73, "tiles_scored": 73, "detects": DETECTS, "validation": validation})  # fmt: skip
-            triage = Triage(ref.label, None if refused else 0.62, "capricorn0.1", "hub", True, summary, "", refused)
+            routed = None if refused else Routed("sigmoid colon", "H&E", 0.499)
+            triage = Triage(ref.label, None if refused else 0.62, "capricorn0.1", "hub", True, summary, "", refused, routed)
             bucket.put(ref.centre_key(TRIAGE), triage.to_json())
             # the skin slide's only map is its station's edge map, made by the same model outside its use: never shown
             for key, data in heatmap_objects(heat, 2220, 0.499).items():

@@ -1,10 +1,11 @@
-"""`slidestream analyze` over every sample, bad files and an S3 case (heatmaps of every sample that suits the model,
-TCGA-CR-7395 among them, coarse-to-fine); resuming; and `slidestream info --qc`."""
+"""`slidestream analyze` over every sample, bad files and an S3 case (heatmaps of the samples the model is validated
+for, coarse-to-fine; QC and "no validated AI" for the others); resuming; and `slidestream info --qc`."""
 
 from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from ome_zarr.reader import Reader
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from caseformat.documents import CaseRecord
+from caseformat.layout import CASE_RECORD, case_key
 from inference import AnalyzeOptions
 from inference.pipeline import plan_heatmap
 from inference.sources import SlideRef, open_source
@@ -27,15 +30,27 @@ from transfer import content_id, target
 pytestmark = pytest.mark.slow  # the real model on slides
 
 BAD = ["broken.svs", "synthetic-unreadable.svs"]
-# 17-29 um/px, and a TIFF whose resolution tags say 72 dpi (353 um/px), against the model's 0.5 um/px
-TOO_COARSE = ["camelyon-lymphnode.dcm", "wsi2dcm-jpeg.dcm", "wsi2dcm-jpeg2000.dcm", "synthetic-boxes.tiff"]
-S3_CASE = "h1.case-from-s3"  # station h1's case
+SITE = "colon"  # what the batch says the slide files are: a site the model is validated for
+# why the model may not score the other samples, colorectal though they be said to be: their stain (told from the
+# overview, never assumed) or resolution is outside its intended use (H&E at 0.4-0.6 um/px)
+NOT_VALIDATED = {
+    "TCGA-CR-7395-jp2k.svs": "no validated AI: the slide's resolution is not known",
+    "ndpi-fluorescence-DAPI.ndpi": "no validated AI for fluorescence",
+    "camelyon-lymphnode.dcm": "no validated AI at 28.9685 um/px (capricorn0.1 is validated for 0.4-0.6 um/px)",
+    "wsi2dcm-jpeg.dcm": "no validated AI: the stain is not known",  # 17 um/px: too coarse to tell, and to score
+    "wsi2dcm-jpeg2000.dcm": "no validated AI: the stain is not known",
+    "synthetic-boxes.tiff": "no validated AI: the stain is not known",  # coloured boxes; 353 um/px
+    "kidney-ihc-strip.tif": "no validated AI: the stain is not known",
+}
+S3_CASE = "h1.case-from-s3"  # station h1's case, registered as colorectal
 
 
 def upload_case(server: S3Server, bucket: str, name: str) -> str:
-    """CMU-1-Small-Region converted and uploaded as a finished case, its one slide at
+    """CMU-1-Small-Region converted and uploaded as a finished case of the sigmoid colon, its one slide at
     s3://bucket/cases/stations/{station}/{name}/slides/s1/v1/."""
     client = server.client()
+    record = CaseRecord(name, datetime.now(UTC).isoformat(), name.split(".")[0], (("specimen_site", "sigmoid colon"),))
+    client.put_object(Bucket=bucket, Key=f"cases/{case_key(name, CASE_RECORD)}", Body=record.to_json())
     with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
         plan = plan_pyramid(slide, ConvertOptions())
         shards = []
@@ -54,7 +69,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> tupl
     inputs = [str(sample(name)) for name in ALL_SAMPLES + BAD] + [prefix]
     work = tmp_path_factory.mktemp("batch")
     args = ["analyze", *inputs, "--report", str(work / "report.csv"), "--out", str(work / "out"), "--coarse",
-            "--endpoint-url", s3_server.endpoint_url]
+            "--endpoint-url", s3_server.endpoint_url, "--site", SITE]
     first = CliRunner().invoke(app, args)
     return args, work / "report.csv", work / "out", first
 
@@ -74,10 +89,14 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
     for name in BAD:
         row = found[Path(name).stem]
         assert row["status"] == "error" and name in row["error"] and "\n" not in row["error"]
-    for name in TOO_COARSE:
-        assert found[Path(name).stem]["status"] == "error" and "too coarse" in found[Path(name).stem]["error"]
+    for name, why in NOT_VALIDATED.items():
+        row = found[Path(name).stem]
+        assert (row["status"], row["refused"], row["score"], row["error"]) == ("no validated AI", why, "", ""), row
+        triage = json.loads((out / row["case"] / "triage.json").read_text())
+        assert triage["refused"] == why and triage["score"] is None and "routed" not in triage
+        assert not (out / row["case"] / "heatmap.zarr").exists(), f"{name}: a slide no model may score has no heatmap"
     analysed = [case for case, row in found.items() if row["status"] == "ok"]
-    assert sorted(analysed) == sorted({Path(n).stem for n in ALL_SAMPLES if n not in TOO_COARSE} | {S3_CASE})
+    assert sorted(analysed) == sorted({Path(n).stem for n in ALL_SAMPLES if n not in NOT_VALIDATED} | {S3_CASE})
     for case in analysed:
         row = found[case]
         assert 0 <= float(row["score"]) <= float(row["max"]) <= 1 and int(row["tiles_scored"]) > 0
@@ -86,13 +105,14 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
             assert row["case"] == content_id(Path(row["slide"]))  # named by a pseudonym of its content, never by the file
         triage = json.loads((out / row["case"] / "triage.json").read_text())
         assert triage["complete"] is True and triage["score"] == pytest.approx(float(row["score"]), abs=1e-4)
+        assert triage["routed"]["stain"] == "H&E" and triage["routed"]["site"] == ("sigmoid colon" if case == S3_CASE else SITE)
         # a valid OME-Zarr on the slide's tile grid, zero on background
         image = np.asarray(list(Reader(parse_url(str(out / row["case"] / "heatmap.zarr")))())[0].data[0])[0]
         slide = sample("CMU-1-Small-Region.svs" if case == S3_CASE else row["slide"])
         expected = plan_heatmap(open_source(SlideRef.of(slide)), AnalyzeOptions())
         assert image.shape == expected.grid.shape and (image[~expected.tissue] == 0).all()
         assert abs(int(image.max()) - float(row["max"]) * 255) <= 1
-    assert json.loads((out / found["TCGA-CR-7395-jp2k"]["case"] / "triage.json").read_text())["summary"]["mpp_assumed"] is True
+    assert json.loads((out / found["TCGA-CR-7395-jp2k"]["case"] / "triage.json").read_text())["summary"]["mpp_assumed"] is True  # QC's
     for case in ("CMU-1-Small-Region", "TCGA-CR-7395-jp2k", S3_CASE):
         assert found[case]["blur_fraction"] == "0.0"  # sharp scans
     assert found["ndpi-fluorescence-DAPI"]["blur_fraction"] == ""  # dark-field: focus is not judged
@@ -110,6 +130,8 @@ def test_rerun_skips_finished_slides(batch) -> None:  # type: ignore[no-untyped-
     for case, row in after.items():
         if before[case]["status"] == "ok":
             assert row["status"] == "skipped" and row["score"] == before[case]["score"]
+        elif before[case]["status"] == "no validated AI":
+            assert row["status"] == "no validated AI" and row["refused"] == before[case]["refused"]
         else:
             assert row["status"] == "error" and row["error"] == before[case]["error"]
 

@@ -24,6 +24,7 @@ from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 from ome_zarr_models.v05.labels import Labels
 from reader.upstream_jpeg import UpstreamJpeg
+from support import colorectal_context
 from typer.testing import CliRunner
 
 from caseformat.layout import HEATMAP, IMAGE, SlideRef
@@ -150,7 +151,8 @@ def test_the_label_levels_agree_with_each_other(converted) -> None:  # type: ign
 
 def test_local_analyze_heatmap_validates(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["analyze", str(sample("CMU-1-Small-Region.svs")), "--report", str(tmp_path / "r.csv"), "--out", str(out), "--coarse"])
+    result = CliRunner().invoke(app, ["analyze", str(sample("CMU-1-Small-Region.svs")), "--report", str(tmp_path / "r.csv"), "--out", str(out), "--coarse",
+                                      "--site", "colon"])  # fmt: skip
     assert result.exit_code == 0, result.output
     (heatmap,) = out.glob("*/heatmap.zarr")
     validate_heatmap(zarr.open_group(heatmap, mode="r"))
@@ -160,7 +162,7 @@ def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucke
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{s3_bucket}/cases",
          "--endpoint-url", s3_server.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", "h1", "--no-edge",
-         "--json"],
+         "--json", "--context-file", str(colorectal_context())],  # a site the model is validated for: analyze maps it
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

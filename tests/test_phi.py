@@ -29,6 +29,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import REPO, sample
+from support import colorectal_context
 from viewer_support import serving
 
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
@@ -275,10 +276,11 @@ def test_malformed_jpeg_segments_are_a_one_line_error(tmp_path: Path) -> None:
 def test_send_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for slide in slides.values():
         slidestream("send", slide, f"s3://{s3_bucket}/frozen", "--endpoint-url", s3_server.endpoint_url, "--edge",
-                    "--station", STATION, "--state-dir", tmp_path / "state")
+                    "--station", STATION, "--state-dir", tmp_path / "state", "--context-file", colorectal_context())
     objects = bucket_objects(s3_server, s3_bucket)
     keys = [key for key, _ in objects]
-    assert sum(key.endswith("triage.json") for key in keys) == 1, keys  # the SVS was triaged (the DICOM is too coarse)
+    assert sum(key.endswith("triage.json") for key in keys) == 2, keys  # the SVS's map, the DICOM's refusal (too coarse)
+    assert sum(key.endswith("heatmap.zarr/zarr.json") for key in keys) == 1, keys
     assert sum(key.endswith("manifest.json") for key in keys) == 2, keys
     assert any("/image.zarr/0/c/" in key for key in keys), "level-0 shards (the pass-through tiles) were sent"
     assert leaks(objects) == []
@@ -289,9 +291,10 @@ def test_send_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: d
 
 def test_watch_with_edge_triage_leaves_no_identifying_byte_on_the_store(slides: dict[str, Path], s3_server, s3_bucket: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hot = tmp_path / "hot"
-    hot.mkdir()
+    (hot / "colon").mkdir(parents=True)  # a colorectal specimen, so its SVS is triaged with a map
+    (hot / "colon" / "specimen.json").write_text('{"specimen_site": "sigmoid colon"}')
     for slide in slides.values():
-        shutil.copy(slide, hot / slide.name)
+        shutil.copy(slide, hot / "colon" / slide.name)
     slidestream("watch", hot, f"s3://{s3_bucket}/site-a", "--endpoint-url", s3_server.endpoint_url, "--once",
                 "--settle", "0.5", "--station", STATION, "--state-dir", tmp_path / "state")
     objects = bucket_objects(s3_server, s3_bucket)
@@ -311,7 +314,8 @@ def test_analyze_of_a_slide_file_names_its_results_by_its_content_id_and_leaks_n
     slidestream("send", slides["svs"], store, "--endpoint-url", s3_server.endpoint_url, "--no-edge", "--station", STATION,
                 "--state-dir", tmp_path / "state")
     report = tmp_path / "report.csv"
-    slidestream("analyze", slides["svs"], "--out", store, "--coarse", "--report", report, "--endpoint-url", s3_server.endpoint_url)
+    slidestream("analyze", slides["svs"], "--out", store, "--coarse", "--report", report, "--endpoint-url", s3_server.endpoint_url,
+                "--site", "colon")
     with report.open(newline="") as handle:
         (row,) = csv.DictReader(handle)
     objects = bucket_objects(s3_server, s3_bucket)

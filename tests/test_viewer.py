@@ -42,6 +42,7 @@ from viewer_support import (
     pyramid,
     serving,
     shards,
+    triage_json,
     write_local,
 )
 
@@ -51,6 +52,7 @@ from caseformat.layout import (
     HEATMAP,
     IMAGE,
     MANIFEST,
+    TRIAGE,
     SlideRef,
     case_key,
     image_key,
@@ -405,6 +407,7 @@ def test_a_float_heatmap_with_unanalysed_cells(tmp_path: Path) -> None:
     values[0, 0] = 0.75
     for key, data in heatmap_objects(values, 2220, 0.499).items():
         write_local(tmp_path, ref.centre_key(f"{HEATMAP}/{key}"), data)
+    write_local(tmp_path, ref.centre_key(TRIAGE), triage_json(ref, 0.75))  # a map is drawn only beside its routed score
     with serving(LocalStorage(tmp_path)) as served:
         tile = np.asarray(Image.open(io.BytesIO(served.get("/api/cases/h1.f/slides/s1/v1/heatmap/2/0/0.png", served.token("h1.f")).content)))
     assert tuple(tile[5, 5]) == tuple(LUT[round(0.75 * 255)])  # 0.75: viridis' green

@@ -37,7 +37,7 @@ from support import wait_for
 
 from caseformat.documents import PATHOLOGIST, STATION, CaseRecord
 from caseformat.layout import CASE_RECORD, HUB, MANIFEST, TRIAGE, SlideRef, case_key, image_key, station_of
-from caseformat.results import Triage
+from caseformat.results import Routed, Triage
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
 from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
@@ -58,6 +58,7 @@ CENTRE_KEY = SigningKey.load_or_create(KEY_DIR)
 TRUSTED = TrustedKeys.load(KEY_DIR / PUBLIC_KEYS_FILE)
 EMPTY = 2**64 - 1
 MODEL = "test-model"  # what the triage documents the tests write name as their model
+ROUTED = Routed("sigmoid colon", "H&E", 0.499)  # what their scores were held to: inside the model's use (readers show them)
 
 
 # -- making cases ----------------------------------------------------------------------------------------------
@@ -142,8 +143,9 @@ class Bucket:
 
 
 def triage_json(ref: SlideRef, score: float, stage: str = HUB, complete: bool = True) -> bytes:
-    """A triage.json of `stage` (the hub's, `analyze`'s, or the edge's coarse map) as inference/ writes it."""
-    return Triage(ref.label, score, MODEL, stage, complete, {"tiles_scored": 1, "tissue_tiles": 1}).to_json()
+    """A triage.json of `stage` (the hub's, `analyze`'s, or the edge's coarse map) as inference/ writes it for a routed
+    slide."""
+    return Triage(ref.label, score, MODEL, stage, complete, {"tiles_scored": 1, "tissue_tiles": 1}, routed=ROUTED).to_json()
 
 
 def heatmap_objects(values: np.ndarray, slide_width: int, mpp: float) -> dict[str, bytes]:
@@ -291,7 +293,8 @@ SPEC = ModelSpec(name="test-model", input_size=224, mpp=0.5, class_names=("norma
 
 
 def inference_heatmap(scores: np.ndarray, complete: bool, stage: str = HUB, threshold: float = 0.5) -> tuple[dict[str, bytes], dict]:
-    """heatmap.zarr's objects and triage.json as inference writes them for per-cell `scores` (NaN = not scored)."""
+    """heatmap.zarr's objects and triage.json as inference writes them for per-cell `scores` (NaN = not scored) of a
+    routed slide."""
     grid = TileGrid(CELL, *SLIDE_SIZE)
     assert grid.shape == scores.shape
     heatmap = Heatmap(grid, np.ones(grid.shape, bool), SPEC, MPP, False, "test")
@@ -303,7 +306,7 @@ def inference_heatmap(scores: np.ndarray, complete: bool, stage: str = HUB, thre
         root = Path(folder) / "heatmap.zarr"
         objects = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
     assert triage is not None
-    return objects, triage
+    return objects, {**triage, "routed": ROUTED.to_dict()}
 
 
 # -- the browser -----------------------------------------------------------------------------------------------

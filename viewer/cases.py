@@ -15,7 +15,7 @@ import asyncio
 import io
 import re
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,6 +85,7 @@ TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held 
 LIVE_TTL = 1.0  # seconds a manifest may be stale: how quickly a page sees new arrivals
 SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 UNREADABLE = "unreadable"  # the state of a slide or case whose document is malformed
+UNROUTED = "no validated AI: this result was not held to a model's intended use"  # a triage without `routed`
 T = TypeVar("T")
 JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
@@ -280,12 +281,15 @@ class Cases:
 
     # -- heatmap ---------------------------------------------------------------------------------------------
     async def heatmap(self, root: str) -> Heatmap | None:
-        """The current heatmap, or None until inference has written one, or when the centre's triage refused the slide
-        (no validated AI for it: an edge map made by the same model outside its use is not shown either)."""
+        """The map of the triage shown (`triage`: the centre's, or the station's edge map), only where that triage's
+        score may be shown (`Triage.valid_score`): None until then, and for a slide no validated model covers or a
+        result that was not routed (an edge map made by a model outside its use is never drawn)."""
         triage = await _readable(self.triage(root))
-        if isinstance(triage, Triage) and triage.refused is not None:
+        if not isinstance(triage, Triage) or triage.valid_score is None:
             return None
-        found = await self._heatmap_versions.get(root, lambda: self._heatmap_version(root))
+        ref = SlideRef.parse(root)
+        folder = ref.key(HEATMAP) if triage.stage == EDGE else ref.centre_key(HEATMAP)
+        found = await self._heatmap_versions.get(folder, lambda: self._heatmap_version(folder))
         if found is None:
             return None
         folder, version = found
@@ -309,17 +313,13 @@ class Cases:
             raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index}")
         return await asyncio.to_thread(render_tile, heatmap, image, level, row, col), heatmap.version
 
-    async def _heatmap_version(self, root: str) -> tuple[str, str] | None:
-        """(folder, version) of the map to show: the centre's, else the station's edge map (as `triage` reads)."""
-        ref = SlideRef.parse(root)
-        for folder in (ref.centre_key(HEATMAP), ref.key(HEATMAP)):
-            try:
-                objects = await self.storage.list(folder)
-            except ObjectNotFoundError:
-                continue
-            if objects:
-                return folder, version_of(objects)
-        return None
+    async def _heatmap_version(self, folder: str) -> tuple[str, str] | None:
+        """(folder, version) of the map in `folder`; None while it holds none."""
+        try:
+            objects = await self.storage.list(folder)
+        except ObjectNotFoundError:
+            return None
+        return (folder, version_of(objects)) if objects else None
 
     # -- what a page polls, and the worklist -----------------------------------------------------------------
     async def status(self, root: str) -> dict[str, Any]:
@@ -431,9 +431,23 @@ class Cases:
 
         A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
         Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
-        from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last."""
-        cases = await case_ids(self.storage)
+        from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last.
+
+        Every case's documents are read at every call (about eight requests a case): `viewer.worklist.OpenCases`
+        keeps the list in memory instead and reads only what changed."""
         limit = asyncio.Semaphore(16)
+        entries = await asyncio.gather(*(self.worklist_entry(case, limit) for case in await case_ids(self.storage)))
+        return by_urgency(entries, now or datetime.now(UTC))
+
+    def forget_case(self, case: str) -> None:
+        """Drop what is cached of the case's own documents (registration, report, slides, unsent records): news of
+        it (viewer/worklist.py) is read from the store, not from the seconds before."""
+        for cache in (self._registrations, self._reports, self._slides, self._unsent):
+            cache.forget(case)
+
+    async def worklist_entry(self, case: str, limit: asyncio.Semaphore) -> dict[str, Any]:
+        """The case's row of the worklist, from its registration, report, slides (manifest and triage) and unsent
+        records; `limit` bounds the reads in flight."""
 
         async def slide_entry(ref: SlideRef) -> dict[str, Any]:
             async with limit:
@@ -457,68 +471,61 @@ class Cases:
                 "started_at": manifest.get("started_at"),
             }
 
-        async def entry(case: str) -> dict[str, Any]:
-            async with limit:
-                registration, signed_at, slides, unsent = await asyncio.gather(
-                    _readable(self.registration(case)), self.signed_at(case), self.slides(case), self.unsent(case)
-                )
-            entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
-            unreadable = registration if isinstance(registration, str) else None
-            registration = None if isinstance(registration, str) else registration
-            context = dict(registration.context) if registration else {}
-            states = {e["state"] for e in entries if e["state"] != UNREADABLE} or ({UNREADABLE} if entries else set())
-            scored = [e["triage"] for e in entries if e["triage"]]
-            failed = [e["failed"] for e in entries if e["failed"]]
-            missing = _missing(entries, unsent)
-            if not entries and missing:  # nothing that can still arrive: failed, never "arriving" for ever
-                states, failed = {"failed"}, [missing]
-            state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
-                     else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
-            triage = max(scored, key=lambda t: -1.0 if t["score"] is None else t["score"]) if scored else None  # a refusal: no score
-            return {
-                "case": case,
-                "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
-                "hospital": context.get("hospital") or (registration.station if registration else None),
-                "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
-                "triage": triage,
-                "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
-                "slides": entries,
-                "planned": sum(e["planned"] for e in entries),
-                "arrived": sum(e["arrived"] for e in entries),
-                "state": state,
-                "failed": failed[0] if state == "failed" else None,
-                "missing": missing,
-                "complete": state == "complete",
-                "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
-                "reported_at": signed_at,
-            }
-
-        entries = await asyncio.gather(*(entry(case) for case in cases))
-        now = now or datetime.now(UTC)
-
-        def urgency(e: dict[str, Any]) -> tuple[Any, ...]:
-            started = _parse_time(e["started_at"])
-            minutes_left = (started + TURNAROUND - now) // timedelta(minutes=1) if started else 0
-            score = (e["triage"] or {}).get("score")
-            return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
-
-        return sorted(entries, key=urgency)
+        async with limit:
+            registration, signed_at, slides, unsent = await asyncio.gather(
+                _readable(self.registration(case)), self.signed_at(case), self.slides(case), self.unsent(case)
+            )
+        entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
+        unreadable = registration if isinstance(registration, str) else None
+        registration = None if isinstance(registration, str) else registration
+        context = dict(registration.context) if registration else {}
+        states = {e["state"] for e in entries if e["state"] != UNREADABLE} or ({UNREADABLE} if entries else set())
+        scored = [e["triage"] for e in entries if e["triage"]]
+        failed = [e["failed"] for e in entries if e["failed"]]
+        missing = _missing(entries, unsent)
+        if not entries and missing:  # nothing that can still arrive: failed, never "arriving" for ever
+            states, failed = {"failed"}, [missing]
+        state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
+                 else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
+        triage = max(scored, key=lambda t: -1.0 if t["score"] is None else t["score"]) if scored else None  # a refusal: no score
+        return {
+            "case": case,
+            "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
+            "hospital": context.get("hospital") or (registration.station if registration else None),
+            "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
+            "triage": triage,
+            "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
+            "slides": entries,
+            "planned": sum(e["planned"] for e in entries),
+            "arrived": sum(e["arrived"] for e in entries),
+            "state": state,
+            "failed": failed[0] if state == "failed" else None,
+            "missing": missing,
+            "complete": state == "complete",
+            "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
+            "reported_at": signed_at,
+        }
 
     # -- sidecars and the report -----------------------------------------------------------------------------
     async def triage(self, root: str) -> Triage | None:
         """The slide version's result: the centre's triage.json (the hub's or `analyze`'s), else the station's edge
         triage, read as the edge's whatever it says (a station cannot make its map final); `DocumentError` when
-        malformed."""
+        malformed. A centre's triage with no tile scored yet and no refusal (the hub's first pass) gives way to the
+        edge's, so an empty map never hides a routed one."""
         ref = SlideRef.parse(root)
 
+        async def read_one(key: str) -> Triage | None:
+            try:
+                return Triage.read(await self.storage.get(key), key)
+            except ObjectNotFoundError:
+                return None
+
         async def read() -> Triage | None:
-            for key, own in ((ref.centre_key(TRIAGE), False), (ref.key(TRIAGE), True)):
-                try:
-                    triage = Triage.read(await self.storage.get(key), key)
-                except ObjectNotFoundError:
-                    continue
-                return replace(triage, stage=EDGE, complete=False) if own else triage
-            return None
+            centre = await read_one(ref.centre_key(TRIAGE))
+            if centre is not None and (centre.refused is not None or centre.tiles_scored > 0):
+                return centre
+            edge = await read_one(ref.key(TRIAGE))
+            return centre if edge is None else replace(edge, stage=EDGE, complete=False)
 
         return await self._sidecars.get(root, read)
 
@@ -596,6 +603,18 @@ async def case_ids(storage: Storage) -> list[str]:
             if is_case(case) and station_of(case) == station]  # fmt: skip
 
 
+def by_urgency(entries: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Worklist rows most urgent first (`Cases.worklist`); worklist.js sorts merged rows by the same rule."""
+
+    def urgency(e: dict[str, Any]) -> tuple[Any, ...]:
+        started = _parse_time(e["started_at"])
+        minutes_left = (started + TURNAROUND - now) // timedelta(minutes=1) if started else 0
+        score = (e["triage"] or {}).get("score")
+        return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
+
+    return sorted(entries, key=urgency)
+
+
 async def _readable(reading: Awaitable[T]) -> T | str:
     """What `reading` gives, or "unreadable: reason" for a malformed document: it costs its own row, no more."""
     try:
@@ -615,26 +634,30 @@ def _parse_time(text: Any) -> datetime | None:
 
 def _triage(triage: Triage | None) -> dict[str, Any] | None:
     """Score, what produced it and whether it is final: an edge triage's coarse map never is (`inference.heatmap`).
-    With the model's words when the triage names them: what it detects and its validation record in one line; a
-    refused slide ("no validated AI for skin") has no score, only its QC."""
-    if triage is None or triage.score is None and triage.refused is None:
+    With the model's words when the triage names them: what it detects and its validation record in one line. The
+    score is only `Triage.valid_score`: a refused slide ("no validated AI for skin") and a score that was never
+    routed (an old triage, an edge's made before routing) show the words "no validated AI" and QC, never a number."""
+    if triage is None:
         return None
-    about = {key: triage.summary[key] for key in ("detects", "validation") if triage.summary.get(key)}
-    if triage.refused is not None:
-        return {"score": None, "stage": triage.stage, "final": triage.final(), "refused": triage.refused,
-                "qc": _qc(triage), "tissue_tiles": triage.tissue_tiles}
-    return {"score": triage.score, "stage": triage.stage, "final": triage.final(), **about}
+    if triage.valid_score is not None:
+        about = {key: triage.summary[key] for key in ("detects", "validation") if triage.summary.get(key)}
+        return {"score": triage.valid_score, "stage": triage.stage, "final": triage.final(), **about}
+    if triage.refused is None and (triage.routed is not None or triage.score is None and not triage.tiles_scored):
+        return None  # routed, nothing scored yet
+    return {"score": None, "stage": triage.stage, "final": triage.final(), "refused": triage.refused or UNROUTED,
+            "qc": _qc(triage), "tissue_tiles": triage.tissue_tiles}
 
 
 def _qc(triage: Triage) -> dict[str, float | None]:
-    """A refused slide's QC, as `Triage.read` checked it: blurry and pen-marked fractions of the tiles measured."""
+    """The QC shown in place of a score, as `Triage.read` checked it: blurry and pen-marked fractions of the tiles
+    measured."""
     qc = triage.summary.get("qc") or {}
     return {"blur_fraction": qc.get("blur_fraction"), "pen_fraction": qc.get("pen_fraction"), "tiles": qc.get("focus_tiles")}
 
 
 def _regions(triage: Triage | None) -> list[dict[str, float]]:
-    """triage.json's top regions (level-0 boxes, hottest first); the page jumps to them."""
-    regions = (triage.summary.get("top_regions") if triage else None) or []
+    """triage.json's top regions (level-0 boxes, hottest first), where its score may be shown; the page jumps to them."""
+    regions = (triage.summary.get("top_regions") if triage and triage.valid_score is not None else None) or []
     return [{key: float(region[key]) for key in ("x", "y", "width", "height", "score")} for region in regions]
 
 
