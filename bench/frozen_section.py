@@ -18,9 +18,10 @@ bench/make_large_slide.py), in one run per link:
                (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores), and
                when the image is complete: the hub has built the in-between levels the send leaves out (pyramid.json).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
-notes when the overview, the triage heatmap (triage.json) and all level-0 tissue became readable there, and how many
-bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP stream through the same emulated
-link (the best any protocol on top can do), so link use is reported against the nominal rate and that capacity.
+notes when the overview, the triage heatmap (triage.json, once a tile is scored) and all level-0 tissue became
+readable there, and how many bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP
+stream through the same emulated link (the best any protocol on top can do), so link use is reported against the
+nominal rate and that capacity.
 
     python bench/frozen_section.py                       # derived-large.svs over 5g and 4g, moto server
     eval "$(.ci/s3-server start)"                        # or Ceph RGW (keep-alive, like AWS): the README's figures
@@ -54,6 +55,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+
+from caseformat.results import Triage
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -97,6 +100,16 @@ def centre_root(bucket: str, case: str, prefix: str = "cases") -> str:
     return destination.key(destination.ref.centre_root) + "/"
 
 
+def read_triage(client: Any, bucket: str, key: str) -> tuple[str | None, Triage | None]:
+    """The triage.json at `key` and its ETag, (None, None) while there is none, read as every reader does: a map is
+    readable once it shows a scored tile (`Triage.tiles_scored`), never while it says "0 of N tiles"."""
+    try:
+        answer = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        return None, None
+    return answer["ETag"], Triage.read(answer["Body"].read())
+
+
 def poll(endpoint: str, bucket: str, case: str | None, started: float, found: dict[str, Any], stop: threading.Event, edge: bool,
          prefix: str = "cases") -> None:
     """Milestones as the server shows them; `case` None: the first case the station's `_arrivals/` index names (a
@@ -125,12 +138,10 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
                 if name not in found and manifest["milestones"].get(key) is not None:
                     found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
         if "heatmap" not in found and edge and "overview" in found:  # edge triage starts after the overview
-            try:
-                client.head_object(Bucket=bucket, Key=f"{root}triage.json")
+            _, triage = read_triage(client, bucket, f"{root}triage.json")
+            if triage is not None and triage.tiles_scored > 0:
                 found["heatmap"] = now
                 found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
-            except client.exceptions.ClientError:
-                pass
         time.sleep(0.25 if "overview" in found else 0.02)  # each look costs ~3 ms of CPU, which the send shares
 
 
@@ -141,7 +152,8 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
     The hottest region is the top region of the hub's last map (the final one once complete): its tiles at or above
     the threshold, not its box's corners. Each map the hub publishes is kept as the set of tiles it measured, so
     the time the region was first covered is known once the region is (an edge map, which the hub's first
-    publication replaces within a poll, cannot be relied on to be seen)."""
+    publication replaces within a poll, cannot be relied on to be seen). A slide the model may not score gets the
+    hub's refusal (QC only) instead of a map: noted as `hub_refused`, and the watch ends there."""
     import numpy as np
     import zarr
 
@@ -150,47 +162,50 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
     client = s3(endpoint)
     heatmap = Location(f"s3://{bucket}/{root}heatmap.zarr", endpoint)
     measured: list[tuple[float, Any]] = []  # (seconds, tiles measured) of each hub map published
-    last_triage: dict[str, Any] = {}
+    last_triage: Triage | None = None
     last_state: Any = None
     last = None
-    while not stop.is_set() and not {"hub_complete", "pyramid_complete"} <= found.keys():
+    while not stop.is_set() and not hub_finished(found):
         if "pyramid_complete" not in found:  # the in-between levels, built at the hub: the image is complete
             try:
                 if json.loads(client.get_object(Bucket=bucket, Key=f"{root}pyramid.json")["Body"].read()).get("complete"):
                     found["pyramid_complete"] = time.monotonic() - started
             except client.exceptions.NoSuchKey:
                 pass
-        try:
-            answer = client.get_object(Bucket=bucket, Key=f"{root}triage.json")
-            tag, triage = answer["ETag"], json.loads(answer["Body"].read())
-        except client.exceptions.NoSuchKey:
-            tag, triage = None, {}
-        if tag != last and triage.get("stage") == "hub":
+        tag, triage = read_triage(client, bucket, f"{root}triage.json")
+        if tag != last and triage is not None and triage.stage == "hub":
             last = tag
             now = time.monotonic() - started
             try:
                 state = np.asarray(zarr.open_group(heatmap.zarr_store(), mode="r")["tile_state"][:])
             except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
                 state = None
-            if triage.get("summary", {}).get("tiles_scored"):  # a map of "0 of N tiles" shows nothing yet
+            if triage.tiles_scored > 0:  # a map of "0 of N tiles" shows nothing yet
                 found.setdefault("hub_first", now)
             if state is not None:
                 measured.append((now, state[3] == 1))
                 last_triage, last_state = triage, state
-            if triage.get("complete"):
+            if triage.refused is not None and triage.complete:
+                found["hub_refused"] = triage.refused
+            elif triage.complete:
                 found["hub_complete"] = now
-            found["hub_tiles"] = triage.get("summary", {}).get("tiles_scored")
-            found["hub_tissue_tiles"] = triage.get("summary", {}).get("tissue_tiles")
+            found["hub_tiles"], found["hub_tissue_tiles"] = triage.tiles_scored, triage.tissue_tiles
         time.sleep(0.5)
-    regions = last_triage.get("summary", {}).get("top_regions") or []
-    if regions and last_state is not None:
-        tile, box = last_triage["summary"]["tile_level0_px"], regions[0]
+    summary = last_triage.summary if last_triage is not None else {}
+    regions = summary.get("top_regions") or []
+    if regions and last_triage is not None and last_state is not None:
+        tile, box = summary["tile_level0_px"], regions[0]
         rows = slice(int(box["y"] // tile), int(-(-(box["y"] + box["height"]) // tile)))
         cols = slice(int(box["x"] // tile), int(-(-(box["x"] + box["width"]) // tile)))
         hot = np.zeros(last_state.shape[1:], bool)
-        hot[rows, cols] = np.nan_to_num(last_state[0][rows, cols], nan=-1.0) >= last_triage["summary"]["threshold"]
-        found["hub_hot_tiles"], found["hub_hot_final"] = int(hot.sum()), bool(last_triage.get("complete"))
+        hot[rows, cols] = np.nan_to_num(last_state[0][rows, cols], nan=-1.0) >= summary["threshold"]
+        found["hub_hot_tiles"], found["hub_hot_final"] = int(hot.sum()), last_triage.complete
         found["hub_hot"] = next((when for when, done in measured if bool(done[hot].all())), None)
+
+
+def hub_finished(found: dict[str, Any]) -> bool:
+    """The hub has said its last on the slide: the image is complete and so is its map of all tissue, or its refusal."""
+    return "pyramid_complete" in found and bool({"hub_complete", "hub_refused"} & found.keys())
 
 
 def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = True, overview_only: bool = False,
@@ -237,7 +252,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         poller.join()
         if hub is not None:
             until = time.monotonic() + (hub_wait or 0.0)
-            while not {"hub_complete", "pyramid_complete"} <= found.keys() and time.monotonic() < until and hub.poll() is None:
+            while not hub_finished(found) and time.monotonic() < until and hub.poll() is None:
                 time.sleep(1)
             hub_stop.set()
             watcher.join()
@@ -426,9 +441,11 @@ def print_row(result: dict[str, Any]) -> None:
         def share(name: str) -> str:
             return "-" if hub.get(name) is None else f"{hub[name]:.1f} s ({hub[name] / full:.1%} of the baseline)"
 
-        print(f"  hub: first full-magnification map {share('hub_first')}; the hottest region ({hub.get('hub_hot_tiles')} tiles, "
-              f"{'final' if hub.get('hub_hot_final') else 'partial'} map) {share('hub_hot')}; "
-              f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end); "
+        scored = (f"first full-magnification map {share('hub_first')}; the hottest region ({hub.get('hub_hot_tiles')} tiles, "
+                  f"{'final' if hub.get('hub_hot_final') else 'partial'} map) {share('hub_hot')}; "
+                  f"all tissue {share('hub_complete')} ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles at the end)")  # fmt: skip
+        refused = f"QC only ({hub['hub_refused']})" if hub.get("hub_refused") else None
+        print(f"  hub: {refused or scored}; "
               f"the image complete (in-between levels built at the hub) {share('pyramid_complete')}, "
               f"all tissue at full resolution {share('full_resolution')}, {hub['bytes_sent'] / result['source_bytes']:.2f} of the source bytes sent")  # fmt: skip
     if "first_views" in result:

@@ -88,48 +88,59 @@ MILESTONES = (
     ("pyramid", "pyramid complete (hub)"),
     ("hub", "hub map at full magnification"),
 )
+# what the edge's and the hub's milestones say when the model may not score the sample (CMU-1 is skin): QC, no map
+REFUSED = {"edge": "edge triage: no validated AI (QC only)", "hub": "hub: no validated AI (QC only)"}
 
 
-def _milestones(store: str, endpoint: str, case: str) -> Callable[[], set[str]]:
-    """The milestones the case has reached, read from the store as a remote viewer sees it."""
-    from caseformat.layout import EDGE, HUB, MANIFEST, PYRAMID, TRIAGE, SlideRef
+def _milestones(store: str, endpoint: str, case: str) -> Callable[[], dict[str, str]]:
+    """The milestones the case has reached, each with what it says, read from the store as a remote viewer sees it.
+    A map counts once it shows a scored tile; where the model may not score the slide, its refusal stands in (the
+    hub's once its QC is complete)."""
+    from caseformat.layout import HUB, MANIFEST, PYRAMID, SlideRef
     from inference import Location
+    from inference.heatmap import read_triage
     from slidestream.errors import DemoError
     from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
 
     location = Location.slide_version(Location.parse(store, endpoint), SlideRef(case))  # its first slide, first scan
 
-    def reached() -> set[str]:
+    def reached() -> dict[str, str]:
         manifest = location.read_json(MANIFEST) or {}
-        triage = location.read_json(TRIAGE) or {}  # the centre's
-        edge = location.sent.read_json(TRIAGE) or {}  # the station's own
+        edge = read_triage(location.sent)  # the station's own: the edge's, whatever it says
+        hub = read_triage(location)  # the centre's
+        hub = hub if hub is not None and hub.stage == HUB else None
         state, reason = case_state(manifest) if manifest else ("", None)
         if state == FAILED:
             raise DemoError(f"the send failed: {reason}")
         milestones = manifest.get("milestones") or {}
-        return {name for name, done in (
-            ("overview", milestones.get("overview") is not None),
-            ("edge", edge.get("stage") == EDGE or triage.get("stage") == HUB),  # the hub's map may land first
-            ("tissue_full_resolution", milestones.get("tissue_full_resolution") is not None),
-            ("complete", state == COMPLETE),
-            ("pyramid", state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID))),
-            ("hub", triage.get("stage") == HUB and bool(triage.get("complete"))),
-        ) if done}
+        done = {
+            "overview": milestones.get("overview") is not None,
+            "edge": (edge is not None and edge.refused is not None)
+            or any(triage is not None and triage.tiles_scored > 0 for triage in (edge, hub)),  # the hub's map may land first
+            "tissue_full_resolution": milestones.get("tissue_full_resolution") is not None,
+            "complete": state == COMPLETE,
+            "pyramid": state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID)),
+            "hub": hub is not None and hub.complete and (hub.refused is not None or hub.tiles_scored > 0),
+        }
+        said = dict(MILESTONES) | {name: REFUSED[name] for name, triage in (("edge", edge), ("hub", hub))
+                                   if triage is not None and triage.refused is not None}
+        return {name: said[name] for name, reached in done.items() if reached}
 
     return reached
 
 
-def _print_milestones(reached: Callable[[], set[str]], sending: subprocess.Popen[str], hub: subprocess.Popen[bytes], started: float) -> None:
+def _print_milestones(reached: Callable[[], dict[str, str]], sending: subprocess.Popen[str], hub: subprocess.Popen[bytes],
+                      started: float) -> None:
     """A line per milestone as it happens, until every one is reached."""
     from slidestream.errors import DemoError
 
     seen: set[str] = set()
     while len(seen) < len(MILESTONES):
         now = reached()
-        for name, label in MILESTONES:
+        for name, _ in MILESTONES:
             if name in now and name not in seen:
                 seen.add(name)
-                stdout.print(f"  {label:32s} {time.monotonic() - started:6.1f} s")
+                stdout.print(f"  {now[name]:40s} {time.monotonic() - started:6.1f} s")
         if sending.poll() not in (None, 0):
             error = (sending.stderr.read() if sending.stderr else "").strip().splitlines()
             raise DemoError(f"the send failed: {error[-1] if error else f'exit code {sending.returncode}'}")

@@ -4,9 +4,10 @@ A discovery thread reads the store's `_arrivals/` index every poll, so a new cas
 rescan is found within a poll of its first manifest, whatever the hub is busy with. The hub scores every arriving
 slide version at full magnification while it arrives, in passes of about PASS_SECONDS each (a pass scores tissue
 tiles whose shards have arrived, the hottest of the edge triage's coarse map first, through
-`inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub"); after every pass it
-re-chooses, the case with the least time left on its 30-minute clock first, so a long slide never holds the
-workers while an urgent one waits. Each pass first completes the pyramid (`slidestream.hub_pyramid`): the
+`inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub", once it has a tile scored:
+until then readers keep the station's edge map); after every pass it re-chooses, the case with the least time left
+on its 30-minute clock first, and a case whose report is signed only when no other has work, so a long slide never
+holds the workers while an urgent one waits. Each pass first completes the pyramid (`slidestream.hub_pyramid`): the
 in-between levels the send left out are built from the shards that arrived. A slide version is claimed with a lease object (`caseformat.layout.LEASE`), so
 two hubs on one prefix share the work instead of doubling it. torch and Dask are imported inside the command.
 
@@ -20,12 +21,14 @@ complete is retried on its own, RETRY_FIRST seconds later, doubling to RETRY_MOS
 together do not retry in step), and sooner again once the case makes progress: a store outage costs a case minutes,
 never a hub restart. Each reason is one "RETRY" line, the case's end one "DONE" line.
 
-Routing and refusal: the hub scores with one model package (`--model`, default the Capricorn colorectal package),
-and only slides it was validated for. Before a slide version's first pass it reads the case's specimen site
-(case.json), detects the stain from the slide's overview (`detect_stain`) and takes the image's um/px; where
-`inference.packages.covers` refuses, the centre's triage.json says why ("no validated AI for skin") with no score and
+Routing and refusal: the centre's routing table is an ordered list of model packages (`--model`, repeatable, or
+`models = [...]` in the config's `[hub]`; default the Capricorn colorectal package), and a slide is scored only by one
+validated for it (`inference.routing`). Before a slide version's first pass the hub reads the case's specimen site
+(case.json), detects the stain from the slide's overview (`detect_stain`) and takes the image's um/px; the first
+package whose intended use covers them scores the slide (`Hub.options_for`), and its triage.json records what it was
+held to (`routed`). Where none does, the centre's triage.json says why ("no validated AI for skin") with no score and
 no heatmap, and still gives QC (tissue tiles, focus, pen) measured on a sample of tissue tiles once the slide has
-arrived. A scored slide's triage.json names what the model detects and its validation record in one line, so the
+arrived. A scored slide's triage.json names what its model detects and its validation record in one line, so the
 viewer shows them beside the map without the package.
 """
 
@@ -46,14 +49,18 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from caseformat.documents import CaseRecord
     from caseformat.layout import SlideRef
     from caseformat.results import Lease, Manifest
     from inference import AnalyzeOptions, Heatmap, Location, Runner
-    from inference.packages import ModelPackage
+    from inference.routing import Route, Routes
+    from objectstore.notifications import EventListener
 
 stderr = Console(stderr=True)
+RECONCILE_SECONDS = 60.0  # with store events: seconds between LISTs of every station's arrivals (events can be lost)
 PASS_SECONDS = 10.0  # a pass's target length: how long an urgent case may wait for the workers
 RETRY_FIRST, RETRY_MOST = 5.0, 300.0  # seconds before a failed pass is tried again: the first wait, and the longest
+SIGNED_LOOK = 30.0  # seconds between listings of an unsigned case's reports: a signature moves it back within this
 OVERVIEW_PIXELS = 4096 * 4096  # the largest level `route` reads to detect the stain (a pyramid's coarsest is far smaller)
 QC_SAMPLE = 300  # tissue tiles a refused slide's QC reads (as `inference.qc_slide`): a blur fraction within a few percent
 
@@ -66,7 +73,9 @@ def hub(
     poll: Annotated[float, typer.Option("--poll", min=0.1, help="Seconds between looks at the prefix when there is nothing to do.")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Stop when every case found is analysed, failed or another hub's.")] = False,
     lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed case stays this hub's without renewal: how long a dead hub's case waits for another.")] = 60.0,
-    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package). Slides outside its intended use get QC and no score.")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package). Repeat it for the centre's routing table: the first package validated for a slide's site, stain and resolution scores it; a slide none covers gets QC and no score.")] = None,
+    events: Annotated[str | None, typer.Option("--events", metavar="HOST:PORT", help="Listen here for the store's events (Ceph RGW topics): a new arrival is found at once, and every station's arrivals are listed only each minute.")] = None,
+    events_url: Annotated[str | None, typer.Option("--events-url", metavar="URL", help="Where the store reaches --events (default http://HOST:PORT).")] = None,
 ) -> None:
     """Triage every case arriving under the prefix at full magnification, publishing the heatmap as it grows."""
     from transfer.target import parse_endpoint, parse_store_url
@@ -77,15 +86,20 @@ def hub(
 
     from caseformat.layout import HUB
     from inference import AnalyzeOptions, Location, ModelRef, Runner
-    from slidestream.analyze import model_package
+    from inference.routing import Routes
+    from slidestream.analyze import routing_table
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA device is available to this torch build", param_hint="--device")
-    package = model_package(model)
-    options = AnalyzeOptions(model=ModelRef.of_package(package, device), scheduler=scheduler, stage=HUB, threshold=package.threshold)
+    packages = routing_table(models)
+    first = packages[0]
+    options = AnalyzeOptions(model=ModelRef.of_package(first, device), scheduler=scheduler, stage=HUB, threshold=first.threshold)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with Runner(options.scheduler, options.threads, options.torch_threads) as runner:
-        Hub(Location.parse(store, endpoint_url), options, runner, owner, lease, package).run(poll, once)
+        centre = Hub(Location.parse(store, endpoint_url), options, runner, owner, lease, Routes(tuple(packages)))
+        if events is not None and not once:
+            centre.listen(events, events_url)
+        centre.run(poll, once)
 
 
 @dataclass
@@ -107,6 +121,8 @@ class Tracked:
     retry_at: float | None = None  # time.monotonic() when a failed pass is tried again, though nothing new arrived
     routed: bool = False  # its site, stain and resolution were held to the model's intended use
     refused: str | None = None  # why the model may not score it ("no validated AI for skin"), once routed
+    acknowledged: str | None = None  # the send (started_at) whose in-between levels this hub said it builds (`acknowledge`)
+    route: Route | None = None  # once routed: the package that scores it, or why none may
 
 
 @dataclass
@@ -116,15 +132,20 @@ class Hub:
     runner: Runner
     owner: str
     lease_seconds: float  # renewed at least every third of it
-    package: ModelPackage  # the model, and where it may be used
+    routes: Routes  # the centre's routing table: the models, in the order they are tried, and where each may be used
     cases: dict[str, Tracked] = field(default_factory=dict)  # by slide version ({case}/{slide}/{version})
     finished: set[str] = field(default_factory=set)  # complete at full magnification, or failed: never looked at again
     store_failing: bool = False  # listing the prefix failed at the last poll (said once, not at every poll)
     newest: dict[tuple[str, str], SlideRef] = field(default_factory=dict)  # (case, slide) -> its newest version
     listed_after: dict[str, str] = field(default_factory=dict)  # station -> where its next `_arrivals/` LIST starts
-    clocks: dict[str, float] = field(default_factory=dict)  # case -> when its clock started (epoch seconds)
+    records: dict[str, CaseRecord | None] = field(default_factory=dict)  # case -> its case.json (None: unreadable), read once
+    signed: set[str] = field(default_factory=set)  # cases whose report is signed: reports are append-only, so for good
+    unsigned_until: dict[str, float] = field(default_factory=dict)  # case -> time.monotonic() to list its reports again
     rate: float | None = None  # tiles per second of the last passes: sizes the next
     arrived: threading.Event = field(default_factory=threading.Event)  # discovery found something new
+    listener: EventListener | None = None  # the store's events, when it pushes them (`listen`)
+    heard: set[str] = field(default_factory=set)  # stations an event named since the discovery thread last looked
+    woken: threading.Event = field(default_factory=threading.Event)  # an event came
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, poll: float, once: bool) -> None:
@@ -141,7 +162,8 @@ class Hub:
             while True:
                 ready, leased = self.discover()
                 worked = False
-                for case in sorted(ready, key=lambda c: c.started):  # least time left on its clock first
+                # unsigned cases first, the least time left on its clock first; a signed case's map is for the record
+                for case in sorted(ready, key=lambda c: (self.is_signed(c.case), c.started)):
                     if self.claim(case):
                         self.work(case)
                         worked = True
@@ -157,16 +179,61 @@ class Hub:
             stop.set()
 
     def discovery(self, poll: float, stop: threading.Event) -> None:
-        """Look at the index every `poll` seconds, whatever the scoring is doing."""
-        while not stop.wait(poll):
-            self.look()
+        """Look at the index every `poll` seconds, whatever the scoring is doing; with store events (`listen`), look
+        at once at the stations an event named, and at every station only every RECONCILE_SECONDS (an event lost
+        while this hub was down or the store's push failed is found then)."""
+        while not stop.is_set():
+            if self.listener is None:
+                if stop.wait(poll):
+                    return
+                self.look()
+                continue
+            self.woken.wait(RECONCILE_SECONDS)
+            self.woken.clear()
+            with self.lock:
+                heard, self.heard = self.heard, set()
+            self.look(sorted(heard) or None)
 
-    def look(self) -> None:
-        """One LIST of the `_arrivals/` index: announce what is new; a failing store is said once, not per poll."""
+    def listen(self, address: str, push_url: str | None) -> None:
+        """Have the store push an event for every arrival to `address` (HOST:PORT; `push_url` where the store reaches
+        it, default http://HOST:PORT), and listen (`objectstore.notifications`). A store without topics is one line,
+        and this hub polls as without events."""
+        from objectstore.notifications import EventListener, subscribe
+        from objectstore.storage import StorageError
+        from transfer.network import make_client
+        from transfer.target import parse_store_url
+
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise typer.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--events")
+        bucket, prefix = parse_store_url(self.root.url)
+        listener = EventListener(host or "0.0.0.0", int(port), prefix, self.hear).start()
+        url = push_url or f"http://{host or socket.gethostname()}:{listener.port}"
+        try:
+            import boto3
+
+            topics = boto3.client("sns", endpoint_url=self.root.endpoint_url)
+            subscribe(make_client(self.root.endpoint_url), topics, bucket, prefix, url, f"slidestream-hub-{_topic(self.root.url)}")
+        except StorageError as error:
+            listener.stop()
+            self.say(f"ERROR {error}")
+            return
+        self.listener = listener
+        self.say(f"store events from {self.root.url} pushed to {url}; every station listed each {RECONCILE_SECONDS:g} s")
+
+    def hear(self, station: str) -> None:
+        """An event named a new arrival of `station`: the discovery thread lists that station now."""
+        with self.lock:
+            self.heard.add(station)
+        self.woken.set()
+
+    def look(self, stations: list[str] | None = None) -> None:
+        """One LIST of the `_arrivals/` index (of `stations`, else every station's): announce what is new; a failing
+        store is said once, not per poll."""
         from inference import InferenceError
 
         try:
-            found = self.arrivals()
+            found = self.arrivals(stations)
         except InferenceError as error:  # the store is unreachable or the bucket gone: retried each poll
             if not self.store_failing:
                 self.store_failing = True
@@ -180,7 +247,7 @@ class Hub:
         if found:
             self.arrived.set()
 
-    def arrivals(self) -> list[SlideRef]:
+    def arrivals(self, stations: list[str] | None = None) -> list[SlideRef]:
         """Slide versions new since the last look, from each station's `_arrivals/` index: each slide's newest
         version (an older version a rescan superseded is no longer worked on). The first look reads a station's
         whole index; later ones start a day back (senders' clocks may differ a little from ours), so a look is one
@@ -190,7 +257,9 @@ class Hub:
 
         found = []
         day_ago = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - 86400))
-        for station in (folder.name for folder in self.root.child(STATION_TREES).subfolders()):
+        if stations is None:
+            stations = [folder.name for folder in self.root.child(STATION_TREES).subfolders()]
+        for station in stations:
             if not is_station(station):
                 continue
             keys = self.root.keys(arrivals_folder(station).rstrip("/"), self.listed_after.get(station))
@@ -205,29 +274,61 @@ class Hub:
         return found
 
     def clock(self, case: str, manifest: Manifest) -> float:
-        """When the case's 30-minute clock started: its registration (case.json, read once), else the send. An
-        unreadable case.json is said once and the send's start stands in for it."""
+        """When the case's 30-minute clock started: its registration (case.json), else the send."""
+        record = self.record(case)
+        return _epoch(manifest.started_at if record is None else record.registered_at)
+
+    def record(self, case: str) -> CaseRecord | None:
+        """The case's case.json (its registration and specimen site), one GET per case: the clock and the routing both
+        read it. None while the station has not written it (read again at the next look) or when it is unreadable
+        (said once, and kept: the send's start stands in for the clock, and the site is not known)."""
         from caseformat.documents import CaseRecord
         from caseformat.errors import DocumentError
         from caseformat.layout import CASE_RECORD, case_key
 
-        if case not in self.clocks:
-            data = self.root.read_bytes(case_key(case, CASE_RECORD))
-            if data is None:
-                return _epoch(manifest.started_at)
-            try:
-                self.clocks[case] = _epoch(CaseRecord.read(data, CASE_RECORD).registered_at)
-            except DocumentError as error:
-                self.say(f"ERROR {case}: the case's context is unreadable: {error}")
-                self.clocks[case] = _epoch(manifest.started_at)
-        return self.clocks[case]
+        if case in self.records:
+            return self.records[case]
+        data = self.root.read_bytes(case_key(case, CASE_RECORD))
+        if data is None:
+            return None
+        try:
+            self.records[case] = CaseRecord.read(data, CASE_RECORD)
+        except DocumentError as error:
+            self.say(f"ERROR {case}: the case's context is unreadable: {error}")
+            self.records[case] = None
+        return self.records[case]
+
+    def is_signed(self, case: str) -> bool:
+        """Whether the case's report is signed: its map is then for the record, not for a surgeon waiting, so it is
+        worked only when no unsigned case has work. A LIST of the case's reports folder, not a verified report: only
+        the centre writes there, and this orders work, it shows nothing and trusts nothing. Signed stays signed
+        (reports are append-only); an unsigned case is listed again at most every SIGNED_LOOK seconds, and one whose
+        listing fails counts as unsigned (the store's failure is said where the hub reads the case)."""
+        from caseformat.layout import REPORTS, number_of, numbered_folder
+        from inference import InferenceError
+
+        if case in self.signed:
+            return True
+        if time.monotonic() < self.unsigned_until.get(case, 0.0):
+            return False
+        try:
+            keys = self.root.keys(numbered_folder(case, REPORTS).rstrip("/"))
+        except InferenceError:
+            return False
+        if any(number_of(key) is not None for key in keys):
+            self.signed.add(case)
+            self.say(f"SIGNED {case}: its report is signed; its slides are scored when no unsigned case has work")
+            return True
+        self.unsigned_until[case] = time.monotonic() + SIGNED_LOOK
+        return False
 
     def discover(self) -> tuple[list[Tracked], int]:
         """Slide versions with work to do now, and how many others are in progress (a hub's lease, nothing new).
 
         Cost per poll: one LIST of the `_arrivals/` index (see `arrivals`), and per slide version not finished one
         GET of its manifest and one of its triage.json (and of the pyramid record once that is complete); a
-        finished one costs nothing more."""
+        finished one costs nothing more. Choosing among them costs a LIST of an unsigned case's reports every
+        SIGNED_LOOK seconds (`is_signed`) and one GET of each case's case.json (`record`)."""
         from inference import Location
         from slides.errors import one_line
 
@@ -244,6 +345,7 @@ class Hub:
                 if manifest is None:
                     continue
                 case.started = self.clock(ref.case, manifest)
+                self.acknowledge(case, manifest)
             except Exception as error:  # noqa: BLE001 - as in `work`: one slide version's documents, never the hub
                 self.note(case, one_line(error))
                 continue
@@ -254,6 +356,19 @@ class Hub:
             case.pending, case.manifest = progress, manifest
             ready.append(case)
         return ready, waiting
+
+    def acknowledge(self, case: Tracked, manifest: Manifest) -> None:
+        """Tell the sending station, once per send, that a hub will build the levels it left out: an empty pyramid
+        record of this send (`hub_pyramid`). Without it the station, which cannot know a busy hub will come, waits
+        `send --hub-wait` seconds and builds them itself (`transfer.sender`: the same bytes, a quarter more upload)."""
+        from caseformat.layout import PYRAMID
+        from caseformat.results import PyramidRecord
+
+        if case.acknowledged == manifest.started_at or not manifest.hub_planned:
+            return
+        if case.location.read_bytes(PYRAMID) is None:
+            case.location.write_bytes(PYRAMID, PyramidRecord(manifest.started_at).to_json())
+        case.acknowledged = manifest.started_at
 
     def examine(self, case: Tracked) -> Manifest | None:
         """The slide version's manifest when there is work to do on it; None when there is none (not a case yet,
@@ -277,7 +392,8 @@ class Hub:
             except DocumentError as error:
                 self.note(case, f"{error} (scored again)")
                 return manifest
-            if triage.final(self.options.model.spec.name):  # a restarted hub does not redo a hub's complete result
+            # a restarted hub does not redo a complete result of a model of its table (or its refusal)
+            if triage.final() and (triage.refused is not None or triage.model in {package.name for package in self.routes.packages}):
                 case.triaged = True
                 pyramid = folder.read_bytes(PYRAMID)
                 if manifest.hub_pyramid_done(None if pyramid is None else PyramidRecord.read(pyramid, PYRAMID)):
@@ -321,6 +437,24 @@ class Hub:
         except DocumentError as error:
             self.note(case, f"{error} (replaced by this hub's)")
             return None
+
+    def has_tiles_to_score(self, case: Tracked, options: AnalyzeOptions) -> bool:
+        """Whether a first pass would score a tile: a tissue tile whose shards have all arrived. Until one has, the
+        hub publishes nothing, so readers keep the station's edge map rather than a map of 0 tiles scored (the tissue
+        mask lands after the plan, level 0 after the overview). A complete send's pass always runs: its map is the
+        final word, a slide without tissue included."""
+        from caseformat.layout import IMAGE
+        from caseformat.results import COMPLETE
+        from inference.pipeline import plan_heatmap, ready_tiles
+        from inference.sources import ZarrRef, read_level
+
+        assert case.manifest is not None
+        if case.manifest.state == COMPLETE:
+            return True
+        source = ZarrRef(case.location.child(IMAGE)).open()
+        heatmap = plan_heatmap(source, options, case.case)
+        level = read_level(source, heatmap.grid.tile / heatmap.spec.input_size)
+        return bool((heatmap.tissue & ready_tiles(source, heatmap.grid, level, case.manifest)).any())
 
     def work(self, case: Tracked) -> None:
         """One pass over the case, about PASS_SECONDS long: build the pyramid shards whose sources arrived, score
@@ -372,14 +506,18 @@ class Hub:
             if not routed and case.manifest.state == COMPLETE:
                 self.retry(case, "the send is complete but the slide's overview is not")
             return
-        limit = max(self.options.batch, round((self.rate or 0.0) * PASS_SECONDS))
+        options = self.options_for(case)  # the package its route chose
+        limit = max(options.batch, round((self.rate or 0.0) * PASS_SECONDS))
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
-                case.heatmap = published_heatmap(case.location, self.options)
-                case.priority = edge_priority(case.location, self.options) if case.heatmap is None else None
+                case.heatmap = published_heatmap(case.location, options)
+                case.priority = edge_priority(case.location, options) if case.heatmap is None else None
             before = 0 if case.heatmap is None else int(case.heatmap.scored.sum())
+            if before == 0 and not self.has_tiles_to_score(case, options):  # nothing to publish: the edge map stays up
+                case.seen = seen
+                return
             started = time.monotonic()
-            heatmap = analyze_case(case.location, options=self.options, heatmap=case.heatmap, runner=self.runner,
+            heatmap = analyze_case(case.location, options=options, heatmap=case.heatmap, runner=self.runner,
                                    on_progress=renew, limit=limit, priority=case.priority)
         except CaseNotReadyError as error:
             case.seen = seen
@@ -413,12 +551,11 @@ class Hub:
                        else f"the send is complete but the pass ended at {scored}/{tissue} tiles")
 
     def route(self, case: Tracked) -> bool:
-        """Hold the slide version to the model's intended use: its case's specimen site, the stain seen on its
-        overview and its um/px. False while the overview (the coarsest level that arrived whole) is not there yet."""
-        from caseformat.documents import CaseRecord
-        from caseformat.errors import DocumentError
-        from caseformat.layout import CASE_RECORD, IMAGE, case_key
-        from inference.routing import Routes, detect_stain
+        """Hold the slide version to the routing table: its case's specimen site, the stain seen on its overview and
+        its um/px choose the package that scores it (`case.route`), or the refusal. False while the overview (the
+        coarsest level that arrived whole) is not there yet."""
+        from caseformat.layout import IMAGE
+        from inference.routing import detect_stain
         from inference.sources import ZarrRef
 
         assert case.manifest is not None
@@ -431,16 +568,25 @@ class Hub:
         overview: Any = source.arrays[level]
         height, width = overview.shape[1:]
         stain = detect_stain(source.read(level, 0, 0, width, height))
-        data = self.root.read_bytes(case_key(case.case, CASE_RECORD))
-        try:
-            site = None if data is None else dict(CaseRecord.read(data, CASE_RECORD).context).get("specimen_site")
-        except DocumentError:  # `clock` said so: the site is not known
-            site = None
-        case.refused = Routes((self.package,)).choose(site, stain, source.mpp).refused
+        record = self.record(case.case)  # None: not written, or unreadable (said once): the site is not known
+        site = None if record is None else dict(record.context).get("specimen_site")
+        case.route = self.routes.choose(site, stain, source.mpp)
+        case.refused = case.route.refused
         case.routed = True
         if case.refused is not None:
-            self.say(f"REFUSED {case.name}: {case.refused} (stain seen: {stain or 'not recognised'}; model {self.package.name})")
+            models = ", ".join(package.name for package in self.routes.packages)
+            self.say(f"REFUSED {case.name}: {case.refused} (stain seen: {stain or 'not recognised'}; models {models})")
+        elif case.route.package is not None and len(self.routes.packages) > 1:
+            self.say(f"ROUTED {case.name}: model {case.route.package.name} (site {site}, stain {stain})")
         return True
+
+    def options_for(self, case: Tracked) -> AnalyzeOptions:
+        """How to score the slide version: with the package its route chose (the first package's options as they are,
+        which is every slide's with a table of one)."""
+        from inference.batch import package_options
+
+        package = case.route.package if case.route is not None else None
+        return self.options if package is None else package_options(self.options, package)
 
     def refuse(self, case: Tracked, pyramid_done: bool) -> None:
         """Publish the refusal in place of a score: QC only (tissue tiles while the slide arrives; focus and pen on a
@@ -473,7 +619,7 @@ class Hub:
                 self.runner.run(tasks, heatmap.add)  # no model: focus and pen only, the score stays NaN
             summary |= {"tissue_tiles": int(heatmap.tissue.sum()), "tiles_measured": int(heatmap.measured.sum()),
                         "tiles_scored": 0, "tile_level0_px": grid.tile, "qc": heatmap.qc()}
-        triage = Triage(case.case, None, self.package.name, HUB, complete, summary, "", case.refused)
+        triage = Triage(case.case, None, self.options.model.spec.name, HUB, complete, summary, "", case.refused)
         case.location.write_bytes(TRIAGE, triage.to_json())
         if not complete:
             return
@@ -485,20 +631,27 @@ class Hub:
             self.retry(case, "the send is complete but the pyramid is not")
 
     def label(self, case: Tracked, heatmap: Heatmap) -> None:
-        """Rewrite the pass's triage.json with what the model detects and its validation record, for the viewer."""
+        """Rewrite the pass's triage.json with what the routing held the slide to (`routed`: without it no reader
+        shows the score), what the model detects and its validation record, for the viewer. Only a map made by the
+        package the route chose is labelled: any other stays unrouted, shown as no validated AI."""
         from dataclasses import replace
 
         from caseformat.layout import TRIAGE
         from inference.validation import read_record, record_lines
 
-        record = read_record(self.package)
-        about = {"detects": self.package.detects}
+        route = case.route
+        package = route.package if route is not None else None
+        if route is None or package is None or heatmap.spec != package.spec:
+            return
+        record = read_record(package)
+        about = {"detects": package.detects}
         if record is not None:
             rows = dict(record_lines(record))
             about["validation"] = (f"ROC AUC {rows['ROC AUC']}; sensitivity {rows['sensitivity']}; specificity "
                                    f"{rows['specificity']}; tiles {rows['tiles']}; data: {rows['data']}")[:500]
-        triage = heatmap.triage(self.options.threshold)
-        case.location.write_bytes(TRIAGE, replace(triage, summary={**triage.summary, **about}).to_json())
+        triage = heatmap.triage(self.options_for(case).threshold)
+        labelled = replace(triage, summary={**triage.summary, **about}, routed=route.routed)
+        case.location.write_bytes(TRIAGE, labelled.to_json())
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
@@ -552,6 +705,14 @@ def _overview_level(source: Any, manifest: Manifest) -> int | None:
         if not counts and manifest.state == COMPLETE:  # a manifest without level counts: all of it, once complete
             return level
     return None
+
+
+def _topic(url: str) -> str:
+    """A topic name for the store's prefix (letters, digits, '-' and '_' only, as SNS allows): one subscription per
+    prefix, which a restarted hub makes again rather than adds."""
+    import hashlib
+
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def _news(case: Tracked, line: str) -> bool:

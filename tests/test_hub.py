@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from conftest import S3Server, sample
+from conftest import S3Server
 from support import ARRIVING, STATION, colorectal_context, final_triage, running_hub, scorable, slide_version, wait_for
 from typer.testing import CliRunner
 
@@ -37,7 +37,7 @@ from caseformat.layout import (
     qualified_case,
     station_case_folder,
 )
-from caseformat.results import Manifest
+from caseformat.results import Lease, Manifest
 from caseformat.signing import TrustedKeys
 from inference import AnalyzeOptions, Location, analyze_slide
 from slides import open_slide
@@ -71,7 +71,7 @@ def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, 
 
 
 def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
-    slide = sample("CMU-1-Small-Region.svs")
+    slide = scorable()  # more tissue tiles than the edge samples
     store = f"s3://{s3_bucket}/cases"
     case = qualified_case(STATION, "EDGE-1")
     sent = CliRunner().invoke(app, ["send", str(slide), store, "--case", "EDGE-1", "--station", STATION, "--endpoint-url",
@@ -115,12 +115,12 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert report_rows(report)[0]["status"] == "skipped"
 
 
-def sending(slide: Path, store: str, endpoint: str, state: Path, case: str) -> subprocess.Popen[bytes]:
-    """`slidestream send` of the slide as case `case` of its station, slow enough (2 Mbit/s) that a hub sees the case
-    arriving."""
+def sending(slide: Path, store: str, endpoint: str, state: Path, case: str, rate: float = 2) -> subprocess.Popen[bytes]:
+    """`slidestream send` of the slide as case `case` of its station, slow enough (`rate` Mbit/s) that a hub sees the
+    case arriving."""
     station, local = case.split(".", 1)
     return subprocess.Popen([sys.executable, "-m", "slidestream", "send", str(slide), store, "--case", local, "--station",
-                             station, "--endpoint-url", endpoint, "--no-edge", "--max-rate", "2", "--state-dir", str(state),
+                             station, "--endpoint-url", endpoint, "--no-edge", "--max-rate", str(rate), "--state-dir", str(state),
                              "--context-file", str(colorectal_context())],  # a site and resolution the model covers
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -138,7 +138,7 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     location = slide_version(store, s3_server.endpoint_url, case)
     log = tmp_path / "hub.log"
     with running_hub(store, s3_server.endpoint_url, log):
-        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
+        send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case, rate=1)  # two passes at least, under load
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
             triage = location.read_json(TRIAGE)
@@ -256,7 +256,9 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     expected = level_objects("full", 1)
     assert expected and "hub_planned" not in full
 
-    # a send with no hub anywhere: the 2x level does not travel, and the image is still viewable
+    # a send a hub claimed but has not built for yet: the 2x level does not travel, and the image is still viewable
+    claimed = Location.slide_version(Location.parse(f"s3://{s3_bucket}/alone", endpoint), SlideRef(case))
+    claimed.write_bytes(LEASE, Lease("a hub that has not built yet", time.time() + 600).to_json())
     alone = send("alone")
     assert alone["state"] == "complete" and not any(key.startswith("1/") for key in alone["planned"])
     assert sorted(alone["hub_planned"]) == sorted(expected) and alone["hub_levels"] == {"1": 0}
