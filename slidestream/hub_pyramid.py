@@ -6,8 +6,9 @@ shards has arrived, the hub reads those chunks from the store and builds the sha
 (`downsample_shard`: the filter, codec, quality and shard layout the writer uses, the same bytes a
 `send --full-pyramid` uploads), writes it verified, and lists it in its own record (`caseformat.results.PyramidRecord`),
 never in the sender's manifest. The builds are deterministic, so a shard written twice (a hub that died after the
-PUT and before the record, two hubs racing for an expired lease) is written with the same bytes. The image's
-metadata is held to `caseformat.results.check_array`'s bounds before a shard is sized by it.
+PUT and before the record, two hubs racing for an expired lease, a station that saw no hub within its `send
+--hub-wait` and built the levels itself: `transfer.sender.SendOptions.hub_wait`) is written with the same bytes.
+The image's metadata is held to `caseformat.results.check_array`'s bounds before a shard is sized by it.
 
 Every stored shard is verified before a chunk of it is used (its index's CRC32C, and each chunk's where the image
 has them, `tiling.pyramid.verified_chunks`): a hub shard over a corrupt one is not built, and the corrupt shard is

@@ -51,10 +51,17 @@ SEND_DEFAULTS: dict[str, Any] = {
     "ca_bundle": None,
     "deadline": 600.0,
     "edge": True,
+    "model": None,  # the edge triage's model package (its folder; None: the default model)
     "full_pyramid": False,
+    "hub_wait": 30.0,  # seconds a send waits at its end for a hub to claim the in-between levels before building them
 }
 FULL_PYRAMID_HELP = "Also send the in-between levels (2x, 8x, ...) that a hub would build from what arrived (for a store without `slidestream hub`)."
-EDGE_HELP = "Triage here first (default: on, for send and watch alike): a coarse heatmap travels first and hot regions are sent first."
+HUB_WAIT_HELP = ("Seconds to wait at the end for a hub to claim the slide before building and sending the in-between levels "
+                 "here (0: always here, as a station without a hub should).")
+EDGE_HELP = ("Triage here first (default: on, for send and watch alike): where a model is validated for the slide, a heatmap of "
+             "sampled tiles travels first and hot regions are sent first.")
+MODEL_HELP = ("The model package edge triage scores with: a folder, or a name in the centre's models folder, as `analyze --model` "
+              "(default: the Capricorn colorectal package).")
 CASE_HELP = ("Add the slide to this case of the store (a case ID as `status` and the viewer show it; one the store does "
              "not have yet is registered under it). Default: the registry's (a resend, a rescan) or a new specimen's random ID.")
 STATION_HELP = ("This station's ID, as the centre enrolled it (`slidestream stations add`): its folder on the store, the "
@@ -108,7 +115,9 @@ def send(
         Path | None, typer.Option("--state-dir", help="Where the journal lives (default $XDG_STATE_HOME/slidestream).")
     ] = None,
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
+    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help=MODEL_HELP)] = SEND_DEFAULTS["model"],
     full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
+    hub_wait: Annotated[float, typer.Option("--hub-wait", min=0, help=HUB_WAIT_HELP)] = SEND_DEFAULTS["hub_wait"],
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Convert a slide and stream it to S3 at the same time; a rerun (or `resume`) skips what already arrived."""
@@ -146,7 +155,9 @@ def send(
         ca_bundle=str(ca_bundle.resolve()) if ca_bundle else None,
         deadline=deadline,
         edge=edge,
+        model=edge_model(model),
         full_pyramid=full_pyramid,
+        hub_wait=hub_wait,
     )
     state = state_dir or default_state_dir()
     try:
@@ -286,6 +297,16 @@ def slide_names(path: Path) -> tuple[str, ...]:
     return (str(path), str(path.resolve()), path.name, path.stem, path.resolve().parent.name)
 
 
+def edge_model(model: str | None) -> str | None:
+    """`--model` as a send keeps it: the package's folder, so `resume` scores with the same package; checked now, so a
+    package that cannot be used is one line before anything is sent, not a triage missing from every slide."""
+    if model is None:
+        return None
+    from slidestream.analyze import model_package
+
+    return str(model_package(model).folder.resolve())
+
+
 def send_arguments(slide: Path, destination: str, endpoint_url: str | None, **options: Any) -> dict[str, Any]:
     """A send's complete arguments, as the journal stores them for `resume`: `send`'s defaults plus `options`."""
     unknown = set(options) - set(SEND_DEFAULTS)
@@ -364,7 +385,7 @@ class Resolver:
             use(Station(Store.parse(destination, endpoint_url), registry, station or default_station(), ca_bundle))
 
 
-def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable[[str, float | None], None] | None = None,
+def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable[[str, float | None, str | None], None] | None = None,
              resolver: Resolver | None = None) -> SendResult:
     """One send from its stored arguments (the same dict `resume` finds in the journal), to the slide version they
     name, or to the one `resolver` gives the file once it has opened (a new send).
@@ -401,6 +422,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
             sse_kms_key_id=args["sse_kms_key_id"],
             deadline=args["deadline"],
             ca_bundle=args["ca_bundle"],
+            hub_wait=args.get("hub_wait", SEND_DEFAULTS["hub_wait"]),
         )
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.ref.label) as listener:
             registration = (record or CaseRecord(dest.case, utc_now())).to_json()
@@ -418,7 +440,7 @@ def run_send(args: dict[str, Any], state_dir: Path | None, triage_done: Callable
                 raise
             resend = requested_resends(sender) if earlier is not None and not earlier.failed else []  # only what this station sent is asked for
             listener.start(len(plan.shards))
-            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done).start() if triage else None
+            edge = EdgeTriage(slide_path, dest, order, stderr, triage_done, args.get("model")).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
                 edge.overview_sent()  # a resend: the overview is on the server already

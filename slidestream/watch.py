@@ -46,7 +46,15 @@ import typer
 from rich.console import Console
 
 from slidestream.config import FHIR_TABLE, HL7_TABLE
-from slidestream.send import CENTRE_KEYS_HELP, EDGE_HELP, FULL_PYRAMID_HELP, SEND_DEFAULTS, STATION_HELP
+from slidestream.send import (
+    CENTRE_KEYS_HELP,
+    EDGE_HELP,
+    FULL_PYRAMID_HELP,
+    HUB_WAIT_HELP,
+    MODEL_HELP,
+    SEND_DEFAULTS,
+    STATION_HELP,
+)
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".mrxs", ".dcm"}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload", ".filepart"}
@@ -468,7 +476,9 @@ def watch(
     keep_phi: Annotated[bool, typer.Option("--keep-phi", help="Keep label/macro images and identifying metadata.")] = SEND_DEFAULTS["keep_phi"],
     deadline: Annotated[float, typer.Option("--deadline", min=0, help="Seconds the link may stay down per slide before retrying later.")] = SEND_DEFAULTS["deadline"],
     edge: Annotated[bool, typer.Option("--edge/--no-edge", help=EDGE_HELP)] = SEND_DEFAULTS["edge"],
+    model: Annotated[str | None, typer.Option("--model", metavar="PACKAGE", help=MODEL_HELP)] = SEND_DEFAULTS["model"],
     full_pyramid: Annotated[bool, typer.Option("--full-pyramid", help=FULL_PYRAMID_HELP)] = SEND_DEFAULTS["full_pyramid"],
+    hub_wait: Annotated[float, typer.Option("--hub-wait", min=0, help=HUB_WAIT_HELP)] = SEND_DEFAULTS["hub_wait"],
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Journal, registry and watch log (default $XDG_STATE_HOME/slidestream).")] = None,
     station: Annotated[str | None, typer.Option("--station", envvar="SLIDESTREAM_STATION", help=STATION_HELP)] = None,
     outbox: Annotated[
@@ -491,13 +501,14 @@ def watch(
     from caseformat.layout import validate_station
     from caseformat.signing import PUBLIC_KEYS_FILE
     from slides.errors import printable
-    from slidestream.send import Resolver, run_send, send_arguments
+    from slidestream.send import Resolver, edge_model, run_send, send_arguments
     from slidestream.station import default_station, load_trusted
     from transfer.target import parse_endpoint, parse_store_url
 
     parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
     parse_endpoint(endpoint_url)
     station = validate_station(station) if station is not None else default_station()
+    model = edge_model(model)
     import transfer.sender  # noqa: F401 - boto3 loads now (a third of a second), not while a frozen section waits
     from transfer import default_state_dir
 
@@ -510,11 +521,14 @@ def watch(
         slide_path_kind(unit.path)  # a link loop or a FIFO is its one line, before the path is resolved
         args = send_arguments(
             unit.path, destination, endpoint_url, concurrency=concurrency, max_rate=max_rate, quality=quality, keep_phi=keep_phi, deadline=deadline, edge=edge,
-            full_pyramid=full_pyramid,
+            model=model, full_pyramid=full_pyramid, hub_wait=hub_wait,
         )
 
-        def triage_done(label: str, seconds: float | None) -> None:
-            said = f"heatmap readable after {seconds:.1f} s" if seconds is not None else "no heatmap (edge triage unavailable)"
+        def triage_done(label: str, seconds: float | None, refused: str | None) -> None:
+            if refused is not None:
+                said = f"{refused} (QC only)"
+            else:
+                said = f"heatmap readable after {seconds:.1f} s" if seconds is not None else "no heatmap (edge triage unavailable)"
             hot.log(f"TRIAGED {unit.name}: {label}: {said}")
 
         resolver = Resolver(destination, endpoint_url, state, station, specimen=specimen_info(unit), duplicates=False)

@@ -278,21 +278,22 @@ def test_backoff_doubles_from_one_second_to_a_minute_and_speaks_once_per_kind_of
 
 
 def test_the_next_slide_is_sent_while_the_previous_slides_triage_runs(tmp_path: Path, s3_server, s3_bucket: str) -> None:
-    """Edge triage (on by default) of slide A finishes in the background: B's send starts, and is logged sent, before
-    A's heatmap is; both triages end (B's synthetic slide records no mpp: its triage is unavailable at once, without
-    waiting for A's, so the two TRIAGED lines come in either order)."""
+    """Edge triage (on by default) of slide A (a colorectal specimen) finishes in the background: B's send starts, and
+    is logged sent, before A's heatmap is; both triages end (B's synthetic slide has no specimen site: no model may
+    score it, and the two TRIAGED lines come in either order)."""
     hot, state = tmp_path / "hot", tmp_path / "state"
-    hot.mkdir()
-    (hot / "a.svs").write_bytes(sample("CMU-1-Small-Region.svs").read_bytes())
+    (hot / "colon").mkdir(parents=True)
+    (hot / "colon" / "specimen.json").write_text('{"specimen_site": "sigmoid colon"}')
+    (hot / "colon" / "a.svs").write_bytes(sample("CMU-1-Small-Region.svs").read_bytes())
     (hot / "b.tiff").write_bytes(sample("synthetic-boxes.tiff").read_bytes())
     result = subprocess.run(_watch(hot, s3_server, s3_bucket, state, "--once", "--settle", "0.2"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     log = _log(state)
     order = [line.split(" ")[1:3] for line in log]
-    assert order.index(["SENT", "b.tiff:"]) < order.index(["TRIAGED", "a.svs:"]), log
-    assert any(" TRIAGED b.tiff: " in line and "no heatmap (edge triage unavailable)" in line for line in log), log
-    [case] = [line.split(" SENT a.svs: case ")[1].split(" ")[0] for line in log if " SENT a.svs: " in line]
-    assert any(f"TRIAGED a.svs: {case}/s1/v1: heatmap readable after" in line for line in log), log
+    assert order.index(["SENT", "b.tiff:"]) < order.index(["TRIAGED", "colon/a.svs:"]), log
+    assert any(" TRIAGED b.tiff: " in line and "no validated AI: the specimen site is not known (QC only)" in line for line in log), log
+    [case] = [line.split(" SENT colon/a.svs: case ")[1].split(" ")[0] for line in log if " SENT colon/a.svs: " in line]
+    assert any(f"TRIAGED colon/a.svs: {case}/s1/v1: heatmap readable after" in line for line in log), log
     triage = s3_server.client().get_object(Bucket=s3_bucket, Key=f"site-a/{SlideRef(case).key(TRIAGE)}")["Body"].read()
     assert json.loads(triage)["score"] is not None
 

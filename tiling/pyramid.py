@@ -92,7 +92,8 @@ class ConvertOptions:
     workers: shards built in parallel.
     hub_levels: leave the levels downsampled from a stored level (`LevelPlan.downsampled_from`) to the receiving
         hub: the writer does not produce their shards (`PyramidPlan.hub_shards` lists them), so they never use the
-        uplink. A send sets it; `convert` builds them itself, with the same code and bytes.
+        uplink. A send sets it, and builds them at its end after all where no hub came for them
+        (`SendOrder.decide_hub_levels`); `convert` builds them itself. Same code, same bytes, whoever builds them.
     """
 
     quality: int = DEFAULT_QUALITY
@@ -186,6 +187,13 @@ class PyramidPlan:
         """The whole plan: overview shards plus the shards that hold tissue (or all, with keep_background)."""
         return replace(self, shards=_shard_tasks(self.levels, self.shard_side, tissue, priority, self.options), tissue=tissue)
 
+    def without_hub_levels(self) -> PyramidPlan:
+        """The plan with the levels it left to the hub built by the writer after all (no hub came for them: see
+        `SendOrder.take_hub_levels`): their shards follow the others, with the same bytes the hub would write."""
+        levels = [replace(level, at_hub=False) for level in self.levels]
+        options = replace(self.options, hub_levels=False)
+        return replace(self, levels=levels, shards=self.shards + self.hub_shards, options=options)
+
 
 PriorityMap = Callable[[float, float, float, float], float]
 
@@ -258,6 +266,7 @@ class SendOrder:
         self._settled = threading.Event()
         if plan.settled:
             self._settled.set()
+        self._hub_decision: Callable[[list[ShardTask]], bool] | None = None
 
     @property
     def plan(self) -> PyramidPlan:
@@ -277,6 +286,23 @@ class SendOrder:
             self._pending = sorted(self._pending + added, key=lambda t: _send_rank(self._plan.levels, t))
         self._settled.set()
         return self._plan
+
+    def decide_hub_levels(self, decide: Callable[[list[ShardTask]], bool]) -> None:
+        """Let `decide` say, once every other shard is produced, whether the writer builds the shards the plan left
+        to the hub (it gets them) after all: True where no hub came for them. Without it they stay the hub's."""
+        self._hub_decision = decide
+
+    def take_hub_levels(self) -> bool:
+        """`produce` asks this once nothing else is pending: whether the hub levels' shards became the writer's
+        (`decide_hub_levels` said so) and joined the shards still to produce. Asks once; False ever after."""
+        decide, self._hub_decision = self._hub_decision, None
+        tasks = self._plan.hub_shards
+        if decide is None or not tasks or not decide(tasks):
+            return False
+        with self._lock:
+            self._plan = self._plan.without_hub_levels()
+            self._pending = sorted(self._pending + tasks, key=lambda t: _send_rank(self._plan.levels, t))
+        return True
 
     def wait_settled(self, timeout: float | None = None) -> PyramidPlan | None:
         """The whole plan once the tissue is known, or None after `timeout` seconds."""
@@ -584,6 +610,8 @@ def produce(slide: Slide, plan: PyramidPlan, name: str, source_summary: dict, or
                 yield from _result(labels.popleft(), slide)
             if not pending:
                 if order.plan.settled:
+                    if order.take_hub_levels():
+                        continue  # no hub came for the in-between levels: built here after all
                     return
                 assert tissue is not None
                 yield from label(order.settle(_result(tissue, slide)))

@@ -18,7 +18,9 @@ sent: `hub_levels` maps each to the level it is built from, and `hub_planned` li
 The hub records what it wrote in an object of its own beside the manifest (`caseformat.results.PyramidRecord`:
 `built`, and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
 the two into the view every reader uses: a hub shard is planned, arrived once built, and never background
-until the hub says so. Without a hub those shards stay pending (a viewer shows the next stored level).
+until the hub says so. Where no hub claimed the slide version by the end of the send (`SendOptions.hub_wait`), the
+sender builds those levels itself and they are its own: planned and arrived like any shard, and the complete
+manifest names no hub level, so no reader ever finds a complete image with an empty level.
 
 A reader that finds a stored object corrupt (a shard whose index or chunk fails its CRC32C) refuses it and lists
 it in corrupt.json beside the manifest (`caseformat.results.CorruptRecord`): the centre's request to the station,
@@ -66,7 +68,7 @@ class Arrivals:
         self._arrived: dict[str, int] = {}  # key -> bytes
         self._assumed: dict[str, int] = {}
         self._metadata_bytes = 0
-        self._hub_levels = {str(level.index): level.downsampled_from for level in plan.levels if level.at_hub}
+        self._hub_levels: dict[str, int | None] = {}
         self._hub_planned: list[str] = []
         self._lock = threading.Lock()
         self.settle(plan)
@@ -83,6 +85,8 @@ class Arrivals:
                     if task.key in self._assumed:
                         self._arrived[task.key] = self._assumed[task.key]
             self._settled = plan.settled
+            # a send whose hub never came builds those levels itself: they become its own, planned above
+            self._hub_levels = {str(level.index): level.downsampled_from for level in plan.levels if level.at_hub}
             self._hub_planned = [task.key for task in plan.hub_shards]
 
     def produced(self, key: str) -> None:

@@ -5,7 +5,9 @@ until the deadline), a first manifest (state "sending") before any other object,
 of ours without one, then metadata objects, then shards in send order. Shards do not wait for the metadata; the
 manifest is next rewritten once every metadata object is verified, then at most once per `manifest_interval` (and at
 once at each milestone and when a level completes), and last with `complete: true`, written only after every object
-was verified. A rerun that finds everything verified already leaves the complete manifest as it is.
+was verified. A rerun that finds everything verified already leaves the complete manifest as it is. A plan that
+leaves the in-between levels to the hub waits at its end for a hub to claim the slide version, and where none does
+within `SendOptions.hub_wait` the send builds and sends those levels itself before the complete manifest.
 
 The centre asks for pieces again by listing the image objects its readers found corrupt in corrupt.json beside the
 manifest (`caseformat.results.CorruptRecord`). `corrupt_request` reads it when a send starts or resumes; `send(...,
@@ -39,10 +41,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from caseformat.bounded import utc_now as document_time
 from caseformat.errors import DocumentError
-from caseformat.layout import CASE_RECORD, CORRUPT, TRIAGE, SlideRef, case_key, heatmap_folder
-from caseformat.results import MANIFEST_LIMIT, CorruptRecord, Manifest
+from caseformat.layout import CASE_RECORD, CORRUPT, LEASE, PYRAMID, TRIAGE, SlideRef, case_key, heatmap_folder
+from caseformat.results import MANIFEST_LIMIT, CorruptRecord, Lease, Manifest, PyramidRecord
 from slides import SlidestreamError
-from tiling import Piece, PieceKind, SendOrder
+from tiling import Piece, PieceKind, SendOrder, ShardTask
 from transfer.errors import (
     BucketNotFoundError,
     CredentialsError,
@@ -68,6 +70,7 @@ IN_FLIGHT_SECONDS = 1.0  # auto concurrency keeps at most this much link time in
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 20.0  # seconds, full jitter: link loss
 RESEND_BASE = 0.1  # seconds: a corrupted object is sent again almost at once (nothing to wait out)
 RETRACT_WAIT = 30.0  # seconds a retraction waits for puts still in flight (a late put must not land after a delete)
+HUB_POLL = 1.0  # seconds between looks for a hub's claim while a send waits for one (`SendOptions.hub_wait`)
 
 
 def resumable(error: BaseException) -> bool:
@@ -93,6 +96,9 @@ class SendOptions:
     multipart_threshold: objects above this go in parts (s3transfer), each part this size.
     manifest_interval: the manifest is rewritten at most this often (plus at milestones and the end).
     integrity_retries: re-sends of an object the server stored with other bytes, before giving up.
+    hub_wait: seconds a send whose plan leaves levels to the hub waits, once its own objects are verified, for a hub
+        to claim the slide version (its lease) or record building them (its pyramid.json); with no hub by then the
+        send builds and sends them itself, so a complete manifest never names a level nobody builds (0: always here).
     """
 
     concurrency: int | None = None
@@ -104,6 +110,7 @@ class SendOptions:
     multipart_threshold: int = 8 * MiB
     manifest_interval: float = 1.0
     integrity_retries: int = 5
+    hub_wait: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -361,6 +368,7 @@ class Sender:
         known = self.journal.verified(self.dest)
         plan = order.plan
         arrivals = self._arrivals = Arrivals(self.dest.ref, plan, record.started_at, record.milestones)
+        order.decide_hub_levels(lambda tasks: self._hub_levels_here(tasks, known))
         self._set_concurrency(self.options.concurrency or AUTO_START)
         helpers = [threading.Thread(target=self._guard(self._monitor), name="monitor", daemon=True),
                    threading.Thread(target=self._guard(self._publish_loop), name="manifest", daemon=True)]  # fmt: skip
@@ -407,6 +415,8 @@ class Sender:
                     self._await_overview()
             if not self._metadata_listed:
                 self._metadata_queued({})
+            if order.plan is not plan:  # the hub's levels became ours, and none of their shards held anything
+                arrivals.settle(order.plan)
             for name in arrivals.finished_producing():
                 self._announce(name)
             self._drain()
@@ -453,6 +463,44 @@ class Sender:
             self._active,
             len(resent),
         )
+
+    def _hub_levels_here(self, tasks: list[ShardTask], known: dict[str, tuple[str, int]]) -> bool:
+        """Whether this send builds the shards (`tasks`) its plan left to the hub, asked once every other shard is
+        produced: yes where an earlier run of it sent some (it finishes what it started) or `hub_wait` is 0; no for
+        a resend of pieces the centre found corrupt (the hub builds its own again) or once a hub came; otherwise,
+        once every object is verified, yes if no hub came within `hub_wait` seconds more. A hub and this send may
+        both build them (a hub that comes late): the shards are deterministic, so both write the same bytes."""
+        if any(task.key in known for task in tasks):
+            return True
+        if self._resend:
+            return False
+        if self.options.hub_wait <= 0:
+            return True
+        if self._hub_came():
+            return False
+        self._drain()
+        until = time.monotonic() + self.options.hub_wait
+        while time.monotonic() < until:
+            self._stop.wait(min(HUB_POLL, max(0.0, until - time.monotonic())))
+            self._raise_failure()
+            if self._hub_came():
+                return False
+        return True
+
+    def _hub_came(self) -> bool:
+        """Whether a hub claimed this slide version (a lease it has not released as finished) or recorded building
+        its levels for this send (pyramid.json of this `started_at`). A document that cannot be read or parsed
+        says no: building here as well costs bytes, never pixels."""
+        assert self._arrivals is not None
+        ref, bucket = self.dest.ref, self.dest.bucket
+        try:
+            lease = _read_small(self.client, bucket, self.dest.key(ref.centre_key(LEASE)))
+            if lease is not None and not Lease.read(lease, LEASE).finished:
+                return True
+            record = _read_small(self.client, bucket, self.dest.key(ref.centre_key(PYRAMID)))
+            return record is not None and PyramidRecord.read(record, PYRAMID).started_at == self._arrivals.started_at
+        except (BotoCoreError, ClientError, DocumentError):
+            return False
 
     def _open(self) -> None:
         """Before this run's first image object: a manifest that says "sending" (so an image we write is never
