@@ -95,6 +95,11 @@ class Storage(ABC):
     async def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Names of the 'folders' directly under `prefix` (the cases, at the root)."""
 
+    async def list_after(self, prefix: str, after: str) -> builtins.list[ObjectInfo]:
+        """The objects under `prefix/` whose keys sort after `after` (a time-stamped index read since its last look:
+        `_arrivals/`, `_notices/`). This listing filtered; S3 starts its LIST there instead."""
+        return [info for info in await self.list(prefix) if info.key > after]
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could name something outside the store, whatever the backend makes of them."""
@@ -153,9 +158,15 @@ class S3Storage(Storage):
         _, folders = await self._listing(prefix, f"{prefix}/" if prefix else "", True)
         return sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)
 
-    async def _listing(self, what: str, prefix: str, folders: bool) -> tuple[builtins.list[dict[str, Any]], builtins.list[str]]:
+    async def list_after(self, prefix: str, after: str) -> builtins.list[ObjectInfo]:
+        check_prefix(prefix)
+        objects, _ = await self._listing(prefix, prefix + "/", False, after)
+        return [ObjectInfo(item["Key"], item["Size"], item.get("ETag") or str(item["LastModified"])) for item in objects]
+
+    async def _listing(self, what: str, prefix: str, folders: bool, after: str | None = None
+                       ) -> tuple[builtins.list[dict[str, Any]], builtins.list[str]]:
         try:
-            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders)
+            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders, start_after=after)
         except ObjectNotFoundError:
             raise
         except StorageError as error:

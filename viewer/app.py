@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Cookie, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Cookie, Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -71,6 +71,7 @@ from viewer.tokens import (
     bearer,
     case_scope,
 )
+from viewer.worklist import OpenCases
 
 STATIC = Path(__file__).with_name("static")
 # the pages' shared module (viewer-core.mjs): a system whose MIME table lacks .mjs would serve it as text/plain,
@@ -127,6 +128,7 @@ class ViewerState:
     def __init__(self, cases: Cases, tokens: Tokens, link_lifetime: timedelta, key: SigningKey, sessions: Sessions,
                  revoked_links: RevokedLinks) -> None:
         self.cases = cases
+        self.open_cases = OpenCases(cases)  # the worklist's index: built at its first poll, then kept up to date
         self.storage = cases.storage
         self.trusted = cases.trusted
         self.tokens = tokens
@@ -296,12 +298,15 @@ async def me(identity: Who) -> JSONResponse:
 
 
 @router.get("/api/worklist")
-async def worklist(state: State, identity: Who) -> JSONResponse:
+async def worklist(state: State, identity: Who, since: Annotated[str | None, Query(max_length=64)] = None) -> JSONResponse:
+    """Every case, most urgent first ("cases"); with `since`, the token of the page's last answer, only the rows
+    changed and the cases removed since ("changed", "removed"). From this process's index (viewer/worklist.py)."""
     identity.pathologist("open the worklist")
-    entries = await state.cases.worklist()
-    for entry in entries:
-        entry["link"] = f"/view/{entry['case']}"  # the session cookie opens it: no token in any address
-    return JSONResponse({"now": utc_now(), "cases": entries}, headers={"Cache-Control": "no-store"})
+    body = await state.open_cases.poll(since, datetime.now(UTC))
+    for rows in ("cases", "changed"):  # the session cookie opens a row's link: no token in any address
+        if rows in body:
+            body[rows] = [{**entry, "link": f"/view/{entry['case']}"} for entry in body[rows]]
+    return JSONResponse({"now": utc_now(), **body}, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/cases/{case}")

@@ -1,14 +1,20 @@
 // The worklist: every case, most urgent first (the server's order: minutes left, then triage score), with where
 // it comes from, its slides' arrival, the AI result's stage, the frozen-section clock and the signature. Polled:
-// new cases appear by themselves. A module: the clock's rule is viewer-core.mjs's.
+// new cases appear by themselves. After the first answer each poll asks only for what changed since the last
+// (`since`: rows changed, cases removed) and merges it, in the server's order (viewer/cases.py `by_urgency`).
+// A module: the clock's rule is viewer-core.mjs's.
 import { clock } from "./viewer-core.mjs";
 
 (() => {
     const { api, ApiError, offerSignOut, refusedText } = slidestream;
     const $ = (id) => document.getElementById(id);
     const REFRESH_MS = 5000;
+    const TURNAROUND_MS = 30 * 60 * 1000; // viewer/cases.py TURNAROUND
+    // what the server's `_parse_time` takes for a clock's start: ISO 8601 with a zone, years 2000-2200
+    const ISO_TIME = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$/;
     let offset = 0; // server clock minus ours, so every pathologist sees the same clock
     let cases = [];
+    let since = null; // the token of the last answer: the next poll asks for what changed after it
 
     function showMessage(text) {
         $("message").textContent = text;
@@ -18,6 +24,7 @@ import { clock } from "./viewer-core.mjs";
     // Refused (never signed in, or the session ended): "Sign in" where the viewer has a directory to sign in through
     async function refused(error) {
         cases = []; // signed out: the list goes with the session
+        since = null;
         render();
         showMessage(`${refusedText} (${error.message})`);
         const directory = await fetch("/auth/oidc", { cache: "no-store" }).catch(() => null);
@@ -84,12 +91,46 @@ import { clock } from "./viewer-core.mjs";
         }
     }
 
+    function clockStart(text) {
+        if (typeof text !== "string" || !ISO_TIME.test(text)) return null;
+        const moment = Date.parse(text);
+        const year = new Date(moment).getUTCFullYear();
+        return Number.isNaN(moment) || year < 2000 || year > 2200 ? null : moment;
+    }
+
+    // the server's order: unsigned by whole minutes left, then score (unscored last); no clock after; signed last
+    function urgency(entry, now) {
+        const started = clockStart(entry.started_at);
+        const minutesLeft = started === null ? 0 : Math.floor((started + TURNAROUND_MS - now) / 60000);
+        const score = entry.triage ? entry.triage.score : null;
+        return [entry.reported_at != null, started === null, minutesLeft, score == null, -(score || 0), entry.case];
+    }
+
+    function byUrgency(entries, now) {
+        const keyed = entries.map((entry) => [urgency(entry, now), entry]);
+        keyed.sort(([a], [b]) => {
+            for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+            return 0;
+        });
+        return keyed.map(([, entry]) => entry);
+    }
+
+    // the whole list (the first answer, or after a server restart), or the rows changed and cases removed since
+    function merge(data) {
+        if (data.cases) return data.cases;
+        const byCase = new Map(cases.map((entry) => [entry.case, entry]));
+        for (const entry of data.changed) byCase.set(entry.case, entry);
+        for (const gone of data.removed) byCase.delete(gone);
+        return byUrgency([...byCase.values()], Date.parse(data.now));
+    }
+
     async function refresh() {
         try {
             const sent = Date.now();
-            const data = await api("/api/worklist");
+            const data = await api(since ? `/api/worklist?since=${encodeURIComponent(since)}` : "/api/worklist");
             offset = Date.parse(data.now) - (sent + Date.now()) / 2; // the server's time was read mid-round-trip
-            cases = data.cases;
+            cases = merge(data);
+            since = data.since;
             showMessage(cases.length ? "" : "No cases yet.");
             render();
         } catch (error) {
