@@ -30,6 +30,14 @@ class PacsOutboxError(SlidestreamError):
     """The PACS outbox cannot be used (its file, its disk)."""
 
 
+class PacsUnreachable(SlidestreamError):
+    """The PACS cannot be reached now (`Store` raises it): the case stays queued."""
+
+
+class PacsRefused(SlidestreamError):
+    """The PACS refused an instance or a request (`Store` raises it): the case is not sent again."""
+
+
 @dataclass(frozen=True)
 class CaseImages:
     """What one queued entry sends: the slide versions a report read, and the patient and order they are filed
@@ -51,8 +59,8 @@ class CaseImages:
 Export = Callable[[CaseImages, str, str], Path]
 """(entry, slide, version) -> the folder of that slide version's identified DICOM series (made once, then reused)."""
 Store = Callable[[Path], str]
-"""A series folder -> what the PACS said ("12 instances, 12 sent"); raises `transfer.errors.NetworkError` while the
-PACS cannot be reached, `transfer.stow.PacsError` when it refuses."""
+"""A series folder -> what the PACS said ("12 instances, 12 sent"); raises `PacsUnreachable` while the PACS cannot be
+reached, `PacsRefused` when it refuses."""
 
 
 class Outbox(Queue):
@@ -73,17 +81,14 @@ class Outbox(Queue):
 def _send(images: CaseImages, export: Export, store: Store) -> Outcome:
     """Every slide version of the entry into the PACS; the exports (which name the patient) are removed once all are
     in, and kept until then so that a retry sends the same instances, not a second copy under new UIDs."""
-    from transfer.errors import NetworkError
-    from transfer.stow import PacsError
-
     answers, folders = [], []
     for slide, version in images.slides:
         try:
             folders.append(folder := export(images, slide, version))
             answers.append(f"{slide}/{version}: {store(folder)}")
-        except NetworkError as error:
+        except PacsUnreachable as error:
             return unreachable(f"PACS: {one_line(error)}")
-        except PacsError as error:
+        except PacsRefused as error:
             return refused(f"PACS {images.case} {slide}/{version}: {one_line(error)}")
         except (SlidestreamError, OSError) as error:  # the store, the export's disk: later
             return retry(f"PACS {images.case} {slide}/{version}: {one_line(error)}")

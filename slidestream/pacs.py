@@ -83,12 +83,12 @@ def station_images(stow: str, store: str, endpoint_url: str | None, state_dir: P
     registry, into the state folder (`pacs/{case}-{slide}-{version}`, until the PACS holds it), and stored by STOW-RS.
     A malformed URL or credentials are one line at start (`typer.BadParameter`)."""
     from caseformat.layout import SlideRef
-    from hospital.pacs import CaseImages
+    from hospital.pacs import CaseImages, PacsRefused, PacsUnreachable
     from hospital.systems import PacsTarget
     from slidestream.stored import open_stored_case
     from tiling.dicom import export_dicom
-    from transfer.errors import DestinationError
-    from transfer.stow import Pacs, credentials, read_series, send_series
+    from transfer.errors import DestinationError, NetworkError
+    from transfer.stow import Pacs, PacsError, credentials, read_series, send_series
 
     try:
         token, basic = credentials()
@@ -105,7 +105,12 @@ def station_images(stow: str, store: str, endpoint_url: str | None, state_dir: P
         return folder
 
     def send(folder: Path) -> str:
-        result = send_series(read_series(folder, identified=True), pacs)
+        try:
+            result = send_series(read_series(folder, identified=True), pacs)
+        except NetworkError as error:
+            raise PacsUnreachable(str(error)) from None
+        except PacsError as error:
+            raise PacsRefused(str(error)) from None
         return f"{result.instances} instances, {result.sent} sent, {result.already} already in the PACS"
 
     return PacsTarget(export, send)

@@ -446,11 +446,15 @@ class Backoff:
     def succeeded(self) -> str | None:
         """Resets the backoff; when it ends a failure that was reported, what had failed ("the store", or "the state
         disk" for a local error such as a full disk), so the line that says it works again names the right thing."""
+        from transfer import TransferError
+        from transfer.errors import JournalError
+
         failing = self._failing
         self._delay, self._next, self._failing = self._first, 0.0, None
         if failing is None:
             return None
-        return "the state disk" if issubclass(failing, OSError) else "the store"
+        local = issubclass(failing, JournalError) or (issubclass(failing, OSError) and not issubclass(failing, TransferError))
+        return "the state disk" if local else "the store"
 
 
 LIS_HELP = "The LIS's MLLP endpoint: each signed report and amendment goes to it as HL7 v2.5.1 ORU^R01, queued while it is down."
