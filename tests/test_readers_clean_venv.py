@@ -101,23 +101,25 @@ print(json.dumps(found))
 """
 
 
-def reader_environment() -> Path:
-    """A virtual environment with `READER_PACKAGES` from the registry and nothing of slidestream, made once a day."""
-    key = hashlib.sha256(json.dumps([READER_PACKAGES, sys.version]).encode()).hexdigest()[:10]
-    venv = Path(str(VENV).format(day=time.strftime("%Y%m%d"), key=key))
+def reader_environment(packages: list[str] = READER_PACKAGES) -> Path:
+    """A virtual environment with `packages` from the registry and nothing of slidestream, made once a day."""
+    key = hashlib.sha256(json.dumps([packages, sys.version]).encode()).hexdigest()[:10]
+    today = time.strftime("%Y%m%d")
+    venv = Path(str(VENV).format(day=today, key=key))
     python = venv / "bin" / "python"
     if (venv / "installed").exists():
         return python
     for stale in venv.parent.glob(VENV.name.format(day="*", key="*")):  # earlier days' (half a gigabyte each)
-        shutil.rmtree(stale, ignore_errors=True)
+        if f"-{today}-" not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *READER_PACKAGES], capture_output=True, text=True, timeout=900)
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], capture_output=True, text=True, timeout=900)
     if install.returncode != 0:
         reachable = subprocess.run([str(python), "-m", "pip", "index", "versions", "zarr"], capture_output=True, text=True, timeout=120)
         shutil.rmtree(venv, ignore_errors=True)
         if reachable.returncode != 0:
             pytest.skip(f"the package registry cannot be reached (offline?): {' '.join(reachable.stderr.split())[-300:]}")
-        pytest.fail(f"pip install {' '.join(READER_PACKAGES)} failed: {install.stderr[-2000:]}")
+        pytest.fail(f"pip install {' '.join(packages)} failed: {install.stderr[-2000:]}")
     (venv / "installed").write_text(subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout)
     return python
 
@@ -171,3 +173,32 @@ def test_a_clean_environment_reads_a_sent_case_exactly(s3_server: S3Server, s3_b
         np.testing.assert_array_equal(read["image_0"].transpose(1, 2, 0)[tissue], scanned[tissue])
     assert heatmap_url, "analyze published a heatmap"
     np.testing.assert_array_equal(read["heatmap_0"], np.asarray(zarr.open_group(version.child(HEATMAP).zarr_store(), mode="r")["0"][:]))
+
+
+LOSSLESS_READER = r"""
+import sys
+from importlib.util import find_spec
+
+import ngff_zarr
+import numpy as np
+
+assert find_spec("slidestream") is None, "slidestream is importable"
+images = ngff_zarr.from_ngff_zarr(sys.argv[1]).images
+np.savez(sys.argv[2], **{str(index): np.asarray(image.data) for index, image in enumerate(images)})
+"""
+
+
+def test_ngff_zarr_reads_a_lossless_conversion_exactly(tmp_path: Path) -> None:
+    """`convert --lossless` (zstd chunks, no JPEG: no codec to register) read by ngff-zarr alone, in a clean
+    environment with only it from the registry: every level equals slidestream's own reader."""
+    python = reader_environment(["ngff-zarr"])
+    out = tmp_path / "lossless.zarr"
+    converted = slidestream("convert", "--lossless", REPO.parent / "shared" / "slides" / "CMU-1-Small-Region.svs", out)
+    assert converted.returncode == 0, converted.stderr
+    run = subprocess.run([str(python), "-I", "-c", LOSSLESS_READER, str(out), str(tmp_path / "levels.npz")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    read, ours = np.load(tmp_path / "levels.npz"), zarr.open_group(out, mode="r")
+    assert len(read.files) == 3
+    for index in read.files:
+        np.testing.assert_array_equal(read[index], np.asarray(ours[index][:]), err_msg=f"level {index}")
