@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +126,18 @@ def slidestream(*args: str) -> list[str]:
 
 class Observer:
     """Reads the store directly (its requests are not counted) once a second: when each case's image first had a
-    level complete and when its centre triage became final; and the worklist through the viewer's own code."""
+    level complete and when its centre triage became final; and the worklist as a page polls it, through the viewer's
+    own index (`viewer.worklist.OpenCases`, changes since the last poll)."""
 
     def __init__(self, endpoint: str, viewer_endpoint: str, bucket: str) -> None:
         from caseformat.signing import TrustedKeys
         from objectstore import S3Storage
         from viewer.cases import Cases
+        from viewer.worklist import OpenCases
 
         self.client = boto3.client("s3", endpoint_url=endpoint)
         self.bucket = bucket
-        self.cases = Cases(S3Storage(bucket, PREFIX, viewer_endpoint), TrustedKeys([]))
+        self.worklist = OpenCases(Cases(S3Storage(bucket, PREFIX, viewer_endpoint), TrustedKeys([])))
         self.listed: dict[str, float] = {}
         self.viewable: dict[str, float] = {}
         self.final: dict[str, float] = {}
@@ -142,9 +145,12 @@ class Observer:
 
     def run(self) -> None:
         loop = asyncio.new_event_loop()
+        since = None
         while not self.stop.wait(1.0):
             now = time.monotonic()
-            for entry in loop.run_until_complete(self.cases.worklist()):
+            answer = loop.run_until_complete(self.worklist.poll(since, datetime.now(UTC)))
+            since = answer["since"]
+            for entry in answer.get("cases", []) + answer.get("changed", []):
                 self.listed.setdefault(entry["case"], now)
             for key in self._keys("stations/"):
                 case = key.split("/")[3] if key.count("/") >= 3 else None

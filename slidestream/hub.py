@@ -213,7 +213,7 @@ class Hub:
             import boto3
 
             topics = boto3.client("sns", endpoint_url=self.root.endpoint_url)
-            subscribe(make_client(self.root.endpoint_url), topics, bucket, prefix, url, f"slidestream-hub-{_topic(self.root.url)}")
+            subscribe(make_client(self.root.endpoint_url), topics, bucket, prefix, url, f"slidestream-hub-{_topic(self.root.url, url)}")
         except StorageError as error:
             listener.stop()
             self.say(f"ERROR {error}")
@@ -707,12 +707,13 @@ def _overview_level(source: Any, manifest: Manifest) -> int | None:
     return None
 
 
-def _topic(url: str) -> str:
-    """A topic name for the store's prefix (letters, digits, '-' and '_' only, as SNS allows): one subscription per
-    prefix, which a restarted hub makes again rather than adds."""
+def _topic(store: str, push_url: str) -> str:
+    """A topic name for this hub's subscription to the store's prefix (letters and digits, as SNS allows): one per
+    prefix and listener address, so hubs on two machines each get the events and a hub restarted on the same address
+    makes its subscription again rather than adding one."""
     import hashlib
 
-    return hashlib.sha256(url.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{store} {push_url}".encode()).hexdigest()[:16]
 
 
 def _news(case: Tracked, line: str) -> bool:

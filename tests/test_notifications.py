@@ -80,3 +80,25 @@ def test_what_anyone_posts_is_a_hint_at_most(s3_server: S3Server) -> None:
         listener.stop()
     assert heard == ["h9"]
     assert stations_in(json.dumps({"Records": [_record("stations/h5/_arrivals/k")] * 3}).encode(), "") == {"h5"}
+
+
+def test_two_hubs_each_get_the_events(s3_server: S3Server, s3_bucket: str) -> None:
+    """Two hubs on one prefix (two machines) subscribe each under their own name: the second does not take the first's
+    events away."""
+    _rgw(s3_server)
+    from slidestream.hub import _topic
+
+    heard: list[list[str]] = [[], []]
+    listeners = [EventListener("127.0.0.1", 0, "alliance", heard[index].append).start() for index in range(2)]
+    try:
+        client = s3_server.client()
+        sns = boto3.client("sns", endpoint_url=s3_server.endpoint_url, region_name="default")
+        for listener in listeners:
+            url = f"http://127.0.0.1:{listener.port}"
+            subscribe(client, sns, s3_bucket, "alliance", url, f"hub-{_topic(f's3://{s3_bucket}/alliance', url)}")
+        client.put_object(Bucket=s3_bucket, Key=f"alliance/{arrivals_folder('h7')}20261205T100000Z_h7.c1_s1_v1", Body=b"")
+        wait_for(lambda: all(heard), "both hubs to hear the arrival", timeout=10)
+    finally:
+        for listener in listeners:
+            listener.stop()
+    assert heard == [["h7"], ["h7"]]
