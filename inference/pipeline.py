@@ -153,7 +153,7 @@ def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Lo
 def analyze_case(case: str | Location, out: str | Location | None = None, options: AnalyzeOptions = AnalyzeOptions(), *,
                  heatmap: Heatmap | None = None, runner: Runner | None = None, on_progress: Progress | None = None,
                  endpoint_url: str | None = None, limit: int | None = None, priority: np.ndarray | None = None,
-                 routed: Routed | None = None) -> Heatmap:
+                 routed: Routed | None = None, about: dict[str, Any] | None = None) -> Heatmap:
     """One pass over a slide version (`image.zarr`, `manifest.json`): score what has arrived, write results.
 
     Pass the heatmap of the previous pass to score only the tiles that arrived since. A tile is scored once every
@@ -164,7 +164,8 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     taken as complete; one whose send failed raises `CaseFailedError` with the reason. Coarse mode applies only to a
     complete case's first pass. `limit` scores at most that many tiles this pass, those of highest `priority` (a
     score per tile of the heatmap's grid, e.g. `edge_priority`) first. Results go to `out` (default: the case
-    itself, where the viewer looks), their triage.json recording `routed` (as `analyze_slide`).
+    itself, where the viewer looks), their triage.json recording `routed` (as `analyze_slide`) and `about` in its
+    summary (what the model detects and its validation record, which the hub adds).
     """
     case = case if isinstance(case, Location) else Location.parse(case, endpoint_url)
     manifest = read_manifest(case)
@@ -208,7 +209,7 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     heatmap.complete = finished and bool(heatmap.scored[heatmap.tissue].all())  # a corrupt shard's tiles are not
     target = case if out is None else out if isinstance(out, Location) else Location.parse(out, endpoint_url)
     if heatmap.complete or heatmap.scored.any():  # an incomplete map with nothing scored would hide the edge's
-        write_results(heatmap, target, options.threshold, source.mpp, routed)
+        write_results(heatmap, target, options.threshold, source.mpp, routed, about)
     return heatmap
 
 

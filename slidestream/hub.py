@@ -518,7 +518,7 @@ class Hub:
                 return
             started = time.monotonic()
             heatmap = analyze_case(case.location, options=options, heatmap=case.heatmap, runner=self.runner,
-                                   on_progress=renew, limit=limit, priority=case.priority)
+                                   on_progress=renew, limit=limit, priority=case.priority, **self.label(case))
         except CaseNotReadyError as error:
             case.seen = seen
             if case.manifest.state == COMPLETE:  # nothing more will arrive: what is there is unreadable
@@ -535,7 +535,6 @@ class Hub:
             case.backoff, case.retry_at = 0.0, None
             case.said.clear()  # progress: a later failure is news again
         case.heatmap = heatmap
-        self.label(case, heatmap)
         case.seen = seen if scored - before < limit else None  # a full pass may have left arrived tiles: go on
         if heatmap.complete and pyramid_done:
             self.release(case)
@@ -630,28 +629,21 @@ class Hub:
         else:
             self.retry(case, "the send is complete but the pyramid is not")
 
-    def label(self, case: Tracked, heatmap: Heatmap) -> None:
-        """Rewrite the pass's triage.json with what the routing held the slide to (`routed`: without it no reader
-        shows the score), what the model detects and its validation record, for the viewer. Only a map made by the
-        package the route chose is labelled: any other stays unrouted, shown as no validated AI."""
-        from dataclasses import replace
-
-        from caseformat.layout import TRIAGE
+    def label(self, case: Tracked) -> dict[str, Any]:
+        """What the pass's triage.json says beside the score, written with it in one PUT: what the routing held the
+        slide to (`routed`: without it no reader shows the score), what the model detects and its validation record."""
         from inference.validation import read_record, record_lines
 
         route = case.route
-        package = route.package if route is not None else None
-        if route is None or package is None or heatmap.spec != package.spec:
-            return
-        record = read_record(package)
+        if route is None or route.package is None:
+            return {}
+        package = route.package
         about = {"detects": package.detects}
-        if record is not None:
+        if (record := read_record(package)) is not None:
             rows = dict(record_lines(record))
             about["validation"] = (f"ROC AUC {rows['ROC AUC']}; sensitivity {rows['sensitivity']}; specificity "
                                    f"{rows['specificity']}; tiles {rows['tiles']}; data: {rows['data']}")[:500]
-        triage = heatmap.triage(self.options_for(case).threshold)
-        labelled = replace(triage, summary={**triage.summary, **about}, routed=route.routed)
-        case.location.write_bytes(TRIAGE, labelled.to_json())
+        return {"routed": route.routed, "about": about}
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
