@@ -261,7 +261,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class PyramidRecord:
-    """pyramid.json (`slidestream.hub_pyramid`): the hub shards built and those found empty, for the send that
+    """pyramid.json (`hub.pyramid`): the hub shards built and those found empty, for the send that
     started at `started_at` (a rescan under the same case ID starts a new record)."""
 
     started_at: str | None

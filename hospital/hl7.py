@@ -331,7 +331,7 @@ class Order:
 
     def context(self) -> dict[str, str]:
         """The case's context fields (caseformat.documents.CONTEXT_FIELDS) the order fills, each cut to what case.json
-        holds (CONTEXT_LIMIT); the identity gate (slidestream.station.check_context) still decides whether they may
+        holds (CONTEXT_LIMIT); the identity gate (station.station.check_context) still decides whether they may
         leave the hospital."""
         fields = {"clinical_question": self.clinical_question, "specimen_site": self.specimen_site,
                   "specimen_type": self.specimen_type, "surgeon": self.surgeon}  # fmt: skip

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slidestream import options as o
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -35,7 +37,7 @@ def analyze(
     batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Tiles per Dask task and model batch.")] = 32,
     threshold: Annotated[float | None, typer.Option("--threshold", min=0, max=1, help="Tile score that counts as hot (area and regions); default: the model package's.")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Wait for cases that are still uploading, and finish them.")] = False,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...); default AWS.")] = None,
+    endpoint_url: o.EndpointUrl = None,
     models: Annotated[list[str] | None, typer.Option("--model", metavar="PACKAGE", help="Model package: a folder, or a name in the centre's models folder (default: the Capricorn colorectal package). Repeat it for a routing table: the first package validated for a slide's site, stain and resolution scores it.")] = None,
     site: Annotated[str | None, typer.Option("--site", help="The specimen site of the slide files given (e.g. \"sigmoid colon\"); a case's is its case.json's. Without it a slide file gets QC only: no validated AI for an unknown site.")] = None,
 ) -> None:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from slidestream import options as o
+
 if TYPE_CHECKING:
     from caseformat.layout import SlideRef
     from caseformat.results import Triage
@@ -46,9 +48,7 @@ def export_dicom(
                                                  "for a slide file or convert's output folder a pseudonym of its content (16 hex digits), "
                                                  "never its file or folder name.")
     ] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...) of an s3:// case; default AWS.")
-    ] = None,
+    endpoint_url: o.EndpointUrl = None,
     mpp: Annotated[
         float | None, typer.Option("--mpp", min=0.01, max=1000, help="Micrometres per pixel, for a slide that records none.")
     ] = None,

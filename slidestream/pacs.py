@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from slidestream import options as o
+
 if TYPE_CHECKING:
     from wsidicom.metadata import Patient as DicomPatient
 
@@ -35,9 +37,7 @@ def pacs_send(
     stow: Annotated[str, typer.Option("--stow", metavar="URL", help="The PACS's DICOMweb root, e.g. http://pacs:8042/dicom-web. "
                                       "Credentials from SLIDESTREAM_PACS_TOKEN (bearer), or SLIDESTREAM_PACS_USER and "
                                       "SLIDESTREAM_PACS_PASSWORD (basic).")],
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph RGW, ...) of an s3:// case; default AWS.")
-    ] = None,
+    endpoint_url: o.EndpointUrl = None,
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="Where a case's export is kept for reruns (default $XDG_STATE_HOME/slidestream).")
     ] = None,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from slidestream.send import CENTRE_KEYS_HELP
+from slidestream import options as o
 
 stdout = Console(soft_wrap=True)
 ARRIVING, BEING_READ, SIGNED = "arriving", "being read", "signed"
@@ -18,18 +18,18 @@ ARRIVING, BEING_READ, SIGNED = "arriving", "being read", "signed"
 
 def status(
     destination: Annotated[str | None, typer.Argument(help="s3://BUCKET/PREFIX (default: every store this station sent to).")] = None,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint; default AWS.")] = None,
+    endpoint_url: o.EndpointUrl = None,
     station: Annotated[str | None, typer.Option("--station", help="Only the cases this station registered (default: all in the registry).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the registry lives (default $XDG_STATE_HOME/slidestream).")] = None,
-    centre_keys: Annotated[Path | None, typer.Option("--centre-keys", help=CENTRE_KEYS_HELP, dir_okay=False)] = None,
+    centre_keys: o.CentreKeys = None,
 ) -> None:
     """List this station's cases: arriving (a slide still sending), being read (all arrived, no signed report),
     signed (category and time), and failed slides with their reason."""
     from caseformat.layout import validate_station
     from caseformat.signing import PUBLIC_KEYS_FILE
     from slides.errors import printable
-    from slidestream.registry import Registry, store_key
-    from slidestream.station import Station, Store, default_station, load_trusted
+    from station.registry import Registry, store_key
+    from station.station import Station, Store, default_station, load_trusted
     from transfer import default_state_dir
 
     wanted = store_key(Store.parse(destination, endpoint_url)) if destination else None

@@ -34,7 +34,8 @@ from conftest import REPO, S3Server, sample
 
 from caseformat.layout import HUB, TRIAGE, SlideRef
 from slides import open_slide
-from slidestream.send import image_pieces, send_arguments
+from station.pipeline import image_pieces
+from station.request import SendRequest
 from tiling import Piece
 
 if TYPE_CHECKING:
@@ -224,9 +225,9 @@ def start_slidestream(*args: object, env: dict[str, str] | None = None) -> subpr
 def local_pieces(slide: Path, case: str, version: str = "v1", **options: Any) -> tuple[Piece, ...]:
     """What a send of `slide` as slide s1 (that `version`) of `case` uploads, produced here without any network
     (once per test session)."""
-    args = send_arguments(slide, "s3://unused/cases", None, **options)
-    with open_slide(slide, keep_phi=args["keep_phi"]) as opened:
-        return tuple(image_pieces(opened, args, SlideRef(case, "s1", version).label)[1])
+    request = SendRequest.of(slide, "s3://unused/cases", **options)
+    with open_slide(slide, keep_phi=request.keep_phi) as opened:
+        return tuple(image_pieces(opened, request, SlideRef(case, "s1", version).label)[1])
 
 
 def server_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:

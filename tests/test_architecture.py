@@ -10,7 +10,7 @@ from caseformat import layout
 
 REPO = Path(__file__).resolve().parents[1]
 # each package may import only those before it
-LAYERS = ["slides", "caseformat", "hospital", "tiling", "transfer", "objectstore", "inference", "viewer", "slidestream"]
+LAYERS = ["slides", "caseformat", "hospital", "tiling", "transfer", "objectstore", "inference", "station", "hub", "viewer", "slidestream"]
 # the layout's names that are path segments of keys: using one inside an f-string or a "+" builds a key by hand
 KEY_PARTS = {name for name in dir(layout) if name.isupper() and isinstance(getattr(layout, name), str)
              and name not in ("LAYOUT_FORMAT", "EDGE", "HUB", "ANALYZE")}  # fmt: skip

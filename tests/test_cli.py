@@ -3,7 +3,6 @@ stderr, exit code), against the real S3 server and the real slides."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pty
@@ -281,13 +280,23 @@ def test_ctrl_c_during_a_send_says_how_to_continue_and_resume_finishes_it(tmp_pa
     assert manifest["complete"] is True
 
 
-def test_send_and_watch_share_their_defaults_and_say_so() -> None:
-    from slidestream.send import SEND_DEFAULTS, send
-    from slidestream.watch import watch
+def test_watch_takes_every_option_send_takes_with_the_same_default_and_help() -> None:
+    import typer
 
-    for command in (send, watch):
-        help_text = re.sub(r"[\s│]+", " ", slidestream(command.__name__, "--help", env={"COLUMNS": "300"}, timeout=60).stdout)
-        assert "(default: on, for send and watch alike)" in help_text, help_text
-    assert SEND_DEFAULTS["edge"] is True
-    for name in ("concurrency", "quality", "keep_phi", "deadline", "edge", "max_rate"):
-        assert inspect.signature(send).parameters[name].default == inspect.signature(watch).parameters[name].default == SEND_DEFAULTS[name]
+    from slidestream.cli import app
+    from station.request import SendRequest
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    watch_options = {param.name: param for param in commands["watch"].params}
+    only_send = {"slide", "destination", "case", "context_file", "state_dir", "as_json"}  # a file's own, or said differently
+    for param in commands["send"].params:
+        if param.name in only_send:
+            continue
+        twin = watch_options.get(param.name)
+        assert twin is not None, f"watch lacks send's {param.opts}"
+        assert (twin.opts, twin.default, twin.help) == (param.opts, param.default, param.help), param.name
+    for name in ("concurrency", "quality", "keep_phi", "deadline", "edge", "max_rate", "lossless", "keep_background", "hub_wait"):
+        assert watch_options[name].default == getattr(SendRequest("", ""), name), name
+    for command in ("send", "watch"):
+        help_text = re.sub(r"[\s│]+", " ", slidestream(command, "--help", env={"COLUMNS": "300"}, timeout=60).stdout)
+        assert "Triage here first (default: on)" in help_text, help_text

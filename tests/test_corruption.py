@@ -20,9 +20,9 @@ from viewer_support import TRUSTED, Bucket, chunk_of, pyramid, serving, shards
 
 from caseformat.layout import CORRUPT, IMAGE, MANIFEST, PYRAMID, TRIAGE, SlideRef
 from caseformat.results import COMPLETE, CorruptRecord, Manifest
+from hub.pyramid import complete_pyramid
 from inference import Location, analyze_case
 from slides import open_slide
-from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from transfer.manifest import resend_keys

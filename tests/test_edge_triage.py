@@ -19,7 +19,7 @@ from caseformat.layout import EDGE, HEATMAP, TRIAGE, qualified_case
 from caseformat.results import Routed, Triage
 from inference.tiles import spread_sample
 from slidestream.cli import app
-from slidestream.edge import SAMPLED_TILES
+from station.edge import SAMPLED_TILES
 
 
 def specimen(folder: Path, site: str) -> Path:
@@ -117,7 +117,7 @@ def test_the_sample_is_spread_over_every_fragment_of_tissue(count: int) -> None:
 def test_the_send_order_takes_an_unsampled_tile_as_hot_as_its_nearest_sampled_one() -> None:
     from inference import CAPRICORN, Heatmap, priority_from_heatmap
     from inference.tiles import TileGrid
-    from slidestream.edge import nearest_filled
+    from station.edge import nearest_filled
 
     heatmap = Heatmap(TileGrid(100, 1000, 100), np.ones((1, 10), bool), CAPRICORN, 0.5, False, "case/s1/v1", EDGE)
     heatmap.score[0, 1], heatmap.score[0, 8] = 0.9, 0.1  # the two tiles the edge sampled

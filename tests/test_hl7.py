@@ -29,7 +29,7 @@ from hospital.hl7 import HL7Error, Order, Patient, Routing, control_id, report_m
 from hospital.mllp import OUTBOX_FILE, Endpoint, OrderListener, Outbox, exchange
 from hospital.outbox import RETRY_FIRST
 from objectstore import S3Storage
-from slidestream.registry import Registry, Specimen, new_case_id
+from station.registry import Registry, Specimen, new_case_id
 from viewer.cases import Cases
 
 KEY = SigningKey.generate()

@@ -39,10 +39,10 @@ from caseformat.layout import (
 )
 from caseformat.results import Lease, Manifest
 from caseformat.signing import TrustedKeys
+from hub.pyramid import complete_pyramid
 from inference import AnalyzeOptions, Location, analyze_slide
 from slides import open_slide
 from slidestream.cli import app
-from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
 from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
 from viewer import S3Storage

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slidestream.station import SpecimenError, check_context, read_sidecar
+from station.station import SpecimenError, check_context, read_sidecar
 
 WHERE = "S26-004711/specimen.json"
 

@@ -24,9 +24,9 @@ from support import STATION, journal_objects, send_args, slidestream, wait_for
 
 from caseformat.layout import IMAGE, LEASE, MANIFEST, PYRAMID, SlideRef, qualified_case
 from caseformat.results import Lease, Manifest, PyramidRecord
+from hub.pyramid import complete_pyramid
 from inference import Location
 from slides import open_slide
-from slidestream.hub_pyramid import complete_pyramid
 from tiling import ConvertOptions, plan_pyramid
 
 pytestmark = pytest.mark.slow  # several sends of a derived slide, a DICOM export

@@ -86,7 +86,7 @@ def test_two_hubs_each_get_the_events(s3_server: S3Server, s3_bucket: str) -> No
     """Two hubs on one prefix (two machines) subscribe each under their own name: the second does not take the first's
     events away."""
     _rgw(s3_server)
-    from slidestream.hub import _topic
+    from hub.hub import _topic
 
     heard: list[list[str]] = [[], []]
     listeners = [EventListener("127.0.0.1", 0, "alliance", heard[index].append).start() for index in range(2)]

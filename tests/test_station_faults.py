@@ -124,7 +124,7 @@ def _epoch(iso: str) -> float:
 
 def _registry_specimens(tmp_path: Path) -> list[tuple[str, str]]:
     """(case, registered_at) of every specimen in the station's registry."""
-    from slidestream.registry import Registry
+    from station.registry import Registry
 
     with Registry(tmp_path / "state") as registry:
         return [(specimen.case, specimen.registered_at) for _, specimen in registry.specimens()]
@@ -199,7 +199,7 @@ def test_a_full_state_disk_never_stops_watch_and_each_specimen_keeps_its_first_c
     has it open: watch keeps running (its log cannot be written: said once on stderr), registers nothing anywhere
     (no case on the store without the registry's row), and once space is back the specimen gets one case whose
     clock is when it appeared."""
-    from slidestream.registry import Registry
+    from station.registry import Registry
 
     Registry(small_disk).close()  # the station's registry exists, as on any station that ran before
     filler = _fill(small_disk)
@@ -367,7 +367,7 @@ def test_an_idle_station_polls_its_notices_slowly_and_a_waiting_one_each_second(
 ) -> None:
     """With no case awaiting a report the station LISTs its notices every IDLE_NOTICE_POLL seconds, not every
     second (90 idle stations: 7.8 million LISTs a day otherwise); once a specimen registers, every second again."""
-    from slidestream.watch import IDLE_NOTICE_POLL, NOTICE_POLL
+    from station.hotfolder import IDLE_NOTICE_POLL, NOTICE_POLL
 
     proxy = CountingProxy(s3_server.endpoint_url)
     try:

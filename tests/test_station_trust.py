@@ -213,8 +213,8 @@ def test_without_the_centre_keys_watch_sends_and_says_once_that_it_reads_nothing
 
 
 def test_status_counts_only_reports_the_centre_signed(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
-    from slidestream.registry import Registry
-    from slidestream.station import SpecimenInfo, Station, Store
+    from station.registry import Registry
+    from station.station import SpecimenInfo, Station, Store
 
     state = tmp_path / "state"
     with Registry(state) as registry:
@@ -243,7 +243,7 @@ def test_status_counts_only_reports_the_centre_signed(tmp_path: Path, s3_server:
 
 def test_the_station_files_that_hold_identity_are_private(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
     """The registry and journal (one SQLite file, with its -wal and -shm), the watch log and the state folder."""
-    from slidestream.registry import Registry
+    from station.registry import Registry
 
     _notice(s3_server, s3_bucket, _at(30), _case("case-p"), _report(_case("case-p")).to_json(CENTRE))
     _once(tmp_path, s3_server, s3_bucket, "--centre-keys", str(_keys_file(tmp_path)))
@@ -261,8 +261,8 @@ def test_a_case_json_that_is_no_case_record_starts_a_new_clock_and_a_good_one_ke
     hostile or broken station's) is as good as none, and registering never fails on it."""
     from caseformat.documents import CaseRecord
     from caseformat.layout import CASE_RECORD, case_key
-    from slidestream.registry import Registry
-    from slidestream.station import SpecimenInfo, Station, Store
+    from station.registry import Registry
+    from station.station import SpecimenInfo, Station, Store
 
     started = _at(20)
     _put(s3_server, s3_bucket, case_key(_case("case-good"), CASE_RECORD), CaseRecord(_case("case-good"), started, STATION).to_json())

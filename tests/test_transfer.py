@@ -38,7 +38,8 @@ from caseformat.documents import CaseRecord
 from caseformat.errors import InvalidIdError
 from caseformat.layout import CASE_RECORD, SlideRef, arrivals_folder, case_key, qualified_case, slide_claim_key
 from slides import open_slide
-from slidestream.send import image_pieces, send_arguments
+from station.pipeline import image_pieces
+from station.request import SendRequest
 from tiling import PieceKind, plan_pyramid, write_pieces
 from transfer import (
     Arrivals,
@@ -157,7 +158,7 @@ def test_large_objects_go_in_parts_and_are_verified_by_their_composite_etag(s3_s
     dest = parse_destination(f"s3://{s3_bucket}/mp", qualified_case(STATION, "case-1"), s3_server.endpoint_url)
     requests: list[tuple[str, str | None]] = []
     with open_slide(slide_path) as slide, Journal(tmp_path) as journal:
-        _, produced, order = image_pieces(slide, send_arguments(slide_path, dest.url, None, lossless=True), dest.ref.label)
+        _, produced, order = image_pieces(slide, SendRequest.of(slide_path, dest.url, lossless=True), dest.ref.label)
         pieces = list(produced)
         sender = Sender(dest, journal, SendOptions(concurrency=2, multipart_threshold=5 * MiB))
         sender.client.meta.events.register("before-send.s3", lambda request, **_: requests.append((request.url, request.headers.get("Expect"))))
@@ -303,7 +304,7 @@ def test_bad_case_id_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[n
 ])
 def test_without_station_the_host_name_is_made_a_station_id(monkeypatch: pytest.MonkeyPatch, host: str, station: str) -> None:
     from caseformat.layout import validate_station
-    from slidestream.station import default_station
+    from station.station import default_station
 
     monkeypatch.setattr("socket.gethostname", lambda: host)
     assert validate_station(default_station()) == station

@@ -397,7 +397,7 @@ OTHER_CASE = qualified_case(STATION, "other-case")
 def used_journal(tmp_path: Path) -> Path:
     """A station's state dir whose journal already remembers another case (and holds the registry's tables): errors
     must leave it as it was, registering nothing."""
-    from slidestream.registry import Registry
+    from station.registry import Registry
 
     state = tmp_path / "state"
     with Journal(state) as journal:

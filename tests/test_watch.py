@@ -260,7 +260,7 @@ def test_configuration_errors_stop_watch_at_start_with_one_line(tmp_path: Path, 
 
 
 def test_backoff_doubles_from_one_second_to_a_minute_and_speaks_once_per_kind_of_failure() -> None:
-    from slidestream.watch import Backoff
+    from station.hotfolder import Backoff
     from transfer import BucketNotFoundError, NetworkError
 
     backoff, now, waits, said = Backoff(), 0.0, [], []

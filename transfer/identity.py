@@ -1,6 +1,6 @@
 """What makes two slide files the same bytes, without ever naming a case after them.
 
-A case ID is random and given by the hospital's registry (slidestream/registry.py); content only tells a resend
+A case ID is random and given by the hospital's registry (station/registry.py); content only tells a resend
 from a new scan. `sample_digest` is the cheap first look (size and the first and last MiB of each file: a 3 GB slide
 costs two reads), and it is not enough on its own: two scans can share both ends and differ in the middle. Two files
 are the same bytes only when their size and full SHA-256 (`content_sha256`) agree.
@@ -50,5 +50,5 @@ def content_sha256(slide: Path) -> str:
 def content_id(slide: Path) -> str:
     """A repeatable pseudonym of a slide file's content (16 hex digits of `content_sha256`), never its name: what
     `analyze` and `export-dicom` call a slide file's results when no case is given. It is not the case ID a send gives
-    the slide (that one is random, see slidestream/registry.py)."""
+    the slide (that one is random, see station/registry.py)."""
     return content_sha256(slide)[:16]

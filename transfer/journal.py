@@ -69,7 +69,7 @@ class SendRecord:
 
 
 def open_state(state_dir: Path, schema: str, what: str) -> tuple[Path, sqlite3.Connection]:
-    """The station's SQLite file, shared by the journal and the registry (slidestream.registry), with `schema`'s
+    """The station's SQLite file, shared by the journal and the registry (station.registry), with `schema`'s
     tables made: write-ahead log, every commit synced (a power cut loses no acknowledged object or case). It holds
     the patients' identity: 0600 in a 0700 folder (SQLite gives its -wal and -shm files the database's mode)."""
     path = Path(state_dir) / "journal.sqlite3"

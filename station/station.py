@@ -7,7 +7,7 @@ back is delivered once per (case, kind, number), as the registry's ledger record
 (`Station.reconcile`), so a notice that lands late, or never, loses no report.
 
 One registration path for `send` and `watch`: a specimen (a hot-folder subfolder, a `--context-file`, or a slide
-file alone) is registered once, first in the local registry (slidestream/registry.py, with the patient's identity:
+file alone) is registered once, first in the local registry (station/registry.py, with the patient's identity:
 the case ID and the clock are chosen and recorded there before any store request, so a timeout, a retry or a restart
 finds the same case and clock), then on the store (case.json, create-only, with the station, the clinical context and
 that clock, `registered_at`; one already there for the case from this station is the same registration).
@@ -58,7 +58,7 @@ from caseformat.layout import (
 from caseformat.signing import KeyFileError, TrustedKeys
 from slides import SlidestreamError
 from slides.errors import printable
-from slidestream.registry import (
+from station.registry import (
     FileFacts,
     Registry,
     Specimen,
@@ -145,10 +145,10 @@ def read_sidecar(path: Path, name: str, folder: Path | None = None) -> SpecimenI
 
 
 def check_context(context: tuple[tuple[str, str], ...], identity: dict[str, str], where: str) -> None:
-    """Refuse context that names the patient (slidestream/identity_gate.py compares normalised forms: an identifier's
+    """Refuse context that names the patient (station/identity_gate.py compares normalised forms: an identifier's
     digits, the birth date in any common format, name parts as whole words); the one line says which field holds
     which identity, its piece masked, so the refusal itself repeats no identity."""
-    from slidestream.identity_gate import identifying_piece
+    from station.identity_gate import identifying_piece
 
     for field, text in context:
         if piece := identifying_piece(text, identity):

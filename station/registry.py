@@ -7,7 +7,7 @@ ID, the slide and version numbers and the clinical context. Its tables live in t
 (STATE/journal.sqlite3, WAL), so `send`, `watch` and `status` on one machine share it and one file holds all the
 station's state: private, 0600 in a 0700 folder (`transfer.journal.open_state`).
 
-Rules (`Registry.lookup` finds, slidestream/station.py decides and claims on the store):
+Rules (`Registry.lookup` finds, station/station.py decides and claims on the store):
 - the same file again (same path, size, mtime and sample digest; or the same size and sample digest and, confirmed,
   the same full SHA-256) is a resend: the same slide version, nothing new on the store;
 - another file at a slide's path is a rescan: the same case and slide, the next version;
