@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from caseformat.bounded import Fields, dump, load
@@ -116,6 +116,17 @@ class Manifest:
                    fields.time("updated_at", optional=True), tuple(fields.items("levels", LEVELS_LIMIT, _level_count, optional=True)),
                    {name: milestones.number(name, 0, BIG, optional=True) for name in milestones.document} if milestones else {},
                    fields.integer("bytes_sent", 0, BIG, optional=True) or 0)  # fmt: skip
+
+    def with_hub_pyramid(self, pyramid: PyramidRecord | None) -> Manifest:
+        """The manifest as a reader needs it where a hub builds levels: the shards of `hub_planned` are planned, those
+        the hub's record (`pyramid`, None while it wrote none) lists as built have arrived, those it found empty are
+        background. A manifest without hub levels is returned as it is."""
+        if self.hub_planned is None:
+            return self
+        empty = set(pyramid.empty if pyramid else ())
+        planned = [key for key in self.hub_planned if key not in empty]
+        built = set(pyramid.built if pyramid else ())
+        return replace(self, planned=self.planned + tuple(planned), arrived=self.arrived + tuple(key for key in planned if key in built))
 
     def hub_pyramid_done(self, pyramid: PyramidRecord | None) -> bool:
         """Whether every shard the hub is to build is built or known empty (trivially, without hub levels)."""

@@ -97,29 +97,30 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], dict[str, 
     A map counts once it shows a scored tile; where the model may not score the slide, its refusal stands in (the
     hub's once its QC is complete)."""
     from caseformat.layout import HUB, MANIFEST, PYRAMID, SlideRef
+    from caseformat.results import COMPLETE, FAILED, Manifest, PyramidRecord
     from inference import Location
     from inference.heatmap import read_triage
     from slidestream.errors import DemoError
-    from transfer.manifest import COMPLETE, FAILED, case_state, hub_pyramid_done
 
     location = Location.slide_version(Location.parse(store, endpoint), SlideRef(case))  # its first slide, first scan
 
     def reached() -> dict[str, str]:
-        manifest = location.read_json(MANIFEST) or {}
+        data = location.read_bytes(MANIFEST)
+        manifest = Manifest.read(data, MANIFEST) if data else None
         edge = read_triage(location.sent)  # the station's own: the edge's, whatever it says
         hub = read_triage(location)  # the centre's
         hub = hub if hub is not None and hub.stage == HUB else None
-        state, reason = case_state(manifest) if manifest else ("", None)
-        if state == FAILED:
-            raise DemoError(f"the send failed: {reason}")
-        milestones = manifest.get("milestones") or {}
+        if manifest is not None and manifest.state == FAILED:
+            raise DemoError(f"the send failed: {manifest.failure}")
+        milestones = manifest.milestones if manifest else {}
+        pyramid = location.read_bytes(PYRAMID) if manifest is not None and manifest.state == COMPLETE else None
         done = {
             "overview": milestones.get("overview") is not None,
             "edge": (edge is not None and edge.refused is not None)
             or any(triage is not None and triage.tiles_scored > 0 for triage in (edge, hub)),  # the hub's map may land first
             "tissue_full_resolution": milestones.get("tissue_full_resolution") is not None,
-            "complete": state == COMPLETE,
-            "pyramid": state == COMPLETE and hub_pyramid_done(manifest, location.read_json(PYRAMID)),
+            "complete": manifest is not None and manifest.state == COMPLETE,
+            "pyramid": manifest is not None and manifest.state == COMPLETE and manifest.hub_pyramid_done(pyramid and PyramidRecord.read(pyramid, PYRAMID)),
             "hub": hub is not None and hub.complete and (hub.refused is not None or hub.tiles_scored > 0),
         }
         said = dict(MILESTONES) | {name: REFUSED[name] for name, triage in (("edge", edge), ("hub", hub))

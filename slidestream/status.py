@@ -54,14 +54,20 @@ def status(
 def case_state(station: Any, case: str, trusted: Any) -> tuple[str, list[str]]:
     """(the case's state, one line per slide and per refused report) from the store: each slide's newest version's
     manifest, and the case's reports that the centre signed (`trusted`: its keys; None reads none)."""
+    from caseformat.errors import DocumentError
     from caseformat.layout import MANIFEST, SlideRef, version_key
-    from transfer.manifest import case_state as manifest_state
+    from caseformat.results import Manifest
 
     lines, sending = [], False
     for slide in sorted(station.registry.slides(station.key, case), key=lambda name: int(name[1:])):
         version = station.registry.versions(station.key, case, slide)[-1]
-        manifest = station.read_json(station.store.key(version_key(SlideRef(case, slide, version), MANIFEST)))
-        state, failed = manifest_state(manifest) if manifest is not None else ("not sent yet", None)
+        key = station.store.key(version_key(SlideRef(case, slide, version), MANIFEST))
+        data = station.read_bytes(key)
+        try:
+            manifest = Manifest.read(data, key) if data is not None else None
+            state, failed = (manifest.state, manifest.failure) if manifest is not None else ("not sent yet", None)
+        except DocumentError as error:
+            state, failed = "unreadable", str(error)
         sending |= state not in ("complete", "failed")
         lines.append(f"{slide} {version}: {state}" + (f": {failed}" if failed else ""))
     reports, refused = station.reports(case, trusted) if trusted is not None else ([], [])

@@ -288,14 +288,6 @@ class Station:
         except Exception as error:  # noqa: BLE001
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
 
-    def read_json(self, key: str) -> Any:
-        """The JSON at `key` (a manifest), None when there is none (or it is not JSON)."""
-        body = self.read_bytes(key)
-        try:
-            return json.loads(body) if body is not None else None
-        except ValueError:
-            return None
-
     def _keys(self, prefix: str, after: str = "") -> list[str]:
         """Every key below `prefix` (after `after`), in the store's order."""
         kwargs: dict[str, Any] = {"Prefix": prefix, **({"StartAfter": after} if after else {})}

@@ -167,7 +167,7 @@ def test_the_viewer_refuses_a_huge_declared_image_at_once(s3_server: S3Server, s
 
     async def slide() -> Arrival:  # what the viewer does for the image and its arrival state
         image = await open_image(ZarrView(storage), ref.root)
-        return parse_manifest(json.loads(await storage.get(version_key(ref, MANIFEST))), image)
+        return parse_manifest(Manifest.read(await storage.get(version_key(ref, MANIFEST))), image)
 
     tracemalloc.start()
     started = time.monotonic()

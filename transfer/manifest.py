@@ -10,13 +10,13 @@ server verifiably holds.
 "complete" (every object verified) or "failed" (the send was given up for a reason no retry cures, a corrupt slide
 or a server that keeps corrupting an object; its image objects were deleted and `failed` gives the one-line
 reason). The sender writes the manifest before any object of the image, so an image a slidestream send wrote never
-exists without one. `slidestream-manifest/1` had no `state`: `case_state` reads both. The document's type, and its
-one bounded reader, is `caseformat.results.Manifest`: what `Arrivals.to_json` writes is what it reads back.
+exists without one. The document's type, and its one bounded reader (of `slidestream-manifest/1` too, which had no
+`state`), is `caseformat.results.Manifest`: what `Arrivals.to_json` writes is what it reads back.
 
 Levels the hub builds (`tiling.LevelPlan.at_hub`: the in-between levels downsampled from a stored level) are not
 sent: `hub_levels` maps each to the level it is built from, and `hub_planned` lists their shards that hold tissue.
 The hub records what it wrote in an object of its own beside the manifest (`caseformat.results.PyramidRecord`:
-`built`, and `empty` for planned shards with nothing to write), so no object has two writers; `with_hub_pyramid` merges
+`built`, and `empty` for planned shards with nothing to write), so no object has two writers; `Manifest.with_hub_pyramid` merges
 the two into the view every reader uses: a hub shard is planned, arrived once built, and never background
 until the hub says so. Where no hub claimed the slide version by the end of the send (`SendOptions.hub_wait`), the
 sender builds those levels itself and they are its own: planned and arrived like any shard, and the complete
@@ -204,47 +204,6 @@ class Arrivals:
 def failed_document(ref: SlideRef, started_at: str, reason: str) -> bytes:
     """The manifest of a send given up: nothing of its image is left to read, and the reason says why."""
     return Manifest(ref.case, ref.slide, ref.version, started_at, FAILED, reason, updated_at=utc_now()).to_json()
-
-
-def case_state(manifest: dict | None) -> tuple[str, str | None]:  # type: ignore[type-arg]
-    """(state, failure reason) of a manifest of either format; no manifest (an image written by another tool, or a
-    local conversion) counts as complete."""
-    if manifest is None:
-        return COMPLETE, None
-    state = manifest.get("state")
-    if state == FAILED:
-        reason = manifest.get("failed")
-        return FAILED, str(reason) if reason else "the send failed"
-    if state in (SENDING, COMPLETE):
-        return str(state), None
-    return (COMPLETE if manifest.get("complete") is True else SENDING), None  # slidestream-manifest/1
-
-
-def with_hub_pyramid(manifest: dict | None, pyramid: dict | None) -> dict | None:  # type: ignore[type-arg]
-    """The manifest as a reader needs it where a hub builds levels: the shards of `hub_planned` are planned, those
-    the hub's record (`pyramid`, the PYRAMID object, None when no hub wrote one) lists as built have arrived, those
-    it found empty are background. A manifest without hub levels is returned as it is."""
-    hub_planned = (manifest or {}).get("hub_planned")
-    if not manifest or not isinstance(hub_planned, list):
-        return manifest
-    built, empty = set((pyramid or {}).get("built", [])), set((pyramid or {}).get("empty", []))
-    planned = [key for key in hub_planned if key not in empty]
-    return {
-        **manifest,
-        "planned": list(manifest.get("planned", [])) + planned,
-        "arrived": list(manifest.get("arrived", [])) + [key for key in planned if key in built],
-    }
-
-
-def hub_pyramid_done(manifest: dict | None, pyramid: dict | None) -> bool:  # type: ignore[type-arg]
-    """Whether every shard the hub is to build is built or known empty (trivially, without hub levels)."""
-    hub_planned = (manifest or {}).get("hub_planned")
-    if not isinstance(hub_planned, list):
-        return True
-    if not (manifest or {}).get("plan_final"):
-        return False
-    done = set((pyramid or {}).get("built", [])) | set((pyramid or {}).get("empty", []))
-    return all(key in done for key in hub_planned)
 
 
 def resend_keys(manifest: Manifest | None, corrupt: CorruptRecord | None) -> list[str]:

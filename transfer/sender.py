@@ -25,7 +25,6 @@ How a send ends, for readers and for `resume` (one place: `Sender.send`):
 from __future__ import annotations
 
 import io
-import json
 import math
 import queue
 import random
@@ -57,7 +56,7 @@ from transfer.errors import (
 )
 from transfer.integrity import Digest, Expected, Mismatch, check, expected_multipart, expected_single
 from transfer.journal import Journal, SendRecord, utc_now
-from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, case_state, failed_document, resend_keys
+from transfer.manifest import COMPLETE, OVERVIEW, Arrivals, failed_document, resend_keys
 from transfer.network import ABSENT, MAX_CONCURRENCY, Meter, describe, error_code, fatal, is_corruption, is_transient, make_client
 from transfer.target import Destination
 
@@ -554,14 +553,14 @@ class Sender:
         assert self._arrivals is not None
         try:
             body = self.client.get_object(Bucket=self.dest.bucket, Key=self.dest.manifest_key)["Body"].read()
-            manifest = json.loads(body)
-        except (BotoCoreError, ClientError, ValueError):
+            manifest = Manifest.read(body, self.dest.manifest_key)
+        except (BotoCoreError, ClientError, DocumentError):
             return False
-        if not isinstance(manifest, dict) or case_state(manifest)[0] != COMPLETE:
+        if manifest.state != COMPLETE:
             return False
         ours = self._arrivals.document(complete=True)
-        same = [set(manifest.get(name) or ()) == set(ours[name]) for name in ("planned", "arrived")]  # edge triage reorders
-        return manifest.get("started_at") == ours["started_at"] and all(same)
+        same = [set(theirs) == set(ours[name]) for name, theirs in (("planned", manifest.planned), ("arrived", manifest.arrived))]  # edge triage reorders
+        return manifest.started_at == ours["started_at"] and all(same)
 
     def retract(self, reason: str) -> None:
         """Give the send up for good: first a manifest that says "failed" (readers stop at once), then the image

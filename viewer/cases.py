@@ -15,7 +15,7 @@ import asyncio
 import io
 import re
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from caseformat.bounded import load, parse_time
+from caseformat.bounded import parse_time
 from caseformat.documents import UNSENT_KINDS, CaseRecord, Report, UnsentSlide
 from caseformat.errors import DocumentError
 from caseformat.layout import (
@@ -50,12 +50,11 @@ from caseformat.layout import (
     version_key,
     version_number,
 )
-from caseformat.results import CorruptRecord, Triage
+from caseformat.results import COMPLETE, CorruptRecord, Manifest, PyramidRecord, Triage
 from caseformat.signing import TrustedKeys
 from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, StorageError, ZarrView
 from slides.errors import printable
 from tiling.pyramid import CorruptShardError, check_chunk
-from transfer.manifest import case_state, with_hub_pyramid
 from viewer.cache import AsyncCache
 from viewer.heatmap import Heatmap, open_heatmap, render_tile, version_of
 from viewer.image import (
@@ -87,6 +86,7 @@ SIDECAR_TTL = 2.0  # triage, reports, heatmap version
 UNREADABLE = "unreadable"  # the state of a slide or case whose document is malformed
 UNROUTED = "no validated AI: this result was not held to a model's intended use"  # a triage without `routed`
 T = TypeVar("T")
+D = TypeVar("D")  # a document type of caseformat
 JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
 UNSENT_LIMIT = 200  # unsent-slide records read of one case (a specimen has a few slides; a hostile station no more)
@@ -126,7 +126,7 @@ class Cases:
         self.trusted = trusted
         self._zarr = ZarrView(storage)
         self._images: AsyncCache[tuple[str, str | None], SlideImage] = AsyncCache(256)
-        self._manifests: AsyncCache[str, dict[str, Any] | None] = AsyncCache(1024, LIVE_TTL)
+        self._manifests: AsyncCache[str, Manifest | None] = AsyncCache(1024, LIVE_TTL)
         self._arrivals: AsyncCache[str, Arrival] = AsyncCache(256, LIVE_TTL)
         self._indexes: AsyncCache[tuple[str, str | None], ShardIndex] = AsyncCache(16384)  # ~1 KB each: 16 MB at most
         self._sidecars: AsyncCache[str, Triage | None] = AsyncCache(1024, SIDECAR_TTL)
@@ -151,20 +151,24 @@ class Cases:
         """Arrival state and the image it belongs to, from one reading of the manifest."""
 
         async def load() -> Arrival:
-            manifest = await self.manifest(root)
-            check_not_failed(root, manifest)
-            send = str(manifest.get("started_at")) if manifest else None
-            image = await self._images.get((root, send), lambda: open_image(self._zarr, root))
-            if manifest is None:
-                return without_manifest(image)
-            if manifest.get("hub_planned"):  # levels the hub builds: what it built is in its own record
-                manifest = with_hub_pyramid(manifest, await self._json(SlideRef.parse(root).centre_key(PYRAMID)))
+            try:
+                manifest = await self.manifest(root)
+                check_not_failed(root, manifest)
+                send = manifest.started_at if manifest else None
+                image = await self._images.get((root, send), lambda: open_image(self._zarr, root))
+                if manifest is None:
+                    return without_manifest(image)
+                if manifest.hub_planned is not None:  # levels the hub builds: what it built is in its own record
+                    manifest = manifest.with_hub_pyramid(await self._document(SlideRef.parse(root).centre_key(PYRAMID), PyramidRecord.read))
+            except DocumentError as error:
+                raise ImageError(str(error)) from None
             return parse_manifest(manifest, image)
 
         return await self._arrivals.get(root, load)
 
-    async def manifest(self, root: str) -> dict[str, Any] | None:
-        return await self._manifests.get(root, lambda: self._json(version_key(SlideRef.parse(root), MANIFEST)))
+    async def manifest(self, root: str) -> Manifest | None:
+        """The send's manifest (`DocumentError` for a malformed one), None while there is none."""
+        return await self._manifests.get(root, lambda: self._document(version_key(SlideRef.parse(root), MANIFEST), Manifest.read))
 
     # -- tiles -----------------------------------------------------------------------------------------------
     async def locate(self, root: str, level_index: int, row: int, col: int) -> Chunk | str:
@@ -329,9 +333,9 @@ class Cases:
         try:
             arrival = await self.arrival(root)
         except CaseFailedError as failed:
-            manifest = await self.manifest(root) or {}
+            manifest = await self.manifest(root)  # read once already: the failed state came from it
             return {"manifest": True, "state": "failed", "failed": failed.reason, "complete": False,
-                    "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"), "levels": [],
+                    "started_at": manifest and manifest.started_at, "updated_at": manifest and manifest.updated_at, "levels": [],
                     "triage": None, "top_regions": [], "heatmap": None, "report": None}  # fmt: skip
         case = SlideRef.parse(root).case
         triage, heatmap, signed_at, corrupt = await asyncio.gather(
@@ -388,7 +392,7 @@ class Cases:
             if isinstance(manifest, str):
                 entries.append({"slide": ref.slide, "version": ref.version, "state": UNREADABLE, "failed": None, "unreadable": manifest})
                 continue
-            state, failed = case_state(manifest)
+            state, failed = _send_state(manifest)
             entries.append({"slide": ref.slide, "version": ref.version, "state": state, "failed": failed})
         return {
             "case": case,
@@ -454,21 +458,19 @@ class Cases:
                 manifest, triage = await asyncio.gather(_readable(self.manifest(ref.root)), _readable(self.triage(ref.root)))
             unreadable = next((reason for reason in (manifest, triage) if isinstance(reason, str)), None)
             if isinstance(manifest, str):
-                state, failed, manifest = UNREADABLE, None, {}
+                state, failed, manifest = UNREADABLE, None, None
             else:
-                state, failed = case_state(manifest)
-                manifest = manifest or {}
-            planned, arrived = manifest.get("planned", []), manifest.get("arrived", [])
+                state, failed = _send_state(manifest)
             return {
                 "slide": ref.slide,
                 "version": ref.version,
                 "triage": None if failed or isinstance(triage, str) else _triage(triage),
-                "planned": len(planned) if isinstance(planned, list) else 0,
-                "arrived": len(arrived) if isinstance(arrived, list) else 0,
+                "planned": len(manifest.planned) if manifest else 0,
+                "arrived": len(manifest.arrived) if manifest else 0,
                 "state": state,
                 "failed": failed,
                 "unreadable": unreadable,
-                "started_at": manifest.get("started_at"),
+                "started_at": manifest and manifest.started_at,
             }
 
         async with limit:
@@ -557,13 +559,14 @@ class Cases:
         reports = (await self.reports(case)).verified
         return reports[0].document.signed_at if reports else None
 
-    async def _json(self, key: str) -> dict[str, Any] | None:
-        """The JSON object at `key`, read within `caseformat.bounded`'s limits; None when there is none."""
+    async def _document(self, key: str, read: Callable[[bytes, str], D]) -> D | None:
+        """The document at `key` as its type's reader parses it (`DocumentError` for a malformed one); None when there
+        is none."""
         try:
             data = await self.storage.get(key)
         except ObjectNotFoundError:
             return None
-        return load(data, key)
+        return read(data, key)
 
 
 def _unsent(unsent: list[UnsentSlide | str]) -> list[dict[str, str]]:
@@ -613,6 +616,12 @@ def by_urgency(entries: Iterable[dict[str, Any]], now: datetime) -> list[dict[st
         return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
 
     return sorted(entries, key=urgency)
+
+
+def _send_state(manifest: Manifest | None) -> tuple[str, str | None]:
+    """(state, failure reason) of a slide version's send; no manifest (an image written by another tool, or a local
+    conversion) counts as complete."""
+    return (COMPLETE, None) if manifest is None else (manifest.state, manifest.failure)
 
 
 async def _readable(reading: Awaitable[T]) -> T | str:

@@ -49,11 +49,10 @@ class CaseFailedError(CaseNotFoundError):
         self.reason = reason
 
 
-def check_not_failed(case: str, manifest: dict[str, Any] | None) -> None:
-    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show;
-    `ImageError` for a manifest that is malformed."""
-    if manifest is not None and (read := _manifest(case, manifest)).state == FAILED:
-        raise CaseFailedError(case, read.failure or "")
+def check_not_failed(case: str, manifest: Manifest | None) -> None:
+    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show."""
+    if manifest is not None and manifest.state == FAILED:
+        raise CaseFailedError(case, manifest.failure or "")
 
 
 class TileNotFoundError(SlidestreamError, LookupError):
@@ -218,10 +217,8 @@ def without_manifest(image: SlideImage) -> Arrival:
     return Arrival(image, False, True, None, None, tuple(ARRIVED * (level.shard_rows * level.shard_columns) for level in image.levels))
 
 
-def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
-    """The send manifest (`slidestream-manifest/1` or `/2`, as `caseformat.results.Manifest` reads it) as shard
-    states; `ImageError` for one that is malformed."""
-    read = _manifest(image.case, manifest)
+def parse_manifest(read: Manifest, image: SlideImage) -> Arrival:
+    """The send's manifest as shard states."""
     planned, arrived = read.planned, set(read.arrived)
     # until the plan is final (the tissue is known) a shard not planned may still come: pending, not glass
     unplanned = BACKGROUND if read.plan_final else PENDING
@@ -236,13 +233,6 @@ def parse_manifest(manifest: dict[str, Any], image: SlideImage) -> Arrival:
         grids[index][row * image.levels[index].shard_columns + col] = ord(ARRIVED if key in arrived else PENDING)
     states = tuple(grid.decode() for grid in grids)
     return Arrival(image, True, read.state == COMPLETE, read.started_at, read.updated_at, states)
-
-
-def _manifest(case: str, manifest: dict[str, Any]) -> Manifest:
-    try:
-        return Manifest.from_document(manifest, f"case {case}: manifest")
-    except DocumentError as error:
-        raise ImageError(str(error)) from None
 
 
 # -- shards ----------------------------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from caseformat.bounded import parse_time, utc_now
 from caseformat.documents import CaseRecord, Report
 from caseformat.errors import DocumentError
-from caseformat.layout import MANIFEST, SLIDE_PATTERN, VERSION_PATTERN, SlideRef, slides_key, station_of, version_key
-from caseformat.results import Manifest
+from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, slides_key, station_of
 from objectstore import ObjectNotFoundError
 from transfer.manifest import OVERVIEW
 from viewer.cases import TURNAROUND, Cases, case_ids
@@ -144,8 +143,7 @@ async def first_viewable(cases: Cases, case: str) -> str | None:
 
 async def _overview_at(cases: Cases, ref: SlideRef) -> datetime | None:
     try:
-        document = await cases.manifest(ref.root)
-        manifest = Manifest.from_document(document, version_key(ref, MANIFEST)) if document is not None else None
+        manifest = await cases.manifest(ref.root)
     except DocumentError:
         return None
     seconds = manifest.milestones.get(OVERVIEW) if manifest else None
