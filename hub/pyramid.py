@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from caseformat.errors import DocumentError
+from caseformat.image import ImageAttributes, LevelArray
 from caseformat.layout import IMAGE, PYRAMID, image_key
-from caseformat.results import Manifest, PyramidRecord, check_array
-from tiling.jpeg import CODEC_NAME
+from caseformat.results import Manifest, PyramidRecord
 from tiling.pyramid import (
-    CHUNK_CHECKSUMS,
     ConvertOptions,
     CorruptShardError,
     LevelPlan,
@@ -62,9 +62,10 @@ def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[
     built, empty = set(record.built) - known_corrupt, set(record.empty)  # a corrupt hub shard is built again
     planned, arrived = set(manifest.planned), set(manifest.arrived)
     image = case.child(IMAGE)
-    group = (image.read_json("zarr.json") or {}).get("attributes", {}).get("slidestream", {})
-    chunk, n = int(group["chunk"]), int(group["shard_chunks"])
-    checksums = group.get("chunk_checksums") == CHUNK_CHECKSUMS
+    attributes = ImageAttributes.read(image.read_bytes("zarr.json") or b"", image_key("zarr.json"))
+    if attributes.chunk is None or attributes.shard_chunks is None:
+        raise DocumentError(f"{image_key('zarr.json')}: no slidestream chunk and shard_chunks (not an image slidestream sent)")
+    chunk, n, checksums = attributes.chunk, attributes.shard_chunks, attributes.chunk_checksums
     corrupt, whole = set(), set()
     levels: dict[int, tuple[LevelPlan, tuple[int, int], ConvertOptions, int]] = {}
     written, recorded = 0, time.monotonic()
@@ -119,14 +120,14 @@ def complete_pyramid(case: Location, manifest: Manifest, on_progress: Callable[[
 def _level(image: Location, index: int, source: int, step: int, chunk: int, n: int) -> tuple[LevelPlan, tuple[int, int], ConvertOptions, int]:
     """The hub level as tiling plans it, (width, height) of its stored level, its encoding and fill, from the
     arrays' metadata (what the writer put there, within `check_array`'s bounds)."""
-    metadata = image.read_json(f"{index}/zarr.json") or {}
-    stored = (image.read_json(f"{source}/zarr.json") or {})["shape"]
-    for number, shape in ((index, metadata["shape"]), (source, stored)):
-        check_array(image_key(f"{number}/zarr.json"), shape, [3, chunk, chunk], [3, chunk * n, chunk * n], "uint8")
-    height, width = int(metadata["shape"][1]), int(metadata["shape"][2])
-    codec = next(c for c in metadata["codecs"][0]["configuration"]["codecs"] if c["name"] == CODEC_NAME)
+    metadata, stored = (LevelArray.read(image.read_bytes(f"{number}/zarr.json") or b"", image_key(f"{number}/zarr.json")) for number in (index, source))
+    for number, array in ((index, metadata), (source, stored)):
+        if array.chunk != (3, chunk, chunk) or array.shard != (3, chunk * n, chunk * n) or not array.jpeg or array.quality is None:
+            raise DocumentError(f"{image_key(f'{number}/zarr.json')}: unreadable: not a level slidestream writes ({chunk} px JPEG chunks, {n} a shard)")
+    height, width = metadata.shape[1], metadata.shape[2]
     level = LevelPlan(index, width, height, float(2**index), source, float(step), False, False, source, True)
-    return level, (int(stored[2]), int(stored[1])), ConvertOptions(quality=int(codec["configuration"]["level"])), int(metadata["fill_value"])
+    assert metadata.quality is not None
+    return level, (stored.shape[2], stored.shape[1]), ConvertOptions(quality=metadata.quality), metadata.fill_value
 
 
 def _stored_chunks(image: Location, key: str, row: int, col: int, n: int, checksums: bool) -> dict[tuple[int, int], bytes]:

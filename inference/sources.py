@@ -30,13 +30,14 @@ from zarr.core.sync import sync
 import tiling  # noqa: F401  (registers the JPEG chunk codec with zarr)
 from caseformat.bounded import utc_now
 from caseformat.errors import DocumentError
+from caseformat.image import ImageAttributes, Multiscale
 from caseformat.layout import CORRUPT, IMAGE, SLIDES
-from caseformat.results import CorruptRecord, check_array, check_levels
+from caseformat.results import CorruptRecord, check_array
 from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
-from tiling.pyramid import CHUNK_CHECKSUMS, TISSUE_LABEL, shard_address, verified_chunks
+from tiling.pyramid import TISSUE_LABEL, shard_address, verified_chunks
 from tiling.tissue import MASK_SIDE
 
 
@@ -87,33 +88,28 @@ class ZarrSource:
 
     def __init__(self, location: Location) -> None:
         try:
-            attributes = zarr.open_group(location.zarr_store(), mode="r").attrs.asdict()
-            ours = attributes.get("slidestream", {})
-            per_shard = int(ours.get("shard_chunks", 0)) if isinstance(ours, dict) else 0
-            checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS
-            store = VerifiedShards(location.zarr_store(), per_shard, checksums) if per_shard > 0 else location.zarr_store()
+            attributes = ImageAttributes.from_attributes(zarr.open_group(location.zarr_store(), mode="r").attrs.asdict(), f"{location.url}: image")
+            per_shard = attributes.shard_chunks or 0
+            store = VerifiedShards(location.zarr_store(), per_shard, attributes.chunk_checksums) if per_shard > 0 else location.zarr_store()
             self.group = zarr.open_group(store, mode="r")
-            datasets = attributes["ome"]["multiscales"][0]["datasets"]
-            check_levels(f"{location.url}: image", len(datasets))
-            self.arrays = [self.group[d["path"]] for d in datasets]
-            for index, array in enumerate(self.arrays):
+            paths = attributes.multiscale.paths
+            self.arrays = [self.group[path] for path in paths]
+            for path, array in zip(paths, self.arrays, strict=True):
                 inner = array.chunks  # zarr's chunks: a sharded array's inner chunks
-                check_array(f"{location.url}/{datasets[index]['path']}/zarr.json", array.shape, inner, array.shards, str(array.dtype))
+                check_array(f"{location.url}/{path}/zarr.json", array.shape, inner, array.shards, str(array.dtype))
         except DocumentError as error:
             raise InferenceError(str(error)) from None
         except (FileNotFoundError, KeyError, IndexError, TypeError, ValueError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{location.url}: not an OME-Zarr image ({type(error).__name__}: {error})") from None
-        scales = [_xy_scale(d) for d in datasets]
+        scales = [dataset.last_two("scale", (1.0, 1.0))[1] for dataset in attributes.multiscale.datasets]
         self.location = location
         self.name = _image_name(location.url)
         self.dimensions = (self.arrays[0].shape[2], self.arrays[0].shape[1])
         self.downsamples = [s / scales[0] for s in scales]
-        mpp = attributes.get("slidestream", {}).get("source", {}).get("mpp")
-        self.mpp = sum(mpp) / 2 if mpp else None
-        self.derived = frozenset(int(k) for k in attributes.get("slidestream", {}).get("downsampled_levels", {}))
+        self.mpp = sum(attributes.mpp) / 2 if attributes.mpp else None
+        self.derived = attributes.downsampled_levels
         self._scale0 = scales[0]
-        background = attributes.get("slidestream", {}).get("background")  # a plain string in images before 2026-07
-        self._darkfield = isinstance(background, dict) and background.get("field") == "dark-field"
+        self._darkfield = attributes.darkfield
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         array = self.arrays[level]
@@ -131,17 +127,17 @@ class ZarrSource:
     def tissue(self) -> TissueMask:
         try:
             label = self.group[TISSUE_LABEL]
-            datasets = label.attrs.asdict()["ome"]["multiscales"][0]["datasets"]
+            datasets = Multiscale.from_attributes(label.attrs.asdict(), f"{self.location.url}: {TISSUE_LABEL}").datasets
             # the label has the image's levels: the finest that is still small is mask enough
-            dataset = next((d for d in datasets if _small_enough(label, d["path"])), datasets[-1])
-            array = label[dataset["path"]]
+            dataset = next((d for d in datasets if _small_enough(label, d.path)), datasets[-1])
+            array = label[dataset.path]
             check_array(f"{self.location.url}: {TISSUE_LABEL}", array.shape, array.chunks, array.shards, str(array.dtype))
             mask = np.asarray(array[:]).astype(bool)
         except DocumentError as error:
             raise InferenceError(str(error)) from None
         except (KeyError, IndexError, TypeError, zarr.errors.NodeNotFoundError) as error:
             raise InferenceError(f"{self.location.url}: no tissue mask ({TISSUE_LABEL}): {error}") from None
-        return TissueMask(mask, _xy_scale(dataset) / self._scale0, darkfield=self._darkfield)
+        return TissueMask(mask, dataset.last_two("scale", (1.0, 1.0))[1] / self._scale0, darkfield=self._darkfield)
 
 
 def _small_enough(label: zarr.Group, path: str) -> bool:
@@ -151,10 +147,6 @@ def _small_enough(label: zarr.Group, path: str) -> bool:
         return max(label[path].shape) <= MASK_SIDE * 2
     except (KeyError, zarr.errors.NodeNotFoundError):
         return False
-
-
-def _xy_scale(dataset: dict) -> float:  # type: ignore[type-arg]
-    return float(dataset["coordinateTransformations"][0]["scale"][-1])
 
 
 @dataclass(frozen=True)

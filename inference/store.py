@@ -10,7 +10,6 @@ writer makes (`a//b`, `..`) instead of failing the whole listing as obstore does
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -112,15 +111,6 @@ class Location:
             return None
         except (obstore.exceptions.BaseError, OSError) as error:
             raise InferenceError(f"{self._describe(key)}: cannot read: {_first_line(error)}") from None
-
-    def read_json(self, key: str) -> dict[str, Any] | None:
-        data = self.read_bytes(key)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError as error:
-            raise InferenceError(f"{self._describe(key)}: not valid JSON: {error}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write (or replace) one object (a document's `to_json`); a single PUT on S3."""

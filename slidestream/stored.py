@@ -18,7 +18,6 @@ sized by it, and refused as "unreadable: <reason>" otherwise.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from zarr.core.sync import sync
 
 import tiling.codec  # noqa: F401 - registers the JPEG chunk codec that read_region's zarr reads need
 from caseformat.errors import DocumentError
+from caseformat.image import ImageAttributes, LevelArray
 from caseformat.layout import (
     IMAGE,
     IMAGE_METADATA,
@@ -45,10 +45,9 @@ from caseformat.layout import (
     validate_name,
     version_number,
 )
-from caseformat.results import COMPLETE, Manifest, PyramidRecord, check_array, check_levels
+from caseformat.results import COMPLETE, Manifest, PyramidRecord
 from slides import Level, SlidestreamError
-from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import CHUNK_CHECKSUMS, CorruptShardError, verified_chunks
+from tiling.pyramid import CorruptShardError, verified_chunks
 from transfer.readers import object_store
 from transfer.target import parse_endpoint, parse_store_url
 
@@ -147,12 +146,6 @@ class CaseFolder:
         except DocumentError as error:
             raise StoredCaseError(f"{self.target}: {error}") from None
 
-    def read_json(self, key: str) -> Any:
-        data = self.read(key)
-        try:
-            return None if data is None else json.loads(data)
-        except ValueError as error:
-            raise StoredCaseError(f"{self.target}: {key} is not valid JSON: {error}") from None
 
 
 class StoredCase:
@@ -165,69 +158,42 @@ class StoredCase:
         self.case_id = case_id
         self._folder = folder
         self._image = image
-        group = folder.read_json(f"{image}zarr.json")
-        if group is None:
+        attributes = folder.read_document(f"{image}zarr.json", ImageAttributes.read)
+        if attributes is None:
             raise StoredCaseError(f"{target}: no OME-Zarr image there (no {image}zarr.json)")
-        try:
-            multiscale = group["attributes"]["ome"]["multiscales"][0]
-            self._paths = [dataset["path"] for dataset in multiscale["datasets"]]
-            check_levels(f"{target}: image", len(self._paths))
-            scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
-            units = {axis.get("unit") for axis in multiscale["axes"] if axis.get("type") == "space"}
-        except DocumentError as error:
-            raise StoredCaseError(str(error)) from None
-        except (TypeError, KeyError, IndexError) as error:
-            raise StoredCaseError(f"{target}: not an OME-Zarr multiscale image (no {error} in its zarr.json)") from None
-        self.mpp: tuple[float, float] | None = (float(scale[-1]), float(scale[-2])) if units == {"micrometer"} else None
-        ours = group["attributes"].get("slidestream")
-        self._chunk_checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS  # older images: the index CRC only
+        multiscale = attributes.multiscale
+        self._paths = multiscale.paths
+        scale = multiscale.scale
+        self.mpp: tuple[float, float] | None = (scale[1], scale[0]) if multiscale.unit == "micrometer" else None
+        self._chunk_checksums = attributes.chunk_checksums  # older images: the index CRC only
         self._arrays = [self._array_metadata(path) for path in self._paths]
-        base_width = self._arrays[0]["shape"][2]
+        base_width = self._arrays[0].shape[2]
         self.levels = [
-            Level(array["shape"][2], array["shape"][1], base_width / array["shape"][2], array["chunk"], array["chunk"])
-            for array in self._arrays
+            Level(array.shape[2], array.shape[1], base_width / array.shape[2], array.chunk[-1], array.chunk[-1]) for array in self._arrays
         ]
         self._shards: dict[tuple[int, int, int], dict[tuple[int, int], bytes] | None] = {}
         self._zarr: dict[int, Any] = {}
 
-    def _array_metadata(self, path: str) -> dict[str, Any]:
-        document = self._folder.read_json(f"{self._image}{path}/zarr.json")
-        if document is None:
+    def _array_metadata(self, path: str) -> LevelArray:
+        array = self._folder.read_document(f"{self._image}{path}/zarr.json", LevelArray.read)
+        if array is None:
             raise StoredCaseError(f"{self.source}: level {path} of the image is missing (no {path}/zarr.json)")
-        try:
-            shape = document["shape"]
-            shard = document["chunk_grid"]["configuration"]["chunk_shape"]
-            sharding = document["codecs"][0]
-            if len(shape) != 3 or shape[0] != 3 or document["data_type"] != "uint8":
-                raise StoredCaseError(f"{self.source}: level {path} is not a (c, y, x) RGB uint8 array")
-            what = f"{self.source}: level {path}"
-            if sharding["name"] != "sharding_indexed":
-                check_array(what, shape, shard, None, document["data_type"])
-                return {"shape": shape, "chunk": shard[-1], "jpeg": False}
-            inner = sharding["configuration"]
-            check_array(what, shape, inner["chunk_shape"], shard, document["data_type"])
-            codecs = inner["codecs"]
-            jpeg = (  # tiling.pyramid's layout: (y, x, 3) chunks as JPEG, the index at the end with a CRC32C
-                [codec.get("name") for codec in codecs] == ["transpose", CODEC_NAME]
-                and codecs[0].get("configuration", {}).get("order") == [1, 2, 0]
-                and set(codecs[1].get("configuration", {})) <= JPEG_KEYS
-                and inner.get("index_location", "end") == "end"
-                and [codec.get("name") for codec in inner["index_codecs"]] == ["bytes", "crc32c"]
-            )
-            chunk = inner["chunk_shape"][-1]
-            return {"shape": shape, "chunk": chunk, "jpeg": jpeg, "per_shard": shard[-1] // chunk}
-        except DocumentError as error:
-            raise StoredCaseError(str(error)) from None
-        except (TypeError, KeyError, IndexError) as error:
-            raise StoredCaseError(f"{self.source}: level {path} is no Zarr v3 array (no {error} in its zarr.json)") from None
+        if len(array.shape) != 3 or array.shape[0] != 3:
+            raise StoredCaseError(f"{self.source}: level {path} is not a (c, y, x) RGB uint8 array")
+        return array
+
+    def _per_shard(self, level: int) -> int:
+        """Chunks a side of one shard of `level` (1: an array that is not sharded)."""
+        array = self._arrays[level]
+        return array.shard[-1] // array.chunk[-1] if array.shard else 1
 
     # -- tiling.dicom.JpegTiles ------------------------------------------------------------------------------------
     def jpeg_tiles(self, level: int) -> bool:
-        return self._arrays[level]["jpeg"]
+        return self._arrays[level].jpeg
 
     def jpeg_frame(self, level: int, row: int, col: int) -> bytes | None:
         """The chunk's bytes as stored in its shard; None for a chunk or shard not written (background)."""
-        n = self._arrays[level]["per_shard"]
+        n = self._per_shard(level)
         shard = self._shard(level, row // n, col // n)
         return None if shard is None else shard.get((row % n, col % n))
 
@@ -249,7 +215,7 @@ class StoredCase:
         if data is None:
             return None
         try:
-            return verified_chunks(data, self._arrays[level]["per_shard"], self._chunk_checksums, name)
+            return verified_chunks(data, self._per_shard(level), self._chunk_checksums, name)
         except CorruptShardError as error:
             raise StoredCaseError(f"{self.source}: {error}") from None
 

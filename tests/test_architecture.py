@@ -65,3 +65,40 @@ def test_no_module_outside_the_case_format_builds_a_store_key_by_hand() -> None:
                 if _builds_a_key(node):
                     wrong.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:100]}")
     assert not wrong, "keys built outside caseformat/layout.py:\n" + "\n".join(wrong)
+
+
+# JSON read outside caseformat/ that is no store document, each with why (a store document has one typed reader there)
+NOT_STORE_DOCUMENTS = {
+    "hospital/fhir.py": "the hospital's FHIR server's answers",
+    "hospital/pacs.py": "the station's own PACS outbox entries",
+    "transfer/journal.py": "the station's own SQLite journal",
+    "objectstore/enrolment.py": "the RGW admin API's answers and the bucket's policy",
+    "objectstore/notifications.py": "a store event's body: only a hint of which station to list",
+    "inference/model.py": "a model archive's config",
+    "station/station.py": "a hot folder's specimen.json",
+    "station/hotfolder.py": "watch's own state file",
+    "station/registry.py": "the station's own SQLite registry",
+    "viewer/sessions.py": "the viewer's own sessions file",
+    "slidestream/demo.py": "the demo's own send's --json summary",
+}
+
+
+def _parses_json(node: ast.AST) -> bool:
+    """json.loads(...), json.load(...), or X.read_json(...): JSON turned into dicts with no type in between."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return False
+    func = node.func
+    return func.attr == "read_json" or (func.attr in ("loads", "load") and isinstance(func.value, ast.Name) and func.value.id == "json")
+
+
+def test_no_module_outside_the_case_format_parses_json_it_read_from_the_store_by_hand() -> None:
+    wrong = []
+    for package in LAYERS:
+        if package == "caseformat":
+            continue
+        for path in modules(package):
+            name = str(path.relative_to(REPO))
+            for node in ast.walk(ast.parse(path.read_text())):
+                if _parses_json(node) and name not in NOT_STORE_DOCUMENTS:
+                    wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)[:100]}")
+    assert not wrong, "JSON parsed by hand outside caseformat/ (read it with its document type there):\n" + "\n".join(wrong)

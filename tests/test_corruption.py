@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import S3Server
+from support import stored_json
 from viewer_support import TRUSTED, Bucket, chunk_of, pyramid, serving, shards
 
 from caseformat.layout import CORRUPT, IMAGE, MANIFEST, PYRAMID, TRIAGE, SlideRef
@@ -105,14 +106,14 @@ def test_analysis_leaves_tiles_of_a_corrupt_shard_unscored_and_the_map_not_final
     assert inside.any() and (~inside).any()
     assert not heatmap.scored[rows[inside], cols[inside]].any()
     assert heatmap.scored[rows[~inside], cols[~inside]].all()
-    assert heatmap.complete is False and location.read_json(TRIAGE)["complete"] is False  # never published as final
+    assert heatmap.complete is False and stored_json(location, TRIAGE)["complete"] is False  # never published as final
     assert CorruptRecord.read(location.read_bytes(CORRUPT) or b"").keys == (key,)
     assert CorruptRecord.read(bucket.get(ref.centre_key(CORRUPT))).keys == (key,)  # in the centre's folder, for the station
 
     bucket.put(f"{root}/{IMAGE}/{key}", stored[key])  # the station sends it again
     heatmap = analyze_case(location, heatmap=heatmap)
     assert heatmap.complete is True and heatmap.scored[heatmap.tissue].all()
-    assert location.read_json(TRIAGE)["complete"] is True
+    assert stored_json(location, TRIAGE)["complete"] is True
     assert CorruptRecord.read(location.read_bytes(CORRUPT) or b"").keys == ()
 
 

@@ -20,7 +20,17 @@ import numpy as np
 import pytest
 import zarr
 from conftest import S3Server
-from support import ARRIVING, STATION, colorectal_context, final_triage, running_hub, scorable, slide_version, wait_for
+from support import (
+    ARRIVING,
+    STATION,
+    colorectal_context,
+    final_triage,
+    running_hub,
+    scorable,
+    slide_version,
+    stored_json,
+    wait_for,
+)
 from typer.testing import CliRunner
 
 from caseformat.layout import (
@@ -79,9 +89,9 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
                                     "--context-file", str(colorectal_context())])  # fmt: skip
     assert sent.exit_code == 0, sent.output
     location = slide_version(store, s3_server.endpoint_url, case)
-    edge = wait_for(lambda: location.sent.read_json(TRIAGE), "the edge triage", 600)  # the station's own folder
+    edge = wait_for(lambda: stored_json(location.sent, TRIAGE), "the edge triage", 600)  # the station's own folder
     assert edge["stage"] == EDGE and edge["complete"] is True and heatmap_of(location.sent)[1]["stage"] == EDGE
-    assert location.read_json(TRIAGE) is None, "an edge triage is never the centre's result"
+    assert stored_json(location, TRIAGE) is None, "an edge triage is never the centre's result"
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
     assert listed["stage"] == EDGE and listed["final"] is False and listed["score"] == pytest.approx(edge["score"])
 
@@ -91,7 +101,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     assert analysed.exit_code == 0, analysed.output
     (row,) = report_rows(report)
     assert row["status"] == "ok"
-    full = location.read_json(TRIAGE)  # the centre's folder
+    full = stored_json(location, TRIAGE)  # the centre's folder
     assert full["summary"]["tiles_measured"] == full["summary"]["tissue_tiles"] > edge["summary"]["tiles_measured"]
     assert full["stage"] == ANALYZE and full["complete"] is True and full["score"] == pytest.approx(float(row["score"]), abs=1e-4)
     image, attributes = heatmap_of(location)
@@ -105,7 +115,7 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     # where the station's is
     for where in (location, location.sent):
         late = analyze_slide(slide, where, AnalyzeOptions(coarse=True, refine=False, stage=EDGE), name=case)
-        assert late.stage == EDGE and location.read_json(TRIAGE) == full
+        assert late.stage == EDGE and stored_json(location, TRIAGE) == full
         assert (heatmap_of(location)[0] == image).all()
     assert worklist(s3_server, s3_bucket, "cases")[case]["triage"] == listed
 
@@ -141,20 +151,20 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
         send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case, rate=1)  # two passes at least, under load
         partial = set()
         while send.poll() is None:  # what a viewer polling the case sees while it arrives
-            triage = location.read_json(TRIAGE)
-            assert location.sent.read_json(TRIAGE) is None, "the hub writes its map in the centre's folder only"
+            triage = stored_json(location, TRIAGE)
+            assert stored_json(location.sent, TRIAGE) is None, "the hub writes its map in the centre's folder only"
             if triage and not triage["complete"]:
                 assert triage["stage"] == HUB
                 partial.add(triage["summary"]["tiles_scored"])
             time.sleep(0.2)
         assert send.returncode == 0, send.stdout.read() if send.stdout else ""
-        final = wait_for(lambda: (t := location.read_json(TRIAGE)) and t["complete"] and t, "the hub's final map", 600)
+        final = wait_for(lambda: (t := stored_json(location, TRIAGE)) and t["complete"] and t, "the hub's final map", 600)
         wait_for(lambda: f"DONE {case}" in log.read_text(), "the hub's DONE line (after the map it published)", 600)
     assert len(partial) >= 2, f"partial maps seen during the send: {sorted(partial)}"  # it grew while arriving
     assert final["stage"] == HUB and final["summary"]["tiles_scored"] == final["summary"]["tissue_tiles"]
     hub_image, attributes = heatmap_of(location)
     assert attributes["stage"] == HUB and attributes["complete"] is True
-    assert (location.read_json(LEASE) or {}).get("finished") is True
+    assert (stored_json(location, LEASE) or {}).get("finished") is True
 
     # the same as a one-shot analysis of the complete case, tile for tile
     report = tmp_path / "report.csv"
@@ -171,7 +181,7 @@ def test_the_hub_finds_an_arriving_case_and_publishes_its_map_as_it_grows(s3_ser
     with running_hub(store, s3_server.endpoint_url, tmp_path / "again.log") as again:
         wait_for(lambda: f"DONE {SlideRef(case).label}: already analysed" in (tmp_path / "again.log").read_text(), "the restarted hub's look", 600)
         assert again.poll() is None
-    assert location.read_json(TRIAGE) == final
+    assert stored_json(location, TRIAGE) == final
 
 
 def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescoring(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
@@ -181,12 +191,12 @@ def test_a_hub_killed_mid_case_is_replaced_and_the_case_finishes_without_rescori
     location = slide_version(store, s3_server.endpoint_url, case)
     send = sending(slide, store, s3_server.endpoint_url, tmp_path / "state", case)
     with running_hub(store, s3_server.endpoint_url, tmp_path / "first.log", lease=5) as first:
-        wait_for(lambda: (t := location.read_json(TRIAGE)) and t["stage"] == HUB and not t["complete"]
+        wait_for(lambda: (t := stored_json(location, TRIAGE)) and t["stage"] == HUB and not t["complete"]
                  and t["summary"]["tiles_scored"] > 0,
                  "a partial map with scored tiles", 600)
         first.kill()  # kill -9: no cleanup, its lease stays until it expires
         first.wait()
-    assert location.read_json(TRIAGE)["complete"] is False
+    assert stored_json(location, TRIAGE)["complete"] is False
     state = zarr.open_group(location.child(HEATMAP).zarr_store(), mode="r")["tile_state"][:]
     published = int((~np.isnan(state[0])).sum())  # the exact per-tile results it continues from
     assert published > 0
@@ -244,7 +254,7 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
                                str(tmp_path / prefix), *flags],
                               capture_output=True, text=True, timeout=600)
         assert sent.returncode == 0, sent.stderr
-        return Location.parse(f"s3://{s3_bucket}/{prefix}/{root}", endpoint).read_json(MANIFEST) or {}
+        return stored_json(Location.parse(f"s3://{s3_bucket}/{prefix}/{root}", endpoint), MANIFEST) or {}
 
     def level_objects(prefix: str, level: int) -> dict[str, bytes]:
         listed = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"{prefix}/{root}/{IMAGE}/{level}/c/").get("Contents", [])
@@ -281,11 +291,11 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     log = tmp_path / "hub.log"
     with running_hub(f"s3://{s3_bucket}/live", endpoint, log):
         manifest = send("live")
-        record = wait_for(lambda: (r := live.read_json(PYRAMID)) and r["complete"] and r, "the hub's pyramid", 900)
+        record = wait_for(lambda: (r := stored_json(live, PYRAMID)) and r["complete"] and r, "the hub's pyramid", 900)
     assert manifest["bytes_sent"] == alone["bytes_sent"] and f"PYRAMID {SlideRef(case).label}" in log.read_text()
     assert sorted(record["built"]) == sorted(expected) and record["empty"] == []
     assert level_objects("live", 1) == expected  # in the station's image, one NGFF image; its record is the centre's
-    assert live.sent.read_json(PYRAMID) is None
+    assert stored_json(live.sent, PYRAMID) is None
     live_cases = Cases(S3Storage(s3_bucket, "live", endpoint), NO_REPORTS)
     assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
     assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)

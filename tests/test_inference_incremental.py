@@ -12,6 +12,7 @@ import pytest
 import torch
 import zarr
 from conftest import S3Server, sample
+from support import stored_json
 
 from inference import AnalyzeOptions, Location, ModelRef, ModelSpec, analyze_case, follow_case
 from slides import open_slide
@@ -84,7 +85,7 @@ def test_partial_case_gets_partial_heatmap_then_equals_one_shot_run(converted, o
     upload.send(not_bottom_of_level0, complete=False)
 
     partial = analyze_case(case, options=options)
-    triage = case.read_json("triage.json")
+    triage = stored_json(case, "triage.json")
     assert triage["complete"] is False and partial.complete is False
     tile = partial.grid.tile  # 224.45 level-0 px
     rows_in = int(1920 // tile)  # tile rows whose pixels all lie above row 1920 (0-7)
@@ -97,7 +98,7 @@ def test_partial_case_gets_partial_heatmap_then_equals_one_shot_run(converted, o
     upload.send(lambda piece: True, complete=True)
     final = analyze_case(case, options=options, heatmap=partial)
     one_shot = analyze_case(local, options=options)
-    assert final.complete and case.read_json("triage.json")["complete"] is True
+    assert final.complete and stored_json(case, "triage.json")["complete"] is True
     assert final.measured.sum() == final.tissue.sum() == one_shot.tissue.sum()
     stored = np.asarray(zarr.open_array(case.child("heatmap.zarr", "0").zarr_store(), mode="r")[:])[0]
     np.testing.assert_array_equal(stored, one_shot.image())
@@ -146,9 +147,9 @@ def test_follow_finishes_when_the_manifest_says_complete(converted, options: Ana
     thread = threading.Thread(target=follow)
     thread.start()
     assert first_pass.wait(120), result.get("error")
-    assert case.read_json("triage.json")["complete"] is False
+    assert stored_json(case, "triage.json")["complete"] is False
     upload.send(lambda piece: True, complete=True)
     thread.join(300)
     assert "error" not in result, result.get("error")
     assert updates[0] is False and updates[-1] is True
-    assert result["heatmap"].complete and case.read_json("triage.json")["complete"] is True  # type: ignore[attr-defined]
+    assert result["heatmap"].complete and stored_json(case, "triage.json")["complete"] is True  # type: ignore[attr-defined]

@@ -147,7 +147,7 @@ def test_a_clean_environment_reads_a_sent_case_exactly(s3_server: S3Server, s3_b
                            timeout=600)  # fmt: skip
     assert analyzed.returncode == 0, analyzed.stderr
     version = Location.slide_version(Location.parse(store, s3_server.endpoint_url), REF)
-    heatmap_url = version.child(HEATMAP).url if version.child(HEATMAP).read_json("zarr.json") else ""
+    heatmap_url = version.child(HEATMAP).url if version.child(HEATMAP).read_bytes("zarr.json") else ""
 
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_server.endpoint_url}
     run = subprocess.run([str(python), "-I", "-c", READER, version.child(IMAGE).url, heatmap_url, str(CODEC_SHIM), str(tmp_path)],

@@ -24,7 +24,8 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import parse_named_configuration
 from zarr.registry import get_codec_class, register_codec
 
-from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY
+from caseformat.image import CODEC_NAME
+from tiling.jpeg import DEFAULT_QUALITY
 
 _BYTES_KEYS = ("tables", "header")  # base64 in JSON, as upstream writes them
 

@@ -8,7 +8,6 @@ import numpy as np
 
 from slides.jpeg import EOI, SOI, adobe_segment
 
-CODEC_NAME = "imagecodecs_jpeg"  # the chunk codec's name in zarr.json: imagecodecs' own Zarr 3 codec (see tiling.codec)
 DEFAULT_QUALITY = 90
 
 # Adobe APP14 with transform 0: "the three components are RGB, not YCbCr". Aperio writes RGB JPEG tiles without

@@ -39,9 +39,10 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
+from caseformat.image import CHUNK_CHECKSUMS, CODEC_NAME
 from slides import CorruptSlideError, RawTile, Slide, open_slide
 from slides import Level as SlideLevel
-from tiling.jpeg import CODEC_NAME, DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
+from tiling.jpeg import DEFAULT_QUALITY, encode_jpeg, self_contained_jpeg
 from tiling.pieces import Piece, PieceKind
 from tiling.tissue import SIGNAL_ABOVE_DARK, TissueMask, background_value, detect_tissue, holds_signal, slide_is_darkfield
 
@@ -70,10 +71,6 @@ TISSUE_LABEL = "labels/tissue"  # inside the image: the NGFF label image of the 
 LABEL_SHARD, LABEL_CHUNK = 8192, 1024  # label objects of at most 64 MB in memory; all-background chunks are not written
 LABEL_AT_ONCE = 16_000_000  # label levels up to this many pixels are built with the groups; larger ones beside the shards
 EMPTY = 2**64 - 1  # shard-index marker of an absent chunk (Zarr v3 sharding spec)
-# the image group's `slidestream.chunk_checksums`: every shard holds its chunks' CRC32Cs (n x n little-endian uint32,
-# 0 for an absent chunk) just before its index, so a reader of one chunk by byte range can verify it; images
-# written before 2026-12 have none (their index still has its CRC32C)
-CHUNK_CHECKSUMS = "crc32c-before-index"
 MAX_CANVAS = 16_000_000  # pixels decoded at once while building a shard band
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

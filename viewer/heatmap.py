@@ -30,6 +30,7 @@ import zarr.api.asynchronous
 from PIL import Image
 
 from caseformat.errors import DocumentError
+from caseformat.image import Multiscale
 from caseformat.layout import IMAGE, TILE_STATE, member
 from caseformat.results import check_array
 from objectstore import ObjectInfo
@@ -96,10 +97,11 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: s
     where = f"case {image.case}: heatmap"
     group = await zarr.api.asynchronous.open_group(store=store, path=folder, mode="r", zarr_format=3)
     try:
-        dataset = group.attrs["ome"]["multiscales"][0]["datasets"][0]
-        array = await group.getitem(dataset["path"])
-        transforms = dataset.get("coordinateTransformations", [])
-    except (KeyError, IndexError, TypeError) as error:
+        dataset = Multiscale.from_attributes(group.attrs, where).datasets[0]
+        array = await group.getitem(dataset.path)
+    except DocumentError as error:
+        raise ImageError(str(error)) from None
+    except (KeyError, TypeError) as error:  # zarr's refusals of the array's metadata
         raise ImageError(f"{where}: not an OME-Zarr image ({error})") from None
     shape = tuple(size for size in array.shape if size != 1) or (1, 1)
     if len(shape) != 2 or int(np.prod(shape)) > MAX_PIXELS:
@@ -117,8 +119,8 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: s
     codes = np.round(np.clip(np.nan_to_num(scores), 0, 1) * 255).astype(np.uint8)
     rgba = np.zeros((shape[0] + 1, shape[1] + 1, 4), np.uint8)
     rgba[:-1, :-1] = np.where(valid[..., None], LUT[codes], 0)
-    scale = _last_two(transforms, "scale", (1.0, 1.0))
-    translation = _last_two(transforms, "translation", (0.0, 0.0))
+    scale = dataset.last_two("scale", (1.0, 1.0))
+    translation = dataset.last_two("translation", (0.0, 0.0))
     cell = (scale[0] / image.scale[0], scale[1] / image.scale[1])
     # NGFF places a pixel's centre at index x scale + translation, level 0's pixel k at k x image.scale: the map's
     # top-left corner, in level-0 pixels whose pixel k spans [k, k + 1), is half a cell before its first centre
@@ -161,13 +163,13 @@ async def _tissue_cells(
         # image.case is the slide version's root (CASE/slides/SLIDE/VERSION): the label of this very scan
         label_path = member(image.case, IMAGE, TISSUE_LABEL)
         group = await zarr.api.asynchronous.open_group(store=store, path=label_path, mode="r", zarr_format=3)
-        dataset = group.attrs["ome"]["multiscales"][0]["datasets"][-1]
-        array = await group.getitem(dataset["path"])
+        dataset = Multiscale.from_attributes(group.attrs, label_path).datasets[-1]
+        array = await group.getitem(dataset.path)
         if int(np.prod(array.shape)) > MAX_PIXELS or not _within_bounds(array):
             return None
         label = np.asarray(await array.getitem(...)) > 0
-        scale = _last_two(dataset.get("coordinateTransformations", []), "scale", (1.0, 1.0))
-    except (FileNotFoundError, KeyError, IndexError, TypeError):
+        scale = dataset.last_two("scale", (1.0, 1.0))
+    except (FileNotFoundError, KeyError, TypeError, DocumentError):  # no label, or one that is not an NGFF label image
         return None
     if label.ndim != 2:
         return None
@@ -191,13 +193,6 @@ def _within_bounds(array: Any) -> bool:
     except DocumentError:
         return False
     return True
-
-
-def _last_two(transforms: list[dict[str, Any]], kind: str, default: tuple[float, float]) -> tuple[float, float]:
-    for transform in transforms:
-        if transform.get("type") == kind and len(transform.get(kind, [])) >= 2:
-            return float(transform[kind][-2]), float(transform[kind][-1])
-    return default
 
 
 def render_tile(heatmap: Heatmap, image: SlideImage, level: Level, row: int, col: int) -> bytes:

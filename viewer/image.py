@@ -3,7 +3,7 @@
 The image is an OME-Zarr (NGFF 0.5, Zarr v3) whose arrays are sharded; with JPEG chunks every chunk is one
 self-contained JPEG file, so a tile is served by two ranged reads (the shard index, cached, then the chunk) and no
 decoding. Both are verified first: the index by its CRC32C, the chunk by the CRC32C the shard holds for it beside the
-index (`tiling.pyramid.CHUNK_CHECKSUMS`; images written before it have none); a piece that fails is refused as
+index (`caseformat.image.CHUNK_CHECKSUMS`; images written before it have none); a piece that fails is refused as
 "corrupt on the store: KEY" (`CorruptPieceError`, a 502 the browser never caches). The send manifest says which shards have arrived: a missing chunk is otherwise indistinguishable from
 background (zarr reads both as the fill value).
 
@@ -27,11 +27,11 @@ from zarr.core.array import AsyncArray
 
 import tiling.codec  # noqa: F401  (registers the chunk codec also where slidestream is not installed)
 from caseformat.errors import DocumentError
+from caseformat.image import CODEC_NAME, ImageAttributes
 from caseformat.layout import IMAGE, image_key, member
-from caseformat.results import COMPLETE, FAILED, Manifest, check_array, check_levels
+from caseformat.results import COMPLETE, FAILED, Manifest, check_array
 from slides import SlidestreamError
-from tiling.jpeg import CODEC_NAME
-from tiling.pyramid import CHUNK_CHECKSUMS, CorruptShardError, read_shard_tail, shard_address, shard_tail_size
+from tiling.pyramid import CorruptShardError, read_shard_tail, shard_address, shard_tail_size
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
@@ -111,7 +111,7 @@ class SlideImage:
     unit: str | None  # "micrometer" when the scanner recorded its resolution
     jpeg_chunks: bool  # chunks are self-contained JPEG files: served as they are
     fill_value: int  # what absent (background) chunks read as: 255 bright-field glass, 0 dark-field
-    chunk_checksums: bool  # each shard holds its chunks' CRC32Cs (`tiling.pyramid.CHUNK_CHECKSUMS`)
+    chunk_checksums: bool  # each shard holds its chunks' CRC32Cs (`caseformat.image.CHUNK_CHECKSUMS`)
     arrays: tuple[AsyncArray[Any], ...] = field(compare=False, repr=False)
 
     @property
@@ -148,10 +148,8 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
     """Read the image group and its level arrays through zarr; `CaseNotFoundError` before the metadata arrives."""
     try:
         group = await zarr.api.asynchronous.open_group(store=store, path=member(case, IMAGE), mode="r", zarr_format=3)
-        multiscale = group.attrs["ome"]["multiscales"][0]
-        datasets = multiscale["datasets"]
-        check_levels(f"case {case}: image", len(datasets))
-        arrays = [await group.getitem(dataset["path"]) for dataset in datasets]
+        attributes = ImageAttributes.from_attributes(group.attrs, f"case {case}: image")
+        arrays = [await group.getitem(path) for path in attributes.multiscale.paths]
     except FileNotFoundError:
         raise CaseNotFoundError(f"case {case}: no image yet") from None
     except (KeyError, IndexError, TypeError, ValueError) as error:  # DocumentError, and zarr's refusals of metadata
@@ -176,18 +174,10 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
         names = [c.to_dict()["name"] for c in codec.codecs]
         jpeg = jpeg and names == ["transpose", CODEC_NAME] and tuple(codec.codecs[0].order) == (1, 2, 0)
         levels.append(Level(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
-    scale, unit = _level0_scale(multiscale, datasets[0])
-    ours = group.attrs.get("slidestream")
-    checksums = isinstance(ours, dict) and ours.get("chunk_checksums") == CHUNK_CHECKSUMS
-    return SlideImage(case, tuple(levels), scale, unit, jpeg, int(arrays[0].metadata.fill_value), checksums, tuple(arrays))
-
-
-def _level0_scale(multiscale: dict[str, Any], dataset: dict[str, Any]) -> tuple[tuple[float, float], str | None]:
-    scales = [t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"]
-    units = [axis.get("unit") for axis in multiscale.get("axes", [])[-2:]]
-    if not scales or len(scales[0]) < 2:
-        return (1.0, 1.0), None
-    return (float(scales[0][-2]), float(scales[0][-1])), units[-1] if units and units[-1] == units[0] else None
+    multiscale = attributes.multiscale
+    unit = multiscale.unit if multiscale.datasets[0].scale else None
+    return SlideImage(case, tuple(levels), multiscale.scale, unit, jpeg, int(arrays[0].metadata.fill_value), attributes.chunk_checksums,
+                      tuple(arrays))  # fmt: skip
 
 
 # -- arrival ---------------------------------------------------------------------------------------------------
