@@ -17,6 +17,10 @@ bench/make_large_slide.py), in one run per link:
                map, final once complete: its tiles at or above the threshold), and when it covers all tissue
                (waited for up to --hub-wait seconds: the 1.6 GB slide is ~48,000 model calls, hours on 2 cores), and
                when the image is complete: the hub has built the in-between levels the send leaves out (pyramid.json).
+               At its end, how well the edge map foretold the hub's final one (issue #27, `edge_agreement`).
+Every send registers a colorectal specimen (CONTEXT) and the derived slides record 0.499 um/px, so the default model
+is validated for them and both the station and the hub score them (otherwise: "no validated AI", QC only). The edge
+map is the station's (stations/{station}/.../triage.json and heatmap.zarr), the hub's map the centre's (centre/...).
 A poller reads the server directly (not through the link; every 20 ms until the overview, then every 0.25 s) and
 notes when the overview, the triage heatmap (triage.json, once a tile is scored) and all level-0 tissue became
 readable there, and how many bytes had arrived. Each link's capacity is measured in the same run: one bulk TCP
@@ -30,10 +34,13 @@ nominal rate and that capacity.
     python bench/frozen_section.py --profiles 5g --endpoint http://127.0.0.1:PORT   # e.g. the Ceph RGW of .ci/s3-server
     python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 4g
     python bench/frozen_section.py --plain-send --endpoint "$SLIDESTREAM_TEST_S3_ENDPOINT"   # issue 4's figures too
+    python bench/frozen_section.py --slide bench/out/derived-small.svs --profiles 5g --first-views 0 --hub \
+        --endpoint "$SLIDESTREAM_TEST_S3_ENDPOINT"                                       # issue 27's figures
 
 Writes bench/out/frozen_section.json (every link of the run), frozen_section-<link>.json and frozen_section-<link>.png
 (bytes on the server over time, with the milestones of both), and prints the table with the targets: overview <= 1% of the baseline's upload time,
-heatmap <= 25%, all tissue at full resolution no later than the baseline.
+heatmap <= 25%, all tissue at full resolution no later than the baseline; with --hub, issue 27's table too (the hottest
+region scored at the hub in under 10% of the baseline's time).
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ from measure_link import client as s3  # noqa: E402
 LINK_SLOT = 9
 STATION = "bench"  # the station every send and watch of the benchmark is: its cases are bench.{local}
 SETTLE = 30  # seconds for the server to free deleted objects before the next link's runs
+# what every send registers (as tests/support.py:colorectal_context): the site the default model is validated for
+CONTEXT = {"specimen_site": "sigmoid colon", "clinical_question": "margin?"}
+TOP_SHARE = 0.05  # issue 27: is the final map's hottest region among the edge map's top 5% of tissue tiles?
 
 
 def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
@@ -81,7 +91,7 @@ def baseline(slide: Path, via: str, bucket: str) -> dict[str, Any]:
 
     boto3.client("s3", endpoint_url=via).upload_file(str(slide), bucket, f"baseline/{slide.name}", Callback=sent)  # all defaults
     seconds = time.monotonic() - started
-    return {"overview": seconds, "heatmap": seconds, "full_resolution": seconds, "complete": seconds,
+    return {"load": os.getloadavg(), "overview": seconds, "heatmap": seconds, "full_resolution": seconds, "complete": seconds,
             "bytes_sent": slide.stat().st_size, "mbit_s": slide.stat().st_size * 8 / seconds / 1e6, "timeline": timeline[:: max(1, len(timeline) // 400)] + [(seconds, slide.stat().st_size)]}  # fmt: skip
 
 
@@ -137,30 +147,30 @@ def poll(endpoint: str, bucket: str, case: str | None, started: float, found: di
             for name, key in (("overview", "overview"), ("full_resolution", "tissue_full_resolution")):
                 if name not in found and manifest["milestones"].get(key) is not None:
                     found[name], found[f"{name}_bytes"] = now, manifest["bytes_sent"]
-        if "heatmap" not in found and edge and "overview" in found:  # edge triage starts after the overview
-            _, triage = read_triage(client, bucket, f"{root}triage.json")
-            if triage is not None and triage.tiles_scored > 0:
+        if "heatmap" not in found and "edge_refused" not in found and edge and "overview" in found:  # edge triage starts after the overview
+            _, triage = read_triage(client, bucket, f"{root}triage.json")  # the station's own: the edge map
+            if triage is not None and triage.refused is not None:
+                found["edge_refused"] = triage.refused  # no map will come: the model is not validated for the slide
+            elif triage is not None and triage.tiles_scored > 0:
                 found["heatmap"] = now
                 found["heatmap_bytes"] = manifest["bytes_sent"] if manifest else 0
         time.sleep(0.25 if "overview" in found else 0.02)  # each look costs ~3 ms of CPU, which the send shares
 
 
-def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
+def hub_watch(endpoint: str, bucket: str, root: str, edge_root: str, started: float, found: dict[str, Any], stop: threading.Event) -> None:
     """Note when the hub's map is first readable, when it covers the hottest region, and when all tissue (`root`: the
-    centre's folder of the slide version, where the hub writes its map and its pyramid record).
+    centre's folder of the slide version, where the hub writes its map and its pyramid record; `edge_root`: the
+    station's, where the edge map lies).
 
     The hottest region is the top region of the hub's last map (the final one once complete): its tiles at or above
-    the threshold, not its box's corners. Each map the hub publishes is kept as the set of tiles it measured, so
-    the time the region was first covered is known once the region is (an edge map, which the hub's first
-    publication replaces within a poll, cannot be relied on to be seen). A slide the model may not score gets the
-    hub's refusal (QC only) instead of a map: noted as `hub_refused`, and the watch ends there."""
+    the threshold, not its box's corners. Each map the hub publishes (one per pass of ~10 s) is kept as the set of
+    tiles it measured, so the time the region (and the map's hottest tile) was first covered is known once the
+    region is. A slide the model may not score gets the hub's refusal (QC only) instead of a map: noted as
+    `hub_refused`, and the watch ends there. At the end the last map is held against the edge map
+    (`edge_agreement`)."""
     import numpy as np
-    import zarr
-
-    from inference.store import Location
 
     client = s3(endpoint)
-    heatmap = Location(f"s3://{bucket}/{root}heatmap.zarr", endpoint)
     measured: list[tuple[float, Any]] = []  # (seconds, tiles measured) of each hub map published
     last_triage: Triage | None = None
     last_state: Any = None
@@ -176,10 +186,7 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
         if tag != last and triage is not None and triage.stage == "hub":
             last = tag
             now = time.monotonic() - started
-            try:
-                state = np.asarray(zarr.open_group(heatmap.zarr_store(), mode="r")["tile_state"][:])
-            except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
-                state = None
+            state = tile_state(endpoint, bucket, root)
             if triage.tiles_scored > 0:  # a map of "0 of N tiles" shows nothing yet
                 found.setdefault("hub_first", now)
             if state is not None:
@@ -201,6 +208,63 @@ def hub_watch(endpoint: str, bucket: str, root: str, started: float, found: dict
         hot[rows, cols] = np.nan_to_num(last_state[0][rows, cols], nan=-1.0) >= summary["threshold"]
         found["hub_hot_tiles"], found["hub_hot_final"] = int(hot.sum()), last_triage.complete
         found["hub_hot"] = next((when for when, done in measured if bool(done[hot].all())), None)
+        hottest = np.unravel_index(np.argmax(np.where(last_state[3] == 1, np.nan_to_num(last_state[0], nan=-1.0), -1.0)), hot.shape)
+        found["hub_hottest_tile"] = next((when for when, done in measured if bool(done[hottest])), None)
+        edge = tile_state(endpoint, bucket, edge_root)
+        if edge is not None:
+            found["agreement"] = edge_agreement(edge, last_state, hot)
+
+
+def tile_state(endpoint: str, bucket: str, root: str) -> Any:
+    """The exact per-tile results of the map under `root` (caseformat.layout.TILE_STATE: score, focus, pen, measured),
+    None while there is none."""
+    import numpy as np
+    import zarr
+
+    from caseformat.layout import HEATMAP, TILE_STATE
+    from inference.store import Location
+
+    try:
+        state = zarr.open_group(Location(f"s3://{bucket}/{root}{HEATMAP}", endpoint).zarr_store(), mode="r")[TILE_STATE]
+    except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return None
+    assert isinstance(state, zarr.Array)
+    return np.asarray(state[:])
+
+
+def edge_agreement(edge: Any, final: Any, hot: Any) -> dict[str, Any]:
+    """How well the edge map (its ~80 sampled tiles) foretold the hub's final map, both tile states (4, rows, cols);
+    `hot`: the final map's hottest region (a mask on its grid). The edge map is put on the final map's grid (nearest
+    tile; the two are planned alike, so normally it is the same grid).
+      spearman        rank correlation over the tiles both scored (scipy.stats.spearmanr), with their count `tiles`:
+                      the same tiles at the same resolution, so it shows the two score alike, not that the edge foresaw
+      spearman_filled the same over all tissue tiles, each taking its nearest sampled tile's edge score (the map the
+                      send orders its shards by): how well the edge's ~80 tiles foretell the rest
+      hottest_in_top  the final map's hottest tile is among the top TOP_SHARE of tissue tiles of that filled map;
+                      `hottest_edge_rank`: the share of tissue tiles that map puts above it
+      hot_in_top      the share of the hottest region's tiles that are, and `hottest_sampled`: the edge scored it"""
+    import numpy as np
+    from scipy import ndimage, stats
+
+    rows = np.arange(final.shape[1]) * edge.shape[1] // final.shape[1]
+    cols = np.arange(final.shape[2]) * edge.shape[2] // final.shape[2]
+    edge = edge[:, rows[:, None], cols[None, :]]
+    sampled = (edge[3] == 1) & np.isfinite(edge[0])
+    tissue = (final[3] == 1) & np.isfinite(final[0])
+    both = sampled & tissue
+    if not both.any():
+        return {"spearman": None, "tiles": 0, "sampled_tiles": int(sampled.sum()), "tissue_tiles": int(tissue.sum())}
+    spearman = float(stats.spearmanr(edge[0][both], final[0][both]).statistic) if both.sum() >= 3 else None
+    _, (near_rows, near_cols) = ndimage.distance_transform_edt(~sampled, return_indices=True)
+    filled = edge[0][near_rows, near_cols]
+    top = tissue & (filled >= np.quantile(filled[tissue], 1 - TOP_SHARE))
+    hottest = np.unravel_index(np.argmax(np.where(tissue, final[0], -np.inf)), tissue.shape)
+    region = hot & tissue
+    return {"spearman": spearman, "tiles": int(both.sum()), "sampled_tiles": int(sampled.sum()), "tissue_tiles": int(tissue.sum()),
+            "spearman_filled": float(stats.spearmanr(filled[tissue], final[0][tissue]).statistic),
+            "top_tiles": int(top.sum()), "hottest_in_top": bool(top[hottest]), "hottest_sampled": bool(sampled[hottest]),
+            "hottest_edge_rank": float((filled[tissue] > filled[hottest]).mean()),
+            "hot_in_top": float(top[region].mean()) if region.any() else None}  # fmt: skip
 
 
 def hub_finished(found: dict[str, Any]) -> bool:
@@ -230,16 +294,20 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
         hub_lines = [hub.stderr.readline()]  # "hub ... watching": torch and the model are loaded
         # the rest of its lines (FOUND, PARTIAL, DONE, ERROR) are kept, so that its pipe never fills and blocks it
         threading.Thread(target=lambda: hub_lines.extend(hub.stderr), daemon=True).start()  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory() as state:
+    with tempfile.TemporaryDirectory() as state, tempfile.TemporaryDirectory() as specimen:
+        context = Path(specimen) / "specimen.json"
+        context.write_text(json.dumps(CONTEXT))
         command = [sys.executable, "-m", "slidestream", "send", str(slide), f"s3://{bucket}/{prefix}", "--endpoint-url", via,
-                   "--case", local, "--station", STATION, "--state-dir", state, "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
+                   "--case", local, "--station", STATION, "--state-dir", state, "--context-file", str(context),
+                   "--edge" if edge else "--no-edge", "--json"]  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         poller = threading.Thread(target=poll, args=(endpoint, bucket, case, started, found, stop, edge, prefix), daemon=True)
         poller.start()
         hub_stop = threading.Event()
         if hub is not None:
-            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, centre_root(bucket, case, prefix), started, found, hub_stop), daemon=True)
+            watcher = threading.Thread(target=hub_watch, args=(endpoint, bucket, centre_root(bucket, case, prefix), slide_root(bucket, case, prefix),
+                                                               started, found, hub_stop), daemon=True)  # fmt: skip
             watcher.start()
         if overview_only:
             while "overview" not in found and process.poll() is None and time.monotonic() - started < 60:
@@ -247,6 +315,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
             process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate()
         found["complete"] = time.monotonic() - started
+        found["load"] = os.getloadavg()  # 1, 5 and 15 minutes: the machine is shared
         time.sleep(0.5)
         stop.set()
         poller.join()
@@ -258,6 +327,7 @@ def slidestream(slide: Path, endpoint: str, via: str, bucket: str, edge: bool = 
             watcher.join()
             hub.terminate()
             hub.wait(30)
+            found["hub_load"] = os.getloadavg()
             found["hub_log"] = [line.rstrip() for line in hub_lines[-200:]]
     if overview_only:
         if "overview" not in found:
@@ -367,7 +437,7 @@ def main() -> None:
         for profile in args.profiles:
             print(f"{profile}: link capacity (one bulk TCP stream) ...", file=sys.stderr, flush=True)
             with EmulatedLink(profile, sink, slot=LINK_SLOT) as link:
-                capacity = measure_tcp((link.names.server_ip, link.port), megabytes=PROFILES[profile].up_mbit // 2)["tcp_mbit_s"]
+                capacity = measure_tcp((link.names.server_ip, link.port), megabytes=int(PROFILES[profile].up_mbit // 2))["tcp_mbit_s"]
             runs: dict[str, dict[str, Any]] = {}
             with EmulatedLink(profile, (split.hostname or "127.0.0.1", split.port or 80), slot=LINK_SLOT) as link:
                 # objects are deleted only after the last run: a server freeing gigabytes (Ceph's garbage collection)
@@ -448,10 +518,49 @@ def print_row(result: dict[str, Any]) -> None:
         print(f"  hub: {refused or scored}; "
               f"the image complete (in-between levels built at the hub) {share('pyramid_complete')}, "
               f"all tissue at full resolution {share('full_resolution')}, {hub['bytes_sent'] / result['source_bytes']:.2f} of the source bytes sent")  # fmt: skip
+    if "hub" in result:
+        print_edge_and_hub(result)
     if "first_views" in result:
         first = result["first_views"]
         print(f"  {len(first['seconds'])} cold starts of send --edge: overview after {first['median']:.2f} s median ({first['min']:.2f}-{first['max']:.2f} s), "
               f"{targets['median_first_view_share_of_baseline']:.2%} of the baseline")  # fmt: skip
+
+
+
+def print_edge_and_hub(result: dict[str, Any]) -> None:
+    """Issue 27's figures of one link, against the plain upload of the same run, with the load average (1, 5, 15 min)
+    at the end of each run: the baseline, the send alone, the send beside the hub, and the hub (its last row)."""
+    baseline, alone, hub = result["baseline"], result["slidestream"], result["hub"]
+    full = baseline["complete"]
+    agreement = hub.get("agreement") or {}
+
+    def load(run: dict[str, Any], key: str = "load") -> str:
+        return "load " + " ".join(f"{value:.2f}" for value in run[key]) if run.get(key) else ""
+
+    def timed(run: dict[str, Any], name: str, goal: str = "") -> str:
+        value = run.get(name)
+        return "-" if value is None else f"{value:7.1f} s  {value / full:6.1%} of the plain upload{goal}"
+
+    rows = [("plain upload (boto3 upload_file)", f"{full:7.1f} s", load(baseline)),
+            ("edge map readable (send --edge)", hub.get("edge_refused") or timed(alone, "heatmap"), load(alone)),
+            ("edge map readable (hub run)", hub.get("edge_refused") or timed(hub, "heatmap"), load(hub)),
+            ("hub's first map", hub.get("hub_refused") or timed(hub, "hub_first"), ""),
+            (f"hub scored the hottest region ({hub.get('hub_hot_tiles')} tiles)", timed(hub, "hub_hot", " (goal < 10%)"), ""),
+            ("hub scored the hottest tile", timed(hub, "hub_hottest_tile"), ""),
+            (f"hub's map of all tissue ({hub.get('hub_tiles')}/{hub.get('hub_tissue_tiles')} tiles)", timed(hub, "hub_complete"), load(hub, "hub_load")),
+            (f"Spearman, edge vs final map ({agreement.get('tiles', 0)} tiles both scored)",
+             "-" if agreement.get("spearman") is None else f"{agreement['spearman']:7.2f}", ""),
+            (f"Spearman, edge map filled (nearest sample) vs final ({agreement.get('tissue_tiles', 0)} tissue tiles)",
+             "-" if agreement.get("spearman_filled") is None else f"{agreement['spearman_filled']:7.2f}", ""),
+            (f"final hottest tile in the edge map's top {TOP_SHARE:.0%} ({agreement.get('top_tiles')} tiles)",
+             "-" if "hottest_in_top" not in agreement else
+             f"{'yes' if agreement['hottest_in_top'] else 'no':>7s}  (edge ranks {agreement['hottest_edge_rank']:.0%} of tissue above it; "
+             f"sampled: {'yes' if agreement['hottest_sampled'] else 'no'}; "
+             f"hottest region's tiles there: {'-' if agreement['hot_in_top'] is None else format(agreement['hot_in_top'], '.0%')})", "")]  # fmt: skip
+    final = "final" if hub.get("hub_hot_final") else "partial: the hub's map was not complete by --hub-wait"
+    print(f"  edge map and the hub's priority (issue 27; the hottest region of the hub's last map, {final}):")
+    for name, value, when in rows:
+        print(f"    {name:70s} {value:48s} {when}".rstrip())
 
 
 if __name__ == "__main__":

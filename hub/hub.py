@@ -471,7 +471,8 @@ class Hub:
         try:
             if case.heatmap is None:  # a partial map a stopped or dead hub published: continue from it
                 case.heatmap = published_heatmap(case.location, options)
-                case.priority = edge_priority(case.location, options) if case.heatmap is None else None
+            if case.priority is None:  # the edge map often lands after the hub's first pass: looked for until it has
+                case.priority = edge_priority(case.location, options)
             before = 0 if case.heatmap is None else int(case.heatmap.scored.sum())
             if before == 0 and not self.has_tiles_to_score(case, options):  # nothing to publish: the edge map stays up
                 case.seen = seen

@@ -228,15 +228,28 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
 
 
 def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
-    """The edge triage's scores (its sampled map, published beside the image before the hub's first pass) on the
-    grid `options` plan, -1 where it scored nothing: which tiles to score first. None when the edge left none. It
-    is read from the station's own folder (`Location.sent`): a station's map only ever orders the hub's work."""
+    """Which tiles to score first: each tile of the grid `options` plan takes the score of the edge map's nearest
+    sampled tile (`edge_map`), so the hottest sample's neighbourhood goes before the rest (80 samples leave most
+    tiles unscored; ranked -1, those went in raster order). None while the edge left no scored map."""
+    from scipy import ndimage
+
+    edge = edge_map(case, options)
+    if edge is None or not (sampled := np.isfinite(edge.score)).any():
+        return None
+    _, (rows, cols) = ndimage.distance_transform_edt(~sampled, return_indices=True)
+    return np.asarray(edge.score[rows, cols], np.float32)
+
+
+def edge_map(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heatmap | None:
+    """The edge triage's sampled map, published beside the image, on the grid `options` plan (NaN where it scored
+    nothing); None without one. It is read from the station's own folder (`Location.sent`): a station's map only
+    ever orders the hub's work."""
     sent = case.sent
     triage = read_triage(sent)
     if triage is None or triage.stage != EDGE or not sent.exists(IMAGE_METADATA):
         return None
     edge = plan_heatmap(open_source(ZarrRef(sent.child(IMAGE))), options)
-    return np.nan_to_num(edge.score, nan=-1.0) if load_tile_state(edge, sent.child(HEATMAP)) else None
+    return edge if load_tile_state(edge, sent.child(HEATMAP)) else None
 
 
 def _first(todo: np.ndarray, priority: np.ndarray | None, limit: int) -> np.ndarray:

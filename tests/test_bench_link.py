@@ -98,3 +98,35 @@ def test_survives_a_crashed_run(s3_server) -> None:  # type: ignore[no-untyped-d
 def test_unknown_profile_is_a_clear_error() -> None:
     with pytest.raises(link.LinkError, match="unknown profile 'wifi'"):
         link.EmulatedLink("wifi")
+
+
+def load_frozen_section() -> ModuleType:
+    """bench/frozen_section.py, which imports its neighbours (link, measure_link) from bench/."""
+    sys.path.insert(0, str(REPO / "bench"))
+    return importlib.import_module("frozen_section")
+
+
+def test_edge_agreement_holds_the_edge_map_against_the_final_map() -> None:
+    """Issue 27: the edge's sampled tiles ranked as the final map ranks them agree fully, and the final map's hottest
+    tile, beside the edge's hottest sample, is in the edge map's top 5%; an edge map ranking them the other way
+    round is told apart."""
+    import numpy as np
+
+    agreement = load_frozen_section().edge_agreement
+    final = np.ones((4, 20, 20), np.float32)  # score, focus, pen, measured: every tile is tissue, scored
+    final[0] = np.linspace(0.0, 0.9, 400).reshape(20, 20)
+    final[0, 4, 4], final[0, 5, 5] = 0.99, 1.0  # the hottest region: two tiles
+    hot = final[0] > 0.95
+    edge = np.zeros_like(final)
+    edge[0], edge[3, ::4, ::4] = np.nan, 1  # the edge scored one tile in 16
+    edge[0, ::4, ::4] = final[0, ::4, ::4] / 2
+
+    foresaw = agreement(edge, final, hot)
+    assert (foresaw["tiles"], foresaw["spearman"], foresaw["hottest_in_top"], foresaw["hot_in_top"]) == (25, 1.0, True, 1.0)
+    assert not foresaw["hottest_sampled"]  # found through its nearest sample, as the send orders shards
+    assert foresaw["hottest_edge_rank"] == 0.0 and foresaw["spearman_filled"] > 0.8
+
+    edge[0, ::4, ::4] = 1 - final[0, ::4, ::4]
+    missed = agreement(edge, final, hot)
+    assert (missed["spearman"], missed["hottest_in_top"], missed["hot_in_top"]) == (-1.0, False, 0.0)
+    assert missed["hottest_edge_rank"] > 0.9 and missed["spearman_filled"] < -0.8

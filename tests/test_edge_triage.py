@@ -55,7 +55,7 @@ def test_a_colorectal_case_s_edge_map_is_the_hubs_tiles_scored_as_the_hub_scores
                                                                                       tmp_path: Path) -> None:
     from inference import AnalyzeOptions, ModelRef, analyze_slide
     from inference.model import default_package
-    from inference.pipeline import edge_priority
+    from inference.pipeline import edge_map, edge_priority
 
     said, triage = send(s3_server, s3_bucket, tmp_path / "state", "CRC-1", colorectal_context())
     assert "triage heatmap available" in said, said
@@ -64,12 +64,17 @@ def test_a_colorectal_case_s_edge_map_is_the_hubs_tiles_scored_as_the_hub_scores
 
     options = AnalyzeOptions(model=ModelRef.of_package(default_package()))
     location = slide_version(f"s3://{s3_bucket}/cases", s3_server.endpoint_url, qualified_case(STATION, "CRC-1"))
-    edge = edge_priority(location, options)  # as the hub reads it: on the grid it scores, -1 where the edge scored nothing
+    edge = edge_map(location, options)  # as the hub reads it: on the grid it scores
     assert edge is not None
     full = analyze_slide(scorable(), None, options)  # every tissue tile at full magnification
-    sampled = edge >= 0
+    sampled = np.isfinite(edge.score)
     assert sampled.sum() == SAMPLED_TILES and not (sampled & ~full.tissue).any()
-    np.testing.assert_allclose(edge[sampled], full.score[sampled], atol=1e-5)
+    np.testing.assert_allclose(edge.score[sampled], full.score[sampled], atol=1e-5)
+    # the hub's order: every tissue tile ranked by its nearest sample, the hottest sample's neighbourhood first
+    priority = edge_priority(location, options)
+    assert priority is not None and np.isin(priority[full.tissue], edge.score[sampled]).all()
+    hottest = np.unravel_index(np.nanargmax(edge.score), edge.score.shape)
+    assert priority[hottest] == np.nanmax(edge.score)
 
 
 def test_send_model_is_the_package_the_edge_scores_with_and_resume_keeps_it(s3_server: S3Server, s3_bucket: str,
