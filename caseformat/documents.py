@@ -159,6 +159,7 @@ class CentreDocument:
     """A document only the centre writes: `to_json` signs it, `read` verifies it before anything else."""
 
     FORMAT: ClassVar[str]
+    EARLIER: ClassVar[tuple[str, ...]] = ()  # earlier formats this reader still reads
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -175,7 +176,7 @@ class CentreDocument:
         """The document in `data` if the centre signed it and it is well formed; `DocumentError` naming `what`."""
         document = trusted.verify(load(data, what), what)
         fields = Fields(document, what)
-        fields.choice("format", (cls.FORMAT,))
+        fields.choice("format", (cls.FORMAT, *cls.EARLIER))
         return cls.from_fields(fields)
 
 
@@ -237,11 +238,20 @@ class Report(CentreDocument):
                    amends, fields.text("missing", 2000, optional=True), fields.text("late_reason", LATE_REASON_LIMIT, optional=True))  # fmt: skip
 
 
+# rework orders, as IHE DPOW (Digital Pathology Workflow) names what a pathologist orders of the lab, and their words
+ORDERS = {"recut": "recut", "deeper-level": "deeper level", "additional-section": "additional section", "stain": "stain",
+          "rescan": "rescan", "new-block": "new block"}  # fmt: skip
+STAIN_LIMIT = 100  # characters: a stain's name ("PAS", "cytokeratin AE1/AE3")
+
+
 @dataclass(frozen=True)
 class Request(CentreDocument):
-    """CASE/requests/NNNN.json: what the pathologist asks of the hospital (another slide, a deeper level)."""
+    """CASE/requests/NNNN.json: what the pathologist asks of the hospital: free text, or a rework order (`order`, one of
+    ORDERS, of `slide` or of the specimen; `stain` names the stain a "stain" order asks for). The station acknowledges
+    an order and marks it fulfilled by the slide that answers it (`OrderStatus`)."""
 
-    FORMAT: ClassVar[str] = "slidestream-request/2"
+    FORMAT: ClassVar[str] = "slidestream-request/3"
+    EARLIER: ClassVar[tuple[str, ...]] = ("slidestream-request/2",)  # free text only
     case: str
     number: int
     what: str
@@ -249,20 +259,85 @@ class Request(CentreDocument):
     asked_at: str
     station: str | None = None
     slide: str | None = None
+    order: str | None = None
+    stain: str | None = None
 
     kind: ClassVar[str] = "request"
 
+    @property
+    def order_words(self) -> str | None:
+        """The order as a person reads it ("deeper level of s1", "stain PAS of the specimen"); None for free text."""
+        return order_words(self.order, self.stain, self.slide) if self.order is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"case": self.case, "number": self.number, "what": self.what, "slide": self.slide,
-                "station": self.station, "author": self.author.to_dict(), "asked_at": self.asked_at}  # fmt: skip
+        return {"case": self.case, "number": self.number, "what": self.what, "slide": self.slide, "order": self.order,
+                "stain": self.stain, "station": self.station, "author": self.author.to_dict(), "asked_at": self.asked_at}  # fmt: skip
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Request:
         author = fields.fields("author")
         assert author is not None
-        return cls(fields.checked("case", validate_case), fields.integer("number", 1, NUMBER_LIMIT), fields.text("what", 2000),
-                   Author.from_fields(author), fields.time("asked_at"), fields.checked("station", validate_station, optional=True),
-                   fields.checked("slide", validate_slide, optional=True))  # fmt: skip
+        request = cls(fields.checked("case", validate_case), fields.integer("number", 1, NUMBER_LIMIT), fields.text("what", 2000),
+                      Author.from_fields(author), fields.time("asked_at"), fields.checked("station", validate_station, optional=True),
+                      fields.checked("slide", validate_slide, optional=True), fields.choice("order", tuple(ORDERS), optional=True),
+                      fields.text("stain", STAIN_LIMIT, optional=True))  # fmt: skip
+        if problem := order_problem(request.order, request.stain, request.slide):
+            raise DocumentError(f"{fields.what}: {problem}")
+        return request
+
+
+def order_words(order: str, stain: str | None, slide: str | None) -> str:
+    stain_name = f" {stain}" if stain else ""
+    return f"{ORDERS[order]}{stain_name} of {slide or 'the specimen'}"
+
+
+def order_problem(order: str | None, stain: str | None, slide: str | None) -> str | None:
+    """Why an order cannot be carried out as given (None: it can): a stain order names its stain and no other order
+    does, a rescan names the slide it rescans."""
+    if order is not None and order not in ORDERS:
+        return f"order {order!r} is not one of {', '.join(ORDERS)}"
+    if (order == "stain") != (stain is not None):
+        return "a stain order names its stain, and only a stain order does"
+    if order == "rescan" and slide is None:
+        return "a rescan names the slide to rescan"
+    return None
+
+
+ORDER_STATUS_FORMAT = "slidestream-order-status/1"
+ACKNOWLEDGED, FULFILLED = "acknowledged", "fulfilled"
+ORDER_STATES = (ACKNOWLEDGED, FULFILLED)
+
+
+@dataclass(frozen=True)
+class OrderStatus:
+    """The station's orders/{n}.json of a case: how far it got with request n's rework order. Written by the station
+    in its own folder, so read as untrusted input: "acknowledged" when the order reached the lab, "fulfilled" with the
+    slide version that answers it (a new slide of the specimen, or for a rescan a new version of its slide)."""
+
+    case: str
+    number: int
+    order: str
+    state: str
+    at: str
+    slide: str | None = None  # the slide the order names (a rescan's, which only a new version of it fulfils)
+    fulfilled_by: SlideRead | None = None
+
+    def to_json(self) -> bytes:
+        fulfilled = {"slide": self.fulfilled_by.slide, "version": self.fulfilled_by.version} if self.fulfilled_by else None
+        return dump({"format": ORDER_STATUS_FORMAT, "case": self.case, "number": self.number, "order": self.order, "slide": self.slide,
+                     "state": self.state, "at": self.at, "fulfilled_by": fulfilled})  # fmt: skip
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "order status") -> OrderStatus:
+        fields = Fields(load(data, what), what)
+        fields.choice("format", (ORDER_STATUS_FORMAT,))
+        state = fields.choice("state", ORDER_STATES)
+        fulfilled = fields.fields("fulfilled_by", optional=state != FULFILLED)
+        if state == ACKNOWLEDGED and fulfilled is not None:
+            raise DocumentError(f"{what}: an acknowledged order names no slide that fulfils it")
+        return cls(fields.checked("case", validate_case), fields.integer("number", 1, NUMBER_LIMIT), fields.choice("order", tuple(ORDERS)),
+                   state, fields.time("at"), fields.checked("slide", validate_slide, optional=True),
+                   SlideRead.from_fields(fulfilled) if fulfilled is not None else None)  # fmt: skip
 
 
 def read_notice(data: bytes, what: str, trusted: TrustedKeys, kind: str) -> Report | Request:

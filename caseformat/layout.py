@@ -20,6 +20,7 @@ nothing of one version is ever shown with another's image):
                                                  readers open whole (they are the station's own pixels, downsampled)
             manifest.json                        what of the image has arrived, and how the send ended
             triage.json, heatmap.zarr/           the edge triage's coarse map (never final, whatever it says)
+            scan_qc.json, macro.jpg              the station's checks of the scan; the whole-glass image, label blanked
         _arrivals/{time}_{case}_{slide}_{version}  one empty object per slide version sent, in time order
     centre/{station}/                            written by the centre only, readable by that station
         {case}/reports/{n:04d}.json              the signed report and its amendments, append-only (signed)
@@ -466,3 +467,30 @@ def case_folder_of(version: str) -> str | None:
 def notices_since(station: str, moment: str) -> str:
     """The key of `station`'s `_notices/` to list after: every copy written at or after `moment` (ISO or stamp)."""
     return f"{notices_folder(station)}{stamp(moment)}"
+
+
+SCAN_QC = "scan_qc.json"
+MACRO = "macro.jpg"
+
+
+def scan_qc_key(ref: SlideRef) -> str:
+    """The station's scan_qc.json of a slide version: its checks of the scan (`caseformat.results.ScanQc`)."""
+    return ref.key(SCAN_QC)
+
+
+def macro_key(ref: SlideRef) -> str:
+    """The station's macro.jpg of a slide version: the whole-glass image with the label blanked (`slides.macro`)."""
+    return ref.key(MACRO)
+
+
+ORDERS = "orders"
+
+
+def order_status_folder(case: str) -> str:
+    """stations/{station}/{case}/orders/: where the station says how far it got with the centre's rework orders."""
+    return f"{station_case_folder(case)}{ORDERS}/"
+
+
+def order_status_key(case: str, number: int) -> str:
+    """The station's orders/{n:04d}.json of a case: the state of request n's rework order (`documents.OrderStatus`)."""
+    return f"{order_status_folder(case)}{number:04d}.json"

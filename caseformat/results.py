@@ -361,3 +361,62 @@ class CorruptRecord:
         fields = Fields(load(data, what, MANIFEST_LIMIT), what)
         fields.choice("format", (CORRUPT_FORMAT,))
         return cls(fields.time("started_at", optional=True), _shard_keys(fields, "keys"), fields.time("updated_at", optional=True))
+
+
+SCAN_QC_FORMAT = "slidestream-scan-qc/1"
+CHECK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # "tissue-missed", "focus": a newer station's new check reads too
+CHECKS_LIMIT = 32
+CHECK_LINE_LIMIT = 300  # characters: one line for the technician and the pathologist
+
+
+@dataclass(frozen=True)
+class ScanCheck:
+    """One check of a scan: `passed` False is a reason to rescan, told as `line` ("rescan advised: ..."); None is a
+    check that could not be made (the line says why); `measure` is the number it was judged by, where there is one."""
+
+    name: str
+    passed: bool | None
+    line: str
+    measure: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "line": self.line, "measure": self.measure}
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> ScanCheck:
+        passed = fields.document.get("passed")
+        if passed is not None and not isinstance(passed, bool):
+            raise fields.fail("passed", "true, false or null")
+        return cls(fields.text("name", 32, pattern=CHECK_NAME), passed, fields.text("line", CHECK_LINE_LIMIT),
+                   fields.number("measure", -BIG, BIG, optional=True))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScanQc:
+    """scan_qc.json, in the station's folder of a slide version: what the station found wrong with the scan while
+    sending it (`tiling.scan_qc`), so the centre sees with the case what the technician was told. `macro`: whether a
+    de-identified macro.jpg was sent beside it."""
+
+    case: str
+    slide: str
+    version: str
+    checked_at: str
+    checks: tuple[ScanCheck, ...] = ()
+    macro: bool = False
+
+    @property
+    def advice(self) -> list[str]:
+        """The lines of the checks that failed: what the technician is told at once, and the case shows."""
+        return [check.line for check in self.checks if check.passed is False]
+
+    def to_json(self) -> bytes:
+        return dump({"format": SCAN_QC_FORMAT, "case": self.case, "slide": self.slide, "version": self.version,
+                     "checked_at": self.checked_at, "macro": self.macro, "checks": [check.to_dict() for check in self.checks]})  # fmt: skip
+
+    @classmethod
+    def read(cls, data: bytes, what: str = "scan_qc.json") -> ScanQc:
+        fields = Fields(load(data, what, 64 * 1024), what)
+        fields.choice("format", (SCAN_QC_FORMAT,))
+        return cls(fields.checked("case", validate_case), fields.checked("slide", validate_slide),
+                   fields.checked("version", validate_version), fields.time("checked_at"),
+                   tuple(fields.items("checks", CHECKS_LIMIT, ScanCheck.from_fields)), bool(fields.boolean("macro", optional=True)))  # fmt: skip

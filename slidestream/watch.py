@@ -99,7 +99,7 @@ def watch(
             hot.log(f"TRIAGED {unit.name}: {label}: {said}")
 
         resolver = Resolver(destination, endpoint_url, state, station, specimen=specimen_info(unit), duplicates=False)
-        result = run_send(request, state, triage_done, resolver)
+        result = run_send(request, state, triage_done, resolver, advice=lambda line: hot.log(f"SCAN {unit.name}: {line}"))
         return (
             f"case {result.case} slide {result.ref.slide} {result.ref.version} ({resolver.resolution.kind}): {result.objects} objects "
             f"({result.bytes_sent / 1e6:.1f} MB) sent, {result.objects_skipped} already there, in {result.seconds:.1f} s -> {result.url}"

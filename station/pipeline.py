@@ -180,9 +180,10 @@ class Resolver:
         self._station(lambda hospital: hospital.forget(self.resolution))
 
     def settle(self) -> None:
-        """After the send: the registry learns the version's full SHA-256 (resends of copies are then known)."""
+        """After the send: the registry learns the version's full SHA-256 (resends of copies are then known), and a new
+        slide fulfils the rework order it answers."""
 
-        self._station(lambda hospital: hospital.settle(self.resolution.ref))
+        self._station(lambda hospital: hospital.settle(self.resolution))
 
     def _station(self, use: Callable[[Any], None]) -> None:
         from station.registry import Registry
@@ -194,12 +195,13 @@ class Resolver:
 
 
 def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable[[str, float | None, str | None], None] | None = None,
-             resolver: Resolver | None = None) -> SendResult:
+             resolver: Resolver | None = None, advice: Callable[[str], None] | None = None) -> SendResult:
     """One send (as new, or as `resume` finds it in the journal), to the slide version it names, or to the one
     `resolver` gives the file once it has opened (a new send).
 
     With edge triage, the send waits for the triage before it returns, unless `triage_done` is given: then it
-    returns once its objects are verified and the triage finishes in the background, calling `triage_done`.
+    returns once its objects are verified and the triage finishes in the background, calling `triage_done`. What
+    the scan's checks advise ("rescan advised: ...") also goes to `advice` at once (watch's log).
     """
     from caseformat.documents import CaseRecord
     from slides import open_slide
@@ -249,7 +251,7 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
                 raise
             resend = requested_resends(sender) if earlier is not None and not earlier.failed else []  # only what this station sent is asked for
             listener.start(len(plan.shards))
-            checks = ScanChecks(slide_path, request.keep_phi, sender, warn).start()  # "rescan advised: ..." within seconds
+            checks = ScanChecks(slide_path, request.keep_phi, sender, listener.say, advice).start()  # "rescan advised: ..." within seconds
             edge = EdgeTriage(slide_path, dest, order, stderr, triage_done, request.model).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
@@ -257,8 +259,10 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
             try:
                 result = sender.send(order, listener.counted(pieces), resend)
             except BaseException:
-                if edge is not None and sender.retracted:  # nothing of a failed slide stays on the store
-                    edge.cancel()
+                if sender.retracted:  # nothing of a failed slide stays on the store
+                    if edge is not None:
+                        edge.cancel()
+                    checks.join()  # its uploads end before the delete, so none lands after it
                     sender.retract_results()
                 raise
             listener.finish(len(order.plan.shards))
@@ -364,6 +368,16 @@ class RichListener:
         self.empty = self.shards - self._produced
         self._done = self.shards
         self._bar.update(self._task, completed=self._done, total=self.shards)
+
+    def say(self, line: str) -> None:
+        """A line for the technician while the slide is sent (the scan's checks: "rescan advised: ..."): at once on a
+        terminal, else held with the milestone lines (from any thread)."""
+        from slides.errors import printable
+
+        if stderr.is_terminal:
+            self._bar.console.print(printable(line), markup=False, highlight=False)
+        else:
+            self._held.append(printable(line))
 
     def milestone(self, name: str, seconds: float) -> None:
         line = f"{MILESTONE_LINES.get(name, name)} after {seconds:.1f} s"

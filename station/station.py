@@ -32,7 +32,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caseformat.bounded import DOCUMENT_LIMIT, utc_now
-from caseformat.documents import CONTEXT_FIELDS, CONTEXT_LIMIT, CaseRecord, Report, Request, UnsentSlide, read_notice
+from caseformat.documents import (
+    ACKNOWLEDGED,
+    CONTEXT_FIELDS,
+    CONTEXT_LIMIT,
+    FULFILLED,
+    CaseRecord,
+    OrderStatus,
+    Report,
+    Request,
+    SlideRead,
+    UnsentSlide,
+    read_notice,
+)
 from caseformat.errors import DocumentError
 from caseformat.layout import (
     CASE_RECORD,
@@ -46,6 +58,8 @@ from caseformat.layout import (
     notices_folder,
     number_of,
     numbered_folder,
+    order_status_folder,
+    order_status_key,
     qualified_case,
     report_key,
     request_key,
@@ -424,11 +438,49 @@ class Station:
             if resolution.new_specimen:
                 self.registry.forget_specimen(self.key, resolution.ref.case)
 
-    def settle(self, ref: SlideRef) -> None:
-        """After a send: the version's full SHA-256, so a later copy or a touched file is known for the same bytes."""
+    def settle(self, resolution: Resolution) -> None:
+        """After a send: the version's full SHA-256, so a later copy or a touched file is known for the same bytes;
+        and a new slide (or a rescan) fulfils the case's oldest open rework order it answers (`fulfil`)."""
+        ref = resolution.ref
         known = self.registry.version_file(self.key, ref)
         if known is not None and known[1] is None and os.path.exists(known[0]):
             self.registry.set_sha256(self.key, ref, content_sha256(Path(known[0])))
+        if resolution.kind in (NEW_SLIDE, RESCAN):
+            self._look(lambda: self.fulfil(ref, resolution.kind == RESCAN), None)  # a store down now leaves it acknowledged
+
+    # -- rework orders -----------------------------------------------------------------------------------------
+    def acknowledge(self, request: Request) -> None:
+        """The order of `request` reached the lab: orders/{n}.json says "acknowledged", create-only, so a delivery
+        repeated after the order was fulfilled leaves it fulfilled. A request of free text is no order: nothing."""
+        if request.order is None:
+            return
+        status = OrderStatus(request.case, request.number, request.order, ACKNOWLEDGED, utc_now(), request.slide)
+        self._create(self.store.key(order_status_key(request.case, request.number)), status.to_json())
+
+    def open_orders(self, case: str) -> list[OrderStatus]:
+        """The case's acknowledged orders not fulfilled yet, oldest first, as this station wrote them (an object in
+        its orders/ folder that is not one is passed over)."""
+        found = []
+        for key in self._keys(self.store.key(order_status_folder(case))):
+            data = self.read_bytes(key)
+            try:
+                status = OrderStatus.read(data, key) if data is not None else None
+            except DocumentError:
+                continue
+            if status is not None and status.state == ACKNOWLEDGED and (status.case, status.number) == (case, number_of(key)):
+                found.append(status)
+        return sorted(found, key=lambda status: status.number)
+
+    def fulfil(self, ref: SlideRef, rescan: bool) -> OrderStatus | None:
+        """The oldest open order of `ref`'s case that this slide version answers (a rescan of the slide a rescan
+        order names; any other order, a new slide) marked fulfilled by it; None when it answers none."""
+        for status in self.open_orders(ref.case):
+            if (status.order == "rescan") == rescan and (not rescan or status.slide == ref.slide):
+                done = OrderStatus(status.case, status.number, status.order, FULFILLED, utc_now(), status.slide, SlideRead(ref.slide, ref.version))
+                self._call(ref.label, "put_object", Key=self.store.key(order_status_key(ref.case, status.number)),
+                           ContentType="application/json", Body=done.to_json())  # fmt: skip
+                return done
+        return None
 
     # -- what comes back ---------------------------------------------------------------------------------------
     def new_notices(self) -> list[tuple[str, bytes | None]]:
@@ -501,6 +553,8 @@ class Station:
         delivered = self.registry.delivered(self.key, notice.case, kind, notice.number)
         if delivered is None:
             written, outcome = write_outbox(outbox, notice, specimen)
+            if isinstance(notice, Request) and outcome != CONFLICT:
+                self.acknowledge(notice)  # before the ledger: a store that fails now has it delivered again, and acknowledged
             if outcome == WRITTEN:
                 say(notice_line(notice, specimen.name if specimen else notice.case))
                 say(f"OUTBOX {written}")
@@ -579,6 +633,9 @@ def load_trusted(path: Path) -> tuple[TrustedKeys | None, str]:
 
 def notice_line(notice: Report | Request, specimen: str) -> str:
     """One line about a report or request, as watch prints it: the store's text made printable."""
+    if isinstance(notice, Request) and notice.order_words:
+        return printable(f"REWORK ORDER {notice.number} case {specimen} ({notice.case}): {notice.order_words} — {notice.what} — "
+                         f"asked by {notice.author.name} at {notice.asked_at}")  # fmt: skip
     if isinstance(notice, Request):
         slide = f" (slide {notice.slide})" if notice.slide else ""
         return printable(f"REQUEST case {specimen} ({notice.case}): {notice.what}{slide} — asked by {notice.author.name} at {notice.asked_at}")
@@ -595,7 +652,8 @@ def notice_text(notice: Report | Request, specimen: Specimen | None) -> str:
         lines += [f"Specimen: {specimen.name}   Case: {specimen.case}"]
         lines += [f"{key.replace('_', ' ').capitalize()}: {value}" for key, value in specimen.identity.items()]
     if isinstance(notice, Request):
-        lines += [f"Request {notice.number}: {notice.what}", *([f"Slide: {notice.slide}"] if notice.slide else []),
+        lines += [*([f"Rework order {notice.number}: {notice.order_words}"] if notice.order_words else []),
+                  f"Request {notice.number}: {notice.what}", *([f"Slide: {notice.slide}"] if notice.slide else []),
                   f"Asked by: {notice.author.name} at {notice.asked_at}"]  # fmt: skip
     else:
         title = "AMENDMENT" if notice.kind == "amendment" else "SIGNED REPORT"

@@ -17,7 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caseformat.bounded import DEPTH_LIMIT, DOCUMENT_LIMIT, Fields, load, parse_time, utc_now
-from caseformat.documents import Annotation, AuditEvent, Author, CaseRecord, Person, Report, Request, SlideRead, read_notice
+from caseformat.documents import (
+    Annotation,
+    AuditEvent,
+    Author,
+    CaseRecord,
+    OrderStatus,
+    Person,
+    Report,
+    Request,
+    SlideRead,
+    read_notice,
+)
 from caseformat.errors import DocumentError, InvalidIdError, SignatureError
 from caseformat.layout import (
     NoticeName,
@@ -27,17 +38,21 @@ from caseformat.layout import (
     case_key,
     centre_folder,
     centre_twin,
+    macro_key,
     notice_key,
     notices_folder,
+    order_status_key,
     qualified_case,
     report_key,
     request_key,
+    scan_qc_key,
     slide_claim_key,
     slides_key,
     station_folder,
     station_of,
     validate_case,
 )
+from caseformat.results import ScanCheck, ScanQc
 from caseformat.signing import PRIVATE_KEY_FILE, PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
 from slides.errors import printable
 
@@ -89,6 +104,7 @@ def test_every_centre_document_reads_back_as_written_and_refuses_tampering_and_s
         report(),
         report(number=2, amends=1, category="benign"),
         Request(CASE, 1, "deeper level of block A", DOCTOR, now, "theatre-3", "s1"),
+        Request(CASE, 2, "PAS for fungi", DOCTOR, now, "theatre-3", "s1", "stain", "PAS"),
         Person("u0123abcd", "Dr Ana Ruiz", "pathologist", now),
         Person("u0123abce", "Theatre 3", "station", now, station="theatre-3"),
         AuditEvent(now, "sign", CASE, DOCTOR, report=1),
@@ -113,6 +129,42 @@ def test_every_centre_document_reads_back_as_written_and_refuses_tampering_and_s
             kind.read(json.dumps(tampered).encode(), "doc", TRUSTED)
 
 
+def test_a_rework_order_reads_back_and_an_earlier_free_text_request_still_reads() -> None:
+    order = Request(CASE, 3, "deeper level of s1", DOCTOR, utc_now(), "theatre-3", "s1", "deeper-level")
+    assert Request.read(order.to_json(KEY), "request 3", TRUSTED).order_words == "deeper level of s1"
+    earlier = {"format": "slidestream-request/2", "case": CASE, "number": 1, "what": "another section", "slide": None,
+               "station": "theatre-3", "author": DOCTOR.to_dict(), "asked_at": utc_now()}  # fmt: skip
+    assert Request.read(json.dumps(KEY.sign(earlier)).encode(), "request 1", TRUSTED).order is None
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"order": "amputate"}, "order must be one of"),
+    ({"order": "stain"}, "a stain order names its stain"),
+    ({"stain": "PAS"}, "a stain order names its stain"),
+    ({"order": "rescan", "slide": None}, "a rescan names the slide"),
+    ({"order": "stain", "stain": "x" * 101}, "stain must be text of 1-100"),
+])  # fmt: skip
+def test_a_signed_order_that_cannot_be_carried_out_is_refused(change: dict[str, object], reason: str) -> None:
+    document = json.loads(Request(CASE, 1, "recut", DOCTOR, utc_now(), "theatre-3", "s1", "recut").to_json(KEY))
+    document = {**document, **change}
+    del document["signature"]
+    with pytest.raises(DocumentError, match=reason):
+        Request.read(json.dumps(KEY.sign(document)).encode(), "request 1", TRUSTED)
+
+
+def test_an_order_status_reads_back_and_a_hostile_one_is_refused_in_one_line() -> None:
+    fulfilled = OrderStatus(CASE, 1, "deeper-level", "fulfilled", utc_now(), "s1", SlideRead("s2", "v1"))
+    assert OrderStatus.read(fulfilled.to_json()) == fulfilled
+    acknowledged = json.loads(replace(fulfilled, state="acknowledged", fulfilled_by=None).to_json())
+    for hostile, reason in [({**acknowledged, "fulfilled_by": {"slide": "s2", "version": "v1"}}, "names no slide"),
+                            ({**acknowledged, "state": "fulfilled"}, "fulfilled_by must be given"),
+                            ({**acknowledged, "state": "done\x1b[2J"}, "state must be one of"),
+                            ({**json.loads(fulfilled.to_json()), "fulfilled_by": {"slide": "../s2", "version": "v1"}}, "slide")]:
+        with pytest.raises(DocumentError, match=reason) as refused:
+            OrderStatus.read(json.dumps(hostile).encode(), "orders/0001.json")
+        assert "\n" not in str(refused.value)
+
+
 def test_a_report_whose_number_kind_and_amends_disagree_is_refused_even_when_signed() -> None:
     with pytest.raises(DocumentError, match="disagree"):
         Report.read(report(number=2).to_json(KEY), "report 2", TRUSTED)
@@ -124,6 +176,26 @@ def test_a_notice_is_the_signed_report_itself() -> None:
     assert read_notice(data, "notice", TRUSTED, "report") == genuine
     with pytest.raises(DocumentError):
         read_notice(data, "notice", TRUSTED, "request")
+
+
+def test_scan_checks_read_back_and_a_hostile_one_is_refused_in_one_line() -> None:
+    checks = (ScanCheck("tissue-missed", False, "rescan advised: tissue outside the scanned area (about 31% of the tissue on the glass)", 0.31),
+              ScanCheck("focus", None, "focus not checked on a dark-field slide"))  # fmt: skip
+    genuine = ScanQc(CASE, "s1", "v2", utc_now(), checks, macro=True)
+    assert ScanQc.read(genuine.to_json()) == genuine and genuine.advice == [checks[0].line]
+    document = json.loads(genuine.to_json())
+    for bad in ({**document, "checks": [{**document["checks"][0], "passed": "no"}]},
+                {**document, "checks": [{**document["checks"][0], "line": "x" * 301}]},
+                {**document, "checks": [{**document["checks"][0], "name": "../../etc"}]},
+                {**document, "checks": [document["checks"][0]] * 33},
+                {**document, "checks": {"tissue-missed": False}},
+                {**document, "case": 5},
+                {**document, "version": "v0"},
+                {**document, "format": "slidestream-scan-qc/9"},
+                {**document, "padding": "x" * 70_000}):  # fmt: skip
+        with pytest.raises(DocumentError) as refused:
+            ScanQc.read(json.dumps(bad).encode())
+        assert "\n" not in str(refused.value) and str(refused.value).startswith("scan_qc.json")
 
 
 def test_case_record_bounds_dates_and_ids() -> None:
@@ -175,7 +247,8 @@ def test_every_key_of_a_case_lies_in_its_own_stations_folder_or_the_centres_fold
     ref = SlideRef(case, f"s{slide}", f"v{version}")
     station_writes = [ref.root, ref.key("manifest.json"), ref.key("image.zarr/0/c/0/0"), ref.claim_key,
                       ref.arrival_key("2026-12-05T17:30:01.123Z"), case_key(case, "case.json"), slides_key(case),
-                      slides_key(case, ref.slide), slide_claim_key(case, ref.slide)]  # fmt: skip
+                      slides_key(case, ref.slide), slide_claim_key(case, ref.slide), scan_qc_key(ref), macro_key(ref),
+                      order_status_key(case, 7)]  # fmt: skip
     centre_writes = [ref.centre_root, ref.centre_key("triage.json"), ref.centre_key("heatmap.zarr/zarr.json"),
                      ref.centre_key("hub.lease"), report_key(case, 1), request_key(case, 3),
                      annotation_key(case, "20261205T173001123Z-0a1b2c3d"),

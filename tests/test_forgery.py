@@ -126,7 +126,7 @@ def test_an_object_larger_than_any_document_is_refused_unread(centre) -> None:  
     _, token = added(bucket, "Dr Genuine")
     requests = served.get(f"/api/cases/{GOOD}/requests", token).json()
     refused = f"{request_key(GOOD, 1)}: 300,011 bytes, more than the 262,144 a document may have; refused"
-    assert requests == {"requests": [], "refused": [refused]}
+    assert requests == {"requests": [], "orders": {}, "refused": [refused]}
     asked = served.post(f"/api/cases/{GOOD}/requests", token, json={"what": "deeper level"})
     assert asked.status_code == 200 and asked.json()["number"] == 1  # the number the object took is the centre's again
 

@@ -158,7 +158,8 @@ def test_a_signed_report_reaches_the_operating_room_and_the_audit_log_names_ever
             viewer.goto(f"{served.url}/view/{case}#token={served.token(case)}")
             wait_on(viewer, lambda: viewer.locator("#who").text_content() == "case link · view only", "the view-only page")
             assert viewer.locator("#report-form").is_hidden() and viewer.locator("#amend").is_hidden()
-            assert viewer.locator("#signed-by").text_content().startswith("Amendment 1 by Dr Ana Ruiz")
+            # numbered as the outbox, the PDF and the HL7 message number it: the same "Amendment 2" at both sites
+            assert viewer.locator("#signed-by").text_content().startswith("Amendment 2 (amends report 1) by Dr Ana Ruiz")
             refused = served.post(f"/api/cases/{case}/reports", served.token(case), json={"category": "benign", "diagnosis": "x", "amends": 2})
             assert refused.status_code == 403 and refused.json()["detail"] == "a case link cannot sign; sign in as a pathologist"
 

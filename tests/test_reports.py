@@ -187,7 +187,7 @@ def test_a_case_whose_slides_failed_cannot_be_reported(centre) -> None:  # type:
     assert asked.status_code == 200, asked.text
     request = asked.json()
     assert json.loads(bucket.get(request_key(FAILED, 1))) == request
-    assert (request["format"], request["number"], request["what"], request["slide"]) == ("slidestream-request/2", 1, "another section from block A", "s1")
+    assert (request["format"], request["number"], request["what"], request["slide"]) == ("slidestream-request/3", 1, "another section from block A", "s1")
     assert json.loads(bucket.get(notice_key(STATION_ID, request["asked_at"], FAILED, "request", 1))) == request
     assert post(served, f"/api/cases/{FAILED}/requests", token, {"what": "deeper level"}).json()["number"] == 2
 

@@ -36,7 +36,17 @@ from support import (
 
 from caseformat.documents import CaseRecord
 from caseformat.errors import InvalidIdError
-from caseformat.layout import CASE_RECORD, SlideRef, arrivals_folder, case_key, qualified_case, slide_claim_key
+from caseformat.layout import (
+    CASE_RECORD,
+    SlideRef,
+    arrivals_folder,
+    case_key,
+    macro_key,
+    qualified_case,
+    scan_qc_key,
+    slide_claim_key,
+)
+from caseformat.results import ScanQc
 from slides import open_slide
 from station.pipeline import image_pieces
 from station.request import SendRequest
@@ -108,6 +118,10 @@ def test_server_holds_exactly_the_produced_bytes_and_reads_as_the_local_image(s3
     assert on_server.pop(arrival) == b"" and SlideRef.from_arrival(arrival) == dest.ref
     claim = json.loads(on_server.pop(dest.key(slide_claim_key(case, "s1"))))
     assert claim["case"] == case and claim["slide"] == "s1"
+    checked = ScanQc.read(on_server.pop(dest.key(scan_qc_key(dest.ref))))  # the scan's checks, beside the image
+    assert (checked.case, checked.slide, checked.version) == (case, "s1", "v1")
+    macro = on_server.pop(dest.key(macro_key(dest.ref)), None)
+    assert (macro is not None) == checked.macro
     expected = {dest.image_key(piece.key): piece.data for piece in pieces}
     assert sorted(on_server) == sorted(expected)
     assert all(on_server[key] == data for key, data in expected.items())

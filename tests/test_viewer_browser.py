@@ -9,16 +9,21 @@ Screenshots land in test-output/ (git-ignored) for a human to look at.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from conftest import SHOTS, S3Server, sample
+from PIL import Image
 from viewer_support import (
     CELL,
+    MODEL,
+    ROUTED,
     SLIDE,
     Bucket,
     Served,
@@ -35,11 +40,12 @@ from viewer_support import (
     sign_in,
     stained,
     triage_json,
+    users,
     wait_on,
 )
 
 from caseformat.bounded import utc_now
-from caseformat.documents import STATION, Author, CaseRecord, Report
+from caseformat.documents import PATHOLOGIST, STATION, Author, CaseRecord, Report
 from caseformat.layout import (
     CASE_RECORD,
     EDGE,
@@ -52,6 +58,7 @@ from caseformat.layout import (
     image_key,
     report_key,
 )
+from caseformat.results import Triage
 from slides import open_slide
 from viewer.heatmap import LUT
 
@@ -673,3 +680,155 @@ def test_every_control_of_the_panel_has_a_name(page, scored) -> None:  # type: i
         .filter((el) => !(el.getAttribute("aria-label") || (el.labels && el.labels.length) || el.textContent.trim()))
         .map((el) => el.outerHTML)""")
     assert unnamed == []
+
+
+# -- the case page for the frozen-section reader, on a laptop's 1366 x 768 screen --------------------------------
+LAPTOP = {"width": 1366, "height": 768}
+DETECTS = "colorectal adenocarcinoma epithelium"
+
+
+def register_case(bucket: Bucket, case: str, context: tuple[tuple[str, str], ...]) -> None:
+    """case.json as its station writes it, registered five minutes ago (no late reason asked yet)."""
+    registered = (datetime.now(UTC) - timedelta(minutes=5)).isoformat(timespec="seconds")
+    bucket.put(case_key(case, CASE_RECORD), CaseRecord(case, registered, case.split(".")[0], context).to_json())
+
+
+def fits_the_screen(page, selector: str) -> bool:  # type: ignore[no-untyped-def]
+    """The element is shown whole in the 1366 x 768 window as the page opens: no scroll of the page or the panel."""
+    box = page.locator(selector).bounding_box()
+    unscrolled = page.evaluate("window.scrollY === 0 && document.querySelector('aside').scrollTop === 0")
+    return bool(box) and unscrolled and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= LAPTOP["width"] \
+        and box["y"] + box["height"] <= LAPTOP["height"]  # fmt: skip
+
+
+def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The whole window as the page opens (the panel at its top), in test-output/ and, with SLIDESTREAM_SCREENSHOTS=DIR
+    (docs/ for the README), there too."""
+    page.evaluate("document.querySelector('aside').scrollTop = 0")
+    page.screenshot(path=str(SHOTS / name))
+    if folder := os.environ.get("SLIDESTREAM_SCREENSHOTS"):  # 256 colours: a quarter of the bytes, the same to the eye
+        shot = Image.open(SHOTS / name).convert("RGB").quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        shot.save(Path(folder) / name, optimize=True)
+
+
+def test_the_case_page_names_the_case_asks_its_question_first_and_keeps_the_report_form_on_a_laptop_screen(browser, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """A colorectal case of two slides, the one shown scored 0.43 with its map, the other 0.55: the header names the
+    hospital, specimen and site, and shows the case's score (the worklist's) with its meaning; the question and the
+    Sign button are on screen; a jump to a top region hides the map over its cells."""
+    bucket = Bucket(s3_server)
+    case = "theatre-2.9f2c41d07a5e3b18"
+    register_case(bucket, case, (("hospital", "St Mary's Hospital"), ("specimen_type", "frozen section"),
+                                 ("specimen_site", "sigmoid colon, distal margin"),
+                                 ("clinical_question", "Carcinoma at the distal margin?"), ("surgeon", "Dr M. Keller"),
+                                 ("callback", "theatre 2, ext 4321")))  # fmt: skip
+    scores = np.full((30, 22), 0.04, np.float32)
+    scores[19:27, 12:16] = 0.43
+    objects, triage = inference_heatmap(scores, complete=True, threshold=0.3)
+    triage["summary"]["detects"] = DETECTS
+    bucket.send(case)
+    first, second = SlideRef(case, "s1"), SlideRef(case, "s2")
+    for key, data in objects.items():
+        bucket.put(first.centre_key(f"{HEATMAP}/{key}"), data)
+    bucket.put(first.centre_key(TRIAGE), json.dumps(triage).encode())
+    bucket.send(case, at=("s2", "v1"))
+    summary = {"tiles_scored": 73, "tissue_tiles": 73, "detects": DETECTS}
+    bucket.put(second.centre_key(TRIAGE), Triage(second.label, 0.55, MODEL, "hub", True, summary, routed=ROUTED).to_json())
+    (region,) = triage["summary"]["top_regions"]
+    with serving(bucket.storage()) as served:
+        (row,) = served.get("/api/worklist", served.person(bucket.storage(), "Dr Ben Okafor")).json()["cases"]
+        token = served.person(bucket.storage(), "Dr Ana Ruiz", role=PATHOLOGIST)
+        context = browser.new_context(viewport=LAPTOP)
+        page = context.new_page()
+        sign_in(page, served, token)
+        page.goto(f"{served.url}/view/{case}?slide=s1")
+        wait_on(page, lambda: page.evaluate("Boolean(window.slideView && window.slideView.settled())"), "the slide in its place")
+        wait_on(page, lambda: page.locator("#report-form").is_visible(), "the report form")
+        wait_on(page, lambda: "this slide" in page.locator("#score-meaning").text_content(), "the case's score")
+
+        assert page.locator("#case-title").text_content() == "St Mary's Hospital · frozen section · sigmoid colon, distal margin"
+        assert page.locator("#case").text_content() == case  # small, beside it, to copy
+        assert page.title().startswith("St Mary's Hospital · frozen section")
+        # one score: the case's, the number the worklist shows, saying what it is and which slide; the slide shown its own
+        assert page.locator("#score").text_content() == f"AI triage {row['triage']['score']:.2f}" == "AI triage 0.55"
+        assert page.locator("#score-meaning").text_content() == f"probability of {DETECTS}, highest of 2 slides (s2); this slide: 0.43"
+        # the question first, and the report form's Sign button, on the laptop's screen as the page opens
+        assert page.locator("#context dd").first.text_content() == "Carcinoma at the distal margin?"
+        assert fits_the_screen(page, "#context dd.question") and fits_the_screen(page, "#sign") and fits_the_screen(page, "#category")
+        page.locator("#heat-on").check()
+        wait_on(page, lambda: page.evaluate("window.slideView.overlayOpacity()") == pytest.approx(0.6), "the map on the slide")
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(500)  # OpenSeadragon blends the map's tiles in
+        shoot(page, "case-page.png")
+
+        # a jump to a top region: the map leaves its cells, the region's outline stays, until asked for there
+        page.keyboard.press("n")
+        bounds = settle(page)
+        assert bounds["x"] <= region["x"] and region["x"] + region["width"] <= bounds["x"] + bounds["width"]
+        assert page.evaluate("window.slideView.overlayOpacity()") == 0 and page.locator("#heat-on").is_checked()
+        assert page.locator("#region-note").is_visible() and page.locator("#marks rect.region").count() == 1
+        page.locator("#region-map").click()
+        assert page.evaluate("window.slideView.overlayOpacity()") == pytest.approx(0.6) and page.locator("#region-note").is_hidden()
+        page.keyboard.press("p")  # the next jump hides it again; the whole slide shows it as set
+        assert page.evaluate("window.slideView.overlayOpacity()") == 0
+        page.locator("#view-home").click()
+        assert page.evaluate("window.slideView.overlayOpacity()") == pytest.approx(0.6) and page.locator("#region-note").is_hidden()
+
+        # the other slide: the same case score, now "the slide shown"
+        page.keyboard.press("]")
+        wait_on(page, lambda: page.locator("#score-meaning").text_content().endswith("(s2); the slide shown"), "the second slide's line")
+        assert page.locator("#score").text_content() == "AI triage 0.55"
+        context.close()
+
+
+def test_a_case_no_validated_model_covers_shows_no_number_on_a_laptop_screen(browser, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    bucket = Bucket(s3_server)
+    case = "theatre-2.4be0c7d9a1f23e56"
+    register_case(bucket, case, (("hospital", "St Mary's Hospital"), ("specimen_type", "frozen section"),
+                                 ("specimen_site", "skin, left forearm, deep margin"),
+                                 ("clinical_question", "Melanoma in situ at the deep margin?")))  # fmt: skip
+    bucket.send(case)
+    ref = SlideRef(case)
+    summary = {"tissue_tiles": 73, "qc": {"focus_tiles": 73, "blur_fraction": 0.04, "pen_fraction": 0.0}}
+    bucket.put(ref.centre_key(TRIAGE), Triage(ref.label, None, MODEL, "hub", True, summary, "", "no validated AI for skin").to_json())
+    with serving(bucket.storage()) as served:
+        token = served.person(bucket.storage(), "Dr Ana Ruiz", role=PATHOLOGIST)
+        context = browser.new_context(viewport=LAPTOP)
+        page = context.new_page()
+        sign_in(page, served, token)
+        page.goto(f"{served.url}/view/{case}")
+        wait_on(page, lambda: shows_tissue(page, "case-page-no-ai-slide.png"), "the slide on screen")
+        wait_on(page, lambda: page.locator("#ai-refused").is_visible() and page.locator("#report-form").is_visible(), "the refusal and the form")
+        assert page.locator("#case-title").text_content() == "St Mary's Hospital · frozen section · skin, left forearm, deep margin"
+        assert page.locator("#score").text_content() == "no validated AI for skin · QC only"
+        assert not re.search(r"[0-9]", page.locator("#score-box").text_content())  # no number that reads as a diagnosis
+        assert fits_the_screen(page, "#context dd.question") and fits_the_screen(page, "#sign")
+        shoot(page, "case-page-no-ai.png")
+        context.close()
+
+
+def test_a_station_users_printed_link_signs_in_and_opens_its_own_cases(page, s3_server: S3Server) -> None:  # type: ignore[no-untyped-def]
+    """`users add --role station --station ID` prints a link: it signs the station's user in, and the page (the worklist
+    being the centre's) opens the station's own cases by ID; another station's stay closed."""
+    bucket = Bucket(s3_server)
+    ours, theirs = "theatre-9.6d1e0f3a2b4c5d7e", "theatre-8.0a1b2c3d4e5f6a7b"
+    for case in (ours, theirs):
+        register_case(bucket, case, (("specimen_type", "frozen section"), ("specimen_site", "sentinel node")))
+        bucket.send(case)
+    with serving(bucket.storage()) as served:
+        made = users(bucket, "add", "STORE", "Theatre 9 desk", "--role", "station", "--station", "theatre-9", "--viewer-url", served.url)
+        assert made.returncode == 0, made.stderr
+        link = made.stdout.splitlines()[1].removeprefix("link: ")
+        assert link.startswith(f"{served.url}/worklist#token=")
+        page.goto(link)
+        wait_on(page, page.locator("#station-open").is_visible, "the station's way to its cases")
+        assert page.locator("#message").is_hidden() and page.locator("#cases").is_hidden()
+        assert page.locator("#station-line").text_content().startswith("Signed in as Theatre 9 desk (station).")
+        page.locator("#station-case").fill(ours)
+        page.locator("#station-go").click()
+        wait_on(page, lambda: page.locator("#case").text_content() == ours, "its case")
+        wait_on(page, lambda: page.locator("#who").text_content() == "Theatre 9 desk (station)", "signed in as the station")
+        assert page.locator("#case-title").text_content() == "theatre-9 · frozen section · sentinel node"
+        assert page.locator("#report-form").is_hidden()
+        page.goto(f"{served.url}/view/{theirs}")
+        wait_on(page, page.locator("#message").is_visible, "the refusal")
+        assert f"did not register case {theirs}" in page.locator("#message").text_content()

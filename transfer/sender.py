@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from caseformat.bounded import utc_now as document_time
 from caseformat.errors import DocumentError
-from caseformat.layout import CASE_RECORD, CORRUPT, LEASE, PYRAMID, TRIAGE, SlideRef, case_key, heatmap_folder
+from caseformat.layout import CASE_RECORD, CORRUPT, LEASE, MACRO, PYRAMID, SCAN_QC, TRIAGE, SlideRef, case_key, heatmap_folder
 from caseformat.results import MANIFEST_LIMIT, CorruptRecord, Lease, Manifest, PyramidRecord
 from slides import SlidestreamError
 from tiling import Piece, PieceKind, SendOrder, ShardTask
@@ -592,10 +592,10 @@ class Sender:
 
     def retract_results(self) -> None:
         """After a retraction, also take back what was published beside the image (the edge triage's heatmap and
-        triage.json): once its writer has stopped, so nothing lands after the delete. Best effort: without LIST
+        triage.json, the scan's checks and its macro): once its writer has stopped, so nothing lands after the delete. Best effort: without LIST
         permission the heatmap's chunks stay (readers ignore results of a failed case)."""
         try:
-            keys = [self.dest.key(self.dest.ref.key(TRIAGE))]
+            keys = [self.dest.key(self.dest.ref.key(name)) for name in (TRIAGE, SCAN_QC, MACRO)]
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.dest.bucket, Prefix=self.dest.key(self.dest.ref.key(heatmap_folder())))
             keys += [entry["Key"] for page in pages for entry in page.get("Contents", [])]
             for first in range(0, len(keys), 1000):
@@ -603,6 +603,11 @@ class Sender:
                 self.client.delete_objects(Bucket=self.dest.bucket, Delete={"Objects": batch, "Quiet": True})
         except (BotoCoreError, ClientError):
             pass  # the send's own error is the one to report
+
+    def put_document(self, key: str, data: bytes, content_type: str) -> None:
+        """A document beside the image (below the slide version: `key` as `SlideRef.key` gives it), put as the image's
+        objects are: verified by the server's answer, retried until the deadline, encrypted as the send asks."""
+        self._put_verified(self.dest.key(key), data, Digest.of(data), content_type, "no-cache")
 
     def _await_overview(self) -> None:
         """Hold production until readers can see the overview: what comes next (tissue detection, its imports,

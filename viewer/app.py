@@ -55,7 +55,7 @@ from viewer.image import (
 )
 from viewer.oidc import OidcSettings, install_directory
 from viewer.people import RevokedError, get_person
-from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, sign
+from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, order_states, sign
 from viewer.sessions import IDLE, LINK, Sessions, record_sign_in
 from viewer.tokens import (
     CASE_ID,
@@ -322,10 +322,10 @@ async def case_info(case: Case, state: State, identity: Who) -> JSONResponse:
 
 @router.get("/api/cases/{case}/slides")
 async def case_slides(case: Case, state: State) -> JSONResponse:
-    """The case's slides as the open page polls them (a slide sent later, one that failed since): not another
-    opening of the case, so not audited."""
+    """The case's slides as the open page polls them (a slide sent later, one that failed since), with each one's AI
+    result (the header's case score follows them): not another opening of the case, so not audited."""
     info = await state.cases.case_info(case)
-    return JSONResponse({"slides": info["slides"]}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"slides": info["slides"], "triages": info["triages"]}, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/cases/{case}/slides/{slide}/{version}/image")
@@ -353,6 +353,18 @@ async def thumbnail(case: Case, slide: SlideId, version: VersionId, state: State
                     if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """The slide version's picture in the case's slide strip (not an opening of the slide: not audited)."""
     data = await state.cases.thumbnail(SlideRef(case, slide, version).root)
+    etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/api/cases/{case}/slides/{slide}/{version}/macro")
+async def macro(case: Case, slide: SlideId, version: VersionId, state: State,
+                if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """The slide version's macro image (the whole glass, its label blanked by the station), beside the slide."""
+    data = await state.cases.macro(SlideRef(case, slide, version).root)
     etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if _matches(if_none_match, etag):
@@ -457,8 +469,10 @@ async def annotate(case: Case, form: annotations.AnnotationIn, state: State, ide
 
 @router.get("/api/cases/{case}/requests")
 async def requests(case: Case, state: State) -> JSONResponse:
-    versions = await numbered(state.storage, case, HospitalRequest, state.trusted)
-    body = {"requests": [version.signed for version in versions.verified], "refused": versions.refused}
+    """The requests to the hospital, and how far the station got with each rework order ("orders": number -> state)."""
+    versions, (orders, unread) = await asyncio.gather(numbered(state.storage, case, HospitalRequest, state.trusted),
+                                                      order_states(state.storage, case))  # fmt: skip
+    body = {"requests": [version.signed for version in versions.verified], "orders": orders, "refused": [*versions.refused, *unread]}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 

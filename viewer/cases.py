@@ -43,6 +43,8 @@ from caseformat.layout import (
     SlideRef,
     case_key,
     is_case,
+    macro_key,
+    scan_qc_key,
     slides_key,
     station_folder,
     station_of,
@@ -50,7 +52,7 @@ from caseformat.layout import (
     version_key,
     version_number,
 )
-from caseformat.results import COMPLETE, CorruptRecord, Manifest, PyramidRecord, Triage
+from caseformat.results import COMPLETE, CorruptRecord, Manifest, PyramidRecord, ScanQc, Triage
 from caseformat.signing import TrustedKeys
 from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, StorageError, ZarrView
 from slides.errors import printable
@@ -92,6 +94,7 @@ THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's sl
 UNSENT_LIMIT = 200  # unsent-slide records read of one case (a specimen has a few slides; a hostile station no more)
 THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
 CORRUPT_WRITES = 4  # reads of corrupt.json, each followed by a write while it lacks the shard (a race lost costs one more)
+MACRO_BYTES, MACRO_SIDE = 4 * 2**20, 4096  # a station's macro.jpg read at most (a real one is ~100 KB), its side at most
 
 
 @dataclass(frozen=True)
@@ -386,20 +389,31 @@ class Cases:
         registration = None if isinstance(registration, str) else registration
         if registration is None and unreadable is None and not slides and not unsent:
             raise CaseNotFoundError(f"case {case}: not on this store")
-        entries = []
+        entries: list[dict[str, Any]] = []
+        triages: dict[str, dict[str, Any] | None] = {}
         for ref in slides:
-            manifest = await _readable(self.manifest(ref.root))
+            manifest, triage = await asyncio.gather(_readable(self.manifest(ref.root)), _readable(self.triage(ref.root)))
             if isinstance(manifest, str):
                 entries.append({"slide": ref.slide, "version": ref.version, "state": UNREADABLE, "failed": None, "unreadable": manifest})
-                continue
-            state, failed = _send_state(manifest)
-            entries.append({"slide": ref.slide, "version": ref.version, "state": state, "failed": failed})
+                failed = None
+            else:
+                state, failed = _send_state(manifest)
+                entries.append({"slide": ref.slide, "version": ref.version, "state": state, "failed": failed})
+            triages[ref.slide] = None if failed or isinstance(triage, str) else _triage(triage)  # as the worklist's row has it
+        for entry, checked in zip(entries, await asyncio.gather(*(_readable(self.scan_qc(ref.root)) for ref in slides)), strict=True):
+            if checked is not None:  # a slide the station sent its checks of
+                entry["scan_qc"] = _scan_qc(checked)
+        context = dict(registration.context) if registration else {}
         return {
             "case": case,
             "unreadable": unreadable,
             "registered_at": registration.registered_at if registration else None,
             "station": registration.station if registration else None,
-            "context": dict(registration.context) if registration else {},
+            "hospital": context.get("hospital") or station_of(case),
+            "specimen": _specimen(context),
+            "triage": _case_triage(list(triages.values())),
+            "triages": triages,  # each slide's (by slide): the page says which slide the case's score is
+            "context": context,
             "slides": entries,
             "unsent": _unsent(unsent),
             "missing": _missing(entries, unsent),
@@ -489,12 +503,12 @@ class Cases:
             states, failed = {"failed"}, [missing]
         state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
                  else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
-        triage = max(scored, key=lambda t: -1.0 if t["score"] is None else t["score"]) if scored else None  # a refusal: no score
+        triage = _case_triage(scored)
         return {
             "case": case,
             "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
             "hospital": context.get("hospital") or (registration.station if registration else None),
-            "specimen": " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None,
+            "specimen": _specimen(context),
             "triage": triage,
             "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
             "slides": entries,
@@ -559,6 +573,24 @@ class Cases:
         reports = (await self.reports(case)).verified
         return reports[0].document.signed_at if reports else None
 
+    async def scan_qc(self, root: str) -> ScanQc | None:
+        """The station's checks of the slide version's scan (None: none sent); `DocumentError` for a malformed one."""
+        key = scan_qc_key(SlideRef.parse(root))
+        try:
+            return ScanQc.read(await self.storage.get_range(key, 0, 64 * 1024 + 1), key)
+        except ObjectNotFoundError:
+            return None
+
+    async def macro(self, root: str) -> bytes:
+        """The slide version's macro image as the station sent it (label blanked), decoded and encoded again here: a
+        JPEG of at most MACRO_SIDE px a side, without anything of the station's file but its pixels;
+        `ImageError` for anything else, `ObjectNotFoundError` where there is none."""
+        key = macro_key(SlideRef.parse(root))
+        data = await self.storage.get_range(key, 0, MACRO_BYTES + 1)
+        if len(data) > MACRO_BYTES or not data.startswith(JPEG_SOI):
+            raise ImageError(f"{key}: not a macro image (a JPEG of at most {MACRO_BYTES // 2**20} MB)")
+        return await asyncio.to_thread(_reencoded_macro, data, key)
+
     async def _document(self, key: str, read: Callable[[bytes, str], D]) -> D | None:
         """The document at `key` as its type's reader parses it (`DocumentError` for a malformed one); None when there
         is none."""
@@ -567,6 +599,29 @@ class Cases:
         except ObjectNotFoundError:
             return None
         return read(data, key)
+
+
+def _scan_qc(checked: ScanQc | str) -> dict[str, Any]:
+    """A slide's scan checks as the case page shows them: every line, the failed ones as `advice`; a malformed
+    scan_qc.json is its one "unreadable" line."""
+    if isinstance(checked, str):
+        return {"unreadable": checked, "lines": [], "advice": [], "macro": False}
+    return {"lines": [printable(check.line) for check in checked.checks], "advice": [printable(line) for line in checked.advice],
+            "macro": checked.macro}  # fmt: skip
+
+
+def _reencoded_macro(data: bytes, key: str) -> bytes:
+    """The macro's pixels as a fresh JPEG (its size checked before it is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            pixels = np.asarray(picture.convert("RGB")) if picture.format == "JPEG" and max(picture.size) <= MACRO_SIDE else None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        pixels = None
+    if pixels is None:
+        raise ImageError(f"{key}: not a macro image (a JPEG of at most {MACRO_SIDE} px a side)")
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=90)  # a new image: nothing of the file's segments comes along
+    return out.getvalue()
 
 
 def _unsent(unsent: list[UnsentSlide | str]) -> list[dict[str, str]]:
@@ -655,6 +710,18 @@ def _triage(triage: Triage | None) -> dict[str, Any] | None:
         return None  # routed, nothing scored yet
     return {"score": None, "stage": triage.stage, "final": triage.final(), "refused": triage.refused or UNROUTED,
             "qc": _qc(triage), "tissue_tiles": triage.tissue_tiles}
+
+
+def _case_triage(slides: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The case's AI result, on the worklist and in the case page's header alike: its most suspicious slide's (a
+    refusal has no score: any scored slide comes first); None while no slide has one."""
+    scored = [triage for triage in slides if triage]
+    return max(scored, key=lambda t: -1.0 if t["score"] is None else t["score"]) if scored else None
+
+
+def _specimen(context: dict[str, str]) -> str | None:
+    """What the specimen is, as the worklist and the case page name it: its type and site from case.json."""
+    return " · ".join(context[name] for name in ("specimen_type", "specimen_site") if name in context) or None
 
 
 def _qc(triage: Triage) -> dict[str, float | None]:

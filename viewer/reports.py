@@ -21,12 +21,33 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from caseformat.bounded import load, parse_time, utc_now
-from caseformat.documents import LATE_REASON_LIMIT, TEXT_LIMIT, Author, Report, Request, SlideRead
+from caseformat.documents import (
+    LATE_REASON_LIMIT,
+    STAIN_LIMIT,
+    TEXT_LIMIT,
+    Author,
+    OrderStatus,
+    Report,
+    Request,
+    SlideRead,
+    order_problem,
+    order_words,
+)
 from caseformat.errors import DocumentError
-from caseformat.layout import REPORTS, REQUESTS, SLIDE_PATTERN, notice_key, number_of, numbered_folder, report_key, request_key
+from caseformat.layout import (
+    REPORTS,
+    REQUESTS,
+    SLIDE_PATTERN,
+    notice_key,
+    number_of,
+    numbered_folder,
+    order_status_folder,
+    report_key,
+    request_key,
+)
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import ObjectNotFoundError, Storage, StorageError, read_each
 from slides import SlidestreamError
@@ -61,8 +82,21 @@ class ReportIn(BaseModel):
 
 
 class RequestIn(BaseModel):
-    what: str = Field(min_length=1, max_length=2000)
+    """Free text, or a rework order (one of `ORDERS`, of `slide` or the specimen; a stain order names its stain) with
+    text if the pathologist adds any."""
+
+    what: str = Field(default="", max_length=2000)
     slide: str | None = Field(default=None, pattern=f"^{SLIDE_PATTERN.pattern}$")
+    order: str | None = Field(default=None, max_length=40)  # one of ORDERS (`order_problem`)
+    stain: str | None = Field(default=None, min_length=1, max_length=STAIN_LIMIT)
+
+    @model_validator(mode="after")
+    def _carried_out(self) -> RequestIn:
+        if problem := order_problem(self.order, self.stain, self.slide):
+            raise ValueError(problem)
+        if not self.what.strip() and self.order is None:
+            raise ValueError("say what to ask, or choose an order")
+        return self
 
 
 @dataclass(frozen=True)
@@ -173,9 +207,31 @@ async def ask(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str
     while True:
         newest = (await numbered(storage, case, Request, trusted)).newest
         number = (newest.number if newest else 0) + 1
-        request = Request(case, number, form.what, author, utc_now(), station, form.slide)
+        what = form.what.strip() or order_words(form.order or "", form.stain, form.slide)  # an order needs no words of its own
+        request = Request(case, number, what, author, utc_now(), station, form.slide, form.order, form.stain)
         data = request.to_json(key)
         if await write_version(storage, Request, request_key(case, number), data, case, trusted):
             break
     await notify(storage, station, notice_key(station, request.asked_at, case, "request", number) if station else None, data)
     return load(data, request_key(case, number))
+
+
+async def order_states(storage: Storage, case: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """How far the station got with each rework order of the case (request number -> its orders/{n}.json as read),
+    and one line for each object in that folder of the station's that is no order status of this case."""
+    try:
+        listed = await storage.list(order_status_folder(case).rstrip("/"))
+    except ObjectNotFoundError:
+        return {}, []
+
+    def read(data: bytes, key: str) -> OrderStatus:
+        status = OrderStatus.read(data, key)
+        if (status.case, status.number) != (case, number_of(key)):
+            raise DocumentError(f"{key}: the state of order {status.number} of case {status.case}, not of this one; refused")
+        return status
+
+    read_all = await read_each(storage, listed, read)
+    states = {status.number: {"state": status.state, "at": status.at,
+                              "fulfilled_by": {"slide": status.fulfilled_by.slide, "version": status.fulfilled_by.version} if status.fulfilled_by else None}
+              for status in read_all if isinstance(status, OrderStatus)}  # fmt: skip
+    return states, [item for item in read_all if isinstance(item, str)]

@@ -9,6 +9,8 @@ const caseView = (() => {
         specimen_site: "Specimen site", specimen_type: "Specimen type", clinical_question: "Clinical question",
         surgeon: "Requesting surgeon", callback: "Call back", hospital: "Hospital",
     };
+    // the surgeon's question first: it is what the reader answers
+    const CONTEXT_ORDER = ["clinical_question", "specimen_type", "specimen_site", "surgeon", "callback", "hospital"];
     let base = null;
     let me = null;
     let reports = [];
@@ -32,9 +34,12 @@ const caseView = (() => {
     }
 
     function renderCase(info) {
-        const pairs = Object.entries(info.context || {}).map(([name, value]) => [CONTEXT_LABELS[name] || name, value]);
+        const context = info.context || {};
+        const names = Object.keys(context).sort((a, b) => rank(a) - rank(b));
+        const pairs = names.map((name) => [CONTEXT_LABELS[name] || name, context[name]]);
         if (info.registered_at) pairs.push(["Registered", new Date(info.registered_at).toLocaleString()]);
         definitions($("context"), pairs.length ? pairs : [["", "no clinical context registered"]]);
+        if (context.clinical_question) for (const cell of $("context").querySelectorAll("dt:first-of-type, dd:first-of-type")) cell.classList.add("question");
         // the slides themselves (thumbnails, switching) are viewer.js's
         arrived = info.slides.some((slide) => slide.state !== "failed" && slide.state !== "unreadable");
         renderRefused(info);
@@ -58,6 +63,11 @@ const caseView = (() => {
         $("refused").hidden = !lines.length;
     }
 
+    function rank(name) {
+        const at = CONTEXT_ORDER.indexOf(name);
+        return at < 0 ? CONTEXT_ORDER.length : at;
+    }
+
     function reportPairs(report) {
         const pairs = [["Category", report.category], ["Diagnosis", report.diagnosis], ["Margins", report.margins || "–"], ["Comment", report.comment || "–"]];
         const known = report.missing ? [...pairs, ["Signed knowing", report.missing]] : pairs;
@@ -65,7 +75,9 @@ const caseView = (() => {
     }
 
     function signedLine(report) {
-        const kind = report.kind === "signed" ? "Signed" : `Amendment ${report.number - 1}`;
+        // numbered as the station's outbox, its PDF and its HL7 message number it: by the report's number, so
+        // "Amendment 2 (amends report 1)" is the same document at the centre and in the operating room
+        const kind = report.kind === "signed" ? "Signed" : `Amendment ${report.number} (amends report ${report.amends})`;
         return `${kind} by ${report.author.name} at ${new Date(report.signed_at).toLocaleString()}`;
     }
 
@@ -157,32 +169,94 @@ const caseView = (() => {
         renderReports();
     }
 
-    function renderRequests(requests) {
+    // a rework order's state as the hospital's station wrote it: asked → acknowledged → fulfilled (by a slide version)
+    function orderState(state) {
+        if (!state) return "asked";
+        if (state.state === "fulfilled" && state.fulfilled_by) return `fulfilled: ${state.fulfilled_by.slide} ${state.fulfilled_by.version}`;
+        return state.state;
+    }
+
+    // Each request (a rework order with its state), then one line per document of the folders that was refused.
+    function renderRequests({ requests, orders, refused }) {
         const list = $("asked");
         list.replaceChildren();
         for (const request of requests) {
             const item = document.createElement("li");
-            item.textContent = `${request.what}${request.slide ? ` (${request.slide})` : ""} · ${request.author.name}, ${new Date(request.asked_at).toLocaleTimeString()}`;
+            const order = request.order ? `${request.order}${request.stain ? ` ${request.stain}` : ""}: ` : "";
+            const state = request.order ? ` · ${orderState((orders || {})[request.number])}` : "";
+            item.textContent = `${order}${request.what}${request.slide ? ` (${request.slide})` : ""} · ${request.author.name}, ${new Date(request.asked_at).toLocaleTimeString()}${state}`;
+            item.dataset.number = request.number;
+            list.append(item);
+        }
+        for (const line of refused || []) {
+            const item = document.createElement("li");
+            item.className = "refused";
+            item.textContent = line;
             list.append(item);
         }
     }
 
+    const REQUESTS_POLL_MS = 5000; // the station's acknowledgement and fulfilment show without a reload
+    async function pollRequests() {
+        try {
+            renderRequests(await api(`${base}/requests`));
+        } catch (error) {
+            if (!(error instanceof ApiError)) throw error;
+        }
+        setTimeout(pollRequests, REQUESTS_POLL_MS);
+    }
+
     async function askHospital(slide) {
         const what = $("ask-what").value.trim();
-        if (!what) return;
+        const order = $("ask-order").value || null;
+        const stain = order === "stain" ? $("ask-stain").value.trim() || null : null;
+        if (!what && !order) return;
         $("ask-send").disabled = true;
         try {
             await api(`${base}/requests`, {
-                method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ what, slide }),
+                method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ what, slide, order, stain }),
             });
             $("ask-what").value = "";
             $("ask-note").textContent = "Sent to the hospital.";
-            renderRequests((await api(`${base}/requests`)).requests);
+            renderRequests(await api(`${base}/requests`));
         } catch (error) {
             $("ask-note").textContent = `Not sent: ${error.message}`;
         } finally {
             $("ask-send").disabled = false;
         }
+    }
+
+    // The shown slide's scan as the hospital's station checked it: each check's line ("rescan advised: ..." first) and
+    // the macro image (the whole glass, label blanked) beside the slide, enlarged on a click. Lines are the store's text.
+    const macros = new Map(); // "s1/v1" -> object URL of its macro ("" while asked)
+    function renderScan(info, slide) {
+        const entry = (info.slides || []).find((each) => each.slide === slide);
+        const checked = entry && entry.scan_qc;
+        $("scan-box").hidden = !checked;
+        if (!checked) return;
+        const advice = new Set(checked.advice);
+        const lines = checked.unreadable ? [checked.unreadable] : [...checked.advice, ...checked.lines.filter((line) => !advice.has(line))];
+        $("scan-lines").replaceChildren(...lines.map((line) => {
+            const item = document.createElement("li");
+            item.textContent = line;
+            if (advice.has(line)) item.className = "advice";
+            return item;
+        }));
+        const key = `${entry.slide}/${entry.version}`;
+        $("macro-open").hidden = !checked.macro || !macros.get(key);
+        if (checked.macro && !macros.has(key)) loadMacro(entry, key, slide);
+        else if (macros.get(key)) $("macro").src = $("macro-large").src = macros.get(key);
+    }
+
+    async function loadMacro(entry, key, slide) {
+        macros.set(key, "");
+        const response = await fetch(`${base}/slides/${encodeURIComponent(entry.slide)}/${encodeURIComponent(entry.version)}/macro`,
+            { headers: slidestream.authorization() }).catch(() => null);
+        if (!response || !response.ok) return; // none shown (the lines still are)
+        macros.set(key, URL.createObjectURL(await response.blob()));
+        if (shownSlide !== slide) return;
+        $("macro").src = $("macro-large").src = macros.get(key);
+        $("macro-open").hidden = false;
     }
 
     // Called with the case as /api/cases/CASE describes it, each time the page (re)opens it; `slide` is the slide
@@ -192,6 +266,7 @@ const caseView = (() => {
         shownSlide = slide;
         const before = arrived;
         renderCase(info);
+        renderScan(info, slide);
         if (started) {
             if (arrived !== before && me) renderReports();
             return;
@@ -201,13 +276,15 @@ const caseView = (() => {
         $("who").textContent = me.user ? `${me.user.name} (${me.user.role})` : "case link · view only";
         slidestream.offerSignOut(me);
         $("amend").addEventListener("click", amend);
+        $("macro-open").addEventListener("click", () => $("macro-dialog").showModal());
         $("sign").addEventListener("click", sign);
         setInterval(showLate, 10000);
         const pathologist = me.user && me.user.role === "pathologist";
         $("ask").hidden = !pathologist;
         if (pathologist) {
             $("ask-send").addEventListener("click", () => askHospital(shownSlide));
-            renderRequests((await api(`${base}/requests`)).requests);
+            $("ask-order").addEventListener("change", () => ($("ask-stain").hidden = $("ask-order").value !== "stain"));
+            await pollRequests();
         }
         await loadReports();
     }

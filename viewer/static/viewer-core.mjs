@@ -93,3 +93,36 @@ export function stageText({ stage, complete, tiles_scored: scored, tissue_tiles:
 export function triageText({ score, final, stage }) {
     return `AI triage ${score.toFixed(2)}${final || !stage ? "" : stage === "edge" ? " edge (coarse)" : " (partial)"}`;
 }
+
+// The case's name in its page's title: the hospital (case.json's `hospital`, else the station its ID names, as the
+// worklist's hospital column), then the specimen and its site; the case ID (a station's name and 16 hex digits) is
+// no name for a reader, and stays beside the title, small, to copy.
+export function caseTitle({ hospital, context }, caseId) {
+    const { specimen_type: type, specimen_site: site } = context || {};
+    const from = hospital || caseId.split(".")[0];
+    return type || site ? [from, type, site].filter(Boolean).join(" · ") : `${from} · specimen not described`;
+}
+
+// The AI score in the case's header: the case's own, the number the worklist shows (viewer/cases.py `_case_triage`:
+// its most suspicious slide's), with what it is the probability of; in a case of several slides, which slide that is
+// and what the one on screen scored, so two numbers never stand unexplained. `triages`: each slide's result (null:
+// none yet), `shown`: the slide on screen. A refusal is words, never a number; null while no slide has a result.
+export function caseScore(triages, shown) {
+    const results = Object.entries(triages).filter(([, triage]) => triage);
+    if (!results.length) return null;
+    const value = (triage) => (triage.score === null ? -1 : triage.score);
+    const [top, best] = results.reduce((a, b) => (value(b[1]) > value(a[1]) ? b : a)); // the first of equals, as max()
+    if (best.score === null) return { text: `${best.refused} · QC only`, meaning: "" };
+    const what = `probability of ${best.detects || "what the model detects"}`;
+    const count = Object.keys(triages).length;
+    if (count < 2) return { text: triageText(best), meaning: what };
+    const here = triages[shown];
+    const mine = top === shown ? "the slide shown" : `this slide: ${!here ? "no result yet" : here.score === null ? "no validated AI" : here.score.toFixed(2)}`;
+    return { text: triageText(best), meaning: `${what}, highest of ${count} slides (${top}); ${mine}` };
+}
+
+// The overlay's opacity: the slider's while ticked; none at a top region the page jumped to, whose cells the map
+// would cover (the region's outline still shows where the model pointed), until the reader asks for the map there.
+export function overlayOpacity(on, percent, atRegion) {
+    return on && !atRegion ? percent / 100 : 0;
+}

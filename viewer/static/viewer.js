@@ -57,6 +57,8 @@ import * as core from "./viewer-core.mjs";
     let heatVersion = null;
     let regions = [];
     let regionIndex = -1;
+    let mapAtRegion = false; // the reader asked for the map at the region jumped to (else it is hidden there)
+    let triages = {}; // each slide's AI result (the shown one's from its status poll): the header's case score
     let regionsKey = "";
     const TOOLS = ["ruler", "area", "point", "line", "polygon"];
     let tool = null; // one of TOOLS, or null: the mouse pans and zooms
@@ -173,8 +175,23 @@ import * as core from "./viewer-core.mjs";
         bar.hidden = false;
     }
 
+    // hidden at a top region jumped to (the map would cover its cells) until asked for there: regionIndex >= 0
+    // from a jump until the view goes home or to another slide
     function heatOpacity() {
-        return $("heat-on").checked ? Number($("heat-opacity").value) / 100 : 0;
+        return core.overlayOpacity($("heat-on").checked, Number($("heat-opacity").value), regionIndex >= 0 && !mapAtRegion);
+    }
+
+    function showHeat() {
+        if (heatLayer) heatLayer.setOpacity(heatOpacity());
+        $("region-note").hidden = !(regionIndex >= 0 && !mapAtRegion && $("heat-on").checked);
+    }
+
+    // the case's score (the worklist's: its most suspicious slide's) and what it means, in the header
+    function showScore() {
+        const said = core.caseScore(triages, slides[slideIndex] ? slides[slideIndex].slide : null);
+        $("score-box").hidden = !said;
+        $("score").textContent = said ? said.text : "";
+        $("score-meaning").textContent = said ? said.meaning : "";
     }
 
     function applyStatus(status) {
@@ -219,9 +236,8 @@ import * as core from "./viewer-core.mjs";
             heatLayer.show(tileSource("heatmap", null, heatVersion));
         }
         showRegions(status.top_regions || []);
-        const score = $("score");
-        score.hidden = !status.triage;
-        if (status.triage) score.textContent = status.triage.refused ? `${status.triage.refused} · QC only` : core.triageText(status.triage);
+        if (shown) triages = { ...triages, [shown.slide]: status.triage };
+        showScore();
         showModel(status.triage);
         times.started = times.registered || status.started_at;
         times.reported = status.report && status.report.signed_at;
@@ -283,7 +299,7 @@ import * as core from "./viewer-core.mjs";
         if (key === regionsKey) return;
         regionsKey = key;
         regions = list;
-        regionIndex = -1;
+        leaveRegion();
         const items = list.map((region, index) => {
             const button = document.createElement("button");
             button.type = "button";
@@ -305,6 +321,8 @@ import * as core from "./viewer-core.mjs";
         if (!regions.length || !item) return;
         leader = viewer;
         regionIndex = ((index % regions.length) + regions.length) % regions.length;
+        mapAtRegion = false;
+        showHeat();
         const { x, y, width, height } = regions[regionIndex];
         const [mx, my] = [width * REGION_MARGIN, height * REGION_MARGIN];
         viewer.viewport.fitBoundsWithConstraints(item.imageToViewportRectangle(x - mx, y - my, width + 2 * mx, height + 2 * my));
@@ -312,6 +330,15 @@ import * as core from "./viewer-core.mjs";
             if (i === regionIndex) button.setAttribute("aria-current", "true");
             else button.removeAttribute("aria-current");
         });
+        drawMarks();
+    }
+
+    // back from a region: the overlay as the reader set it
+    function leaveRegion() {
+        regionIndex = -1;
+        mapAtRegion = false;
+        for (const button of $("regions").querySelectorAll("button")) button.removeAttribute("aria-current");
+        showHeat();
         drawMarks();
     }
 
@@ -539,6 +566,7 @@ import * as core from "./viewer-core.mjs";
 
     function home() {
         viewer.viewport.goHome();
+        leaveRegion();
     }
 
     function fullPage() {
@@ -702,7 +730,11 @@ import * as core from "./viewer-core.mjs";
     async function pollSlides() {
         try {
             const shown = slides[slideIndex];
-            const fresh = (await api(url("slides"))).slides.map((entry) => (entry.slide === shown.slide ? shown : entry));
+            const answer = await api(url("slides"));
+            const fresh = answer.slides.map((entry) => (entry.slide === shown.slide ? shown : entry));
+            // the other slides' results as the server has them; the one shown as its own status poll has it
+            triages = { ...(answer.triages || {}), ...(shown.slide in triages ? { [shown.slide]: triages[shown.slide] } : {}) };
+            showScore();
             const summary = (list) => JSON.stringify(list.map(({ slide, version, state, failed }) => [slide, version, state, failed]));
             if (fresh.includes(shown) && summary(fresh) !== summary(slides)) {
                 slides = fresh;
@@ -725,6 +757,7 @@ import * as core from "./viewer-core.mjs";
         slideIndex = index;
         rememberSlide();
         showSlides();
+        showScore();
         if (compare && compare.entry === slides[slideIndex]) closeCompare();
         compareChoices();
         caseView.show(url("case"), caseInfo, slides[slideIndex].slide);
@@ -800,6 +833,11 @@ import * as core from "./viewer-core.mjs";
         const wanted = slides[slideIndex] ? slides[slideIndex].slide : new URLSearchParams(location.search).get("slide");
         caseInfo = found;
         slides = found.slides;
+        triages = { ...(found.triages || {}) };
+        const title = core.caseTitle(found, caseId);
+        $("case-title").textContent = title;
+        $("case-title").title = title; // whole, where the header cuts it short
+        document.title = `${title} · slidestream`;
         slideIndex = Math.max(0, slides.findIndex((entry) => entry.slide === wanted));
         showSlides();
         compareChoices();
@@ -901,6 +939,7 @@ import * as core from "./viewer-core.mjs";
             },
             annotations: () => annotations,
             shown: () => slides[slideIndex].slide,
+            overlayOpacity: () => (heatLayer && heatLayer.item ? heatLayer.item.getOpacity() : null),
             compareBounds() {
                 const item = compare && compare.viewer.world.getItemAt(0);
                 if (!item) return null;
@@ -916,9 +955,14 @@ import * as core from "./viewer-core.mjs";
 
     function start() {
         $("case").textContent = caseId;
-        const opacity = () => heatLayer && heatLayer.setOpacity(heatOpacity());
-        $("heat-on").addEventListener("change", opacity);
-        $("heat-opacity").addEventListener("input", opacity);
+        // ticking the overlay or moving its slider asks for the map, at a region too
+        const askForMap = () => {
+            mapAtRegion = true;
+            showHeat();
+        };
+        $("heat-on").addEventListener("change", askForMap);
+        $("heat-opacity").addEventListener("input", askForMap);
+        $("region-map").addEventListener("click", askForMap);
         document.addEventListener("report-signed", (event) => {
             times.reported = event.detail.signed_at;
             tick();

@@ -68,6 +68,8 @@ import { clock } from "./viewer-core.mjs";
             const scoreCell = cell(row, meter, "triage");
             // a slide no validated model covers: the words, never a number that looks like a diagnosis
             scoreCell.append(entry.triage && entry.triage.refused ? " no validated AI" : score === null ? " –" : ` ${score.toFixed(2)}`);
+            // what the number is, in the case page header's words: the case's, its most suspicious slide's
+            if (score !== null) scoreCell.title = `probability of ${entry.triage.detects || "what the model detects"}, the case's highest slide`;
             cell(row, STAGES[entry.stage] || (entry.triage ? "stage not recorded" : "–"), "ai-stage");
             const arrived = entry.planned ? `${Math.round((100 * entry.arrived) / entry.planned)}%` : "";
             const states = { sending: `arriving ${arrived}`, complete: "all arrived ✓" };
@@ -143,9 +145,29 @@ import { clock } from "./viewer-core.mjs";
         setTimeout(refresh, REFRESH_MS);
     }
 
+    // A station's user signs in by the same kind of link, but the worklist is the centre's: the page offers the
+    // station's own cases by their ID instead (`slidestream status` and the outbox's reports name them), at /view/CASE.
+    function offerStationCases(user) {
+        $("station-line").textContent = `Signed in as ${user.name} (station). The worklist is the centre's; a station opens the cases it ` +
+            "registered by their ID, as `slidestream status` and the reports in its outbox name them.";
+        $("cases").hidden = true;
+        $("station-open").hidden = false;
+        const open = () => {
+            const id = $("station-case").value.trim();
+            if (id) location.assign(`/view/${encodeURIComponent(id)}`);
+        };
+        $("station-go").addEventListener("click", open);
+        $("station-case").addEventListener("keydown", (event) => event.key === "Enter" && open());
+    }
+
     async function start() {
         try {
-            offerSignOut(await api("/api/me"));
+            const me = await api("/api/me");
+            offerSignOut(me);
+            if (me.user && me.user.role === "station") {
+                offerStationCases(me.user);
+                return;
+            }
         } catch (error) {
             if (error instanceof ApiError && error.refused) {
                 refused(error);
