@@ -17,7 +17,6 @@ from caseformat.bounded import Fields, dump, load, parse_time
 from caseformat.errors import DocumentError
 from caseformat.layout import (
     LAYOUT_FORMAT,
-    NOTICE_KINDS,
     station_of,
     validate_case,
     validate_slide,
@@ -342,7 +341,7 @@ class OrderStatus:
 
 def read_notice(data: bytes, what: str, trusted: TrustedKeys, kind: str) -> Report | Request:
     """A `centre/{station}/_notices/` copy of a report or request (`kind`, from its key): the signed document itself."""
-    if kind not in NOTICE_KINDS:
+    if kind not in ("report", "request"):  # a gross mark's notice is read by `GrossMark.read`
         raise DocumentError(f"{what}: not a report or request")
     return Report.read(data, what, trusted) if kind == "report" else Request.read(data, what, trusted)
 
@@ -465,3 +464,43 @@ def _point(value: Any, what: str) -> tuple[float, float]:
             or not all(isinstance(c, int | float) and not isinstance(c, bool) and abs(c) <= MAX_COORDINATE for c in value)):  # fmt: skip
         raise DocumentError(f"{what}: points must be [x, y] pairs within ±{MAX_COORDINATE:,} pixels")
     return float(value[0]), float(value[1])
+
+
+GROSS_MARK_KINDS = {"point": 1, "line": 2}  # "sample here"; a line along a margin
+GROSS_PHOTO_SIDE = 4096  # px: a gross photograph's longest side as the station sends it, and a mark's bound
+
+
+@dataclass(frozen=True)
+class GrossMark(CentreDocument):
+    """CASE/gross-marks/{n:04d}.json: the pathologist's mark on one gross photograph of the case (`photo`: its token),
+    in the photo's pixels as the station sent it: a point ("sample here") or a two-point line (a margin), with a
+    short text, for the station named in it (a copy goes to its notices, like a report's)."""
+
+    FORMAT: ClassVar[str] = "slidestream-gross-mark/1"
+    case: str
+    number: int
+    photo: str
+    kind: str
+    points: tuple[tuple[float, float], ...]
+    text: str
+    author: Author
+    created_at: str
+    station: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "number": self.number, "photo": self.photo, "kind": self.kind,
+                "points": [[x, y] for x, y in self.points], "text": self.text, "author": self.author.to_dict(),
+                "created_at": self.created_at, "station": self.station}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> GrossMark:
+        kind = fields.choice("kind", tuple(GROSS_MARK_KINDS))
+        points = tuple(_point(point, fields.what) for point in fields.raw_list("points", GROSS_MARK_KINDS[kind]))
+        if len(points) != GROSS_MARK_KINDS[kind] or not all(0 <= c <= GROSS_PHOTO_SIDE for point in points for c in point):
+            raise DocumentError(f"{fields.what}: a {kind} has {GROSS_MARK_KINDS[kind]} points within the photo ({GROSS_PHOTO_SIDE} px)")
+        author = fields.fields("author")
+        assert author is not None
+        return cls(fields.checked("case", validate_case), fields.integer("number", 1, NUMBER_LIMIT),
+                   fields.text("photo", 16, pattern=UNSENT_TOKEN), kind, points,
+                   fields.text("text", ANNOTATION_TEXT_LIMIT, optional=True, empty=True) or "", Author.from_fields(author),
+                   fields.time("created_at"), fields.checked("station", validate_station, optional=True))  # fmt: skip

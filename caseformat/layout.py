@@ -14,6 +14,7 @@ nothing of one version is ever shown with another's image):
         {case}/case.json                         registration: when the clock started, clinical context (no identity)
         {case}/slides/{slide}/slide.json         the slide's claim (created once)
         {case}/unsent/{token}.json               a slide file of the specimen the station could not send, and why
+        {case}/gross/{token}.jpg                 a gross photograph of the specimen, its pixels only (re-encoded)
         {case}/slides/{slide}/{version}/         one scan of one slide ("a slide version"), e.g. slides/s1/v1/:
             image.zarr/                          the OME-Zarr image (tiling/); the hub adds the shards of the in-between
                                                  levels a send leaves out, so the image stays one NGFF image other
@@ -26,12 +27,13 @@ nothing of one version is ever shown with another's image):
         {case}/reports/{n:04d}.json              the signed report and its amendments, append-only (signed)
         {case}/requests/{n:04d}.json             what the pathologist asks of the hospital (signed)
         {case}/annotations/{id}.json             marks on a slide version, with their author (signed)
+        {case}/gross-marks/{n:04d}.json          marks on a gross photograph ("sample here", a margin line; signed)
         {case}/slides/{slide}/{version}/         the centre's results for one slide version:
             triage.json, heatmap.zarr/           the hub's (or `analyze`'s) full-magnification map
             hub.lease                            which hub is analysing this slide version, until when
             pyramid.json                         the record of the in-between levels' shards the hub built
             corrupt.json                         the image's pieces found corrupt, for the station to send again
-        _notices/{time}_{case}_{kind}_{n}.json   a copy of a signed report or request for the station
+        _notices/{time}_{case}_{kind}_{n}.json   a copy of a signed report, request or gross mark for the station
     centre/_people/{user}.json                   the centre's users (signed)
     centre/_audit/{date}/{time}_{random}.json    who opened or signed what, append-only (signed)
 
@@ -83,8 +85,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a case's local 
 CASE_PATTERN = re.compile(rf"({STATION_PATTERN.pattern})\.({NAME_PATTERN.pattern})")
 SLIDE_PATTERN = re.compile(r"s([1-9][0-9]{0,3})")  # s1, s2, ...: ordinal within the case, never a label
 VERSION_PATTERN = re.compile(r"v([1-9][0-9]{0,3})")  # v1, v2, ...: v2 is the first rescan
-NOTICE_KINDS = ("report", "request")
-_NOTICE_NAME = re.compile(r"([0-9TZ]{1,32})_(.+)_(report|request)_([0-9]{4,9})\.json")
+NOTICE_KINDS = ("report", "request", "mark")  # a mark: the pathologist's mark on a gross photograph
+_NOTICE_NAME = re.compile(r"([0-9TZ]{1,32})_(.+)_(report|request|mark)_([0-9]{4,9})\.json")
 _NUMBERED_NAME = re.compile(r"([0-9]{4,9})\.json")
 
 
@@ -494,3 +496,30 @@ def order_status_folder(case: str) -> str:
 def order_status_key(case: str, number: int) -> str:
     """The station's orders/{n:04d}.json of a case: the state of request n's rework order (`documents.OrderStatus`)."""
     return f"{order_status_folder(case)}{number:04d}.json"
+
+
+GROSS = "gross"
+GROSS_MARKS = "gross-marks"
+GROSS_TOKEN = re.compile(r"[0-9a-f]{16}")  # a gross photo's name: a digest of its path at the hospital, never its file name
+
+
+def gross_folder(case: str) -> str:
+    """stations/{station}/{case}/gross/: the specimen's gross photographs, as the station re-encoded them."""
+    return f"{station_case_folder(case)}{GROSS}/"
+
+
+def gross_photo_key(case: str, token: str) -> str:
+    """The station's gross/{token}.jpg of a case (`token`: 16 hex digits)."""
+    if not isinstance(token, str) or not GROSS_TOKEN.fullmatch(token):
+        raise InvalidIdError(f"{token!r} is not a gross photo's token (16 hex digits)")
+    return f"{gross_folder(case)}{token}.jpg"
+
+
+def gross_marks_folder(case: str) -> str:
+    """centre/{station}/{case}/gross-marks/: the pathologist's marks on the case's gross photographs."""
+    return f"{centre_case_folder(case)}{GROSS_MARKS}/"
+
+
+def gross_mark_key(case: str, number: int) -> str:
+    """centre/{station}/{case}/gross-marks/{n:04d}.json: one mark, numbered, created once (`documents.GrossMark`)."""
+    return f"{gross_marks_folder(case)}{number:04d}.json"

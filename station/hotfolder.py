@@ -468,6 +468,8 @@ class Hospital:
 
     def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path, trusted: Any,
                  systems: Any = None) -> None:
+        from station.gross import GrossPhotos
+
         self._where = (destination, endpoint_url, state_dir, station)
         self.systems = systems  # `hospital.systems.HospitalSystems`: where reports go besides the outbox
         self.outbox = outbox
@@ -477,6 +479,7 @@ class Hospital:
         self._main: Any = None  # the main thread's Station (the poller makes its own: one SQLite connection each)
         self._found: dict[str | None, str] = {}  # specimen source -> when it was first seen, until the registry has it
         self._next_reconcile = 0.0  # monotonic time of the next `Station.reconcile` round (the first poll does one)
+        self.gross = GrossPhotos()  # the specimens' gross photographs (station/gross.py)
 
     def _station(self) -> Any:
         from station.registry import Registry
@@ -577,6 +580,9 @@ class Hospital:
             except SpecimenError as error:
                 hot.refused[entry] = (changed, str(error))
                 hot.log(f"REFUSED {entry.name}: {error} (not registered; its slides wait for a corrected {SIDECAR})")
+        if due:  # the gross photographs of the specimens registered (station/gross.py)
+            station = self._main = self._main or self._station()
+            self.gross.send(_entries(hot.folder, hot.skip), station, lambda folder: specimen_info(SlideUnit(folder / SIDECAR, (), folder)), hot.log)
         return registered
 
     def start_polling(self) -> threading.Thread:
@@ -636,7 +642,8 @@ class Hospital:
                 self._deliver(station, key, data)
                 station.handled(key)
             if time.monotonic() >= self._next_reconcile:
-                station.reconcile(self.trusted, self.outbox, self._say)
+                station.reconcile(self.trusted, self.outbox, self._say,
+                                  marks=lambda mark: self.gross.deliver(station, self.outbox, mark, self._say))
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             if self.systems is not None:
                 self.systems.deliver(self._say)
@@ -651,14 +658,19 @@ class Hospital:
     def _deliver(self, station: Any, key: str, data: bytes | None) -> None:
         """One notice to the operating room (once per case, kind and number: `Station.deliver`), or one line saying
         why it is refused. A registry or outbox that cannot be used raises: the notice is tried again."""
+        from caseformat.documents import GrossMark
         from caseformat.errors import DocumentError
+        from station.gross import is_mark, read_mark
 
         try:
-            notice = station.notice(key, data, self.trusted)
+            notice = read_mark(station, key, data, self.trusted) if is_mark(key) else station.notice(key, data, self.trusted)
         except DocumentError as error:
             self._say(f"REFUSED notice {key}: {str(error).removeprefix(f'{key}: ')}")
             return
         except Exception as error:  # noqa: BLE001 - whatever a notice holds, it costs that notice only
             self._say(f"REFUSED notice {key}: {unexpected(error)}")
             return
-        station.deliver(self.outbox, notice, key, self._say)
+        if isinstance(notice, GrossMark):
+            self.gross.deliver(station, self.outbox, notice, self._say)
+        else:
+            station.deliver(self.outbox, notice, key, self._say)

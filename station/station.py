@@ -38,6 +38,7 @@ from caseformat.documents import (
     CONTEXT_LIMIT,
     FULFILLED,
     CaseRecord,
+    GrossMark,
     OrderStatus,
     Report,
     Request,
@@ -54,6 +55,8 @@ from caseformat.layout import (
     NoticeName,
     SlideRef,
     case_key,
+    gross_mark_key,
+    gross_marks_folder,
     next_name,
     notices_folder,
     number_of,
@@ -520,14 +523,15 @@ class Station:
             self._recent.discard(key)
 
     def reports(self, case: str, trusted: TrustedKeys, skip: frozenset[int] | set[int] = frozenset(),
-                kind: type[Report] | type[Request] = Report) -> tuple[list[Report | Request], list[str]]:
-        """A case's signed report and amendments (or, with `kind` Request, its requests), in order, as the centre
-        signed them (less the numbers in `skip`, never read); and one line for each document in their folder that is
-        not one."""
-        name = "report" if kind is Report else "request"
-        found: list[Report | Request] = []
+                kind: type[Report] | type[Request] | type[GrossMark] = Report) -> tuple[list[Any], list[str]]:
+        """A case's signed report and amendments (or, with `kind` Request, its requests; GrossMark, the marks on its
+        gross photographs), in order, as the centre signed them (less the numbers in `skip`, never read); and one
+        line for each document in their folder that is not one."""
+        name = {Report: "report", Request: "request", GrossMark: "mark"}[kind]
+        folder = gross_marks_folder(case) if kind is GrossMark else numbered_folder(case, REPORTS if kind is Report else REQUESTS)
+        found: list[Any] = []
         refused = []
-        for key in self._keys(self.store.key(numbered_folder(case, REPORTS if kind is Report else REQUESTS))):
+        for key in self._keys(self.store.key(folder)):
             if number_of(key) in skip:
                 continue
             data = self.read_bytes(key)
@@ -585,11 +589,13 @@ class Station:
         except JournalError:  # a busy or broken registry must not slow a report down
             return True
 
-    def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES) -> None:
+    def reconcile(self, trusted: TrustedKeys, outbox: Path, say: Callable[[str], None], limit: int = RECONCILE_CASES,
+                  marks: Callable[[GrossMark], None] | None = None) -> None:
         """The `_notices/` are the fast path; this is the one that misses nothing: the numbered reports and
         requests of this station's recent cases (`Registry.recent_cases`), `limit` cases a round, those still waiting
-        for a final report first, then those read longest ago, each one not delivered yet delivered now. A notice that
-        lands late, or never, then costs nothing, for an amendment after the final report too."""
+        for a final report first, then those read longest ago, each one not delivered yet delivered now (and with
+        `marks`, the gross photographs' marks, given to it). A notice that lands late, or never, then costs nothing,
+        for an amendment after the final report too."""
         since = utc_now(datetime.now(UTC) - timedelta(hours=RECONCILE_HOURS))
         recent = self.registry.recent_cases(self.key, self.name, since)
         by_need = sorted(recent, key=lambda item: (item[1], self._looked.get(item[0], 0.0)))  # not final first, then least recently read
@@ -606,6 +612,15 @@ class Station:
                         self.deliver(outbox, document, key, say)
                     else:
                         refused.append(printable(f"refused {name} {key}: is for station {document.station or '(none)'}, not {self.name}"))
+            if marks is not None:
+                found, unreadable = self.reports(case, trusted, self.registry.delivered_numbers(self.key, case, "mark"), GrossMark)
+                refused += unreadable
+                for mark in found:
+                    if mark.station == self.name:
+                        marks(mark)
+                    else:
+                        refused.append(printable(f"refused mark {self.store.key(gross_mark_key(case, mark.number))}: is for station "
+                                                 f"{mark.station or '(none)'}, not {self.name}"))  # fmt: skip
             for line in refused:
                 if line not in self._said:
                     self._said.add(line)

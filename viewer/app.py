@@ -39,11 +39,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from caseformat.documents import PATHOLOGIST, SIGN_IN, SIGN_OUT, STATION, Author, Person, SlideRead
 from caseformat.documents import Request as HospitalRequest
 from caseformat.errors import DocumentError, InvalidIdError
-from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key, station_of
+from caseformat.layout import GROSS_TOKEN, SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key, station_of
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from slides.errors import printable
-from viewer import annotations, audit, turnaround
+from viewer import annotations, audit, gross, turnaround
 from viewer.cache import AsyncCache
 from viewer.cases import TILE_CACHE_BYTES, UNREADABLE, Cases, utc_now
 from viewer.image import (
@@ -100,7 +100,7 @@ VersionId = Annotated[str, PathParam(pattern=f"^{VERSION_PATTERN.pattern}$")]
 Authorization = Annotated[str | None, Header()]
 SessionCookie = Annotated[str | None, Cookie(alias=SESSION_COOKIE)]
 # what the pages ask by themselves, every few seconds: not their user's activity, so no reason to stay signed in
-POLLED = re.compile(r"/api/(worklist|cases/[^/]+/(slides|annotations|slides/[^/]+/[^/]+/status))")
+POLLED = re.compile(r"/api/(worklist|cases/[^/]+/(slides|annotations|gross|slides/[^/]+/[^/]+/status))")
 
 
 @dataclass(frozen=True)
@@ -341,35 +341,30 @@ async def status(case: Case, slide: SlideId, version: VersionId, state: State,
                  if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """Polled by the page: unchanged status answers 304, so idle viewers cost a header exchange."""
     body = json.dumps(await state.cases.status(SlideRef(case, slide, version).root), separators=(",", ":")).encode()
-    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if _matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return _revalidated(body, "application/json", "no-cache", if_none_match)
 
 
 @router.get("/api/cases/{case}/slides/{slide}/{version}/thumbnail")
 async def thumbnail(case: Case, slide: SlideId, version: VersionId, state: State,
                     if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """The slide version's picture in the case's slide strip (not an opening of the slide: not audited)."""
-    data = await state.cases.thumbnail(SlideRef(case, slide, version).root)
-    etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if _matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(data, media_type="image/jpeg", headers=headers)
+    return _revalidated(await state.cases.thumbnail(SlideRef(case, slide, version).root), "image/jpeg", "private, no-cache", if_none_match)
 
 
 @router.get("/api/cases/{case}/slides/{slide}/{version}/macro")
 async def macro(case: Case, slide: SlideId, version: VersionId, state: State,
                 if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """The slide version's macro image (the whole glass, its label blanked by the station), beside the slide."""
-    data = await state.cases.macro(SlideRef(case, slide, version).root)
-    etag = f'"{hashlib.sha256(data).hexdigest()[:20]}"'
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    return _revalidated(await state.cases.macro(SlideRef(case, slide, version).root), "image/jpeg", "private, no-cache", if_none_match)
+
+
+def _revalidated(body: bytes, media_type: str, cache_control: str, if_none_match: str | None) -> Response:
+    """`body` with an ETag of its content: 304 when the page holds it already, so polling costs a header exchange."""
+    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return Response(data, media_type="image/jpeg", headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 # -- tiles: plain Starlette endpoints ---------------------------------------------------------------------------
@@ -464,6 +459,30 @@ async def annotate(case: Case, form: annotations.AnnotationIn, state: State, ide
     await state.cases.image(SlideRef(case, form.slide, form.version).root)  # 404 for a slide version with no image
     document = await annotations.save(state.storage, state.key, case, form, person)
     await state.audit(identity, "annotate", case, form.slide, form.version)
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/cases/{case}/gross")
+async def gross_photos(case: Case, state: State) -> JSONResponse:
+    """The case's gross photographs (their tokens) and the marks on them, polled by the page: a photo the station
+    sends later shows, and whoever opens the case sees the marks."""
+    tokens, (marks, refused) = await asyncio.gather(gross.photos(state.storage, case), gross.marks(state.storage, state.trusted, case))
+    return JSONResponse({"photos": tokens, "marks": marks, "refused": refused}, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/cases/{case}/gross/{token}.jpg")
+async def gross_photo(case: Case, token: Annotated[str, PathParam(pattern=f"^{GROSS_TOKEN.pattern}$")], state: State,
+                      if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """One gross photograph, its pixels only (re-encoded here)."""
+    return _revalidated(await gross.photo(state.storage, case, token), "image/jpeg", "private, no-cache", if_none_match)
+
+
+@router.post("/api/cases/{case}/gross/marks")
+async def mark_gross_photo(case: Case, form: gross.GrossMarkIn, state: State, identity: Who) -> JSONResponse:
+    """Mark a gross photograph ("sample here", a margin line): signed with its author, copied to the station."""
+    person = identity.pathologist("mark a gross photograph")
+    document = await gross.save(state.storage, state.key, case, form, person)
+    await state.audit(identity, "annotate", case)
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
