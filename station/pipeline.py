@@ -238,8 +238,9 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
         with closing(produced), Journal(state_dir or default_state_dir()) as journal, RichListener(dest.ref.label) as listener:
             registration = (record or CaseRecord(dest.case, utc_now())).to_json()
             sender = Sender(dest, journal, options, listener, private=slide_names(slide_path), registration=registration)
-            earlier = journal.send(dest)  # this version sent to the end before: a resend, which triages nothing again
-            triage = request.edge and not (earlier is not None and earlier.finished_at is not None and not earlier.failed)
+            earlier = journal.send(dest)  # this version sent to the end before: a resend, which triages and checks nothing again
+            first = not (earlier is not None and earlier.finished_at is not None and not earlier.failed)
+            triage = request.edge and first
             try:
                 sender.preflight(request.to_json())  # a link that is down: journaled, waits until --deadline
                 sender.begin(request.to_json())
@@ -251,7 +252,7 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
                 raise
             resend = requested_resends(sender) if earlier is not None and not earlier.failed else []  # only what this station sent is asked for
             listener.start(len(plan.shards))
-            checks = ScanChecks(slide_path, request.keep_phi, sender, listener.say, advice).start()  # "rescan advised: ..." within seconds
+            checks = ScanChecks(slide_path, request.keep_phi, sender, listener.say, advice).start() if first else None  # "rescan advised: ..." within seconds
             edge = EdgeTriage(slide_path, dest, order, stderr, triage_done, request.model).start() if triage else None
             listener.on_overview = edge.overview_sent if edge else None
             if edge is not None and "overview" in sender.milestones:
@@ -262,11 +263,13 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
                 if sender.retracted:  # nothing of a failed slide stays on the store
                     if edge is not None:
                         edge.cancel()
-                    checks.join()  # its uploads end before the delete, so none lands after it
+                    if checks is not None:
+                        checks.join()  # its uploads end before the delete, so none lands after it
                     sender.retract_results()
                 raise
             listener.finish(len(order.plan.shards))
-            checks.join()
+            if checks is not None:
+                checks.join()
             if edge is not None and triage_done is None:
                 result.milestones["heatmap"] = edge.join()
     if resolver is not None:

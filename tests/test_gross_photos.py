@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from conftest import S3Server
 from PIL import Image
-from test_report_browser import ACCESSION, hospital, line_of
-from viewer_support import CENTRE_KEY, TRUSTED, Bucket, added, serving, sign_in, wait_on
+from viewer_support import ACCESSION, CENTRE_KEY, TRUSTED, Bucket, added, hospital, line_of, serving, sign_in, wait_on
 
 from caseformat.documents import Author, GrossMark
 from caseformat.errors import DocumentError

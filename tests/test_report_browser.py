@@ -15,74 +15,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHOTS, S3Server, sample
-from viewer_support import KEY_DIR, SECRET, SLIDE, Bucket, Tiles, serving, shows_tissue, sign_in, wait_on
+from conftest import REPO, SHOTS, S3Server
+from viewer_support import (
+    ACCESSION,
+    KEY_DIR,
+    PATIENT,
+    PATIENT_ID,
+    SECRET,
+    Bucket,
+    Tiles,
+    hospital,
+    line_of,
+    serving,
+    shows_tissue,
+    sign_in,
+    wait_on,
+)
+from viewer_support import WATCH_STATION as STATION
 
 from caseformat.documents import CaseRecord
 from caseformat.layout import CASE_RECORD, MANIFEST, SlideRef, case_key
-from caseformat.signing import PUBLIC_KEYS_FILE
 
 pytestmark = pytest.mark.slow  # Chromium and a running watch
 
-ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
-SIDECAR = {
-    "accession": ACCESSION, "patient_name": PATIENT, "patient_id": PATIENT_ID, "birth_date": "1961-04-09",
-    "specimen_site": "left breast, lumpectomy margin", "specimen_type": "frozen section",
-    "clinical_question": "superior margin clear?", "surgeon": "Dr M. Keller", "callback": "theatre 3, ext 4321",
-}  # fmt: skip
-STATION = "theatre-3"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "slidestream", *args], capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
                           env={**os.environ, "SLIDESTREAM_SECRET": SECRET.decode()})  # fmt: skip
-
-
-@contextmanager
-def hospital(bucket: Bucket, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A running `watch` of a hot folder holding one specimen folder (sidecar and a slide named as scanners name
-    them, after the accession); yields (its log, its outbox)."""
-    specimen = tmp_path / "hot" / "frozen-17"
-    specimen.mkdir(parents=True)
-    (specimen / "specimen.json").write_text(json.dumps(SIDECAR))
-    shutil.copy(sample(SLIDE), specimen / f"{ACCESSION}_block-A.svs")
-    log, outbox = tmp_path / "watch.log", tmp_path / "outbox"
-    command = [sys.executable, "-m", "slidestream", "watch", str(tmp_path / "hot"), f"s3://{bucket.name}/{bucket.prefix}",
-               "--endpoint-url", bucket.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", STATION,
-               "--outbox", str(outbox), "--no-edge", "--settle", "0", "--centre-keys", str(KEY_DIR / PUBLIC_KEYS_FILE)]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        yield log, outbox
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def line_of(log: Path, pattern: str, timeout: float = 300) -> re.Match[str]:
-    """The watch's first line matching `pattern`, once it has printed it (the timeout only guards against a hang)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        match = re.search(pattern, log.read_text(errors="replace"), re.MULTILINE)
-        if match:
-            return match
-        assert time.monotonic() < deadline, f"watch never printed {pattern!r}:\n{log.read_text(errors='replace')}"
-        time.sleep(0.05)
 
 
 def every_object(bucket: Bucket) -> Iterator[tuple[str, bytes]]:

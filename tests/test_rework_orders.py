@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import S3Server, sample
-from test_report_browser import hospital, line_of
-from viewer_support import CENTRE_KEY, TRUSTED, Bucket, added, serving, sign_in, wait_on
+from viewer_support import CENTRE_KEY, TRUSTED, Bucket, added, hospital, line_of, serving, sign_in, wait_on
 
 from caseformat.documents import Author, OrderStatus, Request, SlideRead
 from caseformat.layout import SlideRef, notice_key, order_status_folder, qualified_case, request_key

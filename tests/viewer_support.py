@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import httpx
 import numpy as np
 import uvicorn
 import zarr
-from conftest import SHOTS, S3Server, sample
+from conftest import REPO, SHOTS, S3Server, sample
 from PIL import Image
 from support import wait_for
 
@@ -358,3 +359,49 @@ def sign_in(page, served: Served, token: str) -> None:  # type: ignore[no-untype
     page.goto("about:blank")  # a new load: a changed #fragment alone would not reload the page
     page.goto(f"{served.url}/worklist#token={token}")
     wait_on(page, lambda: any(c["name"] == SESSION_COOKIE and c["value"] not in before for c in page.context.cookies()), "the session")
+
+
+# -- a hospital's watch, for the browser tests ----------------------------------------------------------------------
+ACCESSION, PATIENT, PATIENT_ID = "S26-00917", "OKONKWO^ADAEZE", "MRN-7734219"
+SIDECAR = {
+    "accession": ACCESSION, "patient_name": PATIENT, "patient_id": PATIENT_ID, "birth_date": "1961-04-09",
+    "specimen_site": "left breast, lumpectomy margin", "specimen_type": "frozen section",
+    "clinical_question": "superior margin clear?", "surgeon": "Dr M. Keller", "callback": "theatre 3, ext 4321",
+}  # fmt: skip
+WATCH_STATION = "theatre-3"  # the station of `hospital`'s watch
+
+
+@contextmanager
+def hospital(bucket: Bucket, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A running `watch` of a hot folder holding one specimen folder (sidecar and a slide named as scanners name
+    them, after the accession); yields (its log, its outbox)."""
+    specimen = tmp_path / "hot" / "frozen-17"
+    specimen.mkdir(parents=True)
+    (specimen / "specimen.json").write_text(json.dumps(SIDECAR))
+    shutil.copy(sample(SLIDE), specimen / f"{ACCESSION}_block-A.svs")
+    log, outbox = tmp_path / "watch.log", tmp_path / "outbox"
+    command = [sys.executable, "-m", "slidestream", "watch", str(tmp_path / "hot"), f"s3://{bucket.name}/{bucket.prefix}",
+               "--endpoint-url", bucket.endpoint_url, "--state-dir", str(tmp_path / "state"), "--station", WATCH_STATION,
+               "--outbox", str(outbox), "--no-edge", "--settle", "0", "--centre-keys", str(KEY_DIR / PUBLIC_KEYS_FILE)]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        yield log, outbox
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def line_of(log: Path, pattern: str, timeout: float = 300) -> re.Match[str]:
+    """The watch's first line matching `pattern`, once it has printed it (the timeout only guards against a hang)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        match = re.search(pattern, log.read_text(errors="replace"), re.MULTILINE)
+        if match:
+            return match
+        assert time.monotonic() < deadline, f"watch never printed {pattern!r}:\n{log.read_text(errors='replace')}"
+        time.sleep(0.05)
