@@ -176,6 +176,7 @@ def test_the_hub_scores_only_what_its_model_was_validated_for(s3_server: S3Serve
     assert triage["fluorescence"].summary["qc"]["blur_fraction"] is None  # dark-field: focus is not judged
 
 
+@pytest.mark.slow  # three runs of the command line, each loading torch
 def test_the_model_is_chosen_on_the_command_line_or_in_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[hub]\nmodels = ["colon-crc", "skin-bcc"]\n\n[analyze]\nmodels = ["lung"]\n')

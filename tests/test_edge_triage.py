@@ -41,6 +41,7 @@ def send(s3_server: S3Server, s3_bucket: str, state: Path, local: str, context: 
     return sent.output, Triage.read(edge)
 
 
+@pytest.mark.slow  # a send with edge triage (the model in a process of its own)
 def test_a_skin_case_gets_its_refusal_and_qc_at_the_edge_never_a_score(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     said, triage = send(s3_server, s3_bucket, tmp_path / "state", "SKIN-1", specimen(tmp_path, "skin"))
     assert "edge triage: no validated AI for skin" in said and "triage heatmap" not in said, said
@@ -51,6 +52,7 @@ def test_a_skin_case_gets_its_refusal_and_qc_at_the_edge_never_a_score(s3_server
     assert not location.sent.exists(f"{HEATMAP}/zarr.json"), "a refused slide has no heatmap"
 
 
+@pytest.mark.slow  # a send with edge triage (the model in a process of its own)
 def test_a_colorectal_case_s_edge_map_is_the_hubs_tiles_scored_as_the_hub_scores_them(s3_server: S3Server, s3_bucket: str,
                                                                                       tmp_path: Path) -> None:
     from inference import AnalyzeOptions, ModelRef, analyze_slide
@@ -75,6 +77,7 @@ def test_a_colorectal_case_s_edge_map_is_the_hubs_tiles_scored_as_the_hub_scores
     np.testing.assert_array_equal(priority[sampled], edge.score[sampled])
 
 
+@pytest.mark.slow  # a send with edge triage (the model in a process of its own)
 def test_send_model_is_the_package_the_edge_scores_with_and_resume_keeps_it(s3_server: S3Server, s3_bucket: str,
                                                                              tmp_path: Path) -> None:
     """A package validated for skin (the default model's weights, its intended use rewritten) scores the skin case."""

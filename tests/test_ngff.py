@@ -158,6 +158,7 @@ def test_local_analyze_heatmap_validates(tmp_path: Path) -> None:
     validate_heatmap(zarr.open_group(heatmap, mode="r"))
 
 
+@pytest.mark.slow  # a send and an analyze of the case
 def test_what_send_and_analyze_put_on_s3_validates(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "slidestream", "send", str(sample("CMU-1-Small-Region.svs")), f"s3://{s3_bucket}/cases",

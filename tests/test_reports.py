@@ -58,6 +58,7 @@ def post(served: Served, path: str, token: str, body: dict) -> httpx.Response:  
     return served.post(path, token, json=body)
 
 
+@pytest.mark.slow  # seven runs of the command line
 def test_users_are_added_listed_and_revoked_with_the_command(centre) -> None:  # type: ignore[no-untyped-def]
     bucket, served = centre
     user, token = added(bucket, "Dr Ana Ruiz")
