@@ -13,7 +13,7 @@ from rich.console import Console
 from slidestream import options as o
 
 stdout = Console(soft_wrap=True)
-ARRIVING, BEING_READ, SIGNED = "arriving", "being read", "signed"
+ARRIVING, BEING_READ, SIGNED, FAILED = "arriving", "being read", "signed", "failed"
 
 
 def status(
@@ -53,12 +53,13 @@ def status(
 
 def case_state(station: Any, case: str, trusted: Any) -> tuple[str, list[str]]:
     """(the case's state, one line per slide and per refused report) from the store: each slide's newest version's
-    manifest, and the case's reports that the centre signed (`trusted`: its keys; None reads none)."""
+    manifest, the slide files this station could not send, and the case's reports that the centre signed (`trusted`:
+    its keys; None reads none). A case with no slide that can still arrive is failed, never arriving for ever."""
     from caseformat.errors import DocumentError
     from caseformat.layout import MANIFEST, SlideRef, version_key
     from caseformat.results import Manifest
 
-    lines, sending = [], False
+    lines, states = [], []
     for slide in sorted(station.registry.slides(station.key, case), key=lambda name: int(name[1:])):
         version = station.registry.versions(station.key, case, slide)[-1]
         key = station.store.key(version_key(SlideRef(case, slide, version), MANIFEST))
@@ -68,11 +69,16 @@ def case_state(station: Any, case: str, trusted: Any) -> tuple[str, list[str]]:
             state, failed = (manifest.state, manifest.failure) if manifest is not None else ("not sent yet", None)
         except DocumentError as error:
             state, failed = "unreadable", str(error)
-        sending |= state not in ("complete", "failed")
+        states.append(state)
         lines.append(f"{slide} {version}: {state}" + (f": {failed}" if failed else ""))
+    unsent, unreadable = station.unsent(case)
+    lines += [f"not sent: {record.reason}" for record in unsent] + unreadable
     reports, refused = station.reports(case, trusted) if trusted is not None else ([], [])
     if reports:
         signed, latest = reports[0], reports[-1]
         amended = f", amended ({len(reports) - 1})" if len(reports) > 1 else ""
         return f"{SIGNED}: {latest.category} at {signed.signed_at} by {signed.author.name}{amended}", lines + refused
-    return (ARRIVING if sending or not lines else BEING_READ), lines + refused
+    if (unsent or states) and all(state == "failed" for state in states):
+        return FAILED, lines + refused
+    sending = any(state not in ("complete", "failed") for state in states)
+    return (ARRIVING if sending or not states else BEING_READ), lines + refused

@@ -69,6 +69,7 @@ from caseformat.layout import (
     slides_key,
     stamp,
     station_of,
+    unsent_folder,
     unsent_key,
     validate_station,
 )
@@ -276,6 +277,18 @@ class Station:
         self._call(token, "put_object", Key=self.store.key(unsent_key(specimen.case, token)), ContentType="application/json",
                    Body=UnsentSlide(specimen.case, token, kind, utc_now()).to_json())  # fmt: skip
         return specimen.case
+
+    def unsent(self, case: str) -> tuple[list[UnsentSlide], list[str]]:
+        """The slide files of the case this station could not send (its own records, `report_unsent`), and one line
+        for each object in their folder that is not one."""
+        found, refused = [], []
+        for key in self._keys(self.store.key(unsent_folder(case))):
+            data = self.read_bytes(key)
+            try:
+                found += [UnsentSlide.read(data, key)] if data is not None else []
+            except DocumentError as error:
+                refused.append(printable(f"refused {error}"))
+        return found, refused
 
     def _folders(self, prefix: str) -> set[str]:
         """Names of the folders right below `prefix` (one LIST page per 1000)."""

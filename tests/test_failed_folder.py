@@ -94,3 +94,13 @@ def test_the_centre_is_told_of_every_slide_the_station_will_not_send_without_its
     partly, nothing = sorted(listed.values(), key=lambda entry: len(entry["slides"]), reverse=True)
     assert partly["missing"].startswith("1 of 3 slides failed at the hospital"), partly
     assert nothing["state"] == "failed" and nothing["failed"].startswith("1 of 1 slides failed at the hospital"), nothing
+
+    # and at the station: `status` says the same, never "arriving" for a specimen none of whose slides can arrive
+    status = subprocess.run([sys.executable, "-m", "slidestream", "status", f"s3://{s3_bucket}/site-a", "--endpoint-url", s3_server.endpoint_url,
+                             "--state-dir", str(state)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    said = status.stdout.replace("\n  ", "  ").splitlines()
+    only = next(line for line in said if line.startswith("S26-0011 "))
+    assert ": failed" in only and "not sent: " in only, status.stdout
+    partly_line = next(line for line in said if line.startswith("S26-0010 "))
+    assert ": failed" not in partly_line.split("  ")[0] and "not sent: " in partly_line, status.stdout

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import S3Server
-from viewer_support import Bucket, Served, serving
+from viewer_support import Bucket, Served, serving, sign_in, wait_on
 
 from caseformat.bounded import utc_now
 from caseformat.documents import CaseRecord, UnsentSlide
@@ -77,3 +77,19 @@ def test_signing_past_missing_slides_needs_the_pathologist_to_have_seen_them_and
     signed = server.post(f"/api/cases/{PARTLY}/reports", token, json={**form, "missing_seen": missing})
     assert signed.status_code == 200, signed.text
     assert signed.json()["missing"] == missing
+
+
+def test_the_case_page_says_which_slides_failed_and_signing_warns_of_them(page, served: tuple[Served, Bucket]) -> None:  # type: ignore[no-untyped-def]
+    server, bucket = served
+    sign_in(page, server, server.person(bucket.storage(), "Dr Ana Ruiz"))
+    page.goto(f"{server.url}/view/{PARTLY}")
+    wait_on(page, lambda: page.locator("#missing").is_visible(), "the line of the slides that failed")
+    line = page.locator("#missing-line").inner_text()
+    assert line.startswith("3 of 6 slides failed at the hospital") and "could not be read" in line and "a copy of a slide sent before" in line, line
+    page.select_option("#category", "benign")
+    page.fill("#diagnosis", "no tumour at the margins of the three blocks that came")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#sign").click()
+    wait_on(page, lambda: asked, "the question before signing")
+    assert line in asked[0] and "signed knowing this" in asked[0], asked
