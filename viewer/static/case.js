@@ -206,6 +206,8 @@ const caseView = (() => {
         setTimeout(pollRequests, REQUESTS_POLL_MS);
     }
 
+    const SPECIMEN_ORDERS = new Set(["new-block", "additional-section"]); // IHE DPOW: orders on the specimen, not a slide
+
     async function askHospital(slide) {
         const what = $("ask-what").value.trim();
         const order = $("ask-order").value || null;
@@ -214,7 +216,9 @@ const caseView = (() => {
         $("ask-send").disabled = true;
         try {
             await api(`${base}/requests`, {
-                method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ what, slide, order, stain }),
+                // a new block or an additional section is of the specimen, not of the slide on screen
+                method: "POST", headers: { "Content-Type": "application/json" },
+                body: JSON.stringify({ what, slide: SPECIMEN_ORDERS.has(order) ? null : slide, order, stain }),
             });
             $("ask-what").value = "";
             $("ask-note").textContent = "Sent to the hospital.";
