@@ -76,9 +76,11 @@ class GrossPhotos:
         self._done: dict[Path, tuple[int, float]] = {}  # photo -> the size and mtime it was sent (or refused) with
         self.names: dict[tuple[str, str], str] = {}  # (case, token) -> "specimen/photo.jpg"
 
-    def send(self, folders: list[Path], station: Any, info_of: Callable[[Path], Any], say: Callable[[str], None]) -> None:
+    def send(self, folders: list[Path], station_of: Callable[[], Any], info_of: Callable[[Path], Any], say: Callable[[str], None]) -> None:
         """Each photo of the specimen folders among `folders` whose specimen is registered, unchanged since the last look and held
-        open by no writer, sent once (`info_of`: a folder's `SpecimenInfo`). The store failing raises: tried again."""
+        open by no writer, sent once (`info_of`: a folder's `SpecimenInfo`). The station (its registry) is opened
+        only when a photo waits (`station_of`), so a folder without photos costs no registry. The store failing
+        raises: tried again."""
         from station.hotfolder import open_for_writing, specimen_folder
         from station.registry import storable
 
@@ -93,6 +95,7 @@ class GrossPhotos:
             pending = [(photo, signature) for photo, signature in pending if self._done.get(photo) != signature]
             if not pending:
                 continue
+            station = station_of()
             try:
                 specimen = station.registry.specimen(station.key, source=info_of(folder).source)
             except SlidestreamError:  # a sidecar refused: its photos wait with its slides

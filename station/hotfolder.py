@@ -490,6 +490,11 @@ class Hospital:
         made.systems = self.systems
         return made
 
+    def _main_station(self) -> Any:
+        """The main thread's Station, opened at first need (a registry on a full disk may not open: that raises)."""
+        self._main = self._main or self._station()
+        return self._main
+
     def listen_for_orders(self, host: str, port: int) -> Any:
         """The LIS's orders over MLLP (`hospital.mllp.OrderListener`), each registering its specimen (`register_order`)."""
         from hospital.hl7 import Routing
@@ -581,8 +586,7 @@ class Hospital:
                 hot.refused[entry] = (changed, str(error))
                 hot.log(f"REFUSED {entry.name}: {error} (not registered; its slides wait for a corrected {SIDECAR})")
         if due:  # the gross photographs of the specimens registered (station/gross.py)
-            station = self._main = self._main or self._station()
-            self.gross.send(_entries(hot.folder, hot.skip), station, lambda folder: specimen_info(SlideUnit(folder / SIDECAR, (), folder)), hot.log)
+            self.gross.send(_entries(hot.folder, hot.skip), self._main_station, lambda folder: specimen_info(SlideUnit(folder / SIDECAR, (), folder)), hot.log)
         return registered
 
     def start_polling(self) -> threading.Thread:

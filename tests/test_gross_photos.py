@@ -106,18 +106,18 @@ def test_a_photo_is_sent_once_its_specimen_is_registered_and_never_again_after_a
         station = Station(store, registry, "theatre-3")
         photos = GrossPhotos()
         for _ in range(2):
-            photos.send([specimen], station, info, said.append)
+            photos.send([specimen], lambda: station, info, said.append)
         assert said == []  # no case yet: the photo waits for its specimen's registration
         case = station.register(info(specimen)).case
-        photos.send([specimen], station, info, said.append)
+        photos.send([specimen], lambda: station, info, said.append)
         token = photo_token(case, storable(str((specimen / "IMG_0001.jpg").resolve())))
         assert said == [f"PHOTO frozen-20/IMG_0001.jpg: case {case}'s gross photograph {token}, its pixels only"]
         assert stored(case) == [f"{bucket.prefix}/{gross_photo_key(case, token)}"]
-        photos.send([specimen], station, info, said.append)
+        photos.send([specimen], lambda: station, info, said.append)
 
         restarted = GrossPhotos()  # a new run: the store has the photo, so it is not sent again, and its name is known
         for _ in range(2):
-            restarted.send([specimen], station, info, said.append)
+            restarted.send([specimen], lambda: station, info, said.append)
         assert len(said) == 1 and restarted.names == {(case, token): "frozen-20/IMG_0001.jpg"}
 
 
