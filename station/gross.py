@@ -136,7 +136,7 @@ class GrossPhotos:
     def deliver(self, station: Any, outbox: Path, mark: GrossMark, say: Callable[[str], None]) -> None:
         """`mark` to the operating room once per (case, number): printed and written to the outbox as text, then
         recorded in the registry's ledger. A registry or outbox that cannot be used raises: tried again."""
-        from station.station import _create_whole
+        from station.station import _create_whole, outbox_path
 
         if station.registry.delivered(station.key, mark.case, MARK, mark.number) is not None:
             return
@@ -145,7 +145,7 @@ class GrossPhotos:
         line = mark_line(mark, local, self.names.get((mark.case, mark.photo), mark.photo))
         text = f"{line}\n\nSpecimen: {printable(local)}   Case: {mark.case}\n".encode()
         outbox.mkdir(parents=True, exist_ok=True)
-        file = outbox / f"{''.join(c if c.isalnum() or c in '.-' else '_' for c in local)[:100]}_{mark.case}_mark_{mark.number:04d}.txt"
+        file = outbox_path(outbox, local, mark.case, MARK, mark.number)
         if _create_whole(file, text):
             say(line)
             say(f"OUTBOX {file}")

@@ -698,10 +698,15 @@ WRITTEN, ALREADY_THERE, CONFLICT = "written", "already there", "conflict"
 
 
 def outbox_file(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> Path:
-    """Where a notice is delivered: {name}_{case}_{kind}_{n}.txt in the outbox."""
-    local = re.sub(r"[^\w.-]+", "_", specimen.name if specimen else notice.case).strip("._")[:LOCAL_NAME_LIMIT] or "specimen"
-    kind = "request" if isinstance(notice, Request) else "report"
-    return outbox / f"{local}_{notice.case}_{kind}_{notice.number:04d}.txt"
+    """Where a notice is delivered (`outbox_path`)."""
+    return outbox_path(outbox, specimen.name if specimen else notice.case, notice.case, "request" if isinstance(notice, Request) else "report",
+                       notice.number)  # fmt: skip
+
+
+def outbox_path(outbox: Path, local: str, case: str, kind: str, number: int) -> Path:
+    """{name}_{case}_{kind}_{n}.txt in the outbox: the specimen's local name made a file name, then what it is."""
+    name = re.sub(r"[^\w.-]+", "_", local).strip("._")[:LOCAL_NAME_LIMIT] or "specimen"
+    return outbox / f"{name}_{case}_{kind}_{number:04d}.txt"
 
 
 def write_outbox(outbox: Path, notice: Report | Request, specimen: Specimen | None) -> tuple[Path, str]:

@@ -63,6 +63,7 @@ from viewer.image import (
     ARRIVED,
     BACKGROUND,
     EMPTY,
+    JPEG_SOI,
     PENDING,
     Arrival,
     CaseFailedError,
@@ -76,6 +77,7 @@ from viewer.image import (
     open_image,
     parse_manifest,
     parse_shard_tail,
+    station_jpeg,
     tail_size,
     without_manifest,
 )
@@ -89,7 +91,6 @@ UNREADABLE = "unreadable"  # the state of a slide or case whose document is malf
 UNROUTED = "no validated AI: this result was not held to a model's intended use"  # a triage without `routed`
 T = TypeVar("T")
 D = TypeVar("D")  # a document type of caseformat
-JPEG_SOI = b"\xff\xd8"
 THUMBNAIL = 192  # pixels, the longer side of a slide's picture in the case's slide strip
 UNSENT_LIMIT = 200  # unsent-slide records read of one case (a specimen has a few slides; a hostile station no more)
 THUMBNAIL_SOURCE_LIMIT = 16_000_000  # pixels of the coarsest level read for it (a pyramid's is far smaller)
@@ -585,11 +586,7 @@ class Cases:
         """The slide version's macro image as the station sent it (label blanked), decoded and encoded again here: a
         JPEG of at most MACRO_SIDE px a side, without anything of the station's file but its pixels;
         `ImageError` for anything else, `ObjectNotFoundError` where there is none."""
-        key = macro_key(SlideRef.parse(root))
-        data = await self.storage.get_range(key, 0, MACRO_BYTES + 1)
-        if len(data) > MACRO_BYTES or not data.startswith(JPEG_SOI):
-            raise ImageError(f"{key}: not a macro image (a JPEG of at most {MACRO_BYTES // 2**20} MB)")
-        return await asyncio.to_thread(_reencoded_macro, data, key)
+        return await station_jpeg(self.storage, macro_key(SlideRef.parse(root)), "a macro image", MACRO_BYTES, MACRO_SIDE)
 
     async def _document(self, key: str, read: Callable[[bytes, str], D]) -> D | None:
         """The document at `key` as its type's reader parses it (`DocumentError` for a malformed one); None when there
@@ -608,20 +605,6 @@ def _scan_qc(checked: ScanQc | str) -> dict[str, Any]:
         return {"unreadable": checked, "lines": [], "advice": [], "macro": False}
     return {"lines": [printable(check.line) for check in checked.checks], "advice": [printable(line) for line in checked.advice],
             "macro": checked.macro}  # fmt: skip
-
-
-def _reencoded_macro(data: bytes, key: str) -> bytes:
-    """The macro's pixels as a fresh JPEG (its size checked before it is decoded)."""
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            pixels = np.asarray(picture.convert("RGB")) if picture.format == "JPEG" and max(picture.size) <= MACRO_SIDE else None
-    except (OSError, ValueError, Image.DecompressionBombError):
-        pixels = None
-    if pixels is None:
-        raise ImageError(f"{key}: not a macro image (a JPEG of at most {MACRO_SIDE} px a side)")
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=90)  # a new image: nothing of the file's segments comes along
-    return out.getvalue()
 
 
 def _unsent(unsent: list[UnsentSlide | str]) -> list[dict[str, str]]:

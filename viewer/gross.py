@@ -10,11 +10,8 @@ author is the signed-in person. A mark that does not verify is refused in one li
 
 from __future__ import annotations
 
-import asyncio
-import io
 from typing import Annotated, Any, Literal
 
-from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from caseformat.bounded import load, utc_now
@@ -32,11 +29,10 @@ from caseformat.layout import (
 )
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import ObjectNotFoundError, Storage, read_each
-from viewer.image import ImageError
+from viewer.image import station_jpeg
 from viewer.reports import notify
 
 PHOTO_BYTES = 16 * 2**20  # a station's photo read at most (a 4096 px JPEG is a few MB)
-JPEG_SOI = b"\xff\xd8"
 Coordinate = Annotated[float, Field(ge=0, le=GROSS_PHOTO_SIDE, allow_inf_nan=False)]
 
 
@@ -68,25 +64,7 @@ async def photos(storage: Storage, case: str) -> list[str]:
 async def photo(storage: Storage, case: str, token: str) -> bytes:
     """One gross photograph as a fresh JPEG of its pixels; `ImageError` for an object that is no such photo,
     `ObjectNotFoundError` where there is none."""
-    key = gross_photo_key(case, token)
-    data = await storage.get_range(key, 0, PHOTO_BYTES + 1)
-    if len(data) > PHOTO_BYTES or not data.startswith(JPEG_SOI):
-        raise ImageError(f"{key}: not a gross photograph (a JPEG of at most {PHOTO_BYTES // 2**20} MB)")
-    return await asyncio.to_thread(_reencoded, data, key)
-
-
-def _reencoded(data: bytes, key: str) -> bytes:
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            fits = picture.format == "JPEG" and max(picture.size) <= GROSS_PHOTO_SIDE
-            pixels = picture.convert("RGB") if fits else None
-    except (OSError, ValueError, Image.DecompressionBombError):
-        pixels = None
-    if pixels is None:
-        raise ImageError(f"{key}: not a gross photograph (a JPEG of at most {GROSS_PHOTO_SIDE} px a side)")
-    out = io.BytesIO()
-    Image.frombytes("RGB", pixels.size, pixels.tobytes()).save(out, "JPEG", quality=90)  # a new image: only the pixels
-    return out.getvalue()
+    return await station_jpeg(storage, gross_photo_key(case, token), "a gross photograph", PHOTO_BYTES, GROSS_PHOTO_SIDE)
 
 
 async def marks(storage: Storage, trusted: TrustedKeys, case: str) -> tuple[list[dict[str, Any]], list[str]]:

@@ -15,12 +15,15 @@ levels. Anything else is refused as "unreadable: <reason>" (an `ImageError`), in
 
 from __future__ import annotations
 
+import asyncio
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+from PIL import Image
 from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.array import AsyncArray
@@ -30,10 +33,12 @@ from caseformat.errors import DocumentError
 from caseformat.image import CODEC_NAME, ImageAttributes
 from caseformat.layout import IMAGE, image_key, member
 from caseformat.results import COMPLETE, FAILED, Manifest, check_array
+from objectstore import Storage
 from slides import SlidestreamError
 from tiling.pyramid import CorruptShardError, read_shard_tail, shard_address, shard_tail_size
 
 EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
+JPEG_SOI = b"\xff\xd8"
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
 
 
@@ -239,3 +244,27 @@ def parse_shard_tail(data: bytes, image: SlideImage, level: Level, key: str) -> 
         return read_shard_tail(data, level.shard_chunks, image.chunk_checksums, key)
     except CorruptShardError as error:
         raise CorruptPieceError(key, error.detail) from None
+
+
+async def station_jpeg(storage: Storage, key: str, what: str, most_bytes: int, most_side: int) -> bytes:
+    """A JPEG a station wrote (its macro image, a gross photograph), read at most `most_bytes` and decoded and encoded
+    again here, so nothing of the station's file but its pixels reaches a browser; `ImageError` for anything else
+    (`what` names what it should have been), `ObjectNotFoundError` where there is none."""
+    data = await storage.get_range(key, 0, most_bytes + 1)
+    if len(data) > most_bytes or not data.startswith(JPEG_SOI):
+        raise ImageError(f"{key}: not {what} (a JPEG of at most {most_bytes // 2**20} MB)")
+    return await asyncio.to_thread(_pixels_only, data, key, what, most_side)
+
+
+def _pixels_only(data: bytes, key: str, what: str, most_side: int) -> bytes:
+    """The JPEG's pixels as a fresh JPEG (its size checked before it is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            pixels = np.asarray(picture.convert("RGB")) if picture.format == "JPEG" and max(picture.size) <= most_side else None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        pixels = None
+    if pixels is None:
+        raise ImageError(f"{key}: not {what} (a JPEG of at most {most_side} px a side)")
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=90)  # a new image: nothing of the file's segments comes along
+    return out.getvalue()
