@@ -364,6 +364,7 @@ class CorruptRecord:
 
 
 SCAN_QC_FORMAT = "slidestream-scan-qc/1"
+SCAN_QC_LIMIT = 64 * 1024  # bytes: 32 checks of a 300-character line each fit with room to spare
 CHECK_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # "tissue-missed", "focus": a newer station's new check reads too
 CHECKS_LIMIT = 32
 CHECK_LINE_LIMIT = 300  # characters: one line for the technician and the pathologist
@@ -415,7 +416,7 @@ class ScanQc:
 
     @classmethod
     def read(cls, data: bytes, what: str = "scan_qc.json") -> ScanQc:
-        fields = Fields(load(data, what, 64 * 1024), what)
+        fields = Fields(load(data, what, SCAN_QC_LIMIT), what)
         fields.choice("format", (SCAN_QC_FORMAT,))
         return cls(fields.checked("case", validate_case), fields.checked("slide", validate_slide),
                    fields.checked("version", validate_version), fields.time("checked_at"),

@@ -52,7 +52,7 @@ from caseformat.layout import (
     version_key,
     version_number,
 )
-from caseformat.results import COMPLETE, CorruptRecord, Manifest, PyramidRecord, ScanQc, Triage
+from caseformat.results import COMPLETE, SCAN_QC_LIMIT, CorruptRecord, Manifest, PyramidRecord, ScanQc, Triage
 from caseformat.signing import TrustedKeys
 from objectstore import InvalidKeyError, LocalStorage, ObjectInfo, ObjectNotFoundError, Storage, StorageError, ZarrView
 from slides.errors import printable
@@ -578,7 +578,7 @@ class Cases:
         """The station's checks of the slide version's scan (None: none sent); `DocumentError` for a malformed one."""
         key = scan_qc_key(SlideRef.parse(root))
         try:
-            return ScanQc.read(await self.storage.get_range(key, 0, 64 * 1024 + 1), key)
+            return ScanQc.read(await self.storage.get_range(key, 0, SCAN_QC_LIMIT + 1), key)  # a larger one is refused whole
         except ObjectNotFoundError:
             return None
 
