@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
-from slides.errors import one_line, printable
+from hospital.private import PrivateDatabase
+from slides.errors import printable
 
 RETRY_FIRST, RETRY_LONGEST = 30.0, 3600.0  # seconds before an entry the receiver did not take is sent again
 QUEUED, DELIVERED, REFUSED = "queued", "delivered", "refused"
@@ -81,57 +79,26 @@ class Round:
     busy: bool = False  # another process was delivering: this one did nothing
 
 
-class Queue:
+class Queue(PrivateDatabase):
     """The durable queue (see the module's docstring) in the file `path`; `name` and `items` name it and its entries
     in what it says ("HL7", "message(s)"), and its failures are raised as `error`. One connection per process."""
 
     def __init__(self, path: Path, name: str, items: str, error: type[Exception]) -> None:
-        self.path, self._name, self._items, self._error = path, name, items, error
-        self._lock = threading.Lock()
+        super().__init__(path, SCHEMA, f"{name} outbox", error)
+        self._name, self._items = name, items
         self._said: str | None = None
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.parent.chmod(0o700)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
-                with suppress(FileNotFoundError):
-                    file.chmod(0o600)
-            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            raise self._error(printable(f"{name} outbox {path}: cannot open: {one_line(error)}")) from None
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with self._lock, self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-        except sqlite3.Error as error:
-            raise self._error(printable(f"{self._name} outbox {self.path}: {one_line(error)}")) from None
 
     def _add(self, key: str, thread: str, content: str) -> bool:
         """Queues `content` under `key` behind the earlier entries of `thread`; False where `key` is queued or was
         sent already."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute("INSERT OR IGNORE INTO entries (key, thread, content, state, queued_at) VALUES (?, ?, ?, ?, ?)",
                                 (key, thread, content, QUEUED, time.time()))  # fmt: skip
             return cursor.rowcount == 1
 
     def _rows(self) -> list[tuple[str, str, int, str, str]]:
         """Every entry ever queued, in queue order: key, state, attempts, reply, content."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             return db.execute("SELECT key, state, attempts, reply, content FROM entries ORDER BY sequence").fetchall()
 
     def _deliver(self, delivery: Delivery, say: Callable[[str], None], now: float | None) -> Round:
@@ -149,7 +116,7 @@ class Queue:
 
     def _round(self, delivery: Delivery, say: Callable[[str], None], now: float) -> Round:
         done = Round()
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute("SELECT sequence, key, thread, content, attempts, next_try FROM entries WHERE state=? ORDER BY sequence",
                               (QUEUED,)).fetchall()  # fmt: skip
         waiting: set[str] = set()  # threads with an earlier entry still queued
@@ -184,11 +151,11 @@ class Queue:
 
     def _retry(self, sequence: int, attempts: int, now: float, reason: str) -> None:
         wait = min(RETRY_FIRST * 2**attempts, RETRY_LONGEST)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE entries SET attempts=?, next_try=?, reply=? WHERE sequence=?", (attempts + 1, now + wait, reason, sequence))
 
     def _finish(self, sequence: int, state: str, reply: str, now: float) -> None:
         """A refused entry is kept whole (a person may send it again); a delivered one only as its key."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE entries SET state=?, attempts=attempts+1, reply=?, done_at=?, content=CASE WHEN ?=? THEN '' ELSE content END "
                        "WHERE sequence=?", (state, reply, now, state, DELIVERED, sequence))  # fmt: skip

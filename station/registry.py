@@ -5,7 +5,7 @@ its slide files a slide number (s1, s2, ...) and each scan of that slide a versi
 identity (name, patient ID, birth date, accession) is kept here and nowhere else: the store only ever sees the case
 ID, the slide and version numbers and the clinical context. Its tables live in the journal's SQLite file
 (STATE/journal.sqlite3, WAL), so `send`, `watch` and `status` on one machine share it and one file holds all the
-station's state: private, 0600 in a 0700 folder (`transfer.journal.open_state`).
+station's state: private, 0600 in a 0700 folder (`hospital.private.PrivateDatabase`).
 
 Rules (`Registry.lookup` finds, station/station.py decides and claims on the store):
 - the same file again (same path, size, mtime and sample digest; or the same size and sample digest and, confirmed,
@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Protocol
 
 from caseformat.layout import SlideRef, version_number
+from hospital.private import STATE_FILE, PrivateDatabase
 from transfer.errors import JournalError
-from transfer.journal import open_state
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specimens (
@@ -106,40 +103,16 @@ class FileFacts:
     sample: str
 
 
-class Registry:
-    """Thread-safe enough for one process: one connection, serialised by SQLite's own lock."""
+class Registry(PrivateDatabase):
+    """The registry's tables in the station's state file, beside the send journal's."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path, self._db = open_state(state_dir, SCHEMA, "registry")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-        except sqlite3.Error as error:
-            raise JournalError(f"registry {self.path}: {error}") from None
-
-    def _rows(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(query, args).fetchall()
-        except sqlite3.Error as error:
-            raise JournalError(f"registry {self.path}: {error}") from None
+        super().__init__(Path(state_dir) / STATE_FILE, SCHEMA, "registry", JournalError)
 
     # -- specimens -------------------------------------------------------------------------------------------
     def specimen(self, store: str, *, case: str | None = None, source: str | None = None) -> Specimen | None:
         column, value = ("case_id", case) if case is not None else ("source", source and storable(source))
-        rows = self._rows(f"SELECT case_id, name, source, identity, context, station, registered_at FROM specimens WHERE store=? AND {column}=?", store, value)
+        rows = self.rows(f"SELECT case_id, name, source, identity, context, station, registered_at FROM specimens WHERE store=? AND {column}=?", store, value)
         if not rows:
             return None
         case_id, name, source_, identity, context, station, registered_at = rows[0]
@@ -147,13 +120,13 @@ class Registry:
 
     def specimens(self, store: str | None = None) -> list[tuple[str, Specimen]]:
         """(store, specimen) of every registered specimen, oldest first."""
-        rows = self._rows("SELECT store, case_id FROM specimens" + (" WHERE store=?" if store else "") + " ORDER BY registered_at",
+        rows = self.rows("SELECT store, case_id FROM specimens" + (" WHERE store=?" if store else "") + " ORDER BY registered_at",
                           *([store] if store else []))  # fmt: skip
         return [(row[0], specimen) for row in rows if (specimen := self.specimen(row[0], case=row[1])) is not None]
 
     def add_specimen(self, store: str, specimen: Specimen, unpublished: bool = False) -> None:
         """Records `specimen`; with `unpublished`, as not yet on the store (see `published`), in the same commit."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT INTO specimens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (store, specimen.case, specimen.source and storable(specimen.source), storable(specimen.name), json.dumps(specimen.identity),
                         json.dumps(specimen.context), specimen.station, specimen.registered_at))  # fmt: skip
@@ -162,30 +135,30 @@ class Registry:
 
     def unpublished(self, store: str, case: str) -> bool:
         """Whether `case` was registered here and the store has not confirmed its case.json yet."""
-        return bool(self._rows("SELECT 1 FROM unpublished WHERE store=? AND case_id=?", store, case))
+        return bool(self.rows("SELECT 1 FROM unpublished WHERE store=? AND case_id=?", store, case))
 
     def published(self, store: str, case: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM unpublished WHERE store=? AND case_id=?", (store, case))
 
     # -- slides and versions ---------------------------------------------------------------------------------
     def slides(self, store: str, case: str) -> dict[str, str]:
         """slide -> its local path, of one case."""
-        return dict(self._rows("SELECT slide, path FROM slides WHERE store=? AND case_id=?", store, case))
+        return dict(self.rows("SELECT slide, path FROM slides WHERE store=? AND case_id=?", store, case))
 
     def versions(self, store: str, case: str, slide: str) -> list[str]:
-        rows = self._rows("SELECT version FROM versions WHERE store=? AND case_id=? AND slide=?", store, case, slide)
+        rows = self.rows("SELECT version FROM versions WHERE store=? AND case_id=? AND slide=?", store, case, slide)
         return sorted((row[0] for row in rows), key=version_number)
 
     def slide_at(self, store: str, path: str, case: str | None = None) -> tuple[str, str] | None:
         """(case, slide) of the slide whose local path is `path` (of `case`, when given): a rescan's."""
-        rows = self._rows("SELECT case_id, slide FROM slides WHERE store=? AND path=?" + (" AND case_id=?" if case else ""),
+        rows = self.rows("SELECT case_id, slide FROM slides WHERE store=? AND path=?" + (" AND case_id=?" if case else ""),
                           store, path, *([case] if case else []))  # fmt: skip
         return (rows[-1][0], rows[-1][1]) if rows else None
 
     def same_file(self, store: str, facts: FileFacts, case: str | None = None) -> SlideRef | None:
         """The version sent from this very file: same path, size, mtime and sample digest."""
-        rows = self._rows("SELECT case_id, slide, version FROM versions WHERE store=? AND path=? AND size=? AND mtime=? AND sample=?"
+        rows = self.rows("SELECT case_id, slide, version FROM versions WHERE store=? AND path=? AND size=? AND mtime=? AND sample=?"
                           + (" AND case_id=?" if case else ""), store, facts.path, facts.size, facts.mtime, facts.sample,
                           *([case] if case else []))  # fmt: skip
         return SlideRef(*rows[-1]) if rows else None
@@ -193,18 +166,18 @@ class Registry:
     def same_sample(self, store: str, facts: FileFacts, case: str | None = None) -> list[tuple[SlideRef, str, float, str | None]]:
         """Versions whose size and sample digest match (the same bytes, unless they differ mid-file): (version,
         its path, its mtime, its full SHA-256 when known)."""
-        rows = self._rows("SELECT case_id, slide, version, path, mtime, sha256 FROM versions WHERE store=? AND size=? AND sample=?"
+        rows = self.rows("SELECT case_id, slide, version, path, mtime, sha256 FROM versions WHERE store=? AND size=? AND sample=?"
                           + (" AND case_id=?" if case else ""), store, facts.size, facts.sample, *([case] if case else []))  # fmt: skip
         return [(SlideRef(c, s, v), path, mtime, sha) for c, s, v, path, mtime, sha in rows]
 
     def claim(self, store: str, case: str, slide: str) -> str | None:
         """The slide.json this station claims its slide with (the same bytes at every send of the slide)."""
-        rows = self._rows("SELECT claim FROM slides WHERE store=? AND case_id=? AND slide=?", store, case, slide)
+        rows = self.rows("SELECT claim FROM slides WHERE store=? AND case_id=? AND slide=?", store, case, slide)
         return rows[0][0] if rows else None
 
     def add_version(self, store: str, ref: SlideRef, facts: FileFacts, sha256: str | None = None, claim: str | None = None) -> None:
         """Remember `ref` as sent from this file (its slide, with its `claim`, the first time)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             if claim is not None:
                 db.execute("INSERT OR REPLACE INTO slides VALUES (?, ?, ?, ?, ?)", (store, ref.case, ref.slide, facts.path, claim))
             else:
@@ -214,59 +187,59 @@ class Registry:
 
     def forget(self, store: str, ref: SlideRef) -> None:
         """A version that could not be sent as numbered (another station took its slide number)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM versions WHERE store=? AND case_id=? AND slide=? AND version=?", (store, ref.case, ref.slide, ref.version))
             if not db.execute("SELECT 1 FROM versions WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide)).fetchone():
                 db.execute("DELETE FROM slides WHERE store=? AND case_id=? AND slide=?", (store, ref.case, ref.slide))
 
     def forget_specimen(self, store: str, case: str) -> None:
         """A specimen registered for a send that could not start, unless it has slides by now."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             if not db.execute("SELECT 1 FROM slides WHERE store=? AND case_id=?", (store, case)).fetchone():
                 db.execute("DELETE FROM specimens WHERE store=? AND case_id=?", (store, case))
                 db.execute("DELETE FROM unpublished WHERE store=? AND case_id=?", (store, case))
 
     def set_sha256(self, store: str, ref: SlideRef, sha256: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE versions SET sha256=? WHERE store=? AND case_id=? AND slide=? AND version=?",
                        (sha256, store, ref.case, ref.slide, ref.version))  # fmt: skip
 
     def version_file(self, store: str, ref: SlideRef) -> tuple[str, str | None] | None:
         """(path, full SHA-256 when known) of the file a version was sent from."""
-        rows = self._rows("SELECT path, sha256 FROM versions WHERE store=? AND case_id=? AND slide=? AND version=?", store, ref.case, ref.slide, ref.version)
+        rows = self.rows("SELECT path, sha256 FROM versions WHERE store=? AND case_id=? AND slide=? AND version=?", store, ref.case, ref.slide, ref.version)
         return rows[0] if rows else None
 
     # -- what comes back -------------------------------------------------------------------------------------
     def cursor(self, store: str, station: str) -> str:
         """The last `_notices/` key handled for this station (notices sort in time order)."""
-        rows = self._rows("SELECT last_key FROM cursors WHERE store=? AND station=?", store, station)
+        rows = self.rows("SELECT last_key FROM cursors WHERE store=? AND station=?", store, station)
         return rows[0][0] if rows else ""
 
     def set_cursor(self, store: str, station: str, key: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", (store, station, key))
 
     def delivered(self, store: str, case: str, kind: str, number: int) -> str | None:
         """The digest of the text delivered for (case, kind, number); None while none was."""
-        rows = self._rows("SELECT digest FROM deliveries WHERE store=? AND case_id=? AND kind=? AND number=?", store, case, kind, number)
+        rows = self.rows("SELECT digest FROM deliveries WHERE store=? AND case_id=? AND kind=? AND number=?", store, case, kind, number)
         return rows[0][0] if rows else None
 
     def delivered_numbers(self, store: str, case: str, kind: str) -> set[int]:
-        return {row[0] for row in self._rows("SELECT number FROM deliveries WHERE store=? AND case_id=? AND kind=?", store, case, kind)}
+        return {row[0] for row in self.rows("SELECT number FROM deliveries WHERE store=? AND case_id=? AND kind=?", store, case, kind)}
 
     def has_final(self, store: str, case: str) -> bool:
         """Whether a final report of `case` was delivered: an amendment then corrects it (HL7 C, FHIR amended)."""
-        return bool(self._rows("SELECT 1 FROM deliveries WHERE store=? AND case_id=? AND kind='report' AND final=1", store, case))
+        return bool(self.rows("SELECT 1 FROM deliveries WHERE store=? AND case_id=? AND kind='report' AND final=1", store, case))
 
     def set_delivered(self, store: str, case: str, kind: str, number: int, digest: str, final: bool) -> None:
         """Records a delivery; the first one recorded for a number stays (a delivered number is never delivered again)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?)", (store, case, kind, number, digest, int(final)))
 
     def recent_cases(self, store: str, station: str, since: str) -> list[tuple[str, bool]]:
         """Cases `station` registered at `since` or later, oldest first, each with whether a final report was
         delivered: their reports are still looked for, since an amendment may follow a final report."""
-        rows = self._rows("SELECT case_id, EXISTS (SELECT 1 FROM deliveries d WHERE d.store=s.store AND d.case_id=s.case_id "
+        rows = self.rows("SELECT case_id, EXISTS (SELECT 1 FROM deliveries d WHERE d.store=s.store AND d.case_id=s.case_id "
                           "AND d.final=1) FROM specimens s WHERE store=? AND station=? AND registered_at>=? ORDER BY registered_at",
                           store, station, since)  # fmt: skip
         return [(row[0], bool(row[1])) for row in rows]

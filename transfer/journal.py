@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from caseformat.layout import SlideRef
-from caseformat.signing import private_folder
+from hospital.private import STATE_FILE, PrivateDatabase
 from transfer.errors import JournalError
 from transfer.target import Destination
 
@@ -68,54 +67,15 @@ class SendRecord:
         return self.finished_at is not None and self.error is not None
 
 
-def open_state(state_dir: Path, schema: str, what: str) -> tuple[Path, sqlite3.Connection]:
-    """The station's SQLite file, shared by the journal and the registry (station.registry), with `schema`'s
-    tables made: write-ahead log, every commit synced (a power cut loses no acknowledged object or case). It holds
-    the patients' identity: 0600 in a 0700 folder (SQLite gives its -wal and -shm files the database's mode)."""
-    path = Path(state_dir) / "journal.sqlite3"
-    try:
-        private_folder(path.parent)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
-            with suppress(FileNotFoundError):  # made before this rule: private from now on
-                file.chmod(0o600)
-        db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(schema)
-    except (OSError, sqlite3.Error) as error:
-        reason = "disk full" if "full" in str(error) else str(error)
-        raise JournalError(f"{what} {path}: cannot open: {reason}") from None
-    return path, db
-
-
-class Journal:
+class Journal(PrivateDatabase):
     """Thread-safe: upload workers record objects concurrently through one connection."""
 
     def __init__(self, state_dir: Path) -> None:
-        self._lock = threading.Lock()
-        self.path, self._db = open_state(state_dir, SCHEMA, "journal")
+        super().__init__(Path(state_dir) / STATE_FILE, SCHEMA, "journal", JournalError)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction, or none at all; sqlite errors become one-line JournalErrors."""
-        with self._lock:
-            try:
-                with self._db:
-                    yield self._db
-            except sqlite3.Error as error:
-                reason = "disk full" if "full" in str(error) else str(error)
-                raise JournalError(f"journal {self.path}: {reason}; nothing after the last verified object was recorded") from None
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One committed transaction, or none at all."""
+        return self.transaction("; nothing after the last verified object was recorded")
 
     # -- objects -------------------------------------------------------------------------------------------
     def verified(self, dest: Destination) -> dict[str, tuple[str, int]]:
