@@ -1,7 +1,7 @@
 """The image's metadata as a reader trusts it: an OME-NGFF 0.5 multiscale group's attributes (`zarr.json` of
 image.zarr, of its tissue label and of a heatmap.zarr), with slidestream's own attributes beside them.
 
-`tiling.pyramid.metadata_pieces` writes them; every reader (the viewer, the hub, analyze, export) parses them here,
+`tiling.ngff.metadata_pieces` writes them; every reader (the viewer, the hub, analyze, export) parses them here,
 within bounds, so a group that lies about its levels or scales costs its slide one line ("unreadable: ..."), and
 the readers cannot drift apart on what a field means.
 """
@@ -86,7 +86,7 @@ class Multiscale:
 
 @dataclass(frozen=True)
 class ImageAttributes:
-    """An image.zarr group's attributes: the multiscale, and what slidestream's writer added (`tiling.pyramid`)."""
+    """An image.zarr group's attributes: the multiscale, and what slidestream's writer added (`tiling.ngff`)."""
 
     multiscale: Multiscale
     chunk_checksums: bool = False  # each chunk's CRC32C is in the shard (older images: the index's CRC only)
@@ -130,7 +130,7 @@ class LevelArray:
     chunk: tuple[int, ...]  # the chunks a reader decodes (a sharded array's inner chunks)
     shard: tuple[int, ...] | None  # the objects on the store; None: not sharded
     fill_value: int
-    jpeg: bool  # `tiling.pyramid`'s layout: (y, x, 3) chunks as self-contained JPEG, the index at the end with a CRC32C
+    jpeg: bool  # `tiling.shard_format`'s layout: (y, x, 3) chunks as self-contained JPEG, the index at the end with a CRC32C
     quality: int | None  # the JPEG codec's level, where it has one
 
     @classmethod

@@ -7,11 +7,11 @@ shards has arrived, the hub reads those chunks from the store and builds the sha
 `send --full-pyramid` uploads), writes it verified, and lists it in its own record (`caseformat.results.PyramidRecord`),
 never in the sender's manifest. The builds are deterministic, so a shard written twice (a hub that died after the
 PUT and before the record, two hubs racing for an expired lease, a station that saw no hub within its `send
---hub-wait` and built the levels itself: `transfer.sender.SendOptions.hub_wait`) is written with the same bytes.
+--hub-wait` and built the levels itself: `transfer.options.SendOptions.hub_wait`) is written with the same bytes.
 The image's metadata is held to `caseformat.results.check_array`'s bounds before a shard is sized by it.
 
 Every stored shard is verified before a chunk of it is used (its index's CRC32C, and each chunk's where the image
-has them, `tiling.pyramid.verified_chunks`): a hub shard over a corrupt one is not built, and the corrupt shard is
+has them, `tiling.shard_format.verified_chunks`): a hub shard over a corrupt one is not built, and the corrupt shard is
 listed in the slide version's corrupt.json (`inference.sources.update_corrupt`) for the station to send again; a
 hub shard listed there is built again.
 """
@@ -26,15 +26,9 @@ from caseformat.errors import DocumentError
 from caseformat.image import ImageAttributes, LevelArray
 from caseformat.layout import IMAGE, PYRAMID, image_key
 from caseformat.results import Manifest, PyramidRecord
-from tiling.pyramid import (
-    ConvertOptions,
-    CorruptShardError,
-    LevelPlan,
-    StoredLevel,
-    downsample_shard,
-    shard_address,
-    verified_chunks,
-)
+from tiling.plan import ConvertOptions, LevelPlan, shard_address
+from tiling.shard_format import CorruptShardError, verified_chunks
+from tiling.shard_jobs import StoredLevel, downsample_shard
 
 if TYPE_CHECKING:
     from inference import Location

@@ -52,16 +52,16 @@ def warn(line: str) -> None:
 
 def asked_again(journal: Any, say: Callable[[str], None], mine: Callable[[SendRecord], bool] | None = None) -> list[tuple[SendRecord, list[str]]]:
     """Complete sends of the last RESEND_WINDOW_HOURS (at most RESEND_CHECKS, newest first; `mine`: only those it
-    accepts) whose slide is still here unchanged and whose pieces the centre found corrupt (`transfer.sender.corrupt_request`),
+    accepts) whose slide is still here unchanged and whose pieces the centre found corrupt (`transfer.centre.corrupt_request`),
     with those pieces. A malformed corrupt.json costs one line and that send; a store that cannot be read, one line
     and the rest of this look (the next look tries again)."""
     from datetime import UTC, datetime, timedelta
 
     from caseformat.bounded import utc_now
     from caseformat.errors import DocumentError
+    from objectstore.clients import make_client
+    from transfer.centre import corrupt_request
     from transfer.errors import TransferError
-    from transfer.network import make_client
-    from transfer.sender import corrupt_request
 
     since = utc_now(datetime.now(UTC) - timedelta(hours=RESEND_WINDOW_HOURS))
     clients: dict[tuple[str | None, str | None], Any] = {}
@@ -104,7 +104,9 @@ def give_up(record: SendRecord, error: SlidestreamError, state_dir: Path | None)
     """A resumed send that failed for good before its sender could retract it (its slide is gone or unreadable now):
     retract it here, so the store says failed and the next `resume` does not fail on it again."""
     from transfer import Journal, default_state_dir
-    from transfer.sender import Sender, SendOptions, resumable
+    from transfer.options import SendOptions
+    from transfer.retraction import resumable
+    from transfer.sender import Sender
 
     if resumable(error):
         return
@@ -203,12 +205,12 @@ def run_send(request: SendRequest, state_dir: Path | None, triage_done: Callable
     returns once its objects are verified and the triage finishes in the background, calling `triage_done`. What
     the scan's checks advise ("rescan advised: ...") also goes to `advice` at once (watch's log).
     """
+    from caseformat.bounded import utc_now
     from caseformat.documents import CaseRecord
     from slides import open_slide
     from station.edge import EdgeTriage
     from station.scan_check import ScanChecks
     from transfer import Journal, default_state_dir, parse_destination
-    from transfer.journal import utc_now
 
     slide_path = Path(request.slide)
     with open_slide(slide_path, keep_phi=request.keep_phi) as slide:

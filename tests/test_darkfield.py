@@ -21,7 +21,8 @@ from PIL import Image
 from caseformat.layout import SlideRef
 from slides import open_slide
 from tiling import ConvertOptions, PyramidPlan, SendOrder, plan_pyramid, produce, write_pieces
-from tiling.pyramid import EMPTY, StoredLevel, downsample_shard, read_shard_index, shard_index_size
+from tiling.shard_format import EMPTY, read_shard_index, shard_index_size
+from tiling.shard_jobs import StoredLevel, downsample_shard
 from tiling.tissue import DARK, SIGNAL_ABOVE_DARK
 from transfer.manifest import Arrivals
 
@@ -57,7 +58,7 @@ def fluorescence(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small_overview() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tiling.pyramid.COMPLETE_SIDE", COMPLETE_SIDE)
+        patch.setattr("tiling.plan.COMPLETE_SIDE", COMPLETE_SIDE)
         yield
 
 

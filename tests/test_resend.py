@@ -26,7 +26,7 @@ from support import journal_objects, send_args, slidestream, wait_for
 from caseformat.bounded import utc_now
 from caseformat.layout import CORRUPT, SlideRef
 from caseformat.results import CorruptRecord
-from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from tiling.shard_format import EMPTY, read_shard_index, shard_index_size
 from transfer import parse_destination
 
 pytestmark = pytest.mark.slow  # sends, a running watch, an export

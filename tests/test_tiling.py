@@ -22,7 +22,7 @@ from inference.sources import ZarrSource
 from inference.store import Location
 from slides import open_slide
 from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, pyramid, write_pieces
-from tiling.pyramid import metadata_pieces
+from tiling.ngff import metadata_pieces
 from tiling.tissue import detect_tissue, tissue_mask
 
 
@@ -154,7 +154,7 @@ def test_send_plan_overview_first_then_level0_by_priority() -> None:
 
 def test_computed_in_between_levels_follow_full_resolution(monkeypatch) -> None:
     """Stored levels travel before the levels computed from them (those add bytes but no information)."""
-    monkeypatch.setattr("tiling.pyramid.COMPLETE_SIDE", 1000)  # CMU then has a computed, incomplete level 1
+    monkeypatch.setattr("tiling.plan.COMPLETE_SIDE", 1000)  # CMU then has a computed, incomplete level 1
     with open_slide(sample("CMU-1-Small-Region.svs")) as slide:
         plan = plan_pyramid(slide, ConvertOptions())
     assert [(lv.complete, lv.scale) for lv in plan.levels] == [(False, 1.0), (False, 2.0), (True, 4.0)]
@@ -315,7 +315,7 @@ def test_a_heatmap_arriving_mid_stream_reorders_the_shards_not_yet_built() -> No
 # -- background ------------------------------------------------------------------------------------------------
 def absent_chunks(array_dir: Path, n: int) -> list[tuple[str, int]]:
     """(shard key, chunk index) of every chunk that the level's shards leave out (background)."""
-    from tiling.pyramid import EMPTY
+    from tiling.shard_format import EMPTY
 
     absent = []
     for shard in sorted(p for p in (array_dir / "c").rglob("*") if p.is_file()):

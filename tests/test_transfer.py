@@ -63,7 +63,7 @@ from transfer import (
     validate_case,
 )
 from transfer.integrity import Digest, Mismatch, check, expected_multipart, expected_single
-from transfer.sender import typical_size
+from transfer.pool import typical_size
 
 pytestmark = pytest.mark.slow  # sends every sample
 

@@ -2,7 +2,9 @@
 
 from tiling.local import OutputError, write_pieces
 from tiling.pieces import Piece, PieceKind
-from tiling.pyramid import ConvertOptions, LevelPlan, PyramidPlan, SendOrder, ShardTask, die_with_parent, plan_pyramid, produce
+from tiling.plan import ConvertOptions, LevelPlan, PyramidPlan, ShardTask, plan_pyramid
+from tiling.pyramid import die_with_parent, produce
+from tiling.send_order import SendOrder
 from tiling.tissue import TissueMask, detect_tissue
 
 __all__ = [

@@ -170,7 +170,7 @@ def export_dicom(
     base, *others = _pyramid_levels(tiles.levels)
     levels = [SlideLevel(tiles, base, spacing_um, quality)]  # its frames decide the series' photometric and frame size
     levels += [SlideLevel(tiles, index, spacing_um, quality, levels[0]) for index in others]
-    source = SlideSource([_instance(metadata, level) for level in levels])
+    source = LevelsOnlySource([_instance(metadata, level) for level in levels])
     with published(out, overwrite) as partial, WsiDicom(source) as wsi:
         written = wsi.save(partial, add_missing_levels=True, include_labels=False, include_overviews=False,
                            include_thumbnails=False, workers=1)
@@ -414,7 +414,7 @@ def frame_photometric(jpeg: bytes) -> str | None:
     return None
 
 
-class SlideSource(Source):
+class LevelsOnlySource(Source):
     """The level instances made from the slide; no label, overview or thumbnail (the label shows the patient)."""
 
     def __init__(self, levels: list[WsiInstance]) -> None:

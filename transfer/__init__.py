@@ -23,12 +23,11 @@ from transfer.errors import (
 from transfer.identity import content_id
 from transfer.journal import Journal, SendRecord, default_state_dir
 from transfer.manifest import Arrivals
+from transfer.options import Listener, Progress, SendOptions, SendResult
 from transfer.target import Destination, parse_destination
 
 if TYPE_CHECKING:
-    from transfer.sender import Listener, Progress, Sender, SendOptions, SendResult
-
-_SENDER = frozenset({"Listener", "Progress", "Sender", "SendOptions", "SendResult"})
+    from transfer.sender import Sender
 
 __all__ = [
     "Arrivals",
@@ -56,6 +55,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SENDER:
-        return getattr(importlib.import_module("transfer.sender"), name)
+    if name == "Sender":
+        return importlib.import_module("transfer.sender").Sender
     raise AttributeError(f"module 'transfer' has no attribute {name!r}")

@@ -14,10 +14,10 @@ import sqlite3
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from caseformat.bounded import utc_now
 from caseformat.layout import SlideRef
 from hospital.private import STATE_FILE, PrivateDatabase
 from transfer.errors import JournalError
@@ -44,10 +44,6 @@ def default_state_dir() -> Path:
     """$XDG_STATE_HOME/slidestream, else ~/.local/state/slidestream (the XDG base directory default)."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "slidestream"
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

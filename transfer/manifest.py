@@ -34,11 +34,11 @@ import threading
 import time
 from datetime import datetime
 
+from caseformat.bounded import utc_now
 from caseformat.layout import IMAGE, SlideRef
 from caseformat.results import COMPLETE, FAILED, SENDING, CorruptRecord, Manifest
 from caseformat.results import MANIFEST_FORMAT as FORMAT
 from tiling import PyramidPlan, ShardTask
-from transfer.journal import utc_now
 
 OVERVIEW = "overview"  # every overview (complete) level arrived: the whole slide is viewable at low power
 FULL_RESOLUTION = "tissue_full_resolution"  # every tissue shard of level 0 arrived (and the overview)
