@@ -3,8 +3,8 @@
 A discovery thread reads the store's `_arrivals/` index every poll, so a new case, a new slide of a case or a
 rescan is found within a poll of its first manifest, whatever the hub is busy with. The hub scores every arriving
 slide version at full magnification while it arrives, in passes of about PASS_SECONDS each (a pass scores tissue
-tiles whose shards have arrived, the hottest of the edge triage's coarse map first, through
-`inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub", once it has a tile scored:
+tiles whose shards have arrived, hottest first: beside the hottest tiles scored so far, else the hottest samples of the
+station's edge map, `inference.pipeline.hottest_first`, through `inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub", once it has a tile scored:
 until then readers keep the station's edge map); after every pass it re-chooses, the case with the least time left
 on its 30-minute clock first, and a case whose report is signed only when no other has work, so a long slide never
 holds the workers while an urgent one waits. Each pass first completes the pyramid (`hub.pyramid`): the
@@ -71,7 +71,7 @@ class Tracked:
     case: str = ""  # its case ID (whose case.json names the specimen site)
     started: float = 0.0  # the manifest's started_at (epoch seconds): its clock
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
-    priority: Any = None  # the edge triage's coarse scores on the hub's grid (hot regions first), if it left any
+    priority: Any = None  # the edge triage's sampled scores on the hub's grid (-1 elsewhere), if it left any
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
     manifest: Manifest | None = None  # as read for the pass about to run
@@ -158,9 +158,9 @@ class Hub:
         """Have the store push an event for every arrival to `address` (HOST:PORT; `push_url` where the store reaches
         it, default http://HOST:PORT), and listen (`objectstore.notifications`). A store without topics is one line,
         and this hub polls as without events."""
+        from objectstore.clients import make_client
+        from objectstore.errors import StorageError
         from objectstore.notifications import EventListener, subscribe
-        from objectstore.storage import StorageError
-        from transfer.network import make_client
         from transfer.target import parse_store_url
 
         host, _, port = address.rpartition(":")
@@ -190,11 +190,11 @@ class Hub:
     def look(self, stations: list[str] | None = None) -> None:
         """One LIST of the `_arrivals/` index (of `stations`, else every station's): announce what is new; a failing
         store is said once, not per poll."""
-        from inference import InferenceError
+        from objectstore import StorageError
 
         try:
             found = self.arrivals(stations)
-        except InferenceError as error:  # the store is unreachable or the bucket gone: retried each poll
+        except StorageError as error:  # the store is unreachable or the bucket gone: retried each poll
             if not self.store_failing:
                 self.store_failing = True
                 self.say(f"RETRY {error}")
@@ -265,7 +265,7 @@ class Hub:
         (reports are append-only); an unsigned case is listed again at most every SIGNED_LOOK seconds, and one whose
         listing fails counts as unsigned (the store's failure is said where the hub reads the case)."""
         from caseformat.layout import REPORTS, number_of, numbered_folder
-        from inference import InferenceError
+        from objectstore import StorageError
 
         if case in self.signed:
             return True
@@ -273,7 +273,7 @@ class Hub:
             return False
         try:
             keys = self.root.keys(numbered_folder(case, REPORTS).rstrip("/"))
-        except InferenceError:
+        except StorageError:
             return False
         if any(number_of(key) is not None for key in keys):
             self.signed.add(case)
@@ -369,7 +369,7 @@ class Hub:
         landed last (a window of one round trip)."""
         from caseformat.layout import LEASE
         from caseformat.results import Lease
-        from inference import InferenceError
+        from objectstore import StorageError
 
         lease = Lease(self.owner, time.time() + self.lease_seconds).to_json()
         try:
@@ -381,7 +381,7 @@ class Hub:
             case.location.write_bytes(LEASE, lease)
             held = self.lease(case)
             return held is not None and held.owner == self.owner
-        except InferenceError as error:  # the store refused the write or the read: a retry with backoff, never an exit
+        except StorageError as error:  # the store refused the write or the read: a retry with backoff, never an exit
             self.retry(case, str(error))
             return False
 
@@ -593,28 +593,20 @@ class Hub:
     def label(self, case: Tracked) -> dict[str, Any]:
         """What the pass's triage.json says beside the score, written with it in one PUT: what the routing held the
         slide to (`routed`: without it no reader shows the score), what the model detects and its validation record."""
-        from inference.validation import read_record, record_lines
-
         route = case.route
         if route is None or route.package is None:
             return {}
-        package = route.package
-        about = {"detects": package.detects}
-        if (record := read_record(package)) is not None:
-            rows = dict(record_lines(record))
-            about["validation"] = (f"ROC AUC {rows['ROC AUC']}; sensitivity {rows['sensitivity']}; specificity "
-                                   f"{rows['specificity']}; tiles {rows['tiles']}; data: {rows['data']}")[:500]
-        return {"routed": route.routed, "about": about}
+        return {"routed": route.routed, "about": route.about()}
 
     def release(self, case: Tracked) -> None:
         """The slide version is done: its lease says so, and no hub waits for it to expire."""
         from caseformat.layout import LEASE
         from caseformat.results import Lease
-        from inference import InferenceError
+        from objectstore import StorageError
 
         try:
             case.location.write_bytes(LEASE, Lease(self.owner, 0, finished=True).to_json())
-        except InferenceError as error:  # the lease then expires on its own
+        except StorageError as error:  # the lease then expires on its own
             self.note(case, str(error))
 
     def retry(self, case: Tracked, reason: str) -> None:

@@ -4,4 +4,5 @@ from slides.errors import SlidestreamError
 
 
 class InferenceError(SlidestreamError):
-    """A slide or case that cannot be analysed (unsuitable resolution, missing image, unreadable store)."""
+    """A slide or case that cannot be analysed (unsuitable resolution, missing image); a failing store is an
+    `objectstore.StorageError` instead, which the hub retries."""

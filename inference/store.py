@@ -1,31 +1,25 @@
-"""Where cases live: a local directory or an ``s3://bucket/prefix``, behind one small interface.
+"""Where cases live: a local directory or an ``s3://bucket/prefix``, behind one small synchronous interface.
 
-Both the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) go through obstore on S3 (the
-client the viewer uses; zarr's `ObjectStore` wraps it) and plain files locally, so local and S3 cases share every
-line of the pipeline. Nothing is cached between reads: a receiving side polls objects that change under it.
-Listings are the exception: they go through `objectstore.list_s3` (botocore), which skips keys no slidestream
-writer makes (`a//b`, `..`) instead of failing the whole listing as obstore does on the first.
+Every read and write, the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) alike, goes
+through `objectstore`, the client the viewer and the export use: `S3Storage` or `LocalStorage`, and `ZarrView` for
+zarr. The pipeline is synchronous code in threads, so each call runs on zarr's own event loop (`zarr.core.sync.sync`,
+the loop zarr's reads already use). A failing store raises `objectstore.StorageError`. Nothing is cached between
+reads: a receiving side polls objects that change under it. A read answered 403 is a missing object, as 404 is: what
+an enrolled station is answered for a missing object of its own folders (`transfer.network.ABSENT`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-import obstore
-import obstore.exceptions
-import obstore.store
-import zarr
-from zarr.abc.store import Store
+from zarr.core.sync import sync
 
 from caseformat.layout import CENTRE_RESULTS, SlideRef
-from inference.errors import InferenceError
-from objectstore import StorageError, list_s3
-from transfer.readers import object_store
+from objectstore import ObjectNotFoundError, S3Storage, Storage, StorageError, ZarrView
+from objectstore.zarrstore import folder_view
 
 
 @dataclass(frozen=True)
@@ -63,10 +57,10 @@ class Location:
         text = str(target)
         if text.startswith("s3://"):
             if not text[5:].split("/", 1)[0]:
-                raise InferenceError(f"{text}: no bucket in the URL (s3://BUCKET/PREFIX)")
+                raise StorageError(f"{text}: no bucket in the URL (s3://BUCKET/PREFIX)")
             return cls(text.rstrip("/"), endpoint_url)
         if "://" in text:
-            raise InferenceError(f"{text}: only local paths and s3:// URLs are supported")
+            raise StorageError(f"{text}: only local paths and s3:// URLs are supported")
         return cls(str(Path(text).resolve()), endpoint_url)
 
     @property
@@ -81,163 +75,85 @@ class Location:
         home, _ = self._route(parts[0] if parts else "")
         return Location("/".join([home.url, *parts]), self.endpoint_url)
 
-    @property
-    def _bucket_and_prefix(self) -> tuple[str, str]:
-        bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
-        return bucket, prefix
+    def _home(self) -> tuple[Storage, str]:
+        """The store this folder is in, and the folder's key there ("" for the store's root)."""
+        if self.is_s3:
+            bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+            return _s3_storage(bucket, self.endpoint_url), prefix
+        view = folder_view(self.url)
+        return view.storage, view.prefix
 
-    def _key(self, key: str) -> str:
-        """The object key (S3) or file path (local) of `key` below this folder."""
-        if not self.is_s3:
-            return f"{self.url}/{key}" if key else self.url
-        prefix = self._bucket_and_prefix[1]
-        return "/".join(part for part in (prefix, key) if part)
-
-    def _describe(self, key: str) -> str:
-        return f"{self.url}/{key}" if key else self.url
+    def _object(self, key: str) -> tuple[Storage, str]:
+        """The store holding the object `key` of this folder (a result: the centre's folder), and its key there."""
+        home, key = self._route(key)
+        storage, folder = home._home()
+        return storage, _join(folder, key)
 
     def read_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist (yet)."""
-        if self.results_url is not None:
-            home, key = self._route(key)
-            return home.read_bytes(key)
+        storage, name = self._object(key)
         try:
-            if not self.is_s3:
-                return Path(self._key(key)).read_bytes()
-            return bytes(obstore.get(self._bucket_store(), self._key(key)).bytes())
-        except (FileNotFoundError, obstore.exceptions.PermissionDeniedError):
-            # obstore's NotFoundError is a FileNotFoundError; an enrolled station is answered 403 for a missing object
-            # of its own folders (see `transfer.network.ABSENT`), and reads nothing else
+            return sync(storage.get(name))
+        except ObjectNotFoundError:
             return None
-        except (obstore.exceptions.BaseError, OSError) as error:
-            raise InferenceError(f"{self._describe(key)}: cannot read: {_first_line(error)}") from None
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write (or replace) one object (a document's `to_json`); a single PUT on S3."""
-        if self.results_url is not None:
-            home, key = self._route(key)
-            return home.write_bytes(key, data)
-        try:
-            if self.is_s3:
-                obstore.put(self._bucket_store(), self._key(key), data)
-            else:
-                path = Path(self._key(key))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-        except (obstore.exceptions.BaseError, OSError) as error:
-            raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
+        storage, name = self._object(key)
+        sync(storage.put(name, data))
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Write one object only if none exists (S3: a PUT with `If-None-Match: *`); False when one does.
 
         A server that ignores the condition (older Ceph RGW, MinIO before 2024) just writes it: callers that need
         the claim to be exclusive read it back."""
-        if self.results_url is not None:
-            home, key = self._route(key)
-            return home.create_bytes(key, data)
-        try:
-            if self.is_s3:
-                obstore.put(self._bucket_store(), self._key(key), data, mode="create")
-            else:
-                path = Path(self._key(key))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("xb") as handle:
-                    handle.write(data)
-            return True
-        except (FileExistsError, obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
-            return False
-        except (obstore.exceptions.BaseError, OSError) as error:
-            raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
+        storage, name = self._object(key)
+        return sync(storage.create(name, data))
 
-    def write_verified(self, key: str, data: bytes, attempts: int = 5) -> None:
-        """Write one object and make sure the server holds exactly these bytes, as the sender does: a single-part
-        PUT whose returned ETag must be their MD5, sent again on a mismatch (at most `attempts` times)."""
-        if self.results_url is not None:
-            home, key = self._route(key)
-            return home.write_verified(key, data, attempts)
-        if not self.is_s3:
-            path = Path(self._key(key))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            partial.write_bytes(data)
-            partial.replace(path)  # readers never see half a shard
-            return
-        digest = hashlib.md5(data).hexdigest()
-        for _ in range(attempts):
-            try:
-                result = obstore.put(self._bucket_store(), self._key(key), data, use_multipart=False)
-            except (obstore.exceptions.BaseError, OSError) as error:
-                raise InferenceError(f"{self._describe(key)}: cannot write: {_first_line(error)}") from None
-            if (result.get("e_tag") or "").strip('"') == digest:
-                return
-        raise InferenceError(f"{self._describe(key)}: the server's copy differs from what was written ({attempts} attempts)")
+    def write_verified(self, key: str, data: bytes) -> None:
+        """Write one object and make sure the server holds exactly these bytes (`Storage.put_verified`)."""
+        storage, name = self._object(key)
+        sync(storage.put_verified(name, data))
 
     def exists(self, key: str) -> bool:
-        if self.results_url is not None:
-            home, key = self._route(key)
-            return home.exists(key)
-        return self.read_bytes(key) is not None if self.is_s3 else Path(self._key(key)).exists()
+        return self.read_bytes(key) is not None
 
     def subfolders(self) -> list[Location]:
         """Folders directly below this one, sorted by name."""
-        if not self.is_s3:
-            root = Path(self.url)
-            return [self.child(entry.name) for entry in sorted(root.iterdir()) if entry.is_dir()] if root.is_dir() else []
-        bucket, prefix = self._bucket_and_prefix
+        storage, folder = self._home()
         try:
-            _, folders = list_s3(bucket, prefix, "", self.endpoint_url, folders=True)
-        except StorageError as error:
-            raise InferenceError(f"{self.url}: cannot list: {_first_line(error)}") from None
-        return [self.child(name) for name in sorted(folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders)]
+            names = sync(storage.list_dirs(folder))
+        except ObjectNotFoundError:
+            if self.is_s3:  # the bucket is gone
+                raise
+            return []  # a local folder not made yet
+        return [self.child(name) for name in names]
 
     def keys(self, folder: str, start_after: str | None = None) -> list[str]:
         """Keys below `folder` (relative to this location, sorted), after `start_after` when given: a paged LIST
         without delimiter on S3 (the `_arrivals/` index of the case layout is read this way)."""
-        if not self.is_s3:
-            root = Path(self._key(folder))
-            found = sorted(f"{folder}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-            return [key for key in found if start_after is None or key > start_after]
-        bucket, prefix = self._bucket_and_prefix
+        storage, base = self._home()
+        prefix = _join(base, folder)
         try:
-            objects, _ = list_s3(bucket, prefix, folder + "/", self.endpoint_url, start_after=start_after)
-        except StorageError as error:
-            raise InferenceError(f"{self.url}/{folder}: cannot list: {_first_line(error)}") from None
-        return [item["Key"] for item in objects]
+            listed = sync(storage.list(prefix) if start_after is None else storage.list_after(prefix, _join(base, start_after)))
+        except ObjectNotFoundError:
+            if self.is_s3:
+                raise
+            return []
+        start = len(base) + 1 if base else 0
+        return sorted(info.key[start:] for info in listed)
 
-    def zarr_store(self, read_only: bool = True) -> Store:
+    def zarr_store(self, read_only: bool = True) -> ZarrView:
         """A zarr store rooted here, for zarr.open_group / zarr.create_array."""
-        if not self.is_s3:
-            return zarr.storage.LocalStore(self.url, read_only=read_only)
-        bucket, prefix = self._bucket_and_prefix
-        return _ConfinedObjectStore(_s3_store(bucket, prefix, self.endpoint_url), read_only=read_only)
-
-    def _bucket_store(self) -> obstore.store.S3Store:
-        return _s3_store(self._bucket_and_prefix[0], "", self.endpoint_url)
-
-
-class _ConfinedObjectStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
-    """zarr's obstore-backed store, for which a 403 is a missing object as a 404 is: what an enrolled station is
-    answered for a missing object of its own folders (`transfer.network.ABSENT`). The centre, which may read
-    everything, is never answered 403."""
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        try:
-            return await super().get(key, prototype, byte_range)
-        except obstore.exceptions.PermissionDeniedError:
-            return None
-
-    async def exists(self, key: str) -> bool:
-        try:
-            return await super().exists(key)
-        except obstore.exceptions.PermissionDeniedError:
-            return False
+        storage, folder = self._home()
+        return ZarrView(storage, folder, read_only)
 
 
 @cache
-def _s3_store(bucket: str, prefix: str, endpoint_url: str | None) -> obstore.store.S3Store:
-    """One client per folder and endpoint, so that its connections are reused."""
-    return object_store(bucket, prefix, endpoint_url)
+def _s3_storage(bucket: str, endpoint_url: str | None) -> S3Storage:
+    """One client per bucket and endpoint, so that every folder's reads share its connections."""
+    return S3Storage(bucket, "", endpoint_url, absent_when_denied=True)
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def _join(folder: str, key: str) -> str:
+    return "/".join(part for part in (folder, key) if part)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caseformat.layout import centre_folder, station_folder, validate_station
-from objectstore.storage import StorageError
+from objectstore.errors import StorageError
 
 STATION_USER_PREFIX = "slidestream-station-"
 POLICY_NAME = "slidestream-station"

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from caseformat.layout import arrivals_pattern, station_of_arrival
-from objectstore.storage import StorageError
+from objectstore.errors import StorageError
 
 EVENT_LIMIT = 256 * 1024  # bytes of one POST: RGW sends one record per request (about 1.5 KB)
 RECORDS_LIMIT = 100  # records read of one POST

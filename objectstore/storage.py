@@ -1,4 +1,4 @@
-"""The store behind one small async interface: an S3 and a local-directory implementation, and a zarr view.
+"""The store behind one small async interface: an S3 and a local-directory implementation (zarr: `objectstore.zarrstore`).
 
 Keys are '/'-separated and relative to the store root (``CASE/image.zarr/0/c/0/1/2``). Both implementations
 answer without blocking the event loop: S3 through obstore (Rust, async, pooled connections), local files in
@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,31 +26,15 @@ from typing import Any, TypeVar
 
 import obstore
 import obstore.exceptions
-from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-from zarr.abc.store import Store as ZarrStore
-from zarr.core.buffer import Buffer, BufferPrototype
 
 from caseformat.bounded import DOCUMENT_LIMIT
 from caseformat.errors import DocumentError
 from caseformat.layout import is_plain_key
-from slides import SlidestreamError
+from objectstore.clients import make_client, object_store, parse_endpoint
+from objectstore.errors import AccessDeniedError, InvalidKeyError, ObjectNotFoundError, StorageError
 from slides.errors import printable
-from transfer.readers import object_store
-from transfer.target import parse_endpoint
 
 T = TypeVar("T")
-
-
-class StorageError(SlidestreamError, OSError):
-    """The store cannot be reached or refused the request (network, credentials, permissions)."""
-
-
-class ObjectNotFoundError(StorageError, FileNotFoundError):
-    """No object under that key (yet)."""
-
-
-class InvalidKeyError(SlidestreamError, ValueError):
-    """A key that does not name an object inside the store (empty, absolute, '..', backslash, NUL)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +85,15 @@ class Storage(ABC):
         `_arrivals/`, `_notices/`). This listing filtered; S3 starts its LIST there instead."""
         return [info for info in await self.list(prefix) if info.key > after]
 
+    async def put_verified(self, key: str, data: bytes) -> None:
+        """Replace the object and make sure the store holds exactly these bytes (a shard the hub built): a file
+        written whole holds what was written, so this is `put`; S3 checks the server's ETag."""
+        await self.put(key, data)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; nothing when there is none (zarr replacing an array). A store that only reads refuses."""
+        raise StorageError(f"{self.location}/{key}: nothing is deleted here")
+
 
 def check_key(key: str) -> str:
     """Refuse keys that could name something outside the store, whatever the backend makes of them."""
@@ -115,28 +109,47 @@ def check_prefix(prefix: str) -> str:
 
 # -- S3 --------------------------------------------------------------------------------------------------------
 class S3Storage(Storage):
-    """An S3 bucket (AWS, MinIO, Ceph RGW, moto) under an optional prefix, with boto3's credential chain."""
+    """An S3 bucket (AWS, MinIO, Ceph RGW, moto) under an optional prefix, with boto3's credential chain.
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+    `absent_when_denied`: a read answered 403 is a missing object, as a 404 is: what an enrolled station is answered
+    for a missing object of its own folders (`transfer.network.ABSENT`); the centre, which reads everything, never is."""
+
+    VERIFY_ATTEMPTS = 5  # single-part PUTs `put_verified` sends before it gives up on a server that keeps garbling
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, *, absent_when_denied: bool = False) -> None:
         self.location = f"s3://{bucket}/{prefix}".rstrip("/")
         self._bucket, self._prefix, self._endpoint = bucket, prefix.strip("/"), endpoint_url
+        self._absent_when_denied = absent_when_denied
         # a viewer should say "store unavailable" within seconds, not retry for minutes
         retries = {"max_retries": 2, "retry_timeout": timedelta(seconds=15), "backoff": {"init_backoff": timedelta(milliseconds=100)}}
         self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries)
 
     async def get(self, key: str) -> bytes:
-        result = await self._call(key, obstore.get_async(self._store, check_key(key)))
+        result = await self._call(key, obstore.get_async(self._store, check_key(key)), reading=True)
         return bytes(await self._call(key, result.bytes_async()))
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
-        return bytes(await self._call(key, obstore.get_range_async(self._store, check_key(key), start=start, length=length)))
+        return bytes(await self._call(key, obstore.get_range_async(self._store, check_key(key), start=start, length=length), reading=True))
 
     async def get_suffix(self, key: str, length: int) -> bytes:
-        result = await self._call(key, obstore.get_async(self._store, check_key(key), options={"range": {"suffix": length}}))
+        result = await self._call(key, obstore.get_async(self._store, check_key(key), options={"range": {"suffix": length}}), reading=True)
         return bytes(await self._call(key, result.bytes_async()))
 
     async def put(self, key: str, data: bytes) -> None:
         await self._call(key, obstore.put_async(self._store, check_key(key), data))
+
+    async def put_verified(self, key: str, data: bytes) -> None:
+        """A single-part PUT whose returned ETag must be the MD5 of `data` (as the sender checks its parts), sent again
+        on a mismatch: a shard garbled on the way is replaced before anyone reads it."""
+        digest = hashlib.md5(data).hexdigest()
+        for _ in range(self.VERIFY_ATTEMPTS):
+            result = await self._call(key, obstore.put_async(self._store, check_key(key), data, use_multipart=False))
+            if (result.get("e_tag") or "").strip('"') == digest:
+                return
+        raise StorageError(f"{self.location}/{key}: the server's copy differs from what was written ({self.VERIFY_ATTEMPTS} attempts)")
+
+    async def delete(self, key: str) -> None:
+        await self._call(key, obstore.delete_async(self._store, check_key(key)))
 
     async def create(self, key: str, data: bytes) -> bool:
         async def put() -> bool:
@@ -150,7 +163,7 @@ class S3Storage(Storage):
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         check_prefix(prefix)
-        objects, _ = await self._listing(prefix, prefix + "/", False)
+        objects, _ = await self._listing(prefix, f"{prefix}/" if prefix else "", False)
         return [ObjectInfo(item["Key"], item["Size"], item.get("ETag") or str(item["LastModified"])) for item in objects]
 
     async def list_dirs(self, prefix: str = "") -> builtins.list[str]:
@@ -172,11 +185,15 @@ class S3Storage(Storage):
         except StorageError as error:
             raise StorageError(f"{self.location}/{what}: {error}") from None
 
-    async def _call(self, key: str, operation: Awaitable[T]) -> T:
+    async def _call(self, key: str, operation: Awaitable[T], reading: bool = False) -> T:
         try:
             return await operation
         except FileNotFoundError:  # obstore's NotFoundError
             raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+        except obstore.exceptions.PermissionDeniedError as error:
+            if reading and self._absent_when_denied:
+                raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
+            raise AccessDeniedError(f"{self.location}/{key}: {str(error).splitlines()[0] if str(error) else 'access denied'}") from None
         except (obstore.exceptions.BaseError, OSError) as error:
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise StorageError(f"{self.location}/{key}: {first_line}") from None
@@ -239,9 +256,12 @@ class LocalStorage(Storage):
 
         return await self._run(key, write)
 
+    async def delete(self, key: str) -> None:
+        await self._run(key, lambda: self.path(key).unlink(missing_ok=True))
+
     async def list(self, prefix: str) -> list[ObjectInfo]:
         def walk() -> list[ObjectInfo]:
-            base = self.path(prefix)
+            base = self.path(prefix) if prefix else self.root
             found = []
             for path in sorted(base.rglob("*")):
                 if path.is_file() and path.resolve().is_relative_to(self.root):
@@ -298,8 +318,6 @@ def list_s3(bucket: str, root: str, prefix: str, endpoint_url: str | None, *, st
 @functools.cache
 def _s3_client(endpoint: str | None) -> Any:
     """One botocore client per endpoint, so that its connections are reused (listings only)."""
-    from transfer.network import make_client
-
     return make_client(endpoint)
 
 
@@ -351,60 +369,3 @@ def _staged(path: Path, data: bytes) -> str:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
         file.write(data)
     return file.name
-
-
-class ZarrView(ZarrStore):
-    """A `Storage` as a read-only zarr store: zarr's reads (lossless chunks, heatmaps) pass the same key checks."""
-
-    supports_writes = False
-    supports_deletes = False
-    supports_partial_writes = False
-    supports_listing = False
-
-    def __init__(self, storage: Storage) -> None:
-        super().__init__(read_only=True)
-        self.storage = storage
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ZarrView) and other.storage is self.storage
-
-    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
-        try:
-            if isinstance(byte_range, RangeByteRequest):
-                data = await self.storage.get_range(key, byte_range.start, byte_range.end - byte_range.start)
-            elif isinstance(byte_range, SuffixByteRequest):
-                data = await self.storage.get_suffix(key, byte_range.suffix)
-            else:
-                data = await self.storage.get(key)
-                if isinstance(byte_range, OffsetByteRequest):
-                    data = data[byte_range.offset :]
-        except ObjectNotFoundError:
-            return None
-        return prototype.buffer.from_bytes(data)
-
-    async def get_partial_values(
-        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
-    ) -> list[Buffer | None]:
-        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
-
-    async def exists(self, key: str) -> bool:
-        try:
-            await self.storage.get_suffix(key, 1)
-        except ObjectNotFoundError:
-            return False
-        return True
-
-    async def set(self, key: str, value: Buffer) -> None:
-        raise NotImplementedError("read-only")
-
-    async def delete(self, key: str) -> None:
-        raise NotImplementedError("read-only")
-
-    def list(self) -> AsyncIterator[str]:
-        raise NotImplementedError("no listing")
-
-    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        raise NotImplementedError("no listing")
-
-    def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        raise NotImplementedError("no listing")

@@ -43,8 +43,9 @@ def analyze(
 ) -> None:
     """Heatmap, triage score and QC for each slide or case the centre's models are validated for (elsewhere QC and
     "no validated AI"); skips those whose results already exist."""
+    from objectstore.clients import parse_endpoint
     from slides.errors import printable
-    from transfer.target import parse_endpoint, parse_store_url
+    from transfer.target import parse_store_url
 
     parse_endpoint(endpoint_url)  # before torch loads and before obstore sees it (a malformed one panics there)
     for url in [*inputs, out or ""]:

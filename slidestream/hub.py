@@ -25,7 +25,8 @@ def hub(
     events_url: Annotated[str | None, typer.Option("--events-url", metavar="URL", help="Where the store reaches --events (default http://HOST:PORT).")] = None,
 ) -> None:
     """Triage every case arriving under the prefix at full magnification, publishing the heatmap as it grows."""
-    from transfer.target import parse_endpoint, parse_store_url
+    from objectstore.clients import parse_endpoint
+    from transfer.target import parse_store_url
 
     parse_endpoint(endpoint_url)  # before torch loads and before obstore sees it (a malformed one panics there)
     parse_store_url(store)

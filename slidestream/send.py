@@ -58,10 +58,11 @@ def send(
     options = o.send_options(concurrency, max_rate, quality, lossless, keep_background, keep_phi, sse, sse_kms_key_id, ca_bundle, deadline,
                              edge, model, full_pyramid, hub_wait)  # fmt: skip
     from caseformat.layout import validate_name, validate_station
+    from objectstore.clients import parse_endpoint
     from station.pipeline import Resolver, run_send
     from station.request import SendRequest
     from transfer import default_state_dir
-    from transfer.target import parse_endpoint, parse_store_url
+    from transfer.target import parse_store_url
 
     parse_store_url(destination)  # a bad URL, endpoint, case or station is one line before the slide is opened
     parse_endpoint(endpoint_url)
@@ -84,11 +85,11 @@ def resume(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of summaries on stdout.")] = False,
 ) -> None:
     """Finish every send the journal lists as unfinished, with the arguments it was started with."""
+    from objectstore.clients import parse_endpoint
     from slides import SlidestreamError
     from station.pipeline import asked_again, give_up, run_send, warn
     from station.request import SendRequest
     from transfer import Journal, default_state_dir
-    from transfer.target import parse_endpoint
 
     parse_endpoint(None)  # a malformed $AWS_ENDPOINT_URL (which boto3 reads for sends without one) is one line here
     with Journal(state_dir or default_state_dir()) as journal:

@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 
 from slidestream.config import OIDC_TABLE
+from slidestream.keys import key_folder
 
 if TYPE_CHECKING:
     from caseformat.signing import SigningKey, TrustedKeys
@@ -74,7 +75,8 @@ def serve(
     key_dir: Annotated[Path | None, typer.Option(help=KEY_DIR_HELP)] = None,
 ) -> None:
     """Serve the web viewer and worklist for the cases in STORE; prints its address and how to give people access."""
-    from transfer.target import parse_endpoint, parse_store_url
+    from objectstore.clients import parse_endpoint
+    from transfer.target import parse_store_url
 
     # malformed URLs are one line here: obstore would answer them with a Rust panic (one from $AWS_ENDPOINT_URL named so)
     from_environment = getattr(ctx.get_parameter_source("endpoint_url"), "name", None) == "ENVIRONMENT"
@@ -156,13 +158,6 @@ def centre_keys(key_dir: Path | None) -> tuple[SigningKey, TrustedKeys]:
     return SigningKey.load_or_create(folder), TrustedKeys.load(folder / PUBLIC_KEYS_FILE)
 
 
-def key_folder(key_dir: Path | None) -> Path:
-    """The centre's key folder: `key_dir`, else the state dir (its sessions file and revoked links live there too)."""
-    from transfer.journal import default_state_dir
-
-    return key_dir or default_state_dir()
-
-
 def trusted_keys(key_dir: Path | None) -> TrustedKeys:
     """The public keys in `key_dir` (else the state dir): what a command that only reads believes."""
     from caseformat.signing import PUBLIC_KEYS_FILE, TrustedKeys
@@ -201,7 +196,7 @@ def single_image(image: Path) -> Storage:
     objects (the pathologist's report) go to a folder in the state dir: the image folder is `convert`'s output."""
     from caseformat.layout import is_name, qualified_case
     from transfer import default_state_dir
-    from viewer.cases import SingleImage
+    from viewer.single_image import SingleImage
 
     name = re.sub(r"(\.ome)?\.zarr$", "", image.resolve().name)
     case = qualified_case(LOCAL_STATION, name if is_name(name) else "image")

@@ -32,8 +32,8 @@ ENV_FILE, POLICY_FILE = "station.env", "policy.json"
 
 def _rgw(endpoint_url: str | None) -> RgwAdmin:
     """The RGW admin client with the centre's credential; the endpoint is needed (AWS has no RGW admin API)."""
+    from objectstore.clients import parse_endpoint
     from objectstore.enrolment import EnrolmentError, RgwAdmin
-    from transfer.target import parse_endpoint
 
     if not parse_endpoint(endpoint_url):
         raise EnrolmentError("--endpoint-url is needed: stations are RGW users (on AWS S3 they are IAM users; see docs/enrolment.md)")
@@ -88,8 +88,9 @@ def add(
     (read-only) folders of the store, and an enrolment folder to hand over privately (it holds the secret key)."""
     from caseformat.layout import centre_folder, station_folder, validate_station
     from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey
+    from objectstore.clients import parse_endpoint
     from objectstore.enrolment import POLICY_NAME, station_policy, station_uid
-    from transfer.target import parse_endpoint, parse_store_url
+    from transfer.target import parse_store_url
 
     validate_station(station)
     bucket, prefix = parse_store_url(store)
@@ -125,8 +126,8 @@ def add(
 
 def _create_on_rgw(endpoint: str, bucket: str, prefix: str, station: str) -> StationCredential:
     """The station's user and policy, after making sure the centre can read what stations write to the bucket."""
+    from objectstore.clients import make_client
     from objectstore.enrolment import ensure_centre_grant
-    from transfer.network import make_client
 
     admin = _rgw(endpoint)
     if ensure_centre_grant(make_client(endpoint), bucket, prefix):

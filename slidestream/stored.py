@@ -1,14 +1,14 @@
 """A case already converted (`slidestream convert`) or sent (`slidestream send`), as `export-dicom`'s tile source.
 
-The level arrays are sharded Zarr v3 whose JPEG chunks are self-contained baseline JPEG (`tiling.pyramid`): each is
+The level arrays are sharded Zarr v3 whose JPEG chunks are self-contained baseline JPEG (`tiling.shard_jobs`): each is
 one DICOM frame as it is, so the export copies chunk bytes out of the shards (index at the end, `assemble_shard`)
 without decoding. The pixel spacing is the NGFF scale in micrometres; the case ID is the case folder's name, the
 only identifier the image carries (it was de-identified when it was written). A sent case is exported only when
 its manifest says complete: an image still arriving reads as background where shards are missing.
 
-Every read goes through one zarr store rooted at the case folder (zarr's `ObjectStore` over the readers' obstore
-client on S3, as `inference.store.Location.zarr_store` makes it), not through `inference` itself, whose import
-brings torch (3.6 s of a 4 s export).
+Every read goes through one zarr store rooted at the case folder (`objectstore.zarrstore.folder_view`: the store
+client the viewer and the hub use; a failing store is a `StorageError`), not through `inference` itself, whose
+import brings torch (3.6 s of a 4 s export).
 
 The manifest, the hub's pyramid record and each level's zarr.json are read as untrusted documents
 (`caseformat.results`): every level is held to `check_array`'s bounds (at most 2^20 px a side, chunk sides of at
@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import obstore.exceptions
 import zarr
-from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -46,10 +44,11 @@ from caseformat.layout import (
     version_number,
 )
 from caseformat.results import COMPLETE, Manifest, PyramidRecord
+from objectstore import ObjectNotFoundError, ZarrView
+from objectstore.zarrstore import folder_view
 from slides import Level, SlidestreamError
-from tiling.pyramid import CorruptShardError, verified_chunks
-from transfer.readers import object_store
-from transfer.target import parse_endpoint, parse_store_url
+from tiling.shard_format import CorruptShardError, verified_chunks
+from transfer.target import parse_store_url
 
 T = TypeVar("T")
 JPEG_KEYS = {"level", "quality"}  # a JPEG codec configured with tables or a header has no self-contained chunks
@@ -73,10 +72,12 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
     (`.../CASE`: that slide's newest version), local or on S3, or `convert`'s output folder; the case ID is
     `case_id` where given, else the case's."""
     root = target.rstrip("/")
+    if root.startswith("s3://"):
+        parse_store_url(root)  # S3's naming rules: a malformed URL is one line before any request
     named_image = root.rsplit("/", 1)[-1] == IMAGE
     if named_image:
         root = root.rsplit("/", 1)[0]
-    folder = CaseFolder(target, _store(root, endpoint_url))
+    folder = CaseFolder(target, folder_view(root, endpoint_url))
     slides = folder.children(SLIDES)
     if slides and folder.read(MANIFEST) is None:  # a case folder: its one slide, at its newest version
         if len(slides) > 1:
@@ -86,7 +87,7 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
             raise StoredCaseError(f"{target}: slide {slides[0]} has no version yet")
         case_name = root.rsplit("/", 1)[-1]
         root = member(root, SLIDES, slides[0], max(versions, key=version_number))
-        folder = CaseFolder(target, _store(root, endpoint_url))
+        folder = CaseFolder(target, folder_view(root, endpoint_url))
     else:
         parts = root.split("/")
         case_name = parts[-4] if len(parts) >= 4 and parts[-3] == SLIDES else parts[-1]
@@ -96,7 +97,7 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
         raise StoredCaseError(f"{target}: the case is not complete (state {manifest.state}{f': {reason}' if reason else ''}); "
                               "export it once its send has finished")
     twin = centre_twin(root)  # a shared store's slide version: the hub's record lies in the centre's folder
-    results = CaseFolder(target, _store(twin, endpoint_url)) if twin else folder
+    results = CaseFolder(target, folder_view(twin, endpoint_url)) if twin else folder
     if manifest is not None and not manifest.hub_pyramid_done(results.read_document(PYRAMID, PyramidRecord.read)):
         raise StoredCaseError(f"{target}: the hub has not built the in-between levels yet (pyramid.json not complete); "
                               "export it once `slidestream hub` has, or send with --full-pyramid")
@@ -105,38 +106,23 @@ def open_stored_case(target: str, endpoint_url: str | None = None, case_id: str 
     return StoredCase(folder, image, validate_name(case_id) if case_id is not None else _case_name(target, case_name))
 
 
-def _store(root: str, endpoint_url: str | None) -> Store:
-    if root.startswith("s3://"):
-        bucket, prefix = parse_store_url(root)
-        return zarr.storage.ObjectStore(object_store(bucket, prefix, parse_endpoint(endpoint_url)), read_only=True)
-    return zarr.storage.LocalStore(Path(root).resolve(), read_only=True)
-
-
 class CaseFolder:
     """The objects of one case folder (or of convert's output), read whole; None for one that does not exist."""
 
-    def __init__(self, target: str, store: Store) -> None:
+    def __init__(self, target: str, store: ZarrView) -> None:
         self.target = target
         self.store = store
 
     def read(self, key: str) -> bytes | None:
-        try:
-            buffer = sync(self.store.get(key, prototype=default_buffer_prototype()))
-        except (obstore.exceptions.BaseError, OSError) as error:
-            raise StoredCaseError(f"{self.target}: cannot read {key}: {_first_line(error)}") from None
+        buffer = sync(self.store.get(key, prototype=default_buffer_prototype()))
         return None if buffer is None else buffer.to_bytes()
 
     def children(self, prefix: str) -> list[str]:
-        """Names of the folders and objects directly below `prefix`, sorted."""
-        async def names() -> list[str]:
-            return sorted([name async for name in self.store.list_dir(prefix)])
-
+        """Names of the folders directly below `prefix`, sorted; none when it does not exist."""
         try:
-            return sync(names())
-        except FileNotFoundError:
+            return sync(self.store.storage.list_dirs(member(self.store.prefix, prefix) if self.store.prefix else prefix))
+        except ObjectNotFoundError:
             return []
-        except (obstore.exceptions.BaseError, OSError) as error:
-            raise StoredCaseError(f"{self.target}: cannot list {prefix}: {_first_line(error)}") from None
 
     def read_document(self, key: str, read: Callable[[bytes, str], T]) -> T | None:
         """The document at `key` as `read` reads it; None when absent, `StoredCaseError` when malformed."""
@@ -208,7 +194,7 @@ class StoredCase:
 
     def _read_shard(self, level: int, shard_row: int, shard_col: int) -> dict[tuple[int, int], bytes] | None:
         """The shard's chunks by (i, j) inside it, each within the shard and, where the image carries them, matching
-        its CRC32C (`tiling.pyramid.verified_chunks`; images written before the table: the index's CRC32C only), so
+        its CRC32C (`tiling.shard_format.verified_chunks`; images written before the table: the index's CRC32C only), so
         an export never embeds a frame that is not what was written."""
         name = f"{self._image}{self._paths[level]}/c/0/{shard_row}/{shard_col}"
         data = self._folder.read(name)
@@ -241,7 +227,3 @@ def _case_name(target: str, name: str) -> str:
         return validate_name(name)
     except SlidestreamError:
         raise StoredCaseError(f"{target}: its name {name!r} is no valid case ID; name one with --case") from None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

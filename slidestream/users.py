@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from slidestream.serve import DEFAULT_PORT, KEY_DIR_HELP, centre_keys, key_folder, trusted_keys
+from slidestream.keys import key_folder
+from slidestream.serve import DEFAULT_PORT, KEY_DIR_HELP, centre_keys, trusted_keys
 
 if TYPE_CHECKING:
     from objectstore import Storage
@@ -38,7 +39,8 @@ DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
 def open_store(store: str, endpoint_url: str | None) -> Storage:
     """The store as the viewer reads it, its URL and endpoint checked first (one line, not a panic)."""
     from objectstore import open_storage
-    from transfer.target import parse_endpoint, parse_store_url
+    from objectstore.clients import parse_endpoint
+    from transfer.target import parse_store_url
 
     parse_store_url(store)
     parse_endpoint(endpoint_url)

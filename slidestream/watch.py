@@ -67,12 +67,13 @@ def watch(
     are printed and written to the outbox."""
     from caseformat.layout import validate_station
     from caseformat.signing import PUBLIC_KEYS_FILE
+    from objectstore.clients import parse_endpoint
     from slides.errors import printable
     from station.hotfolder import Hospital, specimen_info, unexpected, watch_folder
     from station.pipeline import Resolver, run_send
     from station.request import SendRequest
     from station.station import default_station, load_trusted
-    from transfer.target import parse_endpoint, parse_store_url
+    from transfer.target import parse_store_url
 
     parse_store_url(destination)  # configuration errors stop it here, in one line, before it watches anything
     parse_endpoint(endpoint_url)

@@ -19,7 +19,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
@@ -29,6 +29,9 @@ from caseformat.layout import NoticeName, gross_photo_key, station_of
 from caseformat.signing import TrustedKeys
 from slides import SlidestreamError
 from slides.errors import printable
+
+if TYPE_CHECKING:
+    from station.station import Station
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg"}
 PIXEL_LIMIT = 120_000_000  # a camera's largest frame is ~100 MP; anything larger is no photo to decode
@@ -76,7 +79,7 @@ class GrossPhotos:
         self._done: dict[Path, tuple[int, float]] = {}  # photo -> the size and mtime it was sent (or refused) with
         self.names: dict[tuple[str, str], str] = {}  # (case, token) -> "specimen/photo.jpg"
 
-    def send(self, folders: list[Path], station_of: Callable[[], Any], info_of: Callable[[Path], Any], say: Callable[[str], None]) -> None:
+    def send(self, folders: list[Path], station_of: Callable[[], Station], info_of: Callable[[Path], Any], say: Callable[[str], None]) -> None:
         """Each photo of the specimen folders among `folders` whose specimen is registered, unchanged since the last look and held
         open by no writer, sent once (`info_of`: a folder's `SpecimenInfo`). The station (its registry) is opened
         only when a photo waits (`station_of`), so a folder without photos costs no registry. The store failing
@@ -115,28 +118,18 @@ class GrossPhotos:
                 self._done[photo] = signature
                 self._seen.pop(photo, None)
 
-    def _upload(self, station: Any, case: str, token: str, photo: Path) -> bool:
+    def _upload(self, station: Station, case: str, token: str, photo: Path) -> bool:
         """The photo's re-encoded pixels at its key, unless the store has them (a restart): True when sent now."""
-        from botocore.exceptions import ClientError
-
-        from transfer.network import ABSENT, error_code, fatal
-
         key = station.store.key(gross_photo_key(case, token))
-        try:
-            station.client.head_object(Bucket=station.store.bucket, Key=key)
+        if station.holds(key):
             return False
-        except ClientError as error:
-            if error_code(error) not in ABSENT:
-                raise fatal(error, station.store.endpoint, f"s3://{station.store.bucket}/{key}") from None
-        except Exception as error:  # noqa: BLE001 - botocore's connection errors: one line
-            raise fatal(error, station.store.endpoint, f"s3://{station.store.bucket}/{key}") from None
-        station._call(key, "put_object", Key=key, Body=reencoded(photo), ContentType="image/jpeg")
+        station.put(key, reencoded(photo), "image/jpeg")
         return True
 
-    def deliver(self, station: Any, outbox: Path, mark: GrossMark, say: Callable[[str], None]) -> None:
+    def deliver(self, station: Station, outbox: Path, mark: GrossMark, say: Callable[[str], None]) -> None:
         """`mark` to the operating room once per (case, number): printed and written to the outbox as text, then
         recorded in the registry's ledger. A registry or outbox that cannot be used raises: tried again."""
-        from station.station import _create_whole, outbox_path
+        from station.station import create_whole, outbox_path
 
         if station.registry.delivered(station.key, mark.case, MARK, mark.number) is not None:
             return
@@ -146,7 +139,7 @@ class GrossPhotos:
         text = f"{line}\n\nSpecimen: {printable(local)}   Case: {mark.case}\n".encode()
         outbox.mkdir(parents=True, exist_ok=True)
         file = outbox_path(outbox, local, mark.case, MARK, mark.number)
-        if _create_whole(file, text):
+        if create_whole(file, text):
             say(line)
             say(f"OUTBOX {file}")
         station.registry.set_delivered(station.key, mark.case, MARK, mark.number, hashlib.sha256(text).hexdigest(), False)
@@ -158,7 +151,7 @@ def is_mark(key: str) -> bool:
     return name is not None and name.kind == MARK
 
 
-def read_mark(station: Any, key: str, data: bytes | None, trusted: TrustedKeys) -> GrossMark:
+def read_mark(station: Station, key: str, data: bytes | None, trusted: TrustedKeys) -> GrossMark:
     """The gross mark at the notice `key` if the centre signed it, for this station, as its key names it;
     `DocumentError` naming the key and why otherwise."""
     name = NoticeName.parse(key)

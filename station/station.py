@@ -74,6 +74,7 @@ from caseformat.layout import (
     validate_station,
 )
 from caseformat.signing import KeyFileError, TrustedKeys
+from objectstore.clients import parse_endpoint
 from slides import SlidestreamError
 from slides.errors import printable
 from station.registry import (
@@ -86,7 +87,7 @@ from station.registry import (
 )
 from transfer.errors import JournalError
 from transfer.identity import content_sha256, sample_digest
-from transfer.target import parse_endpoint, parse_store_url
+from transfer.target import parse_store_url
 
 if TYPE_CHECKING:
     from hospital.systems import HospitalSystems
@@ -229,7 +230,7 @@ class Station:
     """One station's view of one store, with the local registry: every mapping from files to slide versions."""
 
     def __init__(self, store: Store, registry: Registry, station: str, ca_bundle: str | None = None) -> None:
-        from transfer.network import make_client
+        from objectstore.clients import make_client
 
         self.store, self.registry, self.name = store, registry, validate_station(station)
         self.key = store_key(store)
@@ -250,6 +251,27 @@ class Station:
             return getattr(self.client, method)(Bucket=self.store.bucket, **kwargs)
         except (BotoCoreError, ClientError) as error:
             raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{where}") from None
+
+    def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
+        """Write (or replace) one object of this station's: a record, an order's status, a photograph."""
+        self._call(key, "put_object", Key=key, Body=body, ContentType=content_type)
+
+    def holds(self, key: str) -> bool:
+        """Whether the store has `key` (a HEAD): absent is 404, or 403 to an enrolled station for a missing object of
+        its own folders (`transfer.network.ABSENT`)."""
+        from botocore.exceptions import ClientError
+
+        from transfer.network import ABSENT, error_code, fatal
+
+        try:
+            self.client.head_object(Bucket=self.store.bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error_code(error) in ABSENT:
+                return False
+            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+        except Exception as error:  # noqa: BLE001 - botocore's connection errors: one line
+            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
 
     def _create(self, key: str, body: bytes) -> bool:
         """PUT only if no object has `key` (If-None-Match: *); False when one has."""
@@ -274,8 +296,7 @@ class Station:
         file by a digest of its path, never by its name. Returns the case ID; the store failing raises."""
         specimen = self.register(info)
         token = hashlib.sha256(f"{specimen.case}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        self._call(token, "put_object", Key=self.store.key(unsent_key(specimen.case, token)), ContentType="application/json",
-                   Body=UnsentSlide(specimen.case, token, kind, utc_now()).to_json())  # fmt: skip
+        self.put(self.store.key(unsent_key(specimen.case, token)), UnsentSlide(specimen.case, token, kind, utc_now()).to_json())
         return specimen.case
 
     def unsent(self, case: str) -> tuple[list[UnsentSlide], list[str]]:
@@ -493,8 +514,7 @@ class Station:
         for status in self.open_orders(ref.case):
             if (status.order == "rescan") == rescan and (not rescan or status.slide == ref.slide):
                 done = OrderStatus(status.case, status.number, status.order, FULFILLED, utc_now(), status.slide, SlideRead(ref.slide, ref.version))
-                self._call(ref.label, "put_object", Key=self.store.key(order_status_key(ref.case, status.number)),
-                           ContentType="application/json", Body=done.to_json())  # fmt: skip
+                self.put(self.store.key(order_status_key(ref.case, status.number)), done.to_json())
                 return done
         return None
 
@@ -528,7 +548,7 @@ class Station:
         self._settle()
 
     def _settle(self) -> None:
-        settled = stamp((datetime.now(UTC) - timedelta(seconds=NOTICE_SETTLE)).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        settled = stamp(utc_now(datetime.now(UTC) - timedelta(seconds=NOTICE_SETTLE)))
         for key in sorted(self._recent):
             if key.rsplit("/", 1)[-1] >= settled:
                 return
@@ -582,7 +602,7 @@ class Station:
                 pdf, lines = self.systems.report(notice, specimen.identity, corrects)
                 for line in lines:
                     say(line)
-                if pdf is not None and _create_whole(written.with_suffix(".pdf"), pdf):
+                if pdf is not None and create_whole(written.with_suffix(".pdf"), pdf):
                     say(f"OUTBOX {written.with_suffix('.pdf')}")
             delivered = digest if outcome != CONFLICT else hashlib.sha256(written.read_bytes()).hexdigest()
             final = isinstance(notice, Report) and notice.category not in NOT_FINAL
@@ -716,12 +736,12 @@ def write_outbox(outbox: Path, notice: Report | Request, specimen: Specimen | No
     target = outbox_file(outbox, notice, specimen)
     text = notice_text(notice, specimen).encode()
     outbox.mkdir(parents=True, exist_ok=True)
-    if _create_whole(target, text):
+    if create_whole(target, text):
         return target, WRITTEN
     return target, ALREADY_THERE if target.read_bytes() == text else CONFLICT
 
 
-def _create_whole(target: Path, data: bytes) -> bool:
+def create_whole(target: Path, data: bytes) -> bool:
     """Creates `target` holding `data`, seen whole or not at all (a temporary file, linked: a link never replaces);
     False where `target` exists. The temporary file is gone afterwards, whatever happens."""
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", suffix=".tmp") as handle:

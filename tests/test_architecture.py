@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from caseformat import layout
 
 REPO = Path(__file__).resolve().parents[1]
 # each package may import only those before it
-LAYERS = ["slides", "caseformat", "hospital", "tiling", "transfer", "objectstore", "inference", "station", "hub", "viewer", "slidestream"]
+LAYERS = ["slides", "caseformat", "hospital", "tiling", "objectstore", "transfer", "inference", "station", "hub", "viewer", "slidestream"]
 # the layout's names that are path segments of keys: using one inside an f-string or a "+" builds a key by hand
 KEY_PARTS = {name for name in dir(layout) if name.isupper() and isinstance(getattr(layout, name), str)
              and name not in ("LAYOUT_FORMAT", "EDGE", "HUB", "ANALYZE")}  # fmt: skip
@@ -33,6 +36,42 @@ def test_packages_import_only_the_layers_below_them() -> None:
                     if top in LAYERS and LAYERS.index(top) > rank:
                         wrong.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_two_modules_import_each_other_at_load_time() -> None:
+    """Module-level imports between the project's modules form no cycle (a cycle works or fails by import order);
+    an import inside a function runs later and is left out."""
+    graph: dict[str, set[str]] = {}
+    known = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__") for package in LAYERS
+             for path in modules(package)}
+    for package in LAYERS:
+        for path in modules(package):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            targets = graph.setdefault(name, set())
+            for node in ast.parse(path.read_text()).body:  # module level only
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:  # a submodule, else the module
+                    targets |= {f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                                for alias in node.names}
+                elif isinstance(node, ast.Import):
+                    targets |= {alias.name for alias in node.names}
+    for name in graph:
+        graph[name] = {target for target in graph[name] if target in graph and target != name}
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+
+    def cycle_from(name: str, path: list[str]) -> list[str] | None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                return [*path[path.index(target):], target] if target in path else [*path, target]
+            if target not in state and (found := cycle_from(target, [*path, target])):
+                return found
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = cycle_from(name, [name])
+            assert found is None, " -> ".join(found)
 
 
 def _builds_a_key(node: ast.AST) -> bool:
@@ -102,3 +141,28 @@ def test_no_module_outside_the_case_format_parses_json_it_read_from_the_store_by
                 if _parses_json(node) and name not in NOT_STORE_DOCUMENTS:
                     wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)[:100]}")
     assert not wrong, "JSON parsed by hand outside caseformat/ (read it with its document type there):\n" + "\n".join(wrong)
+
+
+# -- one error family: "the store failed" is `except StorageError`, whichever client met it -------------------------
+CLOSED = "http://127.0.0.1:9"  # the discard port, where nothing listens: every connection is refused at once
+
+
+def test_an_unreachable_store_is_one_storage_error_naming_it_for_the_sender_the_station_and_the_viewer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from objectstore import S3Storage, StorageError, UnreachableError
+    from station.registry import Registry
+    from station.station import Station, Store
+    from transfer import Journal, Sender, SendOptions, parse_destination
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNREACHABLE00001")  # credentials of any kind: the link fails first
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-sent-anywhere")
+    with Journal(tmp_path / "journal") as journal, pytest.raises(StorageError) as sender:
+        Sender(parse_destination("s3://cases/x", "h1.unreached", CLOSED), journal, SendOptions(deadline=0.5)).preflight()
+    with Registry(tmp_path / "registry") as registry, pytest.raises(StorageError) as station:
+        Station(Store.parse("s3://cases/x", CLOSED), registry, "h1").read_bytes("x/case.json")
+    with pytest.raises(StorageError) as viewer:
+        asyncio.run(S3Storage("cases", "x", CLOSED).get("case.json"))
+    for failure in (sender.value, station.value, viewer.value):
+        assert CLOSED in str(failure) and "\n" not in str(failure), repr(failure)
+    assert isinstance(sender.value, UnreachableError) and sender.value.exit_code == 3  # wait for the link, then resume
+    assert isinstance(station.value, UnreachableError) and "connection refused" in str(station.value)

@@ -457,7 +457,7 @@ def test_each_send_takes_the_credentials_of_its_time(s3_server, s3_bucket, monke
     """A hot folder runs for months while keys get rotated: clients share the parsed API, never the credentials."""
     from botocore.exceptions import ClientError
 
-    from transfer.network import make_client
+    from objectstore.clients import make_client
 
     if s3_server.name.startswith("moto"):
         pytest.skip("moto accepts any key")

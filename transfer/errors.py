@@ -1,11 +1,14 @@
 """What can go wrong while sending, each as one line a technician can act on.
 
 Every class is a `SlidestreamError` (the CLI prints it as one line on stderr); `exit_code` tells a script whether
-to fix the command (2) or wait for the network and resume (3).
+to fix the command (2) or wait for the network and resume (3). The store's failures (credentials, the bucket, the
+link) are members of the store's error family too (`objectstore.errors`), so "the store failed" is `except
+StorageError` whoever met it.
 """
 
 from __future__ import annotations
 
+from objectstore.errors import AccessDeniedError, NoSuchBucketError, UnreachableError
 from slides import SlidestreamError
 
 
@@ -23,15 +26,15 @@ class SlideTakenError(DestinationError):
     """Another station claimed the slide number this send was given (two stations adding slides to one case)."""
 
 
-class CredentialsError(TransferError, PermissionError):
+class CredentialsError(TransferError, AccessDeniedError):
     """The server rejected (or there are no) credentials, or they may not write here."""
 
 
-class BucketNotFoundError(TransferError, FileNotFoundError):
+class BucketNotFoundError(TransferError, NoSuchBucketError):
     """The bucket does not exist on that endpoint."""
 
 
-class NetworkError(TransferError, ConnectionError):
+class NetworkError(TransferError, UnreachableError):
     """The endpoint cannot be reached; resuming later picks up where the journal stops."""
 
     exit_code = 3

@@ -1,8 +1,8 @@
-"""The S3 client and what sits between it and the socket: pacing, byte counting, round-trip samples, error triage."""
+"""What sits between the sender's S3 client (`objectstore.clients.make_client`) and the socket: pacing, byte counting,
+round-trip samples, error triage."""
 
 from __future__ import annotations
 
-import functools
 import socket
 import statistics
 import threading
@@ -10,8 +10,6 @@ import time
 from collections import deque
 from typing import Any
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -27,7 +25,6 @@ from botocore.exceptions import (
 
 from transfer.errors import BucketNotFoundError, CredentialsError, NetworkError, TransferError
 
-MAX_CONCURRENCY = 32
 BLOCK = 64 * 1024  # bytes handed to the socket per read of a request body: the pacing granularity
 
 CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
@@ -40,48 +37,6 @@ TRANSIENT_CODES = {"RequestTimeout", "SlowDown", "ServiceUnavailable", "Internal
 # its centre folders (`caseformat.layout`) AccessDenied means "not there yet". A policy that denies the read outright
 # still shows: the create or LIST that follows is refused.
 ABSENT = ("NoSuchKey", "404", "AccessDenied", "403")
-
-
-def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
-    """An S3 client (botocore's, as boto3 makes) for any S3-compatible server, credentials from the standard AWS chain.
-
-    We retry ourselves (with a deadline the user sets), so botocore makes one attempt per call. We send Content-MD5
-    and SHA-256 ourselves, so botocore's own flexible checksums (which older Ceph and MinIO reject) stay off.
-    A custom endpoint gets path-style addressing: MinIO and Ceph rarely have wildcard DNS for bucket subdomains.
-    """
-    config = Config(
-        retries={"total_max_attempts": 1},
-        connect_timeout=5,
-        read_timeout=20,
-        max_pool_connections=MAX_CONCURRENCY + 8,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"addressing_style": "path"} if endpoint else None,
-    )
-    client = _session().create_client("s3", endpoint_url=endpoint, verify=ca_bundle, config=config)
-    client.meta.events.register("before-send.s3", _send_body_at_once)
-    return client
-
-
-def _session() -> botocore.session.Session:
-    """A fresh botocore session (credentials are looked up anew for every send: keys get rotated under a hot folder
-    that runs for months) sharing the API descriptions already parsed, which would cost each slide 0.1 s."""
-    session = botocore.session.get_session()
-    session.register_component("data_loader", _api_descriptions())
-    return session
-
-
-@functools.cache
-def _api_descriptions() -> Any:
-    """botocore's loader of API descriptions, kept for the process: it caches what it has parsed."""
-    return botocore.session.get_session().get_component("data_loader")
-
-
-def _send_body_at_once(request: Any, **_: Any) -> None:
-    """Drop botocore's `Expect: 100-continue`: it holds every PUT's body back one round trip for the server's go-ahead
-    (20-50 ms on 5G and 4G, a sixth of a shard's time on the wire). What it saves is a body sent in vain when the
-    server rejects the request, and the preflight has shown that it accepts ours. The header is not signed."""
-    request.headers.pop("Expect", None)
 
 
 class TokenBucket:

@@ -6,9 +6,7 @@ and the endpoint, and turns a case's names into a destination the sender and the
 
 from __future__ import annotations
 
-import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 
 from caseformat.layout import (
@@ -21,6 +19,7 @@ from caseformat.layout import (
     validate_slide,
     validate_version,
 )
+from objectstore.clients import parse_endpoint
 from transfer.errors import DestinationError
 
 # S3 bucket naming rules (3-63 chars, lowercase, digits, dots, hyphens); dotted-quad names are refused by S3 too
@@ -90,26 +89,3 @@ def parse_store_url(url: str) -> tuple[str, str]:
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         raise DestinationError(f"{url}: the prefix must not contain empty, '.' or '..' parts")
     return bucket, prefix
-
-
-def parse_endpoint(endpoint: str | None) -> str | None:
-    """The one check of an S3 endpoint URL (--endpoint-url, or $AWS_ENDPOINT_URL when it is None, which boto3 and
-    obstore read themselves) before any client sees it: http or https, a host, an optional port, nothing else.
-    botocore answers a malformed one with a page of traceback and obstore with a Rust panic. Returns `endpoint`."""
-    value = endpoint if endpoint is not None else os.environ.get("AWS_ENDPOINT_URL")
-    if value is None:
-        return None
-    where = "--endpoint-url" if endpoint is not None else "AWS_ENDPOINT_URL"
-    expected = f"{where} {value!r} is not an endpoint URL (expected http(s)://HOST[:PORT])"
-    try:
-        parts = urllib.parse.urlsplit(value)
-        port = parts.port  # raises for a port that is no number or out of range
-    except ValueError as error:
-        raise DestinationError(f"{expected}: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query or parts.fragment:
-        raise DestinationError(expected)
-    if parts.username is not None or parts.password is not None:
-        raise DestinationError(f"{where}: credentials do not belong in the endpoint URL; use the AWS credential chain")
-    if port == 0:
-        raise DestinationError(f"{expected}: port 0")
-    return endpoint
