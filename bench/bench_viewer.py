@@ -40,13 +40,13 @@ import httpx
 import numpy as np
 
 from caseformat.layout import MANIFEST, SlideRef, image_key
+from tiling.shard_format import EMPTY
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 CASE = "bench.viewer"  # station "bench"
 REF = SlideRef(CASE)
 SECRET = b"benchmark-secret-not-for-production-use-0123456789"
-EMPTY = 2**64 - 1
 WRK_SCRIPT = """
 local paths = {}
 for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end

@@ -1,4 +1,4 @@
-"""The worklist's cost as the store grows: the full re-read (`Cases.worklist`, the baseline) against the index
+"""The worklist's cost as the store grows: the full re-read (`viewer.worklist.read_worklist`, the baseline) against the index
 (`viewer.worklist.OpenCases`), in one run, on one S3 server, with the same cases.
 
 For each N (default 100, 1,000, 10,000) a new bucket gets N cases spread over `--stations` stations, each with the
@@ -7,7 +7,7 @@ manifest, its `_arrivals/` marker and the hub's final triage.json; all but the n
 report, as a store after days of work holds). No image: the worklist reads none. Then, through a Storage wrapper
 that counts requests:
 
-  full re-read   `Cases.worklist()` twice: seconds and requests per call
+  full re-read   `read_worklist` twice: seconds and requests per call
   index build    the index's first poll (one full read)
   index poll     a poll with nothing new, then a poll after one case got a new slide (marker + manifest), then 20
                  pages polling at the same moment (one refresh serves them all)
@@ -173,7 +173,7 @@ async def measure(n: int, stations: int, unsigned: int, repeat: int, endpoint: s
         return {"seconds": round(time.monotonic() - began, 3), **dict(counting.requests), "rows": _rows(answer)}, answer
 
     full = Counting(bucket, "cases", endpoint)
-    result["full_reread"] = [(await timed(lambda: Cases(full, trusted).worklist(), full))[0] for _ in range(repeat)]
+    result["full_reread"] = [(await timed(lambda: worklist.read_worklist(Cases(full, trusted)), full))[0] for _ in range(repeat)]
     indexed = Counting(bucket, "cases", endpoint)
     index = worklist.OpenCases(Cases(indexed, trusted))
     result["index_build"], answer = await timed(lambda: index.poll(None, datetime.now(UTC)), indexed)

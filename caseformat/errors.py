@@ -24,6 +24,15 @@ class DocumentError(CaseFormatError):
     type or out of bounds. Everything on the store is untrusted input: a station may be buggy or hostile."""
 
 
+class SendFailedError(SlidestreamError, LookupError):
+    """The slide version's send was given up (its manifest says failed): there is no image to show or score, only the
+    sender's reason (`reason`)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: send failed: {reason}")
+        self.reason = reason
+
+
 class SignatureError(DocumentError):
     """A document that must come from the centre is unsigned, signed by a key the reader does not trust, or its
     signature does not match its content."""

@@ -36,10 +36,16 @@ def printable(text: str) -> str:
     return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def first_line(error: object) -> str:
+    """The first line of a library's message (torch, libtiff and tifffile write many; at most 300 characters), else
+    the error's type."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def one_line(error: BaseException) -> str:
     """An error as one line for a log or a report row: ours are one line already; anything else gets its type and
     first line."""
     if isinstance(error, SlidestreamError):
         return str(error)
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = first_line(error)
+    return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text

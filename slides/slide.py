@@ -29,7 +29,7 @@ import openslide
 import tifffile
 
 from slides.deid import PUBLIC_NAME, safe_associated_images, safe_properties
-from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError
+from slides.errors import CorruptSlideError, SlideNotFoundError, SlidestreamError, UnsupportedSlideError, first_line
 from slides.jpeg import RGB, YCBCR, colour_model, strip_metadata, ycbcr_to_rgb
 from slides.ome import OmeFacts, ome_facts, unsupported_shape
 from slides.written import tiff_structure_whole, tifffile_complaints
@@ -178,7 +178,7 @@ class Slide:
         try:
             return np.asarray(self._osr.associated_images[name].convert("RGB"))
         except openslide.OpenSlideError as error:
-            raise CorruptSlideError(f"{self.path}: cannot read its {name} image: {_first_line(error)}") from None
+            raise CorruptSlideError(f"{self.path}: cannot read its {name} image: {first_line(error)}") from None
 
     # -- compressed source tiles -----------------------------------------------------------------------------
     def has_raw_tiles(self, level: int) -> bool:
@@ -338,7 +338,7 @@ def open_slide(path: str | os.PathLike[str], keep_phi: bool = False) -> Slide:
             raise
         except Exception as error:  # noqa: BLE001 - tifffile and openslide raise many types for damaged files
             _close_all(scratch, osr, tiff)
-            raise UnsupportedSlideError(f"{path}: unreadable slide structure: {_first_line(error)}") from None
+            raise UnsupportedSlideError(f"{path}: unreadable slide structure: {first_line(error)}") from None
     slide._scratch = scratch
     try:
         _check_bounds(slide)
@@ -447,7 +447,7 @@ def _try_openslide(opened: Path, path: Path) -> openslide.OpenSlide | None:
     except openslide.OpenSlideUnsupportedFormatError:
         return None
     except openslide.OpenSlideError as error:
-        raise UnsupportedSlideError(f"{path}: damaged slide: {_first_line(error)}") from None
+        raise UnsupportedSlideError(f"{path}: damaged slide: {first_line(error)}") from None
 
 
 def _try_tifffile(path: Path, complaints: list[logging.LogRecord]) -> tifffile.TiffFile | None:
@@ -465,7 +465,7 @@ def _try_tifffile(path: Path, complaints: list[logging.LogRecord]) -> tifffile.T
     errors = [record for record in complaints if record.levelno >= logging.ERROR]
     if not whole or errors:
         tiff.close()
-        detail = f": {_first_line(errors[0].getMessage())}" if errors else ""
+        detail = f": {first_line(errors[0].getMessage())}" if errors else ""
         raise CorruptSlideError(f"{path}: truncated or damaged TIFF structure{detail}")
     if tiff.is_ndpi:
         # NDPI stores JPEG strips as restart-marker "tiles" that cannot be copied as self-contained tiles
@@ -473,10 +473,6 @@ def _try_tifffile(path: Path, complaints: list[logging.LogRecord]) -> tifffile.T
         return None
     return tiff
 
-
-def _first_line(error: object) -> str:
-    """Library messages can span lines (libtiff, tifffile reprs); ours are one line."""
-    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def _levels(osr: openslide.OpenSlide | None, tiff: tifffile.TiffFile | None) -> list[Level]:

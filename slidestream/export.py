@@ -155,7 +155,7 @@ async def _slide_results(storage: Storage, trusted: TrustedKeys, case: str, slid
 
     cases = Cases(storage, trusted, tile_cache_bytes=0)
     ref = await _slide_version(cases, case, slide)
-    level0 = (await cases.image(ref.root)).levels[0]
+    level0 = (await cases.tiles.image(ref.root)).levels[0]
     documents, notes = await listed(storage, trusted, case, AsyncCache(1024))
     annotations = tuple(annotation for annotation in (Annotation.from_fields(Fields(document, annotation_key(case, document["id"])))
                                                       for document in documents)

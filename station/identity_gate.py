@@ -42,7 +42,7 @@ Found = tuple[str, int, int]  # how it matched, and where in the folded text
 
 
 @dataclass(frozen=True)
-class Piece:
+class IdentityMention:
     """Where a context text names the patient: the identity field it matches, how, and the words as written there."""
 
     field: str
@@ -59,7 +59,7 @@ class Piece:
         return printable(f"{self.written[0]}…{self.written[-1]}" if len(self.written) > 2 else f"{self.written[0]}…")
 
 
-def identifying_piece(text: str, identity: Mapping[str, str]) -> Piece | None:
+def identifying_piece(text: str, identity: Mapping[str, str]) -> IdentityMention | None:
     """The first piece of `text` that names the patient of `identity` (a sidecar's accession, patient_name,
     patient_id, birth_date), or None."""
     folded = Folded.of(text)
@@ -67,7 +67,7 @@ def identifying_piece(text: str, identity: Mapping[str, str]) -> Piece | None:
         value = identity.get(field, "").strip()
         if value and (found := matcher(folded.text, value)):
             kind, start, end = found
-            return Piece(field, kind, folded.written(start, end))
+            return IdentityMention(field, kind, folded.written(start, end))
     return None
 
 

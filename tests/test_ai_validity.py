@@ -36,7 +36,9 @@ from slides import open_slide
 from slidestream.cli import app
 from tiling.tissue import overview
 from viewer import S3Storage
-from viewer.cases import UNROUTED, Cases, _triage
+from viewer.cases import Cases
+from viewer.summary import UNROUTED, triage_summary
+from viewer.worklist import read_worklist
 
 STATION = "h7"
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def test_a_refused_triage_carries_no_score_and_the_viewer_says_so() -> None:
                      "", "no validated AI for skin")
     read = Triage.read(refused.to_json())
     assert read == refused and read.final()
-    assert _triage(read) == {"score": None, "stage": "hub", "final": True, "refused": "no validated AI for skin",
+    assert triage_summary(read) == {"score": None, "stage": "hub", "final": True, "refused": "no validated AI for skin",
                              "qc": {"blur_fraction": 0.1, "pen_fraction": 0.0, "tiles": 10}, "tissue_tiles": 0}
     with pytest.raises(Exception, match="refused"):
         Triage.read(json.dumps({**refused.to_dict(), "refused": "x" * 201}).encode())
@@ -100,12 +102,12 @@ def test_only_a_routed_score_is_shown_on_the_worklist_and_the_case() -> None:
     summary = {"tiles_scored": 12, "tissue_tiles": 12, "qc": {"focus_tiles": 12, "blur_fraction": 0.0, "pen_fraction": 0.0}}
     unrouted = Triage("h7.a/s1/v1", 0.9, "capricorn0.1", "hub", True, summary)  # written before routing, or by a station's edge
     routed = replace(unrouted, routed=Routed("rectum", "H&E", 0.5))
-    assert _triage(Triage.read(unrouted.to_json())) == {"score": None, "stage": "hub", "final": True, "refused": UNROUTED,
+    assert triage_summary(Triage.read(unrouted.to_json())) == {"score": None, "stage": "hub", "final": True, "refused": UNROUTED,
                                                         "qc": {"blur_fraction": 0.0, "pen_fraction": 0.0, "tiles": 12},
                                                         "tissue_tiles": 12}  # fmt: skip
     assert UNROUTED.startswith("no validated AI")
-    assert _triage(Triage.read(routed.to_json())) == {"score": 0.9, "stage": "hub", "final": True}
-    assert _triage(replace(routed, score=None, summary={"tiles_scored": 0})) is None  # routed, nothing scored yet
+    assert triage_summary(Triage.read(routed.to_json())) == {"score": 0.9, "stage": "hub", "final": True}
+    assert triage_summary(replace(routed, score=None, summary={"tiles_scored": 0})) is None  # routed, nothing scored yet
 
 
 def model_package(folder: Path) -> Path:
@@ -149,7 +151,7 @@ def test_the_hub_scores_only_what_its_model_was_validated_for(s3_server: S3Serve
     triage = {name: Triage.read(Location.slide_version(root, SlideRef(case)).read_bytes(TRIAGE) or b"") for name, case in cases.items()}
     viewer = Cases(S3Storage(s3_bucket, "centre", endpoint), TrustedKeys([]))
     status = {name: asyncio.run(viewer.status(SlideRef(case).root)) for name, case in cases.items()}
-    listed = {entry["case"]: entry for entry in asyncio.run(viewer.worklist())}
+    listed = {entry["case"]: entry for entry in asyncio.run(read_worklist(viewer))}
 
     record = read_package(package)
     colon = triage["colon"]

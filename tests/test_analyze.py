@@ -21,7 +21,7 @@ from caseformat.documents import CaseRecord
 from caseformat.layout import CASE_RECORD, case_key
 from inference import AnalyzeOptions
 from inference.pipeline import plan_heatmap
-from inference.sources import SlideRef, open_source
+from inference.sources import SlideFileRef, open_source
 from slides import open_slide
 from slidestream.cli import app
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
@@ -109,7 +109,7 @@ def test_batch_reports_every_slide_and_keeps_going_past_bad_ones(batch) -> None:
         # a valid OME-Zarr on the slide's tile grid, zero on background
         image = np.asarray(list(Reader(parse_url(str(out / row["case"] / "heatmap.zarr")))())[0].data[0])[0]
         slide = sample("CMU-1-Small-Region.svs" if case == S3_CASE else row["slide"])
-        expected = plan_heatmap(open_source(SlideRef.of(slide)), AnalyzeOptions())
+        expected = plan_heatmap(open_source(SlideFileRef.of(slide)), AnalyzeOptions())
         assert image.shape == expected.grid.shape and (image[~expected.tissue] == 0).all()
         assert abs(int(image.max()) - float(row["max"]) * 255) <= 1
     assert json.loads((out / found["TCGA-CR-7395-jp2k"]["case"] / "triage.json").read_text())["summary"]["mpp_assumed"] is True  # QC's

@@ -29,13 +29,13 @@ from conftest import REPO, S3Server, sample
 
 from caseformat.layout import IMAGE, SlideRef
 from inference.store import Location
+from tiling.shard_format import EMPTY
 
 pytestmark = pytest.mark.slow  # Chromium
 
 STATIC = REPO / "viewer" / "static"
 SLIDE = "CMU-1-Small-Region.svs"
 CHUNK = 240  # Aperio's tile size, kept as the chunk size by pass-through
-EMPTY = 2**64 - 1  # a shard index entry (offset, length) of an absent chunk
 PAGE = b"<!doctype html><title>omezarr.js test</title>"
 
 # Reads on the page; `signed` maps each object's plain URL to its presigned one (a private bucket).

@@ -42,6 +42,7 @@ from objectstore import S3Storage
 from objectstore.enrolment import RgwAdmin, station_uid
 from viewer.cases import Cases
 from viewer.reports import ReportIn, RequestIn, ask, sign
+from viewer.worklist import read_worklist
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +187,7 @@ def test_what_a_station_may_write_in_its_own_folder_the_centre_does_not_believe(
     for key, body in planted.items():
         a.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=body)
     cases = Cases(S3Storage(bucket, PREFIX, alliance.server.endpoint_url), TrustedKeys.load(alliance.keys / "centre-keys.pem"))
-    listed = asyncio.run(cases.worklist())
+    listed = asyncio.run(read_worklist(cases))
     assert {entry["case"] for entry in listed} == set(alliance.cases.values())
     own = next(entry for entry in listed if entry["case"] == alliance.cases["hosp-a"])
     assert own["stage"] == "edge", own  # its own "final" map is read as what it is: the station's

@@ -25,7 +25,7 @@ from hub.pyramid import complete_pyramid
 from inference import Location, analyze_case
 from slides import open_slide
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
-from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from tiling.shard_format import EMPTY, read_shard_index, shard_index_size
 from transfer.manifest import resend_keys
 from viewer.cases import Cases
 
@@ -166,7 +166,7 @@ def test_the_hub_does_not_build_a_level_from_a_corrupt_shard(s3_server: S3Server
 
 
 def test_a_chunk_that_fails_its_checksum_is_corrupt_for_a_reader_of_whole_shards_too() -> None:
-    from tiling.pyramid import CorruptShardError, verified_chunks
+    from tiling.shard_format import CorruptShardError, verified_chunks
 
     plan, pieces = pyramid()
     n, shard = plan.shard_chunks, shards(pieces)["0/c/0/0/0"]
@@ -202,7 +202,7 @@ def test_two_viewers_recording_corrupt_pieces_at_once_lose_neither(tmp_path: Pat
 
     async def race() -> CorruptRecord:
         viewers = [Cases(Interleaving(tmp_path), TRUSTED) for _ in range(2)]
-        await asyncio.gather(*(viewer._report_corrupt(ref.root, "2026-12-05T10:00:00Z", shard)
+        await asyncio.gather(*(viewer.tiles._report_corrupt(ref.root, "2026-12-05T10:00:00Z", shard)
                                for viewer, shard in zip(viewers, ("0/c/0/0/0", "0/c/0/0/1"), strict=True)))
         return CorruptRecord.read((tmp_path / ref.centre_key(CORRUPT)).read_bytes())
 

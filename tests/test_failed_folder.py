@@ -63,6 +63,7 @@ def test_the_centre_is_told_of_every_slide_the_station_will_not_send_without_its
     from caseformat.signing import TrustedKeys
     from objectstore import S3Storage
     from viewer.cases import Cases
+    from viewer.worklist import read_worklist
 
     hot, state = tmp_path / "hot", tmp_path / "state"
     for name in ("frozen A.svs", "frozen B.svs"):
@@ -89,7 +90,7 @@ def test_the_centre_is_told_of_every_slide_the_station_will_not_send_without_its
         assert "frozen" not in body and "block" not in body and "S26-" not in body, body
 
     cases = Cases(S3Storage(s3_bucket, "site-a", s3_server.endpoint_url), TrustedKeys([]))
-    listed = {entry["case"]: entry for entry in asyncio.run(cases.worklist())}
+    listed = {entry["case"]: entry for entry in asyncio.run(read_worklist(cases))}
     assert len(listed) == 2, json.dumps(listed, indent=1)
     partly, nothing = sorted(listed.values(), key=lambda entry: len(entry["slides"]), reverse=True)
     assert partly["missing"].startswith("1 of 3 slides failed at the hospital"), partly

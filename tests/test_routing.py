@@ -31,7 +31,7 @@ from slides import open_slide
 from slidestream.cli import app
 from tiling import ConvertOptions, plan_pyramid, produce
 from viewer import LocalStorage
-from viewer.cases import UNROUTED
+from viewer.summary import UNROUTED
 
 PATCH, RESIZE = 224, 16
 

@@ -59,7 +59,7 @@ from caseformat.layout import (
     station_case_folder,
 )
 from tiling import PieceKind
-from tiling.pyramid import assemble_shard
+from tiling.shard_format import assemble_shard
 from viewer import (
     WORKLIST,
     InvalidKeyError,

@@ -74,7 +74,7 @@ def test_a_poll_after_the_first_reads_the_store_for_what_changed_not_for_every_c
     async def scenario() -> None:
         whole = await index.poll(None, datetime.now(UTC))
         assert len(whole["cases"]) == CASES and _cases_read(counting) == set(cases)  # the first poll reads every case
-        full = await Cases(bucket.storage(), TRUSTED).worklist()
+        full = await worklist.read_worklist(Cases(bucket.storage(), TRUSTED))
         assert whole["cases"] == full  # the same rows in the same order as the full re-read
         counting.reset()
         quiet = await index.poll(whole["since"], datetime.now(UTC))

@@ -46,6 +46,7 @@ from inference.store import Location
 from inference.tiles import TileGrid
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce
+from tiling.shard_format import EMPTY
 from viewer import S3Storage, Storage, TokenError, Tokens, case_scope, create_app
 from viewer.people import add_person
 from viewer.tokens import PERSON, SESSION_COOKIE
@@ -57,7 +58,6 @@ KEY_DIR = Path(tempfile.mkdtemp(prefix="slidestream-test-keys-"))
 atexit.register(shutil.rmtree, KEY_DIR, True)
 CENTRE_KEY = SigningKey.load_or_create(KEY_DIR)
 TRUSTED = TrustedKeys.load(KEY_DIR / PUBLIC_KEYS_FILE)
-EMPTY = 2**64 - 1
 MODEL = "test-model"  # what the triage documents the tests write name as their model
 ROUTED = Routed("sigmoid colon", "H&E", 0.499)  # what their scores were held to: inside the model's use (readers show them)
 

@@ -36,16 +36,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from caseformat.bounded import utc_now
 from caseformat.documents import PATHOLOGIST, SIGN_IN, SIGN_OUT, STATION, Author, Person, SlideRead
 from caseformat.documents import Request as HospitalRequest
-from caseformat.errors import DocumentError, InvalidIdError
+from caseformat.errors import DocumentError, InvalidIdError, SendFailedError
 from caseformat.layout import GROSS_TOKEN, SLIDE_PATTERN, VERSION_PATTERN, SlideRef, person_key, station_of
 from caseformat.signing import SigningKey, TrustedKeys
 from objectstore import InvalidKeyError, ObjectNotFoundError, Storage, StorageError
 from slides.errors import printable
 from viewer import annotations, audit, gross, turnaround
 from viewer.cache import AsyncCache
-from viewer.cases import TILE_CACHE_BYTES, UNREADABLE, Cases, utc_now
+from viewer.cases import Cases
 from viewer.image import (
     BACKGROUND,
     PENDING,
@@ -57,6 +58,8 @@ from viewer.oidc import OidcSettings, install_directory
 from viewer.people import RevokedError, get_person
 from viewer.reports import MAX_TEXT, ReportConflict, ReportIn, RequestIn, ask, numbered, order_states, sign
 from viewer.sessions import IDLE, LINK, Sessions, record_sign_in
+from viewer.summary import UNREADABLE
+from viewer.tiles import TILE_CACHE_BYTES
 from viewer.tokens import (
     CASE_ID,
     PERSON,
@@ -331,7 +334,7 @@ async def case_slides(case: Case, state: State) -> JSONResponse:
 @router.get("/api/cases/{case}/slides/{slide}/{version}/image")
 async def image(case: Case, slide: SlideId, version: VersionId, state: State, identity: Who) -> JSONResponse:
     root = SlideRef(case, slide, version).root
-    described = (await state.cases.image(root)).describe()
+    described = (await state.cases.tiles.image(root)).describe()
     await state.audit(identity, "open-slide", case, slide, version)
     return JSONResponse(described, headers={"Cache-Control": "no-cache"})
 
@@ -348,7 +351,7 @@ async def status(case: Case, slide: SlideId, version: VersionId, state: State,
 async def thumbnail(case: Case, slide: SlideId, version: VersionId, state: State,
                     if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """The slide version's picture in the case's slide strip (not an opening of the slide: not audited)."""
-    return _revalidated(await state.cases.thumbnail(SlideRef(case, slide, version).root), "image/jpeg", "private, no-cache", if_none_match)
+    return _revalidated(await state.cases.tiles.thumbnail(SlideRef(case, slide, version).root), "image/jpeg", "private, no-cache", if_none_match)
 
 
 @router.get("/api/cases/{case}/slides/{slide}/{version}/macro")
@@ -377,7 +380,7 @@ async def tile(request: Request) -> Response:
     level meanwhile.
     """
     state, root, level, row, col = await _tile_request(request)
-    chunk = await state.cases.locate(root, level, row, col)
+    chunk = await state.cases.tiles.locate(root, level, row, col)
     if chunk == PENDING:
         return JSONResponse({"detail": "not arrived yet"}, 404, headers={"Cache-Control": "no-store", "X-Tile": "pending"})
     if chunk == BACKGROUND:
@@ -386,7 +389,7 @@ async def tile(request: Request) -> Response:
     headers = {"ETag": chunk.etag, "Cache-Control": IMMUTABLE}
     if _matches(request.headers.get("if-none-match"), chunk.etag):
         return Response(status_code=304, headers=headers)
-    data, media_type = await state.cases.chunk_bytes(chunk)
+    data, media_type = await state.cases.tiles.chunk_bytes(chunk)
     return Response(data, media_type=media_type, headers=headers)
 
 
@@ -396,7 +399,7 @@ async def heatmap_tile(request: Request) -> Response:
     `v` names the heatmap version the page expects: that version is immutable, anything else is not cached.
     """
     state, root, level, row, col = await _tile_request(request)
-    rendered = await state.cases.heatmap_tile(root, level, row, col)
+    rendered = await state.cases.heatmaps.heatmap_tile(root, level, row, col)
     if rendered is None:
         return JSONResponse({"detail": "no heatmap yet"}, 404, headers={"Cache-Control": "no-store"})
     data, version = rendered
@@ -456,7 +459,7 @@ async def case_annotations(case: Case, state: State) -> JSONResponse:
 async def annotate(case: Case, form: annotations.AnnotationIn, state: State, identity: Who) -> JSONResponse:
     """Save an annotation with its author (a signed-in pathologist) on a slide version of the case that has an image."""
     person = identity.pathologist("annotate")
-    await state.cases.image(SlideRef(case, form.slide, form.version).root)  # 404 for a slide version with no image
+    await state.cases.tiles.image(SlideRef(case, form.slide, form.version).root)  # 404 for a slide version with no image
     document = await annotations.save(state.storage, state.key, case, form, person)
     await state.audit(identity, "annotate", case, form.slide, form.version)
     return JSONResponse(document, headers={"Cache-Control": "no-store"})
@@ -516,6 +519,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (RevokedError, 403),
     (ReportConflict, 409),
     (CaseNotFoundError, 404),
+    (SendFailedError, 404),  # no image to show, only why: the page says it
     (TileNotFoundError, 404),
     (ObjectNotFoundError, 404),
     (InvalidKeyError, 400),

@@ -1,4 +1,5 @@
-"""A tiny async cache: bounded, optionally expiring, one load in flight per key, failures never kept."""
+"""A tiny async cache: bounded, optionally expiring, one load in flight per key, failures never kept; and how long
+the viewer may keep what changes on the store (`LIVE_TTL`, `SIDECAR_TTL`: seconds, so the server stays stateless)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+LIVE_TTL = 1.0  # seconds a manifest, a case's slides or its unsent records may be stale: how quickly a page sees arrivals
+SIDECAR_TTL = 2.0  # triage, registration, reports, heatmap version, corrupt.json
 
 
 class AsyncCache(Generic[K, V]):

@@ -15,12 +15,17 @@ Every array read here (the map, `tile_state`, the tissue label) is held to `case
 bounds (chunk sides of at least 16 px or the whole side, at most 4,194,304 chunks, uint8 or float32) and to
 MAX_PIXELS before it is read, so a declared size costs nothing until it is checked: the map is refused as
 "unreadable: <reason>", a label that is not is ignored (no hatching).
+
+`Heatmaps` finds the map to draw over a slide version (the triage shown decides whose, and whether any) and keeps it
+under its version, so fifty viewers colour a map once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +36,14 @@ from PIL import Image
 
 from caseformat.errors import DocumentError
 from caseformat.image import Multiscale
-from caseformat.layout import IMAGE, TILE_STATE, member
-from caseformat.results import check_array
-from objectstore import ObjectInfo
-from tiling.pyramid import TISSUE_LABEL
-from viewer.image import ImageError, Level, SlideImage
+from caseformat.layout import EDGE, HEATMAP, IMAGE, TILE_STATE, SlideRef, member
+from caseformat.results import Triage, check_array
+from objectstore import ObjectInfo, ObjectNotFoundError, ZarrView
+from tiling.label import TISSUE_LABEL
+from viewer.cache import SIDECAR_TTL, AsyncCache
+from viewer.image import ImageError, LevelGrid, SlideImage, TileNotFoundError
+from viewer.summary import readable
+from viewer.tiles import Tiles
 
 MAX_PIXELS = 64_000_000  # a heatmap is coarse; anything bigger is a mistake, not something to load into memory
 
@@ -66,7 +74,9 @@ def legend() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Heatmap:
+class MapOverlay:
+    """A published heatmap as the viewer draws it over the slide (inference's `Heatmap` is the per-tile results)."""
+
     rgba: np.ndarray  # (h + 1, w + 1, 4): coloured map plus one transparent row and column for "outside"
     pending: np.ndarray  # (h + 1, w + 1) bool: tissue not scored yet (hatched)
     cell: tuple[float, float]  # (y, x) level-0 pixels per map pixel
@@ -91,7 +101,7 @@ def version_of(objects: list[ObjectInfo]) -> str:
     return digest.hexdigest()[:16]
 
 
-async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: str, version: str) -> Heatmap:
+async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: str, version: str) -> MapOverlay:
     """Read the whole (coarse) map at `folder` (the centre's heatmap.zarr, or the station's edge map) once and colour
     it; `FileNotFoundError` while it does not exist."""
     where = f"case {image.case}: heatmap"
@@ -134,7 +144,7 @@ async def open_heatmap(store: zarr.abc.store.Store, image: SlideImage, folder: s
             pending[:-1, :-1] = tissue & ~valid
     stage = about.get("stage") if isinstance(about.get("stage"), str) else None
     counts = [about.get(name) if isinstance(about.get(name), int) else None for name in ("tiles_scored", "tissue_tiles")]
-    return Heatmap(rgba, pending, cell, origin, version, stage, complete, *counts)
+    return MapOverlay(rgba, pending, cell, origin, version, stage, complete, *counts)
 
 
 def _about(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +205,7 @@ def _within_bounds(array: Any) -> bool:
     return True
 
 
-def render_tile(heatmap: Heatmap, image: SlideImage, level: Level, row: int, col: int) -> bytes:
+def render_tile(heatmap: MapOverlay, image: SlideImage, level: LevelGrid, row: int, col: int) -> bytes:
     """The PNG for tile (row, col) of `level`: c x c RGBA, transparent outside the map and the slide, hatched where
     tissue is still being scored (stripes on the screen's pixel grid, continuous across tiles and equal at any zoom).
 
@@ -218,3 +228,56 @@ def render_tile(heatmap: Heatmap, image: SlideImage, level: Level, row: int, col
     out = io.BytesIO()
     Image.fromarray(pixels, "RGBA").save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+class Heatmaps:
+    """The map shown over each slide version of one store, cached under its version (any rewrite of the map changes
+    it, `version_of`); `triage` reads the slide version's triage shown (`viewer.cases.Cases.triage`)."""
+
+    def __init__(self, tiles: Tiles, triage: Callable[[str], Awaitable[Triage | None]]) -> None:
+        self._tiles = tiles
+        self._triage = triage
+        self._zarr = ZarrView(tiles.storage)
+        self._versions: AsyncCache[str, tuple[str, str] | None] = AsyncCache(256, SIDECAR_TTL)
+        self._heatmaps: AsyncCache[tuple[str, str], MapOverlay | None] = AsyncCache(8)
+
+    async def heatmap(self, root: str) -> MapOverlay | None:
+        """The map of the triage shown (`triage`: the centre's, or the station's edge map), only where that triage's
+        score may be shown (`Triage.valid_score`): None until then, and for a slide no validated model covers or a
+        result that was not routed (an edge map made by a model outside its use is never drawn)."""
+        triage = await readable(self._triage(root))
+        if not isinstance(triage, Triage) or triage.valid_score is None:
+            return None
+        ref = SlideRef.parse(root)
+        folder = ref.key(HEATMAP) if triage.stage == EDGE else ref.centre_key(HEATMAP)
+        found = await self._versions.get(folder, lambda: self._version(folder))
+        if found is None:
+            return None
+        folder, version = found
+        image = await self._tiles.image(root)
+
+        async def load() -> MapOverlay | None:
+            try:
+                return await open_heatmap(self._zarr, image, folder, version)
+            except FileNotFoundError:  # objects listed, metadata not yet written
+                return None
+
+        return await self._heatmaps.get((root, version), load)
+
+    async def heatmap_tile(self, root: str, level_index: int, row: int, col: int) -> tuple[bytes, str] | None:
+        heatmap = await self.heatmap(root)
+        if heatmap is None:
+            return None
+        image = await self._tiles.image(root)
+        level = image.level(level_index)
+        if not (0 <= row < level.rows and 0 <= col < level.columns):
+            raise TileNotFoundError(f"no tile ({row}, {col}) in level {level_index}")
+        return await asyncio.to_thread(render_tile, heatmap, image, level, row, col), heatmap.version
+
+    async def _version(self, folder: str) -> tuple[str, str] | None:
+        """(folder, version) of the map in `folder`; None while it holds none."""
+        try:
+            objects = await self._tiles.storage.list(folder)
+        except ObjectNotFoundError:
+            return None
+        return (folder, version_of(objects)) if objects else None

@@ -32,32 +32,18 @@ import tiling.codec  # noqa: F401  (registers the chunk codec also where slidest
 from caseformat.errors import DocumentError
 from caseformat.image import CODEC_NAME, ImageAttributes
 from caseformat.layout import IMAGE, image_key, member
-from caseformat.results import COMPLETE, FAILED, Manifest, check_array
+from caseformat.results import COMPLETE, Manifest, check_array
 from objectstore import Storage
 from slides import SlidestreamError
-from tiling.pyramid import CorruptShardError, read_shard_tail, shard_address, shard_tail_size
+from tiling.plan import shard_address
+from tiling.shard_format import CorruptShardError, read_shard_tail, shard_tail_size
 
-EMPTY = 2**64 - 1  # shard index entry of an absent chunk (Zarr v3 sharding)
 JPEG_SOI = b"\xff\xd8"
 BACKGROUND, PENDING, ARRIVED = "0", "1", "2"  # shard states, one character each in `Arrival.states`
 
 
 class CaseNotFoundError(SlidestreamError, LookupError):
     """The case has no image (yet)."""
-
-
-class CaseFailedError(CaseNotFoundError):
-    """The case's send was given up (its manifest says failed): there is no image, only the reason."""
-
-    def __init__(self, case: str, reason: str) -> None:
-        super().__init__(f"case {case}: send failed: {reason}")
-        self.reason = reason
-
-
-def check_not_failed(case: str, manifest: Manifest | None) -> None:
-    """Raise `CaseFailedError` for a send that was given up: whatever objects remain are not an image to show."""
-    if manifest is not None and manifest.state == FAILED:
-        raise CaseFailedError(case, manifest.failure or "")
 
 
 class TileNotFoundError(SlidestreamError, LookupError):
@@ -77,8 +63,9 @@ class CorruptPieceError(ImageError):
 
 
 @dataclass(frozen=True)
-class Level:
-    """One pyramid level; our level 0 is full resolution, each next level half the size."""
+class LevelGrid:
+    """One pyramid level's chunks and shards as the viewer addresses them (`slides.Level` is a slide's own level);
+    level 0 is full resolution, each next level half the size."""
 
     index: int
     width: int
@@ -111,7 +98,7 @@ class SlideImage:
     """Geometry and encoding of a case's image; immutable once its metadata has arrived."""
 
     case: str
-    levels: tuple[Level, ...]
+    levels: tuple[LevelGrid, ...]
     scale: tuple[float, float]  # (y, x) size of a level-0 pixel in `unit` (1.0 when unknown)
     unit: str | None  # "micrometer" when the scanner recorded its resolution
     jpeg_chunks: bool  # chunks are self-contained JPEG files: served as they are
@@ -123,12 +110,12 @@ class SlideImage:
     def mpp(self) -> float | None:
         return self.scale[1] if self.unit == "micrometer" else None
 
-    def level(self, index: int) -> Level:
+    def level(self, index: int) -> LevelGrid:
         if not 0 <= index < len(self.levels):
             raise TileNotFoundError(f"no level {index} (the image has {len(self.levels)})")
         return self.levels[index]
 
-    def shard_object(self, level: Level, shard_row: int, shard_col: int) -> str:
+    def shard_object(self, level: LevelGrid, shard_row: int, shard_col: int) -> str:
         return member(self.case, IMAGE, level.shard_key(shard_row, shard_col))
 
     def describe(self) -> dict[str, Any]:
@@ -178,7 +165,7 @@ async def open_image(store: zarr.abc.store.Store, case: str) -> SlideImage:
         # by name, not class: imagecodecs' own implementation of the codec may be the one zarr picked
         names = [c.to_dict()["name"] for c in codec.codecs]
         jpeg = jpeg and names == ["transpose", CODEC_NAME] and tuple(codec.codecs[0].order) == (1, 2, 0)
-        levels.append(Level(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
+        levels.append(LevelGrid(index, array.shape[2], array.shape[1], chunk[1], shard[1] // chunk[1]))
     multiscale = attributes.multiscale
     unit = multiscale.unit if multiscale.datasets[0].scale else None
     return SlideImage(case, tuple(levels), multiscale.scale, unit, jpeg, int(arrays[0].metadata.fill_value), attributes.chunk_checksums,
@@ -200,7 +187,7 @@ class Arrival:
     updated_at: str | None
     states: tuple[str, ...]
 
-    def state(self, level: Level, shard_row: int, shard_col: int) -> str:
+    def state(self, level: LevelGrid, shard_row: int, shard_col: int) -> str:
         return self.states[level.index][shard_row * level.shard_columns + shard_col]
 
     def counts(self) -> list[dict[str, int]]:
@@ -231,13 +218,13 @@ def parse_manifest(read: Manifest, image: SlideImage) -> Arrival:
 
 
 # -- shards ----------------------------------------------------------------------------------------------------
-def tail_size(image: SlideImage, level: Level) -> int:
+def tail_size(image: SlideImage, level: LevelGrid) -> int:
     """Bytes at the end of a shard: its chunks' CRC32Cs (where the image has them), its chunk index and the index's
-    CRC32C (`tiling.pyramid`'s layout)."""
+    CRC32C (`tiling.shard_format`'s layout)."""
     return shard_tail_size(level.shard_chunks, image.chunk_checksums)
 
 
-def parse_shard_tail(data: bytes, image: SlideImage, level: Level, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+def parse_shard_tail(data: bytes, image: SlideImage, level: LevelGrid, key: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The (n, n, 2) offset/nbytes table of a shard, after checking its CRC32C, and its chunks' (n, n) CRC32Cs
     (None for an image written without them); `CorruptPieceError` for a tail that fails its check."""
     try:

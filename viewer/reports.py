@@ -160,7 +160,7 @@ async def write_version(storage: Storage, kind: type[Version], key: str, data: b
 async def sign(storage: Storage, key: SigningKey, trusted: TrustedKeys, case: str, form: ReportIn, author: Author,
                slides: list[SlideRead], station: str | None, missing: str | None = None, registered_at: str | None = None) -> dict[str, Any]:
     """Write the next version (the signed report, or an amendment of the newest one) and its station notice; the
-    signed document is returned as stored. With slides `missing` (`viewer.cases`), the form must echo the line the
+    signed document is returned as stored. With slides `missing` (`viewer.summary.missing_slides`), the form must echo the line the
     pathologist was shown, and the report records it. A first report signed more than `REPORT_WITHIN` after the
     case's `registered_at` needs the form's `late_reason`, which it records (None: no registration, no clock)."""
     if missing and form.missing_seen != missing:

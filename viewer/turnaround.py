@@ -33,9 +33,10 @@ from caseformat.errors import DocumentError
 from caseformat.layout import SLIDE_PATTERN, VERSION_PATTERN, SlideRef, slides_key, station_of
 from objectstore import ObjectNotFoundError
 from transfer.manifest import OVERVIEW
-from viewer.cases import TURNAROUND, Cases, case_ids
+from viewer.cases import Cases, case_ids
 from viewer.reports import REPORT_WITHIN
 from viewer.tokens import SESSION_COOKIE, bearer
+from viewer.worklist import TURNAROUND
 
 if TYPE_CHECKING:  # viewer.app includes this router
     from viewer.app import ViewerState
@@ -143,7 +144,7 @@ async def first_viewable(cases: Cases, case: str) -> str | None:
 
 async def _overview_at(cases: Cases, ref: SlideRef) -> datetime | None:
     try:
-        manifest = await cases.manifest(ref.root)
+        manifest = await cases.tiles.manifest(ref.root)
     except DocumentError:
         return None
     seconds = manifest.milestones.get(OVERVIEW) if manifest else None

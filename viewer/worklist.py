@@ -1,6 +1,8 @@
-"""The worklist as an index kept in the server's memory: read whole once, then only what changed.
+"""The worklist: each case's row (`worklist_entry`), the urgency the rows are sorted by (`by_urgency`, the rule
+worklist.js repeats for merged rows), and the list as an index kept in the server's memory: read whole once, then
+only what changed.
 
-`Cases.worklist` reads every case's documents at every call, about eight requests a case (1,000 cases: 5 to 20 s a
+`read_worklist` reads every case's documents at every call, about eight requests a case (1,000 cases: 5 to 20 s a
 call, with the machine's load), and a store keeps every case it ever had. `OpenCases` reads every case once (the first poll), then refreshes at
 most every `REFRESH_EVERY` seconds, however many pages poll, with:
 
@@ -28,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from caseformat.bounded import parse_time
 from caseformat.layout import (
     STATION_TREES,
     NoticeName,
@@ -46,8 +50,10 @@ from caseformat.layout import (
     station_of,
 )
 from objectstore import ObjectNotFoundError, Storage
-from viewer.cases import UNREADABLE, Cases, by_urgency
+from viewer.cases import Cases, case_ids
+from viewer.summary import UNREADABLE, case_triage, missing_slides, readable, send_state, specimen_name, triage_summary
 
+TURNAROUND = timedelta(minutes=30)  # the intraoperative rule the clock is held to (common.js: amber 20, red 30)
 REFRESH_EVERY = 2.0  # seconds: the most a poll's answer may lag the store, and the least time between two refreshes
 NEWS_WATCH = 30.0  # seconds a case with news is re-read at every refresh: what a marker announces is written after it
 QUIET_AFTER = 600.0  # seconds an unsettled case is re-read at every refresh after its last change
@@ -60,7 +66,7 @@ READS = 16  # cases read at once
 
 @dataclass
 class Row:
-    """One case on the list: its row as `Cases.worklist_entry` made it, and when it last changed or had news."""
+    """One case on the list: its row as `worklist_entry` made it, and when it last changed or had news."""
 
     entry: dict[str, Any]
     changed: int  # the sequence number of its last change: what a `since` token compares with
@@ -143,7 +149,7 @@ class OpenCases:
     async def _read(self, cases: set[str], listed: bool) -> None:
         """Read `cases` again; one not on the list yet joins it when `listed` (its folder is there) or when it has
         something to show (news names a case before its first document is written)."""
-        entries = await asyncio.gather(*(self.cases.worklist_entry(case, self._limit) for case in sorted(cases)))
+        entries = await asyncio.gather(*(worklist_entry(self.cases, case, self._limit) for case in sorted(cases)))
         now = time.monotonic()
         for entry in entries:
             case = entry["case"]
@@ -240,3 +246,100 @@ async def keys_after(storage: Storage, folder: str, after: str) -> list[str]:
         return [info.key for info in await storage.list_after(folder, after)]
     except ObjectNotFoundError:
         return []
+
+
+async def read_worklist(cases: Cases, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every case, most urgent first, with what the list shows: hospital, specimen, slides, arrival, the AI
+    result's stage, the clock and the signature.
+
+    A case's score is its most suspicious slide's; it is sending while any slide is, failed when all failed.
+    Urgency: unsigned cases by the whole minutes left of their turnaround (`TURNAROUND` from registration, else
+    from the first send), then by score (unscored after scored); cases without a clock after them; signed ones last.
+
+    Every case's documents are read at every call (about eight requests a case): `OpenCases` keeps the list in
+    memory instead and reads only what changed."""
+    limit = asyncio.Semaphore(16)
+    entries = await asyncio.gather(*(worklist_entry(cases, case, limit) for case in await case_ids(cases.storage)))
+    return by_urgency(entries, now or datetime.now(UTC))
+
+
+async def worklist_entry(cases: Cases, case: str, limit: asyncio.Semaphore) -> dict[str, Any]:
+    """The case's row of the worklist, from its registration, report, slides (manifest and triage) and unsent
+    records; `limit` bounds the reads in flight."""
+
+    async def slide_entry(ref: SlideRef) -> dict[str, Any]:
+        async with limit:
+            manifest, triage = await asyncio.gather(readable(cases.tiles.manifest(ref.root)), readable(cases.triage(ref.root)))
+        unreadable = next((reason for reason in (manifest, triage) if isinstance(reason, str)), None)
+        if isinstance(manifest, str):
+            state, failed, manifest = UNREADABLE, None, None
+        else:
+            state, failed = send_state(manifest)
+        return {
+            "slide": ref.slide,
+            "version": ref.version,
+            "triage": None if failed or isinstance(triage, str) else triage_summary(triage),
+            "planned": len(manifest.planned) if manifest else 0,
+            "arrived": len(manifest.arrived) if manifest else 0,
+            "state": state,
+            "failed": failed,
+            "unreadable": unreadable,
+            "started_at": manifest and manifest.started_at,
+        }
+
+    async with limit:
+        registration, signed_at, slides, unsent = await asyncio.gather(
+            readable(cases.registration(case)), cases.signed_at(case), cases.slides(case), cases.unsent(case)
+        )
+    entries = await asyncio.gather(*(slide_entry(ref) for ref in slides))
+    unreadable = registration if isinstance(registration, str) else None
+    registration = None if isinstance(registration, str) else registration
+    context = dict(registration.context) if registration else {}
+    states = {e["state"] for e in entries if e["state"] != UNREADABLE} or ({UNREADABLE} if entries else set())
+    scored = [e["triage"] for e in entries if e["triage"]]
+    failed = [e["failed"] for e in entries if e["failed"]]
+    missing = missing_slides(entries, unsent)
+    if not entries and missing:  # nothing that can still arrive: failed, never "arriving" for ever
+        states, failed = {"failed"}, [missing]
+    state = ("sending" if "sending" in states or not entries and not missing else "failed" if states == {"failed"}
+             else UNREADABLE if states == {UNREADABLE} else "complete")  # fmt: skip
+    triage = case_triage(scored)
+    return {
+        "case": case,
+        "unreadable": unreadable or next((e["unreadable"] for e in entries if e["unreadable"]), None),
+        "hospital": context.get("hospital") or (registration.station if registration else None),
+        "specimen": specimen_name(context),
+        "triage": triage,
+        "stage": None if triage is None else "final" if triage["final"] else triage["stage"],
+        "slides": entries,
+        "planned": sum(e["planned"] for e in entries),
+        "arrived": sum(e["arrived"] for e in entries),
+        "state": state,
+        "failed": failed[0] if state == "failed" else None,
+        "missing": missing,
+        "complete": state == "complete",
+        "started_at": registration.registered_at if registration else min((e["started_at"] for e in entries if e["started_at"]), default=None),
+        "reported_at": signed_at,
+    }
+
+
+def by_urgency(entries: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Worklist rows most urgent first (`read_worklist`, `OpenCases.poll`); worklist.js sorts merged rows by the same
+    rule."""
+
+    def urgency(e: dict[str, Any]) -> tuple[Any, ...]:
+        started = _parse_time(e["started_at"])
+        minutes_left = (started + TURNAROUND - now) // timedelta(minutes=1) if started else 0
+        score = (e["triage"] or {}).get("score")
+        return (e["reported_at"] is not None, started is None, minutes_left, score is None, -(score or 0.0), e["case"])
+
+    return sorted(entries, key=urgency)
+
+
+def _parse_time(text: Any) -> datetime | None:
+    """An ISO time as the store holds it (with Z or an offset, years 2000-2200: a clock from year 9999 would
+    overflow the urgency sum); None for anything else."""
+    try:
+        return parse_time(text) if isinstance(text, str) else None
+    except ValueError:
+        return None

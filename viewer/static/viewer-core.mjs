@@ -103,7 +103,7 @@ export function caseTitle({ hospital, context }, caseId) {
     return type || site ? [from, type, site].filter(Boolean).join(" · ") : `${from} · specimen not described`;
 }
 
-// The AI score in the case's header: the case's own, the number the worklist shows (viewer/cases.py `_case_triage`:
+// The AI score in the case's header: the case's own, the number the worklist shows (viewer/summary.py `case_triage`:
 // its most suspicious slide's), with what it is the probability of; in a case of several slides, which slide that is
 // and what the one on screen scored, so two numbers never stand unexplained. `triages`: each slide's result (null:
 // none yet), `shown`: the slide on screen. A refusal is words, never a number; null while no slide has a result.

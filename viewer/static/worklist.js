@@ -1,7 +1,7 @@
 // The worklist: every case, most urgent first (the server's order: minutes left, then triage score), with where
 // it comes from, its slides' arrival, the AI result's stage, the frozen-section clock and the signature. Polled:
 // new cases appear by themselves. After the first answer each poll asks only for what changed since the last
-// (`since`: rows changed, cases removed) and merges it, in the server's order (viewer/cases.py `by_urgency`).
+// (`since`: rows changed, cases removed) and merges it, in the server's order (viewer/worklist.py `by_urgency`).
 // A module: the clock's rule is viewer-core.mjs's.
 import { clock } from "./viewer-core.mjs";
 
@@ -9,7 +9,7 @@ import { clock } from "./viewer-core.mjs";
     const { api, ApiError, offerSignOut, refusedText } = slidestream;
     const $ = (id) => document.getElementById(id);
     const REFRESH_MS = 5000;
-    const TURNAROUND_MS = 30 * 60 * 1000; // viewer/cases.py TURNAROUND
+    const TURNAROUND_MS = 30 * 60 * 1000; // viewer/worklist.py TURNAROUND
     // what the server's `_parse_time` takes for a clock's start: ISO 8601 with a zone, years 2000-2200
     const ISO_TIME = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$/;
     let offset = 0; // server clock minus ours, so every pathologist sees the same clock
