@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from caseformat.bounded import Fields, dump, load
-from caseformat.errors import DocumentError
+from caseformat.errors import DocumentError, SendFailedError
 from caseformat.layout import ANALYZE, EDGE, FINAL_STAGES, HUB, IMAGE, validate_case, validate_slide, validate_version
 
 MANIFEST_FORMATS = ("slidestream-manifest/1", "slidestream-manifest/2")
@@ -33,6 +33,7 @@ MANIFEST_LIMIT = 8 * 1024 * 1024  # bytes: a manifest lists every shard key (~20
 SHARDS_LIMIT = 200_000  # shard keys one manifest or pyramid record may list
 LEVELS_LIMIT = MAX_LEVELS = 32
 REGIONS_LIMIT = 100
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 OBJECT_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}){0,9}")  # "0/c/0/3/5"
 MAX_SIDE = 2**20  # px: 2.5 m of tissue at 0.25 um/px, beyond any slide
 MIN_CHUNK_SIDE = 16
@@ -77,6 +78,12 @@ class Manifest:
     def failure(self) -> str | None:
         """The reason the send was given up, None unless it failed."""
         return (self.failed or "the send failed") if self.state == FAILED else None
+
+    def check_not_failed(self, where: str) -> None:
+        """Raise `SendFailedError` (naming `where`) for a send that was given up: whatever objects remain are not an
+        image to read."""
+        if self.state == FAILED:
+            raise SendFailedError(where, self.failure or "")
 
     def to_dict(self) -> dict[str, Any]:
         hub = {"hub_levels": self.hub_levels, "hub_planned": list(self.hub_planned)} if self.hub_planned is not None else {}
@@ -234,6 +241,7 @@ class Triage:
         summary.text("note", 500, optional=True)
         summary.text("detects", 200, optional=True)  # what the model finds, and its validation record in one line
         summary.text("validation", 500, optional=True)
+        summary.text("model_sha256", 64, optional=True, pattern=SHA256_PATTERN)  # which weights made the score
         summary.items("top_regions", REGIONS_LIMIT, Region.from_fields, optional=True)
         qc = summary.fields("qc", optional=True)
         if qc is not None:

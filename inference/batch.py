@@ -40,7 +40,7 @@ from inference.pipeline import (
     Progress,
     analyze_case,
     analyze_slide,
-    check_not_failed,
+    arrival_state,
     follow_case,
     plan_heatmap,
     read_manifest,
@@ -48,7 +48,7 @@ from inference.pipeline import (
 )
 from inference.routing import Route, Routes, detect_stain
 from inference.scoring import ModelRef, Runner
-from inference.sources import SlideRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
+from inference.sources import SlideFileRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
 from inference.store import Location
 from slides import SlidestreamError
 from slides.errors import one_line, printable
@@ -218,7 +218,7 @@ def _analyze_item(item: Item, target: Location, routes: Routes, site: str | None
         if item.problem:
             raise SlidestreamError(item.problem)
         if item.location is not None:
-            check_not_failed(item.location, read_manifest(item.location))  # results from before do not count
+            arrival_state(item.location, read_manifest(item.location))  # results from before do not count
         route = _route(item, routes, site, follow)
         done = read_triage(target)
         if route.package is None:
@@ -231,13 +231,15 @@ def _analyze_item(item: Item, target: Location, routes: Routes, site: str | None
             return _row(item, "skipped", target, done, 0.0)
         if item.slide is not None:
             heatmap = analyze_slide(item.slide, target, options, runner=runner, on_progress=on_progress, name=item.case,
-                                    routed=route.routed)
+                                    routed=route.routed, about=route.about())
         elif item.location is None:
             raise AssertionError("an item is a slide file or a slide version")
         elif follow:
-            heatmap = follow_case(item.location, target, options, runner=runner, on_progress=on_progress, routed=route.routed)
+            heatmap = follow_case(item.location, target, options, runner=runner, on_progress=on_progress, routed=route.routed,
+                                  about=route.about())
         else:
-            heatmap = analyze_case(item.location, target, options, runner=runner, on_progress=on_progress, routed=route.routed)
+            heatmap = analyze_case(item.location, target, options, runner=runner, on_progress=on_progress, routed=route.routed,
+                                   about=route.about())
     except Exception as error:  # noqa: BLE001 - one slide's failure, whatever it is, must not stop the batch
         return _row(item, "error", target, None, time.perf_counter() - start, one_line(error))
     status = "no tissue" if not heatmap.tissue.any() else "ok" if heatmap.complete else "partial"
@@ -255,7 +257,7 @@ def _route(item: Item, routes: Routes, site: str | None, follow: bool) -> Route:
     """The item held to the routing table: a slide file's site is `site`, a case's its case.json's (unreadable: not
     known); the stain is told from the overview, the um/px is the image's."""
     if item.slide is not None:
-        source = cast(SlideSource, open_source(SlideRef.of(item.slide)))
+        source = cast(SlideSource, open_source(SlideFileRef.of(item.slide)))
         return routes.choose(site, detect_stain(overview(source.slide)[0]), source.mpp)
     assert item.location is not None
     pixels, mpp = _case_overview(item.location, follow)
@@ -277,7 +279,7 @@ def _case_overview(version: Location, follow: bool) -> tuple[np.ndarray, float |
     waited for while the case arrives (`CaseNotReadyError` without)."""
     while True:
         manifest = read_manifest(version)
-        check_not_failed(version, manifest)
+        arrival_state(version, manifest)
         if version.exists(IMAGE_METADATA) and (manifest is None or manifest.plan_final):
             source = ZarrRef(version.child(IMAGE)).open()
             level = max(index for index in range(len(source.arrays)) if index not in source.derived)
@@ -301,7 +303,7 @@ def _refuse(item: Item, target: Location, route: Route, options: AnalyzeOptions,
     ref: SourceRef
     manifest = None
     if item.slide is not None:
-        ref = SlideRef.of(item.slide)
+        ref = SlideFileRef.of(item.slide)
     else:
         assert item.location is not None
         ref = ZarrRef(item.location.child(IMAGE))
@@ -309,7 +311,7 @@ def _refuse(item: Item, target: Location, route: Route, options: AnalyzeOptions,
         while follow and manifest is not None and manifest.state != COMPLETE:
             time.sleep(FOLLOW_POLL)
             manifest = read_manifest(item.location)
-            check_not_failed(item.location, manifest)
+            arrival_state(item.location, manifest)
     source: Source = open_source(ref)
     name = item.case if item.slide is not None else source.name
     summary: dict[str, Any] = {"mpp": source.mpp, "mpp_assumed": source.mpp is None}

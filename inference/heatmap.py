@@ -102,6 +102,8 @@ class Heatmap:
         }
         if self.mpp_assumed:
             summary["note"] = f"the slide records no resolution: assumed the model's {self.mpp} um/px"
+        if self.spec.sha256 is not None:
+            summary["model_sha256"] = self.spec.sha256
         return summary
 
     def triage_score(self) -> float | None:

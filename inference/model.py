@@ -22,7 +22,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from inference.densenet import DenseNet121
-from slides.errors import SlidestreamError
+from slides.errors import SlidestreamError, first_line
 
 if TYPE_CHECKING:
     from inference.packages import ModelPackage
@@ -67,6 +67,9 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Input normalisation, applied after scaling uint8 to [0, 1]: (x / 255 - mean) / std. The defaults mean
     "scale only", which is what the default model wants."""
+    sha256: str | None = field(default=None, compare=False)
+    """The SHA-256 of a package's weights (checked when they load): triage.json records it beside `name`, since a
+    centre's package keeps its name when its weights change. Not compared: it says which weights, not how to feed them."""
 
     def __post_init__(self) -> None:
         bad = [i for i in self.score_classes if not 0 <= i < len(self.class_names)]
@@ -168,7 +171,7 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
             module = torch.jit.load(path, map_location="cpu")
         except RuntimeError as err:
             raise ModelError(f"{path}: not a TorchScript file (for a state_dict, name its architecture: "
-                             f"one of {sorted(ARCHITECTURES)}): {_first_line(err)}") from err
+                             f"one of {sorted(ARCHITECTURES)}): {first_line(err)}") from err
     return TileModel(module, spec, device)
 
 
@@ -183,7 +186,7 @@ def load_keras(path: Path) -> DenseNet121:
             config = json.loads(archive.read("config.json"))
             weights = io.BytesIO(archive.read("model.weights.h5"))
     except (zipfile.BadZipFile, KeyError) as err:
-        raise ModelError(f"{path}: not a Keras 3 .keras file: {_first_line(err)}") from err
+        raise ModelError(f"{path}: not a Keras 3 .keras file: {first_line(err)}") from err
     top = [layer for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
     kinds = [layer["class_name"] for layer in top]
     head = ["Functional", "GlobalAveragePooling2D", "Dropout", "Dense"]
@@ -268,7 +271,7 @@ def _load_state_dict(path: Path, arch: str, num_classes: int) -> nn.Module:
     try:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, pickle.UnpicklingError) as err:
-        raise ModelError(f"{path}: not a {arch} state_dict with {num_classes} classes: {_first_line(err)}") from err
+        raise ModelError(f"{path}: not a {arch} state_dict with {num_classes} classes: {first_line(err)}") from err
     return module
 
 
@@ -379,7 +382,3 @@ def capricorn_module(keras_path: Path) -> nn.Module:
         warnings.warn(f"could not cache the converted model at {converted}: {err}", stacklevel=2)
     return module
 
-
-def _first_line(err: BaseException) -> str:
-    """Torch's errors span many lines; ours are one."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -34,6 +34,7 @@ from caseformat import bounded
 from caseformat.bounded import Fields
 from caseformat.errors import DocumentError
 from inference.model import ModelError, ModelSpec, load_keras, verify_sha256
+from slides.errors import first_line
 
 CONFIG = "config.json"
 SPEC_VERSIONS = ("1.0",)
@@ -84,7 +85,7 @@ class ModelPackage:
     def spec(self) -> ModelSpec:
         """The pipeline's view of the model: tile grid, classes and which of them make the triage score."""
         return ModelSpec(self.name, self.patch_size, self.spacing, self.class_names,
-                         tuple(self.class_names.index(name) for name in self.positive_classes), self.mean, self.std)
+                         tuple(self.class_names.index(name) for name in self.positive_classes), self.mean, self.std, self.sha256)
 
 
 def read_package(folder: str | Path) -> ModelPackage:
@@ -225,7 +226,7 @@ def _torch(package: ModelPackage, device: str) -> Run:
         try:
             module = torch.jit.load(package.weights, map_location="cpu")  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError) as error:
-            raise PackageError(f"{package.weights}: not a TorchScript file: {_first_line(error)}") from error
+            raise PackageError(f"{package.weights}: not a TorchScript file: {first_line(error)}") from error
     target = torch.device(device)
     module = module.to(target).eval()
 
@@ -252,7 +253,7 @@ def _onnx(path: Path, device: str) -> Run:
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own untyped errors for a file that is not a model
-        raise PackageError(f"{path}: not an ONNX model onnxruntime can run: {_first_line(error)}") from error
+        raise PackageError(f"{path}: not an ONNX model onnxruntime can run: {first_line(error)}") from error
     feed = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -324,6 +325,3 @@ def _range(fields: Fields, name: str) -> tuple[float, float]:
         raise fields.fail(name, "[lowest, highest] um/px from 0.01 to 100")
     return float(values[0]), float(values[1])
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

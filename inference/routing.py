@@ -44,6 +44,20 @@ class Route:
             return None
         return Routed(self.site, self.stain, self.mpp)
 
+    def about(self) -> dict[str, str]:
+        """What triage.json says beside the score (the viewer's legend and its validation line): what the model
+        detects, and its validation record in one line where it has one. Empty when refused."""
+        from inference.validation import read_record, record_lines
+
+        if self.package is None:
+            return {}
+        about = {"detects": self.package.detects}
+        if (record := read_record(self.package)) is not None:
+            rows = dict(record_lines(record))
+            about["validation"] = (f"ROC AUC {rows['ROC AUC']}; sensitivity {rows['sensitivity']}; specificity "
+                                   f"{rows['specificity']}; tiles {rows['tiles']}; data: {rows['data']}")[:500]
+        return about
+
 
 @dataclass(frozen=True)
 class Routes:

@@ -119,6 +119,13 @@ class Runner:
 
             self.client = Client(scheduler) if isinstance(scheduler, str) else scheduler
 
+    @property
+    def slots(self) -> int:
+        """How many tasks run at once: the local threads, or the cluster's worker threads."""
+        if self.client is None:
+            return self.threads
+        return max(1, sum(self.client.nthreads().values()))
+
     def run(self, tasks: Sequence[Task], on_result: Callable[[TileResults], None]) -> None:
         if not tasks:
             return

@@ -1,6 +1,6 @@
 """Tile pixels at the model's resolution, from a slide file or an OME-Zarr image (local or on S3, possibly partial).
 
-A Dask task gets a small picklable reference (`SlideRef`, `ZarrRef`) and opens the source itself, once per process:
+A Dask task gets a small picklable reference (`SlideFileRef`, `ZarrRef`) and opens the source itself, once per process:
 slides and stores hold file handles and connections, which do not travel to other workers.
 
 An OME-Zarr image's metadata is held to `caseformat.results.check_array`'s bounds before a read is sized by it (at
@@ -37,7 +37,9 @@ from inference.errors import InferenceError
 from inference.store import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
-from tiling.pyramid import TISSUE_LABEL, shard_address, verified_chunks
+from tiling.label import TISSUE_LABEL
+from tiling.plan import shard_address
+from tiling.shard_format import verified_chunks
 from tiling.tissue import MASK_SIDE
 
 
@@ -83,7 +85,7 @@ class ZarrSource:
 
     Chunks that have not arrived read as the fill value; callers that care consult the manifest first. Every shard
     of a level is read whole and verified before zarr decodes a chunk of it (`VerifiedShards`): a corrupt one
-    raises `tiling.pyramid.CorruptShardError` instead of reading as garbled pixels.
+    raises `tiling.shard_format.CorruptShardError` instead of reading as garbled pixels.
     """
 
     def __init__(self, location: Location) -> None:
@@ -150,14 +152,14 @@ def _small_enough(label: zarr.Group, path: str) -> bool:
 
 
 @dataclass(frozen=True)
-class SlideRef:
+class SlideFileRef:
     """A slide file by path; `stamp` (mtime, size) keeps a per-process cache from serving a replaced file."""
 
     path: str
     stamp: tuple[int, int] = (0, 0)
 
     @classmethod
-    def of(cls, path: str | os.PathLike[str]) -> SlideRef:
+    def of(cls, path: str | os.PathLike[str]) -> SlideFileRef:
         stat = os.stat(path) if os.path.exists(path) else None
         return cls(str(path), (stat.st_mtime_ns, stat.st_size) if stat else (0, 0))
 
@@ -175,7 +177,7 @@ class ZarrRef:
         return ZarrSource(self.location)
 
 
-SourceRef = SlideRef | ZarrRef
+SourceRef = SlideFileRef | ZarrRef
 
 
 @lru_cache(maxsize=4)
@@ -255,7 +257,7 @@ def _corrupt_record(case: Location) -> CorruptRecord | None:
 
 
 class VerifiedShards(zarr.storage.WrapperStore[Store]):
-    """A read-only zarr store over an image whose level shards (`tiling.pyramid`'s layout, n x n chunks) are each
+    """A read-only zarr store over an image whose level shards (`tiling.shard_format`'s layout, n x n chunks) are each
     read whole, verified (index CRC32C, and each chunk's where the image has them) and kept for a few reads, so
     zarr's reads of the index and of single chunks come from bytes known to be what was written."""
 

@@ -189,7 +189,7 @@ def triage(slide: str, case: str, store: str, case_id: str, endpoint: str | None
     if route.refused is not None:
         publish_refusal(slide, location, name, package, route, options)
         return EdgeResult(None, route.refused)
-    return EdgeResult(analyze_slide(slide, location, options, name=name, routed=route.routed))
+    return EdgeResult(analyze_slide(slide, location, options, name=name, routed=route.routed, about=route.about()))
 
 
 def route_slide(slide: str, store: Location, case_id: str, package: ModelPackage) -> Route:
@@ -200,7 +200,7 @@ def route_slide(slide: str, store: Location, case_id: str, package: ModelPackage
     from caseformat.errors import DocumentError
     from caseformat.layout import CASE_RECORD, case_key
     from inference.routing import Routes, detect_stain
-    from inference.sources import SlideRef, SlideSource, open_source
+    from inference.sources import SlideFileRef, SlideSource, open_source
     from tiling.tissue import overview
 
     data = store.read_bytes(case_key(case_id, CASE_RECORD))
@@ -208,7 +208,7 @@ def route_slide(slide: str, store: Location, case_id: str, package: ModelPackage
         site = None if data is None else dict(CaseRecord.read(data, CASE_RECORD).context).get("specimen_site")
     except DocumentError:  # as the hub reads it: the site is then not known
         site = None
-    source = open_source(SlideRef.of(slide))
+    source = open_source(SlideFileRef.of(slide))
     assert isinstance(source, SlideSource)
     return Routes((package,)).choose(site, detect_stain(overview(source.slide)[0]), source.mpp)
 

@@ -45,7 +45,7 @@ DOCUMENTS: dict[str, tuple[dict[str, Any], Callable[[bytes], Any], bool]] = {
     "slide.json": (json.loads(SlideClaim(CASE, "s1", "theatre-3", NOW).to_json()), SlideClaim.read, False),
     "manifest.json": (json.loads(Manifest(CASE, "s1", "v1", NOW, planned=("0/c/0/0/0",), arrived=("0/c/0/0/0",)).to_json()), Manifest.read, False),
     "triage.json": (json.loads(Triage("image", 0.4, "capricorn0.1", "hub", True, {"tiles_scored": 3, "tissue_tiles": 3,
-                    "top_regions": [{"x": 1, "y": 2, "width": 224, "height": 224, "score": 0.9}]}).to_json()), Triage.read, False),
+                    "model_sha256": "ab" * 32, "detects": "colorectal adenocarcinoma epithelium", "top_regions": [{"x": 1, "y": 2, "width": 224, "height": 224, "score": 0.9}]}).to_json()), Triage.read, False),
     "hub.lease": (json.loads(Lease("hub-1", 1.9e9).to_json()), Lease.read, False),
     "pyramid.json": (json.loads(PyramidRecord(NOW, True, ("1/c/0/0/0",)).to_json()), PyramidRecord.read, False),
     "report": (json.loads(Report(CASE, 1, "malignant", "carcinoma", DOCTOR, NOW, "theatre-3", slides=(SlideRead("s1", "v1"),)).to_json(KEY)), _signed(Report), True),

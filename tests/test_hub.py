@@ -54,10 +54,12 @@ from inference import AnalyzeOptions, Location, analyze_slide
 from slides import open_slide
 from slidestream.cli import app
 from tiling import ConvertOptions, plan_pyramid
-from tiling.pyramid import EMPTY, read_shard_index, shard_index_size
+from tiling.shard_format import EMPTY, read_shard_index, shard_index_size
 from viewer import S3Storage
-from viewer.cases import Cases, Chunk
+from viewer.cases import Cases
 from viewer.image import ARRIVED, BACKGROUND, PENDING
+from viewer.tiles import Chunk
+from viewer.worklist import read_worklist
 
 pytestmark = pytest.mark.slow  # a running hub
 
@@ -76,7 +78,7 @@ def report_rows(path: Path) -> list[dict[str, str]]:
 
 
 def worklist(server: S3Server, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
-    entries = asyncio.run(Cases(S3Storage(bucket, prefix, server.endpoint_url), NO_REPORTS).worklist())
+    entries = asyncio.run(read_worklist(Cases(S3Storage(bucket, prefix, server.endpoint_url), NO_REPORTS)))
     return {entry["case"]: entry for entry in entries}
 
 
@@ -107,7 +109,9 @@ def test_an_edge_result_is_never_final_and_a_full_analysis_supersedes_it(s3_serv
     image, attributes = heatmap_of(location)
     assert attributes["stage"] == ANALYZE and attributes["tiles_scored"] == full["summary"]["tiles_scored"]
     listed = worklist(s3_server, s3_bucket, "cases")[case]["triage"]
-    assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True}
+    assert listed == {"score": pytest.approx(full["score"]), "stage": ANALYZE, "final": True,  # with the legend's words
+                      "detects": full["summary"]["detects"], "validation": full["summary"]["validation"]}
+    assert full["summary"]["detects"] == "colorectal adenocarcinoma epithelium" and "ROC AUC" in full["summary"]["validation"]
     status = asyncio.run(Cases(S3Storage(s3_bucket, "cases", s3_server.endpoint_url), NO_REPORTS).status(SlideRef(case).root))
     assert status["triage"]["stage"] == ANALYZE and status["triage"]["final"] is True
 
@@ -283,8 +287,8 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     table = read_shard_index(expected[key][-shard_index_size(n):], n)
     i, j = next((i, j) for i in range(n) for j in range(n) if table[i, j, 0] != EMPTY)  # a chunk the hub will write
     row, col = int(key.split("/")[3]) * n + i, int(key.split("/")[4]) * n + j
-    assert asyncio.run(cases.locate(root, 1, row, col)) == PENDING
-    assert isinstance(asyncio.run(cases.locate(root, 2, 0, 0)), Chunk)
+    assert asyncio.run(cases.tiles.locate(root, 1, row, col)) == PENDING
+    assert isinstance(asyncio.run(cases.tiles.locate(root, 2, 0, 0)), Chunk)
 
     # sent while the hub runs: the hub builds the 2x level from what arrived, byte for byte today's
     live = slide_version(f"s3://{s3_bucket}/live", endpoint, case)
@@ -298,6 +302,6 @@ def test_the_hub_builds_the_in_between_levels_the_send_left_out(s3_server: S3Ser
     assert stored_json(live.sent, PYRAMID) is None
     live_cases = Cases(S3Storage(s3_bucket, "live", endpoint), NO_REPORTS)
     assert set(asyncio.run(live_cases.status(root))["levels"][1]["state"]) <= {ARRIVED, BACKGROUND}
-    assert isinstance(asyncio.run(live_cases.locate(root, 1, row, col)), Chunk)
+    assert isinstance(asyncio.run(live_cases.tiles.locate(root, 1, row, col)), Chunk)
     # restart-safe: a hub that looks again has nothing left to build
     assert complete_pyramid(live, Manifest.from_document(manifest)) == (0, True)

@@ -20,12 +20,14 @@ from conftest import SHARED, sample
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 from PIL import Image
+from scipy import ndimage
 
-from inference import AnalyzeOptions, ModelRef, ModelSpec, analyze_slide, priority_from_heatmap
+from inference import AnalyzeOptions, ModelRef, ModelSpec, analyze_case, analyze_slide, priority_from_heatmap
 from inference.pipeline import plan_heatmap
-from inference.sources import SlideRef, open_source
+from inference.sources import SlideFileRef, open_source
+from inference.store import Location
 from slides import open_slide
-from tiling import ConvertOptions, plan_pyramid
+from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")]  # slow: the real model on slides
 
@@ -213,5 +215,32 @@ def test_too_coarse_slide_is_refused_in_one_line() -> None:
     from inference import InferenceError
 
     with pytest.raises(InferenceError, match="too coarse") as info:
-        plan_heatmap(open_source(SlideRef.of(sample("camelyon-lymphnode.dcm"))), AnalyzeOptions())
+        plan_heatmap(open_source(SlideFileRef.of(sample("camelyon-lymphnode.dcm"))), AnalyzeOptions())
     assert "\n" not in str(info.value) and "camelyon-lymphnode.dcm" in str(info.value)
+
+
+def test_a_pass_scores_the_tiles_beside_a_hot_one_before_the_rest_of_the_slide(dark_model: ModelRef, tmp_path: Path) -> None:
+    """The hub's order (`limit` passes, `hottest_first`): once the edge's one sample on a hot nest is scored hot, its
+    neighbours come next, and theirs, so the whole nest is scored before any tile away from it, though it lies at
+    the far end of the grid order under pale tissue."""
+    nest = (8 * int(TILE), 7 * int(TILE), 12 * int(TILE), 10 * int(TILE))  # map rows 7-9, columns 8-11
+    slide = write_slide(tmp_path / "nest.tif", (2048, 1536), [(128, 128, 1920, 1408, PINK), (*nest, PURPLE)])
+    case = tmp_path / "case"
+    with open_slide(slide) as opened:
+        write_pieces(produce(opened, plan_pyramid(opened, ConvertOptions()), "nest", {"mpp": list(opened.mpp)}), case / "image.zarr", False)
+    options = AnalyzeOptions(model=dark_model, batch=4, threads=1)
+    heatmap = analyze_case(Location.parse(case), options=options, limit=0)
+    in_nest = np.zeros(heatmap.tissue.shape, bool)
+    in_nest[7:10, 8:12] = True
+    edge = np.full(heatmap.tissue.shape, -1.0)
+    edge[9, 11] = 0.9  # the edge map's one sample on the nest (its corner: the far end of the grid order)
+    before: set[tuple[int, int]] = set()
+    while not heatmap.scored[in_nest].all():
+        before = {tuple(tile) for tile in np.argwhere(heatmap.scored)}
+        heatmap = analyze_case(Location.parse(case), options=options, heatmap=heatmap, limit=8, priority=edge)
+    assert heatmap.tissue.sum() > 100 and not heatmap.complete  # the nest done, most of the pale tissue still to come
+    beside = {tuple(tile) for tile in np.argwhere(ndimage.binary_dilation(in_nest, np.ones((3, 3), bool)))}
+    # away from the nest: only the first round's other slots, filled in grid order while nothing was known
+    assert len(before - beside) <= options.batch - 1, f"scored away from the nest before it was done: {sorted(before - beside)}"
+    in_grid_order = int(np.argwhere(heatmap.tissue).tolist().index([9, 11]))  # tissue tiles grid order scores first
+    assert len(before) < in_grid_order / 3, (len(before), in_grid_order)

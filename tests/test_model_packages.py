@@ -1,10 +1,13 @@
-"""Model packages a centre brings (inference/packages.py) and their validation before use (inference/validation.py,
-`slidestream models`): tiny models of the tests' own, exported to TorchScript and ONNX with WSInfer-style configs."""
+"""Model packages a centre brings (inference/packages.py), their validation before use (inference/validation.py,
+`slidestream models`) and their maps from `slidestream analyze` and `slidestream hub`: tiny models of the tests' own,
+exported to TorchScript and ONNX with WSInfer-style configs."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -14,12 +17,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import zarr
+from conftest import S3Server, sample
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from support import STATION, colorectal_context, final_triage, send_args, slide_version, slidestream, stored_json
 from torch import nn
 from typer.testing import CliRunner
 
 from caseformat.errors import DocumentError
+from caseformat.layout import HEATMAP, TRIAGE, qualified_case
+from caseformat.results import Triage
 from inference.model import ModelChecksumError
 from inference.packages import covers, load, read_package
 from inference.validation import RECORD, ValidationRecord, read_record
@@ -59,7 +67,8 @@ def config(sha256: str) -> dict[str, Any]:
                       {"name": "Normalize", "arguments": {"mean": MEAN, "std": STD}}],
         "slidestream": {"detects": "colorectal adenocarcinoma epithelium", "positive_classes": [CLASSES[0]],
                         "threshold": THRESHOLD, "sha256": sha256,
-                        "intended_use": {"sites": ["colon", "rectum"], "stains": ["H&E"], "spacing_um_px": [0.4, 0.6]}},
+                        "intended_use": {"sites": ["colon", "sigmoid colon", "rectum"], "stains": ["H&E"],
+                                         "spacing_um_px": [0.4, 0.6]}},
     }  # fmt: skip
 
 
@@ -242,3 +251,68 @@ def test_the_default_model_ships_its_public_record_and_keeps_a_centres_own(tmp_p
     (package.folder / RECORD).write_text(json.dumps(own))
     kept = read_record(default_package())
     assert kept is not None and kept.data == "the centre's own frozen sections" and kept.n == 400
+
+
+def analyzed(package: Path, out: Path, site: str) -> tuple[dict[str, str], str]:
+    """`slidestream analyze` of CMU-1-Small-Region (H&E, 0.499 um/px) as a user runs it, with `package` and the
+    specimen `site`: the report's row and what the command wrote."""
+    report = out / "report.csv"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(out / "config")}  # no config file of the machine's user
+    done = slidestream("analyze", sample("CMU-1-Small-Region.svs"), "--report", report, "--out", out, "--model", package,
+                       "--site", site, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with report.open() as fh:
+        (row,) = csv.DictReader(fh)
+    return row, done.stdout + done.stderr
+
+
+def test_analyze_scores_a_colorectal_slide_with_either_package_and_both_maps_agree(packages: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    maps = {}
+    for kind, package in packages.items():
+        row, output = analyzed(package, tmp_path / kind, "sigmoid colon")
+        assert row["status"] == "ok" and row["score"] != "" and row["refused"] == "", output
+        case = tmp_path / kind / row["case"]
+        triage = Triage.read((case / TRIAGE).read_bytes())
+        assert triage.model == package.name and triage.summary["model_sha256"] == read_package(package).sha256
+        assert triage.summary["detects"] == "colorectal adenocarcinoma epithelium"  # the legend's words, as the hub's map has them
+        assert triage.routed is not None and (triage.routed.site, triage.routed.stain) == ("sigmoid colon", "H&E")
+        assert triage.valid_score is not None and triage.tiles_scored == triage.tissue_tiles > 100
+        attributes = json.loads((case / HEATMAP / "zarr.json").read_bytes())["attributes"]
+        assert attributes["slidestream"]["heatmap"]["model"] == package.name
+        maps[kind] = np.asarray(zarr.open_array(case / HEATMAP / "0", mode="r")[:]).astype(int)  # score x 255; 0: background
+    torchscript, onnx = maps["torchscript"], maps["onnx"]
+    assert len(np.unique(torchscript[torchscript > 0])) > 10  # a map with something to agree on, not one colour
+    assert np.abs(torchscript - onnx).max() <= 1  # the same network: at most a rounding apart, tile for tile
+
+
+def test_analyze_with_a_package_made_for_other_sites_gives_no_score(packages: dict[str, Path], tmp_path: Path) -> None:
+    row, output = analyzed(packages["onnx"], tmp_path, "skin")
+    assert row["status"] == "no validated AI" and row["refused"] == "no validated AI for skin" and row["score"] == ""
+    assert "no validated AI for skin" in output
+    triage = Triage.read((tmp_path / row["case"] / TRIAGE).read_bytes())
+    assert triage.refused == "no validated AI for skin" and triage.score is None and triage.valid_score is None
+    assert not (tmp_path / row["case"] / HEATMAP).exists()
+
+
+@pytest.mark.slow  # a send and a hub against the real S3 server
+def test_the_hub_gives_a_colorectal_case_its_final_map_from_an_onnx_package(packages: dict[str, Path], s3_server: S3Server,
+                                                                           s3_bucket: str, tmp_path: Path) -> None:
+    package = packages["onnx"]
+    store, endpoint = f"s3://{s3_bucket}/cases", s3_server.endpoint_url
+    context = ("--case", "onnx-1", "--context-file", colorectal_context())  # a sigmoid colon: a site the package covers
+    sent = slidestream("send", sample("CMU-1-Small-Region.svs"), *send_args(s3_server, s3_bucket, tmp_path / "state", *context))
+    assert sent.returncode == 0, sent.stderr
+    hub = slidestream("hub", store, "--endpoint-url", endpoint, "--once", "--model", package,
+                      env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}, timeout=600)  # fmt: skip
+    assert hub.returncode == 0, hub.stderr
+    location = slide_version(store, endpoint, qualified_case(STATION, "onnx-1"))
+    final = final_triage(location)
+    assert final is not None, hub.stderr
+    triage = Triage.read(json.dumps(final).encode())
+    assert triage.model == package.name and triage.summary["model_sha256"] == read_package(package).sha256
+    assert triage.summary["detects"] == "colorectal adenocarcinoma epithelium"
+    assert triage.routed is not None and (triage.routed.site, triage.routed.stain) == ("sigmoid colon", "H&E")
+    assert triage.valid_score is not None and triage.tiles_scored == triage.tissue_tiles > 100
+    heatmap = stored_json(location.child(HEATMAP), "zarr.json")["attributes"]["slidestream"]["heatmap"]
+    assert heatmap["model"] == package.name and heatmap["complete"] and heatmap["tiles_scored"] == triage.tiles_scored
