@@ -266,6 +266,7 @@ def analyzed(package: Path, out: Path, site: str) -> tuple[dict[str, str], str]:
     return row, done.stdout + done.stderr
 
 
+@pytest.mark.slow  # `slidestream analyze` twice, one process each
 def test_analyze_scores_a_colorectal_slide_with_either_package_and_both_maps_agree(packages: dict[str, Path],
                                                                                    tmp_path: Path) -> None:
     maps = {}
