@@ -222,7 +222,7 @@ def tile_state(endpoint: str, bucket: str, root: str) -> Any:
     import zarr
 
     from caseformat.layout import HEATMAP, TILE_STATE
-    from inference.store import Location
+    from objectstore.location import Location
 
     try:
         state = zarr.open_group(Location(f"s3://{bucket}/{root}{HEATMAP}", endpoint).zarr_store(), mode="r")[TILE_STATE]

@@ -30,8 +30,8 @@ from inference import AnalyzeOptions
 from inference.heatmap import Heatmap, load_tile_state
 from inference.pipeline import highest_ranked, hottest_first, plan_heatmap
 from inference.sources import SlideFileRef, open_source
-from inference.store import Location
 from inference.tiles import spread_sample
+from objectstore.location import Location
 
 OUT = Path(__file__).resolve().parent / "out"
 EDGE_SAMPLES = 80  # station.edge.SAMPLED_TILES

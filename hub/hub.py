@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     from caseformat.documents import CaseRecord
     from caseformat.layout import SlideRef
     from caseformat.results import Lease, Manifest
-    from inference import AnalyzeOptions, Heatmap, Location, Runner
+    from inference import AnalyzeOptions, Heatmap, Runner
     from inference.routing import Route, Routes
+    from objectstore.location import Location
     from objectstore.notifications import EventListener
 
 stderr = Console(stderr=True)
@@ -289,7 +290,8 @@ class Hub:
         GET of its manifest and one of its triage.json (and of the pyramid record once that is complete); a
         finished one costs nothing more. Choosing among them costs a LIST of an unsigned case's reports every
         SIGNED_LOOK seconds (`is_signed`) and one GET of each case's case.json (`record`)."""
-        from inference import Location
+        from objectstore import StorageError
+        from objectstore.location import Location
         from slides.errors import one_line
 
         with self.lock:
@@ -306,6 +308,10 @@ class Hub:
                     continue
                 case.started = self.clock(ref.case, manifest)
                 self.acknowledge(case, manifest)
+            except StorageError as error:  # the store failed, not the case: the wait doubles each time it comes round
+                if case.retry_at is None or time.monotonic() >= case.retry_at:
+                    self.retry(case, one_line(error))
+                continue
             except Exception as error:  # noqa: BLE001 - as in `work`: one slide version's documents, never the hub
                 self.note(case, one_line(error))
                 continue

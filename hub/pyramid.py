@@ -31,7 +31,7 @@ from tiling.shard_format import CorruptShardError, verified_chunks
 from tiling.shard_jobs import StoredLevel, downsample_shard
 
 if TYPE_CHECKING:
-    from inference import Location
+    from objectstore.location import Location
 
 RECORD_EVERY = 2.0  # seconds between rewrites of the record during a long pass, so viewers see the level fill in
 

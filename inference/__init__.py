@@ -11,7 +11,6 @@ from inference.heatmap import Heatmap, priority_from_heatmap
 from inference.model import CAPRICORN, ModelSpec, TileModel, load_model
 from inference.pipeline import AnalyzeOptions, CaseNotReadyError, analyze_case, analyze_slide, follow_case, qc_slide
 from inference.scoring import ModelRef, Runner
-from inference.store import Location
 
 __all__ = [
     "CAPRICORN",
@@ -19,7 +18,6 @@ __all__ = [
     "CaseNotReadyError",
     "Heatmap",
     "InferenceError",
-    "Location",
     "ModelRef",
     "ModelSpec",
     "Runner",

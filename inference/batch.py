@@ -49,7 +49,7 @@ from inference.pipeline import (
 from inference.routing import Route, Routes, detect_stain
 from inference.scoring import ModelRef, Runner
 from inference.sources import SlideFileRef, SlideSource, Source, SourceRef, ZarrRef, ZarrSource, open_source, read_level
-from inference.store import Location
+from objectstore.location import Location
 from slides import SlidestreamError
 from slides.errors import one_line, printable
 from slides.slide import slide_path_kind

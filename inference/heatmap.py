@@ -18,8 +18,8 @@ from caseformat.layout import ANALYZE, EDGE, HEATMAP, TILE_STATE, TRIAGE
 from caseformat.results import Routed, Triage
 from inference.model import ModelSpec
 from inference.scoring import TileResults
-from inference.store import Location
 from inference.tiles import BLUR_THRESHOLD, PEN_TILE, TileGrid
+from objectstore.location import Location
 
 TOP_TILES = 5  # the slide score is the mean of this many best tile scores: one stray tile cannot raise it alone
 TOP_REGIONS = 5

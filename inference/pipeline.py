@@ -40,8 +40,8 @@ from inference.sources import (
     read_level,
     update_corrupt,
 )
-from inference.store import Location
 from inference.tiles import TileGrid, spread_sample, tissue_coverage
+from objectstore.location import Location
 from tiling.plan import shard_address
 from tiling.shard_format import CorruptShardError
 

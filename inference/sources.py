@@ -34,7 +34,7 @@ from caseformat.image import ImageAttributes, Multiscale
 from caseformat.layout import CORRUPT, IMAGE, SLIDES
 from caseformat.results import CorruptRecord, check_array
 from inference.errors import InferenceError
-from inference.store import Location
+from objectstore.location import Location
 from slides import Slide, open_slide
 from tiling import TissueMask, detect_tissue
 from tiling.label import TISSUE_LABEL

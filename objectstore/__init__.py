@@ -1,11 +1,12 @@
-"""objectstore: the one client of the case store, for every reader (the viewer, the hub, analyze, export).
+"""objectstore: the one client of the case store (the viewer, the hub, analyze, export, the station).
 
 A store is S3-compatible object storage or a local folder behind one async interface (`Storage`), with one error
 family for every client (`objectstore.errors`: `StorageError` and what a caller tells apart below it) and a zarr view
-over it (`ZarrView`). Listings skip keys the case layout could never have written, so one hostile key does not break a
-listing. The clients themselves are made in `objectstore.clients`; the sender (transfer/) keeps botocore's where its
-per-request hooks need it. The storage and the zarr view (zarr: a quarter of a second to import) load on first use, so
-the sender and the station, which need only the errors and the clients, never pay for them.
+over it (`ZarrView`); `objectstore.location.Location` is its synchronous face. Listings skip keys the case layout
+could never have written, so one hostile key does not break a listing. The clients themselves are made in
+`objectstore.clients`; the sender (transfer/) keeps botocore's where its per-request hooks need it. The storage and
+the zarr view (zarr: a quarter of a second to import) load on first use, so the sender, which needs only the errors and
+the clients, never pays for them.
 """
 
 from __future__ import annotations

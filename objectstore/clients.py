@@ -1,5 +1,6 @@
-"""The two S3 clients, made in one place with one endpoint check: botocore's for the sender and the station (they need
-per-request hooks), obstore's (Rust, async, pooled connections) for the readers (the viewer, the hub, analyze).
+"""The two S3 clients, made in one place with one endpoint check: botocore's for the sender (it needs per-request
+hooks) and for listings (`storage.list_s3`), obstore's (Rust, async, pooled connections) for everyone else (the viewer,
+the hub, analyze, the station).
 
 Both take credentials from the standard AWS chain and an endpoint checked by `parse_endpoint`; a maker that cannot
 make its client raises the store's error family (`objectstore.errors`) with one line. botocore (a quarter of a second
@@ -12,6 +13,7 @@ import functools
 import os
 import urllib.parse
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import obstore.exceptions
@@ -50,11 +52,13 @@ def parse_endpoint(endpoint: str | None) -> str | None:
 
 # -- obstore: the readers ----------------------------------------------------------------------------------------
 def object_store(
-    bucket: str, prefix: str = "", endpoint_url: str | None = None, *, timeout: float = 60, retry_config: dict[str, Any] | None = None
+    bucket: str, prefix: str = "", endpoint_url: str | None = None, *, timeout: float = 60, retry_config: dict[str, Any] | None = None,
+    ca_bundle: str | None = None,
 ) -> S3Store:
     """An obstore client for `bucket` (under `prefix`) with the standard AWS credential chain (environment, ~/.aws,
     SSO, instance profile); `endpoint_url` None means AWS or $AWS_ENDPOINT_URL. Plain HTTP only for an http://
-    endpoint; callers choose how patient they are (a viewer answers within seconds; a batch may wait)."""
+    endpoint; callers choose how patient they are (a viewer answers within seconds; a batch may wait). `ca_bundle`: a
+    PEM file of the CA a hospital's store is signed by (--ca-bundle), trusted beside the system's."""
     import boto3  # only S3 stores need it: local folders never pay its import
     from obstore.auth.boto3 import Boto3CredentialProvider
 
@@ -68,6 +72,8 @@ def object_store(
     if endpoint:
         config["endpoint"] = endpoint
     options = {"allow_http": bool(endpoint and endpoint.startswith("http://")), "connect_timeout": timedelta(seconds=5), "timeout": timedelta(seconds=timeout)}
+    if ca_bundle is not None:
+        options["root_certificate"] = read_ca_bundle(ca_bundle)
     try:
         return S3Store(
             bucket,
@@ -81,7 +87,19 @@ def object_store(
         raise EndpointError(f"s3://{bucket}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
-# -- botocore: the sender and the station ------------------------------------------------------------------------
+def read_ca_bundle(path: str) -> bytes:
+    """The PEM certificates of --ca-bundle; `EndpointError` naming the file when it cannot be read or holds none
+    (obstore would refuse it with a Rust error, botocore only at the first https request)."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as error:
+        raise EndpointError(f"--ca-bundle {path}: cannot read it: {error.strerror or error}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise EndpointError(f"--ca-bundle {path}: not a PEM file of CA certificates")
+    return pem
+
+
+# -- botocore: the sender's -------------------------------------------------------------------------------------
 def make_client(endpoint: str | None, ca_bundle: str | None = None) -> Any:
     """An S3 client (botocore's, as boto3 makes) for any S3-compatible server, credentials from the standard AWS chain.
 

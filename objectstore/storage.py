@@ -16,6 +16,7 @@ import builtins
 import functools
 import hashlib
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,10 +32,12 @@ from caseformat.bounded import DOCUMENT_LIMIT
 from caseformat.errors import DocumentError
 from caseformat.layout import is_plain_key
 from objectstore.clients import make_client, object_store, parse_endpoint
-from objectstore.errors import AccessDeniedError, InvalidKeyError, ObjectNotFoundError, StorageError
+from objectstore.errors import AccessDeniedError, InvalidKeyError, ObjectNotFoundError, StorageError, UnreachableError
 from slides.errors import printable
 
 T = TypeVar("T")
+# S3's codes for credentials it does not accept: every request fails with them, so a read's 403 is not "absent" then
+CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,14 @@ class S3Storage(Storage):
 
     VERIFY_ATTEMPTS = 5  # single-part PUTs `put_verified` sends before it gives up on a server that keeps garbling
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, *, absent_when_denied: bool = False) -> None:
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, *, absent_when_denied: bool = False,
+                 ca_bundle: str | None = None) -> None:
         self.location = f"s3://{bucket}/{prefix}".rstrip("/")
-        self._bucket, self._prefix, self._endpoint = bucket, prefix.strip("/"), endpoint_url
+        self._bucket, self._prefix, self._endpoint, self._ca_bundle = bucket, prefix.strip("/"), endpoint_url, ca_bundle
         self._absent_when_denied = absent_when_denied
         # a viewer should say "store unavailable" within seconds, not retry for minutes
         retries = {"max_retries": 2, "retry_timeout": timedelta(seconds=15), "backoff": {"init_backoff": timedelta(milliseconds=100)}}
-        self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries)
+        self._store = object_store(bucket, prefix, endpoint_url, timeout=30, retry_config=retries, ca_bundle=ca_bundle)
 
     async def get(self, key: str) -> bytes:
         result = await self._call(key, obstore.get_async(self._store, check_key(key)), reading=True)
@@ -135,8 +139,29 @@ class S3Storage(Storage):
         result = await self._call(key, obstore.get_async(self._store, check_key(key), options={"range": {"suffix": length}}), reading=True)
         return bytes(await self._call(key, result.bytes_async()))
 
-    async def put(self, key: str, data: bytes) -> None:
-        await self._call(key, obstore.put_async(self._store, check_key(key), data))
+    async def exists(self, key: str) -> bool:
+        """Whether an object has `key` (a HEAD: nothing read)."""
+        try:
+            await self._call(key, obstore.head_async(self._store, check_key(key)), reading=True)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    async def get_at_most(self, key: str, limit: int) -> bytes:
+        """The object's first `limit` bytes at most, the rest never read (a planted giant where a document belongs
+        costs no memory: its reader refuses it for its size)."""
+        result = await self._call(key, obstore.get_async(self._store, check_key(key)), reading=True)
+        data = b""
+        async for chunk in result.stream(min_chunk_size=min(limit, 1 << 20)):
+            data += chunk
+            if len(data) >= limit:
+                break
+        return data[:limit]
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """`content_type`: what S3 answers a browser with (a photograph)."""
+        attributes = {"Content-Type": content_type} if content_type else None
+        await self._call(key, obstore.put_async(self._store, check_key(key), data, attributes=attributes))
 
     async def put_verified(self, key: str, data: bytes) -> None:
         """A single-part PUT whose returned ETag must be the MD5 of `data` (as the sender checks its parts), sent again
@@ -179,24 +204,37 @@ class S3Storage(Storage):
     async def _listing(self, what: str, prefix: str, folders: bool, after: str | None = None
                        ) -> tuple[builtins.list[dict[str, Any]], builtins.list[str]]:
         try:
-            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders, start_after=after)
+            return await asyncio.to_thread(list_s3, self._bucket, self._prefix, prefix, self._endpoint, folders=folders, start_after=after,
+                                           ca_bundle=self._ca_bundle)
         except ObjectNotFoundError:
             raise
-        except StorageError as error:
-            raise StorageError(f"{self.location}/{what}: {error}") from None
+        except StorageError as error:  # what failed (credentials, the link), said where
+            raise type(error)(f"{self.location}/{what}: {error}") from None
 
     async def _call(self, key: str, operation: Awaitable[T], reading: bool = False) -> T:
         try:
             return await operation
         except FileNotFoundError:  # obstore's NotFoundError
             raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
-        except obstore.exceptions.PermissionDeniedError as error:
+        except (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError) as error:
+            code = _s3_code(str(error))
+            if code in CREDENTIAL_CODES:  # the credentials themselves are refused: never an absent object
+                raise AccessDeniedError(f"{self.location}/{key}: credentials rejected by {self._server} ({code})") from None
             if reading and self._absent_when_denied:
                 raise ObjectNotFoundError(f"{self.location}/{key}: not found") from None
             raise AccessDeniedError(f"{self.location}/{key}: {str(error).splitlines()[0] if str(error) else 'access denied'}") from None
         except (obstore.exceptions.BaseError, OSError) as error:
+            if "certificate" in str(error).lower():
+                raise StorageError(f"{self.location}/{key}: TLS handshake with {self._server} failed; a private CA needs --ca-bundle PATH") from None
+            if reason := _unreachable(str(error)):
+                raise UnreachableError(f"{self.location}/{key}: cannot reach {self._server}: {reason}") from None
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise StorageError(f"{self.location}/{key}: {first_line}") from None
+
+    @property
+    def _server(self) -> str:
+        """The endpoint, as an error names it."""
+        return self._endpoint or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
 
 
 # -- local directory -------------------------------------------------------------------------------------------
@@ -290,14 +328,22 @@ class LocalStorage(Storage):
 
 
 def list_s3(bucket: str, root: str, prefix: str, endpoint_url: str | None, *, start_after: str | None = None,
-            folders: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+            folders: bool = False, ca_bundle: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The objects (botocore's Key, Size, ETag, LastModified; keys relative to `root`) under `prefix` of the store at
     `s3://bucket/root`, after `start_after` when given, and with `folders` the folders directly under `prefix` instead
     of what they hold. Keys `is_plain_key` refuses are skipped; `StorageError` when the store cannot be listed."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        SSLError,
+    )
 
     base = f"{root}/" if root else ""
-    pages = _s3_client(parse_endpoint(endpoint_url) or os.environ.get("AWS_ENDPOINT_URL")).get_paginator("list_objects_v2").paginate(
+    endpoint = parse_endpoint(endpoint_url) or os.environ.get("AWS_ENDPOINT_URL")
+    pages = _s3_client(endpoint, ca_bundle).get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=base + prefix, **({"Delimiter": "/"} if folders else {}),
         **({"StartAfter": base + start_after} if start_after else {}))  # fmt: skip
     objects, common = [], []
@@ -309,16 +355,44 @@ def list_s3(bucket: str, root: str, prefix: str, endpoint_url: str | None, *, st
         code = error.response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
             raise ObjectNotFoundError(f"s3://{bucket}: no such bucket") from None
+        if code in CREDENTIAL_CODES:
+            raise AccessDeniedError(f"credentials rejected by {endpoint or 'AWS S3'} ({code})") from None
+        if code in ("AccessDenied", "403"):
+            raise AccessDeniedError(f"{endpoint or 'AWS S3'} denied access (AccessDenied): the credentials may not list there") from None
         raise StorageError(f"{code or 'error'}: {str(error).splitlines()[0]}") from None
+    except NoCredentialsError:
+        raise AccessDeniedError(f"no usable AWS credentials for {endpoint or 'AWS S3'}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                "AWS_PROFILE or ~/.aws/credentials") from None
+    except SSLError:
+        raise StorageError(f"TLS handshake with {endpoint or 'AWS S3'} failed; a private CA needs --ca-bundle PATH") from None
+    except (EndpointConnectionError, ConnectTimeoutError) as error:
+        raise UnreachableError(f"cannot reach {endpoint or 'AWS S3'}: {_unreachable(repr(error.kwargs.get('error'))) or 'no answer'}") from None
     except BotoCoreError as error:
         raise StorageError(str(error).splitlines()[0]) from None
     return objects, common
 
 
 @functools.cache
-def _s3_client(endpoint: str | None) -> Any:
-    """One botocore client per endpoint, so that its connections are reused (listings only)."""
-    return make_client(endpoint)
+def _s3_client(endpoint: str | None, ca_bundle: str | None) -> Any:
+    """One botocore client per endpoint (and private CA), so that its connections are reused (listings only)."""
+    return make_client(endpoint, ca_bundle)
+
+
+def _s3_code(message: str) -> str:
+    """The S3 error code in an obstore error's message (it quotes the server's XML answer); "" when there is none."""
+    found = re.search(r"<Code>(\w+)</Code>", message)
+    return found.group(1) if found else ""
+
+
+def _unreachable(message: str) -> str | None:
+    """Why the endpoint could not be reached, in words, when a client's error message says it could not; else None."""
+    if "Connection refused" in message or "ConnectionRefused" in message:
+        return "connection refused"
+    if "dns error" in message or "Name or service not known" in message or "failed to lookup address" in message:
+        return "host name does not resolve"
+    if "error sending request" in message or "kind: Connect" in message:
+        return "timed out" if "timed out" in message.lower() else "no connection"
+    return None
 
 
 def oversized(info: ObjectInfo) -> str | None:

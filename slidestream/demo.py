@@ -98,8 +98,8 @@ def _milestones(store: str, endpoint: str, case: str) -> Callable[[], dict[str, 
     hub's once its QC is complete)."""
     from caseformat.layout import HUB, MANIFEST, PYRAMID, SlideRef
     from caseformat.results import COMPLETE, FAILED, Manifest, PyramidRecord
-    from inference import Location
     from inference.heatmap import read_triage
+    from objectstore.location import Location
     from slidestream.errors import DemoError
 
     location = Location.slide_version(Location.parse(store, endpoint), SlideRef(case))  # its first slide, first scan

@@ -34,8 +34,9 @@ def hub(
 
     from caseformat.layout import HUB
     from hub.hub import Hub
-    from inference import AnalyzeOptions, Location, ModelRef, Runner
+    from inference import AnalyzeOptions, ModelRef, Runner
     from inference.routing import Routes
+    from objectstore.location import Location
     from slidestream.analyze import routing_table
 
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -22,6 +22,7 @@ def status(
     station: Annotated[str | None, typer.Option("--station", help="Only the cases this station registered (default: all in the registry).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the registry lives (default $XDG_STATE_HOME/slidestream).")] = None,
     centre_keys: o.CentreKeys = None,
+    ca_bundle: o.CaBundle = None,
 ) -> None:
     """List this station's cases: arriving (a slide still sending), being read (all arrived, no signed report),
     signed (category and time), and failed slides with their reason."""
@@ -43,7 +44,7 @@ def status(
             return
         stations: dict[str, Station] = {}
         for key, specimen in specimens:
-            hospital = stations.get(key) or stations.setdefault(key, Station(Store.from_key(key), registry, specimen.station or default_station()))
+            hospital = stations.get(key) or stations.setdefault(key, Station(Store.from_key(key), registry, specimen.station or default_station(), ca_bundle and str(ca_bundle)))
             shown, lines = case_state(hospital, specimen.case, trusted)
             stdout.print(printable(f"{specimen.name} (case {specimen.case}, registered {specimen.registered_at}): {shown}"), markup=False, highlight=False)
             lines += [] if trusted is not None else [f"{no_key}; its reports cannot be verified and are not read"]

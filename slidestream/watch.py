@@ -140,7 +140,7 @@ def watch(
     trusted, no_key = load_trusted(centre_keys or state / PUBLIC_KEYS_FILE)
     interfaces = ctx.default_map or {}  # the config file's [watch.hl7] and [watch.fhir]
     systems = hospital_systems(state, lis, fhir_url, pacs and (pacs, destination, endpoint_url), interfaces.get(HL7_TABLE), interfaces.get(FHIR_TABLE))
-    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, systems)
+    hospital = Hospital(destination, endpoint_url, state, station, outbox, trusted, systems, ca_bundle and str(ca_bundle))
     stderr.print(printable(f"watching {folder} -> {destination} as station {station} (outbox: {outbox}; log: {HotFolder(folder, state, settle).log_file})"),
                  markup=False, highlight=False)  # fmt: skip
     if trusted is None:

@@ -36,9 +36,10 @@ from transfer import Destination
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from inference import AnalyzeOptions, Heatmap, Location
+    from inference import AnalyzeOptions, Heatmap
     from inference.packages import ModelPackage
     from inference.routing import Route
+    from objectstore.location import Location
 
 # the edge scores this many tissue tiles whatever the slide's size, so it takes seconds on a CPU (DenseNet-121 does
 # ~5-9 tiles/s on 2 cores); small batches are faster per tile on a CPU
@@ -178,9 +179,10 @@ def triage(slide: str, case: str, store: str, case_id: str, endpoint: str | None
     """Route `slide` and publish its edge triage beside the slide version `case` on S3 under `name` (runs in the
     spawned process): the sampled map of the package at folder `model` (None: the default model), or the refusal
     with QC only. A result of another stage there already (the hub's) is never replaced."""
-    from inference import AnalyzeOptions, Location, ModelRef, analyze_slide
+    from inference import AnalyzeOptions, ModelRef, analyze_slide
     from inference.model import default_package
     from inference.packages import read_package
+    from objectstore.location import Location
 
     package = default_package() if model is None else read_package(model)
     options = AnalyzeOptions(model=ModelRef.of_package(package), batch=BATCH, sample=SAMPLED_TILES, stage=EDGE)

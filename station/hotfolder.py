@@ -467,10 +467,11 @@ class Hospital:
     anything else in the station's folder is refused in one line and passed over."""
 
     def __init__(self, destination: str, endpoint_url: str | None, state_dir: Path, station: str, outbox: Path, trusted: Any,
-                 systems: Any = None) -> None:
+                 systems: Any = None, ca_bundle: str | None = None) -> None:
         from station.gross import GrossPhotos
 
         self._where = (destination, endpoint_url, state_dir, station)
+        self._ca_bundle = ca_bundle  # a private CA the store's TLS certificate is signed by (`--ca-bundle`)
         self.systems = systems  # `hospital.systems.HospitalSystems`: where reports go besides the outbox
         self.outbox = outbox
         self.trusted = trusted
@@ -486,7 +487,7 @@ class Hospital:
         from station.station import Station, Store
 
         destination, endpoint_url, state_dir, station = self._where
-        made = Station(Store.parse(destination, endpoint_url), Registry(state_dir), station)
+        made = Station(Store.parse(destination, endpoint_url), Registry(state_dir), station, self._ca_bundle)
         made.systems = self.systems
         return made
 

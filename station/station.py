@@ -18,6 +18,7 @@ slides to one case never take the same number.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -25,11 +26,11 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from caseformat.bounded import DOCUMENT_LIMIT, utc_now
 from caseformat.documents import (
@@ -74,7 +75,8 @@ from caseformat.layout import (
     validate_station,
 )
 from caseformat.signing import KeyFileError, TrustedKeys
-from objectstore.clients import parse_endpoint
+from objectstore.clients import parse_endpoint, read_ca_bundle
+from objectstore.errors import AccessDeniedError, ObjectNotFoundError, StorageError, UnreachableError
 from slides import SlidestreamError
 from slides.errors import printable
 from station.registry import (
@@ -91,6 +93,9 @@ from transfer.target import parse_store_url
 
 if TYPE_CHECKING:
     from hospital.systems import HospitalSystems
+    from objectstore import S3Storage
+
+T = TypeVar("T")
 
 SIDECAR = "specimen.json"
 IDENTITY_FIELDS = ("accession", "patient_name", "patient_id", "birth_date", "sex")  # kept in the local registry only
@@ -230,64 +235,55 @@ class Station:
     """One station's view of one store, with the local registry: every mapping from files to slide versions."""
 
     def __init__(self, store: Store, registry: Registry, station: str, ca_bundle: str | None = None) -> None:
-        from objectstore.clients import make_client
-
         self.store, self.registry, self.name = store, registry, validate_station(station)
         self.key = store_key(store)
-        self.client = make_client(store.endpoint, ca_bundle)
+        if ca_bundle is not None:
+            read_ca_bundle(ca_bundle)  # a file that cannot serve is said now, not at the first request
+        self._ca_bundle = ca_bundle
         self._recent: set[str] = set()  # notices handled by this run that the cursor does not cover yet
         self._looked: dict[str, float] = {}  # case -> when this run last read its reports (the reconciliation)
         self._said: set[str] = set()  # refusals and conflicts this run said already (the reconciliation repeats)
         self.systems: HospitalSystems | None = None  # the hospital's LIS and FHIR server, and the report's PDF (watch)
 
     # -- the store ---------------------------------------------------------------------------------------------
-    def _call(self, where: str, method: str, **kwargs: Any) -> Any:
-        """One request; an error is one line (network: exit 3)."""
-        from botocore.exceptions import BotoCoreError, ClientError
+    @functools.cached_property
+    def _storage(self) -> S3Storage:
+        """The store's one client (`objectstore`), made at the first request: a 403 of a read is a missing object, what
+        an enrolled station is answered for one of its own folders (`transfer.network.ABSENT`)."""
+        from objectstore import S3Storage
 
-        from transfer.network import fatal
+        return S3Storage(self.store.bucket, "", self.store.endpoint, absent_when_denied=True, ca_bundle=self._ca_bundle)
+
+    def _call(self, request: Callable[[S3Storage], Coroutine[Any, Any, T]], absent_means_bucket: bool = False) -> T:
+        """One request, run on zarr's event loop as `objectstore.location` runs them. A failure is one line of the
+        send's error family, which the station's callers handle (the link down: `NetworkError`, exit 3); a missing
+        object is `ObjectNotFoundError`, except to a write or a listing, where only the bucket can be missing."""
+        from zarr.core.sync import sync
+
+        from transfer.errors import BucketNotFoundError, CredentialsError, NetworkError, TransferError
 
         try:
-            return getattr(self.client, method)(Bucket=self.store.bucket, **kwargs)
-        except (BotoCoreError, ClientError) as error:
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{where}") from None
+            return sync(request(self._storage))
+        except ObjectNotFoundError:
+            if absent_means_bucket:
+                raise BucketNotFoundError(f"bucket of s3://{self.store.bucket} does not exist on {self.store.endpoint or 'AWS S3'} "
+                                          "(NoSuchBucket)") from None  # fmt: skip
+            raise
+        except StorageError as error:
+            kind = NetworkError if isinstance(error, UnreachableError) else CredentialsError if isinstance(error, AccessDeniedError) else TransferError
+            raise kind(str(error)) from None
 
     def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
         """Write (or replace) one object of this station's: a record, an order's status, a photograph."""
-        self._call(key, "put_object", Key=key, Body=body, ContentType=content_type)
+        self._call(lambda storage: storage.put(key, body, content_type), absent_means_bucket=True)
 
     def holds(self, key: str) -> bool:
-        """Whether the store has `key` (a HEAD): absent is 404, or 403 to an enrolled station for a missing object of
-        its own folders (`transfer.network.ABSENT`)."""
-        from botocore.exceptions import ClientError
-
-        from transfer.network import ABSENT, error_code, fatal
-
-        try:
-            self.client.head_object(Bucket=self.store.bucket, Key=key)
-            return True
-        except ClientError as error:
-            if error_code(error) in ABSENT:
-                return False
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
-        except Exception as error:  # noqa: BLE001 - botocore's connection errors: one line
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+        """Whether the store has `key` (a HEAD)."""
+        return self._call(lambda storage: storage.exists(key))
 
     def _create(self, key: str, body: bytes) -> bool:
         """PUT only if no object has `key` (If-None-Match: *); False when one has."""
-        from botocore.exceptions import ClientError
-
-        from transfer.network import error_code, fatal
-
-        try:
-            self.client.put_object(Bucket=self.store.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
-            return True
-        except ClientError as error:
-            if error_code(error) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                return False
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
-        except Exception as error:  # noqa: BLE001 - botocore's connection errors: one line
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+        return self._call(lambda storage: storage.create(key, body), absent_means_bucket=True)
 
     def report_unsent(self, info: SpecimenInfo, path: Path, kind: str) -> str:
         """Tell the centre that a slide file of the specimen `info` will not be sent, and why (`kind`, one of
@@ -312,43 +308,22 @@ class Station:
         return found, refused
 
     def _folders(self, prefix: str) -> set[str]:
-        """Names of the folders right below `prefix` (one LIST page per 1000)."""
-        names: set[str] = set()
-        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
-        while True:
-            page = self._call(prefix, "list_objects_v2", **kwargs)
-            names |= {entry["Prefix"][len(prefix):].rstrip("/") for entry in page.get("CommonPrefixes", [])}
-            if not page.get("IsTruncated"):
-                return names
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        """Names of the folders right below the folder `prefix` (paged LISTs)."""
+        return set(self._call(lambda storage: storage.list_dirs(prefix.rstrip("/")), absent_means_bucket=True))
 
     def read_bytes(self, key: str) -> bytes | None:
         """The object at `key`, None when there is none; at most one byte more than a document may have (the
         document's reader refuses it), so a planted giant costs no memory."""
-        from botocore.exceptions import ClientError
-
-        from transfer.network import ABSENT, error_code, fatal
-
         try:
-            data: bytes = self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read(DOCUMENT_LIMIT + 1)
-            return data
-        except ClientError as error:
-            if error_code(error) in ABSENT:
-                return None
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
-        except Exception as error:  # noqa: BLE001
-            raise fatal(error, self.store.endpoint, f"s3://{self.store.bucket}/{key}") from None
+            return self._call(lambda storage: storage.get_at_most(key, DOCUMENT_LIMIT + 1))
+        except ObjectNotFoundError:
+            return None
 
     def _keys(self, prefix: str, after: str = "") -> list[str]:
-        """Every key below `prefix` (after `after`), in the store's order."""
-        kwargs: dict[str, Any] = {"Prefix": prefix, **({"StartAfter": after} if after else {})}
-        keys = []
-        while True:
-            page = self._call(prefix, "list_objects_v2", **kwargs)
-            keys += [entry["Key"] for entry in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
-                return keys
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        """Every key below the folder `prefix` (after `after`), in the store's order (paged LISTs)."""
+        folder = prefix.rstrip("/")
+        listed = self._call(lambda storage: storage.list_after(folder, after) if after else storage.list(folder), absent_means_bucket=True)
+        return [info.key for info in listed]
 
     # -- registration ------------------------------------------------------------------------------------------
     def _look(self, read: Any, default: Any) -> Any:

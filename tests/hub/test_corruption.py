@@ -22,7 +22,8 @@ from support.viewer import TRUSTED, Bucket, chunk_of, pyramid, serving, shards
 from caseformat.layout import CORRUPT, IMAGE, MANIFEST, PYRAMID, TRIAGE, SlideRef
 from caseformat.results import COMPLETE, CorruptRecord, Manifest
 from hub.pyramid import complete_pyramid
-from inference import Location, analyze_case
+from inference import analyze_case
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, PieceKind, plan_pyramid, produce
 from tiling.shard_format import EMPTY, read_shard_index, shard_index_size

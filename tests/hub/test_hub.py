@@ -50,7 +50,8 @@ from caseformat.layout import (
 from caseformat.results import Lease, Manifest
 from caseformat.signing import TrustedKeys
 from hub.pyramid import complete_pyramid
-from inference import AnalyzeOptions, Location, analyze_slide
+from inference import AnalyzeOptions, analyze_slide
+from objectstore.location import Location
 from slides import open_slide
 from slidestream.cli import app
 from tiling import ConvertOptions, plan_pyramid

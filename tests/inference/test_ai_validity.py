@@ -28,10 +28,10 @@ from typer.testing import CliRunner
 from caseformat.layout import HEATMAP, TRIAGE, SlideRef, qualified_case
 from caseformat.results import Routed, Triage
 from caseformat.signing import TrustedKeys
-from inference import Location
 from inference.model import CAPRICORN, CAPRICORN_FILE, CAPRICORN_SHA256, default_package
 from inference.packages import covers, read_package
 from inference.routing import detect_stain
+from objectstore.location import Location
 from slides import open_slide
 from slidestream.cli import app
 from tiling.tissue import overview

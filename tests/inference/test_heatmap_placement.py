@@ -17,7 +17,7 @@ from ome_zarr_models.v05.image import Image
 from support.inference import PURPLE, TILE, save_dark_model, write_slide
 
 from inference import AnalyzeOptions, ModelRef, analyze_case, analyze_slide
-from inference.store import Location
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 

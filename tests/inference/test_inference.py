@@ -25,7 +25,7 @@ from support.inference import MPP, PINK, PURPLE, TILE, save_dark_model, write_sl
 from inference import AnalyzeOptions, ModelRef, analyze_case, analyze_slide, priority_from_heatmap
 from inference.pipeline import plan_heatmap
 from inference.sources import SlideFileRef, open_source
-from inference.store import Location
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, plan_pyramid, produce, write_pieces
 

@@ -14,7 +14,8 @@ import zarr
 from conftest import S3Server, sample
 from support import stored_json
 
-from inference import AnalyzeOptions, Location, ModelRef, ModelSpec, analyze_case, follow_case
+from inference import AnalyzeOptions, ModelRef, ModelSpec, analyze_case, follow_case
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, Piece, PieceKind, plan_pyramid, produce, write_pieces
 

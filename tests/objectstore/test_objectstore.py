@@ -1,5 +1,5 @@
 """The one store client: zarr's own store conformance suite over `ZarrView` on a local folder and on the real S3
-server, and `inference.store.Location` (the hub's, analyze's and the edge's sync face) reading and failing as the
+server, and `objectstore.location.Location` (the hub's, analyze's and the edge's sync face) reading and failing as the
 rest of `objectstore` does."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from conftest import S3Server
 from zarr.core.buffer import Buffer, cpu
 from zarr.testing.store import StoreTests
 
-from inference.store import Location
 from objectstore import AccessDeniedError, LocalStorage, S3Storage, StorageError, ZarrView
+from objectstore.location import Location
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,13 +33,11 @@ import tifffile
 from conftest import REPO, S3Server, sample
 
 from caseformat.layout import HUB, TRIAGE, SlideRef
+from objectstore.location import Location
 from slides import open_slide
 from station.pipeline import image_pieces
 from station.request import SendRequest
 from tiling import Piece
-
-if TYPE_CHECKING:
-    from inference import Location
 
 T = TypeVar("T")
 
@@ -323,8 +321,6 @@ def colorectal_context() -> Path:
 
 def slide_version(store: str, endpoint: str, case: str) -> Location:
     """Slide s1/v1 of `case` on the store: the station's folder, and the centre's for its results."""
-    from inference import Location  # here: inference loads torch, which only the hub's tests need
-
     return Location.slide_version(Location.parse(store, endpoint), SlideRef(case))
 
 

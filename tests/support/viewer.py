@@ -41,8 +41,8 @@ from caseformat.results import Routed, Triage
 from caseformat.signing import PUBLIC_KEYS_FILE, SigningKey, TrustedKeys
 from inference.heatmap import Heatmap, write_results
 from inference.model import ModelSpec
-from inference.store import Location
 from inference.tiles import TileGrid
+from objectstore.location import Location
 from slides import open_slide
 from support import wait_for
 from tiling import ConvertOptions, Piece, PieceKind, PyramidPlan, plan_pyramid, produce

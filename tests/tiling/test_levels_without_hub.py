@@ -25,7 +25,7 @@ from support import STATION, journal_objects, send_args, slidestream, wait_for
 from caseformat.layout import IMAGE, LEASE, MANIFEST, PYRAMID, SlideRef, qualified_case
 from caseformat.results import Lease, Manifest, PyramidRecord
 from hub.pyramid import complete_pyramid
-from inference import Location
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, plan_pyramid
 

@@ -28,7 +28,7 @@ from support import colorectal_context
 from typer.testing import CliRunner
 
 from caseformat.layout import HEATMAP, IMAGE, SlideRef
-from inference.store import Location
+from objectstore.location import Location
 from slidestream.cli import app
 from tiling.codec import JpegCodec
 

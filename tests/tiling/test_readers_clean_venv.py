@@ -32,7 +32,7 @@ from conftest import REPO, S3Server
 from support import STATION, colorectal_context, send_args, slidestream
 
 from caseformat.layout import HEATMAP, IMAGE, SlideRef, qualified_case
-from inference import Location
+from objectstore.location import Location
 from slides import open_slide
 
 pytestmark = pytest.mark.slow  # a virtual environment from the registry (about a minute and a half, once a day)

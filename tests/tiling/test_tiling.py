@@ -19,7 +19,7 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Reader
 
 from inference.sources import ZarrSource
-from inference.store import Location
+from objectstore.location import Location
 from slides import open_slide
 from tiling import ConvertOptions, SendOrder, plan_pyramid, produce, pyramid, write_pieces
 from tiling.ngff import metadata_pieces

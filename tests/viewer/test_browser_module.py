@@ -28,7 +28,7 @@ import zarr
 from conftest import REPO, S3Server, sample
 
 from caseformat.layout import IMAGE, SlideRef
-from inference.store import Location
+from objectstore.location import Location
 from tiling.shard_format import EMPTY
 
 pytestmark = pytest.mark.slow  # Chromium

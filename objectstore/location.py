@@ -1,9 +1,9 @@
 """Where cases live: a local directory or an ``s3://bucket/prefix``, behind one small synchronous interface.
 
-Every read and write, the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) alike, goes
-through `objectstore`, the client the viewer and the export use: `S3Storage` or `LocalStorage`, and `ZarrView` for
-zarr. The pipeline is synchronous code in threads, so each call runs on zarr's own event loop (`zarr.core.sync.sync`,
-the loop zarr's reads already use). A failing store raises `objectstore.StorageError`. Nothing is cached between
+The synchronous face of the one store client, for the synchronous callers (analyze, the hub, the edge triage): every
+read and write, the small JSON objects (manifest, triage) and the Zarr stores (image, heatmap) alike, goes through
+`S3Storage` or `LocalStorage`, and `ZarrView` for zarr, as the viewer's do. Callers are synchronous code in threads, so
+each call runs on zarr's own event loop (`zarr.core.sync.sync`, the loop zarr's reads already use). A failing store raises `objectstore.StorageError`. Nothing is cached between
 reads: a receiving side polls objects that change under it. A read answered 403 is a missing object, as 404 is: what
 an enrolled station is answered for a missing object of its own folders (`transfer.network.ABSENT`).
 """
