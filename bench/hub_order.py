@@ -1,10 +1,13 @@
 """The hub's order of work on a slide whose final map is known: how much of the tissue it scores before the hottest
-tile, and before the whole hottest region (issue 27), with its order (`inference.pipeline.hottest_first`, in rounds
-of one batch per worker) against the baseline it replaced (the edge map's samples by score, then grid order).
+tile, and before the whole hottest region (issue 27), with its order (`inference.order.hottest_first`, in rounds
+of one batch per worker) against the baselines it replaced: the edge map's samples by score, then grid order; and
+`hottest_first` from the edge's samples and the hub's scores, without the overview's hematoxylin and with the edge's
+samples spread over the tissue (`inference.tiles.spread_sample`) rather than half of them where it is densest in
+hematoxylin (`inference.order.edge_sample`).
 
 No model runs here: the final map of an earlier `slidestream analyze` gives each tile's score as the hub would find
-it, the edge map is its `spread_sample` of the tissue (the station samples the same tiles, and its scores agree with
-the hub's, Spearman 0.99 on the bench slide), and each round reveals the scores of the tiles it chose. Minutes of
+it, the edge map is its `edge_sample` (or `spread_sample`) of the tissue (the station samples the same tiles, and its
+scores agree with the hub's, Spearman 0.99 on the bench slide), and each round reveals the scores of the tiles it chose. Minutes of
 CPU per ordering become a fraction of a second, so orderings can be compared on slides where the hub run would take
 an hour.
 
@@ -28,7 +31,8 @@ from caseformat.layout import HEATMAP, TRIAGE
 from caseformat.results import Triage
 from inference import AnalyzeOptions
 from inference.heatmap import Heatmap, load_tile_state
-from inference.pipeline import highest_ranked, hottest_first, plan_heatmap
+from inference.order import edge_sample, hematoxylin_rank, highest_ranked, hottest_first, overview_level
+from inference.pipeline import plan_heatmap
 from inference.sources import SlideFileRef, open_source
 from inference.tiles import spread_sample
 from objectstore.location import Location
@@ -83,18 +87,30 @@ def main() -> None:
     args = parser.parse_args()
     final, triage = final_map(args.slide, args.results)
     region = hottest_region(final, triage)
-    sampled = spread_sample(final.tissue, EDGE_SAMPLES)
-    edge = np.where(sampled, np.nan_to_num(final.score, nan=-1.0), -1.0)
+    source = open_source(SlideFileRef.of(args.slide))
+    level = overview_level(source, final.grid.tile)
+    if level is None:
+        raise SystemExit(f"{args.slide}: no overview level to read the hematoxylin from")
+    threshold = triage.summary["threshold"]
+    hematoxylin = hematoxylin_rank(source, final.grid, final.tissue, level, threshold)
+    samples = {"spread": spread_sample(final.tissue, EDGE_SAMPLES), "edge_sample": edge_sample(final.tissue, hematoxylin, EDGE_SAMPLES)}
+    spread, dense = (np.where(sampled, np.nan_to_num(final.score, nan=-1.0), -1.0) for sampled in samples.values())
     orders: dict[str, Callable[[Heatmap], np.ndarray]] = {
-        "edge samples, then grid order (baseline)": lambda known: edge,
-        "hottest_first": lambda known: hottest_first(known, edge),
-        "hottest_first without an edge map": lambda known: hottest_first(known, None),
+        "before: spread edge samples, then grid order": lambda known: spread,
+        "before: hottest_first from spread edge samples": lambda known: hottest_first(known, spread),
+        "hottest_first, edge_sample and hematoxylin": lambda known: hottest_first(known, np.maximum(dense, hematoxylin)),
+        "hottest_first, hematoxylin, no edge map": lambda known: hottest_first(known, hematoxylin),
     }
+    hottest = np.unravel_index(np.argmax(np.where(final.tissue, np.nan_to_num(final.score, nan=-1.0), -np.inf)), final.tissue.shape)
+    for name, sampled in samples.items():
+        values = np.nan_to_num(final.score[sampled], nan=-1.0)
+        print(f"edge samples ({name}): the hottest tile {'sampled' if sampled[hottest] else 'not sampled'}, "
+              f"{int((values >= threshold).sum())} of {int(sampled.sum())} at or above the threshold")
     result = {"slide": args.slide.name, "tissue_tiles": int(final.tissue.sum()), "region_tiles": int(region.sum()), "rounds": {}}
     for round_tiles in args.round or [64]:
         result["rounds"][round_tiles] = {name: replay(final, rank, round_tiles, region) for name, rank in orders.items()}
         for name, found in result["rounds"][round_tiles].items():
-            print(f"round {round_tiles:4d}  {name:42s} hottest tile after {found['hottest_tile']:6.1%} of the tissue, "
+            print(f"round {round_tiles:4d}  {name:46s} hottest tile after {found['hottest_tile']:6.1%} of the tissue, "
                   f"the hottest region ({result['region_tiles']} tiles) after {found['hottest_region']:6.1%}")
     OUT.mkdir(exist_ok=True)
     (OUT / "hub_order.json").write_text(json.dumps(result, indent=1))

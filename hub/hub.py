@@ -4,7 +4,7 @@ A discovery thread reads the store's `_arrivals/` index every poll, so a new cas
 rescan is found within a poll of its first manifest, whatever the hub is busy with. The hub scores every arriving
 slide version at full magnification while it arrives, in passes of about PASS_SECONDS each (a pass scores tissue
 tiles whose shards have arrived, hottest first: beside the hottest tiles scored so far, else the hottest samples of the
-station's edge map, `inference.pipeline.hottest_first`, through `inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub", once it has a tile scored:
+station's edge map, else the tissue densest in hematoxylin on the overview, `inference.order`, through `inference.analyze_case`, and publishes the partial heatmap and triage.json, stage "hub", once it has a tile scored:
 until then readers keep the station's edge map); after every pass it re-chooses, the case with the least time left
 on its 30-minute clock first, and a case whose report is signed only when no other has work, so a long slide never
 holds the workers while an urgent one waits. Each pass first completes the pyramid (`hub.pyramid`): the
@@ -73,6 +73,7 @@ class Tracked:
     started: float = 0.0  # the manifest's started_at (epoch seconds): its clock
     heatmap: Heatmap | None = None  # the last pass's, so the next scores only what arrived since
     priority: Any = None  # the edge triage's sampled scores on the hub's grid (-1 elsewhere), if it left any
+    prior: Any = None  # the overview's hematoxylin rank of each tissue tile (`inference.pipeline.overview_priority`)
     seen: tuple[Any, ...] | None = None  # the manifest's state and arrivals at the last pass
     pending: tuple[Any, ...] | None = None  # the same now, for the pass about to run
     manifest: Manifest | None = None  # as read for the pass about to run
@@ -424,12 +425,13 @@ class Hub:
 
     def work(self, case: Tracked) -> None:
         """One pass over the case, about PASS_SECONDS long: build the pyramid shards whose sources arrived, score
-        what arrived since the last, hottest first (the edge map's order), publish; the last pass releases the
+        what arrived since the last, hottest first (`inference.order`), publish; the last pass releases the
         lease."""
         from caseformat.results import COMPLETE
         from hub.pyramid import complete_pyramid
         from inference import CaseNotReadyError, analyze_case
-        from inference.pipeline import edge_priority, published_heatmap
+        from inference.order import strongest
+        from inference.pipeline import edge_priority, overview_priority, published_heatmap
         from slides.errors import one_line
 
         name = case.name
@@ -483,9 +485,11 @@ class Hub:
             if before == 0 and not self.has_tiles_to_score(case, options):  # nothing to publish: the edge map stays up
                 case.seen = seen
                 return
+            if case.prior is None:  # once the overview it is read from has arrived
+                case.prior = overview_priority(case.location, options, case.manifest)
             started = time.monotonic()
-            heatmap = analyze_case(case.location, options=options, heatmap=case.heatmap, runner=self.runner,
-                                   on_progress=renew, limit=limit, priority=case.priority, **self.label(case))
+            heatmap = analyze_case(case.location, options=options, heatmap=case.heatmap, runner=self.runner, on_progress=renew,
+                                   limit=limit, priority=strongest(case.priority, case.prior), **self.label(case))
         except CaseNotReadyError as error:
             case.seen = seen
             if case.manifest.state == COMPLETE:  # nothing more will arrive: what is there is unreadable

@@ -1,7 +1,7 @@
 """One analysis path for three situations.
 
-- edge: a slide file before it is sent; with `sample=N` N tissue tiles spread over the slide are scored exactly as a
-  full analysis scores them (a map on the hub's grid in seconds), and `priority_from_heatmap` turns it into a send
+- edge: a slide file before it is sent; with `sample=N` N tissue tiles (`inference.order.edge_sample`: half spread
+  over the slide, half the densest in hematoxylin) are scored exactly as a full analysis scores them (a map on the hub's grid in seconds), and `priority_from_heatmap` turns it into a send
   order for `tiling.plan_pyramid`. `coarse=True` (`analyze --coarse`) is coarse-to-fine over the whole slide.
 - remote / incremental: a case on S3 while it arrives; `analyze_case` scores the tissue tiles whose shards the
   manifest lists as arrived and writes a partial heatmap, `follow_case` repeats that until the upload completes.
@@ -26,6 +26,7 @@ from caseformat.layout import ANALYZE, EDGE, HEATMAP, IMAGE, IMAGE_METADATA, MAN
 from caseformat.results import COMPLETE, Manifest, Routed
 from inference.errors import InferenceError
 from inference.heatmap import Heatmap, load_tile_state, read_triage, write_results
+from inference.order import edge_sample, hematoxylin_rank, highest_ranked, hottest_first, overview_level
 from inference.scoring import ModelRef, Runner, TileResults
 from inference.sources import (
     SlideFileRef,
@@ -40,7 +41,7 @@ from inference.sources import (
     read_level,
     update_corrupt,
 )
-from inference.tiles import TileGrid, spread_sample, tissue_coverage
+from inference.tiles import TileGrid, tissue_coverage
 from objectstore.location import Location
 from tiling.plan import shard_address
 from tiling.shard_format import CorruptShardError
@@ -66,8 +67,8 @@ class AnalyzeOptions:
         where the coarse score reaches `refine_above`, plus a random `refine_sample` of the coarse tiles (at least
         MIN_SAMPLE of them): a check on what the coarse pass calls cold, and the tiles QC measures focus on.
     refine: False stops after the coarse pass (a whole-slide map fast, at the cost of tiles the model never saw).
-    sample: score only this many tissue tiles (`analyze_slide`), spread evenly over the tissue
-        (`inference.tiles.spread_sample`), each exactly the tile a full analysis scores, the rest left unscored (NaN):
+    sample: score only this many tissue tiles (`analyze_slide`; `inference.order.edge_sample`: half spread evenly
+        over the tissue, half the densest in hematoxylin), each exactly the tile a full analysis scores, the rest left unscored (NaN):
         the edge's first map in seconds, one that means what the model means (coarse mode is then not used).
     threshold: tile score counted as "hot" (area, regions).
     min_tissue: fraction of a tile the tissue mask must cover for the tile to be analysed (low, so a small
@@ -140,7 +141,7 @@ def analyze_slide(path: str | os.PathLike[str], out: str | os.PathLike[str] | Lo
         if on_update is not None:
             on_update(current)
 
-    todo = heatmap.tissue.copy() if options.sample is None else spread_sample(heatmap.tissue, options.sample)
+    todo = heatmap.tissue.copy() if options.sample is None else edge_sample(heatmap.tissue, tile_hematoxylin(source, heatmap), options.sample)
     with _runner(runner, options) as run:
         _score(heatmap, ref, source, run, options, todo, options.coarse and options.sample is None, on_progress, publish)
     heatmap.complete = True
@@ -160,9 +161,10 @@ def analyze_case(case: str | Location, out: str | Location | None = None, option
     send again, its tiles stay unscored (the map is not final), and a later pass scores them once it reads whole
     (listed shards are verified again at the start of each pass). A case without a manifest is
     taken as complete; one whose send failed raises `caseformat.errors.SendFailedError` with the reason. Coarse mode applies only to a
-    complete case's first pass without a `limit`. `limit` scores at most that many tiles this pass, hottest first (`hottest_first`: the
-    neighbours of the hottest tiles scored so far, then those of highest `priority`, a score per tile of the
-    heatmap's grid such as `edge_priority`), in rounds of one batch per worker. Results go to `out` (default: the case
+    complete case's first pass without a `limit`. `limit` scores at most that many tiles this pass, hottest first
+    (`inference.order.hottest_first`: the neighbours of the hottest tiles scored so far, then those of highest
+    `priority`, a rank per tile of the heatmap's grid: `edge_priority`, `overview_priority` or the `strongest` of
+    both), in rounds of one batch per worker. Results go to `out` (default: the case
     itself, where the viewer looks), their triage.json recording `routed` (as `analyze_slide`) and `about` in its
     summary (what the model detects and its validation record, which the hub adds).
     """
@@ -239,6 +241,25 @@ def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) ->
     return None if edge is None else np.nan_to_num(edge.score, nan=-1.0)
 
 
+def tile_hematoxylin(source: Source, heatmap: Heatmap) -> np.ndarray | None:
+    """Each tissue tile's hematoxylin rank in [0, 1) (-1 off tissue) from the slide's overview level, for
+    `edge_sample`; None for a slide without one small enough."""
+    level = overview_level(source, heatmap.grid.tile)
+    return None if level is None or not heatmap.tissue.any() else hematoxylin_rank(source, heatmap.grid, heatmap.tissue, level, 1.0)
+
+
+def overview_priority(case: Location, options: AnalyzeOptions, manifest: Manifest | None) -> np.ndarray | None:
+    """What the overview's hematoxylin says of each tissue tile, for `hottest_first` (`inference.order`): a rank
+    below the model's threshold, -1 off tissue. None until the overview level it is read from has arrived whole
+    (or when the image has no such level); computed once per case, it is worth it only before every tile is scored."""
+    source = cast(ZarrSource, open_source(ZarrRef(case.child(IMAGE))))
+    heatmap = plan_heatmap(source, options)
+    level = overview_level(source, heatmap.grid.tile)
+    if level is None or not heatmap.tissue.any() or not ready_tiles(source, heatmap.grid, level, manifest)[heatmap.tissue].all():
+        return None
+    return hematoxylin_rank(source, heatmap.grid, heatmap.tissue, level, options.threshold)
+
+
 def edge_map(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heatmap | None:
     """The edge triage's sampled map, published beside the image, on the grid `options` plan (NaN where it scored
     nothing); None without one. It is read from the station's own folder (`Location.sent`): a station's map only
@@ -249,29 +270,6 @@ def edge_map(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> Heat
         return None
     edge = plan_heatmap(open_source(ZarrRef(sent.child(IMAGE))), options)
     return edge if load_tile_state(edge, sent.child(HEATMAP)) else None
-
-
-def hottest_first(heatmap: Heatmap, priority: np.ndarray | None) -> np.ndarray:
-    """Which tiles to score next, a rank per tile of the heatmap's grid: a tile beside a scored one ranks as its
-    hottest scored neighbour, where that beats `priority` (the edge map's word, -1 where it has none). Carcinoma grows
-    in sheets and nests, so the neighbours of the hottest tile found so far are the likeliest to be hot: a best-first
-    search from the edge map's samples and the hub's own scores. On the 50 MB bench slide (`bench/hub_order.py`: its
-    final map replayed, 1,645 tissue tiles, rounds of 64) it scores the hottest tile after 23% of the tissue against
-    70% for the edge samples first and grid order after; without an edge map it does no better (66%)."""
-    from scipy import ndimage
-
-    known = np.where(heatmap.scored, np.nan_to_num(heatmap.score, nan=-1.0), -1.0)
-    beside = ndimage.maximum_filter(known, size=3, mode="constant", cval=-1.0)
-    return beside if priority is None or priority.shape != beside.shape else np.maximum(beside, priority)
-
-
-def highest_ranked(todo: np.ndarray, priority: np.ndarray, limit: int) -> np.ndarray:
-    """The `limit` tiles of `todo` of highest priority (in grid order among equals)."""
-    tiles = np.argwhere(todo)
-    tiles = tiles[np.argsort(-priority[tuple(tiles.T)], kind="stable")]
-    chosen = np.zeros_like(todo)
-    chosen[tuple(tiles[:limit].T)] = True
-    return chosen
 
 
 def read_manifest(case: Location) -> Manifest | None:

@@ -172,8 +172,11 @@ def test_priority_from_heatmap_sends_hot_shards_first(two_squares: Path, dark_mo
             plan = plan_pyramid(slide, ConvertOptions(), **kwargs)
             return [task.key for task in plan.shards if task.level == 0 and task.tissue]
 
-        assert level0_order() == ["0/c/0/0/0", "0/c/0/1/2"]  # raster order: the cold square's shard first
-        assert level0_order(priority=priority_from_heatmap(heatmap)) == ["0/c/0/1/2", "0/c/0/0/0"]
+        assert level0_order(priority=priority_from_heatmap(heatmap)) == ["0/c/0/1/2", "0/c/0/0/0"]  # not raster order
+        heatmap.score = 1 - heatmap.score  # a model that calls the pale square hot: the send follows it
+        assert level0_order(priority=priority_from_heatmap(heatmap)) == ["0/c/0/0/0", "0/c/0/1/2"]
+        # without a map, the square densest in hematoxylin (the purple one, which this model scores hot) goes first
+        assert level0_order() == ["0/c/0/1/2", "0/c/0/0/0"]
 
 
 def test_distributed_cluster_gives_the_same_heatmap(hot_square: Path, dark_model: ModelRef, hot_result: tuple[object, Path]) -> None:
@@ -218,3 +221,28 @@ def test_a_pass_scores_the_tiles_beside_a_hot_one_before_the_rest_of_the_slide(d
     assert len(before - beside) <= options.batch - 1, f"scored away from the nest before it was done: {sorted(before - beside)}"
     in_grid_order = int(np.argwhere(heatmap.tissue).tolist().index([9, 11]))  # tissue tiles grid order scores first
     assert len(before) < in_grid_order / 3, (len(before), in_grid_order)
+
+
+def test_a_pass_starts_at_the_tissue_densest_in_hematoxylin_without_an_edge_map(dark_model: ModelRef, tmp_path: Path) -> None:
+    """With no edge sample anywhere near it, a purple (nuclei-dense) nest at the far end of the grid order under pink
+    tissue is scored before any pink tile: the overview's hematoxylin (`overview_priority`) puts it first. Without
+    it the hub would reach the nest last (grid order)."""
+    from inference.pipeline import overview_priority
+
+    nest = (8 * int(TILE), 7 * int(TILE), 12 * int(TILE), 10 * int(TILE))  # map rows 7-9, columns 8-11
+    slide = write_slide(tmp_path / "nest.tif", (2048, 1536), [(128, 128, 1920, 1408, PINK), (*nest, PURPLE)])
+    case = tmp_path / "case"
+    with open_slide(slide) as opened:
+        write_pieces(produce(opened, plan_pyramid(opened, ConvertOptions()), "nest", {"mpp": list(opened.mpp)}), case / "image.zarr", False)
+    options = AnalyzeOptions(model=dark_model, batch=4, threads=1)
+    prior = overview_priority(Location.parse(case), options, None)
+    assert prior is not None and prior.max() < options.threshold, "a rank below the threshold, never a score"
+    in_nest = np.zeros(prior.shape, bool)
+    in_nest[7:10, 8:12] = True
+    heatmap = analyze_case(Location.parse(case), options=options, limit=0)
+    while not heatmap.scored[in_nest].all():
+        before = {tuple(tile) for tile in np.argwhere(heatmap.scored)}
+        heatmap = analyze_case(Location.parse(case), options=options, heatmap=heatmap, limit=4, priority=prior)
+    assert heatmap.tissue.sum() > 100 and not heatmap.complete
+    beside = {tuple(tile) for tile in np.argwhere(ndimage.binary_dilation(in_nest, np.ones((3, 3), bool)))}
+    assert before <= beside, f"scored away from the nest before it was done: {sorted(before - beside)}"
