@@ -3,11 +3,13 @@
 It is routed first, by the same rule as the hub (`inference.routing`): the case's specimen site (its case.json on the
 store), the stain of the slide's overview and its um/px must be inside the model package's intended use. A slide no
 model is validated for gets a triage.json that says why ("no validated AI for skin") with QC only: never a score.
-Otherwise SAMPLED_TILES tissue tiles spread over the slide are scored at the model's own resolution and patch size,
+Otherwise SAMPLED_TILES tissue tiles (`inference.order.edge_sample`: half spread over the slide, half where it is
+densest in hematoxylin) are scored at the model's own resolution and patch size,
 each exactly the tile the hub scores (`AnalyzeOptions.sample`), on the hub's tile grid with the others unscored: the
 first map means what the model means, and the hub takes it as the order to score in (`inference.edge_priority`).
 It is published beside the image as soon as it exists (tiny: the remote side sees where to look before the
-full-resolution upload is done), and it re-ranks the shards not sent yet so the hottest regions travel first.
+full-resolution upload is done), and it re-ranks the shards not sent yet so the hottest regions travel first
+(`send_priority`; until then the shards densest in hematoxylin go first, `TissueMask.hematoxylin_priority`).
 The model runs in a spawned process: its imports and inference would otherwise hold the sending process's GIL
 against the upload threads (on 4g, the first 25 s of a send carried 20 MB instead of 55 MB).
 A failure here never stops the send: the slide still arrives, only without the head start.
@@ -22,15 +24,15 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from rich.console import Console
 
 from caseformat.layout import EDGE, TRIAGE
 from tiling import SendOrder, die_with_parent
+from tiling.plan import PriorityMap, highest
 from transfer import Destination
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from inference.packages import ModelPackage
     from inference.routing import Route
     from objectstore.location import Location
+    from tiling.tissue import TissueMask
 
 # the edge scores this many tissue tiles whatever the slide's size, so it takes seconds on a CPU (DenseNet-121 does
 # ~5-9 tiles/s on 2 cores); small batches are faster per tile on a CPU
@@ -116,7 +119,6 @@ class EdgeTriage:
 
     def _run(self) -> None:
         self._overview.wait(timeout=30)
-        from inference import priority_from_heatmap
         from slides import SlidestreamError
         from slides.errors import printable
 
@@ -148,31 +150,30 @@ class EdgeTriage:
             self._console.print(printable(f"edge triage: {result.refused}"), markup=False, highlight=False)
             return
         self.seconds = round(time.monotonic() - self._started, 3)
-        self._order.reprioritize(priority_from_heatmap(nearest_filled(result.heatmap)))
+        self._order.reprioritize(send_priority(result.heatmap, plan.tissue, result.threshold))
         score = result.heatmap.triage_score() or 0.0
         self._console.print(f"triage heatmap available after {self.seconds:.1f} s (score {score:.2f})", markup=False, highlight=False)
 
 
-def nearest_filled(heatmap: Heatmap) -> Heatmap:
-    """For the send order only (the published map keeps them unscored): each tissue tile takes the score of its
-    nearest sampled tile, so a shard holding no sampled tile travels with the tissue around it, not last."""
-    from scipy import ndimage
+def send_priority(heatmap: Heatmap, tissue: TissueMask, threshold: float) -> PriorityMap:
+    """The send order once the edge map is there, as the hub orders its work (`inference.order`): a shard holding a
+    sampled tile scored at or above `threshold` first, the rest by their densest hematoxylin (below the threshold,
+    `TissueMask.hematoxylin_priority`). Each tissue tile took its nearest sample's score before: the hub's order
+    built that way reached the 50 MB bench slide's hottest region later than grid order (its 80 samples do not
+    foretell a mosaic of 38 pieces)."""
+    from inference import priority_from_heatmap
 
-    sampled = heatmap.scored
-    if not sampled.any():
-        return heatmap
-    _, (rows, cols) = ndimage.distance_transform_edt(~sampled, return_indices=True)
-    filled = replace(heatmap)
-    filled.score = np.where(heatmap.tissue, heatmap.score[rows, cols], np.nan).astype(np.float32)
-    return filled
+    return highest(priority_from_heatmap(heatmap), tissue.hematoxylin_priority(threshold))
 
 
 @dataclass(frozen=True)
 class EdgeResult:
-    """What the triage process gives back: the sampled map, or why no model may score the slide (`refused`)."""
+    """What the triage process gives back: the sampled map and the package's threshold, or why no model may score
+    the slide (`refused`)."""
 
     heatmap: Heatmap | None
     refused: str | None = None
+    threshold: float = 0.5
 
 
 def triage(slide: str, case: str, store: str, case_id: str, endpoint: str | None, name: str, model: str | None) -> EdgeResult:
@@ -185,13 +186,13 @@ def triage(slide: str, case: str, store: str, case_id: str, endpoint: str | None
     from objectstore.location import Location
 
     package = default_package() if model is None else read_package(model)
-    options = AnalyzeOptions(model=ModelRef.of_package(package), batch=BATCH, sample=SAMPLED_TILES, stage=EDGE)
+    options = AnalyzeOptions(model=ModelRef.of_package(package), batch=BATCH, sample=SAMPLED_TILES, stage=EDGE, threshold=package.threshold)
     location = Location.parse(case, endpoint)
     route = route_slide(slide, Location.parse(store, endpoint), case_id, package)
     if route.refused is not None:
         publish_refusal(slide, location, name, package, route, options)
         return EdgeResult(None, route.refused)
-    return EdgeResult(analyze_slide(slide, location, options, name=name, routed=route.routed, about=route.about()))
+    return EdgeResult(analyze_slide(slide, location, options, name=name, routed=route.routed, about=route.about()), None, package.threshold)
 
 
 def route_slide(slide: str, store: Location, case_id: str, package: ModelPackage) -> Route:

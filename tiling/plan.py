@@ -127,7 +127,9 @@ class PyramidPlan:
         return _shard_tasks(self.levels, self.shard_side, self.tissue, None, self.options, at_hub=True)
 
     def with_tissue(self, tissue: TissueMask, priority: PriorityMap | None = None) -> PyramidPlan:
-        """The whole plan: overview shards plus the shards that hold tissue (or all, with keep_background)."""
+        """The whole plan: overview shards plus the shards that hold tissue (or all, with keep_background), the
+        hottest by `priority` first, without one the densest in hematoxylin (`TissueMask.hematoxylin_priority`)."""
+        priority = priority or tissue.hematoxylin_priority(1.0)
         return replace(self, shards=_shard_tasks(self.levels, self.shard_side, tissue, priority, self.options), tissue=tissue)
 
     def without_hub_levels(self) -> PyramidPlan:
@@ -139,6 +141,12 @@ class PyramidPlan:
 
 
 PriorityMap = Callable[[float, float, float, float], float]
+
+
+def highest(first: PriorityMap, *more: PriorityMap | None) -> PriorityMap:
+    """Box by box the highest of the priorities given."""
+    given = [first, *(priority for priority in more if priority is not None)]
+    return lambda x0, y0, x1, y1: max(priority(x0, y0, x1, y1) for priority in given)
 
 
 def plan_pyramid(

@@ -9,6 +9,7 @@ work: a full-resolution chunk it calls background is omitted only where its own 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +29,14 @@ SIGNAL_ABOVE_DARK = 16
 
 @dataclass(frozen=True)
 class TissueMask:
-    """`mask[y, x]` is True where tissue is; one mask pixel covers `downsample` level-0 pixels a side."""
+    """`mask[y, x]` is True where tissue is; one mask pixel covers `downsample` level-0 pixels a side.
+    `hematoxylin`: the view's `hematoxylin_density`, bright-field slides only (what orders the send before any model
+    has looked: `hematoxylin_priority`)."""
 
     mask: np.ndarray
     downsample: float
     darkfield: bool
+    hematoxylin: np.ndarray | None = None
 
     @property
     def fraction(self) -> float:
@@ -42,9 +46,31 @@ class TissueMask:
         """Whether any tissue lies in the level-0 box [x0, x1) x [y0, y1)."""
         return bool(self._window(x0, y0, x1, y1).any())
 
-    def _window(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    def hematoxylin_priority(self, ceiling: float) -> Callable[[float, float, float, float], float] | None:
+        """A send-order priority (`tiling.plan.PriorityMap`) from the hematoxylin: the densest tissue in a level-0
+        box, as its rank among the tissue's pixels scaled into [0, `ceiling`) (a model's threshold: where a sampled
+        tile scored at or above it, that tile's box goes first). Nuclei crowd where carcinoma is; `inference.order`
+        ranks the hub's tiles the same way. None without a hematoxylin view or tissue."""
+        from scipy import ndimage
+        from scipy.stats import rankdata
+
+        if self.hematoxylin is None or not self.mask.any():
+            return None
+        # a model tile (~112 um) is a few view pixels: the mean over 3 x 3 of them, not a single nucleus-dark pixel
+        smoothed = ndimage.uniform_filter(self.hematoxylin.astype(np.float32), size=3)
+        rank = np.zeros(self.mask.shape, np.float32)
+        rank[self.mask] = (rankdata(smoothed[self.mask]) - 1) / int(self.mask.sum()) * ceiling
+
+        def priority(x0: float, y0: float, x1: float, y1: float) -> float:
+            window = self._window(x0, y0, x1, y1, rank)
+            return float(window.max()) if window.size else 0.0
+
+        return priority
+
+    def _window(self, x0: float, y0: float, x1: float, y1: float, of: np.ndarray | None = None) -> np.ndarray:
+        """The part of `of` (default: the mask), an array on the mask's pixels, under a level-0 box."""
         ds = self.downsample
-        return self.mask[int(y0 // ds) : max(int(-(-y1 // ds)), int(y0 // ds) + 1), int(x0 // ds) : max(int(-(-x1 // ds)), int(x0 // ds) + 1)]
+        return (self.mask if of is None else of)[int(y0 // ds) : max(int(-(-y1 // ds)), int(y0 // ds) + 1), int(x0 // ds) : max(int(-(-x1 // ds)), int(x0 // ds) + 1)]
 
 
 def overview(slide: Slide, side: int = MASK_SIDE) -> tuple[np.ndarray, float]:
@@ -94,7 +120,15 @@ def detect_tissue(slide: Slide, darkfield: bool | None = None) -> TissueMask:
     """Tissue mask of a slide (see module docstring for the method); `darkfield` when already decided."""
     pixels, downsample = overview(slide)
     mask, darkfield = tissue_mask(pixels, darkfield)
-    return TissueMask(mask, downsample, darkfield)
+    return TissueMask(mask, downsample, darkfield, None if darkfield else hematoxylin_density(pixels))
+
+
+def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
+    """The hematoxylin optical density of each pixel of an RGB uint8 H&E view (`skimage.color.rgb2hed`, Ruifrok
+    and Johnston's stain vectors), float32: high where nuclei crowd."""
+    from skimage.color import rgb2hed
+
+    return rgb2hed(rgb)[..., 0].astype(np.float32)
 
 
 def tissue_mask(rgb: np.ndarray, darkfield: bool | None = None) -> tuple[np.ndarray, bool]:

@@ -120,13 +120,36 @@ def test_the_sample_is_spread_over_every_fragment_of_tissue(count: int) -> None:
     assert (spread_sample(tissue, 10_000) == tissue).all()
 
 
-def test_the_send_order_takes_an_unsampled_tile_as_hot_as_its_nearest_sampled_one() -> None:
-    from inference import CAPRICORN, Heatmap, priority_from_heatmap
+def test_half_the_edge_sample_goes_where_the_hematoxylin_is_densest_and_never_to_one_nest_alone() -> None:
+    from inference.order import edge_sample
+
+    tissue = np.zeros((40, 60), bool)
+    tissue[2:12, 3:30] = True
+    tissue[25:35, 40:49] = True
+    hematoxylin = np.where(tissue, 0.1, -1.0)
+    hematoxylin[30:33, 44:47] = 0.9  # one dense nest of 3 x 3 tiles in the small fragment
+    hematoxylin[5, 10] = 0.8  # and a dense tile in the large one
+    sample = edge_sample(tissue, hematoxylin, 20)
+    assert sample.sum() == 20 and not (sample & ~tissue).any()
+    assert sample[5, 10] and sample[30:33, 44:47].any(), "the densest tissue is looked at"
+    assert sample[30:33, 44:47].sum() <= 4, "not the whole nest (its corners at most): its tiles agree with one another"
+    assert (sample & ~spread_sample(tissue, 10)).sum() >= 8 and sample[:20].sum() > 2 and sample[20:].sum() > 2
+    assert (edge_sample(tissue, None, 20) == spread_sample(tissue, 20)).all(), "spread alone without a hematoxylin rank"
+
+
+def test_the_send_order_puts_a_hot_sample_first_then_the_tissue_densest_in_hematoxylin() -> None:
+    """As the hub orders its work: a shard with a sampled tile at or above the threshold first, then by hematoxylin
+    (below the threshold), so a cold sample does not lift its shard above denser tissue."""
+    from inference import CAPRICORN, Heatmap
     from inference.tiles import TileGrid
-    from station.edge import nearest_filled
+    from station.edge import send_priority
+    from tiling.tissue import TissueMask
 
     heatmap = Heatmap(TileGrid(100, 1000, 100), np.ones((1, 10), bool), CAPRICORN, 0.5, False, "case/s1/v1", EDGE)
     heatmap.score[0, 1], heatmap.score[0, 8] = 0.9, 0.1  # the two tiles the edge sampled
-    priority = priority_from_heatmap(nearest_filled(heatmap))
-    assert priority(200, 0, 400, 100) == pytest.approx(0.9) and priority(700, 0, 800, 100) == pytest.approx(0.1)
+    denser_to_the_right = np.linspace(0.0, 1.0, 10, dtype=np.float32)[None, :]  # one view pixel a tile
+    priority = send_priority(heatmap, TissueMask(np.ones((1, 10), bool), 100.0, False, denser_to_the_right), 0.5)
+    boxes = [(j * 100, 0, (j + 1) * 100, 100) for j in range(10)]
+    assert sorted(range(10), key=lambda j: -priority(*boxes[j])) == [1, 9, 8, 7, 6, 5, 4, 3, 2, 0]
+    assert priority(*boxes[1]) == pytest.approx(0.9) and max(priority(*box) for box in boxes[2:]) < 0.5
     assert np.isnan(heatmap.score[0, 3]), "the published map keeps what the edge did not score unscored"

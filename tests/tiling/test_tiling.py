@@ -152,6 +152,20 @@ def test_send_plan_overview_first_then_level0_by_priority() -> None:
     assert [task.col for task in level0] == sorted((task.col for task in level0), reverse=True)
 
 
+def test_without_a_heatmap_level0_sends_the_tissue_densest_in_hematoxylin_first(tmp_path: Path, monkeypatch) -> None:
+    """Before any model has looked, the nuclei-dense (purple) corner of pink tissue travels first: where carcinoma
+    is likeliest (`TissueMask.hematoxylin_priority`), not the top-left shard of raster order."""
+    from support.inference import PINK, PURPLE, write_slide
+
+    monkeypatch.setattr("tiling.plan.COMPLETE_SIDE", 1000)  # level 0 is then sent by tissue, not whole row by row
+    slide = write_slide(tmp_path / "nest.tif", (2048, 1536), [(128, 128, 1920, 1408, PINK), (1536, 1024, 1920, 1408, PURPLE)])
+    with open_slide(slide) as opened:
+        plan = plan_pyramid(opened, ConvertOptions(chunk=256, shard_chunks=2))
+    assert plan.tissue is not None and plan.tissue.hematoxylin is not None
+    level0 = [(task.row, task.col) for task in plan.shards if task.level == 0 and task.tissue]
+    assert len(level0) == 12 and level0[0] == (2, 3), level0
+
+
 def test_computed_in_between_levels_follow_full_resolution(monkeypatch) -> None:
     """Stored levels travel before the levels computed from them (those add bytes but no information)."""
     monkeypatch.setattr("tiling.plan.COMPLETE_SIDE", 1000)  # CMU then has a computed, incomplete level 1
