@@ -22,7 +22,7 @@ from PIL import Image
 from scipy import ndimage
 from support.inference import MPP, PINK, PURPLE, TILE, save_dark_model, write_slide
 
-from inference import AnalyzeOptions, ModelRef, analyze_case, analyze_slide, priority_from_heatmap
+from inference import AnalyzeOptions, Heatmap, ModelRef, analyze_case, analyze_slide, priority_from_heatmap
 from inference.pipeline import plan_heatmap
 from inference.sources import SlideFileRef, open_source
 from objectstore.location import Location
@@ -196,26 +196,40 @@ def test_too_coarse_slide_is_refused_in_one_line() -> None:
     assert "\n" not in str(info.value) and "camelyon-lymphnode.dcm" in str(info.value)
 
 
-def test_a_pass_scores_the_tiles_beside_a_hot_one_before_the_rest_of_the_slide(dark_model: ModelRef, tmp_path: Path) -> None:
-    """The hub's order (`limit` passes, `hottest_first`): once the edge's one sample on a hot nest is scored hot, its
-    neighbours come next, and theirs, so the whole nest is scored before any tile away from it, though it lies at
-    the far end of the grid order under pale tissue."""
-    nest = (8 * int(TILE), 7 * int(TILE), 12 * int(TILE), 10 * int(TILE))  # map rows 7-9, columns 8-11
+@pytest.fixture
+def nest_case(tmp_path: Path) -> Location:
+    """A case of pink tissue with a purple (dark, nuclei-dense) nest at map rows 7-9, columns 8-11: the far end of
+    the grid order."""
+    nest = (8 * int(TILE), 7 * int(TILE), 12 * int(TILE), 10 * int(TILE))
     slide = write_slide(tmp_path / "nest.tif", (2048, 1536), [(128, 128, 1920, 1408, PINK), (*nest, PURPLE)])
     case = tmp_path / "case"
     with open_slide(slide) as opened:
         write_pieces(produce(opened, plan_pyramid(opened, ConvertOptions()), "nest", {"mpp": list(opened.mpp)}), case / "image.zarr", False)
-    options = AnalyzeOptions(model=dark_model, batch=4, threads=1)
-    heatmap = analyze_case(Location.parse(case), options=options, limit=0)
+    return Location.parse(case)
+
+
+def score_until_the_nest_is_done(case: Location, options: AnalyzeOptions, priority: np.ndarray, limit: int) -> tuple[Heatmap, set[tuple[int, ...]], np.ndarray]:
+    """Hub passes of `limit` tiles until every tile of the nest is scored: the last map, the tiles scored before its
+    last pass, the nest's tiles."""
+    heatmap = analyze_case(case, options=options, limit=0)
     in_nest = np.zeros(heatmap.tissue.shape, bool)
     in_nest[7:10, 8:12] = True
-    edge = np.full(heatmap.tissue.shape, -1.0)
-    edge[9, 11] = 0.9  # the edge map's one sample on the nest (its corner: the far end of the grid order)
-    before: set[tuple[int, int]] = set()
+    before: set[tuple[int, ...]] = set()
     while not heatmap.scored[in_nest].all():
         before = {tuple(tile) for tile in np.argwhere(heatmap.scored)}
-        heatmap = analyze_case(Location.parse(case), options=options, heatmap=heatmap, limit=8, priority=edge)
+        heatmap = analyze_case(case, options=options, heatmap=heatmap, limit=limit, priority=priority)
     assert heatmap.tissue.sum() > 100 and not heatmap.complete  # the nest done, most of the pale tissue still to come
+    return heatmap, before, in_nest
+
+
+def test_a_pass_scores_the_tiles_beside_a_hot_one_before_the_rest_of_the_slide(dark_model: ModelRef, nest_case: Location) -> None:
+    """The hub's order (`limit` passes, `hottest_first`): once the edge's one sample on a hot nest is scored hot, its
+    neighbours come next, and theirs, so the whole nest is scored before any tile away from it, though it lies at
+    the far end of the grid order under pale tissue."""
+    options = AnalyzeOptions(model=dark_model, batch=4, threads=1)
+    edge = np.full((12, 16), -1.0)
+    edge[9, 11] = 0.9  # the edge map's one sample on the nest (its corner: the far end of the grid order)
+    heatmap, before, in_nest = score_until_the_nest_is_done(nest_case, options, edge, 8)
     beside = {tuple(tile) for tile in np.argwhere(ndimage.binary_dilation(in_nest, np.ones((3, 3), bool)))}
     # away from the nest: only the first round's other slots, filled in grid order while nothing was known
     assert len(before - beside) <= options.batch - 1, f"scored away from the nest before it was done: {sorted(before - beside)}"
@@ -223,26 +237,14 @@ def test_a_pass_scores_the_tiles_beside_a_hot_one_before_the_rest_of_the_slide(d
     assert len(before) < in_grid_order / 3, (len(before), in_grid_order)
 
 
-def test_a_pass_starts_at_the_tissue_densest_in_hematoxylin_without_an_edge_map(dark_model: ModelRef, tmp_path: Path) -> None:
-    """With no edge sample anywhere near it, a purple (nuclei-dense) nest at the far end of the grid order under pink
-    tissue is scored before any pink tile: the overview's hematoxylin (`overview_priority`) puts it first. Without
-    it the hub would reach the nest last (grid order)."""
+def test_a_pass_starts_at_the_tissue_densest_in_hematoxylin_without_an_edge_map(dark_model: ModelRef, nest_case: Location) -> None:
+    """With no edge sample anywhere near it, the purple (nuclei-dense) nest is scored before any pink tile: the
+    overview's hematoxylin (`overview_priority`) puts it first. Without it the hub would reach the nest last."""
     from inference.pipeline import overview_priority
 
-    nest = (8 * int(TILE), 7 * int(TILE), 12 * int(TILE), 10 * int(TILE))  # map rows 7-9, columns 8-11
-    slide = write_slide(tmp_path / "nest.tif", (2048, 1536), [(128, 128, 1920, 1408, PINK), (*nest, PURPLE)])
-    case = tmp_path / "case"
-    with open_slide(slide) as opened:
-        write_pieces(produce(opened, plan_pyramid(opened, ConvertOptions()), "nest", {"mpp": list(opened.mpp)}), case / "image.zarr", False)
     options = AnalyzeOptions(model=dark_model, batch=4, threads=1)
-    prior = overview_priority(Location.parse(case), options, None)
+    prior = overview_priority(nest_case, options, None)
     assert prior is not None and prior.max() < options.threshold, "a rank below the threshold, never a score"
-    in_nest = np.zeros(prior.shape, bool)
-    in_nest[7:10, 8:12] = True
-    heatmap = analyze_case(Location.parse(case), options=options, limit=0)
-    while not heatmap.scored[in_nest].all():
-        before = {tuple(tile) for tile in np.argwhere(heatmap.scored)}
-        heatmap = analyze_case(Location.parse(case), options=options, heatmap=heatmap, limit=4, priority=prior)
-    assert heatmap.tissue.sum() > 100 and not heatmap.complete
+    _, before, in_nest = score_until_the_nest_is_done(nest_case, options, prior, 4)
     beside = {tuple(tile) for tile in np.argwhere(ndimage.binary_dilation(in_nest, np.ones((3, 3), bool)))}
     assert before <= beside, f"scored away from the nest before it was done: {sorted(before - beside)}"
