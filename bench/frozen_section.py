@@ -238,8 +238,8 @@ def edge_agreement(edge: Any, final: Any, hot: Any) -> dict[str, Any]:
     tile; the two are planned alike, so normally it is the same grid).
       spearman        rank correlation over the tiles both scored (scipy.stats.spearmanr), with their count `tiles`:
                       the same tiles at the same resolution, so it shows the two score alike, not that the edge foresaw
-      spearman_filled the same over all tissue tiles, each taking its nearest sampled tile's edge score (the map the
-                      send orders its shards by): how well the edge's ~80 tiles foretell the rest
+      spearman_filled the same over all tissue tiles, each taking its nearest sampled tile's edge score: how well
+                      the edge's ~80 tiles foretell the rest
       hottest_in_top  the final map's hottest tile is among the top TOP_SHARE of tissue tiles of that filled map;
                       `hottest_edge_rank`: the share of tissue tiles that map puts above it
       hot_in_top      the share of the hottest region's tiles that are, and `hottest_sampled`: the edge scored it"""
