@@ -235,7 +235,7 @@ def published_heatmap(case: Location, options: AnalyzeOptions = AnalyzeOptions()
 def edge_priority(case: Location, options: AnalyzeOptions = AnalyzeOptions()) -> np.ndarray | None:
     """What the edge map says of each tile, for `hottest_first`: its sampled tiles' scores (`edge_map`), -1 for the
     rest. None while the edge left no scored map. Ranking every tile by its nearest sample instead, as the
-    send orders its shards, put the 50 MB bench slide's hottest region later (94% of the way through its map
+    send then ordered its shards, put the 50 MB bench slide's hottest region later (94% of the way through its map
     against 72-73% in grid order: its 80 samples do not foretell its mosaic, docs/benchmarks.md)."""
     edge = edge_map(case, options)
     return None if edge is None else np.nan_to_num(edge.score, nan=-1.0)
