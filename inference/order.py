@@ -19,7 +19,7 @@ from inference.heatmap import Heatmap
 from inference.sources import Source
 from inference.tiles import TileGrid, spread_sample
 from tiling.plan import COMPLETE_SIDE
-from tiling.tissue import hematoxylin_density
+from tiling.tissue import hematoxylin_density, rank_within
 
 # overview pixels a tile side that its hematoxylin mean needs (3.5 gave the same order on the bench slides)
 PRIOR_PIXELS = 8
@@ -98,8 +98,6 @@ def hematoxylin_rank(source: Source, grid: TileGrid, tissue: np.ndarray, level: 
     """Each tissue tile's mean hematoxylin optical density (`tiling.tissue.hematoxylin_density`) on `level`, as its rank among
     the tissue tiles scaled into [0, `ceiling`); -1 off tissue. `ceiling` is the model's threshold, so a tile beside
     one scored at or above it outranks every rank here. Read a row of tiles at a time: memory stays one strip."""
-    from scipy.stats import rankdata
-
     rows, cols = grid.shape
     step = grid.tile / source.downsamples[level]
     starts = np.minimum((np.arange(cols) * step).astype(int), max(0, math.ceil(cols * step) - 1))
@@ -113,8 +111,4 @@ def hematoxylin_rank(source: Source, grid: TileGrid, tissue: np.ndarray, level: 
         hematoxylin = hematoxylin_density(strip).mean(axis=0)
         counts = np.diff(np.append(starts, width))
         density[row] = np.add.reduceat(hematoxylin, starts) / np.maximum(counts, 1)
-    rank = np.full((rows, cols), -1.0)
-    count = int(tissue.sum())
-    if count:
-        rank[tissue] = (rankdata(density[tissue], method="average") - 1) / count * ceiling
-    return rank
+    return rank_within(density, tissue, ceiling)

@@ -52,14 +52,12 @@ class TissueMask:
         tile scored at or above it, that tile's box goes first). Nuclei crowd where carcinoma is; `inference.order`
         ranks the hub's tiles the same way. None without a hematoxylin view or tissue."""
         from scipy import ndimage
-        from scipy.stats import rankdata
 
         if self.hematoxylin is None or not self.mask.any():
             return None
         # a model tile (~112 um) is a few view pixels: the mean over 3 x 3 of them, not a single nucleus-dark pixel
         smoothed = ndimage.uniform_filter(self.hematoxylin.astype(np.float32), size=3)
-        rank = np.zeros(self.mask.shape, np.float32)
-        rank[self.mask] = (rankdata(smoothed[self.mask]) - 1) / int(self.mask.sum()) * ceiling
+        rank = np.maximum(rank_within(smoothed, self.mask, ceiling), 0.0)  # a box of glass alone ranks 0
 
         def priority(x0: float, y0: float, x1: float, y1: float) -> float:
             window = self._window(x0, y0, x1, y1, rank)
@@ -121,6 +119,18 @@ def detect_tissue(slide: Slide, darkfield: bool | None = None) -> TissueMask:
     pixels, downsample = overview(slide)
     mask, darkfield = tissue_mask(pixels, darkfield)
     return TissueMask(mask, downsample, darkfield, None if darkfield else hematoxylin_density(pixels))
+
+
+def rank_within(values: np.ndarray, where: np.ndarray, ceiling: float) -> np.ndarray:
+    """Each value's rank among those `where` is True, scaled into [0, `ceiling`) (ties share their mean rank); -1
+    elsewhere. The one ranking of hematoxylin density, for the send's shards and the hub's tiles alike."""
+    from scipy.stats import rankdata
+
+    rank = np.full(values.shape, -1.0)
+    count = int(where.sum())
+    if count:
+        rank[where] = (rankdata(values[where]) - 1) / count * ceiling
+    return rank
 
 
 def hematoxylin_density(rgb: np.ndarray) -> np.ndarray:
